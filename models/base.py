@@ -1,0 +1,82 @@
+"""The class-token vision transformer skeleton that T2T-ViT and DeiT share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from .config import ModelSpec, PreprocessConfig
+from .layers import Block
+
+
+class ClassTokenViT(nn.Module):
+    """Patch tokens -> [class token; tokens] + pos_embed -> blocks -> norm -> head(class token).
+
+    Subclasses define ``patch_tokens`` (images [B, 3, H, W] -> tokens [B, N, C]) and create
+    ``cls_token`` [1, 1, C], ``pos_embed`` [1, N + 1, C], ``blocks``, ``norm`` and ``head``.
+    """
+
+    cls_token: nn.Parameter
+    pos_embed: nn.Parameter
+    blocks: nn.ModuleList
+    norm: nn.LayerNorm
+    head: nn.Module
+    pos_drop: nn.Module
+    spec: ModelSpec
+    preprocess: PreprocessConfig
+
+    def patch_tokens(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.cls_token.shape[-1])
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens entering the first block, class token included."""
+        return int(self.pos_embed.shape[1])
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Images [B, 3, H, W] -> tokens [B, N + 1, C] with the class token first."""
+        tokens = self.patch_tokens(x)
+        cls = self.cls_token.expand(tokens.shape[0], -1, -1)
+        return self.pos_drop(torch.cat((cls, tokens), dim=1) + self.pos_embed)
+
+    def forward_blocks(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Tokens [B, N, C] -> (tokens [B, N', C], size [B, N'] or None) through every block."""
+        size: Tensor | None = None
+        for blk in self.blocks:
+            x, size = blk(x, size)
+        return x, size
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Images [B, 3, H, W] -> normalised class-token features [B, C]."""
+        x, _ = self.forward_blocks(self.embed(x))
+        return self.norm(x)[:, 0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Images [B, 3, H, W] (normalised as ``self.preprocess`` says) -> logits [B, num_classes]."""
+        return self.head(self.forward_features(x))
+
+    def token_schedule(self) -> list[int]:
+        """Tokens entering each block, then the number leaving the last one (length depth + 1)."""
+        counts = [self.num_tokens]
+        for blk in self.blocks:
+            counts.append(blk.num_tokens_out(counts[-1]))
+        return counts
+
+    def optional_state_keys(self) -> set[str]:
+        """State-dict keys a checkpoint may lack: fixed buffers that vitrt's op modules add
+        (they are drawn from a seed when absent, and saved with the model from then on)."""
+        keys: set[str] = set()
+        for prefix, module in self.named_modules():
+            for name in getattr(module, "OPTIONAL_STATE", ()):
+                keys.add(f"{prefix}.{name}" if prefix else name)
+        return keys
+
+    def stages(self) -> Iterator[tuple[str, int]]:
+        """(stage name, tokens) before the backbone, for model cards. Overridden by T2T-ViT."""
+        yield "patch embedding", self.num_tokens - 1

@@ -1,0 +1,167 @@
+"""Building blocks shared by the model families: MLP, multi-head attention, transformer block.
+
+Every attention here computes its probabilities through an *attention core*: a module mapping
+q, k, v of shape [B, H, N, E] to [B, H, N, E]. The dense core is exact softmax attention; the
+plugin ops (LSH-sparse attention) replace the core without touching the projections, so the
+state-dict keys stay those of the official checkpoints.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+class DenseAttention(nn.Module):
+    """Exact softmax attention: softmax((q * scale) k^T) v.
+
+    q, k, v: [B, H, N, E] (k, v may have their own N). Returns [B, H, N_q, E]. The scale is
+    applied to q before the product, as the T2T-ViT token transformer does.
+    """
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+        attn = (q * scale) @ k.transpose(-2, -1)
+        return attn.softmax(dim=-1) @ v
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per sample while training."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class Mlp(nn.Module):
+    """fc1 -> GELU -> fc2 on [..., in_features]; keys ``fc1``/``fc2`` as in timm."""
+
+    def __init__(
+        self, in_features: int, hidden_features: int, out_features: int | None = None, drop: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, out_features or in_features)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention on [B, N, C] tokens (timm key layout: ``qkv``, ``proj``).
+
+    ``scale`` defaults to head_dim^-0.5.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = False,
+        qk_scale: float | None = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = qk_scale or self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.core: nn.Module = DenseAttention()
+
+    def split_heads(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """[B, N, C] -> q, k, v each [B, H, N, C/H]."""
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        return qkv[0], qkv[1], qkv[2]
+
+    def merge_heads(self, x: Tensor) -> Tensor:
+        """[B, H, N, E] -> projected [B, N, H*E]."""
+        b, h, n, e = x.shape
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, n, h * e)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v = self.split_heads(x)
+        return self.merge_heads(self.core(q, k, v, self.scale))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block on [B, N, C].
+
+    ``forward(x, size)`` returns ``(x, size)``: ``size`` ([B, N] or None) is the number of
+    original patches each token stands for. Plain blocks pass it through; token-fusion blocks
+    (``plugins.token_fusion``) reduce N and update it.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        qk_scale: float | None = None,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        norm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias, qk_scale, attn_drop, drop)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+
+    def num_tokens_out(self, n_in: int) -> int:
+        """Tokens leaving the block for ``n_in`` entering it (plain blocks keep all)."""
+        return n_in
+
+    def forward(self, x: Tensor, size: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x, size
+
+
+def sinusoid_encoding(n_position: int, d_hid: int) -> Tensor:
+    """Fixed sinusoid table [1, n_position, d_hid] (float32), as in "Attention is all you need".
+
+    Computed in float64 then rounded, so it matches the official T2T-ViT table bit for bit.
+    """
+    pos = np.arange(n_position, dtype=np.float64)[:, None]
+    j = np.arange(d_hid)
+    angle = pos / np.power(10000.0, 2 * (j // 2) / d_hid)
+    table = np.where(j % 2 == 0, np.sin(angle), np.cos(angle))
+    return torch.from_numpy(table.astype(np.float32)).unsqueeze(0)
+
+
+def trunc_normal_init(module: nn.Module) -> None:
+    """timm-style init: Linear weights N(0, 0.02) truncated at +-2 std, zero biases, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02, a=-0.04, b=0.04)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def orthogonal_features(m: int, dim: int, generator: torch.Generator | None = None) -> Tensor:
+    """[m, dim] matrix with orthogonal rows scaled by sqrt(m) (the T2T token performer's ``w``)."""
+    w = nn.init.orthogonal_(torch.empty(m, dim), generator=generator)
+    return w * math.sqrt(m)

@@ -1,0 +1,1 @@
+"""LSH-sparse + low-rank attention (Scatterbrain) as one op: ``ScatterbrainAttention``."""

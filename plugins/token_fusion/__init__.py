@@ -1,0 +1,1 @@
+"""Token fusion (MCTF, ToMe) as one op: ``TokenFusion`` in namespace ``vitrt``."""
