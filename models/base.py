@@ -8,7 +8,6 @@ import torch
 from torch import Tensor, nn
 
 from .config import ModelSpec, PreprocessConfig
-from .layers import Block
 
 
 class ClassTokenViT(nn.Module):
@@ -65,7 +64,7 @@ class ClassTokenViT(nn.Module):
         """Tokens entering each block, then the number leaving the last one (length depth + 1)."""
         counts = [self.num_tokens]
         for blk in self.blocks:
-            counts.append(blk.num_tokens_out(counts[-1]))
+            counts.append(int(blk.num_tokens_out(counts[-1])))  # type: ignore[operator]
         return counts
 
     def optional_state_keys(self) -> set[str]:

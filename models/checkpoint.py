@@ -56,9 +56,19 @@ def _read_file(path: Path) -> Mapping[str, Any]:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+    with path.open("rb") as f:
+        head = f.read(2)
+    # torch.save writes a zip archive (or, before 1.6, a pickle stream starting with the PROTO opcode).
+    if not (zipfile.is_zipfile(path) or head[:1] == b"\x80"):
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle); "
+            "expected a .pth/.pth.tar saved with torch.save, or a .safetensors file"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if "Unsupported global" not in str(err):
+            raise CheckpointError(f"{path} is a damaged checkpoint: {str(err).splitlines()[0]}") from err
         raise CheckpointError(
             f"{path} holds Python objects besides tensors, which vitrt will not unpickle "
             f"(weights_only=True): {str(err).splitlines()[0]}. Re-save only the state dict: "
@@ -93,7 +103,9 @@ def load_checkpoint(
 
     state = checkpoint_filter_for(model)(read_state_dict(path_or_mapping), model)
     own = model.state_dict()
-    optional = model.optional_state_keys() if hasattr(model, "optional_state_keys") else set()
+    from .base import ClassTokenViT
+
+    optional = model.optional_state_keys() if isinstance(model, ClassTokenViT) else set()
     missing = [k for k in own if k not in state and k not in optional]
     unexpected = [k for k in state if k not in own]
     mismatched = [
@@ -103,7 +115,11 @@ def load_checkpoint(
     ]
     problems = [
         _listing(title, items)
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched))
+        for title, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        )
         if items
     ]
     name = getattr(getattr(model, "spec", None), "name", type(model).__name__)

@@ -12,12 +12,14 @@ from torch import Tensor, nn
 
 from compiler.errors import ConfigError
 
+from .base import ClassTokenViT
+
 CheckpointFilter = Callable[[Mapping[str, Tensor], nn.Module], dict[str, Tensor]]
 
 
 @dataclass(frozen=True)
 class _Entry:
-    constructor: Callable[..., nn.Module]
+    constructor: Callable[..., ClassTokenViT]
     family: str
     checkpoint_filter: CheckpointFilter
 
@@ -27,10 +29,10 @@ _REGISTRY: dict[str, _Entry] = {}
 
 def register_model(
     name: str, *, family: str, checkpoint_filter: CheckpointFilter
-) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register ``constructor(**kwargs) -> nn.Module`` under ``name``."""
+) -> Callable[[Callable[..., ClassTokenViT]], Callable[..., ClassTokenViT]]:
+    """Register ``constructor(**kwargs) -> model`` under ``name``."""
 
-    def wrap(constructor: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    def wrap(constructor: Callable[..., ClassTokenViT]) -> Callable[..., ClassTokenViT]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
         _REGISTRY[name] = _Entry(constructor, family, checkpoint_filter)
@@ -68,7 +70,7 @@ def create_model(
     fusion: Any = None,
     attention: Any = None,
     **kwargs: Any,
-) -> nn.Module:
+) -> ClassTokenViT:
     """Build a registered model with fresh weights (load them with ``load_checkpoint``).
 
     Args:

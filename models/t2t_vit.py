@@ -18,8 +18,15 @@ from compiler.errors import ConfigError
 
 from .base import ClassTokenViT
 from .config import ModelSpec, PreprocessConfig
-from .layers import Block, DenseAttention, DropPath, Mlp, orthogonal_features, sinusoid_encoding
-from .layers import trunc_normal_init
+from .layers import (
+    Block,
+    DenseAttention,
+    DropPath,
+    Mlp,
+    orthogonal_features,
+    sinusoid_encoding,
+    trunc_normal_init,
+)
 from .registry import register_model
 
 # Soft splits (kernel, stride, padding) of the T2T module, in order.
@@ -138,11 +145,13 @@ def check_img_size(img_size: int) -> None:
         return s >= 16 and soft_split_grid(s)[-1] == s // 16
 
     if not ok(img_size):
-        near = [s for s in range(max(16, img_size - 48), img_size + 49) if ok(s)]
+        near = sorted(
+            sorted((s for s in range(16, img_size + 49) if ok(s)), key=lambda s: abs(s - img_size))[:6]
+        )
         raise ConfigError(
             f"img_size {img_size} does not fit T2T-ViT's soft split (unfold 7/4/2, 3/2/1, 3/2/1 gives "
             f"{soft_split_grid(img_size)[-1]}^2 tokens, the position table has {img_size // 16}^2); "
-            f"sizes close to it that work: {near[:8]}"
+            f"sizes close to it that work: {near}"
         )
 
 
@@ -256,7 +265,9 @@ def _build(name: str, tokens_type: str, arch: dict[str, Any], **kwargs: Any) -> 
     model = T2TViT(tokens_type=tokens_type, **arch, **kwargs)
     top1, params, macs = _REPORTED[name]
     model.spec = ModelSpec(
-        name, "t2t_vit", {"tokens_type": tokens_type, **arch},
+        name,
+        "t2t_vit",
+        {"tokens_type": tokens_type, **arch},
         {"top1": top1, "params_m": params, "macs_g": macs},
     )
     model.preprocess = PreprocessConfig(input_size=(3, img_size, img_size))
@@ -270,7 +281,9 @@ def _t2t(name: str, tokens_type: str, embed_dim: int, depth: int, num_heads: int
         return _build(name, tokens_type, arch, **kwargs)
 
     constructor.__name__ = name
-    constructor.__doc__ = f"T2T-ViT {name}: {tokens_type} T2T module, {embed_dim}/{depth}/{num_heads}/{mlp_ratio}."
+    constructor.__doc__ = (
+        f"T2T-ViT {name}: {tokens_type} T2T module, {embed_dim}/{depth}/{num_heads}/{mlp_ratio}."
+    )
     register_model(name, family="t2t_vit", checkpoint_filter=checkpoint_filter)(constructor)
 
 

@@ -1,0 +1,77 @@
+"""The command line: every module imports, every --help runs, errors exit 2 with a message."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from compiler.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ["compiler", "plugins", "calibration", "deploy", "models"]
+
+
+def _modules() -> list[str]:
+    names = []
+    for pkg in PACKAGES:
+        names.append(pkg)
+        path = ROOT / pkg
+        names += [m.name for m in pkgutil.walk_packages([str(path)], prefix=f"{pkg}.")]
+    return names
+
+
+@pytest.mark.parametrize("module", _modules())
+def test_every_module_imports_without_optional_dependencies(module: str) -> None:
+    # tensorrt / cuda are imported lazily inside functions, so this holds on a CPU-only machine.
+    importlib.import_module(module)
+
+
+def _subcommands() -> list[str]:
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return sorted(action.choices)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("command", [None, *_subcommands()])
+def test_help(command: str | None, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"] if command else ["--help"])
+    assert exit_info.value.code == 0
+    assert "usage: vitrt" in capsys.readouterr().out
+
+
+def test_console_script_entry_point() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "compiler.cli", "list-models", "deit*"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0
+    assert out.stdout.split() == ["deit_base_patch16_224", "deit_small_patch16_224", "deit_tiny_patch16_224"]
+
+
+def test_inspect_counts_the_model(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", "t2t_vit_7", "--img-size", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters      4,264,142" in out  # 4,310,222 - (197 - 17) * 256: a 17-row sinusoid table
+    assert "soft split 1 -> attention1     256" in out
+    assert "tokens per block [17, 17, 17, 17, 17, 17, 17] -> 17 out" in out
+    assert "crop_pct 0.9, bicubic" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["inspect", "t2t_vit14"], "unknown model 't2t_vit14'; did you mean t2t_vit_14"),
+        (["inspect", "t2t_vit_7", "--img-size", "70"], "img_size 70 does not fit"),
+    ],
+)
+def test_bad_input_exits_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,195 @@
+"""Model zoo: official layouts, parameter counts, checkpoints, preprocessing, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from compiler.errors import CheckpointError, ConfigError
+from models import create_model, list_models, load_checkpoint, read_state_dict
+from models.t2t_vit import check_img_size, soft_split_grid
+
+FIXTURES = Path(__file__).parent / "fixtures"
+# From the official code (issue 2): all parameters, frozen `w` and `pos_embed` included.
+PARAM_COUNTS = {
+    "t2t_vit_7": 4_310_222,
+    "t2t_vit_10": 5_889_230,
+    "t2t_vit_12": 6_941_902,
+    "t2t_vit_14": 21_545_550,
+    "t2t_vit_19": 39_177_422,
+    "t2t_vit_24": 64_105_934,
+    "t2t_vit_t_14": 21_541_070,
+    "t2t_vit_t_19": 39_172_942,
+    "t2t_vit_t_24": 64_101_454,
+    # timm's VisionTransformer
+    "deit_tiny_patch16_224": 5_717_416,
+    "deit_small_patch16_224": 22_050_664,
+    "deit_base_patch16_224": 86_567_656,
+}
+
+
+def test_registry_lists_every_model() -> None:
+    assert list_models() == sorted(PARAM_COUNTS)
+    assert list_models("t2t_vit_t_*") == ["t2t_vit_t_14", "t2t_vit_t_19", "t2t_vit_t_24"]
+
+
+@pytest.mark.parametrize("name", sorted(PARAM_COUNTS))
+def test_parameter_count_and_official_layout(name: str) -> None:
+    model = create_model(name)
+    assert sum(p.numel() for p in model.parameters()) == PARAM_COUNTS[name]
+    # Key order and shapes recorded from the official T2T-ViT code and timm (see test_official_equivalence).
+    layout = json.loads((FIXTURES / "official_state_dict_layout.json").read_text())[name]
+    assert [[k, list(v.shape)] for k, v in model.state_dict().items()] == layout
+
+
+def _small(name: str = "t2t_vit_7", **kwargs: object) -> torch.nn.Module:
+    return create_model(name, img_size=64, num_classes=10, **kwargs)
+
+
+def _wrap(layout: str, state: dict[str, torch.Tensor]) -> object:
+    if layout == "raw":
+        return state
+    if layout == "module.":
+        return {f"module.{k}": v for k, v in state.items()}
+    return {layout: state, "epoch": 3, "arch": "t2t_vit_7"}
+
+
+@pytest.mark.parametrize("layout", ["state_dict_ema", "state_dict", "model", "raw", "module."])
+@pytest.mark.parametrize("suffix", [".pth", ".pth.tar", ".safetensors"])
+def test_checkpoint_round_trip(tmp_path: Path, layout: str, suffix: str) -> None:
+    src = _small().eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = src(x)
+    path = tmp_path / f"ckpt{suffix}"
+    if suffix == ".safetensors":
+        if layout not in ("raw", "module."):
+            pytest.skip("safetensors files hold a flat tensor dict only")
+        save_file({k: v.contiguous() for k, v in _wrap(layout, src.state_dict()).items()}, str(path))  # type: ignore[union-attr]
+    else:
+        torch.save(_wrap(layout, src.state_dict()), path)
+    torch.manual_seed(123)  # a different random init, so a no-op load would fail the comparison
+    dst = load_checkpoint(_small(), path)
+    with torch.no_grad():
+        torch.testing.assert_close(dst(x), expected, atol=0, rtol=0)
+
+
+def test_performer_matrix_and_pos_embed_come_from_the_checkpoint() -> None:
+    src = _small()
+    torch.manual_seed(99)
+    dst = _small()
+    w = "tokens_to_token.attention1.w"
+    assert not torch.equal(src.state_dict()[w], dst.state_dict()[w])
+    load_checkpoint(dst, {"state_dict_ema": src.state_dict()})
+    torch.testing.assert_close(dst.state_dict()[w], src.state_dict()[w], atol=0, rtol=0)
+    pos = src.state_dict()["pos_embed"] * 2  # a checkpoint's table wins over the sinusoid default
+    load_checkpoint(dst, {**src.state_dict(), "pos_embed": pos})
+    torch.testing.assert_close(dst.pos_embed.detach(), pos, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["t2t_vit_7", "t2t_vit_t_14", "deit_tiny_patch16_224"])
+def test_batch_independence(name: str) -> None:
+    model = create_model(name, img_size=64 if name.startswith("t2t") else 224, num_classes=10)
+    x = torch.randn(3, *model.preprocess.input_size)
+    with torch.no_grad():
+        batch = model(x)
+        single = torch.cat([model(x[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(batch, single, atol=1e-5, rtol=1e-5)
+
+
+def test_t2t_vit_14_at_384() -> None:
+    model = create_model("t2t_vit_14", img_size=384)
+    assert model.tokens_to_token.grid == [96, 48, 24]
+    assert model.token_schedule()[0] == 24 * 24 + 1
+    assert model.pos_embed.shape == (1, 577, 384)
+    assert model.preprocess.input_size == (3, 384, 384)
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 384, 384))
+    assert out.shape == (1, 1000) and torch.isfinite(out).all()
+
+
+def test_soft_split_sizes() -> None:
+    assert soft_split_grid(224) == [56, 28, 14]
+    for ok in (32, 64, 224, 384):
+        check_img_size(ok)
+    with pytest.raises(ConfigError, match=r"img_size 70 .*sizes close to it that work: \[.*64.*\]"):
+        create_model("t2t_vit_7", img_size=70)
+    with pytest.raises(ConfigError, match="not a multiple of the patch size"):
+        create_model("deit_tiny_patch16_224", img_size=100)
+
+
+def test_preprocessing_config() -> None:
+    for name in list_models():
+        pre = create_model(name, img_size=64 if name.startswith("t2t") else 224).preprocess
+        assert pre.crop_pct == 0.9 and pre.interpolation == "bicubic"
+        assert pre.mean == (0.485, 0.456, 0.406) and pre.std == (0.229, 0.224, 0.225)
+
+
+def test_unknown_model_lists_close_names() -> None:
+    with pytest.raises(ConfigError, match="t2t_vit_14") as err:
+        create_model("t2t_vit14")
+    assert "unknown model 't2t_vit14'" in str(err.value)
+
+
+def test_checkpoint_mismatch_lists_keys_and_shapes() -> None:
+    state = _small().state_dict()
+    state.pop("head.weight")
+    state["extra.weight"] = torch.zeros(1)
+    state["blocks.0.attn.qkv.weight"] = torch.zeros(3, 3)
+    for i in range(12):
+        state[f"junk.{i}"] = torch.zeros(1)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(_small(), state)
+    msg = str(err.value)
+    assert "missing keys (1): head.weight" in msg
+    assert "unexpected keys (13)" in msg and "(and 3 more)" in msg
+    assert "blocks.0.attn.qkv.weight (3, 3) vs model (768, 256)" in msg
+    model = load_checkpoint(_small(), state, strict=False)
+    assert len(model.load_report) == 3
+
+
+def test_wrong_model_for_checkpoint() -> None:
+    with pytest.raises(CheckpointError, match="does not match t2t_vit_t_14"):
+        load_checkpoint(create_model("t2t_vit_t_14", img_size=64), _small().state_dict())
+
+
+def test_files_that_are_not_checkpoints(tmp_path: Path) -> None:
+    text = tmp_path / "notes.pth"
+    text.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint"):
+        read_state_dict(text)
+    fake = tmp_path / "w.safetensors"
+    fake.write_bytes(b"\x00" * 16)
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        read_state_dict(fake)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_state_dict(tmp_path / "missing.pth")
+    pickled = tmp_path / "obj.pth"
+    torch.save({"model": torch.nn.Linear(2, 2)}, pickled)  # a pickled module, not a state dict
+    with pytest.raises(CheckpointError, match="will not unpickle"):
+        read_state_dict(pickled)
+    empty = tmp_path / "empty.pth"
+    torch.save({"epoch": 1}, empty)
+    with pytest.raises(CheckpointError, match="no tensors found"):
+        read_state_dict(empty)
+
+
+def test_training_mode_backpropagates() -> None:
+    model = create_model("t2t_vit_t_14", img_size=64, num_classes=10, drop_path_rate=0.1).train()
+    loss = model(torch.randn(2, 3, 64, 64)).logsumexp(-1).mean()
+    loss.backward()
+    assert model.blocks[0].attn.qkv.weight.grad is not None
+    assert model.tokens_to_token.attention1.attn.qkv.weight.grad is not None
+
+
+def test_truncated_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "cut.pth.tar"
+    torch.save({"state_dict_ema": _small().state_dict()}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=str(path)):
+        read_state_dict(path)
