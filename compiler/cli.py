@@ -22,7 +22,15 @@ def _cmd_list_models(args: argparse.Namespace) -> int:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from .inspect import model_card
 
-    print(model_card(args.model, img_size=args.img_size, fusion=args.fusion, attention=args.attention))
+    print(
+        model_card(
+            args.model,
+            img_size=args.img_size,
+            fusion=args.fusion,
+            attention=args.attention,
+            checkpoint=args.checkpoint,
+        )
+    )
     return 0
 
 
@@ -52,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="model card: parameters, MACs, tokens per stage, preprocessing")
     _add_model_options(p)
+    p.add_argument("--checkpoint", default=None, help="load these weights first (.pth/.pth.tar/.safetensors)")
     p.set_defaults(func=_cmd_inspect)
 
     p = sub.add_parser("demo", help="build a model, check it against itself in batch, time it on CPU")

@@ -5,13 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 
-def model_card(name: str, *, img_size: int = 224, fusion: Any = None, attention: Any = None) -> str:
+def model_card(
+    name: str,
+    *,
+    img_size: int = 224,
+    fusion: Any = None,
+    attention: Any = None,
+    checkpoint: str | None = None,
+) -> str:
     """A plain-text card for a registered model: parameters, MACs (counted), tokens per stage and
-    per block, preprocessing, and the figures its paper reports."""
-    from models import create_model
+    per block, preprocessing, and the figures its paper reports. With ``checkpoint``, the weights
+    are loaded strictly first, so a checkpoint that does not fit the model raises CheckpointError."""
+    from models import create_model, load_checkpoint
     from models.complexity import count_complexity
 
     model = create_model(name, img_size=img_size, fusion=fusion, attention=attention)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
     cost = count_complexity(model)
     pre = model.preprocess
     schedule = model.token_schedule()
@@ -27,4 +37,6 @@ def model_card(name: str, *, img_size: int = 224, fusion: Any = None, attention:
         f"  architecture    {model.spec.arch}",
         f"  paper reports   {model.spec.reported} (at 224)",
     ]
+    if checkpoint is not None:
+        lines.insert(1, f"  checkpoint      {checkpoint} (loaded strictly: every key and shape matches)")
     return "\n".join(lines)

@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Deployment: runners (TensorRT, ONNX Runtime) behind one interface and latency profiling."""

@@ -65,6 +65,23 @@ def test_inspect_counts_the_model(capsys: pytest.CaptureFixture[str]) -> None:
     assert "crop_pct 0.9, bicubic" in out
 
 
+def test_bad_checkpoint_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from models import create_model
+
+    good = tmp_path / "good.pth.tar"
+    torch.save({"state_dict_ema": create_model("t2t_vit_7", img_size=64).state_dict()}, good)
+    assert main(["inspect", "t2t_vit_7", "--img-size", "64", "--checkpoint", str(good)]) == 0
+    assert "loaded strictly" in capsys.readouterr().out
+    assert main(["inspect", "t2t_vit_10", "--img-size", "64", "--checkpoint", str(good)]) == 2
+    assert "missing keys (33): blocks.7.norm1.weight" in capsys.readouterr().err  # 3 blocks x 11
+    text = tmp_path / "readme.pth"
+    text.write_text("hello")
+    assert main(["inspect", "t2t_vit_7", "--checkpoint", str(text)]) == 2
+    assert "is not a PyTorch checkpoint" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
