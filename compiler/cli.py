@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -40,6 +41,57 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(model_name=args.model, img_size=args.img_size)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import ExportConfig, export_onnx, file_sha256, model_from_config
+    from .fileio import check_writable
+
+    config = ExportConfig(
+        model=args.model,
+        lowering=args.lowering,
+        opset=args.opset,
+        batch=None if args.dynamic_batch else args.batch,
+        input_size=(3, args.img_size, args.img_size),
+        img_size=args.img_size,
+        num_classes=args.num_classes,
+        fusion=args.fusion,
+        attention=args.attention,
+        checkpoint=args.checkpoint,
+        checkpoint_sha256=file_sha256(args.checkpoint) if args.checkpoint else None,
+        seed=args.seed,
+    )
+    config.validate()  # before building the model: a bad option or path should fail fast
+    check_writable(args.output)
+    model = model_from_config(config)
+    pre = getattr(model, "preprocess", None)
+    if pre is not None:
+        config = dataclasses.replace(config, mean=tuple(pre.mean), std=tuple(pre.std))
+    path = export_onnx(model, args.output, config, simplify=not args.no_simplify)
+    size_mib = path.stat().st_size / 2**20
+    print(f"wrote {path} ({size_mib:.1f} MiB, lowering={config.lowering}, opset={config.opset})")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .verify import load_inputs, save_inputs, save_outputs, verify_onnx
+
+    inputs = load_inputs(args.load_inputs) if args.load_inputs else None
+    report, feeds, outputs = verify_onnx(
+        args.onnx,
+        against=args.against,
+        atol=args.atol,
+        rtol=args.rtol,
+        inputs=inputs,
+        iterations=args.iterations,
+        batch=args.batch,
+    )
+    if args.save_inputs:
+        save_inputs(feeds, args.save_inputs)
+    if args.save_outputs:
+        save_outputs(outputs, args.save_outputs, runner_name="onnxrt-runner-N0")
+    print(report.format())
+    return 0 if report.passed else 1
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a model name (see `vitrt list-models`)")
     p.add_argument("--img-size", type=int, default=224, help="square input side in pixels (default 224)")
@@ -62,6 +114,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.add_argument("--checkpoint", default=None, help="load these weights first (.pth/.pth.tar/.safetensors)")
     p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser(
+        "export", help="PyTorch model -> ONNX (plugin or portable lowering), simplified, checked"
+    )
+    _add_model_options(p)
+    p.add_argument("--checkpoint", default=None, help="weights to export (default: random init from --seed)")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random init when no checkpoint is given")
+    p.add_argument(
+        "--lowering", default="plugin", help="plugin (TensorRT plugin nodes) or portable (standard ops)"
+    )
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--batch", type=int, default=1, help="fixed batch size (default 1)")
+    group.add_argument("--dynamic-batch", action="store_true", help="a dynamic batch axis named 'batch'")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 18)")
+    p.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
+    p.add_argument("-o", "--output", required=True, help="output .onnx path")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("verify", help="run an ONNX model on ONNX Runtime and compare with a reference")
+    p.add_argument("onnx", help="the .onnx file")
+    p.add_argument(
+        "--against", default="torch", help="'torch' (rebuild from the export config) or a RunResults JSON"
+    )
+    p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default 1e-4)")
+    p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (default 1e-3)")
+    p.add_argument("--iterations", type=int, default=1, help="random input sets (default 1)")
+    p.add_argument("--batch", type=int, default=1, help="batch for a dynamic batch axis (default 1)")
+    p.add_argument("--load-inputs", default=None, help="Polygraphy inputs JSON to run on")
+    p.add_argument("--save-inputs", default=None, help="write the inputs used (Polygraphy JSON)")
+    p.add_argument(
+        "--save-outputs", default=None, help="write ONNX Runtime's outputs (Polygraphy RunResults)"
+    )
+    p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser("demo", help="build a model, check it against itself in batch, time it on CPU")
     p.add_argument("--model", default="t2t_vit_7", help="model name (default t2t_vit_7)")

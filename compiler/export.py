@@ -1,0 +1,218 @@
+"""PyTorch -> ONNX. Every export choice lives in one ExportConfig, saved inside the ONNX file.
+
+Two lowerings of vitrt's plugin ops:
+- ``plugin``: one custom node per op (op_type = plugin name, domain ``vitrt``), the form TensorRT's
+  ONNX parser turns into vitrt's plugins;
+- ``portable``: the op's PyTorch reference traced into standard ONNX ops (ONNX Runtime on CPU, and a
+  TensorRT baseline without plugins).
+A model without plugin ops exports to the same graph in both.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, VitrtError
+from .fileio import atomic_output, check_writable
+
+log = logging.getLogger("vitrt")
+
+LOWERINGS = ("plugin", "portable")
+MIN_OPSET = 18  # torch's dynamo exporter emits opset >= 18 (LayerNormalization needs >= 17)
+METADATA_KEY = "vitrt.export_config"
+TWO_GB = 2**31
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What an exported ONNX file is: saved as JSON in its metadata under ``vitrt.export_config``.
+
+    batch: a fixed batch size, or None for a dynamic batch dimension named ``batch``.
+    input_size: (channels, height, width) in pixels; mean/std: the normalisation the caller applies
+    to [0, 1] pixels before feeding ``images``.
+    checkpoint / checkpoint_sha256: the weights exported (None: a random init drawn with ``seed``),
+    so that ``model_from_config`` rebuilds the same PyTorch model to verify against.
+    """
+
+    model: str
+    lowering: str = "plugin"
+    opset: int = MIN_OPSET
+    batch: int | None = 1
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    precision: str = "fp32"
+    img_size: int = 224
+    num_classes: int = 1000
+    fusion: Any = None
+    attention: Any = None
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise ConfigError for a lowering, opset or batch vitrt cannot export."""
+        if self.lowering not in LOWERINGS:
+            raise ConfigError(f"unknown lowering {self.lowering!r}; use one of {', '.join(LOWERINGS)}")
+        if self.opset < MIN_OPSET:
+            raise ConfigError(
+                f"opset {self.opset} is too old: vitrt exports opset >= {MIN_OPSET} "
+                "(LayerNormalization and the dynamo exporter need it); TensorRT 10+ reads opset 18-20"
+            )
+        if self.batch is not None and self.batch < 1:
+            raise ConfigError(f"batch must be >= 1 or None (dynamic), got {self.batch}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def model_from_config(config: ExportConfig) -> nn.Module:
+    """The PyTorch model an ExportConfig describes, in eval mode, with the same weights.
+
+    Raises CheckpointError when the recorded checkpoint is missing or has changed since export.
+    """
+    from models import create_model, load_checkpoint
+
+    from .errors import CheckpointError
+
+    torch.manual_seed(config.seed)
+    model = create_model(
+        config.model,
+        img_size=config.img_size,
+        num_classes=config.num_classes,
+        fusion=config.fusion,
+        attention=config.attention,
+    )
+    if config.checkpoint is not None:
+        digest = file_sha256(config.checkpoint)
+        if config.checkpoint_sha256 and digest != config.checkpoint_sha256:
+            raise CheckpointError(
+                f"{config.checkpoint} changed since export (sha256 {digest[:12]}..., export recorded "
+                f"{config.checkpoint_sha256[:12]}...); re-export, or verify against saved outputs"
+            )
+        load_checkpoint(model, config.checkpoint)
+    return model.eval()
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB chunks)."""
+    import hashlib
+
+    from .errors import CheckpointError
+
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as err:
+        raise CheckpointError(f"cannot read checkpoint {path}: {err.strerror}") from err
+    return digest.hexdigest()
+
+
+def read_export_config(model_proto: Any) -> ExportConfig | None:
+    """The ExportConfig stored in an ``onnx.ModelProto``, or None for a foreign ONNX file."""
+    for prop in model_proto.metadata_props:
+        if prop.key == METADATA_KEY:
+            data = json.loads(prop.value)
+            data["input_size"] = tuple(data["input_size"])
+            data["mean"], data["std"] = tuple(data["mean"]), tuple(data["std"])
+            return ExportConfig(**data)
+    return None
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    config: ExportConfig,
+    *,
+    simplify: bool = True,
+) -> Path:
+    """Export ``model`` (images [B, C, H, W] -> logits [B, classes]) to ONNX at ``path``.
+
+    The graph's input is ``images`` (float32 [batch, C, H, W]), its output ``logits``. The file is
+    checked with ``onnx.checker`` (full check), simplified with onnxsim unless ``simplify`` is False,
+    shape-inferred, and written atomically; weights go to ``<path>.data`` only when the model is
+    over 2 GB. Returns the path.
+    """
+    import onnx
+
+    from .passes import check_model, name_nodes, simplify_model
+
+    config.validate()
+    check_writable(path)  # fail now, not after tracing
+    model = model.eval()
+    batch = config.batch or 2  # a dynamic batch is traced at 2 so that no size-1 axis gets folded
+    example = torch.randn(batch, *config.input_size)
+    # A tuple matches the forward's positional arguments, whatever the model names them.
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=1024)},) if config.batch is None else None
+    external = sum(p.numel() * p.element_size() for p in model.parameters()) >= TWO_GB
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's own chatter; errors still raise
+        try:
+            program = torch.onnx.export(
+                model,
+                (example,),
+                input_names=["images"],
+                output_names=["logits"],
+                opset_version=config.opset,
+                dynamic_shapes=dynamic,
+                dynamo=True,
+                optimize=True,
+                verbose=False,
+            )
+        except Exception as err:  # the exporter raises many types; name the model and stage
+            raise VitrtError(f"ONNX export of {config.model} failed: {_exporter_summary(err)}") from err
+    assert program is not None
+    proto = program.model_proto
+    log.info("traced %s in %.1f s", config.model, time.perf_counter() - t0)
+    proto = name_nodes(proto)
+    if simplify:
+        proto = simplify_model(proto)
+    meta = proto.metadata_props.add()
+    meta.key, meta.value = METADATA_KEY, config.to_json()
+    proto.producer_name, proto.producer_version = "vitrt", _version()
+    check_model(proto)
+    dest = Path(path)
+    with atomic_output(dest, suffix=".onnx") as tmp:
+        if external:
+            onnx.save_model(
+                proto,
+                str(tmp),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=dest.name + ".data",
+            )
+        else:
+            onnx.save_model(proto, str(tmp))
+    return dest
+
+
+def _exporter_summary(err: Exception) -> str:
+    """The line of torch's export error that names the cause, without its colour codes."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    cause = next((line for line in text.splitlines() if line.startswith("<class")), None)
+    return cause or f"{type(err).__name__}: {text.strip().splitlines()[0] if text.strip() else ''}"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vitrt")
+    except PackageNotFoundError:
+        return "0+unknown"

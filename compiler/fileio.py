@@ -1,0 +1,49 @@
+"""Writing artifacts so that a failure never leaves a half-written file behind."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import VitrtError
+
+
+def check_writable(path: str | os.PathLike[str]) -> Path:
+    """Raise VitrtError unless ``path``'s folder exists and is writable; return ``path``.
+
+    Called before long work (tracing, calibration) so that a bad output path fails in a second,
+    not after minutes.
+    """
+    dest = Path(path)
+    folder = dest.parent if str(dest.parent) else Path(".")
+    if not folder.is_dir():
+        raise VitrtError(f"cannot write {dest}: folder {folder} does not exist (create it first)")
+    if not os.access(folder, os.W_OK):
+        raise VitrtError(f"cannot write {dest}: folder {folder} is not writable")
+    if dest.is_dir():
+        raise VitrtError(f"cannot write {dest}: it is a folder; give a file name")
+    return dest
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary file lives in the destination folder so that the final rename is atomic (same
+    file system). Raises VitrtError naming the folder when it cannot be written.
+    """
+    dest = check_writable(path)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix or ".tmp", dir=dest.parent)
+    except OSError as err:
+        raise VitrtError(f"cannot write {dest}: {err.strerror} (check the folder's permissions)") from err
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)

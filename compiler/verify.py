@@ -1,0 +1,219 @@
+"""Verify an ONNX model against a reference: PyTorch, or outputs another backend saved.
+
+Inputs and outputs are stored in Polygraphy's JSON formats (a list of {name: array} feeds, and
+``RunResults``), so a Jetson can check its TensorRT engine against the workstation's results with
+``polygraphy run model.onnx --trt --load-inputs inputs.json --load-outputs outputs.json``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import VitrtError
+from .fileio import atomic_output
+
+Feed = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class OutputError:
+    """Error of one output over all iterations: max |a - b| and max |a - b| / |b|
+    (|b| floored at 1e-12). ``passed``: |a - b| <= atol + rtol * |b| everywhere."""
+
+    name: str
+    max_abs: float
+    max_rel: float
+    passed: bool
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Result of ``verify_onnx``: one OutputError per output, and the tolerances used."""
+
+    reference: str
+    outputs: list[OutputError]
+    atol: float
+    rtol: float
+    iterations: int
+
+    @property
+    def passed(self) -> bool:
+        return all(o.passed for o in self.outputs)
+
+    def format(self) -> str:
+        lines = [
+            f"onnxrt vs {self.reference}: {self.iterations} input set(s), atol {self.atol}, rtol {self.rtol}"
+        ]
+        for o in self.outputs:
+            verdict = "PASS" if o.passed else "FAIL"
+            lines.append(f"  {o.name:<12} max abs {o.max_abs:.3e}  max rel {o.max_rel:.3e}  {verdict}")
+        return "\n".join(lines)
+
+
+def load_onnx(path: str | os.PathLike[str]) -> Any:
+    """``onnx.load`` with a clear VitrtError for a missing or non-ONNX file."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    p = Path(path)
+    if not p.is_file():
+        raise VitrtError(f"{p} does not exist or is not a file")
+    try:
+        # format="protobuf": onnx would otherwise guess JSON/text formats from the file extension.
+        proto = onnx.load(str(p), format="protobuf")
+    except (DecodeError, ValueError, OSError) as err:
+        raise VitrtError(
+            f"{p} is not an ONNX model ({type(err).__name__}); export one with `vitrt export`"
+        ) from err
+    if not proto.graph.node:
+        raise VitrtError(f"{p} is not an ONNX model (no graph nodes); export one with `vitrt export`")
+    return proto
+
+
+def random_inputs(
+    input_shapes: dict[str, list[Any]], *, iterations: int = 1, batch: int = 1, seed: int = 0
+) -> list[Feed]:
+    """Fresh N(0, 1) float32 feeds for each input (dynamic axes take ``batch``), seeded."""
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(iterations):
+        feed = {}
+        for name, shape in input_shapes.items():
+            dims = [d if isinstance(d, int) and d > 0 else batch for d in shape]
+            feed[name] = rng.standard_normal(dims, dtype=np.float32)
+        feeds.append(feed)
+    return feeds
+
+
+@contextmanager
+def _quiet_polygraphy() -> Iterator[None]:
+    """Polygraphy logs every save/load at INFO; vitrt reports what it did itself."""
+    from polygraphy.logger import G_LOGGER
+
+    with G_LOGGER.verbosity(G_LOGGER.ERROR):
+        yield
+
+
+def save_inputs(feeds: list[Feed], path: str | os.PathLike[str]) -> None:
+    """Write feeds in Polygraphy's ``--save-inputs`` JSON format (atomically)."""
+    from polygraphy.json import save_json
+
+    with atomic_output(path, suffix=".json") as tmp, _quiet_polygraphy():
+        save_json(feeds, str(tmp))
+
+
+def load_inputs(path: str | os.PathLike[str]) -> list[Feed]:
+    """Read feeds saved by ``save_inputs`` or ``polygraphy run --save-inputs``."""
+    from polygraphy.json import load_json
+
+    try:
+        with _quiet_polygraphy():
+            data = load_json(str(path))
+    except Exception as err:  # polygraphy raises PolygraphyException / JSONDecodeError / OSError
+        raise VitrtError(f"cannot read inputs from {path}: {err}") from err
+    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+        raise VitrtError(f"{path} is not a Polygraphy inputs file (a JSON list of {{name: array}})")
+    return [{k: np.asarray(v) for k, v in d.items()} for d in data]
+
+
+def save_outputs(outputs: list[Feed], path: str | os.PathLike[str], runner_name: str) -> None:
+    """Write outputs as Polygraphy ``RunResults`` (what ``--save-outputs``/``--load-outputs`` use)."""
+    from polygraphy.comparator import RunResults
+    from polygraphy.comparator.struct import IterationResult
+
+    results = RunResults()
+    results.append((runner_name, [IterationResult(dict(o), runner_name=runner_name) for o in outputs]))
+    with atomic_output(path, suffix=".json") as tmp, _quiet_polygraphy():
+        results.save(str(tmp))
+
+
+def load_outputs(path: str | os.PathLike[str]) -> tuple[str, list[Feed]]:
+    """(runner name, outputs per iteration) of the first runner in a Polygraphy RunResults file."""
+    from polygraphy.comparator import RunResults
+
+    try:
+        with _quiet_polygraphy():
+            results = RunResults.load(str(path))
+    except Exception as err:  # polygraphy raises its own exception types
+        raise VitrtError(f"{path} is not a Polygraphy RunResults file: {err}") from err
+    if not len(results):
+        raise VitrtError(f"{path} holds no results")
+    name, iterations = results[0]
+    return name, [{k: np.asarray(v) for k, v in it.items()} for it in iterations]
+
+
+def compare(actual: list[Feed], expected: list[Feed], *, atol: float, rtol: float) -> list[OutputError]:
+    """Per-output errors of ``actual`` against ``expected`` over all iterations."""
+    if len(actual) != len(expected):
+        raise VitrtError(f"{len(actual)} result set(s) to compare with {len(expected)} reference set(s)")
+    errors = []
+    for name in expected[0]:
+        max_abs = max_rel = 0.0
+        passed = True
+        for a, e in zip(actual, expected, strict=True):
+            if name not in a:
+                raise VitrtError(f"output {name!r} missing from the model's outputs {sorted(a)}")
+            if a[name].shape != e[name].shape:
+                raise VitrtError(f"output {name!r} has shape {a[name].shape}, reference {e[name].shape}")
+            diff = np.abs(a[name].astype(np.float64) - e[name].astype(np.float64))
+            ref = np.abs(e[name].astype(np.float64))
+            max_abs = max(max_abs, float(diff.max(initial=0.0)))
+            max_rel = max(max_rel, float((diff / np.maximum(ref, 1e-12)).max(initial=0.0)))
+            passed &= bool(np.all(diff <= atol + rtol * ref))
+        errors.append(OutputError(name, max_abs, max_rel, passed))
+    return errors
+
+
+def verify_onnx(
+    path: str | os.PathLike[str],
+    *,
+    against: str = "torch",
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    inputs: list[Feed] | None = None,
+    iterations: int = 1,
+    batch: int = 1,
+    custom_ops_library: str | None = None,
+) -> tuple[VerifyReport, list[Feed], list[Feed]]:
+    """Run ``path`` on ONNX Runtime (CPU) and compare it with a reference.
+
+    against: ``"torch"`` rebuilds the PyTorch model from the ExportConfig stored in the file (same
+    checkpoint or seed), or a path to a Polygraphy RunResults JSON (then ``inputs`` must be the feeds
+    those outputs were computed from). Returns (report, inputs used, ONNX Runtime outputs).
+    """
+    from deploy.runners import OnnxRuntimeRunner, TorchRunner
+
+    from .export import model_from_config, read_export_config
+
+    proto = load_onnx(path)
+    runner = OnnxRuntimeRunner(path, custom_ops_library=custom_ops_library)
+    if against == "torch":
+        config = read_export_config(proto)
+        if config is None:
+            raise VitrtError(
+                f"{path} was not exported by vitrt (no {'vitrt.export_config'} metadata), so the PyTorch "
+                "model is unknown: verify it against saved outputs instead (--against outputs.json)"
+            )
+        feeds = inputs or random_inputs(runner.input_shapes, iterations=iterations, batch=batch)
+        reference = TorchRunner(model_from_config(config))
+        expected = [reference.infer(f) for f in feeds]
+        reference_name = f"torch ({config.model})"
+    else:
+        if inputs is None:
+            raise VitrtError(
+                "saved outputs are compared on the inputs they came from: pass --load-inputs too"
+            )
+        feeds = inputs
+        reference_name, expected = load_outputs(against)
+    actual = [runner.infer(f) for f in feeds]
+    report = VerifyReport(
+        reference_name, compare(actual, expected, atol=atol, rtol=rtol), atol, rtol, len(feeds)
+    )
+    return report, feeds, actual

@@ -1,0 +1,129 @@
+"""Export to ONNX, simplification, verification on ONNX Runtime (CPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from compiler.cli import main
+from compiler.errors import ConfigError, VitrtError
+from compiler.export import ExportConfig, export_onnx, model_from_config, read_export_config
+from compiler.verify import load_inputs, load_outputs, save_inputs, verify_onnx
+
+# Small inputs keep the CPU suite fast; the shapes still exercise every soft split.
+CASES = [("t2t_vit_7", 64), ("t2t_vit_t_14", 64), ("deit_tiny_patch16_224", 64)]
+
+
+def _export(tmp_path: Path, name: str, size: int, lowering: str = "plugin", **kwargs: object) -> Path:
+    config = ExportConfig(name, lowering=lowering, input_size=(3, size, size), img_size=size, **kwargs)  # type: ignore[arg-type]
+    return export_onnx(model_from_config(config), tmp_path / f"{name}.{lowering}.onnx", config)
+
+
+@pytest.mark.parametrize("lowering", ["plugin", "portable"])
+@pytest.mark.parametrize(("name", "size"), CASES)
+def test_export_matches_pytorch_on_onnxruntime(tmp_path: Path, name: str, size: int, lowering: str) -> None:
+    path = _export(tmp_path, name, size, lowering)
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert [i.name for i in proto.graph.input] == ["images"]
+    assert [o.name for o in proto.graph.output] == ["logits"]
+    assert not any(n.op_type in ("Identity", "Constant") for n in proto.graph.node)  # simplified
+    assert any(n.name.startswith("blocks.0.attn.qkv/") for n in proto.graph.node)  # readable names
+    report, _, _ = verify_onnx(path, atol=1e-4, rtol=0, iterations=2)
+    assert report.passed, report.format()
+    assert report.outputs[0].max_abs <= 1e-4
+
+
+def test_export_is_deterministic_and_carries_its_config(tmp_path: Path) -> None:
+    first = _export(tmp_path / "", "t2t_vit_7", 64)
+    data = first.read_bytes()
+    second = _export(tmp_path, "t2t_vit_7", 64)
+    assert second.read_bytes() == data
+    config = read_export_config(onnx.load(str(first)))
+    assert config is not None
+    assert (config.model, config.img_size, config.lowering, config.batch) == ("t2t_vit_7", 64, "plugin", 1)
+
+
+def test_dynamic_batch(tmp_path: Path) -> None:
+    path = _export(tmp_path, "deit_tiny_patch16_224", 64, batch=None)
+    dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [3, 64, 64]
+    for batch in (1, 3):
+        report, _, outputs = verify_onnx(path, atol=1e-4, rtol=0, batch=batch)
+        assert report.passed and outputs[0]["logits"].shape == (batch, 1000)
+
+
+def test_checkpoint_export_verifies_against_the_same_weights(tmp_path: Path) -> None:
+    from models import create_model
+
+    ckpt = tmp_path / "w.pth.tar"
+    torch.manual_seed(7)
+    torch.save({"state_dict_ema": create_model("t2t_vit_7", img_size=64).state_dict()}, ckpt)
+    out = tmp_path / "m.onnx"
+    assert main(["export", "t2t_vit_7", "--img-size", "64", "--checkpoint", str(ckpt), "-o", str(out)]) == 0
+    assert main(["verify", str(out)]) == 0
+    ckpt.write_bytes(ckpt.read_bytes() + b"\0")  # the checkpoint changes after export
+    assert main(["verify", str(out)]) == 2
+
+
+def test_polygraphy_json_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _export(tmp_path, "deit_tiny_patch16_224", 64)
+    inputs, outputs = tmp_path / "inputs.json", tmp_path / "outputs.json"
+    argv = [
+        "verify",
+        str(path),
+        "--iterations",
+        "2",
+        "--save-inputs",
+        str(inputs),
+        "--save-outputs",
+        str(outputs),
+    ]
+    assert main(argv) == 0
+    feeds = load_inputs(inputs)
+    runner, results = load_outputs(outputs)
+    assert (
+        len(feeds) == 2
+        and feeds[0]["images"].shape == (1, 3, 64, 64)
+        and feeds[0]["images"].dtype == np.float32
+    )
+    assert runner == "onnxrt-runner-N0" and results[1]["logits"].shape == (1, 1000)
+    assert main(["verify", str(path), "--against", str(outputs), "--load-inputs", str(inputs)]) == 0
+    assert "max abs 0.000e+00" in capsys.readouterr().out
+    # The saved outputs belong to those inputs: other inputs must fail the comparison (exit 1).
+    other = tmp_path / "other.json"
+    save_inputs([{"images": f["images"][:, ::-1].copy()} for f in feeds], other)  # channels swapped
+    capsys.readouterr()
+    assert (
+        main(["verify", str(path), "--against", str(outputs), "--load-inputs", str(other), "--atol", "1e-4"])
+        == 1
+    )
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ConfigError, match="unknown lowering 'fancy'; use one of plugin, portable"):
+        ExportConfig("t2t_vit_7", lowering="fancy").validate()
+    with pytest.raises(ConfigError, match="opset 13 is too old"):
+        ExportConfig("t2t_vit_7", opset=13).validate()
+    text = tmp_path / "notes.onnx"
+    text.write_text("hello")
+    with pytest.raises(VitrtError, match="is not an ONNX model"):
+        verify_onnx(text)
+    assert main(["export", "t2t_vit_7", "-o", str(tmp_path / "missing" / "m.onnx")]) == 2
+    assert "does not exist (create it first)" in capsys.readouterr().err
+    assert main(["verify", str(tmp_path / "absent.onnx")]) == 2
+
+
+def test_failed_export_leaves_nothing_behind(tmp_path: Path) -> None:
+    class Broken(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.linalg.eigvals(x[0, 0]).real  # not exportable to ONNX
+
+    with pytest.raises(VitrtError, match="ONNX export of broken failed"):
+        export_onnx(Broken(), tmp_path / "m.onnx", ExportConfig("broken", input_size=(3, 8, 8)))
+    assert list(tmp_path.iterdir()) == []
