@@ -138,13 +138,15 @@ def export_onnx(
     config: ExportConfig,
     *,
     simplify: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> Path:
     """Export ``model`` (images [B, C, H, W] -> logits [B, classes]) to ONNX at ``path``.
 
     The graph's input is ``images`` (float32 [batch, C, H, W]), its output ``logits``. The file is
     checked with ``onnx.checker`` (full check), simplified with onnxsim unless ``simplify`` is False,
     shape-inferred, and written atomically; weights go to ``<path>.data`` only when the model is
-    over 2 GB. Returns the path.
+    over 2 GB. Returns the path. ``timings``, if given, receives the seconds spent in ``trace``,
+    ``simplify`` and ``save``.
     """
     import onnx
 
@@ -177,10 +179,14 @@ def export_onnx(
             raise VitrtError(f"ONNX export of {config.model} failed: {_exporter_summary(err)}") from err
     assert program is not None
     proto = program.model_proto
-    log.info("traced %s in %.1f s", config.model, time.perf_counter() - t0)
+    spent = {"trace": time.perf_counter() - t0}
+    log.info("traced %s in %.1f s", config.model, spent["trace"])
     proto = name_nodes(proto)
+    t0 = time.perf_counter()
     if simplify:
         proto = simplify_model(proto)
+    spent["simplify"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     meta = proto.metadata_props.add()
     meta.key, meta.value = METADATA_KEY, config.to_json()
     proto.producer_name, proto.producer_version = "vitrt", _version()
@@ -197,6 +203,9 @@ def export_onnx(
             )
         else:
             onnx.save_model(proto, str(tmp))
+    spent["save"] = time.perf_counter() - t0
+    if timings is not None:
+        timings.update(spent)
     return dest
 
 
