@@ -30,10 +30,13 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
 
 @contextmanager
 def atomic_output(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+    """Yield a temporary path beside ``path``; move it onto ``path`` only if the block succeeds.
 
     The temporary file lives in the destination folder so that the final rename is atomic (same
-    file system). Raises VitrtError naming the folder when it cannot be written.
+    file system); it is fsynced first, so a crash never leaves a truncated file under the real name.
+    The result gets the mode of the file it replaces, else rw-r--r-- (mkstemp would leave 0600).
+    Raises VitrtError naming the problem when the folder or the file cannot be written; on any
+    failure the destination is left as it was and the temporary file is removed.
     """
     dest = check_writable(path)
     try:
@@ -44,6 +47,18 @@ def atomic_output(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Pa
     tmp = Path(tmp_name)
     try:
         yield tmp
+        os.chmod(tmp, dest.stat().st_mode & 0o777 if dest.exists() else 0o644)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, dest)
+    except OSError as err:
+        raise VitrtError(f"cannot write {dest}: {err}") from err
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` through ``atomic_output``; returns the path."""
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
