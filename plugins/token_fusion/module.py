@@ -1,0 +1,135 @@
+"""``FusionBlock``: a transformer block that fuses tokens (MCTF or ToMe) with the same weights.
+
+It takes over the submodules of a ``models.layers.Block`` (norm1, attn, drop_path, norm2, mlp), so
+state-dict keys and checkpoints are unchanged. The attention is computed here rather than through
+``attn.core``: fusion needs the attention probabilities themselves (informativeness, pooling
+weights, one-step-ahead attention) and proportional attention adds log(size) to the logits.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.layers import Block
+
+from .config import FusionBlockConfig
+from .reference import MergeMethod, attention_received, merge_attention, pooling_weights, token_fusion
+from .spec import TokenFusionAttrs
+
+
+class TokenFusionOp(nn.Module):
+    """The ``TokenFusion`` op alone as a module (what exporters and op tests trace).
+
+    forward(x [B, N, C], metric [B, N, Cm], info [B, N], size [B, N]) ->
+    (x_fused [B, N - r, C], size_fused [B, N - r], dest [B, N] int64); see ``spec``.
+    """
+
+    def __init__(self, attrs: TokenFusionAttrs, method: MergeMethod = "scatter") -> None:
+        super().__init__()
+        self.attrs = attrs
+        self.method: MergeMethod = method
+
+    def forward(self, x: Tensor, metric: Tensor, info: Tensor, size: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return token_fusion(x, metric, info, size, self.attrs, self.method)
+
+
+class FusionBlock(Block):
+    """Pre-norm block on [B, N, C] that leaves ``num_tokens_out(N)`` tokens.
+
+    ``forward(x, size)`` -> ``(x [B, N', C], size [B, N'])``; ``size`` ([B, N] or None: all ones) is
+    the number of patches each token stands for. With r = 0 for this N it is the plain block, plus
+    proportional attention when ``config.prop_attn`` and a size is given.
+    """
+
+    num_protected = 1  # the class token
+
+    def __init__(self, block: Block, config: FusionBlockConfig) -> None:
+        nn.Module.__init__(self)  # the submodules come from ``block``, not from fresh ones
+        self.norm1 = block.norm1
+        self.attn = block.attn
+        self.drop_path = block.drop_path
+        self.norm2 = block.norm2
+        self.mlp = block.mlp
+        self.config = config
+
+    def extra_repr(self) -> str:
+        return f"config={self.config}"
+
+    def num_tokens_out(self, n_in: int) -> int:
+        """Tokens leaving the block for ``n_in`` entering it: n_in - r, r capped (``spec.removed_tokens``)."""
+        return n_in - self.config.removed(n_in, self.num_protected)
+
+    # -- attention pieces: the official MCTF code projects q, k of the unfused tokens and v of the
+    #    fused ones only, which is where MCTF's one-step-ahead saving comes from.
+    def _project(self, h: Tensor, part: slice) -> Tensor:
+        qkv = self.attn.qkv
+        bias = None if qkv.bias is None else qkv.bias[part]  # T2T-ViT blocks have no qkv bias
+        return F.linear(h, qkv.weight[part], bias)
+
+    def _heads(self, t: Tensor, parts: int) -> Tensor:
+        b, n, _ = t.shape
+        heads = self.attn.num_heads
+        return t.reshape(b, n, parts, heads, -1).permute(2, 0, 3, 1, 4)
+
+    def _qk(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        c = h.shape[-1]
+        qk = self._heads(self._project(h, slice(0, 2 * c)), 2)
+        return qk[0], qk[1]
+
+    def _v(self, h: Tensor) -> Tensor:
+        c = h.shape[-1]
+        return self._heads(self._project(h, slice(2 * c, 3 * c)), 1)[0]
+
+    def _probs(self, q: Tensor, k: Tensor, size: Tensor | None) -> Tensor:
+        """Attention probabilities [B, H, N, N]; proportional attention adds log(size) per key."""
+        logits = (q @ k.transpose(-2, -1)) * self.attn.scale
+        if size is not None:
+            logits = logits + size.log()[:, None, None, :].to(logits.dtype)
+        return logits.softmax(dim=-1)
+
+    def _attend(self, probs: Tensor, v: Tensor) -> Tensor:
+        return self.attn.merge_heads(self.attn.attn_drop(probs) @ v)
+
+    def forward(self, x: Tensor, size: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """x [B, N, C], size [B, N] or None -> (x [B, N - r, C], size [B, N - r] or None if r = 0 and
+        no size came in)."""
+        cfg = self.config
+        bsz, n, _ = x.shape
+        attrs = cfg.attrs(n, self.num_protected)
+        prop = size if cfg.prop_attn else None
+        h = self.norm1(x)
+        if attrs.r == 0:
+            q, k = self._qk(h)
+            x = x + self.drop_path(self._attend(self._probs(q, k, prop), self._v(h)))
+            return x + self.drop_path(self.mlp(self.norm2(x))), size
+
+        size_in = size if size is not None else x.new_ones(bsz, n)
+        n_out = n - attrs.r
+        if cfg.one_step_ahead in (1, 2):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.one_step_ahead == 1):
+                q, k = self._qk(h)
+                probs = self._probs(q, k, prop)
+            info = attention_received(probs)
+            metric = k.mean(dim=1) if cfg.metric == "keys" else x
+            x_f, size_f, dest = token_fusion(x, metric, info, size_in, attrs)
+            h = self.norm1(x_f)
+            if cfg.one_step_ahead == 1:
+                probs = merge_attention(probs, dest, pooling_weights(info, size_in, attrs.pooling), n_out)
+            else:
+                q, k = self._qk(h)
+                probs = self._probs(q, k, size_f if cfg.prop_attn else None)
+            x = x_f + self.drop_path(self._attend(probs, self._v(h)))
+            return x + self.drop_path(self.mlp(self.norm2(x))), size_f
+
+        q, k = self._qk(h)
+        probs = self._probs(q, k, prop)
+        x = x + self.drop_path(self._attend(probs, self._v(h)))
+        if cfg.merge_after == "mlp":
+            x = x + self.drop_path(self.mlp(self.norm2(x)))
+        metric = k.mean(dim=1) if cfg.metric == "keys" else x
+        x, size_f, _ = token_fusion(x, metric, attention_received(probs), size_in, attrs)
+        if cfg.merge_after == "attention":
+            x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x, size_f
