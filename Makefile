@@ -26,7 +26,8 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest -q
+	# Two workers for CI's two cores (each limited to one torch thread in tests/conftest.py).
+	$(BIN)/pytest -q -n 2
 
 test: lint typecheck unit
 

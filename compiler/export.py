@@ -148,13 +148,18 @@ def export_onnx(
     over 2 GB. Returns the path. ``timings``, if given, receives the seconds spent in ``trace``,
     ``simplify`` and ``save``.
     """
+    import copy
+
     import onnx
 
-    from .passes import check_model, name_nodes, simplify_model
+    from plugins.lowering import set_lowering, translation_table
+
+    from .passes import check_model, name_nodes, name_tensors, simplify_model
 
     config.validate()
     check_writable(path)  # fail now, not after tracing
-    model = model.eval()
+    model = set_lowering(copy.deepcopy(model).eval(), config.lowering)
+    table = translation_table() if config.lowering == "plugin" else None
     batch = config.batch or 2  # a dynamic batch is traced at 2 so that no size-1 axis gets folded
     example = torch.randn(batch, *config.input_size)
     # A tuple matches the forward's positional arguments, whatever the model names them.
@@ -171,6 +176,7 @@ def export_onnx(
                 output_names=["logits"],
                 opset_version=config.opset,
                 dynamic_shapes=dynamic,
+                custom_translation_table=table,
                 dynamo=True,
                 optimize=True,
                 verbose=False,
@@ -185,6 +191,7 @@ def export_onnx(
     t0 = time.perf_counter()
     if simplify:
         proto = simplify_model(proto)
+    proto = name_tensors(proto)
     spent["simplify"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     meta = proto.metadata_props.add()

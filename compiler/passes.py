@@ -17,10 +17,25 @@ def simplify_model(proto: Any) -> Any:
     Custom-domain nodes (vitrt's plugins) are skipped by both tools' constant folding, since
     ONNX Runtime cannot evaluate them without vitrt's custom-op library.
     """
+    from plugins.lowering import DOMAIN, ORT_CONTRIB_DOMAIN, has_plugin_nodes, move_plugin_domain
+
+    if has_plugin_nodes(proto):
+        # onnxsim checks its result with ONNX Runtime: give it vitrt's CPU kernels, then move back.
+        from plugins.lowering import ort_custom_ops_library
+
+        contrib = move_plugin_domain(proto, DOMAIN, ORT_CONTRIB_DOMAIN)
+        simplified = _simplify(contrib, custom_lib=ort_custom_ops_library())
+        return (
+            move_plugin_domain(simplified, ORT_CONTRIB_DOMAIN, DOMAIN) if simplified is not contrib else proto
+        )
+    return _simplify(proto)
+
+
+def _simplify(proto: Any, custom_lib: str | None = None) -> Any:
     try:
         import onnxsim
 
-        simplified, ok = onnxsim.simplify(proto)
+        simplified, ok = onnxsim.simplify(proto, custom_lib=custom_lib)
         if ok:
             return simplified
         log.warning("onnxsim could not validate its result; keeping the unsimplified graph")
@@ -68,4 +83,27 @@ def name_nodes(proto: Any) -> Any:
         counts[key] = counts.get(key, 0) + 1
         node.name = f"{key}_{counts[key]}"
         del node.metadata_props[:]
+    return proto
+
+
+def name_tensors(proto: Any) -> Any:
+    """Name every intermediate tensor after the node that produces it (``blocks.3.attn.qkv/MatMul_1:0``).
+
+    Graph inputs, outputs and initializers keep their names. Run after ``name_nodes`` and after
+    simplification (onnxsim keeps node names but may add tensors of its own).
+    """
+    keep = {v.name for v in proto.graph.input} | {v.name for v in proto.graph.output}
+    keep |= {t.name for t in proto.graph.initializer}
+    renames: dict[str, str] = {}
+    for node in proto.graph.node:
+        for i, out in enumerate(node.output):
+            if out and out not in keep:
+                renames[out] = f"{node.name}:{i}"
+                node.output[i] = renames[out]
+    for node in proto.graph.node:
+        for i, inp in enumerate(node.input):
+            if inp in renames:
+                node.input[i] = renames[inp]
+    for info in proto.graph.value_info:
+        info.name = renames.get(info.name, info.name)
     return proto

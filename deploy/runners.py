@@ -67,10 +67,37 @@ class OnnxRuntimeRunner:
             options.register_custom_ops_library(custom_ops_library)
         self.name = name
         self.path = Path(path)
+        model: str | bytes = str(path)
+        if custom_ops_library is None:
+            model = self._with_plugin_kernels(str(path), options)
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         except Exception as err:  # ORT raises its own exception types (Fail, InvalidGraph, NoSuchFile...)
             raise VitrtError(f"ONNX Runtime cannot load {path}: {str(err).strip().splitlines()[-1]}") from err
+
+    @staticmethod
+    def _with_plugin_kernels(path: str, options: Any) -> str | bytes:
+        """The model to load: the file itself, or, when it holds vitrt plugin nodes, a copy whose
+        nodes ONNX Runtime runs with vitrt's CPU kernels (``plugins.lowering``)."""
+        import onnx
+
+        from plugins.lowering import (
+            DOMAIN,
+            ORT_CONTRIB_DOMAIN,
+            has_plugin_nodes,
+            move_plugin_domain,
+            ort_custom_ops_library,
+        )
+
+        try:
+            proto = onnx.load(path, format="protobuf", load_external_data=False)
+        except Exception:  # not ONNX: let ONNX Runtime report the problem in its own words
+            return path
+        if not has_plugin_nodes(proto):
+            return path
+        options.register_custom_ops_library(ort_custom_ops_library())
+        full = onnx.load(path, format="protobuf")
+        return bytes(move_plugin_domain(full, DOMAIN, ORT_CONTRIB_DOMAIN).SerializeToString())
 
     @property
     def input_shapes(self) -> dict[str, list[Any]]:

@@ -44,6 +44,7 @@ class FusionBlock(Block):
     """
 
     num_protected = 1  # the class token
+    lowering = "eager"  # see plugins.lowering: "eager", "portable" or "plugin"
 
     def __init__(self, block: Block, config: FusionBlockConfig) -> None:
         nn.Module.__init__(self)  # the submodules come from ``block``, not from fresh ones
@@ -56,6 +57,24 @@ class FusionBlock(Block):
 
     def extra_repr(self) -> str:
         return f"config={self.config}"
+
+    def set_lowering(self, lowering: str) -> None:
+        """Pick how the fusion is expressed for export (``plugins.lowering``); same function."""
+        self.lowering = lowering
+
+    @property
+    def _merge_method(self) -> MergeMethod:
+        # Exported graphs merge with one-hot matmuls: TensorRT's scatter has no add.
+        return "scatter" if self.lowering == "eager" else "onehot"
+
+    def _fuse(
+        self, x: Tensor, metric: Tensor, info: Tensor, size: Tensor, attrs: TokenFusionAttrs
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        if self.lowering == "plugin":
+            from .onnx_lowering import token_fusion_plugin
+
+            return token_fusion_plugin(x, metric, info, size, attrs)
+        return token_fusion(x, metric, info, size, attrs, self._merge_method)
 
     def num_tokens_out(self, n_in: int) -> int:
         """Tokens leaving the block for ``n_in`` entering it: n_in - r, r capped (``spec.removed_tokens``)."""
@@ -113,10 +132,11 @@ class FusionBlock(Block):
                 probs = self._probs(q, k, prop)
             info = attention_received(probs)
             metric = k.mean(dim=1) if cfg.metric == "keys" else x
-            x_f, size_f, dest = token_fusion(x, metric, info, size_in, attrs)
+            x_f, size_f, dest = self._fuse(x, metric, info, size_in, attrs)
             h = self.norm1(x_f)
             if cfg.one_step_ahead == 1:
-                probs = merge_attention(probs, dest, pooling_weights(info, size_in, attrs.pooling), n_out)
+                weights = pooling_weights(info, size_in, attrs.pooling)
+                probs = merge_attention(probs, dest, weights, n_out, self._merge_method)
             else:
                 q, k = self._qk(h)
                 probs = self._probs(q, k, size_f if cfg.prop_attn else None)
@@ -129,7 +149,7 @@ class FusionBlock(Block):
         if cfg.merge_after == "mlp":
             x = x + self.drop_path(self.mlp(self.norm2(x)))
         metric = k.mean(dim=1) if cfg.metric == "keys" else x
-        x, size_f, _ = token_fusion(x, metric, attention_received(probs), size_in, attrs)
+        x, size_f, _ = self._fuse(x, metric, attention_received(probs), size_in, attrs)
         if cfg.merge_after == "attention":
             x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x, size_f

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +16,10 @@ from compiler.errors import ConfigError, VitrtError
 from compiler.export import ExportConfig, export_onnx, model_from_config, read_export_config
 from compiler.verify import load_inputs, load_outputs, save_inputs, verify_onnx
 
-# Small inputs keep the CPU suite fast; the shapes still exercise every soft split.
+# Small inputs keep the CPU suite fast; the shapes still exercise every soft split, and with 17
+# tokens every fusion preset still fuses (down to the 10-token floor).
 CASES = [("t2t_vit_7", 64), ("t2t_vit_t_14", 64), ("deit_tiny_patch16_224", 64)]
+FUSIONS = [None, "mctf", "mctf-fast", "tome"]
 
 
 def _export(tmp_path: Path, name: str, size: int, lowering: str = "plugin", **kwargs: object) -> Path:
@@ -24,15 +28,27 @@ def _export(tmp_path: Path, name: str, size: int, lowering: str = "plugin", **kw
 
 
 @pytest.mark.parametrize("lowering", ["plugin", "portable"])
+@pytest.mark.parametrize("fusion", FUSIONS)
 @pytest.mark.parametrize(("name", "size"), CASES)
-def test_export_matches_pytorch_on_onnxruntime(tmp_path: Path, name: str, size: int, lowering: str) -> None:
-    path = _export(tmp_path, name, size, lowering)
+def test_export_matches_pytorch_on_onnxruntime(
+    tmp_path: Path, name: str, size: int, fusion: str | None, lowering: str
+) -> None:
+    path = _export(tmp_path, name, size, lowering, fusion=fusion)
     proto = onnx.load(str(path))
+    ops = Counter(n.op_type for n in proto.graph.node)
+    fused_blocks = sum(
+        1 for a, b in pairwise(model_from_config(read_export_config(proto)).token_schedule()) if b < a
+    )  # type: ignore[arg-type]
+    assert ops["TokenFusion"] == (fused_blocks if lowering == "plugin" else 0)
+    assert fused_blocks > 0 or fusion is None
+    # TensorRT has no scatter-add: exported merges are one-hot matmuls.
+    assert all(a.s != b"add" for n in proto.graph.node if n.op_type == "ScatterElements" for a in n.attribute)
     onnx.checker.check_model(proto, full_check=True)
     assert [i.name for i in proto.graph.input] == ["images"]
     assert [o.name for o in proto.graph.output] == ["logits"]
     assert not any(n.op_type in ("Identity", "Constant") for n in proto.graph.node)  # simplified
-    assert any(n.name.startswith("blocks.0.attn.qkv/") for n in proto.graph.node)  # readable names
+    # Readable names carrying the block index (fusion blocks project q, k, v themselves: blocks.0/...)
+    assert any(n.name.startswith(("blocks.0.attn.qkv/", "blocks.0/")) for n in proto.graph.node)
     report, _, _ = verify_onnx(path, atol=1e-4, rtol=0, iterations=2)
     assert report.passed, report.format()
     assert report.outputs[0].max_abs <= 1e-4

@@ -1,0 +1,223 @@
+"""What every plugin op shares for its ONNX lowerings: the lowering switch, ONNX schemas with shape
+inference, the dynamo exporter's translation table, and ONNX Runtime CPU kernels.
+
+Lowerings:
+- ``eager``: PyTorch as written (scatter-based merges; what training and the reference use);
+- ``portable``: the reference traced into standard ONNX ops that ONNX Runtime *and* TensorRT run
+  (no scatter-add: TensorRT's scatter has none, so merges become one-hot matmuls);
+- ``plugin``: one ``torch.library`` custom op per op instance, exported as one node
+  ``vitrt::<PluginName>`` with ``plugin_version``/``plugin_namespace`` attributes: what TensorRT's
+  ONNX parser looks up in its plugin registry.
+
+ONNX Runtime runs plugin nodes on CPU through onnxruntime-extensions Python ops that call the op's
+PyTorch reference: the plugin lowering is then checked against the op's one definition instead of
+a second (C++) implementation of the math; the CUDA kernels are the only other implementation.
+onnxruntime-extensions registers Python ops only in the domain ``ai.onnx.contrib``, so the ONNX
+Runtime session gets a copy of the graph with vitrt's nodes moved there.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+LOWERINGS = ("eager", "portable", "plugin")
+DOMAIN = "vitrt"
+ORT_CONTRIB_DOMAIN = "ai.onnx.contrib"
+# Op folders that provide an ``onnx_lowering`` module (imported on demand: it registers torch ops).
+OP_PACKAGES = ("plugins.token_fusion",)
+
+ShapeRule = Callable[[list[list[Any]], dict[str, Any]], list[tuple[int | None, list[Any]]]]
+
+
+@dataclass(frozen=True)
+class PluginLowering:
+    """The ONNX face of one plugin op.
+
+    name: op_type and TensorRT plugin name; inputs / outputs: ONNX names, outputs with their type
+    constraint ("T" = the inputs' float type, or a fixed type like "tensor(int64)"); attributes:
+    (name, kind) with kind "int", "float" or "string"; shape_rule: input shapes + attributes ->
+    (ONNX elem type or None for "same as input 0", shape) per output; translation: the dynamo
+    exporter's translation of ``torch_op``; ort_kernel: numpy in -> numpy out, attributes as kwargs.
+    """
+
+    name: str
+    version: str
+    namespace: str
+    inputs: tuple[str, ...]
+    outputs: tuple[tuple[str, str], ...]
+    attributes: tuple[tuple[str, str], ...]
+    shape_rule: ShapeRule
+    torch_op: Any
+    translation: Callable[..., Any]
+    ort_kernel: Callable[..., tuple[Any, ...]]
+
+
+def set_lowering(model: nn.Module, lowering: str) -> nn.Module:
+    """Switch every plugin-op module of ``model`` (in place) to ``lowering``; returns the model."""
+    if lowering not in LOWERINGS:
+        from compiler.errors import ConfigError
+
+        raise ConfigError(f"unknown lowering {lowering!r}; use one of {', '.join(LOWERINGS)}")
+    for module in model.modules():
+        switch = getattr(module, "set_lowering", None)
+        if callable(switch):
+            switch(lowering)
+    return model
+
+
+def plugin_lowerings() -> list[PluginLowering]:
+    """Every op's PluginLowering; importing them registers the torch ops and ONNX schemas."""
+    return [importlib.import_module(f"{pkg}.onnx_lowering").LOWERING for pkg in OP_PACKAGES]
+
+
+def translation_table() -> dict[Any, Callable[..., Any]]:
+    """{torch custom op: ONNX translation}, for ``torch.onnx.export(custom_translation_table=...)``."""
+    return {low.torch_op: low.translation for low in plugin_lowerings()}
+
+
+def register_onnx_schema(low: PluginLowering) -> None:
+    """Register ``vitrt::<name>`` with ONNX (once), with shape inference from ``low.shape_rule``, so
+    that ``onnx.checker`` and ``onnx.shape_inference`` know the plugin node."""
+    import onnx
+    from onnx import defs
+
+    if defs.has(low.name, DOMAIN):
+        return
+    kinds = {"int": defs.OpSchema.AttrType.INT, "float": defs.OpSchema.AttrType.FLOAT}
+    kinds["string"] = defs.OpSchema.AttrType.STRING
+    attributes = [defs.OpSchema.Attribute(n, kinds[k], "", required=False) for n, k in low.attributes]
+    attributes += [
+        defs.OpSchema.Attribute("plugin_version", defs.OpSchema.AttrType.STRING, "", required=False),
+        defs.OpSchema.Attribute("plugin_namespace", defs.OpSchema.AttrType.STRING, "", required=False),
+    ]
+    schema = defs.OpSchema(
+        low.name,
+        DOMAIN,
+        int(low.version),
+        inputs=[defs.OpSchema.FormalParameter(n, "T") for n in low.inputs],
+        outputs=[defs.OpSchema.FormalParameter(n, t) for n, t in low.outputs],
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "float32 or float16")],
+        attributes=attributes,
+    )
+
+    def infer(ctx: Any) -> None:
+        shapes, elem = [], None
+        for i in range(len(low.inputs)):
+            t = ctx.get_input_type(i)
+            if t is None or not t.tensor_type.HasField("shape"):
+                return  # unknown input shape: leave the outputs to the exporter's annotations
+            elem = elem or t.tensor_type.elem_type
+            shapes.append(
+                [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.tensor_type.shape.dim]
+            )
+        attrs = {}
+        for name, kind in low.attributes:
+            a = ctx.get_attribute(name)
+            if a is not None:
+                attrs[name] = a.i if kind == "int" else a.f if kind == "float" else a.s.decode()
+        for i, (out_elem, shape) in enumerate(low.shape_rule(shapes, attrs)):
+            out = onnx.TypeProto()
+            out.tensor_type.elem_type = out_elem or elem or onnx.TensorProto.FLOAT
+            for d in shape:
+                dim = out.tensor_type.shape.dim.add()
+                if isinstance(d, int):
+                    dim.dim_value = d
+                else:
+                    dim.dim_param = str(d)
+            ctx.set_output_type(i, out)
+
+    schema.set_type_and_shape_inference_function(infer)
+    defs.register_schema(schema)
+
+
+def has_plugin_nodes(proto: Any) -> bool:
+    """True when an ``onnx.ModelProto`` holds nodes of vitrt's domain."""
+    return any(n.domain == DOMAIN for n in proto.graph.node)
+
+
+def move_plugin_domain(proto: Any, src: str, dst: str) -> Any:
+    """A copy of ``proto`` with the nodes of domain ``src`` moved to ``dst`` (opset imports too)."""
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    for node in copy.graph.node:
+        if node.domain == src:
+            node.domain = dst
+    imports = [o for o in copy.opset_import if o.domain != src]
+    if not any(o.domain == dst for o in imports):
+        imports.append(onnx.helper.make_opsetid(dst, 1))
+    del copy.opset_import[:]
+    copy.opset_import.extend(imports)
+    return copy
+
+
+def ort_custom_ops_library() -> str:
+    """Register vitrt's ONNX Runtime CPU kernels (Python ops calling the references) and return the
+    onnxruntime-extensions library to pass to ``SessionOptions.register_custom_ops_library``. Graphs
+    must have their vitrt nodes in ``ORT_CONTRIB_DOMAIN`` (``move_plugin_domain``)."""
+    from compiler.errors import VitrtError
+
+    try:
+        from onnxruntime_extensions import get_library_path
+    except ImportError as err:
+        raise VitrtError(
+            "running vitrt plugin nodes on ONNX Runtime needs onnxruntime-extensions: "
+            "pip install onnxruntime-extensions (or export with --lowering portable)"
+        ) from err
+    _register_ort_kernels()
+    return str(get_library_path())
+
+
+_ORT_REGISTERED: set[str] = set()
+
+
+def _register_ort_kernels() -> None:
+    from onnxruntime_extensions import PyCustomOpDef, onnx_op
+
+    kinds = {
+        "int": PyCustomOpDef.dt_int64,
+        "float": PyCustomOpDef.dt_float,
+        "string": PyCustomOpDef.dt_string,
+    }
+    for low in plugin_lowerings():
+        if low.name in _ORT_REGISTERED:
+            continue
+        outputs = [
+            PyCustomOpDef.dt_int64 if t == "tensor(int64)" else PyCustomOpDef.dt_float for _, t in low.outputs
+        ]
+        attrs = {n: kinds[k] for n, k in low.attributes}
+        attrs.update(plugin_version=PyCustomOpDef.dt_string, plugin_namespace=PyCustomOpDef.dt_string)
+        onnx_op(
+            op_type=low.name,
+            inputs=[PyCustomOpDef.dt_float] * len(low.inputs),
+            outputs=outputs,
+            attrs=attrs,
+        )(_ort_adapter(low))
+        _ORT_REGISTERED.add(low.name)
+
+
+def _ort_adapter(low: PluginLowering) -> Callable[..., Any]:
+    def kernel(*inputs: Any, **attrs: Any) -> Any:
+        attrs.pop("plugin_version", None)
+        attrs.pop("plugin_namespace", None)
+        outputs = low.ort_kernel(*inputs, **attrs)
+        return outputs if len(outputs) > 1 else outputs[0]
+
+    return kernel
+
+
+def attribute_values(low: PluginLowering, values: Sequence[Any]) -> dict[str, Any]:
+    """Zip an op's attribute values (in ``low.attributes`` order) into ONNX node attributes, with the
+    TensorRT parser's ``plugin_version`` and ``plugin_namespace``."""
+    attrs = {
+        name: (int(v) if kind == "int" else float(v) if kind == "float" else str(v))
+        for (name, kind), v in zip(low.attributes, values, strict=True)
+    }
+    attrs.update(plugin_version=low.version, plugin_namespace=low.namespace)
+    return attrs
