@@ -1,0 +1,197 @@
+"""Attention cores that own the op's fixed random tensors: drop-in replacements for ``DenseAttention``.
+
+Each core maps q, k, v [B, H, N, E] and the layer's softmax scale to [B, H, N, Dv], like
+``models.layers.DenseAttention``. The hash vectors and the projection are drawn once from a seed and
+kept as buffers: they are saved in the state dict (so an exported or reloaded model computes the same
+function), and listed in ``OPTIONAL_STATE`` so that official checkpoints, which lack them, still load
+strictly (the seeded draw then stays).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from compiler.errors import ConfigError
+
+from .reference import lsh_attention, performer_attention, scatterbrain_attention
+from .spec import XBOX_EXTRA_DIMS, Mode, ScatterbrainAttrs
+
+
+def draw_hash_vectors(n_hashes: int, head_dim: int, generator: torch.Generator) -> Tensor:
+    """[n_hashes, head_dim + 2] standard Gaussian vectors (one per hash round, XBOX+ space), float32."""
+    return torch.randn(n_hashes, head_dim + XBOX_EXTRA_DIMS, generator=generator)
+
+
+def draw_projection(rows: int, head_dim: int, generator: torch.Generator) -> Tensor:
+    """[rows, head_dim] orthogonal Gaussian projection for FAVOR+ features, float32.
+
+    Rows come in blocks of head_dim mutually orthogonal directions, each block Haar-distributed (QR of
+    a Gaussian matrix with the signs of R's diagonal folded into Q), and every row is scaled by the
+    norm of an independent Gaussian vector, so each row alone is distributed as a Gaussian row (the
+    Performer paper's orthogonal random features; the Scatterbrain code's ``scaling=0``).
+    """
+    blocks = []
+    for _ in range(-(-rows // head_dim)):
+        q, r = torch.linalg.qr(torch.randn(head_dim, head_dim, generator=generator))
+        blocks.append((q * torch.sign(torch.diagonal(r)).unsqueeze(0)).t())
+    directions = torch.cat(blocks, dim=0)[:rows]
+    norms = torch.randn(rows, head_dim, generator=generator).norm(dim=1, keepdim=True)
+    return (directions * norms).contiguous()
+
+
+HASH_STREAM, PROJECTION_STREAM = 0, 1
+
+
+def seeded_generator(seed: int, stream: int) -> torch.Generator:
+    """CPU generator for one kind of draw: the hash vectors and the projection of a core come from
+    separate streams, so the three cores built with one seed share them (fair baselines)."""
+    return torch.Generator().manual_seed(2 * seed + stream)
+
+
+def _positive_int(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+def _features(n_features: int) -> int:
+    if isinstance(n_features, bool) or not isinstance(n_features, int) or n_features < 2 or n_features % 2:
+        raise ConfigError(
+            f"n_features must be an even int >= 2 (each projection row gives a +/- pair of features), "
+            f"got {n_features!r}"
+        )
+    return n_features
+
+
+class ScatterbrainAttention(nn.Module):
+    """Scatterbrain attention core (LSH-sparse + low-rank): ``forward(q, k, v, scale)``.
+
+    Args:
+        head_dim: E, the last dim of q and k.
+        cluster_size: tokens per LSH cluster.
+        n_hashes: hash rounds.
+        n_features: low-rank features (even; the projection has n_features / 2 rows used with both
+            signs).
+        seed: seeds the draw of ``hash_vectors`` [n_hashes, E + 2] and ``projection`` [m, E].
+    """
+
+    OPTIONAL_STATE = ("hash_vectors", "projection")
+    MODE = Mode.SCATTERBRAIN
+    hash_vectors: Tensor
+    projection: Tensor
+
+    def __init__(
+        self, head_dim: int, *, cluster_size: int, n_hashes: int, n_features: int, seed: int = 0
+    ) -> None:
+        super().__init__()
+        self.head_dim = _positive_int("head_dim", head_dim)
+        self.cluster_size = _positive_int("cluster_size", cluster_size)
+        self.n_hashes = _positive_int("n_hashes", n_hashes)
+        self.n_features = _features(n_features)
+        self.seed = seed
+        self.register_buffer(
+            "hash_vectors", draw_hash_vectors(n_hashes, head_dim, seeded_generator(seed, HASH_STREAM))
+        )
+        self.register_buffer(
+            "projection",
+            draw_projection(n_features // 2, head_dim, seeded_generator(seed, PROJECTION_STREAM)),
+        )
+
+    def attrs(self, scale: float) -> ScatterbrainAttrs:
+        """The op attributes of this core for a layer with softmax scale ``scale``."""
+        return ScatterbrainAttrs(self.MODE, self.cluster_size, self.n_hashes, self.n_features, float(scale))
+
+    def extra_repr(self) -> str:
+        return (
+            f"head_dim={self.head_dim}, cluster_size={self.cluster_size}, n_hashes={self.n_hashes}, "
+            f"n_features={self.n_features}, seed={self.seed}"
+        )
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+        """q, k [B, H, N, E], v [B, H, N, Dv], softmax scale -> [B, H, N, Dv] (``scatterbrain_attention``)."""
+        return scatterbrain_attention(
+            q,
+            k,
+            v,
+            hash_vectors=self.hash_vectors,
+            projection=self.projection,
+            cluster_size=self.cluster_size,
+            scale=scale,
+        )
+
+
+class LSHAttention(nn.Module):
+    """SMYRF LSH-sparse attention core: ``forward(q, k, v, scale)``; owns ``hash_vectors`` [R, E + 2].
+
+    Args:
+        head_dim: E.
+        cluster_size: tokens per LSH cluster.
+        n_hashes: hash rounds.
+        seed: seeds the draw of ``hash_vectors``.
+    """
+
+    OPTIONAL_STATE = ("hash_vectors",)
+    MODE = Mode.LSH
+    hash_vectors: Tensor
+
+    def __init__(self, head_dim: int, *, cluster_size: int, n_hashes: int, seed: int = 0) -> None:
+        super().__init__()
+        self.head_dim = _positive_int("head_dim", head_dim)
+        self.cluster_size = _positive_int("cluster_size", cluster_size)
+        self.n_hashes = _positive_int("n_hashes", n_hashes)
+        self.seed = seed
+        self.register_buffer(
+            "hash_vectors", draw_hash_vectors(n_hashes, head_dim, seeded_generator(seed, HASH_STREAM))
+        )
+
+    def attrs(self, scale: float) -> ScatterbrainAttrs:
+        """The op attributes of this core for a layer with softmax scale ``scale``."""
+        return ScatterbrainAttrs(self.MODE, self.cluster_size, self.n_hashes, 0, float(scale))
+
+    def extra_repr(self) -> str:
+        return (
+            f"head_dim={self.head_dim}, cluster_size={self.cluster_size}, n_hashes={self.n_hashes}, "
+            f"seed={self.seed}"
+        )
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+        """q, k [B, H, N, E], v [B, H, N, Dv], softmax scale -> [B, H, N, Dv] (see ``lsh_attention``)."""
+        return lsh_attention(
+            q, k, v, hash_vectors=self.hash_vectors, cluster_size=self.cluster_size, scale=scale
+        )
+
+
+class PerformerAttention(nn.Module):
+    """Performer FAVOR+ attention core: ``forward(q, k, v, scale)``; owns ``projection`` [m, E].
+
+    Args:
+        head_dim: E.
+        n_features: features (even; the projection has n_features / 2 rows used with both signs).
+        seed: seeds the draw of ``projection``.
+    """
+
+    OPTIONAL_STATE = ("projection",)
+    MODE = Mode.PERFORMER
+    projection: Tensor
+
+    def __init__(self, head_dim: int, *, n_features: int, seed: int = 0) -> None:
+        super().__init__()
+        self.head_dim = _positive_int("head_dim", head_dim)
+        self.n_features = _features(n_features)
+        self.seed = seed
+        self.register_buffer(
+            "projection",
+            draw_projection(n_features // 2, head_dim, seeded_generator(seed, PROJECTION_STREAM)),
+        )
+
+    def attrs(self, scale: float) -> ScatterbrainAttrs:
+        """The op attributes of this core for a layer with softmax scale ``scale``."""
+        return ScatterbrainAttrs(self.MODE, 0, 0, self.n_features, float(scale))
+
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}, n_features={self.n_features}, seed={self.seed}"
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+        """q, k [B, H, N, E], v [B, H, N, Dv], softmax scale -> [B, H, N, Dv] (``performer_attention``)."""
+        return performer_attention(q, k, v, projection=self.projection, scale=scale)
