@@ -92,6 +92,51 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from calibration.calibrate import calibrate_onnx
+    from calibration.collect import default_runner_factory
+    from calibration.ranges import RangeMethod
+
+    result = calibrate_onnx(
+        args.model,
+        args.data,
+        args.output,
+        method=RangeMethod(args.method, percentile=args.percentile),
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        convert_channels=args.convert_channels,
+        npz_key=args.npz_key,
+        exclude=args.exclude,
+        eval_data=args.eval_data,
+        eval_samples=args.eval_samples,
+        error_budget=args.error_budget,
+        budget_metric=args.budget_metric,
+        sensitivity=not args.no_sensitivity,
+        sensitivity_samples=args.sensitivity_samples,
+        cache=args.cache,
+        trt_version=args.trt_version,
+        report=args.report,
+        runner_factory=default_runner_factory(args.threads, args.custom_ops_library),
+        progress=not args.no_progress,
+    )
+    a = result.agreement
+    print(
+        f"wrote {args.output}: {len(result.quantized)} of {len(result.layers)} MatMul/Gemm/Conv layers INT8"
+    )
+    if result.fallen_back:
+        print(f"  fell back to float: {', '.join(result.fallen_back)}")
+    if a is not None:
+        print(
+            f"  vs FP32 on {a.samples} held-out samples: top-1 agreement {100 * a.top1_agreement:.1f}%, "
+            f"mean cosine {a.mean_cosine:.5f}, max abs error {a.max_abs_error:.4g}"
+        )
+    for key in ("cache", "report"):
+        if key in result.written:
+            print(f"wrote {result.written[key]}")
+    return 0
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a model name (see `vitrt list-models`)")
     p.add_argument("--img-size", type=int, default=224, help="square input side in pixels (default 224)")
@@ -148,6 +193,55 @@ def build_parser() -> argparse.ArgumentParser:
         "--save-outputs", default=None, help="write ONNX Runtime's outputs (Polygraphy RunResults)"
     )
     p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser(
+        "calibrate", help="FP32 ONNX + representative data -> INT8 Q/DQ ONNX (+ TensorRT cache, report)"
+    )
+    p.add_argument("model", help="the FP32 .onnx file (from vitrt export)")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="image folder, .npy/.npz, or skimage, sklearn-digits, sklearn-images, synthetic",
+    )
+    p.add_argument("-o", "--output", required=True, help="the Q/DQ INT8 .onnx to write")
+    p.add_argument("--method", default="entropy", help="minmax, percentile, entropy (default), mse")
+    p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
+    p.add_argument("--num-samples", type=int, default=256, help="calibration samples (default 256)")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per data batch (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="sample order and synthetic pixels (default 0)")
+    p.add_argument("--convert-channels", action="store_true", help="replicate grayscale, drop alpha")
+    p.add_argument("--npz-key", default=None, help="the array to use in an .npz with several")
+    p.add_argument(
+        "--exclude",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="PATTERN",
+        help="keep layers whose node name matches in float (fnmatch, e.g. 'blocks.0.*' 'head/*')",
+    )
+    p.add_argument("--eval-data", default=None, help="held-out data (default: samples after --num-samples)")
+    p.add_argument("--eval-samples", type=int, default=64, help="held-out samples (default 64)")
+    p.add_argument(
+        "--error-budget",
+        type=float,
+        default=None,
+        help="fall back the most sensitive layers to float until the error vs FP32 is at most this",
+    )
+    p.add_argument(
+        "--budget-metric",
+        default="cosine",
+        choices=["cosine", "top1"],
+        help="cosine: 1 - mean cosine (default); top1: fraction of changed top-1 (0.01 = 1 point)",
+    )
+    p.add_argument("--sensitivity-samples", type=int, default=16, help="held-out samples (default 16)")
+    p.add_argument("--no-sensitivity", action="store_true", help="skip the per-layer sensitivity ranking")
+    p.add_argument("--cache", default=None, help="also write a TensorRT 10.x calibration cache here")
+    p.add_argument("--trt-version", default="10.3.0", help="TensorRT that reads the cache (default 10.3.0)")
+    p.add_argument("--report", default=None, help="also write the JSON report here")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
+    p.add_argument("--custom-ops-library", default=None, help="custom-op library for plugin nodes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("demo", help="build a model, check it against itself in batch, time it on CPU")
     p.add_argument("--model", default="t2t_vit_7", help="model name (default t2t_vit_7)")

@@ -14,20 +14,15 @@ log = logging.getLogger("vitrt")
 def simplify_model(proto: Any) -> Any:
     """Constant-fold and clean ``proto`` with onnxsim, falling back to onnxslim, else unchanged.
 
-    Custom-domain nodes (vitrt's plugins) are skipped by both tools' constant folding, since
-    ONNX Runtime cannot evaluate them without vitrt's custom-op library.
+    vitrt's plugin nodes stay opaque: onnxsim checks its result on ONNX Runtime, so it gets a copy
+    whose plugin nodes run on vitrt's CPU kernels (``plugins.lowering.to_onnxruntime``), undone after.
     """
-    from plugins.lowering import DOMAIN, ORT_CONTRIB_DOMAIN, has_plugin_nodes, move_plugin_domain
+    from plugins.lowering import from_onnxruntime, has_plugin_nodes, ort_custom_ops_library, to_onnxruntime
 
     if has_plugin_nodes(proto):
-        # onnxsim checks its result with ONNX Runtime: give it vitrt's CPU kernels, then move back.
-        from plugins.lowering import ort_custom_ops_library
-
-        contrib = move_plugin_domain(proto, DOMAIN, ORT_CONTRIB_DOMAIN)
-        simplified = _simplify(contrib, custom_lib=ort_custom_ops_library())
-        return (
-            move_plugin_domain(simplified, ORT_CONTRIB_DOMAIN, DOMAIN) if simplified is not contrib else proto
-        )
+        ort_copy = to_onnxruntime(proto)
+        simplified = _simplify(ort_copy, custom_lib=ort_custom_ops_library())
+        return proto if simplified is ort_copy else from_onnxruntime(simplified)
     return _simplify(proto)
 
 

@@ -81,13 +81,7 @@ class OnnxRuntimeRunner:
         nodes ONNX Runtime runs with vitrt's CPU kernels (``plugins.lowering``)."""
         import onnx
 
-        from plugins.lowering import (
-            DOMAIN,
-            ORT_CONTRIB_DOMAIN,
-            has_plugin_nodes,
-            move_plugin_domain,
-            ort_custom_ops_library,
-        )
+        from plugins.lowering import has_plugin_nodes, ort_custom_ops_library, to_onnxruntime
 
         try:
             proto = onnx.load(path, format="protobuf", load_external_data=False)
@@ -97,7 +91,7 @@ class OnnxRuntimeRunner:
             return path
         options.register_custom_ops_library(ort_custom_ops_library())
         full = onnx.load(path, format="protobuf")
-        return bytes(move_plugin_domain(full, DOMAIN, ORT_CONTRIB_DOMAIN).SerializeToString())
+        return bytes(to_onnxruntime(full).SerializeToString())
 
     @property
     def input_shapes(self) -> dict[str, list[Any]]:

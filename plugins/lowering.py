@@ -18,20 +18,23 @@ Runtime session gets a copy of the graph with vitrt's nodes moved there.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 LOWERINGS = ("eager", "portable", "plugin")
 DOMAIN = "vitrt"
 ORT_CONTRIB_DOMAIN = "ai.onnx.contrib"
 # Op folders that provide an ``onnx_lowering`` module (imported on demand: it registers torch ops).
-OP_PACKAGES = ("plugins.token_fusion",)
+OP_PACKAGES = ("plugins.token_fusion", "plugins.lsh_attention")
 
-ShapeRule = Callable[[list[list[Any]], dict[str, Any]], list[tuple[int | None, list[Any]]]]
+ShapeRule = Callable[[list[list[Any] | None], dict[str, Any]], list[tuple[int | None, list[Any]]]]
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class PluginLowering:
     version: str
     namespace: str
     inputs: tuple[str, ...]
+    optional_inputs: frozenset[str]
     outputs: tuple[tuple[str, str], ...]
     attributes: tuple[tuple[str, str], ...]
     shape_rule: ShapeRule
@@ -88,6 +92,10 @@ def register_onnx_schema(low: PluginLowering) -> None:
 
     if defs.has(low.name, DOMAIN):
         return
+    single, optional = (
+        defs.OpSchema.FormalParameterOption.Single,
+        defs.OpSchema.FormalParameterOption.Optional,
+    )
     kinds = {"int": defs.OpSchema.AttrType.INT, "float": defs.OpSchema.AttrType.FLOAT}
     kinds["string"] = defs.OpSchema.AttrType.STRING
     attributes = [defs.OpSchema.Attribute(n, kinds[k], "", required=False) for n, k in low.attributes]
@@ -99,18 +107,25 @@ def register_onnx_schema(low: PluginLowering) -> None:
         low.name,
         DOMAIN,
         int(low.version),
-        inputs=[defs.OpSchema.FormalParameter(n, "T") for n in low.inputs],
+        inputs=[
+            defs.OpSchema.FormalParameter(
+                n, "T", param_option=optional if n in low.optional_inputs else single
+            )
+            for n in low.inputs
+        ],
         outputs=[defs.OpSchema.FormalParameter(n, t) for n, t in low.outputs],
         type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "float32 or float16")],
         attributes=attributes,
     )
 
     def infer(ctx: Any) -> None:
-        shapes, elem = [], None
-        for i in range(len(low.inputs)):
+        shapes: list[list[Any] | None] = []
+        elem = None
+        for i in range(min(ctx.get_num_inputs(), len(low.inputs))):
             t = ctx.get_input_type(i)
             if t is None or not t.tensor_type.HasField("shape"):
-                return  # unknown input shape: leave the outputs to the exporter's annotations
+                shapes.append(None)  # omitted optional input, or unknown shape
+                continue
             elem = elem or t.tensor_type.elem_type
             shapes.append(
                 [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.tensor_type.shape.dim]
@@ -140,7 +155,48 @@ def has_plugin_nodes(proto: Any) -> bool:
     return any(n.domain == DOMAIN for n in proto.graph.node)
 
 
-def move_plugin_domain(proto: Any, src: str, dst: str) -> Any:
+EMPTY_INPUT = "vitrt.omitted_input"
+"""Name of the empty float tensor that stands for an omitted optional input in ONNX Runtime's copy:
+onnxruntime-extensions' Python ops take a fixed number of inputs."""
+
+
+def to_onnxruntime(proto: Any) -> Any:
+    """A copy of ``proto`` that ONNX Runtime runs with vitrt's CPU kernels: vitrt's nodes moved to
+    ``ORT_CONTRIB_DOMAIN``, omitted optional inputs filled with an empty tensor (``EMPTY_INPUT``)."""
+    import onnx
+
+    counts = {low.name: len(low.inputs) for low in plugin_lowerings()}
+    copy = _move_domain(proto, DOMAIN, ORT_CONTRIB_DOMAIN)
+    filled = False
+    for node in copy.graph.node:
+        if node.domain == ORT_CONTRIB_DOMAIN and node.op_type in counts:
+            inputs = [i or EMPTY_INPUT for i in node.input]
+            inputs += [EMPTY_INPUT] * (counts[node.op_type] - len(inputs))
+            filled |= EMPTY_INPUT in inputs
+            del node.input[:]
+            node.input.extend(inputs)
+    if filled:
+        copy.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(0, np.float32), EMPTY_INPUT))
+    return copy
+
+
+def from_onnxruntime(proto: Any) -> Any:
+    """Undo ``to_onnxruntime``: vitrt's domain back, omitted inputs omitted again."""
+    copy = _move_domain(proto, ORT_CONTRIB_DOMAIN, DOMAIN)
+    for node in copy.graph.node:
+        if node.domain == DOMAIN:
+            inputs = ["" if i == EMPTY_INPUT else i for i in node.input]
+            while inputs and not inputs[-1]:
+                inputs.pop()
+            del node.input[:]
+            node.input.extend(inputs)
+    kept = [t for t in copy.graph.initializer if t.name != EMPTY_INPUT]
+    del copy.graph.initializer[:]
+    copy.graph.initializer.extend(kept)
+    return copy
+
+
+def _move_domain(proto: Any, src: str, dst: str) -> Any:
     """A copy of ``proto`` with the nodes of domain ``src`` moved to ``dst`` (opset imports too)."""
     import onnx
 
@@ -160,7 +216,7 @@ def move_plugin_domain(proto: Any, src: str, dst: str) -> Any:
 def ort_custom_ops_library() -> str:
     """Register vitrt's ONNX Runtime CPU kernels (Python ops calling the references) and return the
     onnxruntime-extensions library to pass to ``SessionOptions.register_custom_ops_library``. Graphs
-    must have their vitrt nodes in ``ORT_CONTRIB_DOMAIN`` (``move_plugin_domain``)."""
+    must be prepared with ``to_onnxruntime``."""
     from compiler.errors import VitrtError
 
     try:
@@ -212,12 +268,11 @@ def _ort_adapter(low: PluginLowering) -> Callable[..., Any]:
     return kernel
 
 
-def attribute_values(low: PluginLowering, values: Sequence[Any]) -> dict[str, Any]:
-    """Zip an op's attribute values (in ``low.attributes`` order) into ONNX node attributes, with the
-    TensorRT parser's ``plugin_version`` and ``plugin_namespace``."""
-    attrs = {
-        name: (int(v) if kind == "int" else float(v) if kind == "float" else str(v))
-        for (name, kind), v in zip(low.attributes, values, strict=True)
+def node_attributes(fields: Any, version: str, namespace: str) -> dict[str, Any]:
+    """A spec's attribute dataclass as ONNX node attributes: ints (IntEnum and bool included) and
+    floats, plus the TensorRT ONNX parser's ``plugin_version`` and ``plugin_namespace``."""
+    attrs: dict[str, Any] = {
+        k: int(v) if isinstance(v, (bool, enum.IntEnum)) else v for k, v in dataclasses.asdict(fields).items()
     }
-    attrs.update(plugin_version=low.version, plugin_namespace=low.namespace)
+    attrs.update(plugin_version=version, plugin_namespace=namespace)
     return attrs

@@ -14,7 +14,6 @@ from torch import Tensor, nn
 
 from compiler.errors import ConfigError
 
-from .reference import lsh_attention, performer_attention, scatterbrain_attention
 from .spec import XBOX_EXTRA_DIMS, Mode, ScatterbrainAttrs
 
 
@@ -43,6 +42,34 @@ def draw_projection(rows: int, head_dim: int, generator: torch.Generator) -> Ten
 HASH_STREAM, PROJECTION_STREAM = 0, 1
 
 
+class _AttentionCore(nn.Module):
+    """What the three cores share: the lowering switch (``plugins.lowering``) and the dispatch to
+    the op's reference or, for the plugin lowering, to the one custom op it exports as."""
+
+    MODE: Mode
+    lowering = "eager"
+
+    def set_lowering(self, lowering: str) -> None:
+        """Pick how the op is expressed for export: "eager"/"portable" trace the reference, "plugin"
+        one ``vitrt::ScatterbrainAttention`` node. Same function."""
+        self.lowering = lowering
+
+    def attrs(self, scale: float) -> ScatterbrainAttrs:
+        """The op attributes of this core for a layer with softmax scale ``scale``."""
+        raise NotImplementedError
+
+    def _run(self, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+        hash_vectors: Tensor | None = getattr(self, "hash_vectors", None)
+        projection: Tensor | None = getattr(self, "projection", None)
+        if self.lowering == "plugin":
+            from .onnx_lowering import scatterbrain_plugin
+
+            return scatterbrain_plugin(q, k, v, hash_vectors, projection, self.attrs(scale))
+        from .onnx_lowering import attention_by_mode
+
+        return attention_by_mode(q, k, v, hash_vectors, projection, self.attrs(scale))
+
+
 def seeded_generator(seed: int, stream: int) -> torch.Generator:
     """CPU generator for one kind of draw: the hash vectors and the projection of a core come from
     separate streams, so the three cores built with one seed share them (fair baselines)."""
@@ -64,7 +91,7 @@ def _features(n_features: int) -> int:
     return n_features
 
 
-class ScatterbrainAttention(nn.Module):
+class ScatterbrainAttention(_AttentionCore):
     """Scatterbrain attention core (LSH-sparse + low-rank): ``forward(q, k, v, scale)``.
 
     Args:
@@ -110,18 +137,10 @@ class ScatterbrainAttention(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
         """q, k [B, H, N, E], v [B, H, N, Dv], softmax scale -> [B, H, N, Dv] (``scatterbrain_attention``)."""
-        return scatterbrain_attention(
-            q,
-            k,
-            v,
-            hash_vectors=self.hash_vectors,
-            projection=self.projection,
-            cluster_size=self.cluster_size,
-            scale=scale,
-        )
+        return self._run(q, k, v, scale)
 
 
-class LSHAttention(nn.Module):
+class LSHAttention(_AttentionCore):
     """SMYRF LSH-sparse attention core: ``forward(q, k, v, scale)``; owns ``hash_vectors`` [R, E + 2].
 
     Args:
@@ -157,12 +176,10 @@ class LSHAttention(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
         """q, k [B, H, N, E], v [B, H, N, Dv], softmax scale -> [B, H, N, Dv] (see ``lsh_attention``)."""
-        return lsh_attention(
-            q, k, v, hash_vectors=self.hash_vectors, cluster_size=self.cluster_size, scale=scale
-        )
+        return self._run(q, k, v, scale)
 
 
-class PerformerAttention(nn.Module):
+class PerformerAttention(_AttentionCore):
     """Performer FAVOR+ attention core: ``forward(q, k, v, scale)``; owns ``projection`` [m, E].
 
     Args:
@@ -194,4 +211,4 @@ class PerformerAttention(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
         """q, k [B, H, N, E], v [B, H, N, Dv], softmax scale -> [B, H, N, Dv] (``performer_attention``)."""
-        return performer_attention(q, k, v, projection=self.projection, scale=scale)
+        return self._run(q, k, v, scale)

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -140,12 +140,9 @@ class ScatterbrainAttrs:
     def onnx_attributes(self) -> dict[str, Any]:
         """The attributes as plain ints/floats, plus ``plugin_version``/``plugin_namespace`` for the
         TensorRT ONNX parser."""
-        attrs: dict[str, Any] = {
-            k: (int(v) if isinstance(v, enum.IntEnum) else v) for k, v in asdict(self).items()
-        }
-        attrs["plugin_version"] = PLUGIN_VERSION
-        attrs["plugin_namespace"] = PLUGIN_NAMESPACE
-        return attrs
+        from plugins.lowering import node_attributes
+
+        return node_attributes(self, PLUGIN_VERSION, PLUGIN_NAMESPACE)
 
     def budget_per_query(self) -> int:
         """Memory budget in float32 entries per token: n_hashes * cluster_size sparse scores plus the

@@ -13,7 +13,7 @@ import onnxscript
 import torch
 from torch import Tensor
 
-from plugins.lowering import PluginLowering, attribute_values, register_onnx_schema
+from plugins.lowering import PluginLowering, register_onnx_schema
 
 from .reference import token_fusion
 from .spec import INPUT_NAMES, OUTPUT_NAMES, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION, TokenFusionAttrs
@@ -92,15 +92,15 @@ def _translation(
     bidirectional: int,
     pooling: int,
 ) -> tuple[onnxscript.FLOAT, onnxscript.FLOAT, onnxscript.INT64]:
-    attrs = attribute_values(
-        LOWERING, [r, num_protected, tau_sim, tau_info, tau_size, bidirectional, pooling]
-    )
+    fields = TokenFusionAttrs(r, num_protected, tau_sim, tau_info, tau_size, bidirectional, pooling)
+    attrs = fields.onnx_attributes()
     return _VITRT.TokenFusion(x, metric, info, size, **attrs, _outputs=list(OUTPUT_NAMES))
 
 
 def _shape_rule(
-    shapes: list[list[object]], attrs: dict[str, object]
+    shapes: list[list[object] | None], attrs: dict[str, object]
 ) -> list[tuple[int | None, list[object]]]:
+    assert shapes[0] is not None
     (b, n, c), r = shapes[0], attrs.get("r", 0)
     n_out = n - r if isinstance(n, int) and isinstance(r, int) else f"{n}-r"
     return [(None, [b, n_out, c]), (None, [b, n_out]), (onnx.TensorProto.INT64, [b, n])]
@@ -123,6 +123,7 @@ LOWERING = PluginLowering(
     version=PLUGIN_VERSION,
     namespace=PLUGIN_NAMESPACE,
     inputs=INPUT_NAMES,
+    optional_inputs=frozenset(),
     outputs=(("x_fused", "T"), ("size_fused", "T"), ("dest", "tensor(int64)")),
     attributes=ATTRIBUTES,
     shape_rule=_shape_rule,

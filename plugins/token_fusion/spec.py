@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import enum
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -108,10 +108,9 @@ class TokenFusionAttrs:
     def onnx_attributes(self) -> dict[str, Any]:
         """The attributes as plain ints/floats, plus ``plugin_version``/``plugin_namespace`` for the
         TensorRT ONNX parser."""
-        attrs = {k: (int(v) if isinstance(v, (bool, enum.IntEnum)) else v) for k, v in asdict(self).items()}
-        attrs["plugin_version"] = PLUGIN_VERSION
-        attrs["plugin_namespace"] = PLUGIN_NAMESPACE
-        return attrs
+        from plugins.lowering import node_attributes
+
+        return node_attributes(self, PLUGIN_VERSION, PLUGIN_NAMESPACE)
 
 
 def removed_tokens(n_in: int, r: float, num_protected: int = 1) -> int:
