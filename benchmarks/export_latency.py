@@ -4,7 +4,10 @@
         [--fusion mctf] [--attention scatterbrain] [--iterations 30]
 
 Every figure is measured in this run on this machine; the baseline is PyTorch eager, float32,
-batch 1, same thread count as ONNX Runtime.
+batch 1, same thread count as ONNX Runtime, timed round-robin with the ONNX Runtime sessions so that
+other load affects all alike. The plugin lowering runs its plugin nodes on ONNX Runtime through
+Python callbacks into the PyTorch reference (for verification, not speed): its latency there says
+nothing about TensorRT, where the nodes become CUDA plugins.
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ from __future__ import annotations
 import argparse
 import platform
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from compiler.export import ExportConfig, export_onnx, model_from_config
-from deploy.latency import measure_latency
+from deploy.latency import measure_interleaved
 from deploy.runners import OnnxRuntimeRunner
 
 
@@ -28,26 +32,26 @@ def bench(name: str, fusion: str | None, attention: str | None, iterations: int,
         base = ExportConfig(name, fusion=fusion, attention=attention)
         model = model_from_config(base)
         x = torch.randn(1, *base.input_size)
-        with torch.no_grad():
-            eager = measure_latency(lambda: model(x), iterations=iterations)
-        rows.append(f"| {name} | pytorch eager | - | - | {eager.median:.2f} | 1.00 |")
+        feed = {"images": x.numpy().astype(np.float32)}
+
+        def eager() -> object:
+            with torch.no_grad():
+                return model(x)
+
+        calls: dict[str, Callable[[], object]] = {"pytorch eager": eager}
+        cost: dict[str, str] = {"pytorch eager": "| - | -"}
         for lowering in ("portable", "plugin"):
             config = ExportConfig(name, lowering=lowering, fusion=fusion, attention=attention)
             timings: dict[str, float] = {}
             path = export_onnx(model, Path(tmp) / f"{lowering}.onnx", config, timings=timings)
-            try:
-                runner = OnnxRuntimeRunner(path, threads=threads)
-            except Exception as err:  # the plugin lowering needs vitrt's custom-op library
-                rows.append(
-                    f"| {name} | onnxrt {lowering} | {timings['trace']:.1f} | {timings['simplify']:.1f} "
-                    f"| n/a ({type(err).__name__}) | - |"
-                )
-                continue
-            feed = {"images": x.numpy().astype(np.float32)}
-            ort = measure_latency(lambda r=runner, f=feed: r.infer(f), iterations=iterations)
+            runner = OnnxRuntimeRunner(path, threads=threads)
+            calls[f"onnxrt {lowering}"] = lambda r=runner: r.infer(feed)
+            cost[f"onnxrt {lowering}"] = f"| {timings['trace']:.1f} | {timings['simplify']:.1f}"
+        stats = measure_interleaved(calls, iterations=iterations)
+        base_ms = stats["pytorch eager"].median
+        for runtime, st in stats.items():
             rows.append(
-                f"| {name} | onnxrt {lowering} | {timings['trace']:.1f} | {timings['simplify']:.1f} "
-                f"| {ort.median:.2f} | {ort.median / eager.median:.2f} |"
+                f"| {name} | {runtime} {cost[runtime]} | {st.median:.2f} | {st.median / base_ms:.2f} |"
             )
     return rows
 

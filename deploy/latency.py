@@ -44,6 +44,27 @@ def measure_latency(
         t0 = time.perf_counter()
         call()
         samples.append((time.perf_counter() - t0) * 1e3)
+    return _stats(samples)
+
+
+def measure_interleaved(
+    calls: dict[str, Callable[[], object]], *, warmup: int = 3, iterations: int = 20
+) -> dict[str, LatencyStats]:
+    """Time several calls round-robin (one call of each per round), so that load from other
+    processes affects them alike and their ratios stay fair; ``{name: LatencyStats}`` in ms."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(iterations):
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            samples[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: _stats(ms) for name, ms in samples.items()}
+
+
+def _stats(samples: list[float]) -> LatencyStats:
     ms = np.asarray(samples)
     return LatencyStats(
         iterations=len(samples),
