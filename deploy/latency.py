@@ -48,19 +48,25 @@ def measure_latency(
 
 
 def measure_interleaved(
-    calls: dict[str, Callable[[], object]], *, warmup: int = 3, iterations: int = 20
+    calls: dict[str, Callable[[], object]], *, warmup: int = 3, iterations: int = 20, block: int = 5
 ) -> dict[str, LatencyStats]:
-    """Time several calls round-robin (one call of each per round), so that load from other
-    processes affects them alike and their ratios stay fair; ``{name: LatencyStats}`` in ms."""
+    """Time several calls in interleaved blocks of ``block`` consecutive calls each, so that load
+    from other processes affects them alike and their ratios stay fair; ``{name: LatencyStats}`` in
+    ms over ``iterations`` calls each (rounded up to whole blocks).
+
+    Blocks rather than single calls: thread pools (ONNX Runtime's, OpenMP's) spin-wait after a
+    call and would slow whichever runtime runs right after; within a block only the first call pays.
+    """
     for call in calls.values():
         for _ in range(warmup):
             call()
     samples: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(iterations):
+    for _ in range(-(-iterations // block)):
         for name, call in calls.items():
-            t0 = time.perf_counter()
-            call()
-            samples[name].append((time.perf_counter() - t0) * 1e3)
+            for _ in range(block):
+                t0 = time.perf_counter()
+                call()
+                samples[name].append((time.perf_counter() - t0) * 1e3)
     return {name: _stats(ms) for name, ms in samples.items()}
 
 
