@@ -4,6 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.vitrt-installed
+# TensorRT's type stubs, for mypy only: kept out of the venv, where they would make `import tensorrt`
+# succeed as an empty package. Two fixes make them parse (a parameter named `in`, and a parameter
+# without a default after defaulted ones); vitrt's TensorRT code is checked against the rest.
+STUBS := .typestubs/.vitrt-stubs
 
 .PHONY: demo test lint typecheck unit clean
 
@@ -22,7 +26,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: $(STAMP)
+$(STUBS): Makefile | $(STAMP)
+	rm -rf .typestubs
+	$(BIN)/python -m pip install -q --no-deps --target .typestubs tensorrt-stubs==10.13.0.35.1
+	sed -i -E 's/(def [a-z_]+\(self[^,]*, )in: /\1in_: /' .typestubs/tensorrt_bindings/tensorrt.pyi
+	sed -i 's/channel_axis: int) -> IScaleLayer/channel_axis: int = ...) -> IScaleLayer/' .typestubs/tensorrt_bindings/tensorrt.pyi
+	@touch $(STUBS)
+
+typecheck: $(STAMP) $(STUBS)
 	$(BIN)/mypy
 
 unit: $(STAMP)
@@ -32,4 +43,4 @@ unit: $(STAMP)
 test: lint typecheck unit
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+	rm -rf $(VENV) .typestubs .mypy_cache .ruff_cache .pytest_cache *.egg-info build

@@ -125,7 +125,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         f"wrote {args.output}: {len(result.quantized)} of {len(result.layers)} MatMul/Gemm/Conv layers INT8"
     )
     if result.fallen_back:
-        print(f"  fell back to float: {', '.join(result.fallen_back)}")
+        labels = {layer.name: layer.label or layer.name for layer in result.layers}
+        print(f"  fell back to float: {', '.join(labels[n] for n in result.fallen_back)}")
     if a is not None:
         print(
             f"  vs FP32 on {a.samples} held-out samples: top-1 agreement {100 * a.top1_agreement:.1f}%, "
@@ -134,6 +135,25 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     for key in ("cache", "report"):
         if key in result.written:
             print(f"wrote {result.written[key]}")
+    return 0
+
+
+def _cmd_plugins_build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from plugins.cuda_build import DEFAULT_ARCHS, build_fatbins, fatbin_archs
+
+    results = build_fatbins(
+        Path(args.out) if args.out else None,
+        args.arch or DEFAULT_ARCHS,
+        ptx=None if args.ptx == "none" else args.ptx,
+        force=args.force,
+        jobs=args.jobs,
+    )
+    for r in results:
+        cubins, ptx = fatbin_archs(r.path)
+        how = "cached" if r.cached else f"built in {r.seconds:.1f} s"
+        print(f"{r.path} ({how}): cubin {' '.join(cubins)}; ptx {' '.join(ptx) or '-'}")
     return 0
 
 
@@ -242,6 +262,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--custom-ops-library", default=None, help="custom-op library for plugin nodes")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_calibrate)
+
+    p = sub.add_parser("plugins", help="CUDA kernels of the plugin ops: `vitrt plugins build`")
+    plugin_sub = p.add_subparsers(dest="plugins_command", required=True, metavar="ACTION")
+    q = plugin_sub.add_parser(
+        "build", help="nvcc -> one fatbin per op (cubins for each --arch + PTX), cached by source hash"
+    )
+    q.add_argument("--out", default=None, help="output folder (default build/plugins)")
+    q.add_argument(
+        "--arch",
+        action="append",
+        default=[],
+        metavar="SM",
+        help="cubin architecture, repeatable (default sm_87 sm_90 sm_100 sm_110 sm_120)",
+    )
+    q.add_argument(
+        "--ptx", default="compute_80", help="PTX architecture for JIT, or 'none' (default compute_80)"
+    )
+    q.add_argument("--jobs", type=int, default=2, help="nvcc processes at once (default 2)")
+    q.add_argument("--force", action="store_true", help="rebuild even when the cached build key matches")
+    q.set_defaults(func=_cmd_plugins_build)
 
     p = sub.add_parser("demo", help="build a model, check it against itself in batch, time it on CPU")
     p.add_argument("--model", default="t2t_vit_7", help="model name (default t2t_vit_7)")

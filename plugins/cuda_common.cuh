@@ -1,0 +1,122 @@
+// Shared device helpers for vitrt's CUDA kernels (included by plugins/<op>/<op>.cu).
+//
+// No standard or toolkit headers on purpose: the same sources compile with nvcc (AOT fatbin) and with
+// NVRTC at run time (the fallback), where neither <cstdint> nor cuda_fp16.h is guaranteed to be on the
+// include path. float16 tensors are therefore handled as their raw 16-bit patterns (unsigned short)
+// and converted with the PTX cvt instructions, exactly what cuda_fp16.h does underneath.
+//
+// Determinism: every reduction below is a fixed shuffle tree or a sequential loop in a fixed order, so
+// a kernel gives bit-identical results run to run (no floating-point atomics anywhere in vitrt).
+#pragma once
+
+namespace vitrt {
+
+typedef unsigned short half_bits;  // IEEE binary16 storage
+typedef long long int64;
+
+constexpr float kFloatMax = 3.402823466e+38f;       // FLT_MAX
+constexpr float kFloatTiny = 1.175494351e-38f;      // FLT_MIN (smallest normal)
+constexpr unsigned kFullMask = 0xffffffffu;
+
+__device__ __forceinline__ float pos_inf() { return __int_as_float(0x7f800000); }
+__device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
+
+// ---- float16 <-> float32 (round to nearest even, like torch's .to(float16)) ------------------------
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(half_bits h) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+  return f;
+}
+
+template <typename T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ float from_float<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ half_bits from_float<half_bits>(float x) {
+  half_bits h;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x));
+  return h;
+}
+
+// ---- warp reductions (butterfly: every lane ends with the same, order-fixed result) ---------------
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));
+  return v;
+}
+
+// Arg-max over a warp with torch.max's tie rule: the largest value, and among equal values the
+// smallest index. (value, index) pairs with index < 0 are empty slots and never win.
+__device__ __forceinline__ void warp_argmax(float& v, int& i) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(kFullMask, v, o);
+    const int oi = __shfl_xor_sync(kFullMask, i, o);
+    const bool take = oi >= 0 && (i < 0 || ov > v || (ov == v && oi < i));
+    if (take) {
+      v = ov;
+      i = oi;
+    }
+  }
+}
+
+// Block-wide max of one value per thread; `scratch` holds >= 32 floats of shared memory. All threads
+// get the result. Max is exact, so the result does not depend on the reduction order anyway.
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float r = lane < warps ? scratch[lane] : neg_inf();
+  r = warp_max(r);
+  return r;
+}
+
+// In-place exclusive prefix sum of data[0, n) (shared memory) by the whole block; returns the total.
+// `scratch` holds >= 33 ints of shared memory. Integer arithmetic: exact in any order.
+__device__ int block_exclusive_scan(int* data, int n, int* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+  int carry = 0;
+  for (int base = 0; base < n; base += blockDim.x) {
+    const int idx = base + threadIdx.x;
+    const int x = idx < n ? data[idx] : 0;
+    int incl = x;
+    for (int o = 1; o < 32; o <<= 1) {
+      const int y = __shfl_up_sync(kFullMask, incl, o);
+      if (lane >= o) incl += y;
+    }
+    __syncthreads();  // the previous chunk's readers of scratch are done
+    if (lane == 31) scratch[warp] = incl;
+    __syncthreads();
+    if (warp == 0) {
+      int w = lane < warps ? scratch[lane] : 0;
+      for (int o = 1; o < 32; o <<= 1) {
+        const int y = __shfl_up_sync(kFullMask, w, o);
+        if (lane >= o) w += y;
+      }
+      scratch[lane] = w;  // inclusive warp totals
+    }
+    __syncthreads();
+    const int warp_offset = warp > 0 ? scratch[warp - 1] : 0;
+    if (idx < n) data[idx] = carry + warp_offset + incl - x;
+    carry += scratch[warps - 1];
+  }
+  __syncthreads();
+  return carry;
+}
+
+// Monotone map of a float32 onto uint32 (a < b  <=>  key(a) < key(b)), with -0.0 folded onto +0.0
+// so that equal values get equal keys (the stable sorts then order them by index, as torch does).
+__device__ __forceinline__ unsigned order_key(float x) {
+  unsigned u = __float_as_uint(x == 0.0f ? 0.0f : x);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+}  // namespace vitrt

@@ -1,0 +1,380 @@
+"""Loads vitrt's CUDA kernels and launches them on a stream, through cuda-python's driver API.
+
+Used by the TensorRT plugins (``enqueue`` gets device pointers and TensorRT's stream as ints) and by the
+torch entry points (``tensor.data_ptr()``, ``torch.cuda.current_stream().cuda_stream``). Kernels are
+``extern "C"`` functions looked up by name.
+
+Module images, per CUDA context and op source:
+
+1. the fatbin built by ``plugins.cuda_build`` (``build/plugins/<source>.fatbin``) when it holds a cubin
+   of the GPU's major version and a minor version <= the GPU's, or a PTX the driver can JIT
+   (``cuModuleLoadData``; the driver picks the image);
+2. otherwise NVRTC compiles the op's ``.cu`` source for the GPU's exact ``sm_XY`` at run time (needs the
+   ``nvidia-cuda-nvrtc`` wheel), cached in memory and under ``build/plugins/nvrtc/``.
+
+``load_module(...).origin`` says which path was taken. cuda-python is imported lazily
+(``cuda.bindings.driver``, or ``cuda.cuda`` before cuda-python 12.6), so this module imports on machines
+without it; the functions raise ``VitrtError`` naming ``pip install cuda-python`` there.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compiler.errors import VitrtError
+
+from .cuda_build import (
+    COMMON_HEADER,
+    DEFAULT_BUILD_DIR,
+    PLUGINS_DIR,
+    FatbinEntry,
+    KernelSource,
+    fatbin_entries,
+    fatbin_path,
+    kernel_sources,
+)
+
+log = logging.getLogger("vitrt.plugins")
+
+DEFAULT_SHARED_MEMORY = 48 * 1024
+"""Dynamic shared memory a kernel may use without opting in (cuFuncSetAttribute)."""
+
+
+class CudaError(VitrtError):
+    """A CUDA driver or NVRTC call failed; the message names the call and the error."""
+
+
+def _import_first(names: Sequence[str], what: str) -> Any:
+    errors = []
+    for name in names:
+        try:
+            return importlib.import_module(name)
+        except ImportError as exc:  # also covers a cuda-python without this submodule
+            errors.append(f"{name}: {exc}")
+    raise VitrtError(
+        f"{what} needs cuda-python, which cannot be imported here ({'; '.join(errors)}). "
+        "Fix: pip install cuda-python"
+    )
+
+
+def cuda_driver() -> Any:
+    """cuda-python's driver API module (``cuda.bindings.driver``, or ``cuda.cuda`` before 12.6)."""
+    return _import_first(("cuda.bindings.driver", "cuda.cuda"), "launching vitrt's CUDA kernels")
+
+
+def cuda_nvrtc() -> Any:
+    """cuda-python's NVRTC module (``cuda.bindings.nvrtc``, or ``cuda.nvrtc`` before 12.6)."""
+    return _import_first(("cuda.bindings.nvrtc", "cuda.nvrtc"), "compiling vitrt's kernels with NVRTC")
+
+
+def check(result: Any, call: str) -> Any:
+    """Unwrap a cuda-python result tuple ``(error, *values)``: raise CudaError unless the error is
+    success; return None, the single value, or the tuple of values."""
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        name = getattr(err, "name", str(err))
+        raise CudaError(f"{call} failed: {name} ({int(err)})")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+_INIT_LOCK = threading.Lock()
+_INITIALISED = False
+
+
+def _init_driver() -> Any:
+    global _INITIALISED
+    drv = cuda_driver()
+    with _INIT_LOCK:
+        if not _INITIALISED:
+            try:
+                result = drv.cuInit(0)
+            except Exception as exc:  # cuda-python raises when libcuda itself is missing
+                raise CudaError(f"cuInit failed: no usable NVIDIA driver ({exc})") from exc
+            check(result, "cuInit")
+            _INITIALISED = True
+    return drv
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """The GPU of the current context: ordinal, name, compute capability and limits that launches need.
+
+    max_shared_optin: largest dynamic shared memory per block after opting in (bytes);
+    peak_bandwidth: theoretical DRAM bandwidth in bytes/s from the driver's memory clock and bus width
+    (None where the driver does not report them).
+    """
+
+    ordinal: int
+    name: str
+    capability: tuple[int, int]
+    multiprocessors: int
+    max_shared_optin: int
+    peak_bandwidth: float | None
+
+    @property
+    def arch(self) -> str:
+        """``sm_XY`` of the GPU, e.g. ``sm_90``."""
+        return f"sm_{self.capability[0]}{self.capability[1]}"
+
+
+def current_context() -> tuple[int, int]:
+    """(context handle, device ordinal) current on this thread; makes device 0's primary context current
+    when none is (TensorRT and torch both work in the primary context)."""
+    drv = _init_driver()
+    ctx = check(drv.cuCtxGetCurrent(), "cuCtxGetCurrent")
+    if int(ctx) == 0:
+        dev = check(drv.cuDeviceGet(0), "cuDeviceGet")
+        ctx = check(drv.cuDevicePrimaryCtxRetain(dev), "cuDevicePrimaryCtxRetain")
+        check(drv.cuCtxSetCurrent(ctx), "cuCtxSetCurrent")
+    dev = check(drv.cuCtxGetDevice(), "cuCtxGetDevice")
+    return int(ctx), int(dev)
+
+
+def device_info(ordinal: int | None = None) -> DeviceInfo:
+    """Properties of GPU ``ordinal`` (default: the current context's)."""
+    drv = _init_driver()
+    if ordinal is None:
+        ordinal = current_context()[1]
+    dev = check(drv.cuDeviceGet(ordinal), "cuDeviceGet")
+    attr = drv.CUdevice_attribute
+
+    def get(name: str) -> int | None:
+        value = getattr(attr, name, None)
+        if value is None:
+            return None
+        try:
+            return int(check(drv.cuDeviceGetAttribute(value, dev), f"cuDeviceGetAttribute({name})"))
+        except CudaError:
+            return None
+
+    major = get("CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR") or 0
+    minor = get("CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR") or 0
+    clock_khz = get("CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE")
+    bus_bits = get("CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH")
+    raw_name = check(drv.cuDeviceGetName(256, dev), "cuDeviceGetName")
+    name = bytes(raw_name).split(b"\0", 1)[0].decode(errors="replace")
+    return DeviceInfo(
+        ordinal=ordinal,
+        name=name,
+        capability=(major, minor),
+        multiprocessors=get("CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT") or 0,
+        max_shared_optin=get("CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN")
+        or DEFAULT_SHARED_MEMORY,
+        # double data rate: two transfers per memory clock
+        peak_bandwidth=2.0 * clock_khz * 1e3 * bus_bits / 8 if clock_khz and bus_bits else None,
+    )
+
+
+def compatible_image(entries: Sequence[FatbinEntry], capability: tuple[int, int]) -> FatbinEntry | None:
+    """The fatbin image the driver will run on a GPU of ``capability``: the newest cubin of the same major
+    version and a minor version <= the GPU's (cubins are binary compatible within a major version), else
+    the newest PTX of a compute capability <= the GPU's (JIT-compiled), else None."""
+    major, minor = capability
+    cc = major * 10 + minor
+    cubins = [e for e in entries if e.kind == "cubin" and e.arch // 10 == major and e.arch % 10 <= minor]
+    if cubins:
+        return max(cubins, key=lambda e: e.arch)
+    ptx = [e for e in entries if e.kind == "ptx" and e.arch <= cc]
+    return max(ptx, key=lambda e: e.arch) if ptx else None
+
+
+def nvrtc_options(arch: str) -> list[bytes]:
+    """NVRTC options for an op source: the GPU's exact ``sm_XY``, vitrt's include folder, C++17."""
+    return [f"--gpu-architecture={arch}".encode(), f"-I{PLUGINS_DIR}".encode(), b"--std=c++17"]
+
+
+def nvrtc_compile(source: KernelSource, arch: str) -> bytes:
+    """Compile ``source`` with NVRTC into a cubin for ``arch`` (``sm_XY``); no GPU needed.
+
+    Raises CudaError with NVRTC's log when compilation fails.
+    """
+    nvrtc = cuda_nvrtc()
+    text = source.path.read_bytes()
+    try:
+        prog = check(
+            nvrtc.nvrtcCreateProgram(text, str(source.path).encode(), 0, [], []), "nvrtcCreateProgram"
+        )
+    except CudaError:
+        raise
+    except Exception as exc:  # the NVRTC library itself is missing
+        raise CudaError(
+            f"NVRTC is not usable here ({exc}); pip install nvidia-cuda-nvrtc, or build the fatbins "
+            "with `vitrt plugins build`"
+        ) from exc
+    try:
+        opts = nvrtc_options(arch)
+        (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+        if int(err) != 0:
+            size = check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
+            buf = b" " * size
+            check(nvrtc.nvrtcGetProgramLog(prog, buf), "nvrtcGetProgramLog")
+            raise CudaError(f"NVRTC failed on {source.path} for {arch}:\n{buf.decode(errors='replace')}")
+        size = check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
+        cubin = b" " * size
+        check(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
+        return cubin
+    finally:
+        check(nvrtc.nvrtcDestroyProgram(prog), "nvrtcDestroyProgram")
+
+
+def _nvrtc_cubin(source: KernelSource, arch: str) -> bytes:
+    """NVRTC cubin for ``arch``, cached on disk by source hash (best effort: a read-only tree still works)."""
+    digest = hashlib.sha256(source.path.read_bytes() + COMMON_HEADER.read_bytes()).hexdigest()[:16]
+    cache = DEFAULT_BUILD_DIR / "nvrtc" / f"{source.name}-{arch}-{digest}.cubin"
+    if cache.is_file():
+        return cache.read_bytes()
+    cubin = nvrtc_compile(source, arch)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_bytes(cubin)
+        tmp.replace(cache)
+    except OSError:
+        pass
+    return cubin
+
+
+@dataclass
+class LoadedModule:
+    """One op source's kernels loaded in one CUDA context; ``origin`` says where the image came from
+    ("fatbin cubin sm_90", "fatbin ptx compute_80 (JIT)", "nvrtc sm_89")."""
+
+    source: KernelSource
+    module: Any
+    origin: str
+    device: DeviceInfo
+    functions: dict[str, Any] = field(default_factory=dict)
+    shared_set: dict[str, int] = field(default_factory=dict)
+
+    def function(self, name: str) -> Any:
+        """The ``CUfunction`` of kernel ``name`` (cached)."""
+        f = self.functions.get(name)
+        if f is None:
+            drv = cuda_driver()
+            f = check(drv.cuModuleGetFunction(self.module, name.encode()), f"cuModuleGetFunction({name})")
+            self.functions[name] = f
+        return f
+
+
+_MODULES: dict[tuple[int, str, str], LoadedModule] = {}
+_MODULES_LOCK = threading.Lock()
+
+
+def _source(name: str) -> KernelSource:
+    for src in kernel_sources():
+        if src.name == name:
+            return src
+    raise VitrtError(f"no CUDA source named {name!r}; known: {[s.name for s in kernel_sources()]}")
+
+
+def load_module(name: str, kernel_dir: Path | None = None) -> LoadedModule:
+    """The kernels of op source ``name`` ("token_fusion", "scatterbrain") in the current context.
+
+    kernel_dir: where the fatbins are (default ``build/plugins``). Loads the fatbin when it holds an
+    image for this GPU, else compiles with NVRTC (see the module docstring).
+    """
+    ctx, ordinal = current_context()
+    key = (ctx, name, str(kernel_dir or DEFAULT_BUILD_DIR))
+    with _MODULES_LOCK:
+        loaded = _MODULES.get(key)
+        if loaded is None:
+            loaded = _load(_source(name), device_info(ordinal), kernel_dir)
+            log.info("vitrt kernels %s: %s on %s", name, loaded.origin, loaded.device.name)
+            _MODULES[key] = loaded
+        return loaded
+
+
+_NO_IMAGE_ERRORS = {
+    "CUDA_ERROR_NO_BINARY_FOR_GPU",
+    "CUDA_ERROR_INVALID_PTX",
+    "CUDA_ERROR_UNSUPPORTED_PTX_VERSION",
+}
+
+
+def _load(source: KernelSource, device: DeviceInfo, kernel_dir: Path | None) -> LoadedModule:
+    drv = cuda_driver()
+    fatbin = fatbin_path(source.name, kernel_dir)
+    reason = f"no fatbin at {fatbin} (run `vitrt plugins build`)"
+    if fatbin.is_file():
+        data = fatbin.read_bytes()
+        image = compatible_image(fatbin_entries(data), device.capability)
+        if image is None:
+            reason = f"{fatbin} holds no image for {device.arch}"
+        else:
+            err, module = drv.cuModuleLoadData(data)
+            if int(err) == 0:
+                how = f"cubin sm_{image.arch}" if image.kind == "cubin" else f"ptx compute_{image.arch} (JIT)"
+                return LoadedModule(source, module, f"fatbin {how}", device)
+            name = getattr(err, "name", str(err))
+            if name not in _NO_IMAGE_ERRORS:
+                raise CudaError(f"cuModuleLoadData({fatbin}) failed: {name}")
+            reason = f"the driver rejected {fatbin} ({name})"
+    log.warning("vitrt kernels %s: %s; compiling with NVRTC for %s", source.name, reason, device.arch)
+    cubin = _nvrtc_cubin(source, device.arch)
+    module = check(drv.cuModuleLoadData(cubin), f"cuModuleLoadData(NVRTC {source.name})")
+    return LoadedModule(source, module, f"nvrtc {device.arch}", device)
+
+
+def ptr(value: int) -> ctypes.c_uint64:
+    """A pointer kernel argument (a device address as an int; 0 for an unused one)."""
+    return ctypes.c_uint64(int(value))
+
+
+def i32(value: int) -> ctypes.c_int32:
+    """An ``int`` kernel argument."""
+    return ctypes.c_int32(int(value))
+
+
+def f32(value: float) -> ctypes.c_float:
+    """A ``float`` kernel argument."""
+    return ctypes.c_float(float(value))
+
+
+KernelArg = ctypes.c_uint64 | ctypes.c_int32 | ctypes.c_float
+
+
+def launch(
+    module: LoadedModule,
+    kernel: str,
+    grid: tuple[int, int, int],
+    block: tuple[int, int, int],
+    args: Sequence[KernelArg],
+    stream: int,
+    shared_mem: int = 0,
+) -> None:
+    """Launch ``kernel`` of ``module`` on ``stream`` (a CUstream / cudaStream_t as an int; 0 = default).
+
+    args: in the kernel's parameter order, built with ``ptr``, ``i32``, ``f32`` (the types must match
+    the C signature: the driver copies as many bytes as each parameter has). shared_mem: dynamic shared
+    memory in bytes; above 48 KiB the kernel is opted in up to the device's limit.
+    """
+    if min(*grid, *block) <= 0:
+        return  # an empty launch (a zero-sized input)
+    drv = cuda_driver()
+    f = module.function(kernel)
+    if shared_mem > DEFAULT_SHARED_MEMORY and module.shared_set.get(kernel, 0) < shared_mem:
+        if shared_mem > module.device.max_shared_optin:
+            raise VitrtError(
+                f"{kernel} needs {shared_mem} bytes of shared memory per block, more than the "
+                f"{module.device.max_shared_optin} that {module.device.name} allows: the input is too large"
+            )
+        attr = drv.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        check(drv.cuFuncSetAttribute(f, attr, shared_mem), f"cuFuncSetAttribute({kernel})")
+        module.shared_set[kernel] = shared_mem
+    params = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
+    check(
+        drv.cuLaunchKernel(
+            f, *grid, *block, shared_mem, drv.CUstream(int(stream)), ctypes.addressof(params), 0
+        ),
+        f"cuLaunchKernel({kernel})",
+    )

@@ -1,0 +1,389 @@
+"""ScatterbrainAttention on the GPU: the kernels of ``scatterbrain.cu`` launched on raw device pointers
+(what the TensorRT plugin's ``enqueue`` does) or on torch CUDA tensors (``scatterbrain_cuda``).
+
+Same function as ``onnx_lowering.attention_by_mode`` for the three modes of ``spec.Mode``. q, k [B, H, N, E]
+and v [B, H, N, Dv] share one dtype (float32 or float16), hash_vectors [R, E + 2] and projection [m, E]
+are float32; the output [B, H, N, Dv] has q's dtype; everything in between is float32 in the workspace.
+Launch sequence (see scatterbrain.cu): stats, features, kv_reduce (low rank), sort + cluster (sparse),
+combine.
+
+Memory: the workspace holds per (b, h) the hashes and sort permutations (R P floats / ints each), the
+features (2 P F floats), and every round's output rows (R P (Dv + 2) floats): O(B H N (R Dv + F)), never
+N x N. torch and cuda-python are imported lazily.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from plugins.cuda_launcher import f32, i32, launch, load_module, ptr
+
+from .spec import (
+    PLUGIN_NAME,
+    SUPPORTED_DTYPES,
+    XBOX_EXTRA_DIMS,
+    Mode,
+    ScatterbrainAttrs,
+    padded_length,
+)
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+SOURCE = "scatterbrain"
+"""The .cu source (``plugins/lsh_attention/scatterbrain.cu``) whose fatbin holds the kernels."""
+SUFFIX = {"float32": "f32", "float16": "f16"}
+KERNELS = (
+    *(
+        f"vitrt_sb_{stage}_{sfx}"
+        for stage in ("stats", "features", "cluster", "combine")
+        for sfx in SUFFIX.values()
+    ),
+    "vitrt_sb_kv_reduce",
+    "vitrt_sb_sort",
+)
+"""Every kernel this module launches (the build test checks each is in the fatbin)."""
+CHUNK = 64
+"""Tokens per block of the stats / features kernels (and per partial low-rank sum)."""
+_THREADS = 256
+_WARPS = _THREADS // 32
+_SORT_THREADS = 1024
+_CLUSTER_THREADS = 128
+_QUERIES_PER_BLOCK = 32  # combine
+_ALIGN = 256
+
+
+def _odd(n: int) -> int:
+    return n | 1
+
+
+@dataclass(frozen=True)
+class AttentionDims:
+    """Static sizes of one launch: BH = batch x heads, N tokens, E (q, k) and Dv (v) channels, the
+    mode, cluster size c, rounds R and projection rows m (features F = 2 m)."""
+
+    bh: int
+    n: int
+    e: int
+    dv: int
+    mode: int
+    c: int
+    r: int
+    m: int
+
+    @property
+    def sparse(self) -> bool:
+        """Modes with hashing and clusters (SCATTERBRAIN, LSH)."""
+        return self.mode != Mode.PERFORMER
+
+    @property
+    def low_rank(self) -> bool:
+        """Modes with FAVOR+ features (SCATTERBRAIN, PERFORMER)."""
+        return self.mode != Mode.LSH
+
+    @property
+    def p(self) -> int:
+        """Padded length: N rounded up to a multiple of c (sparse modes), else N."""
+        return padded_length(self.n, self.c) if self.sparse else self.n
+
+    @property
+    def f(self) -> int:
+        """Features 2 m (0 in mode LSH)."""
+        return 2 * self.m if self.low_rank else 0
+
+    @property
+    def nchunk(self) -> int:
+        """Token chunks of the stats / features kernels."""
+        return -(-self.p // CHUNK)
+
+    @property
+    def p2(self) -> int:
+        """Sort length: the next power of two >= P."""
+        return 1 << max(0, (self.p - 1).bit_length())
+
+    @property
+    def groups(self) -> int:
+        """Clusters per block of the cluster kernel: about 32 queries per block."""
+        return max(1, 32 // max(1, self.c))
+
+    @staticmethod
+    def of(batch: int, heads: int, n: int, e: int, dv: int, attrs: ScatterbrainAttrs) -> AttentionDims:
+        """The dims of an op call with ``attrs``."""
+        mode = Mode(attrs.mode)
+        sparse, low_rank = mode != Mode.PERFORMER, mode != Mode.LSH
+        return AttentionDims(
+            bh=batch * heads,
+            n=n,
+            e=e,
+            dv=dv,
+            mode=int(mode),
+            c=attrs.cluster_size if sparse else 0,
+            r=attrs.n_hashes if sparse else 0,
+            m=attrs.projection_rows if low_rank else 0,
+        )
+
+
+def _regions(d: AttentionDims) -> dict[str, int]:
+    bh, p, r, f, dv = d.bh, d.p, d.r, d.f, d.dv
+    sizes = {"stat_part": 4 * bh * d.nchunk * 3}
+    if d.sparse:
+        sizes |= {"hq": 4 * bh * r * p, "hk": 4 * bh * r * p}
+    if d.low_rank:
+        sizes |= {
+            "qf": 4 * bh * p * f,
+            "kf": 4 * bh * p * f,
+            "pls": 4 * bh * p,
+            "kv_part": 4 * bh * d.nchunk * f * (dv + 1),
+            "kv": 4 * bh * f * (dv + 1),
+        }
+    if d.sparse:
+        sizes |= {name: 4 * bh * r * p for name in ("q_perm", "q_inv", "k_perm", "k_inv")}
+        sizes |= {"rnum": 4 * bh * r * p * dv, "raux": 4 * bh * r * p * 2}
+    return sizes
+
+
+def workspace_layout(d: AttentionDims) -> dict[str, int]:
+    """Byte offset of every workspace region the mode uses (256-byte aligned), plus "end"."""
+    offsets, pos = {}, 0
+    for name, size in _regions(d).items():
+        offsets[name] = pos
+        pos += -(-size // _ALIGN) * _ALIGN
+    offsets["end"] = pos
+    return offsets
+
+
+def workspace_bytes(d: AttentionDims) -> int:
+    """Workspace one launch needs, in bytes."""
+    return workspace_layout(d)["end"]
+
+
+def shared_bytes(d: AttentionDims) -> dict[str, int]:
+    """Dynamic shared memory of every kernel, in bytes (the launcher opts in above 48 KiB)."""
+    ws, hs, es, fs, cs = _odd(d.e), _odd(d.e + XBOX_EXTRA_DIMS), _odd(d.e), _odd(d.f), _odd(d.c)
+    qb = d.groups * d.c
+    sb = d.mode == Mode.SCATTERBRAIN
+    cluster_floats = (
+        2 * qb * es + qb * d.dv + (2 * qb * fs if sb else 0) + qb * cs * (2 if sb else 1) + 3 * qb
+    )
+    cluster_ints = 2 * qb + (2 * d.r * qb if sb else 0)
+    return {
+        "stats": 4 * (d.m * ws + _WARPS * d.e),
+        "features": 4 * (d.m * ws + d.r * hs + _WARPS * 2 * d.e + _WARPS * d.f + CHUNK * d.f + CHUNK * d.dv),
+        "sort": 8 * d.p2,
+        "cluster": 4 * (cluster_floats + cluster_ints),
+        "combine": 4 * ((d.f * (d.dv + 1) if d.low_rank else 0) + _WARPS * d.f),
+    }
+
+
+def enqueue(
+    q: int,
+    k: int,
+    v: int,
+    hash_vectors: int,
+    projection: int,
+    out: int,
+    workspace: int,
+    d: AttentionDims,
+    scale: float,
+    dtype: str,
+    stream: int,
+) -> None:
+    """The whole op on raw device pointers (C-contiguous): q, k [BH, N, E], v [BH, N, Dv] of ``dtype``
+    ("float32" / "float16"), hash_vectors [R, E + 2] and projection [m, E] float32 (0 where the mode has
+    none) -> out [BH, N, Dv] of ``dtype``. ``workspace``: ``workspace_bytes(d)`` bytes; ``stream``: a CUDA
+    stream handle as an int; ``scale``: the softmax scale t. Asynchronous."""
+    if dtype not in SUFFIX:
+        raise TypeError(f"{PLUGIN_NAME} supports {sorted(SUFFIX)}, got {dtype}")
+    mod = load_module(SOURCE)
+    sfx = SUFFIX[dtype]
+    lay = workspace_layout(d)
+    w = {name: workspace + off for name, off in lay.items()}
+
+    def at(name: str) -> int:
+        return w.get(name, 0)
+
+    smem = shared_bytes(d)
+    root = math.sqrt(scale)
+    rr = root * root  # the reference's (root * root), not scale itself
+    log_norm = math.log(d.f) / 2 if d.f else 0.0
+    n_tok = d.p
+    launch(
+        mod,
+        f"vitrt_sb_stats_{sfx}",
+        (d.nchunk, d.bh, 1),
+        (_THREADS, 1, 1),
+        [ptr(q), ptr(k), ptr(projection), ptr(at("stat_part")), i32(d.n), i32(d.e), i32(d.m), f32(root),
+         f32(rr), f32(log_norm), i32(CHUNK), i32(n_tok), i32(d.nchunk)],
+        stream,
+        shared_mem=smem["stats"],
+    )  # fmt: skip
+    launch(
+        mod,
+        f"vitrt_sb_features_{sfx}",
+        (d.nchunk, d.bh, 1),
+        (_THREADS, 1, 1),
+        [ptr(q), ptr(k), ptr(v), ptr(hash_vectors), ptr(projection), ptr(at("stat_part")), ptr(at("hq")),
+         ptr(at("hk")), ptr(at("qf")), ptr(at("kf")), ptr(at("pls")), ptr(at("kv_part")), i32(d.n), i32(d.p),
+         i32(d.e), i32(d.dv), i32(d.r), i32(d.m), f32(root), f32(rr), f32(log_norm), i32(CHUNK), i32(n_tok),
+         i32(d.nchunk), i32(d.mode)],
+        stream,
+        shared_mem=smem["features"],
+    )  # fmt: skip
+    if d.low_rank:
+        launch(
+            mod,
+            "vitrt_sb_kv_reduce",
+            (d.bh, 1, 1),
+            (_THREADS, 1, 1),
+            [ptr(at("kv_part")), ptr(at("kv")), i32(d.f * (d.dv + 1)), i32(d.nchunk)],
+            stream,
+        )
+    if d.sparse:
+        launch(
+            mod,
+            "vitrt_sb_sort",
+            (2 * d.r, d.bh, 1),
+            (_SORT_THREADS, 1, 1),
+            [ptr(at("hq")), ptr(at("hk")), ptr(at("q_perm")), ptr(at("q_inv")), ptr(at("k_perm")),
+             ptr(at("k_inv")), i32(d.p), i32(d.p2), i32(d.r)],
+            stream,
+            shared_mem=smem["sort"],
+        )  # fmt: skip
+        clusters = d.p // d.c
+        launch(
+            mod,
+            f"vitrt_sb_cluster_{sfx}",
+            (-(-clusters // d.groups), d.r, d.bh),
+            (_CLUSTER_THREADS, 1, 1),
+            [ptr(q), ptr(k), ptr(v), ptr(at("qf")), ptr(at("kf")), ptr(at("pls")), ptr(at("q_perm")),
+             ptr(at("q_inv")), ptr(at("k_perm")), ptr(at("k_inv")), ptr(at("rnum")), ptr(at("raux")),
+             i32(d.n), i32(d.p), i32(d.e), i32(d.dv), i32(d.r), i32(d.f), i32(d.c), i32(d.groups),
+             f32(scale), i32(d.mode)],
+            stream,
+            shared_mem=smem["cluster"],
+        )  # fmt: skip
+    launch(
+        mod,
+        f"vitrt_sb_combine_{sfx}",
+        (-(-d.n // _QUERIES_PER_BLOCK), d.bh, 1),
+        (_THREADS, 1, 1),
+        [ptr(at("qf")), ptr(at("pls")), ptr(at("kv")), ptr(at("q_inv")), ptr(at("rnum")), ptr(at("raux")),
+         ptr(out), i32(d.n), i32(d.p), i32(d.dv), i32(d.r), i32(d.f), i32(_QUERIES_PER_BLOCK), i32(d.mode)],
+        stream,
+        shared_mem=smem["combine"],
+    )  # fmt: skip
+
+
+# ---- torch face ----------------------------------------------------------------------------------------
+
+
+def _checked(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    hash_vectors: Tensor | None,
+    projection: Tensor | None,
+    attrs: ScatterbrainAttrs,
+) -> AttentionDims:
+    from .spec import check_inputs
+
+    check_inputs(q, k, v, hash_vectors, projection)
+    for name, t in (("q", q), ("k", k), ("v", v), ("hash_vectors", hash_vectors), ("projection", projection)):
+        if t is not None and (not t.is_cuda or t.device != q.device):
+            raise ValueError(f"{name} must be a CUDA tensor on {q.device}, got {t.device}")
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"q has dtype {q.dtype}; {PLUGIN_NAME} supports {SUPPORTED_DTYPES}")
+    b, h, n, e = q.shape
+    d = AttentionDims.of(b, h, n, e, v.shape[-1], attrs)
+    if d.sparse and (hash_vectors is None or hash_vectors.shape[0] != attrs.n_hashes):
+        raise ValueError(f"mode {Mode(attrs.mode).name} needs hash_vectors [{attrs.n_hashes}, {e + 2}]")
+    if d.low_rank and (projection is None or projection.shape[0] != attrs.projection_rows):
+        raise ValueError(f"mode {Mode(attrs.mode).name} needs projection [{attrs.projection_rows}, {e}]")
+    return d
+
+
+def _run(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    hash_vectors: Tensor | None,
+    projection: Tensor | None,
+    attrs: ScatterbrainAttrs,
+    out: Tensor | None,
+) -> tuple[Tensor, Tensor, AttentionDims]:
+    import torch
+
+    d = _checked(q, k, v, hash_vectors, projection, attrs)
+    q, k, v = (t.contiguous() for t in (q, k, v))
+    fixed = [None if t is None else t.to(torch.float32).contiguous() for t in (hash_vectors, projection)]
+    shape = (*q.shape[:3], v.shape[-1])
+    if out is None:
+        out = q.new_empty(shape)
+    elif (
+        tuple(out.shape) != shape or out.dtype != q.dtype or not out.is_contiguous() or out.device != q.device
+    ):
+        raise ValueError(f"out must be a contiguous {shape} {q.dtype} tensor on {q.device}")
+    work = torch.empty(workspace_bytes(d), dtype=torch.uint8, device=q.device)
+    with torch.cuda.device(q.device):
+        enqueue(
+            q.data_ptr(), k.data_ptr(), v.data_ptr(),
+            0 if fixed[0] is None else fixed[0].data_ptr(), 0 if fixed[1] is None else fixed[1].data_ptr(),
+            out.data_ptr(), work.data_ptr(), d, attrs.scale, str(q.dtype).removeprefix("torch."),
+            int(torch.cuda.current_stream(q.device).cuda_stream),
+        )  # fmt: skip
+    return out, work, d
+
+
+def scatterbrain_cuda(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    hash_vectors: Tensor | None,
+    projection: Tensor | None,
+    attrs: ScatterbrainAttrs,
+    *,
+    out: Tensor | None = None,
+) -> Tensor:
+    """``onnx_lowering.attention_by_mode`` with the CUDA kernels, on torch's current stream.
+
+    q, k [B, H, N, E], v [B, H, N, Dv] (CUDA, one dtype: float32 or float16); hash_vectors [R, E + 2]
+    (None in mode PERFORMER) and projection [m, E] (None in mode LSH) -> [B, H, N, Dv] in q's dtype.
+    ``out`` receives the result when given (contiguous; the tests pre-fill it with NaN).
+    """
+    return _run(q, k, v, hash_vectors, projection, attrs, out)[0]
+
+
+def scatterbrain_cuda_debug(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    hash_vectors: Tensor | None,
+    projection: Tensor | None,
+    attrs: ScatterbrainAttrs,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """``scatterbrain_cuda`` plus copies of the kernels' intermediates, for tests: "q_hash", "k_hash"
+    [B, H, R, P] float32 (padding +inf), "q_perm", "k_perm" [B, H, R, P] int64 (sorted slot -> token),
+    "q_prime", "k_prime" [B, H, P, 2m] and "pls" [B, H, P] float32, for the regions the mode has."""
+    import torch
+
+    out, work, d = _run(q, k, v, hash_vectors, projection, attrs, None)
+    lay = workspace_layout(d)
+    b, h = q.shape[:2]
+    views: dict[str, Tensor] = {}
+
+    def region(name: str, dtype: torch.dtype, shape: tuple[int, ...]) -> Tensor:
+        count = math.prod(shape)
+        return work[lay[name] : lay[name] + 4 * count].view(dtype).view(shape).clone()
+
+    if d.sparse:
+        views["q_hash"] = region("hq", torch.float32, (b, h, d.r, d.p))
+        views["k_hash"] = region("hk", torch.float32, (b, h, d.r, d.p))
+        views["q_perm"] = region("q_perm", torch.int32, (b, h, d.r, d.p)).long()
+        views["k_perm"] = region("k_perm", torch.int32, (b, h, d.r, d.p)).long()
+    if d.low_rank:
+        views["q_prime"] = region("qf", torch.float32, (b, h, d.p, d.f))
+        views["k_prime"] = region("kf", torch.float32, (b, h, d.p, d.f))
+        views["pls"] = region("pls", torch.float32, (b, h, d.p))
+    return out, views

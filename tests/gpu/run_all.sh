@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One command for a GPU machine: build the kernels' fatbins, run the GPU kernel tests and the TensorRT
+# plugin tests (each skips, with its reason, where its requirement is missing), then the kernel
+# benchmark. Results go to $OUT (default build/gpu-results): build.txt, pytest.txt, junit.xml,
+# benchmark.txt, kernels.json, env.txt. Exit status: pytest's.
+#
+#   bash tests/gpu/run_all.sh          # PYTHON=... to pick the interpreter (default: python3)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT="${OUT:-build/gpu-results}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_THREADS="${OMP_NUM_THREADS:-4}"
+
+{
+  nvidia-smi || true
+  "$PY" -c 'import sys, torch; print(sys.version); print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.is_available())'
+  "$PY" -m pip list 2>/dev/null | grep -i -E "^(torch|cuda|nvidia-cuda-nvrtc|tensorrt|onnx)" || true
+  command -v nvcc && nvcc --version | tail -1
+} >"$OUT/env.txt" 2>&1
+
+"$PY" -m compiler.cli plugins build 2>&1 | tee "$OUT/build.txt"
+for f in build/plugins/*.fatbin; do
+  command -v cuobjdump >/dev/null && cuobjdump --list-elf --list-ptx "$f" >>"$OUT/build.txt" 2>&1
+done
+
+"$PY" -m pytest -q -p no:cacheprovider -rs tests/gpu tests/tensorrt tests/plugins/test_cuda_build.py \
+  --junitxml="$OUT/junit.xml" 2>&1 | tee "$OUT/pytest.txt"
+rc=${PIPESTATUS[0]}
+
+"$PY" benchmarks/kernels.py --out "$OUT/kernels.json" 2>&1 | tee "$OUT/benchmark.txt"
+exit "$rc"

@@ -1,0 +1,188 @@
+"""The CUDA kernels compile: nvcc builds one fatbin per op with a cubin for every listed architecture
+and the PTX, and every kernel the launchers use is in it. No GPU needed (nvcc only; NVRTC where its
+wheel is installed). Also the pure-Python parts of the launcher and the TensorRT glue.
+
+The build is cached under build/plugins by a key of the sources, nvcc's version and the flags: on CI
+(a fresh clone) it compiles once, about 30 s on two cores.
+"""
+
+from __future__ import annotations
+
+import importlib
+import struct
+from pathlib import Path
+
+import pytest
+
+from compiler.errors import VitrtError
+from plugins.cuda_build import (
+    DEFAULT_ARCHS,
+    PTX_ARCH,
+    FatbinEntry,
+    build_fatbins,
+    cuobjdump_archs,
+    fatbin_archs,
+    fatbin_entries,
+    find_cuda_home,
+    kernel_sources,
+)
+from plugins.cuda_launcher import compatible_image
+
+
+def _nvcc_missing() -> str | None:
+    try:
+        find_cuda_home()
+    except VitrtError as exc:
+        return str(exc)
+    return None
+
+
+NVCC_MISSING = _nvcc_missing()
+
+
+@pytest.fixture(scope="module")
+def fatbins() -> dict[str, Path]:
+    if NVCC_MISSING:
+        print(f"SKIP: {NVCC_MISSING}")
+        pytest.skip(NVCC_MISSING)
+    return {r.source.name: r.path for r in build_fatbins(niceness=10)}
+
+
+def test_one_source_per_op() -> None:
+    from plugins.lowering import OP_PACKAGES
+
+    folders = {s.path.parent.name for s in kernel_sources()}
+    assert folders == {pkg.split(".")[-1] for pkg in OP_PACKAGES}
+
+
+def test_every_listed_architecture_has_a_cubin(fatbins: dict[str, Path]) -> None:
+    for name, path in fatbins.items():
+        cubins, ptx = fatbin_archs(path)
+        assert cubins == list(DEFAULT_ARCHS), name
+        assert ptx == [PTX_ARCH], name
+        listed = cuobjdump_archs(path)  # None where the toolkit has no cuobjdump (as here)
+        if listed is not None:
+            assert listed == list(DEFAULT_ARCHS), name
+
+
+def test_every_launched_kernel_is_in_the_fatbin(fatbins: dict[str, Path]) -> None:
+    for pkg, source in (
+        ("plugins.token_fusion.cuda", "token_fusion"),
+        ("plugins.lsh_attention.cuda", "scatterbrain"),
+    ):
+        data = fatbins[source].read_bytes()
+        for kernel in importlib.import_module(pkg).KERNELS:
+            assert kernel.encode() + b"\0" in data, f"{kernel} missing from {source}.fatbin"
+
+
+def test_a_rebuild_is_cached(fatbins: dict[str, Path]) -> None:
+    again = build_fatbins()
+    assert all(r.cached for r in again)
+    assert {r.source.name: r.path for r in again} == fatbins
+
+
+def test_nvrtc_compiles_the_sources_where_installed() -> None:
+    from plugins.cuda_launcher import CudaError, nvrtc_compile
+
+    try:
+        importlib.import_module("cuda.bindings.nvrtc")
+    except ImportError as exc:
+        reason = f"cuda-python's NVRTC bindings are not installed ({exc})"
+        print(f"SKIP: {reason}")
+        pytest.skip(reason)
+    for source in kernel_sources():
+        try:
+            cubin = nvrtc_compile(source, "sm_90")
+        except CudaError as exc:
+            if "NVRTC is not usable" in str(exc):
+                pytest.skip(str(exc))
+            raise
+        assert cubin[:4] == b"\x7fELF"
+
+
+def _fatbin(entries: list[tuple[int, int]]) -> bytes:
+    body = b""
+    for kind, arch in entries:
+        payload = b"x" * 8
+        header = struct.pack("<HHIQ", kind, 0x101, 64, len(payload)) + b"\0" * 12 + struct.pack("<I", arch)
+        body += header + b"\0" * (64 - len(header)) + payload
+    return struct.pack("<IHHQ", 0xBA55ED50, 1, 16, len(body)) + body
+
+
+def test_fatbin_parser_reads_kinds_and_archs() -> None:
+    data = _fatbin([(2, 87), (2, 90), (1, 80)])
+    assert fatbin_entries(data) == [
+        FatbinEntry("cubin", 87),
+        FatbinEntry("cubin", 90),
+        FatbinEntry("ptx", 80),
+    ]
+    assert fatbin_entries(data + _fatbin([(2, 120)]))[-1] == FatbinEntry("cubin", 120)  # concatenated
+    with pytest.raises(VitrtError, match="magic"):
+        fatbin_entries(b"\x7fELF" + data[4:])
+    with pytest.raises(VitrtError, match="truncated"):
+        fatbin_entries(data[:-3])
+
+
+@pytest.mark.parametrize(
+    ("capability", "expected"),
+    [
+        ((9, 0), FatbinEntry("cubin", 90)),
+        ((8, 9), FatbinEntry("cubin", 87)),  # Ada runs the Orin cubin (same major, higher minor)
+        ((8, 6), FatbinEntry("ptx", 80)),  # A10 / RTX 30xx: no cubin, PTX JIT
+        ((10, 3), FatbinEntry("cubin", 100)),
+        ((12, 1), FatbinEntry("cubin", 120)),
+        ((13, 0), FatbinEntry("ptx", 80)),  # a future GPU: PTX JIT
+        ((7, 5), None),  # Turing: nothing in the fatbin -> NVRTC
+    ],
+)
+def test_the_image_the_driver_runs(capability: tuple[int, int], expected: FatbinEntry | None) -> None:
+    entries = fatbin_entries(_fatbin([(2, 87), (2, 90), (2, 100), (2, 110), (2, 120), (1, 80)]))
+    assert compatible_image(entries, capability) == expected
+
+
+def test_launcher_needs_cuda_python_only_when_called() -> None:
+    from plugins import cuda_launcher
+
+    try:
+        importlib.import_module("cuda.bindings.driver")
+    except ImportError:
+        with pytest.raises(VitrtError, match="pip install cuda-python"):
+            cuda_launcher.cuda_driver()
+    else:
+        pytest.skip("cuda-python is installed here")
+
+
+def test_tensorrt_glue_reports_a_missing_tensorrt() -> None:
+    from plugins import register_tensorrt_plugins
+    from plugins.cuda_tensorrt import tensorrt_missing_reason
+
+    reason = tensorrt_missing_reason()
+    if reason is None:
+        pytest.skip("TensorRT is installed here (tests/tensorrt covers it)")
+    with pytest.raises(VitrtError, match="pip install tensorrt"):
+        register_tensorrt_plugins()
+
+
+def test_workspace_regions_are_aligned_and_disjoint() -> None:
+    from plugins.lsh_attention.cuda import AttentionDims, shared_bytes, workspace_layout
+    from plugins.lsh_attention.spec import Mode, ScatterbrainAttrs
+    from plugins.token_fusion.cuda import FusionDims
+    from plugins.token_fusion.cuda import workspace_layout as fusion_layout
+
+    for mode in Mode:
+        attrs = ScatterbrainAttrs(
+            mode,
+            24 if mode != Mode.PERFORMER else 0,
+            2 if mode != Mode.PERFORMER else 0,
+            24 if mode != Mode.LSH else 0,
+            147**-0.5,
+        )
+        d = AttentionDims.of(32, 1, 3136, 64, 64, attrs)
+        lay = workspace_layout(d)
+        offsets = sorted(lay.values())
+        assert all(o % 256 == 0 for o in offsets)
+        assert len(set(offsets)) == len(offsets)
+        assert d.p == (3144 if mode != Mode.PERFORMER else 3136) and d.p2 == 4096
+        assert max(shared_bytes(d).values()) <= 48 * 1024  # T2T sizes: no shared-memory opt-in
+    lay = fusion_layout(FusionDims(64, 197, 384, 384, 16))
+    assert lay["end"] >= 4 * 64 * 99 * 98
