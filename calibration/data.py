@@ -351,15 +351,16 @@ def _synthetic_source(cfg: PreprocessConfig, seed: int) -> _Source:
 class _StderrProgress:
     """Fallback progress bar when tqdm is not installed: one stderr line per 10 % step."""
 
-    def __init__(self, total: int, desc: str) -> None:
-        self.total, self.desc, self.done, self._step = total, desc, 0, -1
+    def __init__(self, total: int, desc: str, unit: str = "img") -> None:
+        self.total, self.desc, self.unit, self.done, self._step = total, desc, unit, 0, -1
 
     def update(self, n: int) -> None:
         self.done += n
         step = 10 * self.done // max(self.total, 1)
         if step != self._step:
             self._step = step
-            print(f"{self.desc}: {self.done}/{self.total} samples", file=sys.stderr, flush=True)
+            what = "samples" if self.unit == "img" else self.unit
+            print(f"{self.desc}: {self.done}/{self.total} {what}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         pass
@@ -373,18 +374,19 @@ class _NullProgress:
         pass
 
 
-def progress_bar(total: int, desc: str, enabled: bool = True) -> Any:
+def progress_bar(total: int, desc: str, enabled: bool = True, unit: str = "img") -> Any:
     """An object with update(n) and close(): tqdm when importable, else a plain stderr printer.
 
     tqdm is optional (typed Any: it ships no type stubs); ``enabled=False`` shows nothing.
+    ``unit``: what one step counts, for the display (images by default).
     """
     if not enabled:
         return _NullProgress()
     try:
         tqdm = importlib.import_module("tqdm")
     except ImportError:
-        return _StderrProgress(total, desc)
-    return tqdm.tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False)
+        return _StderrProgress(total, desc, unit)
+    return tqdm.tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,6 +472,30 @@ class CalibrationData:
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         return self.batches()
+
+    def following(self, num_samples: int) -> CalibrationData | None:
+        """The next ``num_samples`` samples of the same seeded order: disjoint from this selection,
+        for held-out evaluation. Fewer when the source runs out; None when nothing is left."""
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise ConfigError(f"num_samples must be a positive integer, got {num_samples!r}")
+        start = self.num_samples
+        if self._source.size is None:
+            indices = np.arange(start, start + num_samples, dtype=np.int64)
+        else:
+            order = np.random.default_rng(self.seed).permutation(self._source.size)
+            indices = order[start : start + num_samples].astype(np.int64)
+        if indices.size == 0:
+            return None
+        return CalibrationData(
+            self._source,
+            self.preprocess,
+            indices,
+            self.batch_size,
+            spec=self.spec,
+            seed=self.seed,
+            convert_channels=self.convert_channels,
+            progress=self.progress,
+        )
 
     def describe(self) -> dict[str, Any]:
         """What the calibration saw, for reports: source, counts, seed, preprocessing."""

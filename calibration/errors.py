@@ -23,3 +23,7 @@ class CacheError(CalibrationError):
 
 class MissingDependencyError(CalibrationError):
     """An optional Python package that this feature needs is not installed."""
+
+
+class NoQuantizableOpError(CalibrationError):
+    """A model with no MatMul, Gemm or Conv that can be quantized (or all of them excluded)."""

@@ -54,6 +54,11 @@ class RangeMethod:
     (128: amax >= max / 16 at 2048 bins). ``entropy_skip_zero_bin``: set the first bin's count to
     the second's before the KL search, as pytorch-quantization does, so a spike of exact zeros
     (ReLU outputs) does not pull the threshold down; off by default (TensorRT keeps the spike).
+    ``entropy_max_clipped``: the largest fraction of values an "entropy" threshold may clip (0.01 =
+    1 %); candidates clipping more are skipped. Without it the KL search has a degenerate minimum
+    when |x| is bounded away from 0 (merged attention probabilities, say): for a small candidate
+    every value lands in the last kept bin, P and Q are the same single spike and KL = 0, so the
+    threshold clips nearly everything. Heavy tails are unaffected (Laplace: ~1e-4 clipped).
     """
 
     method: str = "entropy"
@@ -62,12 +67,15 @@ class RangeMethod:
     num_quantized_bins: int = 128
     start_bin: int = 128
     entropy_skip_zero_bin: bool = False
+    entropy_max_clipped: float = 0.01
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"calibration method {self.method!r} is unknown; use one of {list(METHODS)}")
         if not 0.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile {self.percentile} must be in (0, 100], e.g. 99.99")
+        if not 0.0 < self.entropy_max_clipped <= 1.0:
+            raise ConfigError(f"entropy_max_clipped {self.entropy_max_clipped} must be in (0, 1]")
         if self.num_bins < 1 or self.num_quantized_bins < 1 or self.start_bin < 1:
             raise ConfigError("num_bins, num_quantized_bins and start_bin must be positive")
         if self.method == "entropy" and self.num_bins < self.num_quantized_bins:
@@ -302,7 +310,7 @@ def compute_amax(hist: Histogram, method: RangeMethod | str) -> float:
             counts = hist.counts.copy()
             counts[0] = counts[1]
             hist = Histogram(counts, hist.edges)
-        return amax_entropy(hist, cfg.num_quantized_bins, cfg.start_bin)
+        return amax_entropy(hist, cfg.num_quantized_bins, cfg.start_bin, cfg.entropy_max_clipped)
     return amax_mse(hist)
 
 
@@ -369,13 +377,22 @@ def entropy_divergences(
     return cand, np.maximum(kl, 0.0)
 
 
-def amax_entropy(hist: Histogram, num_quantized_bins: int = 128, start_bin: int = 128) -> float:
+def amax_entropy(
+    hist: Histogram, num_quantized_bins: int = 128, start_bin: int = 128, max_clipped: float = 1.0
+) -> float:
     """TensorRT's entropy (KL) threshold: the upper edge of the candidate with the least KL.
 
     With a histogram of only ``num_quantized_bins`` bins there is one candidate, the full range,
     so the result equals min-max: use 2048 bins (the trap of onnxruntime's default of 128).
+    Candidates that clip more than ``max_clipped`` of the values (a fraction) are skipped; the
+    full range is always a candidate (it clips nothing).
     """
     cand, kl = entropy_divergences(hist.counts, num_quantized_bins, start_bin)
+    counts = np.asarray(hist.counts, dtype=np.float64)
+    total = counts.sum()
+    if max_clipped < 1.0 and total > 0:
+        clipped = (total - np.concatenate([[0.0], np.cumsum(counts)])[cand]) / total
+        kl = np.where(clipped > max_clipped, np.inf, kl)  # the last candidate clips 0: always kept
     best = int(cand[int(np.argmin(kl))])
     return float(hist.edges[best])
 

@@ -254,3 +254,20 @@ def test_progress_fallback_and_missing_packages(capsys: pytest.CaptureFixture[st
     assert len(lines) == 10
     with pytest.raises(MissingDependencyError, match="pip install some-wheel"):
         import_optional("vitrt_no_such_module", pip_name="some-wheel", purpose="A test")
+
+
+def test_following_samples_are_disjoint_held_out_data() -> None:
+    cfg = PreprocessConfig(input_size=(3, 16, 16))
+    data = open_source(
+        "sklearn-digits", cfg, 100, batch_size=16, seed=3, convert_channels=True, progress=False
+    )
+    held = data.following(50)
+    assert held is not None and held.num_samples == 50 and held.seed == 3
+    assert not set(data.indices.tolist()) & set(held.indices.tolist())
+    assert data.following(5000).num_samples == 1797 - 100  # type: ignore[union-attr]  # what is left
+    everything = open_source("sklearn-digits", cfg, 1797, convert_channels=True, progress=False)
+    assert everything.following(1) is None
+    synthetic = open_source("synthetic", cfg, 8, progress=False)
+    more = synthetic.following(4)
+    assert more is not None and more.indices.tolist() == [8, 9, 10, 11]
+    assert not torch.equal(more.sample(8), synthetic.sample(0))

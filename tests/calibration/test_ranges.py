@@ -167,6 +167,23 @@ def test_entropy_with_128_bins_is_minmax_the_onnxruntime_trap() -> None:
     assert (float(low), float(high)) == (float(x.min()), float(x.max()))
 
 
+def test_entropy_never_clips_more_than_entropy_max_clipped() -> None:
+    # |x| bounded away from 0 (merged attention probabilities, say): the first candidate that
+    # keeps any value (just above 0.2) puts them all in its last bin, P and Q are the same spike
+    # and KL = 0, a degenerate minimum that clips nearly everything. The guard (default 1 %)
+    # keeps >= 99 % of the values.
+    x = np.random.default_rng(7).uniform(0.2, 0.5, 200_000)
+    c = _collect(x)
+    unguarded = c.compute_amax(RangeMethod("entropy", entropy_max_clipped=1.0))
+    assert 0.2 < unguarded < 0.201 and np.mean(x > unguarded) > 0.99
+    guarded = c.compute_amax("entropy")
+    assert np.mean(x > guarded) <= 0.01 + 1e-3  # 1 % plus one 2048th-bin of resolution
+    assert guarded >= np.quantile(x, 0.985)
+    # a heavy tail is unaffected: Laplace's threshold clips ~1e-4 of the values
+    lap = _collect(_laplace(0))
+    assert lap.compute_amax("entropy") == lap.compute_amax(RangeMethod("entropy", entropy_max_clipped=1.0))
+
+
 def test_entropy_skip_zero_bin_ignores_the_relu_spike() -> None:
     relu = np.maximum(_gauss(5, 500_000), 0.0)
     c = _collect(relu)

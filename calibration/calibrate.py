@@ -1,0 +1,535 @@
+"""``calibrate_onnx``: FP32 ONNX + representative data -> Q/DQ INT8 ONNX, TensorRT cache, report.
+
+>>> result = calibrate_onnx("deit_s.onnx", "images/", "deit_s.int8.onnx", method="entropy",
+...                         num_samples=256, error_budget=0.005, cache="deit_s.calib.cache",
+...                         report="deit_s.int8.json")
+>>> result.agreement.top1_agreement, result.fallen_back
+
+Steps: find the layers (``calibration.graph``); stream the data through ONNX Runtime and histogram
+every activation a layer will quantize (``calibration.collect``); turn histograms into per-tensor
+amax with the chosen method (``calibration.ranges``); rank layers by the output error their
+quantization adds on held-out samples and fall the worst back to float until the error budget
+holds (``calibration.sensitivity``); insert Q/DQ (``calibration.qdq``); run the INT8 model on the
+held-out samples against FP32; write the outputs. Every output is validated before anything is
+written, and each file is written atomically (``compiler.fileio``): a failure leaves no partial
+file and any earlier file as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from compiler.errors import ConfigError
+from compiler.fileio import atomic_output, check_writable
+from models.config import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
+
+from .cache import dumps as cache_text
+from .collect import (
+    TWO_GB,
+    ModelIO,
+    RunnerFactory,
+    as_numpy,
+    collect_ranges,
+    default_runner_factory,
+    model_io,
+    run_model,
+    save_model,
+)
+from .data import CalibrationData, open_source
+from .errors import CalibrationError, NoQuantizableOpError
+from .graph import GraphIndex, Layer, ensure_node_names, find_layers, unmatched_patterns
+from .metrics import Agreement, agreement, check_budget
+from .qdq import check_opset, insert_qdq, quantize_weight
+from .ranges import ActivationRanges, RangeMethod, scale_from_amax
+from .sensitivity import Fallback, GatedEvaluator, LayerSensitivity, fallback_until_budget, rank_layers
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
+
+log = logging.getLogger("vitrt")
+
+METADATA_KEY = "vitrt.calibration"
+REPORT_FORMAT = 1
+# Per producer op type, the method that replaces the chosen one. Softmax outputs are probabilities:
+# their max (<= 1) is the range; a clipped threshold would cut the few large attention weights.
+DEFAULT_METHOD_OVERRIDES: Mapping[str, str] = {"Softmax": "minmax"}
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass
+class CalibrationResult:
+    """What ``calibrate_onnx`` produced.
+
+    model: the Q/DQ ONNX (onnx.ModelProto); layers: every MatMul/Gemm/Conv with ``reason`` set for
+    the float ones; quantized / fallen_back: layer names; amax: {activation tensor: amax};
+    agreement: the INT8 model vs FP32 on the held-out samples (None without them); sensitivity:
+    per-layer ranking, worst first (empty when not run); fallback: the budget walk (None without a
+    budget); report: the JSON report as a dict; written: {"onnx"|"cache"|"report": path}.
+    """
+
+    model: Any
+    layers: list[Layer]
+    quantized: list[str]
+    fallen_back: list[str]
+    amax: dict[str, float]
+    agreement: Agreement | None
+    sensitivity: list[LayerSensitivity] = field(default_factory=list)
+    fallback: Fallback | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+    written: dict[str, Path] = field(default_factory=dict)
+
+
+def _positive_int(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def preprocess_for(model: ModelProto, io: ModelIO) -> PreprocessConfig:
+    """The preprocessing the model expects: from its ExportConfig (``vitrt export``), where the
+    ``extra["preprocess"]`` dict may set crop_pct and interpolation; else from the input shape
+    with ImageNet mean/std (a warning says so)."""
+    from compiler.export import read_export_config
+
+    config = read_export_config(model)
+    if config is not None:
+        extra = dict(config.extra.get("preprocess", {})) if isinstance(config.extra, dict) else {}
+        defaults = PreprocessConfig()
+        return PreprocessConfig(
+            input_size=tuple(config.input_size),  # type: ignore[arg-type]
+            mean=tuple(config.mean),
+            std=tuple(config.std),
+            crop_pct=float(extra.get("crop_pct", defaults.crop_pct)),
+            interpolation=str(extra.get("interpolation", defaults.interpolation)),
+        )
+    c, h, w = io.sample_shape
+    if not all(isinstance(d, int) and d > 0 for d in (c, h, w)):
+        raise CalibrationError(
+            f"the model's input {io.input_name!r} has shape {list(io.input_shape)} with symbolic channel or "
+            "spatial axes and no vitrt export config. Fix: export with fixed sizes, or pass a CalibrationData"
+        )
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if c == 3 else ((0.5,) * c, (0.5,) * c)
+    log.warning(
+        "the model has no vitrt export config: preprocessing to %dx%d with mean %s, std %s", h, w, mean, std
+    )
+    return PreprocessConfig(input_size=(c, h, w), mean=mean, std=std)
+
+
+def _stack(data: CalibrationData) -> np.ndarray:
+    """All samples of ``data`` as one (N, C, H, W) float32 array."""
+    return np.concatenate([as_numpy(b) for b in data.batches()])
+
+
+def _activation_amax(
+    ranges: ActivationRanges,
+    tensors: Sequence[str],
+    method: RangeMethod,
+    index: GraphIndex,
+    overrides: Mapping[str, str],
+) -> tuple[dict[str, float], dict[str, str]]:
+    """{tensor: amax} by ``method`` (or the override for its producer's op type), and the method used."""
+    amax: dict[str, float] = {}
+    used: dict[str, str] = {}
+    for name in tensors:
+        producer = index.producer.get(name)
+        override = overrides.get(producer.op_type) if producer is not None else None
+        chosen = RangeMethod(override, num_bins=method.num_bins) if override else method
+        amax[name] = ranges[name].compute_amax(chosen)
+        used[name] = chosen.method
+    return amax, used
+
+
+def _vitrt_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vitrt")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def calibrate_onnx(
+    model: PathLike,
+    data: PathLike | CalibrationData,
+    output: PathLike | None = None,
+    *,
+    method: str | RangeMethod = "entropy",
+    num_samples: int = 256,
+    batch_size: int = 32,
+    seed: int = 0,
+    convert_channels: bool = False,
+    npz_key: str | None = None,
+    exclude: Sequence[str] = (),
+    eval_data: PathLike | CalibrationData | None = None,
+    eval_samples: int = 64,
+    error_budget: float | None = None,
+    budget_metric: str = "cosine",
+    sensitivity: bool = True,
+    sensitivity_samples: int = 16,
+    cache: PathLike | None = None,
+    trt_version: str | int = "10.3.0",
+    report: PathLike | None = None,
+    runner_factory: RunnerFactory | None = None,
+    method_overrides: Mapping[str, str] = DEFAULT_METHOD_OVERRIDES,
+    progress: bool = True,
+) -> CalibrationResult:
+    """Calibrate ``model`` (an FP32 ONNX file) on ``data`` and write its explicit-Q/DQ INT8 twin.
+
+    Args:
+        model: path of an FP32 ONNX model with one image input [B, C, H, W] (vitrt's export, or a
+            foreign one: then ImageNet mean/std and the input's H x W are assumed, with a warning).
+        data: representative data: an image folder, .npy/.npz, "skimage", "sklearn-digits",
+            "sklearn-images", "synthetic" (``calibration.open_source``), or a CalibrationData.
+        output: the Q/DQ ONNX to write (None: return it only).
+        method: activation range method, "minmax", "percentile", "entropy", "mse" or a RangeMethod.
+            Tensors made by an op in ``method_overrides`` (Softmax: minmax) use that method instead.
+        num_samples / batch_size / seed / convert_channels / npz_key: see ``open_source``; a source
+            with fewer samples is used whole, with a warning.
+        exclude: node-name patterns (fnmatch: ``blocks.0.*``, ``head/Gemm_1``) of layers kept float.
+        eval_data / eval_samples: held-out samples for the FP32-vs-INT8 agreement and the
+            sensitivity pass; default: the next ``eval_samples`` samples of ``data``'s seeded order
+            (disjoint from the calibration samples; the calibration samples themselves, with a
+            warning, when the source has no more).
+        error_budget / budget_metric: fall layers back to float until the error holds: "cosine"
+            bounds 1 - mean cosine of the outputs, "top1" the fraction of top-1 changes (0.01 = 1
+            point), both vs FP32 on the first ``sensitivity_samples`` held-out samples.
+        sensitivity: rank every layer by its quantization error (always on with a budget).
+        cache / trt_version: also write a TensorRT calibration cache for implicit INT8 on TensorRT
+            10.x (``trt_version`` must be that of the builder, e.g. "10.3.0" on JetPack 6).
+        report: also write the JSON report (ranges per tensor, per-layer sensitivity, agreement).
+        runner_factory: path -> Runner for every ONNX Runtime session (custom-op libraries, threads).
+        progress: show progress bars on stderr.
+
+    Returns a CalibrationResult. Raises ConfigError (bad options), DataSourceError (data),
+    NoQuantizableOpError (nothing to quantize), CalibrationError, VitrtError (unreadable model or
+    unwritable output), before any file is written.
+    """
+    from compiler.verify import load_onnx
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    range_method = method if isinstance(method, RangeMethod) else RangeMethod(method)
+    _positive_int("num_samples", num_samples)
+    _positive_int("batch_size", batch_size)
+    _positive_int("eval_samples", eval_samples)
+    _positive_int("sensitivity_samples", sensitivity_samples)
+    if error_budget is not None:
+        check_budget(budget_metric, error_budget)
+    targets = {
+        k: Path(v) for k, v in (("onnx", output), ("cache", cache), ("report", report)) if v is not None
+    }
+    resolved = [p.resolve() for p in targets.values()]
+    if len(set(resolved)) != len(resolved):
+        raise ConfigError(f"output paths must differ: {[str(p) for p in targets.values()]}")
+    if Path(model).resolve() in resolved:
+        raise ConfigError(f"an output path is the input model {model}; write the INT8 model elsewhere")
+    for path in targets.values():
+        check_writable(path)  # fail now, not after minutes of calibration
+    for op, name in method_overrides.items():
+        RangeMethod(name)  # validates the override's method name
+        if not op:
+            raise ConfigError("method_overrides keys are op types such as 'Softmax'")
+
+    proto = load_onnx(model)
+    ensure_node_names(proto)
+    io = model_io(proto)
+    layers = find_layers(proto, exclude)
+    if not layers:
+        raise NoQuantizableOpError(
+            f"{model} has no MatMul, Gemm or Conv node, the ops vitrt quantizes: nothing to calibrate"
+        )
+    candidates = [layer for layer in layers if layer.reason is None]
+    if not candidates:
+        reasons = sorted({str(layer.reason) for layer in layers})
+        raise NoQuantizableOpError(
+            f"none of the {len(layers)} MatMul/Gemm/Conv nodes of {model} can be quantized: {reasons[:3]}. "
+            "Fix: loosen --exclude"
+        )
+    check_opset(proto)
+    for pattern in unmatched_patterns(proto, exclude):
+        log.warning(
+            "--exclude pattern %r matches no node name (names look like 'blocks.3.attn.qkv/MatMul_1')",
+            pattern,
+        )
+    factory = runner_factory or default_runner_factory()
+
+    # -- data -------------------------------------------------------------------------------------
+    preprocess = preprocess_for(proto, io)
+    if isinstance(data, CalibrationData):
+        calib = data
+    else:
+        calib = open_source(
+            data,
+            preprocess,
+            num_samples,
+            batch_size,
+            seed,
+            convert_channels=convert_channels,
+            npz_key=npz_key,
+            progress=progress,
+        )
+    held: CalibrationData | None
+    if isinstance(eval_data, CalibrationData):
+        held = eval_data
+    elif eval_data is not None:
+        held = open_source(
+            eval_data,
+            preprocess,
+            eval_samples,
+            batch_size,
+            seed,
+            convert_channels=convert_channels,
+            npz_key=npz_key,
+            progress=progress,
+        )
+    else:
+        held = calib.following(eval_samples)
+    held_out = held is not None
+    if held is None:
+        log.warning(
+            "calibration data %s has no samples beyond the %d used for calibration: agreement and "
+            "sensitivity are measured on calibration samples, not held-out ones. Fix: pass eval data",
+            calib.spec,
+            calib.num_samples,
+        )
+
+    # -- ranges -----------------------------------------------------------------------------------
+    index = GraphIndex.build(proto)
+    act_tensors = list(dict.fromkeys(t for layer in candidates for t in layer.activations))
+    out_tensors = [layer.output for layer in candidates] if cache is not None else []
+    t0 = time.perf_counter()
+    ranges = collect_ranges(proto, act_tensors + out_tensors, calib.batches(), runner_factory=factory)
+    timings["collect_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    amax, used_method = _activation_amax(
+        ranges, act_tensors + out_tensors, range_method, index, method_overrides
+    )
+    timings["ranges_s"] = time.perf_counter() - t0
+
+    # -- held-out samples and FP32 reference ---------------------------------------------------------
+    eval_x = _stack(held if held is not None else calib)
+    if held is None:
+        eval_x = eval_x[:eval_samples]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="vitrt-calib-") as tmp:
+        fp32_runner = factory(save_model(proto, Path(tmp) / "fp32.onnx"))
+        reference = run_model(fp32_runner, io, [eval_x])
+        del fp32_runner
+    timings["reference_s"] = time.perf_counter() - t0
+
+    # -- sensitivity and fallback -------------------------------------------------------------------
+    enabled = [layer.name for layer in candidates]
+    ranking: list[LayerSensitivity] = []
+    fallback: Fallback | None = None
+    if sensitivity or error_budget is not None:
+        n_sens = min(sensitivity_samples, len(eval_x))
+        t0 = time.perf_counter()
+        with GatedEvaluator(
+            proto, candidates, amax, eval_x[:n_sens], reference[:n_sens], runner_factory=factory
+        ) as evaluator:
+            ranking = rank_layers(evaluator, enabled, budget_metric, progress)
+            if error_budget is not None:
+                fallback = fallback_until_budget(
+                    evaluator, ranking, enabled, budget_metric, error_budget, progress
+                )
+        timings["sensitivity_s"] = time.perf_counter() - t0
+        if fallback is not None:
+            enabled = [n for n in enabled if n not in set(fallback.fallen_back)]
+            for layer in layers:
+                if layer.name in fallback.fallen_back:
+                    step = fallback.fallen_back.index(layer.name) + 1
+                    layer.reason = (
+                        f"sensitivity fallback #{step} (error budget {budget_metric} <= {error_budget})"
+                    )
+            if not enabled:
+                raise CalibrationError(
+                    f"the error budget ({budget_metric} <= {error_budget}) holds only with every layer in "
+                    f"float (error with all quantized: {fallback.before.error(budget_metric):.4g}). Fix: "
+                    "a larger --error-budget, another --method, or more representative data"
+                )
+            if not fallback.met:
+                log.warning("error budget not met: %s", fallback.after)
+
+    # -- the Q/DQ model and its agreement with FP32 ------------------------------------------------------
+    int8 = insert_qdq(proto, layers, amax, set(enabled))
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="vitrt-calib-") as tmp:
+        int8_runner = factory(save_model(int8, Path(tmp) / "int8.onnx"))
+        outputs = run_model(int8_runner, io, [eval_x])
+        del int8_runner
+    final = agreement(reference, outputs)
+    timings["evaluate_s"] = time.perf_counter() - t0
+
+    fallen = list(fallback.fallen_back) if fallback else []
+    record = {
+        "format": REPORT_FORMAT,
+        "vitrt_version": _vitrt_version(),
+        "method": range_method.to_dict(),
+        "method_overrides": dict(method_overrides),
+        "activations": "int8 per-tensor symmetric, zero point 0, scale = amax / 127",
+        "weights": "int8 per-channel symmetric on the output-channel axis, values in [-127, 127]",
+        "data": calib.describe(),
+        "eval_data": (held.describe() if held is not None else None),
+        "held_out": held_out,
+        "exclude": list(exclude),
+        "error_budget": None
+        if error_budget is None
+        else {"metric": budget_metric, "max_error": error_budget},
+        "layers": {"total": len(layers), "quantized": len(enabled), "fallen_back": fallen},
+        "agreement": final.to_dict(),
+    }
+    meta = int8.metadata_props.add()
+    meta.key, meta.value = METADATA_KEY, json.dumps(record, sort_keys=True)
+    if int8.ByteSize() >= TWO_GB:
+        raise CalibrationError("the INT8 model is over 2 GB; external-data output is not supported yet")
+
+    # cache: scales of the activations and outputs of the quantized layers (TensorRT names = ONNX names)
+    cache_body: str | None = None
+    if cache is not None:
+        scales: dict[str, float] = {}
+        for layer in layers:
+            if layer.name in set(enabled):
+                for t in [*layer.activations, layer.output]:
+                    scales[t] = scale_from_amax(amax[t])
+        cache_body = cache_text(scales, trt_version=trt_version)
+
+    timings["total_s"] = time.perf_counter() - t_start
+    report_dict = _report(
+        model,
+        output,
+        layers,
+        set(enabled),
+        ranges,
+        amax,
+        used_method,
+        index,
+        ranking,
+        fallback,
+        final,
+        record,
+    )
+    report_dict["timings"] = {k: round(v, 3) for k, v in timings.items()}
+
+    # -- write everything, each file atomically ------------------------------------------------------
+    written: dict[str, Path] = {}
+    with contextlib.ExitStack() as stack:
+        temps = {
+            k: stack.enter_context(atomic_output(p, suffix=p.suffix or ".tmp")) for k, p in targets.items()
+        }
+        if "onnx" in temps:
+            import onnx
+
+            onnx.save_model(int8, str(temps["onnx"]))
+        if "cache" in temps and cache_body is not None:
+            temps["cache"].write_text(cache_body)
+        if "report" in temps:
+            temps["report"].write_text(json.dumps(report_dict, indent=1) + "\n")
+    written = dict(targets)
+    log.info(
+        "calibrated %s: %d/%d layers INT8, held-out agreement %s", model, len(enabled), len(layers), final
+    )
+    return CalibrationResult(
+        model=int8,
+        layers=layers,
+        quantized=list(enabled),
+        fallen_back=fallen,
+        amax={t: amax[t] for t in act_tensors},
+        agreement=final,
+        sensitivity=ranking,
+        fallback=fallback,
+        report=report_dict,
+        written=written,
+    )
+
+
+def _report(
+    model: PathLike,
+    output: PathLike | None,
+    layers: Sequence[Layer],
+    enabled: set[str],
+    ranges: ActivationRanges,
+    amax: Mapping[str, float],
+    used_method: Mapping[str, str],
+    index: GraphIndex,
+    ranking: Sequence[LayerSensitivity],
+    fallback: Fallback | None,
+    final: Agreement,
+    record: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The JSON report: per tensor ranges, per layer placement and sensitivity, agreement."""
+    consumers: dict[str, list[str]] = {}
+    for layer in layers:
+        for t in layer.activations:
+            consumers.setdefault(t, []).append(layer.name)
+    tensors = {}
+    for name in amax:
+        collector = ranges[name]
+        tensors[name] = {
+            "method": used_method[name],
+            "amax": amax[name],
+            "max_abs": collector.amax,
+            "scale": scale_from_amax(amax[name]),
+            "clipped_fraction": _clipped(collector, amax[name]),
+            "values": collector.count,
+            "layers": consumers.get(name, []),
+            "role": "activation" if name in consumers else "layer output (cache only)",
+        }
+    by_layer = {s.layer: s for s in ranking}
+    rank_of = {s.layer: i + 1 for i, s in enumerate(ranking)}
+    layer_rows = []
+    for layer in layers:
+        weights = []
+        for w in layer.weights:
+            qw = quantize_weight(index.constant_array(w.tensor), w.axis)
+            weights.append(
+                {
+                    "tensor": w.tensor,
+                    "axis": w.axis,
+                    "channels": int(qw.scale.size),
+                    "scale_min": float(qw.scale.min()),
+                    "scale_max": float(qw.scale.max()),
+                }
+            )
+        s = by_layer.get(layer.name)
+        layer_rows.append(
+            {
+                "name": layer.name,
+                "label": layer.label,
+                "op_type": layer.op_type,
+                "int8": layer.name in enabled,
+                "reason": layer.reason,
+                "activations": layer.activations,
+                "weights": weights,
+                "sensitivity": None if s is None else {**s.to_dict(), "rank": rank_of[layer.name]},
+            }
+        )
+    return {
+        "model": str(model),
+        "output": None if output is None else str(output),
+        "calibration": dict(record),
+        "agreement": final.to_dict(),
+        "fallback": None if fallback is None else fallback.to_dict(),
+        "sensitivity_ranking": [s.layer for s in ranking],
+        "layers": layer_rows,
+        "tensors": tensors,
+    }
+
+
+def _clipped(collector: Any, amax: float) -> float:
+    """Fraction of the collected |x| above ``amax`` (the values the scale saturates)."""
+    if collector.count == 0 or amax >= collector.amax:
+        return 0.0
+    hist = collector.histogram()
+    above = hist.counts[hist.edges[1:] > amax].sum()
+    return float(above / collector.count)

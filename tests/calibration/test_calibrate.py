@@ -1,0 +1,245 @@
+"""End to end: exported models calibrate, the INT8 model runs on ONNX Runtime close to FP32, the
+outputs (Q/DQ ONNX, TensorRT cache, JSON report) are consistent; the CLI's bad-input cases exit 2
+with a message and write nothing.
+
+Exports: the trained digits T2T-ViT shipped in benchmarks/digits (real data: sklearn digits), and
+deit_tiny at 64 px with MCTF token fusion in the plugin lowering (vitrt::TokenFusion nodes run by
+ONNX Runtime through plugins.lowering's CPU kernels). Bounds: cosine to FP32 > 0.99 and top-1
+agreement >= 95% on held-out digits; cosine > 0.99 on the random-init plugin graph.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from calibration.cache import read_cache
+from calibration.calibrate import METADATA_KEY, calibrate_onnx
+from calibration.ranges import scale_from_amax
+from compiler.cli import main
+from compiler.export import METADATA_KEY as EXPORT_KEY
+from deploy.runners import OnnxRuntimeRunner
+from tests.calibration._graphs import no_layers, save, two_layers, vit_like
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGITS = ROOT / "benchmarks" / "digits"
+
+pytestmark = pytest.mark.usefixtures("quiet_logs")
+
+
+def _train_digits() -> object:
+    spec = importlib.util.spec_from_file_location("train_digits", ROOT / "benchmarks" / "train_digits.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_digits"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def digits_t2t(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not (DIGITS / "digits_t2t_vit.safetensors").is_file():
+        pytest.skip(
+            "benchmarks/digits/digits_t2t_vit.safetensors is missing (run benchmarks/train_digits.py)"
+        )
+    td = _train_digits()
+    return td.export_digits("digits_t2t_vit", DIGITS, tmp_path_factory.mktemp("digits") / "t2t.onnx")  # type: ignore[attr-defined]
+
+
+def test_trained_t2t_calibrates_on_digits_end_to_end(digits_t2t: Path, tmp_path: Path) -> None:
+    out, cache, report = tmp_path / "t2t.int8.onnx", tmp_path / "t2t.cache", tmp_path / "t2t.json"
+    result = calibrate_onnx(
+        digits_t2t,
+        "sklearn-digits",
+        out,
+        convert_channels=True,
+        num_samples=64,
+        eval_samples=96,
+        sensitivity_samples=8,
+        cache=cache,
+        report=report,
+        progress=False,
+    )
+    # the performer's feature span stays float; every block's linear layers are INT8
+    reasons = {layer.name: layer.reason for layer in result.layers}
+    assert reasons["tokens_to_token.attention1/MatMul_1"] == "exp span: its output feeds an Exp"
+    assert reasons["tokens_to_token.attention2/MatMul_5"] == "exp span: multiplies values derived from an Exp"
+    assert {"blocks.3.attn.core/MatMul_1", "blocks.3.attn.core/MatMul_2", "head/Gemm_1"} <= set(
+        result.quantized
+    )
+    # the INT8 file runs on ONNX Runtime and agrees with FP32 on held-out digits
+    assert result.agreement is not None
+    assert result.agreement.mean_cosine > 0.99 and result.agreement.top1_agreement >= 0.95
+    saved = onnx.load(str(out))
+    meta = {p.key: p.value for p in saved.metadata_props}
+    exported = {p.key: p.value for p in onnx.load(str(digits_t2t)).metadata_props}
+    assert meta[EXPORT_KEY] == exported[EXPORT_KEY]  # ExportConfig preserved
+    record = json.loads(meta[METADATA_KEY])
+    assert record["held_out"] and record["data"]["source"] == "sklearn-digits"
+    assert record["layers"]["quantized"] == len(result.quantized)
+    x = np.zeros((1, 3, 64, 64), np.float32)
+    assert OnnxRuntimeRunner(out, threads=1).infer({"images": x})["logits"].shape == (1, 10)
+    # the cache holds the scales of the quantized layers' inputs and outputs, bit for bit
+    parsed = read_cache(cache)
+    assert parsed.version == 100300 and parsed.algorithm == "EntropyCalibration2"
+    for name, amax in result.amax.items():
+        assert parsed.scales[name] == scale_from_amax(amax)
+    assert len(parsed.scales) > len(result.amax)  # + layer outputs for TensorRT's implicit INT8
+    # the report: ranges per tensor, sensitivity per layer, agreement
+    data = json.loads(report.read_text())
+    assert data["agreement"]["samples"] == 96
+    assert set(data["tensors"]) >= set(result.amax)
+    assert data["tensors"]["blocks.0.norm1/LayerNormalization_1:0"]["method"] == "entropy"
+    softmax = next(t for t in data["tensors"].values() if t["method"] == "minmax")  # Softmax outputs
+    assert 0 < softmax["amax"] <= 1.0
+    ranked = [row for row in data["layers"] if row["sensitivity"] is not None]
+    assert len(ranked) == len(result.quantized)
+
+
+def test_plugin_graph_calibrates(tmp_path: Path) -> None:
+    if importlib.util.find_spec("plugins.lowering") is None:
+        pytest.skip("plugins.lowering (ONNX Runtime kernels of vitrt's plugin ops) is not available")
+    from compiler.export import ExportConfig, export_onnx, model_from_config
+
+    config = ExportConfig("deit_tiny_patch16_224", input_size=(3, 64, 64), img_size=64, fusion="mctf")
+    path = export_onnx(model_from_config(config), tmp_path / "fused.onnx", config)
+    plugin_nodes = [n for n in onnx.load(str(path)).graph.node if n.domain == "vitrt"]
+    assert plugin_nodes, "the plugin lowering should emit vitrt::TokenFusion nodes"
+    result = calibrate_onnx(
+        path,
+        "synthetic",
+        tmp_path / "fused.int8.onnx",
+        num_samples=8,
+        eval_samples=8,
+        sensitivity=False,
+        progress=False,
+    )
+    assert result.agreement is not None and result.agreement.mean_cosine > 0.99
+    assert [n.name for n in result.model.graph.node if n.domain == "vitrt"] == [n.name for n in plugin_nodes]
+    # plugin inputs and outputs are never quantized
+    producer = {o: n for n in result.model.graph.node for o in n.output}
+    for node in result.model.graph.node:
+        if node.domain == "vitrt":
+            assert all(
+                producer.get(i) is None or producer[i].op_type != "DequantizeLinear" for i in node.input
+            )
+        if node.op_type == "QuantizeLinear":
+            assert producer.get(node.input[0]) is None or producer[node.input[0]].domain != "vitrt"
+
+
+# -- the command line --------------------------------------------------------------------------------
+
+
+def _png_folder(root: Path, count: int, mode: str) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        shape = (20, 24, 3) if mode == "RGB" else (20, 24)
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(root / f"img{i}.png")
+    return root
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_cli_calibrate_writes_model_cache_and_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = save(vit_like(), tmp_path / "m.onnx")
+    args = ["calibrate", str(model), "--data", "synthetic", "--num-samples", "8", "--eval-samples", "8"]
+    args += [
+        "-o",
+        str(tmp_path / "m.int8.onnx"),
+        "--cache",
+        str(tmp_path / "m.cache"),
+        "--trt-version",
+        "10.13.3",
+    ]
+    args += ["--report", str(tmp_path / "m.json"), "--exclude", "head/*", "--no-progress", "--threads", "1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "8 of 12 MatMul/Gemm/Conv layers INT8" in out and "top-1 agreement" in out
+    assert _files(tmp_path) == ["m.cache", "m.int8.onnx", "m.json", "m.onnx"]
+    assert read_cache(tmp_path / "m.cache").version == 101303
+    layers = {row["name"]: row for row in json.loads((tmp_path / "m.json").read_text())["layers"]}
+    assert layers["head/Gemm_1"]["reason"] == "excluded by pattern 'head/*'"
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("empty folder", "no jpg/jpeg/png images under"),
+        ("corrupt image", "cannot decode the image"),
+        ("grayscale images", "grayscale image (1 channels), but the model takes 3 channels"),
+        ("missing data", "no such file or folder"),
+        ("no quantizable op", "has no MatMul, Gemm or Conv node"),
+        ("unknown method", "calibration method 'kl' is unknown"),
+        ("impossible budget", "holds only with every layer in float"),
+        ("missing output folder", "does not exist (create it first)"),
+        ("not onnx", "is not an ONNX model"),
+    ],
+)
+def test_cli_bad_input_exits_2_and_writes_nothing(
+    case: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    model = save(no_layers() if case == "no quantizable op" else two_layers(), work / "m.onnx")
+    data = "synthetic"
+    if case == "empty folder":
+        (tmp_path / "empty").mkdir()
+        data = str(tmp_path / "empty")
+    elif case == "corrupt image":
+        folder = _png_folder(tmp_path / "imgs", 2, "RGB")
+        (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+        data = str(folder)
+    elif case == "grayscale images":
+        data = str(_png_folder(tmp_path / "gray", 3, "L"))
+    elif case == "missing data":
+        data = str(tmp_path / "nowhere")
+    elif case == "not onnx":
+        model.write_text("not a model")
+    output = work / ("missing" if case == "missing output folder" else ".") / "out.onnx"
+    args = ["calibrate", str(model), "--data", data, "-o", str(output), "--report", str(work / "r.json")]
+    args += ["--num-samples", "4", "--eval-samples", "4", "--no-progress", "--threads", "1"]
+    if case == "unknown method":
+        args += ["--method", "kl"]
+    if case == "impossible budget":
+        args += ["--error-budget", "0"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "vitrt calibrate: error:" in err and message in err, err
+    assert _files(work) == ["m.onnx"]  # no output, no report, no temporary file
+
+
+def test_cli_fewer_samples_than_asked_warns_and_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = save(two_layers(), tmp_path / "m.onnx")
+    folder = _png_folder(tmp_path / "imgs", 3, "RGB")
+    args = [
+        "calibrate",
+        str(model),
+        "--data",
+        str(folder),
+        "--num-samples",
+        "10",
+        "-o",
+        str(tmp_path / "q.onnx"),
+    ]
+    with caplog.at_level(logging.WARNING, logger="vitrt"):
+        assert main([*args, "--no-progress", "--threads", "1"]) == 0
+    warnings = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "has 3 samples, fewer than the 10 asked for; calibrating on 3" in warnings
+    assert "not held-out ones" in warnings  # nothing left for held-out evaluation: said so
+    assert (tmp_path / "q.onnx").is_file()

@@ -1,0 +1,227 @@
+"""Q/DQ placement and insertion: what is quantized, what stays float, axes, numerics on ONNX Runtime.
+
+Graphs are the hand-built ViT-like ones of tests/calibration/_graphs.py (seeded weights); numerics
+are checked against numpy fake quantization with a stated tolerance.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from calibration.graph import ensure_node_names, find_layers, unmatched_patterns
+from calibration.qdq import gate_name, gated_model, insert_qdq, quantize_weight
+from calibration.ranges import fake_quantize
+from deploy.runners import OnnxRuntimeRunner
+from tests.calibration._graphs import plugins_as_identity, save, vit_like
+
+QUANTIZED = {
+    "patch_embed.proj/Conv_1",
+    "blocks.0.attn.qkv/MatMul_1",
+    "blocks.0.attn.core/MatMul_1",  # q k^T
+    "blocks.0.attn.core/MatMul_2",  # attn v
+    "blocks.0.attn.proj/MatMul_1",
+    "blocks.0.mlp.fc1/MatMul_1",
+    "blocks.0.mlp.fc2/MatMul_1",
+    "perf.proj/MatMul_1",  # the performer's output projection: after the span
+    "head/Gemm_1",
+}
+FLOAT_OPS = {"LayerNormalization", "Softmax", "Erf", "Exp", "Div", "Sub", "Add", "Mul", "TestPlugin"}
+
+
+def _amax_for(layers: list) -> dict[str, float]:
+    return {t: 4.0 for layer in layers for t in layer.activations}
+
+
+def test_placement_quantizes_linear_inputs_and_leaves_the_rest_float() -> None:
+    model = vit_like(plugin=True)
+    layers = find_layers(model)
+    by_name = {layer.name: layer for layer in layers}
+    assert {layer.name for layer in layers if layer.reason is None} == QUANTIZED
+    assert "its output feeds an Exp" in str(by_name["perf/MatMul_1"].reason)
+    assert "derived from an Exp" in str(by_name["perf/MatMul_2"].reason)
+    assert "derived from an Exp" in str(by_name["perf/MatMul_3"].reason)
+    assert "next to plugin node 'blocks.1/TestPlugin_1' (vitrt::TestPlugin)" in str(
+        by_name["blocks.1.attn.qkv/MatMul_1"].reason
+    )
+    # both attention matmuls quantize both activation inputs
+    assert len(by_name["blocks.0.attn.core/MatMul_1"].activations) == 2
+    assert len(by_name["blocks.0.attn.core/MatMul_2"].activations) == 2
+    # weights: per output channel; Gemm transB=1 -> axis 0, MatMul [K, N] -> axis 1, Conv -> axis 0
+    axes = {layer.name: [w.axis for w in layer.weights] for layer in layers}
+    assert axes["head/Gemm_1"] == [0]
+    assert axes["blocks.0.attn.qkv/MatMul_1"] == [1]
+    assert axes["patch_embed.proj/Conv_1"] == [0]
+
+    q = insert_qdq(model, layers, _amax_for(layers), {layer.name for layer in layers if layer.reason is None})
+    onnx.checker.check_model(q)
+    producer = {o: n for n in q.graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in q.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    # every dequantized tensor feeds only MatMul / Gemm / Conv
+    for n in q.graph.node:
+        if n.op_type == "DequantizeLinear":
+            assert {c.op_type for c in consumers[n.output[0]]} <= {"MatMul", "Gemm", "Conv"}, n.name
+    # the float ops read float tensors, and nothing quantizes a plugin output
+    for n in q.graph.node:
+        if n.op_type in FLOAT_OPS:
+            assert all(
+                producer.get(i) is None or producer[i].op_type != "DequantizeLinear" for i in n.input
+            ), n.name
+        if n.op_type == "QuantizeLinear":
+            src = producer.get(n.input[0])
+            assert src is None or src.domain != "vitrt"
+    # each quantized layer reads only dequantized tensors (+ a float bias); float layers read none
+    for n in q.graph.node:
+        if n.op_type in ("MatMul", "Gemm", "Conv"):
+            from_dq = [
+                producer.get(i) is not None and producer[i].op_type == "DequantizeLinear" for i in n.input[:2]
+            ]
+            assert all(from_dq) if n.name in QUANTIZED else not any(from_dq), n.name
+    assert sum(n.op_type == "QuantizeLinear" for n in q.graph.node) == 11  # one per activation tensor
+    # opsets, the plugin domain and metadata survive
+    assert {o.domain for o in q.opset_import} == {"", "vitrt"}
+
+
+def test_weights_are_int8_symmetric_per_channel_within_127() -> None:
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((24, 12)).astype(np.float32) * np.linspace(0.1, 5.0, 12, dtype=np.float32)
+    qw = quantize_weight(w, axis=1)
+    assert qw.values.dtype == np.int8 and qw.scale.shape == (12,)
+    assert int(np.abs(qw.values).max()) == 127 and int(qw.values.min()) >= -127
+    np.testing.assert_allclose(qw.scale, np.abs(w).max(axis=0) / 127, rtol=1e-6)
+    # rounding error at most half a step per channel
+    assert np.all(np.abs(qw.dequantize() - w) <= qw.scale / 2 + 1e-7)
+    per_tensor = quantize_weight(w, axis=None)
+    assert per_tensor.scale.shape == () and per_tensor.axis is None
+
+
+def test_qdq_model_matches_numpy_fake_quantization_on_onnxruntime(tmp_path: Path) -> None:
+    model = vit_like(seed=3)
+    layers = find_layers(model)
+    amax = {t: 3.0 for layer in layers for t in layer.activations}
+    q = insert_qdq(model, layers, amax, {"blocks.0.attn.qkv/MatMul_1"})  # one layer: check it exactly
+    assert sum(n.op_type == "QuantizeLinear" for n in q.graph.node) == 1
+    path = save(q, tmp_path / "q.onnx")
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    # expected qkv output: Q/DQ of the LayerNorm output times the dequantized weight
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.append(
+        onnx.helper.make_tensor_value_info("blocks.0.norm1/LayerNormalization_1:0", 1, None)
+    )
+    probe.graph.output.append(onnx.helper.make_tensor_value_info("blocks.0.attn.qkv/MatMul_1:0", 1, None))
+    ref = OnnxRuntimeRunner(save(probe, tmp_path / "probe.onnx", check=False)).infer({"images": x})
+    ln = ref["blocks.0.norm1/LayerNormalization_1:0"]
+    w = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "w_qkv"))
+    import torch
+
+    xq = fake_quantize(torch.from_numpy(ln), float(np.float32(3.0 / 127))).numpy()
+    expected = xq @ quantize_weight(w, axis=1).dequantize()
+    probe_q = onnx.ModelProto()
+    probe_q.CopyFrom(q)
+    probe_q.graph.output.append(onnx.helper.make_tensor_value_info("blocks.0.attn.qkv/MatMul_1:0", 1, None))
+    got = OnnxRuntimeRunner(save(probe_q, tmp_path / "probe_q.onnx", check=False)).infer({"images": x})
+    np.testing.assert_allclose(got["blocks.0.attn.qkv/MatMul_1:0"], expected, rtol=1e-5, atol=1e-5)
+    assert OnnxRuntimeRunner(path).infer({"images": x})["logits"].shape == (1, 10)
+
+
+def test_gated_model_switches_each_layer(tmp_path: Path) -> None:
+    model = vit_like(seed=4)
+    layers = [layer for layer in find_layers(model) if layer.reason is None]
+    amax = _amax_for(layers)
+    runner = OnnxRuntimeRunner(save(gated_model(model, layers, amax), tmp_path / "gated.onnx"))
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+
+    def run(on: set[str]) -> np.ndarray:
+        gates = {gate_name(layer.name): np.array(layer.name in on) for layer in layers}
+        return runner.infer({"images": x, **gates})["logits"]
+
+    fp32 = OnnxRuntimeRunner(save(model, tmp_path / "fp32.onnx")).infer({"images": x})["logits"]
+    # all gates off: the float model (up to ONNX Runtime fusing differently inside If branches)
+    np.testing.assert_allclose(run(set()), fp32, rtol=1e-5, atol=1e-5)
+    everything = {layer.name for layer in layers}
+    real = OnnxRuntimeRunner(save(insert_qdq(model, layers, amax, everything), tmp_path / "q.onnx"))
+    # all gates on: the Q/DQ model, up to float summation order (int8 kernels vs float MatMul)
+    np.testing.assert_allclose(run(everything), real.infer({"images": x})["logits"], rtol=1e-4, atol=1e-4)
+    assert not np.allclose(run({"head/Gemm_1"}), fp32)
+
+
+def test_exclude_patterns_keep_layers_float(caplog: pytest.LogCaptureFixture) -> None:
+    model = vit_like()
+    layers = find_layers(model, exclude=["blocks.0.mlp.*", "head/Gemm_1"])
+    reasons = {layer.name: layer.reason for layer in layers}
+    assert reasons["blocks.0.mlp.fc1/MatMul_1"] == "excluded by pattern 'blocks.0.mlp.*'"
+    assert reasons["blocks.0.mlp.fc2/MatMul_1"] == "excluded by pattern 'blocks.0.mlp.*'"
+    assert reasons["head/Gemm_1"] == "excluded by pattern 'head/Gemm_1'"
+    assert reasons["blocks.0.attn.qkv/MatMul_1"] is None
+    assert unmatched_patterns(model, ["blocks.9.*", "head/*"]) == ["blocks.9.*"]
+    # a Linear with bias that onnxsim fused into a renamed Gemm: matched by its module path label
+    head = next(n for n in model.graph.node if n.op_type == "Gemm")
+    head.name = "Gemm_7"
+    relabelled = {layer.name: layer for layer in find_layers(model, exclude=["head/*"])}
+    assert relabelled["Gemm_7"].label == "head/Gemm_7"
+    assert relabelled["Gemm_7"].reason == "excluded by pattern 'head/*'"
+
+
+def test_unnamed_nodes_get_unique_names() -> None:
+    model = vit_like()
+    model.graph.node[1].name = ""
+    model.graph.node[2].name = model.graph.node[3].name
+    ensure_node_names(model)
+    names = [n.name for n in model.graph.node]
+    assert len(set(names)) == len(names) and "" not in names
+
+
+@pytest.mark.usefixtures("quiet_logs")
+def test_plugin_graph_runs_with_a_custom_op_session(tmp_path: Path) -> None:
+    # The factory hook: a session that can run vitrt's nodes (here: the stub becomes Identity).
+    from calibration.calibrate import calibrate_onnx
+
+    model = vit_like(seed=5, plugin=True)
+    path = save(model, tmp_path / "plugin.onnx")
+
+    def factory(p: Path) -> OnnxRuntimeRunner:
+        return OnnxRuntimeRunner(plugins_as_identity(p), threads=1)
+
+    result = calibrate_onnx(
+        path,
+        "synthetic",
+        tmp_path / "plugin.int8.onnx",
+        num_samples=16,
+        eval_samples=8,
+        runner_factory=factory,
+        progress=False,
+    )
+    assert set(result.quantized) == QUANTIZED
+    assert any(n.domain == "vitrt" for n in result.model.graph.node)
+    assert result.agreement is not None and result.agreement.mean_cosine > 0.99
+
+
+def test_onnxruntime_runs_the_quantized_layers_on_int8_kernels(tmp_path: Path) -> None:
+    # After ONNX Runtime's graph optimizations every quantized MatMul/Gemm is an int8 kernel and no
+    # weight is dequantized at run time; the Gemm's bias was moved to an Add for that (QGemm takes
+    # no float bias). Only the Conv (float bias kept for TensorRT) still dequantizes.
+    import onnxruntime as ort
+
+    model = vit_like(seed=6)
+    layers = find_layers(model)
+    q = insert_qdq(model, layers, _amax_for(layers), {layer.name for layer in layers if layer.reason is None})
+    head = next(n for n in q.graph.node if n.name == "head/Gemm_1")
+    assert len(head.input) == 2
+    bias_add = next(n for n in q.graph.node if head.output[0] in n.input)
+    assert bias_add.op_type == "Add" and bias_add.output[0] == "logits" and "head.bias" in bias_add.input
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(str(save(q, tmp_path / "q.onnx")), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    int8_kernels = ("QGemm", "MatMulIntegerToFloat", "QLinearMatMul")
+    assert sum(op in int8_kernels for op in ops) == len(QUANTIZED) - 1  # all but the Conv
+    assert ops.count("DequantizeLinear") == 2  # the Conv's input and weight
