@@ -38,7 +38,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(model_name=args.model, img_size=args.img_size)
+    fusion = None if args.fusion in (None, "none") else args.fusion
+    return run_demo(model_name=args.model, img_size=args.img_size, fusion=fusion, workdir=args.workdir)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -283,9 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--force", action="store_true", help="rebuild even when the cached build key matches")
     q.set_defaults(func=_cmd_plugins_build)
 
-    p = sub.add_parser("demo", help="build a model, check it against itself in batch, time it on CPU")
+    p = sub.add_parser("demo", help="the CPU pipeline on one model: export, verify, INT8, latency")
     p.add_argument("--model", default="t2t_vit_7", help="model name (default t2t_vit_7)")
     p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--fusion", default="mctf", help="token fusion preset (default mctf; 'none' for none)")
+    p.add_argument("--workdir", default="artifacts/demo", help="where the artifacts go")
     p.set_defaults(func=_cmd_demo)
     return parser
 
