@@ -378,3 +378,18 @@ def launch(
         ),
         f"cuLaunchKernel({kernel})",
     )
+
+
+WORKSPACE_ALIGN = 256
+"""Byte alignment of each workspace region (cudaMalloc's own alignment)."""
+
+
+def aligned_layout(sizes: dict[str, int]) -> dict[str, int]:
+    """Byte offset of each named region of ``sizes`` (bytes) packed in order, each region starting
+    on a ``WORKSPACE_ALIGN`` boundary, plus ``"end"``: the total workspace in bytes."""
+    offsets, pos = {}, 0
+    for name, size in sizes.items():
+        offsets[name] = pos
+        pos += -(-size // WORKSPACE_ALIGN) * WORKSPACE_ALIGN
+    offsets["end"] = pos
+    return offsets

@@ -138,6 +138,19 @@ class PluginCommon:
 
     attrs: Any
 
+    def init_plugin(
+        self, trt: Any, attrs: Any, name: str, version: str, namespace: str, num_outputs: int
+    ) -> None:
+        """What every plugin's ``__init__`` does: initialise the four TensorRT bases (pybind11 needs
+        each called explicitly) and set the spec's identity and attributes."""
+        for base in (trt.IPluginV3, trt.IPluginV3OneCore, trt.IPluginV3OneBuild, trt.IPluginV3OneRuntime):
+            base.__init__(self)
+        self.attrs = attrs
+        self.num_outputs = num_outputs
+        self.plugin_name, self.plugin_version, self.plugin_namespace = name, version, namespace
+        self.timing_cache_id = ""
+        self.metadata_string = ""
+
     def get_capability_interface(self, type: trt.PluginCapabilityType) -> Any:
         """One object implements the core, build and runtime capabilities."""
         return self

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from plugins.cuda_launcher import f32, i32, launch, load_module, ptr
+from plugins.cuda_launcher import aligned_layout, f32, i32, launch, load_module, ptr
 
 from .spec import (
     PLUGIN_NAME,
@@ -52,7 +52,6 @@ _WARPS = _THREADS // 32
 _SORT_THREADS = 1024
 _CLUSTER_THREADS = 128
 _QUERIES_PER_BLOCK = 32  # combine
-_ALIGN = 256
 
 
 def _odd(n: int) -> int:
@@ -146,12 +145,7 @@ def _regions(d: AttentionDims) -> dict[str, int]:
 
 def workspace_layout(d: AttentionDims) -> dict[str, int]:
     """Byte offset of every workspace region the mode uses (256-byte aligned), plus "end"."""
-    offsets, pos = {}, 0
-    for name, size in _regions(d).items():
-        offsets[name] = pos
-        pos += -(-size // _ALIGN) * _ALIGN
-    offsets["end"] = pos
-    return offsets
+    return aligned_layout(_regions(d))
 
 
 def workspace_bytes(d: AttentionDims) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from plugins.cuda_launcher import f32, i32, launch, load_module, ptr
+from plugins.cuda_launcher import aligned_layout, f32, i32, launch, load_module, ptr
 
 from .spec import DEST_DTYPE, PLUGIN_NAME, SUPPORTED_DTYPES, TokenFusionAttrs, output_tokens, set_sizes
 
@@ -32,7 +32,6 @@ KERNELS = (
     "vitrt_tf_match",
 )
 """Every kernel this module launches (the build test checks each is in the fatbin)."""
-_ALIGN = 256
 _THREADS = 256
 _SLOTS_PER_BLOCK = _THREADS // 32  # merge: one warp per output slot
 
@@ -69,12 +68,7 @@ def _regions(d: FusionDims) -> dict[str, int]:
 
 def workspace_layout(d: FusionDims) -> dict[str, int]:
     """Byte offset of every workspace region (each aligned to 256 bytes)."""
-    offsets, pos = {}, 0
-    for name, size in _regions(d).items():
-        offsets[name] = pos
-        pos += -(-size // _ALIGN) * _ALIGN
-    offsets["end"] = pos
-    return offsets
+    return aligned_layout(_regions(d))
 
 
 def workspace_bytes(d: FusionDims) -> int:

@@ -39,17 +39,7 @@ def plugin_classes() -> tuple[type[trt.IPluginV3], type[trt.IPluginCreatorV3One]
         """One TokenFusion node: the spec's attributes, kernels launched in ``enqueue``."""
 
         def __init__(self, attrs: TokenFusionAttrs) -> None:
-            trt.IPluginV3.__init__(self)
-            trt.IPluginV3OneCore.__init__(self)
-            trt.IPluginV3OneBuild.__init__(self)
-            trt.IPluginV3OneRuntime.__init__(self)
-            self.attrs = attrs
-            self.num_outputs = len(OUTPUT_NAMES)
-            self.plugin_name = PLUGIN_NAME
-            self.plugin_version = PLUGIN_VERSION
-            self.plugin_namespace = PLUGIN_NAMESPACE
-            self.timing_cache_id = ""
-            self.metadata_string = ""
+            self.init_plugin(trt, attrs, PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE, len(OUTPUT_NAMES))
 
         def clone(self) -> TokenFusionPlugin:
             return TokenFusionPlugin(self.attrs)
