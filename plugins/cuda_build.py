@@ -191,7 +191,7 @@ def build_fatbin(
 
 
 @contextlib.contextmanager
-def _build_lock(folder: Path) -> Iterator[None]:
+def build_lock(folder: Path) -> Iterator[None]:
     """An exclusive lock on ``folder`` across processes (pytest-xdist workers, parallel builds), so that
     one process compiles and the others then find the cached fatbins. A no-op where fcntl is missing."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -228,7 +228,7 @@ def build_fatbins(
         )
 
     with (
-        _build_lock(Path(out_dir or DEFAULT_BUILD_DIR)),
+        build_lock(Path(out_dir or DEFAULT_BUILD_DIR)),
         ThreadPoolExecutor(max_workers=max(1, jobs)) as pool,
     ):
         return list(pool.map(one, sources))

@@ -5,9 +5,19 @@
 // include path. float16 tensors are therefore handled as their raw 16-bit patterns (unsigned short)
 // and converted with the PTX cvt instructions, exactly what cuda_fp16.h does underneath.
 //
+// The same sources also run on the CPU under plugins/cuda_emulation.h (VITRT_CPU_EMULATION), which
+// replaces the two PTX conversions below and the dynamic shared memory declaration; nothing else differs.
+//
 // Determinism: every reduction below is a fixed shuffle tree or a sequential loop in a fixed order, so
 // a kernel gives bit-identical results run to run (no floating-point atomics anywhere in vitrt).
 #pragma once
+
+// Dynamic shared memory (the launch's shared_mem bytes) as an array of T named `name`.
+#ifdef VITRT_CPU_EMULATION
+#define VITRT_DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(::vitrt_emu::dynamic_shared())
+#else
+#define VITRT_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#endif
 
 namespace vitrt {
 
@@ -24,9 +34,13 @@ __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); 
 // ---- float16 <-> float32 (round to nearest even, like torch's .to(float16)) ------------------------
 __device__ __forceinline__ float to_float(float x) { return x; }
 __device__ __forceinline__ float to_float(half_bits h) {
+#ifdef VITRT_CPU_EMULATION
+  return ::vitrt_emu::half_to_float(h);
+#else
   float f;
   asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
   return f;
+#endif
 }
 
 template <typename T>
@@ -37,9 +51,13 @@ __device__ __forceinline__ float from_float<float>(float x) {
 }
 template <>
 __device__ __forceinline__ half_bits from_float<half_bits>(float x) {
+#ifdef VITRT_CPU_EMULATION
+  return ::vitrt_emu::float_to_half_rn(x);
+#else
   half_bits h;
   asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(x));
   return h;
+#endif
 }
 
 // ---- warp reductions (butterfly: every lane ends with the same, order-fixed result) ---------------

@@ -12,13 +12,16 @@ Module images, per CUDA context and op source:
 2. otherwise NVRTC compiles the op's ``.cu`` source for the GPU's exact ``sm_XY`` at run time (needs the
    ``nvidia-cuda-nvrtc`` wheel), cached in memory and under ``build/plugins/nvrtc/``.
 
-``load_module(...).origin`` says which path was taken. cuda-python is imported lazily
+``load_module(...).origin`` says which path was taken. Inside ``plugins.cuda_emulation.emulated_kernels()``
+``load_module`` returns the CPU-emulated kernels instead and the torch-face helpers at the end of this
+module accept CPU tensors. cuda-python is imported lazily
 (``cuda.bindings.driver``, or ``cuda.cuda`` before cuda-python 12.6), so this module imports on machines
 without it; the functions raise ``VitrtError`` naming ``pip install cuda-python`` there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import importlib
@@ -27,7 +30,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compiler.errors import VitrtError
 
@@ -41,6 +44,10 @@ from .cuda_build import (
     fatbin_path,
     kernel_sources,
 )
+from .cuda_emulation import EmulatedModule, emulated_module, emulating
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 log = logging.getLogger("vitrt.plugins")
 
@@ -277,12 +284,15 @@ def _source(name: str) -> KernelSource:
     raise VitrtError(f"no CUDA source named {name!r}; known: {[s.name for s in kernel_sources()]}")
 
 
-def load_module(name: str, kernel_dir: Path | None = None) -> LoadedModule:
+def load_module(name: str, kernel_dir: Path | None = None) -> LoadedModule | EmulatedModule:
     """The kernels of op source ``name`` ("token_fusion", "scatterbrain") in the current context.
 
     kernel_dir: where the fatbins are (default ``build/plugins``). Loads the fatbin when it holds an
-    image for this GPU, else compiles with NVRTC (see the module docstring).
+    image for this GPU, else compiles with NVRTC (see the module docstring). Under
+    ``emulated_kernels()``: the source compiled for the CPU (``kernel_dir/emulated``).
     """
+    if emulating():
+        return emulated_module(name, kernel_dir)
     ctx, ordinal = current_context()
     key = (ctx, name, str(kernel_dir or DEFAULT_BUILD_DIR))
     with _MODULES_LOCK:
@@ -344,7 +354,7 @@ KernelArg = ctypes.c_uint64 | ctypes.c_int32 | ctypes.c_float
 
 
 def launch(
-    module: LoadedModule,
+    module: LoadedModule | EmulatedModule,
     kernel: str,
     grid: tuple[int, int, int],
     block: tuple[int, int, int],
@@ -356,10 +366,14 @@ def launch(
 
     args: in the kernel's parameter order, built with ``ptr``, ``i32``, ``f32`` (the types must match
     the C signature: the driver copies as many bytes as each parameter has). shared_mem: dynamic shared
-    memory in bytes; above 48 KiB the kernel is opted in up to the device's limit.
+    memory in bytes; above 48 KiB the kernel is opted in up to the device's limit. An emulated module
+    runs the launch on the CPU before returning (``stream`` is ignored).
     """
     if min(*grid, *block) <= 0:
         return  # an empty launch (a zero-sized input)
+    if isinstance(module, EmulatedModule):
+        module.launch(kernel, grid, block, args, shared_mem)
+        return
     drv = cuda_driver()
     f = module.function(kernel)
     if shared_mem > DEFAULT_SHARED_MEMORY and module.shared_set.get(kernel, 0) < shared_mem:
@@ -393,3 +407,41 @@ def aligned_layout(sizes: dict[str, int]) -> dict[str, int]:
         pos += -(-size // WORKSPACE_ALIGN) * WORKSPACE_ALIGN
     offsets["end"] = pos
     return offsets
+
+
+# ---- torch faces: CUDA tensors, or CPU tensors under emulated_kernels() -------------------------------
+
+
+def check_kernel_tensor(name: str, t: Tensor, device: Any) -> None:
+    """Raise ValueError unless ``t`` can feed the kernels: a CUDA tensor on ``device`` (a CPU tensor while
+    emulating)."""
+    ok = t.is_cuda or (emulating() and t.device.type == "cpu")
+    if not ok or t.device != device:
+        where = "a CUDA tensor" + (" (or a CPU one: kernels are emulated)" if emulating() else "")
+        raise ValueError(f"{name} must be {where} on {device}, got device {t.device}")
+
+
+def kernel_stream(t: Tensor) -> int:
+    """torch's current CUDA stream on ``t``'s device as an int (0 for a CPU tensor: emulated launches run
+    synchronously)."""
+    import torch
+
+    return int(torch.cuda.current_stream(t.device).cuda_stream) if t.is_cuda else 0
+
+
+def kernel_device(t: Tensor) -> contextlib.AbstractContextManager[Any]:
+    """``torch.cuda.device(t.device)`` for a CUDA tensor (the launches need its context current), else a
+    no-op."""
+    import torch
+
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def new_workspace(nbytes: int, like: Tensor) -> Tensor:
+    """A uint8 workspace of ``nbytes`` on ``like``'s device. While emulating it is filled with 0xff (NaN
+    as float32, -1 as int32), so a kernel reading workspace nothing wrote shows up in its results."""
+    import torch
+
+    if emulating():
+        return torch.full((nbytes,), 0xFF, dtype=torch.uint8, device=like.device)
+    return torch.empty(nbytes, dtype=torch.uint8, device=like.device)

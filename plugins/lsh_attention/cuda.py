@@ -18,7 +18,18 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from plugins.cuda_launcher import aligned_layout, f32, i32, launch, load_module, ptr
+from plugins.cuda_launcher import (
+    aligned_layout,
+    check_kernel_tensor,
+    f32,
+    i32,
+    kernel_device,
+    kernel_stream,
+    launch,
+    load_module,
+    new_workspace,
+    ptr,
+)
 
 from .spec import (
     PLUGIN_NAME,
@@ -285,8 +296,8 @@ def _checked(
 
     check_inputs(q, k, v, hash_vectors, projection)
     for name, t in (("q", q), ("k", k), ("v", v), ("hash_vectors", hash_vectors), ("projection", projection)):
-        if t is not None and (not t.is_cuda or t.device != q.device):
-            raise ValueError(f"{name} must be a CUDA tensor on {q.device}, got {t.device}")
+        if t is not None:
+            check_kernel_tensor(name, t, q.device)
     if q.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"q has dtype {q.dtype}; {PLUGIN_NAME} supports {SUPPORTED_DTYPES}")
     b, h, n, e = q.shape
@@ -319,13 +330,13 @@ def _run(
         tuple(out.shape) != shape or out.dtype != q.dtype or not out.is_contiguous() or out.device != q.device
     ):
         raise ValueError(f"out must be a contiguous {shape} {q.dtype} tensor on {q.device}")
-    work = torch.empty(workspace_bytes(d), dtype=torch.uint8, device=q.device)
-    with torch.cuda.device(q.device):
+    work = new_workspace(workspace_bytes(d), q)
+    with kernel_device(q):
         enqueue(
             q.data_ptr(), k.data_ptr(), v.data_ptr(),
             0 if fixed[0] is None else fixed[0].data_ptr(), 0 if fixed[1] is None else fixed[1].data_ptr(),
             out.data_ptr(), work.data_ptr(), d, attrs.scale, str(q.dtype).removeprefix("torch."),
-            int(torch.cuda.current_stream(q.device).cuda_stream),
+            kernel_stream(q),
         )  # fmt: skip
     return out, work, d
 
@@ -342,7 +353,8 @@ def scatterbrain_cuda(
 ) -> Tensor:
     """``onnx_lowering.attention_by_mode`` with the CUDA kernels, on torch's current stream.
 
-    q, k [B, H, N, E], v [B, H, N, Dv] (CUDA, one dtype: float32 or float16); hash_vectors [R, E + 2]
+    q, k [B, H, N, E], v [B, H, N, Dv] (CUDA, or CPU under ``plugins.cuda_emulation.emulated_kernels()``;
+    one dtype: float32 or float16); hash_vectors [R, E + 2]
     (None in mode PERFORMER) and projection [m, E] (None in mode LSH) -> [B, H, N, Dv] in q's dtype.
     ``out`` receives the result when given (contiguous; the tests pre-fill it with NaN).
     """

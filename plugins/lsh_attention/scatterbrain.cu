@@ -51,7 +51,7 @@ template <typename T>
 __device__ void stats(const T* __restrict__ q, const T* __restrict__ k, const float* __restrict__ proj,
                       float* __restrict__ stat_part, int N, int E, int m, float root, float rr, float log_norm,
                       int chunk, int n_tok, int nchunk) {
-  extern __shared__ float sm[];
+  VITRT_DYNAMIC_SHARED(float, sm);
   __shared__ float scratch[32];
   const int ch = blockIdx.x, bh = blockIdx.y;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
@@ -105,7 +105,7 @@ __device__ void features(const T* __restrict__ q, const T* __restrict__ k, const
                          float* __restrict__ qf, float* __restrict__ kf, float* __restrict__ pls,
                          float* __restrict__ kv_part, int N, int P, int E, int Dv, int R, int m, float root,
                          float rr, float log_norm, int chunk, int n_tok, int nchunk, int mode) {
-  extern __shared__ float sm[];
+  VITRT_DYNAMIC_SHARED(float, sm);
   __shared__ float st[3];
   const int ch = blockIdx.x, bh = blockIdx.y;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
@@ -223,7 +223,7 @@ __device__ void cluster_attention(const T* __restrict__ q, const T* __restrict__
                                   const int* __restrict__ k_inv, float* __restrict__ rnum,
                                   float* __restrict__ raux, int N, int P, int E, int Dv, int R, int F, int c,
                                   int G, float scale, int mode) {
-  extern __shared__ float sm[];
+  VITRT_DYNAMIC_SHARED(float, sm);
   const int r = blockIdx.y, bh = blockIdx.z;
   const int nclus = P / c, g0 = blockIdx.x * G, QB = min(G, nclus - g0) * c, s0 = g0 * c;
   const bool sb = mode == kScatterbrain;
@@ -348,7 +348,7 @@ __device__ void combine(const float* __restrict__ qf, const float* __restrict__ 
                         const int* __restrict__ q_inv, const float* __restrict__ rnum,
                         const float* __restrict__ raux, T* __restrict__ out, int N, int P, int Dv, int R, int F,
                         int qpb, int mode) {
-  extern __shared__ float sm[];
+  VITRT_DYNAMIC_SHARED(float, sm);
   const int bh = blockIdx.y;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const bool low_rank = mode != kLsh;
@@ -472,7 +472,7 @@ extern "C" __global__ void __launch_bounds__(1024)
     vitrt_sb_sort(const float* __restrict__ hq, const float* __restrict__ hk, int* __restrict__ q_perm,
                   int* __restrict__ q_inv, int* __restrict__ k_perm, int* __restrict__ k_inv, int P, int P2,
                   int R) {
-  extern __shared__ unsigned long long keys[];
+  VITRT_DYNAMIC_SHARED(unsigned long long, keys);
   const int side = blockIdx.x / R, r = blockIdx.x % R, bh = blockIdx.y;
   const int64 o = ((int64)bh * R + r) * P;
   const float* h = (side ? hk : hq) + o;

@@ -16,7 +16,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from plugins.cuda_launcher import aligned_layout, f32, i32, launch, load_module, ptr
+from plugins.cuda_launcher import (
+    aligned_layout,
+    check_kernel_tensor,
+    f32,
+    i32,
+    kernel_device,
+    kernel_stream,
+    launch,
+    load_module,
+    new_workspace,
+    ptr,
+)
 
 from .spec import DEST_DTYPE, PLUGIN_NAME, SUPPORTED_DTYPES, TokenFusionAttrs, output_tokens, set_sizes
 
@@ -190,28 +201,19 @@ def enqueue(
 # ---- torch face ----------------------------------------------------------------------------------------
 
 
-def _stream(t: Tensor) -> int:
-    import torch
-
-    return int(torch.cuda.current_stream(t.device).cuda_stream)
-
-
 def _dtype_name(t: Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
 
 
 def _checked(x: Tensor, metric: Tensor, info: Tensor, size: Tensor, attrs: TokenFusionAttrs) -> FusionDims:
     for name, t, rank in (("x", x, 3), ("metric", metric, 3), ("info", info, 2), ("size", size, 2)):
-        if not t.is_cuda:
-            raise ValueError(f"{name} must be a CUDA tensor, got device {t.device}")
+        check_kernel_tensor(name, t, x.device)
         if t.dim() != rank:
             raise ValueError(f"{name} must have rank {rank}, got shape {tuple(t.shape)}")
         if t.dtype != x.dtype or t.dtype not in SUPPORTED_DTYPES:
             raise TypeError(
                 f"x, metric, info, size must share one dtype of {SUPPORTED_DTYPES}, got {name} {t.dtype}"
             )
-        if t.device != x.device:
-            raise ValueError(f"{name} is on {t.device}, x on {x.device}")
     b, n, c = x.shape
     if metric.shape[:2] != (b, n) or info.shape != (b, n) or size.shape != (b, n):
         raise ValueError(
@@ -233,10 +235,11 @@ def token_fusion_cuda(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``reference.token_fusion`` with the CUDA kernels, on torch's current stream.
 
-    x [B, N, C], metric [B, N, Cm], info [B, N], size [B, N]: CUDA tensors of one dtype (float32 or
-    float16) -> (x_fused [B, N - r, C], size_fused [B, N - r], dest [B, N] int64). ``out`` receives the
-    results when given (C-contiguous, right shapes and dtypes; the tests pre-fill it with NaN / -1 to
-    check every element is written).
+    x [B, N, C], metric [B, N, Cm], info [B, N], size [B, N]: CUDA tensors (CPU ones under
+    ``plugins.cuda_emulation.emulated_kernels()``) of one dtype (float32 or float16) -> (x_fused
+    [B, N - r, C], size_fused [B, N - r], dest [B, N] int64). ``out`` receives the results when given
+    (C-contiguous, right shapes and dtypes; the tests pre-fill it with NaN / -1 to check every element
+    is written).
     """
     import torch
 
@@ -254,12 +257,12 @@ def token_fusion_cuda(
             raise ValueError(
                 f"out tensor {tuple(t.shape)} {t.dtype} must be a contiguous {shape} {dtype} on {x.device}"
             )
-    work = torch.empty(workspace_bytes(d), dtype=torch.uint8, device=x.device)
-    with torch.cuda.device(x.device):
+    work = new_workspace(workspace_bytes(d), x)
+    with kernel_device(x):
         enqueue(
             x.data_ptr(), metric.data_ptr(), info.data_ptr(), size.data_ptr(),
             out[0].data_ptr(), out[1].data_ptr(), out[2].data_ptr(), work.data_ptr(),
-            d, attrs, _dtype_name(x), _stream(x),
+            d, attrs, _dtype_name(x), kernel_stream(x),
         )  # fmt: skip
     return out
 
@@ -271,12 +274,12 @@ def fusion_scores_cuda(metric: Tensor, info: Tensor, size: Tensor, attrs: TokenF
 
     d = _checked(metric, metric, info, size, attrs)
     metric, info, size = (t.contiguous() for t in (metric, info, size))
-    work = torch.empty(workspace_bytes(d), dtype=torch.uint8, device=metric.device)
+    work = new_workspace(workspace_bytes(d), metric)
     na, nb = set_sizes(d.tokens)
-    with torch.cuda.device(metric.device):
+    with kernel_device(metric):
         enqueue_scores(
             metric.data_ptr(), info.data_ptr(), size.data_ptr(), work.data_ptr(), d, attrs,
-            _dtype_name(metric), _stream(metric),
+            _dtype_name(metric), kernel_stream(metric),
         )  # fmt: skip
     off = workspace_layout(d)["scores"]
     return work[off : off + 4 * d.batch * na * nb].view(torch.float32).view(d.batch, na, nb).clone()
@@ -287,9 +290,10 @@ def bipartite_matching_cuda(scores: Tensor, r: int, bidirectional: bool = True) 
     Na = Nb or Nb + 1 -> dest [B, Na + Nb] int64."""
     import torch
 
-    if not scores.is_cuda or scores.dtype != torch.float32 or scores.dim() != 3:
+    check_kernel_tensor("scores", scores, scores.device)
+    if scores.dtype != torch.float32 or scores.dim() != 3:
         raise ValueError(
-            f"scores must be a float32 CUDA tensor [B, Na, Nb], got {scores.dtype} {tuple(scores.shape)}"
+            f"scores must be a float32 tensor [B, Na, Nb], got {scores.dtype} {tuple(scores.shape)}"
         )
     b, na, nb = scores.shape
     if na - nb not in (0, 1):
@@ -297,9 +301,9 @@ def bipartite_matching_cuda(scores: Tensor, r: int, bidirectional: bool = True) 
     d = FusionDims(b, na + nb, 1, 1, r)
     scores = scores.contiguous()
     dest = torch.empty(b, d.tokens, dtype=DEST_DTYPE, device=scores.device)
-    work = torch.empty(workspace_bytes(d), dtype=torch.uint8, device=scores.device)
-    with torch.cuda.device(scores.device):
+    work = new_workspace(workspace_bytes(d), scores)
+    with kernel_device(scores):
         enqueue_match(
-            scores.data_ptr(), dest.data_ptr(), work.data_ptr(), d, int(bidirectional), _stream(scores)
+            scores.data_ptr(), dest.data_ptr(), work.data_ptr(), d, int(bidirectional), kernel_stream(scores)
         )
     return dest

@@ -258,7 +258,7 @@ extern "C" __global__ void __launch_bounds__(256)
 extern "C" __global__ void __launch_bounds__(256)
     vitrt_tf_match(const float* __restrict__ scores, int64* __restrict__ dest, int* __restrict__ slot_start,
                    int* __restrict__ members, int N, int r, int bidirectional) {
-  extern __shared__ int smem[];
+  VITRT_DYNAMIC_SHARED(int, smem);
   __shared__ int scratch[33];
   const int Na = (N + 1) / 2, Nb = N / 2, N_out = N - r;
   const int r1 = bidirectional ? r / 2 : r, r2 = bidirectional ? r - r / 2 : 0, n_unm = Na - r1;

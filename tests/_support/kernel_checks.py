@@ -1,0 +1,214 @@
+"""The CUDA kernels against the PyTorch references: checks shared by the GPU tests (tests/gpu) and the
+CPU-emulated ones (tests/plugins/test_kernels_emulated.py). Device-agnostic: the inputs' device says
+where the kernels run (CUDA, or CPU under ``plugins.cuda_emulation.emulated_kernels()``).
+
+How exactness is judged. The kernels sum in their own order, so float32 results differ from the
+reference by rounding; decisions that rank floats (the token-fusion matching, the LSH sorts) can then
+differ where two values are within rounding of each other. So every data-dependent decision is checked
+twice: exactly, by running the reference's decision code on the kernel's own float values (the
+kernel's matching on the kernel's scores must equal ``reference.bipartite_matching`` of those scores,
+the kernel's sort must equal ``reference.stable_argsort`` of the kernel's hashes), and end to end,
+where almost every batch element / row must agree with the untouched reference. The outputs are
+checked within 1e-4 (float32) and 1e-2 (float16) relative (atol = rtol x the largest reference value)
+given the same decisions, and every output element must be written (outputs are pre-filled with NaN or
+-1).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+from plugins.lsh_attention import reference as sb_ref
+from plugins.lsh_attention.spec import Mode, ScatterbrainAttrs, padded_length
+from plugins.token_fusion import reference as tf_ref
+from plugins.token_fusion.spec import Pooling, TokenFusionAttrs
+
+TOL = {torch.float32: 1e-4, torch.float16: 1e-2}
+
+
+def _close(actual: Tensor, expected: Tensor, dtype: torch.dtype, what: str) -> None:
+    tol = TOL[dtype]
+    scale = float(expected.float().abs().max())
+    torch.testing.assert_close(
+        actual.float(), expected.float(), rtol=tol, atol=tol * max(scale, 1e-30), msg=lambda m: f"{what}: {m}"
+    )
+
+
+def _synchronize(t: Tensor) -> None:
+    if t.is_cuda:
+        torch.cuda.synchronize(t.device)
+
+
+# ---- token fusion ---------------------------------------------------------------------------------------
+
+MCTF: dict[str, Any] = dict(
+    tau_sim=1.0, tau_info=20.0, tau_size=40.0, bidirectional=1, pooling=int(Pooling.ATTN_SIZE)
+)
+TOME: dict[str, Any] = dict(
+    tau_sim=1.0, tau_info=0.0, tau_size=0.0, bidirectional=0, pooling=int(Pooling.SIZE)
+)
+
+
+def fusion_inputs(
+    b: int, n: int, c: int, dtype: torch.dtype, device: torch.device | str
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Seeded x = metric [b, n, c], info [b, n] (attention received ~ 1/N), size [b, n] in 1..3."""
+    g = torch.Generator(device=device).manual_seed(1234 + n)
+    x = torch.randn(b, n, c, device=device, generator=g)
+    info = torch.rand(b, n, device=device, generator=g) / n + 1e-4
+    size = torch.randint(1, 4, (b, n), device=device, generator=g).float()  # tokens fused earlier
+    return x.to(dtype), x.to(dtype), info.to(dtype), size.to(dtype)
+
+
+def check_token_fusion(
+    b: int, n: int, c: int, r: int, preset: dict[str, Any], dtype: torch.dtype, device: str
+) -> None:
+    """token_fusion_cuda on seeded inputs against reference.token_fusion (see the module docstring)."""
+    from plugins.token_fusion.cuda import bipartite_matching_cuda, fusion_scores_cuda, token_fusion_cuda
+
+    attrs = TokenFusionAttrs(r=r, **preset)
+    x, metric, info, size = fusion_inputs(b, n, c, dtype, device)
+    n_out = n - r
+
+    out = (
+        torch.full((b, n_out, c), math.nan, dtype=dtype, device=device),
+        torch.full((b, n_out), math.nan, dtype=dtype, device=device),
+        torch.full((b, n), -1, dtype=torch.int64, device=device),
+    )
+    x_f, size_f, dest = token_fusion_cuda(x, metric, info, size, attrs, out=out)
+    _synchronize(x_f)
+    assert not x_f.isnan().any() and not size_f.isnan().any(), "an output element was not written"
+    assert int(dest.min()) >= 0 and int(dest.max()) < n_out
+    # every output slot receives at least one token
+    hits = torch.zeros(b, n_out, device=device).scatter_add_(1, dest, torch.ones_like(dest).float())
+    assert bool((hits > 0).all())
+
+    ref_x, ref_size, ref_dest = tf_ref.token_fusion(x, metric, info, size, attrs)
+    if r == 0:
+        assert torch.equal(dest, ref_dest) and torch.equal(x_f, ref_x) and torch.equal(size_f, ref_size)
+        return
+
+    # 1. scores: float32 values within rounding of the reference's
+    scores = fusion_scores_cuda(metric, info, size, attrs)
+    ref_scores = tf_ref.fusion_scores(
+        metric, info, size, attrs.tau_sim, attrs.tau_info, attrs.tau_size, attrs.num_protected
+    )
+    masked = ref_scores == torch.finfo(torch.float32).min
+    assert torch.equal(scores == torch.finfo(torch.float32).min, masked)
+    torch.testing.assert_close(scores[~masked], ref_scores[~masked], rtol=1e-5, atol=1e-7)
+
+    # 2. matching: exactly the reference's decisions on the kernel's own scores (ties included)
+    assert torch.equal(bipartite_matching_cuda(scores, r, bool(attrs.bidirectional)), dest)
+    assert torch.equal(tf_ref.bipartite_matching(scores, r, bool(attrs.bidirectional)), dest)
+
+    # 3. pooling given the same groups: the reference's merge of the kernel's dest
+    weight = tf_ref.pooling_weights(info, size, attrs.pooling)
+    _close(x_f, tf_ref.merge_tokens(x, dest, weight, n_out), dtype, "x_fused")
+    _close(size_f, tf_ref.merge_sizes(size, dest, n_out), dtype, "size_fused")
+
+    # 4. end to end: the untouched reference agrees on (nearly) every batch element; where it does not,
+    # two best-partner scores are within float32 rounding of each other (checked exactly in 2.)
+    same = (dest == ref_dest).all(dim=1)
+    assert float(same.float().mean()) >= 0.9, f"dest agrees on {int(same.sum())} of {b} batch elements"
+    if bool(same.any()):
+        _close(x_f[same], ref_x[same], dtype, "x_fused end to end")
+        _close(size_f[same], ref_size[same], dtype, "size_fused end to end")
+
+
+# ---- Scatterbrain ---------------------------------------------------------------------------------------
+
+
+def attn_inputs(
+    b: int, n: int, e: int, dtype: torch.dtype, device: torch.device | str
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Seeded q, k, v [b, 1, n, e]."""
+    g = torch.Generator(device=device).manual_seed(99 + n)
+    q, k, v = (torch.randn(b, 1, n, e, device=device, generator=g) for _ in range(3))
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def _fixed(r: int, m: int, e: int, device: str) -> tuple[Tensor, Tensor]:
+    from plugins.lsh_attention.module import draw_hash_vectors, draw_projection
+
+    g = torch.Generator().manual_seed(7)
+    return draw_hash_vectors(r, e, g).to(device), draw_projection(m, e, g).to(device)
+
+
+def attention_attrs(mode: Mode, c: int, r: int, m: int, scale: float) -> ScatterbrainAttrs:
+    """The op's attributes for ``mode`` (cluster size and hashes only when sparse, 2m features only when
+    low rank)."""
+    sparse, low_rank = mode != Mode.PERFORMER, mode != Mode.LSH
+    return ScatterbrainAttrs(mode, c if sparse else 0, r if sparse else 0, 2 * m if low_rank else 0, scale)
+
+
+def _by_mode(q: Tensor, k: Tensor, v: Tensor, hv: Tensor, proj: Tensor, attrs: ScatterbrainAttrs) -> Tensor:
+    from plugins.lsh_attention.onnx_lowering import attention_by_mode
+
+    return attention_by_mode(
+        q, k, v, hv if attrs.mode != Mode.PERFORMER else None, proj if attrs.mode != Mode.LSH else None, attrs
+    )
+
+
+def check_scatterbrain(
+    b: int, n: int, e: int, c: int, r: int, m: int, scale: float, dtype: torch.dtype, mode: Mode, device: str
+) -> None:
+    """scatterbrain_cuda on seeded inputs against the reference of ``mode`` (see the module docstring)."""
+    from plugins.lsh_attention.cuda import scatterbrain_cuda, scatterbrain_cuda_debug
+
+    attrs = attention_attrs(mode, c, r, m, scale)
+    q, k, v = attn_inputs(b, n, e, dtype, device)
+    hv, proj = _fixed(r, m, e, device)
+    hv_in = hv if mode != Mode.PERFORMER else None
+    proj_in = proj if mode != Mode.LSH else None
+
+    out = torch.full((b, 1, n, e), math.nan, dtype=dtype, device=device)
+    scatterbrain_cuda(q, k, v, hv_in, proj_in, attrs, out=out)
+    _synchronize(out)
+    assert not out.isnan().any(), "an output element was not written (or is NaN)"
+    again, views = scatterbrain_cuda_debug(q, k, v, hv_in, proj_in, attrs)
+    assert torch.equal(again, out), "not deterministic"
+
+    if mode == Mode.PERFORMER:
+        _close(out, _by_mode(q, k, v, hv, proj, attrs), dtype, "performer output")
+        return
+
+    p = padded_length(n, c)
+    qf, kf, _, valid, _ = sb_ref._prepare(q, k, v, c)
+    # 1. hashes within float32 rounding of the reference's XBOX+ projections
+    hv32 = hv.float().t()
+    for side, x_t in zip(("q_hash", "k_hash"), sb_ref.xbox_plus(qf, kf), strict=True):
+        ref_h = torch.matmul(x_t, hv32).transpose(-1, -2).masked_fill(~valid, math.inf)
+        got = views[side]
+        assert torch.equal(got.isinf(), ref_h.isinf())
+        fin = ~ref_h.isinf()
+        torch.testing.assert_close(got[fin], ref_h[fin], rtol=1e-5, atol=1e-5 * float(ref_h[fin].abs().max()))
+    # 2. the sort: exactly the reference's stable argsort of the kernel's hashes
+    for side in ("q", "k"):
+        assert torch.equal(views[f"{side}_perm"], sb_ref.stable_argsort(views[f"{side}_hash"])), side
+    # 3. features (SCATTERBRAIN)
+    if mode == Mode.SCATTERBRAIN:
+        ref_qp, ref_kp, ref_pls = sb_ref.performer_features(qf, kf, proj, scale, valid)
+        torch.testing.assert_close(views["q_prime"][:, :, :n], ref_qp[:, :, :n], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(views["k_prime"], ref_kp, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(views["pls"][:, :, :n], ref_pls[:, :, :n, 0], rtol=1e-5, atol=1e-4)
+
+    # 4. the output given the kernel's clusters: the reference run on the kernel's permutations
+    kernel_orders = (views["q_perm"], views["k_perm"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sb_ref, "_hash_orders", lambda *args: kernel_orders)
+        expected = _by_mode(q, k, v, hv, proj, attrs)
+    _close(out, expected, dtype, f"{mode.name} output on the kernel's clusters")
+
+    # 5. end to end: rows (queries) within tolerance of the untouched reference
+    ref = _by_mode(q, k, v, hv, proj, attrs).float()
+    tol = TOL[dtype]
+    ok = ((out.float() - ref).abs() <= tol * ref.abs() + tol * float(ref.abs().max())).all(dim=-1)
+    # A key whose hash is within rounding of a cluster boundary changes two clusters (2 c rows): rare,
+    # and bounded here at 3 % of the rows.
+    assert float(ok.float().mean()) >= 0.97, f"{float(ok.float().mean()):.4f} of the rows agree end to end"
+    assert p >= n

@@ -1,0 +1,239 @@
+"""The CUDA kernels on the CPU emulator (plugins/cuda_emulation.h): the GPU tests' checks at the models'
+real token counts and widths (smaller batches), run in CI where no GPU exists, plus tests that the
+emulator's own checks fire. Skipped where no host C++ compiler is found.
+
+What this does and does not show: the kernels' logic, indexing, barriers and the host code that sizes
+and orders the launches, against the PyTorch references. Not the GPU's rounding of expf / logf / powf
+(the host's is used), races, or speed: those need tests/gpu on a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+import torch
+
+from plugins.cuda_build import KernelSource
+from plugins.cuda_emulation import KernelEmulationError, emulated_kernels, host_compiler, open_emulated
+from plugins.cuda_launcher import i32, launch, load_module, ptr
+from plugins.lsh_attention.spec import Mode
+from plugins.token_fusion.spec import removed_tokens
+from tests._support.kernel_checks import MCTF, TOME, check_scatterbrain, check_token_fusion
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _compiler() -> None:
+    try:
+        host_compiler()
+    except KernelEmulationError as exc:
+        print(f"SKIP: {exc}")
+        pytest.skip(str(exc))
+
+
+@pytest.fixture
+def emulated() -> Any:
+    with emulated_kernels():
+        yield
+
+
+# DeiT-S / T2T-ViT-14 blocks (N = 197, C = 384) at batch 2: MCTF, ToMe, the largest r, a late block
+# (N = 37), the identity, and a channel count that is not a multiple of 4 (the scalar merge path).
+FUSION_CASES = [
+    ("deit_s_mctf_b2", 2, 197, 384, 16, MCTF),
+    ("t2t_vit_14_tome_b2", 2, 197, 384, 16, TOME),
+    ("deit_s_rmax_b2", 2, 197, 384, removed_tokens(197, 0.5), MCTF),
+    ("late_block_b2", 2, 37, 384, 16, MCTF),
+    ("odd_width_b2", 2, 64, 190, 8, MCTF),
+    ("identity_b1", 1, 197, 384, 0, MCTF),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize(
+    ("name", "b", "n", "c", "r", "preset"), FUSION_CASES, ids=[c[0] for c in FUSION_CASES]
+)
+def test_token_fusion_emulated(
+    name: str, b: int, n: int, c: int, r: int, preset: dict[str, Any], dtype: torch.dtype, emulated: None
+) -> None:
+    check_token_fusion(b, n, c, r, preset, dtype, "cpu")
+
+
+# The two T2T token attentions of T2T-ViT-t-14 with Scatterbrain: N = 3136 (c = 24, 2 hashes, m = 12)
+# and N = 784 (c = 6, 2 hashes, m = 3); both N leave a padded last cluster.
+ATTN_CASES = [
+    ("t2t_stage1_b1", 1, 3136, 64, 24, 2, 12, 147**-0.5),
+    ("t2t_stage2_b2", 2, 784, 64, 6, 2, 3, 576**-0.5),
+]
+
+
+@pytest.mark.parametrize("mode", list(Mode), ids=[m.name.lower() for m in Mode])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize(
+    ("name", "b", "n", "e", "c", "r", "m", "scale"), ATTN_CASES, ids=[c[0] for c in ATTN_CASES]
+)
+def test_scatterbrain_emulated(
+    name: str,
+    b: int,
+    n: int,
+    e: int,
+    c: int,
+    r: int,
+    m: int,
+    scale: float,
+    dtype: torch.dtype,
+    mode: Mode,
+    emulated: None,
+) -> None:
+    check_scatterbrain(b, n, e, c, r, m, scale, dtype, mode, "cpu")
+
+
+def test_cpu_tensors_need_the_emulator() -> None:
+    from plugins.token_fusion.cuda import bipartite_matching_cuda
+
+    with pytest.raises(ValueError, match="must be a CUDA tensor"):
+        bipartite_matching_cuda(torch.rand(1, 4, 4), 2)
+    with emulated_kernels():
+        assert load_module("token_fusion").origin == "cpu emulation"
+
+
+# ---- the emulator's own checks, on small kernels of this test ------------------------------------------
+
+SELFTEST = r"""
+#include "cuda_common.cuh"
+using namespace vitrt;
+
+// out[0] = block max of x, out[1 + i] = exclusive prefix sum of counts (block-wide helpers).
+extern "C" __global__ void helpers(const float* x, const int* counts, float* maxout, int* scan, int n) {
+  __shared__ float fscratch[32];
+  __shared__ int iscratch[33];
+  VITRT_DYNAMIC_SHARED(int, data);
+  float m = neg_inf();
+  for (int i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, x[i]);
+  m = block_max(m, fscratch);
+  for (int i = threadIdx.x; i < n; i += blockDim.x) data[i] = counts[i];
+  __syncthreads();
+  const int total = block_exclusive_scan(data, n, iscratch);
+  for (int i = threadIdx.x; i < n; i += blockDim.x) scan[i] = data[i];
+  if (threadIdx.x == 0) {
+    maxout[0] = m;
+    scan[n] = total;
+  }
+}
+
+// Half of warp 0 waits in __syncthreads, the other half in __syncwarp: no thread can proceed.
+extern "C" __global__ void divergent(int* out) {
+  if (threadIdx.x < 16) __syncthreads(); else __syncwarp();
+  out[threadIdx.x] = 1;
+}
+
+// Lane 3 exits, then the warp shuffles with the full mask (undefined behaviour on a GPU).
+extern "C" __global__ void shuffle_after_exit(float* out) {
+  if (threadIdx.x == 3) return;
+  out[threadIdx.x] = warp_sum(1.0f);
+}
+
+// Reads dynamic shared memory nothing wrote.
+extern "C" __global__ void unwritten_shared(float* out) {
+  VITRT_DYNAMIC_SHARED(float, sm);
+  out[threadIdx.x] = sm[threadIdx.x];
+}
+
+// Reads the next thread's slot with no barrier after the writes (the bug the two orders expose).
+extern "C" __global__ void missing_barrier(float* out) {
+  VITRT_DYNAMIC_SHARED(float, sm);
+  sm[threadIdx.x] = (float)threadIdx.x;
+  out[blockIdx.x * blockDim.x + threadIdx.x] = sm[(threadIdx.x + 1) % blockDim.x];
+}
+
+// Writes one float past the dynamic shared memory the launch asked for.
+extern "C" __global__ void shared_overflow(int n) {
+  VITRT_DYNAMIC_SHARED(float, sm);
+  if (threadIdx.x == 0) sm[n] = 1.0f;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def selftest(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    folder = tmp_path_factory.mktemp("emulator")
+    path = folder / "selftest.cu"
+    path.write_text(SELFTEST)
+    return open_emulated(KernelSource("selftest", path), folder)
+
+
+@pytest.mark.parametrize(("n", "threads"), [(1, 32), (200, 64), (1000, 96), (4099, 1024)])
+def test_block_helpers_match_torch(selftest: Any, n: int, threads: int) -> None:
+    x = torch.randn(n)
+    counts = torch.randint(0, 5, (n,), dtype=torch.int32)
+    maxout = torch.full((1,), math.nan)
+    scan = torch.full((n + 1,), -7, dtype=torch.int32)
+    launch(
+        selftest, "helpers", (1, 1, 1), (threads, 1, 1),
+        [ptr(x.data_ptr()), ptr(counts.data_ptr()), ptr(maxout.data_ptr()), ptr(scan.data_ptr()), i32(n)],
+        stream=0, shared_mem=4 * n,
+    )  # fmt: skip
+    assert float(maxout) == float(x.max())
+    expected = torch.cat([torch.zeros(1, dtype=torch.int64), counts.long().cumsum(0)])
+    assert torch.equal(scan.long(), expected)
+
+
+def test_divergent_barriers_are_reported(selftest: Any) -> None:
+    out = torch.zeros(64, dtype=torch.int32)
+    with pytest.raises(KernelEmulationError, match=r"deadlock.*thread \(0,0,0\) in __syncthreads"):
+        launch(selftest, "divergent", (1, 1, 1), (64, 1, 1), [ptr(out.data_ptr())], stream=0)
+
+
+def test_shuffle_after_a_lane_exited_is_reported(selftest: Any) -> None:
+    out = torch.zeros(32)
+    with pytest.raises(KernelEmulationError, match="a lane exited before a full-mask warp operation"):
+        launch(selftest, "shuffle_after_exit", (1, 1, 1), (32, 1, 1), [ptr(out.data_ptr())], stream=0)
+
+
+def test_unwritten_shared_memory_reads_as_nan(selftest: Any) -> None:
+    out = torch.zeros(64)
+    launch(
+        selftest, "unwritten_shared", (2, 1, 1), (64, 1, 1), [ptr(out.data_ptr())], stream=0, shared_mem=256
+    )
+    assert bool(out.isnan().all())
+
+
+def test_shared_memory_beyond_the_smallest_target_is_refused(selftest: Any) -> None:
+    with pytest.raises(KernelEmulationError, match="more than the 101376"):
+        launch(selftest, "shared_overflow", (1, 1, 1), (32, 1, 1), [i32(0)], stream=0, shared_mem=100 * 1024)
+
+
+def test_shared_memory_overflow_crashes(selftest: Any) -> None:
+    # In a child process: the guard page after the dynamic shared memory turns the write past its end
+    # into SIGSEGV, while the last float inside is fine.
+    code = textwrap.dedent(
+        f"""
+        import ctypes, sys
+        lib = ctypes.CDLL({selftest.library._name!r})
+        n = ctypes.c_int32(int(sys.argv[1]))
+        params = (ctypes.c_void_p * 1)(ctypes.addressof(n))
+        err = ctypes.create_string_buffer(256)
+        dims = (ctypes.c_uint * 3)(1, 1, 1), (ctypes.c_uint * 3)(32, 1, 1)
+        print("rc", lib.vitrt_emu_launch(b"shared_overflow", *dims, ctypes.c_size_t(4096), params, err, 256))
+        """
+    )
+    inside = subprocess.run([sys.executable, "-c", code, "1023"], capture_output=True, text=True)
+    assert inside.returncode == 0 and "rc 0" in inside.stdout, inside.stderr
+    past = subprocess.run([sys.executable, "-c", code, "1024"], capture_output=True, text=True)
+    assert past.returncode < 0, f"no crash: {past.stdout} {past.stderr}"
+
+
+def test_a_missing_barrier_changes_the_results(selftest: Any) -> None:
+    # Every thread writes its slot, then (without __syncthreads) reads the next one: a correct kernel
+    # gives (t + 1) % 64 everywhere. Block 0 (threads in increasing order) reads poison in all but the
+    # last thread, block 1 (decreasing order) in the last thread only: both orders expose the bug.
+    out = torch.zeros(2, 64)
+    launch(
+        selftest, "missing_barrier", (2, 1, 1), (64, 1, 1), [ptr(out.data_ptr())], stream=0, shared_mem=256
+    )
+    assert bool(out[0, :63].isnan().all()) and float(out[0, 63]) == 0.0
+    assert torch.equal(out[1, :63], torch.arange(1.0, 64.0)) and bool(out[1, 63].isnan())
