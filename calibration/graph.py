@@ -9,8 +9,8 @@ is where TensorRT fuses it into the layer's int8 kernel (and ONNX Runtime into M
 A candidate layer stays float, with the reason recorded, when:
 
 - its name or label matches an ``exclude`` pattern (``fnmatch``, e.g. ``blocks.0.*`` or
-  ``head/Gemm_1``; the label restores the module path of a Linear that onnxsim fused into a Gemm,
-  see ``layer_label``);
+  ``head/Gemm_1``; the label restores the module path where a node name lacks it, see
+  ``layer_label``);
 - an activation input is an input or output of a custom-domain node (vitrt's TokenFusion,
   ScatterbrainAttention), looking through pure data-movement ops (Reshape, Transpose, ...): plugin
   nodes stay opaque and float, and TensorRT would otherwise try to fuse the Q into the plugin;
@@ -285,8 +285,9 @@ def mask_span(index: GraphIndex) -> dict[str, str]:
 def layer_label(node: NodeProto) -> str:
     """The node name with a module path: the name itself when it has one (``blocks.3.attn.qkv/
     MatMul_1``), else ``<module>/<name>`` with the module read off a parameter name
-    (``blocks.3.attn.qkv.bias`` -> ``blocks.3.attn.qkv/Gemm_1``): onnxsim's MatMul + Add -> Gemm
-    fusion of a Linear with bias renames the node and drops the path that ``name_nodes`` gave it."""
+    (``blocks.3.attn.qkv.bias`` -> ``blocks.3.attn.qkv/Gemm_1``). vitrt's own exports name every node
+    with its module path (tests/compiler/test_export.py checks it); this serves ONNX files from other
+    exporters, where an optimiser's MatMul + Add -> Gemm fusion of a Linear leaves names like Gemm_34."""
     if "/" in node.name:
         return node.name
     for tensor in node.input[1:]:
