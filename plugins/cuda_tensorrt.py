@@ -3,9 +3,9 @@ dataclass (created from ONNX node attributes, serialised into engines), the capa
 are the same for every op, and registration.
 
 Each op folder's ``tensorrt_plugin.py`` defines its ``IPluginV3`` class (with ``IPluginV3OneCore``,
-``IPluginV3OneBuild``, ``IPluginV3OneRuntime``) and its ``IPluginCreatorV3One`` inside a cached
-factory function, because the base classes only exist once ``tensorrt`` is imported and every vitrt
-module must import without it. Names, versions, namespaces and field names come from the op's spec.
+``IPluginV3OneBuild``, ``IPluginV3OneRuntime``) inside a cached factory function, with its
+``IPluginCreatorV3One`` from ``creator_class``, because the base classes only exist once ``tensorrt``
+is imported and every vitrt module must import without it. Names, versions, namespaces and field names come from the op's spec.
 
 The TensorRT ONNX parser (onnx-tensorrt ``loadFields``) turns a node's INT attributes into INT32
 plugin fields and FLOAT attributes into FLOAT32 fields, for the field names the creator declares; the
@@ -181,6 +181,33 @@ class PluginCommon:
     def attach_to_context(self, resource_context: Any) -> Any:
         """A fresh copy per execution context (kernels are loaded per CUDA context by the launcher)."""
         return self.clone()
+
+
+def creator_class(
+    plugin: type[trt.IPluginV3], attrs_type: type, name: str, version: str, namespace: str
+) -> type[trt.IPluginCreatorV3One]:
+    """The ``IPluginCreatorV3One`` of an op: identity from the spec, ``field_names`` from its attribute
+    dataclass, and ``create_plugin`` = ``plugin(attrs)`` from the fields (an ONNX node's attributes or
+    an engine's serialised fields). ``plugin``'s constructor takes the attributes."""
+    import_tensorrt()
+    import tensorrt as trt
+
+    class Creator(trt.IPluginCreatorV3One):
+        def __init__(self) -> None:
+            trt.IPluginCreatorV3One.__init__(self)
+            self.name = name
+            self.plugin_version = version
+            self.plugin_namespace = namespace
+            self.field_names = field_names(attrs_type)
+
+        def create_plugin(
+            self, name: str, field_collection: trt.PluginFieldCollection_, phase: trt.TensorRTPhase
+        ) -> trt.IPluginV3:
+            return plugin(attrs_from_fields(attrs_type, field_collection))
+
+    Creator.__name__ = Creator.__qualname__ = f"{name}Creator"
+    Creator.__doc__ = f"Creates {name} plugins from ONNX node attributes or serialised engine fields."
+    return Creator
 
 
 _REGISTERED: dict[tuple[int, str], Any] = {}

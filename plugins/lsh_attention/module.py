@@ -43,11 +43,29 @@ HASH_STREAM, PROJECTION_STREAM = 0, 1
 
 
 class _AttentionCore(nn.Module):
-    """What the three cores share: the lowering switch (``plugins.lowering``) and the dispatch to
-    the op's reference or, for the plugin lowering, to the one custom op it exports as."""
+    """What the three cores share: validated hyper-parameters, the seeded fixed tensors their mode
+    needs (``hash_vectors`` when sparse, ``projection`` when low rank), the op attributes, the lowering
+    switch (``plugins.lowering``) and the dispatch to the op's reference or, for the plugin lowering,
+    to the one custom op it exports as."""
 
     MODE: Mode
     lowering = "eager"
+    cluster_size = n_hashes = n_features = 0  # 0: not used by this core's mode
+
+    def _init_core(
+        self, head_dim: int, seed: int, cluster_size: int = 0, n_hashes: int = 0, n_features: int = 0
+    ) -> None:
+        self.head_dim = _positive_int("head_dim", head_dim)
+        self.seed = seed
+        if self.MODE != Mode.PERFORMER:
+            self.cluster_size = _positive_int("cluster_size", cluster_size)
+            self.n_hashes = _positive_int("n_hashes", n_hashes)
+            hv = draw_hash_vectors(n_hashes, head_dim, seeded_generator(seed, HASH_STREAM))
+            self.register_buffer("hash_vectors", hv)
+        if self.MODE != Mode.LSH:
+            self.n_features = _features(n_features)
+            proj = draw_projection(n_features // 2, head_dim, seeded_generator(seed, PROJECTION_STREAM))
+            self.register_buffer("projection", proj)
 
     def set_lowering(self, lowering: str) -> None:
         """Pick how the op is expressed for export: "eager"/"portable" trace the reference, "plugin"
@@ -56,7 +74,16 @@ class _AttentionCore(nn.Module):
 
     def attrs(self, scale: float) -> ScatterbrainAttrs:
         """The op attributes of this core for a layer with softmax scale ``scale``."""
-        raise NotImplementedError
+        return ScatterbrainAttrs(self.MODE, self.cluster_size, self.n_hashes, self.n_features, float(scale))
+
+    def extra_repr(self) -> str:
+        used = [
+            ("cluster_size", self.cluster_size),
+            ("n_hashes", self.n_hashes),
+            ("n_features", self.n_features),
+        ]
+        parts = [f"head_dim={self.head_dim}", *(f"{k}={v}" for k, v in used if v), f"seed={self.seed}"]
+        return ", ".join(parts)
 
     def _run(self, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
         hash_vectors: Tensor | None = getattr(self, "hash_vectors", None)
@@ -112,28 +139,7 @@ class ScatterbrainAttention(_AttentionCore):
         self, head_dim: int, *, cluster_size: int, n_hashes: int, n_features: int, seed: int = 0
     ) -> None:
         super().__init__()
-        self.head_dim = _positive_int("head_dim", head_dim)
-        self.cluster_size = _positive_int("cluster_size", cluster_size)
-        self.n_hashes = _positive_int("n_hashes", n_hashes)
-        self.n_features = _features(n_features)
-        self.seed = seed
-        self.register_buffer(
-            "hash_vectors", draw_hash_vectors(n_hashes, head_dim, seeded_generator(seed, HASH_STREAM))
-        )
-        self.register_buffer(
-            "projection",
-            draw_projection(n_features // 2, head_dim, seeded_generator(seed, PROJECTION_STREAM)),
-        )
-
-    def attrs(self, scale: float) -> ScatterbrainAttrs:
-        """The op attributes of this core for a layer with softmax scale ``scale``."""
-        return ScatterbrainAttrs(self.MODE, self.cluster_size, self.n_hashes, self.n_features, float(scale))
-
-    def extra_repr(self) -> str:
-        return (
-            f"head_dim={self.head_dim}, cluster_size={self.cluster_size}, n_hashes={self.n_hashes}, "
-            f"n_features={self.n_features}, seed={self.seed}"
-        )
+        self._init_core(head_dim, seed, cluster_size, n_hashes, n_features)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
         """q, k [B, H, N, E], v [B, H, N, Dv], softmax scale -> [B, H, N, Dv] (``scatterbrain_attention``)."""
@@ -156,23 +162,7 @@ class LSHAttention(_AttentionCore):
 
     def __init__(self, head_dim: int, *, cluster_size: int, n_hashes: int, seed: int = 0) -> None:
         super().__init__()
-        self.head_dim = _positive_int("head_dim", head_dim)
-        self.cluster_size = _positive_int("cluster_size", cluster_size)
-        self.n_hashes = _positive_int("n_hashes", n_hashes)
-        self.seed = seed
-        self.register_buffer(
-            "hash_vectors", draw_hash_vectors(n_hashes, head_dim, seeded_generator(seed, HASH_STREAM))
-        )
-
-    def attrs(self, scale: float) -> ScatterbrainAttrs:
-        """The op attributes of this core for a layer with softmax scale ``scale``."""
-        return ScatterbrainAttrs(self.MODE, self.cluster_size, self.n_hashes, 0, float(scale))
-
-    def extra_repr(self) -> str:
-        return (
-            f"head_dim={self.head_dim}, cluster_size={self.cluster_size}, n_hashes={self.n_hashes}, "
-            f"seed={self.seed}"
-        )
+        self._init_core(head_dim, seed, cluster_size=cluster_size, n_hashes=n_hashes)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
         """q, k [B, H, N, E], v [B, H, N, Dv], softmax scale -> [B, H, N, Dv] (see ``lsh_attention``)."""
@@ -194,20 +184,7 @@ class PerformerAttention(_AttentionCore):
 
     def __init__(self, head_dim: int, *, n_features: int, seed: int = 0) -> None:
         super().__init__()
-        self.head_dim = _positive_int("head_dim", head_dim)
-        self.n_features = _features(n_features)
-        self.seed = seed
-        self.register_buffer(
-            "projection",
-            draw_projection(n_features // 2, head_dim, seeded_generator(seed, PROJECTION_STREAM)),
-        )
-
-    def attrs(self, scale: float) -> ScatterbrainAttrs:
-        """The op attributes of this core for a layer with softmax scale ``scale``."""
-        return ScatterbrainAttrs(self.MODE, 0, 0, self.n_features, float(scale))
-
-    def extra_repr(self) -> str:
-        return f"head_dim={self.head_dim}, n_features={self.n_features}, seed={self.seed}"
+        self._init_core(head_dim, seed, n_features=n_features)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
         """q, k [B, H, N, E], v [B, H, N, Dv], softmax scale -> [B, H, N, Dv] (``performer_attention``)."""

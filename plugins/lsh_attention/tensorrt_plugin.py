@@ -19,7 +19,7 @@ from __future__ import annotations
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from plugins.cuda_tensorrt import PluginCommon, attrs_from_fields, dtype_name, field_names, import_tensorrt
+from plugins.cuda_tensorrt import PluginCommon, creator_class, dtype_name, import_tensorrt
 
 from .cuda import AttentionDims, enqueue, workspace_bytes
 from .spec import OUTPUT_NAMES, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION, Mode, ScatterbrainAttrs
@@ -120,22 +120,10 @@ def plugin_classes() -> tuple[type[trt.IPluginV3], type[trt.IPluginCreatorV3One]
                 stream,
             )
 
-    class ScatterbrainCreator(trt.IPluginCreatorV3One):
-        """Creates ScatterbrainAttention plugins from ONNX node attributes or serialised engine fields."""
-
-        def __init__(self) -> None:
-            trt.IPluginCreatorV3One.__init__(self)
-            self.name = PLUGIN_NAME
-            self.plugin_version = PLUGIN_VERSION
-            self.plugin_namespace = PLUGIN_NAMESPACE
-            self.field_names = field_names(ScatterbrainAttrs)
-
-        def create_plugin(
-            self, name: str, field_collection: trt.PluginFieldCollection_, phase: trt.TensorRTPhase
-        ) -> trt.IPluginV3:
-            return ScatterbrainPlugin(attrs_from_fields(ScatterbrainAttrs, field_collection))
-
-    return ScatterbrainPlugin, ScatterbrainCreator
+    creator = creator_class(
+        ScatterbrainPlugin, ScatterbrainAttrs, PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE
+    )
+    return ScatterbrainPlugin, creator
 
 
 def create_creator() -> trt.IPluginCreatorV3One:

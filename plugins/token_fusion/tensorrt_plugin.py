@@ -18,7 +18,7 @@ from __future__ import annotations
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from plugins.cuda_tensorrt import PluginCommon, attrs_from_fields, dtype_name, field_names, import_tensorrt
+from plugins.cuda_tensorrt import PluginCommon, creator_class, dtype_name, import_tensorrt
 
 from .cuda import FusionDims, enqueue, workspace_bytes
 from .spec import INPUT_NAMES, OUTPUT_NAMES, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION, TokenFusionAttrs
@@ -93,22 +93,10 @@ def plugin_classes() -> tuple[type[trt.IPluginV3], type[trt.IPluginCreatorV3One]
                 dtype_name(trt, input_desc[0].type), stream,
             )  # fmt: skip
 
-    class TokenFusionCreator(trt.IPluginCreatorV3One):
-        """Creates TokenFusion plugins from ONNX node attributes or serialised engine fields."""
-
-        def __init__(self) -> None:
-            trt.IPluginCreatorV3One.__init__(self)
-            self.name = PLUGIN_NAME
-            self.plugin_version = PLUGIN_VERSION
-            self.plugin_namespace = PLUGIN_NAMESPACE
-            self.field_names = field_names(TokenFusionAttrs)
-
-        def create_plugin(
-            self, name: str, field_collection: trt.PluginFieldCollection_, phase: trt.TensorRTPhase
-        ) -> trt.IPluginV3:
-            return TokenFusionPlugin(attrs_from_fields(TokenFusionAttrs, field_collection))
-
-    return TokenFusionPlugin, TokenFusionCreator
+    creator = creator_class(
+        TokenFusionPlugin, TokenFusionAttrs, PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE
+    )
+    return TokenFusionPlugin, creator
 
 
 def create_creator() -> trt.IPluginCreatorV3One:
