@@ -158,6 +158,14 @@ def _cmd_plugins_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import diagnose, report, to_json
+
+    findings = diagnose()
+    print(to_json(findings) if args.json else report(findings))
+    return 0
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a model name (see `vitrt list-models`)")
     p.add_argument("--img-size", type=int, default=224, help="square input side in pixels (default 224)")
@@ -283,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--jobs", type=int, default=2, help="nvcc processes at once (default 2)")
     q.add_argument("--force", action="store_true", help="rebuild even when the cached build key matches")
     q.set_defaults(func=_cmd_plugins_build)
+
+    p = sub.add_parser("doctor", help="what this machine has for each stage, and how to add what is missing")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_cmd_doctor)
 
     p = sub.add_parser("demo", help="the CPU pipeline on one model: export, verify, INT8, latency")
     p.add_argument("--model", default="t2t_vit_7", help="model name (default t2t_vit_7)")

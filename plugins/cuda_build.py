@@ -190,6 +190,22 @@ def build_fatbin(
     return BuildResult(source, out, cached=False, seconds=seconds)
 
 
+def fatbin_is_current(source: KernelSource, out_dir: Path | None = None) -> bool | None:
+    """Whether ``source``'s fatbin was built from the current sources with this machine's nvcc and the
+    architectures recorded beside it: True / False, or None where that cannot be told (no fatbin, no
+    build record, or no CUDA toolkit)."""
+    out = fatbin_path(source.name, out_dir)
+    meta = out.with_name(out.name + ".json")
+    try:
+        record = json.loads(meta.read_text())
+        home = find_cuda_home()
+    except (OSError, json.JSONDecodeError, VitrtError):
+        return None
+    if not out.is_file():
+        return None
+    return bool(record.get("key") == _build_key(source, nvcc_version(home), record["archs"], record["ptx"]))
+
+
 @contextlib.contextmanager
 def build_lock(folder: Path) -> Iterator[None]:
     """An exclusive lock on ``folder`` across processes (pytest-xdist workers, parallel builds), so that

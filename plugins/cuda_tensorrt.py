@@ -5,7 +5,8 @@ are the same for every op, and registration.
 Each op folder's ``tensorrt_plugin.py`` defines its ``IPluginV3`` class (with ``IPluginV3OneCore``,
 ``IPluginV3OneBuild``, ``IPluginV3OneRuntime``) inside a cached factory function, with its
 ``IPluginCreatorV3One`` from ``creator_class``, because the base classes only exist once ``tensorrt``
-is imported and every vitrt module must import without it. Names, versions, namespaces and field names come from the op's spec.
+is imported and every vitrt module must import without it. Names, versions, namespaces and field
+names come from the op's spec.
 
 The TensorRT ONNX parser (onnx-tensorrt ``loadFields``) turns a node's INT attributes into INT32
 plugin fields and FLOAT attributes into FLOAT32 fields, for the field names the creator declares; the
