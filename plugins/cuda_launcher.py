@@ -413,11 +413,11 @@ def aligned_layout(sizes: dict[str, int]) -> dict[str, int]:
 
 
 def check_kernel_tensor(name: str, t: Tensor, device: Any) -> None:
-    """Raise ValueError unless ``t`` can feed the kernels: a CUDA tensor on ``device`` (a CPU tensor while
-    emulating)."""
-    ok = t.is_cuda or (emulating() and t.device.type == "cpu")
+    """Raise ValueError unless ``t`` can feed the kernels: a CUDA tensor on ``device``, or while emulating
+    a CPU tensor (the emulator dereferences host addresses: a CUDA tensor there would crash it)."""
+    ok = t.device.type == "cpu" if emulating() else t.is_cuda
     if not ok or t.device != device:
-        where = "a CUDA tensor" + (" (or a CPU one: kernels are emulated)" if emulating() else "")
+        where = "a CPU tensor (kernels are emulated)" if emulating() else "a CUDA tensor"
         raise ValueError(f"{name} must be {where} on {device}, got device {t.device}")
 
 
