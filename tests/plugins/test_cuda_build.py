@@ -140,7 +140,11 @@ def test_the_image_the_driver_runs(capability: tuple[int, int], expected: Fatbin
     assert compatible_image(entries, capability) == expected
 
 
-def test_launcher_needs_cuda_python_only_when_called() -> None:
+def test_launcher_errors_name_the_missing_piece() -> None:
+    # cuda-python is needed only when a kernel is launched, and without a driver the first CUDA call
+    # says so (CI has cuda-python but no GPU).
+    import torch
+
     from plugins import cuda_launcher
 
     try:
@@ -148,8 +152,11 @@ def test_launcher_needs_cuda_python_only_when_called() -> None:
     except ImportError:
         with pytest.raises(VitrtError, match="pip install cuda-python"):
             cuda_launcher.cuda_driver()
-    else:
-        pytest.skip("cuda-python is installed here")
+        return
+    if torch.cuda.is_available():
+        pytest.skip("a GPU and its driver are present here")
+    with pytest.raises(cuda_launcher.CudaError, match="cuInit failed"):
+        cuda_launcher.current_context()
 
 
 def test_tensorrt_glue_reports_a_missing_tensorrt() -> None:
