@@ -142,7 +142,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 def _cmd_plugins_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from plugins.cuda_build import DEFAULT_ARCHS, build_fatbins, fatbin_archs
+    from plugins.cuda_build import DEFAULT_ARCHS, build_fatbins, fatbin_archs, kernel_resources
 
     results = build_fatbins(
         Path(args.out) if args.out else None,
@@ -155,6 +155,13 @@ def _cmd_plugins_build(args: argparse.Namespace) -> int:
         cubins, ptx = fatbin_archs(r.path)
         how = "cached" if r.cached else f"built in {r.seconds:.1f} s"
         print(f"{r.path} ({how}): cubin {' '.join(cubins)}; ptx {' '.join(ptx) or '-'}")
+        for arch, kernels in kernel_resources(r.source.name, Path(args.out) if args.out else None).items():
+            top = max(kernels, key=lambda k: kernels[k].get("registers", 0))
+            spills = [k for k, u in kernels.items() if u.get("spill_stores", 0) or u.get("spill_loads", 0)]
+            print(
+                f"  {arch}: at most {kernels[top].get('registers')} registers/thread ({top}); "
+                + (f"SPILLS in {', '.join(spills)}" if spills else "no spills")
+            )
     return 0
 
 

@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -44,9 +45,10 @@ DEFAULT_BUILD_DIR = ROOT / "build" / "plugins"
 DEFAULT_ARCHS = ("sm_87", "sm_90", "sm_100", "sm_110", "sm_120")
 PTX_ARCH = "compute_80"
 COMMON_HEADER = PLUGINS_DIR / "cuda_common.cuh"
-NVCC_FLAGS = ("-O3", "--std=c++17", "-lineinfo")
+NVCC_FLAGS = ("-O3", "--std=c++17", "-lineinfo", "--resource-usage")
 """No --use_fast_math: the kernels rely on IEEE division, sqrt, expf and logf to stay within 1e-4 of
-the float32 reference and to make the same matching decisions."""
+the float32 reference and to make the same matching decisions. --resource-usage: ptxas reports each
+kernel's registers, stack, spills and static shared memory per architecture (``kernel_resources``)."""
 
 FATBIN_MAGIC = 0xBA55ED50
 _KIND_PTX, _KIND_ELF = 1, 2
@@ -186,8 +188,50 @@ def build_fatbin(
         tmp.unlink(missing_ok=True)
         raise VitrtError(f"nvcc failed on {source.path} ({' '.join(cmd)}):\n{proc.stderr}{proc.stdout}")
     os.replace(tmp, out)  # atomic: a reader never sees half a fatbin
-    meta.write_text(json.dumps({"key": key, "archs": list(archs), "ptx": ptx, "seconds": round(seconds, 2)}))
+    record = {
+        "key": key,
+        "archs": list(archs),
+        "ptx": ptx,
+        "seconds": round(seconds, 2),
+        "resources": parse_resource_usage(proc.stdout + proc.stderr),
+    }
+    meta.write_text(json.dumps(record, indent=1))
     return BuildResult(source, out, cached=False, seconds=seconds)
+
+
+_ENTRY = re.compile(r"Compiling entry function '(\w+)' for '(sm_\d+)'")
+_PROPERTIES = re.compile(r"Function properties for (\w+)")
+_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_USED = re.compile(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")
+
+
+def parse_resource_usage(log: str) -> dict[str, dict[str, dict[str, int]]]:
+    """ptxas's ``--resource-usage`` report as {arch: {kernel: {"registers", "stack_bytes", "spill_stores",
+    "spill_loads", "static_smem_bytes"}}} (bytes; registers per thread). Cubin targets only: the PTX
+    target has no register allocation."""
+    usage: dict[str, dict[str, dict[str, int]]] = {}
+    current: dict[str, int] | None = None
+    kernel = ""
+    for line in log.splitlines():
+        if m := _ENTRY.search(line):
+            kernel = m.group(1)
+            current = usage.setdefault(m.group(2), {}).setdefault(kernel, {})
+        elif (m := _PROPERTIES.search(line)) and m.group(1) != kernel:
+            current = None  # another architecture's report interleaved (parallel ptxas): skip it
+        elif current is not None and (m := _FRAME.search(line)):
+            current.update(stack_bytes=int(m[1]), spill_stores=int(m[2]), spill_loads=int(m[3]))
+        elif current is not None and (m := _USED.search(line)):
+            current.update(registers=int(m[1]), static_smem_bytes=int(m[2] or 0))
+    return usage
+
+
+def kernel_resources(name: str, out_dir: Path | None = None) -> dict[str, dict[str, dict[str, int]]]:
+    """The resource usage recorded when source ``name``'s fatbin was built ({} for an older build)."""
+    meta = fatbin_path(name, out_dir).with_name(f"{name}.fatbin.json")
+    try:
+        return dict(json.loads(meta.read_text()).get("resources", {}))
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def fatbin_is_current(source: KernelSource, out_dir: Path | None = None) -> bool | None:

@@ -4,7 +4,8 @@ TensorRT plugin's ``enqueue`` does) or on torch CUDA tensors (``token_fusion_cud
 Same function as ``reference.token_fusion`` (see ``spec`` for the contract); x, metric, info and size
 share one dtype (float32 or float16; the ONNX schema's T), ``dest`` is int64. Four launches:
 prepare (norms, factors, pooling weights), scores (A x B, float32), match (bipartite matching -> dest
-and each output slot's members), merge (weighted means). The workspace holds the float32 score matrix
+and each output slot's members), merge (weighted means); for r = 0 match (dest = arange) and copy. The
+workspace holds the float32 score matrix
 and the per-token vectors: ``workspace_bytes`` = 4 (5 N + Na Nb + N_out + 1) B bytes, rounded up per
 region.
 
@@ -39,12 +40,17 @@ SOURCE = "token_fusion"
 SUFFIX = {"float32": "f32", "float16": "f16"}
 """Kernel-name suffix of each supported I/O dtype (torch / numpy dtype names)."""
 KERNELS = (
-    *(f"vitrt_tf_{stage}_{sfx}" for stage in ("prepare", "scores", "merge") for sfx in SUFFIX.values()),
+    *(
+        f"vitrt_tf_{stage}_{sfx}"
+        for stage in ("prepare", "scores", "merge", "copy")
+        for sfx in SUFFIX.values()
+    ),
     "vitrt_tf_match",
 )
 """Every kernel this module launches (the build test checks each is in the fatbin)."""
 _THREADS = 256
 _SLOTS_PER_BLOCK = _THREADS // 32  # merge: one warp per output slot
+_COPY_BLOCKS = 1024  # identity copy: grid-stride loops beyond this many blocks
 
 
 @dataclass(frozen=True)
@@ -183,6 +189,19 @@ def enqueue(
     else:
         scores = 0  # identity: the match kernel only writes arange
     enqueue_match(scores, dest, workspace, d, attrs.bidirectional, stream)
+    if d.r == 0:
+        nx, ns = d.batch * d.tokens * d.channels, d.batch * d.tokens
+        if nx >= 2**31:
+            raise ValueError(f"{PLUGIN_NAME}: {nx} elements exceed the kernels' int32 indexing")
+        launch(
+            load_module(SOURCE),
+            f"vitrt_tf_copy_{SUFFIX[dtype]}",
+            (min(-(-nx // _THREADS), _COPY_BLOCKS), 1, 1),
+            (_THREADS, 1, 1),
+            [ptr(x), ptr(size), ptr(x_out), ptr(size_out), i32(nx), i32(ns)],
+            stream,
+        )
+        return
     lay = workspace_layout(d)
     itemsize = 4 if dtype == "float32" else 2
     vec4 = d.channels % 4 == 0 and x % (4 * itemsize) == 0 and x_out % (4 * itemsize) == 0
@@ -193,7 +212,7 @@ def enqueue(
         (_THREADS, 1, 1),
         [ptr(x), ptr(size), ptr(workspace + lay["weight"]), ptr(workspace + lay["slot_start"]),
          ptr(workspace + lay["members"]), ptr(x_out), ptr(size_out), i32(d.tokens), i32(d.n_out),
-         i32(d.channels), i32(vec4), i32(d.r == 0)],
+         i32(d.channels), i32(vec4)],
         stream,
     )  # fmt: skip
 

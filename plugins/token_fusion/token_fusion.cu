@@ -7,6 +7,7 @@
 //   3. vitrt_tf_match         grid (B)                  bidirectional bipartite matching -> dest (int64),
 //                                                       plus each output slot's members (CSR, index order)
 //   4. vitrt_tf_merge_<dt>    grid (N_out/8, B)         weighted mean of every group, sizes summed
+//      (r = 0: vitrt_tf_match writes dest = arange and vitrt_tf_copy_<dt> copies x and size instead)
 //
 // <dt> is f32 or f16 (the dtype of x, metric, info, size and of the outputs; float16 travels as raw bits).
 // All arithmetic is float32. Shapes: x [B, N, C], metric [B, N, Cm], info/size [B, N]; set A = even token
@@ -165,23 +166,18 @@ __device__ __forceinline__ void store4<half_bits>(half_bits* p, const float* in)
 }
 
 // One warp per output slot: x_out[s] = sum_i(x_i * w_i) / max(sum_i w_i, 1e-12) over the slot's members
-// in increasing index order; size_out[s] = sum_i size_i. identity (r = 0): plain copies, as the
-// reference returns x and size themselves.
+// in increasing index order; size_out[s] = sum_i size_i. (r = 0 is vitrt_tf_copy: an identity copy in
+// this kernel made ptxas spill on sm_100 / sm_120.)
 template <typename T>
 __device__ void merge(const T* __restrict__ x, const T* __restrict__ size, const float* __restrict__ weight,
                       const int* __restrict__ slot_start, const int* __restrict__ members, T* __restrict__ x_out,
-                      T* __restrict__ size_out, int N, int N_out, int C, int vec4, int identity) {
+                      T* __restrict__ size_out, int N, int N_out, int C, int vec4) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int s = blockIdx.x * (blockDim.x >> 5) + warp;
   const int b = blockIdx.y;
   if (s >= N_out) return;
   const T* xb = x + (int64)b * N * C;
   T* ob = x_out + ((int64)b * N_out + s) * C;
-  if (identity) {
-    for (int c = lane; c < C; c += 32) ob[c] = xb[(int64)s * C + c];
-    if (lane == 0) size_out[(int64)b * N_out + s] = size[(int64)b * N + s];
-    return;
-  }
   const int* sl = slot_start + (int64)b * (N_out + 1);
   const int* mem = members + (int64)b * N;
   const float* wb = weight + (int64)b * N;
@@ -219,6 +215,16 @@ __device__ void merge(const T* __restrict__ x, const T* __restrict__ size, const
       ob[c] = from_float<T>(acc / den);
     }
   }
+}
+
+// r = 0 (the spec's identity): x_out = x and size_out = size as plain copies of nx and ns elements, as
+// the reference returns its inputs themselves. Grid-stride loops.
+template <typename T>
+__device__ void copy(const T* __restrict__ x, const T* __restrict__ size, T* __restrict__ x_out,
+                     T* __restrict__ size_out, int nx, int ns) {
+  const int stride = gridDim.x * blockDim.x;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < nx; i += stride) x_out[i] = x[i];
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < ns; i += stride) size_out[i] = size[i];
 }
 
 }  // namespace
@@ -381,13 +387,22 @@ extern "C" __global__ void __launch_bounds__(256)
 
 extern "C" __global__ void __launch_bounds__(256)
     vitrt_tf_merge_f32(const float* x, const float* size, const float* weight, const int* slot_start,
-                       const int* members, float* x_out, float* size_out, int N, int N_out, int C, int vec4,
-                       int identity) {
-  merge<float>(x, size, weight, slot_start, members, x_out, size_out, N, N_out, C, vec4, identity);
+                       const int* members, float* x_out, float* size_out, int N, int N_out, int C, int vec4) {
+  merge<float>(x, size, weight, slot_start, members, x_out, size_out, N, N_out, C, vec4);
 }
 extern "C" __global__ void __launch_bounds__(256)
     vitrt_tf_merge_f16(const half_bits* x, const half_bits* size, const float* weight, const int* slot_start,
                        const int* members, half_bits* x_out, half_bits* size_out, int N, int N_out, int C,
-                       int vec4, int identity) {
-  merge<half_bits>(x, size, weight, slot_start, members, x_out, size_out, N, N_out, C, vec4, identity);
+                       int vec4) {
+  merge<half_bits>(x, size, weight, slot_start, members, x_out, size_out, N, N_out, C, vec4);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    vitrt_tf_copy_f32(const float* x, const float* size, float* x_out, float* size_out, int nx, int ns) {
+  copy<float>(x, size, x_out, size_out, nx, ns);
+}
+extern "C" __global__ void __launch_bounds__(256) vitrt_tf_copy_f16(const half_bits* x, const half_bits* size,
+                                                                    half_bits* x_out, half_bits* size_out,
+                                                                    int nx, int ns) {
+  copy<half_bits>(x, size, x_out, size_out, nx, ns);
 }

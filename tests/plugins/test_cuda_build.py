@@ -24,7 +24,9 @@ from plugins.cuda_build import (
     fatbin_archs,
     fatbin_entries,
     find_cuda_home,
+    kernel_resources,
     kernel_sources,
+    parse_resource_usage,
 )
 from plugins.cuda_launcher import compatible_image
 
@@ -65,14 +67,46 @@ def test_every_listed_architecture_has_a_cubin(fatbins: dict[str, Path]) -> None
             assert listed == list(DEFAULT_ARCHS), name
 
 
+KERNEL_MODULES = {"token_fusion": "plugins.token_fusion.cuda", "scatterbrain": "plugins.lsh_attention.cuda"}
+
+
 def test_every_launched_kernel_is_in_the_fatbin(fatbins: dict[str, Path]) -> None:
-    for pkg, source in (
-        ("plugins.token_fusion.cuda", "token_fusion"),
-        ("plugins.lsh_attention.cuda", "scatterbrain"),
-    ):
+    for source, pkg in KERNEL_MODULES.items():
         data = fatbins[source].read_bytes()
         for kernel in importlib.import_module(pkg).KERNELS:
             assert kernel.encode() + b"\0" in data, f"{kernel} missing from {source}.fatbin"
+
+
+def test_no_kernel_spills_registers_on_any_architecture(fatbins: dict[str, Path]) -> None:
+    # ptxas's report, recorded at build time: a spill or a stack frame would put per-thread data in
+    # local (DRAM-backed) memory, and __launch_bounds__ would have forced it where the block size
+    # does not fit the register file.
+    for name in fatbins:
+        usage = kernel_resources(name)
+        assert sorted(usage) == sorted(DEFAULT_ARCHS), name
+        for arch, kernels in usage.items():
+            assert len(kernels) == len(importlib.import_module(KERNEL_MODULES[name]).KERNELS), (name, arch)
+            for kernel, u in kernels.items():
+                assert u["spill_stores"] == u["spill_loads"] == u["stack_bytes"] == 0, (arch, kernel, u)
+                assert 0 < u["registers"] <= 255, (arch, kernel, u)
+
+
+def test_resource_usage_parser_skips_interleaved_reports() -> None:
+    log = """ptxas info    : Compiling entry function 'a' for 'sm_90'
+ptxas info    : Function properties for a
+    0 bytes stack frame, 8 bytes spill stores, 4 bytes spill loads
+ptxas info    : Used 64 registers, used 1 barriers, 8448 bytes smem, 416 bytes cmem[0]
+ptxas info    : Compiling entry function 'b' for 'sm_87'
+ptxas info    : Function properties for a
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 40 registers, used 0 barriers, 428 bytes cmem[0]
+"""
+    assert parse_resource_usage(log) == {
+        "sm_90": {
+            "a": dict(stack_bytes=0, spill_stores=8, spill_loads=4, registers=64, static_smem_bytes=8448)
+        },
+        "sm_87": {"b": {}},
+    }
 
 
 def test_a_rebuild_is_cached(fatbins: dict[str, Path]) -> None:
