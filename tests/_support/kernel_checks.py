@@ -17,6 +17,7 @@ given the same decisions, and every output element must be written (outputs are 
 from __future__ import annotations
 
 import math
+import random
 from typing import Any
 
 import pytest
@@ -212,3 +213,91 @@ def check_scatterbrain(
     # and bounded here at 3 % of the rows.
     assert float(ok.float().mean()) >= 0.97, f"{float(ok.float().mean()):.4f} of the rows agree end to end"
     assert p >= n
+
+
+# ---- randomised configurations (edge cases beyond the models' shapes) --------------------------------
+
+
+def check_random_fusion(seed: int, device: str) -> None:
+    """One random TokenFusion configuration (N from 12 to 300 incl. odd, C and Cm independent and not
+    multiples of 4, 0-2 protected tokens, any r up to the cap, every pooling, one-way or bidirectional,
+    temperatures incl. disabled factors), checked given the kernel's own decisions: the matching equals
+    the reference's on the kernel's scores, the merges equal the reference's for the kernel's groups.
+    Similarity stays enabled: without it scores tie exactly and the reference's order among exact ties
+    is torch's unstable argsort (the kernel ranks ties by index, like ONNX TopK)."""
+    from plugins.token_fusion.cuda import fusion_scores_cuda, token_fusion_cuda
+    from plugins.token_fusion.spec import removed_tokens
+
+    rng = random.Random(seed)
+    n = rng.choice([12, 13, 21, 37, 64, 65, 197, 257, 300])
+    c, cm, p, b = (
+        rng.choice([4, 7, 32, 190]),
+        rng.choice([16, 33, 64]),
+        rng.choice([0, 1, 2]),
+        rng.choice([1, 3]),
+    )
+    attrs = TokenFusionAttrs(
+        r=rng.randint(0, removed_tokens(n, n, p)), num_protected=p, tau_sim=rng.choice([0.5, 1.0, 2.0]),
+        tau_info=rng.choice([0.0, 1.0, 20.0]), tau_size=rng.choice([0.0, 3.0, 40.0]),
+        bidirectional=rng.choice([0, 1]), pooling=int(rng.choice(list(Pooling))),
+    )  # fmt: skip
+    dtype = rng.choice([torch.float32, torch.float16])
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(b, n, c, device=device, generator=g).to(dtype)
+    metric = torch.randn(b, n, cm, device=device, generator=g).to(dtype)
+    info = (torch.rand(b, n, device=device, generator=g) / n + 1e-4).to(dtype)
+    size = torch.randint(1, 5, (b, n), device=device, generator=g).float().to(dtype)
+    what = f"seed {seed}: {attrs}, N={n} C={c} Cm={cm} B={b} {dtype}"
+
+    x_f, size_f, dest = token_fusion_cuda(x, metric, info, size, attrs)
+    _synchronize(x_f)
+    if attrs.r == 0:
+        assert torch.equal(x_f, x) and torch.equal(size_f, size), what
+        return
+    scores = fusion_scores_cuda(metric, info, size, attrs)
+    assert torch.equal(tf_ref.bipartite_matching(scores, attrs.r, bool(attrs.bidirectional)), dest), what
+    weight = tf_ref.pooling_weights(info, size, attrs.pooling)
+    _close(x_f, tf_ref.merge_tokens(x, dest, weight, n - attrs.r), dtype, what)
+    _close(size_f, tf_ref.merge_sizes(size, dest, n - attrs.r), dtype, what)
+
+
+def check_random_attention(seed: int, device: str) -> None:
+    """One random ScatterbrainAttention configuration (any mode; N from 1 to 300, also below one cluster;
+    E, Dv independent; 1-2 heads; cluster sizes 1-49; 1-3 hash rounds; 1-40 projection rows), checked
+    given the kernel's own sort: its permutations equal the reference's stable argsort of its hashes, and
+    its output equals the reference run on those permutations."""
+    from plugins.lsh_attention.cuda import scatterbrain_cuda_debug
+    from plugins.lsh_attention.module import draw_hash_vectors, draw_projection
+
+    rng = random.Random(seed)
+    mode = rng.choice(list(Mode))
+    n, e, h, b = rng.choice([1, 5, 24, 48, 100, 131, 300]), rng.choice([8, 33, 64]), rng.choice([1, 2]), 2
+    dv, c, r, m = (
+        rng.choice([e, 12, 40]),
+        rng.choice([1, 4, 6, 24, 49]),
+        rng.choice([1, 2, 3]),
+        rng.choice([1, 3, 12, 40]),
+    )
+    attrs = attention_attrs(mode, c, r, m, rng.choice([e**-0.5, 0.1, 0.3]))
+    dtype = rng.choice([torch.float32, torch.float16])
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(b, h, n, e, generator=g).to(dtype).to(device) for _ in range(2))
+    v = torch.randn(b, h, n, dv, generator=g).to(dtype).to(device)
+    hv, proj = draw_hash_vectors(r, e, g).to(device), draw_projection(m, e, g).to(device)
+    what = f"seed {seed}: {attrs}, N={n} E={e} Dv={dv} H={h} {dtype}"
+
+    out, views = scatterbrain_cuda_debug(
+        q, k, v, hv if mode != Mode.PERFORMER else None, proj if mode != Mode.LSH else None, attrs
+    )
+    _synchronize(out)
+    assert not out.isnan().any(), what
+    if mode == Mode.PERFORMER:
+        _close(out, _by_mode(q, k, v, hv, proj, attrs), dtype, what)
+        return
+    for side in ("q", "k"):
+        assert torch.equal(views[f"{side}_perm"], sb_ref.stable_argsort(views[f"{side}_hash"])), what
+    kernel_orders = (views["q_perm"], views["k_perm"])
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sb_ref, "_hash_orders", lambda *args: kernel_orders)
+        expected = _by_mode(q, k, v, hv, proj, attrs)
+    _close(out, expected, dtype, what)

@@ -16,7 +16,15 @@ import torch
 
 from plugins.lsh_attention.spec import Mode
 from plugins.token_fusion.spec import TokenFusionAttrs, removed_tokens
-from tests._support.kernel_checks import MCTF, TOME, check_scatterbrain, check_token_fusion, fusion_inputs
+from tests._support.kernel_checks import (
+    MCTF,
+    TOME,
+    check_random_attention,
+    check_random_fusion,
+    check_scatterbrain,
+    check_token_fusion,
+    fusion_inputs,
+)
 
 pytestmark = pytest.mark.gpu
 
@@ -102,3 +110,13 @@ def test_scatterbrain(
     name: str, b: int, n: int, e: int, c: int, r: int, m: int, scale: float, dtype: torch.dtype, mode: Mode
 ) -> None:
     check_scatterbrain(b, n, e, c, r, m, scale, dtype, mode, "cuda")
+
+
+@pytest.mark.parametrize("seed", range(64))
+def test_random_fusion_configurations(seed: int) -> None:
+    check_random_fusion(seed, "cuda")
+
+
+@pytest.mark.parametrize("seed", range(64))
+def test_random_attention_configurations(seed: int) -> None:
+    check_random_attention(seed, "cuda")

@@ -23,7 +23,14 @@ from plugins.cuda_emulation import KernelEmulationError, emulated_kernels, host_
 from plugins.cuda_launcher import i32, launch, load_module, ptr
 from plugins.lsh_attention.spec import Mode
 from plugins.token_fusion.spec import removed_tokens
-from tests._support.kernel_checks import MCTF, TOME, check_scatterbrain, check_token_fusion
+from tests._support.kernel_checks import (
+    MCTF,
+    TOME,
+    check_random_attention,
+    check_random_fusion,
+    check_scatterbrain,
+    check_token_fusion,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -90,6 +97,16 @@ def test_scatterbrain_emulated(
     emulated: None,
 ) -> None:
     check_scatterbrain(b, n, e, c, r, m, scale, dtype, mode, "cpu")
+
+
+@pytest.mark.parametrize("seed", range(32))
+def test_random_fusion_configurations_emulated(seed: int, emulated: None) -> None:
+    check_random_fusion(seed, "cpu")
+
+
+@pytest.mark.parametrize("seed", range(32))
+def test_random_attention_configurations_emulated(seed: int, emulated: None) -> None:
+    check_random_attention(seed, "cpu")
 
 
 def test_cpu_tensors_need_the_emulator() -> None:
