@@ -1,6 +1,6 @@
 """The CUDA kernels on the CPU emulator (plugins/cuda_emulation.h): the GPU tests' checks at the models'
-real token counts and widths (smaller batches), run in CI where no GPU exists, plus tests that the
-emulator's own checks fire. Skipped where no host C++ compiler is found.
+real token counts and widths (smaller batches) and on randomised configurations, run in CI where no GPU
+exists, plus tests that the emulator's own checks fire. Skipped where no host C++ compiler is found.
 
 What this does and does not show: the kernels' logic, indexing, barriers and the host code that sizes
 and orders the launches, against the PyTorch references. Not the GPU's rounding of expf / logf / powf
