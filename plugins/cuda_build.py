@@ -122,6 +122,12 @@ def fatbin_path(name: str, out_dir: Path | None = None) -> Path:
     return Path(out_dir or DEFAULT_BUILD_DIR) / f"{name}.fatbin"
 
 
+def _record_path(name: str, out_dir: Path | None = None) -> Path:
+    """The build record beside source ``name``'s fatbin: key, architectures, seconds, resource usage."""
+    out = fatbin_path(name, out_dir)
+    return out.with_name(out.name + ".json")
+
+
 def _check_arch(arch: str, prefix: str) -> int:
     if not arch.startswith(prefix) or not arch[len(prefix) :].isdigit():
         raise VitrtError(f"architecture {arch!r} must look like {prefix}90")
@@ -169,7 +175,7 @@ def build_fatbin(
     """
     home = cuda_home or find_cuda_home()
     out = fatbin_path(source.name, out_dir)
-    meta = out.with_name(out.name + ".json")
+    meta = _record_path(source.name, out_dir)
     key = _build_key(source, nvcc_version(home), archs, ptx)
     if not force and out.is_file() and meta.is_file():
         try:
@@ -227,7 +233,7 @@ def parse_resource_usage(log: str) -> dict[str, dict[str, dict[str, int]]]:
 
 def kernel_resources(name: str, out_dir: Path | None = None) -> dict[str, dict[str, dict[str, int]]]:
     """The resource usage recorded when source ``name``'s fatbin was built ({} for an older build)."""
-    meta = fatbin_path(name, out_dir).with_name(f"{name}.fatbin.json")
+    meta = _record_path(name, out_dir)
     try:
         return dict(json.loads(meta.read_text()).get("resources", {}))
     except (OSError, json.JSONDecodeError):
@@ -239,7 +245,7 @@ def fatbin_is_current(source: KernelSource, out_dir: Path | None = None) -> bool
     architectures recorded beside it: True / False, or None where that cannot be told (no fatbin, no
     build record, or no CUDA toolkit)."""
     out = fatbin_path(source.name, out_dir)
-    meta = out.with_name(out.name + ".json")
+    meta = _record_path(source.name, out_dir)
     try:
         record = json.loads(meta.read_text())
         home = find_cuda_home()

@@ -394,6 +394,18 @@ def launch(
     )
 
 
+KERNEL_SUFFIX = {"float32": "f32", "float16": "f16"}
+"""Kernel-name suffix of each I/O dtype the kernels take (torch / numpy dtype names; float16 travels as
+raw bits, see cuda_common.cuh)."""
+
+
+def kernel_suffix(dtype: str, op: str) -> str:
+    """The kernel-name suffix of ``dtype`` ("float32" -> "f32"); TypeError naming ``op`` otherwise."""
+    if dtype not in KERNEL_SUFFIX:
+        raise TypeError(f"{op} supports {sorted(KERNEL_SUFFIX)}, got {dtype}")
+    return KERNEL_SUFFIX[dtype]
+
+
 WORKSPACE_ALIGN = 256
 """Byte alignment of each workspace region (cudaMalloc's own alignment)."""
 
@@ -435,6 +447,11 @@ def kernel_device(t: Tensor) -> contextlib.AbstractContextManager[Any]:
     import torch
 
     return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def tensor_dtype_name(t: Tensor) -> str:
+    """``t``'s dtype as the enqueue functions take it ("float32", "float16")."""
+    return str(t.dtype).removeprefix("torch.")
 
 
 def new_workspace(nbytes: int, like: Tensor) -> Tensor:

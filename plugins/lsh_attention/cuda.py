@@ -19,16 +19,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from plugins.cuda_launcher import (
+    KERNEL_SUFFIX,
     aligned_layout,
     check_kernel_tensor,
     f32,
     i32,
     kernel_device,
     kernel_stream,
+    kernel_suffix,
     launch,
     load_module,
     new_workspace,
     ptr,
+    tensor_dtype_name,
 )
 
 from .spec import (
@@ -45,12 +48,11 @@ if TYPE_CHECKING:
 
 SOURCE = "scatterbrain"
 """The .cu source (``plugins/lsh_attention/scatterbrain.cu``) whose fatbin holds the kernels."""
-SUFFIX = {"float32": "f32", "float16": "f16"}
 KERNELS = (
     *(
         f"vitrt_sb_{stage}_{sfx}"
         for stage in ("stats", "features", "cluster", "combine")
-        for sfx in SUFFIX.values()
+        for sfx in KERNEL_SUFFIX.values()
     ),
     "vitrt_sb_kv_reduce",
     "vitrt_sb_sort",
@@ -199,10 +201,8 @@ def enqueue(
     ("float32" / "float16"), hash_vectors [R, E + 2] and projection [m, E] float32 (0 where the mode has
     none) -> out [BH, N, Dv] of ``dtype``. ``workspace``: ``workspace_bytes(d)`` bytes; ``stream``: a CUDA
     stream handle as an int; ``scale``: the softmax scale t. Asynchronous."""
-    if dtype not in SUFFIX:
-        raise TypeError(f"{PLUGIN_NAME} supports {sorted(SUFFIX)}, got {dtype}")
+    sfx = kernel_suffix(dtype, PLUGIN_NAME)
     mod = load_module(SOURCE)
-    sfx = SUFFIX[dtype]
     lay = workspace_layout(d)
     w = {name: workspace + off for name, off in lay.items()}
 
@@ -335,7 +335,7 @@ def _run(
         enqueue(
             q.data_ptr(), k.data_ptr(), v.data_ptr(),
             0 if fixed[0] is None else fixed[0].data_ptr(), 0 if fixed[1] is None else fixed[1].data_ptr(),
-            out.data_ptr(), work.data_ptr(), d, attrs.scale, str(q.dtype).removeprefix("torch."),
+            out.data_ptr(), work.data_ptr(), d, attrs.scale, tensor_dtype_name(q),
             kernel_stream(q),
         )  # fmt: skip
     return out, work, d

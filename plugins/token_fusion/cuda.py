@@ -18,16 +18,19 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from plugins.cuda_launcher import (
+    KERNEL_SUFFIX,
     aligned_layout,
     check_kernel_tensor,
     f32,
     i32,
     kernel_device,
     kernel_stream,
+    kernel_suffix,
     launch,
     load_module,
     new_workspace,
     ptr,
+    tensor_dtype_name,
 )
 
 from .spec import DEST_DTYPE, PLUGIN_NAME, SUPPORTED_DTYPES, TokenFusionAttrs, output_tokens, set_sizes
@@ -37,13 +40,11 @@ if TYPE_CHECKING:
 
 SOURCE = "token_fusion"
 """The .cu source (``plugins/token_fusion/token_fusion.cu``) whose fatbin holds the kernels."""
-SUFFIX = {"float32": "f32", "float16": "f16"}
-"""Kernel-name suffix of each supported I/O dtype (torch / numpy dtype names)."""
 KERNELS = (
     *(
         f"vitrt_tf_{stage}_{sfx}"
         for stage in ("prepare", "scores", "merge", "copy")
-        for sfx in SUFFIX.values()
+        for sfx in KERNEL_SUFFIX.values()
     ),
     "vitrt_tf_match",
 )
@@ -117,7 +118,7 @@ def enqueue_scores(
     """Launch prepare + scores; returns the device address of the float32 scores [B, Na, Nb] (inside the
     workspace)."""
     mod = load_module(SOURCE)
-    sfx = SUFFIX[dtype]
+    sfx = kernel_suffix(dtype, PLUGIN_NAME)
     lay = workspace_layout(d)
     w = {k: workspace + v for k, v in lay.items()}
     b, n, cm = d.batch, d.tokens, d.metric_channels
@@ -180,8 +181,7 @@ def enqueue(
     info / size [B, N] of ``dtype`` ("float32" or "float16") -> x_out [B, N - r, C], size_out [B, N - r]
     (same dtype), dest [B, N] int64. ``workspace`` holds ``workspace_bytes(d)`` bytes; ``stream`` is a
     CUDA stream handle as an int. Asynchronous, like any launch."""
-    if dtype not in SUFFIX:
-        raise TypeError(f"{PLUGIN_NAME} supports {sorted(SUFFIX)}, got {dtype}")
+    sfx = kernel_suffix(dtype, PLUGIN_NAME)
     if attrs.r != d.r:
         raise ValueError(f"attrs.r={attrs.r} but the launch was sized for r={d.r}")
     if d.r > 0:
@@ -195,7 +195,7 @@ def enqueue(
             raise ValueError(f"{PLUGIN_NAME}: {nx} elements exceed the kernels' int32 indexing")
         launch(
             load_module(SOURCE),
-            f"vitrt_tf_copy_{SUFFIX[dtype]}",
+            f"vitrt_tf_copy_{sfx}",
             (min(-(-nx // _THREADS), _COPY_BLOCKS), 1, 1),
             (_THREADS, 1, 1),
             [ptr(x), ptr(size), ptr(x_out), ptr(size_out), i32(nx), i32(ns)],
@@ -207,7 +207,7 @@ def enqueue(
     vec4 = d.channels % 4 == 0 and x % (4 * itemsize) == 0 and x_out % (4 * itemsize) == 0
     launch(
         load_module(SOURCE),
-        f"vitrt_tf_merge_{SUFFIX[dtype]}",
+        f"vitrt_tf_merge_{sfx}",
         (-(-d.n_out // _SLOTS_PER_BLOCK), d.batch, 1),
         (_THREADS, 1, 1),
         [ptr(x), ptr(size), ptr(workspace + lay["weight"]), ptr(workspace + lay["slot_start"]),
@@ -218,10 +218,6 @@ def enqueue(
 
 
 # ---- torch face ----------------------------------------------------------------------------------------
-
-
-def _dtype_name(t: Tensor) -> str:
-    return str(t.dtype).removeprefix("torch.")
 
 
 def _checked(x: Tensor, metric: Tensor, info: Tensor, size: Tensor, attrs: TokenFusionAttrs) -> FusionDims:
@@ -281,7 +277,7 @@ def token_fusion_cuda(
         enqueue(
             x.data_ptr(), metric.data_ptr(), info.data_ptr(), size.data_ptr(),
             out[0].data_ptr(), out[1].data_ptr(), out[2].data_ptr(), work.data_ptr(),
-            d, attrs, _dtype_name(x), kernel_stream(x),
+            d, attrs, tensor_dtype_name(x), kernel_stream(x),
         )  # fmt: skip
     return out
 
@@ -298,7 +294,7 @@ def fusion_scores_cuda(metric: Tensor, info: Tensor, size: Tensor, attrs: TokenF
     with kernel_device(metric):
         enqueue_scores(
             metric.data_ptr(), info.data_ptr(), size.data_ptr(), work.data_ptr(), d, attrs,
-            _dtype_name(metric), kernel_stream(metric),
+            tensor_dtype_name(metric), kernel_stream(metric),
         )  # fmt: skip
     off = workspace_layout(d)["scores"]
     return work[off : off + 4 * d.batch * na * nb].view(torch.float32).view(d.batch, na, nb).clone()
