@@ -76,13 +76,15 @@ def _tensorrt() -> Finding:
 
 
 def _cuda_python() -> Finding:
-    for module in ("cuda.bindings.driver", "cuda.cuda"):
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            continue
-        return Finding("cuda-python", True, _version("cuda-python") or module, "", "GPU kernels")
-    return Finding("cuda-python", False, "not importable", "pip install cuda-python", "GPU kernels")
+    from plugins.cuda_launcher import cuda_driver
+
+    from .errors import VitrtError
+
+    try:
+        module = cuda_driver()  # the launcher's own import (cuda.bindings.driver, or cuda.cuda)
+    except VitrtError as err:
+        return Finding("cuda-python", False, str(err), "pip install cuda-python", "GPU kernels")
+    return Finding("cuda-python", True, _version("cuda-python") or module.__name__, "", "GPU kernels")
 
 
 def _toolkit() -> Finding:
@@ -120,16 +122,15 @@ def _fatbins() -> Finding:
 
 
 def _emulator() -> Finding:
-    import subprocess
-
-    from plugins.cuda_emulation import KernelEmulationError, host_compiler
+    from plugins.cuda_emulation import KernelEmulationError, compiler_version, host_compiler
 
     try:
         cxx = host_compiler()
     except KernelEmulationError as err:
         return Finding("kernel emulator", False, str(err), "install g++ >= 12", "kernel tests without a GPU")
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
-    return Finding("kernel emulator", True, f"{cxx} ({version})", "", "kernel tests without a GPU")
+    return Finding(
+        "kernel emulator", True, f"{cxx} ({compiler_version(cxx)})", "", "kernel tests without a GPU"
+    )
 
 
 CHECKS: tuple[Callable[[], Finding], ...] = (

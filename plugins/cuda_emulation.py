@@ -85,7 +85,8 @@ def entry_points(source: KernelSource) -> list[str]:
     return names
 
 
-def _compiler_version(cxx: str) -> str:
+def compiler_version(cxx: str) -> str:
+    """The first line of ``cxx --version`` (e.g. "g++ (Debian 12.2.0-14) 12.2.0")."""
     return subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
 
 
@@ -98,7 +99,7 @@ def build_emulated(source: KernelSource, out_dir: Path | None = None) -> Path:
     digest = hashlib.sha256()
     for part in (source.path, COMMON_HEADER, EMULATION_HEADER):
         digest.update(hashlib.sha256(part.read_bytes()).digest())
-    digest.update(json.dumps([_compiler_version(cxx), list(CXX_FLAGS)]).encode())
+    digest.update(json.dumps([compiler_version(cxx), list(CXX_FLAGS)]).encode())
     folder = Path(out_dir or DEFAULT_BUILD_DIR) / "emulated"
     lib = folder / f"{source.name}-{digest.hexdigest()[:16]}.so"
     with build_lock(folder):
