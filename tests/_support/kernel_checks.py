@@ -32,6 +32,32 @@ from plugins.token_fusion.spec import Pooling, TokenFusionAttrs
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2}
 
 
+def gpu_skip_reason() -> str | None:
+    """Why the kernels cannot run on a GPU here (no CUDA device, or no cuda-python), or None."""
+    if not torch.cuda.is_available():
+        return "torch.cuda.is_available() is False: no CUDA GPU (or a CPU build of torch)"
+    from compiler.errors import VitrtError
+    from plugins.cuda_launcher import cuda_driver
+
+    try:
+        cuda_driver()
+    except VitrtError as exc:
+        return str(exc)
+    return None
+
+
+def prepare_gpu_kernels() -> None:
+    """Build the fatbins where nvcc is found; without it the launcher compiles with NVRTC instead."""
+    from plugins.cuda_build import build_fatbins, find_cuda_home
+
+    try:
+        find_cuda_home()
+    except Exception as exc:
+        print(f"no nvcc ({exc}); kernels come from NVRTC")
+    else:
+        build_fatbins()
+
+
 def _close(actual: Tensor, expected: Tensor, dtype: torch.dtype, what: str) -> None:
     tol = TOL[dtype]
     scale = float(expected.float().abs().max())

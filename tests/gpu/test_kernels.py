@@ -8,7 +8,6 @@ back to NVRTC). The checks themselves (and how exactness is judged) are in
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import pytest
@@ -24,38 +23,20 @@ from tests._support.kernel_checks import (
     check_scatterbrain,
     check_token_fusion,
     fusion_inputs,
+    gpu_skip_reason,
+    prepare_gpu_kernels,
 )
 
 pytestmark = pytest.mark.gpu
 
 
-def _skip_reason() -> str | None:
-    if not torch.cuda.is_available():
-        return "torch.cuda.is_available() is False: no CUDA GPU (or a CPU build of torch)"
-    try:
-        importlib.import_module("cuda.bindings.driver")
-    except ImportError:
-        try:
-            importlib.import_module("cuda.cuda")
-        except ImportError as exc:
-            return f"cuda-python is not installed ({exc}): pip install cuda-python"
-    return None
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _gpu() -> None:
-    reason = _skip_reason()
+    reason = gpu_skip_reason()
     if reason:
         print(f"SKIP: {reason}")
         pytest.skip(reason)
-    from plugins.cuda_build import build_fatbins, find_cuda_home
-
-    try:
-        find_cuda_home()
-    except Exception as exc:  # no toolkit: the launcher compiles with NVRTC instead
-        print(f"no nvcc ({exc}); kernels come from NVRTC")
-    else:
-        build_fatbins()
+    prepare_gpu_kernels()
 
 
 # (name, batch, tokens, channels, r, attribute preset): DeiT-S and T2T-ViT-14 blocks (N = 197, C = 384;

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from plugins.lsh_attention.spec import Mode, ScatterbrainAttrs
 from plugins.token_fusion.spec import Pooling, TokenFusionAttrs
+from tests._support.kernel_checks import prepare_gpu_kernels
 
 pytestmark = [pytest.mark.tensorrt, pytest.mark.gpu]
 
@@ -43,14 +44,8 @@ def trt() -> Any:
     import tensorrt
 
     from plugins import register_tensorrt_plugins
-    from plugins.cuda_build import build_fatbins, find_cuda_home
 
-    try:
-        find_cuda_home()
-    except Exception as exc:
-        print(f"no nvcc ({exc}); kernels come from NVRTC")
-    else:
-        build_fatbins()
+    prepare_gpu_kernels()
     torch.cuda.init()
     register_tensorrt_plugins()
     return tensorrt
