@@ -15,13 +15,13 @@ same types are used here for serialisation, so one parser reads both.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 
 from compiler.errors import VitrtError
+from plugins.lowering import attribute_kinds
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -54,10 +54,6 @@ def import_tensorrt() -> Any:
     return importlib.import_module("tensorrt")
 
 
-def _kinds(attrs_type: type) -> list[tuple[str, str]]:
-    return [(f.name, str(f.type)) for f in dataclasses.fields(attrs_type)]
-
-
 def field_names(attrs_type: type) -> trt.PluginFieldCollection_:
     """The creator's ``field_names``: one field per attribute of the spec's dataclass, INT32 for ints
     and FLOAT32 for floats (what the ONNX parser produces from INT / FLOAT node attributes)."""
@@ -66,7 +62,7 @@ def field_names(attrs_type: type) -> trt.PluginFieldCollection_:
         t.PluginField(
             name, np.array([], dtype=np.int32 if kind == "int" else np.float32), _field_type(t, kind)
         )
-        for name, kind in _kinds(attrs_type)
+        for name, kind in attribute_kinds(attrs_type)
     ]
     # TensorRT converts the Python list type to the C struct (as NVIDIA's samples rely on).
     return cast("trt.PluginFieldCollection_", t.PluginFieldCollection(fields))
@@ -80,7 +76,7 @@ def fields_of(attrs: Any) -> trt.PluginFieldCollection_:
     """An attribute dataclass instance as the plugin fields to serialise into an engine."""
     t = import_tensorrt()
     fields = []
-    for name, kind in _kinds(type(attrs)):
+    for name, kind in attribute_kinds(type(attrs)):
         value = getattr(attrs, name)
         data = (
             np.array([int(value)], dtype=np.int32) if kind == "int" else np.array([value], dtype=np.float32)
@@ -96,7 +92,7 @@ def attrs_from_fields(attrs_type: type[A], collection: Any) -> A:
     attributes without a field keep their dataclass default, and a missing required one raises
     VitrtError naming it.
     """
-    kinds = dict(_kinds(attrs_type))
+    kinds = dict(attribute_kinds(attrs_type))
     values: dict[str, Any] = {}
     for i in range(len(collection)):
         f = collection[i]

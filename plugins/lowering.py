@@ -268,6 +268,17 @@ def _ort_adapter(low: PluginLowering) -> Callable[..., Any]:
     return kernel
 
 
+def attribute_kinds(attrs_type: type) -> tuple[tuple[str, str], ...]:
+    """(name, "int" | "float") of each field of a spec's attribute dataclass, in order: the ONNX node
+    attributes, the custom op's scalar arguments and the TensorRT plugin fields. TypeError for any other
+    field type (ONNX and TensorRT plugin fields carry only these two here)."""
+    kinds = tuple((f.name, str(f.type)) for f in dataclasses.fields(attrs_type))
+    bad = [(name, kind) for name, kind in kinds if kind not in ("int", "float")]
+    if bad:
+        raise TypeError(f"{attrs_type.__name__} fields must be int or float, got {bad}")
+    return kinds
+
+
 def node_attributes(fields: Any, version: str, namespace: str) -> dict[str, Any]:
     """A spec's attribute dataclass as ONNX node attributes: ints (IntEnum and bool included) and
     floats, plus the TensorRT ONNX parser's ``plugin_version`` and ``plugin_namespace``."""

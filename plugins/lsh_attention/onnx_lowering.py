@@ -5,14 +5,12 @@ Runtime CPU kernel. Every piece calls the references in ``reference.py``: one de
 No ``from __future__ import annotations`` here: ``torch.library.custom_op`` reads the annotations.
 """
 
-import dataclasses
-
 import numpy as np
 import onnxscript
 import torch
 from torch import Tensor
 
-from plugins.lowering import PluginLowering, register_onnx_schema
+from plugins.lowering import PluginLowering, attribute_kinds, register_onnx_schema
 
 from .reference import lsh_attention, performer_attention, scatterbrain_attention
 from .spec import (
@@ -25,8 +23,7 @@ from .spec import (
     ScatterbrainAttrs,
 )
 
-ATTRIBUTES = tuple((f.name, str(f.type)) for f in dataclasses.fields(ScatterbrainAttrs))
-assert all(kind in ("int", "float") for _, kind in ATTRIBUTES), ATTRIBUTES
+ATTRIBUTES = attribute_kinds(ScatterbrainAttrs)
 
 
 def attention_by_mode(

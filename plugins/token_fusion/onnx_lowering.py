@@ -5,22 +5,19 @@ kernel. Every piece calls ``reference.token_fusion``: the op has one definition.
 No ``from __future__ import annotations`` here: ``torch.library.custom_op`` reads the annotations.
 """
 
-import dataclasses
-
 import numpy as np
 import onnx
 import onnxscript
 import torch
 from torch import Tensor
 
-from plugins.lowering import PluginLowering, register_onnx_schema
+from plugins.lowering import PluginLowering, attribute_kinds, register_onnx_schema
 
 from .reference import token_fusion
 from .spec import INPUT_NAMES, OUTPUT_NAMES, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION, TokenFusionAttrs
 
 # Node attributes = the spec's TokenFusionAttrs fields, in order (ints and floats only).
-ATTRIBUTES = tuple((f.name, str(f.type)) for f in dataclasses.fields(TokenFusionAttrs))
-assert all(kind in ("int", "float") for _, kind in ATTRIBUTES), ATTRIBUTES
+ATTRIBUTES = attribute_kinds(TokenFusionAttrs)
 
 
 @torch.library.custom_op("vitrt::token_fusion", mutates_args=())
