@@ -31,12 +31,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from compiler.errors import ConfigError
-from compiler.fileio import atomic_output, check_writable
+from compiler.fileio import TWO_GB, atomic_output, check_writable, save_onnx
 from models.config import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
 
 from .cache import dumps as cache_text
 from .collect import (
-    TWO_GB,
     ModelIO,
     RunnerFactory,
     as_numpy,
@@ -44,7 +43,6 @@ from .collect import (
     default_runner_factory,
     model_io,
     run_model,
-    save_model,
 )
 from .data import CalibrationData, open_source
 from .errors import CalibrationError, NoQuantizableOpError
@@ -323,7 +321,7 @@ def calibrate_onnx(
         eval_x = eval_x[:eval_samples]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vitrt-calib-") as tmp:
-        fp32_runner = factory(save_model(proto, Path(tmp) / "fp32.onnx"))
+        fp32_runner = factory(save_onnx(proto, Path(tmp) / "fp32.onnx"))
         reference = run_model(fp32_runner, io, [eval_x])
         del fp32_runner
     timings["reference_s"] = time.perf_counter() - t0
@@ -365,7 +363,7 @@ def calibrate_onnx(
     int8 = insert_qdq(proto, layers, amax, set(enabled))
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vitrt-calib-") as tmp:
-        int8_runner = factory(save_model(int8, Path(tmp) / "int8.onnx"))
+        int8_runner = factory(save_onnx(int8, Path(tmp) / "int8.onnx"))
         outputs = run_model(int8_runner, io, [eval_x])
         del int8_runner
     final = agreement(reference, outputs)

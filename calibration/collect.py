@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from compiler.fileio import save_onnx
+
 from .errors import CalibrationError, DataSourceError
 from .ranges import ActivationRanges
 
@@ -38,7 +40,6 @@ log = logging.getLogger("vitrt")
 
 RunnerFactory = Callable[[Path], "Runner"]
 DEFAULT_MAX_BYTES = 256 * 2**20  # captured activations held at once for a dynamic-batch model
-TWO_GB = 2**31
 
 
 def default_runner_factory(
@@ -95,23 +96,6 @@ def model_io(model: ModelProto) -> ModelIO:
         raise CalibrationError("the model has no outputs")
     batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
     return ModelIO(inputs[0].name, dims, batch, model.graph.output[0].name)
-
-
-def save_model(model: ModelProto, path: Path) -> Path:
-    """Save ``model`` at ``path`` (weights beside it in ``<name>.data`` when over 2 GB)."""
-    import onnx
-
-    if model.ByteSize() >= TWO_GB:
-        onnx.save_model(
-            model,
-            str(path),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=path.name + ".data",
-        )
-    else:
-        onnx.save_model(model, str(path))
-    return path
 
 
 def with_outputs(model: ModelProto, tensors: Sequence[str]) -> ModelProto:
@@ -189,7 +173,7 @@ def collect_ranges(
     ranges = ActivationRanges(num_bins=num_bins)
     factory = runner_factory or default_runner_factory()
     with tempfile.TemporaryDirectory(prefix="vitrt-calib-", dir=workdir) as tmp:
-        path = save_model(with_outputs(model, captured), Path(tmp) / "collect.onnx")
+        path = save_onnx(with_outputs(model, captured), Path(tmp) / "collect.onnx")
         runner = factory(path)
         chunk = [io.batch or 1]
         seen = 0

@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .collect import ModelIO, RunnerFactory, default_runner_factory, model_io, run_model, save_model
+from compiler.fileio import save_onnx
+
+from .collect import ModelIO, RunnerFactory, default_runner_factory, model_io, run_model
 from .data import progress_bar
 from .graph import Layer
 from .metrics import Agreement, agreement
@@ -103,7 +105,7 @@ class GatedEvaluator:
         self.samples = np.ascontiguousarray(samples, dtype=np.float32)
         self.reference = reference
         self._tmp = tempfile.TemporaryDirectory(prefix="vitrt-sensitivity-", dir=workdir)
-        path = save_model(gated_model(model, layers, amax), Path(self._tmp.name) / "gated.onnx")
+        path = save_onnx(gated_model(model, layers, amax), Path(self._tmp.name) / "gated.onnx")
         self.runner = (runner_factory or default_runner_factory())(path)
         self.runs = 0
 

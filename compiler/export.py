@@ -23,14 +23,13 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, VitrtError
-from .fileio import atomic_output, check_writable
+from .fileio import TWO_GB, atomic_output, check_writable, save_onnx
 
 log = logging.getLogger("vitrt")
 
 LOWERINGS = ("plugin", "portable")
 MIN_OPSET = 18  # torch's dynamo exporter emits opset >= 18 (LayerNormalization needs >= 17)
 METADATA_KEY = "vitrt.export_config"
-TWO_GB = 2**31
 
 
 @dataclass(frozen=True)
@@ -150,8 +149,6 @@ def export_onnx(
     """
     import copy
 
-    import onnx
-
     from plugins.lowering import set_lowering, translation_table
 
     from .passes import check_model, name_nodes, name_tensors, simplify_model
@@ -200,16 +197,7 @@ def export_onnx(
     check_model(proto)
     dest = Path(path)
     with atomic_output(dest, suffix=".onnx") as tmp:
-        if external:
-            onnx.save_model(
-                proto,
-                str(tmp),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=dest.name + ".data",
-            )
-        else:
-            onnx.save_model(proto, str(tmp))
+        save_onnx(proto, tmp, external=external, data_name=dest.name + ".data")
     spent["save"] = time.perf_counter() - t0
     if timings is not None:
         timings.update(spent)

@@ -7,8 +7,12 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from .errors import VitrtError
+
+TWO_GB = 2**31
+"""protobuf's limit on one serialised message: larger ONNX models keep their weights in a .data file."""
 
 
 def check_writable(path: str | os.PathLike[str]) -> Path:
@@ -61,4 +65,27 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` through ``atomic_output``; returns the path."""
     with atomic_output(path) as tmp:
         tmp.write_bytes(data)
+    return Path(path)
+
+
+def save_onnx(
+    model: Any, path: str | os.PathLike[str], *, external: bool | None = None, data_name: str = ""
+) -> Path:
+    """Save the ONNX ``model`` at ``path``; its weights go to one external file ``data_name`` (default
+    ``<path name>.data``, resolved beside ``path``) when ``external`` is true, by default when the model
+    is 2 GB or more. Pass ``data_name`` when ``path`` is a temporary file that will be renamed."""
+    import onnx
+
+    if external is None:
+        external = model.ByteSize() >= TWO_GB
+    if external:
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data_name or Path(path).name + ".data",
+        )
+    else:
+        onnx.save_model(model, str(path))
     return Path(path)
