@@ -152,7 +152,7 @@ class EmulatedModule:
 
 
 _ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("vitrt_kernel_emulation", default=False)
-_MODULES: dict[str, EmulatedModule] = {}
+_MODULES: dict[tuple[str, str], EmulatedModule] = {}
 _LOCK = threading.Lock()
 _LAUNCH_LOCK = threading.Lock()
 
@@ -183,11 +183,12 @@ def emulated_module(name: str, out_dir: Path | None = None) -> EmulatedModule:
     """The emulated kernels of op source ``name`` ("token_fusion", "scatterbrain"), loaded once per
     process."""
     with _LOCK:
-        module = _MODULES.get(name)
+        key = (name, str(out_dir or DEFAULT_BUILD_DIR))
+        module = _MODULES.get(key)
         if module is None:
             source = next((s for s in kernel_sources() if s.name == name), None)
             if source is None:
                 known = [s.name for s in kernel_sources()]
                 raise VitrtError(f"no CUDA source named {name!r}; known: {known}")
-            module = _MODULES[name] = open_emulated(source, out_dir)
+            module = _MODULES[key] = open_emulated(source, out_dir)
         return module
