@@ -91,6 +91,14 @@ def kernel_sources() -> tuple[KernelSource, ...]:
     return tuple(sources)
 
 
+def kernel_source(name: str) -> KernelSource:
+    """The source of op ``name`` ("token_fusion", "scatterbrain"); VitrtError listing the known ones."""
+    for src in kernel_sources():
+        if src.name == name:
+            return src
+    raise VitrtError(f"no CUDA source named {name!r}; known: {[s.name for s in kernel_sources()]}")
+
+
 def find_cuda_home() -> Path:
     """The CUDA toolkit: ``$CUDA_HOME``, else ``/usr/local/cuda``, else the folder of ``nvcc`` on PATH.
 

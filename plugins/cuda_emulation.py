@@ -38,7 +38,7 @@ from .cuda_build import (
     PLUGINS_DIR,
     KernelSource,
     build_lock,
-    kernel_sources,
+    kernel_source,
 )
 
 EMULATION_HEADER = PLUGINS_DIR / "cuda_emulation.h"
@@ -186,9 +186,5 @@ def emulated_module(name: str, out_dir: Path | None = None) -> EmulatedModule:
         key = (name, str(out_dir or DEFAULT_BUILD_DIR))
         module = _MODULES.get(key)
         if module is None:
-            source = next((s for s in kernel_sources() if s.name == name), None)
-            if source is None:
-                known = [s.name for s in kernel_sources()]
-                raise VitrtError(f"no CUDA source named {name!r}; known: {known}")
-            module = _MODULES[key] = open_emulated(source, out_dir)
+            module = _MODULES[key] = open_emulated(kernel_source(name), out_dir)
         return module

@@ -42,7 +42,7 @@ from .cuda_build import (
     KernelSource,
     fatbin_entries,
     fatbin_path,
-    kernel_sources,
+    kernel_source,
 )
 from .cuda_emulation import EmulatedModule, emulated_module, emulating
 
@@ -277,13 +277,6 @@ _MODULES: dict[tuple[int, str, str], LoadedModule] = {}
 _MODULES_LOCK = threading.Lock()
 
 
-def _source(name: str) -> KernelSource:
-    for src in kernel_sources():
-        if src.name == name:
-            return src
-    raise VitrtError(f"no CUDA source named {name!r}; known: {[s.name for s in kernel_sources()]}")
-
-
 def load_module(name: str, kernel_dir: Path | None = None) -> LoadedModule | EmulatedModule:
     """The kernels of op source ``name`` ("token_fusion", "scatterbrain") in the current context.
 
@@ -298,7 +291,7 @@ def load_module(name: str, kernel_dir: Path | None = None) -> LoadedModule | Emu
     with _MODULES_LOCK:
         loaded = _MODULES.get(key)
         if loaded is None:
-            loaded = _load(_source(name), device_info(ordinal), kernel_dir)
+            loaded = _load(kernel_source(name), device_info(ordinal), kernel_dir)
             log.info("vitrt kernels %s: %s on %s", name, loaded.origin, loaded.device.name)
             _MODULES[key] = loaded
         return loaded
