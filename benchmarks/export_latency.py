@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compiler.export import ExportConfig, export_onnx, model_from_config
-from deploy.latency import measure_interleaved
-from deploy.runners import OnnxRuntimeRunner
+from vitrt.compiler.export import ExportConfig, export_onnx, model_from_config
+from vitrt.deploy.latency import measure_interleaved
+from vitrt.deploy.runners import OnnxRuntimeRunner
 
 
 def bench(name: str, fusion: str | None, attention: str | None, iterations: int, threads: int) -> list[str]:

@@ -12,8 +12,8 @@ import sys
 
 import torch
 
-from models import create_model
-from models.complexity import count_complexity
+from vitrt.models import create_model
+from vitrt.models.complexity import count_complexity
 
 FUSIONS: tuple[str | None, ...] = (None, "mctf", "mctf-fast", "tome")
 REPORTED = {  # GFLOPs (= GMACs) from the MCTF paper, for comparison

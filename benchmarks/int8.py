@@ -5,7 +5,7 @@
         [--threads 1] [--iterations 30] [--rounds 3] [--json results.json]
 
 For each model: export FP32 ONNX with vitrt; quantize it twice from the same calibration images,
-(a) ``calibration.calibrate_onnx`` (vitrt: explicit Q/DQ on MatMul/Gemm/Conv inputs, entropy
+(a) ``vitrt.calibration.calibrate_onnx`` (vitrt: explicit Q/DQ on MatMul/Gemm/Conv inputs, entropy
 ranges, Softmax by min-max, performer/plugin spans float) and (b) ``quantize_static`` (QDQ,
 per_channel=True, everything else its defaults: MinMax calibration, int8 asymmetric activations,
 all op types); compare each with FP32 on held-out images (top-1 agreement, mean cosine of the
@@ -44,14 +44,14 @@ for path in (ROOT, ROOT / "benchmarks"):
 
 import train_digits as td  # noqa: E402
 
-from calibration.calibrate import calibrate_onnx  # noqa: E402
-from calibration.data import match_channels  # noqa: E402
-from calibration.metrics import agreement  # noqa: E402
-from calibration.preprocess import preprocess_image  # noqa: E402
-from compiler.export import ExportConfig, export_onnx, model_from_config  # noqa: E402
-from deploy.latency import measure_latency  # noqa: E402
-from deploy.runners import OnnxRuntimeRunner  # noqa: E402
-from models.config import PreprocessConfig  # noqa: E402
+from vitrt.calibration.calibrate import calibrate_onnx  # noqa: E402
+from vitrt.calibration.data import match_channels  # noqa: E402
+from vitrt.calibration.metrics import agreement  # noqa: E402
+from vitrt.calibration.preprocess import preprocess_image  # noqa: E402
+from vitrt.compiler.export import ExportConfig, export_onnx, model_from_config  # noqa: E402
+from vitrt.deploy.latency import measure_latency  # noqa: E402
+from vitrt.deploy.runners import OnnxRuntimeRunner  # noqa: E402
+from vitrt.models.config import PreprocessConfig  # noqa: E402
 
 DIGITS = ROOT / "benchmarks" / "digits"
 NUM_CALIB = 256
@@ -76,7 +76,7 @@ def natural_images() -> list[tuple[str, torch.Tensor]]:
     import skimage.data
     from sklearn.datasets import load_sample_images  # type: ignore[import-untyped]
 
-    from calibration.data import SKIMAGE_GRAY, SKIMAGE_RGB, SKIMAGE_RGBA
+    from vitrt.calibration.data import SKIMAGE_GRAY, SKIMAGE_RGB, SKIMAGE_RGBA
 
     out = []
     for name in (*SKIMAGE_RGB, *SKIMAGE_GRAY, *SKIMAGE_RGBA):

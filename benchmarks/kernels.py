@@ -67,9 +67,9 @@ def _bytes(*tensors: torch.Tensor) -> int:
 
 
 def bench_token_fusion(batch: int, dtype: torch.dtype, iters: int) -> dict[str, Any]:
-    from plugins.token_fusion import reference
-    from plugins.token_fusion.cuda import FusionDims, enqueue, workspace_bytes
-    from plugins.token_fusion.spec import Pooling, TokenFusionAttrs
+    from vitrt.plugins.token_fusion import reference
+    from vitrt.plugins.token_fusion.cuda import FusionDims, enqueue, workspace_bytes
+    from vitrt.plugins.token_fusion.spec import Pooling, TokenFusionAttrs
 
     n, c, r = 197, 384, 16
     attrs = TokenFusionAttrs(r=r, tau_sim=1.0, tau_info=20.0, tau_size=40.0, bidirectional=1,
@@ -108,10 +108,10 @@ def bench_token_fusion(batch: int, dtype: torch.dtype, iters: int) -> dict[str, 
 def bench_scatterbrain(batch: int, dtype: torch.dtype, iters: int) -> dict[str, Any]:
     import torch.nn.functional as F
 
-    from plugins.lsh_attention import reference
-    from plugins.lsh_attention.cuda import AttentionDims, enqueue, workspace_bytes
-    from plugins.lsh_attention.module import draw_hash_vectors, draw_projection
-    from plugins.lsh_attention.spec import Mode, ScatterbrainAttrs
+    from vitrt.plugins.lsh_attention import reference
+    from vitrt.plugins.lsh_attention.cuda import AttentionDims, enqueue, workspace_bytes
+    from vitrt.plugins.lsh_attention.module import draw_hash_vectors, draw_projection
+    from vitrt.plugins.lsh_attention.spec import Mode, ScatterbrainAttrs
 
     n, e, c, r, m, scale = 3136, 64, 24, 2, 12, 147**-0.5
     attrs = ScatterbrainAttrs(Mode.SCATTERBRAIN, c, r, 2 * m, scale)
@@ -162,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("no CUDA GPU: torch.cuda.is_available() is False; nothing to benchmark", file=sys.stderr)
         return 2
-    from plugins.cuda_build import build_fatbins, find_cuda_home
-    from plugins.cuda_launcher import device_info, load_module
+    from vitrt.plugins.cuda_build import build_fatbins, find_cuda_home
+    from vitrt.plugins.cuda_launcher import device_info, load_module
 
     try:
         find_cuda_home()

@@ -34,17 +34,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models import create_model
-from models.config import IMAGENET_MEAN, IMAGENET_STD
-from models.t2t_vit import T2TModule, TokenTransformer
-from plugins.lsh_attention.module import (
+from vitrt.models import create_model
+from vitrt.models.config import IMAGENET_MEAN, IMAGENET_STD
+from vitrt.models.t2t_vit import T2TModule, TokenTransformer
+from vitrt.plugins.lsh_attention.module import (
     HASH_STREAM,
     PROJECTION_STREAM,
     draw_hash_vectors,
     draw_projection,
     seeded_generator,
 )
-from plugins.lsh_attention.reference import (
+from vitrt.plugins.lsh_attention.reference import (
     exact_attention,
     lsh_attention,
     performer_attention,

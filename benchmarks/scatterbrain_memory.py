@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scatterbrain_memory.py
 
 Runs each attention core on q, k, v [1, 1, N, 64] (one image, the single head of a T2T token
-attention) under ``plugins.lsh_attention.memory.AllocationTracker``, which sees every tensor the ops
+attention) under ``vitrt.plugins.lsh_attention.memory.AllocationTracker``, which sees every tensor the ops
 allocate: "largest" is the largest single intermediate, "peak" the most bytes of intermediates alive at
 once (inputs and the fixed buffers excluded). Dense attention is run too (it materialises
 [N, N] scores and probabilities). Both scale linearly with batch and heads.
@@ -16,10 +16,10 @@ import time
 import torch
 from torch import Tensor, nn
 
-from models.layers import DenseAttention
-from plugins.lsh_attention.integration import PAPER_BUDGETS, make_core
-from plugins.lsh_attention.memory import measure_allocations
-from plugins.lsh_attention.spec import dense_attention_elements
+from vitrt.models.layers import DenseAttention
+from vitrt.plugins.lsh_attention.integration import PAPER_BUDGETS, make_core
+from vitrt.plugins.lsh_attention.memory import measure_allocations
+from vitrt.plugins.lsh_attention.spec import dense_attention_elements
 
 SETTINGS = (("attention1", 3136, 147**-0.5), ("attention2", 784, 576**-0.5))
 E = 64

@@ -4,13 +4,13 @@
 
 No pretrained ImageNet weights can be downloaded here, so INT8 quality is judged on models that
 learned something: the 1797 8x8 digits of ``sklearn.datasets.load_digits``, upsampled to 64x64
-(bilinear) and replicated to 3 channels by vitrt's own preprocessing (``calibration.data``), with
+(bilinear) and replicated to 3 channels by vitrt's own preprocessing (``vitrt.calibration.data``), with
 a fixed seeded split: 500 held-out images, 1297 for training. Both models are built from the
 model classes directly (they are not registered names):
 
-- ``digits_t2t_vit``: ``models.t2t_vit.T2TViT`` (performer T2T module, token_dim 32), embed 96,
+- ``digits_t2t_vit``: ``vitrt.models.t2t_vit.T2TViT`` (performer T2T module, token_dim 32), embed 96,
   4 blocks, 4 heads, MLP ratio 2: 64 -> 16 -> 8 -> 4 token grid, 17 tokens;
-- ``digits_deit``: ``models.deit.VisionTransformer``, patch 8, embed 96, 4 blocks, 4 heads, MLP
+- ``digits_deit``: ``vitrt.models.deit.VisionTransformer``, patch 8, embed 96, 4 blocks, 4 heads, MLP
   ratio 2: 64 tokens + class token.
 
 Writes to ``--out``: ``<name>.safetensors`` (the state dict, tensors only), ``<name>.json`` (the
@@ -40,11 +40,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from calibration.data import open_source  # noqa: E402
-from compiler.fileio import atomic_write_bytes  # noqa: E402
-from models.config import PreprocessConfig  # noqa: E402
-from models.deit import VisionTransformer  # noqa: E402
-from models.t2t_vit import T2TViT  # noqa: E402
+from vitrt.calibration.data import open_source  # noqa: E402
+from vitrt.fileio import atomic_write_bytes  # noqa: E402
+from vitrt.models.config import PreprocessConfig  # noqa: E402
+from vitrt.models.deit import VisionTransformer  # noqa: E402
+from vitrt.models.t2t_vit import T2TViT  # noqa: E402
 
 HELD_OUT = 500
 IMG_SIZE = 64
@@ -57,7 +57,7 @@ PREPROCESS = PreprocessConfig(
 )
 ARCHS: dict[str, dict[str, Any]] = {
     "digits_t2t_vit": {
-        "class": "models.t2t_vit.T2TViT",
+        "class": "vitrt.models.t2t_vit.T2TViT",
         "kwargs": {
             "img_size": IMG_SIZE,
             "tokens_type": "performer",
@@ -70,7 +70,7 @@ ARCHS: dict[str, dict[str, Any]] = {
         },
     },
     "digits_deit": {
-        "class": "models.deit.VisionTransformer",
+        "class": "vitrt.models.deit.VisionTransformer",
         "kwargs": {
             "img_size": IMG_SIZE,
             "patch_size": 8,
@@ -87,7 +87,9 @@ ARCHS: dict[str, dict[str, Any]] = {
 def build_model(name_or_meta: str | dict[str, Any]) -> nn.Module:
     """A digits model from its name (fresh weights) or its ``<name>.json`` metadata."""
     arch = ARCHS[name_or_meta] if isinstance(name_or_meta, str) else name_or_meta["arch"]
-    cls = {"models.t2t_vit.T2TViT": T2TViT, "models.deit.VisionTransformer": VisionTransformer}[arch["class"]]
+    cls = {"vitrt.models.t2t_vit.T2TViT": T2TViT, "vitrt.models.deit.VisionTransformer": VisionTransformer}[
+        arch["class"]
+    ]
     model = cls(**arch["kwargs"])
     model.preprocess = PREPROCESS
     return model
@@ -110,7 +112,7 @@ def export_digits(name: str, folder: Path, path: Path) -> Path:
     arguments (``extra["arch"]``: these models are not registered names) and the preprocessing
     (``extra["preprocess"]``: crop_pct 1.0, bilinear), which ``vitrt calibrate`` reads.
     """
-    from compiler.export import ExportConfig, export_onnx, file_sha256
+    from vitrt.compiler.export import ExportConfig, export_onnx, file_sha256
 
     model, meta = load_trained(folder, name)
     checkpoint = folder / f"{name}.safetensors"

@@ -36,8 +36,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from compiler.errors import VitrtError
-from compiler.fileio import atomic_write_bytes
+from vitrt.errors import VitrtError
+from vitrt.fileio import atomic_write_bytes
 
 from .errors import CacheError
 

@@ -5,13 +5,13 @@
 ...                         report="deit_s.int8.json")
 >>> result.agreement.top1_agreement, result.fallen_back
 
-Steps: find the layers (``calibration.graph``); stream the data through ONNX Runtime and histogram
-every activation a layer will quantize (``calibration.collect``); turn histograms into per-tensor
-amax with the chosen method (``calibration.ranges``); rank layers by the output error their
+Steps: find the layers (``vitrt.calibration.graph``); stream the data through ONNX Runtime and histogram
+every activation a layer will quantize (``vitrt.calibration.collect``); turn histograms into per-tensor
+amax with the chosen method (``vitrt.calibration.ranges``); rank layers by the output error their
 quantization adds on held-out samples and fall the worst back to float until the error budget
-holds (``calibration.sensitivity``); insert Q/DQ (``calibration.qdq``); run the INT8 model on the
+holds (``vitrt.calibration.sensitivity``); insert Q/DQ (``vitrt.calibration.qdq``); run the INT8 model on the
 held-out samples against FP32; write the outputs. Every output is validated before anything is
-written, and each file is written atomically (``compiler.fileio``): a failure leaves no partial
+written, and each file is written atomically (``vitrt.fileio``): a failure leaves no partial
 file and any earlier file as it was.
 """
 
@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from compiler.errors import ConfigError
-from compiler.fileio import TWO_GB, atomic_output, check_writable, save_onnx
-from models.config import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
+from vitrt.errors import ConfigError
+from vitrt.fileio import TWO_GB, atomic_output, check_writable, save_onnx
+from vitrt.models.config import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
 
 from .cache import dumps as cache_text
 from .collect import (
@@ -98,7 +98,7 @@ def preprocess_for(model: ModelProto, io: ModelIO) -> PreprocessConfig:
     """The preprocessing the model expects: from its ExportConfig (``vitrt export``), where the
     ``extra["preprocess"]`` dict may set crop_pct and interpolation; else from the input shape
     with ImageNet mean/std (a warning says so)."""
-    from compiler.export import read_export_config
+    from vitrt.compiler.export import read_export_config
 
     config = read_export_config(model)
     if config is not None:
@@ -188,7 +188,7 @@ def calibrate_onnx(
         model: path of an FP32 ONNX model with one image input [B, C, H, W] (vitrt's export, or a
             foreign one: then ImageNet mean/std and the input's H x W are assumed, with a warning).
         data: representative data: an image folder, .npy/.npz, "skimage", "sklearn-digits",
-            "sklearn-images", "synthetic" (``calibration.open_source``), or a CalibrationData.
+            "sklearn-images", "synthetic" (``vitrt.calibration.open_source``), or a CalibrationData.
         output: the Q/DQ ONNX to write (None: return it only).
         method: activation range method, "minmax", "percentile", "entropy", "mse" or a RangeMethod.
             Tensors made by an op in ``method_overrides`` (Softmax: minmax) use that method instead.
@@ -213,7 +213,7 @@ def calibrate_onnx(
     NoQuantizableOpError (nothing to quantize), CalibrationError, VitrtError (unreadable model or
     unwritable output), before any file is written.
     """
-    from compiler.verify import load_onnx
+    from vitrt.compiler.verify import load_onnx
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}

@@ -1,16 +1,16 @@
 """Range collection on the ONNX graph with ONNX Runtime (CPU): the tensors Q/DQ will quantize.
 
 A temporary copy of the model lists those tensors as extra graph outputs; the representative data
-streams through it chunk by chunk and each chunk's values go into ``calibration.ranges``
+streams through it chunk by chunk and each chunk's values go into ``vitrt.calibration.ranges``
 collectors (2048-bin histograms of |x|, 64 KiB each), then are dropped. Memory stays at one chunk's
 activations: a fixed-batch model runs its own batch size, a dynamic-batch model as many samples as
 fit in ``max_bytes`` of captured activations.
 
-Sessions come from a ``RunnerFactory`` (path -> ``deploy.runners.Runner``), by default ONNX
+Sessions come from a ``RunnerFactory`` (path -> ``vitrt.deploy.runners.Runner``), by default ONNX
 Runtime's CPU provider through ``OnnxRuntimeRunner``, which runs vitrt's plugin nodes with their CPU
 kernels; pass a factory that registers another custom-op library (or uses other session options)
 for graphs whose custom nodes need it. Plugin nodes' own tensors are never collected (they stay
-float, see ``calibration.graph``).
+float, see ``vitrt.calibration.graph``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from compiler.fileio import save_onnx
+from vitrt.fileio import save_onnx
 
 from .errors import CalibrationError, DataSourceError
 from .ranges import ActivationRanges
@@ -34,7 +34,7 @@ from .ranges import ActivationRanges
 if TYPE_CHECKING:
     from onnx import ModelProto
 
-    from deploy.runners import Runner
+    from vitrt.deploy.runners import Runner
 
 log = logging.getLogger("vitrt")
 
@@ -47,7 +47,7 @@ def default_runner_factory(
 ) -> RunnerFactory:
     """A factory of ``OnnxRuntimeRunner`` (CPU) sessions with ``threads`` intra-op threads (None:
     ONNX Runtime's default) and, if given, a custom-op shared library registered with each session."""
-    from deploy.runners import OnnxRuntimeRunner
+    from vitrt.deploy.runners import OnnxRuntimeRunner
 
     def make(path: Path) -> Runner:
         return OnnxRuntimeRunner(path, threads=threads, custom_ops_library=custom_ops_library)

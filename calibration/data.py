@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from compiler.errors import ConfigError
-from models.config import PreprocessConfig
+from vitrt.errors import ConfigError
+from vitrt.models.config import PreprocessConfig
 
 from ._optional import import_optional
 from .errors import ChannelMismatchError, DataSourceError

@@ -1,8 +1,8 @@
-"""Errors of the calibration stage: each names the problem and the fix (see compiler.errors)."""
+"""Errors of the calibration stage: each names the problem and the fix (see vitrt.errors)."""
 
 from __future__ import annotations
 
-from compiler.errors import VitrtError
+from vitrt.errors import VitrtError
 
 
 class CalibrationError(VitrtError):

@@ -1,7 +1,7 @@
 """Where INT8 goes in a ViT's ONNX graph: the quantizable layers and the reasons others stay float.
 
 A *layer* is one standard-domain MatMul, Gemm or Conv node. Its activation inputs get per-tensor
-symmetric int8 Q/DQ and its constant weight per-channel symmetric int8 (see ``calibration.qdq``).
+symmetric int8 Q/DQ and its constant weight per-channel symmetric int8 (see ``vitrt.calibration.qdq``).
 Every other op is left alone, so LayerNormalization, Softmax, GELU (Erf), residual Adds and
 vitrt's plugin nodes compute in float; the Q/DQ sits on the tensors they hand to a layer, which
 is where TensorRT fuses it into the layer's int8 kernel (and ONNX Runtime into MatMulInteger).
@@ -23,7 +23,7 @@ A candidate layer stays float, with the reason recorded, when:
   a 0/1 mask or one-hot merge matrix such as MCTF's, through data movement, Cast or scaling;
 - an input is not float32, or it has no input computed at run time.
 
-Node names are module paths (``blocks.3.attn.qkv/MatMul_1``, from ``compiler.passes.name_nodes``);
+Node names are module paths (``blocks.3.attn.qkv/MatMul_1``, from ``vitrt.compiler.passes.name_nodes``);
 foreign graphs with unnamed nodes get ``<op_type>_<index>`` names in the working copy.
 """
 

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from compiler.errors import ConfigError
+from vitrt.errors import ConfigError
 
 from .errors import CalibrationError
 

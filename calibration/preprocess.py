@@ -12,8 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from compiler.errors import ConfigError
-from models.config import PreprocessConfig
+from vitrt.errors import ConfigError
+from vitrt.models.config import PreprocessConfig
 
 from .errors import ChannelMismatchError
 

@@ -1,6 +1,6 @@
 """Explicit Q/DQ insertion (what TensorRT 10/11 and ONNX Runtime's CPU INT8 kernels read).
 
-For every enabled layer (``calibration.graph.Layer``):
+For every enabled layer (``vitrt.calibration.graph.Layer``):
 
 - each activation input ``x`` gets ``QuantizeLinear(x, s, 0) -> DequantizeLinear`` with int8 zero
   point 0 and the calibrated per-tensor scale ``s = amax / 127``; one Q/DQ pair per tensor, shared
@@ -16,7 +16,7 @@ LayerNormalization, Transpose, ... too), has no notion of vitrt's plugin nodes o
 Performer's exp span, uses asymmetric int8 activations by default (TensorRT needs zero point 0) and
 its own calibrators (the 128-bin entropy trap). Restricting it with ``op_types_to_quantize`` and
 ``nodes_to_exclude`` still leaves its scales and its graph rewrites in charge; writing the few
-nodes here keeps placement, scales and names under vitrt's control (``calibration.graph``).
+nodes here keeps placement, scales and names under vitrt's control (``vitrt.calibration.graph``).
 
 ``gated_model`` builds the sensitivity-analysis twin: every layer switches between its quantized
 and its float form on a bool graph input, so one ONNX Runtime session evaluates any subset of

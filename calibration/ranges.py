@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from compiler.errors import ConfigError
+from vitrt.errors import ConfigError
 
 from .errors import CalibrationError
 

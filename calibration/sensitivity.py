@@ -7,7 +7,7 @@ broken by cosine distance). Then, with every candidate quantized, the worst-rank
 back to float, one at a time, until the budget holds (a greedy walk down the ranking,
 re-measured after each step, since errors of several layers do not simply add).
 
-Everything runs in one ONNX Runtime session of ``calibration.qdq.gated_model``: a layer's
+Everything runs in one ONNX Runtime session of ``vitrt.calibration.qdq.gated_model``: a layer's
 quantization is switched by a 0/1 gate input, so no model is rebuilt per layer.
 """
 
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from compiler.fileio import save_onnx
+from vitrt.fileio import save_onnx
 
 from .collect import ModelIO, RunnerFactory, default_runner_factory, model_io, run_model
 from .data import progress_bar

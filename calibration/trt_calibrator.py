@@ -86,7 +86,7 @@ def make_entropy_calibrator(data: CalibrationData | None, cache_path: str | os.P
     base: Any = trt.IInt8EntropyCalibrator2  # Any: tensorrt is not installed for type checking
 
     class VitrtEntropyCalibrator(base):
-        """Feeds CalibrationData batches through one device buffer; caches via calibration.cache."""
+        """Feeds CalibrationData batches through one device buffer; caches via vitrt.calibration.cache."""
 
         def __init__(self) -> None:
             base.__init__(self)

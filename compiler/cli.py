@@ -8,13 +8,13 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from .errors import VitrtError
+from vitrt.errors import VitrtError
 
 log = logging.getLogger("vitrt")
 
 
 def _cmd_list_models(args: argparse.Namespace) -> int:
-    from models import list_models
+    from vitrt.models import list_models
 
     print("\n".join(list_models(args.pattern)))
     return 0
@@ -43,8 +43,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from vitrt.fileio import check_writable
+
     from .export import ExportConfig, export_onnx, file_sha256, model_from_config
-    from .fileio import check_writable
 
     config = ExportConfig(
         model=args.model,
@@ -94,9 +95,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from calibration.calibrate import calibrate_onnx
-    from calibration.collect import default_runner_factory
-    from calibration.ranges import RangeMethod
+    from vitrt.calibration.calibrate import calibrate_onnx
+    from vitrt.calibration.collect import default_runner_factory
+    from vitrt.calibration.ranges import RangeMethod
 
     result = calibrate_onnx(
         args.model,
@@ -142,7 +143,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 def _cmd_plugins_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from plugins.cuda_build import DEFAULT_ARCHS, build_fatbins, fatbin_archs, kernel_resources
+    from vitrt.plugins.cuda_build import DEFAULT_ARCHS, build_fatbins, fatbin_archs, kernel_resources
 
     results = build_fatbins(
         Path(args.out) if args.out else None,

@@ -25,9 +25,9 @@ def run_demo(
     verification passed). Artifacts go to ``workdir``."""
     import onnx
 
-    from calibration import calibrate_onnx
-    from deploy.latency import measure_interleaved
-    from deploy.runners import OnnxRuntimeRunner
+    from vitrt.calibration import calibrate_onnx
+    from vitrt.deploy.latency import measure_interleaved
+    from vitrt.deploy.runners import OnnxRuntimeRunner
 
     from .export import ExportConfig, export_onnx, model_from_config
     from .inspect import model_card

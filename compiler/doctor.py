@@ -64,7 +64,7 @@ def _onnxruntime() -> Finding:
 
 
 def _tensorrt() -> Finding:
-    from plugins.cuda_tensorrt import tensorrt_missing_reason
+    from vitrt.plugins.cuda_tensorrt import tensorrt_missing_reason
 
     reason = tensorrt_missing_reason()
     if reason:
@@ -76,9 +76,8 @@ def _tensorrt() -> Finding:
 
 
 def _cuda_python() -> Finding:
-    from plugins.cuda_launcher import cuda_driver
-
-    from .errors import VitrtError
+    from vitrt.errors import VitrtError
+    from vitrt.plugins.cuda_launcher import cuda_driver
 
     try:
         module = cuda_driver()  # the launcher's own import (cuda.bindings.driver, or cuda.cuda)
@@ -88,9 +87,8 @@ def _cuda_python() -> Finding:
 
 
 def _toolkit() -> Finding:
-    from plugins.cuda_build import find_cuda_home, nvcc_version
-
-    from .errors import VitrtError
+    from vitrt.errors import VitrtError
+    from vitrt.plugins.cuda_build import find_cuda_home, nvcc_version
 
     try:
         home = find_cuda_home()
@@ -102,7 +100,7 @@ def _toolkit() -> Finding:
 
 
 def _fatbins() -> Finding:
-    from plugins.cuda_build import fatbin_archs, fatbin_is_current, fatbin_path, kernel_sources
+    from vitrt.plugins.cuda_build import fatbin_archs, fatbin_is_current, fatbin_path, kernel_sources
 
     built, problems = [], []
     for src in kernel_sources():
@@ -122,7 +120,7 @@ def _fatbins() -> Finding:
 
 
 def _emulator() -> Finding:
-    from plugins.cuda_emulation import KernelEmulationError, compiler_version, host_compiler
+    from vitrt.plugins.cuda_emulation import KernelEmulationError, compiler_version, host_compiler
 
     try:
         cxx = host_compiler()

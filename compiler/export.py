@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ConfigError, VitrtError
-from .fileio import TWO_GB, atomic_output, check_writable, save_onnx
+from vitrt.errors import ConfigError, VitrtError
+from vitrt.fileio import TWO_GB, atomic_output, check_writable, save_onnx
 
 log = logging.getLogger("vitrt")
 
@@ -81,9 +81,8 @@ def model_from_config(config: ExportConfig) -> nn.Module:
 
     Raises CheckpointError when the recorded checkpoint is missing or has changed since export.
     """
-    from models import create_model, load_checkpoint
-
-    from .errors import CheckpointError
+    from vitrt.errors import CheckpointError
+    from vitrt.models import create_model, load_checkpoint
 
     torch.manual_seed(config.seed)
     model = create_model(
@@ -108,7 +107,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     """Hex SHA-256 of a file's bytes (read in 1 MiB chunks)."""
     import hashlib
 
-    from .errors import CheckpointError
+    from vitrt.errors import CheckpointError
 
     digest = hashlib.sha256()
     try:
@@ -149,7 +148,7 @@ def export_onnx(
     """
     import copy
 
-    from plugins.lowering import set_lowering, translation_table
+    from vitrt.plugins.lowering import set_lowering, translation_table
 
     from .passes import check_model, name_nodes, name_tensors, simplify_model
 

@@ -6,7 +6,7 @@ import ast
 import logging
 from typing import Any
 
-from .errors import VitrtError
+from vitrt.errors import VitrtError
 
 log = logging.getLogger("vitrt")
 
@@ -15,9 +15,14 @@ def simplify_model(proto: Any) -> Any:
     """Constant-fold and clean ``proto`` with onnxsim, falling back to onnxslim, else unchanged.
 
     vitrt's plugin nodes stay opaque: onnxsim checks its result on ONNX Runtime, so it gets a copy
-    whose plugin nodes run on vitrt's CPU kernels (``plugins.lowering.to_onnxruntime``), undone after.
+    whose plugin nodes run on vitrt's CPU kernels (``vitrt.plugins.lowering.to_onnxruntime``), undone after.
     """
-    from plugins.lowering import from_onnxruntime, has_plugin_nodes, ort_custom_ops_library, to_onnxruntime
+    from vitrt.plugins.lowering import (
+        from_onnxruntime,
+        has_plugin_nodes,
+        ort_custom_ops_library,
+        to_onnxruntime,
+    )
 
     if has_plugin_nodes(proto):
         ort_copy = to_onnxruntime(proto)

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import VitrtError
-from .fileio import atomic_output
+from vitrt.errors import VitrtError
+from vitrt.fileio import atomic_output
 
 Feed = dict[str, np.ndarray]
 
@@ -188,7 +188,7 @@ def verify_onnx(
     checkpoint or seed), or a path to a Polygraphy RunResults JSON (then ``inputs`` must be the feeds
     those outputs were computed from). Returns (report, inputs used, ONNX Runtime outputs).
     """
-    from deploy.runners import OnnxRuntimeRunner, TorchRunner
+    from vitrt.deploy.runners import OnnxRuntimeRunner, TorchRunner
 
     from .export import model_from_config, read_export_config
 

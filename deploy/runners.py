@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compiler.errors import VitrtError
+from vitrt.errors import VitrtError
 
 Feed = Mapping[str, np.ndarray]
 
@@ -78,10 +78,10 @@ class OnnxRuntimeRunner:
     @staticmethod
     def _with_plugin_kernels(path: str, options: Any) -> str | bytes:
         """The model to load: the file itself, or, when it holds vitrt plugin nodes, a copy whose
-        nodes ONNX Runtime runs with vitrt's CPU kernels (``plugins.lowering``)."""
+        nodes ONNX Runtime runs with vitrt's CPU kernels (``vitrt.plugins.lowering``)."""
         import onnx
 
-        from plugins.lowering import has_plugin_nodes, ort_custom_ops_library, to_onnxruntime
+        from vitrt.plugins.lowering import has_plugin_nodes, ort_custom_ops_library, to_onnxruntime
 
         try:
             proto = onnx.load(path, format="protobuf", load_external_data=False)

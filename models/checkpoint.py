@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from compiler.errors import CheckpointError
+from vitrt.errors import CheckpointError
 
 # Where training scripts put the weights inside a checkpoint dict, in order of preference: the EMA
 # weights are what T2T-ViT and DeiT report their accuracy with.

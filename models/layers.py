@@ -106,7 +106,7 @@ class Block(nn.Module):
 
     ``forward(x, size)`` returns ``(x, size)``: ``size`` ([B, N] or None) is the number of
     original patches each token stands for. Plain blocks pass it through; token-fusion blocks
-    (``plugins.token_fusion``) reduce N and update it.
+    (``vitrt.plugins.token_fusion``) reduce N and update it.
     """
 
     def __init__(

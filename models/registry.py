@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from compiler.errors import ConfigError
+from vitrt.errors import ConfigError
 
 from .base import ClassTokenViT
 
@@ -78,9 +78,9 @@ def create_model(
         num_classes: classifier outputs (0 for a feature extractor).
         img_size: square input side in pixels.
         fusion: token fusion (``None``, a preset name such as ``"mctf"``, or a dict / config object);
-            see ``plugins.token_fusion``.
+            see ``vitrt.plugins.token_fusion``.
         attention: attention replacement (``None``/``"dense"``, ``"scatterbrain"``, ``"lsh"``,
-            ``"performer"``, or a dict); see ``plugins.lsh_attention``.
+            ``"performer"``, or a dict); see ``vitrt.plugins.lsh_attention``.
         kwargs: architecture overrides passed to the constructor (``drop_path_rate``, ``qk_scale``...).
     Returns:
         the model in eval mode; ``model.preprocess`` says how to prepare its input.
@@ -88,11 +88,11 @@ def create_model(
     entry = _entry(name)
     model = entry.constructor(num_classes=num_classes, img_size=img_size, **kwargs)
     if attention is not None and attention != "dense":
-        from plugins.lsh_attention.integration import apply_attention
+        from vitrt.plugins.lsh_attention.integration import apply_attention
 
         apply_attention(model, attention)
     if fusion is not None:
-        from plugins.token_fusion.integration import apply_fusion
+        from vitrt.plugins.token_fusion.integration import apply_fusion
 
         apply_fusion(model, fusion)
     return model.eval()

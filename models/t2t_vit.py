@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from compiler.errors import ConfigError
+from vitrt.errors import ConfigError
 
 from .base import ClassTokenViT
 from .config import ModelSpec, PreprocessConfig

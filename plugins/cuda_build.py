@@ -13,7 +13,7 @@ runs nvcc once per source and writes ``<out>/<source stem>.fatbin`` holding
   newer than this toolkit): the widest forward compatibility one PTX gives. A compute_120 PTX would
   only add JIT for GPUs newer than sm_120, which compute_80's PTX covers too.
 
-The launcher (``plugins.cuda_launcher``) loads these fatbins and compiles the source with NVRTC only
+The launcher (``vitrt.plugins.cuda_launcher``) loads these fatbins and compiles the source with NVRTC only
 where the fatbin holds nothing for the GPU. Builds are cached: a fatbin is rebuilt only when the key
 (sources, nvcc version, architectures, flags) recorded beside it changes. ``vitrt plugins build`` is the
 command-line face of ``build_fatbins``.
@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from compiler.errors import VitrtError
+from vitrt.errors import VitrtError
 
 PLUGINS_DIR = Path(__file__).resolve().parent
 ROOT = PLUGINS_DIR.parent

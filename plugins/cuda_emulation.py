@@ -1,6 +1,6 @@
 """vitrt's CUDA kernels run on the CPU: the same ``.cu`` sources and the same launch code, no GPU.
 
-``with emulated_kernels():`` makes ``plugins.cuda_launcher.load_module`` hand out an ``EmulatedModule``:
+``with emulated_kernels():`` makes ``vitrt.plugins.cuda_launcher.load_module`` hand out an ``EmulatedModule``:
 the op's source compiled by the host C++ compiler (``$CXX``, default ``g++``) with
 ``plugins/cuda_emulation.h`` force-included, which runs every launch block by block, each thread a
 fiber that switches only at ``__syncthreads`` and warp operations. The ops' enqueue functions and torch
@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from compiler.errors import VitrtError
+from vitrt.errors import VitrtError
 
 from .cuda_build import (
     COMMON_HEADER,

@@ -6,17 +6,17 @@ torch entry points (``tensor.data_ptr()``, ``torch.cuda.current_stream().cuda_st
 
 Module images, per CUDA context and op source:
 
-1. the fatbin built by ``plugins.cuda_build`` (``build/plugins/<source>.fatbin``) when it holds a cubin
+1. the fatbin built by ``vitrt.plugins.cuda_build`` (``build/plugins/<source>.fatbin``) when it holds a cubin
    of the GPU's major version and a minor version <= the GPU's, or a PTX the driver can JIT
    (``cuModuleLoadData``; the driver picks the image);
 2. otherwise NVRTC compiles the op's ``.cu`` source for the GPU's exact ``sm_XY`` at run time (needs the
    ``nvidia-cuda-nvrtc`` wheel), cached in memory and under ``build/plugins/nvrtc/``.
 
-``load_module(...).origin`` says which path was taken. Inside ``plugins.cuda_emulation.emulated_kernels()``
-``load_module`` returns the CPU-emulated kernels instead and the torch-face helpers at the end of this
-module accept CPU tensors. cuda-python is imported lazily
-(``cuda.bindings.driver``, or ``cuda.cuda`` before cuda-python 12.6), so this module imports on machines
-without it; the functions raise ``VitrtError`` naming ``pip install cuda-python`` there.
+``load_module(...).origin`` says which path was taken. Inside
+``vitrt.plugins.cuda_emulation.emulated_kernels()`` ``load_module`` returns the CPU-emulated kernels
+instead and the torch-face helpers at the end of this module accept CPU tensors. cuda-python is
+imported lazily (``cuda.bindings.driver``, or ``cuda.cuda`` before cuda-python 12.6), so this module
+imports on machines without it; the functions raise ``VitrtError`` naming ``pip install cuda-python`` there.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compiler.errors import VitrtError
+from vitrt.errors import VitrtError
 
 from .cuda_build import (
     COMMON_HEADER,

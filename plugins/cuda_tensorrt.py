@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 
-from compiler.errors import VitrtError
-from plugins.lowering import attribute_kinds
+from vitrt.errors import VitrtError
+from vitrt.plugins.lowering import attribute_kinds
 
 if TYPE_CHECKING:
     import tensorrt as trt

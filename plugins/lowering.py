@@ -32,7 +32,7 @@ LOWERINGS = ("eager", "portable", "plugin")
 DOMAIN = "vitrt"
 ORT_CONTRIB_DOMAIN = "ai.onnx.contrib"
 # Op folders that provide an ``onnx_lowering`` module (imported on demand: it registers torch ops).
-OP_PACKAGES = ("plugins.token_fusion", "plugins.lsh_attention")
+OP_PACKAGES = ("vitrt.plugins.token_fusion", "vitrt.plugins.lsh_attention")
 
 ShapeRule = Callable[[list[list[Any] | None], dict[str, Any]], list[tuple[int | None, list[Any]]]]
 
@@ -64,7 +64,7 @@ class PluginLowering:
 def set_lowering(model: nn.Module, lowering: str) -> nn.Module:
     """Switch every plugin-op module of ``model`` (in place) to ``lowering``; returns the model."""
     if lowering not in LOWERINGS:
-        from compiler.errors import ConfigError
+        from vitrt.errors import ConfigError
 
         raise ConfigError(f"unknown lowering {lowering!r}; use one of {', '.join(LOWERINGS)}")
     for module in model.modules():
@@ -217,7 +217,7 @@ def ort_custom_ops_library() -> str:
     """Register vitrt's ONNX Runtime CPU kernels (Python ops calling the references) and return the
     onnxruntime-extensions library to pass to ``SessionOptions.register_custom_ops_library``. Graphs
     must be prepared with ``to_onnxruntime``."""
-    from compiler.errors import VitrtError
+    from vitrt.errors import VitrtError
 
     try:
         from onnxruntime_extensions import get_library_path

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from plugins.cuda_launcher import (
+from vitrt.plugins.cuda_launcher import (
     KERNEL_SUFFIX,
     aligned_layout,
     check_kernel_tensor,
@@ -353,9 +353,10 @@ def scatterbrain_cuda(
 ) -> Tensor:
     """``onnx_lowering.attention_by_mode`` with the CUDA kernels, on torch's current stream.
 
-    q, k [B, H, N, E], v [B, H, N, Dv] (CUDA, or CPU under ``plugins.cuda_emulation.emulated_kernels()``;
-    one dtype: float32 or float16); hash_vectors [R, E + 2]
-    (None in mode PERFORMER) and projection [m, E] (None in mode LSH) -> [B, H, N, Dv] in q's dtype.
+    q, k [B, H, N, E], v [B, H, N, Dv] (CUDA, or CPU under
+    ``vitrt.plugins.cuda_emulation.emulated_kernels()``; one dtype: float32 or float16);
+    hash_vectors [R, E + 2] (None in mode PERFORMER) and projection [m, E] (None in mode LSH) ->
+    [B, H, N, Dv] in q's dtype.
     ``out`` receives the result when given (contiguous; the tests pre-fill it with NaN).
     """
     return _run(q, k, v, hash_vectors, projection, attrs, out)[0]

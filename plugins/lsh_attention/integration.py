@@ -35,7 +35,7 @@ from typing import Any
 
 from torch import nn
 
-from compiler.errors import ConfigError
+from vitrt.errors import ConfigError
 
 from .module import LSHAttention, PerformerAttention, ScatterbrainAttention
 
@@ -191,7 +191,7 @@ def make_core(method: str, budget: Budget, head_dim: int, seed: int) -> nn.Modul
 
 def _t2t_attentions(model: nn.Module) -> list[nn.Module]:
     """The two TokenAttention modules of a "transformer" T2T module (ConfigError otherwise)."""
-    from models.t2t_vit import TokenAttention, TokenTransformer
+    from vitrt.models.t2t_vit import TokenAttention, TokenTransformer
 
     name = getattr(getattr(model, "spec", None), "name", type(model).__name__)
     t2t = getattr(model, "tokens_to_token", None)

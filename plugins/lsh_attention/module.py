@@ -1,7 +1,7 @@
 """Attention cores that own the op's fixed random tensors: drop-in replacements for ``DenseAttention``.
 
 Each core maps q, k, v [B, H, N, E] and the layer's softmax scale to [B, H, N, Dv], like
-``models.layers.DenseAttention``. The hash vectors and the projection are drawn once from a seed and
+``vitrt.models.layers.DenseAttention``. The hash vectors and the projection are drawn once from a seed and
 kept as buffers: they are saved in the state dict (so an exported or reloaded model computes the same
 function), and listed in ``OPTIONAL_STATE`` so that official checkpoints, which lack them, still load
 strictly (the seeded draw then stays).
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from compiler.errors import ConfigError
+from vitrt.errors import ConfigError
 
 from .spec import XBOX_EXTRA_DIMS, Mode, ScatterbrainAttrs
 
@@ -45,7 +45,7 @@ HASH_STREAM, PROJECTION_STREAM = 0, 1
 class _AttentionCore(nn.Module):
     """What the three cores share: validated hyper-parameters, the seeded fixed tensors their mode
     needs (``hash_vectors`` when sparse, ``projection`` when low rank), the op attributes, the lowering
-    switch (``plugins.lowering``) and the dispatch to the op's reference or, for the plugin lowering,
+    switch (``vitrt.plugins.lowering``) and the dispatch to the op's reference or, for the plugin lowering,
     to the one custom op it exports as."""
 
     MODE: Mode

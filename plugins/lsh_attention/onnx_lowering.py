@@ -10,7 +10,7 @@ import onnxscript
 import torch
 from torch import Tensor
 
-from plugins.lowering import PluginLowering, attribute_kinds, register_onnx_schema
+from vitrt.plugins.lowering import PluginLowering, attribute_kinds, register_onnx_schema
 
 from .reference import lsh_attention, performer_attention, scatterbrain_attention
 from .spec import (

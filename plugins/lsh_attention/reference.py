@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from compiler.errors import ConfigError
+from vitrt.errors import ConfigError
 
 from .spec import (
     COMPUTE_DTYPE,

@@ -57,7 +57,7 @@ from typing import Any
 
 import torch
 
-from compiler.errors import ConfigError
+from vitrt.errors import ConfigError
 
 PLUGIN_NAME = "ScatterbrainAttention"
 PLUGIN_VERSION = "1"
@@ -140,7 +140,7 @@ class ScatterbrainAttrs:
     def onnx_attributes(self) -> dict[str, Any]:
         """The attributes as plain ints/floats, plus ``plugin_version``/``plugin_namespace`` for the
         TensorRT ONNX parser."""
-        from plugins.lowering import node_attributes
+        from vitrt.plugins.lowering import node_attributes
 
         return node_attributes(self, PLUGIN_VERSION, PLUGIN_NAMESPACE)
 

@@ -1,7 +1,7 @@
 """ScatterbrainAttention as a TensorRT plugin: an ``IPluginV3`` (``IPluginV3OneCore``,
 ``IPluginV3OneBuild``, ``IPluginV3OneRuntime``) whose ``enqueue`` launches the kernels of
 ``scatterbrain.cu`` on TensorRT's stream, and its ``IPluginCreatorV3One``. Registered by
-``plugins.register_tensorrt_plugins()``.
+``vitrt.plugins.register_tensorrt_plugins()``.
 
 The ONNX node ``vitrt::ScatterbrainAttention`` (``onnx_lowering``) is what the creator accepts: op_type
 ``spec.PLUGIN_NAME``, ``plugin_version`` / ``plugin_namespace`` = ``spec.PLUGIN_VERSION`` /
@@ -19,7 +19,7 @@ from __future__ import annotations
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from plugins.cuda_tensorrt import PluginCommon, creator_class, dtype_name, import_tensorrt
+from vitrt.plugins.cuda_tensorrt import PluginCommon, creator_class, dtype_name, import_tensorrt
 
 from .cuda import AttentionDims, enqueue, workspace_bytes
 from .spec import OUTPUT_NAMES, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION, Mode, ScatterbrainAttrs
@@ -127,5 +127,6 @@ def plugin_classes() -> tuple[type[trt.IPluginV3], type[trt.IPluginCreatorV3One]
 
 
 def create_creator() -> trt.IPluginCreatorV3One:
-    """A new ScatterbrainAttention plugin creator (register it with ``plugins.register_tensorrt_plugins``)."""
+    """A new ScatterbrainAttention plugin creator (register it with
+    ``vitrt.plugins.register_tensorrt_plugins``)."""
     return plugin_classes()[1]()

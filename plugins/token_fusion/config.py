@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from compiler.errors import ConfigError
+from vitrt.errors import ConfigError
 
 from .spec import MIN_TOKENS_LEFT, Pooling, TokenFusionAttrs, removed_tokens
 

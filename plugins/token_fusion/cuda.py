@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from plugins.cuda_launcher import (
+from vitrt.plugins.cuda_launcher import (
     KERNEL_SUFFIX,
     aligned_layout,
     check_kernel_tensor,
@@ -251,7 +251,7 @@ def token_fusion_cuda(
     """``reference.token_fusion`` with the CUDA kernels, on torch's current stream.
 
     x [B, N, C], metric [B, N, Cm], info [B, N], size [B, N]: CUDA tensors (CPU ones under
-    ``plugins.cuda_emulation.emulated_kernels()``) of one dtype (float32 or float16) -> (x_fused
+    ``vitrt.plugins.cuda_emulation.emulated_kernels()``) of one dtype (float32 or float16) -> (x_fused
     [B, N - r, C], size_fused [B, N - r], dest [B, N] int64). ``out`` receives the results when given
     (C-contiguous, right shapes and dtypes; the tests pre-fill it with NaN / -1 to check every element
     is written).

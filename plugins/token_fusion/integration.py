@@ -6,8 +6,8 @@ from typing import Any
 
 from torch import nn
 
-from compiler.errors import ConfigError
-from models.layers import Block, DenseAttention
+from vitrt.errors import ConfigError
+from vitrt.models.layers import Block, DenseAttention
 
 from .config import FusionConfig, parse, resolve
 from .module import FusionBlock

@@ -1,6 +1,6 @@
 """``FusionBlock``: a transformer block that fuses tokens (MCTF or ToMe) with the same weights.
 
-It takes over the submodules of a ``models.layers.Block`` (norm1, attn, drop_path, norm2, mlp), so
+It takes over the submodules of a ``vitrt.models.layers.Block`` (norm1, attn, drop_path, norm2, mlp), so
 state-dict keys and checkpoints are unchanged. The attention is computed here rather than through
 ``attn.core``: fusion needs the attention probabilities themselves (informativeness, pooling
 weights, one-step-ahead attention) and proportional attention adds log(size) to the logits.
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.layers import Block
+from vitrt.models.layers import Block
 
 from .config import FusionBlockConfig
 from .reference import MergeMethod, attention_received, merge_attention, pooling_weights, token_fusion
@@ -44,7 +44,7 @@ class FusionBlock(Block):
     """
 
     num_protected = 1  # the class token
-    lowering = "eager"  # see plugins.lowering: "eager", "portable" or "plugin"
+    lowering = "eager"  # see vitrt.plugins.lowering: "eager", "portable" or "plugin"
 
     def __init__(self, block: Block, config: FusionBlockConfig) -> None:
         nn.Module.__init__(self)  # the submodules come from ``block``, not from fresh ones
@@ -59,7 +59,7 @@ class FusionBlock(Block):
         return f"config={self.config}"
 
     def set_lowering(self, lowering: str) -> None:
-        """Pick how the fusion is expressed for export (``plugins.lowering``); same function."""
+        """Pick how the fusion is expressed for export (``vitrt.plugins.lowering``); same function."""
         self.lowering = lowering
 
     @property

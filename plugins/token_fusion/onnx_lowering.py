@@ -11,7 +11,7 @@ import onnxscript
 import torch
 from torch import Tensor
 
-from plugins.lowering import PluginLowering, attribute_kinds, register_onnx_schema
+from vitrt.plugins.lowering import PluginLowering, attribute_kinds, register_onnx_schema
 
 from .reference import token_fusion
 from .spec import INPUT_NAMES, OUTPUT_NAMES, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION, TokenFusionAttrs

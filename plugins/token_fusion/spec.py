@@ -27,7 +27,7 @@ the block's weights::
   (``reference.merge_attention``), so it stays outside the op: standard ops in the portable lowering,
   a separate kernel later if profiling asks for it. Proportional attention (adding log(size) to the
   key logits) and the choice of where in the block to fuse are likewise block-level, not op
-  attributes: see ``FusionBlockConfig`` in ``plugins.token_fusion.config``.
+  attributes: see ``FusionBlockConfig`` in ``vitrt.plugins.token_fusion.config``.
 
 Output order (the next block splits its tokens by parity, so the order is part of the function):
 ``[unmerged set-A tokens in index order (class token first), unmerged set-B tokens]``, set A being the
@@ -108,7 +108,7 @@ class TokenFusionAttrs:
     def onnx_attributes(self) -> dict[str, Any]:
         """The attributes as plain ints/floats, plus ``plugin_version``/``plugin_namespace`` for the
         TensorRT ONNX parser."""
-        from plugins.lowering import node_attributes
+        from vitrt.plugins.lowering import node_attributes
 
         return node_attributes(self, PLUGIN_VERSION, PLUGIN_NAMESPACE)
 

@@ -1,6 +1,6 @@
 """TokenFusion as a TensorRT plugin: an ``IPluginV3`` (``IPluginV3OneCore``, ``IPluginV3OneBuild``,
 ``IPluginV3OneRuntime``) whose ``enqueue`` launches the kernels of ``token_fusion.cu`` on TensorRT's
-stream, and its ``IPluginCreatorV3One``. Registered by ``plugins.register_tensorrt_plugins()``.
+stream, and its ``IPluginCreatorV3One``. Registered by ``vitrt.plugins.register_tensorrt_plugins()``.
 
 The ONNX node ``vitrt::TokenFusion`` (``onnx_lowering``) is what the creator accepts: op_type =
 ``spec.PLUGIN_NAME``, ``plugin_version`` / ``plugin_namespace`` attributes = ``spec.PLUGIN_VERSION`` /
@@ -18,7 +18,7 @@ from __future__ import annotations
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from plugins.cuda_tensorrt import PluginCommon, creator_class, dtype_name, import_tensorrt
+from vitrt.plugins.cuda_tensorrt import PluginCommon, creator_class, dtype_name, import_tensorrt
 
 from .cuda import FusionDims, enqueue, workspace_bytes
 from .spec import INPUT_NAMES, OUTPUT_NAMES, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION, TokenFusionAttrs
@@ -100,5 +100,5 @@ def plugin_classes() -> tuple[type[trt.IPluginV3], type[trt.IPluginCreatorV3One]
 
 
 def create_creator() -> trt.IPluginCreatorV3One:
-    """A new TokenFusion plugin creator (register it with ``plugins.register_tensorrt_plugins``)."""
+    """A new TokenFusion plugin creator (register it with ``vitrt.plugins.register_tensorrt_plugins``)."""
     return plugin_classes()[1]()

@@ -1,6 +1,6 @@
 """The CUDA kernels against the PyTorch references: checks shared by the GPU tests (tests/gpu) and the
 CPU-emulated ones (tests/plugins/test_kernels_emulated.py). Device-agnostic: the inputs' device says
-where the kernels run (CUDA, or CPU under ``plugins.cuda_emulation.emulated_kernels()``).
+where the kernels run (CUDA, or CPU under ``vitrt.plugins.cuda_emulation.emulated_kernels()``).
 
 How exactness is judged. The kernels sum in their own order, so float32 results differ from the
 reference by rounding; decisions that rank floats (the token-fusion matching, the LSH sorts) can then
@@ -24,10 +24,10 @@ import pytest
 import torch
 from torch import Tensor
 
-from plugins.lsh_attention import reference as sb_ref
-from plugins.lsh_attention.spec import Mode, ScatterbrainAttrs, padded_length
-from plugins.token_fusion import reference as tf_ref
-from plugins.token_fusion.spec import Pooling, TokenFusionAttrs
+from vitrt.plugins.lsh_attention import reference as sb_ref
+from vitrt.plugins.lsh_attention.spec import Mode, ScatterbrainAttrs, padded_length
+from vitrt.plugins.token_fusion import reference as tf_ref
+from vitrt.plugins.token_fusion.spec import Pooling, TokenFusionAttrs
 
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2}
 
@@ -36,8 +36,8 @@ def gpu_skip_reason() -> str | None:
     """Why the kernels cannot run on a GPU here (no CUDA device, or no cuda-python), or None."""
     if not torch.cuda.is_available():
         return "torch.cuda.is_available() is False: no CUDA GPU (or a CPU build of torch)"
-    from compiler.errors import VitrtError
-    from plugins.cuda_launcher import cuda_driver
+    from vitrt.errors import VitrtError
+    from vitrt.plugins.cuda_launcher import cuda_driver
 
     try:
         cuda_driver()
@@ -48,7 +48,7 @@ def gpu_skip_reason() -> str | None:
 
 def prepare_gpu_kernels() -> None:
     """Build the fatbins where nvcc is found; without it the launcher compiles with NVRTC instead."""
-    from plugins.cuda_build import build_fatbins, find_cuda_home
+    from vitrt.plugins.cuda_build import build_fatbins, find_cuda_home
 
     try:
         find_cuda_home()
@@ -96,7 +96,7 @@ def check_token_fusion(
     b: int, n: int, c: int, r: int, preset: dict[str, Any], dtype: torch.dtype, device: str
 ) -> None:
     """token_fusion_cuda on seeded inputs against reference.token_fusion (see the module docstring)."""
-    from plugins.token_fusion.cuda import bipartite_matching_cuda, fusion_scores_cuda, token_fusion_cuda
+    from vitrt.plugins.token_fusion.cuda import bipartite_matching_cuda, fusion_scores_cuda, token_fusion_cuda
 
     attrs = TokenFusionAttrs(r=r, **preset)
     x, metric, info, size = fusion_inputs(b, n, c, dtype, device)
@@ -160,7 +160,7 @@ def attn_inputs(
 
 
 def _fixed(r: int, m: int, e: int, device: str) -> tuple[Tensor, Tensor]:
-    from plugins.lsh_attention.module import draw_hash_vectors, draw_projection
+    from vitrt.plugins.lsh_attention.module import draw_hash_vectors, draw_projection
 
     g = torch.Generator().manual_seed(7)
     return draw_hash_vectors(r, e, g).to(device), draw_projection(m, e, g).to(device)
@@ -174,7 +174,7 @@ def attention_attrs(mode: Mode, c: int, r: int, m: int, scale: float) -> Scatter
 
 
 def _by_mode(q: Tensor, k: Tensor, v: Tensor, hv: Tensor, proj: Tensor, attrs: ScatterbrainAttrs) -> Tensor:
-    from plugins.lsh_attention.onnx_lowering import attention_by_mode
+    from vitrt.plugins.lsh_attention.onnx_lowering import attention_by_mode
 
     return attention_by_mode(
         q, k, v, hv if attrs.mode != Mode.PERFORMER else None, proj if attrs.mode != Mode.LSH else None, attrs
@@ -185,7 +185,7 @@ def check_scatterbrain(
     b: int, n: int, e: int, c: int, r: int, m: int, scale: float, dtype: torch.dtype, mode: Mode, device: str
 ) -> None:
     """scatterbrain_cuda on seeded inputs against the reference of ``mode`` (see the module docstring)."""
-    from plugins.lsh_attention.cuda import scatterbrain_cuda, scatterbrain_cuda_debug
+    from vitrt.plugins.lsh_attention.cuda import scatterbrain_cuda, scatterbrain_cuda_debug
 
     attrs = attention_attrs(mode, c, r, m, scale)
     q, k, v = attn_inputs(b, n, e, dtype, device)
@@ -251,8 +251,8 @@ def check_random_fusion(seed: int, device: str) -> None:
     the reference's on the kernel's scores, the merges equal the reference's for the kernel's groups.
     Similarity stays enabled: without it scores tie exactly and the reference's order among exact ties
     is torch's unstable argsort (the kernel ranks ties by index, like ONNX TopK)."""
-    from plugins.token_fusion.cuda import fusion_scores_cuda, token_fusion_cuda
-    from plugins.token_fusion.spec import removed_tokens
+    from vitrt.plugins.token_fusion.cuda import fusion_scores_cuda, token_fusion_cuda
+    from vitrt.plugins.token_fusion.spec import removed_tokens
 
     rng = random.Random(seed)
     n = rng.choice([12, 13, 21, 37, 64, 65, 197, 257, 300])
@@ -292,8 +292,8 @@ def check_random_attention(seed: int, device: str) -> None:
     E, Dv independent; 1-2 heads; cluster sizes 1-49; 1-3 hash rounds; 1-40 projection rows), checked
     given the kernel's own sort: its permutations equal the reference's stable argsort of its hashes, and
     its output equals the reference run on those permutations."""
-    from plugins.lsh_attention.cuda import scatterbrain_cuda_debug
-    from plugins.lsh_attention.module import draw_hash_vectors, draw_projection
+    from vitrt.plugins.lsh_attention.cuda import scatterbrain_cuda_debug
+    from vitrt.plugins.lsh_attention.module import draw_hash_vectors, draw_projection
 
     rng = random.Random(seed)
     mode = rng.choice(list(Mode))

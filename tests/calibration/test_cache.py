@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibration.cache import (
+from vitrt.calibration.cache import (
     decode_scale,
     dumps,
     encode_scale,
@@ -20,7 +20,7 @@ from calibration.cache import (
     trt_version_number,
     write_cache,
 )
-from calibration.errors import CacheError
+from vitrt.calibration.errors import CacheError
 
 
 def _bits(value: float) -> int:

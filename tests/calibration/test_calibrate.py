@@ -4,7 +4,7 @@ with a message and write nothing.
 
 Exports: the trained digits T2T-ViT shipped in benchmarks/digits (real data: sklearn digits), and
 deit_tiny at 64 px with MCTF token fusion in the plugin lowering (vitrt::TokenFusion nodes run by
-ONNX Runtime through plugins.lowering's CPU kernels). Bounds: cosine to FP32 > 0.99 and top-1
+ONNX Runtime through vitrt.plugins.lowering's CPU kernels). Bounds: cosine to FP32 > 0.99 and top-1
 agreement >= 95% on held-out digits; cosine > 0.99 on the random-init plugin graph.
 """
 
@@ -20,13 +20,13 @@ import numpy as np
 import onnx
 import pytest
 
-from calibration.cache import read_cache
-from calibration.calibrate import METADATA_KEY, calibrate_onnx
-from calibration.ranges import scale_from_amax
-from compiler.cli import main
-from compiler.export import METADATA_KEY as EXPORT_KEY
-from deploy.runners import OnnxRuntimeRunner
 from tests.calibration._graphs import no_layers, save, two_layers, vit_like
+from vitrt.calibration.cache import read_cache
+from vitrt.calibration.calibrate import METADATA_KEY, calibrate_onnx
+from vitrt.calibration.ranges import scale_from_amax
+from vitrt.compiler.cli import main
+from vitrt.compiler.export import METADATA_KEY as EXPORT_KEY
+from vitrt.deploy.runners import OnnxRuntimeRunner
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "benchmarks" / "digits"
@@ -104,9 +104,9 @@ def test_trained_t2t_calibrates_on_digits_end_to_end(digits_t2t: Path, tmp_path:
 
 
 def test_plugin_graph_calibrates(tmp_path: Path) -> None:
-    if importlib.util.find_spec("plugins.lowering") is None:
-        pytest.skip("plugins.lowering (ONNX Runtime kernels of vitrt's plugin ops) is not available")
-    from compiler.export import ExportConfig, export_onnx, model_from_config
+    if importlib.util.find_spec("vitrt.plugins.lowering") is None:
+        pytest.skip("vitrt.plugins.lowering (ONNX Runtime kernels of vitrt's plugin ops) is not available")
+    from vitrt.compiler.export import ExportConfig, export_onnx, model_from_config
 
     config = ExportConfig("deit_tiny_patch16_224", input_size=(3, 64, 64), img_size=64, fusion="mctf")
     path = export_onnx(model_from_config(config), tmp_path / "fused.onnx", config)

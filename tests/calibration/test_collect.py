@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibration.cache import read_cache, write_cache
-from calibration.collect import collect_ranges, model_io, rebatch
-from calibration.errors import DataSourceError
-from deploy.runners import OnnxRuntimeRunner
 from tests.calibration._graphs import save, two_layers
+from vitrt.calibration.cache import read_cache, write_cache
+from vitrt.calibration.collect import collect_ranges, model_io, rebatch
+from vitrt.calibration.errors import DataSourceError
+from vitrt.deploy.runners import OnnxRuntimeRunner
 
 TENSORS = ["images", "flatten/Flatten_1:0", "fc1/MatMul_1:0", "logits"]
 

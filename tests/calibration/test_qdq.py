@@ -13,11 +13,11 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from calibration.graph import ensure_node_names, find_layers, unmatched_patterns
-from calibration.qdq import gate_name, gated_model, insert_qdq, quantize_weight
-from calibration.ranges import fake_quantize
-from deploy.runners import OnnxRuntimeRunner
 from tests.calibration._graphs import plugins_as_identity, save, vit_like
+from vitrt.calibration.graph import ensure_node_names, find_layers, unmatched_patterns
+from vitrt.calibration.qdq import gate_name, gated_model, insert_qdq, quantize_weight
+from vitrt.calibration.ranges import fake_quantize
+from vitrt.deploy.runners import OnnxRuntimeRunner
 
 QUANTIZED = {
     "patch_embed.proj/Conv_1",
@@ -182,7 +182,7 @@ def test_unnamed_nodes_get_unique_names() -> None:
 @pytest.mark.usefixtures("quiet_logs")
 def test_plugin_graph_runs_with_a_custom_op_session(tmp_path: Path) -> None:
     # The factory hook: a session that can run vitrt's nodes (here: the stub becomes Identity).
-    from calibration.calibrate import calibrate_onnx
+    from vitrt.calibration.calibrate import calibrate_onnx
 
     model = vit_like(seed=5, plugin=True)
     path = save(model, tmp_path / "plugin.onnx")

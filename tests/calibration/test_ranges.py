@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from calibration.errors import CalibrationError
-from calibration.ranges import (
+from vitrt.calibration.errors import CalibrationError
+from vitrt.calibration.ranges import (
     METHODS,
     ZERO_AMAX_SCALE,
     ActivationRanges,
@@ -26,7 +26,7 @@ from calibration.ranges import (
     scale_from_amax,
     weight_scales,
 )
-from compiler.errors import ConfigError
+from vitrt.errors import ConfigError
 
 N = 1_000_000
 Sampler = Callable[..., np.ndarray]
@@ -347,7 +347,7 @@ def test_chunked_and_float32_updates_give_the_same_counts(monkeypatch: pytest.Mo
     x32 = torch.randn(300, 1000) * 4
     whole = RangeCollector()
     whole.update(x32.double().numpy())
-    monkeypatch.setattr("calibration.ranges.CHUNK", 4096)
+    monkeypatch.setattr("vitrt.calibration.ranges.CHUNK", 4096)
     chunked = RangeCollector()
     chunked.update(x32)  # float32 path, 74 chunks
     np.testing.assert_array_equal(chunked.internal_counts(), whole.internal_counts())

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calibration.calibrate import calibrate_onnx
-from calibration.errors import CalibrationError
-from calibration.metrics import agreement
 from tests.calibration._graphs import save, two_layers, vit_like
+from vitrt.calibration.calibrate import calibrate_onnx
+from vitrt.calibration.errors import CalibrationError
+from vitrt.calibration.metrics import agreement
 
 pytestmark = pytest.mark.usefixtures("quiet_logs")
 

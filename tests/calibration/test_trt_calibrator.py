@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from calibration.cache import read_cache, trt_version_number
-from calibration.data import open_source
-from calibration.errors import MissingDependencyError
-from models.config import PreprocessConfig
+from vitrt.calibration.cache import read_cache, trt_version_number
+from vitrt.calibration.data import open_source
+from vitrt.calibration.errors import MissingDependencyError
+from vitrt.models.config import PreprocessConfig
 
 CFG = PreprocessConfig(input_size=(3, 32, 32), crop_pct=1.0)
 
@@ -28,13 +28,13 @@ def _tensorrt_missing() -> str | None:
 
 
 def test_module_imports_without_tensorrt() -> None:
-    module = importlib.import_module("calibration.trt_calibrator")
+    module = importlib.import_module("vitrt.calibration.trt_calibrator")
     assert callable(module.make_entropy_calibrator)
 
 
 @pytest.mark.skipif(_tensorrt_missing() is None, reason="tensorrt is installed here")
 def test_factory_names_the_missing_package(tmp_path: Path) -> None:
-    from calibration.trt_calibrator import make_entropy_calibrator
+    from vitrt.calibration.trt_calibrator import make_entropy_calibrator
 
     data = open_source("synthetic", CFG, 4, 2, progress=False)
     with pytest.raises(MissingDependencyError, match="pip install tensorrt"):
@@ -58,7 +58,7 @@ def test_entropy_calibrator_builds_an_int8_engine_and_writes_a_cache(tmp_path: P
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU")
-    from calibration.trt_calibrator import make_entropy_calibrator
+    from vitrt.calibration.trt_calibrator import make_entropy_calibrator
 
     # a tiny Conv -> Relu network with a static batch of 4
     weight = numpy_helper.from_array(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from compiler.cli import build_parser, main
+from vitrt.compiler.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ["compiler", "plugins", "calibration", "deploy", "models"]
@@ -47,7 +47,7 @@ def test_help(command: str | None, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_console_script_entry_point() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "compiler.cli", "list-models", "deit*"],
+        [sys.executable, "-m", "vitrt.compiler.cli", "list-models", "deit*"],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -68,7 +68,7 @@ def test_inspect_counts_the_model(capsys: pytest.CaptureFixture[str]) -> None:
 def test_bad_checkpoint_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import torch
 
-    from models import create_model
+    from vitrt.models import create_model
 
     good = tmp_path / "good.pth.tar"
     torch.save({"state_dict_ema": create_model("t2t_vit_7", img_size=64).state_dict()}, good)

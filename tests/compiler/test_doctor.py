@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from compiler.cli import main
-from compiler.doctor import diagnose
-from plugins.cuda_build import KernelSource, build_fatbin, fatbin_is_current
-from plugins.cuda_tensorrt import tensorrt_missing_reason
+from vitrt.compiler.cli import main
+from vitrt.compiler.doctor import diagnose
+from vitrt.plugins.cuda_build import KernelSource, build_fatbin, fatbin_is_current
+from vitrt.plugins.cuda_tensorrt import tensorrt_missing_reason
 
 
 def test_findings_match_the_machine(capsys: pytest.CaptureFixture[str]) -> None:

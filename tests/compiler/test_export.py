@@ -11,10 +11,10 @@ import onnx
 import pytest
 import torch
 
-from compiler.cli import main
-from compiler.errors import ConfigError, VitrtError
-from compiler.export import ExportConfig, export_onnx, model_from_config, read_export_config
-from compiler.verify import load_inputs, load_outputs, save_inputs, verify_onnx
+from vitrt.compiler.cli import main
+from vitrt.compiler.export import ExportConfig, export_onnx, model_from_config, read_export_config
+from vitrt.compiler.verify import load_inputs, load_outputs, save_inputs, verify_onnx
+from vitrt.errors import ConfigError, VitrtError
 
 # Small inputs keep the CPU suite fast; the shapes still exercise every soft split, and with 17
 # tokens every fusion preset still fuses (down to the 10-token floor).
@@ -128,7 +128,7 @@ def test_dynamic_batch(tmp_path: Path) -> None:
 
 
 def test_checkpoint_export_verifies_against_the_same_weights(tmp_path: Path) -> None:
-    from models import create_model
+    from vitrt.models import create_model
 
     ckpt = tmp_path / "w.pth.tar"
     torch.manual_seed(7)

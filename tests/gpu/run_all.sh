@@ -19,7 +19,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 OMP_NUM_T
   command -v nvcc && nvcc --version | tail -1
 } >"$OUT/env.txt" 2>&1
 
-"$PY" -m compiler.cli plugins build 2>&1 | tee "$OUT/build.txt"
+"$PY" -m vitrt.compiler.cli plugins build 2>&1 | tee "$OUT/build.txt"
 for f in build/plugins/*.fatbin; do
   command -v cuobjdump >/dev/null && cuobjdump --list-elf --list-ptx "$f" >>"$OUT/build.txt" 2>&1
 done

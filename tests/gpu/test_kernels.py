@@ -13,8 +13,6 @@ from typing import Any
 import pytest
 import torch
 
-from plugins.lsh_attention.spec import Mode
-from plugins.token_fusion.spec import TokenFusionAttrs, removed_tokens
 from tests._support.kernel_checks import (
     MCTF,
     TOME,
@@ -26,6 +24,8 @@ from tests._support.kernel_checks import (
     gpu_skip_reason,
     prepare_gpu_kernels,
 )
+from vitrt.plugins.lsh_attention.spec import Mode
+from vitrt.plugins.token_fusion.spec import TokenFusionAttrs, removed_tokens
 
 pytestmark = pytest.mark.gpu
 
@@ -63,7 +63,7 @@ def test_token_fusion(
 
 
 def test_token_fusion_is_deterministic() -> None:
-    from plugins.token_fusion.cuda import token_fusion_cuda
+    from vitrt.plugins.token_fusion.cuda import token_fusion_cuda
 
     attrs = TokenFusionAttrs(r=16, **MCTF)
     inputs = fusion_inputs(64, 197, 384, torch.float16, "cuda")

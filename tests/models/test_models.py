@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from compiler.errors import CheckpointError, ConfigError
-from models import create_model, list_models, load_checkpoint, read_state_dict
-from models.t2t_vit import check_img_size, soft_split_grid
+from vitrt.errors import CheckpointError, ConfigError
+from vitrt.models import create_model, list_models, load_checkpoint, read_state_dict
+from vitrt.models.t2t_vit import check_img_size, soft_split_grid
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # From the official code (issue 2): all parameters, frozen `w` and `pos_embed` included.

@@ -16,8 +16,8 @@ from types import ModuleType
 import pytest
 import torch
 
-from models import create_model, load_checkpoint
 from tests._support.official import official_checkout
+from vitrt.models import create_model, load_checkpoint
 
 T2T_CASES = [(n, 224) for n in ("t2t_vit_7", "t2t_vit_14", "t2t_vit_t_14", "t2t_vit_19", "t2t_vit_t_24")]
 T2T_CASES.append(("t2t_vit_14", 384))

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from compiler.errors import VitrtError
-from plugins.cuda_build import (
+from vitrt.errors import VitrtError
+from vitrt.plugins.cuda_build import (
     DEFAULT_ARCHS,
     PTX_ARCH,
     FatbinEntry,
@@ -28,7 +28,7 @@ from plugins.cuda_build import (
     kernel_sources,
     parse_resource_usage,
 )
-from plugins.cuda_launcher import compatible_image
+from vitrt.plugins.cuda_launcher import compatible_image
 
 
 def _nvcc_missing() -> str | None:
@@ -51,7 +51,7 @@ def fatbins() -> dict[str, Path]:
 
 
 def test_one_source_per_op() -> None:
-    from plugins.lowering import OP_PACKAGES
+    from vitrt.plugins.lowering import OP_PACKAGES
 
     folders = {s.path.parent.name for s in kernel_sources()}
     assert folders == {pkg.split(".")[-1] for pkg in OP_PACKAGES}
@@ -67,7 +67,10 @@ def test_every_listed_architecture_has_a_cubin(fatbins: dict[str, Path]) -> None
             assert listed == list(DEFAULT_ARCHS), name
 
 
-KERNEL_MODULES = {"token_fusion": "plugins.token_fusion.cuda", "scatterbrain": "plugins.lsh_attention.cuda"}
+KERNEL_MODULES = {
+    "token_fusion": "vitrt.plugins.token_fusion.cuda",
+    "scatterbrain": "vitrt.plugins.lsh_attention.cuda",
+}
 
 
 def test_every_launched_kernel_is_in_the_fatbin(fatbins: dict[str, Path]) -> None:
@@ -116,7 +119,7 @@ def test_a_rebuild_is_cached(fatbins: dict[str, Path]) -> None:
 
 
 def test_nvrtc_compiles_the_sources_where_installed() -> None:
-    from plugins.cuda_launcher import CudaError, nvrtc_compile
+    from vitrt.plugins.cuda_launcher import CudaError, nvrtc_compile
 
     try:
         importlib.import_module("cuda.bindings.nvrtc")
@@ -179,7 +182,7 @@ def test_launcher_errors_name_the_missing_piece() -> None:
     # says so (CI has cuda-python but no GPU).
     import torch
 
-    from plugins import cuda_launcher
+    from vitrt.plugins import cuda_launcher
 
     try:
         importlib.import_module("cuda.bindings.driver")
@@ -194,8 +197,8 @@ def test_launcher_errors_name_the_missing_piece() -> None:
 
 
 def test_tensorrt_glue_reports_a_missing_tensorrt() -> None:
-    from plugins import register_tensorrt_plugins
-    from plugins.cuda_tensorrt import tensorrt_missing_reason
+    from vitrt.plugins import register_tensorrt_plugins
+    from vitrt.plugins.cuda_tensorrt import tensorrt_missing_reason
 
     reason = tensorrt_missing_reason()
     if reason is None:
@@ -205,10 +208,10 @@ def test_tensorrt_glue_reports_a_missing_tensorrt() -> None:
 
 
 def test_workspace_regions_are_aligned_and_disjoint() -> None:
-    from plugins.lsh_attention.cuda import AttentionDims, shared_bytes, workspace_layout
-    from plugins.lsh_attention.spec import Mode, ScatterbrainAttrs
-    from plugins.token_fusion.cuda import FusionDims
-    from plugins.token_fusion.cuda import workspace_layout as fusion_layout
+    from vitrt.plugins.lsh_attention.cuda import AttentionDims, shared_bytes, workspace_layout
+    from vitrt.plugins.lsh_attention.spec import Mode, ScatterbrainAttrs
+    from vitrt.plugins.token_fusion.cuda import FusionDims
+    from vitrt.plugins.token_fusion.cuda import workspace_layout as fusion_layout
 
     for mode in Mode:
         attrs = ScatterbrainAttrs(

@@ -18,11 +18,6 @@ from typing import Any
 import pytest
 import torch
 
-from plugins.cuda_build import KernelSource
-from plugins.cuda_emulation import KernelEmulationError, emulated_kernels, host_compiler, open_emulated
-from plugins.cuda_launcher import i32, launch, load_module, ptr
-from plugins.lsh_attention.spec import Mode
-from plugins.token_fusion.spec import removed_tokens
 from tests._support.kernel_checks import (
     MCTF,
     TOME,
@@ -31,6 +26,11 @@ from tests._support.kernel_checks import (
     check_scatterbrain,
     check_token_fusion,
 )
+from vitrt.plugins.cuda_build import KernelSource
+from vitrt.plugins.cuda_emulation import KernelEmulationError, emulated_kernels, host_compiler, open_emulated
+from vitrt.plugins.cuda_launcher import i32, launch, load_module, ptr
+from vitrt.plugins.lsh_attention.spec import Mode
+from vitrt.plugins.token_fusion.spec import removed_tokens
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -110,7 +110,7 @@ def test_random_attention_configurations_emulated(seed: int, emulated: None) -> 
 
 
 def test_cpu_tensors_need_the_emulator() -> None:
-    from plugins.token_fusion.cuda import bipartite_matching_cuda
+    from vitrt.plugins.token_fusion.cuda import bipartite_matching_cuda
 
     with pytest.raises(ValueError, match="must be a CUDA tensor"):
         bipartite_matching_cuda(torch.rand(1, 4, 4), 2)

@@ -17,15 +17,15 @@ import pytest
 import torch
 from torch import Tensor
 
-from plugins.lsh_attention.spec import Mode, ScatterbrainAttrs
-from plugins.token_fusion.spec import Pooling, TokenFusionAttrs
 from tests._support.kernel_checks import prepare_gpu_kernels
+from vitrt.plugins.lsh_attention.spec import Mode, ScatterbrainAttrs
+from vitrt.plugins.token_fusion.spec import Pooling, TokenFusionAttrs
 
 pytestmark = [pytest.mark.tensorrt, pytest.mark.gpu]
 
 
 def _skip_reason() -> str | None:
-    from plugins.cuda_tensorrt import tensorrt_missing_reason
+    from vitrt.plugins.cuda_tensorrt import tensorrt_missing_reason
 
     reason = tensorrt_missing_reason()
     if reason:
@@ -43,7 +43,7 @@ def trt() -> Any:
         pytest.skip(reason)
     import tensorrt
 
-    from plugins import register_tensorrt_plugins
+    from vitrt.plugins import register_tensorrt_plugins
 
     prepare_gpu_kernels()
     torch.cuda.init()
@@ -130,8 +130,8 @@ def _one_node_model(
 def test_token_fusion_plugin(trt: Any, dtype: torch.dtype, bidirectional: int) -> None:
     from onnx import TensorProto
 
-    from plugins.token_fusion.reference import token_fusion
-    from plugins.token_fusion.spec import INPUT_NAMES, OUTPUT_NAMES, PLUGIN_NAME
+    from vitrt.plugins.token_fusion.reference import token_fusion
+    from vitrt.plugins.token_fusion.spec import INPUT_NAMES, OUTPUT_NAMES, PLUGIN_NAME
 
     b, n, c = 4, 197, 384
     attrs = TokenFusionAttrs(
@@ -178,11 +178,11 @@ def test_token_fusion_plugin(trt: Any, dtype: torch.dtype, bidirectional: int) -
 def test_scatterbrain_plugin(
     trt: Any, mode: Mode, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from plugins.lsh_attention import reference
-    from plugins.lsh_attention.cuda import scatterbrain_cuda_debug
-    from plugins.lsh_attention.module import draw_hash_vectors, draw_projection
-    from plugins.lsh_attention.onnx_lowering import attention_by_mode
-    from plugins.lsh_attention.spec import OUTPUT_NAMES, PLUGIN_NAME
+    from vitrt.plugins.lsh_attention import reference
+    from vitrt.plugins.lsh_attention.cuda import scatterbrain_cuda_debug
+    from vitrt.plugins.lsh_attention.module import draw_hash_vectors, draw_projection
+    from vitrt.plugins.lsh_attention.onnx_lowering import attention_by_mode
+    from vitrt.plugins.lsh_attention.spec import OUTPUT_NAMES, PLUGIN_NAME
 
     b, h, n, e, c, r, m, scale = 2, 1, 784, 64, 6, 2, 3, 576**-0.5
     sparse, low_rank = mode != Mode.PERFORMER, mode != Mode.LSH
@@ -218,9 +218,9 @@ def test_scatterbrain_plugin(
 
 
 def test_exported_model_with_both_plugins(trt: Any, tmp_path: Path) -> None:
-    """A whole T2T-ViT exported by ``compiler.export`` (plugin lowering: Scatterbrain in the T2T module,
+    """A whole T2T-ViT exported by ``vitrt.compiler.export`` (plugin lowering: Scatterbrain in the T2T module,
     MCTF token fusion in the blocks) runs in TensorRT like the PyTorch model."""
-    from compiler.export import ExportConfig, export_onnx, model_from_config
+    from vitrt.compiler.export import ExportConfig, export_onnx, model_from_config
 
     config = ExportConfig(
         "t2t_vit_7",

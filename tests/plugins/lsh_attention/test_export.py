@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from plugins.lsh_attention.module import LSHAttention, PerformerAttention, ScatterbrainAttention
+from vitrt.plugins.lsh_attention.module import LSHAttention, PerformerAttention, ScatterbrainAttention
 
 
 class _Layer(nn.Module):

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from plugins.lsh_attention.memory import measure_allocations
-from plugins.lsh_attention.module import ScatterbrainAttention
-from plugins.lsh_attention.spec import dense_attention_elements, largest_intermediate_elements
+from vitrt.plugins.lsh_attention.memory import measure_allocations
+from vitrt.plugins.lsh_attention.module import ScatterbrainAttention
+from vitrt.plugins.lsh_attention.spec import dense_attention_elements, largest_intermediate_elements
 
 N, E = 3136, 64
 
@@ -32,7 +32,7 @@ def test_largest_intermediate_is_under_5_percent_of_dense() -> None:
 
 
 def test_tracker_sees_dense_attention_matrix() -> None:
-    from models.layers import DenseAttention
+    from vitrt.models.layers import DenseAttention
 
     q, k, v = (torch.randn(1, 2, 300, 16) for _ in range(3))
     stats = measure_allocations(lambda *a: DenseAttention()(*a, 0.25), q, k, v)

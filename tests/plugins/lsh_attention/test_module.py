@@ -9,18 +9,18 @@ import pytest
 import torch
 from torch import nn
 
-from compiler.errors import ConfigError
-from models import create_model, load_checkpoint
-from models.layers import DenseAttention
-from plugins.lsh_attention.integration import PAPER_BUDGETS, Budget, apply_attention, resolve_attention
-from plugins.lsh_attention.module import (
+from vitrt.errors import ConfigError
+from vitrt.models import create_model, load_checkpoint
+from vitrt.models.layers import DenseAttention
+from vitrt.plugins.lsh_attention.integration import PAPER_BUDGETS, Budget, apply_attention, resolve_attention
+from vitrt.plugins.lsh_attention.module import (
     LSHAttention,
     PerformerAttention,
     ScatterbrainAttention,
     draw_projection,
 )
-from plugins.lsh_attention.reference import scatterbrain_attention
-from plugins.lsh_attention.spec import (
+from vitrt.plugins.lsh_attention.reference import scatterbrain_attention
+from vitrt.plugins.lsh_attention.spec import (
     PLUGIN_NAME,
     PLUGIN_NAMESPACE,
     PLUGIN_VERSION,

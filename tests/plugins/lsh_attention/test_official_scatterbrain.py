@@ -23,7 +23,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from plugins.lsh_attention.reference import lsh_attention, scatterbrain_attention
+from vitrt.plugins.lsh_attention.reference import lsh_attention, scatterbrain_attention
 
 MARKER = "src/models/attention/sbsmyrf_attention.py"
 

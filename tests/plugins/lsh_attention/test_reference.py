@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from compiler.errors import ConfigError
-from plugins.lsh_attention.module import draw_projection
-from plugins.lsh_attention.reference import (
+from vitrt.errors import ConfigError
+from vitrt.plugins.lsh_attention.module import draw_projection
+from vitrt.plugins.lsh_attention.reference import (
     exact_attention,
     lsh_attention,
     performer_attention,

@@ -11,11 +11,11 @@ import dataclasses
 import pytest
 from torch import Tensor, nn
 
-from compiler.errors import ConfigError
-from models import create_model
-from plugins.token_fusion.config import FusionConfig, parse, preset, resolve
-from plugins.token_fusion.integration import apply_fusion
-from plugins.token_fusion.module import FusionBlock
+from vitrt.errors import ConfigError
+from vitrt.models import create_model
+from vitrt.plugins.token_fusion.config import FusionConfig, parse, preset, resolve
+from vitrt.plugins.token_fusion.integration import apply_fusion
+from vitrt.plugins.token_fusion.module import FusionBlock
 
 DEIT_T = "deit_tiny_patch16_224"
 

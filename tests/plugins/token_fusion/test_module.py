@@ -14,14 +14,14 @@ import pytest
 import torch
 from torch import nn
 
-from models import create_model
-from models.deit import VisionTransformer
-from models.layers import Block
-from plugins.token_fusion.config import FusionBlockConfig
-from plugins.token_fusion.integration import apply_fusion
-from plugins.token_fusion.module import FusionBlock, TokenFusionOp
-from plugins.token_fusion.reference import tome_merge
-from plugins.token_fusion.spec import INPUT_NAMES, OUTPUT_NAMES, TokenFusionAttrs
+from vitrt.models import create_model
+from vitrt.models.deit import VisionTransformer
+from vitrt.models.layers import Block
+from vitrt.plugins.token_fusion.config import FusionBlockConfig
+from vitrt.plugins.token_fusion.integration import apply_fusion
+from vitrt.plugins.token_fusion.module import FusionBlock, TokenFusionOp
+from vitrt.plugins.token_fusion.reference import tome_merge
+from vitrt.plugins.token_fusion.spec import INPUT_NAMES, OUTPUT_NAMES, TokenFusionAttrs
 
 F32 = {"atol": 1e-5, "rtol": 1e-5}
 MODES = [{"one_step_ahead": 1}, {"one_step_ahead": 2}, {"one_step_ahead": 0}, {"preset": "tome", "r": 8}]

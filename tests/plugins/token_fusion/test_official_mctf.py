@@ -16,8 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from models import create_model, load_checkpoint
 from tests._support.official import official_checkout
+from vitrt.models import create_model, load_checkpoint
 
 # The official command lines (run/eval_deit_*_mctf*.sh): mctf_type = [r, r_teacher_max, trace_source,
 # prop_attn, one_step_ahead, tau_sim, tau_info, tau_size, bidirection, pooling_type, -].
@@ -53,7 +53,7 @@ def _official_deit(root: Path) -> ModuleType:
         saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k.split(".")[0] in _ALIASES}
         try:
             sys.path.insert(0, str(root))
-            deit = importlib.import_module("models.deit")
+            deit = importlib.import_module("vitrt.models.deit")
         finally:
             sys.path.remove(str(root))
             for k in [k for k in sys.modules if k.split(".")[0] in _ALIASES]:

@@ -12,8 +12,8 @@ import importlib
 import pytest
 import torch
 
-from models import create_model, load_checkpoint
 from tests._support.official import official_checkout
+from vitrt.models import create_model, load_checkpoint
 
 
 @pytest.mark.parametrize("r", [16, 8])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from plugins.token_fusion.reference import (
+from vitrt.plugins.token_fusion.reference import (
     bipartite_matching,
     fusion_scores,
     merge_attention,
@@ -20,7 +20,7 @@ from plugins.token_fusion.reference import (
     token_fusion,
     tome_merge,
 )
-from plugins.token_fusion.spec import (
+from vitrt.plugins.token_fusion.spec import (
     MIN_TOKENS_LEFT,
     PLUGIN_NAME,
     PLUGIN_NAMESPACE,

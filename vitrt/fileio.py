@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import VitrtError
+from vitrt.errors import VitrtError
 
 TWO_GB = 2**31
 """protobuf's limit on one serialised message: larger ONNX models keep their weights in a .data file."""

@@ -1,4 +1,4 @@
-"""The one exception type vitrt raises for problems a user can fix (bad input, missing tools)."""
+"""The exception types vitrt raises for problems a user can fix (bad input, missing tools)."""
 
 from __future__ import annotations
 
