@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -20,9 +21,22 @@ class DenseAttention(nn.Module):
 
     q, k, v: [B, H, N, E] (k, v may have their own N). Returns [B, H, N_q, E]. The scale is
     applied to q before the product, as the T2T-ViT token transformer does.
+
+    Eager on CUDA tensors it is one ``F.scaled_dot_product_attention`` (a fused kernel that never forms
+    the N x N probabilities); elsewhere the explicit product, softmax and product: on the CPU that keeps
+    the official code's numerics bit for bit, and exports (``set_lowering`` to "portable" or "plugin")
+    keep their graph of standard ops.
     """
 
+    lowering = "eager"  # see vitrt.plugins.lowering
+
+    def set_lowering(self, lowering: str) -> None:
+        """Pick how the attention is expressed for export; same function."""
+        self.lowering = lowering
+
     def forward(self, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+        if self.lowering == "eager" and q.is_cuda:
+            return F.scaled_dot_product_attention(q, k, v, scale=scale)
         attn = (q * scale) @ k.transpose(-2, -1)
         return attn.softmax(dim=-1) @ v
 

@@ -8,9 +8,9 @@
 // powf, and no fma contraction: -ffp-contract=off) and scheduling, which is the point of the checks:
 //
 // * __syncthreads() waits for every thread of the block that has not exited;
-// * warp operations (__shfl_*_sync, __syncwarp) must be reached by all 32 lanes of the warp (vitrt uses
-//   the full mask only); a warp operation that a lane of the warp has left by exiting is an error, as
-//   is any partial mask;
+// * warp operations (__shfl_*_sync, __ballot_sync, __syncwarp) must be reached by all 32 lanes of the
+//   warp (vitrt uses the full mask only); a warp operation that a lane of the warp has left by exiting
+//   is an error, as is any partial mask;
 // * a block in which no thread can make progress (divergent barriers) is an error naming the threads;
 // * blocks alternate between running their threads in increasing and decreasing order, so a missing
 //   __syncthreads() that lets a thread read shared data before another thread writes it changes the
@@ -46,6 +46,7 @@
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
 // A block's threads run one after another on one OS thread and blocks run in turn, so a function-scope
 // static is exactly one block's shared variable.
 #define __shared__ static
@@ -58,6 +59,9 @@ struct alignas(16) float4 {
 };
 struct alignas(8) uint2 {
   unsigned x, y;
+};
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
 };
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
@@ -226,6 +230,20 @@ inline T exchange(unsigned mask, T value, int src) {
   T out;
   memcpy(&out, &buf[src], sizeof(T));
   return out;
+}
+
+// __ballot_sync: every lane publishes its predicate, then reads all 32 (same buffers and barrier as
+// exchange).
+inline unsigned ballot(unsigned mask, bool pred) {
+  Fiber& me = current();
+  WarpState& w = warp_of(me);
+  const int lane = me.linear % kWarp;
+  uint64_t* buf = w.slots[me.warp_ops & 1];
+  buf[lane] = pred ? 1u : 0u;
+  sync_warp(mask);
+  unsigned bits = 0;
+  for (int i = 0; i < kWarp; ++i) bits |= (buf[i] != 0 ? 1u : 0u) << i;
+  return bits;
 }
 
 inline unsigned char* dynamic_shared() { return state().dynamic_shared.data(); }
@@ -414,6 +432,10 @@ inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
   const int lane = vitrt_emu::current().linear % 32;
   return vitrt_emu::exchange(mask, v, lane + int(delta));  // lanes past 31 - delta keep their value
 }
+
+inline unsigned __ballot_sync(unsigned mask, int pred) { return vitrt_emu::ballot(mask, pred != 0); }
+inline int __ffs(unsigned x) { return __builtin_ffs(static_cast<int>(x)); }
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
 
 inline float __int_as_float(int i) {
   float f;

@@ -16,6 +16,7 @@ compiler version and the flags; a build takes a few seconds.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import ctypes
@@ -27,7 +28,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitrt.errors import VitrtError
@@ -127,6 +128,9 @@ class EmulatedModule:
     source: KernelSource
     library: ctypes.CDLL
     origin: str = "cpu emulation"
+    launches: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Launches so far, per kernel name (counted by ``cuda_launcher.launch``; tests read it to see which
+    path a model took)."""
 
     def launch(
         self,

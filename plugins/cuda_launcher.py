@@ -21,6 +21,7 @@ imports on machines without it; the functions raise ``VitrtError`` naming ``pip 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import hashlib
@@ -262,6 +263,8 @@ class LoadedModule:
     device: DeviceInfo
     functions: dict[str, Any] = field(default_factory=dict)
     shared_set: dict[str, int] = field(default_factory=dict)
+    launches: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Launches so far, per kernel name (tests read it to see which path a model took)."""
 
     def function(self, name: str) -> Any:
         """The ``CUfunction`` of kernel ``name`` (cached)."""
@@ -364,6 +367,7 @@ def launch(
     """
     if min(*grid, *block) <= 0:
         return  # an empty launch (a zero-sized input)
+    module.launches[kernel] += 1
     if isinstance(module, EmulatedModule):
         module.launch(kernel, grid, block, args, shared_mem)
         return
@@ -415,6 +419,12 @@ def aligned_layout(sizes: dict[str, int]) -> dict[str, int]:
 
 
 # ---- torch faces: CUDA tensors, or CPU tensors under emulated_kernels() -------------------------------
+
+
+def kernels_apply(t: Tensor) -> bool:
+    """Whether an op called on ``t`` runs the kernels: a CUDA tensor, or any tensor while they are emulated
+    (what the ops' torch dispatch and the models' kernel paths key on)."""
+    return bool(t.is_cuda) or emulating()
 
 
 def check_kernel_tensor(name: str, t: Tensor, device: Any) -> None:

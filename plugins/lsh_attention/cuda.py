@@ -1,7 +1,7 @@
 """ScatterbrainAttention on the GPU: the kernels of ``scatterbrain.cu`` launched on raw device pointers
 (what the TensorRT plugin's ``enqueue`` does) or on torch CUDA tensors (``scatterbrain_cuda``).
 
-Same function as ``onnx_lowering.attention_by_mode`` for the three modes of ``spec.Mode``. q, k [B, H, N, E]
+Same function as ``reference.attention_by_mode`` for the three modes of ``spec.Mode``. q, k [B, H, N, E]
 and v [B, H, N, Dv] share one dtype (float32 or float16), hash_vectors [R, E + 2] and projection [m, E]
 are float32; the output [B, H, N, Dv] has q's dtype; everything in between is float32 in the workspace.
 Launch sequence (see scatterbrain.cu): stats, features, kv_reduce (low rank), sort + cluster (sparse),
@@ -351,7 +351,7 @@ def scatterbrain_cuda(
     *,
     out: Tensor | None = None,
 ) -> Tensor:
-    """``onnx_lowering.attention_by_mode`` with the CUDA kernels, on torch's current stream.
+    """``reference.attention_by_mode`` with the CUDA kernels, on torch's current stream.
 
     q, k [B, H, N, E], v [B, H, N, Dv] (CUDA, or CPU under
     ``vitrt.plugins.cuda_emulation.emulated_kernels()``; one dtype: float32 or float16);

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from vitrt.errors import ConfigError
 
+from .reference import attention_by_mode
 from .spec import XBOX_EXTRA_DIMS, Mode, ScatterbrainAttrs
 
 
@@ -86,15 +87,20 @@ class _AttentionCore(nn.Module):
         return ", ".join(parts)
 
     def _run(self, q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+        """The op through the custom op where it is exported as one node (plugin lowering) or runs on the
+        kernels (eager, CUDA tensors or the CPU emulator, no gradient needed: the op registers none);
+        the reference otherwise."""
+        from vitrt.plugins.cuda_launcher import kernels_apply
+
+        from .torch_op import scatterbrain_call
+
         hash_vectors: Tensor | None = getattr(self, "hash_vectors", None)
         projection: Tensor | None = getattr(self, "projection", None)
-        if self.lowering == "plugin":
-            from .onnx_lowering import scatterbrain_plugin
-
-            return scatterbrain_plugin(q, k, v, hash_vectors, projection, self.attrs(scale))
-        from .onnx_lowering import attention_by_mode
-
-        return attention_by_mode(q, k, v, hash_vectors, projection, self.attrs(scale))
+        attrs = self.attrs(scale)
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        if self.lowering == "plugin" or (self.lowering == "eager" and not needs_grad and kernels_apply(q)):
+            return scatterbrain_call(q, k, v, hash_vectors, projection, attrs)
+        return attention_by_mode(q, k, v, hash_vectors, projection, attrs)
 
 
 def seeded_generator(seed: int, stream: int) -> torch.Generator:

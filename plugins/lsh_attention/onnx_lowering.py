@@ -1,6 +1,7 @@
-"""ScatterbrainAttention's plugin lowering: the ``vitrt::scatterbrain_attention`` torch op, its ONNX
-node ``vitrt::ScatterbrainAttention`` (the TensorRT plugin's name, version and fields), and its ONNX
-Runtime CPU kernel. Every piece calls the references in ``reference.py``: one definition.
+"""ScatterbrainAttention's plugin lowering: the ``vitrt::scatterbrain_attention`` torch op (``torch_op``)
+exported as the ONNX node ``vitrt::ScatterbrainAttention`` (the TensorRT plugin's name, version and
+fields), and its ONNX Runtime CPU kernel. Every piece calls the references in ``reference.py``: one
+definition.
 
 No ``from __future__ import annotations`` here: ``torch.library.custom_op`` reads the annotations.
 """
@@ -8,11 +9,11 @@ No ``from __future__ import annotations`` here: ``torch.library.custom_op`` read
 import numpy as np
 import onnxscript
 import torch
-from torch import Tensor
 
 from vitrt.plugins.lowering import PluginLowering, attribute_kinds, register_onnx_schema
 
-from .reference import lsh_attention, performer_attention, scatterbrain_attention
+from . import torch_op  # noqa: F401  (registers torch.ops.vitrt.scatterbrain_attention, exported below)
+from .reference import attention_by_mode
 from .spec import (
     INPUT_NAMES,
     OUTPUT_NAMES,
@@ -24,82 +25,6 @@ from .spec import (
 )
 
 ATTRIBUTES = attribute_kinds(ScatterbrainAttrs)
-
-
-def attention_by_mode(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    hash_vectors: Tensor | None,
-    projection: Tensor | None,
-    attrs: ScatterbrainAttrs,
-) -> Tensor:
-    """The op for any ``attrs.mode``: [B, H, N, E] x3 (+ fixed tensors) -> [B, H, N, Dv]."""
-    if attrs.mode == Mode.SCATTERBRAIN:
-        assert hash_vectors is not None and projection is not None
-        return scatterbrain_attention(
-            q,
-            k,
-            v,
-            hash_vectors=hash_vectors,
-            projection=projection,
-            cluster_size=attrs.cluster_size,
-            scale=attrs.scale,
-        )
-    if attrs.mode == Mode.LSH:
-        assert hash_vectors is not None
-        return lsh_attention(
-            q, k, v, hash_vectors=hash_vectors, cluster_size=attrs.cluster_size, scale=attrs.scale
-        )
-    assert projection is not None
-    return performer_attention(q, k, v, projection=projection, scale=attrs.scale)
-
-
-@torch.library.custom_op("vitrt::scatterbrain_attention", mutates_args=())
-def scatterbrain_attention_op(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    hash_vectors: Tensor | None,
-    projection: Tensor | None,
-    mode: int,
-    cluster_size: int,
-    n_hashes: int,
-    n_features: int,
-    scale: float,
-) -> Tensor:
-    """The ScatterbrainAttention op as one opaque torch op (see ``spec``); exported as one ONNX node."""
-    attrs = ScatterbrainAttrs(Mode(mode), cluster_size, n_hashes, n_features, scale)
-    return attention_by_mode(q, k, v, hash_vectors, projection, attrs).clone()
-
-
-@scatterbrain_attention_op.register_fake
-def _fake(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    hash_vectors: Tensor | None,
-    projection: Tensor | None,
-    mode: int,
-    cluster_size: int,
-    n_hashes: int,
-    n_features: int,
-    scale: float,
-) -> Tensor:
-    return q.new_empty(*q.shape[:3], v.shape[-1])
-
-
-def scatterbrain_plugin(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    hash_vectors: Tensor | None,
-    projection: Tensor | None,
-    attrs: ScatterbrainAttrs,
-) -> Tensor:
-    """``attention_by_mode`` through the custom op (what the plugin lowering traces)."""
-    values = [int(getattr(attrs, n)) if kind == "int" else float(getattr(attrs, n)) for n, kind in ATTRIBUTES]
-    return scatterbrain_attention_op(q, k, v, hash_vectors, projection, *values)
 
 
 _VITRT = onnxscript.values.Opset("vitrt", int(PLUGIN_VERSION))

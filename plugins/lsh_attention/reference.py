@@ -23,6 +23,8 @@ from .spec import (
     DENOMINATOR_MIN,
     MASK_VALUE,
     PERFORMER_DENOMINATOR_MIN,
+    Mode,
+    ScatterbrainAttrs,
     check_inputs,
     padded_length,
 )
@@ -350,3 +352,33 @@ def exact_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = No
     t = _resolve_scale(scale, q.shape[-1])
     qf, kf, vf = (x.to(COMPUTE_DTYPE) for x in (q, k, v))
     return torch.softmax(torch.matmul(qf * t, kf.transpose(-1, -2)), dim=-1).matmul(vf).to(q.dtype)
+
+
+def attention_by_mode(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    hash_vectors: Tensor | None,
+    projection: Tensor | None,
+    attrs: ScatterbrainAttrs,
+) -> Tensor:
+    """The op for any ``attrs.mode`` (``spec.Mode``): [B, H, N, E] x3 (+ the fixed tensors the mode uses)
+    -> [B, H, N, Dv]."""
+    if attrs.mode == Mode.SCATTERBRAIN:
+        assert hash_vectors is not None and projection is not None
+        return scatterbrain_attention(
+            q,
+            k,
+            v,
+            hash_vectors=hash_vectors,
+            projection=projection,
+            cluster_size=attrs.cluster_size,
+            scale=attrs.scale,
+        )
+    if attrs.mode == Mode.LSH:
+        assert hash_vectors is not None
+        return lsh_attention(
+            q, k, v, hash_vectors=hash_vectors, cluster_size=attrs.cluster_size, scale=attrs.scale
+        )
+    assert projection is not None
+    return performer_attention(q, k, v, projection=projection, scale=attrs.scale)

@@ -2,12 +2,13 @@
 TensorRT plugin's ``enqueue`` does) or on torch CUDA tensors (``token_fusion_cuda``).
 
 Same function as ``reference.token_fusion`` (see ``spec`` for the contract); x, metric, info and size
-share one dtype (float32 or float16; the ONNX schema's T), ``dest`` is int64. Four launches:
-prepare (norms, factors, pooling weights), scores (A x B, float32), match (bipartite matching -> dest
-and each output slot's members), merge (weighted means); for r = 0 match (dest = arange) and copy. The
-workspace holds the float32 score matrix
-and the per-token vectors: ``workspace_bytes`` = 4 (5 N + Na Nb + N_out + 1) B bytes, rounded up per
-region.
+share one dtype (float32 or float16; the ONNX schema's T), ``dest`` is int64. Three launches: scores
+(A x B, float32, with the norms and factors computed in the same blocks), match (bipartite matching ->
+dest), merge (weighted means of the groups dest defines); for r = 0 match (dest = arange) and copy. The
+workspace holds the float32 score matrix alone: ``workspace_bytes`` = 4 B Na Nb bytes, rounded up.
+
+``merge_tokens_cuda`` runs the merge kernel alone on any [B, N, C] tensor: a fused block merges its
+attention output with it (one-step-ahead attention, see ``module.FusionBlock``).
 
 torch and cuda-python are imported lazily: this module imports on machines without them.
 """
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from vitrt.plugins.cuda_launcher import (
     KERNEL_SUFFIX,
+    LoadedModule,
     aligned_layout,
     check_kernel_tensor,
     f32,
@@ -40,18 +42,20 @@ if TYPE_CHECKING:
 
 SOURCE = "token_fusion"
 """The .cu source (``plugins/token_fusion/token_fusion.cu``) whose fatbin holds the kernels."""
+SCORE_TILES = (64, 32)
+"""Side of the score kernel's output tile: 64, or 32 where 64-tiles would not fill the GPU."""
 KERNELS = (
-    *(
-        f"vitrt_tf_{stage}_{sfx}"
-        for stage in ("prepare", "scores", "merge", "copy")
-        for sfx in KERNEL_SUFFIX.values()
-    ),
+    *(f"vitrt_tf_scores{tile}_{sfx}" for tile in SCORE_TILES for sfx in KERNEL_SUFFIX.values()),
+    *(f"vitrt_tf_{stage}_{sfx}" for stage in ("merge", "copy") for sfx in KERNEL_SUFFIX.values()),
     "vitrt_tf_match",
 )
 """Every kernel this module launches (the build test checks each is in the fatbin)."""
 _THREADS = 256
 _SLOTS_PER_BLOCK = _THREADS // 32  # merge: one warp per output slot
 _COPY_BLOCKS = 1024  # identity copy: grid-stride loops beyond this many blocks
+MATCH_SHARED_LIMIT = 96 * 1024
+"""Largest dynamic shared memory the match kernel asks for (the smallest target, sm_120, allows 99 KiB):
+up to it the score rows are copied into shared memory, beyond it they are read from the workspace."""
 
 
 @dataclass(frozen=True)
@@ -70,23 +74,10 @@ class FusionDims:
         return self.tokens - self.r
 
 
-def _regions(d: FusionDims) -> dict[str, int]:
-    na, nb = set_sizes(d.tokens)
-    b, n = d.batch, d.tokens
-    return {  # name -> bytes (float32 or int32 elements)
-        "rnorm": 4 * b * n,
-        "finfo": 4 * b * n,
-        "fsize": 4 * b * n,
-        "weight": 4 * b * n,
-        "scores": 4 * b * na * nb,
-        "slot_start": 4 * b * (d.n_out + 1),
-        "members": 4 * b * n,
-    }
-
-
 def workspace_layout(d: FusionDims) -> dict[str, int]:
-    """Byte offset of every workspace region (each aligned to 256 bytes)."""
-    return aligned_layout(_regions(d))
+    """Byte offset of every workspace region (each aligned to 256 bytes): the float32 scores."""
+    na, nb = set_sizes(d.tokens)
+    return aligned_layout({"scores": 4 * d.batch * na * nb})
 
 
 def workspace_bytes(d: FusionDims) -> int:
@@ -94,10 +85,30 @@ def workspace_bytes(d: FusionDims) -> int:
     return workspace_layout(d)["end"]
 
 
-def match_shared_bytes(tokens: int) -> int:
-    """Dynamic shared memory of ``vitrt_tf_match`` for N tokens, in bytes (5 Na + 3 Nb + 2 N + 1 ints)."""
+def _match_table_bytes(tokens: int) -> int:
     na, nb = set_sizes(tokens)
-    return 4 * (5 * na + 3 * nb + 2 * tokens + 1)
+    return 4 * (5 * na + 3 * nb + tokens)
+
+
+def scores_in_shared(tokens: int) -> bool:
+    """Whether the match kernel copies a batch element's Na x Nb scores into shared memory."""
+    na, nb = set_sizes(tokens)
+    return 4 * na * nb + _match_table_bytes(tokens) <= MATCH_SHARED_LIMIT
+
+
+def match_shared_bytes(tokens: int) -> int:
+    """Dynamic shared memory of ``vitrt_tf_match`` for N tokens, in bytes: the scores (when
+    ``scores_in_shared``) plus 5 Na + 3 Nb + N ints."""
+    na, nb = set_sizes(tokens)
+    return (4 * na * nb if scores_in_shared(tokens) else 0) + _match_table_bytes(tokens)
+
+
+def score_tile(d: FusionDims, multiprocessors: int) -> int:
+    """The score tile for ``d`` on a GPU with ``multiprocessors`` SMs: 64 (4 x 4 outputs per thread) when
+    its blocks cover the GPU, else 32 (2 x 2; four times the blocks, e.g. batch 1)."""
+    na, nb = set_sizes(d.tokens)
+    blocks = d.batch * -(-na // 64) * -(-nb // 64)
+    return 64 if blocks >= multiprocessors else 32
 
 
 def _exponent(tau: float) -> float:
@@ -105,61 +116,91 @@ def _exponent(tau: float) -> float:
     return 1.0 / tau if tau > 0 else 0.0
 
 
+def _itemsize(dtype: str) -> int:
+    return 4 if dtype == "float32" else 2
+
+
 def enqueue_scores(
     metric: int,
     info: int,
     size: int,
-    workspace: int,
+    scores: int,
     d: FusionDims,
     attrs: TokenFusionAttrs,
     dtype: str,
     stream: int,
-) -> int:
-    """Launch prepare + scores; returns the device address of the float32 scores [B, Na, Nb] (inside the
-    workspace)."""
+    tile: int | None = None,
+) -> None:
+    """Launch the score kernel: metric [B, N, Cm], info / size [B, N] of ``dtype`` -> float32 scores
+    [B, Na, Nb] at device address ``scores``. ``tile``: 64 or 32 (default: ``score_tile`` for this GPU)."""
     mod = load_module(SOURCE)
     sfx = kernel_suffix(dtype, PLUGIN_NAME)
-    lay = workspace_layout(d)
-    w = {k: workspace + v for k, v in lay.items()}
-    b, n, cm = d.batch, d.tokens, d.metric_channels
-    launch(
-        mod,
-        f"vitrt_tf_prepare_{sfx}",
-        (b, 1, 1),
-        (_THREADS, 1, 1),
-        [ptr(metric), ptr(info), ptr(size), ptr(w["rnorm"]), ptr(w["finfo"]), ptr(w["fsize"]),
-         ptr(w["weight"]), i32(n), i32(cm), i32(attrs.pooling)],
-        stream,
-    )  # fmt: skip
+    if tile is None:
+        sms = mod.device.multiprocessors if isinstance(mod, LoadedModule) else 0
+        tile = score_tile(d, sms)
+    if tile not in SCORE_TILES:
+        raise ValueError(f"score tile must be one of {SCORE_TILES}, got {tile}")
+    n, cm = d.tokens, d.metric_channels
+    vec4 = cm % 4 == 0 and metric % (4 * _itemsize(dtype)) == 0
     na, nb = set_sizes(n)
     launch(
         mod,
-        f"vitrt_tf_scores_{sfx}",
-        (-(-nb // 32), -(-na // 32), b),
-        (32, 8, 1),
-        [ptr(metric), ptr(w["rnorm"]), ptr(w["finfo"]), ptr(w["fsize"]), ptr(w["scores"]), i32(n), i32(cm),
-         f32(_exponent(attrs.tau_sim)), f32(_exponent(attrs.tau_info)), f32(_exponent(attrs.tau_size)),
-         i32(attrs.num_protected)],
+        f"vitrt_tf_scores{tile}_{sfx}",
+        (-(-nb // tile), -(-na // tile), d.batch),
+        (_THREADS, 1, 1),
+        [ptr(metric), ptr(info), ptr(size), ptr(scores), i32(n), i32(cm), f32(_exponent(attrs.tau_sim)),
+         f32(_exponent(attrs.tau_info)), f32(_exponent(attrs.tau_size)), i32(attrs.num_protected), i32(vec4)],
         stream,
     )  # fmt: skip
-    return w["scores"]
 
 
-def enqueue_match(
-    scores: int, dest: int, workspace: int, d: FusionDims, bidirectional: int, stream: int
-) -> None:
-    """Launch the matching on float32 scores [B, Na, Nb]: writes dest [B, N] (int64) and the groups' CSR
-    (slot_start, members) into the workspace."""
-    lay = workspace_layout(d)
+def enqueue_match(scores: int, dest: int, d: FusionDims, bidirectional: int, stream: int) -> None:
+    """Launch the matching on float32 scores [B, Na, Nb] (unused when r = 0): writes dest [B, N] (int64)."""
     launch(
         load_module(SOURCE),
         "vitrt_tf_match",
         (d.batch, 1, 1),
         (_THREADS, 1, 1),
-        [ptr(scores), ptr(dest), ptr(workspace + lay["slot_start"]), ptr(workspace + lay["members"]),
-         i32(d.tokens), i32(d.r), i32(bidirectional)],
+        [
+            ptr(scores),
+            ptr(dest),
+            i32(d.tokens),
+            i32(d.r),
+            i32(bidirectional),
+            i32(scores_in_shared(d.tokens)),
+        ],
         stream,
-        shared_mem=match_shared_bytes(d.tokens),
+        shared_mem=match_shared_bytes(d.tokens) if d.r else 0,
+    )
+
+
+def enqueue_merge(
+    x: int,
+    info: int,
+    size: int,
+    dest: int,
+    x_out: int,
+    size_out: int,
+    d: FusionDims,
+    pooling: int,
+    dtype: str,
+    stream: int,
+) -> None:
+    """Launch the merge: x [B, N, C] -> x_out [B, N - r, C], the weighted mean of each group of tokens with
+    one dest (int64 [B, N]), weights from info / size [B, N] and ``pooling``; size_out [B, N - r] = the
+    groups' summed sizes (not written when ``size_out`` is 0). Same dtype for all but dest."""
+    vector = 4 if dtype == "float32" else 8  # 16-byte vectors
+    align = 16
+    vec = d.channels % vector == 0 and x % align == 0 and x_out % align == 0
+    launch(
+        load_module(SOURCE),
+        f"vitrt_tf_merge_{kernel_suffix(dtype, PLUGIN_NAME)}",
+        (-(-d.n_out // _SLOTS_PER_BLOCK), d.batch, 1),
+        (_THREADS, 1, 1),
+        [ptr(x), ptr(info), ptr(size), ptr(dest), ptr(x_out), ptr(size_out), i32(d.tokens), i32(d.n_out),
+         i32(d.channels), i32(pooling), i32(vec)],
+        stream,
+        shared_mem=8 * d.tokens,
     )  # fmt: skip
 
 
@@ -176,19 +217,19 @@ def enqueue(
     attrs: TokenFusionAttrs,
     dtype: str,
     stream: int,
+    tile: int | None = None,
 ) -> None:
     """The whole op on raw device pointers (C-contiguous tensors): x [B, N, C], metric [B, N, Cm],
     info / size [B, N] of ``dtype`` ("float32" or "float16") -> x_out [B, N - r, C], size_out [B, N - r]
     (same dtype), dest [B, N] int64. ``workspace`` holds ``workspace_bytes(d)`` bytes; ``stream`` is a
-    CUDA stream handle as an int. Asynchronous, like any launch."""
+    CUDA stream handle as an int; ``tile``: see ``enqueue_scores``. Asynchronous, like any launch."""
     sfx = kernel_suffix(dtype, PLUGIN_NAME)
     if attrs.r != d.r:
         raise ValueError(f"attrs.r={attrs.r} but the launch was sized for r={d.r}")
+    scores = workspace + workspace_layout(d)["scores"]
     if d.r > 0:
-        scores = enqueue_scores(metric, info, size, workspace, d, attrs, dtype, stream)
-    else:
-        scores = 0  # identity: the match kernel only writes arange
-    enqueue_match(scores, dest, workspace, d, attrs.bidirectional, stream)
+        enqueue_scores(metric, info, size, scores, d, attrs, dtype, stream, tile)
+    enqueue_match(scores, dest, d, attrs.bidirectional, stream)
     if d.r == 0:
         nx, ns = d.batch * d.tokens * d.channels, d.batch * d.tokens
         if nx >= 2**31:
@@ -202,19 +243,7 @@ def enqueue(
             stream,
         )
         return
-    lay = workspace_layout(d)
-    itemsize = 4 if dtype == "float32" else 2
-    vec4 = d.channels % 4 == 0 and x % (4 * itemsize) == 0 and x_out % (4 * itemsize) == 0
-    launch(
-        load_module(SOURCE),
-        f"vitrt_tf_merge_{sfx}",
-        (-(-d.n_out // _SLOTS_PER_BLOCK), d.batch, 1),
-        (_THREADS, 1, 1),
-        [ptr(x), ptr(size), ptr(workspace + lay["weight"]), ptr(workspace + lay["slot_start"]),
-         ptr(workspace + lay["members"]), ptr(x_out), ptr(size_out), i32(d.tokens), i32(d.n_out),
-         i32(d.channels), i32(vec4)],
-        stream,
-    )  # fmt: skip
+    enqueue_merge(x, info, size, dest, x_out, size_out, d, attrs.pooling, dtype, stream)
 
 
 # ---- torch face ----------------------------------------------------------------------------------------
@@ -247,6 +276,7 @@ def token_fusion_cuda(
     attrs: TokenFusionAttrs,
     *,
     out: tuple[Tensor, Tensor, Tensor] | None = None,
+    tile: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``reference.token_fusion`` with the CUDA kernels, on torch's current stream.
 
@@ -254,7 +284,8 @@ def token_fusion_cuda(
     ``vitrt.plugins.cuda_emulation.emulated_kernels()``) of one dtype (float32 or float16) -> (x_fused
     [B, N - r, C], size_fused [B, N - r], dest [B, N] int64). ``out`` receives the results when given
     (C-contiguous, right shapes and dtypes; the tests pre-fill it with NaN / -1 to check every element
-    is written).
+    is written). ``tile``: the score tile (``enqueue_scores``). No host synchronisation: capturable in a
+    CUDA graph once the kernels are loaded (one call before capture).
     """
     import torch
 
@@ -277,27 +308,53 @@ def token_fusion_cuda(
         enqueue(
             x.data_ptr(), metric.data_ptr(), info.data_ptr(), size.data_ptr(),
             out[0].data_ptr(), out[1].data_ptr(), out[2].data_ptr(), work.data_ptr(),
-            d, attrs, tensor_dtype_name(x), kernel_stream(x),
+            d, attrs, tensor_dtype_name(x), kernel_stream(x), tile,
         )  # fmt: skip
     return out
 
 
-def fusion_scores_cuda(metric: Tensor, info: Tensor, size: Tensor, attrs: TokenFusionAttrs) -> Tensor:
-    """The score kernels alone (``reference.fusion_scores``): metric [B, N, Cm], info / size [B, N] ->
+def merge_tokens_cuda(
+    x: Tensor, dest: Tensor, info: Tensor, size: Tensor, pooling: int, n_out: int
+) -> Tensor:
+    """``reference.merge_tokens(x, dest, reference.pooling_weights(info, size, pooling), n_out)`` with the
+    merge kernel: x [B, N, C], dest [B, N] int64 (every slot 0 .. n_out - 1 used), info / size [B, N] in
+    x's dtype -> [B, n_out, C]. What a fused block applies to its attention output."""
+    import torch
+
+    b, n, c = x.shape
+    for name, t in (("x", x), ("dest", dest), ("info", info), ("size", size)):
+        check_kernel_tensor(name, t, x.device)
+    if dest.dtype != DEST_DTYPE or tuple(dest.shape) != (b, n):
+        raise ValueError(f"dest must be int64 [{b}, {n}], got {dest.dtype} {tuple(dest.shape)}")
+    if info.dtype != x.dtype or size.dtype != x.dtype or x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"x, info, size must share one dtype of {SUPPORTED_DTYPES}")
+    x, dest, info, size = (t.contiguous() for t in (x, dest, info, size))
+    out = torch.empty(b, n_out, c, dtype=x.dtype, device=x.device)
+    with kernel_device(x):
+        enqueue_merge(
+            x.data_ptr(), info.data_ptr(), size.data_ptr(), dest.data_ptr(), out.data_ptr(), 0,
+            FusionDims(b, n, c, c, n - n_out), pooling, tensor_dtype_name(x), kernel_stream(x),
+        )  # fmt: skip
+    return out
+
+
+def fusion_scores_cuda(
+    metric: Tensor, info: Tensor, size: Tensor, attrs: TokenFusionAttrs, *, tile: int | None = None
+) -> Tensor:
+    """The score kernel alone (``reference.fusion_scores``): metric [B, N, Cm], info / size [B, N] ->
     float32 scores [B, Na, Nb] (what the matching kernel ranks)."""
     import torch
 
     d = _checked(metric, metric, info, size, attrs)
     metric, info, size = (t.contiguous() for t in (metric, info, size))
-    work = new_workspace(workspace_bytes(d), metric)
     na, nb = set_sizes(d.tokens)
+    scores = torch.empty(d.batch, na, nb, dtype=torch.float32, device=metric.device)
     with kernel_device(metric):
         enqueue_scores(
-            metric.data_ptr(), info.data_ptr(), size.data_ptr(), work.data_ptr(), d, attrs,
-            tensor_dtype_name(metric), kernel_stream(metric),
+            metric.data_ptr(), info.data_ptr(), size.data_ptr(), scores.data_ptr(), d, attrs,
+            tensor_dtype_name(metric), kernel_stream(metric), tile,
         )  # fmt: skip
-    off = workspace_layout(d)["scores"]
-    return work[off : off + 4 * d.batch * na * nb].view(torch.float32).view(d.batch, na, nb).clone()
+    return scores
 
 
 def bipartite_matching_cuda(scores: Tensor, r: int, bidirectional: bool = True) -> Tensor:
@@ -316,9 +373,6 @@ def bipartite_matching_cuda(scores: Tensor, r: int, bidirectional: bool = True) 
     d = FusionDims(b, na + nb, 1, 1, r)
     scores = scores.contiguous()
     dest = torch.empty(b, d.tokens, dtype=DEST_DTYPE, device=scores.device)
-    work = new_workspace(workspace_bytes(d), scores)
     with kernel_device(scores):
-        enqueue_match(
-            scores.data_ptr(), dest.data_ptr(), work.data_ptr(), d, int(bidirectional), kernel_stream(scores)
-        )
+        enqueue_match(scores.data_ptr(), dest.data_ptr(), d, int(bidirectional), kernel_stream(scores))
     return dest

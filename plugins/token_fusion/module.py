@@ -13,10 +13,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitrt.models.layers import Block
+from vitrt.plugins.cuda_launcher import kernels_apply
 
 from .config import FusionBlockConfig
 from .reference import MergeMethod, attention_received, merge_attention, pooling_weights, token_fusion
-from .spec import TokenFusionAttrs
+from .spec import Pooling, TokenFusionAttrs
+from .torch_op import token_fusion_call, token_merge_op
 
 
 class TokenFusionOp(nn.Module):
@@ -41,6 +43,16 @@ class FusionBlock(Block):
     ``forward(x, size)`` -> ``(x [B, N', C], size [B, N'])``; ``size`` ([B, N] or None: all ones) is
     the number of patches each token stands for. With r = 0 for this N it is the plain block, plus
     proportional attention when ``config.prop_attn`` and a size is given.
+
+    Two ways to compute the same function. The reference way (CPU, training, export) is the official
+    MCTF code's: attention probabilities, the op's reference, and the one-step-ahead attention as the
+    merged [B, H, N', N'] matrix (``reference.merge_attention``). Where the kernels apply (eager inference
+    on CUDA tensors, or under ``emulated_kernels()``) the block calls ``torch.ops.vitrt.token_fusion`` and
+    never forms the merged matrix: with M the one-hot merge matrix and w the pooling weights,
+    merge_attention(A) V' = (M_w A M^T / den) V' = merge(A (M^T V')), and M^T V' is V' gathered by dest,
+    so the block computes A V'[dest] on the unfused queries and merges the rows with the op's merge kernel
+    (``torch.ops.vitrt.token_merge``); attention whose probabilities are not needed runs as one
+    ``scaled_dot_product_attention``.
     """
 
     num_protected = 1  # the class token
@@ -67,13 +79,15 @@ class FusionBlock(Block):
         # Exported graphs merge with one-hot matmuls: TensorRT's scatter has no add.
         return "scatter" if self.lowering == "eager" else "onehot"
 
+    def _fast(self, x: Tensor) -> bool:
+        """Whether this call takes the kernel path (see the class docstring)."""
+        return self.lowering == "eager" and not self.training and kernels_apply(x)
+
     def _fuse(
         self, x: Tensor, metric: Tensor, info: Tensor, size: Tensor, attrs: TokenFusionAttrs
     ) -> tuple[Tensor, Tensor, Tensor]:
-        if self.lowering == "plugin":
-            from .onnx_lowering import token_fusion_plugin
-
-            return token_fusion_plugin(x, metric, info, size, attrs)
+        if self.lowering == "plugin" or self._fast(x):
+            return token_fusion_call(x, metric, info, size, attrs)
         return token_fusion(x, metric, info, size, attrs, self._merge_method)
 
     def num_tokens_out(self, n_in: int) -> int:
@@ -111,6 +125,27 @@ class FusionBlock(Block):
     def _attend(self, probs: Tensor, v: Tensor) -> Tensor:
         return self.attn.merge_heads(self.attn.attn_drop(probs) @ v)
 
+    def _attention(self, q: Tensor, k: Tensor, v: Tensor, size: Tensor | None, fast: bool) -> Tensor:
+        """The block's attention output [B, N, C] (projected) when no probabilities are needed."""
+        if not fast:
+            return self._attend(self._probs(q, k, size), v)
+        bias = None if size is None else size.log()[:, None, None, :].to(q.dtype)
+        return self.attn.merge_heads(
+            F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.attn.scale)
+        )
+
+    def _one_step_ahead(
+        self, probs: Tensor, dest: Tensor, info: Tensor, size: Tensor, attrs: TokenFusionAttrs, h: Tensor
+    ) -> Tensor:
+        """merge_attention(probs) @ v(h) projected, [B, N - r, C], without the merged matrix (class
+        docstring): probs [B, H, N, N] of the unfused tokens, h [B, N - r, C] the fused tokens' norm1."""
+        v = self._v(h)  # [B, H, N', E]
+        b, heads, n, _ = probs.shape
+        index = dest[:, None, :, None].expand(b, heads, n, v.shape[-1])
+        o = (probs @ v.gather(2, index)).transpose(1, 2).reshape(b, n, -1)  # [B, N, C]
+        o = token_merge_op(o, dest, info, size, attrs.pooling, n - attrs.r)
+        return self.attn.proj_drop(self.attn.proj(o))
+
     def forward(self, x: Tensor, size: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """x [B, N, C], size [B, N] or None -> (x [B, N - r, C], size [B, N - r] or None if r = 0 and
         no size came in)."""
@@ -118,10 +153,11 @@ class FusionBlock(Block):
         bsz, n, _ = x.shape
         attrs = cfg.attrs(n, self.num_protected)
         prop = size if cfg.prop_attn else None
+        fast = self._fast(x)
         h = self.norm1(x)
         if attrs.r == 0:
             q, k = self._qk(h)
-            x = x + self.drop_path(self._attend(self._probs(q, k, prop), self._v(h)))
+            x = x + self.drop_path(self._attention(q, k, self._v(h), prop, fast))
             return x + self.drop_path(self.mlp(self.norm2(x))), size
 
         size_in = size if size is not None else x.new_ones(bsz, n)
@@ -134,22 +170,34 @@ class FusionBlock(Block):
             metric = k.mean(dim=1) if cfg.metric == "keys" else x
             x_f, size_f, dest = self._fuse(x, metric, info, size_in, attrs)
             h = self.norm1(x_f)
-            if cfg.one_step_ahead == 1:
+            if cfg.one_step_ahead == 1 and fast:
+                out = self._one_step_ahead(probs, dest, info, size_in, attrs, h)
+            elif cfg.one_step_ahead == 1:
                 weights = pooling_weights(info, size_in, attrs.pooling)
-                probs = merge_attention(probs, dest, weights, n_out, self._merge_method)
+                out = self._attend(
+                    merge_attention(probs, dest, weights, n_out, self._merge_method), self._v(h)
+                )
             else:
                 q, k = self._qk(h)
-                probs = self._probs(q, k, size_f if cfg.prop_attn else None)
-            x = x_f + self.drop_path(self._attend(probs, self._v(h)))
+                out = self._attention(q, k, self._v(h), size_f if cfg.prop_attn else None, fast)
+            x = x_f + self.drop_path(out)
             return x + self.drop_path(self.mlp(self.norm2(x))), size_f
 
         q, k = self._qk(h)
-        probs = self._probs(q, k, prop)
-        x = x + self.drop_path(self._attend(probs, self._v(h)))
+        v = self._v(h)
+        # ToMe's weights need no attention (tau_info = 0, size pooling): the op ignores info then.
+        needs_info = attrs.tau_info > 0 or attrs.pooling == Pooling.ATTN_SIZE
+        if fast and not needs_info:
+            info = torch.ones_like(size_in)
+            x = x + self.drop_path(self._attention(q, k, v, prop, fast))
+        else:
+            probs = self._probs(q, k, prop)
+            info = attention_received(probs)
+            x = x + self.drop_path(self._attend(probs, v))
         if cfg.merge_after == "mlp":
             x = x + self.drop_path(self.mlp(self.norm2(x)))
         metric = k.mean(dim=1) if cfg.metric == "keys" else x
-        x, size_f, _ = self._fuse(x, metric, attention_received(probs), size_in, attrs)
+        x, size_f, _ = self._fuse(x, metric, info, size_in, attrs)
         if cfg.merge_after == "attention":
             x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x, size_f

@@ -1,5 +1,5 @@
-"""TokenFusion's plugin lowering: the ``vitrt::token_fusion`` torch op, its ONNX node
-``vitrt::TokenFusion`` (the TensorRT plugin's name, version and fields), and its ONNX Runtime CPU
+"""TokenFusion's plugin lowering: the ``vitrt::token_fusion`` torch op (``torch_op``) exported as the ONNX
+node ``vitrt::TokenFusion`` (the TensorRT plugin's name, version and fields), and its ONNX Runtime CPU
 kernel. Every piece calls ``reference.token_fusion``: the op has one definition.
 
 No ``from __future__ import annotations`` here: ``torch.library.custom_op`` reads the annotations.
@@ -9,68 +9,15 @@ import numpy as np
 import onnx
 import onnxscript
 import torch
-from torch import Tensor
 
 from vitrt.plugins.lowering import PluginLowering, attribute_kinds, register_onnx_schema
 
+from . import torch_op  # noqa: F401  (registers torch.ops.vitrt.token_fusion, exported below)
 from .reference import token_fusion
 from .spec import INPUT_NAMES, OUTPUT_NAMES, PLUGIN_NAME, PLUGIN_NAMESPACE, PLUGIN_VERSION, TokenFusionAttrs
 
 # Node attributes = the spec's TokenFusionAttrs fields, in order (ints and floats only).
 ATTRIBUTES = attribute_kinds(TokenFusionAttrs)
-
-
-@torch.library.custom_op("vitrt::token_fusion", mutates_args=())
-def token_fusion_op(
-    x: Tensor,
-    metric: Tensor,
-    info: Tensor,
-    size: Tensor,
-    r: int,
-    num_protected: int,
-    tau_sim: float,
-    tau_info: float,
-    tau_size: float,
-    bidirectional: int,
-    pooling: int,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The TokenFusion op as one opaque torch op (see ``spec``); exported as one ONNX node."""
-    attrs = TokenFusionAttrs(r, num_protected, tau_sim, tau_info, tau_size, bidirectional, pooling)
-    x_f, size_f, dest = token_fusion(x, metric, info, size, attrs)
-    # A custom op's outputs may not alias its inputs (r = 0 returns x and size themselves).
-    return x_f.clone(), size_f.clone(), dest.clone()
-
-
-@token_fusion_op.register_fake
-def _fake(
-    x: Tensor,
-    metric: Tensor,
-    info: Tensor,
-    size: Tensor,
-    r: int,
-    num_protected: int,
-    tau_sim: float,
-    tau_info: float,
-    tau_size: float,
-    bidirectional: int,
-    pooling: int,
-) -> tuple[Tensor, Tensor, Tensor]:
-    b, n, c = x.shape
-    return x.new_empty(b, n - r, c), size.new_empty(b, n - r), x.new_empty(b, n, dtype=torch.int64)
-
-
-def token_fusion_plugin(
-    x: Tensor, metric: Tensor, info: Tensor, size: Tensor, attrs: TokenFusionAttrs
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``reference.token_fusion`` through the custom op (what the plugin lowering traces)."""
-    values = [getattr(attrs, name) for name, _ in ATTRIBUTES]
-    return token_fusion_op(
-        x,
-        metric,
-        info,
-        size,
-        *[int(v) if k == "int" else float(v) for v, (_, k) in zip(values, ATTRIBUTES, strict=True)],
-    )
 
 
 _VITRT = onnxscript.values.Opset("vitrt", int(PLUGIN_VERSION))

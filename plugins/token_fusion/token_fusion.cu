@@ -1,12 +1,16 @@
 // CUDA kernels of the TokenFusion op (MCTF / ToMe): the ground truth is plugins/token_fusion/reference.py
 // and the contract plugins/token_fusion/spec.py. Launched by plugins/token_fusion/cuda.py, in order:
 //
-//   1. vitrt_tf_prepare_<dt>  grid (B)                  per-token metric norms, info/size factors, pooling
-//                                                       weights; per-batch maxima (block reductions)
-//   2. vitrt_tf_scores_<dt>   grid (Nb/32, Na/32, B)    32x32 tiles of the A x B score matrix (float32)
-//   3. vitrt_tf_match         grid (B)                  bidirectional bipartite matching -> dest (int64),
-//                                                       plus each output slot's members (CSR, index order)
-//   4. vitrt_tf_merge_<dt>    grid (N_out/8, B)         weighted mean of every group, sizes summed
+//   1. vitrt_tf_scores<T>_<dt>  grid (Nb/T, Na/T, B)  T x T tiles (T = 64, or 32 when 64-tiles would
+//                                                     leave most of the GPU idle) of the A x B score
+//                                                     matrix, float32. Each block also computes the
+//                                                     norms of its tile's tokens and the batch element's
+//                                                     info / size maxima, so no pass precedes it.
+//   2. vitrt_tf_match           grid (B)              bidirectional bipartite matching -> dest (int64);
+//                                                     the score rows live in shared memory when they fit
+//   3. vitrt_tf_merge_<dt>      grid (N_out/8, B)     weighted mean of every group, found from dest by
+//                                                     warp ballots; sizes summed. The same kernel merges
+//                                                     a fused block's attention output (one-step-ahead).
 //      (r = 0: vitrt_tf_match writes dest = arange and vitrt_tf_copy_<dt> copies x and size instead)
 //
 // <dt> is f32 or f16 (the dtype of x, metric, info, size and of the outputs; float16 travels as raw bits).
@@ -35,184 +39,281 @@ __device__ __forceinline__ float pow_like_torch(float x, float e) {
   return powf(x, e);
 }
 
-template <typename T>
-__device__ void prepare(const T* __restrict__ metric, const T* __restrict__ info, const T* __restrict__ size,
-                        float* __restrict__ rnorm, float* __restrict__ finfo, float* __restrict__ fsize,
-                        float* __restrict__ weight, int N, int Cm, int pooling) {
-  __shared__ float scratch[32];
-  const int b = blockIdx.x;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  metric += (int64)b * N * Cm;
-  info += (int64)b * N;
-  size += (int64)b * N;
-  const int64 row = (int64)b * N;
+// ---- vector loads and stores of V consecutive elements as float32 ---------------------------------------
+// V = 1 (any alignment), 4 (float: 16 bytes; half: 8 bytes) or 8 (half: 16 bytes). The caller guarantees
+// the alignment: the launcher picks V from the row width and the base addresses.
+template <typename T, int V>
+__device__ __forceinline__ void load_vec(const T* p, float* out);
+template <typename T, int V>
+__device__ __forceinline__ void store_vec(T* p, const float* in);
 
-  // 1 / max(|metric_n|, 1e-12): the reference divides by the clamped L2 norm.
-  for (int n = warp; n < N; n += warps) {
-    float ss = 0.0f;
-    for (int c = lane; c < Cm; c += 32) {
-      const float m = to_float(metric[(int64)n * Cm + c]);
-      ss = fmaf(m, m, ss);
-    }
-    ss = warp_sum(ss);
-    if (lane == 0) rnorm[row + n] = 1.0f / fmaxf(sqrtf(ss), 1e-12f);
-  }
-
-  // Per-batch maxima of 1/info, 1/size and size (max is exact: no order dependence).
-  float mi = neg_inf(), ms = neg_inf(), mx = neg_inf();
-  for (int n = threadIdx.x; n < N; n += blockDim.x) {
-    const float iv = to_float(info[n]), sv = to_float(size[n]);
-    mi = fmaxf(mi, 1.0f / fmaxf(iv, 1e-12f));
-    ms = fmaxf(ms, 1.0f / sv);
-    mx = fmaxf(mx, sv);
-  }
-  mi = block_max(mi, scratch);
-  ms = block_max(ms, scratch);
-  mx = block_max(mx, scratch);
-
-  for (int n = threadIdx.x; n < N; n += blockDim.x) {
-    const float iv = to_float(info[n]), sv = to_float(size[n]);
-    finfo[row + n] = (1.0f / fmaxf(iv, 1e-12f)) / mi;
-    fsize[row + n] = (1.0f / sv) / ms;
-    // Pooling weights, spec.Pooling: 1 = ATTN_SIZE (info * size / max size), 0 = SIZE, 3 = MEAN.
-    weight[row + n] = pooling == 1 ? iv * (sv / mx) : (pooling == 0 ? sv : 1.0f);
-  }
-}
-
-// One block computes a 32 x 32 tile of scores[b, a, j] (a in set A, j in set B) with a shared-memory
-// tiled dot product over the Cm channels; a 0 exponent disables its factor (temperature 0).
-template <typename T>
-__device__ void scores_tile(const T* __restrict__ metric, const float* __restrict__ rnorm,
-                            const float* __restrict__ finfo, const float* __restrict__ fsize,
-                            float* __restrict__ scores, int N, int Cm, float e_sim, float e_info, float e_size,
-                            int num_protected) {
-  __shared__ float As[32][33];  // +1: conflict-free column reads
-  __shared__ float Bs[32][33];
-  const int Na = (N + 1) / 2, Nb = N / 2;
-  const int b = blockIdx.z, a0 = blockIdx.y * 32, j0 = blockIdx.x * 32;
-  const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * 32 + tx;
-  const T* mb = metric + (int64)b * N * Cm;
-  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-
-  for (int c0 = 0; c0 < Cm; c0 += 32) {
-    for (int e = tid; e < 32 * 32; e += 256) {
-      const int r = e >> 5, col = e & 31, c = c0 + col;
-      const int a = a0 + r, j = j0 + r;
-      As[r][col] = (a < Na && c < Cm) ? to_float(mb[(int64)(2 * a) * Cm + c]) : 0.0f;
-      Bs[r][col] = (j < Nb && c < Cm) ? to_float(mb[(int64)(2 * j + 1) * Cm + c]) : 0.0f;
-    }
-    __syncthreads();
-#pragma unroll 8
-    for (int kk = 0; kk < 32; ++kk) {
-      const float bv = Bs[tx][kk];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[i] = fmaf(As[ty + 8 * i][kk], bv, acc[i]);
-    }
-    __syncthreads();
-  }
-
-  const int j = j0 + tx;
-  if (j >= Nb) return;
-  const int64 row = (int64)b * N;
-  const int tb = 2 * j + 1;
-  for (int i = 0; i < 4; ++i) {
-    const int a = a0 + ty + 8 * i;
-    if (a >= Na) continue;
-    const int ta = 2 * a;
-    float s = 1.0f;
-    if (e_sim > 0.0f) {
-      const float cosine = acc[i] * rnorm[row + ta] * rnorm[row + tb];
-      // clamp: rounding can push a cosine just below -1 (negative base ** (1/tau) is NaN)
-      s = pow_like_torch(fmaxf((cosine + 1.0f) * 0.5f, 0.0f), e_sim);
-    }
-    if (e_info > 0.0f) s *= pow_like_torch(finfo[row + ta] * finfo[row + tb], e_info);
-    if (e_size > 0.0f) s *= pow_like_torch(fsize[row + ta] * fsize[row + tb], e_size);
-    // Protected tokens are never merged away nor merged into: the most negative finite float32.
-    if (ta < num_protected || tb < num_protected) s = -kFloatMax;
-    scores[((int64)b * Na + a) * Nb + j] = s;
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ void load4(const T* p, float* out);
 template <>
-__device__ __forceinline__ void load4<float>(const float* p, float* out) {
+__device__ __forceinline__ void load_vec<float, 1>(const float* p, float* out) {
+  out[0] = *p;
+}
+template <>
+__device__ __forceinline__ void load_vec<half_bits, 1>(const half_bits* p, float* out) {
+  out[0] = to_float(*p);
+}
+template <>
+__device__ __forceinline__ void load_vec<float, 4>(const float* p, float* out) {
   const float4 v = *reinterpret_cast<const float4*>(p);
   out[0] = v.x;
   out[1] = v.y;
   out[2] = v.z;
   out[3] = v.w;
 }
-template <>
-__device__ __forceinline__ void load4<half_bits>(const half_bits* p, float* out) {
-  const uint2 v = *reinterpret_cast<const uint2*>(p);
-  out[0] = to_float((half_bits)(v.x & 0xffffu));
-  out[1] = to_float((half_bits)(v.x >> 16));
-  out[2] = to_float((half_bits)(v.y & 0xffffu));
-  out[3] = to_float((half_bits)(v.y >> 16));
+__device__ __forceinline__ void unpack_half2(unsigned v, float* out) {
+  out[0] = to_float((half_bits)(v & 0xffffu));
+  out[1] = to_float((half_bits)(v >> 16));
 }
-template <typename T>
-__device__ __forceinline__ void store4(T* p, const float* in);
+__device__ __forceinline__ unsigned pack_half2(const float* in) {
+  return (unsigned)from_float<half_bits>(in[0]) | ((unsigned)from_float<half_bits>(in[1]) << 16);
+}
 template <>
-__device__ __forceinline__ void store4<float>(float* p, const float* in) {
+__device__ __forceinline__ void load_vec<half_bits, 4>(const half_bits* p, float* out) {
+  const uint2 v = *reinterpret_cast<const uint2*>(p);
+  unpack_half2(v.x, out);
+  unpack_half2(v.y, out + 2);
+}
+template <>
+__device__ __forceinline__ void load_vec<half_bits, 8>(const half_bits* p, float* out) {
+  const uint4 v = *reinterpret_cast<const uint4*>(p);
+  unpack_half2(v.x, out);
+  unpack_half2(v.y, out + 2);
+  unpack_half2(v.z, out + 4);
+  unpack_half2(v.w, out + 6);
+}
+template <>
+__device__ __forceinline__ void store_vec<float, 1>(float* p, const float* in) {
+  *p = in[0];
+}
+template <>
+__device__ __forceinline__ void store_vec<half_bits, 1>(half_bits* p, const float* in) {
+  *p = from_float<half_bits>(in[0]);
+}
+template <>
+__device__ __forceinline__ void store_vec<float, 4>(float* p, const float* in) {
   *reinterpret_cast<float4*>(p) = make_float4(in[0], in[1], in[2], in[3]);
 }
 template <>
-__device__ __forceinline__ void store4<half_bits>(half_bits* p, const float* in) {
-  uint2 v;
-  v.x = (unsigned)from_float<half_bits>(in[0]) | ((unsigned)from_float<half_bits>(in[1]) << 16);
-  v.y = (unsigned)from_float<half_bits>(in[2]) | ((unsigned)from_float<half_bits>(in[3]) << 16);
-  *reinterpret_cast<uint2*>(p) = v;
+__device__ __forceinline__ void store_vec<half_bits, 8>(half_bits* p, const float* in) {
+  uint4 v;
+  v.x = pack_half2(in);
+  v.y = pack_half2(in + 2);
+  v.z = pack_half2(in + 4);
+  v.w = pack_half2(in + 6);
+  *reinterpret_cast<uint4*>(p) = v;
 }
 
-// One warp per output slot: x_out[s] = sum_i(x_i * w_i) / max(sum_i w_i, 1e-12) over the slot's members
-// in increasing index order; size_out[s] = sum_i size_i. (r = 0 is vitrt_tf_copy: an identity copy in
-// this kernel made ptxas spill on sm_100 / sm_120.)
+// Four consecutive channels c .. c + 3 of one metric row as float32, zero past Cm or for a missing row.
 template <typename T>
-__device__ void merge(const T* __restrict__ x, const T* __restrict__ size, const float* __restrict__ weight,
-                      const int* __restrict__ slot_start, const int* __restrict__ members, T* __restrict__ x_out,
-                      T* __restrict__ size_out, int N, int N_out, int C, int vec4) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int s = blockIdx.x * (blockDim.x >> 5) + warp;
-  const int b = blockIdx.y;
-  if (s >= N_out) return;
-  const T* xb = x + (int64)b * N * C;
-  T* ob = x_out + ((int64)b * N_out + s) * C;
-  const int* sl = slot_start + (int64)b * (N_out + 1);
-  const int* mem = members + (int64)b * N;
-  const float* wb = weight + (int64)b * N;
-  const int st = sl[s], en = sl[s + 1];
+__device__ __forceinline__ void load_metric4(const T* row, bool ok, int c, int Cm, int vec4, float* out) {
+  if (ok && vec4 && c < Cm) {  // Cm % 4 == 0: the whole vector is inside the row
+    load_vec<T, 4>(row + c, out);
+    return;
+  }
+#pragma unroll
+  for (int u = 0; u < 4; ++u) out[u] = ok && c + u < Cm ? to_float(row[c + u]) : 0.0f;
+}
+
+// One block (256 threads) computes a TILE x TILE tile of scores[b, a, j] (a in set A, j in set B).
+// Dot products: the tile's A and B rows stream through shared memory KC channels at a time (TILE x KC =
+// 1024 values per side: four per thread, loaded as one vector), each thread accumulating an R x R
+// register block (R = TILE / 16) with R + R shared loads per R * R fmas. The loaders also sum the squares
+// of what they load, which gives the tile's row norms without a separate pass; the batch element's
+// maxima of 1 / info and 1 / size are reduced by every block (N values: cheaper than a launch).
+// A temperature exponent of 0 disables its factor (temperature 0).
+template <typename T, int TILE>
+__device__ void scores_tile(const T* __restrict__ metric, const T* __restrict__ info, const T* __restrict__ size,
+                            float* __restrict__ scores, int N, int Cm, float e_sim, float e_info, float e_size,
+                            int num_protected, int vec4) {
+  constexpr int KC = 1024 / TILE;  // channels per step
+  constexpr int LPR = KC / 4;      // loader threads per row
+  constexpr int R = TILE / 16;     // outputs per thread along each side
+  constexpr int LD = TILE + 4;     // row pitch: keeps 16-byte alignment of the float4 reads
+  __shared__ __align__(16) float As[KC][LD];  // transposed: As[k][row], so a thread's R rows are adjacent
+  __shared__ __align__(16) float Bs[KC][LD];
+  __shared__ float rn[2][TILE], fi[2][TILE], fs[2][TILE];  // [0]: the tile's A tokens, [1]: its B tokens
+  __shared__ float scratch[32];
+  const int Na = (N + 1) / 2, Nb = N / 2;
+  const int b = blockIdx.z, a0 = blockIdx.y * TILE, j0 = blockIdx.x * TILE;
+  const int tid = threadIdx.x;
+  const T* mb = metric + (int64)b * N * Cm;
+  const T* ib = info + (int64)b * N;
+  const T* sb = size + (int64)b * N;
+
+  // Loader role: row lrow of the tile, channels lk .. lk + 3 of every step.
+  const int lrow = tid / LPR, lk = (tid % LPR) * 4;
+  const bool a_ok = a0 + lrow < Na, b_ok = j0 + lrow < Nb;
+  const T* arow = mb + (int64)(2 * (a0 + lrow)) * Cm;
+  const T* brow = mb + (int64)(2 * (j0 + lrow) + 1) * Cm;
+  float ssa = 0.0f, ssb = 0.0f;
+  // Compute role: rows ty * R .. + R - 1, columns tx * R .. + R - 1 of the tile.
+  const int tx = tid % 16, ty = tid / 16;
+  float acc[R][R];
+#pragma unroll
+  for (int i = 0; i < R; ++i)
+#pragma unroll
+    for (int j = 0; j < R; ++j) acc[i][j] = 0.0f;
+
+  for (int c0 = 0; c0 < Cm; c0 += KC) {
+    float va[4], vb[4];
+    load_metric4(arow, a_ok, c0 + lk, Cm, vec4, va);
+    load_metric4(brow, b_ok, c0 + lk, Cm, vec4, vb);
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      ssa = fmaf(va[u], va[u], ssa);
+      ssb = fmaf(vb[u], vb[u], ssb);
+      As[lk + u][lrow] = va[u];
+      Bs[lk + u][lrow] = vb[u];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < KC; ++k) {
+      float av[R], bv[R];
+#pragma unroll
+      for (int i = 0; i < R; ++i) {
+        av[i] = As[k][ty * R + i];
+        bv[i] = Bs[k][tx * R + i];
+      }
+#pragma unroll
+      for (int i = 0; i < R; ++i)
+#pragma unroll
+        for (int j = 0; j < R; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+
+  // Row norms: the LPR loaders of a row are adjacent lanes of one warp.
+#pragma unroll
+  for (int o = 1; o < LPR; o <<= 1) {
+    ssa += __shfl_xor_sync(kFullMask, ssa, o);
+    ssb += __shfl_xor_sync(kFullMask, ssb, o);
+  }
+  if (tid % LPR == 0) {
+    // 1 / max(|metric_n|, 1e-12): the reference divides by the clamped L2 norm.
+    rn[0][lrow] = 1.0f / fmaxf(sqrtf(ssa), 1e-12f);
+    rn[1][lrow] = 1.0f / fmaxf(sqrtf(ssb), 1e-12f);
+  }
+  // Batch maxima of 1/info and 1/size (max is exact: no order dependence).
+  float mi = neg_inf(), ms = neg_inf();
+  for (int n = tid; n < N; n += blockDim.x) {
+    if (e_info > 0.0f) mi = fmaxf(mi, 1.0f / fmaxf(to_float(ib[n]), 1e-12f));
+    if (e_size > 0.0f) ms = fmaxf(ms, 1.0f / to_float(sb[n]));
+  }
+  mi = block_max(mi, scratch);
+  ms = block_max(ms, scratch);
+  for (int t = tid; t < 2 * TILE; t += blockDim.x) {
+    const int side = t / TILE, row = t % TILE;
+    const int tok = side == 0 ? 2 * (a0 + row) : 2 * (j0 + row) + 1;
+    const bool ok = side == 0 ? a0 + row < Na : j0 + row < Nb;
+    fi[side][row] = ok && e_info > 0.0f ? (1.0f / fmaxf(to_float(ib[tok]), 1e-12f)) / mi : 1.0f;
+    fs[side][row] = ok && e_size > 0.0f ? (1.0f / to_float(sb[tok])) / ms : 1.0f;
+  }
+  __syncthreads();
+
+  float* out = scores + (int64)b * Na * Nb;
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+    const int ra = ty * R + i, a = a0 + ra;
+    if (a >= Na) continue;
+#pragma unroll
+    for (int j = 0; j < R; ++j) {
+      const int rb = tx * R + j, jj = j0 + rb;
+      if (jj >= Nb) continue;
+      float s = 1.0f;
+      if (e_sim > 0.0f) {
+        const float cosine = acc[i][j] * rn[0][ra] * rn[1][rb];
+        // clamp: rounding can push a cosine just below -1 (negative base ** (1/tau) is NaN)
+        s = pow_like_torch(fmaxf((cosine + 1.0f) * 0.5f, 0.0f), e_sim);
+      }
+      if (e_info > 0.0f) s *= pow_like_torch(fi[0][ra] * fi[1][rb], e_info);
+      if (e_size > 0.0f) s *= pow_like_torch(fs[0][ra] * fs[1][rb], e_size);
+      // Protected tokens are never merged away nor merged into: the most negative finite float32.
+      if (2 * a < num_protected || 2 * jj + 1 < num_protected) s = -kFloatMax;
+      out[(int64)a * Nb + jj] = s;
+    }
+  }
+}
+
+// One warp per output slot s: x_out[s] = sum_i(x_i * w_i) / max(sum_i w_i, 1e-12) over the slot's members
+// i (dest[i] == s) in increasing index order, found by ballots over the block's copy of dest;
+// size_out[s] = sum_i size_i (skipped when size_out is null). Pooling weights w (spec.Pooling): 1 =
+// ATTN_SIZE (info * size / max size), 0 = SIZE, 3 = MEAN. Each lane accumulates P vectors of V channels
+// per sweep over the members. Dynamic shared memory: 8 N bytes.
+template <typename T, int V, int P>
+__device__ void merge_by_dest(const T* __restrict__ x, const T* __restrict__ info, const T* __restrict__ size,
+                              const int64* __restrict__ dest, T* __restrict__ x_out, T* __restrict__ size_out,
+                              int N, int N_out, int C, int pooling) {
+  VITRT_DYNAMIC_SHARED(float, smem);
+  __shared__ float scratch[32];
+  float* w = smem;                            // [N] pooling weights
+  int* dst = reinterpret_cast<int*>(w + N);  // [N] dest of this batch element
+  const int b = blockIdx.y, tid = threadIdx.x;
+  const int lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
+  const T* sb = size + (int64)b * N;
+  float mx = neg_inf();
+  for (int n = tid; n < N; n += blockDim.x) {
+    mx = fmaxf(mx, to_float(sb[n]));
+    dst[n] = (int)dest[(int64)b * N + n];
+  }
+  mx = block_max(mx, scratch);
+  for (int n = tid; n < N; n += blockDim.x) {
+    const float sv = to_float(sb[n]);
+    w[n] = pooling == 1 ? to_float(info[(int64)b * N + n]) * (sv / mx) : (pooling == 0 ? sv : 1.0f);
+  }
+  __syncthreads();
+  const int s = blockIdx.x * warps + warp;
+  if (s >= N_out) return;  // no barrier follows
+
   float den = 0.0f, total = 0.0f;
-  for (int k = st; k < en; ++k) {
-    const int i = mem[k];
-    den = __fadd_rn(den, wb[i]);
-    total = __fadd_rn(total, to_float(size[(int64)b * N + i]));
+  for (int n0 = 0; n0 < N; n0 += 32) {
+    unsigned bits = __ballot_sync(kFullMask, n0 + lane < N && dst[n0 + lane] == s);
+    while (bits != 0u) {
+      const int i = n0 + __ffs(bits) - 1;
+      bits &= bits - 1u;
+      den = __fadd_rn(den, w[i]);
+      total = __fadd_rn(total, to_float(sb[i]));
+    }
   }
   den = fmaxf(den, 1e-12f);
-  if (lane == 0) size_out[(int64)b * N_out + s] = from_float<T>(total);
-  if (vec4) {
-    for (int c = lane * 4; c < C; c += 128) {
-      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, xv[4];
-      for (int k = st; k < en; ++k) {
-        const int i = mem[k];
-        const float w = wb[i];
-        load4<T>(xb + (int64)i * C + c, xv);
-        // x * w rounded, then added: the reference's (x * w) followed by scatter_add (no fma).
+  if (size_out != nullptr && lane == 0) size_out[(int64)b * N_out + s] = from_float<T>(total);
+
+  const T* xb = x + (int64)b * N * C;
+  T* ob = x_out + ((int64)b * N_out + s) * C;
+  for (int c0 = 0; c0 < C; c0 += 32 * V * P) {
+    float acc[P][V];
 #pragma unroll
-        for (int u = 0; u < 4; ++u) acc[u] = __fadd_rn(acc[u], __fmul_rn(xv[u], w));
+    for (int p = 0; p < P; ++p)
+#pragma unroll
+      for (int u = 0; u < V; ++u) acc[p][u] = 0.0f;
+    for (int n0 = 0; n0 < N; n0 += 32) {
+      unsigned bits = __ballot_sync(kFullMask, n0 + lane < N && dst[n0 + lane] == s);
+      while (bits != 0u) {
+        const int i = n0 + __ffs(bits) - 1;
+        bits &= bits - 1u;
+        const float wi = w[i];
+        const T* row = xb + (int64)i * C;
+#pragma unroll
+        for (int p = 0; p < P; ++p) {
+          const int c = c0 + (p * 32 + lane) * V;
+          if (c >= C) continue;
+          float xv[V];
+          load_vec<T, V>(row + c, xv);
+          // x * w rounded, then added: the reference's (x * w) followed by scatter_add (no fma).
+#pragma unroll
+          for (int u = 0; u < V; ++u) acc[p][u] = __fadd_rn(acc[p][u], __fmul_rn(xv[u], wi));
+        }
       }
-#pragma unroll
-      for (int u = 0; u < 4; ++u) acc[u] = acc[u] / den;
-      store4<T>(ob + c, acc);
     }
-  } else {
-    for (int c = lane; c < C; c += 32) {
-      float acc = 0.0f;
-      for (int k = st; k < en; ++k) {
-        const int i = mem[k];
-        acc = __fadd_rn(acc, __fmul_rn(to_float(xb[(int64)i * C + c]), wb[i]));
-      }
-      ob[c] = from_float<T>(acc / den);
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      const int c = c0 + (p * 32 + lane) * V;
+      if (c >= C) continue;
+#pragma unroll
+      for (int u = 0; u < V; ++u) acc[p][u] = acc[p][u] / den;
+      store_vec<T, V>(ob + c, acc[p]);
     }
   }
 }
@@ -231,70 +332,60 @@ __device__ void copy(const T* __restrict__ x, const T* __restrict__ size, T* __r
 
 // ---- entry points (extern "C": looked up by name from Python) --------------------------------------
 
-extern "C" __global__ void __launch_bounds__(256)
-    vitrt_tf_prepare_f32(const float* metric, const float* info, const float* size, float* rnorm, float* finfo,
-                         float* fsize, float* weight, int N, int Cm, int pooling) {
-  prepare<float>(metric, info, size, rnorm, finfo, fsize, weight, N, Cm, pooling);
-}
-extern "C" __global__ void __launch_bounds__(256)
-    vitrt_tf_prepare_f16(const half_bits* metric, const half_bits* info, const half_bits* size, float* rnorm,
-                         float* finfo, float* fsize, float* weight, int N, int Cm, int pooling) {
-  prepare<half_bits>(metric, info, size, rnorm, finfo, fsize, weight, N, Cm, pooling);
-}
-
-extern "C" __global__ void __launch_bounds__(256)
-    vitrt_tf_scores_f32(const float* metric, const float* rnorm, const float* finfo, const float* fsize,
-                        float* scores, int N, int Cm, float e_sim, float e_info, float e_size, int num_protected) {
-  scores_tile<float>(metric, rnorm, finfo, fsize, scores, N, Cm, e_sim, e_info, e_size, num_protected);
-}
-extern "C" __global__ void __launch_bounds__(256)
-    vitrt_tf_scores_f16(const half_bits* metric, const float* rnorm, const float* finfo, const float* fsize,
-                        float* scores, int N, int Cm, float e_sim, float e_info, float e_size, int num_protected) {
-  scores_tile<half_bits>(metric, rnorm, finfo, fsize, scores, N, Cm, e_sim, e_info, e_size, num_protected);
-}
+// MIN_BLOCKS per SM caps the registers (64 K / (256 MIN_BLOCKS)). Without a minimum, ptxas for sm_100
+// squeezed the 32-tile kernel into 32 registers and spilled; the 64-tile one needs more than 64.
+#define VITRT_TF_SCORES(TILE, MIN_BLOCKS, SUFFIX, T)                                                     \
+  extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS) vitrt_tf_scores##TILE##_##SUFFIX(       \
+      const T* metric, const T* info, const T* size, float* scores, int N, int Cm, float e_sim,          \
+      float e_info, float e_size, int num_protected, int vec4) {                                         \
+    scores_tile<T, TILE>(metric, info, size, scores, N, Cm, e_sim, e_info, e_size, num_protected, vec4); \
+  }
+VITRT_TF_SCORES(64, 2, f32, float)
+VITRT_TF_SCORES(32, 4, f32, float)
+VITRT_TF_SCORES(64, 2, f16, half_bits)
+VITRT_TF_SCORES(32, 4, f16, half_bits)
 
 // Bipartite matching of one batch element per block (reference.bipartite_matching):
 //   phase 1: every A token's best B partner (first arg-max); the r1 = r // 2 (one-way: r) A tokens with
 //            the best partners (stable descending rank) merge; the others keep slots in index order;
 //   phase 2 (bidirectional): every B token's best partner among the unmerged A tokens, in slot order;
 //            the r2 = r - r // 2 best merge into it, the others take slots n_unm + rank in descending
-//            score order;
-// then the CSR of every output slot's members in increasing token index (what the merge sums).
-// Dynamic shared memory: (5 Na + 3 Nb + 2 N + 1) * 4 bytes (see cuda.py).
+//            score order.
+// scores_in_shared: copy the batch element's Na x Nb scores into shared memory first (the launcher
+// decides by size; the two phases read rows and columns of them). Dynamic shared memory:
+// (scores_in_shared ? Na Nb : 0) + 5 Na + 3 Nb + N floats / ints (see cuda.py).
 extern "C" __global__ void __launch_bounds__(256)
-    vitrt_tf_match(const float* __restrict__ scores, int64* __restrict__ dest, int* __restrict__ slot_start,
-                   int* __restrict__ members, int N, int r, int bidirectional) {
+    vitrt_tf_match(const float* __restrict__ scores, int64* __restrict__ dest, int N, int r, int bidirectional,
+                   int scores_in_shared) {
   VITRT_DYNAMIC_SHARED(int, smem);
   __shared__ int scratch[33];
-  const int Na = (N + 1) / 2, Nb = N / 2, N_out = N - r;
+  const int Na = (N + 1) / 2, Nb = N / 2;
   const int r1 = bidirectional ? r / 2 : r, r2 = bidirectional ? r - r / 2 : 0, n_unm = Na - r1;
   const int b = blockIdx.x, tid = threadIdx.x, bd = blockDim.x;
   const int lane = tid & 31, warp = tid >> 5, warps = bd >> 5;
-  float* nmax = reinterpret_cast<float*>(smem);           // [Na] best score of each A token
-  int* nidx = smem + Na;                                  // [Na] its B partner
-  int* rank = nidx + Na;                                  // [Na] stable descending rank
-  int* slot = rank + Na;                                  // [Na] output slot if unmerged
-  int* ulist = slot + Na;                                 // [Na] unmerged A token of each slot
-  float* nmax2 = reinterpret_cast<float*>(ulist + Na);    // [Nb] best score of each B token
-  int* nidx2 = reinterpret_cast<int*>(nmax2 + Nb);        // [Nb] its A slot
-  int* rank2 = nidx2 + Nb;                                // [Nb]
-  int* dst = rank2 + Nb;                                  // [N]  dest, token order
-  int* start = dst + N;                                   // [N_out + 1]
-  const float* S = scores + (int64)b * Na * Nb;
   int64* db = dest + (int64)b * N;
-  int* sb = slot_start + (int64)b * (N_out + 1);
-  int* mb = members + (int64)b * N;
-
   if (r == 0) {  // identity (spec): no parity reordering
-    for (int i = tid; i < N; i += bd) {
-      db[i] = i;
-      mb[i] = i;
-    }
-    for (int s = tid; s <= N; s += bd) sb[s] = s;
+    for (int i = tid; i < N; i += bd) db[i] = i;
     return;
   }
+  float* ssm = reinterpret_cast<float*>(smem);                          // [Na * Nb] if scores_in_shared
+  float* nmax = ssm + (scores_in_shared ? Na * Nb : 0);                 // [Na] best score of each A token
+  int* nidx = reinterpret_cast<int*>(nmax + Na);                        // [Na] its B partner
+  int* rank = nidx + Na;                                                // [Na] stable descending rank
+  int* slot = rank + Na;                                                // [Na] output slot if unmerged
+  int* ulist = slot + Na;                                               // [Na] unmerged A token of each slot
+  float* nmax2 = reinterpret_cast<float*>(ulist + Na);                  // [Nb] best score of each B token
+  int* nidx2 = reinterpret_cast<int*>(nmax2 + Nb);                      // [Nb] its A slot
+  int* rank2 = nidx2 + Nb;                                              // [Nb]
+  int* dst = rank2 + Nb;                                                // [N]  dest, token order
+  const float* S = scores + (int64)b * Na * Nb;
+  if (scores_in_shared) {
+    for (int i = tid; i < Na * Nb; i += bd) ssm[i] = S[i];
+    __syncthreads();
+    S = ssm;
+  }
 
-  // Phase 1: best B partner of every A token (warp per row, coalesced over the row).
+  // Phase 1: best B partner of every A token (warp per row, lanes over the row).
   for (int a = warp; a < Na; a += warps) {
     float v = 0.0f;
     int i = -1;
@@ -328,23 +419,22 @@ extern "C" __global__ void __launch_bounds__(256)
     if (rank[a] >= r1) ulist[slot[a]] = a;
   __syncthreads();
 
-  // Phase 2: B tokens onto the unmerged A tokens (scores gathered in slot order, so nidx2 is a slot).
+  // Phase 2: B tokens onto the unmerged A tokens, in slot order (so nidx2 is a slot): a thread per B
+  // token scans the unmerged rows of its column (adjacent threads read adjacent scores); a strict > keeps
+  // the first maximum, as torch.max does.
   if (bidirectional) {
-    for (int j = warp; j < Nb; j += warps) {
+    for (int j = tid; j < Nb; j += bd) {
       float v = 0.0f;
       int i = -1;
-      for (int u = lane; u < n_unm; u += 32) {
+      for (int u = 0; u < n_unm; ++u) {
         const float x = S[(int64)ulist[u] * Nb + j];
         if (i < 0 || x > v) {
           v = x;
           i = u;
         }
       }
-      warp_argmax(v, i);
-      if (lane == 0) {
-        nmax2[j] = v;
-        nidx2[j] = i;
-      }
+      nmax2[j] = v;
+      nidx2[j] = i;
     }
     __syncthreads();
     for (int j = tid; j < Nb; j += bd) {
@@ -366,35 +456,25 @@ extern "C" __global__ void __launch_bounds__(256)
   for (int a = tid; a < Na; a += bd) dst[2 * a] = rank[a] >= r1 ? slot[a] : dst[2 * nidx[a] + 1];
   __syncthreads();
   for (int i = tid; i < N; i += bd) db[i] = dst[i];
-
-  // CSR of the groups: counts, exclusive scan, members in increasing token index.
-  for (int s = tid; s < N_out; s += bd) {
-    int cnt = 0;
-    for (int i = 0; i < N; ++i) cnt += dst[i] == s ? 1 : 0;
-    start[s] = cnt;
-  }
-  __syncthreads();
-  const int total = block_exclusive_scan(start, N_out, scratch);
-  if (tid == 0) start[N_out] = total;
-  __syncthreads();
-  for (int s = tid; s <= N_out; s += bd) sb[s] = start[s];
-  for (int s = tid; s < N_out; s += bd) {
-    int k = start[s];
-    for (int i = 0; i < N; ++i)
-      if (dst[i] == s) mb[k++] = i;
-  }
 }
 
+// vec: 1 when C and the x / x_out addresses allow V-wide vectors (f32: 4 floats, f16: 8 halves = 16
+// bytes), else 0 (one element per lane).
 extern "C" __global__ void __launch_bounds__(256)
-    vitrt_tf_merge_f32(const float* x, const float* size, const float* weight, const int* slot_start,
-                       const int* members, float* x_out, float* size_out, int N, int N_out, int C, int vec4) {
-  merge<float>(x, size, weight, slot_start, members, x_out, size_out, N, N_out, C, vec4);
+    vitrt_tf_merge_f32(const float* x, const float* info, const float* size, const int64* dest, float* x_out,
+                       float* size_out, int N, int N_out, int C, int pooling, int vec) {
+  if (vec)
+    merge_by_dest<float, 4, 2>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling);
+  else
+    merge_by_dest<float, 1, 4>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling);
 }
 extern "C" __global__ void __launch_bounds__(256)
-    vitrt_tf_merge_f16(const half_bits* x, const half_bits* size, const float* weight, const int* slot_start,
-                       const int* members, half_bits* x_out, half_bits* size_out, int N, int N_out, int C,
-                       int vec4) {
-  merge<half_bits>(x, size, weight, slot_start, members, x_out, size_out, N, N_out, C, vec4);
+    vitrt_tf_merge_f16(const half_bits* x, const half_bits* info, const half_bits* size, const int64* dest,
+                       half_bits* x_out, half_bits* size_out, int N, int N_out, int C, int pooling, int vec) {
+  if (vec)
+    merge_by_dest<half_bits, 8, 2>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling);
+  else
+    merge_by_dest<half_bits, 1, 4>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling);
 }
 
 extern "C" __global__ void __launch_bounds__(256)

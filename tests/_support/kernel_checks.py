@@ -93,10 +93,23 @@ def fusion_inputs(
 
 
 def check_token_fusion(
-    b: int, n: int, c: int, r: int, preset: dict[str, Any], dtype: torch.dtype, device: str
+    b: int,
+    n: int,
+    c: int,
+    r: int,
+    preset: dict[str, Any],
+    dtype: torch.dtype,
+    device: str,
+    tile: int | None = None,
 ) -> None:
-    """token_fusion_cuda on seeded inputs against reference.token_fusion (see the module docstring)."""
-    from vitrt.plugins.token_fusion.cuda import bipartite_matching_cuda, fusion_scores_cuda, token_fusion_cuda
+    """token_fusion_cuda on seeded inputs against reference.token_fusion (see the module docstring);
+    ``tile``: the score kernel's tile (default: the launcher's choice)."""
+    from vitrt.plugins.token_fusion.cuda import (
+        bipartite_matching_cuda,
+        fusion_scores_cuda,
+        merge_tokens_cuda,
+        token_fusion_cuda,
+    )
 
     attrs = TokenFusionAttrs(r=r, **preset)
     x, metric, info, size = fusion_inputs(b, n, c, dtype, device)
@@ -107,7 +120,7 @@ def check_token_fusion(
         torch.full((b, n_out), math.nan, dtype=dtype, device=device),
         torch.full((b, n), -1, dtype=torch.int64, device=device),
     )
-    x_f, size_f, dest = token_fusion_cuda(x, metric, info, size, attrs, out=out)
+    x_f, size_f, dest = token_fusion_cuda(x, metric, info, size, attrs, out=out, tile=tile)
     _synchronize(x_f)
     assert not x_f.isnan().any() and not size_f.isnan().any(), "an output element was not written"
     assert int(dest.min()) >= 0 and int(dest.max()) < n_out
@@ -121,7 +134,7 @@ def check_token_fusion(
         return
 
     # 1. scores: float32 values within rounding of the reference's
-    scores = fusion_scores_cuda(metric, info, size, attrs)
+    scores = fusion_scores_cuda(metric, info, size, attrs, tile=tile)
     ref_scores = tf_ref.fusion_scores(
         metric, info, size, attrs.tau_sim, attrs.tau_info, attrs.tau_size, attrs.num_protected
     )
@@ -137,6 +150,8 @@ def check_token_fusion(
     weight = tf_ref.pooling_weights(info, size, attrs.pooling)
     _close(x_f, tf_ref.merge_tokens(x, dest, weight, n_out), dtype, "x_fused")
     _close(size_f, tf_ref.merge_sizes(size, dest, n_out), dtype, "size_fused")
+    # the merge alone (what a fused block applies to its attention output): the same kernel, no sizes
+    assert torch.equal(merge_tokens_cuda(x, dest, info, size, attrs.pooling, n_out), x_f)
 
     # 4. end to end: the untouched reference agrees on (nearly) every batch element; where it does not,
     # two best-partner scores are within float32 rounding of each other (checked exactly in 2.)
@@ -174,7 +189,7 @@ def attention_attrs(mode: Mode, c: int, r: int, m: int, scale: float) -> Scatter
 
 
 def _by_mode(q: Tensor, k: Tensor, v: Tensor, hv: Tensor, proj: Tensor, attrs: ScatterbrainAttrs) -> Tensor:
-    from vitrt.plugins.lsh_attention.onnx_lowering import attention_by_mode
+    from vitrt.plugins.lsh_attention.reference import attention_by_mode
 
     return attention_by_mode(
         q, k, v, hv if attrs.mode != Mode.PERFORMER else None, proj if attrs.mode != Mode.LSH else None, attrs
@@ -251,7 +266,7 @@ def check_random_fusion(seed: int, device: str) -> None:
     the reference's on the kernel's scores, the merges equal the reference's for the kernel's groups.
     Similarity stays enabled: without it scores tie exactly and the reference's order among exact ties
     is torch's unstable argsort (the kernel ranks ties by index, like ONNX TopK)."""
-    from vitrt.plugins.token_fusion.cuda import fusion_scores_cuda, token_fusion_cuda
+    from vitrt.plugins.token_fusion.cuda import SCORE_TILES, fusion_scores_cuda, token_fusion_cuda
     from vitrt.plugins.token_fusion.spec import removed_tokens
 
     rng = random.Random(seed)
@@ -268,19 +283,20 @@ def check_random_fusion(seed: int, device: str) -> None:
         bidirectional=rng.choice([0, 1]), pooling=int(rng.choice(list(Pooling))),
     )  # fmt: skip
     dtype = rng.choice([torch.float32, torch.float16])
+    tile = rng.choice(SCORE_TILES)
     g = torch.Generator(device=device).manual_seed(seed)
     x = torch.randn(b, n, c, device=device, generator=g).to(dtype)
     metric = torch.randn(b, n, cm, device=device, generator=g).to(dtype)
     info = (torch.rand(b, n, device=device, generator=g) / n + 1e-4).to(dtype)
     size = torch.randint(1, 5, (b, n), device=device, generator=g).float().to(dtype)
-    what = f"seed {seed}: {attrs}, N={n} C={c} Cm={cm} B={b} {dtype}"
+    what = f"seed {seed}: {attrs}, N={n} C={c} Cm={cm} B={b} {dtype} tile {tile}"
 
-    x_f, size_f, dest = token_fusion_cuda(x, metric, info, size, attrs)
+    x_f, size_f, dest = token_fusion_cuda(x, metric, info, size, attrs, tile=tile)
     _synchronize(x_f)
     if attrs.r == 0:
         assert torch.equal(x_f, x) and torch.equal(size_f, size), what
         return
-    scores = fusion_scores_cuda(metric, info, size, attrs)
+    scores = fusion_scores_cuda(metric, info, size, attrs, tile=tile)
     assert torch.equal(tf_ref.bipartite_matching(scores, attrs.r, bool(attrs.bidirectional)), dest), what
     weight = tf_ref.pooling_weights(info, size, attrs.pooling)
     _close(x_f, tf_ref.merge_tokens(x, dest, weight, n - attrs.r), dtype, what)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One command for a GPU machine: build the kernels' fatbins, run the GPU kernel tests and the TensorRT
-# plugin tests (each skips, with its reason, where its requirement is missing), then the kernel
-# benchmark. Results go to $OUT (default build/gpu-results): build.txt, pytest.txt, junit.xml,
-# benchmark.txt, kernels.json, env.txt. Exit status: pytest's.
+# plugin tests (each skips, with its reason, where its requirement is missing), then the kernel and
+# model benchmarks. Results go to $OUT (default build/gpu-results): build.txt, pytest.txt, junit.xml,
+# benchmark.txt, kernels.json, gpu_models.txt, gpu_models.json, env.txt. Exit status: pytest's.
 #
 #   bash tests/gpu/run_all.sh          # PYTHON=... to pick the interpreter (default: python3)
 set -uo pipefail
@@ -29,4 +29,11 @@ done
 rc=${PIPESTATUS[0]}
 
 "$PY" benchmarks/kernels.py --out "$OUT/kernels.json" 2>&1 | tee "$OUT/benchmark.txt"
+"$PY" benchmarks/gpu_models.py --out "$OUT/gpu_models.json" 2>&1 | tee "$OUT/gpu_models.txt"
+if [ "${SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null; then
+  for tool in racecheck synccheck; do
+    timeout "${SANITIZE_TIMEOUT:-600}" compute-sanitizer --tool "$tool" --print-limit 20 "$PY" tests/gpu/sanitize.py 2>&1 |
+      tail -5 | tee -a "$OUT/sanitize.txt"
+  done
+fi
 exit "$rc"

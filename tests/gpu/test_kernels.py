@@ -101,3 +101,112 @@ def test_random_fusion_configurations(seed: int) -> None:
 @pytest.mark.parametrize("seed", range(64))
 def test_random_attention_configurations(seed: int) -> None:
     check_random_attention(seed, "cuda")
+
+
+# ---- the ops as models use them: torch dispatch, CUDA graphs --------------------------------------------
+
+
+def _small_deit(fusion: object) -> torch.nn.Module:
+    from vitrt.models.deit import VisionTransformer
+    from vitrt.plugins.token_fusion.integration import apply_fusion
+
+    torch.manual_seed(0)
+    model = VisionTransformer(
+        img_size=64, patch_size=8, num_classes=10, embed_dim=64, depth=4, num_heads=2, qkv_bias=True
+    )
+    with torch.no_grad():  # larger weights than the init: attention (and the decisions) not uniform
+        for p in model.parameters():
+            if p.ndim >= 2:
+                p.normal_(0, 0.2)
+    apply_fusion(model, fusion)
+    return model.eval()
+
+
+@pytest.fixture
+def _no_tf32(monkeypatch: pytest.MonkeyPatch) -> None:
+    """float32 convolutions and matmuls in float32 (cuDNN allows TF32 by default: 1e-3 relative errors
+    upstream of the fusion decisions)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+
+
+def _reference_path(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` computing the same function the reference way on any device: the "portable"
+    lowering (the reference ops, explicit attention), as exports do."""
+    import copy
+
+    from vitrt.plugins.lowering import set_lowering
+
+    return set_lowering(copy.deepcopy(model), "portable")
+
+
+@pytest.mark.parametrize(
+    "fusion", ["mctf", "tome", {"r": 8, "one_step_ahead": 2}], ids=["mctf", "tome", "osa2"]
+)
+def test_fused_model_on_cuda_equals_the_reference_path(fusion: object, _no_tf32: None) -> None:
+    """create_model(..., fusion=...).cuda() takes the kernel path (torch.ops.vitrt.token_fusion dispatches
+    to the kernels on CUDA tensors) and gives the reference path's logits on the same GPU (float32;
+    1e-4: the kernels sum in their own order and the one-step-ahead attention is reassociated, see
+    FusionBlock)."""
+    from vitrt.plugins.cuda_launcher import load_module
+
+    model = _small_deit(fusion).cuda()
+    images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(3)).cuda()
+    launches = load_module("token_fusion").launches
+    with torch.no_grad():
+        expected = _reference_path(model)(images)
+        before = launches["vitrt_tf_match"]
+        got = model(images)
+    assert launches["vitrt_tf_match"] > before, "the model did not launch the token-fusion kernels"
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_cuda_graph_replay_equals_eager() -> None:
+    """The op's launches are capturable (no host synchronisation, workspace from torch's allocator): a
+    replayed graph gives the eager results bit for bit, also for a whole fused model in float16."""
+    from vitrt.plugins.token_fusion.cuda import token_fusion_cuda
+
+    attrs = TokenFusionAttrs(r=16, **MCTF)
+    inputs = fusion_inputs(8, 197, 384, torch.float16, "cuda")
+    eager = token_fusion_cuda(*inputs, attrs)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = token_fusion_cuda(*inputs, attrs)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert all(torch.equal(a, b) for a, b in zip(eager, captured, strict=True))
+
+    model = _small_deit("mctf").cuda().half()
+    x = torch.randn(8, 3, 64, 64, device="cuda", dtype=torch.float16)
+    with torch.no_grad():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            eager_out = model(x)
+        torch.cuda.current_stream().wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            out = model(x)
+        g.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, eager_out)
+
+
+def test_scatterbrain_model_on_cuda_equals_the_reference_path(_no_tf32: None) -> None:
+    """t2t_vit_t_14 + scatterbrain on CUDA runs the attention kernels (torch dispatch) and gives the
+    reference path's logits on the same GPU (float32, 96 pixels: 576 and 144 tokens in the T2T
+    attentions; 1e-3: a key whose hash is within rounding of a cluster boundary changes two clusters)."""
+    from vitrt.models import create_model
+    from vitrt.plugins.cuda_launcher import load_module
+
+    torch.manual_seed(0)
+    model = create_model("t2t_vit_t_14", img_size=96, num_classes=10, attention="scatterbrain")
+    model = model.eval().cuda()
+    images = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(4)).cuda()
+    launches = load_module("scatterbrain").launches
+    with torch.no_grad():
+        expected = _reference_path(model)(images)
+        before = launches["vitrt_sb_combine_f32"]
+        got = model(images)
+    assert launches["vitrt_sb_combine_f32"] == before + 2, "the T2T attentions did not launch the kernels"
+    torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-3)

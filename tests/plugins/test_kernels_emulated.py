@@ -50,24 +50,34 @@ def emulated() -> Any:
 
 # DeiT-S / T2T-ViT-14 blocks (N = 197, C = 384) at batch 2: MCTF, ToMe, the largest r, a late block
 # (N = 37), the identity, and a channel count that is not a multiple of 4 (the scalar merge path).
+# Score tiles: the launcher picks 64 on the emulator (no GPU to fill); the 32-tile kernel is named.
 FUSION_CASES = [
-    ("deit_s_mctf_b2", 2, 197, 384, 16, MCTF),
-    ("t2t_vit_14_tome_b2", 2, 197, 384, 16, TOME),
-    ("deit_s_rmax_b2", 2, 197, 384, removed_tokens(197, 0.5), MCTF),
-    ("late_block_b2", 2, 37, 384, 16, MCTF),
-    ("odd_width_b2", 2, 64, 190, 8, MCTF),
-    ("identity_b1", 1, 197, 384, 0, MCTF),
+    ("deit_s_mctf_b2", 2, 197, 384, 16, MCTF, None),
+    ("deit_s_mctf_b2_tile32", 2, 197, 384, 16, MCTF, 32),
+    ("t2t_vit_14_tome_b2", 2, 197, 384, 16, TOME, None),
+    ("deit_s_rmax_b2", 2, 197, 384, removed_tokens(197, 0.5), MCTF, None),
+    ("late_block_b2", 2, 37, 384, 16, MCTF, 32),
+    ("odd_width_b2", 2, 64, 190, 8, MCTF, None),
+    ("identity_b1", 1, 197, 384, 0, MCTF, None),
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
 @pytest.mark.parametrize(
-    ("name", "b", "n", "c", "r", "preset"), FUSION_CASES, ids=[c[0] for c in FUSION_CASES]
+    ("name", "b", "n", "c", "r", "preset", "tile"), FUSION_CASES, ids=[c[0] for c in FUSION_CASES]
 )
 def test_token_fusion_emulated(
-    name: str, b: int, n: int, c: int, r: int, preset: dict[str, Any], dtype: torch.dtype, emulated: None
+    name: str,
+    b: int,
+    n: int,
+    c: int,
+    r: int,
+    preset: dict[str, Any],
+    tile: int | None,
+    dtype: torch.dtype,
+    emulated: None,
 ) -> None:
-    check_token_fusion(b, n, c, r, preset, dtype, "cpu")
+    check_token_fusion(b, n, c, r, preset, dtype, "cpu", tile)
 
 
 # The two T2T token attentions of T2T-ViT-t-14 with Scatterbrain: N = 3136 (c = 24, 2 hashes, m = 12)

@@ -181,7 +181,7 @@ def test_scatterbrain_plugin(
     from vitrt.plugins.lsh_attention import reference
     from vitrt.plugins.lsh_attention.cuda import scatterbrain_cuda_debug
     from vitrt.plugins.lsh_attention.module import draw_hash_vectors, draw_projection
-    from vitrt.plugins.lsh_attention.onnx_lowering import attention_by_mode
+    from vitrt.plugins.lsh_attention.reference import attention_by_mode
     from vitrt.plugins.lsh_attention.spec import OUTPUT_NAMES, PLUGIN_NAME
 
     b, h, n, e, c, r, m, scale = 2, 1, 784, 64, 6, 2, 3, 576**-0.5

@@ -1,0 +1,238 @@
+"""End-to-end GPU inference in PyTorch: vitrt's models (dense, MCTF and ToMe on the token-fusion kernels,
+T2T-ViT-t-14 with Scatterbrain on its kernels) against timm's DeiT-S with fused attention, as ratios
+measured in one process.
+
+    python benchmarks/gpu_models.py [--batches 1 8 64] [--iters 50] [--out results.json]
+
+Rows (float16, 224 x 224, random weights and images, eval mode):
+- DeiT-S: timm dense (``timm.create_model("deit_small_patch16_224")``, when timm imports), official ToMe
+  r = 16 on it (when ``VITRT_TOME_SRC`` names a checkout of facebookresearch/ToMe that imports here),
+  vitrt dense (timm's weights loaded, so its logits are checked against timm's), vitrt mctf and vitrt tome
+  (presets "mctf", "tome": the fusion runs on vitrt's CUDA kernels through torch.ops.vitrt.token_fusion).
+- T2T-ViT-t-14: vitrt dense (scaled_dot_product_attention in the T2T module and the blocks) and vitrt
+  with attention="scatterbrain" (the two T2T token attentions on vitrt's Scatterbrain kernels).
+Each at every batch size, eager and replayed as a CUDA graph. Ratios: against timm dense at the same
+batch and mode for DeiT-S (vitrt dense where timm is missing), against vitrt dense for T2T-ViT-t-14.
+
+Timing: CUDA events around each call (eager) or graph replay, after warm-up; the median of ``--iters``
+in ms. Eager times include the host's launch overhead, as an application sees it. Exit status 2 without
+a CUDA GPU. Checks printed with the table: vitrt dense vs timm logits (same weights), and the fused
+models' top-1 agreement with their own float32 reference path on the CPU (token fusion decisions can
+flip between float16 and float32, so this is reported, not asserted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import platform
+import statistics
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DTYPE = torch.float16
+
+
+def _time(fn: Callable[[], object], iters: int, warmup: int = 10) -> float:
+    """Median milliseconds of ``fn`` on the current stream (CUDA events around each call)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return float(statistics.median(times))
+
+
+def graph_of(model: nn.Module, x: torch.Tensor) -> tuple[Callable[[], object], torch.Tensor]:
+    """(replay, output) of ``model(x)`` captured as a CUDA graph (warm-up on a side stream first: module
+    loads, kernel attribute settings and cuBLAS handles happen outside the capture)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            model(x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = model(x)
+    return graph.replay, out
+
+
+@contextlib.contextmanager
+def _on_path(folder: str | None) -> Iterator[None]:
+    if folder:
+        sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        if folder and folder in sys.path:
+            sys.path.remove(folder)
+
+
+def timm_models() -> tuple[nn.Module | None, nn.Module | None, str]:
+    """(timm DeiT-S, official ToMe on a second timm DeiT-S or None, note)."""
+    try:
+        import timm
+    except ImportError as exc:
+        return None, None, f"timm not importable ({exc}): DeiT-S ratios are against vitrt dense"
+    dense = timm.create_model("deit_small_patch16_224", pretrained=False).eval()
+    note = f"timm {timm.__version__}"
+    src = os.environ.get("VITRT_TOME_SRC")
+    if not src:
+        return dense, None, note + "; official ToMe skipped (set VITRT_TOME_SRC to a ToMe checkout)"
+    try:
+        with _on_path(src):
+            tome = importlib.import_module("tome")
+            merged = timm.create_model("deit_small_patch16_224", pretrained=False).eval()
+            merged.load_state_dict(dense.state_dict())
+            tome.patch.timm(merged)
+            merged.r = 16
+            merged.cpu()(torch.randn(1, 3, 224, 224))  # does the patch run on this timm?
+    except Exception as exc:  # the official patch targets older timm releases
+        return dense, None, note + f"; official ToMe skipped ({type(exc).__name__}: {exc})"
+    return dense, merged, note + "; official ToMe r = 16"
+
+
+def deit_rows(dense_timm: nn.Module | None, tome_timm: nn.Module | None) -> list[tuple[str, nn.Module]]:
+    from vitrt.models import create_model
+
+    rows: list[tuple[str, nn.Module]] = []
+    if dense_timm is not None:
+        rows.append(("timm DeiT-S dense (SDPA)", dense_timm))
+    if tome_timm is not None:
+        rows.append(("official ToMe r=16 on timm", tome_timm))
+    for label, fusion in (
+        ("vitrt DeiT-S dense", None),
+        ("vitrt DeiT-S mctf", "mctf"),
+        ("vitrt DeiT-S tome", "tome"),
+    ):
+        model = create_model("deit_small_patch16_224", fusion=fusion)
+        if dense_timm is not None:
+            model.load_state_dict(dense_timm.state_dict(), strict=False)
+        rows.append((label, model.eval()))
+    return rows
+
+
+def t2t_rows() -> list[tuple[str, nn.Module]]:
+    from vitrt.models import create_model
+
+    dense = create_model("t2t_vit_t_14").eval()
+    sparse = create_model("t2t_vit_t_14", attention="scatterbrain").eval()
+    sparse.load_state_dict(dense.state_dict(), strict=False)  # same weights; the cores keep their seeds
+    return [("vitrt T2T-ViT-t-14 dense (SDPA)", dense), ("vitrt T2T-ViT-t-14 scatterbrain", sparse)]
+
+
+def measure(model: nn.Module, batch: int, iters: int) -> dict[str, float]:
+    """Eager and CUDA-graph medians in ms for one model at one batch size (float16 on the GPU)."""
+    g = torch.Generator(device="cuda").manual_seed(batch)
+    x = torch.randn(batch, 3, 224, 224, device="cuda", generator=g, dtype=DTYPE)
+    with torch.inference_mode():
+        eager = _time(lambda: model(x), iters)
+        replay, _ = graph_of(model, x)
+        graph = _time(replay, iters)
+    return {"eager_ms": eager, "graph_ms": graph}
+
+
+def agreement(model: nn.Module, batch: int = 8) -> dict[str, float]:
+    """The CUDA float16 model (kernel path) against the same model in float32 on the CPU (reference
+    path): top-1 agreement and the largest logit difference relative to the largest logit."""
+    g = torch.Generator().manual_seed(1234)
+    x = torch.randn(batch, 3, 224, 224, generator=g)
+    with torch.inference_mode():
+        gpu = model(x.cuda().to(DTYPE)).float().cpu()
+        cpu_model = model.float().cpu()
+        ref = cpu_model(x)
+        model.cuda().to(DTYPE)
+    top1 = float((gpu.argmax(-1) == ref.argmax(-1)).float().mean())
+    rel = float((gpu - ref).abs().max() / ref.abs().max())
+    return {"top1_agreement": top1, "max_rel_logit_diff": rel}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--iters", type=int, default=50, help="timed runs per case (default 50)")
+    parser.add_argument(
+        "--out", default=None, help="JSON results (default $OUT/gpu_models.json when OUT is set)"
+    )
+    parser.add_argument("--skip-t2t", action="store_true", help="DeiT-S rows only")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA GPU: torch.cuda.is_available() is False; nothing to benchmark", file=sys.stderr)
+        return 2
+    torch.backends.cuda.matmul.allow_tf32 = False  # float16 models: no effect on the timed paths
+
+    dense_timm, tome_timm, note = timm_models()
+    groups = {"DeiT-S": deit_rows(dense_timm, tome_timm)}
+    if not args.skip_t2t:
+        groups["T2T-ViT-t-14"] = t2t_rows()
+    checks: dict[str, Any] = {}
+    if dense_timm is not None:
+        x = torch.randn(4, 3, 224, 224)
+        with torch.inference_mode():
+            vitrt_dense = dict(groups["DeiT-S"])["vitrt DeiT-S dense"]
+            diff = (vitrt_dense(x) - dense_timm(x)).abs().max()
+        checks["vitrt dense vs timm, float32 CPU, max abs logit diff"] = float(diff)
+    for rows in groups.values():
+        for _, model in rows:
+            model.cuda().to(DTYPE)
+    for label, model in groups["DeiT-S"][-2:] + groups.get("T2T-ViT-t-14", [])[1:]:
+        checks[f"{label}: CUDA float16 vs CPU float32 reference"] = agreement(model)
+
+    results: list[dict[str, Any]] = []
+    for group, rows in groups.items():
+        for batch in args.batches:
+            base: dict[str, float] | None = None
+            for label, model in rows:
+                t = measure(model, batch, args.iters)
+                base = base or t
+                results.append(
+                    {"group": group, "model": label, "batch": batch, **t,
+                     "eager_ratio": t["eager_ms"] / base["eager_ms"],
+                     "graph_ratio": t["graph_ms"] / base["graph_ms"]}
+                )  # fmt: skip
+                torch.cuda.empty_cache()
+
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {note}; float16, 224 x 224")
+    for name, value in checks.items():
+        print(f"check: {name}: {value}")
+    print(f"{'model':36} {'batch':>5} {'eager ms':>9} {'x base':>7} {'graph ms':>9} {'x base':>7}")
+    for r in results:
+        print(
+            f"{r['model']:36} {r['batch']:5d} {r['eager_ms']:9.3f} {r['eager_ratio']:7.2f} "
+            f"{r['graph_ms']:9.3f} {r['graph_ratio']:7.2f}"
+        )
+    out = args.out or (str(Path(os.environ["OUT"]) / "gpu_models.json") if os.environ.get("OUT") else None)
+    if out:
+        payload = {
+            "device": torch.cuda.get_device_name(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "note": note,
+            "checks": checks,
+            "rows": results,
+        }
+        Path(out).write_text(json.dumps(payload, indent=2))
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""TokenFusion as torch ops: ``torch.ops.vitrt.token_fusion`` (the op of ``spec``) and
+``torch.ops.vitrt.token_merge`` (its merge step alone: the weighted mean of the groups a ``dest`` defines,
+which a fused block applies to its attention output).
+
+Dispatch: CPU tensors run the PyTorch reference; CUDA tensors run the kernels of ``cuda.py``; inside
+``vitrt.plugins.cuda_emulation.emulated_kernels()`` CPU tensors run the kernels on the CPU emulator,
+which is how CI checks that a model really takes the kernel path. Gradients (registered here, the same
+on every device) follow the reference: only x receives one, through the weighted mean; matching and
+pooling weights are constants. The plugin lowering exports ``token_fusion`` as one ONNX node
+(``onnx_lowering``).
+
+No ``from __future__ import annotations`` here: ``torch.library.custom_op`` reads the annotations.
+"""
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vitrt.plugins.cuda_emulation import emulating
+
+from .reference import merge_tokens, pooling_weights, token_fusion
+from .spec import TokenFusionAttrs
+
+
+@torch.library.custom_op("vitrt::token_fusion", mutates_args=())
+def token_fusion_op(
+    x: Tensor,
+    metric: Tensor,
+    info: Tensor,
+    size: Tensor,
+    r: int,
+    num_protected: int,
+    tau_sim: float,
+    tau_info: float,
+    tau_size: float,
+    bidirectional: int,
+    pooling: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The TokenFusion op as one opaque torch op (see ``spec``): x [B, N, C], metric [B, N, Cm], info /
+    size [B, N] -> (x_fused [B, N - r, C], size_fused [B, N - r], dest [B, N] int64)."""
+    attrs = TokenFusionAttrs(r, num_protected, tau_sim, tau_info, tau_size, bidirectional, pooling)
+    if emulating():
+        from .cuda import token_fusion_cuda
+
+        return token_fusion_cuda(x, metric, info, size, attrs)
+    x_f, size_f, dest = token_fusion(x, metric, info, size, attrs)
+    # A custom op's outputs may not alias its inputs (r = 0 returns x and size themselves).
+    return x_f.clone(), size_f.clone(), dest.clone()
+
+
+@token_fusion_op.register_kernel("cuda")
+def _token_fusion_cuda(
+    x: Tensor,
+    metric: Tensor,
+    info: Tensor,
+    size: Tensor,
+    r: int,
+    num_protected: int,
+    tau_sim: float,
+    tau_info: float,
+    tau_size: float,
+    bidirectional: int,
+    pooling: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    from .cuda import token_fusion_cuda
+
+    attrs = TokenFusionAttrs(r, num_protected, tau_sim, tau_info, tau_size, bidirectional, pooling)
+    return token_fusion_cuda(x, metric, info, size, attrs)
+
+
+@token_fusion_op.register_fake
+def _token_fusion_fake(
+    x: Tensor,
+    metric: Tensor,
+    info: Tensor,
+    size: Tensor,
+    r: int,
+    num_protected: int,
+    tau_sim: float,
+    tau_info: float,
+    tau_size: float,
+    bidirectional: int,
+    pooling: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    b, n, c = x.shape
+    return x.new_empty(b, n - r, c), size.new_empty(b, n - r), x.new_empty(b, n, dtype=torch.int64)
+
+
+@torch.library.custom_op("vitrt::token_merge", mutates_args=())
+def token_merge_op(x: Tensor, dest: Tensor, info: Tensor, size: Tensor, pooling: int, n_out: int) -> Tensor:
+    """Weighted mean of the groups of ``dest``: x [B, N, C], dest [B, N] int64 (slots 0 .. n_out - 1, all
+    used), info / size [B, N] (the pooling weights' inputs, ``reference.pooling_weights``) -> [B, n_out, C]
+    in x's dtype."""
+    if emulating():
+        from .cuda import merge_tokens_cuda
+
+        return merge_tokens_cuda(x, dest, info, size, pooling, n_out)
+    return merge_tokens(x, dest, pooling_weights(info, size, pooling), n_out)
+
+
+@token_merge_op.register_kernel("cuda")
+def _token_merge_cuda(
+    x: Tensor, dest: Tensor, info: Tensor, size: Tensor, pooling: int, n_out: int
+) -> Tensor:
+    from .cuda import merge_tokens_cuda
+
+    return merge_tokens_cuda(x, dest, info, size, pooling, n_out)
+
+
+@token_merge_op.register_fake
+def _token_merge_fake(
+    x: Tensor, dest: Tensor, info: Tensor, size: Tensor, pooling: int, n_out: int
+) -> Tensor:
+    return x.new_empty(x.shape[0], n_out, x.shape[2])
+
+
+# ---- gradients: x_f[s] = sum_{dest[i] = s} w_i x_i / den_s, so dx_i = w_i / den_{dest[i]} dx_f[dest[i]] ----
+
+
+def _merge_backward(grad: Tensor, dest: Tensor, info: Tensor, size: Tensor, pooling: int) -> Tensor:
+    w = pooling_weights(info, size, pooling)
+    den = w.new_zeros(grad.shape[0], grad.shape[1]).scatter_add(1, dest, w).clamp_min(1e-12)
+    scale = (w / den.gather(1, dest)).to(grad.dtype)
+    return grad.gather(1, dest[..., None].expand(-1, -1, grad.shape[2])) * scale[..., None]
+
+
+def _fusion_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor]) -> None:
+    ctx.save_for_backward(output[2], inputs[2], inputs[3])
+    ctx.pooling = inputs[10]
+
+
+def _fusion_backward(ctx: Any, grad_x: Tensor, grad_size: Tensor, grad_dest: Tensor) -> tuple[Any, ...]:
+    dest, info, size = ctx.saved_tensors
+    return (_merge_backward(grad_x, dest, info, size, ctx.pooling), *([None] * 10))
+
+
+def _merge_setup(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+    ctx.save_for_backward(inputs[1], inputs[2], inputs[3])
+    ctx.pooling = inputs[4]
+
+
+def _merge_grad(ctx: Any, grad: Tensor) -> tuple[Any, ...]:
+    dest, info, size = ctx.saved_tensors
+    return _merge_backward(grad, dest, info, size, ctx.pooling), None, None, None, None, None
+
+
+token_fusion_op.register_autograd(_fusion_backward, setup_context=_fusion_setup)
+token_merge_op.register_autograd(_merge_grad, setup_context=_merge_setup)
+
+
+def token_fusion_call(
+    x: Tensor, metric: Tensor, info: Tensor, size: Tensor, attrs: TokenFusionAttrs
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``reference.token_fusion`` through the custom op (what the plugin lowering traces and what a fused
+    block calls where the kernels apply)."""
+    from vitrt.plugins.lowering import attribute_kinds
+
+    kinds = attribute_kinds(TokenFusionAttrs)
+    values = [int(getattr(attrs, n)) if kind == "int" else float(getattr(attrs, n)) for n, kind in kinds]
+    return token_fusion_op(x, metric, info, size, *values)

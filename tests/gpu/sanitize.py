@@ -1,0 +1,46 @@
+"""Every kernel of both ops once, at small shapes, for compute-sanitizer (racecheck, synccheck, memcheck):
+
+    compute-sanitizer --tool racecheck python tests/gpu/sanitize.py
+
+tests/gpu/run_all.sh runs it under racecheck and synccheck when SANITIZE=1. Shapes are the models' token
+counts at batch 2 (N = 197 for token fusion, both score tiles, both dtypes; N = 784 for Scatterbrain in
+every mode), small enough for the sanitizer's slowdown.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests._support.kernel_checks import MCTF, _fixed, attention_attrs, attn_inputs, fusion_inputs
+from vitrt.plugins.lsh_attention.cuda import scatterbrain_cuda
+from vitrt.plugins.lsh_attention.spec import Mode
+from vitrt.plugins.token_fusion.cuda import token_fusion_cuda
+from vitrt.plugins.token_fusion.spec import TokenFusionAttrs
+
+
+def main() -> int:
+    for dtype in (torch.float16, torch.float32):
+        for tile in (32, 64):
+            for r in (16, 0):
+                token_fusion_cuda(
+                    *fusion_inputs(2, 197, 384, dtype, "cuda"), TokenFusionAttrs(r=r, **MCTF), tile=tile
+                )
+        for mode in Mode:
+            attrs = attention_attrs(mode, 6, 2, 3, 576**-0.5)
+            hv, proj = _fixed(2, 3, 64, "cuda")
+            q, k, v = attn_inputs(2, 784, 64, dtype, "cuda")
+            scatterbrain_cuda(
+                q, k, v, hv if mode != Mode.PERFORMER else None, proj if mode != Mode.LSH else None, attrs
+            )
+    torch.cuda.synchronize()
+    print("sanitize: all kernels ran")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

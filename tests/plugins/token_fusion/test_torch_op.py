@@ -1,0 +1,124 @@
+"""The torch ops (``torch.ops.vitrt.token_fusion`` / ``token_merge``): CPU dispatch = the reference,
+gradients = the reference's, and the model's kernel path taken where the kernels apply (checked on the
+CPU emulator, where CPU tensors dispatch to the emulated kernels: CI has no GPU).
+
+Tolerances: float32 paths that differ only in summation order within 1e-5; the model's kernel path
+(which also reassociates the one-step-ahead attention, see ``FusionBlock``) within 1e-4 of the
+reference path.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+import torch
+
+from tests._support.kernel_checks import MCTF, fusion_inputs
+from vitrt.models.deit import VisionTransformer
+from vitrt.plugins.cuda_emulation import (
+    KernelEmulationError,
+    emulated_kernels,
+    emulated_module,
+    host_compiler,
+)
+from vitrt.plugins.token_fusion import reference
+from vitrt.plugins.token_fusion.integration import apply_fusion
+from vitrt.plugins.token_fusion.spec import Pooling, TokenFusionAttrs
+from vitrt.plugins.token_fusion.torch_op import token_fusion_call, token_merge_op
+
+F32 = {"atol": 1e-5, "rtol": 1e-5}
+
+
+def _attrs(r: int = 12, **kw: Any) -> TokenFusionAttrs:
+    return TokenFusionAttrs(r=r, **{**MCTF, **kw})
+
+
+def test_cpu_dispatch_is_the_reference() -> None:
+    x, metric, info, size = fusion_inputs(3, 65, 32, torch.float32, "cpu")
+    attrs = _attrs()
+    got = token_fusion_call(x, metric, info, size, attrs)
+    want = reference.token_fusion(x, metric, info, size, attrs)
+    for g, w in zip(got, want, strict=True):
+        assert torch.equal(g, w)
+    dest = want[2]
+    merged = token_merge_op(x, dest, info, size, int(Pooling.ATTN_SIZE), 65 - attrs.r)
+    weight = reference.pooling_weights(info, size, Pooling.ATTN_SIZE)
+    assert torch.equal(merged, reference.merge_tokens(x, dest, weight, 65 - attrs.r))
+
+
+@pytest.mark.parametrize("pooling", list(Pooling), ids=lambda p: p.name.lower())
+def test_gradients_equal_the_references(pooling: Pooling) -> None:
+    x, metric, info, size = fusion_inputs(2, 41, 24, torch.float32, "cpu")
+    attrs = _attrs(r=9, pooling=int(pooling))
+    g = torch.Generator().manual_seed(3)
+    upstream = torch.randn(2, 41 - 9, 24, generator=g)
+
+    x_op = x.clone().requires_grad_(True)
+    x_ref = x.clone().requires_grad_(True)
+    (token_fusion_call(x_op, metric, info, size, attrs)[0] * upstream).sum().backward()
+    x_f, _, dest = reference.token_fusion(x_ref, metric, info, size, attrs)
+    (x_f * upstream).sum().backward()
+    assert x_op.grad is not None and x_ref.grad is not None
+    torch.testing.assert_close(x_op.grad, x_ref.grad, **F32)
+
+    x_merge = x.clone().requires_grad_(True)
+    (token_merge_op(x_merge, dest, info, size, int(pooling), 41 - 9) * upstream).sum().backward()
+    assert x_merge.grad is not None
+    torch.testing.assert_close(x_merge.grad, x_ref.grad, **F32)
+
+
+# ---- the model's kernel path, on the CPU emulator -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def _emulator() -> None:
+    try:
+        host_compiler()
+    except KernelEmulationError as exc:
+        pytest.skip(str(exc))
+
+
+def _model(fusion: object) -> VisionTransformer:
+    torch.manual_seed(0)
+    model = VisionTransformer(
+        img_size=64, patch_size=8, num_classes=10, embed_dim=32, depth=4, num_heads=2, qkv_bias=True
+    )
+    with torch.no_grad():  # larger weights than the init: attention (and the decisions) not uniform
+        for p in model.parameters():
+            if p.ndim >= 2:
+                p.normal_(0, 0.2)
+    apply_fusion(model, fusion)
+    return model.eval()
+
+
+FUSIONS = {
+    "mctf": "mctf",
+    "mctf_r8": {"r": 8},
+    "recompute": {"r": 8, "one_step_ahead": 2},
+    "mode0": {"r": 8, "one_step_ahead": 0},
+    "tome": {"preset": "tome", "r": 8},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fusion", list(FUSIONS.values()), ids=list(FUSIONS))
+def test_model_takes_the_kernel_path(fusion: object, _emulator: None) -> None:
+    """Under emulated_kernels() a fused model calls the ops, which run the kernels (launch counts), and
+    gives the reference path's logits; outside it, the same model runs the reference (no launches)."""
+    model = _model(fusion)
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    module = emulated_module("token_fusion")
+    before = dict(module.launches)
+    with torch.no_grad():
+        expected = model(images)
+        assert dict(module.launches) == before, "the reference path launched kernels"
+        with emulated_kernels():
+            got = model(images)
+    launched = {k: v - before.get(k, 0) for k, v in module.launches.items() if v != before.get(k, 0)}
+    schedule = model.token_schedule()
+    fusing = sum(1 for n_in, n_out in itertools.pairwise(schedule) if n_out < n_in)
+    assert launched.get("vitrt_tf_match", 0) == fusing, launched
+    assert launched.get("vitrt_tf_merge_f32", 0) >= fusing, launched
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
