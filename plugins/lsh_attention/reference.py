@@ -51,9 +51,10 @@ def xbox_plus(q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
     q -> [q, 0, sqrt(MQ + MK - |q|^2)], k -> [k, sqrt(MQ + MK - |k|^2), 0], with MQ, MK the largest
     squared norms over the N tokens. Every transformed vector then has squared norm MQ + MK, so the
     Euclidean distance of a transformed pair falls as q . k grows: near in hash space = large logit.
+    The squared norms are ``halving_sum``s, so equal tokens get bitwise equal vectors on every backend.
     """
-    q_sq = q.square().sum(dim=-1, keepdim=True)
-    k_sq = k.square().sum(dim=-1, keepdim=True)
+    q_sq = halving_sum(q.square()).unsqueeze(-1)
+    k_sq = halving_sum(k.square()).unsqueeze(-1)
     total = q_sq.amax(dim=-2, keepdim=True) + k_sq.amax(dim=-2, keepdim=True)
     # clamp: in float16 inputs' rounding could leave a tiny negative under the root.
     q_ext = (total - q_sq).clamp_min(0).sqrt()
@@ -62,18 +63,43 @@ def xbox_plus(q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
     return torch.cat([q, zeros, q_ext], dim=-1), torch.cat([k, k_ext, zeros], dim=-1)
 
 
+def halving_sum(x: Tensor) -> Tensor:
+    """Sum over the last dim, [..., D] -> [...], by elementwise adds only: add the second half of the
+    columns onto the first (an odd last column is carried) until one is left.
+
+    Every row then goes through the same float32 additions in the same order on every backend, so equal
+    rows give bitwise equal sums. A matmul or a last-axis reduction does not promise that: MKL's sgemm
+    (PyTorch's CPU matmul, on some x86 CPUs) and ONNX Runtime's ReduceSum (Eigen, whose vector loop
+    starts at the first aligned element) round equal rows differently depending on where they lie.
+    """
+    while x.shape[-1] > 1:
+        d = x.shape[-1]
+        half = d // 2
+        folded = x[..., :half] + x[..., half : 2 * half]
+        x = torch.cat([folded, x[..., 2 * half :]], dim=-1) if d % 2 else folded
+    return x[..., 0]
+
+
+def hashes(x_t: Tensor, hash_vectors: Tensor) -> Tensor:
+    """Hash of every round: XBOX+ vectors [B, H, P, E + 2] . hash_vectors [R, E + 2] -> [B, H, R, P].
+
+    Elementwise products and a ``halving_sum`` (not a matmul), one round at a time: equal tokens hash
+    bitwise alike in every backend, so that they tie and the stable sort groups them alike.
+    """
+    hv = hash_vectors.to(COMPUTE_DTYPE)
+    return torch.stack([halving_sum(x_t * hv[r]) for r in range(hv.shape[0])], dim=2)
+
+
 def _hash_orders(qf: Tensor, kf: Tensor, hash_vectors: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
     """Sorted token order per round of queries and keys: [B, H, P, E] -> indices [B, H, R, P] (int64).
 
-    Hash of round r = XBOX+ vector . hash_vectors[r]. Padded tokens hash to +inf so that they fill
-    the tail of the last cluster; ties (equal tokens, padding) keep index order (``stable_argsort``),
-    the same in every backend.
+    Hash of round r = XBOX+ vector . hash_vectors[r] (``hashes``). Padded tokens hash to +inf so that
+    they fill the tail of the last cluster; ties (equal tokens, padding) keep index order
+    (``stable_argsort``), the same in every backend.
     """
-    hv = hash_vectors.to(COMPUTE_DTYPE).t()
     orders = []
     for x_t in xbox_plus(qf, kf):
-        h = torch.matmul(x_t, hv).transpose(-1, -2)  # [B, H, R, P]
-        orders.append(stable_argsort(h.masked_fill(~valid, math.inf)))
+        orders.append(stable_argsort(hashes(x_t, hash_vectors).masked_fill(~valid, math.inf)))
     return orders[0], orders[1]
 
 

@@ -22,9 +22,14 @@ The function (``reference.py`` is the executable definition; ``scale`` is the so
 
 * Hashing (SMYRF, XBOX+): per (b, h), with MQ, MK the largest squared norms of q and k,
   q -> [q, 0, sqrt(MQ + MK - |q|^2)], k -> [k, sqrt(MQ + MK - |k|^2), 0]; the hash of round r is the
-  dot product with ``hash_vectors[r]``. Queries and keys are argsorted separately per round (stable:
-  ties keep token order, so all backends group equal tokens alike), N is padded with zero tokens to
-  N_pad = ceil(N / cluster_size) * cluster_size whose hashes are +inf (they sort last), and the sorted
+  dot product with ``hash_vectors[r]``. Equal tokens must hash bitwise alike: a backend computes the
+  squared norms and the dot products of every token with the same float32 operations, whatever its
+  position (the reference and its ONNX graph: elementwise products summed by halving; the CUDA kernel:
+  the same fma loops for every token), never with a matmul or reduction whose rounding depends on the
+  row's place in a block or its memory alignment (MKL's sgemm, ONNX Runtime's last-axis ReduceSum).
+  Queries and keys are argsorted separately per round (stable: ties keep token order, so all backends
+  group equal tokens alike), N is padded with zero tokens to N_pad = ceil(N / cluster_size) *
+  cluster_size whose hashes are +inf (they sort last), and the sorted
   order is cut into N_pad / cluster_size clusters; query cluster i attends key cluster i. Padded keys
   are masked (logit = MASK_VALUE, low-rank term 0); padded queries' outputs are dropped.
 * Features (Performer FAVOR+, positive, both signs): with w = sqrt(t) * projection,

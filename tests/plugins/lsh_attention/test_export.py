@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from vitrt.plugins.lsh_attention.module import LSHAttention, PerformerAttention, ScatterbrainAttention
+from vitrt.plugins.lsh_attention.reference import halving_sum, hashes, xbox_plus
 
 
 class _Layer(nn.Module):
@@ -67,3 +68,49 @@ def test_onnx_export_runs_in_onnxruntime(name: str, dynamo: bool, tmp_path: Path
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()})
     torch.testing.assert_close(torch.from_numpy(out), layer(q, k, v), rtol=1e-4, atol=1e-5)
+
+
+class _Hashing(nn.Module):
+    """The reference's hashing steps of queries and keys, each output with its token axis last: squared
+    norms [B, H, N], XBOX+ vectors (transposed) [B, H, E + 2, N], hashes [B, H, R, N]."""
+
+    def __init__(self, hash_vectors: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("hash_vectors", hash_vectors)
+
+    def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, ...]:
+        q_t, k_t = xbox_plus(q, k)
+        return (
+            halving_sum(q.square()),
+            halving_sum(k.square()),
+            q_t.transpose(-1, -2),
+            k_t.transpose(-1, -2),
+            hashes(q_t, self.hash_vectors),
+            hashes(k_t, self.hash_vectors),
+        )
+
+
+@pytest.mark.parametrize(("n", "e"), [(50, 16), (57, 7), (197, 64), (100, 3)])
+def test_onnxruntime_hashes_equal_tokens_alike(n: int, e: int, tmp_path: Path) -> None:
+    """Copies of a token get bitwise equal squared norms, XBOX+ vectors and hashes in ONNX Runtime too,
+    wherever they lie in memory (odd E included, where rows are not vector-aligned: ONNX Runtime's
+    last-axis ReduceSum rounds equal rows differently there, and a MatMul need not round them alike),
+    so the exported stable sort ties them as PyTorch does."""
+    ort = pytest.importorskip("onnxruntime")
+    g = torch.Generator().manual_seed(e)
+    q, k = (torch.randn(2, 2, n, e, generator=g) for _ in range(2))
+    copies = torch.zeros(n, dtype=torch.bool)
+    copies[3::3] = copies[n // 2 : n // 2 + 8] = True  # every alignment of a row, neighbours too
+    for t in (q, k):
+        t[:, :, copies] = t[:, :, 3:4]
+    module = _Hashing(torch.randn(3, e + 2, generator=g)).eval()
+    path = tmp_path / "hashing.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (q, k), str(path), input_names=["q", "k"], dynamo=False, opset_version=17)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"q": q.numpy(), "k": k.numpy()})
+    for x, ref in zip(got, module(q, k), strict=True):
+        x = torch.from_numpy(x)
+        assert (x[..., copies] == x[..., 3:4]).all(), "equal tokens are hashed differently in ONNX Runtime"
+        torch.testing.assert_close(x, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))

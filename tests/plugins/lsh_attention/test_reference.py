@@ -18,6 +18,8 @@ from vitrt.errors import ConfigError
 from vitrt.plugins.lsh_attention.module import draw_projection
 from vitrt.plugins.lsh_attention.reference import (
     exact_attention,
+    halving_sum,
+    hashes,
     lsh_attention,
     performer_attention,
     scatterbrain_attention,
@@ -185,6 +187,40 @@ def test_equal_tokens_sort_in_index_order() -> None:
     torch.testing.assert_close(stable_argsort(x), torch.tensor([[1, 3, 5, 4, 0, 2]]))
     x = torch.randint(0, 4, (3, 2, 57)).float()
     torch.testing.assert_close(stable_argsort(x), torch.argsort(x, dim=-1, stable=True))
+
+
+def _with_copies(x: Tensor, src: int, every: int) -> tuple[Tensor, Tensor]:
+    """x [B, H, N, E] with token ``src`` copied to every ``every``-th position; the [N] mask of copies."""
+    x = x.clone()
+    copies = torch.zeros(x.shape[2], dtype=torch.bool)
+    copies[src::every] = True
+    x[:, :, copies] = x[:, :, src : src + 1]
+    return x, copies
+
+
+@pytest.mark.parametrize(("n", "e", "r"), [(50, 16, 2), (57, 7, 3), (333, 64, 2), (3136, 64, 2)])
+def test_equal_tokens_hash_bitwise_alike(n: int, e: int, r: int) -> None:
+    """Copies of a token, wherever they lie, get bitwise equal XBOX+ vectors and hashes, so they tie and
+    the stable sort keeps them in index order. (A matmul does not promise that: MKL's sgemm rounds equal
+    rows differently by position on some x86 CPUs.)"""
+    q, k, _ = _qkv(2, 2, n, e, seed=n)
+    q, copies = _with_copies(q, 3, 5)
+    k, _ = _with_copies(k, 3, 5)
+    hv = torch.randn(r, e + 2, generator=torch.Generator().manual_seed(e))
+    for x_t in xbox_plus(q, k):
+        assert (x_t[:, :, copies] == x_t[:, :, 3:4]).all()
+        h = hashes(x_t, hv)  # [B, H, R, N]
+        assert (h[..., copies] == h[..., 3:4]).all()
+        exact = (x_t.double() @ hv.double().t()).transpose(-1, -2)
+        torch.testing.assert_close(h.double(), exact, rtol=1e-5, atol=1e-5 * float(exact.abs().max()))
+        slots = torch.argsort(stable_argsort(h), dim=-1)[..., copies]
+        assert (slots.diff(dim=-1) == 1).all(), "copies must be consecutive, in index order"
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 7, 16, 18, 33, 66, 130])
+def test_halving_sum_is_a_sum(d: int) -> None:
+    x = torch.randn(4, 5, d, generator=torch.Generator().manual_seed(d))
+    torch.testing.assert_close(halving_sum(x).double(), x.double().sum(-1), rtol=1e-6, atol=1e-6 * d)
 
 
 def test_default_scale_is_inverse_sqrt_head_dim() -> None:
