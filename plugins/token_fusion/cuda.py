@@ -46,12 +46,17 @@ SCORE_TILES = (64, 32)
 """Side of the score kernel's output tile: 64, or 32 where 64-tiles would not fill the GPU."""
 KERNELS = (
     *(f"vitrt_tf_scores{tile}_{sfx}" for tile in SCORE_TILES for sfx in KERNEL_SUFFIX.values()),
-    *(f"vitrt_tf_{stage}_{sfx}" for stage in ("merge", "copy") for sfx in KERNEL_SUFFIX.values()),
+    *(
+        f"vitrt_tf_{stage}_{sfx}"
+        for stage in ("merge", "copy", "attention_info")
+        for sfx in KERNEL_SUFFIX.values()
+    ),
     "vitrt_tf_match",
 )
 """Every kernel this module launches (the build test checks each is in the fatbin)."""
 _THREADS = 256
-_SLOTS_PER_BLOCK = _THREADS // 32  # merge: one warp per output slot
+_WARPS = _THREADS // 32
+_INFO_ROWS = 64  # attention_info: query rows per block
 _COPY_BLOCKS = 1024  # identity copy: grid-stride loops beyond this many blocks
 MATCH_SHARED_LIMIT = 96 * 1024
 """Largest dynamic shared memory the match kernel asks for (the smallest target, sm_120, allows 99 KiB):
@@ -189,19 +194,63 @@ def enqueue_merge(
     """Launch the merge: x [B, N, C] -> x_out [B, N - r, C], the weighted mean of each group of tokens with
     one dest (int64 [B, N]), weights from info / size [B, N] and ``pooling``; size_out [B, N - r] = the
     groups' summed sizes (not written when ``size_out`` is 0). Same dtype for all but dest."""
+    mod = load_module(SOURCE)
     vector = 4 if dtype == "float32" else 8  # 16-byte vectors
     align = 16
     vec = d.channels % vector == 0 and x % align == 0 and x_out % align == 0
+    sms = mod.device.multiprocessors if isinstance(mod, LoadedModule) else 0
+    spw = merge_slots_per_warp(d, sms)
     launch(
-        load_module(SOURCE),
+        mod,
         f"vitrt_tf_merge_{kernel_suffix(dtype, PLUGIN_NAME)}",
-        (-(-d.n_out // _SLOTS_PER_BLOCK), d.batch, 1),
+        (-(-d.n_out // (_WARPS * spw)), d.batch, 1),
         (_THREADS, 1, 1),
         [ptr(x), ptr(info), ptr(size), ptr(dest), ptr(x_out), ptr(size_out), i32(d.tokens), i32(d.n_out),
-         i32(d.channels), i32(pooling), i32(vec)],
+         i32(d.channels), i32(pooling), i32(vec), i32(spw)],
         stream,
         shared_mem=8 * d.tokens,
     )  # fmt: skip
+
+
+def merge_slots_per_warp(d: FusionDims, multiprocessors: int) -> int:
+    """Output slots each warp of the merge takes: the most of 4, 2, 1 that still gives at least two blocks
+    per SM (more slots per block amortise its prologue; fewer keep small batches spread over the GPU)."""
+    for spw in (4, 2):
+        if d.batch * -(-d.n_out // (_WARPS * spw)) >= 2 * multiprocessors:
+            return spw
+    return 1
+
+
+def info_shared_bytes(tokens: int) -> int:
+    """Dynamic shared memory of ``vitrt_tf_attention_info`` for N tokens: (1 + 2 x 8 warps) N floats."""
+    return 4 * (1 + 2 * _WARPS) * tokens
+
+
+def enqueue_attention_info(
+    logits: int,
+    size: int,
+    colsum: int,
+    batch: int,
+    heads: int,
+    tokens: int,
+    scale: float,
+    dtype: str,
+    stream: int,
+) -> int:
+    """Launch ``vitrt_tf_attention_info``: logits [B, H, N, N] (q k^T, unscaled) and size [B, N] (0: no
+    proportional attention) of ``dtype`` -> float32 colsum [B, H, chunks, N], each chunk's query rows'
+    softmax probabilities summed per key; returns the number of chunks."""
+    chunks = -(-tokens // _INFO_ROWS)
+    launch(
+        load_module(SOURCE),
+        f"vitrt_tf_attention_info_{kernel_suffix(dtype, PLUGIN_NAME)}",
+        (chunks, heads, batch),
+        (_THREADS, 1, 1),
+        [ptr(logits), ptr(size), ptr(colsum), i32(tokens), i32(heads), i32(_INFO_ROWS), f32(scale)],
+        stream,
+        shared_mem=info_shared_bytes(tokens),
+    )  # fmt: skip
+    return chunks
 
 
 def enqueue(
@@ -336,6 +385,33 @@ def merge_tokens_cuda(
             FusionDims(b, n, c, c, n - n_out), pooling, tensor_dtype_name(x), kernel_stream(x),
         )  # fmt: skip
     return out
+
+
+def attention_info_cuda(logits: Tensor, size: Tensor | None, scale: float) -> Tensor:
+    """``reference.attention_info`` with the kernel: logits [B, H, N, N] (q k^T before the scale), size
+    [B, N] or None (proportional attention: log size added per key) -> [B, N] in the logits' dtype, the
+    attention each key receives averaged over heads and queries. The probabilities are never written."""
+    import torch
+
+    check_kernel_tensor("logits", logits, logits.device)
+    if logits.dim() != 4 or logits.shape[2] != logits.shape[3] or logits.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(
+            f"logits must be [B, H, N, N] of {SUPPORTED_DTYPES}, got {logits.dtype} {tuple(logits.shape)}"
+        )
+    b, h, n, _ = logits.shape
+    if size is not None:
+        check_kernel_tensor("size", size, logits.device)
+        if size.dtype != logits.dtype or tuple(size.shape) != (b, n):
+            raise ValueError(f"size must be [{b}, {n}] {logits.dtype}, got {size.dtype} {tuple(size.shape)}")
+        size = size.contiguous()
+    logits = logits.contiguous()
+    colsum = torch.empty(b, h, -(-n // _INFO_ROWS), n, dtype=torch.float32, device=logits.device)
+    with kernel_device(logits):
+        enqueue_attention_info(
+            logits.data_ptr(), 0 if size is None else size.data_ptr(), colsum.data_ptr(), b, h, n, scale,
+            tensor_dtype_name(logits), kernel_stream(logits),
+        )  # fmt: skip
+    return (colsum.sum(dim=(1, 2)) / (h * n)).to(logits.dtype)
 
 
 def fusion_scores_cuda(

@@ -13,6 +13,9 @@
 //                                                     a fused block's attention output (one-step-ahead).
 //      (r = 0: vitrt_tf_match writes dest = arange and vitrt_tf_copy_<dt> copies x and size instead)
 //
+// And, for a fused block rather than the op: vitrt_tf_attention_info_<dt> grid (N/64, H, B), the attention
+// each key receives, from the block's q k^T, without writing the probabilities.
+//
 // <dt> is f32 or f16 (the dtype of x, metric, info, size and of the outputs; float16 travels as raw bits).
 // All arithmetic is float32. Shapes: x [B, N, C], metric [B, N, Cm], info/size [B, N]; set A = even token
 // positions (Na = ceil(N/2)), set B = odd (Nb = floor(N/2)); N_out = N - r.
@@ -157,10 +160,22 @@ __device__ void scores_tile(const T* __restrict__ metric, const T* __restrict__ 
 #pragma unroll
     for (int j = 0; j < R; ++j) acc[i][j] = 0.0f;
 
+  // The first step's vectors are requested before the maxima below, whose loads and barriers then
+  // overlap with them; every later step's vectors are requested before the current step's products
+  // (register double buffering), so the global latency is paid about once, not once per step.
+  float va[4], vb[4];
+  load_metric4(arow, a_ok, lk, Cm, vec4, va);
+  load_metric4(brow, b_ok, lk, Cm, vec4, vb);
+  // Batch maxima of 1/info and 1/size (max is exact: no order dependence).
+  float mi = neg_inf(), ms = neg_inf();
+  for (int n = tid; n < N; n += blockDim.x) {
+    if (e_info > 0.0f) mi = fmaxf(mi, 1.0f / fmaxf(to_float(ib[n]), 1e-12f));
+    if (e_size > 0.0f) ms = fmaxf(ms, 1.0f / to_float(sb[n]));
+  }
+  mi = block_max(mi, scratch);
+  ms = block_max(ms, scratch);
+
   for (int c0 = 0; c0 < Cm; c0 += KC) {
-    float va[4], vb[4];
-    load_metric4(arow, a_ok, c0 + lk, Cm, vec4, va);
-    load_metric4(brow, b_ok, c0 + lk, Cm, vec4, vb);
 #pragma unroll
     for (int u = 0; u < 4; ++u) {
       ssa = fmaf(va[u], va[u], ssa);
@@ -169,6 +184,10 @@ __device__ void scores_tile(const T* __restrict__ metric, const T* __restrict__ 
       Bs[lk + u][lrow] = vb[u];
     }
     __syncthreads();
+    if (c0 + KC < Cm) {
+      load_metric4(arow, a_ok, c0 + KC + lk, Cm, vec4, va);
+      load_metric4(brow, b_ok, c0 + KC + lk, Cm, vec4, vb);
+    }
 #pragma unroll
     for (int k = 0; k < KC; ++k) {
       float av[R], bv[R];
@@ -196,14 +215,6 @@ __device__ void scores_tile(const T* __restrict__ metric, const T* __restrict__ 
     rn[0][lrow] = 1.0f / fmaxf(sqrtf(ssa), 1e-12f);
     rn[1][lrow] = 1.0f / fmaxf(sqrtf(ssb), 1e-12f);
   }
-  // Batch maxima of 1/info and 1/size (max is exact: no order dependence).
-  float mi = neg_inf(), ms = neg_inf();
-  for (int n = tid; n < N; n += blockDim.x) {
-    if (e_info > 0.0f) mi = fmaxf(mi, 1.0f / fmaxf(to_float(ib[n]), 1e-12f));
-    if (e_size > 0.0f) ms = fmaxf(ms, 1.0f / to_float(sb[n]));
-  }
-  mi = block_max(mi, scratch);
-  ms = block_max(ms, scratch);
   for (int t = tid; t < 2 * TILE; t += blockDim.x) {
     const int side = t / TILE, row = t % TILE;
     const int tok = side == 0 ? 2 * (a0 + row) : 2 * (j0 + row) + 1;
@@ -237,36 +248,15 @@ __device__ void scores_tile(const T* __restrict__ metric, const T* __restrict__ 
   }
 }
 
-// One warp per output slot s: x_out[s] = sum_i(x_i * w_i) / max(sum_i w_i, 1e-12) over the slot's members
-// i (dest[i] == s) in increasing index order, found by ballots over the block's copy of dest;
-// size_out[s] = sum_i size_i (skipped when size_out is null). Pooling weights w (spec.Pooling): 1 =
-// ATTN_SIZE (info * size / max size), 0 = SIZE, 3 = MEAN. Each lane accumulates P vectors of V channels
-// per sweep over the members. Dynamic shared memory: 8 N bytes.
+// Output slot s of merge_by_dest, by one warp: x_out[s] = sum_i(x_i * w_i) / max(sum_i w_i, 1e-12) over
+// the slot's members i (dst[i] == s) in increasing index order, found by ballots over the block's copy
+// of dest; size_out[s] = sum_i size_i (skipped when size_out is null). Each lane accumulates P vectors of
+// V channels per sweep over the members.
 template <typename T, int V, int P>
-__device__ void merge_by_dest(const T* __restrict__ x, const T* __restrict__ info, const T* __restrict__ size,
-                              const int64* __restrict__ dest, T* __restrict__ x_out, T* __restrict__ size_out,
-                              int N, int N_out, int C, int pooling) {
-  VITRT_DYNAMIC_SHARED(float, smem);
-  __shared__ float scratch[32];
-  float* w = smem;                            // [N] pooling weights
-  int* dst = reinterpret_cast<int*>(w + N);  // [N] dest of this batch element
-  const int b = blockIdx.y, tid = threadIdx.x;
-  const int lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
-  const T* sb = size + (int64)b * N;
-  float mx = neg_inf();
-  for (int n = tid; n < N; n += blockDim.x) {
-    mx = fmaxf(mx, to_float(sb[n]));
-    dst[n] = (int)dest[(int64)b * N + n];
-  }
-  mx = block_max(mx, scratch);
-  for (int n = tid; n < N; n += blockDim.x) {
-    const float sv = to_float(sb[n]);
-    w[n] = pooling == 1 ? to_float(info[(int64)b * N + n]) * (sv / mx) : (pooling == 0 ? sv : 1.0f);
-  }
-  __syncthreads();
-  const int s = blockIdx.x * warps + warp;
-  if (s >= N_out) return;  // no barrier follows
-
+__device__ void merge_slot(const T* __restrict__ x, const T* __restrict__ sb, const float* __restrict__ w,
+                           const int* __restrict__ dst, T* __restrict__ x_out, T* __restrict__ size_out, int N,
+                           int N_out, int C, int s) {
+  const int b = blockIdx.y, lane = threadIdx.x & 31;
   float den = 0.0f, total = 0.0f;
   for (int n0 = 0; n0 < N; n0 += 32) {
     unsigned bits = __ballot_sync(kFullMask, n0 + lane < N && dst[n0 + lane] == s);
@@ -315,6 +305,86 @@ __device__ void merge_by_dest(const T* __restrict__ x, const T* __restrict__ inf
       for (int u = 0; u < V; ++u) acc[p][u] = acc[p][u] / den;
       store_vec<T, V>(ob + c, acc[p]);
     }
+  }
+}
+
+// The merge: block (x, b) loads batch element b's dest and pooling weights w (spec.Pooling: 1 = ATTN_SIZE,
+// info * size / max size; 0 = SIZE; 3 = MEAN) into shared memory, then each warp merges `spw`
+// consecutive output slots (merge_slot), so that large batches amortise this prologue over more slots.
+// Dynamic shared memory: 8 N bytes.
+template <typename T, int V, int P>
+__device__ void merge_by_dest(const T* __restrict__ x, const T* __restrict__ info, const T* __restrict__ size,
+                              const int64* __restrict__ dest, T* __restrict__ x_out, T* __restrict__ size_out,
+                              int N, int N_out, int C, int pooling, int spw) {
+  VITRT_DYNAMIC_SHARED(float, smem);
+  __shared__ float scratch[32];
+  float* w = smem;                            // [N] pooling weights
+  int* dst = reinterpret_cast<int*>(w + N);  // [N] dest of this batch element
+  const int b = blockIdx.y, tid = threadIdx.x;
+  const int warp = tid >> 5, warps = blockDim.x >> 5;
+  const T* sb = size + (int64)b * N;
+  float mx = neg_inf();
+  for (int n = tid; n < N; n += blockDim.x) {
+    mx = fmaxf(mx, to_float(sb[n]));
+    dst[n] = (int)dest[(int64)b * N + n];
+  }
+  mx = block_max(mx, scratch);
+  for (int n = tid; n < N; n += blockDim.x) {
+    const float sv = to_float(sb[n]);
+    w[n] = pooling == 1 ? to_float(info[(int64)b * N + n]) * (sv / mx) : (pooling == 0 ? sv : 1.0f);
+  }
+  __syncthreads();
+  const int s0 = (blockIdx.x * warps + warp) * spw;
+  for (int s = s0; s < min(s0 + spw, N_out); ++s)
+    merge_slot<T, V, P>(x, sb, w, dst, x_out, size_out, N, N_out, C, s);
+}
+
+// Attention each key receives, summed over a chunk of query rows (a fused block's `info`, see
+// reference.attention_info): logits [B, H, N, N] are q k^T (unscaled, dtype T); bias_j = log(size_j)
+// when size is given (proportional attention), else 0. For rows i of the chunk: p_ij =
+// softmax_j(scale * logits_ij + bias_j); colsum[b, h, chunk, j] = sum_i p_ij (float32). A warp takes one
+// row at a time (the row's values kept in shared memory between the max, the sum and the accumulation),
+// each warp sums its rows in order, then the warps' sums are added in warp order: deterministic.
+// Grid (chunks, H, B), 256 threads; dynamic shared memory: (1 + 2 * 8) N floats.
+template <typename T>
+__device__ void attention_info(const T* __restrict__ logits, const T* __restrict__ size, float* __restrict__ colsum,
+                               int N, int H, int rows, float scale) {
+  VITRT_DYNAMIC_SHARED(float, smem);
+  const int chunk = blockIdx.x, h = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
+  const int lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
+  float* bias = smem;                      // [N]
+  float* acc = bias + N;                   // [warps][N] this warp's column sums
+  float* buf = acc + warps * N;            // [warps][N] the warp's current row
+  for (int j = tid; j < N; j += blockDim.x) bias[j] = size != nullptr ? logf(to_float(size[(int64)b * N + j])) : 0.0f;
+  for (int j = tid; j < warps * N; j += blockDim.x) acc[j] = 0.0f;
+  __syncthreads();
+  const T* L = logits + (int64)(b * H + h) * N * N;
+  float* wacc = acc + warp * N;
+  float* row = buf + warp * N;
+  const int r1 = min(N, (chunk + 1) * rows);
+  for (int i = chunk * rows + warp; i < r1; i += warps) {
+    float m = neg_inf();
+    for (int j = lane; j < N; j += 32) {
+      const float s = fmaf(to_float(L[(int64)i * N + j]), scale, bias[j]);
+      row[j] = s;
+      m = fmaxf(m, s);
+    }
+    m = warp_max(m);
+    float sum = 0.0f;
+    for (int j = lane; j < N; j += 32) {
+      const float e = expf(row[j] - m);
+      row[j] = e;
+      sum += e;
+    }
+    const float inv = 1.0f / warp_sum(sum);
+    for (int j = lane; j < N; j += 32) wacc[j] += row[j] * inv;
+  }
+  __syncthreads();
+  float* out = colsum + (((int64)b * H + h) * gridDim.x + chunk) * N;
+  for (int j = tid; j < N; j += blockDim.x) {
+    float t = 0.0f;
+    for (int w = 0; w < warps; ++w) t += acc[w * N + j];
+    out[j] = t;
   }
 }
 
@@ -380,7 +450,18 @@ extern "C" __global__ void __launch_bounds__(256)
   int* dst = rank2 + Nb;                                                // [N]  dest, token order
   const float* S = scores + (int64)b * Na * Nb;
   if (scores_in_shared) {
-    for (int i = tid; i < Na * Nb; i += bd) ssm[i] = S[i];
+    // Eight loads in flight per thread before their stores: a plain loop waits out the latency of
+    // every load in turn (this copy was most of the kernel's time).
+    const int total = Na * Nb;
+    int i = tid;
+    for (; i + 7 * bd < total; i += 8 * bd) {
+      float v[8];
+#pragma unroll
+      for (int u = 0; u < 8; ++u) v[u] = S[i + u * bd];
+#pragma unroll
+      for (int u = 0; u < 8; ++u) ssm[i + u * bd] = v[u];
+    }
+    for (; i < total; i += bd) ssm[i] = S[i];
     __syncthreads();
     S = ssm;
   }
@@ -426,6 +507,7 @@ extern "C" __global__ void __launch_bounds__(256)
     for (int j = tid; j < Nb; j += bd) {
       float v = 0.0f;
       int i = -1;
+#pragma unroll 4
       for (int u = 0; u < n_unm; ++u) {
         const float x = S[(int64)ulist[u] * Nb + j];
         if (i < 0 || x > v) {
@@ -459,22 +541,23 @@ extern "C" __global__ void __launch_bounds__(256)
 }
 
 // vec: 1 when C and the x / x_out addresses allow V-wide vectors (f32: 4 floats, f16: 8 halves = 16
-// bytes), else 0 (one element per lane).
+// bytes), else 0 (one element per lane); spw: output slots per warp.
 extern "C" __global__ void __launch_bounds__(256)
     vitrt_tf_merge_f32(const float* x, const float* info, const float* size, const int64* dest, float* x_out,
-                       float* size_out, int N, int N_out, int C, int pooling, int vec) {
+                       float* size_out, int N, int N_out, int C, int pooling, int vec, int spw) {
   if (vec)
-    merge_by_dest<float, 4, 2>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling);
+    merge_by_dest<float, 4, 2>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling, spw);
   else
-    merge_by_dest<float, 1, 4>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling);
+    merge_by_dest<float, 1, 4>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling, spw);
 }
 extern "C" __global__ void __launch_bounds__(256)
     vitrt_tf_merge_f16(const half_bits* x, const half_bits* info, const half_bits* size, const int64* dest,
-                       half_bits* x_out, half_bits* size_out, int N, int N_out, int C, int pooling, int vec) {
+                       half_bits* x_out, half_bits* size_out, int N, int N_out, int C, int pooling, int vec,
+                       int spw) {
   if (vec)
-    merge_by_dest<half_bits, 8, 2>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling);
+    merge_by_dest<half_bits, 8, 2>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling, spw);
   else
-    merge_by_dest<half_bits, 1, 4>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling);
+    merge_by_dest<half_bits, 1, 4>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling, spw);
 }
 
 extern "C" __global__ void __launch_bounds__(256)
@@ -485,4 +568,15 @@ extern "C" __global__ void __launch_bounds__(256) vitrt_tf_copy_f16(const half_b
                                                                     half_bits* x_out, half_bits* size_out,
                                                                     int nx, int ns) {
   copy<half_bits>(x, size, x_out, size_out, nx, ns);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    vitrt_tf_attention_info_f32(const float* logits, const float* size, float* colsum, int N, int H, int rows,
+                                float scale) {
+  attention_info<float>(logits, size, colsum, N, H, rows, scale);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    vitrt_tf_attention_info_f16(const half_bits* logits, const half_bits* size, float* colsum, int N, int H,
+                                int rows, float scale) {
+  attention_info<half_bits>(logits, size, colsum, N, H, rows, scale);
 }
