@@ -55,7 +55,7 @@ from .sensitivity import Fallback, GatedEvaluator, LayerSensitivity, fallback_un
 if TYPE_CHECKING:
     from onnx import ModelProto
 
-log = logging.getLogger("vitrt")
+log = logging.getLogger(__name__)
 
 METADATA_KEY = "vitrt.calibration"
 REPORT_FORMAT = 1

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from vitrt import logs
 from vitrt.errors import VitrtError
-
-log = logging.getLogger("vitrt")
 
 
 def _cmd_list_models(args: argparse.Namespace) -> int:
@@ -316,10 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vitrt`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(args.verbose)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

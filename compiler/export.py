@@ -25,7 +25,7 @@ from torch import nn
 from vitrt.errors import ConfigError, VitrtError
 from vitrt.fileio import TWO_GB, atomic_output, check_writable, save_onnx
 
-log = logging.getLogger("vitrt")
+log = logging.getLogger(__name__)
 
 LOWERINGS = ("plugin", "portable")
 MIN_OPSET = 18  # torch's dynamo exporter emits opset >= 18 (LayerNormalization needs >= 17)

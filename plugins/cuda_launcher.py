@@ -49,7 +49,7 @@ from .cuda_emulation import EmulatedModule, emulated_module, emulating
 if TYPE_CHECKING:
     from torch import Tensor
 
-log = logging.getLogger("vitrt.plugins")
+log = logging.getLogger(__name__)
 
 DEFAULT_SHARED_MEMORY = 48 * 1024
 """Dynamic shared memory a kernel may use without opting in (cuFuncSetAttribute)."""
