@@ -82,7 +82,8 @@ def model_from_config(config: ExportConfig) -> nn.Module:
     Raises CheckpointError when the recorded checkpoint is missing or has changed since export.
     """
     from vitrt.errors import CheckpointError
-    from vitrt.models import create_model, load_checkpoint
+    from vitrt.models import load_checkpoint
+    from vitrt.plugins import create_model
 
     torch.manual_seed(config.seed)
     model = create_model(
