@@ -5,6 +5,9 @@ The public Python API, one plain function per stage with the options of its ``vi
 >>> import vitrt
 >>> model = vitrt.create_model("deit_small_patch16_224", fusion="mctf")
 >>> vitrt.load_checkpoint(model, "deit_small.pth")
+>>> vitrt.export_onnx("deit_small_patch16_224", "deit_s.onnx", fusion="mctf", checkpoint="deit_small.pth")
+>>> report, _, _ = vitrt.verify_onnx("deit_s.onnx")
+>>> vitrt.calibrate("deit_s.onnx", "images/", "deit_s.int8.onnx", error_budget=0.005)
 
 The stage packages live at the repository's top level (``compiler/ plugins/ calibration/ deploy/
 models/``) and are importable only as ``vitrt.<stage>``: ``vitrt/<stage>`` is a symbolic link to each.
@@ -24,15 +27,27 @@ from typing import TYPE_CHECKING, Any
 from vitrt.errors import CheckpointError, ConfigError, VitrtError
 
 if TYPE_CHECKING:  # the real signatures, for mypy and IDEs; at run time __getattr__ imports them
+    from vitrt.calibration.calibrate import calibrate_onnx as calibrate
+    from vitrt.compiler.export import export_onnx
+    from vitrt.compiler.inspect import model_card
+    from vitrt.compiler.verify import verify_onnx
     from vitrt.models import list_models, load_checkpoint
-    from vitrt.plugins import create_model
+    from vitrt.plugins import create_model, register_tensorrt_plugins
 
 __version__ = "0.1.0"
 
 _API: dict[str, tuple[str, str]] = {
+    # models (+ the plugin ops' options)             `vitrt list-models`, `vitrt inspect`
     "create_model": ("vitrt.plugins", "create_model"),
     "list_models": ("vitrt.models", "list_models"),
     "load_checkpoint": ("vitrt.models", "load_checkpoint"),
+    "model_card": ("vitrt.compiler.inspect", "model_card"),
+    # stages                                         `vitrt export`, `vitrt verify`, `vitrt calibrate`
+    "export_onnx": ("vitrt.compiler.export", "export_onnx"),
+    "verify_onnx": ("vitrt.compiler.verify", "verify_onnx"),
+    "calibrate": ("vitrt.calibration.calibrate", "calibrate_onnx"),
+    # runtime: before TensorRT parses or deserialises a model with vitrt's plugin nodes
+    "register_tensorrt_plugins": ("vitrt.plugins", "register_tensorrt_plugins"),
 }
 """Public name -> (module, attribute), imported on first access."""
 
@@ -44,9 +59,14 @@ __all__ = [
     "ConfigError",
     "VitrtError",
     "__version__",
+    "calibrate",
     "create_model",
+    "export_onnx",
     "list_models",
     "load_checkpoint",
+    "model_card",
+    "register_tensorrt_plugins",
+    "verify_onnx",
 ]
 
 
