@@ -270,7 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     q = plugin_sub.add_parser(
         "build", help="nvcc -> one fatbin per op (cubins for each --arch + PTX), cached by source hash"
     )
-    q.add_argument("--out", default=None, help="output folder (default build/plugins)")
+    q.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default: $VITRT_CACHE_DIR/plugins if set, else build/plugins in a source "
+        "checkout, else ~/.cache/vitrt/plugins)",
+    )
     q.add_argument(
         "--arch",
         action="append",
