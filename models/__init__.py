@@ -8,6 +8,9 @@ model options (``register_model_option``), and ``vitrt.create_model`` loads them
 ``create_model`` builds the plain models and raises ConfigError for an option whose op is not loaded.
 """
 
+if __name__.partition(".")[0] != "vitrt":  # the repository root on sys.path exposes the folder too
+    raise ImportError(f"import vitrt.{__name__}, not {__name__}: vitrt's stages have one import name")
+
 from . import deit, t2t_vit  # noqa: F401  (registers the constructors)
 from .checkpoint import load_checkpoint, read_state_dict
 from .config import PreprocessConfig

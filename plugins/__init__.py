@@ -8,6 +8,9 @@ machines that have only some of vitrt's dependencies. The op folders are listed 
 
 from __future__ import annotations
 
+if __name__.partition(".")[0] != "vitrt":  # the repository root on sys.path exposes the folder too
+    raise ImportError(f"import vitrt.{__name__}, not {__name__}: vitrt's stages have one import name")
+
 import importlib
 from typing import TYPE_CHECKING, Any
 
