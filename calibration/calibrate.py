@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vitrt.errors import ConfigError
-from vitrt.fileio import TWO_GB, atomic_output, check_writable, save_onnx
+from vitrt.fileio import TWO_GB, atomic_output, check_writable, load_onnx, save_onnx
 from vitrt.models.config import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
 
 from .cache import dumps as cache_text
@@ -221,8 +221,6 @@ def calibrate_onnx(
     NoQuantizableOpError (nothing to quantize), CalibrationError, VitrtError (unreadable model or
     unwritable output), before any file is written.
     """
-    from vitrt.compiler.verify import load_onnx
-
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     if isinstance(method, RangeMethod):

@@ -11,13 +11,12 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from vitrt.errors import VitrtError
-from vitrt.fileio import atomic_output
+from vitrt.fileio import atomic_output, load_onnx
 
 Feed = dict[str, np.ndarray]
 
@@ -55,26 +54,6 @@ class VerifyReport:
             verdict = "PASS" if o.passed else "FAIL"
             lines.append(f"  {o.name:<12} max abs {o.max_abs:.3e}  max rel {o.max_rel:.3e}  {verdict}")
         return "\n".join(lines)
-
-
-def load_onnx(path: str | os.PathLike[str]) -> Any:
-    """``onnx.load`` with a clear VitrtError for a missing or non-ONNX file."""
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    p = Path(path)
-    if not p.is_file():
-        raise VitrtError(f"{p} does not exist or is not a file")
-    try:
-        # format="protobuf": onnx would otherwise guess JSON/text formats from the file extension.
-        proto = onnx.load(str(p), format="protobuf")
-    except (DecodeError, ValueError, OSError) as err:
-        raise VitrtError(
-            f"{p} is not an ONNX model ({type(err).__name__}); export one with `vitrt export`"
-        ) from err
-    if not proto.graph.node:
-        raise VitrtError(f"{p} is not an ONNX model (no graph nodes); export one with `vitrt export`")
-    return proto
 
 
 def random_inputs(

@@ -1,5 +1,5 @@
-"""Writing artifacts so that a failure never leaves a half-written file behind, and where vitrt
-keeps what it builds (``cache_dir``)."""
+"""Writing artifacts so that a failure never leaves a half-written file behind, ONNX files in and out
+(``save_onnx``, ``load_onnx``), and where vitrt keeps what it builds (``cache_dir``)."""
 
 from __future__ import annotations
 
@@ -121,3 +121,23 @@ def save_onnx(
     else:
         onnx.save_model(model, str(path))
     return Path(path)
+
+
+def load_onnx(path: str | os.PathLike[str]) -> Any:
+    """``onnx.load`` with a clear VitrtError for a missing or non-ONNX file."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    p = Path(path)
+    if not p.is_file():
+        raise VitrtError(f"{p} does not exist or is not a file")
+    try:
+        # format="protobuf": onnx would otherwise guess JSON/text formats from the file extension.
+        proto = onnx.load(str(p), format="protobuf")
+    except (DecodeError, ValueError, OSError) as err:
+        raise VitrtError(
+            f"{p} is not an ONNX model ({type(err).__name__}); export one with `vitrt export`"
+        ) from err
+    if not proto.graph.node:
+        raise VitrtError(f"{p} is not an ONNX model (no graph nodes); export one with `vitrt export`")
+    return proto
