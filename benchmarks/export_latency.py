@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vitrt.compiler.export import ExportConfig, export_onnx, model_from_config
+from vitrt.compiler.export import ExportConfig, export_model, model_from_config
 from vitrt.deploy.latency import measure_interleaved
 from vitrt.deploy.runners import OnnxRuntimeRunner
 
@@ -43,7 +43,7 @@ def bench(name: str, fusion: str | None, attention: str | None, iterations: int,
         for lowering in ("portable", "plugin"):
             config = ExportConfig(name, lowering=lowering, fusion=fusion, attention=attention)
             timings: dict[str, float] = {}
-            path = export_onnx(model, Path(tmp) / f"{lowering}.onnx", config, timings=timings)
+            path = export_model(model, Path(tmp) / f"{lowering}.onnx", config, timings=timings)
             runner = OnnxRuntimeRunner(path, threads=threads)
             calls[f"onnxrt {lowering}"] = lambda r=runner: r.infer(feed)
             cost[f"onnxrt {lowering}"] = f"| {timings['trace']:.1f} | {timings['simplify']:.1f}"

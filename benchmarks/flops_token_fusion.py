@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from vitrt.models import create_model
+from vitrt import create_model
 from vitrt.models.complexity import count_complexity
 
 FUSIONS: tuple[str | None, ...] = (None, "mctf", "mctf-fast", "tome")

@@ -48,7 +48,7 @@ from vitrt.calibration.calibrate import calibrate_onnx  # noqa: E402
 from vitrt.calibration.data import match_channels  # noqa: E402
 from vitrt.calibration.metrics import agreement  # noqa: E402
 from vitrt.calibration.preprocess import preprocess_image  # noqa: E402
-from vitrt.compiler.export import ExportConfig, export_onnx, model_from_config  # noqa: E402
+from vitrt.compiler.export import ExportConfig, export_model, model_from_config  # noqa: E402
 from vitrt.deploy.latency import measure_latency  # noqa: E402
 from vitrt.deploy.runners import OnnxRuntimeRunner  # noqa: E402
 from vitrt.models.config import PreprocessConfig  # noqa: E402
@@ -184,7 +184,7 @@ def bench(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         weights = f"trained on sklearn digits ({DIGITS.relative_to(ROOT)}/{name}.safetensors)"
     else:
         config = ExportConfig(name, seed=0)
-        export_onnx(model_from_config(config), fp32, config)
+        export_model(model_from_config(config), fp32, config)
         calib, held, data_text = natural_data(PreprocessConfig(input_size=(3, 224, 224)))
         weights = "random init (seed 0): no pretrained weights offline"
     np.save(tmp / "calib.npy", calib)

@@ -112,7 +112,7 @@ def export_digits(name: str, folder: Path, path: Path) -> Path:
     arguments (``extra["arch"]``: these models are not registered names) and the preprocessing
     (``extra["preprocess"]``: crop_pct 1.0, bilinear), which ``vitrt calibrate`` reads.
     """
-    from vitrt.compiler.export import ExportConfig, export_onnx, file_sha256
+    from vitrt.compiler.export import ExportConfig, export_model, file_sha256
 
     model, meta = load_trained(folder, name)
     checkpoint = folder / f"{name}.safetensors"
@@ -131,7 +131,7 @@ def export_digits(name: str, folder: Path, path: Path) -> Path:
             "preprocess": {"crop_pct": PREPROCESS.crop_pct, "interpolation": PREPROCESS.interpolation},
         },
     )
-    return export_onnx(model, path, config)
+    return export_model(model, path, config)
 
 
 def digits_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -1,13 +1,13 @@
 """INT8 calibration: representative data, activation ranges, explicit Q/DQ, TensorRT calibration cache.
 
->>> from calibration import calibrate_onnx
+>>> from vitrt.calibration import calibrate_onnx
 >>> result = calibrate_onnx("model.onnx", "images/", "model.int8.onnx", method="entropy",
 ...                         num_samples=256, error_budget=0.005, cache="model.calib.cache",
 ...                         report="model.int8.json")
 
 The pieces, for other uses:
 
->>> from calibration import open_source, ActivationRanges, write_cache
+>>> from vitrt.calibration import open_source, ActivationRanges, write_cache
 >>> data = open_source("images/", model.preprocess, num_samples=256, batch_size=32, seed=0)
 >>> ranges = ActivationRanges()
 >>> for batch in data:
@@ -18,6 +18,9 @@ Optional packages are imported on first use: onnx + onnxruntime (graph work, ran
 Pillow (image files, sklearn-images), scikit-learn, scikit-image, tqdm (progress bar), tensorrt +
 cuda-python (trt_calibrator).
 """
+
+if __name__.partition(".")[0] != "vitrt":  # the repository root on sys.path exposes the folder too
+    raise ImportError(f"import vitrt.{__name__}, not {__name__}: vitrt's stages have one import name")
 
 from .cache import CalibrationCache, read_cache, write_cache
 from .calibrate import CalibrationResult, calibrate_onnx

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vitrt.errors import ConfigError
-from vitrt.fileio import TWO_GB, atomic_output, check_writable, save_onnx
+from vitrt.fileio import TWO_GB, atomic_output, check_writable, load_onnx, save_onnx
 from vitrt.models.config import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
 
 from .cache import dumps as cache_text
@@ -55,7 +55,7 @@ from .sensitivity import Fallback, GatedEvaluator, LayerSensitivity, fallback_un
 if TYPE_CHECKING:
     from onnx import ModelProto
 
-log = logging.getLogger("vitrt")
+log = logging.getLogger(__name__)
 
 METADATA_KEY = "vitrt.calibration"
 REPORT_FORMAT = 1
@@ -163,6 +163,7 @@ def calibrate_onnx(
     output: PathLike | None = None,
     *,
     method: str | RangeMethod = "entropy",
+    percentile: float | None = None,
     num_samples: int = 256,
     batch_size: int = 32,
     seed: int = 0,
@@ -178,11 +179,14 @@ def calibrate_onnx(
     cache: PathLike | None = None,
     trt_version: str | int = "10.3.0",
     report: PathLike | None = None,
+    threads: int | None = None,
+    custom_ops_library: str | None = None,
     runner_factory: RunnerFactory | None = None,
     method_overrides: Mapping[str, str] = DEFAULT_METHOD_OVERRIDES,
     progress: bool = True,
 ) -> CalibrationResult:
-    """Calibrate ``model`` (an FP32 ONNX file) on ``data`` and write its explicit-Q/DQ INT8 twin.
+    """Calibrate ``model`` (an FP32 ONNX file) on ``data`` and write its explicit-Q/DQ INT8 twin:
+    ``vitrt calibrate`` as a function (``vitrt.calibrate``), with the same options.
 
     Args:
         model: path of an FP32 ONNX model with one image input [B, C, H, W] (vitrt's export, or a
@@ -192,6 +196,7 @@ def calibrate_onnx(
         output: the Q/DQ ONNX to write (None: return it only).
         method: activation range method, "minmax", "percentile", "entropy", "mse" or a RangeMethod.
             Tensors made by an op in ``method_overrides`` (Softmax: minmax) use that method instead.
+        percentile: for "percentile", in (0, 100] (default 99.99); only with a method name.
         num_samples / batch_size / seed / convert_channels / npz_key: see ``open_source``; a source
             with fewer samples is used whole, with a warning.
         exclude: node-name patterns (fnmatch: ``blocks.0.*``, ``head/Gemm_1``) of layers kept float.
@@ -206,18 +211,26 @@ def calibrate_onnx(
         cache / trt_version: also write a TensorRT calibration cache for implicit INT8 on TensorRT
             10.x (``trt_version`` must be that of the builder, e.g. "10.3.0" on JetPack 6).
         report: also write the JSON report (ranges per tensor, per-layer sensitivity, agreement).
-        runner_factory: path -> Runner for every ONNX Runtime session (custom-op libraries, threads).
+        threads / custom_ops_library: ONNX Runtime's intra-op threads (None: its default) and a
+            custom-op shared library for plugin nodes, for every session vitrt opens.
+        runner_factory: path -> Runner for every ONNX Runtime session, instead of the default one
+            that ``threads`` and ``custom_ops_library`` set up.
         progress: show progress bars on stderr.
 
     Returns a CalibrationResult. Raises ConfigError (bad options), DataSourceError (data),
     NoQuantizableOpError (nothing to quantize), CalibrationError, VitrtError (unreadable model or
     unwritable output), before any file is written.
     """
-    from vitrt.compiler.verify import load_onnx
-
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
-    range_method = method if isinstance(method, RangeMethod) else RangeMethod(method)
+    if isinstance(method, RangeMethod):
+        if percentile is not None:
+            raise ConfigError("percentile goes with a method name; a RangeMethod carries its own")
+        range_method = method
+    else:
+        range_method = RangeMethod(method) if percentile is None else RangeMethod(method, percentile)
+    if runner_factory is not None and (threads is not None or custom_ops_library is not None):
+        raise ConfigError("pass threads / custom_ops_library or a runner_factory, not both")
     _positive_int("num_samples", num_samples)
     _positive_int("batch_size", batch_size)
     _positive_int("eval_samples", eval_samples)
@@ -260,7 +273,7 @@ def calibrate_onnx(
             "--exclude pattern %r matches no node name (names look like 'blocks.3.attn.qkv/MatMul_1')",
             pattern,
         )
-    factory = runner_factory or default_runner_factory()
+    factory = runner_factory or default_runner_factory(threads, custom_ops_library)
 
     # -- data -------------------------------------------------------------------------------------
     preprocess = preprocess_for(proto, io)

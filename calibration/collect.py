@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from vitrt.deploy.runners import Runner
 
-log = logging.getLogger("vitrt")
+log = logging.getLogger(__name__)
 
 RunnerFactory = Callable[[Path], "Runner"]
 DEFAULT_MAX_BYTES = 256 * 2**20  # captured activations held at once for a dynamic-batch model

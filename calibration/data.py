@@ -34,7 +34,7 @@ from ._optional import import_optional
 from .errors import ChannelMismatchError, DataSourceError
 from .preprocess import check_preprocess, normalize, preprocess_image
 
-log = logging.getLogger("vitrt")
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 BUILTIN_SOURCES = ("skimage", "sklearn-digits", "sklearn-images", "synthetic")

@@ -29,7 +29,7 @@ from .cache import ENTROPY_CALIBRATION_2, atomic_write_bytes, loads, trt_version
 from .data import CalibrationData
 from .errors import CacheError, CalibrationError
 
-log = logging.getLogger("vitrt")
+log = logging.getLogger(__name__)
 
 
 def _import_cudart() -> Any:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from vitrt import logs
 from vitrt.errors import VitrtError
-
-log = logging.getLogger("vitrt")
 
 
 def _cmd_list_models(args: argparse.Namespace) -> int:
@@ -43,67 +40,54 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from vitrt.fileio import check_writable
+    from .export import export_onnx
 
-    from .export import ExportConfig, export_onnx, file_sha256, model_from_config
-
-    config = ExportConfig(
-        model=args.model,
+    path = export_onnx(
+        args.model,
+        args.output,
         lowering=args.lowering,
         opset=args.opset,
         batch=None if args.dynamic_batch else args.batch,
-        input_size=(3, args.img_size, args.img_size),
         img_size=args.img_size,
         num_classes=args.num_classes,
         fusion=args.fusion,
         attention=args.attention,
         checkpoint=args.checkpoint,
-        checkpoint_sha256=file_sha256(args.checkpoint) if args.checkpoint else None,
         seed=args.seed,
+        simplify=not args.no_simplify,
     )
-    config.validate()  # before building the model: a bad option or path should fail fast
-    check_writable(args.output)
-    model = model_from_config(config)
-    pre = getattr(model, "preprocess", None)
-    if pre is not None:
-        config = dataclasses.replace(config, mean=tuple(pre.mean), std=tuple(pre.std))
-    path = export_onnx(model, args.output, config, simplify=not args.no_simplify)
     size_mib = path.stat().st_size / 2**20
-    print(f"wrote {path} ({size_mib:.1f} MiB, lowering={config.lowering}, opset={config.opset})")
+    print(f"wrote {path} ({size_mib:.1f} MiB, lowering={args.lowering}, opset={args.opset})")
     return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .verify import load_inputs, save_inputs, save_outputs, verify_onnx
+    from .verify import verify_onnx
 
-    inputs = load_inputs(args.load_inputs) if args.load_inputs else None
-    report, feeds, outputs = verify_onnx(
+    report, _, _ = verify_onnx(
         args.onnx,
         against=args.against,
         atol=args.atol,
         rtol=args.rtol,
-        inputs=inputs,
+        inputs=args.load_inputs,
         iterations=args.iterations,
         batch=args.batch,
+        save_inputs=args.save_inputs,
+        save_outputs=args.save_outputs,
     )
-    if args.save_inputs:
-        save_inputs(feeds, args.save_inputs)
-    if args.save_outputs:
-        save_outputs(outputs, args.save_outputs, runner_name="onnxrt-runner-N0")
     print(report.format())
     return 0 if report.passed else 1
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from vitrt.calibration.calibrate import calibrate_onnx
-    from vitrt.calibration.collect import default_runner_factory
-    from vitrt.calibration.ranges import RangeMethod
 
     result = calibrate_onnx(
         args.model,
         args.data,
         args.output,
-        method=RangeMethod(args.method, percentile=args.percentile),
+        method=args.method,
+        percentile=args.percentile,
         num_samples=args.num_samples,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -119,7 +103,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         cache=args.cache,
         trt_version=args.trt_version,
         report=args.report,
-        runner_factory=default_runner_factory(args.threads, args.custom_ops_library),
+        threads=args.threads,
+        custom_ops_library=args.custom_ops_library,
         progress=not args.no_progress,
     )
     a = result.agreement
@@ -285,7 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     q = plugin_sub.add_parser(
         "build", help="nvcc -> one fatbin per op (cubins for each --arch + PTX), cached by source hash"
     )
-    q.add_argument("--out", default=None, help="output folder (default build/plugins)")
+    q.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default: $VITRT_CACHE_DIR/plugins if set, else build/plugins in a source "
+        "checkout, else ~/.cache/vitrt/plugins)",
+    )
     q.add_argument(
         "--arch",
         action="append",
@@ -316,10 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vitrt`` console script; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    logs.configure(args.verbose)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

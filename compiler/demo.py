@@ -39,16 +39,14 @@ def run_demo(
     status = 0
     paths = {}
     for lowering in ("plugin", "portable"):
-        config = ExportConfig(
-            model_name,
-            lowering=lowering,
-            fusion=fusion,
-            input_size=(3, img_size, img_size),
-            img_size=img_size,
-        )
         timings: dict[str, float] = {}
         paths[lowering] = export_onnx(
-            model_from_config(config), out / f"{model_name}.{lowering}.onnx", config, timings=timings
+            model_name,
+            out / f"{model_name}.{lowering}.onnx",
+            lowering=lowering,
+            img_size=img_size,
+            fusion=fusion,
+            timings=timings,
         )
         ops = Counter(n.op_type for n in onnx.load(str(paths[lowering])).graph.node if n.domain == "vitrt")
         report, _, _ = verify_onnx(paths[lowering], atol=1e-4, rtol=1e-3, iterations=2)

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from torch import nn
 from vitrt.errors import ConfigError, VitrtError
 from vitrt.fileio import TWO_GB, atomic_output, check_writable, save_onnx
 
-log = logging.getLogger("vitrt")
+log = logging.getLogger(__name__)
 
 LOWERINGS = ("plugin", "portable")
 MIN_OPSET = 18  # torch's dynamo exporter emits opset >= 18 (LayerNormalization needs >= 17)
@@ -82,7 +82,8 @@ def model_from_config(config: ExportConfig) -> nn.Module:
     Raises CheckpointError when the recorded checkpoint is missing or has changed since export.
     """
     from vitrt.errors import CheckpointError
-    from vitrt.models import create_model, load_checkpoint
+    from vitrt.models import load_checkpoint
+    from vitrt.plugins import create_model
 
     torch.manual_seed(config.seed)
     model = create_model(
@@ -131,6 +132,78 @@ def read_export_config(model_proto: Any) -> ExportConfig | None:
 
 
 def export_onnx(
+    model: str | nn.Module,
+    output: str | os.PathLike[str],
+    *,
+    lowering: str = "plugin",
+    opset: int = MIN_OPSET,
+    batch: int | None = 1,
+    img_size: int = 224,
+    num_classes: int = 1000,
+    fusion: Any = None,
+    attention: Any = None,
+    checkpoint: str | None = None,
+    seed: int = 0,
+    simplify: bool = True,
+    timings: dict[str, float] | None = None,
+) -> Path:
+    """Export a model to ONNX at ``output``: ``vitrt export`` as a function (``vitrt.export_onnx``).
+
+    Args:
+        model: a registered model name (built with ``vitrt.create_model`` from ``img_size``,
+            ``num_classes``, ``fusion``, ``attention``, its weights drawn with ``seed`` or loaded from
+            ``checkpoint``), or an ``nn.Module`` taking images [B, 3, img_size, img_size]. A module is
+            exported as given, its ``checkpoint`` weights loaded into a copy first if one is named;
+            the other options then describe it: they are recorded so that ``vitrt verify`` can
+            rebuild it, so pass the ones it was created with.
+        output: the .onnx file to write (atomically; weights over 2 GB go to ``<output>.data``).
+        lowering: "plugin" (one TensorRT plugin node per plugin op) or "portable" (standard ops).
+        opset: ONNX opset, >= 18.
+        batch: a fixed batch size, or None for a dynamic batch axis named ``batch``.
+        img_size: square input side in pixels.
+        num_classes / fusion / attention / seed: as ``vitrt.create_model`` and the random init.
+        checkpoint: weights (.pth / .pth.tar / .safetensors), recorded with their SHA-256.
+        simplify: run onnxsim (onnxslim as fallback).
+        timings: if given, receives the seconds spent in ``trace``, ``simplify`` and ``save``.
+
+    Returns the written path; the file's metadata holds the ``ExportConfig``. Raises ConfigError for
+    a bad option, CheckpointError for unreadable or mismatched weights, VitrtError for an unwritable
+    ``output`` (before any work) or a failed trace.
+    """
+    name = model if isinstance(model, str) else getattr(getattr(model, "spec", None), "name", None)
+    config = ExportConfig(
+        model=name or type(model).__name__,
+        lowering=lowering,
+        opset=opset,
+        batch=batch,
+        input_size=(3, img_size, img_size),
+        img_size=img_size,
+        num_classes=num_classes,
+        fusion=fusion,
+        attention=attention,
+        checkpoint=checkpoint,
+        checkpoint_sha256=file_sha256(checkpoint) if checkpoint else None,
+        seed=seed,
+    )
+    config.validate()  # before building the model: a bad option or path should fail fast
+    check_writable(output)
+    if isinstance(model, str):
+        module = model_from_config(config)
+    elif checkpoint is not None:
+        import copy
+
+        from vitrt.models import load_checkpoint
+
+        module = load_checkpoint(copy.deepcopy(model), checkpoint)
+    else:
+        module = model
+    pre = getattr(module, "preprocess", None)
+    if pre is not None:
+        config = replace(config, mean=tuple(pre.mean), std=tuple(pre.std))
+    return export_model(module, output, config, simplify=simplify, timings=timings)
+
+
+def export_model(
     model: nn.Module,
     path: str | os.PathLike[str],
     config: ExportConfig,
@@ -138,7 +211,8 @@ def export_onnx(
     simplify: bool = True,
     timings: dict[str, float] | None = None,
 ) -> Path:
-    """Export ``model`` (images [B, C, H, W] -> logits [B, classes]) to ONNX at ``path``.
+    """Export ``model`` (images [B, C, H, W] -> logits [B, classes]) to ONNX at ``path`` as ``config``
+    says, and record ``config`` in the file (``export_onnx`` builds both from the command's options).
 
     The graph's input is ``images`` (float32 [batch, C, H, W]), its output ``logits``. The file is
     checked with ``onnx.checker`` (full check), simplified with onnxsim unless ``simplify`` is False,

@@ -16,8 +16,9 @@ def model_card(
     """A plain-text card for a registered model: parameters, MACs (counted), tokens per stage and
     per block, preprocessing, and the figures its paper reports. With ``checkpoint``, the weights
     are loaded strictly first, so a checkpoint that does not fit the model raises CheckpointError."""
-    from vitrt.models import create_model, load_checkpoint
+    from vitrt.models import load_checkpoint
     from vitrt.models.complexity import count_complexity
+    from vitrt.plugins import create_model
 
     model = create_model(name, img_size=img_size, fusion=fusion, attention=attention)
     if checkpoint is not None:

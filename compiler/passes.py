@@ -8,7 +8,7 @@ from typing import Any
 
 from vitrt.errors import VitrtError
 
-log = logging.getLogger("vitrt")
+log = logging.getLogger(__name__)
 
 
 def simplify_model(proto: Any) -> Any:

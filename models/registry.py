@@ -1,4 +1,11 @@
-"""Model registry: ``create_model``, ``list_models`` and the per-family checkpoint converters."""
+"""Model registry: ``create_model``, ``list_models``, the per-family checkpoint converters, and the
+model options (``fusion=``, ``attention=``) that op packages provide.
+
+The models sit below the plugin ops: an op package (``vitrt.plugins.token_fusion``...) imports the
+models it changes and registers the ``create_model`` option it implements with
+``register_model_option``; this module never imports op code. ``vitrt.create_model`` loads every op
+package first (``vitrt.plugins.load_model_options``), so its options are always there.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +22,14 @@ from vitrt.errors import ConfigError
 from .base import ClassTokenViT
 
 CheckpointFilter = Callable[[Mapping[str, Tensor], nn.Module], dict[str, Tensor]]
+ModelOption = Callable[[nn.Module, Any], None]
+"""``apply(model, value)``: changes the model in place as the option's value says (ConfigError if bad)."""
+
+MODEL_OPTIONS = ("attention", "fusion")
+"""The ``create_model`` options op packages provide, in the order they are applied: attention first,
+since token fusion needs to know which blocks keep dense attention."""
+_OFF: dict[str, tuple[Any, ...]] = {"attention": (None, "dense"), "fusion": (None,)}
+"""Values of each option that leave the model as built (the option's op is not needed then)."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +40,7 @@ class _Entry:
 
 
 _REGISTRY: dict[str, _Entry] = {}
+_OPTIONS: dict[str, ModelOption] = {}
 
 
 def register_model(
@@ -39,6 +55,32 @@ def register_model(
         return constructor
 
     return wrap
+
+
+def register_model_option(name: str, apply: ModelOption) -> None:
+    """Make ``create_model(..., <name>=value)`` call ``apply(model, value)``; ``name`` is one of
+    ``MODEL_OPTIONS``. Op packages call it when their ``integration`` module is imported; registering
+    the same function again (a reloaded module) is a no-op."""
+    if name not in MODEL_OPTIONS:
+        raise ValueError(f"unknown model option {name!r}; create_model has {', '.join(MODEL_OPTIONS)}")
+    known = _OPTIONS.get(name)
+    if known is not None and _qualified(known) != _qualified(apply):
+        raise ValueError(f"model option {name!r} registered twice: {_qualified(known)}, {_qualified(apply)}")
+    _OPTIONS[name] = apply
+
+
+def _qualified(fn: Callable[..., Any]) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def _option(name: str) -> ModelOption:
+    if name not in _OPTIONS:
+        raise ConfigError(
+            f"create_model({name}=...) needs the op package that provides {name!r}, and none is loaded. "
+            "Fix: call vitrt.create_model (it loads every op), or vitrt.plugins.load_model_options() "
+            "once before vitrt.models.create_model"
+        )
+    return _OPTIONS[name]
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -81,18 +123,17 @@ def create_model(
             see ``vitrt.plugins.token_fusion``.
         attention: attention replacement (``None``/``"dense"``, ``"scatterbrain"``, ``"lsh"``,
             ``"performer"``, or a dict); see ``vitrt.plugins.lsh_attention``.
+            fusion and attention are model options of op packages: ConfigError if the one asked for is
+            not loaded (``vitrt.create_model`` loads them all).
         kwargs: architecture overrides passed to the constructor (``drop_path_rate``, ``qk_scale``...).
     Returns:
         the model in eval mode; ``model.preprocess`` says how to prepare its input.
     """
     entry = _entry(name)
+    values = {"attention": attention, "fusion": fusion}
+    wanted = [n for n in MODEL_OPTIONS if not any(values[n] is off or values[n] == off for off in _OFF[n])]
+    applies = [_option(n) for n in wanted]  # all known before the (possibly large) model is built
     model = entry.constructor(num_classes=num_classes, img_size=img_size, **kwargs)
-    if attention is not None and attention != "dense":
-        from vitrt.plugins.lsh_attention.integration import apply_attention
-
-        apply_attention(model, attention)
-    if fusion is not None:
-        from vitrt.plugins.token_fusion.integration import apply_fusion
-
-        apply_fusion(model, fusion)
+    for option, apply in zip(wanted, applies, strict=True):
+        apply(model, values[option])
     return model.eval()

@@ -36,11 +36,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitrt.errors import VitrtError
+from vitrt.fileio import cache_dir
 
 PLUGINS_DIR = Path(__file__).resolve().parent
-ROOT = PLUGINS_DIR.parent
-DEFAULT_BUILD_DIR = ROOT / "build" / "plugins"
-"""Where fatbins go by default (``build/`` is git-ignored: binaries are never committed)."""
+
+
+def default_build_dir() -> Path:
+    """Where fatbins (and the NVRTC and emulator caches) go by default: ``vitrt.fileio.cache_dir()``
+    / ``plugins``, i.e. ``build/plugins`` in a source checkout (``build/`` is git-ignored: binaries are
+    never committed) and ``~/.cache/vitrt/plugins`` for an installed wheel; ``$VITRT_CACHE_DIR``
+    overrides both."""
+    return cache_dir() / "plugins"
+
 
 DEFAULT_ARCHS = ("sm_87", "sm_90", "sm_100", "sm_110", "sm_120")
 PTX_ARCH = "compute_80"
@@ -126,8 +133,8 @@ def nvcc_version(cuda_home: Path) -> str:
 
 
 def fatbin_path(name: str, out_dir: Path | None = None) -> Path:
-    """Where the fatbin of source ``name`` lives: ``<out_dir or DEFAULT_BUILD_DIR>/<name>.fatbin``."""
-    return Path(out_dir or DEFAULT_BUILD_DIR) / f"{name}.fatbin"
+    """Where the fatbin of source ``name`` lives: ``<out_dir or default_build_dir()>/<name>.fatbin``."""
+    return Path(out_dir or default_build_dir()) / f"{name}.fatbin"
 
 
 def _record_path(name: str, out_dir: Path | None = None) -> Path:
@@ -302,7 +309,7 @@ def build_fatbins(
         )
 
     with (
-        build_lock(Path(out_dir or DEFAULT_BUILD_DIR)),
+        build_lock(Path(out_dir or default_build_dir())),
         ThreadPoolExecutor(max_workers=max(1, jobs)) as pool,
     ):
         return list(pool.map(one, sources))

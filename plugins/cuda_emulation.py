@@ -10,7 +10,8 @@ header for what is checked (barrier divergence, warp operations after a lane exi
 shared memory, shared memory overflow, the 99 KiB per-block limit) and what is not (races, timing:
 emulated launches say nothing about speed).
 
-Libraries are cached under ``build/plugins/emulated/`` by a hash of the sources, the header, the
+Libraries are cached under ``<default_build_dir()>/emulated/`` (``build/plugins/emulated/`` in a source
+checkout) by a hash of the sources, the header, the
 compiler version and the flags; a build takes a few seconds.
 """
 
@@ -35,10 +36,10 @@ from vitrt.errors import VitrtError
 
 from .cuda_build import (
     COMMON_HEADER,
-    DEFAULT_BUILD_DIR,
     PLUGINS_DIR,
     KernelSource,
     build_lock,
+    default_build_dir,
     kernel_source,
 )
 
@@ -101,7 +102,7 @@ def build_emulated(source: KernelSource, out_dir: Path | None = None) -> Path:
     for part in (source.path, COMMON_HEADER, EMULATION_HEADER):
         digest.update(hashlib.sha256(part.read_bytes()).digest())
     digest.update(json.dumps([compiler_version(cxx), list(CXX_FLAGS)]).encode())
-    folder = Path(out_dir or DEFAULT_BUILD_DIR) / "emulated"
+    folder = Path(out_dir or default_build_dir()) / "emulated"
     lib = folder / f"{source.name}-{digest.hexdigest()[:16]}.so"
     with build_lock(folder):
         if lib.is_file():
@@ -187,7 +188,7 @@ def emulated_module(name: str, out_dir: Path | None = None) -> EmulatedModule:
     """The emulated kernels of op source ``name`` ("token_fusion", "scatterbrain"), loaded once per
     process."""
     with _LOCK:
-        key = (name, str(out_dir or DEFAULT_BUILD_DIR))
+        key = (name, str(out_dir or default_build_dir()))
         module = _MODULES.get(key)
         if module is None:
             module = _MODULES[key] = open_emulated(kernel_source(name), out_dir)

@@ -6,11 +6,12 @@ torch entry points (``tensor.data_ptr()``, ``torch.cuda.current_stream().cuda_st
 
 Module images, per CUDA context and op source:
 
-1. the fatbin built by ``vitrt.plugins.cuda_build`` (``build/plugins/<source>.fatbin``) when it holds a cubin
+1. the fatbin built by ``vitrt.plugins.cuda_build`` (``<default_build_dir()>/<source>.fatbin``, i.e.
+   ``build/plugins`` in a source checkout, ``~/.cache/vitrt/plugins`` for a wheel) when it holds a cubin
    of the GPU's major version and a minor version <= the GPU's, or a PTX the driver can JIT
    (``cuModuleLoadData``; the driver picks the image);
 2. otherwise NVRTC compiles the op's ``.cu`` source for the GPU's exact ``sm_XY`` at run time (needs the
-   ``nvidia-cuda-nvrtc`` wheel), cached in memory and under ``build/plugins/nvrtc/``.
+   ``nvidia-cuda-nvrtc`` wheel), cached in memory and under ``<default_build_dir()>/nvrtc/``.
 
 ``load_module(...).origin`` says which path was taken. Inside
 ``vitrt.plugins.cuda_emulation.emulated_kernels()`` ``load_module`` returns the CPU-emulated kernels
@@ -37,10 +38,10 @@ from vitrt.errors import VitrtError
 
 from .cuda_build import (
     COMMON_HEADER,
-    DEFAULT_BUILD_DIR,
     PLUGINS_DIR,
     FatbinEntry,
     KernelSource,
+    default_build_dir,
     fatbin_entries,
     fatbin_path,
     kernel_source,
@@ -50,7 +51,7 @@ from .cuda_emulation import EmulatedModule, emulated_module, emulating
 if TYPE_CHECKING:
     from torch import Tensor
 
-log = logging.getLogger("vitrt.plugins")
+log = logging.getLogger(__name__)
 
 DEFAULT_SHARED_MEMORY = 48 * 1024
 """Dynamic shared memory a kernel may use without opting in (cuFuncSetAttribute)."""
@@ -238,7 +239,7 @@ def nvrtc_compile(source: KernelSource, arch: str) -> bytes:
 def _nvrtc_cubin(source: KernelSource, arch: str) -> bytes:
     """NVRTC cubin for ``arch``, cached on disk by source hash (best effort: a read-only tree still works)."""
     digest = hashlib.sha256(source.path.read_bytes() + COMMON_HEADER.read_bytes()).hexdigest()[:16]
-    cache = DEFAULT_BUILD_DIR / "nvrtc" / f"{source.name}-{arch}-{digest}.cubin"
+    cache = default_build_dir() / "nvrtc" / f"{source.name}-{arch}-{digest}.cubin"
     if cache.is_file():
         return cache.read_bytes()
     cubin = nvrtc_compile(source, arch)
@@ -283,14 +284,14 @@ _MODULES_LOCK = threading.Lock()
 def load_module(name: str, kernel_dir: Path | None = None) -> LoadedModule | EmulatedModule:
     """The kernels of op source ``name`` ("token_fusion", "scatterbrain") in the current context.
 
-    kernel_dir: where the fatbins are (default ``build/plugins``). Loads the fatbin when it holds an
+    kernel_dir: where the fatbins are (default ``default_build_dir()``). Loads the fatbin when it holds an
     image for this GPU, else compiles with NVRTC (see the module docstring). Under
     ``emulated_kernels()``: the source compiled for the CPU (``kernel_dir/emulated``).
     """
     if emulating():
         return emulated_module(name, kernel_dir)
     ctx, ordinal = current_context()
-    key = (ctx, name, str(kernel_dir or DEFAULT_BUILD_DIR))
+    key = (ctx, name, str(kernel_dir or default_build_dir()))
     with _MODULES_LOCK:
         loaded = _MODULES.get(key)
         if loaded is None:

@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from vitrt.plugins import OP_PACKAGES
+
 LOWERINGS = ("eager", "portable", "plugin")
 DOMAIN = "vitrt"
 ORT_CONTRIB_DOMAIN = "ai.onnx.contrib"
-# Op folders that provide an ``onnx_lowering`` module (imported on demand: it registers torch ops).
-OP_PACKAGES = ("vitrt.plugins.token_fusion", "vitrt.plugins.lsh_attention")
 
 ShapeRule = Callable[[list[list[Any] | None], dict[str, Any]], list[tuple[int | None, list[Any]]]]
 

@@ -1,7 +1,88 @@
 """vitrt: an edge deployment compiler for efficient vision transformers.
 
+The public Python API, one plain function per stage with the options of its ``vitrt`` command:
+
+>>> import vitrt
+>>> model = vitrt.create_model("deit_small_patch16_224", fusion="mctf")
+>>> vitrt.load_checkpoint(model, "deit_small.pth")
+>>> vitrt.export_onnx("deit_small_patch16_224", "deit_s.onnx", fusion="mctf", checkpoint="deit_small.pth")
+>>> report, _, _ = vitrt.verify_onnx("deit_s.onnx")
+>>> vitrt.calibrate("deit_s.onnx", "images/", "deit_s.int8.onnx", error_budget=0.005)
+
 The stage packages live at the repository's top level (``compiler/ plugins/ calibration/ deploy/
 models/``) and are importable only as ``vitrt.<stage>``: ``vitrt/<stage>`` is a symbolic link to each.
+Below every stage sit ``vitrt.errors`` (the exception types), ``vitrt.fileio`` (atomic file writing,
+cache folders) and ``vitrt.logs`` (logging).
+
+Importing ``vitrt`` is cheap: each function is imported from its stage on first use (PEP 562), so
+``import vitrt`` loads neither torch nor onnx, and ``vitrt.plugins.cuda_launcher`` (say) can be
+imported without the stages it does not need.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from vitrt.errors import CheckpointError, ConfigError, VitrtError
+
+if TYPE_CHECKING:  # the real signatures, for mypy and IDEs; at run time __getattr__ imports them
+    from vitrt.calibration.calibrate import calibrate_onnx as calibrate
+    from vitrt.compiler.export import export_onnx
+    from vitrt.compiler.inspect import model_card
+    from vitrt.compiler.verify import verify_onnx
+    from vitrt.models import list_models, load_checkpoint
+    from vitrt.plugins import create_model, register_tensorrt_plugins
+
 __version__ = "0.1.0"
+
+_API: dict[str, tuple[str, str]] = {
+    # models (+ the plugin ops' options)             `vitrt list-models`, `vitrt inspect`
+    "create_model": ("vitrt.plugins", "create_model"),
+    "list_models": ("vitrt.models", "list_models"),
+    "load_checkpoint": ("vitrt.models", "load_checkpoint"),
+    "model_card": ("vitrt.compiler.inspect", "model_card"),
+    # stages                                         `vitrt export`, `vitrt verify`, `vitrt calibrate`
+    "export_onnx": ("vitrt.compiler.export", "export_onnx"),
+    "verify_onnx": ("vitrt.compiler.verify", "verify_onnx"),
+    "calibrate": ("vitrt.calibration.calibrate", "calibrate_onnx"),
+    # runtime: before TensorRT parses or deserialises a model with vitrt's plugin nodes
+    "register_tensorrt_plugins": ("vitrt.plugins", "register_tensorrt_plugins"),
+}
+"""Public name -> (module, attribute), imported on first access."""
+
+_STAGES = ("calibration", "compiler", "deploy", "models", "plugins")
+_SHARED = ("errors", "fileio", "logs")
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "VitrtError",
+    "__version__",
+    "calibrate",
+    "create_model",
+    "export_onnx",
+    "list_models",
+    "load_checkpoint",
+    "model_card",
+    "register_tensorrt_plugins",
+    "verify_onnx",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public function (or a stage package, ``vitrt.models``...) on first access."""
+    if name in _API:
+        module, attribute = _API[name]
+        value = getattr(importlib.import_module(module), attribute)
+    elif name in _STAGES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # later accesses skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    """The public API, the stage packages and the shared modules (not this module's own imports)."""
+    return sorted({*__all__, *_STAGES, *_SHARED})

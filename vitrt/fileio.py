@@ -1,4 +1,5 @@
-"""Writing artifacts so that a failure never leaves a half-written file behind."""
+"""Writing artifacts so that a failure never leaves a half-written file behind, ONNX files in and out
+(``save_onnx``, ``load_onnx``), and where vitrt keeps what it builds (``cache_dir``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,37 @@ from vitrt.errors import VitrtError
 
 TWO_GB = 2**31
 """protobuf's limit on one serialised message: larger ONNX models keep their weights in a .data file."""
+
+CACHE_ENV = "VITRT_CACHE_DIR"
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def source_checkout() -> Path | None:
+    """The repository root when vitrt runs from a source checkout (plain or ``pip install -e``), else
+    None (an installed wheel). A checkout's ``vitrt/<stage>`` are symbolic links beside a
+    ``pyproject.toml``; a wheel holds real folders."""
+    root = _PACKAGE.parent
+    return root if (_PACKAGE / "plugins").is_symlink() and (root / "pyproject.toml").is_file() else None
+
+
+def cache_dir() -> Path:
+    """The folder vitrt's builds and caches go under (kernel fatbins in ``plugins/``, NVRTC cubins in
+    ``plugins/nvrtc/``, emulator libraries in ``plugins/emulated/``); created by whoever writes there.
+
+    1. ``$VITRT_CACHE_DIR`` when set;
+    2. ``<repository>/build`` in a source checkout (git-ignored), where ``vitrt plugins build`` has
+       always put the fatbins;
+    3. otherwise (an installed wheel, whose site-packages may be read-only and is no place for build
+       outputs) the user's cache: ``$XDG_CACHE_HOME/vitrt``, else ``~/.cache/vitrt``.
+    """
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    checkout = source_checkout()
+    if checkout is not None:
+        return checkout / "build"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "vitrt"
 
 
 def check_writable(path: str | os.PathLike[str]) -> Path:
@@ -89,3 +121,23 @@ def save_onnx(
     else:
         onnx.save_model(model, str(path))
     return Path(path)
+
+
+def load_onnx(path: str | os.PathLike[str]) -> Any:
+    """``onnx.load`` with a clear VitrtError for a missing or non-ONNX file."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    p = Path(path)
+    if not p.is_file():
+        raise VitrtError(f"{p} does not exist or is not a file")
+    try:
+        # format="protobuf": onnx would otherwise guess JSON/text formats from the file extension.
+        proto = onnx.load(str(p), format="protobuf")
+    except (DecodeError, ValueError, OSError) as err:
+        raise VitrtError(
+            f"{p} is not an ONNX model ({type(err).__name__}); export one with `vitrt export`"
+        ) from err
+    if not proto.graph.node:
+        raise VitrtError(f"{p} is not an ONNX model (no graph nodes); export one with `vitrt export`")
+    return proto

@@ -1,5 +1,7 @@
 """Replaces a model's attention cores by LSH-sparse / low-rank ones: ``create_model(..., attention=...)``.
 
+Importing this module registers ``apply_attention`` as the models' ``attention`` option.
+
 ``attention`` is a preset name or a dict:
 
 * ``"scatterbrain"``: the paper's T2T-ViT setting. The two token attentions of the "transformer" T2T
@@ -36,6 +38,7 @@ from typing import Any
 from torch import nn
 
 from vitrt.errors import ConfigError
+from vitrt.models.registry import register_model_option
 
 from .module import LSHAttention, PerformerAttention, ScatterbrainAttention
 
@@ -231,3 +234,6 @@ def apply_attention(model: nn.Module, attention: Any) -> None:
         except ConfigError as err:
             raise ConfigError(f"attention {cfg.method!r} on {slot!r}: {err}") from None
     object.__setattr__(model, "attention_config", cfg)  # plain data, not a submodule or tensor
+
+
+register_model_option("attention", apply_attention)

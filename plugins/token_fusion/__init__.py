@@ -4,5 +4,5 @@
 - ``reference``: the PyTorch reference (export-friendly; ground truth for every lowering);
 - ``config``: presets ("mctf", "mctf-fast", "tome"), the dict / dataclass form, validation;
 - ``module``: ``FusionBlock`` (a block that fuses, same weights) and ``TokenFusionOp``;
-- ``integration``: ``apply_fusion(model, fusion)``, used by ``vitrt.models.create_model(fusion=...)``.
+- ``integration``: ``apply_fusion(model, fusion)``, registered as ``create_model``'s ``fusion`` option.
 """

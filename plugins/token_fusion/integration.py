@@ -1,4 +1,7 @@
-"""Applies a token-fusion configuration to a model's blocks (``create_model(name, fusion=...)``)."""
+"""Applies a token-fusion configuration to a model's blocks (``create_model(name, fusion=...)``).
+
+Importing this module registers ``apply_fusion`` as the models' ``fusion`` option.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from torch import nn
 
 from vitrt.errors import ConfigError
 from vitrt.models.layers import Block, DenseAttention
+from vitrt.models.registry import register_model_option
 
 from .config import FusionConfig, parse, resolve
 from .module import FusionBlock
@@ -51,3 +55,6 @@ def apply_fusion(model: nn.Module, fusion: Any) -> None:
     for i, block in targets:
         blocks[i] = FusionBlock(block, per_block[i])
     setattr(model, FUSION_CONFIG_ATTR, config)
+
+
+register_model_option("fusion", apply_fusion)

@@ -27,6 +27,7 @@ from vitrt.calibration.ranges import scale_from_amax
 from vitrt.compiler.cli import main
 from vitrt.compiler.export import METADATA_KEY as EXPORT_KEY
 from vitrt.deploy.runners import OnnxRuntimeRunner
+from vitrt.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "benchmarks" / "digits"
@@ -106,10 +107,10 @@ def test_trained_t2t_calibrates_on_digits_end_to_end(digits_t2t: Path, tmp_path:
 def test_plugin_graph_calibrates(tmp_path: Path) -> None:
     if importlib.util.find_spec("vitrt.plugins.lowering") is None:
         pytest.skip("vitrt.plugins.lowering (ONNX Runtime kernels of vitrt's plugin ops) is not available")
-    from vitrt.compiler.export import ExportConfig, export_onnx, model_from_config
+    from vitrt.compiler.export import ExportConfig, export_model, model_from_config
 
     config = ExportConfig("deit_tiny_patch16_224", input_size=(3, 64, 64), img_size=64, fusion="mctf")
-    path = export_onnx(model_from_config(config), tmp_path / "fused.onnx", config)
+    path = export_model(model_from_config(config), tmp_path / "fused.onnx", config)
     plugin_nodes = [n for n in onnx.load(str(path)).graph.node if n.domain == "vitrt"]
     assert plugin_nodes, "the plugin lowering should emit vitrt::TokenFusion nodes"
     result = calibrate_onnx(
@@ -173,6 +174,17 @@ def test_cli_calibrate_writes_model_cache_and_report(
     assert read_cache(tmp_path / "m.cache").version == 101303
     layers = {row["name"]: row for row in json.loads((tmp_path / "m.json").read_text())["layers"]}
     assert layers["head/Gemm_1"]["reason"] == "excluded by pattern 'head/*'"
+
+
+def test_calibrate_options_that_contradict_each_other(tmp_path: Path) -> None:
+    from vitrt.calibration.collect import default_runner_factory
+    from vitrt.calibration.ranges import RangeMethod
+
+    model = save(two_layers(), tmp_path / "m.onnx")
+    with pytest.raises(ConfigError, match="percentile goes with a method name"):
+        calibrate_onnx(model, "synthetic", method=RangeMethod("percentile"), percentile=99.9)
+    with pytest.raises(ConfigError, match="threads / custom_ops_library or a runner_factory, not both"):
+        calibrate_onnx(model, "synthetic", threads=1, runner_factory=default_runner_factory(1))
 
 
 @pytest.mark.parametrize(

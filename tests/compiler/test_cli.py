@@ -18,10 +18,10 @@ PACKAGES = ["compiler", "plugins", "calibration", "deploy", "models"]
 
 def _modules() -> list[str]:
     names = []
-    for pkg in PACKAGES:
-        names.append(pkg)
+    for pkg in PACKAGES:  # by their one import name: ``vitrt.<stage>``
+        names.append(f"vitrt.{pkg}")
         path = ROOT / pkg
-        names += [m.name for m in pkgutil.walk_packages([str(path)], prefix=f"{pkg}.")]
+        names += [m.name for m in pkgutil.walk_packages([str(path)], prefix=f"vitrt.{pkg}.")]
     return names
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from vitrt.compiler.cli import main
-from vitrt.compiler.export import ExportConfig, export_onnx, model_from_config, read_export_config
+from vitrt.compiler.export import ExportConfig, export_model, model_from_config, read_export_config
 from vitrt.compiler.verify import load_inputs, load_outputs, save_inputs, verify_onnx
 from vitrt.errors import ConfigError, VitrtError
 
@@ -31,7 +31,7 @@ FUSIONS = [None, "mctf", "mctf-fast", "tome"]
 
 def _export(tmp_path: Path, name: str, size: int, lowering: str = "plugin", **kwargs: object) -> Path:
     config = ExportConfig(name, lowering=lowering, input_size=(3, size, size), img_size=size, **kwargs)  # type: ignore[arg-type]
-    return export_onnx(model_from_config(config), tmp_path / f"{name}.{lowering}.onnx", config)
+    return export_model(model_from_config(config), tmp_path / f"{name}.{lowering}.onnx", config)
 
 
 @pytest.mark.parametrize("lowering", ["plugin", "portable"])
@@ -84,7 +84,7 @@ def test_plugin_lowering_has_one_node_per_op_instance(tmp_path: Path) -> None:
     model = model_from_config(config)
     fused = sum(1 for a, b in pairwise(model.token_schedule()) if b < a)
     assert fused == 13  # every block but the first, until the 10-token floor
-    path = export_onnx(model, tmp_path / "t2t.onnx", config)
+    path = export_model(model, tmp_path / "t2t.onnx", config)
     proto = onnx.load(str(path))
     ops = Counter(n.op_type for n in proto.graph.node)
     assert ops["TokenFusion"] == fused and ops["ScatterbrainAttention"] == 2
@@ -138,6 +138,25 @@ def test_checkpoint_export_verifies_against_the_same_weights(tmp_path: Path) -> 
     assert main(["verify", str(out)]) == 0
     ckpt.write_bytes(ckpt.read_bytes() + b"\0")  # the checkpoint changes after export
     assert main(["verify", str(out)]) == 2
+
+
+def test_export_onnx_of_a_module_loads_its_checkpoint_into_a_copy(tmp_path: Path) -> None:
+    import vitrt
+
+    torch.manual_seed(7)
+    ckpt = tmp_path / "w.pth.tar"
+    torch.save({"state_dict_ema": vitrt.create_model("t2t_vit_7", img_size=64).state_dict()}, ckpt)
+    module = vitrt.create_model("t2t_vit_7", img_size=64)  # other weights
+    head = module.head.weight.detach().clone()
+    path = vitrt.export_onnx(module, tmp_path / "m.onnx", img_size=64, checkpoint=str(ckpt), batch=None)
+    assert torch.equal(module.head.weight, head)  # the caller's module is left as it was
+    config = read_export_config(onnx.load(str(path)))
+    assert config is not None
+    assert (config.model, config.checkpoint, config.batch) == ("t2t_vit_7", str(ckpt), None)
+    report, feeds, _ = vitrt.verify_onnx(path, batch=2, save_inputs=tmp_path / "in.json")
+    assert report.passed, report.format()  # the rebuilt model holds the checkpoint's weights
+    again, _, _ = vitrt.verify_onnx(path, inputs=tmp_path / "in.json")
+    assert again.passed and again.iterations == len(feeds) == 1
 
 
 def test_polygraphy_json_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -195,5 +214,5 @@ def test_failed_export_leaves_nothing_behind(tmp_path: Path) -> None:
             return torch.linalg.eigvals(x[0, 0]).real  # not exportable to ONNX
 
     with pytest.raises(VitrtError, match="ONNX export of broken failed"):
-        export_onnx(Broken(), tmp_path / "m.onnx", ExportConfig("broken", input_size=(3, 8, 8)))
+        export_model(Broken(), tmp_path / "m.onnx", ExportConfig("broken", input_size=(3, 8, 8)))
     assert list(tmp_path.iterdir()) == []

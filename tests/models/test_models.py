@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -10,9 +13,10 @@ import torch
 from safetensors.torch import save_file
 
 from vitrt.errors import CheckpointError, ConfigError
-from vitrt.models import create_model, list_models, load_checkpoint, read_state_dict
+from vitrt.models import create_model, list_models, load_checkpoint, read_state_dict, register_model_option
 from vitrt.models.t2t_vit import check_img_size, soft_split_grid
 
+ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).parent / "fixtures"
 # From the official code (issue 2): all parameters, frozen `w` and `pos_embed` included.
 PARAM_COUNTS = {
@@ -193,3 +197,38 @@ def test_truncated_checkpoint(tmp_path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=str(path)):
         read_state_dict(path)
+
+
+def test_models_import_no_op_code_and_name_the_fix_for_a_missing_option() -> None:
+    # A fresh interpreter: in this one, other tests have loaded the op packages already.
+    script = """
+        import sys
+        from vitrt.errors import ConfigError
+        from vitrt.models import create_model
+        create_model("deit_tiny_patch16_224", img_size=32, attention="dense")  # the off values need no op
+        assert not [m for m in sys.modules if m.startswith("vitrt.plugins.")], sorted(sys.modules)
+        try:
+            create_model("deit_tiny_patch16_224", img_size=32, fusion="mctf")
+        except ConfigError as err:
+            print(err)
+        import vitrt
+        print(vitrt.create_model("deit_tiny_patch16_224", img_size=64, fusion="mctf").token_schedule())
+    """
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, cwd=ROOT, check=True
+    ).stdout
+    assert "create_model(fusion=...) needs the op package that provides 'fusion'" in out
+    assert "Fix: call vitrt.create_model" in out
+    assert out.splitlines()[-1] == str([17, 17] + [10] * 11)  # fused after the first block
+
+
+def test_model_options_are_registered_once() -> None:
+    import vitrt
+    from vitrt.plugins.token_fusion.integration import apply_fusion
+
+    vitrt.plugins.load_model_options()
+    register_model_option("fusion", apply_fusion)  # the same function again: a no-op
+    with pytest.raises(ValueError, match="registered twice"):
+        register_model_option("fusion", lambda model, value: None)
+    with pytest.raises(ValueError, match="unknown model option 'depth'"):
+        register_model_option("depth", apply_fusion)

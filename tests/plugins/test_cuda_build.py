@@ -51,7 +51,7 @@ def fatbins() -> dict[str, Path]:
 
 
 def test_one_source_per_op() -> None:
-    from vitrt.plugins.lowering import OP_PACKAGES
+    from vitrt.plugins import OP_PACKAGES
 
     folders = {s.path.parent.name for s in kernel_sources()}
     assert folders == {pkg.split(".")[-1] for pkg in OP_PACKAGES}

@@ -220,7 +220,7 @@ def test_scatterbrain_plugin(
 def test_exported_model_with_both_plugins(trt: Any, tmp_path: Path) -> None:
     """A whole T2T-ViT exported by ``vitrt.compiler.export`` (plugin lowering: Scatterbrain in the T2T module,
     MCTF token fusion in the blocks) runs in TensorRT like the PyTorch model."""
-    from vitrt.compiler.export import ExportConfig, export_onnx, model_from_config
+    from vitrt.compiler.export import ExportConfig, export_model, model_from_config
 
     config = ExportConfig(
         "t2t_vit_7",
@@ -231,7 +231,7 @@ def test_exported_model_with_both_plugins(trt: Any, tmp_path: Path) -> None:
         attention="scatterbrain",
     )
     model = model_from_config(config).eval()
-    path = export_onnx(model, tmp_path / "t2t.onnx", config)
+    path = export_model(model, tmp_path / "t2t.onnx", config)
     engine = _engine(trt, path.read_bytes())
     images = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     logits = _run(trt, engine, {"images": images.cuda()})["logits"].cpu()

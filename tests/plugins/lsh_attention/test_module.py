@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from vitrt import create_model, load_checkpoint
 from vitrt.errors import ConfigError
-from vitrt.models import create_model, load_checkpoint
 from vitrt.models.layers import DenseAttention
 from vitrt.plugins.lsh_attention.integration import PAPER_BUDGETS, Budget, apply_attention, resolve_attention
 from vitrt.plugins.lsh_attention.module import (

@@ -11,8 +11,8 @@ import dataclasses
 import pytest
 from torch import Tensor, nn
 
+from vitrt import create_model
 from vitrt.errors import ConfigError
-from vitrt.models import create_model
 from vitrt.plugins.token_fusion.config import FusionConfig, parse, preset, resolve
 from vitrt.plugins.token_fusion.integration import apply_fusion
 from vitrt.plugins.token_fusion.module import FusionBlock

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from vitrt.models import create_model
+from vitrt import create_model
 from vitrt.models.deit import VisionTransformer
 from vitrt.models.layers import Block
 from vitrt.plugins.token_fusion.config import FusionBlockConfig

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from tests._support.official import official_checkout
-from vitrt.models import create_model, load_checkpoint
+from vitrt import create_model, load_checkpoint
 
 # The official command lines (run/eval_deit_*_mctf*.sh): mctf_type = [r, r_teacher_max, trace_source,
 # prop_attn, one_step_ahead, tau_sim, tau_info, tau_size, bidirection, pooling_type, -].

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests._support.official import official_checkout
-from vitrt.models import create_model, load_checkpoint
+from vitrt import create_model, load_checkpoint
 
 
 @pytest.mark.parametrize("r", [16, 8])
