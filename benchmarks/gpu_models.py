@@ -111,7 +111,7 @@ def timm_models() -> tuple[nn.Module | None, nn.Module | None, str]:
 
 
 def deit_rows(dense_timm: nn.Module | None, tome_timm: nn.Module | None) -> list[tuple[str, nn.Module]]:
-    from vitrt.models import create_model
+    from vitrt import create_model
 
     rows: list[tuple[str, nn.Module]] = []
     if dense_timm is not None:
@@ -131,7 +131,7 @@ def deit_rows(dense_timm: nn.Module | None, tome_timm: nn.Module | None) -> list
 
 
 def t2t_rows() -> list[tuple[str, nn.Module]]:
-    from vitrt.models import create_model
+    from vitrt import create_model
 
     dense = create_model("t2t_vit_t_14").eval()
     sparse = create_model("t2t_vit_t_14", attention="scatterbrain").eval()

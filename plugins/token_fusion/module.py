@@ -18,7 +18,7 @@ from vitrt.plugins.cuda_launcher import kernels_apply
 from .config import FusionBlockConfig
 from .reference import MergeMethod, attention_received, merge_attention, pooling_weights, token_fusion
 from .spec import Pooling, TokenFusionAttrs
-from .torch_op import token_fusion_call, token_merge_op
+from .torch_op import attention_info_op, token_fusion_call, token_merge_op
 
 
 class TokenFusionOp(nn.Module):
@@ -47,12 +47,13 @@ class FusionBlock(Block):
     Two ways to compute the same function. The reference way (CPU, training, export) is the official
     MCTF code's: attention probabilities, the op's reference, and the one-step-ahead attention as the
     merged [B, H, N', N'] matrix (``reference.merge_attention``). Where the kernels apply (eager inference
-    on CUDA tensors, or under ``emulated_kernels()``) the block calls ``torch.ops.vitrt.token_fusion`` and
-    never forms the merged matrix: with M the one-hot merge matrix and w the pooling weights,
-    merge_attention(A) V' = (M_w A M^T / den) V' = merge(A (M^T V')), and M^T V' is V' gathered by dest,
-    so the block computes A V'[dest] on the unfused queries and merges the rows with the op's merge kernel
-    (``torch.ops.vitrt.token_merge``); attention whose probabilities are not needed runs as one
-    ``scaled_dot_product_attention``.
+    on CUDA tensors, or under ``emulated_kernels()``) no N x N probability matrix is written: the
+    attention each key receives comes from q k^T through ``torch.ops.vitrt.attention_info``, the fusion
+    is ``torch.ops.vitrt.token_fusion``, attention outputs are ``scaled_dot_product_attention`` (with
+    log size as its mask), and the one-step-ahead attention is reassociated: with M the one-hot merge
+    matrix and w the pooling weights, merge_attention(A) V' = (M_w A M^T / den) V' = merge(A (M^T V')),
+    and M^T V' is V' gathered by dest, so the block runs attention of the unfused queries over V'[dest]
+    and merges its rows with the op's merge kernel (``torch.ops.vitrt.token_merge``).
     """
 
     num_protected = 1  # the class token
@@ -134,16 +135,30 @@ class FusionBlock(Block):
             F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.attn.scale)
         )
 
+    def _info(self, q: Tensor, k: Tensor, size: Tensor | None) -> Tensor:
+        """Attention each key receives [B, N] (kernel path): from q k^T, the probabilities never formed."""
+        return attention_info_op(q @ k.transpose(-2, -1), size, float(self.attn.scale))
+
     def _one_step_ahead(
-        self, probs: Tensor, dest: Tensor, info: Tensor, size: Tensor, attrs: TokenFusionAttrs, h: Tensor
+        self,
+        q: Tensor,
+        k: Tensor,
+        prop: Tensor | None,
+        dest: Tensor,
+        info: Tensor,
+        size: Tensor,
+        attrs: TokenFusionAttrs,
+        h: Tensor,
     ) -> Tensor:
-        """merge_attention(probs) @ v(h) projected, [B, N - r, C], without the merged matrix (class
-        docstring): probs [B, H, N, N] of the unfused tokens, h [B, N - r, C] the fused tokens' norm1."""
+        """merge_attention(A) @ v(h) projected, [B, N - r, C], without A or the merged matrix (class
+        docstring): q, k [B, H, N, E] of the unfused tokens with proportional-attention sizes ``prop``,
+        h [B, N - r, C] the fused tokens' norm1."""
         v = self._v(h)  # [B, H, N', E]
-        b, heads, n, _ = probs.shape
-        index = dest[:, None, :, None].expand(b, heads, n, v.shape[-1])
-        o = (probs @ v.gather(2, index)).transpose(1, 2).reshape(b, n, -1)  # [B, N, C]
-        o = token_merge_op(o, dest, info, size, attrs.pooling, n - attrs.r)
+        b, heads, n, _ = q.shape
+        vg = v.gather(2, dest[:, None, :, None].expand(b, heads, n, v.shape[-1]))
+        bias = None if prop is None else prop.log()[:, None, None, :].to(q.dtype)
+        o = F.scaled_dot_product_attention(q, k, vg, attn_mask=bias, scale=self.attn.scale)
+        o = token_merge_op(o.transpose(1, 2).reshape(b, n, -1), dest, info, size, attrs.pooling, n - attrs.r)
         return self.attn.proj_drop(self.attn.proj(o))
 
     def forward(self, x: Tensor, size: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
@@ -165,13 +180,16 @@ class FusionBlock(Block):
         if cfg.one_step_ahead in (1, 2):
             with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.one_step_ahead == 1):
                 q, k = self._qk(h)
-                probs = self._probs(q, k, prop)
-            info = attention_received(probs)
+                if fast:
+                    info = self._info(q, k, prop)
+                else:
+                    probs = self._probs(q, k, prop)
+                    info = attention_received(probs)
             metric = k.mean(dim=1) if cfg.metric == "keys" else x
             x_f, size_f, dest = self._fuse(x, metric, info, size_in, attrs)
             h = self.norm1(x_f)
             if cfg.one_step_ahead == 1 and fast:
-                out = self._one_step_ahead(probs, dest, info, size_in, attrs, h)
+                out = self._one_step_ahead(q, k, prop, dest, info, size_in, attrs, h)
             elif cfg.one_step_ahead == 1:
                 weights = pooling_weights(info, size_in, attrs.pooling)
                 out = self._attend(
@@ -185,10 +203,10 @@ class FusionBlock(Block):
 
         q, k = self._qk(h)
         v = self._v(h)
-        # ToMe's weights need no attention (tau_info = 0, size pooling): the op ignores info then.
-        needs_info = attrs.tau_info > 0 or attrs.pooling == Pooling.ATTN_SIZE
-        if fast and not needs_info:
-            info = torch.ones_like(size_in)
+        if fast:
+            # ToMe's weights need no attention (tau_info = 0, size pooling): the op ignores info then.
+            needs_info = attrs.tau_info > 0 or attrs.pooling == Pooling.ATTN_SIZE
+            info = self._info(q, k, prop) if needs_info else torch.ones_like(size_in)
             x = x + self.drop_path(self._attention(q, k, v, prop, fast))
         else:
             probs = self._probs(q, k, prop)

@@ -37,6 +37,17 @@ def attention_received(attn: Tensor) -> Tensor:
     return attn.mean(dim=(1, 2))
 
 
+def attention_info(logits: Tensor, size: Tensor | None, scale: float) -> Tensor:
+    """``attention_received`` of softmax(scale * logits + log size) from the logits alone: logits
+    [B, H, N, N] (q k^T before the scale), size [B, N] or None (no proportional attention) -> [B, N] in
+    the logits' dtype, computed in float32. What a fused block's ``info`` is; constant for gradients, as
+    everything it feeds (scores, pooling weights) is."""
+    s = logits.detach().float() * scale
+    if size is not None:
+        s = s + size.detach().float().log()[:, None, None, :]
+    return attention_received(s.softmax(dim=-1)).to(logits.dtype)
+
+
 def fusion_scores(
     metric: Tensor,
     info: Tensor | None,

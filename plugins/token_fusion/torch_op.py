@@ -1,6 +1,7 @@
-"""TokenFusion as torch ops: ``torch.ops.vitrt.token_fusion`` (the op of ``spec``) and
+"""TokenFusion as torch ops: ``torch.ops.vitrt.token_fusion`` (the op of ``spec``),
 ``torch.ops.vitrt.token_merge`` (its merge step alone: the weighted mean of the groups a ``dest`` defines,
-which a fused block applies to its attention output).
+which a fused block applies to its attention output) and ``torch.ops.vitrt.attention_info`` (the
+attention each key receives, a fused block's ``info``, from q k^T without writing the probabilities).
 
 Dispatch: CPU tensors run the PyTorch reference; CUDA tensors run the kernels of ``cuda.py``; inside
 ``vitrt.plugins.cuda_emulation.emulated_kernels()`` CPU tensors run the kernels on the CPU emulator,
@@ -19,7 +20,7 @@ from torch import Tensor
 
 from vitrt.plugins.cuda_emulation import emulating
 
-from .reference import merge_tokens, pooling_weights, token_fusion
+from .reference import attention_info, merge_tokens, pooling_weights, token_fusion
 from .spec import TokenFusionAttrs
 
 
@@ -113,6 +114,36 @@ def _token_merge_fake(
     x: Tensor, dest: Tensor, info: Tensor, size: Tensor, pooling: int, n_out: int
 ) -> Tensor:
     return x.new_empty(x.shape[0], n_out, x.shape[2])
+
+
+@torch.library.custom_op("vitrt::attention_info", mutates_args=())
+def attention_info_op(logits: Tensor, size: Tensor | None, scale: float) -> Tensor:
+    """``reference.attention_info``: logits [B, H, N, N] (q k^T before the scale), size [B, N] or None ->
+    [B, N] in the logits' dtype."""
+    if emulating():
+        from .cuda import attention_info_cuda
+
+        return attention_info_cuda(logits, size, scale)
+    return attention_info(logits, size, scale)
+
+
+@attention_info_op.register_kernel("cuda")
+def _attention_info_cuda(logits: Tensor, size: Tensor | None, scale: float) -> Tensor:
+    from .cuda import attention_info_cuda
+
+    return attention_info_cuda(logits, size, scale)
+
+
+@attention_info_op.register_fake
+def _attention_info_fake(logits: Tensor, size: Tensor | None, scale: float) -> Tensor:
+    return logits.new_empty(logits.shape[0], logits.shape[-1])
+
+
+def _no_gradient(ctx: Any, grad: Tensor) -> tuple[None, None, None]:
+    return None, None, None  # info is a constant for gradients (reference.attention_info)
+
+
+attention_info_op.register_autograd(_no_gradient)
 
 
 # ---- gradients: x_f[s] = sum_{dest[i] = s} w_i x_i / den_s, so dx_i = w_i / den_{dest[i]} dx_f[dest[i]] ----

@@ -162,6 +162,21 @@ def check_token_fusion(
         _close(size_f[same], ref_size[same], dtype, "size_fused end to end")
 
 
+def check_attention_info(b: int, h: int, n: int, dtype: torch.dtype, device: str, with_size: bool) -> None:
+    """attention_info_cuda (the fused block's info from q k^T) against reference.attention_info on seeded
+    logits of a realistic spread (std 3 after the scale), with or without proportional attention;
+    within 1e-4 (float32) / 1e-2 (float16) relative to the largest value, every element written."""
+    from vitrt.plugins.token_fusion.cuda import attention_info_cuda
+
+    g = torch.Generator(device=device).manual_seed(77 + n)
+    logits = (torch.randn(b, h, n, n, device=device, generator=g) * 24.0).to(dtype)
+    size = torch.randint(1, 5, (b, n), device=device, generator=g).float().to(dtype) if with_size else None
+    got = attention_info_cuda(logits, size, 0.125)
+    _synchronize(got)
+    assert got.shape == (b, n) and got.dtype == dtype and not got.isnan().any()
+    _close(got, tf_ref.attention_info(logits, size, 0.125), dtype, "attention_info")
+
+
 # ---- Scatterbrain ---------------------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ import torch
 from tests._support.kernel_checks import (
     MCTF,
     TOME,
+    check_attention_info,
     check_random_attention,
     check_random_fusion,
     check_scatterbrain,
@@ -91,6 +92,13 @@ def test_scatterbrain(
     name: str, b: int, n: int, e: int, c: int, r: int, m: int, scale: float, dtype: torch.dtype, mode: Mode
 ) -> None:
     check_scatterbrain(b, n, e, c, r, m, scale, dtype, mode, "cuda")
+
+
+@pytest.mark.parametrize("with_size", [False, True], ids=["plain", "prop"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize(("b", "h", "n"), [(64, 6, 197), (8, 6, 101), (1, 3, 577)])
+def test_attention_info(b: int, h: int, n: int, dtype: torch.dtype, with_size: bool) -> None:
+    check_attention_info(b, h, n, dtype, "cuda", with_size)
 
 
 @pytest.mark.parametrize("seed", range(64))
@@ -196,7 +204,7 @@ def test_scatterbrain_model_on_cuda_equals_the_reference_path(_no_tf32: None) ->
     """t2t_vit_t_14 + scatterbrain on CUDA runs the attention kernels (torch dispatch) and gives the
     reference path's logits on the same GPU (float32, 96 pixels: 576 and 144 tokens in the T2T
     attentions; 1e-3: a key whose hash is within rounding of a cluster boundary changes two clusters)."""
-    from vitrt.models import create_model
+    from vitrt import create_model
     from vitrt.plugins.cuda_launcher import load_module
 
     torch.manual_seed(0)

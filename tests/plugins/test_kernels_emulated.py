@@ -21,6 +21,7 @@ import torch
 from tests._support.kernel_checks import (
     MCTF,
     TOME,
+    check_attention_info,
     check_random_attention,
     check_random_fusion,
     check_scatterbrain,
@@ -107,6 +108,15 @@ def test_scatterbrain_emulated(
     emulated: None,
 ) -> None:
     check_scatterbrain(b, n, e, c, r, m, scale, dtype, mode, "cpu")
+
+
+@pytest.mark.parametrize("with_size", [False, True], ids=["plain", "prop"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize(("b", "h", "n"), [(2, 6, 197), (1, 2, 37), (1, 1, 300)])
+def test_attention_info_emulated(
+    b: int, h: int, n: int, dtype: torch.dtype, with_size: bool, emulated: None
+) -> None:
+    check_attention_info(b, h, n, dtype, "cpu", with_size)
 
 
 @pytest.mark.parametrize("seed", range(32))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vitrt.models import create_model
+from vitrt import create_model
 from vitrt.plugins.cuda_emulation import (
     KernelEmulationError,
     emulated_kernels,
