@@ -150,6 +150,32 @@ def measure(model: nn.Module, batch: int, iters: int) -> dict[str, float]:
     return {"eager_ms": eager, "graph_ms": graph}
 
 
+def top_kernels(
+    model: nn.Module, batch: int, calls: int = 5, top: int = 12
+) -> list[tuple[str, float, float]]:
+    """The ``top`` CUDA kernels of ``model`` at ``batch`` by GPU time: (name, microseconds per forward,
+    share of the forward's kernel time), from torch.profiler (CUPTI) over ``calls`` eager forwards."""
+    from collections import defaultdict
+
+    from torch.profiler import ProfilerActivity, profile
+
+    x = torch.randn(batch, 3, 224, 224, device="cuda", dtype=DTYPE)
+    with torch.inference_mode():
+        model(x)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                model(x)
+            torch.cuda.synchronize()
+    totals: dict[str, float] = defaultdict(float)
+    for event in prof.events():
+        if event.device_type.name == "CUDA":
+            totals[event.name] += event.time_range.elapsed_us() / calls
+    whole = sum(totals.values()) or 1.0
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:top]
+    return [(name[:90], us, us / whole) for name, us in ranked]
+
+
 def agreement(model: nn.Module, batch: int = 8) -> dict[str, float]:
     """The CUDA float16 model (kernel path) against the same model in float32 on the CPU (reference
     path): top-1 agreement and the largest logit difference relative to the largest logit."""
@@ -173,6 +199,11 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default=None, help="JSON results (default $OUT/gpu_models.json when OUT is set)"
     )
     parser.add_argument("--skip-t2t", action="store_true", help="DeiT-S rows only")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="print each vitrt efficient model's top kernels at batch 8 and 64",
+    )
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA GPU: torch.cuda.is_available() is False; nothing to benchmark", file=sys.stderr)
@@ -219,6 +250,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['model']:36} {r['batch']:5d} {r['eager_ms']:9.3f} {r['eager_ratio']:7.2f} "
             f"{r['graph_ms']:9.3f} {r['graph_ratio']:7.2f}"
         )
+    profiles: dict[str, list[tuple[str, float, float]]] = {}
+    if args.profile:
+        efficient = [r for rows in groups.values() for r in rows if "vitrt" in r[0] and "dense" not in r[0]]
+        for label, model in efficient:
+            for batch in (8, 64):
+                key = f"{label} B={batch}"
+                profiles[key] = top_kernels(model, batch)
+                print(f"top kernels, {key} (us per forward, share):")
+                for name, us, share in profiles[key]:
+                    print(f"  {us:9.1f} {100 * share:5.1f}%  {name}")
     out = args.out or (str(Path(os.environ["OUT"]) / "gpu_models.json") if os.environ.get("OUT") else None)
     if out:
         payload = {
@@ -228,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             "note": note,
             "checks": checks,
             "rows": results,
+            "top_kernels": profiles,
         }
         Path(out).write_text(json.dumps(payload, indent=2))
         print(f"wrote {out}")

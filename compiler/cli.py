@@ -159,6 +159,43 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_profile(args: argparse.Namespace) -> int:
+    import json
+
+    from vitrt.deploy.profile import profile_torch
+    from vitrt.deploy.torch_runner import TorchModelRunner
+    from vitrt.fileio import atomic_write_bytes, check_writable
+
+    if args.json:
+        check_writable(args.json)
+    runner = TorchModelRunner.from_name(
+        args.model,
+        checkpoint=args.checkpoint,
+        fusion=args.fusion,
+        attention=args.attention,
+        img_size=args.img_size,
+        num_classes=args.num_classes,
+        device=args.device,
+        half=args.half,
+        cuda_graph=args.cuda_graph,
+    )
+    result = profile_torch(
+        runner,
+        batch=args.batch,
+        img_size=args.img_size,
+        warmup_s=args.warmup_s,
+        duration_s=args.duration_s,
+        iterations=args.iterations,
+    )
+    extras = ", ".join(f"{k}={v}" for k, v in (("fusion", args.fusion), ("attention", args.attention)) if v)
+    print(f"{args.model}{f' ({extras})' if extras else ''} on {result.device}, batch {args.batch}")
+    print(result.format())
+    if args.json:
+        atomic_write_bytes(args.json, json.dumps(result.to_dict(), indent=2).encode())
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a model name (see `vitrt list-models`)")
     p.add_argument("--img-size", type=int, default=224, help="square input side in pixels (default 224)")
@@ -293,6 +330,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="what this machine has for each stage, and how to add what is missing")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=_cmd_doctor)
+
+    p = sub.add_parser(
+        "profile",
+        help="latency of a PyTorch model on the CPU or a CUDA GPU (vitrt's kernels), trtexec's statistics",
+    )
+    _add_model_options(p)
+    p.add_argument("--checkpoint", default=None, help="weights to load (default: random init)")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--half", action="store_true", help="float16 weights and inputs")
+    p.add_argument(
+        "--cuda-graph",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="capture the model as a CUDA graph and replay it (CUDA only; default off)",
+    )
+    p.add_argument("--batch", type=int, default=1, help="images per query (default 1)")
+    p.add_argument("--warmup-s", type=float, default=0.2, help="warm-up time in s (default 0.2, as trtexec)")
+    p.add_argument(
+        "--duration-s", type=float, default=3.0, help="timed duration in s (default 3, as trtexec)"
+    )
+    p.add_argument("--iterations", type=int, default=10, help="at least this many queries (default 10)")
+    p.add_argument("--json", default=None, help="write the statistics as JSON")
+    p.set_defaults(func=_cmd_profile)
 
     p = sub.add_parser("demo", help="the CPU pipeline on one model: export, verify, INT8, latency")
     p.add_argument("--model", default="t2t_vit_7", help="model name (default t2t_vit_7)")

@@ -1,4 +1,10 @@
-"""Latency statistics with trtexec's summary fields (min, mean, median, p90, p95, p99), in ms."""
+"""Latency statistics with trtexec's summary fields and rules (min, max, mean, median, p90, p95, p99, std),
+in ms.
+
+Percentiles follow trtexec (``nearest_rank``): of N sorted samples, p drops the top
+``int((1 - p / 100) N)`` and takes the largest left, so every reported value is a measured sample
+(no interpolation); the median is the mean of the two middle samples for even N, as in trtexec.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +21,13 @@ class LatencyStats:
 
     iterations: int
     min: float
+    max: float
     mean: float
     median: float
     p90: float
     p95: float
     p99: float
+    std: float
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -44,7 +52,7 @@ def measure_latency(
         t0 = time.perf_counter()
         call()
         samples.append((time.perf_counter() - t0) * 1e3)
-    return _stats(samples)
+    return latency_stats(samples)
 
 
 def measure_interleaved(
@@ -67,17 +75,32 @@ def measure_interleaved(
                 t0 = time.perf_counter()
                 call()
                 samples[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: _stats(ms) for name, ms in samples.items()}
+    return {name: latency_stats(ms) for name, ms in samples.items()}
 
 
-def _stats(samples: list[float]) -> LatencyStats:
-    ms = np.asarray(samples)
+def nearest_rank(sorted_samples: np.ndarray, percent: float) -> float:
+    """trtexec's percentile of ascending ``sorted_samples``: drop the top ``int((1 - p/100) N)``, take
+    the largest that is left. In float32 arithmetic, as trtexec computes it: in float64, p = 90 of 100
+    samples would drop 9 (0.1 is 0.0999... there), in float32 it drops 10."""
+    n = len(sorted_samples)
+    one, f32 = np.float32(1), np.float32
+    exclude = int((one - f32(percent) / f32(100)) * f32(n))
+    return float(sorted_samples[max(n - 1 - exclude, 0)])
+
+
+def latency_stats(samples: list[float] | np.ndarray) -> LatencyStats:
+    """The statistics of ``samples`` (ms), trtexec's way (module docstring). ValueError when empty."""
+    ms = np.sort(np.asarray(samples, dtype=np.float64))
+    if ms.size == 0:
+        raise ValueError("no latency samples")
     return LatencyStats(
-        iterations=len(samples),
-        min=float(ms.min()),
+        iterations=int(ms.size),
+        min=float(ms[0]),
+        max=float(ms[-1]),
         mean=float(ms.mean()),
         median=float(np.median(ms)),
-        p90=float(np.percentile(ms, 90)),
-        p95=float(np.percentile(ms, 95)),
-        p99=float(np.percentile(ms, 99)),
+        p90=nearest_rank(ms, 90),
+        p95=nearest_rank(ms, 95),
+        p99=nearest_rank(ms, 99),
+        std=float(ms.std()),
     )

@@ -56,7 +56,7 @@ KERNELS = (
 """Every kernel this module launches (the build test checks each is in the fatbin)."""
 _THREADS = 256
 _WARPS = _THREADS // 32
-_INFO_ROWS = 64  # attention_info: query rows per block
+_INFO_ROWS = 16  # attention_info: query rows per block (two per warp: short dependent chains)
 _COPY_BLOCKS = 1024  # identity copy: grid-stride loops beyond this many blocks
 MATCH_SHARED_LIMIT = 96 * 1024
 """Largest dynamic shared memory the match kernel asks for (the smallest target, sm_120, allows 99 KiB):
@@ -194,31 +194,19 @@ def enqueue_merge(
     """Launch the merge: x [B, N, C] -> x_out [B, N - r, C], the weighted mean of each group of tokens with
     one dest (int64 [B, N]), weights from info / size [B, N] and ``pooling``; size_out [B, N - r] = the
     groups' summed sizes (not written when ``size_out`` is 0). Same dtype for all but dest."""
-    mod = load_module(SOURCE)
     vector = 4 if dtype == "float32" else 8  # 16-byte vectors
     align = 16
     vec = d.channels % vector == 0 and x % align == 0 and x_out % align == 0
-    sms = mod.device.multiprocessors if isinstance(mod, LoadedModule) else 0
-    spw = merge_slots_per_warp(d, sms)
     launch(
-        mod,
+        load_module(SOURCE),
         f"vitrt_tf_merge_{kernel_suffix(dtype, PLUGIN_NAME)}",
-        (-(-d.n_out // (_WARPS * spw)), d.batch, 1),
+        (-(-d.n_out // _WARPS), d.batch, 1),
         (_THREADS, 1, 1),
         [ptr(x), ptr(info), ptr(size), ptr(dest), ptr(x_out), ptr(size_out), i32(d.tokens), i32(d.n_out),
-         i32(d.channels), i32(pooling), i32(vec), i32(spw)],
+         i32(d.channels), i32(pooling), i32(vec)],
         stream,
-        shared_mem=8 * d.tokens,
+        shared_mem=12 * d.tokens,
     )  # fmt: skip
-
-
-def merge_slots_per_warp(d: FusionDims, multiprocessors: int) -> int:
-    """Output slots each warp of the merge takes: the most of 4, 2, 1 that still gives at least two blocks
-    per SM (more slots per block amortise its prologue; fewer keep small batches spread over the GPU)."""
-    for spw in (4, 2):
-        if d.batch * -(-d.n_out // (_WARPS * spw)) >= 2 * multiprocessors:
-            return spw
-    return 1
 
 
 def info_shared_bytes(tokens: int) -> int:

@@ -13,7 +13,7 @@
 //                                                     a fused block's attention output (one-step-ahead).
 //      (r = 0: vitrt_tf_match writes dest = arange and vitrt_tf_copy_<dt> copies x and size instead)
 //
-// And, for a fused block rather than the op: vitrt_tf_attention_info_<dt> grid (N/64, H, B), the attention
+// And, for a fused block rather than the op: vitrt_tf_attention_info_<dt> grid (N/16, H, B), the attention
 // each key receives, from the block's q k^T, without writing the probabilities.
 //
 // <dt> is f32 or f16 (the dtype of x, metric, info, size and of the outputs; float16 travels as raw bits).
@@ -249,13 +249,15 @@ __device__ void scores_tile(const T* __restrict__ metric, const T* __restrict__ 
 }
 
 // Output slot s of merge_by_dest, by one warp: x_out[s] = sum_i(x_i * w_i) / max(sum_i w_i, 1e-12) over
-// the slot's members i (dst[i] == s) in increasing index order, found by ballots over the block's copy
-// of dest; size_out[s] = sum_i size_i (skipped when size_out is null). Each lane accumulates P vectors of
-// V channels per sweep over the members.
+// the slot's members i (dst[i] == s) in increasing index order; size_out[s] = sum_i size_i (skipped when
+// size_out is null). Members are found by ballots over the block's copy of dest and taken MAXM at a
+// time: their rows' loads are all issued before the first is used, so a slot costs about one global
+// round trip, not one per member. Each lane accumulates P vectors of V channels per sweep.
 template <typename T, int V, int P>
-__device__ void merge_slot(const T* __restrict__ x, const T* __restrict__ sb, const float* __restrict__ w,
+__device__ void merge_slot(const T* __restrict__ x, const float* __restrict__ w, const float* __restrict__ sz,
                            const int* __restrict__ dst, T* __restrict__ x_out, T* __restrict__ size_out, int N,
                            int N_out, int C, int s) {
+  constexpr int MAXM = P * V >= 16 ? 2 : 4;  // at most 32 floats of loaded rows per lane
   const int b = blockIdx.y, lane = threadIdx.x & 31;
   float den = 0.0f, total = 0.0f;
   for (int n0 = 0; n0 < N; n0 += 32) {
@@ -264,7 +266,7 @@ __device__ void merge_slot(const T* __restrict__ x, const T* __restrict__ sb, co
       const int i = n0 + __ffs(bits) - 1;
       bits &= bits - 1u;
       den = __fadd_rn(den, w[i]);
-      total = __fadd_rn(total, to_float(sb[i]));
+      total = __fadd_rn(total, sz[i]);
     }
   }
   den = fmaxf(den, 1e-12f);
@@ -278,24 +280,44 @@ __device__ void merge_slot(const T* __restrict__ x, const T* __restrict__ sb, co
     for (int p = 0; p < P; ++p)
 #pragma unroll
       for (int u = 0; u < V; ++u) acc[p][u] = 0.0f;
-    for (int n0 = 0; n0 < N; n0 += 32) {
-      unsigned bits = __ballot_sync(kFullMask, n0 + lane < N && dst[n0 + lane] == s);
-      while (bits != 0u) {
-        const int i = n0 + __ffs(bits) - 1;
+    int n0 = 0;
+    unsigned bits = 0u;
+    for (;;) {
+      // The next MAXM members in index order (fewer at the end).
+      int mem[MAXM], count = 0;
+      while (count < MAXM) {
+        while (bits == 0u && n0 < N) {
+          bits = __ballot_sync(kFullMask, n0 + lane < N && dst[n0 + lane] == s);
+          if (bits == 0u) n0 += 32;
+        }
+        if (bits == 0u) break;
+        mem[count++] = n0 + __ffs(bits) - 1;
         bits &= bits - 1u;
-        const float wi = w[i];
-        const T* row = xb + (int64)i * C;
+        if (bits == 0u) n0 += 32;
+      }
+      if (count == 0) break;
+      float xv[MAXM][P][V];
+#pragma unroll
+      for (int m = 0; m < MAXM; ++m) {
+        if (m >= count) continue;
+        const T* row = xb + (int64)mem[m] * C;
 #pragma unroll
         for (int p = 0; p < P; ++p) {
           const int c = c0 + (p * 32 + lane) * V;
-          if (c >= C) continue;
-          float xv[V];
-          load_vec<T, V>(row + c, xv);
-          // x * w rounded, then added: the reference's (x * w) followed by scatter_add (no fma).
-#pragma unroll
-          for (int u = 0; u < V; ++u) acc[p][u] = __fadd_rn(acc[p][u], __fmul_rn(xv[u], wi));
+          if (c < C) load_vec<T, V>(row + c, xv[m][p]);
         }
       }
+#pragma unroll
+      for (int m = 0; m < MAXM; ++m) {
+        if (m >= count) continue;
+        const float wi = w[mem[m]];
+#pragma unroll
+        for (int p = 0; p < P; ++p)
+          // x * w rounded, then added: the reference's (x * w) followed by scatter_add (no fma).
+#pragma unroll
+          for (int u = 0; u < V; ++u) acc[p][u] = __fadd_rn(acc[p][u], __fmul_rn(xv[m][p][u], wi));
+      }
+      if (count < MAXM) break;
     }
 #pragma unroll
     for (int p = 0; p < P; ++p) {
@@ -308,35 +330,33 @@ __device__ void merge_slot(const T* __restrict__ x, const T* __restrict__ sb, co
   }
 }
 
-// The merge: block (x, b) loads batch element b's dest and pooling weights w (spec.Pooling: 1 = ATTN_SIZE,
-// info * size / max size; 0 = SIZE; 3 = MEAN) into shared memory, then each warp merges `spw`
-// consecutive output slots (merge_slot), so that large batches amortise this prologue over more slots.
-// Dynamic shared memory: 8 N bytes.
+// The merge: block (x, b) loads batch element b's dest, sizes and pooling weights w (spec.Pooling: 1 =
+// ATTN_SIZE, info * size / max size; 0 = SIZE; 3 = MEAN) into shared memory in one round of loads, then
+// each warp merges one output slot (merge_slot). Dynamic shared memory: 12 N bytes.
 template <typename T, int V, int P>
 __device__ void merge_by_dest(const T* __restrict__ x, const T* __restrict__ info, const T* __restrict__ size,
                               const int64* __restrict__ dest, T* __restrict__ x_out, T* __restrict__ size_out,
-                              int N, int N_out, int C, int pooling, int spw) {
+                              int N, int N_out, int C, int pooling) {
   VITRT_DYNAMIC_SHARED(float, smem);
   __shared__ float scratch[32];
-  float* w = smem;                            // [N] pooling weights
-  int* dst = reinterpret_cast<int*>(w + N);  // [N] dest of this batch element
+  float* w = smem;                             // [N] pooling weights (info, until the max size is known)
+  float* sz = w + N;                           // [N] sizes
+  int* dst = reinterpret_cast<int*>(sz + N);  // [N] dest of this batch element
   const int b = blockIdx.y, tid = threadIdx.x;
   const int warp = tid >> 5, warps = blockDim.x >> 5;
-  const T* sb = size + (int64)b * N;
   float mx = neg_inf();
   for (int n = tid; n < N; n += blockDim.x) {
-    mx = fmaxf(mx, to_float(sb[n]));
+    const float sv = to_float(size[(int64)b * N + n]);
+    sz[n] = sv;
+    w[n] = pooling == 1 ? to_float(info[(int64)b * N + n]) : 1.0f;
     dst[n] = (int)dest[(int64)b * N + n];
+    mx = fmaxf(mx, sv);
   }
-  mx = block_max(mx, scratch);
-  for (int n = tid; n < N; n += blockDim.x) {
-    const float sv = to_float(sb[n]);
-    w[n] = pooling == 1 ? to_float(info[(int64)b * N + n]) * (sv / mx) : (pooling == 0 ? sv : 1.0f);
-  }
+  mx = block_max(mx, scratch);  // its barrier also publishes sz, w, dst
+  for (int n = tid; n < N; n += blockDim.x) w[n] = pooling == 1 ? w[n] * (sz[n] / mx) : (pooling == 0 ? sz[n] : 1.0f);
   __syncthreads();
-  const int s0 = (blockIdx.x * warps + warp) * spw;
-  for (int s = s0; s < min(s0 + spw, N_out); ++s)
-    merge_slot<T, V, P>(x, sb, w, dst, x_out, size_out, N, N_out, C, s);
+  const int s = blockIdx.x * warps + warp;
+  if (s < N_out) merge_slot<T, V, P>(x, w, sz, dst, x_out, size_out, N, N_out, C, s);
 }
 
 // Attention each key receives, summed over a chunk of query rows (a fused block's `info`, see
@@ -541,23 +561,22 @@ extern "C" __global__ void __launch_bounds__(256)
 }
 
 // vec: 1 when C and the x / x_out addresses allow V-wide vectors (f32: 4 floats, f16: 8 halves = 16
-// bytes), else 0 (one element per lane); spw: output slots per warp.
+// bytes), else 0 (one element per lane).
 extern "C" __global__ void __launch_bounds__(256)
     vitrt_tf_merge_f32(const float* x, const float* info, const float* size, const int64* dest, float* x_out,
-                       float* size_out, int N, int N_out, int C, int pooling, int vec, int spw) {
+                       float* size_out, int N, int N_out, int C, int pooling, int vec) {
   if (vec)
-    merge_by_dest<float, 4, 2>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling, spw);
+    merge_by_dest<float, 4, 2>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling);
   else
-    merge_by_dest<float, 1, 4>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling, spw);
+    merge_by_dest<float, 1, 4>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling);
 }
 extern "C" __global__ void __launch_bounds__(256)
     vitrt_tf_merge_f16(const half_bits* x, const half_bits* info, const half_bits* size, const int64* dest,
-                       half_bits* x_out, half_bits* size_out, int N, int N_out, int C, int pooling, int vec,
-                       int spw) {
+                       half_bits* x_out, half_bits* size_out, int N, int N_out, int C, int pooling, int vec) {
   if (vec)
-    merge_by_dest<half_bits, 8, 2>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling, spw);
+    merge_by_dest<half_bits, 8, 2>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling);
   else
-    merge_by_dest<half_bits, 1, 4>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling, spw);
+    merge_by_dest<half_bits, 1, 4>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling);
 }
 
 extern "C" __global__ void __launch_bounds__(256)

@@ -1,0 +1,126 @@
+"""vitrt's PyTorch models as runners, on the CPU or a CUDA GPU, float32 or float16, optionally replayed
+as a CUDA graph: the fast path where TensorRT is not installed (a Jetson with PyTorch alone, a
+workstation). On CUDA tensors the models' plugin ops dispatch to vitrt's kernels
+(``torch.ops.vitrt.token_fusion``, ``scatterbrain_attention``) and dense attention runs as
+``scaled_dot_product_attention``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from vitrt.errors import VitrtError
+
+from .runners import Feed
+
+
+def resolve_device(device: str) -> torch.device:
+    """``device`` ("cpu", "cuda", "cuda:1") as a torch.device; VitrtError naming the fix where CUDA is
+    asked for and torch has none."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise VitrtError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise VitrtError(
+            f"device {device!r} asked for, but torch.cuda.is_available() is False here (no NVIDIA GPU, or "
+            f"a CPU build of torch {torch.__version__}). Fix: --device cpu, or install a CUDA build of torch"
+        )
+    if dev.type not in ("cpu", "cuda"):
+        raise VitrtError(f"device {device!r}: vitrt runs PyTorch models on cpu or cuda")
+    return dev
+
+
+class TorchModelRunner:
+    """A PyTorch model (images [B, 3, S, S] -> logits [B, classes]) in eval mode without autograd.
+
+    device: "cpu" or "cuda[:N]"; half: float16 weights and inputs (else float32); cuda_graph: capture
+    the model once per input shape and replay it (CUDA only; the first call per shape warms up and
+    captures). ``forward`` keeps everything on the device and never synchronises; ``infer`` is the
+    numpy face of the runner interface (``vitrt.deploy.runners.Runner``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        device: str = "cpu",
+        half: bool = False,
+        cuda_graph: bool = False,
+        name: str | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        if cuda_graph and self.device.type != "cuda":
+            raise VitrtError(
+                "CUDA graphs need a GPU: use --device cuda with --cuda-graph, or drop --cuda-graph"
+            )
+        self.dtype = torch.float16 if half else torch.float32
+        self.cuda_graph = cuda_graph
+        self.model = model.eval().to(self.device, self.dtype)
+        self._graphs: dict[tuple[int, ...], tuple[Any, Tensor, Tensor]] = {}
+        precision = "fp16" if half else "fp32"
+        self.name = name or f"torch-{self.device.type}-{precision}{'-graph' if cuda_graph else ''}"
+
+    @classmethod
+    def from_name(
+        cls,
+        model_name: str,
+        *,
+        checkpoint: str | None = None,
+        fusion: Any = None,
+        attention: Any = None,
+        img_size: int = 224,
+        num_classes: int = 1000,
+        **options: Any,
+    ) -> TorchModelRunner:
+        """A runner for ``vitrt.create_model(model_name, ...)`` with ``checkpoint``'s weights loaded
+        (fresh weights without one); ``options`` go to ``__init__``."""
+        from vitrt import create_model, load_checkpoint
+
+        model = create_model(
+            model_name, num_classes=num_classes, img_size=img_size, fusion=fusion, attention=attention
+        )
+        if checkpoint is not None:
+            load_checkpoint(model, checkpoint)
+        return cls(model, **options)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """images [B, 3, S, S] (any device and float dtype) -> logits on the runner's device and dtype.
+        With CUDA graphs the result is the graph's output buffer, overwritten by the next call of the
+        same shape: copy it to keep it."""
+        x = images.to(self.device, self.dtype, non_blocking=True)
+        with torch.inference_mode():
+            if not self.cuda_graph:
+                out: Tensor = self.model(x)
+                return out
+            graph, static_in, static_out = self._graph_for(x)
+            static_in.copy_(x)
+            graph.replay()
+            return static_out
+
+    def _graph_for(self, x: Tensor) -> tuple[Any, Tensor, Tensor]:
+        key = tuple(x.shape)
+        if key not in self._graphs:
+            static_in = x.clone()
+            # Warm-up on a side stream: module loads, kernel attributes and library handles are set up
+            # outside the capture, as CUDA graphs require.
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self.model(static_in)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self.model(static_in)
+            self._graphs[key] = (graph, static_in, static_out)
+        return self._graphs[key]
+
+    def infer(self, feed: Feed) -> dict[str, np.ndarray]:
+        """{"images": float array [B, 3, S, S]} -> {"logits": float32 array [B, classes]}."""
+        out = self.forward(torch.from_numpy(np.ascontiguousarray(feed["images"])))
+        return {"logits": out.float().cpu().numpy()}
