@@ -130,6 +130,52 @@ __device__ int block_exclusive_scan(int* data, int n, int* scratch) {
   return carry;
 }
 
+// ---- tensor cores: D += A B for one warp, m16n8k16, float16 inputs, float32 accumulation ---------------
+// Fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type"), with g = lane / 4
+// and t = lane % 4; every register holds two float16 with the lower column / row index in its low half:
+//   a[0] = A[g][2t, 2t+1]      a[1] = A[g+8][2t, 2t+1]     a[2] = A[g][2t+8, 2t+9]   a[3] = A[g+8][2t+8, 2t+9]
+//   b[0] = B[2t, 2t+1][g]      b[1] = B[2t+8, 2t+9][g]     (B is K x N: column g of B, two rows)
+//   d[0] = D[g][2t]  d[1] = D[g][2t+1]  d[2] = D[g+8][2t]  d[3] = D[g+8][2t+1]
+// The products are exact in float32; the order of the additions is the hardware's. The CPU emulator
+// computes the same products from the same fragments, gathered from the other lanes by shuffles.
+__device__ __forceinline__ void mma_16816(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+#ifdef VITRT_CPU_EMULATION
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  auto dot2 = [](unsigned x, unsigned y) {
+    return to_float((half_bits)(x & 0xffffu)) * to_float((half_bits)(y & 0xffffu)) +
+           to_float((half_bits)(x >> 16)) * to_float((half_bits)(y >> 16));
+  };
+  for (int k = 0; k < 4; ++k) {  // k: the lane of the quad that holds columns 2k, 2k+1, 2k+8, 2k+9
+    const unsigned a0 = __shfl_sync(kFullMask, a[0], 4 * g + k), a1 = __shfl_sync(kFullMask, a[1], 4 * g + k);
+    const unsigned a2 = __shfl_sync(kFullMask, a[2], 4 * g + k), a3 = __shfl_sync(kFullMask, a[3], 4 * g + k);
+    const unsigned be0 = __shfl_sync(kFullMask, b[0], 8 * t + k), be1 = __shfl_sync(kFullMask, b[1], 8 * t + k);
+    const unsigned bo0 = __shfl_sync(kFullMask, b[0], 8 * t + 4 + k);
+    const unsigned bo1 = __shfl_sync(kFullMask, b[1], 8 * t + 4 + k);
+    d[0] += dot2(a0, be0) + dot2(a2, be1);
+    d[1] += dot2(a0, bo0) + dot2(a2, bo1);
+    d[2] += dot2(a1, be0) + dot2(a3, be1);
+    d[3] += dot2(a1, bo0) + dot2(a3, bo1);
+  }
+#else
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// 2^x by the SFU (ex2.approx: a relative error near 2^-22, no denormals); exp2f on the CPU emulator.
+__device__ __forceinline__ float fast_exp2(float x) {
+#ifdef VITRT_CPU_EMULATION
+  return exp2f(x);
+#else
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#endif
+}
+
 // Monotone map of a float32 onto uint32 (a < b  <=>  key(a) < key(b)), with -0.0 folded onto +0.0
 // so that equal values get equal keys (the stable sorts then order them by index, as torch does).
 __device__ __forceinline__ unsigned order_key(float x) {

@@ -42,13 +42,18 @@ if TYPE_CHECKING:
 
 SOURCE = "token_fusion"
 """The .cu source (``plugins/token_fusion/token_fusion.cu``) whose fatbin holds the kernels."""
+INFO_COLUMNS_PER_LANE = (8, 24)
+"""Register columns per lane of the attention_info kernels: N <= 32 x this (256 or 768 tokens)."""
 SCORE_TILES = (64, 32)
-"""Side of the score kernel's output tile: 64, or 32 where 64-tiles would not fill the GPU."""
+"""Side of the CUDA-core score kernel's output tile: 64, or 32 where 64-tiles would not fill the GPU."""
+MMA_TILE = 32
+"""Side of the tensor-core score kernel's tile (float16 metrics with Cm % 8 == 0)."""
 KERNELS = (
     *(f"vitrt_tf_scores{tile}_{sfx}" for tile in SCORE_TILES for sfx in KERNEL_SUFFIX.values()),
+    "vitrt_tf_scores_mma_f16",
     *(
         f"vitrt_tf_{stage}_{sfx}"
-        for stage in ("merge", "copy", "attention_info")
+        for stage in ("merge", "copy", *(f"attention_info{vpl}" for vpl in INFO_COLUMNS_PER_LANE))
         for sfx in KERNEL_SUFFIX.values()
     ),
     "vitrt_tf_match",
@@ -56,7 +61,8 @@ KERNELS = (
 """Every kernel this module launches (the build test checks each is in the fatbin)."""
 _THREADS = 256
 _WARPS = _THREADS // 32
-_INFO_ROWS = 16  # attention_info: query rows per block (two per warp: short dependent chains)
+_MATCH_THREADS = 512  # one block per batch element: as many warps as the O(N^2) steps can use
+_INFO_ROWS = 64  # attention_info: query rows per block (eight per warp, the next row's loads in flight)
 _COPY_BLOCKS = 1024  # identity copy: grid-stride loops beyond this many blocks
 MATCH_SHARED_LIMIT = 96 * 1024
 """Largest dynamic shared memory the match kernel asks for (the smallest target, sm_120, allows 99 KiB):
@@ -137,17 +143,30 @@ def enqueue_scores(
     tile: int | None = None,
 ) -> None:
     """Launch the score kernel: metric [B, N, Cm], info / size [B, N] of ``dtype`` -> float32 scores
-    [B, Na, Nb] at device address ``scores``. ``tile``: 64 or 32 (default: ``score_tile`` for this GPU)."""
+    [B, Na, Nb] at device address ``scores``. Tensor cores (``vitrt_tf_scores_mma_f16``) for float16 with
+    Cm % 8 == 0 and 16-byte aligned rows, unless ``tile`` (64 or 32) names a CUDA-core kernel; the CUDA-core
+    tile defaults to ``score_tile`` for this GPU."""
     mod = load_module(SOURCE)
     sfx = kernel_suffix(dtype, PLUGIN_NAME)
+    n, cm = d.tokens, d.metric_channels
+    na, nb = set_sizes(n)
+    if tile is None and dtype == "float16" and cm % 8 == 0 and metric % 16 == 0:
+        launch(
+            mod,
+            "vitrt_tf_scores_mma_f16",
+            (-(-nb // MMA_TILE), -(-na // MMA_TILE), d.batch),
+            (128, 1, 1),
+            [ptr(metric), ptr(info), ptr(size), ptr(scores), i32(n), i32(cm), f32(_exponent(attrs.tau_sim)),
+             f32(_exponent(attrs.tau_info)), f32(_exponent(attrs.tau_size)), i32(attrs.num_protected)],
+            stream,
+        )  # fmt: skip
+        return
     if tile is None:
         sms = mod.device.multiprocessors if isinstance(mod, LoadedModule) else 0
         tile = score_tile(d, sms)
     if tile not in SCORE_TILES:
         raise ValueError(f"score tile must be one of {SCORE_TILES}, got {tile}")
-    n, cm = d.tokens, d.metric_channels
     vec4 = cm % 4 == 0 and metric % (4 * _itemsize(dtype)) == 0
-    na, nb = set_sizes(n)
     launch(
         mod,
         f"vitrt_tf_scores{tile}_{sfx}",
@@ -165,7 +184,7 @@ def enqueue_match(scores: int, dest: int, d: FusionDims, bidirectional: int, str
         load_module(SOURCE),
         "vitrt_tf_match",
         (d.batch, 1, 1),
-        (_THREADS, 1, 1),
+        (_MATCH_THREADS, 1, 1),
         [
             ptr(scores),
             ptr(dest),
@@ -209,9 +228,9 @@ def enqueue_merge(
     )  # fmt: skip
 
 
-def info_shared_bytes(tokens: int) -> int:
-    """Dynamic shared memory of ``vitrt_tf_attention_info`` for N tokens: (1 + 2 x 8 warps) N floats."""
-    return 4 * (1 + 2 * _WARPS) * tokens
+def info_kernel(tokens: int) -> int | None:
+    """Columns per lane of the attention_info kernel for N tokens, or None when N exceeds them all."""
+    return next((vpl for vpl in INFO_COLUMNS_PER_LANE if tokens <= 32 * vpl), None)
 
 
 def enqueue_attention_info(
@@ -228,15 +247,20 @@ def enqueue_attention_info(
     """Launch ``vitrt_tf_attention_info``: logits [B, H, N, N] (q k^T, unscaled) and size [B, N] (0: no
     proportional attention) of ``dtype`` -> float32 colsum [B, H, chunks, N], each chunk's query rows'
     softmax probabilities summed per key; returns the number of chunks."""
+    vpl = info_kernel(tokens)
+    if vpl is None:
+        raise ValueError(
+            f"attention_info supports up to {32 * INFO_COLUMNS_PER_LANE[-1]} tokens, got {tokens}"
+        )
     chunks = -(-tokens // _INFO_ROWS)
     launch(
         load_module(SOURCE),
-        f"vitrt_tf_attention_info_{kernel_suffix(dtype, PLUGIN_NAME)}",
+        f"vitrt_tf_attention_info{vpl}_{kernel_suffix(dtype, PLUGIN_NAME)}",
         (chunks, heads, batch),
         (_THREADS, 1, 1),
         [ptr(logits), ptr(size), ptr(colsum), i32(tokens), i32(heads), i32(_INFO_ROWS), f32(scale)],
         stream,
-        shared_mem=info_shared_bytes(tokens),
+        shared_mem=4 * _WARPS * tokens,
     )  # fmt: skip
     return chunks
 

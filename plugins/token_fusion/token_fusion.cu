@@ -42,6 +42,22 @@ __device__ __forceinline__ float pow_like_torch(float x, float e) {
   return powf(x, e);
 }
 
+// The MCTF score of one pair from its dot product and the pair's factors: W_sim * W_info * W_size (a 0
+// exponent disables its factor); protected tokens are never merged away nor merged into: the most
+// negative finite float32.
+__device__ __forceinline__ float score_of(float dot, float rn_a, float rn_b, float fi_a, float fi_b, float fs_a,
+                                          float fs_b, float e_sim, float e_info, float e_size, bool is_protected) {
+  float s = 1.0f;
+  if (e_sim > 0.0f) {
+    const float cosine = dot * rn_a * rn_b;
+    // clamp: rounding can push a cosine just below -1 (negative base ** (1/tau) is NaN)
+    s = pow_like_torch(fmaxf((cosine + 1.0f) * 0.5f, 0.0f), e_sim);
+  }
+  if (e_info > 0.0f) s *= pow_like_torch(fi_a * fi_b, e_info);
+  if (e_size > 0.0f) s *= pow_like_torch(fs_a * fs_b, e_size);
+  return is_protected ? -kFloatMax : s;
+}
+
 // ---- vector loads and stores of V consecutive elements as float32 ---------------------------------------
 // V = 1 (any alignment), 4 (float: 16 bytes; half: 8 bytes) or 8 (half: 16 bytes). The caller guarantees
 // the alignment: the launcher picks V from the row width and the base addresses.
@@ -233,19 +249,126 @@ __device__ void scores_tile(const T* __restrict__ metric, const T* __restrict__ 
     for (int j = 0; j < R; ++j) {
       const int rb = tx * R + j, jj = j0 + rb;
       if (jj >= Nb) continue;
-      float s = 1.0f;
-      if (e_sim > 0.0f) {
-        const float cosine = acc[i][j] * rn[0][ra] * rn[1][rb];
-        // clamp: rounding can push a cosine just below -1 (negative base ** (1/tau) is NaN)
-        s = pow_like_torch(fmaxf((cosine + 1.0f) * 0.5f, 0.0f), e_sim);
-      }
-      if (e_info > 0.0f) s *= pow_like_torch(fi[0][ra] * fi[1][rb], e_info);
-      if (e_size > 0.0f) s *= pow_like_torch(fs[0][ra] * fs[1][rb], e_size);
-      // Protected tokens are never merged away nor merged into: the most negative finite float32.
-      if (2 * a < num_protected || 2 * jj + 1 < num_protected) s = -kFloatMax;
-      out[(int64)a * Nb + jj] = s;
+      out[(int64)a * Nb + jj] = score_of(acc[i][j], rn[0][ra], rn[1][rb], fi[0][ra], fi[1][rb], fs[0][ra],
+                                         fs[1][rb], e_sim, e_info, e_size,
+                                         2 * a < num_protected || 2 * jj + 1 < num_protected);
     }
   }
+}
+
+// The score tile on tensor cores, for float16 metrics (Cm % 8 == 0, 16-byte aligned rows): 128 threads, a
+// 32 x 32 tile; warp w computes rows (w / 2) * 16 .. + 15 and columns (w % 2) * 16 .. + 15 of it as two
+// m16n8k16 products per 16 channels (float32 accumulation; mma_16816). Rows stream through shared memory
+// 128 channels at a time as 16-byte vectors (the next step's vectors requested before the current
+// step's products), the loaders summing the squares for the norms; the epilogue is scores_tile's.
+constexpr int kMmaTile = 32, kMmaK = 128, kMmaLd = kMmaK + 8;  // +8 halves: conflict-free fragments
+__device__ void scores_tile_mma(const half_bits* __restrict__ metric, const half_bits* __restrict__ info,
+                                const half_bits* __restrict__ size, float* __restrict__ scores, int N, int Cm,
+                                float e_sim, float e_info, float e_size, int num_protected) {
+  __shared__ __align__(16) half_bits As[kMmaTile][kMmaLd];
+  __shared__ __align__(16) half_bits Bs[kMmaTile][kMmaLd];
+  __shared__ float rn[2][kMmaTile], fi[2][kMmaTile], fs[2][kMmaTile];
+  __shared__ float scratch[32];
+  const int Na = (N + 1) / 2, Nb = N / 2;
+  const int b = blockIdx.z, a0 = blockIdx.y * kMmaTile, j0 = blockIdx.x * kMmaTile;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+  const half_bits* mb = metric + (int64)b * N * Cm;
+  const half_bits* ib = info + (int64)b * N;
+  const half_bits* sb = size + (int64)b * N;
+
+  // Loader role: vector v = tid + 128 i (i < 4) of a step is row v / 16, channels (v % 16) * 8 .. + 7 of
+  // both sides; the 16 loaders of a row are 16 adjacent lanes.
+  const int lrow = tid / 16, lcol = (tid % 16) * 8;
+  float ssa[4] = {0.0f, 0.0f, 0.0f, 0.0f}, ssb[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  uint4 va[4], vb[4];
+  auto load_step = [&](int c0) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int row = lrow + 8 * i, c = c0 + lcol;
+      const bool a_ok = a0 + row < Na && c < Cm, b_ok = j0 + row < Nb && c < Cm;
+      const uint4 zero = {0u, 0u, 0u, 0u};
+      va[i] = a_ok ? *reinterpret_cast<const uint4*>(mb + (int64)(2 * (a0 + row)) * Cm + c) : zero;
+      vb[i] = b_ok ? *reinterpret_cast<const uint4*>(mb + (int64)(2 * (j0 + row) + 1) * Cm + c) : zero;
+    }
+  };
+  load_step(0);
+  float mi = neg_inf(), ms = neg_inf();  // batch maxima of 1/info, 1/size, while the first loads fly
+  for (int n = tid; n < N; n += blockDim.x) {
+    if (e_info > 0.0f) mi = fmaxf(mi, 1.0f / fmaxf(to_float(ib[n]), 1e-12f));
+    if (e_size > 0.0f) ms = fmaxf(ms, 1.0f / to_float(sb[n]));
+  }
+  mi = block_max(mi, scratch);
+  ms = block_max(ms, scratch);
+
+  const int wm = (warp >> 1) * 16, wn = (warp & 1) * 16;
+  float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+  for (int c0 = 0; c0 < Cm; c0 += kMmaK) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const unsigned wa[4] = {va[i].x, va[i].y, va[i].z, va[i].w}, wb[4] = {vb[i].x, vb[i].y, vb[i].z, vb[i].w};
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        float lo[2], hi[2];
+        unpack_half2(wa[u], lo);
+        unpack_half2(wb[u], hi);
+        ssa[i] = fmaf(lo[0], lo[0], fmaf(lo[1], lo[1], ssa[i]));
+        ssb[i] = fmaf(hi[0], hi[0], fmaf(hi[1], hi[1], ssb[i]));
+      }
+      *reinterpret_cast<uint4*>(&As[lrow + 8 * i][lcol]) = va[i];
+      *reinterpret_cast<uint4*>(&Bs[lrow + 8 * i][lcol]) = vb[i];
+    }
+    __syncthreads();
+    if (c0 + kMmaK < Cm) load_step(c0 + kMmaK);
+#pragma unroll
+    for (int k0 = 0; k0 < kMmaK; k0 += 16) {
+      unsigned fa[4], fb[2][2];
+      fa[0] = *reinterpret_cast<const unsigned*>(&As[wm + g][k0 + 2 * t]);
+      fa[1] = *reinterpret_cast<const unsigned*>(&As[wm + g + 8][k0 + 2 * t]);
+      fa[2] = *reinterpret_cast<const unsigned*>(&As[wm + g][k0 + 2 * t + 8]);
+      fa[3] = *reinterpret_cast<const unsigned*>(&As[wm + g + 8][k0 + 2 * t + 8]);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        fb[j][0] = *reinterpret_cast<const unsigned*>(&Bs[wn + 8 * j + g][k0 + 2 * t]);
+        fb[j][1] = *reinterpret_cast<const unsigned*>(&Bs[wn + 8 * j + g][k0 + 2 * t + 8]);
+        mma_16816(acc[j], fa, fb[j]);
+      }
+    }
+    __syncthreads();
+  }
+
+  // Row norms: the 16 loaders of a row are adjacent lanes.
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+#pragma unroll
+    for (int o = 1; o < 16; o <<= 1) {
+      ssa[i] += __shfl_xor_sync(kFullMask, ssa[i], o);
+      ssb[i] += __shfl_xor_sync(kFullMask, ssb[i], o);
+    }
+    if (tid % 16 == 0) {
+      rn[0][lrow + 8 * i] = 1.0f / fmaxf(sqrtf(ssa[i]), 1e-12f);
+      rn[1][lrow + 8 * i] = 1.0f / fmaxf(sqrtf(ssb[i]), 1e-12f);
+    }
+  }
+  for (int q = tid; q < 2 * kMmaTile; q += blockDim.x) {
+    const int side = q / kMmaTile, row = q % kMmaTile;
+    const int tok = side == 0 ? 2 * (a0 + row) : 2 * (j0 + row) + 1;
+    const bool ok = side == 0 ? a0 + row < Na : j0 + row < Nb;
+    fi[side][row] = ok && e_info > 0.0f ? (1.0f / fmaxf(to_float(ib[tok]), 1e-12f)) / mi : 1.0f;
+    fs[side][row] = ok && e_size > 0.0f ? (1.0f / to_float(sb[tok])) / ms : 1.0f;
+  }
+  __syncthreads();
+
+  float* out = scores + (int64)b * Na * Nb;
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int ra = wm + g + (q >> 1) * 8, rb = wn + 8 * j + 2 * t + (q & 1);
+      const int a = a0 + ra, jj = j0 + rb;
+      if (a >= Na || jj >= Nb) continue;
+      out[(int64)a * Nb + jj] = score_of(acc[j][q], rn[0][ra], rn[1][rb], fi[0][ra], fi[1][rb], fs[0][ra],
+                                         fs[1][rb], e_sim, e_info, e_size, 2 * a < num_protected || 2 * jj + 1 < num_protected);
+    }
 }
 
 // Output slot s of merge_by_dest, by one warp: x_out[s] = sum_i(x_i * w_i) / max(sum_i w_i, 1e-12) over
@@ -362,50 +485,87 @@ __device__ void merge_by_dest(const T* __restrict__ x, const T* __restrict__ inf
 // Attention each key receives, summed over a chunk of query rows (a fused block's `info`, see
 // reference.attention_info): logits [B, H, N, N] are q k^T (unscaled, dtype T); bias_j = log(size_j)
 // when size is given (proportional attention), else 0. For rows i of the chunk: p_ij =
-// softmax_j(scale * logits_ij + bias_j); colsum[b, h, chunk, j] = sum_i p_ij (float32). A warp takes one
-// row at a time (the row's values kept in shared memory between the max, the sum and the accumulation),
-// each warp sums its rows in order, then the warps' sums are added in warp order: deterministic.
-// Grid (chunks, H, B), 256 threads; dynamic shared memory: (1 + 2 * 8) N floats.
-template <typename T>
+// softmax_j(scale * logits_ij + bias_j); colsum[b, h, chunk, j] = sum_i p_ij (float32).
+// Lane l of a warp owns columns l, l + 32, ... (VPL of them: N <= 32 VPL), keeping a row's values, the
+// bias and its column sums in registers; a warp takes one row at a time, the next row's values requested
+// before the current one's reductions. Each warp sums its rows in order and the warps' sums are added in
+// warp order: deterministic. The exponentials are base 2 on the SFU with log2(e) folded into the scale
+// (`info` feeds temperatures of 20 and 40: 2^-22 relative error is far below what matters).
+// Grid (chunks, H, B), 256 threads; dynamic shared memory: 8 N floats.
+template <typename T, int VPL>
 __device__ void attention_info(const T* __restrict__ logits, const T* __restrict__ size, float* __restrict__ colsum,
                                int N, int H, int rows, float scale) {
   VITRT_DYNAMIC_SHARED(float, smem);
+  constexpr float kLog2e = 1.4426950408889634f;
   const int chunk = blockIdx.x, h = blockIdx.y, b = blockIdx.z, tid = threadIdx.x;
   const int lane = tid & 31, warp = tid >> 5, warps = blockDim.x >> 5;
-  float* bias = smem;                      // [N]
-  float* acc = bias + N;                   // [warps][N] this warp's column sums
-  float* buf = acc + warps * N;            // [warps][N] the warp's current row
-  for (int j = tid; j < N; j += blockDim.x) bias[j] = size != nullptr ? logf(to_float(size[(int64)b * N + j])) : 0.0f;
-  for (int j = tid; j < warps * N; j += blockDim.x) acc[j] = 0.0f;
-  __syncthreads();
+  const float s2 = scale * kLog2e;
+  float bias[VPL], acc[VPL], cur[VPL], nxt[VPL];
+#pragma unroll
+  for (int u = 0; u < VPL; ++u) {
+    const int j = lane + 32 * u;
+    bias[u] = j < N && size != nullptr ? log2f(to_float(size[(int64)b * N + j])) : 0.0f;
+    acc[u] = 0.0f;
+  }
   const T* L = logits + (int64)(b * H + h) * N * N;
-  float* wacc = acc + warp * N;
-  float* row = buf + warp * N;
   const int r1 = min(N, (chunk + 1) * rows);
-  for (int i = chunk * rows + warp; i < r1; i += warps) {
+  auto load_row = [&](int i, float (&v)[VPL]) {
+#pragma unroll
+    for (int u = 0; u < VPL; ++u) {
+      const int j = lane + 32 * u;
+      v[u] = i < r1 && j < N ? to_float(L[(int64)i * N + j]) : 0.0f;
+    }
+  };
+  int i = chunk * rows + warp;
+  load_row(i, nxt);
+  for (; i < r1; i += warps) {
+#pragma unroll
+    for (int u = 0; u < VPL; ++u) cur[u] = nxt[u];
+    load_row(i + warps, nxt);
     float m = neg_inf();
-    for (int j = lane; j < N; j += 32) {
-      const float s = fmaf(to_float(L[(int64)i * N + j]), scale, bias[j]);
-      row[j] = s;
-      m = fmaxf(m, s);
+#pragma unroll
+    for (int u = 0; u < VPL; ++u) {
+      cur[u] = fmaf(cur[u], s2, bias[u]);
+      if (lane + 32 * u < N) m = fmaxf(m, cur[u]);
     }
     m = warp_max(m);
     float sum = 0.0f;
-    for (int j = lane; j < N; j += 32) {
-      const float e = expf(row[j] - m);
-      row[j] = e;
-      sum += e;
+#pragma unroll
+    for (int u = 0; u < VPL; ++u) {
+      cur[u] = lane + 32 * u < N ? fast_exp2(cur[u] - m) : 0.0f;
+      sum += cur[u];
     }
     const float inv = 1.0f / warp_sum(sum);
-    for (int j = lane; j < N; j += 32) wacc[j] += row[j] * inv;
+#pragma unroll
+    for (int u = 0; u < VPL; ++u) acc[u] = fmaf(cur[u], inv, acc[u]);
   }
+#pragma unroll
+  for (int u = 0; u < VPL; ++u)
+    if (lane + 32 * u < N) smem[warp * N + lane + 32 * u] = acc[u];
   __syncthreads();
   float* out = colsum + (((int64)b * H + h) * gridDim.x + chunk) * N;
   for (int j = tid; j < N; j += blockDim.x) {
     float t = 0.0f;
-    for (int w = 0; w < warps; ++w) t += acc[w * N + j];
+    for (int w = 0; w < warps; ++w) t += smem[w * N + j];
     out[j] = t;
   }
+}
+
+// Stable descending rank of values[i] among values[0, n) for one warp: how many are larger, or equal with
+// a lower index (ties -> lower index first). Lanes compare 32 at a time; the ballot counts them.
+__device__ __forceinline__ int rank_desc(const float* values, int n, int i, int lane) {
+  const float v = values[i];
+  int cnt = 0;
+  for (int o0 = 0; o0 < n; o0 += 32) {
+    const int o = o0 + lane;
+    bool before = false;
+    if (o < n) {
+      const float w = values[o];
+      before = w > v || (w == v && o < i);
+    }
+    cnt += __popc(__ballot_sync(kFullMask, before));
+  }
+  return cnt;
 }
 
 // r = 0 (the spec's identity): x_out = x and size_out = size as plain copies of nx and ns elements, as
@@ -430,6 +590,12 @@ __device__ void copy(const T* __restrict__ x, const T* __restrict__ size, T* __r
       float e_info, float e_size, int num_protected, int vec4) {                                         \
     scores_tile<T, TILE>(metric, info, size, scores, N, Cm, e_sim, e_info, e_size, num_protected, vec4); \
   }
+extern "C" __global__ void __launch_bounds__(128)
+    vitrt_tf_scores_mma_f16(const half_bits* metric, const half_bits* info, const half_bits* size, float* scores,
+                            int N, int Cm, float e_sim, float e_info, float e_size, int num_protected) {
+  scores_tile_mma(metric, info, size, scores, N, Cm, e_sim, e_info, e_size, num_protected);
+}
+
 VITRT_TF_SCORES(64, 2, f32, float)
 VITRT_TF_SCORES(32, 4, f32, float)
 VITRT_TF_SCORES(64, 2, f16, half_bits)
@@ -444,7 +610,10 @@ VITRT_TF_SCORES(32, 4, f16, half_bits)
 // scores_in_shared: copy the batch element's Na x Nb scores into shared memory first (the launcher
 // decides by size; the two phases read rows and columns of them). Dynamic shared memory:
 // (scores_in_shared ? Na Nb : 0) + 5 Na + 3 Nb + N floats / ints (see cuda.py).
-extern "C" __global__ void __launch_bounds__(256)
+// One block per batch element does everything, so the kernel's time is its longest dependent chain:
+// every O(N^2) step is spread over all 16 warps with lanes over the inner index (arg-max by shuffles,
+// ranks by ballot counts) instead of one thread looping over it.
+extern "C" __global__ void __launch_bounds__(512)
     vitrt_tf_match(const float* __restrict__ scores, int64* __restrict__ dest, int N, int r, int bidirectional,
                    int scores_in_shared) {
   VITRT_DYNAMIC_SHARED(int, smem);
@@ -504,15 +673,12 @@ extern "C" __global__ void __launch_bounds__(256)
     }
   }
   __syncthreads();
-  for (int a = tid; a < Na; a += bd) {
-    const float v = nmax[a];
-    int cnt = 0;
-    for (int o = 0; o < Na; ++o) {
-      const float w = nmax[o];
-      cnt += (w > v || (w == v && o < a)) ? 1 : 0;
+  for (int a = warp; a < Na; a += warps) {
+    const int cnt = rank_desc(nmax, Na, a, lane);
+    if (lane == 0) {
+      rank[a] = cnt;
+      slot[a] = cnt >= r1 ? 1 : 0;
     }
-    rank[a] = cnt;
-    slot[a] = cnt >= r1 ? 1 : 0;
   }
   __syncthreads();
   block_exclusive_scan(slot, Na, scratch);  // unmerged A tokens before a = a's slot
@@ -520,33 +686,29 @@ extern "C" __global__ void __launch_bounds__(256)
     if (rank[a] >= r1) ulist[slot[a]] = a;
   __syncthreads();
 
-  // Phase 2: B tokens onto the unmerged A tokens, in slot order (so nidx2 is a slot): a thread per B
-  // token scans the unmerged rows of its column (adjacent threads read adjacent scores); a strict > keeps
-  // the first maximum, as torch.max does.
+  // Phase 2: B tokens onto the unmerged A tokens, in slot order (so nidx2 is a slot): a warp per B token,
+  // lanes over the unmerged rows of its column; warp_argmax keeps the first maximum, as torch.max does.
   if (bidirectional) {
-    for (int j = tid; j < Nb; j += bd) {
+    for (int j = warp; j < Nb; j += warps) {
       float v = 0.0f;
       int i = -1;
-#pragma unroll 4
-      for (int u = 0; u < n_unm; ++u) {
+      for (int u = lane; u < n_unm; u += 32) {
         const float x = S[(int64)ulist[u] * Nb + j];
         if (i < 0 || x > v) {
           v = x;
           i = u;
         }
       }
-      nmax2[j] = v;
-      nidx2[j] = i;
+      warp_argmax(v, i);
+      if (lane == 0) {
+        nmax2[j] = v;
+        nidx2[j] = i;
+      }
     }
     __syncthreads();
-    for (int j = tid; j < Nb; j += bd) {
-      const float v = nmax2[j];
-      int cnt = 0;
-      for (int o = 0; o < Nb; ++o) {
-        const float w = nmax2[o];
-        cnt += (w > v || (w == v && o < j)) ? 1 : 0;
-      }
-      rank2[j] = cnt;
+    for (int j = warp; j < Nb; j += warps) {
+      const int cnt = rank_desc(nmax2, Nb, j, lane);
+      if (lane == 0) rank2[j] = cnt;
     }
     __syncthreads();
     for (int j = tid; j < Nb; j += bd) dst[2 * j + 1] = rank2[j] < r2 ? nidx2[j] : n_unm + rank2[j] - r2;
@@ -589,13 +751,13 @@ extern "C" __global__ void __launch_bounds__(256) vitrt_tf_copy_f16(const half_b
   copy<half_bits>(x, size, x_out, size_out, nx, ns);
 }
 
-extern "C" __global__ void __launch_bounds__(256)
-    vitrt_tf_attention_info_f32(const float* logits, const float* size, float* colsum, int N, int H, int rows,
-                                float scale) {
-  attention_info<float>(logits, size, colsum, N, H, rows, scale);
-}
-extern "C" __global__ void __launch_bounds__(256)
-    vitrt_tf_attention_info_f16(const half_bits* logits, const half_bits* size, float* colsum, int N, int H,
-                                int rows, float scale) {
-  attention_info<half_bits>(logits, size, colsum, N, H, rows, scale);
-}
+// The attention_info entries: VPL = 8 (N <= 256) or 24 (N <= 768); the launcher checks N.
+#define VITRT_TF_INFO(VPL, SUFFIX, T)                                                                      \
+  extern "C" __global__ void __launch_bounds__(256) vitrt_tf_attention_info##VPL##_##SUFFIX(               \
+      const T* logits, const T* size, float* colsum, int N, int H, int rows, float scale) {               \
+    attention_info<T, VPL>(logits, size, colsum, N, H, rows, scale);                                      \
+  }
+VITRT_TF_INFO(8, f32, float)
+VITRT_TF_INFO(24, f32, float)
+VITRT_TF_INFO(8, f16, half_bits)
+VITRT_TF_INFO(24, f16, half_bits)

@@ -129,8 +129,10 @@ def attention_info_op(logits: Tensor, size: Tensor | None, scale: float) -> Tens
 
 @attention_info_op.register_kernel("cuda")
 def _attention_info_cuda(logits: Tensor, size: Tensor | None, scale: float) -> Tensor:
-    from .cuda import attention_info_cuda
+    from .cuda import attention_info_cuda, info_kernel
 
+    if info_kernel(logits.shape[-1]) is None:  # more tokens than the kernel keeps in registers
+        return attention_info(logits, size, scale)
     return attention_info_cuda(logits, size, scale)
 
 

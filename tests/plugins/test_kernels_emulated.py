@@ -51,7 +51,8 @@ def emulated() -> Any:
 
 # DeiT-S / T2T-ViT-14 blocks (N = 197, C = 384) at batch 2: MCTF, ToMe, the largest r, a late block
 # (N = 37), the identity, and a channel count that is not a multiple of 4 (the scalar merge path).
-# Score tiles: the launcher picks 64 on the emulator (no GPU to fill); the 32-tile kernel is named.
+# Score kernels: the launcher picks tensor cores for these float16 metrics and the 64-tile CUDA-core
+# kernel for float32 (no GPU to fill on the emulator); the 32-tile kernel is named.
 FUSION_CASES = [
     ("deit_s_mctf_b2", 2, 197, 384, 16, MCTF, None),
     ("deit_s_mctf_b2_tile32", 2, 197, 384, 16, MCTF, 32),
