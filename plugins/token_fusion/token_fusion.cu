@@ -42,19 +42,20 @@ __device__ __forceinline__ float pow_like_torch(float x, float e) {
   return powf(x, e);
 }
 
-// The MCTF score of one pair from its dot product and the pair's factors: W_sim * W_info * W_size (a 0
-// exponent disables its factor); protected tokens are never merged away nor merged into: the most
-// negative finite float32.
-__device__ __forceinline__ float score_of(float dot, float rn_a, float rn_b, float fi_a, float fi_b, float fs_a,
-                                          float fs_b, float e_sim, float e_info, float e_size, bool is_protected) {
+// The MCTF score of one pair: W_sim * W_info * W_size from the dot product, the inverse norms and the two
+// tokens' info and size factors already raised to their exponents (1 where disabled; a 0 exponent
+// disables W_sim); protected tokens are never merged away nor merged into: the most negative finite
+// float32.
+__device__ __forceinline__ float score_of(float dot, float rn_a, float rn_b, float pi_a, float pi_b, float ps_a,
+                                          float ps_b, float e_sim, bool is_protected) {
   float s = 1.0f;
   if (e_sim > 0.0f) {
     const float cosine = dot * rn_a * rn_b;
     // clamp: rounding can push a cosine just below -1 (negative base ** (1/tau) is NaN)
     s = pow_like_torch(fmaxf((cosine + 1.0f) * 0.5f, 0.0f), e_sim);
   }
-  if (e_info > 0.0f) s *= pow_like_torch(fi_a * fi_b, e_info);
-  if (e_size > 0.0f) s *= pow_like_torch(fs_a * fs_b, e_size);
+  s *= pi_a * pi_b;
+  s *= ps_a * ps_b;
   return is_protected ? -kFloatMax : s;
 }
 
@@ -235,8 +236,10 @@ __device__ void scores_tile(const T* __restrict__ metric, const T* __restrict__ 
     const int side = t / TILE, row = t % TILE;
     const int tok = side == 0 ? 2 * (a0 + row) : 2 * (j0 + row) + 1;
     const bool ok = side == 0 ? a0 + row < Na : j0 + row < Nb;
-    fi[side][row] = ok && e_info > 0.0f ? (1.0f / fmaxf(to_float(ib[tok]), 1e-12f)) / mi : 1.0f;
-    fs[side][row] = ok && e_size > 0.0f ? (1.0f / to_float(sb[tok])) / ms : 1.0f;
+    // The factors' powers per token (a^e b^e instead of the reference's (a b)^e: equal up to float32
+    // rounding, and two powf per tile row instead of per pair).
+    fi[side][row] = ok && e_info > 0.0f ? pow_like_torch((1.0f / fmaxf(to_float(ib[tok]), 1e-12f)) / mi, e_info) : 1.0f;
+    fs[side][row] = ok && e_size > 0.0f ? pow_like_torch((1.0f / to_float(sb[tok])) / ms, e_size) : 1.0f;
   }
   __syncthreads();
 
@@ -250,8 +253,7 @@ __device__ void scores_tile(const T* __restrict__ metric, const T* __restrict__ 
       const int rb = tx * R + j, jj = j0 + rb;
       if (jj >= Nb) continue;
       out[(int64)a * Nb + jj] = score_of(acc[i][j], rn[0][ra], rn[1][rb], fi[0][ra], fi[1][rb], fs[0][ra],
-                                         fs[1][rb], e_sim, e_info, e_size,
-                                         2 * a < num_protected || 2 * jj + 1 < num_protected);
+                                         fs[1][rb], e_sim, 2 * a < num_protected || 2 * jj + 1 < num_protected);
     }
   }
 }
@@ -353,8 +355,10 @@ __device__ void scores_tile_mma(const half_bits* __restrict__ metric, const half
     const int side = q / kMmaTile, row = q % kMmaTile;
     const int tok = side == 0 ? 2 * (a0 + row) : 2 * (j0 + row) + 1;
     const bool ok = side == 0 ? a0 + row < Na : j0 + row < Nb;
-    fi[side][row] = ok && e_info > 0.0f ? (1.0f / fmaxf(to_float(ib[tok]), 1e-12f)) / mi : 1.0f;
-    fs[side][row] = ok && e_size > 0.0f ? (1.0f / to_float(sb[tok])) / ms : 1.0f;
+    // The factors' powers per token (a^e b^e instead of the reference's (a b)^e: equal up to float32
+    // rounding, and two powf per tile row instead of per pair).
+    fi[side][row] = ok && e_info > 0.0f ? pow_like_torch((1.0f / fmaxf(to_float(ib[tok]), 1e-12f)) / mi, e_info) : 1.0f;
+    fs[side][row] = ok && e_size > 0.0f ? pow_like_torch((1.0f / to_float(sb[tok])) / ms, e_size) : 1.0f;
   }
   __syncthreads();
 
@@ -367,7 +371,7 @@ __device__ void scores_tile_mma(const half_bits* __restrict__ metric, const half
       const int a = a0 + ra, jj = j0 + rb;
       if (a >= Na || jj >= Nb) continue;
       out[(int64)a * Nb + jj] = score_of(acc[j][q], rn[0][ra], rn[1][rb], fi[0][ra], fi[1][rb], fs[0][ra],
-                                         fs[1][rb], e_sim, e_info, e_size, 2 * a < num_protected || 2 * jj + 1 < num_protected);
+                                         fs[1][rb], e_sim, 2 * a < num_protected || 2 * jj + 1 < num_protected);
     }
 }
 
@@ -380,7 +384,9 @@ template <typename T, int V, int P>
 __device__ void merge_slot(const T* __restrict__ x, const float* __restrict__ w, const float* __restrict__ sz,
                            const int* __restrict__ dst, T* __restrict__ x_out, T* __restrict__ size_out, int N,
                            int N_out, int C, int s) {
-  constexpr int MAXM = P * V >= 16 ? 2 : 4;  // at most 32 floats of loaded rows per lane
+  // Members loaded together: 1 for wide lanes (most slots have one member, and registers are occupancy),
+  // else up to 4 (at most 16 floats of loaded rows per lane).
+  constexpr int MAXM = P * V >= 16 ? 1 : 4;
   const int b = blockIdx.y, lane = threadIdx.x & 31;
   float den = 0.0f, total = 0.0f;
   for (int n0 = 0; n0 < N; n0 += 32) {
