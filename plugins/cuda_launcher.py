@@ -277,7 +277,7 @@ class LoadedModule:
         return f
 
 
-_MODULES: dict[tuple[int, str, str], LoadedModule] = {}
+_MODULES: dict[tuple[int, str, str | None], LoadedModule] = {}
 _MODULES_LOCK = threading.Lock()
 
 
@@ -291,7 +291,9 @@ def load_module(name: str, kernel_dir: Path | None = None) -> LoadedModule | Emu
     if emulating():
         return emulated_module(name, kernel_dir)
     ctx, ordinal = current_context()
-    key = (ctx, name, str(kernel_dir or default_build_dir()))
+    # None (the default folder) is its own key: resolving default_build_dir() stats the file system, and
+    # this runs for every launch.
+    key = (ctx, name, None if kernel_dir is None else str(kernel_dir))
     with _MODULES_LOCK:
         loaded = _MODULES.get(key)
         if loaded is None:
