@@ -29,9 +29,8 @@ import importlib
 import json
 import os
 import platform
-import statistics
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,38 +40,9 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from vitrt.deploy.cuda_timing import capture_graph, event_median_ms  # noqa: E402
+
 DTYPE = torch.float16
-
-
-def _time(fn: Callable[[], object], iters: int, warmup: int = 10) -> float:
-    """Median milliseconds of ``fn`` on the current stream (CUDA events around each call)."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return float(statistics.median(times))
-
-
-def graph_of(model: nn.Module, x: torch.Tensor) -> tuple[Callable[[], object], torch.Tensor]:
-    """(replay, output) of ``model(x)`` captured as a CUDA graph (warm-up on a side stream first: module
-    loads, kernel attribute settings and cuBLAS handles happen outside the capture)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            model(x)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = model(x)
-    return graph.replay, out
 
 
 @contextlib.contextmanager
@@ -144,10 +114,10 @@ def measure(model: nn.Module, batch: int, iters: int) -> dict[str, float]:
     g = torch.Generator(device="cuda").manual_seed(batch)
     x = torch.randn(batch, 3, 224, 224, device="cuda", generator=g, dtype=DTYPE)
     with torch.inference_mode():
-        eager = _time(lambda: model(x), iters)
-        replay, _ = graph_of(model, x)
-        graph = _time(replay, iters)
-    return {"eager_ms": eager, "graph_ms": graph}
+        eager = event_median_ms(lambda: model(x), iters, warmup=10)
+        graph, _ = capture_graph(lambda: model(x))
+        replay = event_median_ms(graph.replay, iters, warmup=10)
+    return {"eager_ms": eager, "graph_ms": replay}
 
 
 def top_kernels(

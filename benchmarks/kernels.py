@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 from collections import defaultdict
 from collections.abc import Callable
@@ -37,37 +36,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from vitrt.deploy.cuda_timing import capture_graph, event_median_ms  # noqa: E402
+
 GRAPH_CALLS = 20
-
-
-def _time(fn: Callable[[], object], iters: int, warmup: int = 5) -> float:
-    """Median milliseconds of ``fn`` on the current stream (CUDA events)."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return float(statistics.median(times))
 
 
 def graph_ms(fn: Callable[[], object], iters: int) -> float:
     """Milliseconds per call of ``fn`` replayed from a CUDA graph of GRAPH_CALLS calls (median replay)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()  # loads the module and sets kernel attributes outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(GRAPH_CALLS):
-            fn()
-    return _time(graph.replay, iters) / GRAPH_CALLS
+    graph, _ = capture_graph(lambda: [fn() for _ in range(GRAPH_CALLS)], warmup=1)
+    return event_median_ms(graph.replay, iters) / GRAPH_CALLS
 
 
 def kernel_breakdown(fn: Callable[[], object], calls: int = 20) -> dict[str, float]:
@@ -91,7 +68,7 @@ def copy_bandwidth() -> float:
     """Measured device-to-device copy bandwidth in bytes/s (bytes read + written), 1 GiB buffers."""
     src = torch.empty(2**28, dtype=torch.float32, device="cuda")
     dst = torch.empty_like(src)
-    ms = _time(lambda: dst.copy_(src), 20)
+    ms = event_median_ms(lambda: dst.copy_(src), 20)
     return 2 * src.numel() * 4 / (ms / 1e3)
 
 
@@ -124,9 +101,9 @@ def bench_token_fusion(batch: int, dtype: torch.dtype, iters: int) -> dict[str, 
         enqueue(x.data_ptr(), metric.data_ptr(), info.data_ptr(), size.data_ptr(), x_f.data_ptr(),
                 size_f.data_ptr(), dest.data_ptr(), work.data_ptr(), d, attrs, name, stream)  # fmt: skip
 
-    enqueue_ms = _time(kernel, iters)
+    enqueue_ms = event_median_ms(kernel, iters)
     graph = graph_ms(kernel, iters)
-    ref_ms = _time(lambda: reference.token_fusion(x, metric, info, size, attrs), iters)
+    ref_ms = event_median_ms(lambda: reference.token_fusion(x, metric, info, size, attrs), iters)
     return {
         "op": "token_fusion",
         "shape": f"B={batch} N={n} C={c} r={r}",
@@ -165,9 +142,9 @@ def bench_scatterbrain(batch: int, dtype: torch.dtype, iters: int) -> dict[str, 
         enqueue(q.data_ptr(), k.data_ptr(), v.data_ptr(), hv.data_ptr(), proj.data_ptr(), out.data_ptr(),
                 work.data_ptr(), d, scale, name, stream)  # fmt: skip
 
-    enqueue_ms = _time(kernel, iters)
+    enqueue_ms = event_median_ms(kernel, iters)
     graph = graph_ms(kernel, iters)
-    ref_ms = _time(
+    ref_ms = event_median_ms(
         lambda: reference.scatterbrain_attention(
             q, k, v, hash_vectors=hv, projection=proj, cluster_size=c, scale=scale
         ),

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from vitrt.errors import VitrtError
 
+from .cuda_timing import capture_graph
 from .runners import Feed
 
 
@@ -106,17 +107,8 @@ class TorchModelRunner:
         key = tuple(x.shape)
         if key not in self._graphs:
             static_in = x.clone()
-            # Warm-up on a side stream: module loads, kernel attributes and library handles are set up
-            # outside the capture, as CUDA graphs require.
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(3):
-                    self.model(static_in)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = self.model(static_in)
+            with torch.cuda.device(self.device):
+                graph, static_out = capture_graph(lambda: self.model(static_in))
             self._graphs[key] = (graph, static_in, static_out)
         return self._graphs[key]
 

@@ -31,6 +31,8 @@ if TYPE_CHECKING:  # the real signatures, for mypy and IDEs; at run time __getat
     from vitrt.compiler.export import export_onnx
     from vitrt.compiler.inspect import model_card
     from vitrt.compiler.verify import verify_onnx
+    from vitrt.deploy.profile import profile_torch
+    from vitrt.deploy.torch_runner import TorchModelRunner
     from vitrt.models import list_models, load_checkpoint
     from vitrt.plugins import create_model, register_tensorrt_plugins
 
@@ -48,6 +50,9 @@ _API: dict[str, tuple[str, str]] = {
     "calibrate": ("vitrt.calibration.calibrate", "calibrate_onnx"),
     # runtime: before TensorRT parses or deserialises a model with vitrt's plugin nodes
     "register_tensorrt_plugins": ("vitrt.plugins", "register_tensorrt_plugins"),
+    # PyTorch on the CPU or a CUDA GPU (vitrt's kernels), and its latency   `vitrt profile`
+    "TorchModelRunner": ("vitrt.deploy.torch_runner", "TorchModelRunner"),
+    "profile_torch": ("vitrt.deploy.profile", "profile_torch"),
 }
 """Public name -> (module, attribute), imported on first access."""
 
@@ -57,6 +62,7 @@ _SHARED = ("errors", "fileio", "logs")
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "TorchModelRunner",
     "VitrtError",
     "__version__",
     "calibrate",
@@ -65,6 +71,7 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "model_card",
+    "profile_torch",
     "register_tensorrt_plugins",
     "verify_onnx",
 ]

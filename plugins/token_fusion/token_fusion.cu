@@ -59,6 +59,37 @@ __device__ __forceinline__ float score_of(float dot, float rn_a, float rn_b, flo
   return is_protected ? -kFloatMax : s;
 }
 
+// The batch element's maxima of 1 / info and 1 / size (for the enabled factors), reduced by the whole
+// block into every thread's mi, ms (max is exact: no order dependence).
+template <typename T>
+__device__ void batch_maxima(const T* __restrict__ ib, const T* __restrict__ sb, int N, float e_info, float e_size,
+                             float* scratch, float& mi, float& ms) {
+  mi = neg_inf();
+  ms = neg_inf();
+  for (int n = threadIdx.x; n < N; n += blockDim.x) {
+    if (e_info > 0.0f) mi = fmaxf(mi, 1.0f / fmaxf(to_float(ib[n]), 1e-12f));
+    if (e_size > 0.0f) ms = fmaxf(ms, 1.0f / to_float(sb[n]));
+  }
+  mi = block_max(mi, scratch);
+  ms = block_max(ms, scratch);
+}
+
+// The info and size factors of a score tile's tokens, already raised to their exponents: fi / fs point
+// at [2][tile] arrays (row 0: the tile's A tokens from a0, row 1: its B tokens from j0). Per token,
+// a^e b^e instead of the reference's (a b)^e: equal up to float32 rounding, two powf per tile row
+// instead of per pair. Followed by a barrier before use.
+template <typename T>
+__device__ void tile_factors(const T* __restrict__ ib, const T* __restrict__ sb, int a0, int j0, int tile, int Na,
+                             int Nb, float mi, float ms, float e_info, float e_size, float* fi, float* fs) {
+  for (int q = threadIdx.x; q < 2 * tile; q += blockDim.x) {
+    const int side = q / tile, row = q % tile;
+    const int tok = side == 0 ? 2 * (a0 + row) : 2 * (j0 + row) + 1;
+    const bool ok = side == 0 ? a0 + row < Na : j0 + row < Nb;
+    fi[q] = ok && e_info > 0.0f ? pow_like_torch((1.0f / fmaxf(to_float(ib[tok]), 1e-12f)) / mi, e_info) : 1.0f;
+    fs[q] = ok && e_size > 0.0f ? pow_like_torch((1.0f / to_float(sb[tok])) / ms, e_size) : 1.0f;
+  }
+}
+
 // ---- vector loads and stores of V consecutive elements as float32 ---------------------------------------
 // V = 1 (any alignment), 4 (float: 16 bytes; half: 8 bytes) or 8 (half: 16 bytes). The caller guarantees
 // the alignment: the launcher picks V from the row width and the base addresses.
@@ -183,14 +214,8 @@ __device__ void scores_tile(const T* __restrict__ metric, const T* __restrict__ 
   float va[4], vb[4];
   load_metric4(arow, a_ok, lk, Cm, vec4, va);
   load_metric4(brow, b_ok, lk, Cm, vec4, vb);
-  // Batch maxima of 1/info and 1/size (max is exact: no order dependence).
-  float mi = neg_inf(), ms = neg_inf();
-  for (int n = tid; n < N; n += blockDim.x) {
-    if (e_info > 0.0f) mi = fmaxf(mi, 1.0f / fmaxf(to_float(ib[n]), 1e-12f));
-    if (e_size > 0.0f) ms = fmaxf(ms, 1.0f / to_float(sb[n]));
-  }
-  mi = block_max(mi, scratch);
-  ms = block_max(ms, scratch);
+  float mi, ms;
+  batch_maxima(ib, sb, N, e_info, e_size, scratch, mi, ms);
 
   for (int c0 = 0; c0 < Cm; c0 += KC) {
 #pragma unroll
@@ -232,15 +257,7 @@ __device__ void scores_tile(const T* __restrict__ metric, const T* __restrict__ 
     rn[0][lrow] = 1.0f / fmaxf(sqrtf(ssa), 1e-12f);
     rn[1][lrow] = 1.0f / fmaxf(sqrtf(ssb), 1e-12f);
   }
-  for (int t = tid; t < 2 * TILE; t += blockDim.x) {
-    const int side = t / TILE, row = t % TILE;
-    const int tok = side == 0 ? 2 * (a0 + row) : 2 * (j0 + row) + 1;
-    const bool ok = side == 0 ? a0 + row < Na : j0 + row < Nb;
-    // The factors' powers per token (a^e b^e instead of the reference's (a b)^e: equal up to float32
-    // rounding, and two powf per tile row instead of per pair).
-    fi[side][row] = ok && e_info > 0.0f ? pow_like_torch((1.0f / fmaxf(to_float(ib[tok]), 1e-12f)) / mi, e_info) : 1.0f;
-    fs[side][row] = ok && e_size > 0.0f ? pow_like_torch((1.0f / to_float(sb[tok])) / ms, e_size) : 1.0f;
-  }
+  tile_factors(ib, sb, a0, j0, TILE, Na, Nb, mi, ms, e_info, e_size, &fi[0][0], &fs[0][0]);
   __syncthreads();
 
   float* out = scores + (int64)b * Na * Nb;
@@ -294,13 +311,8 @@ __device__ void scores_tile_mma(const half_bits* __restrict__ metric, const half
     }
   };
   load_step(0);
-  float mi = neg_inf(), ms = neg_inf();  // batch maxima of 1/info, 1/size, while the first loads fly
-  for (int n = tid; n < N; n += blockDim.x) {
-    if (e_info > 0.0f) mi = fmaxf(mi, 1.0f / fmaxf(to_float(ib[n]), 1e-12f));
-    if (e_size > 0.0f) ms = fmaxf(ms, 1.0f / to_float(sb[n]));
-  }
-  mi = block_max(mi, scratch);
-  ms = block_max(ms, scratch);
+  float mi, ms;  // while the first loads fly
+  batch_maxima(ib, sb, N, e_info, e_size, scratch, mi, ms);
 
   const int wm = (warp >> 1) * 16, wn = (warp & 1) * 16;
   float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
@@ -351,15 +363,7 @@ __device__ void scores_tile_mma(const half_bits* __restrict__ metric, const half
       rn[1][lrow + 8 * i] = 1.0f / fmaxf(sqrtf(ssb[i]), 1e-12f);
     }
   }
-  for (int q = tid; q < 2 * kMmaTile; q += blockDim.x) {
-    const int side = q / kMmaTile, row = q % kMmaTile;
-    const int tok = side == 0 ? 2 * (a0 + row) : 2 * (j0 + row) + 1;
-    const bool ok = side == 0 ? a0 + row < Na : j0 + row < Nb;
-    // The factors' powers per token (a^e b^e instead of the reference's (a b)^e: equal up to float32
-    // rounding, and two powf per tile row instead of per pair).
-    fi[side][row] = ok && e_info > 0.0f ? pow_like_torch((1.0f / fmaxf(to_float(ib[tok]), 1e-12f)) / mi, e_info) : 1.0f;
-    fs[side][row] = ok && e_size > 0.0f ? pow_like_torch((1.0f / to_float(sb[tok])) / ms, e_size) : 1.0f;
-  }
+  tile_factors(ib, sb, a0, j0, kMmaTile, Na, Nb, mi, ms, e_info, e_size, &fi[0][0], &fs[0][0]);
   __syncthreads();
 
   float* out = scores + (int64)b * Na * Nb;
