@@ -137,24 +137,24 @@ __device__ int block_exclusive_scan(int* data, int n, int* scratch) {
 //   b[0] = B[2t, 2t+1][g]      b[1] = B[2t+8, 2t+9][g]     (B is K x N: column g of B, two rows)
 //   d[0] = D[g][2t]  d[1] = D[g][2t+1]  d[2] = D[g+8][2t]  d[3] = D[g+8][2t+1]
 // The products are exact in float32; the order of the additions is the hardware's. The CPU emulator
-// computes the same products from the same fragments, gathered from the other lanes by shuffles.
+// computes the same products from the same fragments, read from the other lanes after one barrier.
 __device__ __forceinline__ void mma_16816(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
 #ifdef VITRT_CPU_EMULATION
+  struct Frag {
+    unsigned a[4], b[2];
+  };
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const auto all = ::vitrt_emu::share(kFullMask, Frag{{a[0], a[1], a[2], a[3]}, {b[0], b[1]}});
   auto dot2 = [](unsigned x, unsigned y) {
     return to_float((half_bits)(x & 0xffffu)) * to_float((half_bits)(y & 0xffffu)) +
            to_float((half_bits)(x >> 16)) * to_float((half_bits)(y >> 16));
   };
   for (int k = 0; k < 4; ++k) {  // k: the lane of the quad that holds columns 2k, 2k+1, 2k+8, 2k+9
-    const unsigned a0 = __shfl_sync(kFullMask, a[0], 4 * g + k), a1 = __shfl_sync(kFullMask, a[1], 4 * g + k);
-    const unsigned a2 = __shfl_sync(kFullMask, a[2], 4 * g + k), a3 = __shfl_sync(kFullMask, a[3], 4 * g + k);
-    const unsigned be0 = __shfl_sync(kFullMask, b[0], 8 * t + k), be1 = __shfl_sync(kFullMask, b[1], 8 * t + k);
-    const unsigned bo0 = __shfl_sync(kFullMask, b[0], 8 * t + 4 + k);
-    const unsigned bo1 = __shfl_sync(kFullMask, b[1], 8 * t + 4 + k);
-    d[0] += dot2(a0, be0) + dot2(a2, be1);
-    d[1] += dot2(a0, bo0) + dot2(a2, bo1);
-    d[2] += dot2(a1, be0) + dot2(a3, be1);
-    d[3] += dot2(a1, bo0) + dot2(a3, bo1);
+    const Frag ra = all[4 * g + k], be = all[8 * t + k], bo = all[8 * t + 4 + k];
+    d[0] += dot2(ra.a[0], be.b[0]) + dot2(ra.a[2], be.b[1]);
+    d[1] += dot2(ra.a[0], bo.b[0]) + dot2(ra.a[2], bo.b[1]);
+    d[2] += dot2(ra.a[1], be.b[0]) + dot2(ra.a[3], be.b[1]);
+    d[3] += dot2(ra.a[1], bo.b[0]) + dot2(ra.a[3], bo.b[1]);
   }
 #else
   asm volatile(

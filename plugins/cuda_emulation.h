@@ -131,9 +131,12 @@ class GuardedBuffer {
   size_t mapped_ = 0, bytes_ = 0;
 };
 
+constexpr int kBlobBytes = 32;
+
 struct WarpState {
   int live = 0, arrived = 0;
   uint64_t slots[2][kWarp];
+  unsigned char blobs[2][kWarp][kBlobBytes];  // share(): up to 32 bytes per lane
 };
 
 struct Launch {
@@ -230,6 +233,30 @@ inline T exchange(unsigned mask, T value, int src) {
   T out;
   memcpy(&out, &buf[src], sizeof(T));
   return out;
+}
+
+// Every lane's value of a warp-collective operation after one barrier: share(mask, v)[lane]. For
+// emulating warp-wide instructions that read other lanes' registers (mma): one barrier instead of a
+// shuffle per register. The values must be read before the lane's next warp operation (two alternating
+// buffers, as in exchange).
+template <typename T>
+struct Shared {
+  const unsigned char (*blobs)[kBlobBytes];
+  T operator[](int lane) const {
+    T v;
+    memcpy(&v, blobs[lane], sizeof(T));
+    return v;
+  }
+};
+template <typename T>
+inline Shared<T> share(unsigned mask, const T& value) {
+  static_assert(sizeof(T) <= kBlobBytes && std::is_trivially_copyable_v<T>, "share of at most 32 bytes");
+  Fiber& me = current();
+  WarpState& w = warp_of(me);
+  unsigned char (*buf)[kBlobBytes] = w.blobs[me.warp_ops & 1];
+  memcpy(buf[me.linear % kWarp], &value, sizeof(T));
+  sync_warp(mask);
+  return Shared<T>{buf};
 }
 
 // __ballot_sync: every lane publishes its predicate, then reads all 32 (same buffers and barrier as
