@@ -197,7 +197,7 @@ def _cluster_bytes(d: AttentionDims, g: int) -> int:
     qm, sb = g * d.c, d.mode == Mode.SCATTERBRAIN
     multi = sb and d.r > 1
     es, fs, vp, cs, nt = _pitch4(d.e), _pitch4(d.f), _pitch4(d.dv), d.c | 1, -(-d.c // _TILE)
-    floats = max(2 * qm * es, qm * vp) + (2 * qm * fs if sb else 0) + _r4(qm * cs) * (2 if sb else 1)
+    floats = 2 * qm * es + qm * vp + (2 * qm * fs if sb else 0) + _r4(qm * cs) * (2 if sb else 1)
     floats += 2 * _r4(qm * nt) + _r4(qm) * (2 if sb else 1)
     ints = 2 * _r4(qm) + (2 * _r4(d.r * qm) if multi else 0)
     return 4 * (floats + ints)
@@ -210,9 +210,14 @@ def _sort_bytes(d: AttentionDims) -> int:
     return 4 * (2 * d.sort_items * threads + 256 * (threads // 32))
 
 
+def _kv_stride(d: AttentionDims) -> int:
+    """Floats of one (b, h)'s low-rank state: [F][4 ceil(Dv / 4)] (zero padded), then sum k' [F]."""
+    return d.f * 4 * -(-d.dv // 4) + _r4(d.f)
+
+
 def _combine_floats(d: AttentionDims) -> int:
-    f, kp, qpb = d.f, 4 * -(-d.dv // 4), _QUERIES_PER_BLOCK
-    return f * kp + _r4(f) + f * _r4(qpb) + (_r4(qpb * d.r) if d.sparse else 0) + 2 * _r4(qpb)
+    qpb, r = _QUERIES_PER_BLOCK, d.r if d.sparse else 0
+    return _kv_stride(d) + d.f * _r4(qpb) + _r4(2 * qpb * r) + _r4(qpb) + _r4(qpb * r) + 2 * _r4(qpb)
 
 
 def _regions(d: AttentionDims) -> dict[str, int]:
@@ -227,7 +232,7 @@ def _regions(d: AttentionDims) -> dict[str, int]:
             "kf": 4 * bh * p * f,
             "pls": 4 * bh * p,
             "kv_part": 4 * bh * d.nchunk * f * (dv + 1),
-            "kv": 4 * bh * f * (dv + 1),
+            "kv": 4 * bh * _kv_stride(d),
         }
     if d.sparse:
         sizes |= {name: 4 * bh * r * p for name in ("q_perm", "q_inv", "k_perm", "k_inv")}
@@ -317,13 +322,12 @@ def enqueue(
         shared_mem=smem["features"],
     )  # fmt: skip
     if d.low_rank:
-        kv_len = d.f * (d.dv + 1)
         launch(
             mod,
             "vitrt_sb_kv_reduce",
-            (-(-kv_len // _KV_THREADS), d.bh, 1),
+            (-(-(_kv_stride(d)) // _KV_THREADS), d.bh, 1),
             (_KV_THREADS, 1, 1),
-            [ptr(at("kv_part")), ptr(at("kv")), i32(kv_len), i32(d.nchunk)],
+            [ptr(at("kv_part")), ptr(at("kv")), i32(d.f), i32(d.dv), i32(d.nchunk)],
             stream,
         )
     if d.sparse:

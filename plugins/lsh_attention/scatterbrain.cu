@@ -105,66 +105,203 @@ struct Vec16<half_bits> {
   }
 };
 
-// Rows of a [*, width] tensor into shared memory as float32: dst[i * pitch + e] = src[token(i)][e] for
-// i < nrows, e < width, 0 for tokens >= n_real (padding) and for e in [width, r4(width)). vec: width is a
-// multiple of 16 bytes of T and src is 16-byte aligned, so whole rows are 16-byte vectors. Each thread
-// issues up to kBatch independent loads before it stores them (memory-level parallelism).
-template <typename T, typename TokenFn>
-__device__ __forceinline__ void gather_rows(float* __restrict__ dst, int pitch, const T* __restrict__ src,
-                                            int width, int nrows, TokenFn token, int n_real, bool vec) {
-  constexpr int kBatch = 4;
-  const int nt = blockDim.x;
-  if (vec) {
-    constexpr int V = Vec16<T>::kCount;
-    const int groups = width / V, items = nrows * groups;
-    for (int base = threadIdx.x; base < items; base += kBatch * nt) {
-      uint4 raw[kBatch];
-#pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        raw[u].x = raw[u].y = raw[u].z = raw[u].w = 0u;
-        const int it = base + u * nt;
-        if (it < items) {
-          const int i = it / groups, g = it - i * groups, t = token(i);
-          if (t < n_real) raw[u] = *reinterpret_cast<const uint4*>(src + (int64)t * width + g * V);
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        const int it = base + u * nt;
-        if (it < items) {
-          const int i = it / groups, g = it - i * groups;
-          float x[V];
-          Vec16<T>::unpack(raw[u], x);
-          float* o = dst + i * pitch + g * V;
-#pragma unroll
-          for (int j = 0; j < V; j += 4) st4(o + j, x[j], x[j + 1], x[j + 2], x[j + 3]);
-        }
-      }
+// Rows of a [*, width] tensor (T in global memory) gathered into shared memory as float32: row i of the
+// destination is token tok[i] (or first + i when tok is null), zero for tokens >= n_real (padding) and
+// for columns [width, r4(width)). A unit of work is 16 bytes of a row (vec: width is a multiple of 16
+// bytes of T and src is 16-byte aligned) or one element.
+template <typename T>
+struct RowSrc {
+  const T* src;
+  const int* tok;
+  float* dst;
+  int first, width, pitch, n_real, rows;
+  bool vec;
+
+  __device__ __forceinline__ int units() const { return vec ? width / Vec16<T>::kCount : r4(width); }
+  __device__ __forceinline__ int items() const { return rows * units(); }
+  __device__ __forceinline__ uint4 load(int it) const {
+    const int u = units(), i = it / u, g = it - i * u, t = tok != nullptr ? tok[i] : first + i;
+    uint4 w;
+    w.x = w.y = w.z = w.w = 0u;
+    if (t < n_real) {
+      if (vec)
+        w = *reinterpret_cast<const uint4*>(src + (int64)t * width + g * Vec16<T>::kCount);
+      else if (g < width)
+        w.x = __float_as_uint(to_float(src[(int64)t * width + g]));
     }
+    return w;
+  }
+  __device__ __forceinline__ void store(int it, const uint4& w) const {
+    const int u = units(), i = it / u, g = it - i * u;
+    if (vec) {
+      constexpr int V = Vec16<T>::kCount;
+      float x[V];
+      Vec16<T>::unpack(w, x);
+      float* o = dst + i * pitch + g * V;
+#pragma unroll
+      for (int j = 0; j < V; j += 4) st4(o + j, x[j], x[j + 1], x[j + 2], x[j + 3]);
+    } else {
+      dst[i * pitch + g] = __uint_as_float(w.x);
+    }
+  }
+};
+
+template <typename T>
+__device__ __forceinline__ RowSrc<T> rows_of(const T* src, const int* tok, int first, int nrows, int width,
+                                             int n_real, bool vec, float* dst, int pitch) {
+  RowSrc<T> r;
+  r.src = src;
+  r.tok = tok;
+  r.dst = dst;
+  r.first = first;
+  r.width = width;
+  r.pitch = pitch;
+  r.n_real = n_real;
+  r.rows = nrows;
+  r.vec = vec;
+  return r;
+}
+
+template <typename S0, typename... Rest>
+__device__ __forceinline__ int items_of(const S0& s0, const Rest&... rest) {
+  if constexpr (sizeof...(Rest) == 0) {
+    return s0.items();
   } else {
-    const int w4 = r4(width), items = nrows * w4;
-    for (int base = threadIdx.x; base < items; base += kBatch * nt) {
-      float x[kBatch];
+    return s0.items() + items_of(rest...);
+  }
+}
+template <typename S0, typename... Rest>
+__device__ __forceinline__ uint4 load_item(int it, const S0& s0, const Rest&... rest) {
+  if constexpr (sizeof...(Rest) == 0) {
+    return s0.load(it);
+  } else {
+    const int n = s0.items();
+    return it < n ? s0.load(it) : load_item(it - n, rest...);
+  }
+}
+template <typename S0, typename... Rest>
+__device__ __forceinline__ void store_item(int it, const uint4& w, const S0& s0, const Rest&... rest) {
+  if constexpr (sizeof...(Rest) == 0) {
+    s0.store(it, w);
+  } else {
+    const int n = s0.items();
+    if (it < n)
+      s0.store(it, w);
+    else
+      store_item(it - n, w, rest...);
+  }
+}
+
+// The rows of every source into shared memory, the sources' units numbered one after another: each
+// thread issues up to K independent loads (of any of the sources) before it stores them, so a block
+// waits for one memory round trip per K * blockDim.x units instead of one per tensor.
+template <int K, typename... S>
+__device__ __forceinline__ void gather(const S&... srcs) {
+  const int total = items_of(srcs...), nt = blockDim.x;
+  for (int base = threadIdx.x; base < total; base += K * nt) {
+    uint4 raw[K];
 #pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        x[u] = 0.0f;
-        const int it = base + u * nt;
-        if (it < items) {
-          const int i = it / w4, e = it - i * w4, t = token(i);
-          if (e < width && t < n_real) x[u] = to_float(src[(int64)t * width + e]);
-        }
-      }
+    for (int u = 0; u < K; ++u) {
+      const int it = base + u * nt;
+      if (it < total) raw[u] = load_item(it, srcs...);
+    }
 #pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        const int it = base + u * nt;
-        if (it < items) {
-          const int i = it / w4, e = it - i * w4;
-          dst[i * pitch + e] = x[u];
-        }
-      }
+    for (int u = 0; u < K; ++u) {
+      const int it = base + u * nt;
+      if (it < total) store_item(it, raw[u], srcs...);
     }
   }
 }
+
+// Per-slot values of a cluster block, as gather sources: dst[j * dpitch + i] = src[j * P + tok[i]] for
+// slots i < rows and rounds j < nj; Bucket stores the int divided by c (the cluster of the slot's token in
+// round j), Scalar stores the float.
+struct SlotScalar {
+  const float* src;
+  const int* tok;
+  float* dst;
+  int rows;
+  __device__ __forceinline__ int items() const { return rows; }
+  __device__ __forceinline__ uint4 load(int it) const {
+    uint4 w;
+    w.x = __float_as_uint(src[tok[it]]);
+    w.y = w.z = w.w = 0u;
+    return w;
+  }
+  __device__ __forceinline__ void store(int it, const uint4& w) const { dst[it] = __uint_as_float(w.x); }
+};
+struct SlotBucket {
+  const int* src;
+  const int* tok;
+  int* dst;
+  int rows, nj, P, dpitch, c;
+  __device__ __forceinline__ int items() const { return rows * nj; }
+  __device__ __forceinline__ uint4 load(int it) const {
+    const int j = it / rows, i = it - j * rows;
+    uint4 w;
+    w.x = (unsigned)src[(int64)j * P + tok[i]];
+    w.y = w.z = w.w = 0u;
+    return w;
+  }
+  __device__ __forceinline__ void store(int it, const uint4& w) const {
+    const int j = it / rows, i = it - j * rows;
+    dst[j * dpitch + i] = (int)w.x / c;
+  }
+};
+
+// Blocks of consecutive floats as gather sources: dst[j * dpitch + i] = src[j * spitch + i] for i < n,
+// j < nj (scalar units).
+struct Span {
+  const float* src;
+  float* dst;
+  int n, nj;
+  int64 spitch;
+  int dpitch;
+  __device__ __forceinline__ int items() const { return n * nj; }
+  __device__ __forceinline__ uint4 load(int it) const {
+    const int j = it / n, i = it - j * n;
+    uint4 w;
+    w.x = __float_as_uint(src[j * spitch + i]);
+    w.y = w.z = w.w = 0u;
+    return w;
+  }
+  __device__ __forceinline__ void store(int it, const uint4& w) const {
+    const int j = it / n, i = it - j * n;
+    dst[j * dpitch + i] = __uint_as_float(w.x);
+  }
+};
+// Consecutive rows of F floats stored transposed: dst[f * dpitch + t] = src[t * F + f] for t < rows
+// (float4 units when vec: F % 4 == 0 and src 16-byte aligned).
+struct Transposed {
+  const float* src;
+  float* dst;
+  int rows, F, dpitch;
+  bool vec;
+  __device__ __forceinline__ int units() const { return vec ? F >> 2 : F; }
+  __device__ __forceinline__ int items() const { return rows * units(); }
+  __device__ __forceinline__ uint4 load(int it) const {
+    const int u = units(), t = it / u, g = it - t * u;
+    uint4 w;
+    if (vec) {
+      w = *reinterpret_cast<const uint4*>(src + (int64)t * F + 4 * g);
+    } else {
+      w.x = __float_as_uint(src[(int64)t * F + g]);
+      w.y = w.z = w.w = 0u;
+    }
+    return w;
+  }
+  __device__ __forceinline__ void store(int it, const uint4& w) const {
+    const int u = units(), t = it / u, g = it - t * u;
+    if (vec) {
+      dst[(4 * g) * dpitch + t] = __uint_as_float(w.x);
+      dst[(4 * g + 1) * dpitch + t] = __uint_as_float(w.y);
+      dst[(4 * g + 2) * dpitch + t] = __uint_as_float(w.z);
+      dst[(4 * g + 3) * dpitch + t] = __uint_as_float(w.w);
+    } else {
+      dst[g * dpitch + t] = __uint_as_float(w.x);
+    }
+  }
+};
 
 // D[r * ds + o] = sum_e X[r * xs + e] W[o * ws + e] for r < nrows, o < nout: one sequential fmaf chain
 // over e = 0 .. e4 - 1 per output (the zero padding up to e4 leaves a chain unchanged). A warp computes a
@@ -241,7 +378,7 @@ __device__ void stats(const T* __restrict__ k, const float* __restrict__ proj, f
   float* x = w + m * xs;        // [chunk][xs] key rows
   float* dk = x + chunk * xs;   // [chunk][ds] key projections
   load_weights(w, xs, proj, m, root, nullptr, 0, E);
-  gather_rows<T>(x, xs, k + (int64)bh * N * E, E, n, [=](int i) { return t0 + i; }, N, veck != 0);
+  gather<4>(rows_of(k + (int64)bh * N * E, nullptr, t0, n, E, N, veck != 0, x, xs));
   __syncthreads();
   if (m > 0) tile_dots<2, 2>(x, xs, n, w, xs, m, e4, dk, ds);
   __syncthreads();
@@ -297,14 +434,14 @@ __device__ void features(const T* __restrict__ q, const T* __restrict__ k, const
     if (tid == 0) st_klog = c;
   }
   load_weights(w, xs, proj, mm, root, hv, rh, E);
-  gather_rows<T>(x, xs, q + (int64)bh * N * E, E, n, [=](int i) { return t0 + i; }, N, vecq != 0);
-  gather_rows<T>(x + n * xs, xs, k + (int64)bh * N * E, E, n, [=](int i) { return t0 + i; }, N, vecq != 0);
+  gather<4>(rows_of(q + (int64)bh * N * E, nullptr, t0, n, E, N, vecq != 0, x, xs),
+            rows_of(k + (int64)bh * N * E, nullptr, t0, n, E, N, vecq != 0, x + n * xs, xs));
   __syncthreads();
   tile_dots<4, 2>(x, xs, 2 * n, w, xs, nout, e4, d, ds);
   for (int i = tid; i < 2 * n; i += nth) sq[i] = row_sq(x + i * xs, e4);
   __syncthreads();
   if (low_rank)
-    gather_rows<T>(vt, vp, v + (int64)bh * N * Dv, Dv, n, [=](int i) { return t0 + i; }, N, vecv != 0);
+    gather<4>(rows_of(v + (int64)bh * N * Dv, nullptr, t0, n, Dv, N, vecv != 0, vt, vp));
 
   if (sparse) {
     // Hash dot products of the E token coordinates (the sort adds the XBOX+ coordinate's term), +inf on
@@ -561,8 +698,8 @@ __device__ void cluster_attention(const T* __restrict__ q, const T* __restrict__
   const int nt = (c + kTile - 1) / kTile;
   float* qs = sm;                                          // [QB][es] queries of the clusters
   float* ks = qs + QM * es;                                // [QB][es] keys
-  float* vs = sm;                                          // later [QB][vp] values (q, k are dead)
-  float* qfs = sm + max(2 * QM * es, QM * vp);             // [QB][fs] q'   (SCATTERBRAIN)
+  float* vs = ks + QM * es;                                // [QB][vp] values
+  float* qfs = vs + QM * vp;                               // [QB][fs] q'   (SCATTERBRAIN)
   float* kfs = qfs + (sb ? QM * fs : 0);                   // [QB][fs] k'   (SCATTERBRAIN)
   float* sc = kfs + (sb ? QM * fs : 0);                    // [QB][cs] logits, then weights
   float* lr = sc + r4(QM * cs);                            // [QB][cs] low-rank estimate (SCATTERBRAIN)
@@ -575,27 +712,24 @@ __device__ void cluster_attention(const T* __restrict__ q, const T* __restrict__
   int* qbk = kidx + r4(QM);                                // [R][QB] query bucket in every round
   int* kbk = qbk + (multi ? r4(R * QM) : 0);               // [R][QB] key bucket in every round
   const int64 perm0 = ((int64)bh * R + r) * P + s0;
-  const int* qp = q_perm + perm0;
-  const int* kp = k_perm + perm0;
 
   for (int t = tid; t < QB; t += nth) {
-    const int qi = qp[t], kj = kp[t];
-    qidx[t] = qi;
-    kidx[t] = kj;
-    if (sb) qpl[t] = pls[(int64)bh * P + qi];
-    if (multi)
-      for (int r2 = 0; r2 < R; ++r2) {
-        qbk[r2 * QM + t] = q_inv[((int64)bh * R + r2) * P + qi] / c;
-        kbk[r2 * QM + t] = k_inv[((int64)bh * R + r2) * P + kj] / c;
-      }
+    qidx[t] = q_perm[perm0 + t];
+    kidx[t] = k_perm[perm0 + t];
   }
-  gather_rows<T>(qs, es, q + (int64)bh * N * E, E, QB, [=](int i) { return qp[i]; }, N, vecq != 0);
-  gather_rows<T>(ks, es, k + (int64)bh * N * E, E, QB, [=](int i) { return kp[i]; }, N, vecq != 0);
-  if (sb) {
-    const bool vecf = (F & 3) == 0;  // workspace rows of F floats: 16-byte aligned when F % 4 == 0
-    gather_rows<float>(qfs, fs, qf + (int64)bh * P * F, F, QB, [=](int i) { return qp[i]; }, P, vecf);
-    gather_rows<float>(kfs, fs, kf + (int64)bh * P * F, F, QB, [=](int i) { return kp[i]; }, P, vecf);
-  }
+  __syncthreads();
+  // Everything else the block reads, in one batch of loads: rows of q, k, v (the tokens of the slots),
+  // q', k', the queries' pls and every round's buckets of the slots' tokens.
+  const int fq = sb ? QB : 0, fb = multi ? QB : 0;
+  const bool vecf = (F & 3) == 0;  // workspace rows of F floats: 16-byte aligned when F % 4 == 0
+  gather<16>(rows_of(q + (int64)bh * N * E, qidx, 0, QB, E, N, vecq != 0, qs, es),
+             rows_of(k + (int64)bh * N * E, kidx, 0, QB, E, N, vecq != 0, ks, es),
+             rows_of(v + (int64)bh * N * Dv, kidx, 0, QB, Dv, N, vecv != 0, vs, vp),
+             rows_of(qf + (int64)bh * P * F, qidx, 0, fq, F, P, vecf, qfs, fs),
+             rows_of(kf + (int64)bh * P * F, kidx, 0, fq, F, P, vecf, kfs, fs),
+             SlotScalar{pls + (int64)bh * P, qidx, qpl, fq},
+             SlotBucket{q_inv + (int64)bh * R * P, qidx, qbk, fb, R, P, QM, c},
+             SlotBucket{k_inv + (int64)bh * R * P, kidx, kbk, fb, R, P, QM, c});
   __syncthreads();
 
   // Logits t q.k (padded keys masked), minus log(count), and the low-rank estimate q'.k' / count
@@ -650,8 +784,6 @@ __device__ void cluster_attention(const T* __restrict__ q, const T* __restrict__
   }
   __syncthreads();
 
-  // Values (keys' order) into the space of q and k, while the weights are computed.
-  gather_rows<T>(vs, vp, v + (int64)bh * N * Dv, Dv, QB, [=](int i) { return kp[i]; }, N, vecv != 0);
   // Weights, by segments (query t, tile column tj): SCATTERBRAIN dots = exp(s - M) - lr exp(pls - M) with
   // M = max(max_j s, pls) bounding both terms by 1; LSH exp(s - max) summed for the logsumexp.
   for (int u = tid; u < QB * nt; u += nth) {
@@ -770,6 +902,11 @@ __device__ __forceinline__ void store4<half_bits>(half_bits* p, const float* x, 
   }
 }
 
+// Low-rank state of one (b, h) as vitrt_sb_kv_reduce writes it: kv[f][d] = (k'^T v)[f][d] for d < Dv, zero up
+// to kp = 4 ceil(Dv / 4) (16-byte rows), then ksum[f] = sum k'[f]; kv_stride floats in all.
+__device__ __forceinline__ int kv_pitch(int Dv) { return 4 * ((Dv + 3) >> 2); }
+__device__ __forceinline__ int kv_stride(int F, int Dv) { return F * kv_pitch(Dv) + r4(F); }
+
 template <typename T>
 __device__ void combine(const float* __restrict__ qf, const float* __restrict__ pls, const float* __restrict__ kv,
                         const float* __restrict__ rnum, const float* __restrict__ raux, T* __restrict__ out, int N,
@@ -778,29 +915,29 @@ __device__ void combine(const float* __restrict__ qf, const float* __restrict__ 
   const int bh = blockIdx.y, tid = threadIdx.x, nth = blockDim.x;
   const int i0 = blockIdx.x * qpb, nq = min(qpb, N - i0);
   const bool low_rank = mode != kLsh, sparse = mode != kPerformer, sb = mode == kScatterbrain;
-  const int dv4 = (Dv + 3) >> 2, kp = 4 * dv4, qtp = r4(qpb), Fl = low_rank ? F : 0, L = F * (Dv + 1);
-  float* kvs = sm;                     // [F][kp] low-rank state k'^T v (zero padded to kp channels)
-  float* ksum = kvs + Fl * kp;         // [F] sum k'
-  float* qt = ksum + r4(Fl);           // [F][qtp] the block's q', transposed (token fastest)
-  float* wt = qt + Fl * qtp;           // [qpb][R] round weights
-  float* lrw = wt + (sparse ? r4(qpb * R) : 0);  // [qpb] weight of the low-rank term
-  float* den = lrw + r4(qpb);          // [qpb] denominator
+  const int dv4 = (Dv + 3) >> 2, kp = kv_pitch(Dv), qtp = r4(qpb), Fl = low_rank ? F : 0, Rs = sparse ? R : 0;
+  float* kvs = sm;                         // [F][kp] low-rank state k'^T v, then [F] sum k'
+  float* ksum = kvs + Fl * kp;
+  float* qt = ksum + r4(Fl);               // [F][qtp] the block's q', transposed (token fastest)
+  float* ra = qt + Fl * qtp;               // [R][qpb][2] the block's raux rows
+  float* ql = ra + r4(2 * qpb * Rs);       // [qpb] pls
+  float* wt = ql + r4(qpb);                // [qpb][R] round weights
+  float* lrw = wt + r4(qpb * Rs);          // [qpb] weight of the low-rank term
+  float* den = lrw + r4(qpb);              // [qpb] denominator
 
-  if (low_rank) {
-    for (int i = tid; i < F * kp; i += nth) {
-      const int f = i / kp, dd = i - f * kp;
-      kvs[i] = dd < Dv ? kv[(int64)bh * L + f * (Dv + 1) + dd] : 0.0f;
-    }
-    for (int f = tid; f < F; f += nth) ksum[f] = kv[(int64)bh * L + f * (Dv + 1) + Dv];
-    const float* qrow = qf + ((int64)bh * P + i0) * F;  // the block's rows are contiguous
-    for (int i = tid; i < F * qtp; i += nth) {
-      const int f = i / qtp, t = i - f * qtp;
-      qt[i] = t < nq ? qrow[t * F + f] : 0.0f;
-    }
+  // Everything but the round rows in one batch of loads; qt padded with zero tokens up to a multiple of 4.
+  for (int i = tid; i < Fl * (qtp - nq); i += nth) {
+    const int f = i / (qtp - nq), t = nq + i - f * (qtp - nq);
+    qt[f * qtp + t] = 0.0f;
   }
+  const float* qrow = qf + ((int64)bh * P + i0) * Fl;  // the block's rows are contiguous
+  gather<8>(rows_of(kv + (int64)bh * kv_stride(F, Dv), nullptr, 0, Fl, kp, Fl, true, kvs, kp),
+            rows_of(kv + (int64)bh * kv_stride(F, Dv) + Fl * kp, nullptr, 0, Fl > 0 ? 1 : 0, Fl, 1, false, ksum, 0),
+            Transposed{qrow, qt, Fl > 0 ? nq : 0, F, qtp, (F & 3) == 0},
+            Span{raux + ((int64)bh * R * P + i0) * 2, ra, 2 * nq, Rs, 2 * (int64)P, 2 * qpb},
+            Span{pls + (int64)bh * P + i0, ql, nq, sb ? 1 : 0, 0, 0});
   __syncthreads();
   for (int t = tid; t < nq; t += nth) {
-    const int i = i0 + t;
     float lrs = 0.0f;
     for (int f = 0; f < Fl; ++f) lrs = fmaf(qt[f * qtp + t], ksum[f], lrs);
     if (!sparse) {
@@ -810,27 +947,26 @@ __device__ void combine(const float* __restrict__ qf, const float* __restrict__ 
     // Round weights in log domain: L = logsumexp_r M_r, w_r = exp(M_r - L) (SCATTERBRAIN), or
     // w_r = softmax_r(logsumexp of round r's logits) (LSH).
     float mx = neg_inf();
-    for (int r = 0; r < R; ++r) mx = fmaxf(mx, raux[(((int64)bh * R + r) * P + i) * 2 + 1]);
+    for (int r = 0; r < R; ++r) mx = fmaxf(mx, ra[(r * qpb + t) * 2 + 1]);
     float se = 0.0f;
-    for (int r = 0; r < R; ++r) se += expf(raux[(((int64)bh * R + r) * P + i) * 2 + 1] - mx);
+    for (int r = 0; r < R; ++r) se += expf(ra[(r * qpb + t) * 2 + 1] - mx);
     const float lse = logf(se) + mx;
     if (sb) {
       float dn = 0.0f;
       for (int r = 0; r < R; ++r) {
-        const float* a = raux + (((int64)bh * R + r) * P + i) * 2;
-        const float wr = expf(a[1] - lse);
+        const float wr = expf(ra[(r * qpb + t) * 2 + 1] - lse);
         wt[t * R + r] = wr;
-        dn += a[0] * wr;
+        dn += ra[(r * qpb + t) * 2] * wr;
       }
-      const float lw = expf(pls[(int64)bh * P + i] - lse);
+      const float lw = expf(ql[t] - lse);
       lrw[t] = lw;
       den[t] = fmaxf(dn + lrs * lw, 1e-6f);  // spec.DENOMINATOR_MIN, in units of exp(L)
     } else {
-      for (int r = 0; r < R; ++r) wt[t * R + r] = expf(raux[(((int64)bh * R + r) * P + i) * 2 + 1] - mx) / se;
+      for (int r = 0; r < R; ++r) wt[t * R + r] = expf(ra[(r * qpb + t) * 2 + 1] - mx) / se;
     }
   }
   __syncthreads();
-  // Tiles of 4 queries x 4 channels: the low-rank product q' (k'^T v), then the rounds.
+  // Tiles of 4 queries x 4 channels: the low-rank product q' (k'^T v), then the rounds' rows.
   const bool vrow = (Dv & 3) == 0;
   const int64 rstride = (int64)P * Dv;                        // one round of rnum
   const float* rblock = rnum + ((int64)bh * R * P + i0) * Dv;  // round 0, query i0
@@ -840,7 +976,7 @@ __device__ void combine(const float* __restrict__ qf, const float* __restrict__ 
     float lr[4][4];
 #pragma unroll
     for (int a = 0; a < 4; ++a) lr[a][0] = lr[a][1] = lr[a][2] = lr[a][3] = 0.0f;
-#pragma unroll 2
+#pragma unroll 1
     for (int f = 0; f < Fl; ++f) {
       const float4 qv = ld4(qt + f * qtp + 4 * tq), kk = ld4(kvs + f * kp + ch);
       const float qa[4] = {qv.x, qv.y, qv.z, qv.w};
@@ -852,42 +988,46 @@ __device__ void combine(const float* __restrict__ qf, const float* __restrict__ 
         lr[a][3] = fmaf(qa[a], kk.w, lr[a][3]);
       }
     }
+    float num[4][4];
+#pragma unroll
+    for (int a = 0; a < 4; ++a) num[a][0] = num[a][1] = num[a][2] = num[a][3] = 0.0f;
+    for (int r = 0; r < Rs; ++r) {
+      float4 x[4];
+#pragma unroll
+      for (int a = 0; a < 4; ++a) {
+        const int t = min(4 * tq + a, nq - 1);
+        const float* row = rblock + r * rstride + (int64)t * Dv + ch;
+        if (vrow) {
+          x[a] = ld4(row);
+        } else {
+          x[a].x = row[0];
+          x[a].y = nch > 1 ? row[1] : 0.0f;
+          x[a].z = nch > 2 ? row[2] : 0.0f;
+          x[a].w = nch > 3 ? row[3] : 0.0f;
+        }
+      }
+#pragma unroll
+      for (int a = 0; a < 4; ++a) {
+        const float wr = wt[min(4 * tq + a, nq - 1) * R + r];
+        num[a][0] += x[a].x * wr;
+        num[a][1] += x[a].y * wr;
+        num[a][2] += x[a].z * wr;
+        num[a][3] += x[a].w * wr;
+      }
+    }
 #pragma unroll
     for (int a = 0; a < 4; ++a) {
       const int t = 4 * tq + a;
       if (t >= nq) continue;
       float res[4];
-      if (!sparse) {
 #pragma unroll
-        for (int cc = 0; cc < 4; ++cc) res[cc] = lr[a][cc] / den[t];
-      } else {
-        float num[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        for (int r = 0; r < R; ++r) {
-          const float wr = wt[t * R + r];
-          const float* row = rblock + r * rstride + t * Dv + ch;
-          float x[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-          if (vrow) {
-            const float4 xv = ld4(row);
-            x[0] = xv.x;
-            x[1] = xv.y;
-            x[2] = xv.z;
-            x[3] = xv.w;
-          } else {
-#pragma unroll
-            for (int cc = 0; cc < 4; ++cc)
-              if (cc < nch) x[cc] = row[cc];
-          }
-#pragma unroll
-          for (int cc = 0; cc < 4; ++cc) num[cc] += x[cc] * wr;
-        }
-        if (sb) {
-          const float lw = lrw[t], dn = den[t];
-#pragma unroll
-          for (int cc = 0; cc < 4; ++cc) res[cc] = (num[cc] + lr[a][cc] * lw) / dn;
-        } else {
-#pragma unroll
-          for (int cc = 0; cc < 4; ++cc) res[cc] = num[cc];
-        }
+      for (int cc = 0; cc < 4; ++cc) {
+        if (!sparse)
+          res[cc] = lr[a][cc] / den[t];
+        else if (sb)
+          res[cc] = (num[a][cc] + lr[a][cc] * lrw[t]) / den[t];
+        else
+          res[cc] = num[a][cc];
       }
       store4<T>(oblock + t * Dv + ch, res, nch, vec_out != 0 && nch == 4);
     }
@@ -920,7 +1060,7 @@ __device__ void combine(const float* __restrict__ qf, const float* __restrict__ 
     cluster_attention<T>(q, k, v, qf, kf, pls, q_perm, q_inv, k_perm, k_inv, rnum, raux, N, P, E, Dv, R,   \
                          F, c, G, scale, mode, vecq, vecv);                                                \
   }                                                                                                        \
-  extern "C" __global__ void __launch_bounds__(256, 2) vitrt_sb_combine_##SUFFIX(                          \
+  extern "C" __global__ void __launch_bounds__(256, 3) vitrt_sb_combine_##SUFFIX(                          \
       const float* qf, const float* pls, const float* kv, const float* rnum, const float* raux, T* out,    \
       int N, int P, int Dv, int R, int F, int qpb, int mode, int vec_out) {                                \
     combine<T>(qf, pls, kv, rnum, raux, out, N, P, Dv, R, F, qpb, mode, vec_out);                          \
@@ -929,24 +1069,34 @@ __device__ void combine(const float* __restrict__ qf, const float* __restrict__ 
 VITRT_SB_ENTRIES(f32, float)
 VITRT_SB_ENTRIES(f16, half_bits)
 
-// kv[bh] = sum over chunks (in chunk order) of kv_part[bh, chunk]: [F, Dv + 1] per (b, h), one output per
+// kv[bh] = sum over chunks (in chunk order) of kv_part[bh, chunk] ([F, Dv + 1] per chunk), written in the
+// layout combine reads (kv_stride: [F][kv_pitch] with zero padding, then the sums of k'). One output per
 // thread, the chunk loop unrolled so that its loads are in flight together.
 extern "C" __global__ void __launch_bounds__(128)
-    vitrt_sb_kv_reduce(const float* __restrict__ kv_part, float* __restrict__ kv, int L, int nchunk) {
-  const int bh = blockIdx.y, o = blockIdx.x * blockDim.x + threadIdx.x;
-  if (o >= L) return;
-  const float* src = kv_part + (int64)bh * nchunk * L + o;
-  float acc = 0.0f;
-  int i = 0;
-  for (; i + 8 <= nchunk; i += 8) {
-    float x[8];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) x[j] = src[(int64)(i + j) * L];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) acc += x[j];
+    vitrt_sb_kv_reduce(const float* __restrict__ kv_part, float* __restrict__ kv, int F, int Dv, int nchunk) {
+  const int bh = blockIdx.y, o = blockIdx.x * blockDim.x + threadIdx.x, kp = kv_pitch(Dv), L = F * (Dv + 1);
+  if (o >= F * kp + F) return;
+  int src;  // column of the partials, or -1 for padding
+  if (o < F * kp) {
+    const int f = o / kp, d = o - f * kp;
+    src = d < Dv ? f * (Dv + 1) + d : -1;
+  } else {
+    src = (o - F * kp) * (Dv + 1) + Dv;
   }
-  for (; i < nchunk; ++i) acc += src[(int64)i * L];
-  kv[(int64)bh * L + o] = acc;
+  float acc = 0.0f;
+  if (src >= 0) {
+    const float* p = kv_part + (int64)bh * nchunk * L + src;
+    int i = 0;
+    for (; i + 8 <= nchunk; i += 8) {
+      float x[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) x[j] = p[(int64)(i + j) * L];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc += x[j];
+    }
+    for (; i < nchunk; ++i) acc += p[(int64)i * L];
+  }
+  kv[(int64)bh * kv_stride(F, Dv) + o] = acc;
 }
 
 // Stable ascending argsort of one round's hashes (block x: side * R + r, side 0 = queries, 1 = keys), after
