@@ -188,8 +188,8 @@ def _stats_floats(d: AttentionDims, chunk: int) -> int:
 
 def _features_floats(d: AttentionDims, chunk: int) -> int:
     nout, f = d.m + (d.r if d.sparse else 0), d.f
-    xs, vp = _pitch4(d.e), _pitch4(d.dv)
-    union = max(2 * chunk * xs, chunk * vp + _r4(f * (chunk + 1)) if d.low_rank else 0)
+    xs, vp = _pitch4(d.e), _pitch4(d.dv + 1)
+    union = max(2 * chunk * xs, chunk * (vp + _r4(f)) if d.low_rank else 0)
     return nout * xs + union + _r4(2 * chunk * (nout | 1)) + _r4(2 * chunk) + _r4(chunk)
 
 

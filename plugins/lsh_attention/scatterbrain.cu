@@ -48,6 +48,14 @@ constexpr int kScatterbrain = 0, kLsh = 1, kPerformer = 2;
 __device__ __forceinline__ int pitch4(int n) { return 4 * (((n + 3) >> 2) | 1); }
 __device__ __forceinline__ int r4(int n) { return (n + 3) & ~3; }
 
+// n / d by a multiply: m = ceil(2^32 / d), then (n m) >> 32 = n / d exactly for 0 <= n with n d < 2^32
+// (n m / 2^32 = n / d + n e / (d 2^32) with e = m d - 2^32 < d). Gather units and buckets stay far inside.
+struct FastDiv {
+  unsigned long long m;
+  __device__ __forceinline__ explicit FastDiv(int d) : m((0x100000000ull + (unsigned)d - 1u) / (unsigned)d) {}
+  __device__ __forceinline__ int operator()(int n) const { return (int)(((unsigned long long)(unsigned)n * m) >> 32); }
+};
+
 __device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
 __device__ __forceinline__ void st4(float* p, float a, float b, float c, float d) {
   *reinterpret_cast<float4*>(p) = make_float4(a, b, c, d);
@@ -114,13 +122,17 @@ struct RowSrc {
   const T* src;
   const int* tok;
   float* dst;
-  int first, width, pitch, n_real, rows;
+  int first, width, pitch, n_real, rows, u;  // u: units per row
   bool vec;
+  FastDiv per_row;  // / u
 
-  __device__ __forceinline__ int units() const { return vec ? width / Vec16<T>::kCount : r4(width); }
-  __device__ __forceinline__ int items() const { return rows * units(); }
+  __device__ __forceinline__ RowSrc(const T* src_, const int* tok_, int first_, int nrows, int width_, int n_real_,
+                                    bool vec_, float* dst_, int pitch_)
+      : src(src_), tok(tok_), dst(dst_), first(first_), width(width_), pitch(pitch_), n_real(n_real_),
+        rows(nrows), u(vec_ ? width_ / Vec16<T>::kCount : r4(width_)), vec(vec_), per_row(max(u, 1)) {}
+  __device__ __forceinline__ int items() const { return rows * u; }
   __device__ __forceinline__ uint4 load(int it) const {
-    const int u = units(), i = it / u, g = it - i * u, t = tok != nullptr ? tok[i] : first + i;
+    const int i = per_row(it), g = it - i * u, t = tok != nullptr ? tok[i] : first + i;
     uint4 w;
     w.x = w.y = w.z = w.w = 0u;
     if (t < n_real) {
@@ -132,7 +144,7 @@ struct RowSrc {
     return w;
   }
   __device__ __forceinline__ void store(int it, const uint4& w) const {
-    const int u = units(), i = it / u, g = it - i * u;
+    const int i = per_row(it), g = it - i * u;
     if (vec) {
       constexpr int V = Vec16<T>::kCount;
       float x[V];
@@ -149,17 +161,7 @@ struct RowSrc {
 template <typename T>
 __device__ __forceinline__ RowSrc<T> rows_of(const T* src, const int* tok, int first, int nrows, int width,
                                              int n_real, bool vec, float* dst, int pitch) {
-  RowSrc<T> r;
-  r.src = src;
-  r.tok = tok;
-  r.dst = dst;
-  r.first = first;
-  r.width = width;
-  r.pitch = pitch;
-  r.n_real = n_real;
-  r.rows = nrows;
-  r.vec = vec;
-  return r;
+  return RowSrc<T>(src, tok, first, nrows, width, n_real, vec, dst, pitch);
 }
 
 template <typename S0, typename... Rest>
@@ -234,18 +236,23 @@ struct SlotBucket {
   const int* src;
   const int* tok;
   int* dst;
-  int rows, nj, P, dpitch, c;
+  int rows, nj, P, dpitch;
+  FastDiv per_round, per_cluster;  // / rows, / c
+  __device__ __forceinline__ SlotBucket(const int* src_, const int* tok_, int* dst_, int rows_, int nj_, int P_,
+                                        int dpitch_, int c)
+      : src(src_), tok(tok_), dst(dst_), rows(rows_), nj(nj_), P(P_), dpitch(dpitch_), per_round(max(rows_, 1)),
+        per_cluster(c) {}
   __device__ __forceinline__ int items() const { return rows * nj; }
   __device__ __forceinline__ uint4 load(int it) const {
-    const int j = it / rows, i = it - j * rows;
+    const int j = per_round(it), i = it - j * rows;
     uint4 w;
     w.x = (unsigned)src[(int64)j * P + tok[i]];
     w.y = w.z = w.w = 0u;
     return w;
   }
   __device__ __forceinline__ void store(int it, const uint4& w) const {
-    const int j = it / rows, i = it - j * rows;
-    dst[j * dpitch + i] = (int)w.x / c;
+    const int j = per_round(it), i = it - j * rows;
+    dst[j * dpitch + i] = per_cluster((int)w.x);
   }
 };
 
@@ -257,16 +264,19 @@ struct Span {
   int n, nj;
   int64 spitch;
   int dpitch;
+  FastDiv per_block;  // / n
+  __device__ __forceinline__ Span(const float* src_, float* dst_, int n_, int nj_, int64 spitch_, int dpitch_)
+      : src(src_), dst(dst_), n(n_), nj(nj_), spitch(spitch_), dpitch(dpitch_), per_block(max(n_, 1)) {}
   __device__ __forceinline__ int items() const { return n * nj; }
   __device__ __forceinline__ uint4 load(int it) const {
-    const int j = it / n, i = it - j * n;
+    const int j = per_block(it), i = it - j * n;
     uint4 w;
     w.x = __float_as_uint(src[j * spitch + i]);
     w.y = w.z = w.w = 0u;
     return w;
   }
   __device__ __forceinline__ void store(int it, const uint4& w) const {
-    const int j = it / n, i = it - j * n;
+    const int j = per_block(it), i = it - j * n;
     dst[j * dpitch + i] = __uint_as_float(w.x);
   }
 };
@@ -275,12 +285,15 @@ struct Span {
 struct Transposed {
   const float* src;
   float* dst;
-  int rows, F, dpitch;
+  int rows, F, dpitch, u;
   bool vec;
-  __device__ __forceinline__ int units() const { return vec ? F >> 2 : F; }
-  __device__ __forceinline__ int items() const { return rows * units(); }
+  FastDiv per_row;  // / u
+  __device__ __forceinline__ Transposed(const float* src_, float* dst_, int rows_, int F_, int dpitch_, bool vec_)
+      : src(src_), dst(dst_), rows(rows_), F(F_), dpitch(dpitch_), u(max(vec_ ? F_ >> 2 : F_, 1)), vec(vec_),
+        per_row(u) {}
+  __device__ __forceinline__ int items() const { return rows * u; }
   __device__ __forceinline__ uint4 load(int it) const {
-    const int u = units(), t = it / u, g = it - t * u;
+    const int t = per_row(it), g = it - t * u;
     uint4 w;
     if (vec) {
       w = *reinterpret_cast<const uint4*>(src + (int64)t * F + 4 * g);
@@ -291,7 +304,7 @@ struct Transposed {
     return w;
   }
   __device__ __forceinline__ void store(int it, const uint4& w) const {
-    const int u = units(), t = it / u, g = it - t * u;
+    const int t = per_row(it), g = it - t * u;
     if (vec) {
       dst[(4 * g) * dpitch + t] = __uint_as_float(w.x);
       dst[(4 * g + 1) * dpitch + t] = __uint_as_float(w.y);
@@ -416,13 +429,13 @@ __device__ void features(const T* __restrict__ q, const T* __restrict__ k, const
   const int ch = blockIdx.x, bh = blockIdx.y, tid = threadIdx.x, nth = blockDim.x;
   const bool sparse = mode != kPerformer, low_rank = mode != kLsh;
   const int mm = low_rank ? m : 0, rh = sparse ? R : 0, nout = mm + rh, F = 2 * mm;
-  const int e4 = r4(E), xs = pitch4(E), ds = nout | 1, vp = pitch4(Dv), kpp = chunk + 1;
+  const int e4 = r4(E), xs = pitch4(E), ds = nout | 1, vp = pitch4(Dv + 1), kfp = r4(F);
   const int t0 = ch * chunk, n = min(chunk, n_tok - t0);
-  const int u_floats = max(2 * chunk * xs, low_rank ? chunk * vp + r4(F * kpp) : 0);
+  const int u_floats = max(2 * chunk * xs, low_rank ? chunk * vp + chunk * kfp : 0);
   float* w = sm;                        // [nout][xs] projection * sqrt(scale), then the hash vectors
   float* x = w + nout * xs;             // [2n][xs] query rows 0..n-1, key rows n..2n-1
-  float* vt = x;                        // later [n][vp] value rows (x is dead by then)
-  float* kp = x + chunk * vp;           // later [F][kpp] k' of the chunk
+  float* vt = x;                        // later [n][vp] value rows and a column of ones (x is dead by then)
+  float* kp = x + chunk * vp;           // later [n][kfp] k' of the chunk
   float* d = x + u_floats;              // [2n][ds] dot products
   float* sq = d + r4(2 * chunk * ds);   // [2n] squared norms
   float* qmx = sq + r4(2 * chunk);      // [n] max_j |q . w_j|
@@ -486,41 +499,43 @@ __device__ void features(const T* __restrict__ q, const T* __restrict__ k, const
     const float lk = f < mm ? ((b - kdiag) - log_norm) : ((-b - kdiag) - log_norm);
     const float kv = t0 + j < N ? expf(lk - k_log) : 0.0f;
     krow[i] = kv;
-    kp[f * kpp + j] = kv;
+    kp[j * kfp + f] = kv;
+  }
+  for (int i = tid; i < n * (kfp - F); i += nth) {  // zero padding of k' to whole float4
+    const int j = i / (kfp - F);
+    kp[j * kfp + F + i - j * (kfp - F)] = 0.0f;
+  }
+  for (int i = tid; i < n * (vp - Dv); i += nth) {  // column Dv of the values: ones (sum k'), then zeros
+    const int j = i / (vp - Dv), dd = Dv + i - j * (vp - Dv);
+    vt[j * vp + dd] = dd == Dv ? 1.0f : 0.0f;
   }
   __syncthreads();
-  // This chunk's k'^T [v, 1] (column Dv holds sum k'), summed in token order: units of 2 features x 4
-  // value channels, then one unit per feature for the sums.
-  const int L = F * (Dv + 1), dv4 = (Dv + 3) >> 2, nfp = (F + 1) >> 1;
+  // This chunk's k'^T [v, 1] (column Dv holds sum k'), summed in token order: tiles of 4 features x 4
+  // channels (float4 of a k' row and of a value row per token).
+  const int L = F * (Dv + 1), nfq = kfp >> 2, ndq = (Dv + 4) >> 2;
   float* out = kv_part + ((int64)bh * nchunk + ch) * L;
-  for (int u = tid; u < nfp * dv4 + F; u += nth) {
-    if (u < nfp * dv4) {
-      const int fp = u / dv4, dq = u - fp * dv4, f0 = 2 * fp, f1 = min(f0 + 1, F - 1);
-      float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
-      for (int j = 0; j < n; ++j) {
-        const float4 vv = ld4(vt + j * vp + 4 * dq);
-        const float a0 = kp[f0 * kpp + j], a1 = kp[f1 * kpp + j];
-        acc[0][0] = fmaf(a0, vv.x, acc[0][0]);
-        acc[0][1] = fmaf(a0, vv.y, acc[0][1]);
-        acc[0][2] = fmaf(a0, vv.z, acc[0][2]);
-        acc[0][3] = fmaf(a0, vv.w, acc[0][3]);
-        acc[1][0] = fmaf(a1, vv.x, acc[1][0]);
-        acc[1][1] = fmaf(a1, vv.y, acc[1][1]);
-        acc[1][2] = fmaf(a1, vv.z, acc[1][2]);
-        acc[1][3] = fmaf(a1, vv.w, acc[1][3]);
-      }
+  for (int u = tid; u < nfq * ndq; u += nth) {
+    const int fq = u / ndq, dq = u - fq * ndq;
+    float acc[4][4];
 #pragma unroll
-      for (int a = 0; a < 2; ++a) {
-        if (f0 + a >= F) continue;
+    for (int a = 0; a < 4; ++a) acc[a][0] = acc[a][1] = acc[a][2] = acc[a][3] = 0.0f;
+    for (int j = 0; j < n; ++j) {
+      const float4 kk = ld4(kp + j * kfp + 4 * fq), vv = ld4(vt + j * vp + 4 * dq);
+      const float ka[4] = {kk.x, kk.y, kk.z, kk.w};
 #pragma unroll
-        for (int c = 0; c < 4; ++c)
-          if (4 * dq + c < Dv) out[(f0 + a) * (Dv + 1) + 4 * dq + c] = acc[a][c];
+      for (int a = 0; a < 4; ++a) {
+        acc[a][0] = fmaf(ka[a], vv.x, acc[a][0]);
+        acc[a][1] = fmaf(ka[a], vv.y, acc[a][1]);
+        acc[a][2] = fmaf(ka[a], vv.z, acc[a][2]);
+        acc[a][3] = fmaf(ka[a], vv.w, acc[a][3]);
       }
-    } else {
-      const int f = u - nfp * dv4;
-      float acc = 0.0f;
-      for (int j = 0; j < n; ++j) acc = fmaf(kp[f * kpp + j], 1.0f, acc);
-      out[f * (Dv + 1) + Dv] = acc;
+    }
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+      if (4 * fq + a >= F) continue;
+#pragma unroll
+      for (int cc = 0; cc < 4; ++cc)
+        if (4 * dq + cc <= Dv) out[(4 * fq + a) * (Dv + 1) + 4 * dq + cc] = acc[a][cc];
     }
   }
 }
@@ -679,7 +694,7 @@ __device__ __forceinline__ SortRow sort_row(const float* __restrict__ qn, const 
 // ---- cluster attention -----------------------------------------------------------------------------------
 
 constexpr int kTile = 3;      // score tile: 3 queries x 3 keys per thread
-constexpr int kPvRows = 6;    // output tile: 6 queries x 4 channels per thread
+constexpr int kPvRows = 3;    // output tile: 3 queries x 8 channels per thread
 
 template <typename T>
 __device__ void cluster_attention(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
@@ -728,8 +743,8 @@ __device__ void cluster_attention(const T* __restrict__ q, const T* __restrict__
              rows_of(qf + (int64)bh * P * F, qidx, 0, fq, F, P, vecf, qfs, fs),
              rows_of(kf + (int64)bh * P * F, kidx, 0, fq, F, P, vecf, kfs, fs),
              SlotScalar{pls + (int64)bh * P, qidx, qpl, fq},
-             SlotBucket{q_inv + (int64)bh * R * P, qidx, qbk, fb, R, P, QM, c},
-             SlotBucket{k_inv + (int64)bh * R * P, kidx, kbk, fb, R, P, QM, c});
+             SlotBucket(q_inv + (int64)bh * R * P, qidx, qbk, fb, R, P, QM, c),
+             SlotBucket(k_inv + (int64)bh * R * P, kidx, kbk, fb, R, P, QM, c));
   __syncthreads();
 
   // Logits t q.k (padded keys masked), minus log(count), and the low-rank estimate q'.k' / count
@@ -821,30 +836,33 @@ __device__ void cluster_attention(const T* __restrict__ q, const T* __restrict__
     __syncthreads();
   }
 
-  // Per-round output rows: weights x values, tiles of 6 queries x 4 channels; rows in token order.
-  const int nrg = (c + kPvRows - 1) / kPvRows, dv4 = (Dv + 3) >> 2;
+  // Per-round output rows: weights x values, tiles of 3 queries x 8 channels (two float4 of a value row);
+  // rows in token order.
+  const int nrg = (c + kPvRows - 1) / kPvRows, dv4 = (Dv + 3) >> 2, dv8 = (dv4 + 1) >> 1;
   const bool vec_out = (Dv & 3) == 0;
   float* rb = rnum + ((int64)bh * R + r) * P * Dv;
-  for (int u = tid; u < Gb * nrg * dv4; u += nth) {
-    const int g = u / (nrg * dv4), rem = u - g * nrg * dv4, rg = rem / dv4, dq = rem - rg * dv4;
+  for (int u = tid; u < Gb * nrg * dv8; u += nth) {
+    const int g = u / (nrg * dv8), rem = u - g * nrg * dv8, rg = rem / dv8, d8 = rem - rg * dv8;
     const int base = g * c;
+    const bool two = 2 * d8 + 1 < dv4;  // the second quad of channels exists
     int ir[kPvRows];
 #pragma unroll
     for (int a = 0; a < kPvRows; ++a) ir[a] = base + min(rg * kPvRows + a, c - 1);
-    float acc[kPvRows][4];
+    float acc[kPvRows][8];
 #pragma unroll
-    for (int a = 0; a < kPvRows; ++a) acc[a][0] = acc[a][1] = acc[a][2] = acc[a][3] = 0.0f;
-    const float* vcol = vs + base * vp + 4 * dq;
+    for (int a = 0; a < kPvRows; ++a)
+#pragma unroll
+      for (int cc = 0; cc < 8; ++cc) acc[a][cc] = 0.0f;
+    const float* vcol = vs + base * vp + 8 * d8;
 #pragma unroll 2
     for (int j = 0; j < c; ++j) {
-      const float4 vv = ld4(vcol + j * vp);
+      const float4 v0 = ld4(vcol + j * vp), v1 = two ? ld4(vcol + j * vp + 4) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      const float vv[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
 #pragma unroll
       for (int a = 0; a < kPvRows; ++a) {
         const float wgt = sc[ir[a] * cs + j];
-        acc[a][0] = fmaf(wgt, vv.x, acc[a][0]);
-        acc[a][1] = fmaf(wgt, vv.y, acc[a][1]);
-        acc[a][2] = fmaf(wgt, vv.z, acc[a][2]);
-        acc[a][3] = fmaf(wgt, vv.w, acc[a][3]);
+#pragma unroll
+        for (int cc = 0; cc < 8; ++cc) acc[a][cc] = fmaf(wgt, vv[cc], acc[a][cc]);
       }
     }
 #pragma unroll
@@ -852,13 +870,18 @@ __device__ void cluster_attention(const T* __restrict__ q, const T* __restrict__
       if (rg * kPvRows + a >= c) continue;
       const int tok = qidx[ir[a]];
       if (tok >= N) continue;  // padded queries are dropped
-      float* o = rb + (int64)tok * Dv + 4 * dq;
-      if (vec_out) {
-        st4(o, acc[a][0], acc[a][1], acc[a][2], acc[a][3]);
-      } else {
 #pragma unroll
-        for (int cc = 0; cc < 4; ++cc)
-          if (4 * dq + cc < Dv) o[cc] = acc[a][cc];
+      for (int h = 0; h < 2; ++h) {
+        const int ch = 8 * d8 + 4 * h;
+        if (h == 1 && !two) continue;
+        float* o = rb + (int64)tok * Dv + ch;
+        if (vec_out) {
+          st4(o, acc[a][4 * h], acc[a][4 * h + 1], acc[a][4 * h + 2], acc[a][4 * h + 3]);
+        } else {
+#pragma unroll
+          for (int cc = 0; cc < 4; ++cc)
+            if (ch + cc < Dv) o[cc] = acc[a][4 * h + cc];
+        }
       }
     }
   }
@@ -933,9 +956,9 @@ __device__ void combine(const float* __restrict__ qf, const float* __restrict__ 
   const float* qrow = qf + ((int64)bh * P + i0) * Fl;  // the block's rows are contiguous
   gather<8>(rows_of(kv + (int64)bh * kv_stride(F, Dv), nullptr, 0, Fl, kp, Fl, true, kvs, kp),
             rows_of(kv + (int64)bh * kv_stride(F, Dv) + Fl * kp, nullptr, 0, Fl > 0 ? 1 : 0, Fl, 1, false, ksum, 0),
-            Transposed{qrow, qt, Fl > 0 ? nq : 0, F, qtp, (F & 3) == 0},
-            Span{raux + ((int64)bh * R * P + i0) * 2, ra, 2 * nq, Rs, 2 * (int64)P, 2 * qpb},
-            Span{pls + (int64)bh * P + i0, ql, nq, sb ? 1 : 0, 0, 0});
+            Transposed(qrow, qt, Fl > 0 ? nq : 0, F, qtp, (F & 3) == 0),
+            Span(raux + ((int64)bh * R * P + i0) * 2, ra, 2 * nq, Rs, 2 * (int64)P, 2 * qpb),
+            Span(pls + (int64)bh * P + i0, ql, nq, sb ? 1 : 0, 0, 0));
   __syncthreads();
   for (int t = tid; t < nq; t += nth) {
     float lrs = 0.0f;
