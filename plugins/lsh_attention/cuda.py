@@ -64,6 +64,7 @@ CHUNK = 64
 kernel's shared memory asks for fewer (wide rows)."""
 _THREADS = 256
 _KV_THREADS = 128
+_KV_LANES = 8  # lanes per output of vitrt_sb_kv_reduce (scatterbrain.cu kReduceLanes)
 _QUERIES_PER_BLOCK = 64  # combine
 _CLUSTER_SLOTS = 48  # target queries per block of the cluster kernel
 _NO_OPT_IN = 48 * 1024  # dynamic shared memory that needs no opt-in
@@ -325,7 +326,7 @@ def enqueue(
         launch(
             mod,
             "vitrt_sb_kv_reduce",
-            (-(-(_kv_stride(d)) // _KV_THREADS), d.bh, 1),
+            (-(-(_kv_stride(d) * _KV_LANES) // _KV_THREADS), d.bh, 1),
             (_KV_THREADS, 1, 1),
             [ptr(at("kv_part")), ptr(at("kv")), i32(d.f), i32(d.dv), i32(d.nchunk)],
             stream,

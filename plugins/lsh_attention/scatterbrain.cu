@@ -318,34 +318,36 @@ struct Transposed {
 
 // D[r * ds + o] = sum_e X[r * xs + e] W[o * ws + e] for r < nrows, o < nout: one sequential fmaf chain
 // over e = 0 .. e4 - 1 per output (the zero padding up to e4 leaves a chain unchanged). A warp computes a
-// unit of 32 TT rows x TO outputs: lane l takes rows l, l + 32, ... (consecutive rows across the lanes:
-// conflict-free with an odd-unit pitch) and the TO outputs are the same for the whole warp (broadcast).
-template <int TT, int TO>
+// unit of 8 TR rows x 4 TO outputs; lane (rq, oq) = (lane / 4, lane % 4) takes rows rq + 8 k and outputs
+// oq + 4 m, so every float4 read of a warp touches 8 consecutive rows of X (an odd-unit pitch: distinct
+// banks) or 4 consecutive rows of W, each shared by several lanes.
+template <int TR, int TO>
 __device__ __forceinline__ void tile_dots(const float* __restrict__ X, int xs, int nrows,
                                           const float* __restrict__ W, int ws, int nout, int e4,
                                           float* __restrict__ D, int ds) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  const int nrb = (nrows + 32 * TT - 1) / (32 * TT), nog = (nout + TO - 1) / TO;
-  for (int u = warp; u < nrb * nog; u += warps) {
-    const int rb = u / nog, og = u - rb * nog;
-    int xr[TT], wr[TO];
+  const int rq = lane >> 2, oq = lane & 3;
+  const int nrb = (nrows + 8 * TR - 1) / (8 * TR), nob = (nout + 4 * TO - 1) / (4 * TO);
+  for (int u = warp; u < nrb * nob; u += warps) {
+    const int rb = u / nob, ob = u - rb * nob;
+    int xr[TR], wr[TO];
 #pragma unroll
-    for (int i = 0; i < TT; ++i) xr[i] = min(rb * 32 * TT + lane + 32 * i, nrows - 1) * xs;
+    for (int k = 0; k < TR; ++k) xr[k] = min(rb * 8 * TR + rq + 8 * k, nrows - 1) * xs;
 #pragma unroll
-    for (int o = 0; o < TO; ++o) wr[o] = min(og * TO + o, nout - 1) * ws;
-    float acc[TT][TO];
+    for (int m = 0; m < TO; ++m) wr[m] = min(ob * 4 * TO + oq + 4 * m, nout - 1) * ws;
+    float acc[TR][TO];
 #pragma unroll
-    for (int i = 0; i < TT; ++i)
+    for (int k = 0; k < TR; ++k)
 #pragma unroll
-      for (int o = 0; o < TO; ++o) acc[i][o] = 0.0f;
-    tile_fma<TT, TO>(X, xr, W, wr, e4, acc);
+      for (int m = 0; m < TO; ++m) acc[k][m] = 0.0f;
+    tile_fma<TR, TO>(X, xr, W, wr, e4, acc);
 #pragma unroll
-    for (int i = 0; i < TT; ++i) {
-      const int r = rb * 32 * TT + lane + 32 * i;
+    for (int k = 0; k < TR; ++k) {
+      const int r = rb * 8 * TR + rq + 8 * k;
 #pragma unroll
-      for (int o = 0; o < TO; ++o) {
-        const int oo = og * TO + o;
-        if (r < nrows && oo < nout) D[r * ds + oo] = acc[i][o];
+      for (int m = 0; m < TO; ++m) {
+        const int o = ob * 4 * TO + oq + 4 * m;
+        if (r < nrows && o < nout) D[r * ds + o] = acc[k][m];
       }
     }
   }
@@ -393,7 +395,7 @@ __device__ void stats(const T* __restrict__ k, const float* __restrict__ proj, f
   load_weights(w, xs, proj, m, root, nullptr, 0, E);
   gather<4>(rows_of(k + (int64)bh * N * E, nullptr, t0, n, E, N, veck != 0, x, xs));
   __syncthreads();
-  if (m > 0) tile_dots<2, 2>(x, xs, n, w, xs, m, e4, dk, ds);
+  if (m > 0) tile_dots<2, 4>(x, xs, n, w, xs, m, e4, dk, ds);
   __syncthreads();
   float mk = neg_inf(), mf = neg_inf();
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
@@ -450,7 +452,7 @@ __device__ void features(const T* __restrict__ q, const T* __restrict__ k, const
   gather<4>(rows_of(q + (int64)bh * N * E, nullptr, t0, n, E, N, vecq != 0, x, xs),
             rows_of(k + (int64)bh * N * E, nullptr, t0, n, E, N, vecq != 0, x + n * xs, xs));
   __syncthreads();
-  tile_dots<4, 2>(x, xs, 2 * n, w, xs, nout, e4, d, ds);
+  tile_dots<2, 4>(x, xs, 2 * n, w, xs, nout, e4, d, ds);
   for (int i = tid; i < 2 * n; i += nth) sq[i] = row_sq(x + i * xs, e4);
   __syncthreads();
   if (low_rank)
@@ -1092,34 +1094,30 @@ __device__ void combine(const float* __restrict__ qf, const float* __restrict__ 
 VITRT_SB_ENTRIES(f32, float)
 VITRT_SB_ENTRIES(f16, half_bits)
 
-// kv[bh] = sum over chunks (in chunk order) of kv_part[bh, chunk] ([F, Dv + 1] per chunk), written in the
-// layout combine reads (kv_stride: [F][kv_pitch] with zero padding, then the sums of k'). One output per
-// thread, the chunk loop unrolled so that its loads are in flight together.
+// kv[bh] = the sum over chunks of kv_part[bh, chunk] ([F, Dv + 1] per chunk), written in the layout combine
+// reads (kv_stride: [F][kv_pitch] with zero padding, then the sums of k'). Eight lanes per output: lane g
+// adds chunks g, g + 8, ... in order, then a fixed butterfly adds the eight partial sums (the same order for
+// every run and every lane).
+constexpr int kReduceLanes = 8;
 extern "C" __global__ void __launch_bounds__(128)
     vitrt_sb_kv_reduce(const float* __restrict__ kv_part, float* __restrict__ kv, int F, int Dv, int nchunk) {
-  const int bh = blockIdx.y, o = blockIdx.x * blockDim.x + threadIdx.x, kp = kv_pitch(Dv), L = F * (Dv + 1);
-  if (o >= F * kp + F) return;
-  int src;  // column of the partials, or -1 for padding
+  const int bh = blockIdx.y, kp = kv_pitch(Dv), L = F * (Dv + 1);
+  const int o = (blockIdx.x * blockDim.x + threadIdx.x) / kReduceLanes, g = threadIdx.x % kReduceLanes;
+  int src = -1;  // column of the partials, or -1 for padding / past the end
   if (o < F * kp) {
     const int f = o / kp, d = o - f * kp;
-    src = d < Dv ? f * (Dv + 1) + d : -1;
-  } else {
+    if (d < Dv) src = f * (Dv + 1) + d;
+  } else if (o < F * kp + F) {
     src = (o - F * kp) * (Dv + 1) + Dv;
   }
   float acc = 0.0f;
   if (src >= 0) {
     const float* p = kv_part + (int64)bh * nchunk * L + src;
-    int i = 0;
-    for (; i + 8 <= nchunk; i += 8) {
-      float x[8];
-#pragma unroll
-      for (int j = 0; j < 8; ++j) x[j] = p[(int64)(i + j) * L];
-#pragma unroll
-      for (int j = 0; j < 8; ++j) acc += x[j];
-    }
-    for (; i < nchunk; ++i) acc += p[(int64)i * L];
+    for (int i = g; i < nchunk; i += kReduceLanes) acc += p[(int64)i * L];
   }
-  kv[(int64)bh * kv_stride(F, Dv) + o] = acc;
+#pragma unroll
+  for (int m = 1; m < kReduceLanes; m <<= 1) acc += __shfl_xor_sync(kFullMask, acc, m);
+  if (g == 0 && o < F * kp + F) kv[(int64)bh * kv_stride(F, Dv) + o] = acc;
 }
 
 // Stable ascending argsort of one round's hashes (block x: side * R + r, side 0 = queries, 1 = keys), after
