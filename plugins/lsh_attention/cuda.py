@@ -8,12 +8,13 @@ Launch sequence (see scatterbrain.cu): stats, features, kv_reduce (low rank), so
 combine.
 
 Memory: the workspace holds per (b, h) the hashes and sort permutations (R P floats / ints each), the
-features (2 P F floats), and every round's output rows (R P (Dv + 2) floats): O(B H N (R Dv + F)), never
-N x N. torch and cuda-python are imported lazily.
+squared norms (2 P), the features (2 P F floats), and every round's output rows in token order
+(R P (Dv + 2) floats): O(B H N (R Dv + F)), never N x N. torch and cuda-python are imported lazily.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -37,7 +38,6 @@ from vitrt.plugins.cuda_launcher import (
 from .spec import (
     PLUGIN_NAME,
     SUPPORTED_DTYPES,
-    XBOX_EXTRA_DIMS,
     Mode,
     ScatterbrainAttrs,
     padded_length,
@@ -56,19 +56,31 @@ KERNELS = (
     ),
     "vitrt_sb_kv_reduce",
     "vitrt_sb_sort",
+    "vitrt_sb_sort_bitonic",
 )
 """Every kernel this module launches (the build test checks each is in the fatbin)."""
 CHUNK = 64
-"""Tokens per block of the stats / features kernels (and per partial low-rank sum)."""
+"""Tokens per block of the stats / features kernels (and per partial low-rank sum), unless the features
+kernel's shared memory asks for fewer (wide rows)."""
 _THREADS = 256
-_WARPS = _THREADS // 32
-_SORT_THREADS = 1024
-_CLUSTER_THREADS = 128
-_QUERIES_PER_BLOCK = 32  # combine
+_KV_THREADS = 128
+_KV_LANES = 8  # lanes per output of vitrt_sb_kv_reduce (scatterbrain.cu kReduceLanes)
+_QUERIES_PER_BLOCK = 64  # combine
+_CLUSTER_SLOTS = 48  # target queries per block of the cluster kernel
+_NO_OPT_IN = 48 * 1024  # dynamic shared memory that needs no opt-in
+_MAX_SHARED = 96 * 1024  # kept below the smallest opt-in limit of the targets (99 KiB, sm_120)
+_RADIX_MAX_P = 8192  # the radix sort's largest P (8 keys per thread, 1024 threads); bitonic beyond
+_TILE = 3  # cluster kernel: score tiles of 3 x 3 (scatterbrain.cu kTile)
 
 
-def _odd(n: int) -> int:
-    return n | 1
+def _pitch4(n: int) -> int:
+    """Shared row pitch in floats: whole 16-byte units, an odd number of them (scatterbrain.cu pitch4)."""
+    return 4 * (((n + 3) // 4) | 1)
+
+
+def _r4(n: int) -> int:
+    """n rounded up to a multiple of 4 floats (16 bytes): every shared region's size."""
+    return (n + 3) & ~3
 
 
 @dataclass(frozen=True)
@@ -106,19 +118,49 @@ class AttentionDims:
         return 2 * self.m if self.low_rank else 0
 
     @property
+    def chunk(self) -> int:
+        """Tokens per block of the stats / features kernels: CHUNK, halved while the features kernel
+        would need more than 96 KiB of shared memory."""
+        chunk = CHUNK
+        while chunk > 8 and _features_floats(self, chunk) * 4 > _MAX_SHARED:
+            chunk //= 2
+        return chunk
+
+    @property
     def nchunk(self) -> int:
         """Token chunks of the stats / features kernels."""
-        return -(-self.p // CHUNK)
+        return -(-self.p // self.chunk)
 
     @property
     def p2(self) -> int:
-        """Sort length: the next power of two >= P."""
+        """The next power of two >= P (the bitonic sort's length, for P > 8192)."""
         return 1 << max(0, (self.p - 1).bit_length())
 
     @property
+    def sort_items(self) -> int:
+        """Keys per thread of the radix sort: 4 up to P = 2048, else 8."""
+        return 4 if self.p <= 2048 else 8
+
+    @property
+    def sort_threads(self) -> int:
+        """Threads of a radix-sort block: whole warps of 32 x sort_items positions covering P."""
+        per_warp = 32 * self.sort_items
+        return 32 * -(-self.p // per_warp)
+
+    @property
     def groups(self) -> int:
-        """Clusters per block of the cluster kernel: about 32 queries per block."""
-        return max(1, 32 // max(1, self.c))
+        """Clusters per block of the cluster kernel: about 48 queries, fewer where their shared memory
+        would need an opt-in (more than 48 KiB)."""
+        g = max(1, _CLUSTER_SLOTS // max(1, self.c))
+        while g > 1 and _cluster_bytes(self, g) > _NO_OPT_IN:
+            g -= 1
+        return g
+
+    @property
+    def cluster_threads(self) -> int:
+        """Threads of a cluster block: one per 3 x 3 score tile, 64 to 256."""
+        nt = -(-self.c // _TILE)
+        return min(256, max(64, 32 * -(-self.groups * nt * nt // 32)))
 
     @staticmethod
     def of(batch: int, heads: int, n: int, e: int, dv: int, attrs: ScatterbrainAttrs) -> AttentionDims:
@@ -137,10 +179,53 @@ class AttentionDims:
         )
 
 
+# ---- shared memory: the layouts of scatterbrain.cu, in floats (int32 regions count as floats) -----------
+
+
+def _stats_floats(d: AttentionDims, chunk: int) -> int:
+    xs = _pitch4(d.e)
+    return d.m * xs + chunk * xs + _r4(chunk * (d.m | 1))
+
+
+def _features_floats(d: AttentionDims, chunk: int) -> int:
+    nout, f = d.m + (d.r if d.sparse else 0), d.f
+    xs, vp = _pitch4(d.e), _pitch4(d.dv + 1)
+    union = max(2 * chunk * xs, chunk * (vp + _r4(f)) if d.low_rank else 0)
+    return nout * xs + union + _r4(2 * chunk * (nout | 1)) + _r4(2 * chunk) + _r4(chunk)
+
+
+def _cluster_bytes(d: AttentionDims, g: int) -> int:
+    qm, sb = g * d.c, d.mode == Mode.SCATTERBRAIN
+    multi = sb and d.r > 1
+    es, fs, vp, cs, nt = _pitch4(d.e), _pitch4(d.f), _pitch4(d.dv), d.c | 1, -(-d.c // _TILE)
+    floats = 2 * qm * es + qm * vp + (2 * qm * fs if sb else 0) + _r4(qm * cs) * (2 if sb else 1)
+    floats += 2 * _r4(qm * nt) + _r4(qm) * (2 if sb else 1)
+    ints = 2 * _r4(qm) + (2 * _r4(d.r * qm) if multi else 0)
+    return 4 * (floats + ints)
+
+
+def _sort_bytes(d: AttentionDims) -> int:
+    if d.p > _RADIX_MAX_P:
+        return 8 * d.p2
+    threads = d.sort_threads
+    return 4 * (2 * d.sort_items * threads + 256 * (threads // 32))
+
+
+def _kv_stride(d: AttentionDims) -> int:
+    """Floats of one (b, h)'s low-rank state: [F][4 ceil(Dv / 4)] (zero padded), then sum k' [F]."""
+    return d.f * 4 * -(-d.dv // 4) + _r4(d.f)
+
+
+def _combine_floats(d: AttentionDims) -> int:
+    qpb, r = _QUERIES_PER_BLOCK, d.r if d.sparse else 0
+    return _kv_stride(d) + d.f * _r4(qpb) + _r4(2 * qpb * r) + _r4(qpb) + _r4(qpb * r) + 2 * _r4(qpb)
+
+
 def _regions(d: AttentionDims) -> dict[str, int]:
     bh, p, r, f, dv = d.bh, d.p, d.r, d.f, d.dv
-    sizes = {"stat_part": 4 * bh * d.nchunk * 3}
+    sizes = {"kstat": 4 * bh * d.nchunk * 2}
     if d.sparse:
+        sizes |= {"qstat": 4 * bh * d.nchunk, "qn": 4 * bh * p, "kn": 4 * bh * p}
         sizes |= {"hq": 4 * bh * r * p, "hk": 4 * bh * r * p}
     if d.low_rank:
         sizes |= {
@@ -148,7 +233,7 @@ def _regions(d: AttentionDims) -> dict[str, int]:
             "kf": 4 * bh * p * f,
             "pls": 4 * bh * p,
             "kv_part": 4 * bh * d.nchunk * f * (dv + 1),
-            "kv": 4 * bh * f * (dv + 1),
+            "kv": 4 * bh * _kv_stride(d),
         }
     if d.sparse:
         sizes |= {name: 4 * bh * r * p for name in ("q_perm", "q_inv", "k_perm", "k_inv")}
@@ -168,19 +253,13 @@ def workspace_bytes(d: AttentionDims) -> int:
 
 def shared_bytes(d: AttentionDims) -> dict[str, int]:
     """Dynamic shared memory of every kernel, in bytes (the launcher opts in above 48 KiB)."""
-    ws, hs, es, fs, cs = _odd(d.e), _odd(d.e + XBOX_EXTRA_DIMS), _odd(d.e), _odd(d.f), _odd(d.c)
-    qb = d.groups * d.c
-    sb = d.mode == Mode.SCATTERBRAIN
-    cluster_floats = (
-        2 * qb * es + qb * d.dv + (2 * qb * fs if sb else 0) + qb * cs * (2 if sb else 1) + 3 * qb
-    )
-    cluster_ints = 2 * qb + (2 * d.r * qb if sb else 0)
+    chunk = d.chunk
     return {
-        "stats": 4 * (d.m * ws + _WARPS * d.e),
-        "features": 4 * (d.m * ws + d.r * hs + _WARPS * 2 * d.e + _WARPS * d.f + CHUNK * d.f + CHUNK * d.dv),
-        "sort": 8 * d.p2,
-        "cluster": 4 * (cluster_floats + cluster_ints),
-        "combine": 4 * ((d.f * (d.dv + 1) if d.low_rank else 0) + _WARPS * d.f),
+        "stats": 4 * _stats_floats(d, chunk),
+        "features": 4 * _features_floats(d, chunk),
+        "sort": _sort_bytes(d) if d.sparse else 0,
+        "cluster": _cluster_bytes(d, d.groups) if d.sparse else 0,
+        "combine": 4 * _combine_floats(d),
     }
 
 
@@ -213,14 +292,20 @@ def enqueue(
     root = math.sqrt(scale)
     rr = root * root  # the reference's (root * root), not scale itself
     log_norm = math.log(d.f) / 2 if d.f else 0.0
-    n_tok = d.p
+    n_tok, chunk = d.p, d.chunk
+    # 16-byte vector loads / stores where rows are whole vectors and the pointers are aligned
+    size = 2 if dtype == "float16" else 4
+    per16 = 16 // size
+    vecq = int(d.e % per16 == 0 and q % 16 == 0 and k % 16 == 0)
+    vecv = int(d.dv % per16 == 0 and v % 16 == 0)
+    vec_out = int(d.dv % 4 == 0 and out % (4 * size) == 0)
     launch(
         mod,
         f"vitrt_sb_stats_{sfx}",
         (d.nchunk, d.bh, 1),
         (_THREADS, 1, 1),
-        [ptr(q), ptr(k), ptr(projection), ptr(at("stat_part")), i32(d.n), i32(d.e), i32(d.m), f32(root),
-         f32(rr), f32(log_norm), i32(CHUNK), i32(n_tok), i32(d.nchunk)],
+        [ptr(k), ptr(projection), ptr(at("kstat")), i32(d.n), i32(d.e), i32(d.m), f32(root), f32(rr),
+         f32(log_norm), i32(chunk), i32(n_tok), i32(d.nchunk), i32(vecq)],
         stream,
         shared_mem=smem["stats"],
     )  # fmt: skip
@@ -229,10 +314,11 @@ def enqueue(
         f"vitrt_sb_features_{sfx}",
         (d.nchunk, d.bh, 1),
         (_THREADS, 1, 1),
-        [ptr(q), ptr(k), ptr(v), ptr(hash_vectors), ptr(projection), ptr(at("stat_part")), ptr(at("hq")),
-         ptr(at("hk")), ptr(at("qf")), ptr(at("kf")), ptr(at("pls")), ptr(at("kv_part")), i32(d.n), i32(d.p),
-         i32(d.e), i32(d.dv), i32(d.r), i32(d.m), f32(root), f32(rr), f32(log_norm), i32(CHUNK), i32(n_tok),
-         i32(d.nchunk), i32(d.mode)],
+        [ptr(q), ptr(k), ptr(v), ptr(hash_vectors), ptr(projection), ptr(at("kstat")), ptr(at("qstat")),
+         ptr(at("qn")), ptr(at("kn")), ptr(at("hq")), ptr(at("hk")), ptr(at("qf")), ptr(at("kf")),
+         ptr(at("pls")), ptr(at("kv_part")), i32(d.n), i32(d.p), i32(d.e), i32(d.dv), i32(d.r), i32(d.m),
+         f32(root), f32(rr), f32(log_norm), i32(chunk), i32(n_tok), i32(d.nchunk), i32(d.mode), i32(vecq),
+         i32(vecv)],
         stream,
         shared_mem=smem["features"],
     )  # fmt: skip
@@ -240,32 +326,37 @@ def enqueue(
         launch(
             mod,
             "vitrt_sb_kv_reduce",
-            (d.bh, 1, 1),
-            (_THREADS, 1, 1),
-            [ptr(at("kv_part")), ptr(at("kv")), i32(d.f * (d.dv + 1)), i32(d.nchunk)],
+            (-(-(_kv_stride(d) * _KV_LANES) // _KV_THREADS), d.bh, 1),
+            (_KV_THREADS, 1, 1),
+            [ptr(at("kv_part")), ptr(at("kv")), i32(d.f), i32(d.dv), i32(d.nchunk)],
             stream,
         )
     if d.sparse:
-        launch(
-            mod,
-            "vitrt_sb_sort",
-            (2 * d.r, d.bh, 1),
-            (_SORT_THREADS, 1, 1),
-            [ptr(at("hq")), ptr(at("hk")), ptr(at("q_perm")), ptr(at("q_inv")), ptr(at("k_perm")),
-             ptr(at("k_inv")), i32(d.p), i32(d.p2), i32(d.r)],
-            stream,
-            shared_mem=smem["sort"],
-        )  # fmt: skip
+        sort_args: list[ctypes.c_uint64 | ctypes.c_int32 | ctypes.c_float] = [
+            ptr(at("qn")), ptr(at("kn")), ptr(at("qstat")), ptr(at("kstat")), ptr(hash_vectors),
+            ptr(at("hq")), ptr(at("hk")), ptr(at("q_perm")), ptr(at("q_inv")), ptr(at("k_perm")),
+            ptr(at("k_inv")), i32(d.n), i32(d.p), i32(d.e), i32(d.r), i32(d.nchunk),
+        ]  # fmt: skip
+        if d.p <= _RADIX_MAX_P:
+            launch(
+                mod, "vitrt_sb_sort", (2 * d.r, d.bh, 1), (d.sort_threads, 1, 1),
+                [*sort_args, i32(d.sort_items)], stream, shared_mem=smem["sort"],
+            )  # fmt: skip
+        else:
+            launch(
+                mod, "vitrt_sb_sort_bitonic", (2 * d.r, d.bh, 1), (1024, 1, 1),
+                [*sort_args, i32(d.p2)], stream, shared_mem=smem["sort"],
+            )  # fmt: skip
         clusters = d.p // d.c
         launch(
             mod,
             f"vitrt_sb_cluster_{sfx}",
             (-(-clusters // d.groups), d.r, d.bh),
-            (_CLUSTER_THREADS, 1, 1),
+            (d.cluster_threads, 1, 1),
             [ptr(q), ptr(k), ptr(v), ptr(at("qf")), ptr(at("kf")), ptr(at("pls")), ptr(at("q_perm")),
              ptr(at("q_inv")), ptr(at("k_perm")), ptr(at("k_inv")), ptr(at("rnum")), ptr(at("raux")),
              i32(d.n), i32(d.p), i32(d.e), i32(d.dv), i32(d.r), i32(d.f), i32(d.c), i32(d.groups),
-             f32(scale), i32(d.mode)],
+             f32(scale), i32(d.mode), i32(vecq), i32(vecv)],
             stream,
             shared_mem=smem["cluster"],
         )  # fmt: skip
@@ -274,8 +365,8 @@ def enqueue(
         f"vitrt_sb_combine_{sfx}",
         (-(-d.n // _QUERIES_PER_BLOCK), d.bh, 1),
         (_THREADS, 1, 1),
-        [ptr(at("qf")), ptr(at("pls")), ptr(at("kv")), ptr(at("q_inv")), ptr(at("rnum")), ptr(at("raux")),
-         ptr(out), i32(d.n), i32(d.p), i32(d.dv), i32(d.r), i32(d.f), i32(_QUERIES_PER_BLOCK), i32(d.mode)],
+        [ptr(at("qf")), ptr(at("pls")), ptr(at("kv")), ptr(at("rnum")), ptr(at("raux")), ptr(out), i32(d.n),
+         i32(d.p), i32(d.dv), i32(d.r), i32(d.f), i32(_QUERIES_PER_BLOCK), i32(d.mode), i32(vec_out)],
         stream,
         shared_mem=smem["combine"],
     )  # fmt: skip

@@ -1,18 +1,21 @@
 // CUDA kernels of the ScatterbrainAttention op: ground truth plugins/lsh_attention/reference.py, contract
 // plugins/lsh_attention/spec.py. Launched by plugins/lsh_attention/cuda.py, in order:
 //
-//   1. vitrt_sb_stats_<dt>     grid (chunks, BH)   per-chunk maxima of |q|^2, |k|^2 and the key features'
-//                                                  log values (XBOX+ needs MQ + MK, FAVOR+ needs log_k)
-//   2. vitrt_sb_features_<dt>  grid (chunks, BH)   hashes of every round (SCATTERBRAIN, LSH); q', k', pls
-//                                                  and the chunk's partial k'^T [v, 1] (SCATTERBRAIN,
-//                                                  PERFORMER)
-//   3. vitrt_sb_kv_reduce      grid (BH)           low-rank state kv = k'^T v and sum k' (chunk order)
-//   4. vitrt_sb_sort           grid (2R, BH)       stable argsort of every round's query / key hashes
-//                                                  (bitonic sort of unique (value, index) keys in shared
-//                                                  memory) -> permutations and their inverses
+//   1. vitrt_sb_stats_<dt>     grid (chunks, BH)   per-chunk maxima of |k|^2 and of the key features' log
+//                                                  values (XBOX+ needs MK, FAVOR+ needs log_k)
+//   2. vitrt_sb_features_<dt>  grid (chunks, BH)   per token |q|^2, |k|^2 and the hash dot products of every
+//                                                  round (SCATTERBRAIN, LSH; the XBOX+ term is added by the
+//                                                  sort); q', k', pls and the chunk's partial k'^T [v, 1]
+//                                                  (SCATTERBRAIN, PERFORMER)
+//   3. vitrt_sb_kv_reduce      grid (L/128, BH)    low-rank state kv = k'^T v and sum k' (chunk order)
+//   4. vitrt_sb_sort           grid (2R, BH)       the hashes completed with the XBOX+ term, then their
+//                                                  stable argsort (LSD radix sort of 32-bit order keys,
+//                                                  8-bit digits ranked with warp ballots) -> permutations
+//                                                  and their inverses. vitrt_sb_sort_bitonic: the same for
+//                                                  P > 8192 (bitonic sort of unique 64-bit keys)
 //   5. vitrt_sb_cluster_<dt>   grid (clusters/G, R, BH)  dense attention inside G clusters of one round,
 //                                                  with the duplicate-pair count and the low-rank
-//                                                  correction; per-round rows in sorted (slot) order
+//                                                  correction; per-round rows in token order
 //   6. vitrt_sb_combine_<dt>   grid (N/QPB, BH)    rounds combined in log domain + the low-rank term,
 //                                                  clamped denominator, cast to the output dtype
 //
@@ -20,6 +23,14 @@
 // 1, 2, 3, 6. Layouts: q, k [BH, N, E]; v, out [BH, N, Dv] (dtype <dt>: f32, or f16 as raw bits);
 // hash_vectors [R, E + 2] and projection [m, E] float32; everything else float32 (int32 indices) in the
 // workspace; P = N padded to a multiple of the cluster size c (tokens >= N are zero rows: padding).
+//
+// How the work is laid out: every kernel stages rows in shared memory as float32 (16-byte vector loads
+// where the row width and the pointer allow: `vec*` flags from the launcher) and computes small matrix
+// products with register tiles, each output a sequential fmaf chain over the reduction index in order
+// (so equal tokens give bitwise equal dot products, whatever their place in a tile). Shared rows have a
+// pitch of an odd number of 16-byte units (pitch4) so that float4 reads of consecutive rows by the lanes
+// of a warp are free of bank conflicts. Every shared region's size is a multiple of 4 floats (16 bytes);
+// cuda.py's shared_bytes mirrors the layouts below.
 //
 // Determinism: no atomics; every sum runs in a fixed order (chunked sums are added in chunk order), so
 // results are bitwise reproducible run to run.
@@ -32,188 +43,668 @@ namespace {
 
 constexpr int kScatterbrain = 0, kLsh = 1, kPerformer = 2;
 
-__device__ __forceinline__ int odd_stride(int n) { return n | 1; }  // conflict-free shared rows
+// Dynamic shared memory as float with 16-byte alignment: the kernels read it as float4, and a kernel's
+// static __shared__ variables come first, after which extern float alone would promise 4 bytes.
+#ifdef VITRT_CPU_EMULATION
+#define SB_DYNAMIC_SHARED(name) float* name = reinterpret_cast<float*>(::vitrt_emu::dynamic_shared())
+#else
+#define SB_DYNAMIC_SHARED(name) extern __shared__ __align__(16) float name[]
+#endif
 
-// Loads row `t` of a [*, width] tensor into shared memory as float32; rows >= n_real are padding (0).
-template <typename T>
-__device__ __forceinline__ float load_row_sq(const T* __restrict__ base, int t, int n_real, int width,
-                                             float* __restrict__ dst, int lane) {
-  float ss = 0.0f;
-  for (int e = lane; e < width; e += 32) {
-    const float x = t < n_real ? to_float(base[(int64)t * width + e]) : 0.0f;
-    dst[e] = x;
-    ss = fmaf(x, x, ss);
+// Row pitch in floats: n rounded up to whole 16-byte units, an odd number of them (conflict-free float4
+// reads of consecutive rows); r4: n rounded up to a multiple of 4 floats.
+__device__ __forceinline__ int pitch4(int n) { return 4 * (((n + 3) >> 2) | 1); }
+__device__ __forceinline__ int r4(int n) { return (n + 3) & ~3; }
+
+// n / d by a multiply: m = ceil(2^32 / d), then (n m) >> 32 = n / d exactly for 0 <= n with n d < 2^32
+// (n m / 2^32 = n / d + n e / (d 2^32) with e = m d - 2^32 < d). Gather units and buckets stay far inside.
+struct FastDiv {
+  unsigned long long m;
+  __device__ __forceinline__ explicit FastDiv(int d) : m((0x100000000ull + (unsigned)d - 1u) / (unsigned)d) {}
+  __device__ __forceinline__ int operator()(int n) const { return (int)(((unsigned long long)(unsigned)n * m) >> 32); }
+};
+
+__device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ void st4(float* p, float a, float b, float c, float d) {
+  *reinterpret_cast<float4*>(p) = make_float4(a, b, c, d);
+}
+
+// acc[a][b] += A_a . B_b over n4 columns (a multiple of 4): rows A_a = A + ao[a], B_b = B + bo[b] in shared
+// memory, one sequential fmaf chain per output in column order, float4 reads.
+template <int TA, int TB>
+__device__ __forceinline__ void tile_fma(const float* __restrict__ A, const int (&ao)[TA],
+                                         const float* __restrict__ B, const int (&bo)[TB], int n4,
+                                         float (&acc)[TA][TB]) {
+#pragma unroll 1
+  for (int e = 0; e < n4; e += 4) {
+    float4 av[TA], bv[TB];
+#pragma unroll
+    for (int a = 0; a < TA; ++a) av[a] = ld4(A + ao[a] + e);
+#pragma unroll
+    for (int b = 0; b < TB; ++b) bv[b] = ld4(B + bo[b] + e);
+#pragma unroll
+    for (int a = 0; a < TA; ++a)
+#pragma unroll
+      for (int b = 0; b < TB; ++b) {
+        float x = acc[a][b];
+        x = fmaf(av[a].x, bv[b].x, x);
+        x = fmaf(av[a].y, bv[b].y, x);
+        x = fmaf(av[a].z, bv[b].z, x);
+        acc[a][b] = fmaf(av[a].w, bv[b].w, x);
+      }
   }
-  return warp_sum(ss);
+}
+
+// 16 bytes of T as float32: 4 floats or 8 halves.
+template <typename T>
+struct Vec16;
+template <>
+struct Vec16<float> {
+  static constexpr int kCount = 4;
+  static __device__ __forceinline__ void unpack(const uint4& w, float* out) {
+    out[0] = __uint_as_float(w.x);
+    out[1] = __uint_as_float(w.y);
+    out[2] = __uint_as_float(w.z);
+    out[3] = __uint_as_float(w.w);
+  }
+};
+template <>
+struct Vec16<half_bits> {
+  static constexpr int kCount = 8;
+  static __device__ __forceinline__ void unpack(const uint4& w, float* out) {
+    const unsigned u[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      out[2 * i] = to_float(static_cast<half_bits>(u[i] & 0xffffu));
+      out[2 * i + 1] = to_float(static_cast<half_bits>(u[i] >> 16));
+    }
+  }
+};
+
+// Rows of a [*, width] tensor (T in global memory) gathered into shared memory as float32: row i of the
+// destination is token tok[i] (or first + i when tok is null), zero for tokens >= n_real (padding) and
+// for columns [width, r4(width)). A unit of work is 16 bytes of a row (vec: width is a multiple of 16
+// bytes of T and src is 16-byte aligned) or one element.
+template <typename T>
+struct RowSrc {
+  const T* src;
+  const int* tok;
+  float* dst;
+  int first, width, pitch, n_real, rows, u;  // u: units per row
+  bool vec;
+  FastDiv per_row;  // / u
+
+  __device__ __forceinline__ RowSrc(const T* src_, const int* tok_, int first_, int nrows, int width_, int n_real_,
+                                    bool vec_, float* dst_, int pitch_)
+      : src(src_), tok(tok_), dst(dst_), first(first_), width(width_), pitch(pitch_), n_real(n_real_),
+        rows(nrows), u(vec_ ? width_ / Vec16<T>::kCount : r4(width_)), vec(vec_), per_row(max(u, 1)) {}
+  __device__ __forceinline__ int items() const { return rows * u; }
+  __device__ __forceinline__ uint4 load(int it) const {
+    const int i = per_row(it), g = it - i * u, t = tok != nullptr ? tok[i] : first + i;
+    uint4 w;
+    w.x = w.y = w.z = w.w = 0u;
+    if (t < n_real) {
+      if (vec)
+        w = *reinterpret_cast<const uint4*>(src + (int64)t * width + g * Vec16<T>::kCount);
+      else if (g < width)
+        w.x = __float_as_uint(to_float(src[(int64)t * width + g]));
+    }
+    return w;
+  }
+  __device__ __forceinline__ void store(int it, const uint4& w) const {
+    const int i = per_row(it), g = it - i * u;
+    if (vec) {
+      constexpr int V = Vec16<T>::kCount;
+      float x[V];
+      Vec16<T>::unpack(w, x);
+      float* o = dst + i * pitch + g * V;
+#pragma unroll
+      for (int j = 0; j < V; j += 4) st4(o + j, x[j], x[j + 1], x[j + 2], x[j + 3]);
+    } else {
+      dst[i * pitch + g] = __uint_as_float(w.x);
+    }
+  }
+};
+
+template <typename T>
+__device__ __forceinline__ RowSrc<T> rows_of(const T* src, const int* tok, int first, int nrows, int width,
+                                             int n_real, bool vec, float* dst, int pitch) {
+  return RowSrc<T>(src, tok, first, nrows, width, n_real, vec, dst, pitch);
+}
+
+template <typename S0, typename... Rest>
+__device__ __forceinline__ int items_of(const S0& s0, const Rest&... rest) {
+  if constexpr (sizeof...(Rest) == 0) {
+    return s0.items();
+  } else {
+    return s0.items() + items_of(rest...);
+  }
+}
+template <typename S0, typename... Rest>
+__device__ __forceinline__ uint4 load_item(int it, const S0& s0, const Rest&... rest) {
+  if constexpr (sizeof...(Rest) == 0) {
+    return s0.load(it);
+  } else {
+    const int n = s0.items();
+    return it < n ? s0.load(it) : load_item(it - n, rest...);
+  }
+}
+template <typename S0, typename... Rest>
+__device__ __forceinline__ void store_item(int it, const uint4& w, const S0& s0, const Rest&... rest) {
+  if constexpr (sizeof...(Rest) == 0) {
+    s0.store(it, w);
+  } else {
+    const int n = s0.items();
+    if (it < n)
+      s0.store(it, w);
+    else
+      store_item(it - n, w, rest...);
+  }
+}
+
+// The rows of every source into shared memory, the sources' units numbered one after another: each
+// thread issues up to K independent loads (of any of the sources) before it stores them, so a block
+// waits for one memory round trip per K * blockDim.x units instead of one per tensor.
+template <int K, typename... S>
+__device__ __forceinline__ void gather(const S&... srcs) {
+  const int total = items_of(srcs...), nt = blockDim.x;
+  for (int base = threadIdx.x; base < total; base += K * nt) {
+    uint4 raw[K];
+#pragma unroll
+    for (int u = 0; u < K; ++u) {
+      const int it = base + u * nt;
+      if (it < total) raw[u] = load_item(it, srcs...);
+    }
+#pragma unroll
+    for (int u = 0; u < K; ++u) {
+      const int it = base + u * nt;
+      if (it < total) store_item(it, raw[u], srcs...);
+    }
+  }
+}
+
+// Per-slot values of a cluster block, as gather sources: dst[j * dpitch + i] = src[j * P + tok[i]] for
+// slots i < rows and rounds j < nj; Bucket stores the int divided by c (the cluster of the slot's token in
+// round j), Scalar stores the float.
+struct SlotScalar {
+  const float* src;
+  const int* tok;
+  float* dst;
+  int rows;
+  __device__ __forceinline__ int items() const { return rows; }
+  __device__ __forceinline__ uint4 load(int it) const {
+    uint4 w;
+    w.x = __float_as_uint(src[tok[it]]);
+    w.y = w.z = w.w = 0u;
+    return w;
+  }
+  __device__ __forceinline__ void store(int it, const uint4& w) const { dst[it] = __uint_as_float(w.x); }
+};
+struct SlotBucket {
+  const int* src;
+  const int* tok;
+  int* dst;
+  int rows, nj, P, dpitch;
+  FastDiv per_round, per_cluster;  // / rows, / c
+  __device__ __forceinline__ SlotBucket(const int* src_, const int* tok_, int* dst_, int rows_, int nj_, int P_,
+                                        int dpitch_, int c)
+      : src(src_), tok(tok_), dst(dst_), rows(rows_), nj(nj_), P(P_), dpitch(dpitch_), per_round(max(rows_, 1)),
+        per_cluster(c) {}
+  __device__ __forceinline__ int items() const { return rows * nj; }
+  __device__ __forceinline__ uint4 load(int it) const {
+    const int j = per_round(it), i = it - j * rows;
+    uint4 w;
+    w.x = (unsigned)src[(int64)j * P + tok[i]];
+    w.y = w.z = w.w = 0u;
+    return w;
+  }
+  __device__ __forceinline__ void store(int it, const uint4& w) const {
+    const int j = per_round(it), i = it - j * rows;
+    dst[j * dpitch + i] = per_cluster((int)w.x);
+  }
+};
+
+// Blocks of consecutive floats as gather sources: dst[j * dpitch + i] = src[j * spitch + i] for i < n,
+// j < nj (scalar units).
+struct Span {
+  const float* src;
+  float* dst;
+  int n, nj;
+  int64 spitch;
+  int dpitch;
+  FastDiv per_block;  // / n
+  __device__ __forceinline__ Span(const float* src_, float* dst_, int n_, int nj_, int64 spitch_, int dpitch_)
+      : src(src_), dst(dst_), n(n_), nj(nj_), spitch(spitch_), dpitch(dpitch_), per_block(max(n_, 1)) {}
+  __device__ __forceinline__ int items() const { return n * nj; }
+  __device__ __forceinline__ uint4 load(int it) const {
+    const int j = per_block(it), i = it - j * n;
+    uint4 w;
+    w.x = __float_as_uint(src[j * spitch + i]);
+    w.y = w.z = w.w = 0u;
+    return w;
+  }
+  __device__ __forceinline__ void store(int it, const uint4& w) const {
+    const int j = per_block(it), i = it - j * n;
+    dst[j * dpitch + i] = __uint_as_float(w.x);
+  }
+};
+// Consecutive rows of F floats stored transposed: dst[f * dpitch + t] = src[t * F + f] for t < rows
+// (float4 units when vec: F % 4 == 0 and src 16-byte aligned).
+struct Transposed {
+  const float* src;
+  float* dst;
+  int rows, F, dpitch, u;
+  bool vec;
+  FastDiv per_row;  // / u
+  __device__ __forceinline__ Transposed(const float* src_, float* dst_, int rows_, int F_, int dpitch_, bool vec_)
+      : src(src_), dst(dst_), rows(rows_), F(F_), dpitch(dpitch_), u(max(vec_ ? F_ >> 2 : F_, 1)), vec(vec_),
+        per_row(u) {}
+  __device__ __forceinline__ int items() const { return rows * u; }
+  __device__ __forceinline__ uint4 load(int it) const {
+    const int t = per_row(it), g = it - t * u;
+    uint4 w;
+    if (vec) {
+      w = *reinterpret_cast<const uint4*>(src + (int64)t * F + 4 * g);
+    } else {
+      w.x = __float_as_uint(src[(int64)t * F + g]);
+      w.y = w.z = w.w = 0u;
+    }
+    return w;
+  }
+  __device__ __forceinline__ void store(int it, const uint4& w) const {
+    const int t = per_row(it), g = it - t * u;
+    if (vec) {
+      dst[(4 * g) * dpitch + t] = __uint_as_float(w.x);
+      dst[(4 * g + 1) * dpitch + t] = __uint_as_float(w.y);
+      dst[(4 * g + 2) * dpitch + t] = __uint_as_float(w.z);
+      dst[(4 * g + 3) * dpitch + t] = __uint_as_float(w.w);
+    } else {
+      dst[g * dpitch + t] = __uint_as_float(w.x);
+    }
+  }
+};
+
+// D[r * ds + o] = sum_e X[r * xs + e] W[o * ws + e] for r < nrows, o < nout: one sequential fmaf chain
+// over e = 0 .. e4 - 1 per output (the zero padding up to e4 leaves a chain unchanged). A warp computes a
+// unit of 8 TR rows x 4 TO outputs; lane (rq, oq) = (lane / 4, lane % 4) takes rows rq + 8 k and outputs
+// oq + 4 m, so every float4 read of a warp touches 8 consecutive rows of X (an odd-unit pitch: distinct
+// banks) or 4 consecutive rows of W, each shared by several lanes.
+template <int TR, int TO>
+__device__ __forceinline__ void tile_dots(const float* __restrict__ X, int xs, int nrows,
+                                          const float* __restrict__ W, int ws, int nout, int e4,
+                                          float* __restrict__ D, int ds) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const int rq = lane >> 2, oq = lane & 3;
+  const int nrb = (nrows + 8 * TR - 1) / (8 * TR), nob = (nout + 4 * TO - 1) / (4 * TO);
+  for (int u = warp; u < nrb * nob; u += warps) {
+    const int rb = u / nob, ob = u - rb * nob;
+    int xr[TR], wr[TO];
+#pragma unroll
+    for (int k = 0; k < TR; ++k) xr[k] = min(rb * 8 * TR + rq + 8 * k, nrows - 1) * xs;
+#pragma unroll
+    for (int m = 0; m < TO; ++m) wr[m] = min(ob * 4 * TO + oq + 4 * m, nout - 1) * ws;
+    float acc[TR][TO];
+#pragma unroll
+    for (int k = 0; k < TR; ++k)
+#pragma unroll
+      for (int m = 0; m < TO; ++m) acc[k][m] = 0.0f;
+    tile_fma<TR, TO>(X, xr, W, wr, e4, acc);
+#pragma unroll
+    for (int k = 0; k < TR; ++k) {
+      const int r = rb * 8 * TR + rq + 8 * k;
+#pragma unroll
+      for (int m = 0; m < TO; ++m) {
+        const int o = ob * 4 * TO + oq + 4 * m;
+        if (r < nrows && o < nout) D[r * ds + o] = acc[k][m];
+      }
+    }
+  }
+}
+
+// |x|^2 of a shared row (zero padded to e4): four interleaved fmaf chains, added pairwise. The same
+// function for every token and kernel, so equal tokens get equal norms everywhere.
+__device__ __forceinline__ float row_sq(const float* __restrict__ x, int e4) {
+  float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+  for (int e = 0; e < e4; e += 4) {
+    const float4 v = ld4(x + e);
+    a0 = fmaf(v.x, v.x, a0);
+    a1 = fmaf(v.y, v.y, a1);
+    a2 = fmaf(v.z, v.z, a2);
+    a3 = fmaf(v.w, v.w, a3);
+  }
+  return (a0 + a1) + (a2 + a3);
+}
+
+// w[o * pitch + e] = scale * proj[o * E + e] (rows o < m) then hv[o - m][e] (rows m .. m + R - 1, the hash
+// vectors without their two XBOX+ coordinates); zero for e in [E, r4(E)).
+__device__ __forceinline__ void load_weights(float* __restrict__ w, int pitch, const float* __restrict__ proj,
+                                             int m, float scale, const float* __restrict__ hv, int R, int E) {
+  const int e4 = r4(E), rows = m + R;
+  for (int i = threadIdx.x; i < rows * e4; i += blockDim.x) {
+    const int o = i / e4, e = i - o * e4;
+    float x = 0.0f;
+    if (e < E) x = o < m ? proj[o * E + e] * scale : hv[(o - m) * (E + 2) + e];
+    w[o * pitch + e] = x;
+  }
 }
 
 template <typename T>
-__device__ void stats(const T* __restrict__ q, const T* __restrict__ k, const float* __restrict__ proj,
-                      float* __restrict__ stat_part, int N, int E, int m, float root, float rr, float log_norm,
-                      int chunk, int n_tok, int nchunk) {
-  VITRT_DYNAMIC_SHARED(float, sm);
+__device__ void stats(const T* __restrict__ k, const float* __restrict__ proj, float* __restrict__ kstat, int N,
+                      int E, int m, float root, float rr, float log_norm, int chunk, int n_tok, int nchunk,
+                      int veck) {
+  SB_DYNAMIC_SHARED(sm);
   __shared__ float scratch[32];
   const int ch = blockIdx.x, bh = blockIdx.y;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  const int ws = odd_stride(E);
-  float* w = sm;                        // [m][ws] projection * sqrt(scale)
-  float* rows = w + m * ws;             // [warps][E] this warp's key row
-  for (int i = threadIdx.x; i < m * E; i += blockDim.x) w[(i / E) * ws + i % E] = proj[i] * root;
+  const int e4 = r4(E), xs = pitch4(E), ds = m | 1;
+  const int t0 = ch * chunk, n = min(chunk, n_tok - t0);
+  float* w = sm;                // [m][xs] projection * sqrt(scale)
+  float* x = w + m * xs;        // [chunk][xs] key rows
+  float* dk = x + chunk * xs;   // [chunk][ds] key projections
+  load_weights(w, xs, proj, m, root, nullptr, 0, E);
+  gather<4>(rows_of(k + (int64)bh * N * E, nullptr, t0, n, E, N, veck != 0, x, xs));
   __syncthreads();
-  const T* qb = q + (int64)bh * N * E;
-  const T* kb = k + (int64)bh * N * E;
-  float* row = rows + warp * E;
-  float mq = neg_inf(), mk = neg_inf(), mf = neg_inf();
-  const int t1 = min((ch + 1) * chunk, n_tok);
-  for (int t = ch * chunk + warp; t < t1; t += warps) {
-    float qsq = 0.0f;
-    for (int e = lane; e < E; e += 32) {
-      const float x = t < N ? to_float(qb[(int64)t * E + e]) : 0.0f;
-      qsq = fmaf(x, x, qsq);
-    }
-    qsq = warp_sum(qsq);
-    const float ksq = load_row_sq(kb, t, N, E, row, lane);
-    __syncwarp();
-    float fmax_ = neg_inf();
+  if (m > 0) tile_dots<2, 4>(x, xs, n, w, xs, m, e4, dk, ds);
+  __syncthreads();
+  float mk = neg_inf(), mf = neg_inf();
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const float ksq = row_sq(x + i * xs, e4);
     const float kdiag = ksq / 2.0f * rr;
-    for (int f = lane; f < m; f += 32) {
-      float d = 0.0f;
-      for (int e = 0; e < E; ++e) d = fmaf(row[e], w[f * ws + e], d);
-      fmax_ = fmaxf(fmax_, fmaxf((d - kdiag) - log_norm, (-d - kdiag) - log_norm));
+    for (int o = 0; o < m; ++o) {
+      const float d = dk[i * ds + o];
+      mf = fmaxf(mf, fmaxf((d - kdiag) - log_norm, (-d - kdiag) - log_norm));
     }
-    fmax_ = warp_max(fmax_);
-    __syncwarp();
-    mq = fmaxf(mq, qsq);
     mk = fmaxf(mk, ksq);
-    mf = fmaxf(mf, fmax_);
   }
-  mq = block_max(mq, scratch);
   mk = block_max(mk, scratch);
   mf = block_max(mf, scratch);
   if (threadIdx.x == 0) {
-    float* out = stat_part + ((int64)bh * nchunk + ch) * 3;
-    out[0] = mq;
-    out[1] = mk;
-    out[2] = mf;
+    float* out = kstat + ((int64)bh * nchunk + ch) * 2;
+    out[0] = mk;
+    out[1] = mf;
   }
 }
 
 template <typename T>
 __device__ void features(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                          const float* __restrict__ hv, const float* __restrict__ proj,
-                         const float* __restrict__ stat_part, float* __restrict__ hq, float* __restrict__ hk,
+                         const float* __restrict__ kstat, float* __restrict__ qstat, float* __restrict__ qn,
+                         float* __restrict__ kn, float* __restrict__ hq, float* __restrict__ hk,
                          float* __restrict__ qf, float* __restrict__ kf, float* __restrict__ pls,
                          float* __restrict__ kv_part, int N, int P, int E, int Dv, int R, int m, float root,
-                         float rr, float log_norm, int chunk, int n_tok, int nchunk, int mode) {
-  VITRT_DYNAMIC_SHARED(float, sm);
-  __shared__ float st[3];
-  const int ch = blockIdx.x, bh = blockIdx.y;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  const int F = 2 * m, ws = odd_stride(E), hs = odd_stride(E + 2);
+                         float rr, float log_norm, int chunk, int n_tok, int nchunk, int mode, int vecq,
+                         int vecv) {
+  SB_DYNAMIC_SHARED(sm);
+  __shared__ float scratch[32];
+  __shared__ float st_klog;
+  const int ch = blockIdx.x, bh = blockIdx.y, tid = threadIdx.x, nth = blockDim.x;
   const bool sparse = mode != kPerformer, low_rank = mode != kLsh;
-  float* w = sm;                           // [m][ws]
-  float* h = w + m * ws;                   // [R][hs]
-  float* rows = h + R * hs;                // [warps][2][E]
-  float* fbuf = rows + warps * 2 * E;      // [warps][F]
-  float* kp = fbuf + warps * F;            // [chunk][F] this chunk's k'
-  float* vt = kp + chunk * F;              // [chunk][Dv] this chunk's v
+  const int mm = low_rank ? m : 0, rh = sparse ? R : 0, nout = mm + rh, F = 2 * mm;
+  const int e4 = r4(E), xs = pitch4(E), ds = nout | 1, vp = pitch4(Dv + 1), kfp = r4(F);
+  const int t0 = ch * chunk, n = min(chunk, n_tok - t0);
+  const int u_floats = max(2 * chunk * xs, low_rank ? chunk * vp + chunk * kfp : 0);
+  float* w = sm;                        // [nout][xs] projection * sqrt(scale), then the hash vectors
+  float* x = w + nout * xs;             // [2n][xs] query rows 0..n-1, key rows n..2n-1
+  float* vt = x;                        // later [n][vp] value rows and a column of ones (x is dead by then)
+  float* kp = x + chunk * vp;           // later [n][kfp] k' of the chunk
+  float* d = x + u_floats;              // [2n][ds] dot products
+  float* sq = d + r4(2 * chunk * ds);   // [2n] squared norms
+  float* qmx = sq + r4(2 * chunk);      // [n] max_j |q . w_j|
 
-  if (warp == 0) {  // per-(b, h) statistics from the per-chunk maxima of vitrt_sb_stats
-    float a = neg_inf(), b = neg_inf(), c = neg_inf();
-    for (int i = lane; i < nchunk; i += 32) {
-      const float* s = stat_part + ((int64)bh * nchunk + i) * 3;
-      a = fmaxf(a, s[0]);
-      b = fmaxf(b, s[1]);
-      c = fmaxf(c, s[2]);
+  if (low_rank && tid < 32) {  // log_k: the max of the key features over the (b, h) (vitrt_sb_stats)
+    float c = neg_inf();
+    for (int i = tid; i < nchunk; i += 32) c = fmaxf(c, kstat[((int64)bh * nchunk + i) * 2 + 1]);
+    c = warp_max(c);
+    if (tid == 0) st_klog = c;
+  }
+  load_weights(w, xs, proj, mm, root, hv, rh, E);
+  gather<4>(rows_of(q + (int64)bh * N * E, nullptr, t0, n, E, N, vecq != 0, x, xs),
+            rows_of(k + (int64)bh * N * E, nullptr, t0, n, E, N, vecq != 0, x + n * xs, xs));
+  __syncthreads();
+  tile_dots<2, 4>(x, xs, 2 * n, w, xs, nout, e4, d, ds);
+  for (int i = tid; i < 2 * n; i += nth) sq[i] = row_sq(x + i * xs, e4);
+  __syncthreads();
+  if (low_rank)
+    gather<4>(rows_of(v + (int64)bh * N * Dv, nullptr, t0, n, Dv, N, vecv != 0, vt, vp));
+
+  if (sparse) {
+    // Hash dot products of the E token coordinates (the sort adds the XBOX+ coordinate's term), +inf on
+    // padding; the squared norms; this chunk's max |q|^2 (MQ, with vitrt_sb_stats' MK).
+    for (int i = tid; i < rh * n; i += nth) {
+      const int r = i / n, j = i - r * n, t = t0 + j;
+      const int64 o = ((int64)bh * R + r) * P + t;
+      hq[o] = t < N ? d[j * ds + mm + r] : pos_inf();
+      hk[o] = t < N ? d[(n + j) * ds + mm + r] : pos_inf();
+    }
+    float mq = neg_inf();
+    for (int j = tid; j < n; j += nth) {
+      qn[(int64)bh * P + t0 + j] = sq[j];
+      kn[(int64)bh * P + t0 + j] = sq[n + j];
+      mq = fmaxf(mq, sq[j]);
+    }
+    mq = block_max(mq, scratch);
+    if (tid == 0) qstat[(int64)bh * nchunk + ch] = mq;
+  }
+  if (!low_rank) return;
+
+  // FAVOR+ with both signs: q' = exp([wq, -wq] - max), log_q = max - t|q|^2/2 - log(2m)/2;
+  // k' = exp([wk, -wk] - t|k|^2/2 - log(2m)/2 - log_k) (0 on padding); pls = log_q + log_k.
+  const float k_log = st_klog;
+  for (int j = tid; j < n; j += nth) {
+    float mx = neg_inf();
+    for (int o = 0; o < mm; ++o) {
+      const float a = d[j * ds + o];
+      mx = fmaxf(mx, fmaxf(a, -a));
+    }
+    qmx[j] = mx;
+    pls[(int64)bh * P + t0 + j] = ((mx - sq[j] / 2.0f * rr) - log_norm) + k_log;
+  }
+  __syncthreads();
+  float* qrow = qf + ((int64)bh * P + t0) * F;  // the chunk's rows are contiguous: coalesced writes
+  float* krow = kf + ((int64)bh * P + t0) * F;
+  for (int i = tid; i < n * F; i += nth) {
+    const int j = i / F, f = i - j * F, o = f < mm ? f : f - mm;
+    const float a = d[j * ds + o];
+    qrow[i] = expf((f < mm ? a : -a) - qmx[j]);
+    const float b = d[(n + j) * ds + o], kdiag = sq[n + j] / 2.0f * rr;
+    const float lk = f < mm ? ((b - kdiag) - log_norm) : ((-b - kdiag) - log_norm);
+    const float kv = t0 + j < N ? expf(lk - k_log) : 0.0f;
+    krow[i] = kv;
+    kp[j * kfp + f] = kv;
+  }
+  for (int i = tid; i < n * (kfp - F); i += nth) {  // zero padding of k' to whole float4
+    const int j = i / (kfp - F);
+    kp[j * kfp + F + i - j * (kfp - F)] = 0.0f;
+  }
+  for (int i = tid; i < n * (vp - Dv); i += nth) {  // column Dv of the values: ones (sum k'), then zeros
+    const int j = i / (vp - Dv), dd = Dv + i - j * (vp - Dv);
+    vt[j * vp + dd] = dd == Dv ? 1.0f : 0.0f;
+  }
+  __syncthreads();
+  // This chunk's k'^T [v, 1] (column Dv holds sum k'), summed in token order: tiles of 4 features x 4
+  // channels (float4 of a k' row and of a value row per token).
+  const int L = F * (Dv + 1), nfq = kfp >> 2, ndq = (Dv + 4) >> 2;
+  float* out = kv_part + ((int64)bh * nchunk + ch) * L;
+  for (int u = tid; u < nfq * ndq; u += nth) {
+    const int fq = u / ndq, dq = u - fq * ndq;
+    float acc[4][4];
+#pragma unroll
+    for (int a = 0; a < 4; ++a) acc[a][0] = acc[a][1] = acc[a][2] = acc[a][3] = 0.0f;
+    for (int j = 0; j < n; ++j) {
+      const float4 kk = ld4(kp + j * kfp + 4 * fq), vv = ld4(vt + j * vp + 4 * dq);
+      const float ka[4] = {kk.x, kk.y, kk.z, kk.w};
+#pragma unroll
+      for (int a = 0; a < 4; ++a) {
+        acc[a][0] = fmaf(ka[a], vv.x, acc[a][0]);
+        acc[a][1] = fmaf(ka[a], vv.y, acc[a][1]);
+        acc[a][2] = fmaf(ka[a], vv.z, acc[a][2]);
+        acc[a][3] = fmaf(ka[a], vv.w, acc[a][3]);
+      }
+    }
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+      if (4 * fq + a >= F) continue;
+#pragma unroll
+      for (int cc = 0; cc < 4; ++cc)
+        if (4 * dq + cc <= Dv) out[(4 * fq + a) * (Dv + 1) + 4 * dq + cc] = acc[a][cc];
+    }
+  }
+}
+
+// ---- sort ------------------------------------------------------------------------------------------------
+
+// The hash of round r at position p of one side: the stored dot product of the token coordinates plus the
+// XBOX+ coordinate's term, sqrt(MQ + MK - |x|^2) * hv[r][E + 1] (queries) or [E] (keys); +inf padding kept.
+__device__ __forceinline__ float finish_hash(float* __restrict__ h, const float* __restrict__ norms, int p, int N,
+                                             float total, float hcol) {
+  float x = h[p];
+  if (p < N) {
+    const float ext = sqrtf(fmaxf(total - norms[p], 0.0f));
+    x = fmaf(ext, hcol, x);
+    h[p] = x;
+  }
+  return x;
+}
+
+// Stable ascending argsort of P floats (LSD radix sort of order_key, 4 passes of 8-bit digits). Warp w
+// holds positions [w * 32 ITEMS, (w + 1) * 32 ITEMS), item i of lane l at w * 32 ITEMS + 32 i + l; a
+// digit's rank is (keys of smaller digits) + (same digit in earlier warps) + (same digit earlier in this
+// warp: a ballot match per item), so every pass is stable and ties keep index order, as
+// reference.stable_argsort does. Positions >= P hold the largest key and stay behind every real one.
+template <int ITEMS>
+__device__ void radix_argsort(float* __restrict__ h, const float* __restrict__ norms, int* __restrict__ perm,
+                              int* __restrict__ inv, int N, int P, float total, float hcol) {
+  VITRT_DYNAMIC_SHARED(int, smi);
+  __shared__ int wsum[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, W = blockDim.x >> 5, tid = threadIdx.x;
+  const int npos = blockDim.x * ITEMS;
+  unsigned* ks = reinterpret_cast<unsigned*>(smi);  // [npos] keys in sorted order after a pass
+  int* vs = smi + npos;                             // [npos] their token indices
+  int* cnt = vs + npos;                             // [256][W] digit counts per warp, then offsets
+  const unsigned below = (1u << lane) - 1u;
+  unsigned key[ITEMS];
+  int val[ITEMS], rank[ITEMS];
+#pragma unroll
+  for (int it = 0; it < ITEMS; ++it) {
+    const int p = warp * 32 * ITEMS + 32 * it + lane;
+    val[it] = p;
+    key[it] = p < P ? order_key(finish_hash(h, norms, p, N, total, hcol)) : 0xffffffffu;
+  }
+  for (int shift = 0; shift < 32; shift += 8) {
+    for (int i = tid; i < 256 * W; i += blockDim.x) cnt[i] = 0;
+    __syncthreads();
+#pragma unroll
+    for (int it = 0; it < ITEMS; ++it) {
+      const unsigned dig = (key[it] >> shift) & 255u;
+      unsigned same = kFullMask;
+#pragma unroll
+      for (int b = 0; b < 8; ++b) {
+        const unsigned bit = (dig >> b) & 1u;
+        const unsigned bal = __ballot_sync(kFullMask, bit != 0u);
+        same &= bit ? bal : ~bal;
+      }
+      int* c = cnt + dig * W + warp;
+      const int old = *c;
+      rank[it] = old + __popc(same & below);
+      __syncwarp();
+      if (lane == __ffs(same) - 1) *c = old + __popc(same);
+      __syncwarp();
+    }
+    __syncthreads();
+    // Exclusive scan of the counts in (digit, warp) order: thread t owns entries 8t .. 8t + 7.
+    int loc[8], s = 0;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      loc[j] = cnt[tid * 8 + j];
+      s += loc[j];
+    }
+    int incl = s;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int y = __shfl_up_sync(kFullMask, incl, o);
+      if (lane >= o) incl += y;
+    }
+    if (lane == 31) wsum[warp] = incl;
+    __syncthreads();
+    int off = incl - s;
+    for (int w2 = 0; w2 < warp; ++w2) off += wsum[w2];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      cnt[tid * 8 + j] = off;
+      off += loc[j];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int it = 0; it < ITEMS; ++it) {
+      const unsigned dig = (key[it] >> shift) & 255u;
+      const int pos = cnt[dig * W + warp] + rank[it];
+      ks[pos] = key[it];
+      vs[pos] = val[it];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int it = 0; it < ITEMS; ++it) {
+      const int p = warp * 32 * ITEMS + 32 * it + lane;
+      key[it] = ks[p];
+      val[it] = vs[p];
+    }
+  }
+#pragma unroll
+  for (int it = 0; it < ITEMS; ++it) {
+    const int p = warp * 32 * ITEMS + 32 * it + lane;
+    if (p < P) {
+      perm[p] = val[it];
+      inv[val[it]] = p;
+    }
+  }
+}
+
+// MQ + MK of one (b, h) from the per-chunk maxima (features: |q|^2, stats: |k|^2), in st (shared).
+__device__ __forceinline__ float xbox_total(const float* __restrict__ qstat, const float* __restrict__ kstat,
+                                            int bh, int nchunk, float* st) {
+  if (threadIdx.x < 32) {
+    float a = neg_inf(), b = neg_inf();
+    for (int i = threadIdx.x; i < nchunk; i += 32) {
+      a = fmaxf(a, qstat[(int64)bh * nchunk + i]);
+      b = fmaxf(b, kstat[((int64)bh * nchunk + i) * 2]);
     }
     a = warp_max(a);
     b = warp_max(b);
-    c = warp_max(c);
-    if (lane == 0) {
-      st[0] = a + b;  // MQ + MK: every XBOX+ vector's squared norm
-      st[1] = c;      // log_k
-    }
+    if (threadIdx.x == 0) *st = a + b;
   }
-  for (int i = threadIdx.x; i < m * E; i += blockDim.x) w[(i / E) * ws + i % E] = proj[i] * root;
-  for (int i = threadIdx.x; i < R * (E + 2); i += blockDim.x) h[(i / (E + 2)) * hs + i % (E + 2)] = hv[i];
-  const int t0 = ch * chunk, t1 = min(t0 + chunk, n_tok);
-  if (low_rank)
-    for (int i = threadIdx.x; i < (t1 - t0) * Dv; i += blockDim.x) {
-      const int t = t0 + i / Dv;
-      vt[i] = t < N ? to_float(v[((int64)bh * N + t) * Dv + i % Dv]) : 0.0f;
-    }
   __syncthreads();
-  const float total = st[0], k_log = st[1];
-  const T* qb = q + (int64)bh * N * E;
-  const T* kb = k + (int64)bh * N * E;
-  float* qrow = rows + warp * 2 * E;
-  float* krow = qrow + E;
-  float* fb = fbuf + warp * F;
-
-  for (int t = t0 + warp; t < t1; t += warps) {
-    const bool real = t < N;
-    const float qsq = load_row_sq(qb, t, N, E, qrow, lane);
-    const float ksq = load_row_sq(kb, t, N, E, krow, lane);
-    __syncwarp();
-    if (sparse) {
-      // XBOX+: q -> [q, 0, sqrt(MQ + MK - |q|^2)], k -> [k, sqrt(MQ + MK - |k|^2), 0]; hash = x . hv[r].
-      const float q_ext = sqrtf(fmaxf(total - qsq, 0.0f)), k_ext = sqrtf(fmaxf(total - ksq, 0.0f));
-      for (int r = lane; r < R; r += 32) {
-        const float* hr = h + r * hs;
-        float a = 0.0f, b = 0.0f;
-        for (int e = 0; e < E; ++e) {
-          a = fmaf(qrow[e], hr[e], a);
-          b = fmaf(krow[e], hr[e], b);
-        }
-        a = fmaf(q_ext, hr[E + 1], a);
-        b = fmaf(k_ext, hr[E], b);
-        const int64 o = ((int64)bh * R + r) * P + t;
-        hq[o] = real ? a : pos_inf();  // padding sorts last
-        hk[o] = real ? b : pos_inf();
-      }
-    }
-    if (low_rank) {
-      // FAVOR+ with both signs: q' = exp([wq, -wq] - max), log_q = max - t|q|^2/2 - log(2m)/2;
-      // k' = exp([wk, -wk] - t|k|^2/2 - log(2m)/2 - log_k) (0 on padding); pls = log_q + log_k.
-      float qmax = neg_inf();
-      for (int f = lane; f < m; f += 32) {
-        float d = 0.0f;
-        for (int e = 0; e < E; ++e) d = fmaf(qrow[e], w[f * ws + e], d);
-        fb[f] = d;
-        fb[m + f] = -d;
-        qmax = fmaxf(qmax, fmaxf(d, -d));
-      }
-      qmax = warp_max(qmax);
-      __syncwarp();
-      const int64 o = ((int64)bh * P + t) * F;
-      for (int f = lane; f < F; f += 32) qf[o + f] = expf(fb[f] - qmax);
-      if (lane == 0) pls[(int64)bh * P + t] = ((qmax - qsq / 2.0f * rr) - log_norm) + k_log;
-      __syncwarp();
-      const float kdiag = ksq / 2.0f * rr;
-      for (int f = lane; f < m; f += 32) {
-        float d = 0.0f;
-        for (int e = 0; e < E; ++e) d = fmaf(krow[e], w[f * ws + e], d);
-        const float kp_pos = real ? expf(((d - kdiag) - log_norm) - k_log) : 0.0f;
-        const float kp_neg = real ? expf(((-d - kdiag) - log_norm) - k_log) : 0.0f;
-        kf[o + f] = kp_pos;
-        kf[o + m + f] = kp_neg;
-        kp[(t - t0) * F + f] = kp_pos;
-        kp[(t - t0) * F + m + f] = kp_neg;
-      }
-    }
-    __syncwarp();
-  }
-  if (!low_rank) return;
-  __syncthreads();
-  // This chunk's k'^T [v, 1]: column Dv holds sum k'. Summed in token order.
-  const int L = F * (Dv + 1), n = t1 - t0;
-  for (int o = threadIdx.x; o < L; o += blockDim.x) {
-    const int f = o / (Dv + 1), d = o % (Dv + 1);
-    float acc = 0.0f;
-    for (int t = 0; t < n; ++t) acc = fmaf(kp[t * F + f], d < Dv ? vt[t * Dv + d] : 1.0f, acc);
-    kv_part[((int64)bh * nchunk + ch) * L + o] = acc;
-  }
+  return *st;
 }
+
+// The row one sort block works on (block x: side * R + r, side 0 = queries, 1 = keys; block y: b * H + h).
+struct SortRow {
+  float* h;             // [P] hashes (the stored dot products, completed in place)
+  const float* norms;   // [P] squared norms of the side's tokens
+  int* perm;            // [P] sorted slot -> token
+  int* inv;             // [P] token -> sorted slot
+  float total, hcol;    // MQ + MK, and the hash vector's XBOX+ coordinate of this side
+};
+
+__device__ __forceinline__ SortRow sort_row(const float* __restrict__ qn, const float* __restrict__ kn,
+                                            const float* __restrict__ qstat, const float* __restrict__ kstat,
+                                            const float* __restrict__ hv, float* hq, float* hk, int* q_perm,
+                                            int* q_inv, int* k_perm, int* k_inv, int P, int E, int R, int nchunk,
+                                            float* st) {
+  const int side = blockIdx.x / R, r = blockIdx.x % R, bh = blockIdx.y;
+  const int64 o = ((int64)bh * R + r) * P;
+  SortRow j;
+  j.total = xbox_total(qstat, kstat, bh, nchunk, st);
+  j.hcol = hv[r * (E + 2) + (side ? E : E + 1)];
+  j.h = (side ? hk : hq) + o;
+  j.norms = (side ? kn : qn) + (int64)bh * P;
+  j.perm = (side ? k_perm : q_perm) + o;
+  j.inv = (side ? k_inv : q_inv) + o;
+  return j;
+}
+
+// ---- cluster attention -----------------------------------------------------------------------------------
+
+constexpr int kTile = 3;      // score tile: 3 queries x 3 keys per thread
+constexpr int kPvRows = 3;    // output tile: 3 queries x 8 channels per thread
 
 template <typename T>
 __device__ void cluster_attention(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
@@ -222,200 +713,357 @@ __device__ void cluster_attention(const T* __restrict__ q, const T* __restrict__
                                   const int* __restrict__ q_inv, const int* __restrict__ k_perm,
                                   const int* __restrict__ k_inv, float* __restrict__ rnum,
                                   float* __restrict__ raux, int N, int P, int E, int Dv, int R, int F, int c,
-                                  int G, float scale, int mode) {
-  VITRT_DYNAMIC_SHARED(float, sm);
-  const int r = blockIdx.y, bh = blockIdx.z;
-  const int nclus = P / c, g0 = blockIdx.x * G, QB = min(G, nclus - g0) * c, s0 = g0 * c;
-  const bool sb = mode == kScatterbrain;
-  const int es = odd_stride(E), fs = odd_stride(F), cs = odd_stride(c);
-  float* qs = sm;                                        // [QB][es] queries of the clusters
-  float* ks = qs + QB * es;                              // [QB][es] keys
-  float* vs = ks + QB * es;                              // [QB][Dv] values
-  float* qfs = vs + QB * Dv;                             // [QB][fs] q'   (SCATTERBRAIN)
-  float* kfs = qfs + (sb ? QB * fs : 0);                 // [QB][fs] k'   (SCATTERBRAIN)
-  float* sc = kfs + (sb ? QB * fs : 0);                  // [QB][cs] logits, then weights
-  float* lr = sc + QB * cs;                              // [QB][cs] low-rank estimate (SCATTERBRAIN)
-  float* qpl = lr + (sb ? QB * cs : 0);                  // [QB] pls of the query
-  float* rowm = qpl + QB;                                // [QB] M (SCATTERBRAIN) or logsumexp (LSH)
-  float* rows = rowm + QB;                               // [QB] row sum (SCATTERBRAIN)
-  int* qidx = reinterpret_cast<int*>(rows + QB);         // [QB] token of each query slot
-  int* kidx = qidx + QB;                                 // [QB] token of each key slot
-  int* qbk = kidx + QB;                                  // [R][QB] query bucket in every round
-  int* kbk = qbk + (sb ? R * QB : 0);                    // [R][QB] key bucket in every round
+                                  int G, float scale, int mode, int vecq, int vecv) {
+  SB_DYNAMIC_SHARED(sm);
+  const int r = blockIdx.y, bh = blockIdx.z, tid = threadIdx.x, nth = blockDim.x;
+  const int nclus = P / c, g0 = blockIdx.x * G, Gb = min(G, nclus - g0), QB = Gb * c, QM = G * c;
+  const int s0 = g0 * c;
+  const bool sb = mode == kScatterbrain, multi = sb && R > 1;
+  const int e4 = r4(E), f4 = r4(F), es = pitch4(E), fs = pitch4(F), vp = pitch4(Dv), cs = c | 1;
+  const int nt = (c + kTile - 1) / kTile;
+  float* qs = sm;                                          // [QB][es] queries of the clusters
+  float* ks = qs + QM * es;                                // [QB][es] keys
+  float* vs = ks + QM * es;                                // [QB][vp] values
+  float* qfs = vs + QM * vp;                               // [QB][fs] q'   (SCATTERBRAIN)
+  float* kfs = qfs + (sb ? QM * fs : 0);                   // [QB][fs] k'   (SCATTERBRAIN)
+  float* sc = kfs + (sb ? QM * fs : 0);                    // [QB][cs] logits, then weights
+  float* lr = sc + r4(QM * cs);                            // [QB][cs] low-rank estimate (SCATTERBRAIN)
+  float* pmax = lr + (sb ? r4(QM * cs) : 0);               // [QB][nt] row max of each score tile
+  float* psum = pmax + r4(QM * nt);                        // [QB][nt] row sum of each score tile
+  float* rowm = psum + r4(QM * nt);                        // [QB] M (SCATTERBRAIN) or logsumexp (LSH)
+  float* qpl = rowm + r4(QM);                              // [QB] pls of the query (SCATTERBRAIN)
+  int* qidx = reinterpret_cast<int*>(qpl + (sb ? r4(QM) : 0));  // [QB] token of each query slot
+  int* kidx = qidx + r4(QM);                               // [QB] token of each key slot
+  int* qbk = kidx + r4(QM);                                // [R][QB] query bucket in every round
+  int* kbk = qbk + (multi ? r4(R * QM) : 0);               // [R][QB] key bucket in every round
   const int64 perm0 = ((int64)bh * R + r) * P + s0;
 
-  for (int t = threadIdx.x; t < QB; t += blockDim.x) {
-    const int qi = q_perm[perm0 + t], kj = k_perm[perm0 + t];
-    qidx[t] = qi;
-    kidx[t] = kj;
-    if (sb) {
-      qpl[t] = pls[(int64)bh * P + qi];
-      for (int r2 = 0; r2 < R; ++r2) {
-        qbk[r2 * QB + t] = q_inv[((int64)bh * R + r2) * P + qi] / c;
-        kbk[r2 * QB + t] = k_inv[((int64)bh * R + r2) * P + kj] / c;
-      }
-    }
+  for (int t = tid; t < QB; t += nth) {
+    qidx[t] = q_perm[perm0 + t];
+    kidx[t] = k_perm[perm0 + t];
   }
   __syncthreads();
-  const T* qb = q + (int64)bh * N * E;
-  const T* kb = k + (int64)bh * N * E;
-  const T* vb = v + (int64)bh * N * Dv;
-  for (int i = threadIdx.x; i < QB * E; i += blockDim.x) {
-    const int t = i / E, e = i % E, qi = qidx[t], kj = kidx[t];
-    qs[t * es + e] = qi < N ? to_float(qb[(int64)qi * E + e]) : 0.0f;
-    ks[t * es + e] = kj < N ? to_float(kb[(int64)kj * E + e]) : 0.0f;
-  }
-  for (int i = threadIdx.x; i < QB * Dv; i += blockDim.x) {
-    const int t = i / Dv, kj = kidx[t];
-    vs[i] = kj < N ? to_float(vb[(int64)kj * Dv + i % Dv]) : 0.0f;
-  }
-  if (sb)
-    for (int i = threadIdx.x; i < QB * F; i += blockDim.x) {
-      const int t = i / F, f = i % F;
-      qfs[t * fs + f] = qf[((int64)bh * P + qidx[t]) * F + f];
-      kfs[t * fs + f] = kf[((int64)bh * P + kidx[t]) * F + f];  // 0 on padded keys
-    }
+  // Everything else the block reads, in one batch of loads: rows of q, k, v (the tokens of the slots),
+  // q', k', the queries' pls and every round's buckets of the slots' tokens.
+  const int fq = sb ? QB : 0, fb = multi ? QB : 0;
+  const bool vecf = (F & 3) == 0;  // workspace rows of F floats: 16-byte aligned when F % 4 == 0
+  gather<16>(rows_of(q + (int64)bh * N * E, qidx, 0, QB, E, N, vecq != 0, qs, es),
+             rows_of(k + (int64)bh * N * E, kidx, 0, QB, E, N, vecq != 0, ks, es),
+             rows_of(v + (int64)bh * N * Dv, kidx, 0, QB, Dv, N, vecv != 0, vs, vp),
+             rows_of(qf + (int64)bh * P * F, qidx, 0, fq, F, P, vecf, qfs, fs),
+             rows_of(kf + (int64)bh * P * F, kidx, 0, fq, F, P, vecf, kfs, fs),
+             SlotScalar{pls + (int64)bh * P, qidx, qpl, fq},
+             SlotBucket(q_inv + (int64)bh * R * P, qidx, qbk, fb, R, P, QM, c),
+             SlotBucket(k_inv + (int64)bh * R * P, kidx, kbk, fb, R, P, QM, c));
   __syncthreads();
 
-  // Logits t q.k (padded keys masked), minus log(count) and low-rank estimate / count (SCATTERBRAIN):
-  // count = rounds in which the pair shares a cluster, so a pair contributes once overall.
-  for (int p = threadIdx.x; p < QB * c; p += blockDim.x) {
-    const int t = p / c, j = p % c, u = (t / c) * c + j;
-    float dot = 0.0f;
-    for (int e = 0; e < E; ++e) dot = fmaf(qs[t * es + e], ks[u * es + e], dot);
-    const bool padded = kidx[u] >= N;
-    float s = padded ? -kFloatMax : dot * scale;
-    if (sb) {
-      float l = 0.0f;
-      if (!padded)
-        for (int f = 0; f < F; ++f) l = fmaf(qfs[t * fs + f], kfs[u * fs + f], l);
-      if (R > 1) {
-        int cnt = 0;
-        for (int r2 = 0; r2 < R; ++r2) cnt += qbk[r2 * QB + t] == kbk[r2 * QB + u] ? 1 : 0;
-        s = s - logf((float)cnt);
-        l = l / (float)cnt;
-      }
-      lr[t * cs + j] = l;
+  // Logits t q.k (padded keys masked), minus log(count), and the low-rank estimate q'.k' / count
+  // (SCATTERBRAIN): count = rounds in which the pair shares a cluster, so a pair contributes once overall.
+  // Tile (g, ti, tj): queries ti*3 .. ti*3+2 x keys tj*3 .. tj*3+2 of cluster g; rows past c are clamped
+  // for reading and dropped. Each tile also records the max of its part of every query's row.
+  const int tiles = Gb * nt * nt;
+  for (int u = tid; u < tiles; u += nth) {
+    const int g = u / (nt * nt), rem = u - g * nt * nt, ti = rem / nt, tj = rem - ti * nt, base = g * c;
+    int ir[kTile], jr[kTile], ie[kTile], je[kTile], i_f[kTile], j_f[kTile];
+#pragma unroll
+    for (int a = 0; a < kTile; ++a) {
+      ir[a] = base + min(ti * kTile + a, c - 1);
+      jr[a] = base + min(tj * kTile + a, c - 1);
+      ie[a] = ir[a] * es;
+      je[a] = jr[a] * es;
+      i_f[a] = ir[a] * fs;
+      j_f[a] = jr[a] * fs;
     }
-    sc[t * cs + j] = s;
+    float s[kTile][kTile], l[kTile][kTile];
+#pragma unroll
+    for (int a = 0; a < kTile; ++a)
+#pragma unroll
+      for (int b = 0; b < kTile; ++b) s[a][b] = l[a][b] = 0.0f;
+    tile_fma<kTile, kTile>(qs, ie, ks, je, e4, s);
+    if (sb) tile_fma<kTile, kTile>(qfs, i_f, kfs, j_f, f4, l);
+#pragma unroll
+    for (int a = 0; a < kTile; ++a) {
+      if (ti * kTile + a >= c) continue;
+      float mx = neg_inf();
+#pragma unroll
+      for (int b = 0; b < kTile; ++b) {
+        const int j = tj * kTile + b;
+        if (j >= c) continue;
+        const bool padded = kidx[jr[b]] >= N;
+        float sv = padded ? -kFloatMax : s[a][b] * scale;
+        if (sb) {
+          float lv = padded ? 0.0f : l[a][b];
+          if (multi) {
+            int cnt = 0;
+            for (int r2 = 0; r2 < R; ++r2) cnt += qbk[r2 * QM + ir[a]] == kbk[r2 * QM + jr[b]] ? 1 : 0;
+            sv = sv - logf((float)cnt);
+            lv = lv / (float)cnt;
+          }
+          lr[ir[a] * cs + j] = lv;
+        }
+        sc[ir[a] * cs + j] = sv;
+        mx = fmaxf(mx, sv);
+      }
+      pmax[ir[a] * nt + tj] = mx;
+    }
   }
   __syncthreads();
 
-  for (int t = threadIdx.x; t < QB; t += blockDim.x) {
-    float* srow = sc + t * cs;
+  // Weights, by segments (query t, tile column tj): SCATTERBRAIN dots = exp(s - M) - lr exp(pls - M) with
+  // M = max(max_j s, pls) bounding both terms by 1; LSH exp(s - max) summed for the logsumexp.
+  for (int u = tid; u < QB * nt; u += nth) {
+    const int t = u / nt, tj = u - t * nt, j1 = min(tj * kTile + kTile, c);
     float mx = neg_inf();
-    for (int j = 0; j < c; ++j) mx = fmaxf(mx, srow[j]);
+    for (int j = 0; j < nt; ++j) mx = fmaxf(mx, pmax[t * nt + j]);
+    float ps = 0.0f;
     if (sb) {
-      // M bounds exp(s - M) and exp(pls - M) by 1: dots = exp(s - M) - lr exp(pls - M).
       const float M = fmaxf(mx, qpl[t]), e_pl = expf(qpl[t] - M);
-      float sum = 0.0f;
-      for (int j = 0; j < c; ++j) {
-        const float d = expf(srow[j] - M) - lr[t * cs + j] * e_pl;
-        srow[j] = d;
-        sum += d;
+      for (int j = tj * kTile; j < j1; ++j) {
+        const float dd = expf(sc[t * cs + j] - M) - lr[t * cs + j] * e_pl;
+        sc[t * cs + j] = dd;
+        ps += dd;
       }
-      rowm[t] = M;
-      rows[t] = sum;
+      if (tj == 0) rowm[t] = M;
     } else {
-      // LSH: softmax inside the cluster, logsumexp kept for the round weights.
-      float se = 0.0f;
-      for (int j = 0; j < c; ++j) se += expf(srow[j] - mx);
-      const float lse = logf(se) + mx;
-      for (int j = 0; j < c; ++j) srow[j] = expf(srow[j] - lse);
-      rowm[t] = lse;
+      for (int j = tj * kTile; j < j1; ++j) ps += expf(sc[t * cs + j] - mx);
     }
+    psum[t * nt + tj] = ps;
   }
   __syncthreads();
-
-  for (int i = threadIdx.x; i < QB * Dv; i += blockDim.x) {
-    const int t = i / Dv, d = i % Dv;
-    if (qidx[t] >= N) continue;  // padded queries are dropped
-    const float* srow = sc + t * cs;
-    const float* vcol = vs + (t / c) * c * Dv + d;
-    float acc = 0.0f;
-    for (int j = 0; j < c; ++j) acc = fmaf(srow[j], vcol[j * Dv], acc);
-    rnum[(perm0 + t) * Dv + d] = acc;
+  if (!sb) {
+    // LSH: softmax inside the cluster, logsumexp kept for the round weights.
+    for (int u = tid; u < QB * nt; u += nth) {
+      const int t = u / nt, tj = u - t * nt, j1 = min(tj * kTile + kTile, c);
+      float mx = neg_inf(), se = 0.0f;
+      for (int j = 0; j < nt; ++j) {
+        mx = fmaxf(mx, pmax[t * nt + j]);
+        se += psum[t * nt + j];
+      }
+      const float lse = logf(se) + mx;
+      for (int j = tj * kTile; j < j1; ++j) sc[t * cs + j] = expf(sc[t * cs + j] - lse);
+      if (tj == 0) rowm[t] = lse;
+    }
+    __syncthreads();
   }
-  for (int t = threadIdx.x; t < QB; t += blockDim.x) {
-    if (qidx[t] >= N) continue;
-    raux[(perm0 + t) * 2] = sb ? rows[t] : 0.0f;
-    raux[(perm0 + t) * 2 + 1] = rowm[t];
+
+  // Per-round output rows: weights x values, tiles of 3 queries x 8 channels (two float4 of a value row);
+  // rows in token order.
+  const int nrg = (c + kPvRows - 1) / kPvRows, dv4 = (Dv + 3) >> 2, dv8 = (dv4 + 1) >> 1;
+  const bool vec_out = (Dv & 3) == 0;
+  float* rb = rnum + ((int64)bh * R + r) * P * Dv;
+  for (int u = tid; u < Gb * nrg * dv8; u += nth) {
+    const int g = u / (nrg * dv8), rem = u - g * nrg * dv8, rg = rem / dv8, d8 = rem - rg * dv8;
+    const int base = g * c;
+    const bool two = 2 * d8 + 1 < dv4;  // the second quad of channels exists
+    int ir[kPvRows];
+#pragma unroll
+    for (int a = 0; a < kPvRows; ++a) ir[a] = base + min(rg * kPvRows + a, c - 1);
+    float acc[kPvRows][8];
+#pragma unroll
+    for (int a = 0; a < kPvRows; ++a)
+#pragma unroll
+      for (int cc = 0; cc < 8; ++cc) acc[a][cc] = 0.0f;
+    const float* vcol = vs + base * vp + 8 * d8;
+#pragma unroll 2
+    for (int j = 0; j < c; ++j) {
+      const float4 v0 = ld4(vcol + j * vp), v1 = two ? ld4(vcol + j * vp + 4) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      const float vv[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+#pragma unroll
+      for (int a = 0; a < kPvRows; ++a) {
+        const float wgt = sc[ir[a] * cs + j];
+#pragma unroll
+        for (int cc = 0; cc < 8; ++cc) acc[a][cc] = fmaf(wgt, vv[cc], acc[a][cc]);
+      }
+    }
+#pragma unroll
+    for (int a = 0; a < kPvRows; ++a) {
+      if (rg * kPvRows + a >= c) continue;
+      const int tok = qidx[ir[a]];
+      if (tok >= N) continue;  // padded queries are dropped
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int ch = 8 * d8 + 4 * h;
+        if (h == 1 && !two) continue;
+        float* o = rb + (int64)tok * Dv + ch;
+        if (vec_out) {
+          st4(o, acc[a][4 * h], acc[a][4 * h + 1], acc[a][4 * h + 2], acc[a][4 * h + 3]);
+        } else {
+#pragma unroll
+          for (int cc = 0; cc < 4; ++cc)
+            if (ch + cc < Dv) o[cc] = acc[a][4 * h + cc];
+        }
+      }
+    }
+  }
+  for (int t = tid; t < QB; t += nth) {
+    const int tok = qidx[t];
+    if (tok >= N) continue;
+    float rs = 0.0f;
+    if (sb)
+      for (int j = 0; j < nt; ++j) rs += psum[t * nt + j];
+    float* o = raux + (((int64)bh * R + r) * P + tok) * 2;
+    o[0] = rs;
+    o[1] = rowm[t];
   }
 }
 
+// ---- combine ---------------------------------------------------------------------------------------------
+
+template <typename T>
+__device__ __forceinline__ void store4(T* p, const float* x, int n, bool vec);
+template <>
+__device__ __forceinline__ void store4<float>(float* p, const float* x, int n, bool vec) {
+  if (vec) {
+    st4(p, x[0], x[1], x[2], x[3]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      if (i < n) p[i] = x[i];
+  }
+}
+template <>
+__device__ __forceinline__ void store4<half_bits>(half_bits* p, const float* x, int n, bool vec) {
+  if (vec) {
+    uint2 w;
+    w.x = (unsigned)from_float<half_bits>(x[0]) | ((unsigned)from_float<half_bits>(x[1]) << 16);
+    w.y = (unsigned)from_float<half_bits>(x[2]) | ((unsigned)from_float<half_bits>(x[3]) << 16);
+    *reinterpret_cast<uint2*>(p) = w;
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      if (i < n) p[i] = from_float<half_bits>(x[i]);
+  }
+}
+
+// Low-rank state of one (b, h) as vitrt_sb_kv_reduce writes it: kv[f][d] = (k'^T v)[f][d] for d < Dv, zero up
+// to kp = 4 ceil(Dv / 4) (16-byte rows), then ksum[f] = sum k'[f]; kv_stride floats in all.
+__device__ __forceinline__ int kv_pitch(int Dv) { return 4 * ((Dv + 3) >> 2); }
+__device__ __forceinline__ int kv_stride(int F, int Dv) { return F * kv_pitch(Dv) + r4(F); }
+
 template <typename T>
 __device__ void combine(const float* __restrict__ qf, const float* __restrict__ pls, const float* __restrict__ kv,
-                        const int* __restrict__ q_inv, const float* __restrict__ rnum,
-                        const float* __restrict__ raux, T* __restrict__ out, int N, int P, int Dv, int R, int F,
-                        int qpb, int mode) {
-  VITRT_DYNAMIC_SHARED(float, sm);
-  const int bh = blockIdx.y;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  const bool low_rank = mode != kLsh;
-  const int L = F * (Dv + 1);
-  float* kvs = sm;                          // [F][Dv + 1] low-rank state (column Dv: sum k')
-  float* qbuf = kvs + (low_rank ? L : 0);   // [warps][F] this warp's q'
-  if (low_rank)
-    for (int i = threadIdx.x; i < L; i += blockDim.x) kvs[i] = kv[(int64)bh * L + i];
+                        const float* __restrict__ rnum, const float* __restrict__ raux, T* __restrict__ out, int N,
+                        int P, int Dv, int R, int F, int qpb, int mode, int vec_out) {
+  SB_DYNAMIC_SHARED(sm);
+  const int bh = blockIdx.y, tid = threadIdx.x, nth = blockDim.x;
+  const int i0 = blockIdx.x * qpb, nq = min(qpb, N - i0);
+  const bool low_rank = mode != kLsh, sparse = mode != kPerformer, sb = mode == kScatterbrain;
+  const int dv4 = (Dv + 3) >> 2, kp = kv_pitch(Dv), qtp = r4(qpb), Fl = low_rank ? F : 0, Rs = sparse ? R : 0;
+  float* kvs = sm;                         // [F][kp] low-rank state k'^T v, then [F] sum k'
+  float* ksum = kvs + Fl * kp;
+  float* qt = ksum + r4(Fl);               // [F][qtp] the block's q', transposed (token fastest)
+  float* ra = qt + Fl * qtp;               // [R][qpb][2] the block's raux rows
+  float* ql = ra + r4(2 * qpb * Rs);       // [qpb] pls
+  float* wt = ql + r4(qpb);                // [qpb][R] round weights
+  float* lrw = wt + r4(qpb * Rs);          // [qpb] weight of the low-rank term
+  float* den = lrw + r4(qpb);              // [qpb] denominator
+
+  // Everything but the round rows in one batch of loads; qt padded with zero tokens up to a multiple of 4.
+  for (int i = tid; i < Fl * (qtp - nq); i += nth) {
+    const int f = i / (qtp - nq), t = nq + i - f * (qtp - nq);
+    qt[f * qtp + t] = 0.0f;
+  }
+  const float* qrow = qf + ((int64)bh * P + i0) * Fl;  // the block's rows are contiguous
+  gather<8>(rows_of(kv + (int64)bh * kv_stride(F, Dv), nullptr, 0, Fl, kp, Fl, true, kvs, kp),
+            rows_of(kv + (int64)bh * kv_stride(F, Dv) + Fl * kp, nullptr, 0, Fl > 0 ? 1 : 0, Fl, 1, false, ksum, 0),
+            Transposed(qrow, qt, Fl > 0 ? nq : 0, F, qtp, (F & 3) == 0),
+            Span(raux + ((int64)bh * R * P + i0) * 2, ra, 2 * nq, Rs, 2 * (int64)P, 2 * qpb),
+            Span(pls + (int64)bh * P + i0, ql, nq, sb ? 1 : 0, 0, 0));
   __syncthreads();
-  float* qw = qbuf + warp * F;
-  const int i1 = min(N, (blockIdx.x + 1) * qpb);
-  for (int i = blockIdx.x * qpb + warp; i < i1; i += warps) {
-    T* o = out + ((int64)bh * N + i) * Dv;
+  for (int t = tid; t < nq; t += nth) {
     float lrs = 0.0f;
-    if (low_rank) {
-      for (int f = lane; f < F; f += 32) qw[f] = qf[((int64)bh * P + i) * F + f];
-      __syncwarp();
-      for (int f = 0; f < F; ++f) lrs = fmaf(qw[f], kvs[f * (Dv + 1) + Dv], lrs);
+    for (int f = 0; f < Fl; ++f) lrs = fmaf(qt[f * qtp + t], ksum[f], lrs);
+    if (!sparse) {
+      den[t] = fmaxf(lrs, kFloatTiny);  // q'(k'^T v) / max(q' . sum k', FLT_MIN): exp(pls) cancels
+      continue;
     }
-    if (mode == kPerformer) {
-      // q'(k'^T v) / max(q' . sum k', FLT_MIN): the exp(pls) factor cancels.
-      const float den = fmaxf(lrs, kFloatTiny);
-      for (int d = lane; d < Dv; d += 32) {
-        float lr = 0.0f;
-        for (int f = 0; f < F; ++f) lr = fmaf(qw[f], kvs[f * (Dv + 1) + d], lr);
-        o[d] = from_float<T>(lr / den);
+    // Round weights in log domain: L = logsumexp_r M_r, w_r = exp(M_r - L) (SCATTERBRAIN), or
+    // w_r = softmax_r(logsumexp of round r's logits) (LSH).
+    float mx = neg_inf();
+    for (int r = 0; r < R; ++r) mx = fmaxf(mx, ra[(r * qpb + t) * 2 + 1]);
+    float se = 0.0f;
+    for (int r = 0; r < R; ++r) se += expf(ra[(r * qpb + t) * 2 + 1] - mx);
+    const float lse = logf(se) + mx;
+    if (sb) {
+      float dn = 0.0f;
+      for (int r = 0; r < R; ++r) {
+        const float wr = expf(ra[(r * qpb + t) * 2 + 1] - lse);
+        wt[t * R + r] = wr;
+        dn += ra[(r * qpb + t) * 2] * wr;
       }
+      const float lw = expf(ql[t] - lse);
+      lrw[t] = lw;
+      den[t] = fmaxf(dn + lrs * lw, 1e-6f);  // spec.DENOMINATOR_MIN, in units of exp(L)
     } else {
-      // Round weights in log domain: L = logsumexp_r M_r, w_r = exp(M_r - L) (SCATTERBRAIN), or
-      // w_r = softmax_r(logsumexp of round r's logits) (LSH).
-      float mx = neg_inf();
-      for (int r = 0; r < R; ++r) {
-        const int slot = q_inv[((int64)bh * R + r) * P + i];
-        mx = fmaxf(mx, raux[(((int64)bh * R + r) * P + slot) * 2 + 1]);
-      }
-      float se = 0.0f;
-      for (int r = 0; r < R; ++r) {
-        const int slot = q_inv[((int64)bh * R + r) * P + i];
-        se += expf(raux[(((int64)bh * R + r) * P + slot) * 2 + 1] - mx);
-      }
-      const float lse = logf(se) + mx;
-      float den = 0.0f, lrw = 0.0f;
-      if (mode == kScatterbrain) {
-        for (int r = 0; r < R; ++r) {
-          const int64 row = ((int64)bh * R + r) * P + q_inv[((int64)bh * R + r) * P + i];
-          den += raux[row * 2] * expf(raux[row * 2 + 1] - lse);
-        }
-        lrw = expf(pls[(int64)bh * P + i] - lse);
-        den = fmaxf(den + lrs * lrw, 1e-6f);  // spec.DENOMINATOR_MIN, in units of exp(L)
-      }
-      for (int d = lane; d < Dv; d += 32) {
-        float num = 0.0f;
-        for (int r = 0; r < R; ++r) {
-          const int64 row = ((int64)bh * R + r) * P + q_inv[((int64)bh * R + r) * P + i];
-          const float m = raux[row * 2 + 1];
-          const float wr = mode == kScatterbrain ? expf(m - lse) : expf(m - mx) / se;
-          num += rnum[row * Dv + d] * wr;
-        }
-        if (mode == kScatterbrain) {
-          float lr = 0.0f;
-          for (int f = 0; f < F; ++f) lr = fmaf(qw[f], kvs[f * (Dv + 1) + d], lr);
-          num = (num + lr * lrw) / den;
-        }
-        o[d] = from_float<T>(num);
+      for (int r = 0; r < R; ++r) wt[t * R + r] = expf(ra[(r * qpb + t) * 2 + 1] - mx) / se;
+    }
+  }
+  __syncthreads();
+  // Tiles of 4 queries x 4 channels: the low-rank product q' (k'^T v), then the rounds' rows.
+  const bool vrow = (Dv & 3) == 0;
+  const int64 rstride = (int64)P * Dv;                        // one round of rnum
+  const float* rblock = rnum + ((int64)bh * R * P + i0) * Dv;  // round 0, query i0
+  T* oblock = out + ((int64)bh * N + i0) * Dv;
+  for (int u = tid; u < ((nq + 3) >> 2) * dv4; u += nth) {
+    const int tq = u / dv4, dq = u - tq * dv4, ch = 4 * dq, nch = min(4, Dv - ch);
+    float lr[4][4];
+#pragma unroll
+    for (int a = 0; a < 4; ++a) lr[a][0] = lr[a][1] = lr[a][2] = lr[a][3] = 0.0f;
+#pragma unroll 1
+    for (int f = 0; f < Fl; ++f) {
+      const float4 qv = ld4(qt + f * qtp + 4 * tq), kk = ld4(kvs + f * kp + ch);
+      const float qa[4] = {qv.x, qv.y, qv.z, qv.w};
+#pragma unroll
+      for (int a = 0; a < 4; ++a) {
+        lr[a][0] = fmaf(qa[a], kk.x, lr[a][0]);
+        lr[a][1] = fmaf(qa[a], kk.y, lr[a][1]);
+        lr[a][2] = fmaf(qa[a], kk.z, lr[a][2]);
+        lr[a][3] = fmaf(qa[a], kk.w, lr[a][3]);
       }
     }
-    __syncwarp();
+    float num[4][4];
+#pragma unroll
+    for (int a = 0; a < 4; ++a) num[a][0] = num[a][1] = num[a][2] = num[a][3] = 0.0f;
+    for (int r = 0; r < Rs; ++r) {
+      float4 x[4];
+#pragma unroll
+      for (int a = 0; a < 4; ++a) {
+        const int t = min(4 * tq + a, nq - 1);
+        const float* row = rblock + r * rstride + (int64)t * Dv + ch;
+        if (vrow) {
+          x[a] = ld4(row);
+        } else {
+          x[a].x = row[0];
+          x[a].y = nch > 1 ? row[1] : 0.0f;
+          x[a].z = nch > 2 ? row[2] : 0.0f;
+          x[a].w = nch > 3 ? row[3] : 0.0f;
+        }
+      }
+#pragma unroll
+      for (int a = 0; a < 4; ++a) {
+        const float wr = wt[min(4 * tq + a, nq - 1) * R + r];
+        num[a][0] += x[a].x * wr;
+        num[a][1] += x[a].y * wr;
+        num[a][2] += x[a].z * wr;
+        num[a][3] += x[a].w * wr;
+      }
+    }
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+      const int t = 4 * tq + a;
+      if (t >= nq) continue;
+      float res[4];
+#pragma unroll
+      for (int cc = 0; cc < 4; ++cc) {
+        if (!sparse)
+          res[cc] = lr[a][cc] / den[t];
+        else if (sb)
+          res[cc] = (num[a][cc] + lr[a][cc] * lrw[t]) / den[t];
+        else
+          res[cc] = num[a][cc];
+      }
+      store4<T>(oblock + t * Dv + ch, res, nch, vec_out != 0 && nch == 4);
+    }
   }
 }
 
@@ -425,61 +1073,96 @@ __device__ void combine(const float* __restrict__ qf, const float* __restrict__ 
 
 #define VITRT_SB_ENTRIES(SUFFIX, T)                                                                        \
   extern "C" __global__ void __launch_bounds__(256)                                                       \
-      vitrt_sb_stats_##SUFFIX(const T* q, const T* k, const float* proj, float* stat_part, int N, int E,   \
-                              int m, float root, float rr, float log_norm, int chunk, int n_tok,           \
-                              int nchunk) {                                                                \
-    stats<T>(q, k, proj, stat_part, N, E, m, root, rr, log_norm, chunk, n_tok, nchunk);                    \
+      vitrt_sb_stats_##SUFFIX(const T* k, const float* proj, float* kstat, int N, int E, int m,            \
+                              float root, float rr, float log_norm, int chunk, int n_tok, int nchunk,      \
+                              int veck) {                                                                  \
+    stats<T>(k, proj, kstat, N, E, m, root, rr, log_norm, chunk, n_tok, nchunk, veck);                     \
   }                                                                                                        \
-  extern "C" __global__ void __launch_bounds__(256) vitrt_sb_features_##SUFFIX(                            \
-      const T* q, const T* k, const T* v, const float* hv, const float* proj, const float* stat_part,      \
-      float* hq, float* hk, float* qf, float* kf, float* pls, float* kv_part, int N, int P, int E, int Dv,  \
-      int R, int m, float root, float rr, float log_norm, int chunk, int n_tok, int nchunk, int mode) {    \
-    features<T>(q, k, v, hv, proj, stat_part, hq, hk, qf, kf, pls, kv_part, N, P, E, Dv, R, m, root, rr,  \
-                log_norm, chunk, n_tok, nchunk, mode);                                                     \
+  extern "C" __global__ void __launch_bounds__(256, 3) vitrt_sb_features_##SUFFIX(                         \
+      const T* q, const T* k, const T* v, const float* hv, const float* proj, const float* kstat,          \
+      float* qstat, float* qn, float* kn, float* hq, float* hk, float* qf, float* kf, float* pls,          \
+      float* kv_part, int N, int P, int E, int Dv, int R, int m, float root, float rr, float log_norm,     \
+      int chunk, int n_tok, int nchunk, int mode, int vecq, int vecv) {                                    \
+    features<T>(q, k, v, hv, proj, kstat, qstat, qn, kn, hq, hk, qf, kf, pls, kv_part, N, P, E, Dv, R, m,  \
+                root, rr, log_norm, chunk, n_tok, nchunk, mode, vecq, vecv);                               \
   }                                                                                                        \
-  extern "C" __global__ void __launch_bounds__(256) vitrt_sb_cluster_##SUFFIX(                             \
+  extern "C" __global__ void __launch_bounds__(256, 2) vitrt_sb_cluster_##SUFFIX(                          \
       const T* q, const T* k, const T* v, const float* qf, const float* kf, const float* pls,              \
       const int* q_perm, const int* q_inv, const int* k_perm, const int* k_inv, float* rnum, float* raux,  \
-      int N, int P, int E, int Dv, int R, int F, int c, int G, float scale, int mode) {                    \
+      int N, int P, int E, int Dv, int R, int F, int c, int G, float scale, int mode, int vecq, int vecv) { \
     cluster_attention<T>(q, k, v, qf, kf, pls, q_perm, q_inv, k_perm, k_inv, rnum, raux, N, P, E, Dv, R,   \
-                         F, c, G, scale, mode);                                                            \
+                         F, c, G, scale, mode, vecq, vecv);                                                \
   }                                                                                                        \
-  extern "C" __global__ void __launch_bounds__(256) vitrt_sb_combine_##SUFFIX(                             \
-      const float* qf, const float* pls, const float* kv, const int* q_inv, const float* rnum,             \
-      const float* raux, T* out, int N, int P, int Dv, int R, int F, int qpb, int mode) {                  \
-    combine<T>(qf, pls, kv, q_inv, rnum, raux, out, N, P, Dv, R, F, qpb, mode);                            \
+  extern "C" __global__ void __launch_bounds__(256, 3) vitrt_sb_combine_##SUFFIX(                          \
+      const float* qf, const float* pls, const float* kv, const float* rnum, const float* raux, T* out,    \
+      int N, int P, int Dv, int R, int F, int qpb, int mode, int vec_out) {                                \
+    combine<T>(qf, pls, kv, rnum, raux, out, N, P, Dv, R, F, qpb, mode, vec_out);                          \
   }
 
 VITRT_SB_ENTRIES(f32, float)
 VITRT_SB_ENTRIES(f16, half_bits)
 
-// kv[bh] = sum over chunks (in chunk order) of kv_part[bh, chunk]: [F, Dv + 1] per (b, h).
-extern "C" __global__ void __launch_bounds__(256)
-    vitrt_sb_kv_reduce(const float* __restrict__ kv_part, float* __restrict__ kv, int L, int nchunk) {
-  const int bh = blockIdx.x;
-  for (int o = threadIdx.x; o < L; o += blockDim.x) {
-    float acc = 0.0f;
-    for (int i = 0; i < nchunk; ++i) acc += kv_part[((int64)bh * nchunk + i) * L + o];
-    kv[(int64)bh * L + o] = acc;
+// kv[bh] = the sum over chunks of kv_part[bh, chunk] ([F, Dv + 1] per chunk), written in the layout combine
+// reads (kv_stride: [F][kv_pitch] with zero padding, then the sums of k'). Eight lanes per output: lane g
+// adds chunks g, g + 8, ... in order, then a fixed butterfly adds the eight partial sums (the same order for
+// every run and every lane).
+constexpr int kReduceLanes = 8;
+extern "C" __global__ void __launch_bounds__(128)
+    vitrt_sb_kv_reduce(const float* __restrict__ kv_part, float* __restrict__ kv, int F, int Dv, int nchunk) {
+  const int bh = blockIdx.y, kp = kv_pitch(Dv), L = F * (Dv + 1);
+  const int o = (blockIdx.x * blockDim.x + threadIdx.x) / kReduceLanes, g = threadIdx.x % kReduceLanes;
+  int src = -1;  // column of the partials, or -1 for padding / past the end
+  if (o < F * kp) {
+    const int f = o / kp, d = o - f * kp;
+    if (d < Dv) src = f * (Dv + 1) + d;
+  } else if (o < F * kp + F) {
+    src = (o - F * kp) * (Dv + 1) + Dv;
   }
+  float acc = 0.0f;
+  if (src >= 0) {
+    const float* p = kv_part + (int64)bh * nchunk * L + src;
+    for (int i = g; i < nchunk; i += kReduceLanes) acc += p[(int64)i * L];
+  }
+#pragma unroll
+  for (int m = 1; m < kReduceLanes; m <<= 1) acc += __shfl_xor_sync(kFullMask, acc, m);
+  if (g == 0 && o < F * kp + F) kv[(int64)bh * kv_stride(F, Dv) + o] = acc;
 }
 
-// Stable ascending argsort of one round's hashes (block x: side * R + r, side 0 = queries, 1 = keys):
-// bitonic sort of the unique keys (order_key(hash) << 32 | index) in P2 = next power of two >= P
-// entries of dynamic shared memory (8 * P2 bytes); ties therefore keep index order, as
-// reference.stable_argsort does. Writes the permutation (sorted slot -> token) and its inverse.
+// Stable ascending argsort of one round's hashes (block x: side * R + r, side 0 = queries, 1 = keys), after
+// completing them with the XBOX+ term. blockDim.x = 32 * ceil(P / (32 * items)), items 4 or 8 (P <= 8192);
+// dynamic shared memory: 4 * (2 * items * blockDim.x + 256 * blockDim.x / 32) bytes. Writes the
+// permutation (sorted slot -> token) and its inverse.
 extern "C" __global__ void __launch_bounds__(1024)
-    vitrt_sb_sort(const float* __restrict__ hq, const float* __restrict__ hk, int* __restrict__ q_perm,
-                  int* __restrict__ q_inv, int* __restrict__ k_perm, int* __restrict__ k_inv, int P, int P2,
-                  int R) {
+    vitrt_sb_sort(const float* __restrict__ qn, const float* __restrict__ kn, const float* __restrict__ qstat,
+                  const float* __restrict__ kstat, const float* __restrict__ hv, float* __restrict__ hq,
+                  float* __restrict__ hk, int* __restrict__ q_perm, int* __restrict__ q_inv,
+                  int* __restrict__ k_perm, int* __restrict__ k_inv, int N, int P, int E, int R, int nchunk,
+                  int items) {
+  __shared__ float st;
+  const SortRow j =
+      sort_row(qn, kn, qstat, kstat, hv, hq, hk, q_perm, q_inv, k_perm, k_inv, P, E, R, nchunk, &st);
+  if (items == 4)
+    radix_argsort<4>(j.h, j.norms, j.perm, j.inv, N, P, j.total, j.hcol);
+  else
+    radix_argsort<8>(j.h, j.norms, j.perm, j.inv, N, P, j.total, j.hcol);
+}
+
+// The same for P > 8192: bitonic sort of the unique keys (order_key(hash) << 32 | index) in P2 = next
+// power of two >= P entries of dynamic shared memory (8 * P2 bytes); ties therefore keep index order.
+extern "C" __global__ void __launch_bounds__(1024)
+    vitrt_sb_sort_bitonic(const float* __restrict__ qn, const float* __restrict__ kn,
+                          const float* __restrict__ qstat, const float* __restrict__ kstat,
+                          const float* __restrict__ hv, float* __restrict__ hq, float* __restrict__ hk,
+                          int* __restrict__ q_perm, int* __restrict__ q_inv, int* __restrict__ k_perm,
+                          int* __restrict__ k_inv, int N, int P, int E, int R, int nchunk, int P2) {
   VITRT_DYNAMIC_SHARED(unsigned long long, keys);
-  const int side = blockIdx.x / R, r = blockIdx.x % R, bh = blockIdx.y;
-  const int64 o = ((int64)bh * R + r) * P;
-  const float* h = (side ? hk : hq) + o;
-  int* perm = (side ? k_perm : q_perm) + o;
-  int* inv = (side ? k_inv : q_inv) + o;
-  for (int i = threadIdx.x; i < P2; i += blockDim.x)
-    keys[i] = i < P ? (((unsigned long long)order_key(h[i])) << 32) | (unsigned)i : ~0ull;
+  __shared__ float st;
+  const SortRow j =
+      sort_row(qn, kn, qstat, kstat, hv, hq, hk, q_perm, q_inv, k_perm, k_inv, P, E, R, nchunk, &st);
+  for (int i = threadIdx.x; i < P2; i += blockDim.x) {
+    const unsigned long long hk64 = i < P ? order_key(finish_hash(j.h, j.norms, i, N, j.total, j.hcol)) : ~0u;
+    keys[i] = i < P ? (hk64 << 32) | (unsigned)i : ~0ull;
+  }
   __syncthreads();
   for (int size = 2; size <= P2; size <<= 1) {
     for (int stride = size >> 1; stride > 0; stride >>= 1) {
@@ -499,7 +1182,7 @@ extern "C" __global__ void __launch_bounds__(1024)
   }
   for (int s = threadIdx.x; s < P; s += blockDim.x) {
     const int t = (int)(keys[s] & 0xffffffffull);
-    perm[s] = t;
-    inv[t] = s;
+    j.perm[s] = t;
+    j.inv[t] = s;
   }
 }
