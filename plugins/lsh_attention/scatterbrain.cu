@@ -7,7 +7,7 @@
 //                                                  round (SCATTERBRAIN, LSH; the XBOX+ term is added by the
 //                                                  sort); q', k', pls and the chunk's partial k'^T [v, 1]
 //                                                  (SCATTERBRAIN, PERFORMER)
-//   3. vitrt_sb_kv_reduce      grid (L/128, BH)    low-rank state kv = k'^T v and sum k' (chunk order)
+//   3. vitrt_sb_kv_reduce      grid (8 L/128, BH)  low-rank state kv = k'^T v and sum k' (a fixed order)
 //   4. vitrt_sb_sort           grid (2R, BH)       the hashes completed with the XBOX+ term, then their
 //                                                  stable argsort (LSD radix sort of 32-bit order keys,
 //                                                  8-bit digits ranked with warp ballots) -> permutations
@@ -32,8 +32,8 @@
 // of a warp are free of bank conflicts. Every shared region's size is a multiple of 4 floats (16 bytes);
 // cuda.py's shared_bytes mirrors the layouts below.
 //
-// Determinism: no atomics; every sum runs in a fixed order (chunked sums are added in chunk order), so
-// results are bitwise reproducible run to run.
+// Determinism: no atomics; every sum runs in a fixed order (the chunks' partial sums too), so results are
+// bitwise reproducible run to run.
 
 #include "cuda_common.cuh"
 
