@@ -7,7 +7,7 @@
 //                                                  round (SCATTERBRAIN, LSH; the XBOX+ term is added by the
 //                                                  sort); q', k', pls and the chunk's partial k'^T [v, 1]
 //                                                  (SCATTERBRAIN, PERFORMER)
-//   3. vitrt_sb_kv_reduce      grid (L/128, BH)    low-rank state kv = k'^T v and sum k' (chunk order)
+//   3. vitrt_sb_kv_reduce      grid (8 L/128, BH)  low-rank state kv = k'^T v and sum k' (a fixed order)
 //   4. vitrt_sb_sort           grid (2R, BH)       the hashes completed with the XBOX+ term, then their
 //                                                  stable argsort (LSD radix sort of 32-bit order keys,
 //                                                  8-bit digits ranked with warp ballots) -> permutations
@@ -32,8 +32,8 @@
 // of a warp are free of bank conflicts. Every shared region's size is a multiple of 4 floats (16 bytes);
 // cuda.py's shared_bytes mirrors the layouts below.
 //
-// Determinism: no atomics; every sum runs in a fixed order (chunked sums are added in chunk order), so
-// results are bitwise reproducible run to run.
+// Determinism: no atomics; every sum runs in a fixed order (the chunks' partial sums too), so results are
+// bitwise reproducible run to run.
 
 #include "cuda_common.cuh"
 
@@ -501,8 +501,9 @@ __device__ void features(const T* __restrict__ q, const T* __restrict__ k, const
   __syncthreads();
   float* qrow = qf + ((int64)bh * P + t0) * F;  // the chunk's rows are contiguous: coalesced writes
   float* krow = kf + ((int64)bh * P + t0) * F;
+  const FastDiv per_token(F);
   for (int i = tid; i < n * F; i += nth) {
-    const int j = i / F, f = i - j * F, o = f < mm ? f : f - mm;
+    const int j = per_token(i), f = i - j * F, o = f < mm ? f : f - mm;
     const float a = d[j * ds + o];
     qrow[i] = expf((f < mm ? a : -a) - qmx[j]);
     const float b = d[(n + j) * ds + o], kdiag = sq[n + j] / 2.0f * rr;
@@ -762,6 +763,7 @@ __device__ void cluster_attention(const T* __restrict__ q, const T* __restrict__
   // Tile (g, ti, tj): queries ti*3 .. ti*3+2 x keys tj*3 .. tj*3+2 of cluster g; rows past c are clamped
   // for reading and dropped. Each tile also records the max of its part of every query's row.
   const int tiles = Gb * nt * nt;
+  const float log2f_ = logf(2.0f), log3f_ = logf(3.0f);  // log(count), the same logf as for larger counts
   for (int u = tid; u < tiles; u += nth) {
     const int g = u / (nt * nt), rem = u - g * nt * nt, ti = rem / nt, tj = rem - ti * nt, base = g * c;
     int ir[kTile], jr[kTile], ie[kTile], je[kTile], i_f[kTile], j_f[kTile];
@@ -781,6 +783,9 @@ __device__ void cluster_attention(const T* __restrict__ q, const T* __restrict__
       for (int b = 0; b < kTile; ++b) s[a][b] = l[a][b] = 0.0f;
     tile_fma<kTile, kTile>(qs, ie, ks, je, e4, s);
     if (sb) tile_fma<kTile, kTile>(qfs, i_f, kfs, j_f, f4, l);
+    bool padded[kTile];
+#pragma unroll
+    for (int b = 0; b < kTile; ++b) padded[b] = kidx[jr[b]] >= N;
 #pragma unroll
     for (int a = 0; a < kTile; ++a) {
       if (ti * kTile + a >= c) continue;
@@ -789,15 +794,17 @@ __device__ void cluster_attention(const T* __restrict__ q, const T* __restrict__
       for (int b = 0; b < kTile; ++b) {
         const int j = tj * kTile + b;
         if (j >= c) continue;
-        const bool padded = kidx[jr[b]] >= N;
-        float sv = padded ? -kFloatMax : s[a][b] * scale;
+        float sv = padded[b] ? -kFloatMax : s[a][b] * scale;
         if (sb) {
-          float lv = padded ? 0.0f : l[a][b];
+          float lv = padded[b] ? 0.0f : l[a][b];
           if (multi) {
-            int cnt = 0;
-            for (int r2 = 0; r2 < R; ++r2) cnt += qbk[r2 * QM + ir[a]] == kbk[r2 * QM + jr[b]] ? 1 : 0;
-            sv = sv - logf((float)cnt);
-            lv = lv / (float)cnt;
+            int k = 0;
+            for (int r2 = 0; r2 < R; ++r2) k += qbk[r2 * QM + ir[a]] == kbk[r2 * QM + jr[b]] ? 1 : 0;
+            // k >= 1 (the pair shares this round's cluster); k = 1 leaves both terms unchanged.
+            if (k > 1) {
+              sv = sv - (k == 2 ? log2f_ : k == 3 ? log3f_ : logf((float)k));
+              lv = lv / (float)k;
+            }
           }
           lr[ir[a] * cs + j] = lv;
         }
