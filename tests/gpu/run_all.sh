@@ -28,7 +28,7 @@ done
   --junitxml="$OUT/junit.xml" 2>&1 | tee "$OUT/pytest.txt"
 rc=${PIPESTATUS[0]}
 
-"$PY" benchmarks/kernels.py --out "$OUT/kernels.json" 2>&1 | tee "$OUT/benchmark.txt"
+"$PY" benchmarks/kernels.py ${KERNELS_ARGS:-} --out "$OUT/kernels.json" 2>&1 | tee "$OUT/benchmark.txt"
 "$PY" benchmarks/gpu_models.py ${GPU_MODELS_ARGS:-} --out "$OUT/gpu_models.json" 2>&1 | tee "$OUT/gpu_models.txt"
 if [ "${SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null; then
   for tool in racecheck synccheck; do
