@@ -116,11 +116,16 @@ class FusionBlock(Block):
         c = h.shape[-1]
         return self._heads(self._project(h, slice(2 * c, 3 * c)), 1)[0]
 
+    @staticmethod
+    def _log_size(size: Tensor, like: Tensor) -> Tensor:
+        """Proportional attention's bias: log(size) per key, [B, 1, 1, N] in ``like``'s dtype."""
+        return size.log()[:, None, None, :].to(like.dtype)
+
     def _probs(self, q: Tensor, k: Tensor, size: Tensor | None) -> Tensor:
         """Attention probabilities [B, H, N, N]; proportional attention adds log(size) per key."""
         logits = (q @ k.transpose(-2, -1)) * self.attn.scale
         if size is not None:
-            logits = logits + size.log()[:, None, None, :].to(logits.dtype)
+            logits = logits + self._log_size(size, logits)
         return logits.softmax(dim=-1)
 
     def _attend(self, probs: Tensor, v: Tensor) -> Tensor:
@@ -130,7 +135,7 @@ class FusionBlock(Block):
         """The block's attention output [B, N, C] (projected) when no probabilities are needed."""
         if not fast:
             return self._attend(self._probs(q, k, size), v)
-        bias = None if size is None else size.log()[:, None, None, :].to(q.dtype)
+        bias = None if size is None else self._log_size(size, q)
         return self.attn.merge_heads(
             F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.attn.scale)
         )
@@ -156,7 +161,7 @@ class FusionBlock(Block):
         v = self._v(h)  # [B, H, N', E]
         b, heads, n, _ = q.shape
         vg = v.gather(2, dest[:, None, :, None].expand(b, heads, n, v.shape[-1]))
-        bias = None if prop is None else prop.log()[:, None, None, :].to(q.dtype)
+        bias = None if prop is None else self._log_size(prop, q)
         o = F.scaled_dot_product_attention(q, k, vg, attn_mask=bias, scale=self.attn.scale)
         o = token_merge_op(o.transpose(1, 2).reshape(b, n, -1), dest, info, size, attrs.pooling, n - attrs.r)
         return self.attn.proj_drop(self.attn.proj(o))
