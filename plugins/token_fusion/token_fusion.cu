@@ -1,11 +1,13 @@
 // CUDA kernels of the TokenFusion op (MCTF / ToMe): the ground truth is plugins/token_fusion/reference.py
 // and the contract plugins/token_fusion/spec.py. Launched by plugins/token_fusion/cuda.py, in order:
 //
-//   1. vitrt_tf_scores<T>_<dt>  grid (Nb/T, Na/T, B)  T x T tiles (T = 64, or 32 when 64-tiles would
-//                                                     leave most of the GPU idle) of the A x B score
-//                                                     matrix, float32. Each block also computes the
-//                                                     norms of its tile's tokens and the batch element's
-//                                                     info / size maxima, so no pass precedes it.
+//   1. vitrt_tf_scores_mma_f16  grid (Nb/32, Na/32, B) 32 x 32 tiles of the A x B score matrix (float32)
+//                                                     on tensor cores, for float16 metrics (Cm % 8 == 0);
+//      vitrt_tf_scores<T>_<dt>  grid (Nb/T, Na/T, B)  otherwise T x T tiles on CUDA cores (T = 64, or 32
+//                                                     when 64-tiles would leave most of the GPU idle).
+//                                                     Each block also computes the norms of its tile's
+//                                                     tokens and the batch element's info / size maxima,
+//                                                     so no pass precedes it.
 //   2. vitrt_tf_match           grid (B)              bidirectional bipartite matching -> dest (int64);
 //                                                     the score rows live in shared memory when they fit
 //   3. vitrt_tf_merge_<dt>      grid (N_out/8, B)     weighted mean of every group, found from dest by
@@ -13,8 +15,8 @@
 //                                                     a fused block's attention output (one-step-ahead).
 //      (r = 0: vitrt_tf_match writes dest = arange and vitrt_tf_copy_<dt> copies x and size instead)
 //
-// And, for a fused block rather than the op: vitrt_tf_attention_info_<dt> grid (N/16, H, B), the attention
-// each key receives, from the block's q k^T, without writing the probabilities.
+// And, for a fused block rather than the op: vitrt_tf_attention_info<VPL>_<dt> grid (N/64, H, B), the
+// attention each key receives, from the block's q k^T, without writing the probabilities.
 //
 // <dt> is f32 or f16 (the dtype of x, metric, info, size and of the outputs; float16 travels as raw bits).
 // All arithmetic is float32. Shapes: x [B, N, C], metric [B, N, Cm], info/size [B, N]; set A = even token
