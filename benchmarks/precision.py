@@ -12,6 +12,8 @@ vitrt metadata, as timm / Hugging Face scripts write them), the FP32 file as giv
 - INT8: ``vitrt.calibrate`` (graph preparation, Q/DQ on MatMul/Gemm/Conv inputs, entropy ranges);
 - ORT: ``onnxruntime.quantization.quantize_static`` on the FP32 file as given (QDQ, per-channel, its
   default MinMax calibration) from the same calibration samples;
+- NNCF: ``nncf.quantize`` (its ONNX backend, ``model_type=TRANSFORMER``, default preset) on the FP32
+  file as given from the same samples, when nncf is installed (``pip install 'vitrt[nncf]'``);
 - FP16 and INT8+FP16: ``vitrt.fp16`` of the FP32 and of the INT8 file.
 
 Latency: batch 1, ``--threads`` ONNX Runtime threads, median over interleaved blocks
@@ -57,7 +59,7 @@ from vitrt.deploy.runners import OnnxRuntimeRunner  # noqa: E402
 from vitrt.models.config import PreprocessConfig  # noqa: E402
 
 DIGITS = ROOT / "benchmarks" / "digits"
-FAST = ("fp32", "int8", "ort")
+FAST = ("fp32", "int8", "ort", "nncf")
 SLOW = ("fp16", "int8+fp16")
 
 
@@ -83,6 +85,22 @@ def quantize_static_file(fp32: Path, out: Path, calib: np.ndarray, input_name: s
         per_channel=True,
         extra_options={"CalibMaxIntermediateOutputs": chunk},
     )
+
+
+def nncf_quantize_file(fp32: Path, out: Path, calib: np.ndarray, input_name: str) -> bool:
+    """NNCF's post-training INT8 (ONNX backend, transformer model type) on ``calib``; False without nncf."""
+    try:
+        import nncf
+    except ImportError:
+        return False
+    import onnx
+
+    dataset = nncf.Dataset(list(calib), lambda x: {input_name: x[None]})
+    quantized = nncf.quantize(
+        onnx.load(str(fp32)), dataset, subset_size=len(calib), model_type=nncf.ModelType.TRANSFORMER
+    )
+    onnx.save(quantized, str(out))
+    return True
 
 
 def build_fp32(name: str, source: str, path: Path) -> tuple[Any, PreprocessConfig]:
@@ -139,6 +157,11 @@ def bench(name: str, source: str, args: argparse.Namespace, tmp: Path) -> dict[s
     quantize_static_file(paths["fp32"], paths["ort"], calib, input_name)
     seconds["ort_int8"] = time.perf_counter() - t
     t = time.perf_counter()
+    if nncf_quantize_file(paths["fp32"], paths["nncf"], calib, input_name):
+        seconds["nncf_int8"] = time.perf_counter() - t
+    else:
+        del paths["nncf"]
+    t = time.perf_counter()
     fp16 = fp16_onnx(paths["fp32"], paths["fp16"])
     mixed = fp16_onnx(paths["int8"], paths["int8+fp16"])
     seconds["vitrt_fp16"] = time.perf_counter() - t
@@ -149,7 +172,9 @@ def bench(name: str, source: str, args: argparse.Namespace, tmp: Path) -> dict[s
     }
     feed = {input_name: held[:1]}
     calls = {k: (lambda r=r: r.infer(feed)) for k, r in runners.items()}
-    fast = measure_interleaved({k: calls[k] for k in FAST}, warmup=3, iterations=args.iterations)
+    fast = measure_interleaved(
+        {k: calls[k] for k in FAST if k in calls}, warmup=3, iterations=args.iterations
+    )
     slow = measure_interleaved(
         {k: calls[k] for k in ("fp32", *SLOW)}, warmup=1, iterations=args.slow_iterations, block=1
     )
@@ -163,12 +188,12 @@ def bench(name: str, source: str, args: argparse.Namespace, tmp: Path) -> dict[s
         "prepared": (read_recipe(result.model).prepared or {}) if read_recipe(result.model) else {},
         "fp16_keep_fp32": len(fp16.recipe.keep_fp32),
         "int8_fp16_keep_fp32": len(mixed.recipe.keep_fp32),
-        "latency_ms": {k: fast[k].median for k in FAST} | {k: slow[k].median for k in SLOW},
-        "latency_ratio": {k: fast[k].median / fast["fp32"].median for k in FAST}
+        "latency_ms": {k: v.median for k, v in fast.items()} | {k: slow[k].median for k in SLOW},
+        "latency_ratio": {k: v.median / fast["fp32"].median for k, v in fast.items()}
         | {k: slow[k].median / slow["fp32"].median for k in SLOW},
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
     }
-    for k in (*FAST[1:], *SLOW):
+    for k in [k for k in (*FAST[1:], *SLOW) if k in logits]:
         a = agreement(logits["fp32"], logits[k])
         row[k] = {"top1_agreement": a.top1_agreement, "mean_cosine": a.mean_cosine}
     if labels is not None:
@@ -182,11 +207,12 @@ def table(rows: list[dict[str, Any]]) -> str:
         "| model | source | file | vs FP32 latency | top-1 agree | mean cosine | top-1 acc |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    labels = {"fp32": "FP32", "int8": "vitrt INT8", "ort": "quantize_static INT8", "fp16": "vitrt FP16"}
+    labels = {"fp32": "FP32", "int8": "vitrt INT8", "ort": "quantize_static INT8", "nncf": "NNCF INT8"}
+    labels["fp16"] = "vitrt FP16"
     labels["int8+fp16"] = "vitrt INT8+FP16"
     for r in rows:
         acc = r.get("top1_accuracy")
-        for k in ("fp32", "int8", "ort", "fp16", "int8+fp16"):
+        for k in [k for k in ("fp32", "int8", "ort", "nncf", "fp16", "int8+fp16") if k in r["latency_ratio"]]:
             agree = "-" if k == "fp32" else f"{100 * r[k]['top1_agreement']:.1f}"
             cos = "-" if k == "fp32" else f"{r[k]['mean_cosine']:.5f}"
             accuracy = "-" if acc is None else f"{100 * acc[k]:.1f}"

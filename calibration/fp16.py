@@ -442,8 +442,8 @@ def convert_to_fp16(model: ModelProto, keep: Iterable[str], *, io_fp16: bool = F
             graph.initializer.append(half)
             constant_fp16[name] = copy_name
             home[name] = FLOAT
-    for weight, scale in requantized.items():  # int8 weights on their float16 scale
-        inits[weight].CopyFrom(numpy_helper.from_array(scale, weight))
+    for weight, values in requantized.items():  # int8 weights on their float16 scale
+        inits[weight].CopyFrom(numpy_helper.from_array(values, weight))
     if clipped:
         log.warning(
             "%d constant(s) had values beyond float16's range and were clipped to +-%g: %s",

@@ -117,6 +117,13 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     print(
         f"wrote {args.output}: {len(result.quantized)} of {len(result.layers)} MatMul/Gemm/Conv layers INT8"
     )
+    from vitrt.calibration.recipe import read_recipe
+
+    recipe = read_recipe(result.model)
+    if recipe is not None and recipe.prepared:
+        opset, nodes = recipe.prepared["opset"], recipe.prepared["nodes"]
+        fused = ", ".join(f"{n} {op}" for op, n in recipe.prepared["fused"].items()) or "nothing"
+        print(f"  prepared: opset {opset[0]} -> {opset[1]}, {nodes[0]} -> {nodes[1]} nodes, fused {fused}")
     if result.fallen_back:
         labels = {layer.name: layer.label or layer.name for layer in result.layers}
         print(f"  fell back to float: {', '.join(labels[n] for n in result.fallen_back)}")
@@ -302,8 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--against", default="torch", help="'torch' (rebuild from the export config) or a RunResults JSON"
     )
-    p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default 1e-4)")
-    p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (default 1e-3)")
+    p.add_argument(
+        "--atol",
+        type=float,
+        default=None,
+        help="absolute tolerance (default by the file's precision: 1e-4 FP32, 2e-2 FP16, 0.25 INT8)",
+    )
+    p.add_argument(
+        "--rtol", type=float, default=None, help="relative tolerance (default 1e-3 FP32, 2e-2 FP16, 0.1 INT8)"
+    )
     p.add_argument("--iterations", type=int, default=1, help="random input sets (default 1)")
     p.add_argument("--batch", type=int, default=1, help="batch for a dynamic batch axis (default 1)")
     p.add_argument("--load-inputs", default=None, help="Polygraphy inputs JSON to run on")

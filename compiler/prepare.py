@@ -427,8 +427,8 @@ def compare_on_onnxruntime(
         if not np.all(diff <= atol + rtol * np.abs(b)):
             raise PreparationError(
                 f"{what} changed the function: output {name!r} differs by up to {errors[name]:.3g} "
-                f"(tolerance atol {atol} + rtol {rtol} |x|). This is a vitrt bug; run with check=False "
-                "(--no-check) to keep the result anyway"
+                f"(tolerance atol {atol} + rtol {rtol} |x|). This is a vitrt bug: skip the preparation "
+                "(--no-prepare for calibrate / fp16), or keep its result anyway with --no-check"
             )
     return errors
 

@@ -113,15 +113,18 @@ def test_export_matrix_fp16_and_int8_fp16_verify_against_pytorch(
 ) -> None:
     fp32 = export_onnx(name, tmp_path / "m.onnx", img_size=64, **options)  # plugin lowering
     fp16 = fp16_onnx(fp32, tmp_path / "m.fp16.onnx")
-    report, feeds, _ = verify_onnx(tmp_path / "m.fp16.onnx", iterations=2, **FP16_TOL)
-    assert report.passed, report.format()
+    # vitrt verify reads the recipe: an FP16 file gets the FP16 tolerances unless told otherwise
+    report, feeds, _ = verify_onnx(tmp_path / "m.fp16.onnx", iterations=2)
+    assert report.passed and report.precision == "fp16", report.format()
+    assert (report.atol, report.rtol) == (FP16_TOL["atol"], FP16_TOL["rtol"])
     calibrate_onnx(
         fp32, "synthetic", tmp_path / "m.int8.onnx", num_samples=16, eval_samples=8, sensitivity=False,
         progress=False, threads=1,
     )  # fmt: skip
     mixed = fp16_onnx(tmp_path / "m.int8.onnx", tmp_path / "m.int8.fp16.onnx")
-    report, _, actual = verify_onnx(tmp_path / "m.int8.fp16.onnx", inputs=feeds, **INT8_FP16_TOL)
-    assert report.passed, report.format()
+    report, _, actual = verify_onnx(tmp_path / "m.int8.fp16.onnx", inputs=feeds)
+    assert report.passed and report.precision == "int8+fp16", report.format()
+    assert (report.atol, report.rtol) == (INT8_FP16_TOL["atol"], INT8_FP16_TOL["rtol"])
     _, _, int8 = verify_onnx(tmp_path / "m.int8.onnx", inputs=feeds)
     expected = [
         TorchRunner(model_from_config(read_export_config(onnx.load(str(fp32))))).infer(f) for f in feeds
