@@ -9,6 +9,7 @@ Per model and source (``vitrt``: ``vitrt export``, opset 18, simplified; ``forei
 exporter at opset 14, dynamic batch, LayerNorm / GELU in primitive ops, the exporter's node names, no
 vitrt metadata, as timm / Hugging Face scripts write them), the FP32 file as given and:
 
+- prepared: ``vitrt.prepare`` of the FP32 file (still FP32: what the preparation alone does);
 - INT8: ``vitrt.calibrate`` (graph preparation, Q/DQ on MatMul/Gemm/Conv inputs, entropy ranges);
 - ORT: ``onnxruntime.quantization.quantize_static`` on the FP32 file as given (QDQ, per-channel, its
   default MinMax calibration) from the same calibration samples;
@@ -54,12 +55,13 @@ from vitrt.calibration.fp16 import fp16_onnx  # noqa: E402
 from vitrt.calibration.metrics import agreement  # noqa: E402
 from vitrt.calibration.recipe import read_recipe  # noqa: E402
 from vitrt.compiler.export import ExportConfig, export_model, model_from_config  # noqa: E402
+from vitrt.compiler.prepare import prepare_onnx  # noqa: E402
 from vitrt.deploy.latency import measure_interleaved  # noqa: E402
 from vitrt.deploy.runners import OnnxRuntimeRunner  # noqa: E402
 from vitrt.models.config import PreprocessConfig  # noqa: E402
 
 DIGITS = ROOT / "benchmarks" / "digits"
-FAST = ("fp32", "int8", "ort", "nncf")
+FAST = ("fp32", "prepared", "int8", "ort", "nncf")
 SLOW = ("fp16", "int8+fp16")
 
 
@@ -87,20 +89,24 @@ def quantize_static_file(fp32: Path, out: Path, calib: np.ndarray, input_name: s
     )
 
 
-def nncf_quantize_file(fp32: Path, out: Path, calib: np.ndarray, input_name: str) -> bool:
-    """NNCF's post-training INT8 (ONNX backend, transformer model type) on ``calib``; False without nncf."""
+def nncf_quantize_file(fp32: Path, out: Path, calib: np.ndarray, input_name: str) -> str | None:
+    """NNCF's post-training INT8 (ONNX backend, transformer model type) on ``calib``. Returns None on
+    success, else why there is no NNCF file (not installed, or NNCF's error, reported in the row)."""
     try:
         import nncf
     except ImportError:
-        return False
+        return "nncf is not installed (pip install 'vitrt[nncf]')"
     import onnx
 
     dataset = nncf.Dataset(list(calib), lambda x: {input_name: x[None]})
-    quantized = nncf.quantize(
-        onnx.load(str(fp32)), dataset, subset_size=len(calib), model_type=nncf.ModelType.TRANSFORMER
-    )
+    try:
+        quantized = nncf.quantize(
+            onnx.load(str(fp32)), dataset, subset_size=len(calib), model_type=nncf.ModelType.TRANSFORMER
+        )
+    except Exception as err:  # NNCF raises from deep inside its algorithms; the row records it
+        return f"nncf.quantize failed: {type(err).__name__}: {err}"
     onnx.save(quantized, str(out))
-    return True
+    return None
 
 
 def build_fp32(name: str, source: str, path: Path) -> tuple[Any, PreprocessConfig]:
@@ -153,14 +159,17 @@ def bench(name: str, source: str, args: argparse.Namespace, tmp: Path) -> dict[s
         interpolation=cfg.interpolation,
     )
     seconds["vitrt_int8"] = time.perf_counter() - t
+    prepare_onnx(paths["fp32"], paths["prepared"])
     t = time.perf_counter()
     quantize_static_file(paths["fp32"], paths["ort"], calib, input_name)
     seconds["ort_int8"] = time.perf_counter() - t
     t = time.perf_counter()
-    if nncf_quantize_file(paths["fp32"], paths["nncf"], calib, input_name):
+    nncf_failure = nncf_quantize_file(paths["fp32"], paths["nncf"], calib, input_name)
+    if nncf_failure is None:
         seconds["nncf_int8"] = time.perf_counter() - t
     else:
         del paths["nncf"]
+        logging.getLogger("vitrt").warning("%s %s: no NNCF file: %s", name, source, nncf_failure)
     t = time.perf_counter()
     fp16 = fp16_onnx(paths["fp32"], paths["fp16"])
     mixed = fp16_onnx(paths["int8"], paths["int8+fp16"])
@@ -175,8 +184,10 @@ def bench(name: str, source: str, args: argparse.Namespace, tmp: Path) -> dict[s
     fast = measure_interleaved(
         {k: calls[k] for k in FAST if k in calls}, warmup=3, iterations=args.iterations
     )
+    # blocks of 3: a call right after another runtime's pays for its spinning thread pool (see
+    # measure_interleaved), so single-call blocks would slow the FP32 baseline most
     slow = measure_interleaved(
-        {k: calls[k] for k in ("fp32", *SLOW)}, warmup=1, iterations=args.slow_iterations, block=1
+        {k: calls[k] for k in ("fp32", *SLOW)}, warmup=2, iterations=args.slow_iterations, block=3
     )
     row: dict[str, Any] = {
         "model": name,
@@ -185,13 +196,14 @@ def bench(name: str, source: str, args: argparse.Namespace, tmp: Path) -> dict[s
         "data": data_text,
         "held_out": len(held),
         "vitrt_int8_layers": f"{len(result.quantized)}/{len(result.layers)}",
-        "prepared": (read_recipe(result.model).prepared or {}) if read_recipe(result.model) else {},
+        "preparation": (read_recipe(result.model).prepared or {}) if read_recipe(result.model) else {},
         "fp16_keep_fp32": len(fp16.recipe.keep_fp32),
         "int8_fp16_keep_fp32": len(mixed.recipe.keep_fp32),
         "latency_ms": {k: v.median for k, v in fast.items()} | {k: slow[k].median for k in SLOW},
         "latency_ratio": {k: v.median / fast["fp32"].median for k, v in fast.items()}
         | {k: slow[k].median / slow["fp32"].median for k in SLOW},
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "nncf_failure": nncf_failure,
     }
     for k in [k for k in (*FAST[1:], *SLOW) if k in logits]:
         a = agreement(logits["fp32"], logits[k])
@@ -207,12 +219,13 @@ def table(rows: list[dict[str, Any]]) -> str:
         "| model | source | file | vs FP32 latency | top-1 agree | mean cosine | top-1 acc |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    labels = {"fp32": "FP32", "int8": "vitrt INT8", "ort": "quantize_static INT8", "nncf": "NNCF INT8"}
+    labels = {"fp32": "FP32", "prepared": "vitrt prepare (FP32)", "int8": "vitrt INT8"}
+    labels |= {"ort": "quantize_static INT8", "nncf": "NNCF INT8"}
     labels["fp16"] = "vitrt FP16"
     labels["int8+fp16"] = "vitrt INT8+FP16"
     for r in rows:
         acc = r.get("top1_accuracy")
-        for k in [k for k in ("fp32", "int8", "ort", "nncf", "fp16", "int8+fp16") if k in r["latency_ratio"]]:
+        for k in [k for k in (*FAST, *SLOW) if k in r["latency_ratio"]]:
             agree = "-" if k == "fp32" else f"{100 * r[k]['top1_agreement']:.1f}"
             cos = "-" if k == "fp32" else f"{r[k]['mean_cosine']:.5f}"
             accuracy = "-" if acc is None else f"{100 * acc[k]:.1f}"
@@ -233,7 +246,9 @@ def main() -> None:
     parser.add_argument("--sources", nargs="+", default=["vitrt", "foreign"], choices=["vitrt", "foreign"])
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     parser.add_argument("--iterations", type=int, default=40, help="timed runs of FP32/INT8/ORT (default 40)")
-    parser.add_argument("--slow-iterations", type=int, default=5, help="timed runs of the float16 files")
+    parser.add_argument(
+        "--slow-iterations", type=int, default=6, help="timed runs of the float16 files (blocks of 3)"
+    )
     parser.add_argument("--eval-samples", type=int, default=64, help="held-out samples (default 64)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
