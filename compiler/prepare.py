@@ -145,18 +145,24 @@ def _scope(name: str) -> str | None:
 def stable_node_names(model: ModelProto, hints: dict[str, str] | None = None) -> ModelProto:
     """Name every node ``<module path>/<OpType>_<k>`` in graph order (in place; returns ``model``).
 
-    The module path comes from, in order: the node's own scoped name; ``hints`` ({output tensor:
-    an earlier name of the node that made it}, for nodes a simplifier or a fusion rebuilt); the
-    scoped name of its first output tensor (the TorchScript exporter's ``/blocks.0/attn/MatMul_output_0``);
-    the path of the node that makes its first input; else ``model``. k counts (path, op type) pairs
-    from 1. The result depends only on the graph; a node already named this way keeps its name, so
-    preparing a prepared graph renames nothing (a simplifier may reorder nodes). Parameter names
-    are not used: exporters share one initializer between equal parameters (a random init's LayerNorm
-    weights), so a name read off them can point at another module.
+    The module path comes from, in order: the node's own scoped name; ``hints`` ({output tensor: an
+    earlier name of the node that made it}, for nodes a simplifier or a fusion rebuilt); a parameter
+    it alone reads (``blocks.0.mlp.fc2.bias`` -> ``blocks.0.mlp.fc2``, for a Linear that onnxsim
+    rebuilt as a Gemm); the scoped name of its first output tensor (the TorchScript exporter's
+    ``/blocks.0/attn/MatMul_output_0``); the path of the node that makes its first input; else
+    ``model``. k counts (path, op type) pairs from 1. The result depends only on the graph; a node
+    already named this way keeps its name, so preparing a prepared graph renames nothing (a
+    simplifier may reorder nodes). A parameter read by several nodes says nothing: exporters share one
+    initializer between equal parameters (a random init's zero biases), so its name can point at
+    another module.
     """
     import re
 
     hints = hints or {}
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
     producer_scope: dict[str, str] = {}
     counts: dict[tuple[str, str], int] = {}
     # Names already in this form are kept (a simplifier may reorder nodes, which would renumber them).
@@ -177,6 +183,8 @@ def stable_node_names(model: ModelProto, hints: dict[str, str] | None = None) ->
         if scope is None:
             scope = next((s for o in node.output if o in hints and (s := _scope(hints[o]))), None)
         if scope is None:
+            scope = _parameter_scope(node, readers)
+        if scope is None:
             scope = next((s for o in node.output[:1] if (s := _scope(o))), None)
         if scope is None:
             scope = next((producer_scope[i] for i in node.input[:1] if i in producer_scope), "model")
@@ -189,6 +197,21 @@ def stable_node_names(model: ModelProto, hints: dict[str, str] | None = None) ->
         for out in node.output:
             producer_scope[out] = scope
     return model
+
+
+def _parameter_scope(node: NodeProto, readers: dict[str, int]) -> str | None:
+    """``blocks.3.attn.qkv`` from a ``blocks.3.attn.qkv.weight`` / ``.bias`` input that only this node
+    reads (exporter-generated names such as ``onnx::MatMul_12`` carry no path)."""
+    for tensor in node.input[1:]:
+        for suffix in (".weight", ".bias"):
+            if (
+                tensor.endswith(suffix)
+                and readers.get(tensor) == 1
+                and "::" not in tensor
+                and "/" not in tensor
+            ):
+                return tensor[: -len(suffix)] or None
+    return None
 
 
 def _name_hints(*models: ModelProto) -> dict[str, str]:

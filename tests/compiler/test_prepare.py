@@ -67,6 +67,16 @@ def test_foreign_export_is_prepared_without_changing_its_function(foreign_deit: 
     names = [n.name for n in prepared.graph.node]
     assert len(set(names)) == len(names) and all(NAME.match(n) for n in names), names[:5]
     assert "blocks.2.attn.core/Softmax_1" in names
+    # every Linear and LayerNorm named after its module, also where onnxsim rebuilt a MatMul + Add as a Gemm
+    layers = [n for n in names if n.split("/")[1].rsplit("_", 1)[0] in ("Gemm", "LayerNormalization")]
+    assert [n for n in layers if n.startswith("blocks.1.")] == [
+        "blocks.1.norm1/LayerNormalization_1",
+        "blocks.1.attn.qkv/Gemm_1",
+        "blocks.1.attn.proj/Gemm_1",
+        "blocks.1.norm2/LayerNormalization_1",
+        "blocks.1.mlp.fc1/Gemm_1",
+        "blocks.1.mlp.fc2/Gemm_1",
+    ]
     assert [i.name for i in prepared.graph.input] == ["pixel_values"]
     assert prepared.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     # same function on fresh inputs at another batch size (float32 reordering only)
