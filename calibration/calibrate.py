@@ -147,6 +147,8 @@ def preprocess_for(
         base = PreprocessConfig(input_size=(c, h, w), mean=defaults.mean, std=defaults.std)
     if size is not None:
         sides = (size, size) if isinstance(size, int) else tuple(size)
+        if len(sides) == 1:  # --size 224
+            sides = (sides[0], sides[0])
         if len(sides) != 2:
             raise ConfigError(f"size must be one side or (height, width), got {size!r}")
         for want, got in zip((h, w), sides, strict=True):

@@ -273,8 +273,8 @@ def fp32_islands(model: ModelProto, keep_fp32: Sequence[str] = ()) -> dict[str, 
     for node in model.graph.node:
         if node.op_type in NORM_OPS and not _is_custom(node):
             reasons[node.name] = NORM_OPS[node.op_type]
-        elif node.op_type in _FIXED_DTYPE_OPS or node.op_type in _CONTROL_FLOW:
-            reasons[node.name] = f"{node.op_type} makes float32 by attribute / holds subgraphs"
+        elif node.op_type in _FIXED_DTYPE_OPS:
+            reasons[node.name] = f"{node.op_type} makes float32 by its dtype attribute"
     for spans in (_square_spans(g), _exp_spans(g), _ranking_spans(g)):
         for name, why in spans.items():
             reasons.setdefault(name, why)
@@ -361,13 +361,20 @@ def convert_to_fp16(model: ModelProto, keep: Iterable[str], *, io_fp16: bool = F
     """A float16 copy of ``model`` (float32 only in the nodes named in ``keep``), Casts at the borders.
 
     Q/DQ scales become float16 and int8 weights are requantized to them; the opset is raised to 19
-    when the graph holds Q/DQ. Graph inputs / outputs keep float32 unless ``io_fp16``.
+    when the graph holds Q/DQ. Graph inputs / outputs keep float32 unless ``io_fp16``. Raises
+    PrecisionError for a graph with control flow (If / Loop / Scan), which ViT exports do not have.
     """
     import onnx
     from onnx import helper, numpy_helper
 
     from vitrt.compiler.prepare import upgrade_opset
 
+    flow = sorted({n.op_type for n in model.graph.node if n.op_type in _CONTROL_FLOW})
+    if flow:
+        raise PrecisionError(
+            f"the graph holds control flow ({', '.join(flow)}): its subgraphs read outer tensors whose type "
+            "this conversion would change. Fix: export without data-dependent branches / loops"
+        )
     work = onnx.ModelProto()
     work.CopyFrom(model)
     if has_qdq(work) and _opset(work) < QDQ_FP16_OPSET:

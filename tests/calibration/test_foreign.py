@@ -71,7 +71,16 @@ def test_foreign_int8_agrees_at_least_as_well_as_quantize_static(
         "128",
     ]
     args += ["--eval-data", str(tmp_path / "held.npy"), "--mean", "0.5", "--std", "0.5", "--crop-pct", "1"]
-    args += ["--interpolation", "bilinear", "--no-progress", "--threads", "1", "--no-sensitivity"]
+    args += [
+        "--interpolation",
+        "bilinear",
+        "--no-progress",
+        "--threads",
+        "1",
+        "--no-sensitivity",
+        "--size",
+        "64",
+    ]
     assert main(args) == 0
     assert "prepared: opset 14 -> 17" in capsys.readouterr().out
     recipe = read_recipe(onnx.load(str(out)))

@@ -283,3 +283,26 @@ def test_the_islands_of_a_deit_are_its_norms_and_softmaxes(digits_fp32: Path) ->
     islands = fp32_islands(onnx.load(str(digits_fp32)))  # 4 blocks: 2 norms + 1 softmax each, + final norm
     kinds = [n.op_type for n in islands.values()]
     assert sorted(kinds) == ["LayerNormalization"] * 9 + ["Softmax"] * 4
+
+
+def test_control_flow_is_refused() -> None:
+    """Subgraphs read outer tensors by name: changing their types from outside would break them."""
+    from onnx import TensorProto, helper
+
+    def branch(name: str, op: str) -> onnx.GraphProto:
+        node = helper.make_node(op, ["x"], [f"{name}_y"], name=f"{name}/{op}_1")
+        return helper.make_graph(
+            [node], name, [], [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, [2])]
+        )
+
+    graph = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], name="model/If_1", then_branch=branch("a", "Relu"),
+                          else_branch=branch("b", "Neg"))],
+        "flow",
+        [helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(PrecisionError, match=r"control flow \(If\)"):
+        fp16_model(model, prepare=False)
