@@ -134,6 +134,31 @@ def export_digits(name: str, folder: Path, path: Path) -> Path:
     return export_model(model, path, config)
 
 
+def export_foreign(model: nn.Module, path: Path, img_size: int, opset: int = 14) -> Path:
+    """Export ``model`` the way other tools do (timm / Hugging Face scripts, another team's ONNX): the
+    TorchScript exporter at ``opset`` (14: LayerNorm and GELU decomposed into primitive ops), a dynamic
+    batch axis, no simplification, the exporter's own node names, no vitrt metadata. Input
+    ``pixel_values`` [batch, 3, img_size, img_size], output ``logits``. Written atomically."""
+    import warnings
+
+    from vitrt.fileio import atomic_output
+
+    example = torch.zeros(1, 3, img_size, img_size)
+    with atomic_output(path, suffix=".onnx") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+        torch.onnx.export(
+            model.eval(),
+            (example,),
+            str(tmp),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["pixel_values"],
+            output_names=["logits"],
+            dynamic_axes={"pixel_values": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    return path
+
+
 def digits_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(train indices, held-out indices) of the 1797 digits: a seeded permutation, 500 held out."""
     order = np.random.default_rng(seed).permutation(1797)

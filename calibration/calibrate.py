@@ -24,15 +24,16 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vitrt.compiler.prepare import attention_matmuls, prepare_model, residual_adds
 from vitrt.errors import ConfigError
 from vitrt.fileio import TWO_GB, atomic_output, check_writable, load_onnx, save_onnx
-from vitrt.models.config import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
+from vitrt.models.config import PreprocessConfig
 
 from .cache import dumps as cache_text
 from .collect import (
@@ -46,10 +47,13 @@ from .collect import (
 )
 from .data import CalibrationData, open_source
 from .errors import CalibrationError, NoQuantizableOpError
+from .fp16 import has_qdq, is_float16
 from .graph import GraphIndex, Layer, ensure_node_names, find_layers, unmatched_patterns
 from .metrics import Agreement, agreement, check_budget
+from .preprocess import check_preprocess
 from .qdq import check_opset, insert_qdq, quantize_weight
 from .ranges import ActivationRanges, RangeMethod, scale_from_amax
+from .recipe import NodePrecision, PrecisionRecipe, write_recipe
 from .sensitivity import Fallback, GatedEvaluator, LayerSensitivity, fallback_until_budget, rank_layers
 
 if TYPE_CHECKING:
@@ -94,34 +98,87 @@ def _positive_int(name: str, value: int) -> None:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
-def preprocess_for(model: ModelProto, io: ModelIO) -> PreprocessConfig:
-    """The preprocessing the model expects: from its ExportConfig (``vitrt export``), where the
-    ``extra["preprocess"]`` dict may set crop_pct and interpolation; else from the input shape
-    with ImageNet mean/std (a warning says so)."""
+def preprocess_for(
+    model: ModelProto,
+    io: ModelIO,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    size: int | Sequence[int] | None = None,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
+) -> PreprocessConfig:
+    """The preprocessing the model expects.
+
+    A vitrt export records it in its ExportConfig (``extra["preprocess"]`` may set crop_pct and
+    interpolation); the options given here override it. A file without one (a foreign export) must
+    be told ``mean`` and ``std`` (one value per channel, or one for all); ``size`` (side, or
+    (height, width)) defaults to the input's static H x W; crop_pct to 0.9, interpolation to bicubic.
+    Raises CalibrationError naming the missing option, or a size that differs from a static input.
+    """
     from vitrt.compiler.export import read_export_config
 
     config = read_export_config(model)
+    c, h, w = io.sample_shape
+    defaults = PreprocessConfig()
     if config is not None:
         extra = dict(config.extra.get("preprocess", {})) if isinstance(config.extra, dict) else {}
-        defaults = PreprocessConfig()
-        return PreprocessConfig(
+        base = PreprocessConfig(
             input_size=tuple(config.input_size),  # type: ignore[arg-type]
             mean=tuple(config.mean),
             std=tuple(config.std),
             crop_pct=float(extra.get("crop_pct", defaults.crop_pct)),
             interpolation=str(extra.get("interpolation", defaults.interpolation)),
         )
-    c, h, w = io.sample_shape
-    if not all(isinstance(d, int) and d > 0 for d in (c, h, w)):
+    else:
+        missing = [name for name, v in (("--mean", mean), ("--std", std)) if v is None]
+        if missing:
+            raise CalibrationError(
+                f"the model has no vitrt export config, so its preprocessing is unknown: pass "
+                f"{' and '.join(missing)} (the normalisation it was trained with, per channel on [0, 1] "
+                "pixels; ImageNet models: --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225), and "
+                "--size / --crop-pct where they differ from the input's H x W and 0.9"
+            )
+        if not isinstance(c, int) or c <= 0:
+            raise CalibrationError(
+                f"the model's input {io.input_name!r} has shape {list(io.input_shape)}: its channel count is "
+                "symbolic. Fix: export with a fixed channel count"
+            )
+        base = PreprocessConfig(input_size=(c, h, w), mean=defaults.mean, std=defaults.std)
+    if size is not None:
+        sides = (size, size) if isinstance(size, int) else tuple(size)
+        if len(sides) == 1:  # --size 224
+            sides = (sides[0], sides[0])
+        if len(sides) != 2:
+            raise ConfigError(f"size must be one side or (height, width), got {size!r}")
+        for want, got in zip((h, w), sides, strict=True):
+            if isinstance(want, int) and want > 0 and want != got:
+                raise CalibrationError(
+                    f"size {sides} differs from the model's input {list(io.input_shape)}; pass its size"
+                )
+        base = replace(base, input_size=(base.input_size[0], int(sides[0]), int(sides[1])))
+    elif not all(isinstance(d, int) and d > 0 for d in base.input_size):
         raise CalibrationError(
-            f"the model's input {io.input_name!r} has shape {list(io.input_shape)} with symbolic channel or "
-            "spatial axes and no vitrt export config. Fix: export with fixed sizes, or pass a CalibrationData"
+            f"the input {io.input_name!r} has shape {list(io.input_shape)} with symbolic spatial axes: "
+            "pass --size (the side the model was trained at)"
         )
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if c == 3 else ((0.5,) * c, (0.5,) * c)
-    log.warning(
-        "the model has no vitrt export config: preprocessing to %dx%d with mean %s, std %s", h, w, mean, std
+    channels = base.input_size[0]
+
+    def per_channel(values: Sequence[float] | None, current: tuple[float, ...]) -> tuple[float, ...]:
+        if values is None:
+            return current
+        values = tuple(float(v) for v in values)
+        return values * channels if len(values) == 1 else values
+
+    base = replace(
+        base,
+        mean=per_channel(mean, base.mean),
+        std=per_channel(std, base.std),
+        crop_pct=base.crop_pct if crop_pct is None else float(crop_pct),
+        interpolation=base.interpolation if interpolation is None else interpolation,
     )
-    return PreprocessConfig(input_size=(c, h, w), mean=mean, std=std)
+    check_preprocess(base)
+    return base
 
 
 def _stack(data: CalibrationData) -> np.ndarray:
@@ -184,13 +241,19 @@ def calibrate_onnx(
     runner_factory: RunnerFactory | None = None,
     method_overrides: Mapping[str, str] = DEFAULT_METHOD_OVERRIDES,
     progress: bool = True,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    size: int | Sequence[int] | None = None,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
+    prepare: bool = True,
 ) -> CalibrationResult:
     """Calibrate ``model`` (an FP32 ONNX file) on ``data`` and write its explicit-Q/DQ INT8 twin:
     ``vitrt calibrate`` as a function (``vitrt.calibrate``), with the same options.
 
     Args:
         model: path of an FP32 ONNX model with one image input [B, C, H, W] (vitrt's export, or a
-            foreign one: then ImageNet mean/std and the input's H x W are assumed, with a warning).
+            foreign one: then ``mean`` and ``std`` must be given).
         data: representative data: an image folder, .npy/.npz, "skimage", "sklearn-digits",
             "sklearn-images", "synthetic" (``vitrt.calibration.open_source``), or a CalibrationData.
         output: the Q/DQ ONNX to write (None: return it only).
@@ -216,6 +279,11 @@ def calibrate_onnx(
         runner_factory: path -> Runner for every ONNX Runtime session, instead of the default one
             that ``threads`` and ``custom_ops_library`` set up.
         progress: show progress bars on stderr.
+        mean / std / size / crop_pct / interpolation: the preprocessing (``preprocess_for``): required
+            (mean and std) for a file without vitrt's ExportConfig, overrides for one with it.
+        prepare: run the graph preparation first (``vitrt.compiler.prepare``: simplify, fuse
+            LayerNorm / GELU, stable node names, checked on ONNX Runtime); it makes foreign exports
+            (unsimplified, opset < 17, default names) fast and readable as INT8.
 
     Returns a CalibrationResult. Raises ConfigError (bad options), DataSourceError (data),
     NoQuantizableOpError (nothing to quantize), CalibrationError, VitrtError (unreadable model or
@@ -253,6 +321,21 @@ def calibrate_onnx(
             raise ConfigError("method_overrides keys are op types such as 'Softmax'")
 
     proto = load_onnx(model)
+    if has_qdq(proto):
+        raise CalibrationError(
+            f"{model} already holds QuantizeLinear / DequantizeLinear nodes: calibrate the float32 file it "
+            "came from (for INT8 + FP16 run `vitrt fp16` on the INT8 file)"
+        )
+    if is_float16(proto):
+        raise CalibrationError(
+            f"{model} already holds float16 tensors: calibrate the float32 file, then run `vitrt fp16` "
+            "on the INT8 file for INT8 + FP16"
+        )
+    factory = runner_factory or default_runner_factory(threads, custom_ops_library)
+    prepared_report = None
+    if prepare:
+        proto, report_of_preparation = prepare_model(proto, runner_factory=factory)
+        prepared_report = report_of_preparation.to_dict()
     ensure_node_names(proto)
     io = model_io(proto)
     layers = find_layers(proto, exclude)
@@ -273,10 +356,11 @@ def calibrate_onnx(
             "--exclude pattern %r matches no node name (names look like 'blocks.3.attn.qkv/MatMul_1')",
             pattern,
         )
-    factory = runner_factory or default_runner_factory(threads, custom_ops_library)
 
     # -- data -------------------------------------------------------------------------------------
-    preprocess = preprocess_for(proto, io)
+    preprocess = preprocess_for(
+        proto, io, mean=mean, std=std, size=size, crop_pct=crop_pct, interpolation=interpolation
+    )
     if isinstance(data, CalibrationData):
         calib = data
     else:
@@ -402,6 +486,27 @@ def calibrate_onnx(
     }
     meta = int8.metadata_props.add()
     meta.key, meta.value = METADATA_KEY, json.dumps(record, sort_keys=True)
+    write_recipe(
+        int8,
+        PrecisionRecipe(
+            precision="int8",
+            int8_layers=tuple(enabled),
+            not_quantized=tuple(
+                NodePrecision(layer.name, layer.op_type, layer.reason or "")
+                for layer in layers
+                if layer.name not in set(enabled)
+            ),
+            residual_adds=tuple(residual_adds(proto)),
+            attention_matmuls=attention_matmuls(proto),
+            plugins=tuple(
+                {"node": n.name, "op_type": n.op_type, "io_type": "float32", "accumulate": "float32"}
+                for n in proto.graph.node
+                if n.domain == "vitrt"
+            ),
+            prepared=prepared_report,
+            agreement={"vs": "float32, held-out samples", **final.to_dict()},
+        ),
+    )
     if int8.ByteSize() >= TWO_GB:
         raise CalibrationError("the INT8 model is over 2 GB; external-data output is not supported yet")
 

@@ -106,11 +106,24 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         threads=args.threads,
         custom_ops_library=args.custom_ops_library,
         progress=not args.no_progress,
+        mean=args.mean,
+        std=args.std,
+        size=args.size,
+        crop_pct=args.crop_pct,
+        interpolation=args.interpolation,
+        prepare=not args.no_prepare,
     )
     a = result.agreement
     print(
         f"wrote {args.output}: {len(result.quantized)} of {len(result.layers)} MatMul/Gemm/Conv layers INT8"
     )
+    from vitrt.calibration.recipe import read_recipe
+
+    recipe = read_recipe(result.model)
+    if recipe is not None and recipe.prepared:
+        opset, nodes = recipe.prepared["opset"], recipe.prepared["nodes"]
+        fused = ", ".join(f"{n} {op}" for op, n in recipe.prepared["fused"].items()) or "nothing"
+        print(f"  prepared: opset {opset[0]} -> {opset[1]}, {nodes[0]} -> {nodes[1]} nodes, fused {fused}")
     if result.fallen_back:
         labels = {layer.name: layer.label or layer.name for layer in result.layers}
         print(f"  fell back to float: {', '.join(labels[n] for n in result.fallen_back)}")
@@ -122,6 +135,41 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     for key in ("cache", "report"):
         if key in result.written:
             print(f"wrote {result.written[key]}")
+    return 0
+
+
+def _cmd_fp16(args: argparse.Namespace) -> int:
+    from vitrt.calibration.fp16 import fp16_onnx
+
+    result = fp16_onnx(
+        args.model,
+        args.output,
+        keep_fp32=args.keep_fp32,
+        io_fp16=args.io_fp16,
+        prepare=not args.no_prepare,
+        check=not args.no_check,
+    )
+    r = result.recipe
+    print(
+        f"wrote {result.written}: {r.precision}, {len(r.keep_fp32)} nodes kept in float32, "
+        f"{len(r.int8_layers)} INT8 layers, {len(r.plugins)} plugin nodes (float16 I/O), I/O {r.io_type}"
+    )
+    for name, a in result.agreement.items():
+        print(
+            f"  vs the float32 file on ONNX Runtime: {name} max abs {a['max_abs']:.3g}, "
+            f"cosine {a['cosine']:.6f}"
+        )
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from .prepare import prepare_onnx
+
+    path, report = prepare_onnx(
+        args.model, args.output, opset=args.opset, simplify=not args.no_simplify, check=not args.no_check
+    )
+    print(f"wrote {path}")
+    print(report.format())
     return 0
 
 
@@ -203,6 +251,25 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention", default=None, help="attention: dense, scatterbrain, lsh, performer")
 
 
+def _add_preprocess_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "preprocessing",
+        "required (--mean, --std) for an ONNX file without vitrt's export config; overrides otherwise",
+    )
+    g.add_argument("--mean", type=float, nargs="+", default=None, help="per-channel mean of [0, 1] pixels")
+    g.add_argument("--std", type=float, nargs="+", default=None, help="per-channel std of [0, 1] pixels")
+    g.add_argument(
+        "--size", type=int, nargs="+", default=None, help="input side, or height width (default: the input's)"
+    )
+    g.add_argument(
+        "--crop-pct",
+        type=float,
+        default=None,
+        help="resize to size / crop-pct, then center crop (default 0.9)",
+    )
+    g.add_argument("--interpolation", default=None, help="bicubic (default), bilinear or nearest")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitrt", description="Compile vision transformers into verified, profiled engines."
@@ -242,8 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--against", default="torch", help="'torch' (rebuild from the export config) or a RunResults JSON"
     )
-    p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default 1e-4)")
-    p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance (default 1e-3)")
+    p.add_argument(
+        "--atol",
+        type=float,
+        default=None,
+        help="absolute tolerance (default by the file's precision: 1e-4 FP32, 2e-2 FP16, 0.25 INT8)",
+    )
+    p.add_argument(
+        "--rtol", type=float, default=None, help="relative tolerance (default 1e-3 FP32, 2e-2 FP16, 0.1 INT8)"
+    )
     p.add_argument("--iterations", type=int, default=1, help="random input sets (default 1)")
     p.add_argument("--batch", type=int, default=1, help="batch for a dynamic batch axis (default 1)")
     p.add_argument("--load-inputs", default=None, help="Polygraphy inputs JSON to run on")
@@ -300,7 +374,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: all cores)")
     p.add_argument("--custom-ops-library", default=None, help="custom-op library for plugin nodes")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_preprocess_options(p)
+    p.add_argument("--no-prepare", action="store_true", help="skip the graph preparation (vitrt prepare)")
     p.set_defaults(func=_cmd_calibrate)
+
+    p = sub.add_parser(
+        "fp16",
+        help="FP32 or INT8 (Q/DQ) ONNX -> float16 with float32 islands (LayerNorm, Softmax, exp spans)",
+    )
+    p.add_argument(
+        "model", help="the FP32 .onnx (-> FP16) or the INT8 Q/DQ .onnx of vitrt calibrate (-> INT8+FP16)"
+    )
+    p.add_argument("-o", "--output", required=True, help="the .onnx to write")
+    p.add_argument(
+        "--keep-fp32",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="PATTERN",
+        help="also keep these nodes in float32: fnmatch patterns of node names or op types ('head/*', 'Erf')",
+    )
+    p.add_argument(
+        "--io-fp16", action="store_true", help="float16 graph inputs and outputs (default float32)"
+    )
+    p.add_argument("--no-prepare", action="store_true", help="skip the graph preparation of a float32 input")
+    p.add_argument("--no-check", action="store_true", help="do not compare with the input on ONNX Runtime")
+    p.set_defaults(func=_cmd_fp16)
+
+    p = sub.add_parser(
+        "prepare",
+        help="any ViT ONNX -> simplified, LayerNorm/GELU fused, readable node names; same function (checked)",
+    )
+    p.add_argument("model", help="the .onnx file (vitrt's export or another exporter's)")
+    p.add_argument("-o", "--output", required=True, help="the prepared .onnx to write")
+    p.add_argument(
+        "--opset", type=int, default=None, help="opset to reach (default: the model's, >= 17; 20 fuses GELU)"
+    )
+    p.add_argument("--no-simplify", action="store_true", help="skip onnxsim / onnxslim")
+    p.add_argument("--no-check", action="store_true", help="do not compare with the input on ONNX Runtime")
+    p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("plugins", help="CUDA kernels of the plugin ops: `vitrt plugins build`")
     plugin_sub = p.add_subparsers(dest="plugins_command", required=True, metavar="ACTION")

@@ -17,6 +17,11 @@ def simplify_model(proto: Any) -> Any:
     vitrt's plugin nodes stay opaque: onnxsim checks its result on ONNX Runtime, so it gets a copy
     whose plugin nodes run on vitrt's CPU kernels (``vitrt.plugins.lowering.to_onnxruntime``), undone after.
     """
+    return simplify_with_tool(proto)[0]
+
+
+def simplify_with_tool(proto: Any) -> tuple[Any, str]:
+    """``simplify_model`` that also says which tool simplified: "onnxsim", "onnxslim" or "none"."""
     from vitrt.plugins.lowering import (
         from_onnxruntime,
         has_plugin_nodes,
@@ -26,28 +31,28 @@ def simplify_model(proto: Any) -> Any:
 
     if has_plugin_nodes(proto):
         ort_copy = to_onnxruntime(proto)
-        simplified = _simplify(ort_copy, custom_lib=ort_custom_ops_library())
-        return proto if simplified is ort_copy else from_onnxruntime(simplified)
+        simplified, tool = _simplify(ort_copy, custom_lib=ort_custom_ops_library())
+        return (proto, tool) if simplified is ort_copy else (from_onnxruntime(simplified), tool)
     return _simplify(proto)
 
 
-def _simplify(proto: Any, custom_lib: str | None = None) -> Any:
+def _simplify(proto: Any, custom_lib: str | None = None) -> tuple[Any, str]:
     try:
         import onnxsim
 
         simplified, ok = onnxsim.simplify(proto, custom_lib=custom_lib)
         if ok:
-            return simplified
+            return simplified, "onnxsim"
         log.warning("onnxsim could not validate its result; keeping the unsimplified graph")
     except Exception as err:  # onnxsim raises RuntimeError/ValueError/its own types
         log.warning("onnxsim failed (%s: %s); trying onnxslim", type(err).__name__, err)
         try:
             import onnxslim
 
-            return onnxslim.slim(proto)
+            return onnxslim.slim(proto), "onnxslim"
         except ImportError:
             log.warning("onnxslim is not installed; keeping the unsimplified graph")
-    return proto
+    return proto, "none"
 
 
 def check_model(proto: Any) -> None:

@@ -41,6 +41,7 @@ class VerifyReport:
     atol: float
     rtol: float
     iterations: int
+    precision: str = "fp32"
 
     @property
     def passed(self) -> bool:
@@ -48,7 +49,8 @@ class VerifyReport:
 
     def format(self) -> str:
         lines = [
-            f"onnxrt vs {self.reference}: {self.iterations} input set(s), atol {self.atol}, rtol {self.rtol}"
+            f"onnxrt ({self.precision} file) vs {self.reference}: {self.iterations} input set(s), "
+            f"atol {self.atol}, rtol {self.rtol}"
         ]
         for o in self.outputs:
             verdict = "PASS" if o.passed else "FAIL"
@@ -150,12 +152,23 @@ def compare(actual: list[Feed], expected: list[Feed], *, atol: float, rtol: floa
     return errors
 
 
+# Default tolerances by what the file holds (its PrecisionRecipe), for logits of O(1). float16 keeps ~3
+# decimal digits per op over a dozen blocks; INT8's error is judged by agreement (vitrt calibrate's report):
+# its default here is a gross-error check only.
+DEFAULT_TOLERANCES: dict[str, tuple[float, float]] = {
+    "fp32": (1e-4, 1e-3),
+    "fp16": (2e-2, 2e-2),
+    "int8": (0.25, 0.1),
+    "int8+fp16": (0.25, 0.1),
+}
+
+
 def verify_onnx(
     path: str | os.PathLike[str],
     *,
     against: str = "torch",
-    atol: float = 1e-4,
-    rtol: float = 1e-3,
+    atol: float | None = None,
+    rtol: float | None = None,
     inputs: list[Feed] | str | os.PathLike[str] | None = None,
     iterations: int = 1,
     batch: int = 1,
@@ -168,7 +181,9 @@ def verify_onnx(
 
     against: ``"torch"`` rebuilds the PyTorch model from the ExportConfig stored in the file (same
     checkpoint or seed), or a path to a Polygraphy RunResults JSON (then ``inputs`` must be the feeds
-    those outputs were computed from). atol / rtol: an output passes where |a - b| <= atol + rtol |b|.
+    those outputs were computed from). atol / rtol: an output passes where |a - b| <= atol + rtol |b|;
+    None: the default for what the file holds (its precision recipe, ``DEFAULT_TOLERANCES``): float32
+    1e-4 / 1e-3, FP16 2e-2 / 2e-2, INT8 and INT8+FP16 0.25 / 0.1.
     inputs: feeds ({name: array}), a Polygraphy inputs JSON to load them from, or None for
     ``iterations`` random sets at ``batch`` (the batch of a dynamic batch axis). save_inputs /
     save_outputs: also write the feeds used / ONNX Runtime's outputs as Polygraphy JSON.
@@ -180,7 +195,14 @@ def verify_onnx(
 
     if inputs is not None and not isinstance(inputs, list):
         inputs = load_inputs(inputs)
+    from vitrt.calibration.recipe import read_recipe
+
     proto = load_onnx(path)
+    recipe = read_recipe(proto)
+    precision = recipe.precision if recipe is not None else "fp32"
+    default_atol, default_rtol = DEFAULT_TOLERANCES[precision]
+    atol = default_atol if atol is None else atol
+    rtol = default_rtol if rtol is None else rtol
     runner = OnnxRuntimeRunner(path, custom_ops_library=custom_ops_library)
     if against == "torch":
         config = read_export_config(proto)
@@ -202,7 +224,7 @@ def verify_onnx(
         reference_name, expected = load_outputs(against)
     actual = [runner.infer(f) for f in feeds]
     report = VerifyReport(
-        reference_name, compare(actual, expected, atol=atol, rtol=rtol), atol, rtol, len(feeds)
+        reference_name, compare(actual, expected, atol=atol, rtol=rtol), atol, rtol, len(feeds), precision
     )
     if save_inputs is not None:
         _save_inputs(feeds, save_inputs)

@@ -162,11 +162,13 @@ onnxruntime-extensions' Python ops take a fixed number of inputs."""
 
 def to_onnxruntime(proto: Any) -> Any:
     """A copy of ``proto`` that ONNX Runtime runs with vitrt's CPU kernels: vitrt's nodes moved to
-    ``ORT_CONTRIB_DOMAIN``, omitted optional inputs filled with an empty tensor (``EMPTY_INPUT``)."""
+    ``ORT_CONTRIB_DOMAIN``, omitted optional inputs filled with an empty tensor (``EMPTY_INPUT``), and
+    float16 plugin nodes run between Casts (float16 -> float32 -> float16): the Python kernels take
+    float32, which is also how the plugins compute inside (float16 I/O, float32 accumulation)."""
     import onnx
 
     counts = {low.name: len(low.inputs) for low in plugin_lowerings()}
-    copy = _move_domain(proto, DOMAIN, ORT_CONTRIB_DOMAIN)
+    copy = _move_domain(_float32_plugin_io(proto), DOMAIN, ORT_CONTRIB_DOMAIN)
     filled = False
     for node in copy.graph.node:
         if node.domain == ORT_CONTRIB_DOMAIN and node.op_type in counts:
@@ -177,6 +179,56 @@ def to_onnxruntime(proto: Any) -> Any:
             node.input.extend(inputs)
     if filled:
         copy.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(0, np.float32), EMPTY_INPUT))
+    return copy
+
+
+def _float32_plugin_io(proto: Any) -> Any:
+    """``proto`` with each plugin node that reads float16 wrapped in Casts to float32 and back; the
+    model itself when no plugin node reads float16."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    float_outputs = {low.name: [t == "T" for _, t in low.outputs] for low in plugin_lowerings()}
+    plugins = [n for n in proto.graph.node if n.domain == DOMAIN]
+    if not plugins:
+        return proto
+    inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+    types = {
+        v.name: v.type.tensor_type.elem_type for v in [*inferred.graph.value_info, *inferred.graph.input]
+    }
+    types.update({t.name: t.data_type for t in proto.graph.initializer})
+    if not any(types.get(i) == TensorProto.FLOAT16 for n in plugins for i in n.input):
+        return proto
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    nodes = []
+    cast: set[str] = set()
+    for node in copy.graph.node:
+        if node.domain != DOMAIN or not any(types.get(i) == TensorProto.FLOAT16 for i in node.input):
+            nodes.append(node)
+            continue
+        for k, name in enumerate(node.input):
+            if types.get(name) == TensorProto.FLOAT16:
+                node.input[k] = f"{name}/ort_float32"
+                if name not in cast:  # one Cast per tensor (x and metric may be the same tensor)
+                    cast.add(name)
+                    nodes.append(
+                        helper.make_node(
+                            "Cast", [name], [node.input[k]], name=f"{name}/ort_Cast_float32", to=1
+                        )
+                    )
+        nodes.append(node)
+        for k, is_float in enumerate(float_outputs.get(node.op_type, [])):
+            if is_float and k < len(node.output) and node.output[k]:
+                out = node.output[k]
+                node.output[k] = f"{out}/ort_float32"
+                nodes.append(
+                    helper.make_node(
+                        "Cast", [node.output[k]], [out], name=f"{node.name}/out{k}_float16", to=10
+                    )
+                )
+    del copy.graph.node[:]
+    copy.graph.node.extend(nodes)
     return copy
 
 

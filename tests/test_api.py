@@ -61,12 +61,15 @@ def test_the_functions_take_the_options_of_their_command() -> None:
     commands = next(a for a in parser._actions if a.dest == "command").choices
     # command option -> function parameter, where the function names it otherwise
     renamed = {"load_inputs": "inputs", "dynamic_batch": "batch", "no_simplify": "simplify"}
-    renamed |= {"no_sensitivity": "sensitivity", "no_progress": "progress"}
+    renamed |= {"no_sensitivity": "sensitivity", "no_progress": "progress", "no_prepare": "prepare"}
+    renamed |= {"no_check": "check"}
     for command, function in [
         ("inspect", vitrt.model_card),
         ("export", vitrt.export_onnx),
         ("verify", vitrt.verify_onnx),
         ("calibrate", vitrt.calibrate),
+        ("prepare", vitrt.prepare),
+        ("fp16", vitrt.fp16),
     ]:
         params = list(inspect.signature(function).parameters)
         actions = [a for a in commands[command]._actions if a.dest != "help"]  # type: ignore[index]

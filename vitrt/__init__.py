@@ -8,6 +8,7 @@ The public Python API, one plain function per stage with the options of its ``vi
 >>> vitrt.export_onnx("deit_small_patch16_224", "deit_s.onnx", fusion="mctf", checkpoint="deit_small.pth")
 >>> report, _, _ = vitrt.verify_onnx("deit_s.onnx")
 >>> vitrt.calibrate("deit_s.onnx", "images/", "deit_s.int8.onnx", error_budget=0.005)
+>>> vitrt.fp16("deit_s.int8.onnx", "deit_s.int8.fp16.onnx")   # INT8 + FP16 with float32 islands
 
 The stage packages live at the repository's top level (``compiler/ plugins/ calibration/ deploy/
 models/``) and are importable only as ``vitrt.<stage>``: ``vitrt/<stage>`` is a symbolic link to each.
@@ -28,8 +29,11 @@ from vitrt.errors import CheckpointError, ConfigError, VitrtError
 
 if TYPE_CHECKING:  # the real signatures, for mypy and IDEs; at run time __getattr__ imports them
     from vitrt.calibration.calibrate import calibrate_onnx as calibrate
+    from vitrt.calibration.fp16 import fp16_onnx as fp16
+    from vitrt.calibration.recipe import PrecisionRecipe, read_recipe
     from vitrt.compiler.export import export_onnx
     from vitrt.compiler.inspect import model_card
+    from vitrt.compiler.prepare import prepare_onnx as prepare
     from vitrt.compiler.verify import verify_onnx
     from vitrt.deploy.profile import profile_torch
     from vitrt.deploy.torch_runner import TorchModelRunner
@@ -44,10 +48,14 @@ _API: dict[str, tuple[str, str]] = {
     "list_models": ("vitrt.models", "list_models"),
     "load_checkpoint": ("vitrt.models", "load_checkpoint"),
     "model_card": ("vitrt.compiler.inspect", "model_card"),
-    # stages                                         `vitrt export`, `vitrt verify`, `vitrt calibrate`
+    # stages                        `vitrt export`, `verify`, `prepare`, `calibrate`, `fp16`
     "export_onnx": ("vitrt.compiler.export", "export_onnx"),
     "verify_onnx": ("vitrt.compiler.verify", "verify_onnx"),
     "calibrate": ("vitrt.calibration.calibrate", "calibrate_onnx"),
+    "fp16": ("vitrt.calibration.fp16", "fp16_onnx"),
+    "prepare": ("vitrt.compiler.prepare", "prepare_onnx"),
+    "PrecisionRecipe": ("vitrt.calibration.recipe", "PrecisionRecipe"),
+    "read_recipe": ("vitrt.calibration.recipe", "read_recipe"),
     # runtime: before TensorRT parses or deserialises a model with vitrt's plugin nodes
     "register_tensorrt_plugins": ("vitrt.plugins", "register_tensorrt_plugins"),
     # PyTorch on the CPU or a CUDA GPU (vitrt's kernels), and its latency   `vitrt profile`
@@ -62,16 +70,20 @@ _SHARED = ("errors", "fileio", "logs")
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "PrecisionRecipe",
     "TorchModelRunner",
     "VitrtError",
     "__version__",
     "calibrate",
     "create_model",
     "export_onnx",
+    "fp16",
     "list_models",
     "load_checkpoint",
     "model_card",
+    "prepare",
     "profile_torch",
+    "read_recipe",
     "register_tensorrt_plugins",
     "verify_onnx",
 ]

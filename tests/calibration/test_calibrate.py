@@ -24,6 +24,7 @@ from tests.calibration._graphs import no_layers, save, two_layers, vit_like
 from vitrt.calibration.cache import read_cache
 from vitrt.calibration.calibrate import METADATA_KEY, calibrate_onnx
 from vitrt.calibration.ranges import scale_from_amax
+from vitrt.calibration.recipe import read_recipe
 from vitrt.compiler.cli import main
 from vitrt.compiler.export import METADATA_KEY as EXPORT_KEY
 from vitrt.deploy.runners import OnnxRuntimeRunner
@@ -81,7 +82,13 @@ def test_trained_t2t_calibrates_on_digits_end_to_end(digits_t2t: Path, tmp_path:
     saved = onnx.load(str(out))
     meta = {p.key: p.value for p in saved.metadata_props}
     exported = {p.key: p.value for p in onnx.load(str(digits_t2t)).metadata_props}
-    assert meta[EXPORT_KEY] == exported[EXPORT_KEY]  # ExportConfig preserved
+    # ExportConfig preserved, its precision now says what the file holds; the recipe beside it
+    assert json.loads(meta[EXPORT_KEY]) == {**json.loads(exported[EXPORT_KEY]), "precision": "int8"}
+    recipe = read_recipe(saved)
+    assert recipe is not None and recipe.precision == "int8" and recipe.float_type == "float32"
+    assert set(recipe.int8_layers) == set(result.quantized)
+    assert {n.node for n in recipe.not_quantized} == {k for k, v in reasons.items() if v}
+    assert recipe.layer_constraints() == []  # nothing to constrain: the rest is float32
     record = json.loads(meta[METADATA_KEY])
     assert record["held_out"] and record["data"]["source"] == "sklearn-digits"
     assert record["layers"]["quantized"] == len(result.quantized)
@@ -158,6 +165,7 @@ def test_cli_calibrate_writes_model_cache_and_report(
 ) -> None:
     model = save(vit_like(), tmp_path / "m.onnx")
     args = ["calibrate", str(model), "--data", "synthetic", "--num-samples", "8", "--eval-samples", "8"]
+    args += ["--mean", "0.5", "--std", "0.5"]  # the hand-built graph has no ExportConfig
     args += [
         "-o",
         str(tmp_path / "m.int8.onnx"),
@@ -182,7 +190,7 @@ def test_calibrate_options_that_contradict_each_other(tmp_path: Path) -> None:
 
     model = save(two_layers(), tmp_path / "m.onnx")
     with pytest.raises(ConfigError, match="percentile goes with a method name"):
-        calibrate_onnx(model, "synthetic", method=RangeMethod("percentile"), percentile=99.9)
+        calibrate_onnx(model, "synthetic", method=RangeMethod("percentile"), percentile=99.9, mean=(0.5,))
     with pytest.raises(ConfigError, match="threads / custom_ops_library or a runner_factory, not both"):
         calibrate_onnx(model, "synthetic", threads=1, runner_factory=default_runner_factory(1))
 
@@ -224,6 +232,7 @@ def test_cli_bad_input_exits_2_and_writes_nothing(
     output = work / ("missing" if case == "missing output folder" else ".") / "out.onnx"
     args = ["calibrate", str(model), "--data", data, "-o", str(output), "--report", str(work / "r.json")]
     args += ["--num-samples", "4", "--eval-samples", "4", "--no-progress", "--threads", "1"]
+    args += ["--mean", "0.5", "--std", "0.5"]
     if case == "unknown method":
         args += ["--method", "kl"]
     if case == "impossible budget":
@@ -248,6 +257,10 @@ def test_cli_fewer_samples_than_asked_warns_and_goes_on(
         "10",
         "-o",
         str(tmp_path / "q.onnx"),
+        "--mean",
+        "0.5",
+        "--std",
+        "0.5",
     ]
     with caplog.at_level(logging.WARNING, logger="vitrt"):
         assert main([*args, "--no-progress", "--threads", "1"]) == 0

@@ -198,6 +198,8 @@ def test_plugin_graph_runs_with_a_custom_op_session(tmp_path: Path) -> None:
         eval_samples=8,
         runner_factory=factory,
         progress=False,
+        mean=(0.485, 0.456, 0.406),  # ImageNet's: no ExportConfig in this hand-built graph
+        std=(0.229, 0.224, 0.225),
     )
     assert set(result.quantized) == QUANTIZED
     assert any(n.domain == "vitrt" for n in result.model.graph.node)

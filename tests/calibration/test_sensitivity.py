@@ -14,6 +14,9 @@ from vitrt.calibration.metrics import agreement
 
 pytestmark = pytest.mark.usefixtures("quiet_logs")
 
+# the hand-built graphs carry no ExportConfig: their preprocessing is given (calibrate_onnx requires it)
+NORM = {"mean": (0.5,), "std": (0.5,)}
+
 
 def test_metrics_on_known_outputs() -> None:
     ref = np.array([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
@@ -29,7 +32,9 @@ def test_metrics_on_known_outputs() -> None:
 def test_the_outlier_layer_ranks_first_and_falls_back_until_the_budget_holds(tmp_path: Path) -> None:
     path = save(two_layers(), tmp_path / "two.onnx")
     # without a budget: both layers INT8, fc2 (outlier channel on its input) ruins the output
-    free = calibrate_onnx(path, "synthetic", num_samples=32, eval_samples=16, method="minmax", progress=False)
+    free = calibrate_onnx(
+        path, "synthetic", num_samples=32, eval_samples=16, method="minmax", progress=False, **NORM
+    )
     assert [s.layer for s in free.sensitivity] == ["fc2/MatMul_1", "fc1/MatMul_1"]
     worst, benign = free.sensitivity
     assert worst.cosine_distance > 100 * benign.cosine_distance
@@ -44,6 +49,7 @@ def test_the_outlier_layer_ranks_first_and_falls_back_until_the_budget_holds(tmp
         method="minmax",
         error_budget=budget,
         progress=False,
+        **NORM,
     )
     assert held.fallen_back == ["fc2/MatMul_1"] and held.quantized == ["fc1/MatMul_1"]
     assert held.fallback is not None and held.fallback.met
@@ -54,13 +60,13 @@ def test_the_outlier_layer_ranks_first_and_falls_back_until_the_budget_holds(tmp
 
 def test_fallback_walks_the_ranking_until_the_budget_holds(tmp_path: Path) -> None:
     path = save(vit_like(seed=2), tmp_path / "vit.onnx")
-    free = calibrate_onnx(path, "synthetic", num_samples=16, eval_samples=16, progress=False)
+    free = calibrate_onnx(path, "synthetic", num_samples=16, eval_samples=16, progress=False, **NORM)
     errors = [s.cosine_distance for s in free.sensitivity]
     assert errors == sorted(errors, reverse=True)
     assert free.agreement is not None
     budget = free.agreement.cosine_distance / 4  # forces a few fallbacks
     held = calibrate_onnx(
-        path, "synthetic", num_samples=16, eval_samples=16, error_budget=budget, progress=False
+        path, "synthetic", num_samples=16, eval_samples=16, error_budget=budget, progress=False, **NORM
     )
     assert held.fallback is not None and held.fallback.met and held.fallen_back
     # the fallbacks are the head of the ranking, in order, and the walk stopped as soon as it held
@@ -74,7 +80,7 @@ def test_a_budget_only_float_meets_is_an_error(tmp_path: Path) -> None:
     out = tmp_path / "two.int8.onnx"
     with pytest.raises(CalibrationError, match="holds only with every layer in float"):
         calibrate_onnx(
-            path, "synthetic", out, num_samples=8, eval_samples=8, error_budget=0.0, progress=False
+            path, "synthetic", out, num_samples=8, eval_samples=8, error_budget=0.0, progress=False, **NORM
         )
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["two.onnx"]
