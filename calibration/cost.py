@@ -20,7 +20,12 @@ So the ``onnxruntime`` form quantizes (``OrtCostModel``):
 
 - a layer with a constant weight (MatMul, Gemm) of at least ``min_macs`` multiply-adds per sample whose
   input and output widths (K, N) are both at least ``min_width``: narrower products spend as long
-  quantizing their input as they save;
+  quantizing their input as they save (the QuantizeLinear is one pass over the M x K input, the gain
+  N multiply-adds per input value). A layer whose input comes straight out of a Transpose of its last
+  two axes needs N >= 2 ``min_width``: ONNX Runtime folds that Transpose into its float MatMul
+  (FusedMatMul) but not into the int8 kernels, before which it moves the QuantizeLinear up through the
+  data movement, so the INT8 layer pays a second pass over its input (the T2T ``project`` layer of the
+  digits model, 16 x 288 x 96 behind the soft split's transposes: slower INT8 than float in the model);
 - a product of two activations (attention's q k^T and p v) of at least ``min_activation_macs``
   (batched over heads, ONNX Runtime's int8 MatMul gains little even at 224);
 - no Conv: ONNX Runtime has no int8 convolution with a float output (its QDQ transformer makes a
@@ -48,7 +53,7 @@ from .collect import RunnerFactory, default_runner_factory, model_io, with_outpu
 from .graph import GraphIndex, Layer
 
 if TYPE_CHECKING:
-    from onnx import ModelProto
+    from onnx import ModelProto, NodeProto
 
 REASON = "ONNX Runtime cost model"  # how the reasons of the layers it keeps float begin
 
@@ -63,6 +68,7 @@ class LayerSize:
     reduce: int
     width: int
     weighted: bool
+    transposed_input: bool = False  # the activation comes straight out of a Transpose of its last two axes
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,11 @@ class OrtCostModel:
             return (
                 f"{where}: {size.reduce} -> {size.width} features, narrower than {self.min_width} "
                 "(quantizing the input costs what the int8 product saves)"
+            )
+        if size.transposed_input and size.width < 2 * self.min_width:
+            return (
+                f"{where}: {size.width} output features behind a Transpose, fewer than {2 * self.min_width} "
+                "(ONNX Runtime folds the Transpose into the float MatMul, not into its int8 kernel)"
             )
         return None
 
@@ -141,8 +152,19 @@ def layer_sizes(
             reduce=int(reduce),
             width=int(width),
             weighted=bool(layer.weights),
+            transposed_input=any(_last_axes_swapped(index.producer.get(t)) for t in layer.activations),
         )
     return sizes
+
+
+def _last_axes_swapped(node: NodeProto | None) -> bool:
+    """True for a Transpose that swaps only the last two axes (what ONNX Runtime folds into a MatMul)."""
+    if node is None or node.op_type != "Transpose":
+        return False
+    perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+    return (
+        perm is not None and len(perm) >= 2 and perm == [*range(len(perm) - 2), len(perm) - 1, len(perm) - 2]
+    )
 
 
 def apply_cost_model(

@@ -223,7 +223,8 @@ def test_onnxruntime_form_records_its_form_and_the_layers_its_cost_model_keeps_f
     assert record["int8_form"] == "onnxruntime" and record["cost_model"]["min_macs"] == 1000
     rows = {row["name"]: row for row in json.loads((tmp_path / "r.json").read_text())["layers"]}
     assert rows["blocks.0.mlp.fc1/Gemm_1"]["size"] == {
-        "op_type": "Gemm", "macs": 4 * 16 * 32, "reduce": 16, "width": 32, "weighted": True
+        "op_type": "Gemm", "macs": 4 * 16 * 32, "reduce": 16, "width": 32, "weighted": True,
+        "transposed_input": False,
     }  # fmt: skip
     int32 = {i.name for i in saved.graph.initializer if i.data_type == onnx.TensorProto.INT32}
     # the four quantized Linear biases (perf.proj has none; the head is float), values and zero points
