@@ -146,41 +146,27 @@ def bench(name: str, source: str, args: argparse.Namespace, tmp: Path) -> dict[s
     np.save(tmp / "held.npy", held)
     input_name = OnnxRuntimeRunner(paths["fp32"], threads=1).session.get_inputs()[0].name
     seconds: dict[str, float] = {}
-    t = time.perf_counter()
-    result = calibrate_onnx(
-        paths["fp32"],
-        tmp / "calib.npy",
-        paths["int8"],
-        num_samples=len(calib),
-        eval_data=tmp / "held.npy",
-        eval_samples=len(held),
-        sensitivity=False,
-        progress=False,
-        threads=args.threads,
-        mean=cfg.mean,
-        std=cfg.std,
-        crop_pct=cfg.crop_pct,
-        interpolation=cfg.interpolation,
-    )
-    seconds["vitrt_int8"] = time.perf_counter() - t
-    t = time.perf_counter()
-    ort_form = calibrate_onnx(
-        paths["fp32"],
-        tmp / "calib.npy",
-        paths["int8ort"],
-        num_samples=len(calib),
-        eval_data=tmp / "held.npy",
-        eval_samples=len(held),
-        sensitivity=False,
-        progress=False,
-        threads=args.threads,
-        mean=cfg.mean,
-        std=cfg.std,
-        crop_pct=cfg.crop_pct,
-        interpolation=cfg.interpolation,
-        runtime="onnxruntime",
-    )
-    seconds["vitrt_int8_ort"] = time.perf_counter() - t
+    calibrated = {}
+    for key, runtime in (("int8", "tensorrt"), ("int8ort", "onnxruntime")):
+        t = time.perf_counter()
+        calibrated[key] = calibrate_onnx(
+            paths["fp32"],
+            tmp / "calib.npy",
+            paths[key],
+            num_samples=len(calib),
+            eval_data=tmp / "held.npy",
+            eval_samples=len(held),
+            sensitivity=False,
+            progress=False,
+            threads=args.threads,
+            mean=cfg.mean,
+            std=cfg.std,
+            crop_pct=cfg.crop_pct,
+            interpolation=cfg.interpolation,
+            runtime=runtime,
+        )
+        seconds[f"vitrt_{key}"] = time.perf_counter() - t
+    result, ort_form = calibrated["int8"], calibrated["int8ort"]
     prepare_onnx(paths["fp32"], paths["prepared"])
     t = time.perf_counter()
     quantize_static_file(paths["fp32"], paths["ort"], calib, input_name)
