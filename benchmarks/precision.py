@@ -3,14 +3,17 @@ and agreement with FP32, beside ONNX Runtime's quantize_static.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/precision.py
         [--models digits_deit digits_t2t_vit deit_small_patch16_224 t2t_vit_14] [--sources vitrt foreign]
-        [--threads 2] [--iterations 40] [--slow-iterations 5] [--json out.json]
+        [--threads 2] [--iterations 40] [--repeats 1] [--slow-iterations 5] [--json out.json]
 
 Per model and source (``vitrt``: ``vitrt export``, opset 18, simplified; ``foreign``: the TorchScript
 exporter at opset 14, dynamic batch, LayerNorm / GELU in primitive ops, the exporter's node names, no
 vitrt metadata, as timm / Hugging Face scripts write them), the FP32 file as given and:
 
 - prepared: ``vitrt.prepare`` of the FP32 file (still FP32: what the preparation alone does);
-- INT8: ``vitrt.calibrate`` (graph preparation, Q/DQ on MatMul/Gemm/Conv inputs, entropy ranges);
+- INT8: ``vitrt.calibrate`` (graph preparation, Q/DQ on MatMul/Gemm/Conv inputs, entropy ranges), in
+  the TensorRT form (the default: float biases, every eligible layer INT8);
+- INT8 ORT: the same in the ONNX Runtime form (``runtime="onnxruntime"``, ``--for onnxruntime``: int32
+  biases fused into ONNX Runtime's int8 kernels, layers too small to gain there kept float);
 - ORT: ``onnxruntime.quantization.quantize_static`` on the FP32 file as given (QDQ, per-channel, its
   default MinMax calibration) from the same calibration samples;
 - NNCF: ``nncf.quantize`` (its ONNX backend, ``model_type=TRANSFORMER``, default preset) on the FP32
@@ -19,7 +22,8 @@ vitrt metadata, as timm / Hugging Face scripts write them), the FP32 file as giv
 
 Latency: batch 1, ``--threads`` ONNX Runtime threads, median over interleaved blocks
 (``vitrt.deploy.latency.measure_interleaved``), every ratio against the FP32 file timed in the same
-call. FP32 / INT8 / ORT run ``--iterations`` each; FP16 and INT8+FP16 run far slower on a CPU (ONNX
+call. FP32 / INT8 / ORT run ``--iterations`` each, ``--repeats`` times (the ratio is the median of the
+repeats, with their range beside it); FP16 and INT8+FP16 run far slower on a CPU (ONNX
 Runtime computes most float16 ops by converting to float32 and back), so they get their own
 interleaved group with the FP32 file at ``--slow-iterations``. Their purpose is TensorRT, where
 float16 is the fast path; their CPU latency is reported as measured.
@@ -61,7 +65,7 @@ from vitrt.deploy.runners import OnnxRuntimeRunner  # noqa: E402
 from vitrt.models.config import PreprocessConfig  # noqa: E402
 
 DIGITS = ROOT / "benchmarks" / "digits"
-FAST = ("fp32", "prepared", "int8", "ort", "nncf")
+FAST = ("fp32", "prepared", "int8", "int8ort", "ort", "nncf")
 SLOW = ("fp16", "int8+fp16")
 
 
@@ -142,23 +146,27 @@ def bench(name: str, source: str, args: argparse.Namespace, tmp: Path) -> dict[s
     np.save(tmp / "held.npy", held)
     input_name = OnnxRuntimeRunner(paths["fp32"], threads=1).session.get_inputs()[0].name
     seconds: dict[str, float] = {}
-    t = time.perf_counter()
-    result = calibrate_onnx(
-        paths["fp32"],
-        tmp / "calib.npy",
-        paths["int8"],
-        num_samples=len(calib),
-        eval_data=tmp / "held.npy",
-        eval_samples=len(held),
-        sensitivity=False,
-        progress=False,
-        threads=args.threads,
-        mean=cfg.mean,
-        std=cfg.std,
-        crop_pct=cfg.crop_pct,
-        interpolation=cfg.interpolation,
-    )
-    seconds["vitrt_int8"] = time.perf_counter() - t
+    calibrated = {}
+    for key, runtime in (("int8", "tensorrt"), ("int8ort", "onnxruntime")):
+        t = time.perf_counter()
+        calibrated[key] = calibrate_onnx(
+            paths["fp32"],
+            tmp / "calib.npy",
+            paths[key],
+            num_samples=len(calib),
+            eval_data=tmp / "held.npy",
+            eval_samples=len(held),
+            sensitivity=False,
+            progress=False,
+            threads=args.threads,
+            mean=cfg.mean,
+            std=cfg.std,
+            crop_pct=cfg.crop_pct,
+            interpolation=cfg.interpolation,
+            runtime=runtime,
+        )
+        seconds[f"vitrt_{key}"] = time.perf_counter() - t
+    result, ort_form = calibrated["int8"], calibrated["int8ort"]
     prepare_onnx(paths["fp32"], paths["prepared"])
     t = time.perf_counter()
     quantize_static_file(paths["fp32"], paths["ort"], calib, input_name)
@@ -181,9 +189,12 @@ def bench(name: str, source: str, args: argparse.Namespace, tmp: Path) -> dict[s
     }
     feed = {input_name: held[:1]}
     calls = {k: (lambda r=r: r.infer(feed)) for k, r in runners.items()}
-    fast = measure_interleaved(
-        {k: calls[k] for k in FAST if k in calls}, warmup=3, iterations=args.iterations
-    )
+    repeats = [
+        measure_interleaved({k: calls[k] for k in FAST if k in calls}, warmup=3, iterations=args.iterations)
+        for _ in range(args.repeats)
+    ]
+    ratios = {k: [r[k].median / r["fp32"].median for r in repeats] for k in repeats[0]}
+    fast_ms = {k: float(np.median([r[k].median for r in repeats])) for k in repeats[0]}
     # blocks of 3: a call right after another runtime's pays for its spinning thread pool (see
     # measure_interleaved), so single-call blocks would slow the FP32 baseline most
     slow = measure_interleaved(
@@ -196,12 +207,15 @@ def bench(name: str, source: str, args: argparse.Namespace, tmp: Path) -> dict[s
         "data": data_text,
         "held_out": len(held),
         "vitrt_int8_layers": f"{len(result.quantized)}/{len(result.layers)}",
+        "vitrt_int8_ort_layers": f"{len(ort_form.quantized)}/{len(ort_form.layers)}",
         "preparation": (read_recipe(result.model).prepared or {}) if read_recipe(result.model) else {},
         "fp16_keep_fp32": len(fp16.recipe.keep_fp32),
         "int8_fp16_keep_fp32": len(mixed.recipe.keep_fp32),
-        "latency_ms": {k: v.median for k, v in fast.items()} | {k: slow[k].median for k in SLOW},
-        "latency_ratio": {k: v.median / fast["fp32"].median for k, v in fast.items()}
+        "latency_ms": fast_ms | {k: slow[k].median for k in SLOW},
+        "latency_ratio": {k: float(np.median(v)) for k, v in ratios.items()}
         | {k: slow[k].median / slow["fp32"].median for k in SLOW},
+        "latency_ratio_range": {k: [min(v), max(v)] for k, v in ratios.items()},
+        "repeats": args.repeats,
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "nncf_failure": nncf_failure,
     }
@@ -220,6 +234,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     labels = {"fp32": "FP32", "prepared": "vitrt prepare (FP32)", "int8": "vitrt INT8"}
+    labels["int8ort"] = "vitrt INT8 --for onnxruntime"
     labels |= {"ort": "quantize_static INT8", "nncf": "NNCF INT8"}
     labels["fp16"] = "vitrt FP16"
     labels["int8+fp16"] = "vitrt INT8+FP16"
@@ -229,8 +244,12 @@ def table(rows: list[dict[str, Any]]) -> str:
             agree = "-" if k == "fp32" else f"{100 * r[k]['top1_agreement']:.1f}"
             cos = "-" if k == "fp32" else f"{r[k]['mean_cosine']:.5f}"
             accuracy = "-" if acc is None else f"{100 * acc[k]:.1f}"
+            spread = r.get("latency_ratio_range", {}).get(k)
+            ratio = f"{r['latency_ratio'][k]:.2f}"
+            if spread is not None and r.get("repeats", 1) > 1 and k != "fp32":
+                ratio += f" [{spread[0]:.2f}-{spread[1]:.2f}]"
             lines.append(
-                f"| {r['model']} | {r['source']} | {labels[k]} | {r['latency_ratio'][k]:.2f} "
+                f"| {r['model']} | {r['source']} | {labels[k]} | {ratio} "
                 f"({r['latency_ms'][k]:.2f} ms) | {agree} | {cos} | {accuracy} |"
             )
     return "\n".join(lines)
@@ -246,6 +265,12 @@ def main() -> None:
     parser.add_argument("--sources", nargs="+", default=["vitrt", "foreign"], choices=["vitrt", "foreign"])
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     parser.add_argument("--iterations", type=int, default=40, help="timed runs of FP32/INT8/ORT (default 40)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="times the FP32/INT8/ORT group is timed; ratios are their median",
+    )
     parser.add_argument(
         "--slow-iterations", type=int, default=6, help="timed runs of the float16 files (blocks of 3)"
     )

@@ -5,13 +5,15 @@
 ...                         report="deit_s.int8.json")
 >>> result.agreement.top1_agreement, result.fallen_back
 
-Steps: find the layers (``vitrt.calibration.graph``); stream the data through ONNX Runtime and histogram
-every activation a layer will quantize (``vitrt.calibration.collect``); turn histograms into per-tensor
-amax with the chosen method (``vitrt.calibration.ranges``); rank layers by the output error their
-quantization adds on held-out samples and fall the worst back to float until the error budget
-holds (``vitrt.calibration.sensitivity``); insert Q/DQ (``vitrt.calibration.qdq``); run the INT8 model on the
-held-out samples against FP32; write the outputs. Every output is validated before anything is
-written, and each file is written atomically (``vitrt.fileio``): a failure leaves no partial
+Steps: find the layers (``vitrt.calibration.graph``); for the ONNX Runtime form, keep float the
+layers too small to gain on its int8 kernels (``vitrt.calibration.cost``); stream the data through
+ONNX Runtime and histogram every activation a layer will quantize (``vitrt.calibration.collect``);
+turn histograms into per-tensor amax with the chosen method (``vitrt.calibration.ranges``); rank
+layers by the output error their quantization adds on held-out samples and fall the worst back to
+float until the error budget holds (``vitrt.calibration.sensitivity``); insert Q/DQ
+(``vitrt.calibration.qdq``); run the INT8 model on the held-out samples against FP32; write the
+outputs. Every output is validated before anything is written, and each file is written atomically
+(``vitrt.fileio``): a failure leaves no partial
 file and any earlier file as it was.
 """
 
@@ -24,7 +26,7 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,13 +47,14 @@ from .collect import (
     model_io,
     run_model,
 )
+from .cost import LayerSize, OrtCostModel, apply_cost_model, layer_sizes
 from .data import CalibrationData, open_source
 from .errors import CalibrationError, NoQuantizableOpError
 from .fp16 import has_qdq, is_float16
 from .graph import GraphIndex, Layer, ensure_node_names, find_layers, unmatched_patterns
 from .metrics import Agreement, agreement, check_budget
 from .preprocess import check_preprocess
-from .qdq import check_opset, insert_qdq, quantize_weight
+from .qdq import check_form, check_opset, insert_qdq, quantize_weight
 from .ranges import ActivationRanges, RangeMethod, scale_from_amax
 from .recipe import NodePrecision, PrecisionRecipe, write_recipe
 from .sensitivity import Fallback, GatedEvaluator, LayerSensitivity, fallback_until_budget, rank_layers
@@ -181,6 +184,12 @@ def preprocess_for(
     return base
 
 
+def _probe_samples(data: CalibrationData, io: ModelIO) -> np.ndarray:
+    """The first sample of ``data``, repeated to the model's batch size when that is fixed."""
+    first = as_numpy(next(iter(data.batches())))[:1]
+    return np.repeat(first, io.batch or 1, axis=0)
+
+
 def _stack(data: CalibrationData) -> np.ndarray:
     """All samples of ``data`` as one (N, C, H, W) float32 array."""
     return np.concatenate([as_numpy(b) for b in data.batches()])
@@ -247,6 +256,8 @@ def calibrate_onnx(
     crop_pct: float | None = None,
     interpolation: str | None = None,
     prepare: bool = True,
+    runtime: str = "tensorrt",
+    cost_model: OrtCostModel | None = None,
 ) -> CalibrationResult:
     """Calibrate ``model`` (an FP32 ONNX file) on ``data`` and write its explicit-Q/DQ INT8 twin:
     ``vitrt calibrate`` as a function (``vitrt.calibrate``), with the same options.
@@ -284,6 +295,11 @@ def calibrate_onnx(
         prepare: run the graph preparation first (``vitrt.compiler.prepare``: simplify, fuse
             LayerNorm / GELU, stable node names, checked on ONNX Runtime); it makes foreign exports
             (unsimplified, opset < 17, default names) fast and readable as INT8.
+        runtime: the INT8 form to write (recorded in the recipe as ``int8_form``). "tensorrt" (default):
+            float biases, every eligible layer quantized (TensorRT chooses int8 or float per layer
+            itself). "onnxruntime": int32 biases that ONNX Runtime fuses into its int8 kernels
+            (``vitrt.calibration.qdq``), and the layers too small to gain on those kernels kept float,
+            each with its reason (``cost_model``, default ``OrtCostModel()``; ``vitrt.calibration.cost``).
 
     Returns a CalibrationResult. Raises ConfigError (bad options), DataSourceError (data),
     NoQuantizableOpError (nothing to quantize), CalibrationError, VitrtError (unreadable model or
@@ -291,6 +307,9 @@ def calibrate_onnx(
     """
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
+    check_form(runtime)
+    if cost_model is not None and runtime != "onnxruntime":
+        raise ConfigError("cost_model is the ONNX Runtime form's: pass it with runtime='onnxruntime'")
     if isinstance(method, RangeMethod):
         if percentile is not None:
             raise ConfigError("percentile goes with a method name; a RangeMethod carries its own")
@@ -399,6 +418,23 @@ def calibrate_onnx(
             calib.num_samples,
         )
 
+    # -- the ONNX Runtime form: layers too small to gain stay float ---------------------------------
+    sizes: dict[str, LayerSize] = {}
+    cost: OrtCostModel | None = None
+    if runtime == "onnxruntime":
+        cost = cost_model or OrtCostModel()
+        t0 = time.perf_counter()
+        sizes = layer_sizes(proto, layers, _probe_samples(calib, io), runner_factory=factory)
+        timings["sizes_s"] = time.perf_counter() - t0
+        apply_cost_model(layers, sizes, cost)
+        candidates = [layer for layer in layers if layer.reason is None]
+        if not candidates:
+            raise NoQuantizableOpError(
+                f"no layer of {model} is large enough to gain from INT8 on ONNX Runtime ({cost}): the "
+                "FP32 file is the faster one there. For TensorRT, calibrate with runtime 'tensorrt' "
+                "(--for tensorrt)"
+            )
+
     # -- ranges -----------------------------------------------------------------------------------
     index = GraphIndex.build(proto)
     act_tensors = list(dict.fromkeys(t for layer in candidates for t in layer.activations))
@@ -457,7 +493,7 @@ def calibrate_onnx(
                 log.warning("error budget not met: %s", fallback.after)
 
     # -- the Q/DQ model and its agreement with FP32 ------------------------------------------------------
-    int8 = insert_qdq(proto, layers, amax, set(enabled))
+    int8 = insert_qdq(proto, layers, amax, set(enabled), form=runtime)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vitrt-calib-") as tmp:
         int8_runner = factory(save_onnx(int8, Path(tmp) / "int8.onnx"))
@@ -474,6 +510,13 @@ def calibrate_onnx(
         "method_overrides": dict(method_overrides),
         "activations": "int8 per-tensor symmetric, zero point 0, scale = amax / 127",
         "weights": "int8 per-channel symmetric on the output-channel axis, values in [-127, 127]",
+        "int8_form": runtime,
+        "biases": (
+            "int32, scale = activation scale x weight scale (fused into ONNX Runtime's int8 kernels)"
+            if runtime == "onnxruntime"
+            else "float (a Gemm's bias in an Add after it)"
+        ),
+        "cost_model": None if cost is None else asdict(cost),
         "data": calib.describe(),
         "eval_data": (held.describe() if held is not None else None),
         "held_out": held_out,
@@ -490,6 +533,7 @@ def calibrate_onnx(
         int8,
         PrecisionRecipe(
             precision="int8",
+            int8_form=runtime,
             int8_layers=tuple(enabled),
             not_quantized=tuple(
                 NodePrecision(layer.name, layer.op_type, layer.reason or "")
@@ -534,6 +578,7 @@ def calibrate_onnx(
         fallback,
         final,
         record,
+        sizes,
     )
     report_dict["timings"] = {k: round(v, 3) for k, v in timings.items()}
 
@@ -582,6 +627,7 @@ def _report(
     fallback: Fallback | None,
     final: Agreement,
     record: Mapping[str, Any],
+    sizes: Mapping[str, LayerSize],
 ) -> dict[str, Any]:
     """The JSON report: per tensor ranges, per layer placement and sensitivity, agreement."""
     consumers: dict[str, list[str]] = {}
@@ -627,6 +673,7 @@ def _report(
                 "reason": layer.reason,
                 "activations": layer.activations,
                 "weights": weights,
+                "size": asdict(sizes[layer.name]) if layer.name in sizes else None,
                 "sensitivity": None if s is None else {**s.to_dict(), "rank": rank_of[layer.name]},
             }
         )

@@ -577,6 +577,12 @@ def fp16_model(
         )
     earlier = read_recipe(model)
     quantized = has_qdq(model)
+    if (earlier is not None and earlier.int8_form == "onnxruntime") or _int32_dq(model):
+        raise PrecisionError(
+            "the INT8 file is in the ONNX Runtime form (int32 bias DequantizeLinear nodes, which TensorRT "
+            "does not read, and small layers left float): INT8 + FP16 is for TensorRT. Fix: calibrate "
+            "with --for tensorrt (the default) and convert that file"
+        )
     prepared_report = earlier.prepared if earlier is not None else None
     if prepare and not quantized:
         model, report = prepare_model(model)
@@ -597,6 +603,12 @@ def fp16_model(
         prepared=prepared_report,
     )
     return converted, recipe
+
+
+def _int32_dq(model: ModelProto) -> bool:
+    """True when a DequantizeLinear reads an int32 initializer (a bias in ONNX Runtime's Q/DQ form)."""
+    int32 = {i.name for i in model.graph.initializer if i.data_type == 6}  # onnx.TensorProto.INT32
+    return any(n.op_type == "DequantizeLinear" and n.input[0] in int32 for n in model.graph.node)
 
 
 def _qdq_layers(model: ModelProto) -> tuple[str, ...]:

@@ -7,8 +7,17 @@ For every enabled layer (``vitrt.calibration.graph.Layer``):
   by every quantized consumer; other consumers keep reading the float tensor;
 - each constant weight is stored as an int8 initializer, per-channel symmetric (scale[c] =
   max|w[c]| / 127, values clipped to [-127, 127] as TensorRT's weights are) along the output-channel
-  axis, followed by ``DequantizeLinear(w_int8, scale, 0, axis)``; biases stay float (a Gemm's
-  bias moves to an Add after it, see ``_split_gemm_bias``).
+  axis, followed by ``DequantizeLinear(w_int8, scale, 0, axis)``;
+- the bias, in one of two forms (``form``, recorded in the recipe as ``int8_form``):
+  ``"tensorrt"`` (the default): biases stay float, a Gemm's bias moves to an Add after it (see
+  ``_split_gemm_bias``): TensorRT reads no int32 DequantizeLinear and fuses the Add into its int8
+  kernel's epilogue itself. ``"onnxruntime"``: the bias of a Gemm (its input C) or of a MatMul's
+  bias Add becomes ``DequantizeLinear(b_int32, s_x * s_w[c], 0)``, the form ONNX Runtime's own
+  quantizer writes: its QDQ transformer then fuses weight, activation and bias into one QGemm (or
+  MatMul + bias into one int8 Gemm) with the bias added to the int32 accumulator, where a float
+  bias Add after the int8 kernel is one more pass over the output (and a float bias on a 3-D
+  MatMul lets ORT's MatMul + Add -> Gemm fusion take the MatMul out of the int8 kernels: the
+  weights are dequantized on every run). See ``_int32_bias``.
 
 Why this is plain ``onnx.helper`` code rather than ``onnxruntime.quantization.quantize_static``:
 quantize_static places Q/DQ by op type over the whole graph (by default on Add, Mul, Softmax,
@@ -31,15 +40,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vitrt.errors import ConfigError
+
 from .errors import CalibrationError
 from .graph import Layer, LayerInput
 from .ranges import INT8_QMAX, scale_from_amax, weight_scales
+from .recipe import INT8_FORMS  # the INT8 graph forms: for TensorRT (float biases), for ONNX Runtime
 
 if TYPE_CHECKING:
     from onnx import ModelProto, NodeProto, TensorProto
 
 MIN_OPSET = 13  # per-axis DequantizeLinear
 GATE_PREFIX = "vitrt_gate/"
+INT32_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -212,39 +225,143 @@ def _act_scale(amax: Mapping[str, float], tensor: str) -> float:
     return scale_from_amax(float(amax[tensor]))
 
 
+def check_form(form: str) -> str:
+    """``form`` if it is one of ``INT8_FORMS``; ConfigError otherwise."""
+    if form not in INT8_FORMS:
+        raise ConfigError(f"unknown INT8 form {form!r}; one of {', '.join(INT8_FORMS)}")
+    return form
+
+
 def insert_qdq(
-    model: ModelProto, layers: Sequence[Layer], amax: Mapping[str, float], enabled: Collection[str]
+    model: ModelProto,
+    layers: Sequence[Layer],
+    amax: Mapping[str, float],
+    enabled: Collection[str],
+    *,
+    form: str = "tensorrt",
 ) -> ModelProto:
     """A copy of ``model`` with Q/DQ on the inputs of the layers named in ``enabled``.
 
     ``amax``: {activation tensor: calibrated amax}, in the tensor's units (scale = amax / 127).
-    Metadata, opsets and every node outside the enabled layers are kept as they are.
+    ``form``: "tensorrt" (float biases) or "onnxruntime" (int32 biases where a layer has one, see the
+    module docstring). Metadata, opsets and every node outside the enabled layers are kept as they are.
     """
+    check_form(form)
     check_opset(model)
     b = _Builder(model)
     act_out: dict[str, str] = {}
-    weight_out: dict[tuple[str, int | None], str] = {}
+    weight_out: dict[tuple[str, int | None], tuple[str, QuantizedWeight]] = {}
     by_name = {n.name: n for n in b.graph.node}
+    consumers: dict[str, list[NodeProto]] = {}
+    for n in b.graph.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+    outputs = {o.name for o in b.graph.output}
     for layer in layers:
         if layer.name not in enabled:
             continue
-        if layer.op_type == "Gemm":
-            _split_gemm_bias(b, by_name[layer.name])
+        node = by_name[layer.name]
+        if layer.op_type == "Gemm" and form == "tensorrt":
+            _split_gemm_bias(b, node)
+        scales: dict[int, float] = {}
+        weights: dict[int, QuantizedWeight] = {}
         for slot in layer.inputs:
             if slot.kind == "activation":
+                scales[slot.index] = _act_scale(amax, slot.tensor)
                 if slot.tensor not in act_out:
-                    nodes, act_out[slot.tensor] = _qdq_nodes(
-                        b, slot.tensor, _act_scale(amax, slot.tensor), ""
-                    )
+                    nodes, act_out[slot.tensor] = _qdq_nodes(b, slot.tensor, scales[slot.index], "")
                     b.emit_after(slot.tensor, nodes)
                 b.rewire[(layer.name, slot.index)] = act_out[slot.tensor]
             else:
                 key = (slot.tensor, slot.axis)
                 if key not in weight_out:
-                    node, weight_out[key], _ = _weight_dq(b, slot)
-                    b.emit_before(layer.name, [node])
-                b.rewire[(layer.name, slot.index)] = weight_out[key]
+                    dq, out, qw = _weight_dq(b, slot)
+                    weight_out[key] = (out, qw)
+                    b.emit_before(layer.name, [dq])
+                b.rewire[(layer.name, slot.index)] = weight_out[key][0]
+                weights[slot.index] = weight_out[key][1]
+        if form == "onnxruntime" and not _int32_bias(b, node, scales, weights, consumers, outputs):
+            if layer.op_type == "Gemm":  # a bias that cannot be int32: the float Add as for TensorRT
+                _split_gemm_bias(b, node)
     return b.finish()
+
+
+def _bias_site(
+    b: _Builder,
+    node: NodeProto,
+    consumers: Mapping[str, list[NodeProto]],
+    outputs: Collection[str],
+) -> tuple[NodeProto, int, np.ndarray] | None:
+    """Where ``node``'s constant bias is: (node that reads it, input slot, bias values * beta), or None.
+
+    Gemm: its input C (alpha 1), scaled by beta. MatMul: the constant input of the one Add that alone
+    reads its output (the bias of a Linear on a 3-D input, as exporters write it).
+    """
+    if node.op_type == "Gemm":
+        attrs = {a.name: a.f for a in node.attribute if a.name in ("alpha", "beta")}
+        if len(node.input) < 3 or node.input[2] not in b.constants or attrs.get("alpha", 1.0) != 1.0:
+            return None
+        return node, 2, b.constant(node.input[2]).astype(np.float32) * np.float32(attrs.get("beta", 1.0))
+    if node.op_type != "MatMul":
+        return None
+    readers = consumers.get(node.output[0], [])
+    if len(readers) != 1 or node.output[0] in outputs or readers[0].op_type != "Add":
+        return None
+    add = readers[0]
+    slot = 1 if add.input[0] == node.output[0] else 0
+    if add.input[slot] == node.output[0] or add.input[slot] not in b.constants:
+        return None
+    return add, slot, b.constant(add.input[slot]).astype(np.float32)
+
+
+def _int32_bias(
+    b: _Builder,
+    node: NodeProto,
+    scales: Mapping[int, float],
+    weights: Mapping[int, QuantizedWeight],
+    consumers: Mapping[str, list[NodeProto]],
+    outputs: Collection[str],
+) -> bool:
+    """Give ``node``'s constant bias the int32 form ONNX Runtime fuses (in place); False: not possible.
+
+    b_int32[c] = round(b[c] / (s_x * s_w[c])), dequantized with that scale: the units of the int8
+    kernel's int32 accumulator, so ONNX Runtime adds it there (QGemm's C). The layer must read one
+    activation (input 0, scale s_x) and one weight (input 1, per output channel), the bias must hold
+    one value per output channel (shape [N] or [1, ..., N]) and fit in int32; a Gemm's beta is folded in.
+    """
+    from onnx import helper
+
+    if set(scales) != {0} or set(weights) != {1} or weights[1].axis is None:
+        return False
+    site = _bias_site(b, node, consumers, outputs)
+    if site is None:
+        return False
+    reader, slot, bias = site
+    w_scale = weights[1].scale
+    if bias.size != w_scale.size or (bias.ndim and bias.shape[-1] != w_scale.size):
+        return False
+    scale = (np.float32(scales[0]) * w_scale).astype(np.float32)
+    values = np.rint(bias.reshape(-1).astype(np.float64) / scale.astype(np.float64))
+    if not np.all(np.isfinite(values)) or np.abs(values).max(initial=0.0) > INT32_MAX:
+        return False
+    # a Gemm's C as [N] (QGemm's form; [1, N] broadcasts alike), an Add's bias in its own shape
+    shape = (w_scale.size,) if reader is node or not bias.ndim else bias.shape
+    tag = f"{node.name}/bias"
+    q = b.add_init(f"{tag}/int32", values.astype(np.int32).reshape(shape))
+    s = b.add_init(f"{tag}/scale", scale)
+    z = b.add_init(f"{tag}/zero_point", np.zeros(scale.shape, dtype=np.int32))
+    out = b.unique(f"{tag}/dequantized")
+    dq = helper.make_node(
+        "DequantizeLinear", [q, s, z], [out], name=b.unique(f"{tag}/DQ"), axis=len(shape) - 1
+    )
+    b.emit_before(node.name, [dq])
+    if reader is node:  # Gemm: C with beta folded in
+        node.input[2] = out
+        for attr in [a for a in node.attribute if a.name == "beta"]:
+            node.attribute.remove(attr)
+    else:
+        b.rewire[(reader.name, slot)] = out
+    return True
 
 
 def _split_gemm_bias(b: _Builder, node: NodeProto) -> None:

@@ -5,9 +5,11 @@ the metadata key ``vitrt.precision_recipe``: which layers are INT8 (Q/DQ on thei
 rest computes in (float32 or float16), and the float32 keep-list, node by node with op type and
 reason. TensorRT 11 builds the numerics from the graph alone (Q/DQ and casts are in it); a TensorRT
 10 builder reads the same keep-list as layer precision constraints, so both build the same
-numerics from one file. The schema (``format`` 1), for such a builder:
+numerics from one file. The schema (``format`` 1, or 2 for an INT8 file in the ONNX Runtime form),
+for such a builder:
 
-    {"format": 1, "precision": "int8" | "fp16" | "int8+fp16",
+    {"format": 1 | 2, "precision": "int8" | "fp16" | "int8+fp16",
+     "int8_form": "onnxruntime",              # format 2 only; absent: the TensorRT form
      "float_type": "float32" | "float16",     # every layer not listed below
      "io_type": "float32" | "float16",        # graph inputs and outputs
      "int8_layers": ["blocks.0.attn.qkv/MatMul_1", ...],     # Q/DQ on their inputs
@@ -20,6 +22,12 @@ numerics from one file. The schema (``format`` 1), for such a builder:
      "not_quantized": [{"node": ..., "op_type": "MatMul", "reason": ...}],
      "prepared": {... vitrt.compiler.prepare.PrepareReport ...},
      "agreement": {...}}                      # vs the float32 file on ONNX Runtime, where measured
+
+``int8_form`` says which INT8 graph form the file holds (``vitrt.calibration.qdq``): "tensorrt", float
+biases, the form every TensorRT reads, written as format 1 without the key so that earlier vitrt
+reads it as before; "onnxruntime", int32 bias DequantizeLinear nodes (which TensorRT does not read)
+and layers too small to gain on ONNX Runtime kept float, written as format 2 (an earlier vitrt refuses
+it rather than take it for a TensorRT file).
 
 ``PrecisionRecipe.layer_constraints()`` is that keep-list in the form a TensorRT 10 builder applies
 (``layer.precision`` and ``layer.set_output_type`` = float32 for every layer whose ``[ONNX Layer: name]``
@@ -39,7 +47,9 @@ if TYPE_CHECKING:
 
 RECIPE_KEY = "vitrt.precision_recipe"
 RECIPE_FORMAT = 1
+RECIPE_FORMAT_ORT = 2  # format 1 + "int8_form": "onnxruntime"
 PRECISIONS = ("int8", "fp16", "int8+fp16")
+INT8_FORMS = ("tensorrt", "onnxruntime")  # see vitrt.calibration.qdq
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,7 @@ class PrecisionRecipe:
     """What a precision file holds (module docstring for the JSON schema)."""
 
     precision: str
+    int8_form: str = "tensorrt"
     float_type: str = "float32"
     io_type: str = "float32"
     int8_layers: tuple[str, ...] = ()
@@ -67,26 +78,36 @@ class PrecisionRecipe:
     not_quantized: tuple[NodePrecision, ...] = ()
     prepared: dict[str, Any] | None = None
     agreement: dict[str, Any] | None = None
-    format: int = RECIPE_FORMAT
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise VitrtError(f"unknown precision {self.precision!r}; one of {PRECISIONS}")
+        if self.int8_form not in INT8_FORMS:
+            raise VitrtError(f"unknown INT8 form {self.int8_form!r}; one of {INT8_FORMS}")
+
+    @property
+    def format(self) -> int:
+        """The schema version: 1, or 2 for the ONNX Runtime form (what an earlier vitrt reads stays 1)."""
+        return RECIPE_FORMAT if self.int8_form == "tensorrt" else RECIPE_FORMAT_ORT
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if self.int8_form == "tensorrt":
+            del data["int8_form"]
+        return {**data, "format": self.format}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PrecisionRecipe:
-        if data.get("format") != RECIPE_FORMAT:
+        if data.get("format") not in (RECIPE_FORMAT, RECIPE_FORMAT_ORT):
             raise VitrtError(
-                f"precision recipe format {data.get('format')!r} is not {RECIPE_FORMAT}; "
-                "this vitrt cannot read it (upgrade vitrt)"
+                f"precision recipe format {data.get('format')!r} is not {RECIPE_FORMAT} or "
+                f"{RECIPE_FORMAT_ORT}; this vitrt cannot read it (upgrade vitrt)"
             )
         data = dict(data)
+        data.pop("format")
         for key in ("keep_fp32", "not_quantized"):
             data[key] = tuple(NodePrecision(**n) for n in data.get(key, ()))
         for key in ("int8_layers", "keep_fp32_patterns", "residual_adds"):

@@ -112,6 +112,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         crop_pct=args.crop_pct,
         interpolation=args.interpolation,
         prepare=not args.no_prepare,
+        runtime=args.runtime,
     )
     a = result.agreement
     print(
@@ -124,6 +125,11 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         opset, nodes = recipe.prepared["opset"], recipe.prepared["nodes"]
         fused = ", ".join(f"{n} {op}" for op, n in recipe.prepared["fused"].items()) or "nothing"
         print(f"  prepared: opset {opset[0]} -> {opset[1]}, {nodes[0]} -> {nodes[1]} nodes, fused {fused}")
+    if args.runtime == "onnxruntime":
+        from vitrt.calibration.cost import REASON
+
+        small = sum((layer.reason or "").startswith(REASON) for layer in result.layers)
+        print(f"  ONNX Runtime form: int32 biases, {small} layers kept float by its cost model")
     if result.fallen_back:
         labels = {layer.name: layer.label or layer.name for layer in result.layers}
         print(f"  fell back to float: {', '.join(labels[n] for n in result.fallen_back)}")
@@ -376,6 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_preprocess_options(p)
     p.add_argument("--no-prepare", action="store_true", help="skip the graph preparation (vitrt prepare)")
+    p.add_argument(
+        "--for",
+        dest="runtime",
+        default="tensorrt",
+        choices=["tensorrt", "onnxruntime"],
+        help="the runtime the INT8 graph is for: tensorrt (default; float biases) or onnxruntime (int32 "
+        "biases it fuses, layers too small to gain kept float)",
+    )
     p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser(

@@ -6,7 +6,9 @@ GELU (Div, Erf, Add, Mul) -> a T2T-performer-like span (MatMul by a random-featu
 Exp, activation x activation MatMuls, output projection) -> optionally a ``vitrt::TestPlugin``
 node (a stand-in for TokenFusion / ScatterbrainAttention: placement only looks at the domain)
 followed by a MatMul on its reshaped output -> LayerNormalization -> class token -> Gemm
-head (transB=1) -> logits [1, 10]. Node names are module paths like vitrt's exports.
+head (transB=1, with a bias) -> logits [1, 10]. Node names are module paths like vitrt's exports.
+``linear_bias``: the block's qkv, proj, fc1 and fc2 MatMuls get a bias Add, as exporters write a
+Linear on a 3-D input.
 """
 
 from __future__ import annotations
@@ -50,9 +52,17 @@ class _G:
         return self.node(op, name, inputs, **attrs)[0]
 
 
-def vit_like(seed: int = 0, plugin: bool = False, opset: int = 18) -> onnx.ModelProto:
+def vit_like(
+    seed: int = 0, plugin: bool = False, opset: int = 18, linear_bias: bool = False
+) -> onnx.ModelProto:
     g = _G(seed)
     r = g.rng
+
+    def bias(x: str, module: str, width: int) -> str:
+        if not linear_bias:
+            return x
+        return g.one("Add", f"{module}/Add_1", [x, g.init(f"{module}.bias", _w(r, width))])
+
     d, n = 16, 4
     x = g.one(
         "Conv",
@@ -68,6 +78,7 @@ def vit_like(seed: int = 0, plugin: bool = False, opset: int = 18) -> onnx.Model
     # attention block
     h = g.one("LayerNormalization", "blocks.0.norm1/LayerNormalization_1", [x, ln_w, ln_b], axis=-1)
     qkv = g.one("MatMul", "blocks.0.attn.qkv/MatMul_1", [h, g.init("w_qkv", _w(r, d, 3 * d))])
+    qkv = bias(qkv, "blocks.0.attn.qkv", 3 * d)
     q, k, v = g.node(
         "Split",
         "blocks.0.attn/Split_1",
@@ -81,16 +92,19 @@ def vit_like(seed: int = 0, plugin: bool = False, opset: int = 18) -> onnx.Model
     a = g.one("Softmax", "blocks.0.attn.core/Softmax_1", [s], axis=-1)
     o = g.one("MatMul", "blocks.0.attn.core/MatMul_2", [a, v])
     o = g.one("MatMul", "blocks.0.attn.proj/MatMul_1", [o, g.init("w_proj", _w(r, d, d))])
+    o = bias(o, "blocks.0.attn.proj", d)
     x = g.one("Add", "blocks.0/Add_1", [x, o])
     # MLP with exact GELU
     h = g.one("LayerNormalization", "blocks.0.norm2/LayerNormalization_1", [x, ln_w, ln_b], axis=-1)
     h = g.one("MatMul", "blocks.0.mlp.fc1/MatMul_1", [h, g.init("w_fc1", _w(r, d, 2 * d))])
+    h = bias(h, "blocks.0.mlp.fc1", 2 * d)
     e = g.one("Div", "blocks.0.mlp.act/Div_1", [h, g.init("sqrt2", np.array(np.sqrt(2.0), np.float32))])
     e = g.one("Erf", "blocks.0.mlp.act/Erf_1", [e])
     e = g.one("Add", "blocks.0.mlp.act/Add_1", [e, g.init("one", np.array(1.0, np.float32))])
     e = g.one("Mul", "blocks.0.mlp.act/Mul_1", [e, g.init("half", np.array(0.5, np.float32))])
     h = g.one("Mul", "blocks.0.mlp.act/Mul_2", [h, e])
     h = g.one("MatMul", "blocks.0.mlp.fc2/MatMul_1", [h, g.init("w_fc2", _w(r, 2 * d, d))])
+    h = bias(h, "blocks.0.mlp.fc2", d)
     x = g.one("Add", "blocks.0/Add_2", [x, h])
     # performer-like span: phi = exp(x w - c); y = phi (phi^T x); proj(y)
     f = g.one("MatMul", "perf/MatMul_1", [x, g.init("w_feat", _w(r, d, 8, scale=0.1))])

@@ -184,6 +184,83 @@ def test_cli_calibrate_writes_model_cache_and_report(
     assert layers["head/Gemm_1"]["reason"] == "excluded by pattern 'head/*'"
 
 
+def test_onnxruntime_form_records_its_form_and_the_layers_its_cost_model_keeps_float(
+    tmp_path: Path,
+) -> None:
+    from vitrt.calibration.cost import OrtCostModel
+    from vitrt.calibration.fp16 import PrecisionError, fp16_onnx
+
+    model = save(vit_like(seed=2, linear_bias=True), tmp_path / "m.onnx")
+    # vit_like's layers are tiny (4 tokens of 16): thresholds scaled down to its sizes
+    cost = OrtCostModel(min_macs=1000, min_width=16, min_activation_macs=10**6)
+    options = {"num_samples": 8, "eval_samples": 8, "progress": False, "mean": (0.5,), "std": (0.5,)}
+    out = tmp_path / "m.ort.onnx"
+    result = calibrate_onnx(
+        model, "synthetic", out, report=tmp_path / "r.json", runtime="onnxruntime", cost_model=cost, **options
+    )
+    reasons = {layer.name: layer.reason for layer in result.layers}
+    assert set(result.quantized) == {
+        "blocks.0.attn.qkv/Gemm_1",  # 4 x 16 x 48 = 3072 MACs (Linear + bias: a Gemm once prepared)
+        "blocks.0.attn.proj/Gemm_1",  # 1024
+        "blocks.0.mlp.fc1/Gemm_1",
+        "blocks.0.mlp.fc2/Gemm_1",
+        "perf.proj/MatMul_1",
+    }
+    assert reasons["head/Gemm_1"] == "ONNX Runtime cost model: 160 MACs per sample, below 1,000"
+    assert reasons["blocks.0.attn.core/MatMul_1"] == (
+        "ONNX Runtime cost model: 256 MACs per sample, below 1,000,000 for a product of two activations"
+    )
+    assert str(reasons["patch_embed.proj/Conv_1"]).startswith("ONNX Runtime cost model: no int8 Conv")
+    assert reasons["perf/MatMul_1"] == "exp span: its output feeds an Exp"  # the graph's reasons come first
+    assert result.agreement is not None and result.agreement.mean_cosine > 0.98  # random weights, 8 samples
+    saved = onnx.load(str(out))
+    recipe = read_recipe(saved)
+    assert recipe is not None and recipe.int8_form == "onnxruntime" and recipe.format == 2
+    assert {n.node: n.reason for n in recipe.not_quantized} == {k: v for k, v in reasons.items() if v}
+    stored = json.loads(next(p.value for p in saved.metadata_props if p.key == "vitrt.precision_recipe"))
+    assert stored["format"] == 2 and stored["int8_form"] == "onnxruntime"
+    record = json.loads(next(p.value for p in saved.metadata_props if p.key == METADATA_KEY))
+    assert record["int8_form"] == "onnxruntime" and record["cost_model"]["min_macs"] == 1000
+    rows = {row["name"]: row for row in json.loads((tmp_path / "r.json").read_text())["layers"]}
+    assert rows["blocks.0.mlp.fc1/Gemm_1"]["size"] == {
+        "op_type": "Gemm", "macs": 4 * 16 * 32, "reduce": 16, "width": 32, "weighted": True,
+        "transposed_input": False,
+    }  # fmt: skip
+    int32 = {i.name for i in saved.graph.initializer if i.data_type == onnx.TensorProto.INT32}
+    # the four quantized Linear biases (perf.proj has none; the head is float), values and zero points
+    assert {name.split("/")[0] for name in int32} == {
+        "blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc1", "blocks.0.mlp.fc2"
+    }  # fmt: skip
+    # INT8 + FP16 is TensorRT's: the ONNX Runtime form is refused with what to do instead
+    with pytest.raises(PrecisionError, match=r"ONNX Runtime form.*--for tensorrt"):
+        fp16_onnx(out, tmp_path / "m.ort.fp16.onnx")
+    # the TensorRT form (default): format 1 without the key, as before, every layer the graph allows
+    trt = calibrate_onnx(model, "synthetic", tmp_path / "m.trt.onnx", **options)
+    trt_meta = onnx.load(str(tmp_path / "m.trt.onnx")).metadata_props
+    stored = json.loads(next(p.value for p in trt_meta if p.key == "vitrt.precision_recipe"))
+    assert stored["format"] == 1 and "int8_form" not in stored
+    assert len(trt.quantized) == 9
+    assert trt.agreement is not None and abs(trt.agreement.mean_cosine - result.agreement.mean_cosine) < 0.01
+    with pytest.raises(ConfigError, match="cost_model is the ONNX Runtime form's"):
+        calibrate_onnx(model, "synthetic", cost_model=cost, **options)
+
+
+def test_recipe_format_follows_the_int8_form() -> None:
+    from vitrt.calibration.recipe import PrecisionRecipe
+    from vitrt.errors import VitrtError
+
+    trt = PrecisionRecipe("int8", int8_layers=("fc/MatMul_1",))
+    ort = trt.with_changes(int8_form="onnxruntime")
+    assert trt.to_dict()["format"] == 1 and "int8_form" not in trt.to_dict()  # what earlier vitrt reads
+    assert ort.to_dict()["format"] == 2 and ort.to_dict()["int8_form"] == "onnxruntime"
+    assert PrecisionRecipe.from_dict(json.loads(trt.to_json())) == trt
+    assert PrecisionRecipe.from_dict(json.loads(ort.to_json())) == ort
+    with pytest.raises(VitrtError, match="format 3 is not 1 or 2"):
+        PrecisionRecipe.from_dict({**trt.to_dict(), "format": 3})
+    with pytest.raises(VitrtError, match="unknown INT8 form 'tflite'"):
+        trt.with_changes(int8_form="tflite")
+
+
 def test_calibrate_options_that_contradict_each_other(tmp_path: Path) -> None:
     from vitrt.calibration.collect import default_runner_factory
     from vitrt.calibration.ranges import RangeMethod
@@ -207,6 +284,7 @@ def test_calibrate_options_that_contradict_each_other(tmp_path: Path) -> None:
         ("impossible budget", "holds only with every layer in float"),
         ("missing output folder", "does not exist (create it first)"),
         ("not onnx", "is not an ONNX model"),
+        ("nothing gains on onnxruntime", "is large enough to gain from INT8 on ONNX Runtime"),
     ],
 )
 def test_cli_bad_input_exits_2_and_writes_nothing(
@@ -237,6 +315,8 @@ def test_cli_bad_input_exits_2_and_writes_nothing(
         args += ["--method", "kl"]
     if case == "impossible budget":
         args += ["--error-budget", "0"]
+    if case == "nothing gains on onnxruntime":
+        args += ["--for", "onnxruntime"]  # two 48 -> 32 -> 10 layers: far below the cost model's sizes
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "vitrt calibrate: error:" in err and message in err, err

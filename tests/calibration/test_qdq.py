@@ -16,8 +16,9 @@ from onnx import numpy_helper
 from tests.calibration._graphs import plugins_as_identity, save, vit_like
 from vitrt.calibration.graph import ensure_node_names, find_layers, unmatched_patterns
 from vitrt.calibration.qdq import gate_name, gated_model, insert_qdq, quantize_weight
-from vitrt.calibration.ranges import fake_quantize
+from vitrt.calibration.ranges import fake_quantize, scale_from_amax
 from vitrt.deploy.runners import OnnxRuntimeRunner
+from vitrt.errors import ConfigError
 
 QUANTIZED = {
     "patch_embed.proj/Conv_1",
@@ -227,3 +228,105 @@ def test_onnxruntime_runs_the_quantized_layers_on_int8_kernels(tmp_path: Path) -
     int8_kernels = ("QGemm", "MatMulIntegerToFloat", "QLinearMatMul")
     assert sum(op in int8_kernels for op in ops) == len(QUANTIZED) - 1  # all but the Conv
     assert ops.count("DequantizeLinear") == 2  # the Conv's input and weight
+
+
+def _optimized_ops(model: onnx.ModelProto, tmp_path: Path, name: str) -> list[str]:
+    """The op types of ``model`` after ONNX Runtime's graph optimizations (its CPU provider)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / f"{name}.optimized.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(
+        str(save(model, tmp_path / f"{name}.onnx")), options, providers=["CPUExecutionProvider"]
+    )
+    return [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+
+
+def test_tensorrt_form_is_the_default_and_keeps_biases_float() -> None:
+    model = vit_like(seed=6, linear_bias=True)
+    layers = find_layers(model)
+    amax, enabled = _amax_for(layers), {layer.name for layer in layers if layer.reason is None}
+    default = insert_qdq(model, layers, amax, enabled)
+    assert (
+        default.SerializeToString()
+        == insert_qdq(model, layers, amax, enabled, form="tensorrt").SerializeToString()
+    )
+    inits = {i.name: i for i in default.graph.initializer}
+    # no int32 tensor anywhere; the biases are the float initializers they were
+    assert all(i.data_type != onnx.TensorProto.INT32 for i in default.graph.initializer)
+    for module in ("blocks.0.attn.qkv", "blocks.0.mlp.fc2"):
+        add = next(n for n in default.graph.node if n.name == f"{module}/Add_1")
+        assert f"{module}.bias" in add.input and inits[f"{module}.bias"].data_type == onnx.TensorProto.FLOAT
+    with pytest.raises(ConfigError, match="unknown INT8 form 'tflite'"):
+        insert_qdq(model, layers, amax, enabled, form="tflite")
+
+
+def test_onnxruntime_form_folds_biases_into_the_int8_kernels(tmp_path: Path) -> None:
+    # The ONNX Runtime form: each bias is DequantizeLinear(int32, s_x * s_w[c]) feeding the Gemm (C) or
+    # the MatMul's bias Add, which ONNX Runtime fuses: no float Gemm on dequantized weights remains.
+    # The TensorRT form of the same graph leaves ONNX Runtime's MatMul + Add -> Gemm fusion a float
+    # bias, so it dequantizes those weights on every run.
+    model = vit_like(seed=6, linear_bias=True)
+    layers = find_layers(model)
+    amax, enabled = _amax_for(layers), {layer.name for layer in layers if layer.reason is None}
+    amax["model/Gather_1:0"] = 2.5  # the head's input: another scale than the weights' layers
+    q = insert_qdq(model, layers, amax, enabled, form="onnxruntime")
+    onnx.checker.check_model(q)
+    producer = {o: n for n in q.graph.node for o in n.output}
+    inits = {i.name: numpy_helper.to_array(i) for i in [*model.graph.initializer, *q.graph.initializer]}
+
+    def bias_dq(node: onnx.NodeProto, slot: int) -> tuple[np.ndarray, np.ndarray]:
+        dq = producer[node.input[slot]]
+        assert dq.op_type == "DequantizeLinear" and inits[dq.input[0]].dtype == np.int32
+        assert not inits[dq.input[2]].any()  # zero point 0
+        return inits[dq.input[0]], inits[dq.input[1]]
+
+    head = next(n for n in q.graph.node if n.name == "head/Gemm_1")
+    values, scale = bias_dq(head, 2)
+    w_scale = quantize_weight(inits["head.weight"], axis=0).scale
+    np.testing.assert_array_equal(scale, np.float32(scale_from_amax(2.5)) * w_scale)
+    np.testing.assert_array_equal(values, np.rint(inits["head.bias"] / scale.astype(np.float64)))
+    assert "head/Gemm_1/bias_Add" not in {n.name for n in q.graph.node}
+    for module, width in (("blocks.0.attn.qkv", 48), ("blocks.0.attn.proj", 16), ("blocks.0.mlp.fc2", 16)):
+        add = next(n for n in q.graph.node if n.name == f"{module}/Add_1")
+        values, scale = bias_dq(add, 1)
+        assert values.shape == scale.shape == (width,)
+        np.testing.assert_allclose(values * scale, inits[f"{module}.bias"], atol=float(scale.max()) / 2)
+
+    ort_ops = _optimized_ops(q, tmp_path, "ort_form")
+    trt_ops = _optimized_ops(insert_qdq(model, layers, amax, enabled), tmp_path, "trt_form")
+    assert ort_ops.count("DequantizeLinear") == 2  # only the Conv's (ONNX Runtime has no int8 Conv -> float)
+    assert "Gemm" not in ort_ops and ort_ops.count("QGemm") == 5  # head + the four MatMul + bias Add
+    assert trt_ops.count("Gemm") == 4 and trt_ops.count("DequantizeLinear") == 10
+    # the fused kernels compute what the graph says (the int32 bias is in the accumulator's units: ORT's
+    # QGemm adds it there, whatever the DequantizeLinear's scale says), and the two forms agree up to a
+    # bias rounding of half a step of s_x * s_w, which can move a value across the next rounding boundary
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    plain = ort.SessionOptions()
+    plain.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    reference = ort.InferenceSession(
+        str(tmp_path / "ort_form.onnx"), plain, providers=["CPUExecutionProvider"]
+    ).run(["logits"], {"images": x})[0]
+    ort_out = OnnxRuntimeRunner(tmp_path / "ort_form.onnx").infer({"images": x})["logits"]
+    trt_out = OnnxRuntimeRunner(tmp_path / "trt_form.onnx").infer({"images": x})["logits"]
+    np.testing.assert_allclose(ort_out, reference, rtol=1e-4, atol=1e-4)
+    cosine = float(ort_out.ravel() @ trt_out.ravel() / np.linalg.norm(ort_out) / np.linalg.norm(trt_out))
+    assert cosine > 0.999
+
+
+def test_onnxruntime_form_keeps_a_bias_that_cannot_be_int32_float() -> None:
+    # a Gemm with alpha != 1 (QGemm scales the accumulator), and a bias past int32 at s_x * s_w
+    model = vit_like(seed=6, linear_bias=True)
+    head = next(n for n in model.graph.node if n.name == "head/Gemm_1")
+    head.attribute.append(onnx.helper.make_attribute("alpha", 0.5))
+    bias = next(i for i in model.graph.initializer if i.name == "blocks.0.mlp.fc1.bias")
+    bias.CopyFrom(numpy_helper.from_array(np.full(32, 1e30, np.float32), bias.name))
+    layers = find_layers(model)
+    q = insert_qdq(model, layers, _amax_for(layers), {layer.name for layer in layers}, form="onnxruntime")
+    names = {n.name: n for n in q.graph.node}
+    assert "head/Gemm_1/bias_Add" in names and len(names["head/Gemm_1"].input) == 2  # the TensorRT way
+    assert "blocks.0.mlp.fc1.bias" in names["blocks.0.mlp.fc1/Add_1"].input
+    assert "blocks.0.attn.qkv/MatMul_1/bias/DQ" in names
