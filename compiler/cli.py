@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from vitrt import logs
-from vitrt.errors import VitrtError
+from vitrt.errors import ConfigError, VitrtError
 
 
 def _cmd_list_models(args: argparse.Namespace) -> int:
@@ -250,6 +250,182 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_targets(args: argparse.Namespace) -> int:
+    import json
+
+    from .targets import format_targets, targets
+
+    rows = targets(args.names)
+    print(json.dumps([t.to_dict() for t in rows], indent=1) if args.json else format_targets(rows))
+    return 0
+
+
+def _tensorrt_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "precision": args.precision,
+        "calib_cache": args.calib_cache,
+        "min_batch": args.min_batch,
+        "opt_batch": args.opt_batch,
+        "max_batch": args.max_batch,
+        "workspace_mib": args.workspace_mib,
+        "optimization_level": args.optimization_level,
+        "hardware_compatibility": args.hardware_compatibility,
+        "version_compatible": args.version_compatible,
+        "dla_core": args.dla_core,
+        "strongly_typed": args.strongly_typed,
+    }
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from .build import build
+
+    if args.bundle is not None:
+        result = build(
+            args.model,
+            args.output,
+            bundle=args.bundle,
+            timing_cache=args.timing_cache,
+            verbose=args.verbose >= 2,
+        )
+    else:
+        if args.model is None or args.target is None or args.output is None:
+            raise ConfigError("give MODEL.onnx, --target and -o OUT (or --bundle BUNDLE/)")
+        result = build(
+            args.model,
+            args.output,
+            target=args.target,
+            runtime=args.runtime,
+            inference_precision=args.inference_precision,
+            threads=args.threads,
+            timing_cache=args.timing_cache,
+            verbose=args.verbose >= 2,
+            **_tensorrt_kwargs(args),  # type: ignore[arg-type]
+        )
+    m = result.manifest
+    size = sum(f["bytes"] for f in m.files.values()) / 2**20
+    runtime = f"{m.runtime['name']} {m.runtime.get('version')}"
+    if m.runtime.get("inference_precision"):
+        runtime += f", inference {m.runtime['inference_precision']}"
+    print(f"wrote {result.path} for {m.target_name}: {m.precision} on {runtime} ({size:.1f} MiB, "
+          f"{m.build_seconds:.1f} s)")  # fmt: skip
+    if m.kind == "engine":
+        from .build_plan import BuildPlan
+
+        print("\n".join(BuildPlan.from_dict(m.plan or {}).describe()))
+    timings = m.extra.get("timings") or {}
+    for name, stats in (timings.get("ms") or {}).items():
+        print(f"  {name}: median {stats['median']:.2f} ms at batch {timings['batch']}")
+    for name, a in (m.extra.get("agreement") or {}).get("outputs", {}).items():
+        print(
+            f"  {name} vs the ONNX file on ONNX Runtime: cosine {a['cosine']:.6f}, max abs {a['max_abs']:.3g}"
+        )
+    for note in m.notes if m.kind == "cpu" else []:
+        print(f"  note: {note}")
+    return 0
+
+
+def _cmd_bundle(args: argparse.Namespace) -> int:
+    from .bundle import bundle
+
+    if args.target is None or args.output is None:
+        raise ConfigError("give --target and -o BUNDLE/ (`vitrt targets` lists the targets)")
+    result = bundle(args.model, args.output, target=args.target, **_tensorrt_kwargs(args))  # type: ignore[arg-type]
+    m = result.manifest
+    print(f"wrote {result.path} for {m.target_name} ({m.sm}): {m.precision}, {len(m.files)} files")
+    for version, plan in result.plans.items():
+        flags = " ".join(plan.builder_flags) or "none"
+        print(
+            f"  TensorRT {version}: precision from the {plan.precision_source}; flags {flags}; "
+            f"{len(plan.layer_constraints)} layer constraints"
+        )
+    for version, why in (m.plan or {}).get("not_buildable", {}).items():
+        print(f"  TensorRT {version}: not buildable: {why}")
+    for note in m.notes:
+        print(f"  note: {note}")
+    print(f"on the device: vitrt build --bundle {result.path}")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    import json
+
+    from .manifest import check_artifact
+
+    manifest, differences = check_artifact(args.path)
+    if args.json:
+        payload = {
+            "kind": manifest.kind,
+            "target": manifest.target_name,
+            "differences": [d.__dict__ for d in differences],
+        }
+        print(json.dumps(payload, indent=1))
+    else:
+        what = {"engine": "engine", "cpu": "CPU artifact", "bundle": "bundle"}[manifest.kind]
+        print(f"{args.path}: {what} for {manifest.target_name} ({manifest.precision}), files intact")
+        for d in differences:
+            print(f"  {'DIFFERS' if d.fatal else 'note'}: {d.format()}")
+        if not differences:
+            print("  this machine matches its manifest")
+    return 1 if any(d.fatal for d in differences) else 0
+
+
+def _add_tensorrt_options(p: argparse.ArgumentParser, *, timing_cache: bool = True) -> None:
+    from .build_plan import BUILD_PRECISIONS, HARDWARE_COMPATIBILITY
+
+    p.add_argument(
+        "--target", default=None, help="a target from `vitrt targets` (jetson-orin-nano, h100, cpu...)"
+    )
+    p.add_argument(
+        "--precision",
+        default=None,
+        choices=BUILD_PRECISIONS,
+        help="default: what the file holds (FP32, Q/DQ...)",
+    )
+    p.add_argument("-o", "--output", default=None, help="the folder to write")
+    g = p.add_argument_group("TensorRT")
+    g.add_argument(
+        "--min", dest="min_batch", type=int, default=None, help="smallest batch of a dynamic batch"
+    )
+    g.add_argument(
+        "--opt", dest="opt_batch", type=int, default=None, help="batch to optimise for (cpu: to time)"
+    )
+    g.add_argument("--max", dest="max_batch", type=int, default=None, help="largest batch of a dynamic batch")
+    g.add_argument(
+        "--workspace", dest="workspace_mib", type=int, default=None, help="MiB (default: the target's)"
+    )
+    g.add_argument(
+        "--opt-level",
+        dest="optimization_level",
+        type=int,
+        default=None,
+        help="builder optimisation level 0-5",
+    )
+    if timing_cache:
+        g.add_argument(
+            "--timing-cache", default=None, help="timing cache file: read if present, written back"
+        )
+    g.add_argument(
+        "--calib-cache", default=None, help="TensorRT 10.x calibration cache: implicit INT8 of an FP32 file"
+    )
+    g.add_argument(
+        "--hardware-compat",
+        dest="hardware_compatibility",
+        default="none",
+        choices=list(HARDWARE_COMPATIBILITY),
+        help="run on other GPUs too (default none)",
+    )
+    g.add_argument(
+        "--version-compatible", action="store_true", help="runs on newer TensorRT of the same major version"
+    )
+    g.add_argument("--dla-core", type=int, default=None, help="run on this DLA core, GPU fallback on")
+    g.add_argument(
+        "--strongly-typed",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="TensorRT 10.x: precision from the graph as on 11.x (default: builder flags + keep-list)",
+    )
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a model name (see `vitrt list-models`)")
     p.add_argument("--img-size", type=int, default=224, help="square input side in pixels (default 224)")
@@ -480,6 +656,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=10, help="at least this many queries (default 10)")
     p.add_argument("--json", default=None, help="write the statistics as JSON")
     p.set_defaults(func=_cmd_profile)
+
+    p = sub.add_parser(
+        "targets",
+        help="the devices vitrt builds for: SM, memory, DLA, precisions, TensorRT / CUDA per release",
+    )
+    p.add_argument("names", nargs="*", help="only these targets (default: all)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_targets)
+
+    p = sub.add_parser(
+        "build",
+        help="ONNX -> artifact folder: a TensorRT engine, or the faster CPU runtime's model; + manifest.json",
+    )
+    p.add_argument("model", nargs="?", default=None, help="the .onnx file (FP32, INT8 Q/DQ, FP16, INT8+FP16)")
+    p.add_argument("--bundle", default=None, help="build a bundle made by `vitrt bundle` (on the device)")
+    _add_tensorrt_options(p)
+    g = p.add_argument_group("cpu target")
+    g.add_argument(
+        "--runtime",
+        default="auto",
+        choices=["auto", "onnxruntime", "openvino"],
+        help="auto (default): time both at build, keep the faster",
+    )
+    g.add_argument(
+        "--inference-precision",
+        default=None,
+        choices=["f32", "bf16"],
+        help="OpenVINO's compute precision (default f32; bf16 is faster on AVX512_BF16 / AMX CPUs)",
+    )
+    g.add_argument("--threads", type=int, default=None, help="intra-op threads (default: every core)")
+    p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser(
+        "bundle", help="pack ONNX + kernels + expected manifest for a device to build its own engine"
+    )
+    p.add_argument("model", help="the .onnx file")
+    _add_tensorrt_options(p, timing_cache=False)
+    p.set_defaults(func=_cmd_bundle)
+
+    p = sub.add_parser(
+        "check",
+        help="an artifact's or bundle's manifest against this machine: what differs (exit 1 if fatal)",
+    )
+    p.add_argument("path", help="artifact or bundle folder (or a file inside one)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("demo", help="the CPU pipeline on one model: export, verify, INT8, latency")
     p.add_argument("--model", default="t2t_vit_7", help="model name (default t2t_vit_7)")

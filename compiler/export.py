@@ -105,19 +105,14 @@ def model_from_config(config: ExportConfig) -> nn.Module:
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes (read in 1 MiB chunks)."""
-    import hashlib
-
+    """Hex SHA-256 of a checkpoint file's bytes; CheckpointError when it cannot be read."""
+    from vitrt import fileio
     from vitrt.errors import CheckpointError
 
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    except OSError as err:
-        raise CheckpointError(f"cannot read checkpoint {path}: {err.strerror}") from err
-    return digest.hexdigest()
+        return fileio.file_sha256(path)
+    except VitrtError as err:
+        raise CheckpointError(str(err).replace("cannot read", "cannot read checkpoint", 1)) from err
 
 
 def read_export_config(model_proto: Any) -> ExportConfig | None:

@@ -149,10 +149,17 @@ def _check_arch(arch: str, prefix: str) -> int:
     return int(arch[len(prefix) :])
 
 
-def _build_key(source: KernelSource, version: str, archs: Sequence[str], ptx: str | None) -> str:
+def source_hash(source: KernelSource) -> str:
+    """Hex SHA-256 over the SHA-256s of ``source``'s ``.cu`` file and ``cuda_common.cuh``: what its kernels
+    are built from (recorded in manifests and bundles, compared on the device)."""
     digest = hashlib.sha256()
     for part in (source.path.read_bytes(), COMMON_HEADER.read_bytes()):
         digest.update(hashlib.sha256(part).digest())
+    return digest.hexdigest()
+
+
+def _build_key(source: KernelSource, version: str, archs: Sequence[str], ptx: str | None) -> str:
+    digest = hashlib.sha256(bytes.fromhex(source_hash(source)))
     digest.update(json.dumps([version, list(archs), ptx, list(NVCC_FLAGS)]).encode())
     return digest.hexdigest()
 

@@ -70,6 +70,8 @@ def test_the_functions_take_the_options_of_their_command() -> None:
         ("calibrate", vitrt.calibrate),
         ("prepare", vitrt.prepare),
         ("fp16", vitrt.fp16),
+        ("build", vitrt.build),
+        ("bundle", vitrt.bundle),
     ]:
         params = list(inspect.signature(function).parameters)
         actions = [a for a in commands[command]._actions if a.dest != "help"]  # type: ignore[index]

@@ -9,6 +9,9 @@ The public Python API, one plain function per stage with the options of its ``vi
 >>> report, _, _ = vitrt.verify_onnx("deit_s.onnx")
 >>> vitrt.calibrate("deit_s.onnx", "images/", "deit_s.int8.onnx", error_budget=0.005)
 >>> vitrt.fp16("deit_s.int8.onnx", "deit_s.int8.fp16.onnx")   # INT8 + FP16 with float32 islands
+>>> vitrt.build("deit_s.int8.onnx", "deit_s.cpu/", target="cpu")   # ONNX Runtime or OpenVINO, the faster
+>>> vitrt.bundle("deit_s.int8.fp16.onnx", "bundle/", target="jetson-orin-nano")  # the device builds it
+>>> runner = vitrt.load_artifact("deit_s.cpu/")                  # manifest checked against this machine
 
 The stage packages live at the repository's top level (``compiler/ plugins/ calibration/ deploy/
 models/``) and are importable only as ``vitrt.<stage>``: ``vitrt/<stage>`` is a symbolic link to each.
@@ -31,11 +34,20 @@ if TYPE_CHECKING:  # the real signatures, for mypy and IDEs; at run time __getat
     from vitrt.calibration.calibrate import calibrate_onnx as calibrate
     from vitrt.calibration.fp16 import fp16_onnx as fp16
     from vitrt.calibration.recipe import PrecisionRecipe, read_recipe
+    from vitrt.compiler.build import build
+    from vitrt.compiler.build_plan import BuildPlan, plan_build
+    from vitrt.compiler.bundle import bundle
     from vitrt.compiler.export import export_onnx
     from vitrt.compiler.inspect import model_card
+    from vitrt.compiler.manifest import check_artifact
     from vitrt.compiler.prepare import prepare_onnx as prepare
+    from vitrt.compiler.targets import targets
     from vitrt.compiler.verify import verify_onnx
+    from vitrt.deploy.artifact import load_artifact
+    from vitrt.deploy.openvino_runner import OpenVinoRunner
     from vitrt.deploy.profile import profile_torch
+    from vitrt.deploy.runners import OnnxRuntimeRunner
+    from vitrt.deploy.tensorrt_runner import TensorRTRunner
     from vitrt.deploy.torch_runner import TorchModelRunner
     from vitrt.models import list_models, load_checkpoint
     from vitrt.plugins import create_model, register_tensorrt_plugins
@@ -56,6 +68,18 @@ _API: dict[str, tuple[str, str]] = {
     "prepare": ("vitrt.compiler.prepare", "prepare_onnx"),
     "PrecisionRecipe": ("vitrt.calibration.recipe", "PrecisionRecipe"),
     "read_recipe": ("vitrt.calibration.recipe", "read_recipe"),
+    # engines and CPU artifacts for a target, bundles for a device          `vitrt targets`, `build`, `bundle`
+    "targets": ("vitrt.compiler.targets", "targets"),
+    "build": ("vitrt.compiler.build", "build"),
+    "bundle": ("vitrt.compiler.bundle", "bundle"),
+    "plan_build": ("vitrt.compiler.build_plan", "plan_build"),
+    "BuildPlan": ("vitrt.compiler.build_plan", "BuildPlan"),
+    "check_artifact": ("vitrt.compiler.manifest", "check_artifact"),  # `vitrt check`
+    # runners: an artifact (manifest checked first), or a model file on one runtime
+    "load_artifact": ("vitrt.deploy.artifact", "load_artifact"),
+    "OnnxRuntimeRunner": ("vitrt.deploy.runners", "OnnxRuntimeRunner"),
+    "OpenVinoRunner": ("vitrt.deploy.openvino_runner", "OpenVinoRunner"),
+    "TensorRTRunner": ("vitrt.deploy.tensorrt_runner", "TensorRTRunner"),
     # runtime: before TensorRT parses or deserialises a model with vitrt's plugin nodes
     "register_tensorrt_plugins": ("vitrt.plugins", "register_tensorrt_plugins"),
     # PyTorch on the CPU or a CUDA GPU (vitrt's kernels), and its latency   `vitrt profile`
@@ -68,23 +92,33 @@ _STAGES = ("calibration", "compiler", "deploy", "models", "plugins")
 _SHARED = ("errors", "fileio", "logs")
 
 __all__ = [
+    "BuildPlan",
     "CheckpointError",
     "ConfigError",
+    "OnnxRuntimeRunner",
+    "OpenVinoRunner",
     "PrecisionRecipe",
+    "TensorRTRunner",
     "TorchModelRunner",
     "VitrtError",
     "__version__",
+    "build",
+    "bundle",
     "calibrate",
+    "check_artifact",
     "create_model",
     "export_onnx",
     "fp16",
     "list_models",
+    "load_artifact",
     "load_checkpoint",
     "model_card",
+    "plan_build",
     "prepare",
     "profile_torch",
     "read_recipe",
     "register_tensorrt_plugins",
+    "targets",
     "verify_onnx",
 ]
 

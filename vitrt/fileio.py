@@ -1,11 +1,13 @@
-"""Writing artifacts so that a failure never leaves a half-written file behind, ONNX files in and out
-(``save_onnx``, ``load_onnx``), and where vitrt keeps what it builds (``cache_dir``)."""
+"""Writing artifacts so that a failure never leaves a half-written file (``atomic_output``) or folder
+(``atomic_directory``) behind, ONNX files in and out (``save_onnx``, ``load_onnx``), and where vitrt keeps
+what it builds (``cache_dir``)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -91,6 +93,70 @@ def atomic_output(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Pa
         raise VitrtError(f"cannot write {dest}: {err}") from err
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_directory(
+    path: str | os.PathLike[str], *, replaceable: Callable[[Path], bool] | None = None
+) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path``; when the block succeeds it becomes ``path``.
+
+    The artifact folders vitrt writes (an engine and its manifest, a bundle) are several files that are
+    only meaningful together, so they are assembled in a hidden sibling folder (same file system) and
+    renamed into place at the end: a failed or interrupted build leaves no folder, or the previous one
+    unchanged. An existing folder at ``path`` is replaced only when it is empty or ``replaceable(path)``
+    says it is an earlier artifact of the same kind (never a user's unrelated folder); it is moved aside
+    first and deleted once the new one is in place.
+    Raises VitrtError naming the problem when ``path`` cannot be written or may not be replaced.
+    """
+    dest = Path(path)
+    folder = dest.parent if str(dest.parent) else Path(".")
+    if not folder.is_dir():
+        raise VitrtError(f"cannot write {dest}: folder {folder} does not exist (create it first)")
+    if dest.exists() and not dest.is_dir():
+        raise VitrtError(f"cannot write the folder {dest}: a file of that name exists; choose another name")
+    if dest.is_dir() and any(dest.iterdir()) and not (replaceable and replaceable(dest)):
+        raise VitrtError(
+            f"{dest} exists and is not a vitrt artifact of this kind; choose another output folder or "
+            "remove it"
+        )
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder))
+    except OSError as err:
+        raise VitrtError(f"cannot write {dest}: {err.strerror} (check the folder's permissions)") from err
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=folder))
+            os.replace(dest, old / dest.name)
+            try:
+                os.replace(tmp, dest)
+            except OSError:
+                os.replace(old / dest.name, dest)
+                raise
+            finally:
+                shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except OSError as err:
+        raise VitrtError(f"cannot write {dest}: {err}") from err
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB chunks); VitrtError naming the file if unreadable."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as err:
+        raise VitrtError(f"cannot read {path}: {err.strerror}") from err
+    return digest.hexdigest()
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
