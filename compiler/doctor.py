@@ -135,6 +135,7 @@ CHECKS: tuple[Callable[[], Finding], ...] = (
     _torch,
     lambda: _package("onnx", "onnx", "pip install 'vitrt[onnx]'", "export"),
     _onnxruntime,
+    lambda: _package("openvino", "openvino", "pip install 'vitrt[openvino]'", "cpu target (OpenVINO)"),
     lambda: _package("onnxsim", "onnxsim", "pip install 'vitrt[onnx]'", "export (simplification)"),
     lambda: _package("polygraphy", "polygraphy", "pip install 'vitrt[onnx]'", "verify (I/O files)"),
     _tensorrt,

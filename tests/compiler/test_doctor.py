@@ -3,6 +3,7 @@ found another way) and never fails."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -22,6 +23,7 @@ def test_findings_match_the_machine(capsys: pytest.CaptureFixture[str]) -> None:
     assert found["torch"]["ok"] and found["torch"]["detail"].startswith(torch.__version__)
     assert ("no CUDA device" in found["torch"]["detail"]) != torch.cuda.is_available()
     assert found["onnx"]["ok"]
+    assert found["openvino"]["ok"] == (importlib.util.find_spec("openvino") is not None)
     trt = found["tensorrt"]
     assert trt["ok"] == (tensorrt_missing_reason() is None)
     if not trt["ok"]:
