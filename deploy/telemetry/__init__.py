@@ -18,12 +18,14 @@ from .jetson_tools import (
 from .not_recorded import NotRecorded
 from .nvml import CLOCK_EVENT_REASONS, NvmlSession, decode_clock_event_reasons
 from .power_rails import TOTAL_POWER_RULES, TotalPowerRule, select_total_rule, total_power_mw
+from .sampler import DeviceState, TelemetrySampler, detect_platform
 from .tegrastats import RailReading, TegrastatsLine, parse_tegrastats, parse_tegrastats_line
 
 __all__ = [
     "CLOCK_EVENT_REASONS",
     "TOTAL_POWER_RULES",
     "CpuInfo",
+    "DeviceState",
     "JetsonBoard",
     "JetsonClocks",
     "NotRecorded",
@@ -33,9 +35,11 @@ __all__ = [
     "RailPower",
     "RailReading",
     "TegrastatsLine",
+    "TelemetrySampler",
     "TotalPowerRule",
     "WindowEnergy",
     "decode_clock_event_reasons",
+    "detect_platform",
     "energy_per_inference_mj",
     "idle_power_w",
     "integrate_energy",
