@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import tensorrt as trt
 
     from .cuda_runtime import DeviceBuffer, Graph, PinnedBuffer, Stream
+    from .trt_profiler import LayerTimeCollector
 
 
 class BatchTooLargeError(VitrtError):
@@ -86,7 +87,10 @@ class TensorRTRunner:
     cuda_graph: capture one query's enqueue as a CUDA graph on first use and replay it (trtexec's
     ``--useCudaGraph``; falls back to plain enqueue, with a note in ``notes``, when TensorRT's enqueue
     cannot be captured); spin_wait: poll instead of blocking synchronisation; plugins: register vitrt's
-    plugin creators first (needed when the engine holds vitrt's Python plugins).
+    plugin creators first (needed when the engine holds vitrt's Python plugins); profile_layers: attach
+    an ``IProfiler`` (``vitrt.deploy.trt_profiler``) so every enqueue reports each layer's time to
+    ``layer_times`` (per-layer timing synchronises after each layer, so it turns the CUDA graph off and
+    its query times are not the engine's latency: profile layers in a separate run, as trtexec does).
     """
 
     def __init__(
@@ -97,6 +101,7 @@ class TensorRTRunner:
         batch: int | None = None,
         cuda_graph: bool = False,
         spin_wait: bool = False,
+        profile_layers: bool = False,
         name: str = "tensorrt",
     ) -> None:
         from vitrt.plugins.cuda_tensorrt import import_tensorrt
@@ -132,6 +137,15 @@ class TensorRTRunner:
                 f"TensorRT could not create an execution context for {self.path} (out of memory?)"
             )
         self.context: trt.IExecutionContext = context
+        self.layer_times: LayerTimeCollector | None = None
+        if profile_layers:
+            from .trt_profiler import LayerTimeCollector, make_layer_profiler
+
+            self.layer_times = LayerTimeCollector()
+            self.context.profiler = make_layer_profiler(self.layer_times)
+            if cuda_graph:
+                self.notes.append("per-layer profiling: timed without a CUDA graph")
+                self.cuda_graph = cuda_graph = False
         self.tensors = [self._describe(engine.get_tensor_name(i)) for i in range(engine.num_io_tensors)]
         self.inputs = [t for t in self.tensors if t.is_input]
         self.outputs = [t for t in self.tensors if not t.is_input]

@@ -77,3 +77,17 @@ def test_a_batch_outside_the_profile_names_the_range(engine: tuple[Path, np.ndar
     with TensorRTRunner(engine[0], plugins=False) as runner:
         with pytest.raises(BatchTooLargeError, match=r"batch 1 to 4.*--max 5"):
             runner.infer({"images": np.zeros((5, 3, 8, 8), np.float32)})
+
+
+def test_layer_profiling_reports_every_enqueue(engine: tuple[Path, np.ndarray, np.ndarray]) -> None:
+    from vitrt.deploy.tensorrt_runner import TensorRTRunner
+
+    images = np.random.default_rng().standard_normal((2, 3, 8, 8)).astype(np.float32)
+    with TensorRTRunner(engine[0], plugins=False, cuda_graph=True, profile_layers=True) as runner:
+        assert not runner.cuda_graph and "without a CUDA graph" in runner.notes[0]
+        for _ in range(3):
+            runner.infer({"images": images})
+        assert runner.layer_times is not None and runner.layer_times.iterations == 3
+        timings = runner.layer_times.timings()
+        assert timings and all(t.count == 3 and t.average_ms >= 0.0 for t in timings)
+        assert abs(sum(t.percentage for t in timings) - 100.0) < 1e-6
