@@ -46,13 +46,29 @@ def quiet_third_party(enabled: bool = True) -> Iterator[None]:
             lg.setLevel(logging.ERROR)
         if ort is not None:
             ort.set_default_logger_severity(ORT_ERROR_SEVERITY)
+        # torch re-initialises its loggers' levels (torch._logging._init_logs) when parts of it load, which
+        # undoes a plain setLevel on "torch.onnx"; its own log state survives that.
+        torch_logging = _torch_logging()
+        if torch_logging is not None:
+            torch_logging.set_logs(onnx=logging.ERROR, export=logging.ERROR)
         try:
             yield
         finally:
+            if torch_logging is not None:
+                torch_logging.set_logs()  # torch's defaults
             for lg, level in zip(loggers, levels, strict=True):
                 lg.setLevel(level)
             if ort is not None:
                 ort.set_default_logger_severity(2)
+
+
+def _torch_logging() -> Any:
+    # Imported here, not lazily by the work in the block: importing torch resets its loggers' levels.
+    try:
+        import torch._logging
+    except ImportError:
+        return None
+    return torch._logging
 
 
 def _onnxruntime() -> Any:
