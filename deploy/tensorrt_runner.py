@@ -17,12 +17,20 @@ import numpy as np
 
 from vitrt.errors import VitrtError
 
-from .runners import Feed
+from .runners import Feed, TensorSpec
 
 
 class TensorRTRunner:
     """Runs a serialised engine (``model.plan``): numpy arrays in, numpy arrays out, shapes set per call
-    within the engine's optimisation profile. ``plugins``: register vitrt's plugin creators first."""
+    within the engine's optimisation profile. ``plugins``: register vitrt's plugin creators first.
+
+    Timing split: ``prepare`` copies the feed to device buffers (host -> device) and sets the shapes,
+    ``enqueue`` calls ``execute_async_v3`` on torch's current stream, ``synchronize`` waits for that stream,
+    ``fetch`` copies the outputs back (device -> host). No CUDA graph here (the cuda-python rewrite adds it).
+    """
+
+    device = "cuda"
+    runtime = "tensorrt"
 
     def __init__(self, path: str | os.PathLike[str], *, plugins: bool = True, name: str = "tensorrt") -> None:
         import torch
@@ -54,8 +62,29 @@ class TensorRTRunner:
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self.inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self._buffers: dict[str, Any] = {}
+
+    @property
+    def input_specs(self) -> list[TensorSpec]:
+        """The engine's inputs; -1 (a dynamic axis within the optimisation profile) is reported as "?"."""
+        trt = self._trt
+        specs = []
+        for name in self.inputs:
+            dims = self.engine.get_tensor_shape(name)
+            shape = tuple(int(dims[k]) if int(dims[k]) >= 0 else "?" for k in range(len(dims)))
+            specs.append(
+                TensorSpec(name, shape, np.dtype(trt.nptype(self.engine.get_tensor_dtype(name))).name)
+            )
+        return specs
 
     def infer(self, feed: Feed) -> dict[str, np.ndarray]:
+        self.prepare(feed)
+        self.enqueue()
+        self.synchronize()
+        return self.fetch()
+
+    def prepare(self, feed: Feed) -> None:
+        """Copy ``feed`` to device buffers, set the input shapes, allocate the outputs (synchronised)."""
         import torch
 
         trt = self._trt
@@ -72,8 +101,23 @@ class TensorRTRunner:
             shape = [dims[k] for k in range(len(dims))]
             keep[name] = torch.empty(shape, dtype=getattr(torch, dtype.name), device="cuda")
             self.context.set_tensor_address(name, keep[name].data_ptr())
-        stream = torch.cuda.current_stream()
-        if not self.context.execute_async_v3(stream.cuda_stream):
+        torch.cuda.current_stream().synchronize()
+        self._buffers = keep
+
+    def enqueue(self) -> None:
+        """``execute_async_v3`` on torch's current stream (returns before the engine finishes)."""
+        import torch
+
+        if not self._buffers:
+            raise VitrtError("enqueue() before prepare(feed): give the runner its inputs first")
+        if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
             raise VitrtError(f"TensorRT failed to run {self.path} (its log above says why)")
-        stream.synchronize()
-        return {name: keep[name].cpu().numpy() for name in self.outputs}
+
+    def synchronize(self) -> None:
+        import torch
+
+        torch.cuda.current_stream().synchronize()
+
+    def fetch(self) -> dict[str, np.ndarray]:
+        """The outputs of the last ``enqueue`` as numpy (device -> host)."""
+        return {name: self._buffers[name].cpu().numpy() for name in self.outputs}
