@@ -49,7 +49,7 @@ def test_runner_matches_the_model_and_profiles_on_cpu() -> None:
     assert result.latency.iterations >= 5 and result.gpu_compute is None
     assert 0 < result.latency.min <= result.latency.median <= result.latency.max
     assert result.enqueue.median <= result.latency.max
-    assert result.throughput_qps > 0 and result.settings["CUDA graph"] == "off"
+    assert result.throughput_qps > 0 and result.settings["cuda_graph"] == "n/a (host runner)"
     assert "Throughput:" in result.format() and "percentile(99%)" in result.format()
 
 
