@@ -129,10 +129,19 @@ def profile(
     export_times: PathLike | None = None,
     plots: PathLike | None = None,
     compare: bool = False,
-    **runner_options: Any,
+    runtime: str | None = None,
+    threads: int | None = None,
+    inference_precision: str | None = None,
+    check: bool = True,
+    device: str = "cpu",
+    half: bool = False,
+    checkpoint: str | None = None,
+    img_size: int = 224,
+    num_classes: int = 1000,
+    fusion: Any = None,
+    attention: Any = None,
 ) -> ProfileReport:
-    """Profile each of ``artifacts`` in turn (``profile_artifact``; ``runner_options``: runtime, threads,
-    inference_precision, check, device, half, checkpoint, img_size, num_classes, fusion, attention) and
+    """Profile each of ``artifacts`` in turn (``profile_artifact``, which takes the other options) and
     write what is asked for: ``json`` (the report, schema in ``vitrt.deploy.report``), ``report``
     (Markdown), ``export_times`` (per-query records in trtexec's ``--exportTimes`` layout; one file per
     artifact, ``times_paths``), ``plots`` (a folder of PNGs, ``vitrt.deploy.plots.plot_report``);
@@ -159,7 +168,17 @@ def profile(
             e2e_s=e2e_s,
             telemetry=telemetry,
             progress=not quiet,
-            **runner_options,
+            runtime=runtime,
+            threads=threads,
+            inference_precision=inference_precision,
+            check=check,
+            device=device,
+            half=half,
+            checkpoint=checkpoint,
+            img_size=img_size,
+            num_classes=num_classes,
+            fusion=fusion,
+            attention=attention,
         )
         for spec in specs
     ]
