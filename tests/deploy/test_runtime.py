@@ -55,7 +55,12 @@ def test_every_runner_has_the_interface(tiny: dict[str, Path]) -> None:
         vitrt.open_runner(tiny["fp32"]).enqueue()
 
 
-def test_sources_and_their_errors(tiny: dict[str, Path], tmp_path: Path) -> None:
+def test_sources_and_their_errors(
+    tiny: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import vitrt.deploy
+
+    assert vitrt.deploy.open_runner is vitrt.open_runner
     art = resolve_source(tiny["int8.cpu"])
     assert (art.kind, art.runtime, art.fixed_batch()) == ("artifact", "onnxruntime", 1)
     assert resolve_source(tiny["int8.cpu"] / "model.onnx").kind == "artifact"  # a file inside one
@@ -78,6 +83,11 @@ def test_sources_and_their_errors(tiny: dict[str, Path], tmp_path: Path) -> None
             vitrt.open_runner(spec)
     with pytest.raises(BatchError, match="exactly 1"):
         vitrt.profile_artifact(tiny["fp32.cpu"], batch=2, duration_s=0.0)
+    # the command cannot proceed: exit 2 with the message
+    assert main(["profile", str(tiny["fp32.cpu"]), "--batch", "2", "--quiet"]) == 2
+    assert "--batch 1" in capsys.readouterr().err
+    assert main(["profile", str(notes), "--quiet"]) == 2
+    assert "not something vitrt runs" in capsys.readouterr().err
     profiled = ModelSource("artifact", "engine/", inputs=[{"name": "images", "shape": ["batch", 3, 8, 8]}])
     ranged = ModelSource("artifact", "engine/", inputs=profiled.inputs, batch_range=(1, 8))
     check_batch(profiled, 64)  # dynamic, no profile: anything
