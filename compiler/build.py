@@ -105,15 +105,14 @@ def apply_rewrites(model: Path, rewrites: tuple[str, ...], work: Path) -> Path:
 def tensorrt_missing(target: Target, reason: str) -> TensorRTMissingError:
     """The error for a TensorRT target on a machine without TensorRT, with the three ways forward."""
     install = (
-        "on the Jetson itself (TensorRT comes with JetPack: sudo apt install nvidia-jetpack)"
+        "build on the Jetson itself (TensorRT comes with JetPack: sudo apt install nvidia-jetpack)"
         if target.kind == "jetson"
-        else "pip install tensorrt (on a machine with the target's GPU)"
+        else "pip install tensorrt on a machine with the target's GPU and build there"
     )
     return TensorRTMissingError(
-        f"building for {target.name} needs TensorRT, which cannot be imported here ({reason}). Fix: build "
+        f"building for {target.name} needs TensorRT, which cannot be imported here ({reason}). Fix: "
         f"{install}; or build for this machine's CPU with --target cpu; or pack a bundle here and build it "
-        "on the "
-        f"device: vitrt bundle MODEL.onnx --target {target.name} -o BUNDLE/, then on the device: "
+        f"on the device: vitrt bundle MODEL.onnx --target {target.name} -o BUNDLE/, then on the device: "
         "vitrt build --bundle BUNDLE/"
     )
 

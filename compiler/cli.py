@@ -36,7 +36,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     fusion = None if args.fusion in (None, "none") else args.fusion
-    return run_demo(model_name=args.model, img_size=args.img_size, fusion=fusion, workdir=args.workdir)
+    return run_demo(
+        model_name=args.model,
+        fusion=fusion,
+        precision=args.precision,
+        workdir=args.workdir,
+        verbose=bool(args.verbose or args.demo_verbose),
+    )
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -493,6 +499,41 @@ def _add_tensorrt_options(p: argparse.ArgumentParser, *, timing_cache: bool = Tr
     )
 
 
+def _cmd_compile(args: argparse.Namespace) -> int:
+    from .compile import compile_model
+
+    result = compile_model(
+        args.model,
+        args.output,
+        target=args.target,
+        precision=args.precision,
+        checkpoint=args.checkpoint,
+        fusion=args.fusion,
+        attention=args.attention,
+        img_size=args.img_size,
+        num_classes=args.num_classes,
+        lowering=args.lowering,
+        runtime=args.runtime,
+        calib_data=args.calib_data,
+        calib_samples=args.calib_samples,
+        eval_data=args.eval_data,
+        eval_samples=args.eval_samples,
+        convert_channels=args.convert_channels,
+        mean=args.mean,
+        std=args.std,
+        size=args.size,
+        crop_pct=args.crop_pct,
+        interpolation=args.interpolation,
+        iterations=args.iterations,
+        threads=args.threads,
+        verbose=bool(args.verbose or args.compile_verbose),
+        progress=lambda line: print(line, flush=True),
+    )
+    print()
+    print("\n".join(result.summary()))
+    return 0
+
+
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a model name (see `vitrt list-models`)")
     p.add_argument("--img-size", type=int, default=224, help="square input side in pixels (default 224)")
@@ -822,12 +863,80 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_check)
 
-    p = sub.add_parser("demo", help="the CPU pipeline on one model: export, verify, INT8, latency")
-    p.add_argument("--model", default="t2t_vit_7", help="model name (default t2t_vit_7)")
-    p.add_argument("--img-size", type=int, default=224)
+    p = sub.add_parser(
+        "demo",
+        help="vitrt compile on the trained digits T2T-ViT + MCTF: INT8 for the CPU, held-out top-1, latency",
+    )
+    p.add_argument(
+        "--model",
+        default="digits_t2t_vit",
+        choices=["digits_t2t_vit", "digits_deit"],
+        help="the trained digits model (default digits_t2t_vit)",
+    )
     p.add_argument("--fusion", default="mctf", help="token fusion preset (default mctf; 'none' for none)")
-    p.add_argument("--workdir", default="artifacts/demo", help="where the artifacts go")
+    p.add_argument("--precision", default="int8", choices=["fp32", "fp16", "int8", "int8+fp16"])
+    p.add_argument("--workdir", default="artifacts/demo", help="where the data and the compile output go")
+    p.add_argument(
+        "-v", "--verbose", dest="demo_verbose", action="count", default=0, help="other packages' logs too"
+    )
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser(
+        "compile",
+        help="model or ONNX -> export, prepare, precision, build, verify, profile, report; stages cached",
+    )
+    p.add_argument(
+        "model",
+        help="a model name (vitrt list-models), a model description .json (benchmarks/digits/*.json) or "
+        "an .onnx",
+    )
+    p.add_argument(
+        "-o", "--output", required=True, help="output folder: stages/, report.{json,md,html}, plots/"
+    )
+    p.add_argument("--checkpoint", default=None, help="weights to load (.pth/.pth.tar/.safetensors)")
+    p.add_argument("--fusion", default=None, help="token fusion preset: mctf, mctf-fast, tome")
+    p.add_argument("--attention", default=None, help="attention: dense, scatterbrain, lsh, performer")
+    p.add_argument(
+        "--img-size", type=int, default=None, help="square input side (default 224 / the description's)"
+    )
+    p.add_argument("--num-classes", type=int, default=None, help="classes (default 1000 / the description's)")
+    p.add_argument("--target", default="cpu", help="a name from `vitrt targets` (default cpu)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8", "int8+fp16"])
+    p.add_argument(
+        "--lowering",
+        default=None,
+        choices=["plugin", "portable"],
+        help="default: plugin (TensorRT), portable (cpu)",
+    )
+    p.add_argument(
+        "--runtime",
+        default="auto",
+        choices=["auto", "onnxruntime", "openvino"],
+        help="cpu target: auto (default; time both, keep the faster), onnxruntime, openvino",
+    )
+    p.add_argument(
+        "--calib-data", default=None, help="INT8 calibration source (folder, .npy/.npz, skimage, ...)"
+    )
+    p.add_argument("--calib-samples", type=int, default=256, help="calibration samples (default 256)")
+    p.add_argument(
+        "--eval-data",
+        default=None,
+        help="evaluation source; an .npz with images + labels (or sklearn-digits) gives top-1 accuracy "
+        "(default: 16 synthetic samples, agreement only)",
+    )
+    p.add_argument("--eval-samples", type=int, default=500, help="at most this many evaluation samples (500)")
+    p.add_argument(
+        "--convert-channels", action="store_true", help="replicate grayscale data to the model's channels"
+    )
+    p.add_argument("--iterations", type=int, default=50, help="timed queries per runtime (default 50)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="profile: threads of the artifact's runtime and of PyTorch"
+    )
+    p.add_argument(
+        "-v", "--verbose", dest="compile_verbose", action="count", default=0, help="other packages' logs too"
+    )
+    _add_preprocess_options(p)
+    p.set_defaults(func=_cmd_compile)
     return parser
 
 

@@ -1,105 +1,128 @@
-"""`make demo`: the whole CPU pipeline on one model, printing what happened at each stage.
+"""`make demo` / `vitrt demo`: ``vitrt compile`` on a trained model, for the CPU, and its summary.
 
-model card -> export (plugin and portable lowerings) -> verify both on ONNX Runtime against PyTorch
--> INT8 calibration (explicit Q/DQ) on the images scikit-image ships -> CPU latency of PyTorch,
-ONNX Runtime FP32 and INT8. TensorRT engines join when a TensorRT machine runs it.
+The model is one of the digits models that ship in the repository (``benchmarks/digits/``: a T2T-ViT or a DeiT
+trained on scikit-learn's digits at 64 x 64, the only trained weights available offline) with MCTF token
+fusion, compiled to INT8 for ``cpu``. The demo writes its data first (``<workdir>/data/``): the 500 held-out
+digits with their labels (evaluation) and 320 digits of the training split (calibration, so that calibration
+never sees an evaluation image), both preprocessed as the model takes them. Then it runs the same stages as
+``vitrt compile <description>.json --checkpoint <name>.safetensors --fusion mctf --target cpu --precision int8
+--calib-data <train.npz> --eval-data <held_out.npz> -o <workdir>/<name>``, and prints the summary: held-out
+top-1 FP32 vs INT8, latency against PyTorch eager in the same run, where the report is.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import json
+import shlex
+import time
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from vitrt.errors import VitrtError
+from vitrt.fileio import atomic_output, source_checkout
+
+DIGITS_MODELS = ("digits_t2t_vit", "digits_deit")
+CALIBRATION_SAMPLES = 320  # the calibration takes 256; calibrate checks its INT8 file on the next 64
+# One thread for ONNX Runtime and PyTorch alike when timing: on a 2-core machine shared with other work, two
+# spinning thread pools made PyTorch eager 10-40x slower than with one (measured here), which says nothing
+# about the model.
+PROFILE_THREADS = 1
+
+
+def digits_folder() -> Path:
+    """``benchmarks/digits`` of this source checkout; VitrtError for an installed wheel (they do not ship)."""
+    root = source_checkout()
+    folder = (root or Path.cwd()) / "benchmarks" / "digits"
+    if not (folder / "split.json").is_file():
+        raise VitrtError(
+            "the demo's trained digits models live in the repository (benchmarks/digits/), not in the wheel: "
+            "run `make demo` / `vitrt demo` from a clone of vitrt"
+        )
+    return folder
+
+
+def write_digits_data(folder: Path, description: Path, out: Path) -> tuple[Path, Path]:
+    """(calibration .npz, held-out .npz) in ``out``: model-ready float32 digits (N, 3, 64, 64) under
+    ``images``, the held-out set with ``labels``; the split is ``folder/split.json``'s. Written once."""
+    from sklearn.datasets import load_digits  # type: ignore[import-untyped]
+
+    from vitrt.calibration.data import open_source
+    from vitrt.models.config import PreprocessConfig
+
+    calib, held = out / "digits_train.npz", out / "digits_held_out.npz"
+    if calib.is_file() and held.is_file():
+        return calib, held
+    out.mkdir(parents=True, exist_ok=True)
+    pre = json.loads(description.read_text())["preprocess"]
+    cfg = PreprocessConfig(
+        input_size=tuple(pre["input_size"]),
+        mean=tuple(pre["mean"]),
+        std=tuple(pre["std"]),
+        crop_pct=pre["crop_pct"],
+        interpolation=pre["interpolation"],
+    )
+    data = open_source("sklearn-digits", cfg, 1797, convert_channels=True, progress=False)
+    split = json.loads((folder / "split.json").read_text())
+    labels = np.asarray(load_digits().target, dtype=np.int64)
+    for path, indices, with_labels in (
+        (calib, split["train"][:CALIBRATION_SAMPLES], False),
+        (held, split["held_out"], True),
+    ):
+        images = np.stack([data.sample(int(i)).numpy() for i in indices]).astype(np.float32)
+        arrays = {"images": images, **({"labels": labels[indices]} if with_labels else {})}
+        with atomic_output(path, suffix=".npz") as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+    return calib, held
+
+
+def _relative(arg: str) -> str:
+    """``arg`` relative to the working folder when it is a path inside it (a shorter command line)."""
+    try:
+        return str(Path(arg).resolve().relative_to(Path.cwd())) if "/" in arg else arg
+    except ValueError:
+        return arg
 
 
 def run_demo(
-    model_name: str = "t2t_vit_7",
-    img_size: int = 224,
+    model_name: str = "digits_t2t_vit",
     fusion: str | None = "mctf",
+    precision: str = "int8",
     workdir: str = "artifacts/demo",
-    iterations: int = 20,
+    verbose: bool = False,
 ) -> int:
-    """Run the pipeline on ``model_name`` (random init, seed 0); returns the exit status (0: every
-    verification passed). Artifacts go to ``workdir``."""
-    import onnx
+    """Compile the trained ``model_name`` for the CPU and print the summary; returns the exit status."""
+    from .compile import compile_model
 
-    from vitrt.calibration import calibrate_onnx
-    from vitrt.deploy.latency import measure_interleaved
-    from vitrt.deploy.runners import OnnxRuntimeRunner
-
-    from .export import ExportConfig, export_onnx, model_from_config
-    from .inspect import model_card
-    from .verify import verify_onnx
-
-    out = Path(workdir)
-    out.mkdir(parents=True, exist_ok=True)
-    print(model_card(model_name, img_size=img_size, fusion=fusion), flush=True)
-    status = 0
-    paths = {}
-    for lowering in ("plugin", "portable"):
-        timings: dict[str, float] = {}
-        paths[lowering] = export_onnx(
-            model_name,
-            out / f"{model_name}.{lowering}.onnx",
-            lowering=lowering,
-            img_size=img_size,
-            fusion=fusion,
-            timings=timings,
-        )
-        ops = Counter(n.op_type for n in onnx.load(str(paths[lowering])).graph.node if n.domain == "vitrt")
-        report, _, _ = verify_onnx(paths[lowering], atol=1e-4, rtol=1e-3, iterations=2)
-        status |= 0 if report.passed else 1
-        print(
-            f"\nexport {lowering}: {paths[lowering]} in {timings['trace']:.1f} s "
-            f"(+{timings['simplify']:.1f} s simplify), plugin nodes {dict(ops) or 'none'}\n{report.format()}",
-            flush=True,
-        )
-    int8_path = out / f"{model_name}.int8.onnx"
-    # The offline images: scikit-image's 8 colour photos calibrate, scikit-learn's 2 (disjoint) evaluate.
-    result = calibrate_onnx(
-        paths["portable"],
-        "skimage",
-        int8_path,
-        num_samples=8,
-        eval_data="sklearn-images",
-        eval_samples=2,
-        sensitivity=False,
-        progress=False,
+    if model_name not in DIGITS_MODELS:
+        raise VitrtError(f"the demo compiles one of {', '.join(DIGITS_MODELS)}, not {model_name!r}")
+    folder = digits_folder()
+    description, checkpoint = folder / f"{model_name}.json", folder / f"{model_name}.safetensors"
+    work = Path(workdir)
+    calib, held = write_digits_data(folder, description, work / "data")
+    out = work / model_name
+    command = [
+        "vitrt", "compile", str(description), "--checkpoint", str(checkpoint),
+        *(["--fusion", fusion] if fusion else []), "--target", "cpu", "--precision", precision,
+        "--calib-data", str(calib), "--eval-data", str(held), "--threads", str(PROFILE_THREADS),
+        "-o", str(out),
+    ]  # fmt: skip
+    print("$ " + shlex.join(_relative(c) for c in command), flush=True)
+    start = time.perf_counter()
+    result = compile_model(
+        description,
+        out,
+        checkpoint=checkpoint,
+        fusion=fusion,
+        target="cpu",
+        precision=precision,
+        calib_data=calib,
+        eval_data=held,
+        threads=PROFILE_THREADS,
+        verbose=verbose,
+        progress=lambda line: print(line, flush=True),
     )
-    kept = len(result.layers) - len(result.quantized)
-    print(
-        f"\nINT8 (explicit Q/DQ, entropy ranges, scikit-image's 8 photos): {int8_path}; "
-        f"{len(result.quantized)} layers INT8, {kept} kept float",
-        flush=True,
-    )
-    if result.agreement is not None:
-        agree = result.agreement
-        print(
-            f"  vs FP32 on scikit-learn's {agree.samples} sample photos: top-1 agreement "
-            f"{100 * agree.top1_agreement:.0f} %, mean cosine {agree.mean_cosine:.5f}"
-        )
-    model = model_from_config(ExportConfig(model_name, fusion=fusion, img_size=img_size))
-    x = torch.randn(1, 3, img_size, img_size)
-    feed = {"images": x.numpy().astype(np.float32)}
-    fp32, int8 = OnnxRuntimeRunner(paths["portable"]), OnnxRuntimeRunner(int8_path)
-
-    def eager() -> object:
-        with torch.no_grad():
-            return model(x)
-
-    stats = measure_interleaved(
-        {
-            "pytorch eager": eager,
-            "onnxrt fp32": lambda: fp32.infer(feed),
-            "onnxrt int8": lambda: int8.infer(feed),
-        },
-        iterations=iterations,
-    )
-    base = stats["pytorch eager"].median
-    print(f"\nCPU latency, batch 1, {torch.get_num_threads()} threads:")
-    for name, st in stats.items():
-        print(f"  {name:<14} {st.format()}  ({st.median / base:.2f} x eager)")
-    print("\nTensorRT engines (plugin lowering) need a TensorRT machine: see README, issue 7.")
-    return status
+    print(f"\ncompiled in {time.perf_counter() - start:.1f} s", flush=True)
+    for line in result.summary():
+        print(f"  {line}")
+    return 0

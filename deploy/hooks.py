@@ -1,6 +1,6 @@
 """What the profiler records beside the timings: peak memory, device telemetry, per-layer times.
 
-Telemetry and per-layer profiles come from modules other work adds (``vitrt.deploy.telemetry``:
+Telemetry and per-layer profiles come from their own modules (``vitrt.deploy.telemetry``:
 ``TelemetrySampler``; ``vitrt.deploy.layer_profile``: per-layer records grouped by block). They are looked
 up when a profile runs, so the profiler works (and says "not recorded" and why) where they are absent, and
 picks them up unchanged once they land. Hook points: ``TelemetryHook`` and ``layer_groups``.
@@ -19,32 +19,51 @@ MIB = 2**20
 
 
 class TelemetryHook:
-    """Context manager around the timed window: enters ``vitrt.deploy.telemetry.TelemetrySampler()`` when
-    that module exists and ``enabled``; ``record`` is then its state's ``to_dict()``, else
+    """Context manager around a profile: ``vitrt.deploy.telemetry.TelemetrySampler(threads=)`` entered where
+    that module exists and ``enabled``; ``begin()`` / ``end(inferences)`` mark the timed window (its energy
+    per inference); ``record`` is then ``{"recorded": True, **DeviceState.to_dict()}``, else
     ``{"recorded": False, "reason": ...}``. A sampler that fails never fails the profile (the reason is
     recorded instead)."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, *, threads: int | None = None) -> None:
         self.enabled = enabled
+        self.threads = threads
         self.record: dict[str, Any] = {"recorded": False, "reason": "telemetry not asked for"}
         self._sampler: Any = None
-        self._state: Any = None
 
     def __enter__(self) -> TelemetryHook:
         if not self.enabled:
             return self
         try:
-            from vitrt.deploy.telemetry import TelemetrySampler  # type: ignore[import-not-found,unused-ignore]
+            from vitrt.deploy.telemetry import TelemetrySampler
         except ImportError as err:
             self.record = {"recorded": False, "reason": f"vitrt.deploy.telemetry is not available ({err})"}
             return self
         try:
-            self._sampler = TelemetrySampler()
-            self._state = self._sampler.__enter__()
+            sampler = TelemetrySampler(threads=self.threads)
+            sampler.__enter__()
+            self._sampler = sampler
         except Exception as err:  # a sampler's tools missing (nvidia-smi, tegrastats): say so, keep profiling
-            self._sampler = None
             self.record = {"recorded": False, "reason": f"telemetry sampler failed to start: {err}"}
         return self
+
+    def _call(self, method: str, *args: Any) -> None:
+        hook = getattr(self._sampler, method, None)
+        if hook is None:
+            return
+        try:
+            hook(*args)
+        except Exception as err:  # as in __enter__: recorded, not raised
+            self.record = {"recorded": False, "reason": f"telemetry sampler failed in {method}: {err}"}
+            self._sampler = None
+
+    def begin(self) -> None:
+        """The timed window starts (``TelemetrySampler.begin_timed``)."""
+        self._call("begin_timed")
+
+    def end(self, inferences: int) -> None:
+        """The timed window ended after ``inferences`` images (``TelemetrySampler.end_timed``)."""
+        self._call("end_timed", inferences)
 
     def __exit__(
         self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
@@ -53,11 +72,8 @@ class TelemetryHook:
             return
         try:
             self._sampler.__exit__(kind, err, tb)
-            state = self._state if hasattr(self._state, "to_dict") else getattr(self._sampler, "state", None)
-            if state is None or not hasattr(state, "to_dict"):
-                self.record = {"recorded": False, "reason": "the telemetry sampler returned no DeviceState"}
-            else:
-                self.record = {"recorded": True, **state.to_dict()}
+            state = self._sampler.result()
+            self.record = {"recorded": True, **state.to_dict()}
         except Exception as exc:  # as in __enter__: recorded, not raised
             self.record = {"recorded": False, "reason": f"telemetry sampler failed: {exc}"}
 
@@ -68,13 +84,15 @@ def layer_groups(runner: Any) -> tuple[dict[str, float] | None, str | None]:
     The per-layer profile is a separate run (profiling slows execution); where ``vitrt.deploy.layer_profile``
     is absent, or the runner has no per-layer profiler, nothing is recorded and the reason is returned.
     """
+    import importlib
+
     try:
-        from vitrt.deploy import layer_profile  # type: ignore[attr-defined,unused-ignore]
+        layer_profile = importlib.import_module("vitrt.deploy.layer_profile")
     except ImportError:
         return None, "per-layer profile not recorded: vitrt.deploy.layer_profile is not available"
     grouped = getattr(layer_profile, "profile_runner_layers", None)
     if grouped is None:
-        return None, "per-layer profile not recorded: not wired for this runner yet"
+        return None, "per-layer profile not recorded: not wired into vitrt profile yet"
     try:
         result = grouped(runner)
     except Exception as err:  # a runtime without per-layer timing
@@ -148,6 +166,10 @@ class DeviceMemory:
             return self
         import torch
 
+        if not torch.cuda.is_available():  # a TensorRT runner beside a CPU build of torch
+            self.device = "none"
+            self.record = {"device_peak_mib": None, "device_note": "not recorded: torch has no CUDA here"}
+            return self
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         self._free0 = int(torch.cuda.mem_get_info(self.device)[0])

@@ -146,7 +146,7 @@ def plot_report(
     written = []
     for r in results:
         if r.times:
-            samples = [t["latencyMs"] for t in r.times]
+            samples = [t.latency_ms for t in r.times]
             written.append(plot_latency(samples, out / f"latency-{slug(r.runner)}.png", title=r.runner))
         if r.layers:
             written.append(plot_blocks(r.layers, out / f"blocks-{slug(r.runner)}.png", title=r.runner))

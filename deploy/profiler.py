@@ -35,6 +35,7 @@ from .hooks import DeviceMemory, PeakRss, TelemetryHook, layer_groups, process_m
 from .latency import latency_stats
 from .results import ProfileResult
 from .runners import runner_device
+from .trtexec_format import QueryTrace, times_stats
 
 DEFAULT_WARMUP_S = 0.2
 DEFAULT_DURATION_S = 3.0
@@ -71,6 +72,19 @@ def random_feed(
         dtype = np.dtype(spec.dtype) if spec.dtype not in ("undefined", "") else np.dtype(np.float32)
         feed[spec.name] = rng.standard_normal(shape).astype(dtype)
     return feed
+
+
+def gpu_name(device: str) -> str:
+    """The GPU's name from torch where torch has CUDA, else the device string (a TensorRT runner on
+    cuda-python next to a CPU build of torch)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return str(torch.cuda.get_device_name(device))
+    except (ImportError, RuntimeError):
+        pass
+    return device
 
 
 def _resolve(value: bool | None, key: str, line: str, applied: list[str]) -> bool:
@@ -159,7 +173,12 @@ def profile_runner(
     ``PreprocessConfig`` (None: skipped, noted). telemetry / layers: record them where available (hooks).
     progress: a bar on stderr while it runs (only when stderr is a terminal). source: what was opened.
 
-    Returns a ProfileResult whose ``times`` holds one trtexec ``--exportTimes`` record per timed query.
+    A GPU runner with its own events (``enqueue(timed=True)`` / ``last_compute_ms()``: the TensorRT runner)
+    times its stream itself and waits with its own ``synchronize`` (its ``spin_wait`` set from ``spin_wait``);
+    others (PyTorch on CUDA) get CUDA events on torch's current stream.
+
+    Returns a ProfileResult whose ``times`` holds one ``QueryTrace`` per timed query (trtexec's
+    ``--exportTimes`` records, ``vitrt.deploy.trtexec_format``); every statistic is computed from them.
     """
     if trtexec_defaults not in TRTEXEC_DEFAULTS:
         raise VitrtError(
@@ -185,7 +204,7 @@ def profile_runner(
     feed = feed if feed is not None else random_feed(runner.input_specs, batch)
 
     torch_mod: Any = None
-    if gpu:
+    if gpu and not hasattr(runner, "last_compute_ms"):
         import torch as torch_mod
 
     runner.prepare(feed)
@@ -200,24 +219,32 @@ def profile_runner(
         if time.perf_counter() - start >= warmup_s:
             break
 
-    records: list[dict[str, float]] = []
+    own_events = hasattr(runner, "last_compute_ms")  # the TensorRT runner times its own stream
+    if gpu and hasattr(runner, "spin_wait"):
+        runner.spin_wait = spin
+    traces: list[QueryTrace] = []
     bar = _progress(duration_s, f"profiling {runner.name}", progress)
-    with TelemetryHook(telemetry) as tele, PeakRss() as rss, DeviceMemory(device) as devmem:
+    threads = getattr(runner, "threads", None)
+    with TelemetryHook(telemetry, threads=threads) as tele, PeakRss() as rss, DeviceMemory(device) as devmem:
         origin = time.perf_counter()
-        last_end = origin
+        tele.begin()
         while True:
             t0 = time.perf_counter()
             if transfers:
                 runner.prepare(feed)
+                runner.synchronize()  # the host -> device copies done before the compute starts
             t1 = time.perf_counter()
-            if gpu:
+            if gpu and not own_events:
                 begin = torch_mod.cuda.Event(enable_timing=True)
                 end = torch_mod.cuda.Event(enable_timing=True)
                 begin.record()
             t2 = time.perf_counter()
-            runner.enqueue()
+            if own_events:
+                runner.enqueue(timed=True)
+            else:
+                runner.enqueue()
             t3 = time.perf_counter()
-            if gpu:
+            if gpu and not own_events:
                 end.record()
                 if spin:
                     while not end.query():
@@ -230,33 +257,36 @@ def profile_runner(
             if transfers:
                 runner.fetch()
             t5 = time.perf_counter()
-            compute = float(begin.elapsed_time(end)) if gpu else (t4 - t2) * 1e3
+            if own_events:
+                compute = float(runner.last_compute_ms())
+            elif gpu:
+                compute = float(begin.elapsed_time(end))
+            else:
+                compute = (t4 - t2) * 1e3
             ms = [(t - origin) * 1e3 for t in (t0, t1, t2, t3, t4, t5)]
-            h2d, d2h = ms[1] - ms[0], ms[5] - ms[4]
-            records.append(
-                {
-                    "startEnqMs": ms[2],
-                    "endEnqMs": ms[3],
-                    "startH2dMs": ms[0] if transfers else ms[2],
-                    "endH2dMs": ms[1] if transfers else ms[2],
-                    "startComputeMs": ms[2],
-                    "endComputeMs": ms[2] + compute,
-                    "startD2hMs": ms[4] if transfers else ms[2] + compute,
-                    "endD2hMs": ms[5] if transfers else ms[2] + compute,
-                    "h2dMs": h2d if transfers else 0.0,
-                    "computeMs": compute,
-                    "d2hMs": d2h if transfers else 0.0,
-                    "latencyMs": (h2d + compute + d2h) if transfers else compute,
-                }
+            end_compute = ms[2] + compute
+            traces.append(
+                QueryTrace(
+                    start_enq_ms=ms[2],
+                    end_enq_ms=ms[3],
+                    start_h2d_ms=ms[0] if transfers else ms[2],
+                    end_h2d_ms=ms[1] if transfers else ms[2],
+                    start_compute_ms=ms[2],
+                    end_compute_ms=end_compute,
+                    start_d2h_ms=ms[4] if transfers else end_compute,
+                    end_d2h_ms=ms[5] if transfers else end_compute,
+                )
             )
             last_end = t5
             elapsed = t5 - origin
             bar.n = round(min(elapsed, duration_s), 1)
             bar.refresh()
-            if elapsed >= duration_s and len(records) >= iterations:
+            if elapsed >= duration_s and len(traces) >= iterations:
                 break
+        tele.end(len(traces) * int(next(iter(feed.values())).shape[0]))
     bar.close()
     wall = last_end - origin
+    notes += [str(n) for n in getattr(runner, "notes", [])]
     block_times, why_no_layers = layer_groups(runner) if layers else (None, "per-layer profile not asked for")
     if why_no_layers:
         notes.append(why_no_layers)
@@ -306,27 +336,25 @@ def profile_runner(
         **devmem.record,
     }
     if gpu:
-        import torch
-
-        name = torch.cuda.get_device_name(device)
+        name = gpu_name(device)
     else:
         import os
 
         name = f"cpu ({os.cpu_count()} cores)"
-    column = np.asarray
+    stats = times_stats(traces)
     return ProfileResult(
         runner=runner.name,
         device=name,
         batch=int(next(iter(feed.values())).shape[0]),
-        latency=latency_stats(column([r["latencyMs"] for r in records])),
-        enqueue=latency_stats(column([r["endEnqMs"] - r["startEnqMs"] for r in records])),
-        gpu_compute=latency_stats(column([r["computeMs"] for r in records])) if gpu else None,
-        throughput_qps=len(records) / wall if wall > 0 else float("inf"),
+        latency=stats["latency"],
+        enqueue=stats["enqueue"],
+        gpu_compute=stats["compute"] if gpu else None,
+        throughput_qps=len(traces) / wall if wall > 0 else float("inf"),
         settings=settings,
         source=source,
         wall_s=wall,
-        h2d=latency_stats(column([r["h2dMs"] for r in records])) if transfers else None,
-        d2h=latency_stats(column([r["d2hMs"] for r in records])) if transfers else None,
+        h2d=stats["h2d"] if transfers else None,
+        d2h=stats["d2h"] if transfers else None,
         e2e=e2e,
         preprocess=prep,
         defaults=defaults,
@@ -334,5 +362,5 @@ def profile_runner(
         layers=block_times,
         telemetry=tele.record,
         notes=notes,
-        times=records,
+        times=traces,
     )

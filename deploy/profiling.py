@@ -57,15 +57,16 @@ def profile_artifact(
     and profile it (``vitrt.deploy.profiler.profile_runner``: trtexec's definitions, times in ms).
 
     batch: images per query; BatchError when the artifact / file / engine cannot take it (fixed batch
-    axis, optimisation profile). cuda_graph: for a model name on CUDA, capture and replay (None: the
-    ``trtexec_defaults`` line's default); others as ``profile_runner`` and ``open_runner``.
+    axis, optimisation profile). cuda_graph / spin_wait: a TensorRT engine's and a model name's on CUDA
+    (None: the ``trtexec_defaults`` line's default); others as ``profile_runner`` and ``open_runner``.
     telemetry: record device state where ``vitrt.deploy.telemetry`` exists (else noted "not recorded").
     """
     src = resolve_source(source)
-    graph = cuda_graph
-    if src.kind == "model":
-        if graph is None:
-            graph = TRTEXEC_DEFAULTS[trtexec_defaults]["cuda_graph"] and device.startswith("cuda")
+    defaults = TRTEXEC_DEFAULTS[trtexec_defaults] if trtexec_defaults in TRTEXEC_DEFAULTS else {}
+    graph = cuda_graph if cuda_graph is not None else defaults.get("cuda_graph", False)
+    if src.kind == "model" and not device.startswith("cuda"):
+        graph = False
+    spin = spin_wait if spin_wait is not None else defaults.get("spin_wait", False)
     runner = open_runner(
         src,
         runtime=runtime,
@@ -74,7 +75,8 @@ def profile_artifact(
         check=check,
         device=device,
         half=half,
-        cuda_graph=bool(graph) if src.kind == "model" else False,
+        cuda_graph=bool(graph),
+        spin_wait=bool(spin),
         checkpoint=checkpoint,
         img_size=img_size,
         num_classes=num_classes,
@@ -193,7 +195,7 @@ def profile(
     if report is not None:
         write_markdown(report, out)
     if export_times is not None:
-        from .times_export import write_times
+        from .trtexec_format import write_times
 
         for path, result in zip(times_paths(export_times, len(results)), results, strict=True):
             write_times(path, result.times)

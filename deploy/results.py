@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .latency import LatencyStats
+from .trtexec_format import QueryTrace
 
 STAT_KEYS = ("latency", "enqueue", "gpu_compute", "h2d", "d2h", "e2e", "preprocess")
 """The LatencyStats entries of a ProfileResult (None where not measured)."""
@@ -46,7 +47,7 @@ class ProfileResult:
     spin-wait, runtime, threads, precision); defaults: which trtexec line's defaults filled unset options;
     memory: peak host RSS and device memory (MiB); layers: per-block time in ms (None: not recorded);
     telemetry: the device state during the run, or {"recorded": False, "reason": ...}; notes: anything
-    the numbers need said. times: per-query records (trtexec ``--exportTimes`` keys), not in to_dict.
+    the numbers need said. times: per-query ``QueryTrace``s (``--exportTimes`` records), not in to_dict.
     """
 
     runner: str
@@ -68,7 +69,7 @@ class ProfileResult:
     layers: dict[str, float] | None = None
     telemetry: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    times: list[dict[str, float]] = field(default_factory=list, repr=False, compare=False)
+    times: list[QueryTrace] = field(default_factory=list, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data with stable keys (``vitrt.deploy.report`` documents them); ``times`` left out."""

@@ -125,8 +125,10 @@ def check_batch(source: ModelSource, batch: int, *, specs: list[Any] | None = No
             f"{source.spec} takes batches of exactly {fixed} (its input has a fixed batch axis), not "
             f"{batch}. Fix: --batch {fixed}, or export with --dynamic-batch and rebuild"
         )
-    if source.batch_range is not None:
-        lo, hi = source.batch_range
+    profile = getattr(specs[0], "profile", None) if specs else None
+    batch_range = source.batch_range or ((profile[0][0], profile[2][0]) if profile else None)
+    if batch_range is not None:
+        lo, hi = batch_range
         if not lo <= batch <= hi:
             raise BatchError(
                 f"{source.spec} was built for batches {lo} to {hi} (its optimisation profile), not {batch}. "
@@ -215,6 +217,7 @@ def open_runner(
     device: str = "cpu",
     half: bool = False,
     cuda_graph: bool = False,
+    spin_wait: bool = False,
     checkpoint: str | None = None,
     img_size: int = 224,
     num_classes: int = 1000,
@@ -229,9 +232,10 @@ def open_runner(
     runtime is its manifest's). threads: intra-op threads of ONNX Runtime / OpenVINO (default: an
     artifact's recorded threads, else the runtime's default, every core). inference_precision: OpenVINO's
     "f32" (default) or "bf16". check: compare an artifact's manifest with this machine first.
-    device / half / cuda_graph / checkpoint / img_size (pixels) / num_classes / fusion / attention: a model
-    name's PyTorch runner (``TorchModelRunner.from_name``). name: the runner's name in reports (default: the
-    file or folder name, and the runtime).
+    cuda_graph / spin_wait: a TensorRT engine's (captured on its first enqueue; wait by polling) and a
+    model name's CUDA graph. device / half / checkpoint / img_size (pixels) / num_classes / fusion /
+    attention: a model name's PyTorch runner (``TorchModelRunner.from_name``). name: the runner's name in
+    reports (default: the file or folder name, and the runtime).
     """
     src = source if isinstance(source, ModelSource) else resolve_source(source)
     if runtime is not None and runtime not in RUNTIMES:
@@ -247,6 +251,8 @@ def open_runner(
 
             runner = OpenVinoRunner(runner.path, threads=threads, inference_precision=inference_precision)
         runner.name = name or f"{label} ({src.runtime})"
+        if src.runtime == "tensorrt":  # load_artifact builds it plain; the graph is captured lazily
+            runner.cuda_graph, runner.spin_wait = cuda_graph, spin_wait
     elif src.kind == "onnx":
         if runtime == "openvino":
             from .openvino_runner import OpenVinoRunner
@@ -266,7 +272,12 @@ def open_runner(
     elif src.kind == "plan":
         from .tensorrt_runner import TensorRTRunner
 
-        runner = TensorRTRunner(src.path, name=name or f"{label} (tensorrt)")  # type: ignore[arg-type]
+        runner = TensorRTRunner(
+            src.path,  # type: ignore[arg-type]
+            cuda_graph=cuda_graph,
+            spin_wait=spin_wait,
+            name=name or f"{label} (tensorrt)",
+        )
     else:
         from .torch_runner import TorchModelRunner
 

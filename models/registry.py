@@ -104,6 +104,17 @@ def checkpoint_filter_for(model: nn.Module) -> CheckpointFilter:
     return _REGISTRY[spec.name].checkpoint_filter
 
 
+def apply_model_options(model: nn.Module, *, fusion: Any = None, attention: Any = None) -> nn.Module:
+    """Apply ``create_model``'s op options (``fusion=``, ``attention=``) to a model built elsewhere (a model
+    class called directly, as ``benchmarks/train_digits.py`` does), in place; returns it. ConfigError as
+    ``create_model`` (an unknown value, or the op package not loaded)."""
+    values = {"attention": attention, "fusion": fusion}
+    wanted = [n for n in MODEL_OPTIONS if not any(values[n] is off or values[n] == off for off in _OFF[n])]
+    for option, apply in [(n, _option(n)) for n in wanted]:
+        apply(model, values[option])
+    return model
+
+
 def create_model(
     name: str,
     *,

@@ -12,6 +12,7 @@ The public Python API, one plain function per stage with the options of its ``vi
 >>> vitrt.build("deit_s.int8.onnx", "deit_s.cpu/", target="cpu")   # ONNX Runtime or OpenVINO, the faster
 >>> vitrt.bundle("deit_s.int8.fp16.onnx", "bundle/", target="jetson-orin-nano")  # the device builds it
 >>> runner = vitrt.load_artifact("deit_s.cpu/")                  # manifest checked against this machine
+>>> vitrt.compile("deit_small_patch16_224", "out/", target="cpu", precision="int8", calib_data="images/")
 
 The stage packages live at the repository's top level (``compiler/ plugins/ calibration/ deploy/
 models/``) and are importable only as ``vitrt.<stage>``: ``vitrt/<stage>`` is a symbolic link to each.
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # the real signatures, for mypy and IDEs; at run time __getat
     from vitrt.compiler.build import build
     from vitrt.compiler.build_plan import BuildPlan, plan_build
     from vitrt.compiler.bundle import bundle
+    from vitrt.compiler.compile import compile_model as compile
     from vitrt.compiler.export import export_onnx
     from vitrt.compiler.inspect import model_card
     from vitrt.compiler.manifest import check_artifact
@@ -80,6 +82,8 @@ _API: dict[str, tuple[str, str]] = {
     "plan_build": ("vitrt.compiler.build_plan", "plan_build"),
     "BuildPlan": ("vitrt.compiler.build_plan", "BuildPlan"),
     "check_artifact": ("vitrt.compiler.manifest", "check_artifact"),  # `vitrt check`
+    # the whole chain, stages cached, with a report                                    `vitrt compile`
+    "compile": ("vitrt.compiler.compile", "compile_model"),
     # runners: an artifact (manifest checked first), or a model file on one runtime
     "load_artifact": ("vitrt.deploy.artifact", "load_artifact"),
     "OnnxRuntimeRunner": ("vitrt.deploy.runners", "OnnxRuntimeRunner"),
@@ -121,6 +125,7 @@ __all__ = [
     "bundle",
     "calibrate",
     "check_artifact",
+    "compile",
     "create_model",
     "export_onnx",
     "fp16",

@@ -16,7 +16,7 @@ import pytest
 import vitrt
 from vitrt.deploy.latency import latency_stats
 from vitrt.deploy.runners import HostTimingMixin, TensorSpec
-from vitrt.deploy.times_export import TIMES_KEYS, read_times, times_stats, write_times
+from vitrt.deploy.trtexec_format import QueryTrace, read_times, times_stats, write_times
 from vitrt.errors import VitrtError
 
 
@@ -41,23 +41,19 @@ class SleepRunner(HostTimingMixin):
 
 
 def test_times_file_round_trips_with_trtexec_statistics(tmp_path: Path) -> None:
-    # 10 queries with latencies 1..10 ms shuffled, enqueue = half of it: p90 drops int(0.1 * 10) = 1 -> 9 ms
+    # 10 queries with compute 1..10 ms shuffled, no transfers, enqueue = half of it: p90 drops
+    # int(0.1 * 10) = 1 -> 9 ms; written in trtexec's --exportTimes layout and read back
     latencies = [5.0, 1.0, 4.0, 2.0, 3.0, 10.0, 7.0, 8.0, 6.0, 9.0]
-    records, t = [], 0.0
+    traces, t = [], 0.0
     for ms in latencies:
-        points = [t, t + ms / 2, t, t, t, t + ms, t + ms, t + ms]
-        records.append(dict(zip(TIMES_KEYS, [*points, 0.0, ms, 0.0, ms], strict=True)))
+        traces.append(QueryTrace(t, t + ms / 2, t, t, t, t + ms, t + ms, t + ms))
         t += ms
-    path = write_times(tmp_path / "times.json", records)
-    back = read_times(path)
-    assert back == records and list(back[0]) == list(TIMES_KEYS)
+    back = read_times(write_times(tmp_path / "times.json", traces))
+    assert back == traces
     stats = times_stats(back)
     assert (stats["latency"].median, stats["latency"].p90, stats["latency"].p99) == (5.5, 9.0, 10.0)
     assert (stats["enqueue"].min, stats["enqueue"].max, stats["enqueue"].mean) == (0.5, 5.0, 2.75)
     assert math.isclose(stats["latency"].std, math.sqrt(8.25))
-    (tmp_path / "bad.json").write_text('{"count": 1}')
-    with pytest.raises(VitrtError, match="not an --exportTimes file"):
-        read_times(tmp_path / "bad.json")
 
 
 def test_profile_of_a_known_runner_follows_trtexec() -> None:
@@ -71,10 +67,10 @@ def test_profile_of_a_known_runner_follows_trtexec() -> None:
     assert 2.0 <= result.latency.min <= result.latency.median <= result.latency.p99 <= result.latency.max
     # a host runner: no transfers, latency = compute = enqueue..synchronize, GPU compute not measured
     assert result.gpu_compute is None and result.h2d is None
-    assert all(r["h2dMs"] == r["d2hMs"] == 0.0 and r["latencyMs"] == r["computeMs"] for r in result.times)
-    assert result.latency == latency_stats([r["latencyMs"] for r in result.times])
+    assert all(t.h2d_ms == t.d2h_ms == 0.0 and t.latency_ms == t.compute_ms for t in result.times)
+    assert result.latency == latency_stats([t.latency_ms for t in result.times])
     assert result.enqueue.median <= result.latency.median
-    starts = [r["startEnqMs"] for r in result.times]
+    starts = [t.start_enq_ms for t in result.times]
     assert starts == sorted(starts) and starts[0] >= 0.0
     assert result.settings["include_data_transfers"].startswith("n/a")
     assert result.settings["runtime"] == "test" and result.settings["duration_s"] == 0.15
@@ -98,19 +94,40 @@ def test_profile_of_a_known_runner_follows_trtexec() -> None:
 def test_telemetry_and_layer_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
     runner = SleepRunner(ms=0.5)
     plain = vitrt.profile_runner(runner, warmup_s=0, duration_s=0, e2e_s=0, progress=False)
-    assert plain.telemetry["recorded"] is False and "not available" in plain.telemetry["reason"]
+    # vitrt's sampler on this machine: a CPU, its static facts recorded
+    assert plain.telemetry["recorded"] is True and plain.telemetry["platform"] == "cpu"
     assert plain.layers is None and any("per-layer profile not recorded" in n for n in plain.notes)
+    monkeypatch.setitem(sys.modules, "vitrt.deploy.telemetry", None)  # the module absent: import fails
+    absent = vitrt.profile_runner(runner, warmup_s=0, duration_s=0, e2e_s=0, progress=False, telemetry=True)
+    assert absent.telemetry["recorded"] is False and "not available" in absent.telemetry["reason"]
+    assert any(n.startswith("telemetry not recorded") for n in absent.notes)
+    off = vitrt.profile_runner(runner, warmup_s=0, duration_s=0, e2e_s=0, progress=False, telemetry=False)
+    assert off.telemetry == {"recorded": False, "reason": "telemetry not asked for"}
 
     class State:
         def to_dict(self) -> dict[str, float]:
             return {"gpu_clock_mhz": 1980.0}
 
-    class Sampler:
-        def __enter__(self) -> State:
-            return State()
+    class Sampler:  # TelemetrySampler's protocol
+        def __init__(self, threads: int | None = None) -> None:
+            self.window: list[object] = []
+
+        def __enter__(self) -> Sampler:
+            return self
+
+        def begin_timed(self) -> None:
+            self.window.append("begin")
+
+        def end_timed(self, inferences: int) -> None:
+            self.window.append(inferences)
 
         def __exit__(self, *exc: object) -> None:
             return None
+
+        def result(self) -> State:
+            # the timed window: 10 queries of one image (duration 0, at least 10 iterations)
+            assert self.window == ["begin", 10]
+            return State()
 
     telemetry = types.ModuleType("vitrt.deploy.telemetry")
     telemetry.TelemetrySampler = Sampler  # type: ignore[attr-defined]

@@ -14,7 +14,7 @@ from vitrt.deploy.latency import latency_stats
 from vitrt.deploy.plots import plot_blocks, plot_compare, plot_latency
 from vitrt.deploy.report import ProfileReport, comparison, read_report, write_json
 from vitrt.deploy.results import ProfileResult
-from vitrt.deploy.times_export import read_times, times_stats
+from vitrt.deploy.trtexec_format import read_times, times_stats
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

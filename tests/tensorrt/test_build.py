@@ -23,29 +23,6 @@ INT8 runs TensorRT's int8 kernels on the file's Q/DQ scales where ONNX Runtime r
 
 
 @pytest.fixture(scope="module")
-def target() -> str:
-    """The vitrt target of this machine's GPU (skips with the reason where there is none)."""
-    import torch
-
-    from vitrt.compiler.environment import gpu_facts
-    from vitrt.compiler.targets import TARGETS
-    from vitrt.plugins.cuda_tensorrt import tensorrt_missing_reason
-
-    reason = tensorrt_missing_reason()
-    if reason is None and not torch.cuda.is_available():
-        reason = "torch.cuda.is_available() is False: TensorRT needs a CUDA GPU"
-    if reason is None:
-        _, sm, _ = gpu_facts()
-        names = [name for name, t in TARGETS.items() if t.sm == sm]
-        if not names:
-            reason = f"no vitrt target has this GPU's architecture ({sm}); `vitrt targets` lists them"
-    if reason:
-        print(f"SKIP: {reason}")
-        pytest.skip(reason)
-    return names[0]
-
-
-@pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory, target: str) -> dict[str, Path]:
     """T2T-ViT-t-14 at 64 x 64 with Scatterbrain and MCTF (plugin lowering, 10 classes, random init) and its
     INT8 file (``vitrt calibrate``, 16 synthetic samples)."""

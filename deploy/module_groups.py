@@ -1,0 +1,116 @@
+"""Which part of a vision transformer an ONNX node belongs to, from its vitrt node name.
+
+vitrt names every node ``<module path>/<OpType>_<k>`` (``compiler.passes.name_nodes``), so the module
+path says where it came from. The groups, top-level ``group`` and its ``part``:
+
+- ``patch_embed`` (DeiT's patch projection and its reshapes);
+- ``tokens_to_token`` (T2T-ViT's stage), parts ``soft_split`` (the three unfolds), ``attention1``,
+  ``attention2`` (the token transformers or performers, Scatterbrain plugin nodes included),
+  ``project``, and ``reshape`` (the stage's own transposes / reshapes between them);
+- ``blocks.<i>``, parts ``attn``, ``mlp``, ``norm`` (norm1, norm2), ``fusion`` (the
+  ``vitrt::TokenFusion`` plugin node) and ``block`` (nodes at the block's own scope: the residual adds;
+  in a token-fusion block also its inline attention, the one-step-ahead merge and, in the portable
+  lowering, the standard ops the fusion is lowered to; the exporter records only the block's scope
+  for these, so they cannot be told apart by name);
+- ``head``, parts ``norm``, ``head``, ``pre_logits``, ``cls_token``;
+- ``other``: a name that is not vitrt's.
+
+Nodes at the model's own scope (``model/Concat_1``: the class-token concat, the position-embedding
+add, T2T's kqv splits, the class-token read-out) carry no module path: ``group_nodes`` places them by
+their position in the graph (before the first block: the stem, part ``root``; after the last block:
+``head``, part ``cls_token``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+ROOT_SCOPE = "model"
+"""The scope ``name_nodes`` gives nodes made by the model's own forward."""
+
+_BLOCK = re.compile(r"blocks\.(\d+)(?:\.([^.]+)(?:\..*)?)?")
+_OP = re.compile(r"(.+?)_\d+$")
+_HEAD_PARTS = ("norm", "head", "pre_logits", "fc_norm")
+_T2T_PARTS = {"attention1": "attention1", "attention2": "attention2", "project": "project"}
+STEMS = ("patch_embed", "tokens_to_token")
+
+
+@dataclass(frozen=True, order=True)
+class ModuleGroup:
+    """A node's place in the model: ``group`` (``blocks.3``) and ``part`` (``attn``)."""
+
+    group: str
+    part: str = ""
+
+    @property
+    def label(self) -> str:
+        """``group.part`` (``blocks.3.attn``), or ``group`` alone where there is no part."""
+        return f"{self.group}.{self.part}" if self.part else self.group
+
+
+OTHER = ModuleGroup("other")
+
+
+def split_node_name(node: str) -> tuple[str, str]:
+    """``blocks.3.attn.qkv/MatMul_1`` -> (``blocks.3.attn.qkv``, ``MatMul``); ("", name) without a
+    scope."""
+    scope, slash, op = node.partition("/")
+    if not slash:
+        return "", node
+    op = op.split("/")[0]  # vitrt's ONNX Runtime casts append "/ort_Cast_float32" to a tensor name
+    match = _OP.match(op)
+    return scope, match.group(1) if match else op
+
+
+def module_group(node: str) -> ModuleGroup | None:
+    """The group of one vitrt node name (module docstring); None for the model's own scope (placed
+    by ``group_nodes``), ``OTHER`` for a name vitrt did not make."""
+    path, op = split_node_name(node)
+    head, _, rest = path.partition(".")
+    if path == ROOT_SCOPE:
+        return None
+    if head == "patch_embed":
+        return ModuleGroup("patch_embed")
+    if head == "tokens_to_token":
+        sub = rest.split(".")[0]
+        if not sub:
+            return ModuleGroup("tokens_to_token", "reshape")
+        if sub.startswith("soft_split"):
+            return ModuleGroup("tokens_to_token", "soft_split")
+        return ModuleGroup("tokens_to_token", _T2T_PARTS.get(sub, sub))
+    block = _BLOCK.fullmatch(path)
+    if block is not None:
+        index, sub = block.group(1), block.group(2)
+        if sub is None:
+            part = "fusion" if op == "TokenFusion" else "block"
+        elif sub in ("norm1", "norm2"):
+            part = "norm"
+        else:
+            part = sub
+        return ModuleGroup(f"blocks.{index}", part)
+    if head in _HEAD_PARTS:
+        return ModuleGroup("head", "norm" if head == "fc_norm" else head)
+    return OTHER
+
+
+def group_nodes(nodes: Sequence[str]) -> dict[str, ModuleGroup]:
+    """The group of every node of a graph, ``nodes`` in the graph's (topological) order: as
+    ``module_group``, the model-scope nodes placed by position (module docstring)."""
+    groups = [module_group(node) for node in nodes]
+    in_blocks = [i for i, g in enumerate(groups) if g is not None and g.group.startswith("blocks.")]
+    stems = [(i, g.group) for i, g in enumerate(groups) if g is not None and g.group in STEMS]
+    placed: dict[str, ModuleGroup] = {}
+    for i, (node, g) in enumerate(zip(nodes, groups, strict=True)):
+        if g is not None:
+            placed[node] = g
+        elif in_blocks and i > in_blocks[-1]:
+            placed[node] = ModuleGroup("head", "cls_token")
+        elif in_blocks and i < in_blocks[0] and stems:
+            # the stem that ran last before this node (the first one if none ran yet)
+            stem = next((s for j, s in reversed(stems) if j < i), stems[0][1])
+            placed[node] = ModuleGroup(stem, "root")
+        else:
+            placed[node] = OTHER
+    return placed

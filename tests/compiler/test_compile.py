@@ -1,0 +1,275 @@
+"""``vitrt compile`` on the trained digits models (64 x 64, fast): the stage cache (a re-run reuses every
+stage; a new precision redoes only the stages after export / prepare), a failing stage, an ONNX file from
+another exporter, the report's keys and a self-contained report.html (rendered to text, and screenshotted in
+headless Chromium where one is installed)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.compiler.test_prepare import DIGITS, train_digits
+from vitrt.compiler.compile import CompileError, compile_model
+from vitrt.errors import ConfigError
+
+DESCRIPTION = DIGITS / "digits_deit.json"
+CHECKPOINT = DIGITS / "digits_deit.safetensors"
+FAST = {
+    "target": "cpu",
+    "runtime": "onnxruntime",  # one CPU runtime: no OpenVINO conversion or runtime race in the tests
+    "eval_data": "sklearn-digits",
+    "eval_samples": 48,
+    "convert_channels": True,
+    "calib_samples": 32,
+    "iterations": 5,
+    "threads": 1,
+}
+REPORT_KEYS = {
+    "format", "vitrt_version", "status", "error", "started", "seconds", "model", "options", "stages", "files",
+    "sizes", "precision", "build", "accuracy", "latency", "plots", "summary",
+}  # fmt: skip
+
+
+def statuses(report: dict[str, Any]) -> dict[str, str]:
+    return {s["name"]: s["status"] for s in report["stages"]}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One output folder compiled three times: FP32, FP32 again, then INT8."""
+    out = tmp_path_factory.mktemp("compile") / "out"
+    lines: list[str] = []
+    first = compile_model(DESCRIPTION, out, checkpoint=CHECKPOINT, progress=lines.append, **FAST)
+    export_file = out / first.report["files"]["fp32_onnx"]
+    mtime = export_file.stat().st_mtime_ns
+    second = compile_model(DESCRIPTION, out, checkpoint=CHECKPOINT, **FAST)
+    int8 = compile_model(
+        DESCRIPTION, out, checkpoint=CHECKPOINT, precision="int8", calib_data="sklearn-digits", **FAST
+    )
+    return {"out": out, "first": first, "second": second, "int8": int8, "lines": lines, "mtime": mtime}
+
+
+@pytest.mark.slow
+def test_rerun_reuses_stages_and_a_new_precision_redoes_only_what_depends_on_it(runs: dict[str, Any]) -> None:
+    first, second, int8 = (runs[k].report for k in ("first", "second", "int8"))
+    assert statuses(first) == {
+        "export": "ran", "prepare": "ran", "precision": "skipped", "build": "ran", "verify": "ran",
+        "profile": "ran", "report": "ran",
+    }  # fmt: skip
+    assert statuses(second) == {
+        **statuses(first),
+        **dict.fromkeys(("export", "prepare", "build", "verify", "profile"), "cached"),
+    }
+    assert statuses(int8) == {
+        **statuses(second),
+        "precision": "ran",
+        "build": "ran",
+        "verify": "ran",
+        "profile": "ran",
+    }
+    # the cached export is the same file, untouched; the INT8 run built from the same prepared file
+    assert (runs["out"] / first["files"]["fp32_onnx"]).stat().st_mtime_ns == runs["mtime"]
+    assert int8["files"]["fp32_onnx"] == first["files"]["fp32_onnx"]
+    assert second["accuracy"] == first["accuracy"]  # the cached verify result, as recorded
+    # one progress line per stage, saying what happened
+    assert [line.split()[1:3] for line in runs["lines"]] == [
+        [s["name"], s["status"]] for s in first["stages"]
+    ]
+
+
+@pytest.mark.slow
+def test_accuracy_and_latency_numbers(runs: dict[str, Any]) -> None:
+    fp32, int8 = runs["first"].report, runs["int8"].report
+    acc = fp32["accuracy"]
+    assert acc["labelled"] and acc["samples"] == 48
+    # FP32 on ONNX Runtime vs PyTorch FP32 on the same 48 labelled digits: the same function
+    assert acc["top1"] == acc["reference_top1"] >= 0.9
+    assert acc["top1_agreement"] == 1.0 and acc["mean_cosine"] > 0.99999 and acc["max_abs_error"] < 1e-3
+    q = int8["accuracy"]
+    assert q["reference_top1"] == acc["reference_top1"]  # the same reference and data
+    assert abs(q["top1"] - q["reference_top1"]) <= 2 / 48 and q["mean_cosine"] > 0.99
+    assert int8["precision"]["int8_form"] == "onnxruntime"  # cpu on ONNX Runtime: its INT8 form
+    assert int8["precision"]["calibration"]["layers_int8"] > 0
+    lat = fp32["latency"]
+    assert lat["artifact"]["iterations"] >= 5 and lat["pytorch_eager"]["iterations"] >= 5
+    assert lat["ratio_vs_eager"] == pytest.approx(lat["artifact"]["median"] / lat["pytorch_eager"]["median"])
+    assert lat["torch_threads"] == 1
+
+
+@pytest.mark.slow
+def test_report_json_keys_and_files(runs: dict[str, Any]) -> None:
+    out, report = runs["out"], runs["int8"].report
+    on_disk = json.loads((out / "report.json").read_text())
+    assert set(on_disk) == REPORT_KEYS and on_disk["status"] == "ok" and on_disk["error"] is None
+    assert on_disk["stages"][-1]["name"] == "report" and on_disk == report
+    assert set(report["plots"]) == {"accuracy", "latency", "size", "stages"}
+    for rel in report["plots"].values():
+        assert (out / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (
+        report["build"]["kind"] == "cpu" and (out / report["files"]["artifact"] / "manifest.json").is_file()
+    )
+    assert report["sizes"]["final_onnx_bytes"] < report["sizes"]["fp32_onnx_bytes"]  # int8 weights
+    assert runs["int8"].artifact == out / report["files"]["artifact"]
+
+
+class _Text(HTMLParser):
+    """The visible text of an HTML page and its <img> sources (the HTML rendered to text)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.text: list[str] = []
+        self.images: list[str] = []
+        self._skip = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._skip = tag in ("style", "script")
+        if tag == "img":
+            self.images.append(dict(attrs).get("src") or "")
+
+    def handle_endtag(self, tag: str) -> None:
+        self._skip = False
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip and data.strip():
+            self.text.append(data.strip())
+
+
+@pytest.mark.slow
+def test_report_html_is_self_contained(runs: dict[str, Any]) -> None:
+    out, report = runs["out"], runs["int8"].report
+    page = (out / "report.html").read_text()
+    assert not re.search(r"https?://", page) and "<link" not in page and "<script" not in page
+    parsed = _Text()
+    parsed.feed(page)
+    assert len(parsed.images) == 4
+    for src, rel in zip(parsed.images, report["plots"].values(), strict=True):
+        prefix = "data:image/png;base64,"
+        assert src.startswith(prefix)
+        assert base64.b64decode(src[len(prefix) :]) == (out / rel).read_bytes()
+    text = "\n".join(parsed.text)
+    acc = report["accuracy"]
+    assert f"FP32 {100 * acc['reference_top1']:.1f} % -> INT8 {100 * acc['top1']:.1f} %" in text
+    assert f"{100 * acc['top1']:.2f} %" in text  # the accuracy table
+    assert f"{report['latency']['artifact']['median']:.3f}" in text  # the latency table
+    for stage in report["stages"]:
+        assert stage["folder"] is None or stage["folder"] in text
+
+
+def _chromium() -> str | None:
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+@pytest.mark.slow
+def test_report_html_screenshot_in_headless_chromium(runs: dict[str, Any], tmp_path: Path) -> None:
+    browser = _chromium()
+    if browser is None:
+        pytest.skip(
+            "no headless browser here: no chromium / google-chrome on PATH (playwright's browser download "
+            "needs the internet); test_report_html_is_self_contained checks the page as text"
+        )
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1000,1600",
+            f"--screenshot={shot}",
+            (runs["out"] / "report.html").as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
+    assert pixels.shape == (1600, 1000)
+    # a rendered page: mostly white background, with text, tables and the four plots (not a blank page)
+    assert pixels.mean() > 180 and pixels.std() > 20
+    assert (pixels < 128).mean() > 0.01
+
+
+@pytest.mark.slow
+def test_a_failing_stage_says_which_and_keeps_the_earlier_stages(
+    runs: dict[str, Any], tmp_path: Path
+) -> None:
+    out = runs["out"]
+    corrupt = tmp_path / "calib.npy"
+    corrupt.write_bytes(b"not an array")
+    with pytest.raises(CompileError, match=r"stage precision failed: .*calib\.npy.*kept in") as err:
+        compile_model(DESCRIPTION, out, checkpoint=CHECKPOINT, precision="int8", calib_data=corrupt, **FAST)
+    assert err.value.stage == "precision"
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "failed" and report["error"]["stage"] == "precision"
+    assert statuses(report) == {"export": "cached", "prepare": "cached", "precision": "failed"}
+    for stage in report["stages"][:2]:
+        assert (out / stage["folder"] / "stage.json").is_file()
+    assert not list((out / "stages").glob(".*"))  # no half-written stage folder
+
+
+def test_bad_options_fail_before_any_stage(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown target"):
+        compile_model(DESCRIPTION, tmp_path / "a", checkpoint=CHECKPOINT, target="jetson-xavier")
+    with pytest.raises(ConfigError, match="needs calibration data"):
+        compile_model(DESCRIPTION, tmp_path / "b", checkpoint=CHECKPOINT, precision="int8")
+    with pytest.raises(ConfigError, match="unknown model 'deit_smal'; did you mean"):
+        compile_model("deit_smal", tmp_path / "c")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c" / "stages").exists()
+
+
+@pytest.mark.slow
+def test_foreign_onnx_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from vitrt.compiler.cli import main
+
+    td = train_digits()
+    model, _ = td.load_trained(DIGITS, "digits_deit")  # type: ignore[attr-defined]
+    foreign = td.export_foreign(model, tmp_path / "foreign.onnx", 64)  # type: ignore[attr-defined]
+    out = tmp_path / "out"
+    # no vitrt export config: the preprocessing must be given, and nothing runs without it
+    assert main(["compile", str(foreign), "-o", str(out)]) == 2
+    assert "pass --mean and --std" in capsys.readouterr().err and not (out / "stages").exists()
+    args = [
+        "--mean",
+        "0.5",
+        "--std",
+        "0.5",
+        "--size",
+        "64",
+        "--crop-pct",
+        "1.0",
+        "--interpolation",
+        "bilinear",
+    ]
+    common = [
+        "--eval-data",
+        "sklearn-digits",
+        "--eval-samples",
+        "48",
+        "--convert-channels",
+        "--iterations",
+        "5",
+    ]
+    assert main(["compile", str(foreign), "-o", str(out), *args, *common, "--runtime", "onnxruntime"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert statuses(report)["export"] == "skipped" and report["model"] == {
+        "kind": "onnx",
+        "file": str(foreign),
+    }
+    acc = report["accuracy"]
+    assert acc["reference"] == "FP32 ONNX on ONNX Runtime (foreign.onnx)"
+    assert acc["top1_agreement"] == 1.0 and acc["max_abs_error"] < 1e-3 and acc["top1"] >= 0.9
+    assert report["latency"]["pytorch_eager"] is None and report["latency"]["ratio_vs_eager"] is None
+    assert f"top-1 on 48 samples of sklearn-digits: FP32 {100 * acc['reference_top1']:.1f} %" in printed
