@@ -173,6 +173,12 @@ def _list_images(folder: Path) -> list[Path]:
     return found
 
 
+decode_image = _decode_image
+"""Public name of the jpg/png decoder (``vitrt run`` decodes with it): path -> (c, h, w) float32 on [0, 1]."""
+list_images = _list_images
+"""Public name of the recursive image listing (``vitrt run`` lists a folder with it)."""
+
+
 def _folder_source(folder: Path) -> _Source:
     files = _list_images(folder)
     if not files:

@@ -220,40 +220,107 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
-    import json
+    from vitrt.deploy.profiling import profile, times_paths
 
-    from vitrt.deploy.profile import profile_torch
-    from vitrt.deploy.torch_runner import TorchModelRunner
-    from vitrt.fileio import atomic_write_bytes, check_writable
-
-    if args.json:
-        check_writable(args.json)
-    runner = TorchModelRunner.from_name(
-        args.model,
-        checkpoint=args.checkpoint,
-        fusion=args.fusion,
-        attention=args.attention,
-        img_size=args.img_size,
-        num_classes=args.num_classes,
-        device=args.device,
-        half=args.half,
-        cuda_graph=args.cuda_graph,
-    )
-    result = profile_torch(
-        runner,
+    report = profile(
+        args.artifacts,
         batch=args.batch,
-        img_size=args.img_size,
         warmup_s=args.warmup_s,
         duration_s=args.duration_s,
         iterations=args.iterations,
+        include_data_transfers=args.include_data_transfers,
+        cuda_graph=args.cuda_graph,
+        spin_wait=args.spin_wait,
+        trtexec_defaults=args.trtexec_defaults,
+        e2e_s=args.e2e_s,
+        telemetry=not args.no_telemetry,
+        quiet=args.quiet,
+        json=args.json,
+        report=args.report,
+        export_times=args.export_times,
+        plots=args.plots,
+        compare=args.compare,
+        runtime=args.runtime,
+        threads=args.threads,
+        inference_precision=args.inference_precision,
+        check=not args.no_check,
+        device=args.device,
+        half=args.half,
+        checkpoint=args.checkpoint,
+        img_size=args.img_size,
+        num_classes=args.num_classes,
+        fusion=args.fusion,
+        attention=args.attention,
     )
-    extras = ", ".join(f"{k}={v}" for k, v in (("fusion", args.fusion), ("attention", args.attention)) if v)
-    print(f"{args.model}{f' ({extras})' if extras else ''} on {result.device}, batch {args.batch}")
-    print(result.format())
-    if args.json:
-        atomic_write_bytes(args.json, json.dumps(result.to_dict(), indent=2).encode())
-        print(f"wrote {args.json}")
+    for result in report.artifacts:
+        print(f"{result.runner} on {result.device}, batch {result.batch}")
+        print(result.format())
+        print()
+    if report.compare:
+        base = report.compare["baseline"]
+        print(f"median latency vs {base}:")
+        for name, ratio in report.compare["median_ratio"].items():
+            print(f"  {name}: {ratio:.3f}x (p99 {report.compare['p99_ratio'][name]:.3f}x)")
+    written = [args.json, args.report]
+    if args.export_times:
+        written += [str(p) for p in times_paths(args.export_times, len(report.artifacts))]
+    if args.plots:
+        written.append(f"{args.plots}/ (PNG plots)")
+    for path in written:
+        if path:
+            print(f"wrote {path}")
     return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import json
+
+    from vitrt.deploy.predict import run
+
+    result = run(
+        args.model,
+        args.images,
+        top=args.top,
+        batch=args.batch,
+        runtime=args.runtime,
+        threads=args.threads,
+        inference_precision=args.inference_precision,
+        device=args.device,
+        half=args.half,
+        check=not args.no_check,
+        mean=args.mean,
+        std=args.std,
+        crop_pct=args.crop_pct,
+        interpolation=args.interpolation,
+        size=args.size,
+    )
+    print(json.dumps(result.to_dict(), indent=1) if args.json else result.format())
+    return 0
+
+
+def _add_runner_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("runtime", "how the artifact, file or model runs")
+    g.add_argument(
+        "--runtime",
+        default=None,
+        choices=["onnxruntime", "openvino"],
+        help="a bare .onnx file's runtime (default onnxruntime); an artifact's is its manifest's",
+    )
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op threads (default: the artifact's, else every core)",
+    )
+    g.add_argument(
+        "--inference-precision",
+        default=None,
+        choices=["f32", "bf16"],
+        help="OpenVINO's compute precision (default f32)",
+    )
+    g.add_argument("--no-check", action="store_true", help="skip the manifest check against this machine")
+    g.add_argument("--device", default="cpu", help="a model name's device: cpu (default), cuda or cuda:N")
+    g.add_argument("--half", action="store_true", help="a model name's weights and inputs in float16")
 
 
 def _cmd_targets(args: argparse.Namespace) -> int:
@@ -676,18 +743,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "profile",
-        help="latency of a PyTorch model on the CPU or a CUDA GPU (vitrt's kernels), trtexec's statistics",
+        help="latency of artifacts, ONNX files, engines or PyTorch models with trtexec's definitions",
     )
-    _add_model_options(p)
-    p.add_argument("--checkpoint", default=None, help="weights to load (default: random init)")
-    p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
-    p.add_argument("--half", action="store_true", help="float16 weights and inputs")
     p.add_argument(
-        "--cuda-graph",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="capture the model as a CUDA graph and replay it (CUDA only; default off)",
+        "artifacts",
+        nargs="+",
+        metavar="ARTIFACT",
+        help="artifact folder, .onnx, .plan, or a model name (`vitrt list-models`); several: one report",
     )
     p.add_argument("--batch", type=int, default=1, help="images per query (default 1)")
     p.add_argument("--warmup-s", type=float, default=0.2, help="warm-up time in s (default 0.2, as trtexec)")
@@ -695,8 +757,65 @@ def build_parser() -> argparse.ArgumentParser:
         "--duration-s", type=float, default=3.0, help="timed duration in s (default 3, as trtexec)"
     )
     p.add_argument("--iterations", type=int, default=10, help="at least this many queries (default 10)")
-    p.add_argument("--json", default=None, help="write the statistics as JSON")
+    p.add_argument(
+        "--trtexec-defaults",
+        default="11",
+        choices=["11", "10"],
+        help="whose defaults fill unset options: 11 (no transfers, CUDA graph, spin-wait; default) or 10",
+    )
+    p.add_argument(
+        "--cuda-graph",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="capture and replay a model name as a CUDA graph (CUDA only; default: the trtexec line's)",
+    )
+    p.add_argument(
+        "--include-data-transfers",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="count host<->device copies in the latency (GPU runners; default: the trtexec line's)",
+    )
+    p.add_argument(
+        "--spin-wait",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="poll for completion instead of a blocking sync (GPU runners; default: the trtexec line's)",
+    )
+    p.add_argument(
+        "--e2e-s",
+        type=float,
+        default=1.0,
+        help="seconds of the end-to-end figure (image file -> logits; default 1, 0 to skip)",
+    )
+    p.add_argument("--no-telemetry", action="store_true", help="do not sample device telemetry")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", default=None, help="write the report as JSON (schema: vitrt.deploy.report)")
+    p.add_argument("--report", default=None, help="write the report as Markdown")
+    p.add_argument("--export-times", default=None, help="per-query times as trtexec's --exportTimes JSON")
+    p.add_argument("--plots", default=None, help="write PNG plots into this folder")
+    p.add_argument(
+        "--compare", action="store_true", help="ratios to the first artifact, and a comparison chart"
+    )
+    g = p.add_argument_group("model names", "options for a model name (a PyTorch runner)")
+    g.add_argument("--img-size", type=int, default=224, help="square input side in pixels (default 224)")
+    g.add_argument("--fusion", default=None, help="token fusion preset: mctf, mctf-fast, tome")
+    g.add_argument("--attention", default=None, help="attention: dense, scatterbrain, lsh, performer")
+    g.add_argument("--checkpoint", default=None, help="weights to load (default: random init)")
+    g.add_argument("--num-classes", type=int, default=1000)
+    _add_runner_options(p)
     p.set_defaults(func=_cmd_profile)
+
+    p = sub.add_parser(
+        "run", help="classify images with an artifact, ONNX file, engine or model: top classes per image"
+    )
+    p.add_argument("model", metavar="ARTIFACT", help="artifact folder, .onnx, .plan, or a model name")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="jpg/png files or folders of them")
+    p.add_argument("--top", type=int, default=5, help="classes shown per image (default 5)")
+    p.add_argument("--batch", type=int, default=None, help="images per query (default: the model's, else 8)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_runner_options(p)
+    _add_preprocess_options(p)
+    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(
         "targets",

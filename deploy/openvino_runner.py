@@ -18,7 +18,7 @@ import numpy as np
 
 from vitrt.errors import VitrtError
 
-from .runners import Feed
+from .runners import Feed, HostTimingMixin, TensorSpec
 
 INFERENCE_PRECISIONS = {"f32": "f32", "bf16": "bf16"}
 """vitrt's names -> OpenVINO's INFERENCE_PRECISION_HINT values."""
@@ -53,7 +53,7 @@ def check_no_plugin_nodes(path: str | os.PathLike[str]) -> None:
         )
 
 
-class OpenVinoRunner:
+class OpenVinoRunner(HostTimingMixin):
     """Runs an ONNX file or an OpenVINO IR (``.xml``) on OpenVINO's CPU plugin.
 
     threads: ``INFERENCE_NUM_THREADS`` (None: OpenVINO's default, every core); inference_precision: "f32"
@@ -61,6 +61,8 @@ class OpenVinoRunner:
     (``PERFORMANCE_HINT`` LATENCY: one stream, as a batch-1 deployment runs). Inputs and outputs are named
     as in the ONNX file.
     """
+
+    runtime = "openvino"
 
     def __init__(
         self,
@@ -78,6 +80,7 @@ class OpenVinoRunner:
         self.path = Path(path)
         self.name = name
         self.inference_precision = inference_precision
+        self.threads = threads
         if self.path.suffix == ".onnx":
             check_no_plugin_nodes(self.path)
         config: dict[str, Any] = {
@@ -107,6 +110,19 @@ class OpenVinoRunner:
             dims = port.get_partial_shape()
             shapes[port.get_any_name()] = [d.get_length() if d.is_static else "?" for d in dims]
         return shapes
+
+    @property
+    def input_specs(self) -> list[TensorSpec]:
+        """The compiled model's inputs ("?" for a dynamic axis), dtypes as numpy names."""
+        shapes = self.input_shapes
+        return [
+            TensorSpec(
+                port.get_any_name(),
+                tuple(shapes[port.get_any_name()]),
+                np.dtype(port.get_element_type().to_dtype()).name,
+            )
+            for port in self.compiled.inputs
+        ]
 
     def infer(self, feed: Feed) -> dict[str, np.ndarray]:
         result = self.request.infer({k: np.ascontiguousarray(v) for k, v in feed.items()})

@@ -1,13 +1,20 @@
-"""Runners: one interface over the backends that execute a model (PyTorch, ONNX Runtime, TensorRT).
+"""Runners: one interface over the backends that execute a model (PyTorch, ONNX Runtime, OpenVINO,
+TensorRT).
 
-A runner maps named float32 arrays to named float32 arrays. Backends are imported lazily, so this
-module imports on a machine without onnxruntime or tensorrt.
+A runner maps named arrays to named arrays (``infer``) and says what it takes (``input_specs``). For timing
+it splits one query into ``prepare(feed)`` (host -> device copies; untimed by the profiler unless data
+transfers are included), ``enqueue()`` (issue the computation), ``synchronize()`` (wait for it) and
+``fetch()`` (device -> host copies of the outputs). Runners that compute on the host (ONNX Runtime,
+OpenVINO, PyTorch on the CPU) compute in ``enqueue`` and do nothing in ``synchronize``
+(``HostTimingMixin``). Backends are imported lazily, so this module imports on a machine without
+onnxruntime, openvino or tensorrt. ``vitrt.deploy.open_runner`` opens any of them from a path or a name.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,21 +26,109 @@ from vitrt.errors import VitrtError
 
 Feed = Mapping[str, np.ndarray]
 
+ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(uint8)": "uint8",
+    "tensor(int8)": "int8",
+    "tensor(bool)": "bool",
+}
+"""ONNX Runtime's input type names -> numpy dtype names."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input: name, shape (ints; a string for a dynamic axis, e.g. "batch") and numpy dtype
+    name ("float32")."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
 
 class Runner(Protocol):
-    """``infer(feed) -> outputs``: {input name: array} -> {output name: array}."""
+    """``infer(feed) -> outputs``: {input name: array} -> {output name: array}; ``input_specs``; and the
+    split of one query for timing: ``prepare(feed)``, ``enqueue()``, ``synchronize()``, ``fetch()``.
+
+    Every runner also has a ``device`` attribute whose ``str()`` is "cpu" for runners that compute on
+    the host and "cuda" / "cuda:N" for GPU runners (their work runs on torch's current CUDA stream, so
+    CUDA events recorded there time it); ``runner_device(runner)`` reads it.
+    """
 
     name: str
 
+    @property
+    def input_specs(self) -> list[TensorSpec]: ...
+
     def infer(self, feed: Feed) -> dict[str, np.ndarray]: ...
 
+    def prepare(self, feed: Feed) -> None: ...
 
-class TorchRunner:
-    """Runs a PyTorch model (images -> logits) on CPU in float32 without autograd."""
+    def enqueue(self) -> None: ...
 
-    def __init__(self, model: nn.Module, name: str = "torch") -> None:
+    def synchronize(self) -> None: ...
+
+    def fetch(self) -> dict[str, np.ndarray]: ...
+
+
+def runner_device(runner: object) -> str:
+    """``str(runner.device)``: "cpu" (also for a runner without the attribute), "cuda", "cuda:N"."""
+    return str(getattr(runner, "device", "cpu"))
+
+
+class HostTimingMixin:
+    """The timing split for runners that compute on the host: ``prepare`` keeps C-contiguous copies of
+    the feed, ``enqueue`` runs ``infer`` on them, ``synchronize`` does nothing, ``fetch`` returns the
+    outputs of the last ``enqueue``."""
+
+    device = "cpu"
+    _prepared: dict[str, np.ndarray] | None = None
+    _outputs: dict[str, np.ndarray] | None = None
+
+    def infer(self, feed: Feed) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def prepare(self, feed: Feed) -> None:
+        self._prepared = {k: np.ascontiguousarray(v) for k, v in feed.items()}
+
+    def enqueue(self) -> None:
+        if self._prepared is None:
+            raise VitrtError("enqueue() before prepare(feed): give the runner its inputs first")
+        self._outputs = self.infer(self._prepared)
+
+    def synchronize(self) -> None:
+        return None
+
+    def fetch(self) -> dict[str, np.ndarray]:
+        if self._outputs is None:
+            raise VitrtError("fetch() before enqueue(): nothing has run yet")
+        return self._outputs
+
+
+class TorchRunner(HostTimingMixin):
+    """Runs a PyTorch model (images -> logits) on CPU in float32 without autograd.
+
+    input_size: (channels, height, width) of ``images`` for ``input_specs`` (None: unknown spatial axes).
+    """
+
+    def __init__(
+        self, model: nn.Module, name: str = "torch", *, input_size: tuple[int, int, int] | None = None
+    ) -> None:
         self.model = model.eval()
         self.name = name
+        self.input_size = input_size
+
+    @property
+    def input_specs(self) -> list[TensorSpec]:
+        """One input, ``images`` [batch, C, H, W] float32."""
+        shape: tuple[int | str, ...] = ("batch", *(self.input_size or (3, "height", "width")))
+        return [TensorSpec("images", shape, "float32")]
 
     def infer(self, feed: Feed) -> dict[str, np.ndarray]:
         with torch.no_grad():
@@ -41,12 +136,14 @@ class TorchRunner:
         return {"logits": logits.numpy()}
 
 
-class OnnxRuntimeRunner:
+class OnnxRuntimeRunner(HostTimingMixin):
     """Runs an ONNX file with ONNX Runtime's CPU provider.
 
     ``threads``: intra-op threads (None: ORT's default, one per core). ``custom_ops_library``:
     a shared library of vitrt's plugin ops for the plugin lowering (registered with the session).
     """
+
+    runtime = "onnxruntime"
 
     def __init__(
         self,
@@ -67,6 +164,7 @@ class OnnxRuntimeRunner:
             options.register_custom_ops_library(custom_ops_library)
         self.name = name
         self.path = Path(path)
+        self.threads = threads
         model: str | bytes = str(path)
         if custom_ops_library is None:
             model = self._with_plugin_kernels(str(path), options)
@@ -97,6 +195,14 @@ class OnnxRuntimeRunner:
     def input_shapes(self) -> dict[str, list[Any]]:
         """Input name -> shape (ints, or strings for dynamic axes)."""
         return {i.name: list(i.shape) for i in self.session.get_inputs()}
+
+    @property
+    def input_specs(self) -> list[TensorSpec]:
+        """The session's inputs; ORT's type "tensor(float)" is reported as "float32"."""
+        return [
+            TensorSpec(i.name, tuple(i.shape), ORT_TYPES.get(i.type, i.type))
+            for i in self.session.get_inputs()
+        ]
 
     def infer(self, feed: Feed) -> dict[str, np.ndarray]:
         names = [o.name for o in self.session.get_outputs()]

@@ -93,6 +93,9 @@ class TensorRTRunner:
     its query times are not the engine's latency: profile layers in a separate run, as trtexec does).
     """
 
+    device = "cuda"  # the runner interface: a GPU runner (it times its own stream)
+    runtime = "tensorrt"
+
     def __init__(
         self,
         path: str | os.PathLike[str],

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from vitrt.errors import VitrtError
 
 from .cuda_timing import capture_graph
-from .runners import Feed
+from .runners import Feed, TensorSpec
 
 
 def resolve_device(device: str) -> torch.device:
@@ -42,8 +42,12 @@ class TorchModelRunner:
     device: "cpu" or "cuda[:N]"; half: float16 weights and inputs (else float32); cuda_graph: capture
     the model once per input shape and replay it (CUDA only; the first call per shape warms up and
     captures). ``forward`` keeps everything on the device and never synchronises; ``infer`` is the
-    numpy face of the runner interface (``vitrt.deploy.runners.Runner``).
+    numpy face of the runner interface (``vitrt.deploy.runners.Runner``), and ``prepare`` (numpy -> device
+    tensor), ``enqueue`` (``forward``, asynchronous on CUDA), ``synchronize`` and ``fetch`` its timing
+    split. input_size: (channels, height, width) of ``images``, for ``input_specs``.
     """
+
+    runtime = "torch"
 
     def __init__(
         self,
@@ -53,6 +57,7 @@ class TorchModelRunner:
         half: bool = False,
         cuda_graph: bool = False,
         name: str | None = None,
+        input_size: tuple[int, int, int] = (3, 224, 224),
     ) -> None:
         self.device = resolve_device(device)
         if cuda_graph and self.device.type != "cuda":
@@ -63,6 +68,9 @@ class TorchModelRunner:
         self.cuda_graph = cuda_graph
         self.model = model.eval().to(self.device, self.dtype)
         self._graphs: dict[tuple[int, ...], tuple[Any, Tensor, Tensor]] = {}
+        self.input_size = tuple(input_size)
+        self._x: Tensor | None = None
+        self._y: Tensor | None = None
         precision = "fp16" if half else "fp32"
         self.name = name or f"torch-{self.device.type}-{precision}{'-graph' if cuda_graph else ''}"
 
@@ -87,6 +95,7 @@ class TorchModelRunner:
         )
         if checkpoint is not None:
             load_checkpoint(model, checkpoint)
+        options.setdefault("input_size", (3, img_size, img_size))
         return cls(model, **options)
 
     def forward(self, images: Tensor) -> Tensor:
@@ -112,7 +121,37 @@ class TorchModelRunner:
             self._graphs[key] = (graph, static_in, static_out)
         return self._graphs[key]
 
+    @property
+    def input_specs(self) -> list[TensorSpec]:
+        """One input, ``images`` [batch, C, H, W], in the runner's dtype (float32 or float16)."""
+        dtype = "float16" if self.dtype == torch.float16 else "float32"
+        return [TensorSpec("images", ("batch", *self.input_size), dtype)]
+
     def infer(self, feed: Feed) -> dict[str, np.ndarray]:
         """{"images": float array [B, 3, S, S]} -> {"logits": float32 array [B, classes]}."""
         out = self.forward(torch.from_numpy(np.ascontiguousarray(feed["images"])))
         return {"logits": out.float().cpu().numpy()}
+
+    def prepare(self, feed: Feed) -> None:
+        """Copy ``feed["images"]`` to the runner's device and dtype (host -> device; synchronised)."""
+        x = torch.from_numpy(np.ascontiguousarray(feed["images"])).to(self.device, self.dtype)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._x = x
+
+    def enqueue(self) -> None:
+        """Issue the model on the prepared input (asynchronous on CUDA, the whole computation on CPU)."""
+        if self._x is None:
+            raise VitrtError("enqueue() before prepare(feed): give the runner its inputs first")
+        self._y = self.forward(self._x)
+
+    def synchronize(self) -> None:
+        """Wait for the last ``enqueue`` (CUDA); nothing to wait for on the CPU."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def fetch(self) -> dict[str, np.ndarray]:
+        """The last ``enqueue``'s logits as float32 numpy (device -> host)."""
+        if self._y is None:
+            raise VitrtError("fetch() before enqueue(): nothing has run yet")
+        return {"logits": self._y.float().cpu().numpy()}

@@ -62,7 +62,7 @@ def test_the_functions_take_the_options_of_their_command() -> None:
     # command option -> function parameter, where the function names it otherwise
     renamed = {"load_inputs": "inputs", "dynamic_batch": "batch", "no_simplify": "simplify"}
     renamed |= {"no_sensitivity": "sensitivity", "no_progress": "progress", "no_prepare": "prepare"}
-    renamed |= {"no_check": "check"}
+    renamed |= {"no_check": "check", "no_telemetry": "telemetry"}
     for command, function in [
         ("inspect", vitrt.model_card),
         ("export", vitrt.export_onnx),
@@ -72,6 +72,7 @@ def test_the_functions_take_the_options_of_their_command() -> None:
         ("fp16", vitrt.fp16),
         ("build", vitrt.build),
         ("bundle", vitrt.bundle),
+        ("profile", vitrt.profile),
     ]:
         params = list(inspect.signature(function).parameters)
         actions = [a for a in commands[command]._actions if a.dest != "help"]  # type: ignore[index]

@@ -47,8 +47,13 @@ if TYPE_CHECKING:  # the real signatures, for mypy and IDEs; at run time __getat
     from vitrt.compiler.verify import verify_onnx
     from vitrt.deploy.artifact import load_artifact
     from vitrt.deploy.openvino_runner import OpenVinoRunner
+    from vitrt.deploy.predict import run
     from vitrt.deploy.profile import profile_torch
+    from vitrt.deploy.profiler import profile_runner
+    from vitrt.deploy.profiling import profile, profile_artifact
+    from vitrt.deploy.report import ProfileReport, read_report
     from vitrt.deploy.runners import OnnxRuntimeRunner
+    from vitrt.deploy.sources import open_runner
     from vitrt.deploy.tensorrt_runner import TensorRTRunner
     from vitrt.deploy.torch_runner import TorchModelRunner
     from vitrt.models import list_models, load_checkpoint
@@ -84,6 +89,15 @@ _API: dict[str, tuple[str, str]] = {
     "OnnxRuntimeRunner": ("vitrt.deploy.runners", "OnnxRuntimeRunner"),
     "OpenVinoRunner": ("vitrt.deploy.openvino_runner", "OpenVinoRunner"),
     "TensorRTRunner": ("vitrt.deploy.tensorrt_runner", "TensorRTRunner"),
+    "open_runner": ("vitrt.deploy.sources", "open_runner"),  # any of the above from a path or a model name
+    # classify images (the model's own preprocessing)                                      `vitrt run`
+    "run": ("vitrt.deploy.predict", "run"),
+    # latency with trtexec's definitions, reports and plots                            `vitrt profile`
+    "profile": ("vitrt.deploy.profiling", "profile"),
+    "profile_artifact": ("vitrt.deploy.profiling", "profile_artifact"),
+    "profile_runner": ("vitrt.deploy.profiler", "profile_runner"),
+    "ProfileReport": ("vitrt.deploy.report", "ProfileReport"),
+    "read_report": ("vitrt.deploy.report", "read_report"),
     # runtime: before TensorRT parses or deserialises a model with vitrt's plugin nodes
     "register_tensorrt_plugins": ("vitrt.plugins", "register_tensorrt_plugins"),
     # PyTorch on the CPU or a CUDA GPU (vitrt's kernels), and its latency   `vitrt profile`
@@ -102,6 +116,7 @@ __all__ = [
     "OnnxRuntimeRunner",
     "OpenVinoRunner",
     "PrecisionRecipe",
+    "ProfileReport",
     "TensorRTRunner",
     "TorchModelRunner",
     "VitrtError",
@@ -118,11 +133,17 @@ __all__ = [
     "load_artifact",
     "load_checkpoint",
     "model_card",
+    "open_runner",
     "plan_build",
     "prepare",
+    "profile",
+    "profile_artifact",
+    "profile_runner",
     "profile_torch",
     "read_recipe",
+    "read_report",
     "register_tensorrt_plugins",
+    "run",
     "targets",
     "verify_onnx",
 ]

@@ -49,7 +49,7 @@ def test_runner_matches_the_model_and_profiles_on_cpu() -> None:
     assert result.latency.iterations >= 5 and result.gpu_compute is None
     assert 0 < result.latency.min <= result.latency.median <= result.latency.max
     assert result.enqueue.median <= result.latency.max
-    assert result.throughput_qps > 0 and result.settings["CUDA graph"] == "off"
+    assert result.throughput_qps > 0 and result.settings["cuda_graph"] == "n/a (host runner)"
     assert "Throughput:" in result.format() and "percentile(99%)" in result.format()
 
 
@@ -64,12 +64,16 @@ def test_profile_command_writes_json(tmp_path: Path, capsys: pytest.CaptureFixtu
         "10",
         "--duration-s",
         "0.05",
+        "--e2e-s",
+        "0.01",
     ]
     assert main([*argv, "--iterations", "3", "--warmup-s", "0", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "Latency: min =" in text and "batch 1" in text
-    data = json.loads(out.read_text())
+    data = json.loads(out.read_text())["artifacts"][0]  # a model name profiles its PyTorch model
     assert data["batch"] == 1 and data["latency"]["iterations"] >= 3 and data["gpu_compute"] is None
+    assert data["settings"]["runtime"] == "torch" and data["settings"]["precision"] == "fp32"
+    assert data["e2e"]["iterations"] >= 3  # preprocessing from the model card (64 x 64)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where torch has no CUDA device")

@@ -1,0 +1,265 @@
+"""``vitrt run``: classify images with an artifact, an ONNX file, an engine or a PyTorch model, preprocessed
+the model's own way.
+
+>>> result = vitrt.run("deit_s.cpu/", "photos/", top=5)
+>>> print(result.format())
+
+Preprocessing comes from the model (the ExportConfig in the artifact's manifest or the ONNX file's
+metadata; a model name's card): decode (jpg/png, grayscale replicated and alpha dropped to the model's
+channels), resize the shorter side to H / crop_pct, center crop H x W, normalise with mean / std
+(``vitrt.calibration.preprocess``, the same code calibration uses). Images go through the model in batches
+the model takes: exactly its batch where the batch axis is fixed (the last batch padded by repeating its
+last image, the padding's outputs dropped), ``batch`` images otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitrt.errors import VitrtError
+
+from .sources import ModelSource, check_batch, open_runner, source_of
+
+DEFAULT_BATCH = 8
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's top classes: (class index, label or None, softmax probability on [0, 1])."""
+
+    image: str
+    top: list[tuple[int, str | None, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "image": self.image,
+            "top": [{"class": c, "label": lab, "probability": p} for c, lab, p in self.top],
+        }
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """``vitrt run``'s answer: one Prediction per image, in the order given (a folder: sorted paths)."""
+
+    runner: str
+    predictions: list[Prediction]
+    labels_note: str
+    preprocess: dict[str, Any]
+    batch: int
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "runner": self.runner,
+            "batch": self.batch,
+            "preprocess": self.preprocess,
+            "labels": self.labels_note,
+            "predictions": [p.to_dict() for p in self.predictions],
+            "notes": list(self.notes),
+        }
+
+    def format(self) -> str:
+        """One block per image: ``rank. label (class i)  probability %``."""
+        lines = [f"{self.runner}: {len(self.predictions)} images, batch {self.batch}; {self.labels_note}"]
+        for p in self.predictions:
+            lines.append(p.image)
+            for rank, (c, label, prob) in enumerate(p.top, 1):
+                name = f"{label} (class {c})" if label is not None else f"class {c}"
+                lines.append(f"  {rank}. {name:<24} {100 * prob:6.2f} %")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def list_image_files(images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Image files named by ``images``: one jpg/png file, a folder (searched recursively, sorted), or a
+    list of either. VitrtError (DataSourceError) for a missing path or a folder without images."""
+    from vitrt.calibration.data import IMAGE_EXTENSIONS, list_images
+    from vitrt.calibration.errors import DataSourceError
+
+    specs = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+    files: list[Path] = []
+    for spec in specs:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise DataSourceError(f"no jpg/png images under {path} (searched recursively)")
+            files += found
+        elif path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+            files.append(path)
+        elif path.exists():
+            raise DataSourceError(f"{path} is not a jpg/png image or a folder of them")
+        else:
+            raise DataSourceError(f"{path}: no such image or folder")
+    return files
+
+
+def load_image(path: str | os.PathLike[str], preprocess: Any) -> np.ndarray:
+    """One image file -> the model's input (C, H, W) float32: decode, match channels, resize, center crop,
+    normalise (``preprocess``: a ``PreprocessConfig``)."""
+    from vitrt.calibration.data import decode_image, match_channels
+    from vitrt.calibration.preprocess import preprocess_image
+
+    image = decode_image(Path(path))
+    image = match_channels(image, preprocess.input_size[0], convert=True, where=str(path))
+    return preprocess_image(image, preprocess, where=str(path)).numpy()
+
+
+def resolve_preprocess(
+    source: ModelSource,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
+    size: int | Sequence[int] | None = None,
+) -> Any:
+    """The ``PreprocessConfig`` for ``source``, with the given values overriding its own. A file that does
+    not record its preprocessing (a foreign ONNX file, a bare engine) needs ``mean`` and ``std``; its input
+    size (pixels) comes from its input shape, or ``size`` (a side, or (height, width))."""
+    from vitrt.calibration.preprocess import check_preprocess
+    from vitrt.models.config import PreprocessConfig
+
+    base = source.preprocess()
+    if base is None:
+        if mean is None or std is None:
+            raise VitrtError(
+                f"{source.spec} does not record its preprocessing (no vitrt export config): pass --mean and "
+                "--std (ImageNet models: --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225)"
+            )
+        shape = list(source.inputs[0]["shape"]) if source.inputs else []
+        channels = shape[1] if len(shape) == 4 and isinstance(shape[1], int) else 3
+        if size is not None:
+            sides = [size] * 2 if isinstance(size, int) else list(size) * (2 if len(list(size)) == 1 else 1)
+            chw = (channels, int(sides[0]), int(sides[1]))
+        elif len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape[1:]):
+            chw = (int(shape[1]), int(shape[2]), int(shape[3]))
+        else:
+            raise VitrtError(f"{source.spec}: its input size is unknown; pass --size")
+        base = PreprocessConfig(input_size=chw)
+    channels = base.input_size[0]
+
+    def per_channel(values: Sequence[float] | None, current: tuple[float, ...]) -> tuple[float, ...]:
+        if values is None:
+            return current
+        vals = tuple(float(v) for v in values)
+        return vals * channels if len(vals) == 1 else vals
+
+    cfg = replace(
+        base,
+        mean=per_channel(mean, base.mean),
+        std=per_channel(std, base.std),
+        crop_pct=base.crop_pct if crop_pct is None else float(crop_pct),
+        interpolation=base.interpolation if interpolation is None else interpolation,
+    )
+    check_preprocess(cfg)
+    return cfg
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of [B, classes] logits, in float64."""
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def classify(runner: Any, batches: np.ndarray, batch: int, fixed: bool) -> np.ndarray:
+    """Logits [N, classes] of ``batches`` [N, C, H, W] run ``batch`` at a time through ``runner`` (its first
+    input and first output); with ``fixed`` the last partial batch is padded with its last image."""
+    name = runner.input_specs[0].name
+    dtype = (
+        np.dtype(runner.input_specs[0].dtype) if runner.input_specs[0].dtype != "undefined" else np.float32
+    )
+    out = []
+    for start in range(0, len(batches), batch):
+        chunk = batches[start : start + batch]
+        n = len(chunk)
+        if fixed and n < batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - n, axis=0)])
+        outputs = runner.infer({name: chunk.astype(dtype)})
+        logits = next(iter(outputs.values()))
+        out.append(np.asarray(logits, dtype=np.float32).reshape(len(chunk), -1)[:n])
+    return np.concatenate(out)
+
+
+def run(
+    model: Any,
+    images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    top: int = 5,
+    batch: int | None = None,
+    runtime: str | None = None,
+    threads: int | None = None,
+    inference_precision: str | None = None,
+    device: str = "cpu",
+    half: bool = False,
+    check: bool = True,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
+    size: int | Sequence[int] | None = None,
+) -> RunResult:
+    """Classify ``images`` (a jpg/png file, a folder, or a list) with ``model`` (an artifact folder, an ONNX
+    file, a .plan engine, a model name, or a runner from ``open_runner``): the ``top`` classes per image
+    with softmax probabilities and label names where the model has them (``ModelSource.labels``).
+
+    batch: images per query (default: the model's fixed batch, else 8); a size the model cannot take
+    raises BatchError. runtime / threads / inference_precision / device / half / check: ``open_runner``.
+    mean / std / crop_pct / interpolation / size: override the model's preprocessing (mean / std required
+    for a file that does not record it; size in pixels only used there).
+    """
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise VitrtError(f"top must be a positive integer, got {top!r}")
+    files = list_image_files(images)
+    if hasattr(model, "infer"):
+        runner = model
+        source = source_of(runner)
+    else:
+        runner = open_runner(
+            model,
+            runtime=runtime,
+            threads=threads,
+            inference_precision=inference_precision,
+            device=device,
+            half=half,
+            check=check,
+        )
+        source = source_of(runner)
+    cfg = resolve_preprocess(
+        source, mean=mean, std=std, crop_pct=crop_pct, interpolation=interpolation, size=size
+    )
+    specs = runner.input_specs
+    fixed = source.fixed_batch()
+    if fixed is None and specs and isinstance(specs[0].shape[0], int) and specs[0].shape[0] > 0:
+        fixed = int(specs[0].shape[0])
+    size = batch if batch is not None else (fixed or min(DEFAULT_BATCH, len(files)))
+    check_batch(source, size, specs=specs)
+    x = np.stack([load_image(f, cfg) for f in files])
+    probs = softmax(classify(runner, x, size, fixed is not None))
+    labels, note = source.labels()
+    k = min(top, probs.shape[1])
+    predictions = []
+    for path, row in zip(files, probs, strict=True):
+        order = np.argsort(-row, kind="stable")[:k]
+        predictions.append(
+            Prediction(
+                str(path),
+                [
+                    (int(c), labels[c] if labels is not None and c < len(labels) else None, float(row[c]))
+                    for c in order
+                ],
+            )
+        )
+    notes = []
+    if fixed is not None and len(files) % size:
+        notes.append(
+            f"the last batch was padded to {size} (the model's fixed batch); padding outputs dropped"
+        )
+    return RunResult(runner.name, predictions, note, cfg.to_dict(), size, notes)

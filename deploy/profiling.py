@@ -1,0 +1,206 @@
+"""``vitrt profile`` as functions: ``profile_artifact`` (one artifact, ONNX file, engine or model name) and
+``profile`` (several, with the report files: JSON, Markdown, per-query times, PNG plots).
+
+>>> report = vitrt.profile(["fp32.cpu/", "int8.cpu/"], duration_s=3, compare=True, plots="plots/")
+>>> print(report.to_markdown())
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .profiler import (
+    DEFAULT_DURATION_S,
+    DEFAULT_E2E_S,
+    DEFAULT_MIN_ITERATIONS,
+    DEFAULT_WARMUP_S,
+    TRTEXEC_DEFAULTS,
+    profile_runner,
+)
+from .report import ProfileReport, comparison, machine_facts, write_json, write_markdown
+from .results import ProfileResult
+from .sources import check_batch, open_runner, resolve_source
+
+PathLike = str | os.PathLike[str]
+
+
+def profile_artifact(
+    source: PathLike,
+    *,
+    batch: int = 1,
+    warmup_s: float = DEFAULT_WARMUP_S,
+    duration_s: float = DEFAULT_DURATION_S,
+    iterations: int = DEFAULT_MIN_ITERATIONS,
+    include_data_transfers: bool | None = None,
+    cuda_graph: bool | None = None,
+    spin_wait: bool | None = None,
+    trtexec_defaults: str = "11",
+    e2e_s: float = DEFAULT_E2E_S,
+    telemetry: bool = True,
+    progress: bool = True,
+    runtime: str | None = None,
+    threads: int | None = None,
+    inference_precision: str | None = None,
+    check: bool = True,
+    device: str = "cpu",
+    half: bool = False,
+    checkpoint: str | None = None,
+    img_size: int = 224,
+    num_classes: int = 1000,
+    fusion: Any = None,
+    attention: Any = None,
+) -> ProfileResult:
+    """Open ``source`` (``vitrt.deploy.open_runner``: an artifact folder, a .onnx, a .plan or a model name)
+    and profile it (``vitrt.deploy.profiler.profile_runner``: trtexec's definitions, times in ms).
+
+    batch: images per query; BatchError when the artifact / file / engine cannot take it (fixed batch
+    axis, optimisation profile). cuda_graph / spin_wait: a TensorRT engine's and a model name's on CUDA
+    (None: the ``trtexec_defaults`` line's default); others as ``profile_runner`` and ``open_runner``.
+    telemetry: record device state where ``vitrt.deploy.telemetry`` exists (else noted "not recorded").
+    """
+    src = resolve_source(source)
+    defaults = TRTEXEC_DEFAULTS[trtexec_defaults] if trtexec_defaults in TRTEXEC_DEFAULTS else {}
+    graph = cuda_graph if cuda_graph is not None else defaults.get("cuda_graph", False)
+    if src.kind == "model" and not device.startswith("cuda"):
+        graph = False
+    spin = spin_wait if spin_wait is not None else defaults.get("spin_wait", False)
+    runner = open_runner(
+        src,
+        runtime=runtime,
+        threads=threads,
+        inference_precision=inference_precision,
+        check=check,
+        device=device,
+        half=half,
+        cuda_graph=bool(graph),
+        spin_wait=bool(spin),
+        checkpoint=checkpoint,
+        img_size=img_size,
+        num_classes=num_classes,
+        fusion=fusion,
+        attention=attention,
+    )
+    src = runner.source
+    check_batch(src, batch, specs=runner.input_specs)
+    return profile_runner(
+        runner,
+        batch=batch,
+        warmup_s=warmup_s,
+        duration_s=duration_s,
+        iterations=iterations,
+        include_data_transfers=include_data_transfers,
+        cuda_graph=cuda_graph,
+        spin_wait=spin_wait,
+        trtexec_defaults=trtexec_defaults,
+        e2e_s=e2e_s,
+        preprocess=src.preprocess(),
+        telemetry=telemetry,
+        progress=progress,
+        source=os.fspath(source),
+    )
+
+
+def times_paths(path: PathLike, count: int) -> list[Path]:
+    """Where ``--export-times PATH`` writes for ``count`` artifacts: PATH itself for one, else
+    ``<stem>.<i><suffix>`` per artifact (i from 0, in the order given)."""
+    p = Path(path)
+    if count == 1:
+        return [p]
+    return [p.with_name(f"{p.stem}.{i}{p.suffix or '.json'}") for i in range(count)]
+
+
+def profile(
+    artifacts: PathLike | Sequence[PathLike],
+    *,
+    batch: int = 1,
+    warmup_s: float = DEFAULT_WARMUP_S,
+    duration_s: float = DEFAULT_DURATION_S,
+    iterations: int = DEFAULT_MIN_ITERATIONS,
+    include_data_transfers: bool | None = None,
+    cuda_graph: bool | None = None,
+    spin_wait: bool | None = None,
+    trtexec_defaults: str = "11",
+    e2e_s: float = DEFAULT_E2E_S,
+    telemetry: bool = True,
+    quiet: bool = False,
+    json: PathLike | None = None,
+    report: PathLike | None = None,
+    export_times: PathLike | None = None,
+    plots: PathLike | None = None,
+    compare: bool = False,
+    runtime: str | None = None,
+    threads: int | None = None,
+    inference_precision: str | None = None,
+    check: bool = True,
+    device: str = "cpu",
+    half: bool = False,
+    checkpoint: str | None = None,
+    img_size: int = 224,
+    num_classes: int = 1000,
+    fusion: Any = None,
+    attention: Any = None,
+) -> ProfileReport:
+    """Profile each of ``artifacts`` in turn (``profile_artifact``, which takes the other options) and
+    write what is asked for: ``json`` (the report, schema in ``vitrt.deploy.report``), ``report``
+    (Markdown), ``export_times`` (per-query records in trtexec's ``--exportTimes`` layout; one file per
+    artifact, ``times_paths``), ``plots`` (a folder of PNGs, ``vitrt.deploy.plots.plot_report``);
+    ``compare``: ratios to the first artifact in the report and a comparison chart. quiet: no progress bar.
+    Returns the ProfileReport.
+    """
+    from vitrt.fileio import check_writable
+
+    specs = [artifacts] if isinstance(artifacts, (str, os.PathLike)) else list(artifacts)
+    for target in (json, report):
+        if target is not None:
+            check_writable(target)
+    results = [
+        profile_artifact(
+            spec,
+            batch=batch,
+            warmup_s=warmup_s,
+            duration_s=duration_s,
+            iterations=iterations,
+            include_data_transfers=include_data_transfers,
+            cuda_graph=cuda_graph,
+            spin_wait=spin_wait,
+            trtexec_defaults=trtexec_defaults,
+            e2e_s=e2e_s,
+            telemetry=telemetry,
+            progress=not quiet,
+            runtime=runtime,
+            threads=threads,
+            inference_precision=inference_precision,
+            check=check,
+            device=device,
+            half=half,
+            checkpoint=checkpoint,
+            img_size=img_size,
+            num_classes=num_classes,
+            fusion=fusion,
+            attention=attention,
+        )
+        for spec in specs
+    ]
+    out = ProfileReport(
+        artifacts=results,
+        machine=machine_facts(),
+        compare=comparison(results) if compare else None,
+        notes=["times in ms per query (one query = one batch); trtexec's nearest-rank percentiles"],
+    )
+    if json is not None:
+        write_json(json, out)
+    if report is not None:
+        write_markdown(report, out)
+    if export_times is not None:
+        from .trtexec_format import write_times
+
+        for path, result in zip(times_paths(export_times, len(results)), results, strict=True):
+            write_times(path, result.times)
+    if plots is not None:
+        from .plots import plot_report
+
+        plot_report(results, plots, compare=compare)
+    return out

@@ -1,0 +1,314 @@
+"""What a user points vitrt's runtime at, and the runner for it: ``open_runner(path_or_name, **options)``.
+
+Accepted (``resolve_source``), in this order:
+
+- an artifact folder written by ``vitrt build`` (holds ``manifest.json``), or its model file: the manifest
+  is checked against this machine (``load_artifact``) and says the runtime, threads, inference precision,
+  the inputs' shapes and the ExportConfig (preprocessing);
+- a bare ``.onnx`` file: ONNX Runtime by default, ``runtime="openvino"`` for OpenVINO; its ExportConfig
+  (when vitrt exported it) is read from the file's metadata;
+- a bare ``.plan`` / ``.engine`` file: a TensorRT engine (no manifest: nothing is checked first);
+- a model name (``vitrt list-models``): the PyTorch model, random init or ``checkpoint=``, on
+  ``device="cpu"`` or ``"cuda"``.
+
+Anything else raises ``SourceError`` naming what is accepted. ``ModelSource`` carries what ``vitrt run``
+and ``vitrt profile`` need besides the runner: the preprocessing, the class labels, the batch sizes the
+model takes (``check_batch`` raises ``BatchError``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vitrt.errors import VitrtError
+
+ONNX_SUFFIXES = (".onnx",)
+PLAN_SUFFIXES = (".plan", ".engine", ".trt")
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".safetensors", ".bin")
+RUNTIMES = ("onnxruntime", "openvino", "tensorrt", "torch")
+DIGIT_LABELS = tuple(str(d) for d in range(10))
+ACCEPTED = (
+    "an artifact folder from `vitrt build` (with manifest.json), an ONNX file (.onnx), a TensorRT engine "
+    "(.plan), or a model name (`vitrt list-models`)"
+)
+
+
+class SourceError(VitrtError):
+    """A path or name that is not an artifact, an ONNX file, an engine or a model vitrt knows."""
+
+
+class BatchError(VitrtError):
+    """A batch size the artifact, file or engine does not take (fixed batch axis, profile bounds)."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved ``open_runner`` argument.
+
+    kind: "artifact", "onnx", "plan" or "model"; spec: what the user gave; path: the folder or file (None
+    for a model name); manifest: the artifact's ``Manifest``; export_config: the ExportConfig as a dict
+    (None where unknown: a foreign ONNX file, an engine); inputs: [{"name", "shape", "dtype"}] as recorded
+    (empty where only the opened runner knows them); batch_range: (min, max) batch from the build's
+    optimisation profile (TensorRT), else None.
+    """
+
+    kind: str
+    spec: str
+    path: Path | None = None
+    manifest: Any = None
+    export_config: dict[str, Any] | None = None
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    batch_range: tuple[int, int] | None = None
+
+    @property
+    def runtime(self) -> str | None:
+        """The artifact's runtime ("onnxruntime", "openvino", "tensorrt"); None for other kinds."""
+        return str(self.manifest.runtime["name"]) if self.manifest is not None else None
+
+    def preprocess(self) -> Any:
+        """The model's ``PreprocessConfig`` (resize, crop_pct, mean / std) from its ExportConfig, or None
+        when the file does not record one (a foreign ONNX file, a bare engine)."""
+        from vitrt.models.config import PreprocessConfig
+
+        cfg = self.export_config
+        if cfg is None:
+            return None
+        extra = cfg.get("extra") or {}
+        pre = dict(extra.get("preprocess", {})) if isinstance(extra, dict) else {}
+        defaults = PreprocessConfig()
+        return PreprocessConfig(
+            input_size=tuple(int(v) for v in cfg["input_size"]),  # type: ignore[arg-type]
+            mean=tuple(float(v) for v in cfg["mean"]),
+            std=tuple(float(v) for v in cfg["std"]),
+            crop_pct=float(pre.get("crop_pct", defaults.crop_pct)),
+            interpolation=str(pre.get("interpolation", defaults.interpolation)),
+        )
+
+    def labels(self) -> tuple[tuple[str, ...] | None, str]:
+        """(class names or None, a note saying where they came from or why there are none).
+
+        ``extra["labels"]`` of the ExportConfig first; vitrt's digits models (name ``digits_*``, 10
+        classes) are the digits 0-9; no ImageNet label list ships offline, so ImageNet models get None.
+        """
+        cfg = self.export_config or {}
+        extra = cfg.get("extra") or {}
+        if isinstance(extra, dict) and isinstance(extra.get("labels"), list):
+            return tuple(str(v) for v in extra["labels"]), "labels from the export config"
+        if str(cfg.get("model", "")).startswith("digits") and cfg.get("num_classes") == 10:
+            return DIGIT_LABELS, "digits 0-9"
+        classes = cfg.get("num_classes")
+        what = f"{classes} classes" if classes else "classes"
+        return None, f"no label list ships offline for this model ({what}): class indices shown"
+
+    def fixed_batch(self) -> int | None:
+        """The first input's batch axis when it is a fixed number, else None (dynamic)."""
+        if not self.inputs:
+            return None
+        shape = self.inputs[0].get("shape") or []
+        return int(shape[0]) if shape and isinstance(shape[0], int) and shape[0] > 0 else None
+
+
+def check_batch(source: ModelSource, batch: int, *, specs: list[Any] | None = None) -> None:
+    """BatchError when ``source`` (or the opened runner's ``specs``) cannot take ``batch`` images per query:
+    a fixed batch axis of another size, or a size outside the optimisation profile it was built with."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise BatchError(f"batch must be a positive integer, got {batch!r}")
+    fixed = source.fixed_batch()
+    if fixed is None and specs:
+        first = specs[0].shape[0] if specs[0].shape else None
+        fixed = first if isinstance(first, int) and first > 0 else None
+    if fixed is not None and batch != fixed:
+        raise BatchError(
+            f"{source.spec} takes batches of exactly {fixed} (its input has a fixed batch axis), not "
+            f"{batch}. Fix: --batch {fixed}, or export with --dynamic-batch and rebuild"
+        )
+    profile = getattr(specs[0], "profile", None) if specs else None
+    batch_range = source.batch_range or ((profile[0][0], profile[2][0]) if profile else None)
+    if batch_range is not None:
+        lo, hi = batch_range
+        if not lo <= batch <= hi:
+            raise BatchError(
+                f"{source.spec} was built for batches {lo} to {hi} (its optimisation profile), not {batch}. "
+                f"Fix: --batch within {lo}..{hi}, or rebuild with --max-batch {batch}"
+            )
+
+
+def _onnx_facts(path: Path, spec: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """(ExportConfig as a dict or None, inputs) of an ONNX file; SourceError when it is not ONNX."""
+    from dataclasses import asdict
+
+    import onnx
+
+    from vitrt.compiler.export import read_export_config
+    from vitrt.compiler.model_facts import read_model_facts
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # onnx raises DecodeError / ValueError / OSError for a file that is not ONNX
+        raise SourceError(
+            f"{spec} is not a readable ONNX file ({type(err).__name__}). Give {ACCEPTED}"
+        ) from err
+    if not proto.graph.node:
+        raise SourceError(f"{spec} holds no ONNX graph (an empty or foreign file). Give {ACCEPTED}")
+    config = read_export_config(proto)
+    facts = read_model_facts(proto)
+    return (asdict(config) if config is not None else None), [t.to_dict() for t in facts.inputs]
+
+
+def resolve_source(spec: str | os.PathLike[str]) -> ModelSource:
+    """What ``spec`` is (module docstring); SourceError for anything vitrt cannot run."""
+    from vitrt.compiler.manifest import MANIFEST_NAME, read_manifest
+
+    text = os.fspath(spec)
+    path = Path(text).expanduser()
+    if path.is_dir() or (path.is_file() and (path.parent / MANIFEST_NAME).is_file()):
+        folder = path if path.is_dir() else path.parent
+        if not (folder / MANIFEST_NAME).is_file():
+            if (folder / "bundle.json").is_file():
+                raise SourceError(f"{text} is a bundle: build it first with `vitrt build --bundle {text}`")
+            raise SourceError(f"{text} is a folder without {MANIFEST_NAME}, not an artifact. Give {ACCEPTED}")
+        manifest = read_manifest(folder)
+        if manifest.kind == "bundle":
+            raise SourceError(f"{text} is a bundle: build it first with `vitrt build --bundle {text}`")
+        inputs = [dict(t) for t in manifest.io if t.get("mode") == "input"]
+        options = manifest.build_options or {}
+        batch_range = None
+        if options.get("max_batch") is not None:
+            batch_range = (int(options.get("min_batch") or 1), int(options["max_batch"]))
+        return ModelSource(
+            "artifact",
+            text,
+            folder,
+            manifest,
+            manifest.model.get("export_config"),
+            inputs,
+            batch_range,
+        )
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix in ONNX_SUFFIXES:
+            config, inputs = _onnx_facts(path, text)
+            return ModelSource("onnx", text, path, None, config, inputs)
+        if suffix in PLAN_SUFFIXES:
+            return ModelSource("plan", text, path)
+        if suffix in CHECKPOINT_SUFFIXES or path.name.endswith(".pth.tar"):
+            raise SourceError(
+                f"{text} is a checkpoint, which does not say its model: give the model name and the "
+                f"checkpoint (`MODEL --checkpoint {text}`, or open_runner(MODEL, checkpoint=...))"
+            )
+        raise SourceError(f"{text} is not something vitrt runs. Give {ACCEPTED}")
+    from vitrt.models import list_models
+
+    if text in list_models():
+        return ModelSource("model", text)
+    raise SourceError(f"{text!r}: no such file or folder, and not a model name. Give {ACCEPTED}")
+
+
+def open_runner(
+    source: str | os.PathLike[str] | ModelSource,
+    *,
+    runtime: str | None = None,
+    threads: int | None = None,
+    inference_precision: str | None = None,
+    check: bool = True,
+    device: str = "cpu",
+    half: bool = False,
+    cuda_graph: bool = False,
+    spin_wait: bool = False,
+    checkpoint: str | None = None,
+    img_size: int = 224,
+    num_classes: int = 1000,
+    fusion: Any = None,
+    attention: Any = None,
+    name: str | None = None,
+) -> Any:
+    """The runner (``vitrt.deploy.runners.Runner``) for an artifact folder, an ONNX file, a TensorRT
+    engine or a model name (module docstring).
+
+    runtime: for a bare ONNX file, "onnxruntime" (default) or "openvino"; ignored otherwise (an artifact's
+    runtime is its manifest's). threads: intra-op threads of ONNX Runtime / OpenVINO (default: an
+    artifact's recorded threads, else the runtime's default, every core). inference_precision: OpenVINO's
+    "f32" (default) or "bf16". check: compare an artifact's manifest with this machine first.
+    cuda_graph / spin_wait: a TensorRT engine's (captured on its first enqueue; wait by polling) and a
+    model name's CUDA graph. device / half / checkpoint / img_size (pixels) / num_classes / fusion /
+    attention: a model name's PyTorch runner (``TorchModelRunner.from_name``). name: the runner's name in
+    reports (default: the file or folder name, and the runtime).
+    """
+    src = source if isinstance(source, ModelSource) else resolve_source(source)
+    if runtime is not None and runtime not in RUNTIMES:
+        raise VitrtError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    label = name or (src.path.name if src.path is not None else src.spec)
+    runner: Any
+    if src.kind == "artifact":
+        from .artifact import load_artifact
+
+        runner = load_artifact(src.path, check=check, threads=threads)  # type: ignore[arg-type]
+        if inference_precision is not None and src.runtime == "openvino":
+            from .openvino_runner import OpenVinoRunner
+
+            runner = OpenVinoRunner(runner.path, threads=threads, inference_precision=inference_precision)
+        runner.name = name or f"{label} ({src.runtime})"
+        if src.runtime == "tensorrt":  # load_artifact builds it plain; the graph is captured lazily
+            runner.cuda_graph, runner.spin_wait = cuda_graph, spin_wait
+    elif src.kind == "onnx":
+        if runtime == "openvino":
+            from .openvino_runner import OpenVinoRunner
+
+            runner = OpenVinoRunner(
+                src.path,  # type: ignore[arg-type]
+                threads=threads,
+                inference_precision=inference_precision or "f32",
+                name=name or f"{label} (openvino)",
+            )
+        elif runtime in (None, "onnxruntime"):
+            from .runners import OnnxRuntimeRunner
+
+            runner = OnnxRuntimeRunner(src.path, threads=threads, name=name or f"{label} (onnxruntime)")  # type: ignore[arg-type]
+        else:
+            raise VitrtError(f"an ONNX file runs on onnxruntime or openvino, not {runtime}")
+    elif src.kind == "plan":
+        from .tensorrt_runner import TensorRTRunner
+
+        runner = TensorRTRunner(
+            src.path,  # type: ignore[arg-type]
+            cuda_graph=cuda_graph,
+            spin_wait=spin_wait,
+            name=name or f"{label} (tensorrt)",
+        )
+    else:
+        from .torch_runner import TorchModelRunner
+
+        runner = TorchModelRunner.from_name(
+            src.spec,
+            checkpoint=checkpoint,
+            fusion=fusion,
+            attention=attention,
+            img_size=img_size,
+            num_classes=num_classes,
+            device=device,
+            half=half,
+            cuda_graph=cuda_graph,
+            name=name,
+        )
+        pre = getattr(runner.model, "preprocess", None)
+        config: dict[str, Any] = {"model": src.spec, "num_classes": num_classes, "fusion": fusion}
+        if pre is not None:
+            config |= {"input_size": list(pre.input_size), "mean": list(pre.mean), "std": list(pre.std)}
+            config["extra"] = {"preprocess": {"crop_pct": pre.crop_pct, "interpolation": pre.interpolation}}
+        spec = {"name": "images", "shape": ["batch", *runner.input_size], "dtype": "float32"}
+        src = ModelSource("model", src.spec, export_config=config if pre is not None else None, inputs=[spec])
+    runner.source = src
+    return runner
+
+
+def source_of(runner: Any, spec: str | os.PathLike[str] | None = None) -> ModelSource:
+    """The ``ModelSource`` an ``open_runner`` runner came from (``runner.source``), or ``spec`` resolved."""
+    src = getattr(runner, "source", None)
+    if isinstance(src, ModelSource):
+        return src
+    if spec is None:
+        raise VitrtError("this runner was not opened by open_runner: give the path it came from")
+    return resolve_source(spec)

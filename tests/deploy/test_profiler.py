@@ -1,0 +1,157 @@
+"""``profile_runner`` / ``vitrt.profile``: trtexec's definitions on a runner whose times are known, the
+--exportTimes records, the defaults recorded, the telemetry and per-layer hook points, and profiles of tiny
+ONNX Runtime FP32 / INT8 artifacts."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import vitrt
+from vitrt.deploy.latency import latency_stats
+from vitrt.deploy.runners import HostTimingMixin, TensorSpec
+from vitrt.deploy.trtexec_format import QueryTrace, read_times, times_stats, write_times
+from vitrt.errors import VitrtError
+
+
+class SleepRunner(HostTimingMixin):
+    """A host runner whose query takes ``ms`` milliseconds (a sleep) and returns the input's sum."""
+
+    name = "sleep"
+    runtime = "test"
+
+    def __init__(self, ms: float) -> None:
+        self.ms = ms
+        self.calls = 0
+
+    @property
+    def input_specs(self) -> list[TensorSpec]:
+        return [TensorSpec("x", ("batch", 4), "float32")]
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # type: ignore[override]
+        self.calls += 1
+        time.sleep(self.ms / 1e3)
+        return {"y": feed["x"].sum(axis=1)}
+
+
+def test_times_file_round_trips_with_trtexec_statistics(tmp_path: Path) -> None:
+    # 10 queries with compute 1..10 ms shuffled, no transfers, enqueue = half of it: p90 drops
+    # int(0.1 * 10) = 1 -> 9 ms; written in trtexec's --exportTimes layout and read back
+    latencies = [5.0, 1.0, 4.0, 2.0, 3.0, 10.0, 7.0, 8.0, 6.0, 9.0]
+    traces, t = [], 0.0
+    for ms in latencies:
+        traces.append(QueryTrace(t, t + ms / 2, t, t, t, t + ms, t + ms, t + ms))
+        t += ms
+    back = read_times(write_times(tmp_path / "times.json", traces))
+    assert back == traces
+    stats = times_stats(back)
+    assert (stats["latency"].median, stats["latency"].p90, stats["latency"].p99) == (5.5, 9.0, 10.0)
+    assert (stats["enqueue"].min, stats["enqueue"].max, stats["enqueue"].mean) == (0.5, 5.0, 2.75)
+    assert math.isclose(stats["latency"].std, math.sqrt(8.25))
+
+
+def test_profile_of_a_known_runner_follows_trtexec() -> None:
+    runner = SleepRunner(ms=2.0)
+    result = vitrt.profile_runner(
+        runner, batch=3, warmup_s=0.01, duration_s=0.15, iterations=10, e2e_s=0, progress=False
+    )
+    n = len(result.times)
+    assert result.latency.iterations == n >= 10 and result.batch == 3
+    assert result.wall_s >= 0.15 and result.throughput_qps == pytest.approx(n / result.wall_s)
+    assert 2.0 <= result.latency.min <= result.latency.median <= result.latency.p99 <= result.latency.max
+    # a host runner: no transfers, latency = compute = enqueue..synchronize, GPU compute not measured
+    assert result.gpu_compute is None and result.h2d is None
+    assert all(t.h2d_ms == t.d2h_ms == 0.0 and t.latency_ms == t.compute_ms for t in result.times)
+    assert result.latency == latency_stats([t.latency_ms for t in result.times])
+    assert result.enqueue.median <= result.latency.median
+    starts = [t.start_enq_ms for t in result.times]
+    assert starts == sorted(starts) and starts[0] >= 0.0
+    assert result.settings["include_data_transfers"].startswith("n/a")
+    assert result.settings["runtime"] == "test" and result.settings["duration_s"] == 0.15
+    assert result.defaults == {
+        "trtexec": "11",
+        "values": {"include_data_transfers": False, "cuda_graph": True, "spin_wait": True},
+        "applied": ["include_data_transfers", "cuda_graph", "spin_wait"],
+    }
+    ten = vitrt.profile_runner(
+        runner, warmup_s=0, duration_s=0, iterations=10, spin_wait=False, trtexec_defaults="10", e2e_s=0
+    )
+    assert ten.latency.iterations == 10 and ten.defaults["applied"] == [
+        "include_data_transfers",
+        "cuda_graph",
+    ]
+    assert ten.defaults["values"]["include_data_transfers"] is True
+    with pytest.raises(VitrtError, match="trtexec_defaults"):
+        vitrt.profile_runner(runner, trtexec_defaults="9")
+
+
+def test_telemetry_and_layer_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = SleepRunner(ms=0.5)
+    plain = vitrt.profile_runner(runner, warmup_s=0, duration_s=0, e2e_s=0, progress=False)
+    # vitrt's sampler on this machine: a CPU, its static facts recorded
+    assert plain.telemetry["recorded"] is True and plain.telemetry["platform"] == "cpu"
+    assert plain.layers is None and any("per-layer profile not recorded" in n for n in plain.notes)
+    monkeypatch.setitem(sys.modules, "vitrt.deploy.telemetry", None)  # the module absent: import fails
+    absent = vitrt.profile_runner(runner, warmup_s=0, duration_s=0, e2e_s=0, progress=False, telemetry=True)
+    assert absent.telemetry["recorded"] is False and "not available" in absent.telemetry["reason"]
+    assert any(n.startswith("telemetry not recorded") for n in absent.notes)
+    off = vitrt.profile_runner(runner, warmup_s=0, duration_s=0, e2e_s=0, progress=False, telemetry=False)
+    assert off.telemetry == {"recorded": False, "reason": "telemetry not asked for"}
+
+    class State:
+        def to_dict(self) -> dict[str, float]:
+            return {"gpu_clock_mhz": 1980.0}
+
+    class Sampler:  # TelemetrySampler's protocol
+        def __init__(self, threads: int | None = None) -> None:
+            self.window: list[object] = []
+
+        def __enter__(self) -> Sampler:
+            return self
+
+        def begin_timed(self) -> None:
+            self.window.append("begin")
+
+        def end_timed(self, inferences: int) -> None:
+            self.window.append(inferences)
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def result(self) -> State:
+            # the timed window: 10 queries of one image (duration 0, at least 10 iterations)
+            assert self.window == ["begin", 10]
+            return State()
+
+    telemetry = types.ModuleType("vitrt.deploy.telemetry")
+    telemetry.TelemetrySampler = Sampler  # type: ignore[attr-defined]
+    layers = types.ModuleType("vitrt.deploy.layer_profile")
+    layers.profile_runner_layers = lambda r: {"patch_embed": 0.25, "blocks.0": 0.5}  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "vitrt.deploy.telemetry", telemetry)
+    monkeypatch.setitem(sys.modules, "vitrt.deploy.layer_profile", layers)
+    wired = vitrt.profile_runner(runner, warmup_s=0, duration_s=0, e2e_s=0, progress=False)
+    assert wired.telemetry == {"recorded": True, "gpu_clock_mhz": 1980.0}
+    assert wired.layers == {"patch_embed": 0.25, "blocks.0": 0.5} and wired.notes == []
+
+
+@pytest.mark.parametrize("key", ["fp32.cpu", "int8.cpu"])
+def test_profile_of_tiny_ort_artifacts(tiny: dict[str, Path], key: str) -> None:
+    duration = 0.25
+    t0 = time.perf_counter()
+    result = vitrt.profile_artifact(tiny[key], warmup_s=0.05, duration_s=duration, e2e_s=0.05, progress=False)
+    elapsed = time.perf_counter() - t0
+    lat = result.latency
+    assert lat.iterations >= 10 and 0 < lat.min <= lat.median <= lat.p90 <= lat.p99 <= lat.max
+    assert duration <= result.wall_s <= duration + 0.5 and elapsed < duration + 10
+    assert result.settings["runtime"] == "onnxruntime" and result.settings["threads"] == 1
+    assert result.settings["precision"] == key.split(".")[0]
+    assert result.e2e is not None and result.preprocess is not None
+    assert result.e2e.median >= result.preprocess.median > 0 and result.e2e.iterations >= 10
+    assert result.memory["host_peak_rss_mib"] >= result.memory["host_start_rss_mib"] > 0
+    assert result.memory["device_peak_mib"] is None and result.source == str(tiny[key])

@@ -1,0 +1,147 @@
+"""One runner interface over every runtime, ``open_runner`` on each kind of source, ``vitrt run`` (the
+model's own preprocessing, top-k, labels, batches) and the errors for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import vitrt
+from vitrt.compiler.cli import main
+from vitrt.deploy.predict import softmax
+from vitrt.deploy.runners import TensorSpec
+from vitrt.deploy.sources import BatchError, ModelSource, SourceError, check_batch, resolve_source
+from vitrt.errors import VitrtError
+
+
+def _split(runner: object, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    runner.prepare(feed)  # type: ignore[attr-defined]
+    runner.enqueue()  # type: ignore[attr-defined]
+    runner.synchronize()  # type: ignore[attr-defined]
+    return runner.fetch()  # type: ignore[attr-defined,no-any-return]
+
+
+def test_every_runner_has_the_interface(tiny: dict[str, Path]) -> None:
+    x = np.random.default_rng().standard_normal((1, 3, 32, 32)).astype(np.float32)
+    spec = TensorSpec("images", (1, 3, 32, 32), "float32")
+    artifact = vitrt.open_runner(tiny["fp32.cpu"])
+    onnx_ort = vitrt.open_runner(tiny["fp32"], threads=1)
+    onnx_ov = vitrt.open_runner(tiny["fp32"], runtime="openvino", threads=1, inference_precision="f32")
+    torch_cpu = vitrt.open_runner("deit_tiny_patch16_224", img_size=32, num_classes=10)
+    for runner in (artifact, onnx_ort, onnx_ov):
+        assert runner.input_specs == [spec], runner.name
+    assert torch_cpu.input_specs == [TensorSpec("images", ("batch", 3, 32, 32), "float32")]
+    assert (artifact.runtime, onnx_ort.runtime, onnx_ov.runtime, torch_cpu.runtime) == (
+        "onnxruntime",
+        "onnxruntime",
+        "openvino",
+        "torch",
+    )
+    assert artifact.threads == 1 and onnx_ov.inference_precision == "f32"
+    reference = onnx_ort.infer({"images": x})["logits"]
+    for runner in (artifact, onnx_ort, onnx_ov, torch_cpu):
+        # the timing split computes what infer computes
+        np.testing.assert_array_equal(
+            _split(runner, {"images": x})["logits"], runner.infer({"images": x})["logits"]
+        )
+    # the same file on three runtimes: the same function (OpenVINO f32 to float32 rounding)
+    np.testing.assert_allclose(artifact.infer({"images": x})["logits"], reference, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(onnx_ov.infer({"images": x})["logits"], reference, rtol=1e-3, atol=1e-3)
+    assert str(artifact.device) == "cpu" and str(torch_cpu.device) == "cpu"
+    with pytest.raises(VitrtError, match="before prepare"):
+        vitrt.open_runner(tiny["fp32"]).enqueue()
+
+
+def test_sources_and_their_errors(
+    tiny: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import vitrt.deploy
+
+    assert vitrt.deploy.open_runner is vitrt.open_runner
+    art = resolve_source(tiny["int8.cpu"])
+    assert (art.kind, art.runtime, art.fixed_batch()) == ("artifact", "onnxruntime", 1)
+    assert resolve_source(tiny["int8.cpu"] / "model.onnx").kind == "artifact"  # a file inside one
+    assert resolve_source(tiny["fp32"]).preprocess().input_size == (3, 32, 32)
+    assert resolve_source("deit_tiny_patch16_224").kind == "model"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a model")
+    fake = tmp_path / "fake.onnx"
+    fake.write_bytes(b"\x00garbage")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "w.pth").write_bytes(b"")
+    for spec, match in [
+        (notes, "not something vitrt runs"),
+        (fake, "not a readable ONNX file|holds no ONNX graph"),
+        (tmp_path / "empty", "without manifest.json"),
+        (tmp_path / "w.pth", "--checkpoint"),
+        ("no_such_model", "not a model name"),
+    ]:
+        with pytest.raises(SourceError, match=match):
+            vitrt.open_runner(spec)
+    with pytest.raises(BatchError, match="exactly 1"):
+        vitrt.profile_artifact(tiny["fp32.cpu"], batch=2, duration_s=0.0)
+    # the command cannot proceed: exit 2 with the message
+    assert main(["profile", str(tiny["fp32.cpu"]), "--batch", "2", "--quiet"]) == 2
+    assert "--batch 1" in capsys.readouterr().err
+    assert main(["profile", str(notes), "--quiet"]) == 2
+    assert "not something vitrt runs" in capsys.readouterr().err
+    profiled = ModelSource("artifact", "engine/", inputs=[{"name": "images", "shape": ["batch", 3, 8, 8]}])
+    ranged = ModelSource("artifact", "engine/", inputs=profiled.inputs, batch_range=(1, 8))
+    check_batch(profiled, 64)  # dynamic, no profile: anything
+    check_batch(ranged, 8)
+    with pytest.raises(BatchError, match="batches 1 to 8"):
+        check_batch(ranged, 9)
+
+
+def test_labels() -> None:
+    digits = ModelSource("onnx", "d.onnx", export_config={"model": "digits_deit", "num_classes": 10})
+    assert digits.labels() == (tuple("0123456789"), "digits 0-9")
+    named = ModelSource("onnx", "x.onnx", export_config={"model": "m", "extra": {"labels": ["cat", "dog"]}})
+    assert named.labels()[0] == ("cat", "dog")
+    labels, note = ModelSource(
+        "onnx", "i.onnx", export_config={"model": "deit", "num_classes": 1000}
+    ).labels()
+    assert labels is None and "class indices" in note and "1000 classes" in note
+
+
+def _png(path: Path, pixels: np.ndarray) -> Path:
+    from PIL import Image
+
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_run_classifies_with_the_models_preprocessing(
+    tiny: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng()
+    colours = rng.integers(0, 256, size=(3, 3), dtype=np.uint8)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, colour in enumerate(colours):  # constant images of odd sizes: resize and crop keep the colour
+        _png(folder / f"{i}.png", np.broadcast_to(colour, (50 + 7 * i, 40, 3)).copy())
+    result = vitrt.run(tiny["fp32.cpu"], folder, top=3)
+    assert result.batch == 1 and len(result.predictions) == 3
+    # by hand: a constant image normalises to (v / 255 - mean) / std per channel (ImageNet mean / std)
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    runner = vitrt.open_runner(tiny["fp32"])
+    for colour, prediction in zip(colours, result.predictions, strict=True):
+        x = np.broadcast_to(((colour / 255.0 - mean) / std)[None, :, None, None], (1, 3, 32, 32))
+        probs = softmax(runner.infer({"images": x.astype(np.float32)})["logits"])[0]
+        order = np.argsort(-probs)[:3]
+        assert [c for c, _, _ in prediction.top] == order.tolist()
+        np.testing.assert_allclose([p for _, _, p in prediction.top], probs[order], rtol=1e-4)
+        assert all(label is None for _, label, _ in prediction.top)
+    assert "class indices" in result.labels_note
+
+    # dynamic batch on the bare ONNX? this export has a fixed batch: --batch 2 is refused
+    with pytest.raises(BatchError):
+        vitrt.run(tiny["fp32"], folder, batch=2)
+    assert main(["run", str(tiny["int8.cpu"]), str(folder / "0.png"), "--top", "2", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["predictions"]) == 1 and len(data["predictions"][0]["top"]) == 2
+    assert main(["run", str(folder / "0.png"), str(folder)]) == 2  # an image is not a model
+    assert "not something vitrt runs" in capsys.readouterr().err
