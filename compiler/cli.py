@@ -238,6 +238,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         json=args.json,
         report=args.report,
         export_times=args.export_times,
+        export_profile=args.export_profile,
+        layers=not args.no_layers,
         plots=args.plots,
         compare=args.compare,
         runtime=args.runtime,
@@ -264,6 +266,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     written = [args.json, args.report]
     if args.export_times:
         written += [str(p) for p in times_paths(args.export_times, len(report.artifacts))]
+    if args.export_profile:
+        written += [str(p) for p in times_paths(args.export_profile, len(report.artifacts))]
     if args.plots:
         written.append(f"{args.plots}/ (PNG plots)")
     for path in written:
@@ -792,6 +796,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="write the report as JSON (schema: vitrt.deploy.report)")
     p.add_argument("--report", default=None, help="write the report as Markdown")
     p.add_argument("--export-times", default=None, help="per-query times as trtexec's --exportTimes JSON")
+    p.add_argument("--export-profile", default=None, help="per-layer times as trtexec's --exportProfile JSON")
+    p.add_argument(
+        "--no-layers",
+        action="store_true",
+        help="skip the per-layer run (per-block times) after the timed one",
+    )
     p.add_argument("--plots", default=None, help="write PNG plots into this folder")
     p.add_argument(
         "--compare", action="store_true", help="ratios to the first artifact, and a comparison chart"

@@ -1,9 +1,9 @@
 """What the profiler records beside the timings: peak memory, device telemetry, per-layer times.
 
 Telemetry and per-layer profiles come from their own modules (``vitrt.deploy.telemetry``:
-``TelemetrySampler``; ``vitrt.deploy.layer_profile``: per-layer records grouped by block). They are looked
-up when a profile runs, so the profiler works (and says "not recorded" and why) where they are absent, and
-picks them up unchanged once they land. Hook points: ``TelemetryHook`` and ``layer_groups``.
+``TelemetrySampler``; ``vitrt.deploy.layer_runs``: per-layer records grouped by block). Neither may fail a
+profile: where one cannot record, the profile says "not recorded" and why. Hook points: ``TelemetryHook``
+and ``layer_groups``.
 """
 
 from __future__ import annotations
@@ -78,28 +78,17 @@ class TelemetryHook:
             self.record = {"recorded": False, "reason": f"telemetry sampler failed: {exc}"}
 
 
-def layer_groups(runner: Any) -> tuple[dict[str, float] | None, str | None]:
-    """(per-block time in ms, None) from the runner's per-layer profile, or (None, why not).
-
-    The per-layer profile is a separate run (profiling slows execution); where ``vitrt.deploy.layer_profile``
-    is absent, or the runner has no per-layer profiler, nothing is recorded and the reason is returned.
-    """
-    import importlib
+def layer_groups(runner: Any, feed: dict[str, Any]) -> tuple[Any, str | None]:
+    """(the runner's per-layer profile, None), or (None, why not): ``vitrt.deploy.layer_runs.profile_layers``,
+    a separate run after the timed one (per-layer timing slows execution), grouped by model block."""
+    from .layer_runs import LayersNotAvailable, profile_layers
 
     try:
-        layer_profile = importlib.import_module("vitrt.deploy.layer_profile")
-    except ImportError:
-        return None, "per-layer profile not recorded: vitrt.deploy.layer_profile is not available"
-    grouped = getattr(layer_profile, "profile_runner_layers", None)
-    if grouped is None:
-        return None, "per-layer profile not recorded: not wired into vitrt profile yet"
-    try:
-        result = grouped(runner)
-    except Exception as err:  # a runtime without per-layer timing
+        return profile_layers(runner, feed), None
+    except LayersNotAvailable as err:
         return None, f"per-layer profile not recorded: {err}"
-    if result is None:
-        return None, "per-layer profile not recorded: the runner has none"
-    return {str(k): float(v) for k, v in dict(result).items()}, None
+    except Exception as err:  # a profiler that fails must not cost the user the timed run's figures
+        return None, f"per-layer profile not recorded: it failed ({type(err).__name__}: {err})"
 
 
 def process_maxrss_mib() -> float:

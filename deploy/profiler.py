@@ -287,8 +287,12 @@ def profile_runner(
     bar.close()
     wall = last_end - origin
     notes += [str(n) for n in getattr(runner, "notes", [])]
-    block_times, why_no_layers = layer_groups(runner) if layers else (None, "per-layer profile not asked for")
-    if why_no_layers:
+    per_layer, why_no_layers = (
+        layer_groups(runner, feed) if layers else (None, "per-layer profile not asked for")
+    )
+    if per_layer is not None:
+        notes += [f"per-layer profile: {per_layer.method}, {per_layer.iterations} runs", *per_layer.notes]
+    elif why_no_layers:
         notes.append(why_no_layers)
     if not tele.record.get("recorded"):
         notes.append(f"telemetry not recorded: {tele.record.get('reason')}")
@@ -359,7 +363,8 @@ def profile_runner(
         preprocess=prep,
         defaults=defaults,
         memory=memory,
-        layers=block_times,
+        layers=per_layer.block_ms() if per_layer is not None else None,
+        layer_profile=per_layer,
         telemetry=tele.record,
         notes=notes,
         times=traces,

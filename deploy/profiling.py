@@ -40,6 +40,7 @@ def profile_artifact(
     trtexec_defaults: str = "11",
     e2e_s: float = DEFAULT_E2E_S,
     telemetry: bool = True,
+    layers: bool = True,
     progress: bool = True,
     runtime: str | None = None,
     threads: int | None = None,
@@ -98,6 +99,7 @@ def profile_artifact(
         e2e_s=e2e_s,
         preprocess=src.preprocess(),
         telemetry=telemetry,
+        layers=layers,
         progress=progress,
         source=os.fspath(source),
     )
@@ -129,6 +131,8 @@ def profile(
     json: PathLike | None = None,
     report: PathLike | None = None,
     export_times: PathLike | None = None,
+    export_profile: PathLike | None = None,
+    layers: bool = True,
     plots: PathLike | None = None,
     compare: bool = False,
     runtime: str | None = None,
@@ -146,7 +150,9 @@ def profile(
     """Profile each of ``artifacts`` in turn (``profile_artifact``, which takes the other options) and
     write what is asked for: ``json`` (the report, schema in ``vitrt.deploy.report``), ``report``
     (Markdown), ``export_times`` (per-query records in trtexec's ``--exportTimes`` layout; one file per
-    artifact, ``times_paths``), ``plots`` (a folder of PNGs, ``vitrt.deploy.plots.plot_report``);
+    artifact, ``times_paths``), ``export_profile`` (per-layer records in trtexec's ``--exportProfile``
+    layout, same naming; implies ``layers``: the per-layer run after each timed one), ``plots`` (a folder
+    of PNGs, ``vitrt.deploy.plots.plot_report``); ``layers``: take the per-layer run (per-block times);
     ``compare``: ratios to the first artifact in the report and a comparison chart. quiet: no progress bar.
     Returns the ProfileReport.
     """
@@ -169,6 +175,7 @@ def profile(
             trtexec_defaults=trtexec_defaults,
             e2e_s=e2e_s,
             telemetry=telemetry,
+            layers=layers or export_profile is not None,
             progress=not quiet,
             runtime=runtime,
             threads=threads,
@@ -199,6 +206,12 @@ def profile(
 
         for path, result in zip(times_paths(export_times, len(results)), results, strict=True):
             write_times(path, result.times)
+    if export_profile is not None:
+        from .trtexec_format import write_profile
+
+        for path, result in zip(times_paths(export_profile, len(results)), results, strict=True):
+            if result.layer_profile is not None:
+                write_profile(path, result.layer_profile.timings, result.layer_profile.iterations)
     if plots is not None:
         from .plots import plot_report
 

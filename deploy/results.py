@@ -47,7 +47,9 @@ class ProfileResult:
     spin-wait, runtime, threads, precision); defaults: which trtexec line's defaults filled unset options;
     memory: peak host RSS and device memory (MiB); layers: per-block time in ms (None: not recorded);
     telemetry: the device state during the run, or {"recorded": False, "reason": ...}; notes: anything
-    the numbers need said. times: per-query ``QueryTrace``s (``--exportTimes`` records), not in to_dict.
+    the numbers need said. times: per-query ``QueryTrace``s (``--exportTimes`` records), not in to_dict;
+    layer_profile: the per-layer records behind ``layers`` (``vitrt.deploy.layer_runs.LayerProfile``,
+    ``--exportProfile``), not in to_dict either.
     """
 
     runner: str
@@ -70,6 +72,7 @@ class ProfileResult:
     telemetry: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     times: list[QueryTrace] = field(default_factory=list, repr=False, compare=False)
+    layer_profile: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data with stable keys (``vitrt.deploy.report`` documents them); ``times`` left out."""

@@ -83,3 +83,21 @@ def test_real_export_every_node_in_a_named_group(
     # least 10 stay): one TokenFusion plugin node there; the portable lowering's ops are "block" nodes
     fusion = [n for n, g in groups.items() if g.part == "fusion"]
     assert fusion == (["blocks.1/TokenFusion_1"] if lowering == "plugin" else [])
+
+
+def test_nodes_a_runtime_named_take_the_group_of_the_node_they_feed() -> None:
+    from onnx import helper
+
+    from vitrt.deploy.module_groups import group_graph
+
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["qkv"], name="blocks.0.attn.qkv/MatMul_1"),
+        helper.make_node("Transpose", ["qkv"], ["t"], name="Transpose_token_4"),  # ORT's transpose optimizer
+        helper.make_node("Squeeze", ["t"], ["q"], name="Squeeze_token_40"),  # a chain of two
+        helper.make_node("Softmax", ["q"], ["p"], name="blocks.0.attn/Softmax_1"),
+        helper.make_node("MatMul", ["p", "w2"], ["y"], name="blocks.0.mlp.fc1/MatMul_1"),
+        helper.make_node("Identity", ["y"], ["z"], name="Identity_token_9"),  # feeds nothing: its producer's
+    ]
+    groups = group_graph(nodes)
+    assert groups["Transpose_token_4"].label == groups["Squeeze_token_40"].label == "blocks.0.attn"
+    assert groups["Identity_token_9"].label == "blocks.0.mlp"
