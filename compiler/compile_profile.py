@@ -1,9 +1,10 @@
-"""The profile stage of ``vitrt compile``: latency of the artifact's runner, and of PyTorch eager in the same
-run when a PyTorch model was given (for the ratio).
+"""The profile stage of ``vitrt compile``: latency of the artifact's runner against PyTorch eager in the same
+run when a PyTorch model was given (the ratio), then the artifact's own profile the ``vitrt profile`` way.
 
-A small function over ``vitrt.deploy.latency`` for now; ``vitrt.profile`` (trtexec-style timing with warm-up
-and duration) replaces it when it lands. Both are timed in interleaved blocks
-(``measure_interleaved``), so load from other processes affects them alike and the ratio stays fair.
+The ratio is timed in interleaved blocks (``measure_interleaved``), so load from other processes affects
+both alike and the ratio stays fair; the profile (``vitrt.deploy.profiler.profile_runner``: trtexec's
+definitions, warm-up and duration, per-block times from a per-layer run, device telemetry) describes the
+artifact alone.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ def profile_stage(
     eager: Callable[[], object] | None = None,
     iterations: int = 50,
     warmup: int = 5,
+    profile_s: float = 1.0,
 ) -> dict[str, Any]:
-    """Latency statistics, in ms, of ``runner.infer(feed)`` and of ``eager()`` if given.
+    """Latency statistics, in ms, of ``runner.infer(feed)`` and of ``eager()`` if given, and the artifact's
+    profile over ``profile_s`` seconds (0: none).
 
     Returns ``{"artifact": LatencyStats dict, "pytorch_eager": dict or None, "ratio_vs_eager": artifact
-    median / eager median or None, "iterations": n, "batch": the feed's batch}``.
+    median / eager median or None, "iterations": n, "batch": the feed's batch, "profile":
+    ``ProfileResult.to_dict()`` or None}``.
     """
     from vitrt.deploy.latency import measure_interleaved
 
@@ -35,7 +39,15 @@ def profile_stage(
     stats = measure_interleaved(calls, warmup=warmup, iterations=iterations)
     artifact = stats["artifact"]
     base = stats.get("pytorch_eager")
+    profile = None
+    if profile_s > 0:
+        from vitrt.deploy.profiler import profile_runner
+
+        profile = profile_runner(
+            runner, feed=dict(feed), warmup_s=0.2, duration_s=profile_s, e2e_s=0, progress=False
+        ).to_dict()
     return {
+        "profile": profile,
         "artifact": artifact.to_dict(),
         "pytorch_eager": base.to_dict() if base is not None else None,
         "ratio_vs_eager": artifact.median / base.median if base is not None else None,

@@ -246,6 +246,18 @@ def _tables(data: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]
         if lat.get("ratio_vs_eager") is not None:
             title += f": {lat['ratio_vs_eager']:.2f}x eager"
         tables.append((title, header, rows))
+        prof = lat.get("profile") or {}
+        if prof.get("layers"):
+            # the artifact's per-block split (vitrt profile's per-layer run), largest first, the ten largest
+            blocks = sorted(prof["layers"].items(), key=lambda kv: -kv[1])
+            total = sum(ms for _, ms in blocks) or 1.0
+            tables.append(
+                (
+                    "Time per block (ms per inference, from a per-layer run: read the split, not the total)",
+                    ["block", "ms", "share"],
+                    [[label, f"{ms:.4f}", f"{100 * ms / total:.1f} %"] for label, ms in blocks[:10]],
+                )
+            )
     sizes = data["sizes"]
     tables.append(
         (
