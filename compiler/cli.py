@@ -709,6 +709,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fusion", default="mctf", help="token fusion preset (default mctf; 'none' for none)")
     p.add_argument("--workdir", default="artifacts/demo", help="where the artifacts go")
     p.set_defaults(func=_cmd_demo)
+
+    from .tune_cli import add_tune_command  # `vitrt tune`: its options and handler live in tune_cli.py
+
+    add_tune_command(sub)
     return parser
 
 
