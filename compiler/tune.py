@@ -39,7 +39,7 @@ from vitrt.errors import ConfigError, VitrtError
 
 from .pareto import choose, markdown_table, pareto_front, plot_front
 from .tune_model import ModelSource, load_eval_data, resolve_model
-from .tune_space import PRECISIONS, SpaceFacts, TrialConfig, sample_trials
+from .tune_space import PRECISIONS, SpaceFacts, TrialConfig, baselines, sample_trials
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,7 @@ def _profilers(ray: Any, threads: int, input_size: tuple[int, int, int], iterati
             f"the Ray cluster has no {PROFILER_RESOURCE!r} resource, so no host times trials: start each "
             f"profiling host with `ray start --address ADDRESS --resources '{{\"{PROFILER_RESOURCE}\": 1}}'`"
         )
+    # num_cpus=0: the profiling resource, not CPUs, places the actor (it runs after every build has ended)
     actor = ray.remote(LatencyProfiler).options(num_cpus=0, resources={PROFILER_RESOURCE: 1})
     return [actor.remote(input_size, threads, iterations) for _ in range(count)]
 
@@ -223,8 +224,6 @@ def tune(
     del base
     chosen_configs = list(configs) if configs is not None else sample_trials(facts, trials, seed, precisions)
     roles = {c.role for c in chosen_configs}
-    from .tune_space import baselines
-
     chosen_configs = [b for b in baselines() if b.role not in roles] + chosen_configs
 
     ray, started = _init_ray(ray_address, jobs)

@@ -119,7 +119,7 @@ def fusion_candidates(facts: SpaceFacts) -> list[tuple[dict[str, Any], str]]:
     """Valid (fusion dict, rule) pairs for a model: per-block r lists made by four rules.
 
     uniform: the same r in every block from the first fusing one (ToMe: block 0, MCTF: block 1, as the
-    presets); single: one block (early, middle or late) removes 1/2, 3/4 or all of what it may; depth-relative:
+    presets); single: one block (early, middle or late) removes 4/8 ... 8/8 of what it may; depth-relative:
     a fraction of the mergeable tokens (0.25 / 0.35 / 0.5) in the blocks at 1/4, 1/2 and 3/4 of the depth
     (the mctf-fast rule); decreasing: r halving block by block from the largest first step. Each is kept
     only if every block can remove exactly its r (``fusion_schedule``), deduplicated per method.
@@ -142,7 +142,7 @@ def fusion_candidates(facts: SpaceFacts) -> list[tuple[dict[str, Any], str]]:
             if block < first:
                 continue
             cap = min((n0 - 1) // 2, budget)
-            for r in sorted({max(1, cap // 2), max(1, 3 * cap // 4), cap}):
+            for r in sorted({max(1, cap * k // 8) for k in (4, 5, 6, 7, 8)}):
                 rules.append(([r if i == block else 0 for i in range(depth)], "single"))
         quarter = sorted({depth // 4, depth // 2, 3 * depth // 4} - ({0} if first else set()))
         for frac in (0.25, 0.35, 0.5):
