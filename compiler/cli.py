@@ -947,6 +947,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_preprocess_options(p)
     p.set_defaults(func=_cmd_compile)
+
+    from .tune_cli import add_tune_command  # `vitrt tune`: its options and handler live in tune_cli.py
+
+    add_tune_command(sub)
     return parser
 
 

@@ -73,6 +73,7 @@ def test_the_functions_take_the_options_of_their_command() -> None:
         ("build", vitrt.build),
         ("bundle", vitrt.bundle),
         ("profile", vitrt.profile),
+        ("tune", vitrt.tune),
     ]:
         params = list(inspect.signature(function).parameters)
         actions = [a for a in commands[command]._actions if a.dest != "help"]  # type: ignore[index]

@@ -44,6 +44,7 @@ if TYPE_CHECKING:  # the real signatures, for mypy and IDEs; at run time __getat
     from vitrt.compiler.manifest import check_artifact
     from vitrt.compiler.prepare import prepare_onnx as prepare
     from vitrt.compiler.targets import targets
+    from vitrt.compiler.tune import tune
     from vitrt.compiler.verify import verify_onnx
     from vitrt.deploy.artifact import load_artifact
     from vitrt.deploy.openvino_runner import OpenVinoRunner
@@ -84,6 +85,8 @@ _API: dict[str, tuple[str, str]] = {
     "check_artifact": ("vitrt.compiler.manifest", "check_artifact"),  # `vitrt check`
     # the whole chain, stages cached, with a report                                    `vitrt compile`
     "compile": ("vitrt.compiler.compile", "compile_model"),
+    # search fusion / attention / precision under a latency budget, trials on Ray      `vitrt tune`
+    "tune": ("vitrt.compiler.tune", "tune"),
     # runners: an artifact (manifest checked first), or a model file on one runtime
     "load_artifact": ("vitrt.deploy.artifact", "load_artifact"),
     "OnnxRuntimeRunner": ("vitrt.deploy.runners", "OnnxRuntimeRunner"),
@@ -145,6 +148,7 @@ __all__ = [
     "register_tensorrt_plugins",
     "run",
     "targets",
+    "tune",
     "verify_onnx",
 ]
 

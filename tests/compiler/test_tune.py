@@ -1,0 +1,139 @@
+"""vitrt tune: a failing trial is recorded, not fatal; the report under / over budget; a small end-to-end
+search on the shipped digits T2T-ViT on a local Ray."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vitrt.compiler.tune import _report, compile_command
+from vitrt.compiler.tune_model import resolve_model
+from vitrt.compiler.tune_space import TrialConfig
+from vitrt.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGITS_T2T = ROOT / "benchmarks" / "digits" / "digits_t2t_vit.safetensors"
+
+
+def test_an_invalid_r_is_a_failed_trial_record_not_an_exception() -> None:
+    from vitrt.compiler.tune_trial import build_trial
+
+    source = resolve_model(str(DIGITS_T2T))
+    bad = TrialConfig(fusion={"preset": "tome", "r": [8, 0, 0, 0]}, precision="fp32")  # 17 tokens: at most 7
+    images = np.zeros((2, 3, 64, 64), np.float32)
+    record = build_trial(
+        source,
+        bad,
+        weights=None,
+        calibration=images,
+        images=images,
+        labels=None,
+        reference=np.zeros((2, 10), np.float32),
+    )
+    assert record["status"] == "failed" and record["stage"] == "model"
+    assert "r[0] = 8 is too large" in record["error"] and "use r <= 7" in record["error"]
+    assert record["config"]["name"] == "tome[8,0,0,0]+fp32" and "artifact" not in record
+
+
+def _records() -> list[dict[str, object]]:
+    def rec(cfg: TrialConfig, latency: float | None, acc: float | None) -> dict[str, object]:
+        ok = latency is not None
+        return {
+            "config": cfg.to_dict(),
+            "status": "ok" if ok else "failed",
+            "latency_ms": latency,
+            "accuracy": acc,
+            "tokens": [17, 17],
+            **({} if ok else {"stage": "model", "error": "ConfigError: r too large"}),
+        }
+
+    fused = TrialConfig(fusion={"preset": "tome", "r": [7, 0, 0, 0]}, precision="int8")
+    return [
+        rec(TrialConfig(role="baseline-fp32"), 1.5, 99.0),
+        rec(TrialConfig(precision="int8", role="baseline-int8"), 1.2, 98.8),
+        rec(fused, 1.0, 98.0),
+        rec(TrialConfig(fusion={"preset": "tome", "r": [8, 0, 0, 0]}), None, None),
+    ]
+
+
+def test_the_report_picks_under_budget_or_says_none_fits(tmp_path: Path) -> None:
+    source = resolve_model(str(DIGITS_T2T))
+    result = _report(source, "cpu", 1.1, _records(), "data", [], tmp_path, 0.0, "onnxruntime", 1)
+    assert result.front == [2, 1, 0] and result.chosen == 2
+    assert result.command == (
+        f'vitrt compile {DIGITS_T2T} --fusion \'{{"preset":"tome","r":[7,0,0,0]}}\' --attention dense '
+        "--precision int8 --target cpu"
+    )
+    saved = json.loads((tmp_path / "tune.json").read_text())
+    assert saved["chosen"] == 2 and saved["trials"][3]["error"] == "ConfigError: r too large"
+    assert "- tome[8,0,0,0]+fp32: model: ConfigError: r too large" in (tmp_path / "pareto.md").read_text()
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    none = _report(source, "cpu", 0.9, _records(), "data", [], tmp_path, 0.0, "onnxruntime", 1)
+    assert none.chosen is None and none.command is None
+    assert none.message.startswith("none under budget: no trial runs in 0.9 ms (the fastest takes 1.000 ms)")
+
+
+def test_the_compile_line_of_the_baseline_and_bad_options(tmp_path: Path) -> None:
+    source = resolve_model(str(DIGITS_T2T))
+    assert compile_command(source, TrialConfig(), "cpu").endswith(
+        "--fusion none --attention dense --precision fp32 --target cpu"
+    )
+    from vitrt.compiler.tune import tune
+
+    with pytest.raises(ConfigError, match="only the 'cpu' target"):
+        tune(str(DIGITS_T2T), target="h100", latency_budget=1.0)
+    (tmp_path / "alone.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"has no metadata beside it \(alone.json with 'arch'"):
+        resolve_model(str(tmp_path / "alone.safetensors"))
+    with pytest.raises(ConfigError, match="unknown model 'digits_t2t'"):
+        resolve_model("digits_t2t")
+
+
+@pytest.mark.slow
+def test_a_small_search_on_the_digits_t2t_vit_on_local_ray(tmp_path: Path) -> None:
+    import torch
+
+    import vitrt
+    from vitrt.compiler.tune_model import load_eval_data
+
+    fused = TrialConfig(fusion={"preset": "tome", "r": [7, 0, 0, 0]}, precision="fp32", rule="single")
+    invalid = TrialConfig(fusion={"preset": "tome", "r": [9, 0, 0, 0]}, precision="fp32")
+    result = vitrt.tune(
+        str(DIGITS_T2T),
+        target="cpu",
+        latency_budget=1000.0,
+        output=tmp_path,
+        configs=[fused, invalid],  # the two baselines are added in front
+        jobs=2,
+        eval_samples=40,
+        calib_samples=16,
+        iterations=20,
+    )
+    saved = json.loads((tmp_path / "tune.json").read_text())
+    assert set(saved) >= {"model", "target", "latency_budget_ms", "trials", "front", "chosen", "command"}
+    names = [t["name"] for t in saved["trials"]]
+    assert names == ["unfused+fp32", "unfused+int8", "tome[7,0,0,0]+fp32", "tome[9,0,0,0]+fp32"]
+    base_fp32, base_int8, tome, bad = saved["trials"]
+    assert bad["status"] == "failed" and "too large" in bad["error"]
+    for trial in (base_fp32, base_int8, tome):
+        assert trial["status"] == "ok" and trial["latency_ms"] > 0, trial
+        assert set(trial["seconds"]) >= {"export", "build", "accuracy"}
+    assert base_int8["ratio"] == 1.0 and "calibrate" in base_int8["seconds"]
+    assert tome["tokens"] == [17, 10, 10, 10, 10]
+    # the FP32 artifact computes what PyTorch does: same top-1 on all 40 held-out digits, same accuracy
+    source = resolve_model(str(DIGITS_T2T))
+    model = source.build(state_dict=source.read_weights())
+    data = load_eval_data(source, model.preprocess, eval_samples=40, calib_samples=16)
+    with torch.inference_mode():
+        torch_top1 = 100.0 * float(
+            (model(torch.from_numpy(data.images)).argmax(1).numpy() == data.labels).mean()
+        )
+    assert base_fp32["agreement"] == 100.0 and base_fp32["top1"] == pytest.approx(torch_top1)
+    assert base_int8["agreement"] >= 97.5  # at most one of 40 digits changes its class in INT8
+    assert result.chosen is not None and saved["trials"][result.chosen]["latency_ms"] <= 1000.0
+    assert result.command is not None and result.command.startswith("vitrt compile ")
+    assert (tmp_path / "pareto.png").stat().st_size > 10_000
