@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Sequence
 
@@ -24,8 +25,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         model_card(
             args.model,
             img_size=args.img_size,
-            fusion=args.fusion,
-            attention=args.attention,
+            fusion=_json_option(args.fusion),
+            attention=_json_option(args.attention),
             checkpoint=args.checkpoint,
         )
     )
@@ -56,8 +57,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         batch=None if args.dynamic_batch else args.batch,
         img_size=args.img_size,
         num_classes=args.num_classes,
-        fusion=args.fusion,
-        attention=args.attention,
+        fusion=_json_option(args.fusion),
+        attention=_json_option(args.attention),
         checkpoint=args.checkpoint,
         seed=args.seed,
         simplify=not args.no_simplify,
@@ -251,8 +252,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         img_size=args.img_size,
         num_classes=args.num_classes,
-        fusion=args.fusion,
-        attention=args.attention,
+        fusion=_json_option(args.fusion),
+        attention=_json_option(args.attention),
     )
     for result in report.artifacts:
         print(f"{result.runner} on {result.device}, batch {result.batch}")
@@ -503,6 +504,20 @@ def _add_tensorrt_options(p: argparse.ArgumentParser, *, timing_cache: bool = Tr
     )
 
 
+def _json_option(value: str | None) -> object:
+    """A ``--fusion`` / ``--attention`` value: a preset name as given, or a JSON object (what `vitrt tune`
+    prints, e.g. '{"preset":"tome","r":[28,0,0,0]}') as a dict."""
+    if value is None or not value.lstrip().startswith("{"):
+        return value
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise ConfigError(
+            f"cannot read {value!r} as JSON ({err}); give a preset name or a JSON object"
+        ) from err
+    return parsed
+
+
 def _cmd_compile(args: argparse.Namespace) -> int:
     from .compile import compile_model
 
@@ -512,8 +527,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         target=args.target,
         precision=args.precision,
         checkpoint=args.checkpoint,
-        fusion=args.fusion,
-        attention=args.attention,
+        fusion=_json_option(args.fusion),
+        attention=_json_option(args.attention),
         img_size=args.img_size,
         num_classes=args.num_classes,
         lowering=args.lowering,

@@ -92,13 +92,24 @@ def space_facts(model: Any) -> SpaceFacts:
     return SpaceFacts(depth=depth, num_tokens=num_tokens, t2t_tokens=t2t_tokens)
 
 
-def compile_command(source: ModelSource, config: TrialConfig, target: str) -> str:
+def compile_command(source: ModelSource, config: TrialConfig, target: str, runtime: str | None = None) -> str:
     """The ``vitrt compile`` line for a configuration: fusion and attention as the JSON dicts that
-    ``create_model`` / ``export_onnx`` accept ("none" / "dense" when absent)."""
+    ``create_model`` / ``export_onnx`` accept ("none" / "dense" when absent), the runtime the search timed,
+    and placeholders for what the user supplies (calibration images for INT8, the output folder)."""
     fusion = json.dumps(config.fusion, separators=(",", ":")) if config.fusion else "none"
     attention = json.dumps(config.attention, separators=(",", ":")) if config.attention else "dense"
-    words = ["vitrt", "compile", source.spec, "--fusion", fusion, "--attention", attention]
+    if source.arch is not None and source.checkpoint:
+        # a checkpoint with its description beside it: compile reads the description, then the weights
+        model = [str(Path(source.checkpoint).with_suffix(".json")), "--checkpoint", source.checkpoint]
+    else:
+        model = [source.spec] + (["--checkpoint", source.checkpoint] if source.checkpoint else [])
+    words = ["vitrt", "compile", *model, "--fusion", fusion, "--attention", attention]
     words += ["--precision", config.precision, "--target", target]
+    if runtime is not None and target == "cpu":
+        words += ["--runtime", runtime]
+    if "int8" in config.precision:
+        words += ["--calib-data", "CALIB_DATA"]
+    words += ["-o", "OUT"]
     return " ".join(shlex.quote(w) for w in words)
 
 
@@ -329,7 +340,7 @@ def _report(
     command = None
     if chosen is not None:
         r = records[chosen]
-        command = compile_command(source, TrialConfig.from_dict(r["config"]), target)
+        command = compile_command(source, TrialConfig.from_dict(r["config"]), target, runtime)
         message = (
             f"chosen: {r['name']} at {r['latency_ms']:.3f} ms (budget {budget:g} ms), accuracy "
             f"{r['accuracy']:.1f} %"

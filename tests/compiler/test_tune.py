@@ -64,8 +64,9 @@ def test_the_report_picks_under_budget_or_says_none_fits(tmp_path: Path) -> None
     result = _report(source, "cpu", 1.1, _records(), "data", [], tmp_path, 0.0, "onnxruntime", 1)
     assert result.front == [2, 1, 0] and result.chosen == 2
     assert result.command == (
-        f'vitrt compile {DIGITS_T2T} --fusion \'{{"preset":"tome","r":[7,0,0,0]}}\' --attention dense '
-        "--precision int8 --target cpu"
+        f"vitrt compile {DIGITS_T2T.with_suffix('.json')} --checkpoint {DIGITS_T2T} "
+        '--fusion \'{"preset":"tome","r":[7,0,0,0]}\' --attention dense '
+        "--precision int8 --target cpu --runtime onnxruntime --calib-data CALIB_DATA -o OUT"
     )
     saved = json.loads((tmp_path / "tune.json").read_text())
     assert saved["chosen"] == 2 and saved["trials"][3]["error"] == "ConfigError: r too large"
