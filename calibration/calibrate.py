@@ -53,7 +53,7 @@ from .errors import CalibrationError, NoQuantizableOpError
 from .fp16 import has_qdq, is_float16
 from .graph import GraphIndex, Layer, ensure_node_names, find_layers, unmatched_patterns
 from .metrics import Agreement, agreement, check_budget
-from .preprocess import check_preprocess
+from .preprocess import with_overrides
 from .qdq import check_form, check_opset, insert_qdq, quantize_weight
 from .ranges import ActivationRanges, RangeMethod, scale_from_amax
 from .recipe import NodePrecision, PrecisionRecipe, write_recipe
@@ -165,23 +165,7 @@ def preprocess_for(
             f"the input {io.input_name!r} has shape {list(io.input_shape)} with symbolic spatial axes: "
             "pass --size (the side the model was trained at)"
         )
-    channels = base.input_size[0]
-
-    def per_channel(values: Sequence[float] | None, current: tuple[float, ...]) -> tuple[float, ...]:
-        if values is None:
-            return current
-        values = tuple(float(v) for v in values)
-        return values * channels if len(values) == 1 else values
-
-    base = replace(
-        base,
-        mean=per_channel(mean, base.mean),
-        std=per_channel(std, base.std),
-        crop_pct=base.crop_pct if crop_pct is None else float(crop_pct),
-        interpolation=base.interpolation if interpolation is None else interpolation,
-    )
-    check_preprocess(base)
-    return base
+    return with_overrides(base, mean=mean, std=std, crop_pct=crop_pct, interpolation=interpolation)
 
 
 def _probe_samples(data: CalibrationData, io: ModelIO) -> np.ndarray:

@@ -8,6 +8,8 @@ on the CPU set-up (see ARCHITECTURE.md section 7).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +43,35 @@ def check_preprocess(cfg: PreprocessConfig) -> None:
         raise ConfigError(f"std {cfg.std} must be positive")
     if not cfg.crop_pct > 0:
         raise ConfigError(f"crop_pct {cfg.crop_pct} must be positive")
+
+
+def with_overrides(
+    base: PreprocessConfig,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    crop_pct: float | None = None,
+    interpolation: str | None = None,
+) -> PreprocessConfig:
+    """``base`` with what the user gave on the command line (``--mean/--std/--crop-pct/--interpolation``),
+    checked (``check_preprocess``). One value of mean / std stands for every channel."""
+    channels = base.input_size[0]
+
+    def per_channel(values: Sequence[float] | None, current: tuple[float, ...]) -> tuple[float, ...]:
+        if values is None:
+            return current
+        vals = tuple(float(v) for v in values)
+        return vals * channels if len(vals) == 1 else vals
+
+    cfg = replace(
+        base,
+        mean=per_channel(mean, base.mean),
+        std=per_channel(std, base.std),
+        crop_pct=base.crop_pct if crop_pct is None else float(crop_pct),
+        interpolation=base.interpolation if interpolation is None else interpolation,
+    )
+    check_preprocess(cfg)
+    return cfg
 
 
 def resize_size(height: int, width: int, cfg: PreprocessConfig) -> tuple[int, int]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +123,7 @@ def resolve_preprocess(
     """The ``PreprocessConfig`` for ``source``, with the given values overriding its own. A file that does
     not record its preprocessing (a foreign ONNX file, a bare engine) needs ``mean`` and ``std``; its input
     size (pixels) comes from its input shape, or ``size`` (a side, or (height, width))."""
-    from vitrt.calibration.preprocess import check_preprocess
+    from vitrt.calibration.preprocess import with_overrides
     from vitrt.models.config import PreprocessConfig
 
     base = source.preprocess()
@@ -143,23 +143,7 @@ def resolve_preprocess(
         else:
             raise VitrtError(f"{source.spec}: its input size is unknown; pass --size")
         base = PreprocessConfig(input_size=chw)
-    channels = base.input_size[0]
-
-    def per_channel(values: Sequence[float] | None, current: tuple[float, ...]) -> tuple[float, ...]:
-        if values is None:
-            return current
-        vals = tuple(float(v) for v in values)
-        return vals * channels if len(vals) == 1 else vals
-
-    cfg = replace(
-        base,
-        mean=per_channel(mean, base.mean),
-        std=per_channel(std, base.std),
-        crop_pct=base.crop_pct if crop_pct is None else float(crop_pct),
-        interpolation=base.interpolation if interpolation is None else interpolation,
-    )
-    check_preprocess(cfg)
-    return cfg
+    return with_overrides(base, mean=mean, std=std, crop_pct=crop_pct, interpolation=interpolation)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

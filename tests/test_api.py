@@ -62,7 +62,7 @@ def test_the_functions_take_the_options_of_their_command() -> None:
     # command option -> function parameter, where the function names it otherwise
     renamed = {"load_inputs": "inputs", "dynamic_batch": "batch", "no_simplify": "simplify"}
     renamed |= {"no_sensitivity": "sensitivity", "no_progress": "progress", "no_prepare": "prepare"}
-    renamed |= {"no_check": "check", "no_telemetry": "telemetry"}
+    renamed |= {"no_check": "check", "no_telemetry": "telemetry", "no_layers": "layers"}
     for command, function in [
         ("inspect", vitrt.model_card),
         ("export", vitrt.export_onnx),

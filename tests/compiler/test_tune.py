@@ -81,7 +81,7 @@ def test_the_report_picks_under_budget_or_says_none_fits(tmp_path: Path) -> None
 def test_the_compile_line_of_the_baseline_and_bad_options(tmp_path: Path) -> None:
     source = resolve_model(str(DIGITS_T2T))
     assert compile_command(source, TrialConfig(), "cpu").endswith(
-        "--fusion none --attention dense --precision fp32 --target cpu"
+        "--fusion none --attention dense --precision fp32 --target cpu -o OUT"
     )
     from vitrt.compiler.tune import tune
 

@@ -112,5 +112,12 @@ def test_profile_command_writes_every_report(
         assert stats["latency"] == result.latency and stats["enqueue"] == result.enqueue
     assert "# vitrt profile" in out["md"].read_text()
     pngs = sorted(p.name for p in (tmp_path / "plots").iterdir())
-    assert pngs == ["compare.png", "latency-fp32.cpu_onnxruntime.png", "latency-int8.cpu_onnxruntime.png"]
-    assert all(png_size(tmp_path / "plots" / p) == (800, 450) for p in pngs)
+    # per-block bars too: ONNX Runtime's per-layer run maps every node to a block
+    assert pngs == [
+        "blocks-fp32.cpu_onnxruntime.png",
+        "blocks-int8.cpu_onnxruntime.png",
+        "compare.png",
+        "latency-fp32.cpu_onnxruntime.png",
+        "latency-int8.cpu_onnxruntime.png",
+    ]
+    assert all(png_size(tmp_path / "plots" / p)[0] == 800 for p in pngs)
