@@ -11,12 +11,12 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory, precision_files: dict[str, Path]) -> dict[str, Path]:
-    """{"fp32": .onnx, "int8": .onnx, "fp32.cpu": artifact folder, "int8.cpu": artifact folder}: the shared
-    DeiT-T export and its INT8 file (``precision_files``) built as cpu artifacts on ONNX Runtime."""
+    """{"fp32" / "int8" / "fp16": .onnx, "fp32.cpu" / "int8.cpu" / "fp16.cpu": artifact folders}: the shared
+    DeiT-T export, its INT8 and FP16 files (``precision_files``) built as cpu artifacts on ONNX Runtime."""
     import vitrt
 
     folder = tmp_path_factory.mktemp("tiny")
-    files = {"fp32": precision_files["fp32"], "int8": precision_files["int8"]}
+    files = {key: precision_files[key] for key in ("fp32", "int8", "fp16")}
     for key, path in list(files.items()):
         out = folder / f"{key}.cpu"
         vitrt.build(path, out, target="cpu", runtime="onnxruntime", threads=1)

@@ -140,7 +140,7 @@ def test_telemetry_and_layer_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
     assert wired.layers is None and wired.notes == ["per-layer profile not asked for"]
 
 
-@pytest.mark.parametrize("key", ["fp32.cpu", "int8.cpu"])
+@pytest.mark.parametrize("key", ["fp32.cpu", "int8.cpu", "fp16.cpu"])
 def test_profile_of_tiny_ort_artifacts(tiny: dict[str, Path], key: str) -> None:
     duration = 0.25
     t0 = time.perf_counter()
