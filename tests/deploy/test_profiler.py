@@ -162,7 +162,7 @@ def test_per_layer_profile_of_an_ort_artifact_maps_every_node_to_a_block(
 ) -> None:
     import onnx
 
-    from vitrt.deploy.module_groups import group_graph
+    from vitrt.deploy.module_groups import OTHER, group_graph, module_group
     from vitrt.deploy.trtexec_format import read_profile
 
     out = tmp_path / "profile.json"
@@ -173,17 +173,22 @@ def test_per_layer_profile_of_an_ort_artifact_maps_every_node_to_a_block(
     lp = result.layer_profile
     assert lp is not None and result.layers is not None and lp.iterations == 20
     graph = onnx.load(str(tiny["fp32.cpu"] / "model.onnx")).graph
-    assert {t.name for t in lp.timings} <= {n.name for n in graph.node}  # every layer is a node of the file
+    names = {n.name for n in graph.node}
+    # the layers are the file's nodes, or nodes ONNX Runtime derived from them (a fused node keeps its
+    # first name as a prefix: patch_embed.proj/Conv_1:0_nchwc); its own layout nodes (ReorderOutput) are rare
+    derived = [t for t in lp.timings if t.name in names or any(t.name.startswith(n) for n in names)]
+    assert sum(t.total_ms for t in derived) >= 0.95 * sum(t.total_ms for t in lp.timings)
     groups = group_graph(graph.node)
     expected: dict[str, float] = {}
     for t in lp.timings:  # the per-block figure is the sum of its nodes' times, per inference
-        label = groups[t.name].label if t.name in groups else "other"
+        label = (groups.get(t.name) or module_group(t.name) or OTHER).label
         expected[label] = expected.get(label, 0.0) + t.total_ms / lp.iterations
     assert result.layers.keys() == expected.keys()
     for label, ms in expected.items():
         assert result.layers[label] == pytest.approx(ms, rel=1e-9)
     assert {"patch_embed", "blocks.0.attn", "blocks.0.mlp", "head.head"} <= result.layers.keys()
-    assert "other" not in result.layers  # ONNX Runtime's own transposes / squeezes placed by their neighbours
+    # ONNX Runtime's own transposes / squeezes are placed by their neighbours: little is left in "other"
+    assert result.layers.get("other", 0.0) <= 0.05 * sum(result.layers.values())
     count, timings = read_profile(out)  # trtexec's --exportProfile, read back
     assert count == lp.iterations and [t.name for t in timings] == [t.name for t in lp.timings]
     assert [t.total_ms for t in timings] == pytest.approx([t.total_ms for t in lp.timings], rel=1e-6)
