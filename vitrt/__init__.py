@@ -49,13 +49,13 @@ if TYPE_CHECKING:  # the real signatures, for mypy and IDEs; at run time __getat
     from vitrt.deploy.artifact import load_artifact
     from vitrt.deploy.openvino_runner import OpenVinoRunner
     from vitrt.deploy.predict import run
-    from vitrt.deploy.profile import profile_torch
     from vitrt.deploy.profiler import profile_runner
     from vitrt.deploy.profiling import profile, profile_artifact
     from vitrt.deploy.report import ProfileReport, read_report
     from vitrt.deploy.runners import OnnxRuntimeRunner
     from vitrt.deploy.sources import open_runner
     from vitrt.deploy.tensorrt_runner import TensorRTRunner
+    from vitrt.deploy.torch_profile import profile_torch
     from vitrt.deploy.torch_runner import TorchModelRunner
     from vitrt.models import list_models, load_checkpoint
     from vitrt.plugins import create_model, register_tensorrt_plugins
@@ -105,7 +105,7 @@ _API: dict[str, tuple[str, str]] = {
     "register_tensorrt_plugins": ("vitrt.plugins", "register_tensorrt_plugins"),
     # PyTorch on the CPU or a CUDA GPU (vitrt's kernels), and its latency   `vitrt profile`
     "TorchModelRunner": ("vitrt.deploy.torch_runner", "TorchModelRunner"),
-    "profile_torch": ("vitrt.deploy.profile", "profile_torch"),
+    "profile_torch": ("vitrt.deploy.torch_profile", "profile_torch"),
 }
 """Public name -> (module, attribute), imported on first access."""
 

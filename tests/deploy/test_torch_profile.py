@@ -13,7 +13,7 @@ import torch
 
 from vitrt.compiler.cli import main
 from vitrt.deploy.latency import latency_stats, nearest_rank
-from vitrt.deploy.profile import profile_torch
+from vitrt.deploy.torch_profile import profile_torch
 from vitrt.deploy.torch_runner import TorchModelRunner
 from vitrt.errors import VitrtError
 
