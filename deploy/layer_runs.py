@@ -119,7 +119,11 @@ def _tensorrt(runner: Any, feed: dict[str, np.ndarray], iterations: int) -> Laye
     from .trt_profiler import LayerTimeCollector, engine_layers, make_layer_profiler
 
     with TensorRTRunner(
-        runner.path, plugins=True, batch=int(runner.batch), profile_layers=True, name=f"{runner.name} layers"
+        runner.path,
+        plugins=bool(getattr(runner, "plugins", True)),
+        batch=int(runner.batch),
+        profile_layers=True,
+        name=f"{runner.name} layers",
     ) as layered:
         layered.infer(feed)  # warm-up (first-enqueue set-up); a fresh collector leaves its reports out
         collector = LayerTimeCollector()

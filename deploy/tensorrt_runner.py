@@ -122,6 +122,7 @@ class TensorRTRunner:
             register_tensorrt_plugins()
         self.name = name
         self.path = Path(path)
+        self.plugins = plugins
         self._trt = trt
         self.spin_wait = spin_wait
         self.cuda_graph = cuda_graph
