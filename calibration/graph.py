@@ -301,6 +301,16 @@ def _matches(names: Sequence[str], patterns: Sequence[str]) -> str | None:
     return next((p for p in patterns if any(fnmatch.fnmatchcase(n, p) for n in names)), None)
 
 
+def _selects(index: GraphIndex, node: NodeProto) -> bool:
+    """Whether a Conv's constant weight only selects inputs (``vitrt.compiler.unfold_conv``)."""
+    from onnx import numpy_helper
+
+    from vitrt.compiler.unfold_conv import is_selection_conv
+
+    weight = index.constants.get(node.input[1]) if len(node.input) > 1 else None
+    return weight is not None and is_selection_conv(numpy_helper.to_array(weight))
+
+
 def find_layers(model: ModelProto, exclude: Iterable[str] = ()) -> list[Layer]:
     """Every standard-domain MatMul/Gemm/Conv of ``model`` in graph order, with its Q/DQ inputs.
 
@@ -332,6 +342,9 @@ def find_layers(model: ModelProto, exclude: Iterable[str] = ()) -> list[Layer]:
             continue
         if not layer.activations:
             layer.reason = "no input computed at run time (constant layer)"
+            continue
+        if node.op_type == "Conv" and _selects(index, node):
+            layer.reason = "a one-hot convolution (an unfold: it moves data, it does not compute), kept float"
             continue
         types = {t: index.elem_type.get(t) for t in (i.tensor for i in inputs)}
         not_float = [t for t, ty in types.items() if ty is not None and ty != FLOAT]

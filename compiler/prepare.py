@@ -17,7 +17,10 @@ against the input) in the form the precision steps expect:
    read from the exporter's scoped names (``/blocks.3/attn/qkv/MatMul``), a parameter name, or the
    node upstream; every intermediate tensor named after its producer (``...MatMul_1:0``). The
    names depend only on the graph, so preparing twice gives the same bytes;
-5. the ViT structure recognised: attention matmuls (``scores`` = q k^T feeding a Softmax,
+5. an exported ``nn.Unfold`` (T2T-ViT's soft split: Pad, two Gathers, a Transpose) rewritten as one
+   grouped convolution with one-hot weights, the same values far faster on ONNX Runtime
+   (``vitrt.compiler.unfold_conv``);
+6. the ViT structure recognised: attention matmuls (``scores`` = q k^T feeding a Softmax,
    ``context`` = probabilities times v) and residual adds (``x + f(LN(x))``), recorded in the
    ``PrepareReport`` for the precision recipe.
 
@@ -406,6 +409,25 @@ def _random_feeds(model: ModelProto, seed: int, batch: int = 1) -> dict[str, np.
     return feeds
 
 
+def _run_shapes(
+    model: ModelProto, tensors: list[str], runner_factory: RunnerFactory | None = None
+) -> dict[str, tuple[int, ...]]:
+    """The shapes of ``tensors`` in one run of ``model`` on random inputs (batch 1), for rewrites that
+    need a size shape inference cannot see; {} when the run fails (the rewrite is then skipped)."""
+    import onnx
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    for name in tensors:
+        probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    try:
+        outputs = run_onnxruntime(probe, _random_feeds(model, seed=0), runner_factory)
+    except Exception as err:  # a probe that fails only means no rewrite
+        log.debug("shape probe failed (%s); unfolds with unknown channels are left as they are", err)
+        return {}
+    return {name: tuple(outputs[name].shape) for name in tensors if name in outputs}
+
+
 def run_onnxruntime(
     model: ModelProto, feeds: dict[str, np.ndarray], runner_factory: RunnerFactory | None = None
 ) -> dict[str, np.ndarray]:
@@ -480,6 +502,7 @@ def prepare_model(
     import onnx
 
     from .passes import name_tensors, simplify_with_tool
+    from .unfold_conv import rewrite_unfolds
 
     source_opset = default_opset(model)
     target = max(opset or source_opset, LAYERNORM_OPSET)
@@ -493,11 +516,14 @@ def prepare_model(
         work, simplifier = simplify_with_tool(work)
     hints = _name_hints(model, work)
     work = _ort_fusions(work, gelu=target >= GELU_OPSET)
+    unfolds = rewrite_unfolds(work, lambda m, names: _run_shapes(m, names, runner_factory))
     stable_node_names(work, hints)
     name_tensors(work)
     del work.graph.value_info[:]
     work = onnx.shape_inference.infer_shapes(work)
     fused = {op: made for op in FUSED_OPS if (made := _count(work, op) - _count(model, op)) > 0}
+    if unfolds:
+        fused["Conv (unfold)"] = unfolds
     errors = (
         compare_on_onnxruntime(model, work, atol=atol, rtol=rtol, runner_factory=runner_factory)
         if check
