@@ -80,26 +80,20 @@ def profile_layers(
 
 def _onnxruntime(runner: Any, feed: dict[str, np.ndarray], iterations: int) -> LayerProfile:
     import onnx
-    import onnxruntime as ort
 
     from .runners import OnnxRuntimeRunner
 
     path = Path(runner.path)
     with tempfile.TemporaryDirectory(prefix="vitrt-ort-profile-") as tmp:
-        options = ort.SessionOptions()
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tmp) / "ort")
-        if getattr(runner, "threads", None) is not None:
-            options.intra_op_num_threads = int(runner.threads)
-        model = OnnxRuntimeRunner._with_plugin_kernels(str(path), options)
-        session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-        names = [o.name for o in session.get_outputs()]
+        threads = getattr(runner, "threads", None)
+        profiled = OnnxRuntimeRunner(path, threads=threads, profile_prefix=str(Path(tmp) / "ort"))
         for _ in range(iterations + 1):
-            session.run(names, feed)
+            profiled.infer(feed)
         # ONNX Runtime profiles from the session's first run (no way to start later from Python): that run's
         # one-time costs (allocations, first touches) would dominate small nodes, so each node's first sample
         # is dropped, as trtexec's warm-up would have kept it out.
-        samples = read_ort_profile(session.end_profiling())
+        samples = read_ort_profile(profiled.session.end_profiling())
+        del profiled  # release the session before its folder goes
         timings = layer_timings({node: runs[1:] for node, runs in samples.items() if len(runs) > 1})
     proto = onnx.load(str(path), load_external_data=False)
     in_file = group_graph(proto.graph.node)

@@ -141,6 +141,8 @@ class OnnxRuntimeRunner(HostTimingMixin):
 
     ``threads``: intra-op threads (None: ORT's default, one per core). ``custom_ops_library``:
     a shared library of vitrt's plugin ops for the plugin lowering (registered with the session).
+    ``profile_prefix``: write ONNX Runtime's per-node profile (``enable_profiling``) under this path prefix;
+    ``session.end_profiling()`` returns the file (``vitrt.deploy.layer_runs``).
     """
 
     runtime = "onnxruntime"
@@ -151,6 +153,7 @@ class OnnxRuntimeRunner(HostTimingMixin):
         *,
         threads: int | None = None,
         custom_ops_library: str | None = None,
+        profile_prefix: str | None = None,
         name: str = "onnxrt",
     ) -> None:
         try:
@@ -162,6 +165,9 @@ class OnnxRuntimeRunner(HostTimingMixin):
             options.intra_op_num_threads = threads
         if custom_ops_library is not None:
             options.register_custom_ops_library(custom_ops_library)
+        if profile_prefix is not None:
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
         self.name = name
         self.path = Path(path)
         self.threads = threads
