@@ -68,16 +68,16 @@ def rewrite_unfolds(
     import onnx
     from onnx import helper, numpy_helper
 
+    from .prepare import graph_index
+
     graph = model.graph
     consts = {t.name: t for t in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             consts[node.output[0]] = node.attribute[0].t
-    consumers: dict[str, list[NodeProto]] = {}
-    for node in graph.node:
-        for t in node.input:
-            consumers.setdefault(t, []).append(node)
-    # data_prop: the soft splits after the first read their shapes through Shape -> Gather -> Concat chains
+    _, consumers, _ = graph_index(model)
+    # data_prop follows Shape -> Gather -> Concat chains where the batch is static; with a dynamic batch the
+    # later soft splits' channels stay unknown and come from run_shapes
     inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     shapes = {
         v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
