@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from onnx import ModelProto, NodeProto
 
 UNFOLD_PERM = [0, 1, 2, 4, 3, 5]
+UNFOLD_NODES = ("Pad", "Gather", "Gather", "Transpose")
+"""The nodes one exported unfold is made of (its Reshape stays, fed by the convolution)."""
 
 
 def one_hot_unfold_weight(channels: int, k: int) -> np.ndarray:
@@ -92,14 +94,9 @@ def rewrite_unfolds(
         found = next((a for a in node.attribute if a.name == name), None)
         return helper.get_attribute_value(found) if found is not None else default
 
-    pads_in = [n for n in graph.node if n.op_type == "Pad" and n.domain in ("", "ai.onnx")]
-    unknown = [n.input[0] for n in pads_in if not (shapes.get(n.input[0]) or [None, None])[1]]
-    if unknown and run_shapes is not None:
-        for name, dims in run_shapes(model, unknown).items():
-            shapes[name] = list(dims)
-    remove: list[NodeProto] = []
-    count = 0
-    for pad in pads_in:
+    # match the structure first, so that only real unfolds with an unknown channel count cost a probe run
+    matches: list[tuple[NodeProto, NodeProto, NodeProto, NodeProto, np.ndarray, int, int, int]] = []
+    for pad in (n for n in graph.node if n.op_type == "Pad" and n.domain in ("", "ai.onnx")):
         rows = only(pad.output[0], "Gather")
         cols = only(rows.output[0], "Gather") if rows is not None else None
         perm = only(cols.output[0], "Transpose") if cols is not None else None
@@ -119,15 +116,29 @@ def rewrite_unfolds(
         if pad.input[1] not in consts or rows.input[1] not in consts or cols.input[1] not in consts:
             continue
         pads = numpy_helper.to_array(consts[pad.input[1]]).astype(np.int64).reshape(-1)
-        row_idx = numpy_helper.to_array(consts[rows.input[1]])
-        col_idx = numpy_helper.to_array(consts[cols.input[1]])
-        wr, wc = window_rows(row_idx), window_rows(col_idx)
+        wr = window_rows(numpy_helper.to_array(consts[rows.input[1]]))
+        wc = window_rows(numpy_helper.to_array(consts[cols.input[1]]))
+        if (
+            wr is None
+            or wc is None
+            or wr[0] != wc[0]
+            or pads.size != 8
+            or pads[0]
+            or pads[1]
+            or pads[4]
+            or pads[5]
+        ):
+            continue
+        matches.append((pad, rows, cols, perm, pads, wr[0], wr[1], wc[1]))
+    unknown = [m[0].input[0] for m in matches if not (shapes.get(m[0].input[0]) or [None, None])[1]]
+    if unknown and run_shapes is not None:
+        for name, dims in run_shapes(model, unknown).items():
+            shapes[name] = list(dims)
+    remove: list[NodeProto] = []
+    for pad, rows, cols, perm, pads, k, stride_h, stride_w in matches:
         shape = shapes.get(pad.input[0])
-        if wr is None or wc is None or wr[0] != wc[0] or pads.size != 8 or shape is None or len(shape) != 4:
+        if shape is None or len(shape) != 4 or not shape[1]:
             continue
-        if pads[0] or pads[1] or pads[4] or pads[5] or not shape[1]:
-            continue
-        (k, stride_h), (_, stride_w) = wr, wc
         channels = int(shape[1])
         scope = rows.name.rsplit("/", 1)[0] if "/" in rows.name else rows.name
         weight = numpy_helper.from_array(one_hot_unfold_weight(channels, k), f"{scope}/unfold_weight")
@@ -142,20 +153,19 @@ def rewrite_unfolds(
             pads=[int(pads[2]), int(pads[3]), int(pads[6]), int(pads[7])],
         )
         graph.initializer.append(weight)
-        position = list(graph.node).index(pad)
-        graph.node.insert(position, conv)
-        remove += [pad, rows, cols, perm]
-        count += 1
+        graph.node.insert(list(graph.node).index(pad), conv)
+        remove += [pad, rows, cols, perm]  # UNFOLD_NODES
+    if not remove:
+        return 0
     for node in remove:
         graph.node.remove(node)
-    if count:
-        _drop_unused(model)
+    _drop_unused(model)
     # the Transpose's output now comes from the Conv in another shape: drop stale shape annotations
     stale = {n.output[0] for n in remove}
     kept = [v for v in graph.value_info if v.name not in stale]
     del graph.value_info[:]
     graph.value_info.extend(kept)
-    return count
+    return len(remove) // len(UNFOLD_NODES)
 
 
 def _drop_unused(model: ModelProto) -> None:
