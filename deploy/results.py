@@ -155,6 +155,11 @@ class ProfileResult:
             f"Queries: {self.latency.iterations}; " + ", ".join(f"{k} {v}" for k, v in self.settings.items())
         )
         if self.memory:
-            lines.append("Memory: " + ", ".join(f"{k} {v}" for k, v in self.memory.items() if v is not None))
+            shown = [
+                f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in self.memory.items()
+                if v is not None
+            ]
+            lines.append("Memory: " + ", ".join(shown))
         lines += [f"Note: {n}" for n in self.notes]
         return "\n".join(lines)
