@@ -96,7 +96,10 @@ class FusionBlock(Block):
         return n_in - self.config.removed(n_in, self.num_protected)
 
     # -- attention pieces: the official MCTF code projects q, k of the unfused tokens and v of the
-    #    fused ones only, which is where MCTF's one-step-ahead saving comes from.
+    #    fused ones only, which is where MCTF's one-step-ahead saving comes from. Where q, k and v come
+    #    from the same tokens the block projects them with its one qkv Linear (``attn.split_heads``)
+    #    instead: two products of one activation make ONNX Runtime duplicate its int8 DequantizeLinear,
+    #    which then keeps both products in float with their weights dequantized on every run.
     def _project(self, h: Tensor, part: slice) -> Tensor:
         qkv = self.attn.qkv
         bias = None if qkv.bias is None else qkv.bias[part]  # T2T-ViT blocks have no qkv bias
@@ -176,8 +179,8 @@ class FusionBlock(Block):
         fast = self._fast(x)
         h = self.norm1(x)
         if attrs.r == 0:
-            q, k = self._qk(h)
-            x = x + self.drop_path(self._attention(q, k, self._v(h), prop, fast))
+            q, k, v = self.attn.split_heads(h)
+            x = x + self.drop_path(self._attention(q, k, v, prop, fast))
             return x + self.drop_path(self.mlp(self.norm2(x))), size
 
         size_in = size if size is not None else x.new_ones(bsz, n)
@@ -201,13 +204,12 @@ class FusionBlock(Block):
                     merge_attention(probs, dest, weights, n_out, self._merge_method), self._v(h)
                 )
             else:
-                q, k = self._qk(h)
-                out = self._attention(q, k, self._v(h), size_f if cfg.prop_attn else None, fast)
+                q, k, v = self.attn.split_heads(h)
+                out = self._attention(q, k, v, size_f if cfg.prop_attn else None, fast)
             x = x_f + self.drop_path(out)
             return x + self.drop_path(self.mlp(self.norm2(x))), size_f
 
-        q, k = self._qk(h)
-        v = self._v(h)
+        q, k, v = self.attn.split_heads(h)
         if fast:
             # ToMe's weights need no attention (tau_info = 0, size pooling): the op ignores info then.
             needs_info = attrs.tau_info > 0 or attrs.pooling == Pooling.ATTN_SIZE
