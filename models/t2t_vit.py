@@ -118,7 +118,11 @@ class TokenPerformer(nn.Module):
         kp, qp = self.features(k), self.features(q)
         denom = qp @ kp.sum(dim=1).unsqueeze(-1)  # [B, N, 1]
         kptv = v.float().transpose(1, 2) @ kp  # [B, in_dim, m]
-        y = (qp @ kptv.transpose(1, 2)) / (denom + self.EPSILON)
+        # The epsilon as a one-element tensor, not a Python scalar: the ONNX exporter's rewriter deletes
+        # ``x + c`` for any scalar c within 1e-8 of zero (onnxscript's add-zero rule, abs_tol 1e-8), and a
+        # token whose features all underflow then divides 0 by 0 (NaN logits at 128 x 128 and up).
+        eps = torch.full((1,), self.EPSILON, dtype=denom.dtype, device=denom.device)
+        y = (qp @ kptv.transpose(1, 2)) / (denom + eps)
         return v + self.dp(self.proj(y.to(v.dtype)))
 
     def forward(self, x: Tensor) -> Tensor:

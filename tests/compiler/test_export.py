@@ -127,6 +127,35 @@ def test_dynamic_batch(tmp_path: Path) -> None:
         assert report.passed and outputs[0]["logits"].shape == (batch, 1000)
 
 
+def test_the_performer_epsilon_survives_export_where_every_feature_underflows(tmp_path: Path) -> None:
+    """The T2T performer divides by phi(q) . sum phi(k) + 1e-8; where every random feature of a token
+    underflows (large keys: exp(w k - |k|^2 / 2) = 0) only the epsilon keeps 0 / 0 out. The exporter's
+    rewriter deletes ``x + c`` for scalars within 1e-8 of zero, so this checks the epsilon is in the file:
+    finite logits equal to PyTorch's where the model without it gives NaN."""
+    import onnxruntime as ort
+
+    from vitrt.models import create_model
+
+    model = create_model("t2t_vit_7", img_size=64, num_classes=10).eval()
+    with torch.no_grad():  # keys (and queries) of attention1 40x larger: |k|^2 / 2 swamps w k
+        model.tokens_to_token.attention1.kqv.weight.mul_(40.0)
+    x = torch.randn(
+        1, 3, 64, 64, generator=torch.Generator().manual_seed(int(np.random.default_rng().integers(1 << 30)))
+    )
+    with torch.no_grad():
+        block = model.tokens_to_token.attention1
+        h = block.norm1(model.tokens_to_token.soft_split0(x).transpose(1, 2))
+        _, q, _ = torch.split(block.kqv(h), block.emb, dim=-1)
+        assert float(block.features(q).amax()) == 0.0  # every feature underflows: denominators are 0
+        expected = model(x).numpy()
+    assert np.isfinite(expected).all()
+    config = ExportConfig("t2t_vit_7", input_size=(3, 64, 64), img_size=64, num_classes=10)
+    path = export_model(model, tmp_path / "m.onnx", config)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"images": x.numpy()})
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_checkpoint_export_verifies_against_the_same_weights(tmp_path: Path) -> None:
     from vitrt.models import create_model
 
