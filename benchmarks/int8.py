@@ -61,9 +61,10 @@ log = logging.getLogger("vitrt")
 # -- data ---------------------------------------------------------------------------------------
 
 
-def digits_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """(calibration (256, 3, 64, 64), held-out (500, 3, 64, 64), held-out labels, description)."""
-    x, y = td.digits_tensors()
+def digits_data(name: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """(calibration (256, 3, S, S), held-out (500, 3, S, S), held-out labels, description) for digits model
+    ``name`` (S: its input side)."""
+    x, y = td.digits_tensors(name)
     train_idx, held_idx = td.digits_split(seed)
     calib_idx = np.random.default_rng(seed + 1).choice(train_idx, NUM_CALIB, replace=False)
     text = f"sklearn digits: {NUM_CALIB} calibration images from the training split, {len(held_idx)} held-out"
@@ -180,7 +181,7 @@ def bench(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     labels = None
     if name.startswith("digits_"):
         td.export_digits(name, DIGITS, fp32)
-        calib, held, labels, data_text = digits_data()
+        calib, held, labels, data_text = digits_data(name)
         weights = f"trained on sklearn digits ({DIGITS.relative_to(ROOT)}/{name}.safetensors)"
     else:
         config = ExportConfig(name, seed=0)

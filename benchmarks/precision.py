@@ -120,8 +120,8 @@ def build_fp32(name: str, source: str, path: Path) -> tuple[Any, PreprocessConfi
             td.export_digits(name, DIGITS, path)
         else:
             model, _ = td.load_trained(DIGITS, name)
-            td.export_foreign(model, path, td.IMG_SIZE)
-        return "trained", td.PREPROCESS
+            td.export_foreign(model, path, model.preprocess.input_size[-1])
+        return "trained", td.preprocess_for(name)
     config = ExportConfig(name, seed=0)
     model = model_from_config(config)
     if source == "vitrt":
@@ -137,7 +137,7 @@ def bench(name: str, source: str, args: argparse.Namespace, tmp: Path) -> dict[s
     weights, cfg = build_fp32(name, source, paths["fp32"])
     labels = None
     if name.startswith("digits_"):
-        calib, held, labels, data_text = int8_bench.digits_data()
+        calib, held, labels, data_text = int8_bench.digits_data(name)
         held, labels = held[: args.eval_samples], labels[: args.eval_samples]
     else:
         calib, held, data_text = int8_bench.natural_data(cfg)

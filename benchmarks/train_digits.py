@@ -8,10 +8,14 @@ learned something: the 1797 8x8 digits of ``sklearn.datasets.load_digits``, upsa
 a fixed seeded split: 500 held-out images, 1297 for training. Both models are built from the
 model classes directly (they are not registered names):
 
-- ``digits_t2t_vit``: ``vitrt.models.t2t_vit.T2TViT`` (performer T2T module, token_dim 32), embed 96,
-  4 blocks, 4 heads, MLP ratio 2: 64 -> 16 -> 8 -> 4 token grid, 17 tokens;
-- ``digits_deit``: ``vitrt.models.deit.VisionTransformer``, patch 8, embed 96, 4 blocks, 4 heads, MLP
-  ratio 2: 64 tokens + class token.
+- ``digits_t2t_vit``: ``vitrt.models.t2t_vit.T2TViT`` at 64 x 64 (performer T2T module, token_dim 32),
+  embed 96, 4 blocks, 4 heads, MLP ratio 2: 64 -> 16 -> 8 -> 4 token grid, 17 tokens;
+- ``digits_t2t_vit_128``: the same family at 128 x 128, embed 128, 6 blocks: 128 -> 32 -> 16 -> 8 grid,
+  65 tokens. At 64 x 64 T2T-ViT's stride-16 soft split leaves 17 tokens and a backbone too small for
+  token fusion to pay for itself on a CPU (README, Tuning); at 128 the backbone holds most of the work,
+  as in T2T-ViT at 224, and this is the model ``make demo`` and the tuning results use;
+- ``digits_deit``: ``vitrt.models.deit.VisionTransformer`` at 64 x 64, patch 8, embed 96, 4 blocks, 4
+  heads, MLP ratio 2: 64 tokens + class token.
 
 Writes to ``--out``: ``<name>.safetensors`` (the state dict, tensors only), ``<name>.json`` (the
 constructor arguments, preprocessing, held-out top-1), ``split.json`` (the held-out indices),
@@ -47,19 +51,11 @@ from vitrt.models.deit import VisionTransformer  # noqa: E402
 from vitrt.models.t2t_vit import T2TViT  # noqa: E402
 
 HELD_OUT = 500
-IMG_SIZE = 64
-PREPROCESS = PreprocessConfig(
-    input_size=(3, IMG_SIZE, IMG_SIZE),
-    mean=(0.5, 0.5, 0.5),
-    std=(0.5, 0.5, 0.5),
-    crop_pct=1.0,
-    interpolation="bilinear",
-)
 ARCHS: dict[str, dict[str, Any]] = {
     "digits_t2t_vit": {
         "class": "vitrt.models.t2t_vit.T2TViT",
         "kwargs": {
-            "img_size": IMG_SIZE,
+            "img_size": 64,
             "tokens_type": "performer",
             "num_classes": 10,
             "embed_dim": 96,
@@ -69,10 +65,23 @@ ARCHS: dict[str, dict[str, Any]] = {
             "token_dim": 32,
         },
     },
+    "digits_t2t_vit_128": {
+        "class": "vitrt.models.t2t_vit.T2TViT",
+        "kwargs": {
+            "img_size": 128,
+            "tokens_type": "performer",
+            "num_classes": 10,
+            "embed_dim": 128,
+            "depth": 6,
+            "num_heads": 4,
+            "mlp_ratio": 2.0,
+            "token_dim": 32,
+        },
+    },
     "digits_deit": {
         "class": "vitrt.models.deit.VisionTransformer",
         "kwargs": {
-            "img_size": IMG_SIZE,
+            "img_size": 64,
             "patch_size": 8,
             "num_classes": 10,
             "embed_dim": 96,
@@ -84,6 +93,16 @@ ARCHS: dict[str, dict[str, Any]] = {
 }
 
 
+def preprocess_for(name_or_meta: str | dict[str, Any]) -> PreprocessConfig:
+    """How a digits model takes its images: its own square size, mean = std = 0.5, no crop, bilinear."""
+    arch = ARCHS[name_or_meta] if isinstance(name_or_meta, str) else name_or_meta["arch"]
+    size = int(arch["kwargs"]["img_size"])
+    half = (0.5, 0.5, 0.5)
+    return PreprocessConfig(
+        input_size=(3, size, size), mean=half, std=half, crop_pct=1.0, interpolation="bilinear"
+    )
+
+
 def build_model(name_or_meta: str | dict[str, Any]) -> nn.Module:
     """A digits model from its name (fresh weights) or its ``<name>.json`` metadata."""
     arch = ARCHS[name_or_meta] if isinstance(name_or_meta, str) else name_or_meta["arch"]
@@ -91,7 +110,7 @@ def build_model(name_or_meta: str | dict[str, Any]) -> nn.Module:
         arch["class"]
     ]
     model = cls(**arch["kwargs"])
-    model.preprocess = PREPROCESS
+    model.preprocess = preprocess_for(name_or_meta)
     return model
 
 
@@ -115,20 +134,21 @@ def export_digits(name: str, folder: Path, path: Path) -> Path:
     from vitrt.compiler.export import ExportConfig, export_model, file_sha256
 
     model, meta = load_trained(folder, name)
+    pre = model.preprocess
     checkpoint = folder / f"{name}.safetensors"
     recorded = _relative(checkpoint)
     config = ExportConfig(
         model=name,
-        input_size=PREPROCESS.input_size,
-        mean=PREPROCESS.mean,
-        std=PREPROCESS.std,
-        img_size=IMG_SIZE,
+        input_size=pre.input_size,
+        mean=pre.mean,
+        std=pre.std,
+        img_size=pre.input_size[-1],
         num_classes=10,
         checkpoint=recorded,
         checkpoint_sha256=file_sha256(checkpoint),
         extra={
             "arch": meta["arch"],
-            "preprocess": {"crop_pct": PREPROCESS.crop_pct, "interpolation": PREPROCESS.interpolation},
+            "preprocess": {"crop_pct": pre.crop_pct, "interpolation": pre.interpolation},
         },
     )
     return export_model(model, path, config)
@@ -165,11 +185,11 @@ def digits_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[HELD_OUT:]), np.sort(order[:HELD_OUT])
 
 
-def digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
-    """All digits preprocessed as the models take them: (1797, 3, 64, 64) float32, labels (1797,)."""
+def digits_tensors(name: str = "digits_deit") -> tuple[torch.Tensor, torch.Tensor]:
+    """All digits preprocessed as model ``name`` takes them: (1797, 3, S, S) float32, labels (1797,)."""
     from sklearn.datasets import load_digits  # type: ignore[import-untyped]
 
-    data = open_source("sklearn-digits", PREPROCESS, 1797, convert_channels=True, progress=False)
+    data = open_source("sklearn-digits", preprocess_for(name), 1797, convert_channels=True, progress=False)
     images = torch.stack([data.sample(i) for i in range(1797)])
     labels = torch.from_numpy(np.asarray(load_digits().target, dtype=np.int64))
     return images, labels
@@ -222,6 +242,8 @@ def train(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=args.lr,
     )
+    # --max-shift is in 64 x 64 pixels (8 = one digit pixel); larger inputs shift in proportion
+    max_shift = args.max_shift * x.shape[-1] // 64
     steps_per_epoch = math.ceil(len(xt) / args.batch_size)
     total = args.epochs * steps_per_epoch
     warmup = min(2 * steps_per_epoch, max(1, total // 5))
@@ -244,7 +266,7 @@ def train(
         loss_sum, correct = 0.0, 0
         for i in range(0, len(xt), args.batch_size):
             idx = perm[i : i + args.batch_size]
-            xb, yb = shift(xt[idx], args.max_shift, gen), yt[idx]
+            xb, yb = shift(xt[idx], max_shift, gen), yt[idx]
             logits = model(xb)
             loss = F.cross_entropy(logits, yb, label_smoothing=0.1)
             opt.zero_grad(set_to_none=True)
@@ -285,7 +307,8 @@ def _train_one(name: str, args: argparse.Namespace) -> tuple[dict[str, Any], lis
         print(line, flush=True)
         lines.append(line)
 
-    x, y = digits_tensors()
+    x, y = digits_tensors(name)
+    size = x.shape[-1]
     result = train(name, x, y, digits_split(args.seed), args, log)
     model = result.pop("model")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -293,8 +316,8 @@ def _train_one(name: str, args: argparse.Namespace) -> tuple[dict[str, Any], lis
     meta = {
         "name": name,
         "arch": ARCHS[name],
-        "preprocess": PREPROCESS.to_dict(),
-        "data": "sklearn digits 8x8 -> 64x64 bilinear, 3 channels; held-out indices in split.json",
+        "preprocess": preprocess_for(name).to_dict(),
+        "data": f"sklearn digits 8x8 -> {size}x{size} bilinear, 3 channels; held-out indices in split.json",
         **result,
         "args": {k: (_relative(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
@@ -311,7 +334,10 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument(
-        "--max-shift", type=int, default=8, help="augmentation: translation in pixels (8 = one digit pixel)"
+        "--max-shift",
+        type=int,
+        default=8,
+        help="augmentation: translation in pixels at 64 x 64 (8 = one digit pixel), scaled with the input",
     )
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
@@ -339,13 +365,28 @@ def main() -> None:
         futures = {name: pool.submit(_train_one, name, args) for name in args.models}
         done = {name: f.result() for name, f in futures.items()}
     total = time.perf_counter() - t0
-    lines = [header]
-    for _, (_, model_lines) in done.items():
-        lines += model_lines
     summary = ", ".join(f"{n} held-out top-1 {r['held_out_top1']:.1f}%" for n, (r, _) in done.items())
-    lines.append(f"# wall time {total:.1f} s for all models: {summary}")
-    print(lines[-1], flush=True)
-    atomic_write_bytes(args.out / "train_log.txt", ("\n".join(lines) + "\n").encode())
+    print(f"# wall time {total:.1f} s: {summary}", flush=True)
+    # one section per model; a run that trains some models keeps the others' sections
+    log_path = args.out / "train_log.txt"
+    sections = _log_sections(log_path.read_text() if log_path.is_file() else "")
+    for name, (result, model_lines) in done.items():
+        end = f"# {name}: wall time {total:.1f} s, held-out top-1 {result['held_out_top1']:.1f}%"
+        sections[name] = "\n".join([header, *model_lines, end])
+    atomic_write_bytes(log_path, ("\n\n".join(sections[n] for n in sorted(sections)) + "\n").encode())
+
+
+def _log_sections(text: str) -> dict[str, str]:
+    """train_log.txt split per model: a section is a ``# train_digits.py`` header with the lines of one
+    model (its ``## <name>:`` line and the lines that start with its name)."""
+    sections: dict[str, str] = {}
+    for block in text.split("# train_digits.py")[1:]:
+        lines = ("# train_digits.py" + block).rstrip().splitlines()
+        names = [line[3:].split(":")[0] for line in lines if line.startswith("## ")]
+        for name in names:
+            own = [ln for ln in lines[1:] if ln.startswith((f"## {name}:", f"{name} ", f"# {name}:"))]
+            sections[name] = "\n".join([lines[0], *own])
+    return sections
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from vitrt import logs
 from vitrt.errors import ConfigError, VitrtError
@@ -36,7 +37,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    fusion = None if args.fusion in (None, "none") else args.fusion
+    fusion = None if args.fusion in (None, "none") else _json_option(args.fusion)
     return run_demo(
         model_name=args.model,
         fusion=fusion,
@@ -504,13 +505,13 @@ def _add_tensorrt_options(p: argparse.ArgumentParser, *, timing_cache: bool = Tr
     )
 
 
-def _json_option(value: str | None) -> object:
+def _json_option(value: str | None) -> str | dict[str, Any] | None:
     """A ``--fusion`` / ``--attention`` value: a preset name as given, or a JSON object (what `vitrt tune`
     prints, e.g. '{"preset":"tome","r":[28,0,0,0]}') as a dict."""
     if value is None or not value.lstrip().startswith("{"):
         return value
     try:
-        parsed = json.loads(value)
+        parsed: dict[str, Any] = json.loads(value)  # starts with "{": an object or an error
     except json.JSONDecodeError as err:
         raise ConfigError(
             f"cannot read {value!r} as JSON ({err}); give a preset name or a JSON object"
@@ -894,11 +895,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--model",
-        default="digits_t2t_vit",
-        choices=["digits_t2t_vit", "digits_deit"],
-        help="the trained digits model (default digits_t2t_vit)",
+        default="digits_t2t_vit_128",
+        choices=["digits_t2t_vit_128", "digits_t2t_vit", "digits_deit"],
+        help="the trained digits model (default digits_t2t_vit_128)",
     )
-    p.add_argument("--fusion", default="mctf", help="token fusion preset (default mctf; 'none' for none)")
+    p.add_argument(
+        "--fusion",
+        default="auto",
+        help="token fusion preset or JSON (default: the model's tuned MCTF schedule; 'none' for none)",
+    )
     p.add_argument("--precision", default="int8", choices=["fp32", "fp16", "int8", "int8+fp16"])
     p.add_argument("--workdir", default="artifacts/demo", help="where the data and the compile output go")
     p.add_argument(

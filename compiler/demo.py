@@ -1,13 +1,14 @@
 """`make demo` / `vitrt demo`: ``vitrt compile`` on a trained model, for the CPU, and its summary.
 
-The model is one of the digits models that ship in the repository (``benchmarks/digits/``: a T2T-ViT or a DeiT
-trained on scikit-learn's digits at 64 x 64, the only trained weights available offline) with MCTF token
-fusion, compiled to INT8 for ``cpu``. The demo writes its data first (``<workdir>/data/``): the 500 held-out
-digits with their labels (evaluation) and 320 digits of the training split (calibration, so that calibration
-never sees an evaluation image), both preprocessed as the model takes them. Then it runs the same stages as
-``vitrt compile <description>.json --checkpoint <name>.safetensors --fusion mctf --target cpu --precision int8
---calib-data <train.npz> --eval-data <held_out.npz> -o <workdir>/<name>``, and prints the summary: held-out
-top-1 FP32 vs INT8, latency against PyTorch eager in the same run, where the report is.
+The model is one of the digits models that ship in the repository (``benchmarks/digits/``: T2T-ViTs at 128 x
+128 (the default) and 64 x 64 and a DeiT at 64 x 64, trained on scikit-learn's digits, the only trained
+weights available offline) with MCTF token fusion (the schedule ``vitrt tune`` measured, ``DEMO_FUSION``),
+compiled to INT8 for ``cpu``. The demo writes its data first (``<workdir>/data/``): the 500 held-out digits
+with their labels (evaluation) and 320 digits of the training split (calibration, so that calibration never
+sees an evaluation image), both preprocessed as the model takes them. Then it runs the same stages as
+``vitrt compile <description>.json --checkpoint <name>.safetensors --fusion <schedule> --target cpu
+--precision int8 --calib-data <train.npz> --eval-data <held_out.npz> -o <workdir>/<name>``, and prints the
+summary: held-out top-1 FP32 vs INT8, latency against PyTorch eager in the same run, where the report is.
 """
 
 from __future__ import annotations
@@ -16,13 +17,19 @@ import json
 import shlex
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from vitrt.errors import VitrtError
 from vitrt.fileio import atomic_output, source_checkout
 
-DIGITS_MODELS = ("digits_t2t_vit", "digits_deit")
+DIGITS_MODELS = ("digits_t2t_vit_128", "digits_t2t_vit", "digits_deit")
+# The MCTF schedule `vitrt tune` measured for the demo model (README, Tuning): r = 32 in block 2 of 6 took
+# 0.94x of the unfused INT8 latency at 98.2 % held-out top-1 (unfused 98.4 %). The "mctf" preset (r = 16
+# in blocks 1-5) would leave 10 of the 65 tokens; the closest trial, r = [0, 32, 16, 7, 0, 0], lost 1.8
+# points.
+DEMO_FUSION: dict[str, dict[str, Any]] = {"digits_t2t_vit_128": {"preset": "mctf", "r": [0, 0, 32, 0, 0, 0]}}
 CALIBRATION_SAMPLES = 320  # the calibration takes 256; calibrate checks its INT8 file on the next 64
 # One thread for ONNX Runtime and PyTorch alike when timing: on a 2-core machine shared with other work, two
 # spinning thread pools made PyTorch eager 10-40x slower than with one (measured here), which says nothing
@@ -43,18 +50,20 @@ def digits_folder() -> Path:
 
 
 def write_digits_data(folder: Path, description: Path, out: Path) -> tuple[Path, Path]:
-    """(calibration .npz, held-out .npz) in ``out``: model-ready float32 digits (N, 3, 64, 64) under
-    ``images``, the held-out set with ``labels``; the split is ``folder/split.json``'s. Written once."""
+    """(calibration .npz, held-out .npz) in ``out``: model-ready float32 digits (N, 3, S, S) under
+    ``images`` (S: the model's input side, in the file names), the held-out set with ``labels``; the split
+    is ``folder/split.json``'s. Written once per input size."""
     from sklearn.datasets import load_digits  # type: ignore[import-untyped]
 
     from vitrt.calibration.data import open_source
     from vitrt.models.config import PreprocessConfig
 
-    calib, held = out / "digits_train.npz", out / "digits_held_out.npz"
+    pre = json.loads(description.read_text())["preprocess"]
+    side = int(pre["input_size"][-1])
+    calib, held = out / f"digits_train_{side}px.npz", out / f"digits_held_out_{side}px.npz"
     if calib.is_file() and held.is_file():
         return calib, held
     out.mkdir(parents=True, exist_ok=True)
-    pre = json.loads(description.read_text())["preprocess"]
     cfg = PreprocessConfig(
         input_size=tuple(pre["input_size"]),
         mean=tuple(pre["mean"]),
@@ -84,18 +93,28 @@ def _relative(arg: str) -> str:
         return arg
 
 
+def _fusion_arg(fusion: str | dict[str, Any]) -> str:
+    """``fusion`` as ``vitrt compile --fusion`` takes it: a preset name, or compact JSON."""
+    return fusion if isinstance(fusion, str) else json.dumps(fusion, separators=(",", ":"))
+
+
 def run_demo(
-    model_name: str = "digits_t2t_vit",
-    fusion: str | None = "mctf",
+    model_name: str = "digits_t2t_vit_128",
+    fusion: str | dict[str, Any] | None = "auto",
     precision: str = "int8",
     workdir: str = "artifacts/demo",
     verbose: bool = False,
 ) -> int:
-    """Compile the trained ``model_name`` for the CPU and print the summary; returns the exit status."""
+    """Compile the trained ``model_name`` for the CPU and print the summary; returns the exit status.
+
+    fusion: a preset or JSON dict as ``vitrt compile --fusion`` takes it, None for none, or "auto": the
+    model's ``DEMO_FUSION`` schedule (the "mctf" preset for a model without one)."""
     from .compile import compile_model
 
     if model_name not in DIGITS_MODELS:
         raise VitrtError(f"the demo compiles one of {', '.join(DIGITS_MODELS)}, not {model_name!r}")
+    if fusion == "auto":
+        fusion = DEMO_FUSION.get(model_name, "mctf")
     folder = digits_folder()
     description, checkpoint = folder / f"{model_name}.json", folder / f"{model_name}.safetensors"
     work = Path(workdir)
@@ -103,7 +122,7 @@ def run_demo(
     out = work / model_name
     command = [
         "vitrt", "compile", str(description), "--checkpoint", str(checkpoint),
-        *(["--fusion", fusion] if fusion else []), "--target", "cpu", "--precision", precision,
+        *(["--fusion", _fusion_arg(fusion)] if fusion else []), "--target", "cpu", "--precision", precision,
         "--calib-data", str(calib), "--eval-data", str(held), "--threads", str(PROFILE_THREADS),
         "-o", str(out),
     ]  # fmt: skip

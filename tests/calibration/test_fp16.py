@@ -178,7 +178,7 @@ def test_trained_digits_keep_their_held_out_top1_in_fp16_and_int8_fp16(name: str
         convert_channels=True, sensitivity=False, progress=False, threads=1,
     )  # fmt: skip
     fp16_onnx(tmp_path / "m.int8.onnx", tmp_path / "m.int8.fp16.onnx")
-    x, y = td.digits_tensors()  # type: ignore[attr-defined]
+    x, y = td.digits_tensors(name)  # type: ignore[attr-defined]
     _, held = td.digits_split()  # type: ignore[attr-defined]
     images, labels = x[held].numpy(), y[held].numpy()
     accuracy = {}
