@@ -11,12 +11,19 @@ STUBS := .typestubs/.vitrt-stubs
 
 .PHONY: demo test lint typecheck unit clean
 
+SETUP_LOG := $(VENV)/setup.log
+
+# pip's own warnings (index locations, build back-end deprecations) go to $(SETUP_LOG), not the terminal;
+# the log is printed if a step fails.
 $(STAMP): pyproject.toml constraints-cpu.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	# torch first, pinned to the CPU build, so nothing below pulls the CUDA wheels.
-	$(BIN)/python -m pip install -q -c constraints-cpu.txt torch
-	$(BIN)/python -m pip install -q -c constraints-cpu.txt -e '.[dev]'
+	@echo "setting up $(VENV)/ (CPU torch pinned; pip's output in $(SETUP_LOG))"
+	@$(BIN)/python -m pip install -q --upgrade pip > $(SETUP_LOG) 2>&1 || { cat $(SETUP_LOG); exit 1; }
+	@# torch first, pinned to the CPU build, so nothing below pulls the CUDA wheels.
+	@$(BIN)/python -m pip install -q -c constraints-cpu.txt torch >> $(SETUP_LOG) 2>&1 \
+		|| { cat $(SETUP_LOG); exit 1; }
+	@$(BIN)/python -m pip install -q -c constraints-cpu.txt -e '.[dev]' >> $(SETUP_LOG) 2>&1 \
+		|| { cat $(SETUP_LOG); exit 1; }
 	@touch $(STAMP)
 
 demo: $(STAMP)
