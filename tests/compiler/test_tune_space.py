@@ -104,7 +104,7 @@ def test_samples_are_seeded_and_start_with_the_baselines() -> None:
     assert len(a) == 16 and len({t.name for t in a}) == 16
     assert {t.rule for t in a[2:]} >= {"uniform", "single", "depth-relative", "decreasing"}  # rules covered
     space = search_space(facts)
-    assert all(t in space for t in a[2:]) and len(space) == 84  # 42 fusions x 2 precisions
+    assert all(t in space for t in a[2:]) and len(space) == 94  # 47 fusions x 2 precisions
     assert len(sample_trials(facts, 1000)) == 2 + len(space)  # never more than the space
     with pytest.raises(ConfigError, match="at least 2"):
         sample_trials(facts, 1)
