@@ -3,17 +3,17 @@
     .venv/bin/python benchmarks/train_digits.py [--out benchmarks/digits] [--epochs 40] [--threads 2]
 
 No pretrained ImageNet weights can be downloaded here, so INT8 quality is judged on models that
-learned something: the 1797 8x8 digits of ``sklearn.datasets.load_digits``, upsampled to 64x64
+learned something: the 1797 8x8 digits of ``sklearn.datasets.load_digits``, upsampled to 64x64 or 128x128
 (bilinear) and replicated to 3 channels by vitrt's own preprocessing (``vitrt.calibration.data``), with
-a fixed seeded split: 500 held-out images, 1297 for training. Both models are built from the
+a fixed seeded split: 500 held-out images, 1297 for training. The models are built from the
 model classes directly (they are not registered names):
 
 - ``digits_t2t_vit``: ``vitrt.models.t2t_vit.T2TViT`` at 64 x 64 (performer T2T module, token_dim 32),
   embed 96, 4 blocks, 4 heads, MLP ratio 2: 64 -> 16 -> 8 -> 4 token grid, 17 tokens;
 - ``digits_t2t_vit_128``: the same family at 128 x 128, embed 128, 6 blocks: 128 -> 32 -> 16 -> 8 grid,
   65 tokens. At 64 x 64 T2T-ViT's stride-16 soft split leaves 17 tokens and a backbone too small for
-  token fusion to pay for itself on a CPU (README, Tuning); at 128 the backbone holds most of the work,
-  as in T2T-ViT at 224, and this is the model ``make demo`` and the tuning results use;
+  token fusion to pay for itself on a CPU (README, Tuning); at 128 the backbone takes about half of a
+  query, and this is the model ``make demo`` and the tuning results use;
 - ``digits_deit``: ``vitrt.models.deit.VisionTransformer`` at 64 x 64, patch 8, embed 96, 4 blocks, 4
   heads, MLP ratio 2: 64 tokens + class token.
 
@@ -185,7 +185,7 @@ def digits_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[HELD_OUT:]), np.sort(order[:HELD_OUT])
 
 
-def digits_tensors(name: str = "digits_deit") -> tuple[torch.Tensor, torch.Tensor]:
+def digits_tensors(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """All digits preprocessed as model ``name`` takes them: (1797, 3, S, S) float32, labels (1797,)."""
     from sklearn.datasets import load_digits  # type: ignore[import-untyped]
 

@@ -27,7 +27,7 @@ def foreign(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray,
     folder = tmp_path_factory.mktemp("foreign")
     model, _ = td.load_trained(DIGITS, "digits_deit")  # type: ignore[attr-defined]
     path = td.export_foreign(model, folder / "deit.onnx", 64)  # type: ignore[attr-defined]
-    x, _ = td.digits_tensors()  # type: ignore[attr-defined]
+    x, _ = td.digits_tensors("digits_deit")  # type: ignore[attr-defined]
     train, held = td.digits_split()  # type: ignore[attr-defined]
     calib = x[np.random.default_rng(1).choice(train, 128, replace=False)].numpy()
     return path, calib, x[held[:64]].numpy()

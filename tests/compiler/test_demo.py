@@ -41,3 +41,17 @@ def test_digits_data_is_written_per_input_size(tmp_path: Path) -> None:
             assert npz["images"].shape[1:] == (3, side, side) and "labels" not in npz.files
         files[name] = (calib, held)
     assert files["digits_t2t_vit_128"] != files["digits_deit"]  # one model's data never serves another
+
+
+def test_the_training_log_keeps_each_models_own_lines() -> None:
+    """``train_digits.py`` rewrites the sections of the models it retrains and keeps the others' (its
+    shipped log holds three sections, the older two written by one run)."""
+    from tests.compiler.test_prepare import train_digits
+
+    sections = train_digits()._log_sections((DIGITS / "train_log.txt").read_text())  # type: ignore[attr-defined]
+    assert set(sections) == set(DIGITS_MODELS)
+    for name, text in sections.items():
+        lines = text.splitlines()
+        assert lines[0].startswith("# train_digits.py") and lines[1].startswith(f"## {name}:")
+        assert all(line.startswith((f"{name} ", f"# {name}:")) for line in lines[2:]), name
+        assert any(line.startswith(f"{name} epoch  40") for line in lines), name
