@@ -26,10 +26,8 @@ logits: the cosine is the measure, top-1 agreement a weak signal).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -46,7 +44,6 @@ import int8 as int8_bench  # noqa: E402
 
 import vitrt  # noqa: E402
 from vitrt.calibration.metrics import agreement  # noqa: E402
-from vitrt.compiler.environment import cpu_facts  # noqa: E402
 from vitrt.compiler.export import ExportConfig, export_model, model_from_config  # noqa: E402
 from vitrt.deploy.latency import measure_interleaved  # noqa: E402
 from vitrt.models.config import PreprocessConfig  # noqa: E402
@@ -184,25 +181,10 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("nncf").setLevel(logging.ERROR)
-    import importlib.metadata as md
-    import platform
-
-    cpu, flags = cpu_facts()
-    versions = {p: md.version(p) for p in ("onnxruntime", "openvino", "nncf", "torch")}
-    header = (
-        f"{cpu} ({platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores; flags "
-        f"{' '.join(flags)}), {', '.join(f'{k} {v}' for k, v in versions.items())}, {args.threads} threads"
+    header = int8_bench.machine_line(
+        ("onnxruntime", "openvino", "nncf", "torch"), args.threads, with_flags=True, batch=False
     )
-    print(header, flush=True)
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for spec in args.models:
-            results.append(bench(spec, args, Path(tmp)))
-            print(table(results[-1:]), flush=True)
-    print()
-    print(table(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": header, "results": results}, indent=1))
+    int8_bench.run_models(args.models, bench, table, args, header)
 
 
 if __name__ == "__main__":

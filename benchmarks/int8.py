@@ -31,6 +31,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -261,6 +262,45 @@ def table(rows: list[dict[str, Any]]) -> str:
                 f"{ms[key] / ms['fp32']:.2f} |"
             )
     return "\n".join(lines)
+
+
+def machine_line(
+    packages: Sequence[str], threads: int, *, with_flags: bool = False, batch: bool = True
+) -> str:
+    """The header line of a CPU benchmark: CPU name, architecture, cores (and instruction-set flags), the
+    ``packages``' versions, threads (and "batch 1")."""
+    import importlib.metadata as md
+    import os
+
+    from vitrt.compiler.environment import cpu_facts
+
+    cpu, flags = cpu_facts()
+    cores = f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores"
+    if with_flags:
+        cores += f"; flags {' '.join(flags)}"
+    versions = ", ".join(f"{p} {md.version(p)}" for p in packages)
+    return f"{cpu} ({cores}), {versions}, {threads} threads" + (", batch 1" if batch else "")
+
+
+def run_models(
+    models: Sequence[str],
+    bench_one: Callable[[str, argparse.Namespace, Path], dict[str, Any]],
+    to_table: Callable[[list[dict[str, Any]]], str],
+    args: argparse.Namespace,
+    header: str,
+) -> None:
+    """Print ``header``, run ``bench_one`` per model in one temporary folder (each model's table as it
+    finishes, then all), and write ``{"machine": header, "results": [...]}`` to ``args.json`` if given."""
+    print(header, flush=True)
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in models:
+            results.append(bench_one(name, args, Path(tmp)))
+            print(to_table(results[-1:]), flush=True)
+    print()
+    print(to_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": header, "results": results}, indent=1))
 
 
 def main() -> None:

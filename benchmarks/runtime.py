@@ -24,11 +24,8 @@ measure). MCTF rows compare with the dense model's PyTorch eager (the same weigh
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -45,7 +42,6 @@ import int8 as int8_bench  # noqa: E402
 
 import vitrt  # noqa: E402
 from vitrt.calibration.metrics import agreement  # noqa: E402
-from vitrt.compiler.environment import cpu_facts  # noqa: E402
 from vitrt.compiler.export import ExportConfig, export_model, model_from_config  # noqa: E402
 from vitrt.deploy.latency import measure_interleaved  # noqa: E402
 from vitrt.deploy.runners import TorchRunner  # noqa: E402
@@ -140,25 +136,8 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    import importlib.metadata as md
-    import platform
-
-    cpu, _ = cpu_facts()
-    versions = {p: md.version(p) for p in ("onnxruntime", "torch")}
-    header = (
-        f"{cpu} ({platform.machine()}, {len(os.sched_getaffinity(0))} cores), "
-        f"{', '.join(f'{k} {v}' for k, v in versions.items())}, {args.threads} threads, batch 1"
-    )
-    print(header, flush=True)
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models:
-            results.append(bench(name, args, Path(tmp)))
-            print(table(results[-1:]), flush=True)
-    print()
-    print(table(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": header, "results": results}, indent=1))
+    header = int8_bench.machine_line(("onnxruntime", "torch"), args.threads)
+    int8_bench.run_models(args.models, bench, table, args, header)
 
 
 if __name__ == "__main__":
