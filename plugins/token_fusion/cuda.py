@@ -48,14 +48,24 @@ SCORE_TILES = (64, 32)
 """Side of the CUDA-core score kernel's output tile: 64, or 32 where 64-tiles would not fill the GPU."""
 MMA_TILE = 32
 """Side of the tensor-core score kernel's tile (float16 metrics with Cm % 8 == 0)."""
+INFO_QK_HEAD_DIMS = (32, 64, 128)
+"""Head dims of the attention_info kernels that read q and k (float16 on tensor cores)."""
+INFO_QK_MAX_TOKENS = 256
+"""Most tokens those kernels take (all key rows sit in shared memory); beyond, q k^T goes through a GEMM."""
 KERNELS = (
     *(f"vitrt_tf_scores{tile}_{sfx}" for tile in SCORE_TILES for sfx in KERNEL_SUFFIX.values()),
     "vitrt_tf_scores_mma_f16",
     *(
         f"vitrt_tf_{stage}_{sfx}"
-        for stage in ("merge", "copy", *(f"attention_info{vpl}" for vpl in INFO_COLUMNS_PER_LANE))
+        for stage in (
+            "merge",
+            "copy",
+            "info_mean",
+            *(f"attention_info{vpl}" for vpl in INFO_COLUMNS_PER_LANE),
+        )
         for sfx in KERNEL_SUFFIX.values()
     ),
+    *(f"vitrt_tf_attention_info_qk{e // 16}_f16" for e in INFO_QK_HEAD_DIMS),
     "vitrt_tf_match",
 )
 """Every kernel this module launches (the build test checks each is in the fatbin)."""
@@ -63,6 +73,7 @@ _THREADS = 256
 _WARPS = _THREADS // 32
 _MATCH_THREADS = 512  # one block per batch element: as many warps as the O(N^2) steps can use
 _INFO_ROWS = 64  # attention_info: query rows per block (eight per warp, the next row's loads in flight)
+_INFO_QK_THREADS = 128  # attention_info from q, k: four warps of 16 query rows (the same 64 rows per block)
 _COPY_BLOCKS = 1024  # identity copy: grid-stride loops beyond this many blocks
 MATCH_SHARED_LIMIT = 96 * 1024
 """Largest dynamic shared memory the match kernel asks for (the smallest target, sm_120, allows 99 KiB):
@@ -265,6 +276,72 @@ def enqueue_attention_info(
     return chunks
 
 
+def info_qk_shared_bytes(tokens: int, head_dim: int) -> int:
+    """Dynamic shared memory of ``vitrt_tf_attention_info_qk`` in bytes: the key rows (N rounded up to 8)
+    and the block's 64 query rows at a pitch of E + 8 halves, the bias and four warps' column sums."""
+    padded = -(-tokens // 8) * 8
+    return 2 * (padded + _INFO_ROWS) * (head_dim + 8) + 4 * padded + 4 * 4 * padded
+
+
+def info_qk_applies(dtype: str, tokens: int, head_dim: int) -> bool:
+    """Whether q and k of ``dtype`` [B, H, N, E] go to the attention_info kernel that reads them directly."""
+    return dtype == "float16" and head_dim in INFO_QK_HEAD_DIMS and tokens <= INFO_QK_MAX_TOKENS
+
+
+def enqueue_attention_info_qk(
+    q: int,
+    k: int,
+    size: int,
+    colsum: int,
+    batch: int,
+    heads: int,
+    tokens: int,
+    head_dim: int,
+    q_strides: tuple[int, int, int],
+    k_strides: tuple[int, int, int],
+    scale: float,
+    stream: int,
+) -> int:
+    """Launch ``vitrt_tf_attention_info_qk``: float16 q, k [B, H, N, E] at element strides (batch, head,
+    token) with unit channel stride and 16-byte aligned rows, size [B, N] float16 (0: no proportional
+    attention) -> float32 colsum [B, H, chunks, N], as ``enqueue_attention_info``; returns the chunks."""
+    if not info_qk_applies("float16", tokens, head_dim):
+        raise ValueError(
+            f"attention_info from q, k takes head dims {INFO_QK_HEAD_DIMS} and up to {INFO_QK_MAX_TOKENS} "
+            f"tokens, got E={head_dim}, N={tokens}"
+        )
+    for name, base, strides in (("q", q, q_strides), ("k", k, k_strides)):
+        if base % 16 or any(st % 8 for st in strides) or any(not 0 <= st < 2**31 for st in strides):
+            raise ValueError(f"{name}: rows must be 16-byte aligned with int32 strides, got {strides}")
+    chunks = -(-tokens // _INFO_ROWS)
+    launch(
+        load_module(SOURCE),
+        f"vitrt_tf_attention_info_qk{head_dim // 16}_f16",
+        (chunks, heads, batch),
+        (_INFO_QK_THREADS, 1, 1),
+        [ptr(q), ptr(k), ptr(size), ptr(colsum), i32(tokens), i32(heads), *map(i32, q_strides),
+         *map(i32, k_strides), f32(scale)],
+        stream,
+        shared_mem=info_qk_shared_bytes(tokens, head_dim),
+    )  # fmt: skip
+    return chunks
+
+
+def enqueue_info_mean(
+    colsum: int, info: int, batch: int, heads: int, tokens: int, chunks: int, dtype: str, stream: int
+) -> None:
+    """Launch ``vitrt_tf_info_mean``: float32 colsum [B, H, chunks, N] -> info [B, N] of ``dtype``, the
+    sum over heads and chunks / (H N)."""
+    launch(
+        load_module(SOURCE),
+        f"vitrt_tf_info_mean_{kernel_suffix(dtype, PLUGIN_NAME)}",
+        (-(-tokens // _THREADS), batch, 1),
+        (_THREADS, 1, 1),
+        [ptr(colsum), ptr(info), i32(tokens), i32(heads), i32(chunks)],
+        stream,
+    )
+
+
 def enqueue(
     x: int,
     metric: int,
@@ -417,13 +494,68 @@ def attention_info_cuda(logits: Tensor, size: Tensor | None, scale: float) -> Te
             raise ValueError(f"size must be [{b}, {n}] {logits.dtype}, got {size.dtype} {tuple(size.shape)}")
         size = size.contiguous()
     logits = logits.contiguous()
+    dtype, stream = tensor_dtype_name(logits), kernel_stream(logits)
     colsum = torch.empty(b, h, -(-n // _INFO_ROWS), n, dtype=torch.float32, device=logits.device)
+    info = torch.empty(b, n, dtype=logits.dtype, device=logits.device)
     with kernel_device(logits):
-        enqueue_attention_info(
-            logits.data_ptr(), 0 if size is None else size.data_ptr(), colsum.data_ptr(), b, h, n, scale,
-            tensor_dtype_name(logits), kernel_stream(logits),
+        size_ptr = 0 if size is None else size.data_ptr()
+        chunks = enqueue_attention_info(
+            logits.data_ptr(), size_ptr, colsum.data_ptr(), b, h, n, scale, dtype, stream
+        )
+        enqueue_info_mean(colsum.data_ptr(), info.data_ptr(), b, h, n, chunks, dtype, stream)
+    return info
+
+
+def attention_info_qk_cuda(q: Tensor, k: Tensor, size: Tensor | None, scale: float) -> Tensor:
+    """``reference.attention_info(q @ k^T, size, scale)``: q, k [B, H, N, E] (any strides), size [B, N] or
+    None -> [B, N] in q's dtype. Float16 with E in ``INFO_QK_HEAD_DIMS`` and N <= ``INFO_QK_MAX_TOKENS``:
+    one kernel reads q and k (views of the qkv projection are read in place when their rows are 16-byte
+    aligned) and a second takes the mean, so neither the logits nor contiguous copies are written;
+    otherwise q k^T by a GEMM, then ``attention_info_cuda`` (or the reference beyond its token limit)."""
+    import torch
+
+    from .reference import attention_info
+
+    for name, t in (("q", q), ("k", k)):
+        check_kernel_tensor(name, t, q.device)
+        if t.dim() != 4 or t.dtype != q.dtype or t.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"q and k must be [B, H, N, E] of one dtype of {SUPPORTED_DTYPES}, got {name} "
+                             f"{t.dtype} {tuple(t.shape)}")  # fmt: skip
+    if q.shape != k.shape:
+        raise ValueError(f"q and k must have one shape, got {tuple(q.shape)} and {tuple(k.shape)}")
+    b, h, n, e = q.shape
+    dtype = tensor_dtype_name(q)
+    if not info_qk_applies(dtype, n, e):
+        logits = q @ k.transpose(-2, -1)
+        return (
+            attention_info(logits, size, scale)
+            if info_kernel(n) is None
+            else attention_info_cuda(logits, size, scale)
+        )
+    if size is not None:
+        check_kernel_tensor("size", size, q.device)
+        if size.dtype != q.dtype or tuple(size.shape) != (b, n):
+            raise ValueError(f"size must be [{b}, {n}] {q.dtype}, got {size.dtype} {tuple(size.shape)}")
+        size = size.contiguous()
+
+    def rows(t: Tensor) -> Tensor:
+        """t itself with unit channel stride and 16-byte aligned rows, else a fresh contiguous copy (a
+        contiguous tensor may still start off a 16-byte boundary, so not ``contiguous()``)."""
+        strides = t.stride()[:3]
+        aligned = t.stride(3) == 1 and t.data_ptr() % 16 == 0 and all(st % 8 == 0 for st in strides)
+        return t if aligned and max(strides) < 2**31 else t.clone(memory_format=torch.contiguous_format)
+
+    q, k = rows(q), rows(k)
+    stream = kernel_stream(q)
+    colsum = torch.empty(b, h, -(-n // _INFO_ROWS), n, dtype=torch.float32, device=q.device)
+    info = torch.empty(b, n, dtype=q.dtype, device=q.device)
+    with kernel_device(q):
+        chunks = enqueue_attention_info_qk(
+            q.data_ptr(), k.data_ptr(), 0 if size is None else size.data_ptr(), colsum.data_ptr(), b, h, n, e,
+            (q.stride(0), q.stride(1), q.stride(2)), (k.stride(0), k.stride(1), k.stride(2)), scale, stream,
         )  # fmt: skip
-    return (colsum.sum(dim=(1, 2)) / (h * n)).to(logits.dtype)
+        enqueue_info_mean(colsum.data_ptr(), info.data_ptr(), b, h, n, chunks, dtype, stream)
+    return info
 
 
 def fusion_scores_cuda(

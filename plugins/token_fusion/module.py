@@ -48,7 +48,8 @@ class FusionBlock(Block):
     MCTF code's: attention probabilities, the op's reference, and the one-step-ahead attention as the
     merged [B, H, N', N'] matrix (``reference.merge_attention``). Where the kernels apply (eager inference
     on CUDA tensors, or under ``emulated_kernels()``) no N x N probability matrix is written: the
-    attention each key receives comes from q k^T through ``torch.ops.vitrt.attention_info``, the fusion
+    attention each key receives comes from q and k through ``torch.ops.vitrt.attention_info`` (float16:
+    one kernel reads q and k where they lie in the qkv projection, so not even q k^T is written), the fusion
     is ``torch.ops.vitrt.token_fusion``, attention outputs are ``scaled_dot_product_attention`` (with
     log size as its mask), and the one-step-ahead attention is reassociated: with M the one-hot merge
     matrix and w the pooling weights, merge_attention(A) V' = (M_w A M^T / den) V' = merge(A (M^T V')),
@@ -144,8 +145,8 @@ class FusionBlock(Block):
         )
 
     def _info(self, q: Tensor, k: Tensor, size: Tensor | None) -> Tensor:
-        """Attention each key receives [B, N] (kernel path): from q k^T, the probabilities never formed."""
-        return attention_info_op(q @ k.transpose(-2, -1), size, float(self.attn.scale))
+        """Attention each key receives [B, N] (kernel path): from q and k, the probabilities never formed."""
+        return attention_info_op(q, k, size, float(self.attn.scale))
 
     def _one_step_ahead(
         self,
@@ -211,9 +212,10 @@ class FusionBlock(Block):
 
         q, k, v = self.attn.split_heads(h)
         if fast:
-            # ToMe's weights need no attention (tau_info = 0, size pooling): the op ignores info then.
+            # ToMe's weights need no attention (tau_info = 0, size pooling): the op does not read info
+            # then, so the sizes stand in for it (a [B, N] tensor of the dtype; no fill launched).
             needs_info = attrs.tau_info > 0 or attrs.pooling == Pooling.ATTN_SIZE
-            info = self._info(q, k, prop) if needs_info else torch.ones_like(size_in)
+            info = self._info(q, k, prop) if needs_info else size_in
             x = x + self.drop_path(self._attention(q, k, v, prop, fast))
         else:
             probs = self._probs(q, k, prop)

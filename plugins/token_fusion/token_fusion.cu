@@ -15,8 +15,10 @@
 //                                                     a fused block's attention output (one-step-ahead).
 //      (r = 0: vitrt_tf_match writes dest = arange and vitrt_tf_copy_<dt> copies x and size instead)
 //
-// And, for a fused block rather than the op: vitrt_tf_attention_info<VPL>_<dt> grid (N/64, H, B), the
-// attention each key receives, from the block's q k^T, without writing the probabilities.
+// And, for a fused block rather than the op, the attention each key receives without writing the
+// probabilities: vitrt_tf_attention_info_qk<E/16>_f16 grid (N/64, H, B) from q and k on tensor cores
+// (float16, E = 32 / 64 / 128, N <= 256), else vitrt_tf_attention_info<VPL>_<dt> grid (N/64, H, B) from
+// q k^T; then vitrt_tf_info_mean_<dt> grid (N/256, B), the mean over heads and queries.
 //
 // <dt> is f32 or f16 (the dtype of x, metric, info, size and of the outputs; float16 travels as raw bits).
 // All arithmetic is float32. Shapes: x [B, N, C], metric [B, N, Cm], info/size [B, N]; set A = even token
@@ -563,6 +565,171 @@ __device__ void attention_info(const T* __restrict__ logits, const T* __restrict
   }
 }
 
+// Dynamic shared memory with the 16-byte alignment that uint4 stores need (static __shared__ variables may
+// come first, after which `extern float` alone would promise 4 bytes).
+#ifdef VITRT_CPU_EMULATION
+#define TF_DYNAMIC_SHARED16(name) float* name = reinterpret_cast<float*>(::vitrt_emu::dynamic_shared())
+#else
+#define TF_DYNAMIC_SHARED16(name) extern __shared__ __align__(16) float name[]
+#endif
+
+// attention_info straight from q and k, the logits never written: float16 q, k with head dim E = 16 KS
+// and at most kInfoQkMaxTokens tokens, on tensor cores. It replaces q k^T (a GEMM whose B x H x N x N
+// output attention_info then reads back) plus the copies that make q and k contiguous: q and k are read
+// through their row strides (in elements, rows 16-byte aligned), as views of the qkv projection.
+// Block (chunk, h, b), 128 threads, takes query rows chunk * 64 .. + 63; warp w rows 16 w .. + 15 of them.
+// The block's q rows and all N key rows (zero past N) are staged in shared memory as 16-byte vectors, with
+// the bias log2(size_j) (0 without proportional attention, -inf past N). Each warp sweeps its rows'
+// logits 8 keys at a time (m16n8k16, float32 accumulation, no rounding of the logits to float16) twice:
+// first for every row's max and sum of exponentials (online per lane, then merged across the quad of
+// lanes that shares a row), then for the probabilities, summed over the warp's 16 rows by a fixed
+// shuffle tree into per-warp column sums that the block adds in warp order: deterministic, no atomics.
+// Recomputing the logits (4 KS mma per 8 keys) is cheaper than holding 16 x N floats in registers.
+// Output as attention_info's: colsum[b, h, chunk, j] (float32). Dynamic shared memory: see cuda.py.
+constexpr int kInfoQkRows = 64, kInfoQkMaxTokens = 256;
+template <int KS>
+__device__ void attention_info_qk(const half_bits* __restrict__ q, const half_bits* __restrict__ k,
+                                  const half_bits* __restrict__ size, float* __restrict__ colsum, int N, int H,
+                                  int qsb, int qsh, int qsn, int ksb, int ksh, int ksn, float scale) {
+  constexpr int E = 16 * KS, LD = E + 8, V = E / 8;  // LD: +8 halves make the fragment reads conflict-free
+  constexpr float kLog2e = 1.4426950408889634f;
+  TF_DYNAMIC_SHARED16(smem);
+  const int chunk = blockIdx.x, h = blockIdx.y, b = blockIdx.z, tid = threadIdx.x, bd = blockDim.x;
+  const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+  const int NP = (N + 7) & ~7, r0 = chunk * kInfoQkRows;
+  half_bits* Ks = reinterpret_cast<half_bits*>(smem);  // [NP][LD] key rows
+  half_bits* Qs = Ks + NP * LD;                         // [64][LD] the block's query rows
+  float* bias = reinterpret_cast<float*>(Qs + kInfoQkRows * LD);  // [NP]
+  float* part = bias + NP;                                        // [4][NP] per-warp column sums
+  const half_bits* kb = k + (int64)b * ksb + (int64)h * ksh;
+  const half_bits* qb = q + (int64)b * qsb + (int64)h * qsh;
+
+  // Stage the rows: vector i is row i / V (key rows first, then the block's query rows), 8 channels at
+  // (i % V) * 8; four loads in flight per thread before their stores.
+  auto row_src = [&](int row, int c, bool& ok) -> const half_bits* {
+    if (row < NP) {
+      ok = row < N;
+      return kb + (int64)row * ksn + c;
+    }
+    ok = r0 + row - NP < N;
+    return qb + (int64)(r0 + row - NP) * qsn + c;
+  };
+  auto row_dst = [&](int row, int c) { return row < NP ? Ks + row * LD + c : Qs + (row - NP) * LD + c; };
+  const int total = (NP + kInfoQkRows) * V;
+  const uint4 zero = {0u, 0u, 0u, 0u};
+  for (int i0 = tid; i0 < total; i0 += 4 * bd) {
+    uint4 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int i = i0 + u * bd;
+      bool ok = false;
+      const half_bits* src = i < total ? row_src(i / V, (i % V) * 8, ok) : nullptr;
+      v[u] = ok ? *reinterpret_cast<const uint4*>(src) : zero;
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int i = i0 + u * bd;
+      if (i < total) *reinterpret_cast<uint4*>(row_dst(i / V, (i % V) * 8)) = v[u];
+    }
+  }
+  for (int j = tid; j < NP; j += bd)
+    bias[j] = j >= N ? neg_inf() : (size != nullptr ? log2f(to_float(size[(int64)b * N + j])) : 0.0f);
+  __syncthreads();
+
+  const int wr = 16 * warp;  // the warp's first row in the block
+  if (r0 + wr < N) {         // warp-uniform: the mma below needs all 32 lanes
+    unsigned qa[KS][4];
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+      const half_bits* lo = Qs + (wr + g) * LD + 16 * ks + 2 * t;
+      const half_bits* hi = lo + 8 * LD;
+      qa[ks][0] = *reinterpret_cast<const unsigned*>(lo);
+      qa[ks][1] = *reinterpret_cast<const unsigned*>(hi);
+      qa[ks][2] = *reinterpret_cast<const unsigned*>(lo + 8);
+      qa[ks][3] = *reinterpret_cast<const unsigned*>(hi + 8);
+    }
+    // d[0], d[1]: row g, keys j0 + 2t, j0 + 2t + 1; d[2], d[3]: row g + 8, the same keys. Scaled to
+    // base-2 logits with the bias added.
+    const float s2 = scale * kLog2e;
+    auto logits = [&](int j0, float (&d)[4]) {
+#pragma unroll
+      for (int u = 0; u < 4; ++u) d[u] = 0.0f;
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        const half_bits* kr = Ks + (j0 + g) * LD + 16 * ks + 2 * t;
+        const unsigned kf[2] = {*reinterpret_cast<const unsigned*>(kr), *reinterpret_cast<const unsigned*>(kr + 8)};
+        mma_16816(d, qa[ks], kf);
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) d[u] = fmaf(d[u], s2, bias[j0 + 2 * t + (u & 1)]);
+    };
+    float m[2] = {neg_inf(), neg_inf()}, l[2] = {0.0f, 0.0f};
+    for (int j0 = 0; j0 < NP; j0 += 8) {
+      float d[4];
+      logits(j0, d);
+#pragma unroll
+      for (int rr = 0; rr < 2; ++rr) {
+        const float mn = fmaxf(m[rr], fmaxf(d[2 * rr], d[2 * rr + 1]));
+        if (mn == neg_inf()) continue;  // only padding keys so far
+        l[rr] = l[rr] * fast_exp2(m[rr] - mn) + fast_exp2(d[2 * rr] - mn) + fast_exp2(d[2 * rr + 1] - mn);
+        m[rr] = mn;
+      }
+    }
+    // Merge the quad's partial (max, sum) pairs; the butterfly leaves the same bits in all four lanes.
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr)
+#pragma unroll
+      for (int o = 1; o < 4; o <<= 1) {
+        const float mo = __shfl_xor_sync(kFullMask, m[rr], o), lo = __shfl_xor_sync(kFullMask, l[rr], o);
+        const float mn = fmaxf(m[rr], mo);
+        if (mn != neg_inf()) {
+          l[rr] = l[rr] * fast_exp2(m[rr] - mn) + lo * fast_exp2(mo - mn);
+          m[rr] = mn;
+        }
+      }
+    const int row = r0 + wr + g;
+    const float inv0 = row < N ? 1.0f / l[0] : 0.0f, inv1 = row + 8 < N ? 1.0f / l[1] : 0.0f;  // rows past N: 0
+    for (int j0 = 0; j0 < NP; j0 += 8) {
+      float d[4];
+      logits(j0, d);
+      float c0 = fast_exp2(d[0] - m[0]) * inv0 + fast_exp2(d[2] - m[1]) * inv1;
+      float c1 = fast_exp2(d[1] - m[0]) * inv0 + fast_exp2(d[3] - m[1]) * inv1;
+#pragma unroll
+      for (int o = 4; o < 32; o <<= 1) {  // over g: the warp's 16 rows
+        c0 += __shfl_xor_sync(kFullMask, c0, o);
+        c1 += __shfl_xor_sync(kFullMask, c1, o);
+      }
+      if (g == 0) {
+        part[warp * NP + j0 + 2 * t] = c0;
+        part[warp * NP + j0 + 2 * t + 1] = c1;
+      }
+    }
+  } else {
+    for (int j = lane; j < NP; j += 32) part[warp * NP + j] = 0.0f;
+  }
+  __syncthreads();
+  float* out = colsum + (((int64)b * H + h) * gridDim.x + chunk) * N;
+  const int warps = bd >> 5;
+  for (int j = tid; j < N; j += bd) {
+    float s = part[j];
+    for (int w = 1; w < warps; ++w) s += part[w * NP + j];
+    out[j] = s;
+  }
+}
+
+// The mean that turns attention_info's column sums into `info`: colsum [B, H, chunks, N] float32 -> info
+// [B, N] (T) = the sum over heads and chunks, in that order, / (H N), as reference.attention_received's
+// mean over heads and queries. Grid (ceil(N / 256), B).
+template <typename T>
+__device__ void info_mean(const float* __restrict__ colsum, T* __restrict__ info, int N, int H, int chunks) {
+  const int b = blockIdx.y, j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= N) return;
+  const float* c = colsum + (int64)b * H * chunks * N + j;
+  float s = 0.0f;
+  for (int i = 0; i < H * chunks; ++i) s += c[(int64)i * N];
+  info[(int64)b * N + j] = from_float<T>(s / (float)(H * N));
+}
+
 // Stable descending rank of values[i] among values[0, n) for one warp: how many are larger, or equal with
 // a lower index (ties -> lower index first). Lanes compare 32 at a time; the ballot counts them.
 __device__ __forceinline__ int rank_desc(const float* values, int n, int i, int lane) {
@@ -773,3 +940,23 @@ VITRT_TF_INFO(8, f32, float)
 VITRT_TF_INFO(24, f32, float)
 VITRT_TF_INFO(8, f16, half_bits)
 VITRT_TF_INFO(24, f16, half_bits)
+
+// attention_info from q and k: KS = E / 16 for E = 32, 64, 128 (cuda.INFO_QK_HEAD_DIMS).
+#define VITRT_TF_INFO_QK(KS)                                                                              \
+  extern "C" __global__ void __launch_bounds__(128) vitrt_tf_attention_info_qk##KS##_f16(                 \
+      const half_bits* q, const half_bits* k, const half_bits* size, float* colsum, int N, int H, int qsb, \
+      int qsh, int qsn, int ksb, int ksh, int ksn, float scale) {                                          \
+    attention_info_qk<KS>(q, k, size, colsum, N, H, qsb, qsh, qsn, ksb, ksh, ksn, scale);                 \
+  }
+VITRT_TF_INFO_QK(2)
+VITRT_TF_INFO_QK(4)
+VITRT_TF_INFO_QK(8)
+
+extern "C" __global__ void __launch_bounds__(256)
+    vitrt_tf_info_mean_f32(const float* colsum, float* info, int N, int H, int chunks) {
+  info_mean<float>(colsum, info, N, H, chunks);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    vitrt_tf_info_mean_f16(const float* colsum, half_bits* info, int N, int H, int chunks) {
+  info_mean<half_bits>(colsum, info, N, H, chunks);
+}

@@ -1,7 +1,7 @@
 """TokenFusion as torch ops: ``torch.ops.vitrt.token_fusion`` (the op of ``spec``),
 ``torch.ops.vitrt.token_merge`` (its merge step alone: the weighted mean of the groups a ``dest`` defines,
 which a fused block applies to its attention output) and ``torch.ops.vitrt.attention_info`` (the
-attention each key receives, a fused block's ``info``, from q k^T without writing the probabilities).
+attention each key receives, a fused block's ``info``, from q and k without writing the probabilities).
 
 Dispatch: CPU tensors run the PyTorch reference; CUDA tensors run the kernels of ``cuda.py``; inside
 ``vitrt.plugins.cuda_emulation.emulated_kernels()`` CPU tensors run the kernels on the CPU emulator,
@@ -117,32 +117,31 @@ def _token_merge_fake(
 
 
 @torch.library.custom_op("vitrt::attention_info", mutates_args=())
-def attention_info_op(logits: Tensor, size: Tensor | None, scale: float) -> Tensor:
-    """``reference.attention_info``: logits [B, H, N, N] (q k^T before the scale), size [B, N] or None ->
-    [B, N] in the logits' dtype."""
+def attention_info_op(q: Tensor, k: Tensor, size: Tensor | None, scale: float) -> Tensor:
+    """``reference.attention_info(q @ k^T, size, scale)``: q, k [B, H, N, E], size [B, N] or None -> [B, N]
+    in q's dtype. On the kernels (``cuda.attention_info_qk_cuda``) neither the probabilities nor, for
+    float16, the logits are written."""
     if emulating():
-        from .cuda import attention_info_cuda
+        from .cuda import attention_info_qk_cuda
 
-        return attention_info_cuda(logits, size, scale)
-    return attention_info(logits, size, scale)
+        return attention_info_qk_cuda(q, k, size, scale)
+    return attention_info(q @ k.transpose(-2, -1), size, scale)
 
 
 @attention_info_op.register_kernel("cuda")
-def _attention_info_cuda(logits: Tensor, size: Tensor | None, scale: float) -> Tensor:
-    from .cuda import attention_info_cuda, info_kernel
+def _attention_info_cuda(q: Tensor, k: Tensor, size: Tensor | None, scale: float) -> Tensor:
+    from .cuda import attention_info_qk_cuda
 
-    if info_kernel(logits.shape[-1]) is None:  # more tokens than the kernel keeps in registers
-        return attention_info(logits, size, scale)
-    return attention_info_cuda(logits, size, scale)
+    return attention_info_qk_cuda(q, k, size, scale)
 
 
 @attention_info_op.register_fake
-def _attention_info_fake(logits: Tensor, size: Tensor | None, scale: float) -> Tensor:
-    return logits.new_empty(logits.shape[0], logits.shape[-1])
+def _attention_info_fake(q: Tensor, k: Tensor, size: Tensor | None, scale: float) -> Tensor:
+    return q.new_empty(q.shape[0], q.shape[2])
 
 
-def _no_gradient(ctx: Any, grad: Tensor) -> tuple[None, None, None]:
-    return None, None, None  # info is a constant for gradients (reference.attention_info)
+def _no_gradient(ctx: Any, grad: Tensor) -> tuple[None, None, None, None]:
+    return None, None, None, None  # info is a constant for gradients (reference.attention_info)
 
 
 attention_info_op.register_autograd(_no_gradient)

@@ -177,6 +177,43 @@ def check_attention_info(b: int, h: int, n: int, dtype: torch.dtype, device: str
     _close(got, tf_ref.attention_info(logits, size, 0.125), dtype, "attention_info")
 
 
+def qk_inputs(
+    b: int, h: int, n: int, e: int, dtype: torch.dtype, device: str, layout: str
+) -> tuple[Tensor, Tensor]:
+    """Seeded q, k [b, h, n, e] with logits of a realistic spread (std 3 after the scale e**-0.5), laid out
+    as ``layout``: "qkv" (views of a [b, n, 3, h, e] projection, what a fused block passes), "contiguous",
+    or "unaligned" (contiguous but 2 bytes off a 16-byte boundary: the kernel path copies them first)."""
+    g = torch.Generator(device=device).manual_seed(5 + n + e)
+    std = 3.0**0.5
+    if layout == "qkv":
+        qkv = torch.randn(b, n, 3, h, e, device=device, generator=g) * std
+        qkv = qkv.to(dtype).permute(2, 0, 3, 1, 4)
+        return qkv[0], qkv[1]
+    q, k = ((torch.randn(b, h, n, e, device=device, generator=g) * std).to(dtype) for _ in range(2))
+    if layout == "unaligned":
+        q, k = (torch.cat([t.new_zeros(1), t.flatten()])[1:].view(b, h, n, e) for t in (q, k))
+    return q, k
+
+
+def check_attention_info_qk(
+    b: int, h: int, n: int, e: int, dtype: torch.dtype, device: str, with_size: bool, layout: str
+) -> None:
+    """attention_info_qk_cuda (the fused block's info from q and k) against reference.attention_info of
+    the float32 logits of the same q, k, with or without proportional attention; within 1e-4 (float32) /
+    1e-2 (float16) relative to the largest value."""
+    from vitrt.plugins.token_fusion.cuda import attention_info_qk_cuda
+
+    q, k = qk_inputs(b, h, n, e, dtype, device, layout)
+    g = torch.Generator(device=device).manual_seed(11 + n)
+    size = torch.randint(1, 5, (b, n), device=device, generator=g).float().to(dtype) if with_size else None
+    scale = e**-0.5
+    got = attention_info_qk_cuda(q, k, size, scale)
+    _synchronize(got)
+    assert got.shape == (b, n) and got.dtype == dtype and not got.isnan().any()
+    want = tf_ref.attention_info(q.float() @ k.float().transpose(-2, -1), size, scale)
+    _close(got, want, dtype, f"attention_info from q, k ({layout})")
+
+
 # ---- Scatterbrain ---------------------------------------------------------------------------------------
 
 

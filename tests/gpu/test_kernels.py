@@ -17,6 +17,7 @@ from tests._support.kernel_checks import (
     MCTF,
     TOME,
     check_attention_info,
+    check_attention_info_qk,
     check_random_attention,
     check_random_fusion,
     check_scatterbrain,
@@ -99,6 +100,25 @@ def test_scatterbrain(
 @pytest.mark.parametrize(("b", "h", "n"), [(64, 6, 197), (8, 6, 101), (1, 3, 577)])
 def test_attention_info(b: int, h: int, n: int, dtype: torch.dtype, with_size: bool) -> None:
     check_attention_info(b, h, n, dtype, "cuda", with_size)
+
+
+@pytest.mark.parametrize("with_size", [False, True], ids=["plain", "prop"])
+@pytest.mark.parametrize(
+    ("b", "h", "n", "e", "dtype", "layout"),
+    [
+        (64, 6, 197, 64, torch.float16, "qkv"),
+        (8, 3, 101, 64, torch.float16, "contiguous"),
+        (4, 12, 256, 128, torch.float16, "unaligned"),
+        (2, 4, 65, 32, torch.float16, "qkv"),
+        (8, 6, 197, 64, torch.float32, "qkv"),
+        (1, 3, 577, 64, torch.float16, "qkv"),
+    ],
+    ids=["f16-b64", "f16-101", "f16-e128-unaligned", "f16-e32", "f32-gemm", "f16-577-gemm"],
+)
+def test_attention_info_from_q_and_k(
+    b: int, h: int, n: int, e: int, dtype: torch.dtype, layout: str, with_size: bool
+) -> None:
+    check_attention_info_qk(b, h, n, e, dtype, "cuda", with_size, layout)
 
 
 @pytest.mark.parametrize("seed", range(64))

@@ -22,13 +22,20 @@ from tests._support.kernel_checks import (
     MCTF,
     TOME,
     check_attention_info,
+    check_attention_info_qk,
     check_random_attention,
     check_random_fusion,
     check_scatterbrain,
     check_token_fusion,
 )
 from vitrt.plugins.cuda_build import KernelSource
-from vitrt.plugins.cuda_emulation import KernelEmulationError, emulated_kernels, host_compiler, open_emulated
+from vitrt.plugins.cuda_emulation import (
+    KernelEmulationError,
+    emulated_kernels,
+    emulated_module,
+    host_compiler,
+    open_emulated,
+)
 from vitrt.plugins.cuda_launcher import i32, launch, load_module, ptr
 from vitrt.plugins.lsh_attention.spec import Mode
 from vitrt.plugins.token_fusion.spec import removed_tokens
@@ -118,6 +125,44 @@ def test_attention_info_emulated(
     b: int, h: int, n: int, dtype: torch.dtype, with_size: bool, emulated: None
 ) -> None:
     check_attention_info(b, h, n, dtype, "cpu", with_size)
+
+
+@pytest.mark.parametrize(
+    ("b", "h", "n", "e", "dtype", "with_size", "layout", "kernel"),
+    [
+        (2, 6, 197, 64, torch.float16, True, "qkv", "vitrt_tf_attention_info_qk4_f16"),
+        (1, 2, 37, 32, torch.float16, False, "contiguous", "vitrt_tf_attention_info_qk2_f16"),
+        (1, 1, 256, 128, torch.float16, True, "unaligned", "vitrt_tf_attention_info_qk8_f16"),
+        (1, 2, 5, 64, torch.float16, True, "qkv", "vitrt_tf_attention_info_qk4_f16"),
+        (1, 2, 300, 64, torch.float16, True, "qkv", "vitrt_tf_attention_info24_f16"),
+        (1, 2, 65, 48, torch.float16, False, "qkv", "vitrt_tf_attention_info8_f16"),
+        (2, 3, 197, 64, torch.float32, True, "qkv", "vitrt_tf_attention_info8_f32"),
+    ],
+    ids=["f16-qkv-197", "f16-37-e32", "f16-256-e128-unaligned", "f16-5", "f16-300-gemm", "f16-e48-gemm",
+         "f32-gemm"],
+)  # fmt: skip
+def test_attention_info_from_q_and_k_emulated(
+    b: int,
+    h: int,
+    n: int,
+    e: int,
+    dtype: torch.dtype,
+    with_size: bool,
+    layout: str,
+    kernel: str,
+    emulated: None,
+) -> None:
+    """float16 with E in 32 / 64 / 128 and N <= 256 reads q and k in one kernel; the rest goes through q k^T
+    and the logits kernel. Either way one mean kernel finishes, and the result is the reference's."""
+    module = emulated_module("token_fusion")
+    before = dict(module.launches)
+    check_attention_info_qk(b, h, n, e, dtype, "cpu", with_size, layout)
+    launched = {name: count - before.get(name, 0) for name, count in module.launches.items()}
+    sfx = "f16" if dtype == torch.float16 else "f32"
+    assert {name: count for name, count in launched.items() if count} == {
+        kernel: 1,
+        f"vitrt_tf_info_mean_{sfx}": 1,
+    }
 
 
 @pytest.mark.parametrize("mode", [Mode.SCATTERBRAIN, Mode.LSH], ids=["scatterbrain", "lsh"])
