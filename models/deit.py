@@ -9,18 +9,28 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitrt.errors import ConfigError
 
 from .base import ClassTokenViT
 from .config import ModelSpec, PreprocessConfig
-from .layers import Block, trunc_normal_init
+from .layers import Block, trunc_normal_init, unfold_rows
 from .registry import register_model
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping patches: [B, C, S, S] -> [B, (S/p)^2, embed_dim] through a strided conv."""
+    """Non-overlapping patches: [B, C, S, S] -> [B, (S/p)^2, embed_dim] through a strided conv.
+
+    Eager on CUDA tensors the conv runs as what it is, a product of the flattened patches with the
+    flattened kernel (``unfold_rows`` then one GEMM): cuDNN ran this conv as a CUDA-core implicit GEMM,
+    0.41 ms of DeiT-S's 2.7-4.0 ms at batch 64 on an H100 in float16
+    (benchmarks/results/h100-2026-11-26/gpu_models.txt). Elsewhere, and in exports (``set_lowering``),
+    the conv itself.
+    """
+
+    lowering = "eager"  # see vitrt.plugins.lowering
 
     def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int) -> None:
         super().__init__()
@@ -29,10 +39,24 @@ class PatchEmbed(nn.Module):
                 f"img_size {img_size} is not a multiple of the patch size {patch_size}; "
                 f"use {img_size // patch_size * patch_size} or {(img_size // patch_size + 1) * patch_size}"
             )
+        self.patch_size = patch_size
         self.num_patches = (img_size // patch_size) ** 2
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
+    def set_lowering(self, lowering: str) -> None:
+        """Pick how the patch projection is expressed for export; same function."""
+        self.lowering = lowering
+
+    def as_gemm(self, x: Tensor) -> Tensor:
+        """The conv as patches [B, L, C p p] times the kernel [embed_dim, C p p]^T plus the bias (the
+        sizes must be multiples of the patch size)."""
+        weight = self.proj.weight.reshape(self.proj.out_channels, -1)
+        return F.linear(unfold_rows(x, self.patch_size, self.patch_size), weight, self.proj.bias)
+
     def forward(self, x: Tensor) -> Tensor:
+        p = self.patch_size
+        if self.lowering == "eager" and x.is_cuda and x.shape[-2] % p == 0 and x.shape[-1] % p == 0:
+            return self.as_gemm(x)
         return self.proj(x).flatten(2).transpose(1, 2)
 
 

@@ -41,6 +41,21 @@ class DenseAttention(nn.Module):
         return attn.softmax(dim=-1) @ v
 
 
+def unfold_rows(x: Tensor, kernel_size: int, stride: int, padding: int = 0) -> Tensor:
+    """``F.unfold(x, kernel_size, padding=padding, stride=stride).transpose(1, 2)`` as a contiguous tensor:
+    images [B, C, H, W] -> patches [B, L, C k k] (L = output positions, row-major; each row ordered
+    channel, kernel row, kernel column, as F.unfold orders them). Same values, other kernels: a pad and
+    one strided copy of a view, where F.unfold on CUDA is an im2col kernel (1.38 ms, 18 % of the kernel
+    time of T2T-ViT-t-14 + Scatterbrain at batch 64 on an H100 in float16,
+    benchmarks/results/h100-2026-11-26/gpu_models.txt) whose [B, C k k, L] output, once transposed, the
+    next LayerNorm copies again to make it contiguous."""
+    if padding:
+        x = F.pad(x, (padding, padding, padding, padding))
+    b, c = x.shape[:2]
+    windows = x.unfold(2, kernel_size, stride).unfold(3, kernel_size, stride)  # [B, C, oh, ow, k, k] view
+    return windows.permute(0, 2, 3, 1, 4, 5).reshape(b, -1, c * kernel_size * kernel_size)
+
+
 class DropPath(nn.Module):
     """Stochastic depth: drops the whole residual branch per sample while training."""
 

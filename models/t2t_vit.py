@@ -26,6 +26,7 @@ from .layers import (
     orthogonal_features,
     sinusoid_encoding,
     trunc_normal_init,
+    unfold_rows,
 )
 from .registry import register_model
 
@@ -166,6 +167,8 @@ class T2TModule(nn.Module):
     unfold 3/2/1 -> Linear(576 -> embed_dim). At 224: 3136 -> 784 -> 196 tokens.
     """
 
+    lowering = "eager"  # see vitrt.plugins.lowering
+
     def __init__(
         self, img_size: int, tokens_type: str, embed_dim: int, in_chans: int = 3, token_dim: int = 64
     ) -> None:
@@ -189,13 +192,27 @@ class T2TModule(nn.Module):
         self.project = nn.Linear(token_dim * 3 * 3, embed_dim)
         self.num_patches = self.grid[-1] ** 2
 
+    def set_lowering(self, lowering: str) -> None:
+        """Pick how the soft splits are expressed for export; same function."""
+        self.lowering = lowering
+
+    def soft_split(self, i: int, x: Tensor) -> Tensor:
+        """Soft split i: [B, C, H, W] -> tokens [B, L, C k k]. Eager on CUDA tensors by ``unfold_rows``
+        (im2col was 18 % of the kernel time at batch 64, see there); elsewhere, and in exports, nn.Unfold
+        as the official code (the CPU keeps its numerics, the ONNX graph its Unfold)."""
+        if self.lowering == "eager" and x.is_cuda:
+            k, s, p = SOFT_SPLITS[i]
+            return unfold_rows(x, k, s, p)
+        split: nn.Unfold = (self.soft_split0, self.soft_split1, self.soft_split2)[i]
+        return split(x).transpose(1, 2)
+
     def forward(self, x: Tensor) -> Tensor:
         b = x.shape[0]
-        x = self.attention1(self.soft_split0(x).transpose(1, 2))
+        x = self.attention1(self.soft_split(0, x))
         x = x.transpose(1, 2).reshape(b, -1, self.grid[0], self.grid[0])
-        x = self.attention2(self.soft_split1(x).transpose(1, 2))
+        x = self.attention2(self.soft_split(1, x))
         x = x.transpose(1, 2).reshape(b, -1, self.grid[1], self.grid[1])
-        return self.project(self.soft_split2(x).transpose(1, 2))
+        return self.project(self.soft_split(2, x))
 
 
 class T2TViT(ClassTokenViT):

@@ -126,6 +126,32 @@ def test_soft_split_sizes() -> None:
         create_model("deit_tiny_patch16_224", img_size=100)
 
 
+@pytest.mark.parametrize("img_size", [224, 64])
+def test_gpu_forms_of_the_soft_splits_and_patch_embedding_equal_the_official_ops(img_size: int) -> None:
+    """What the models run eagerly on CUDA (unfold_rows; the patch conv as a GEMM) against what they run
+    elsewhere (nn.Unfold then transpose; the conv): the soft splits bit for bit (pure data movement), the
+    patch embedding within 1e-12 relative in float64 (the products are summed in another order)."""
+    from vitrt.models.layers import unfold_rows
+    from vitrt.models.t2t_vit import SOFT_SPLITS
+
+    t2t = create_model("t2t_vit_t_14", img_size=img_size).tokens_to_token
+    g = torch.Generator().manual_seed(img_size)
+    channels, side = 3, img_size
+    for i, (k, s, p) in enumerate(SOFT_SPLITS):
+        x = torch.randn(2, channels, side, side, generator=g)
+        want = getattr(t2t, f"soft_split{i}")(x).transpose(1, 2)
+        got = unfold_rows(x, k, s, p)
+        assert got.is_contiguous() and torch.equal(got, want)
+        channels, side = 64, t2t.grid[i]
+
+    deit = create_model("deit_small_patch16_224", img_size=img_size).double()
+    x = torch.randn(2, 3, img_size, img_size, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        conv = deit.patch_embed(x)  # a CPU tensor: the conv
+        got = deit.patch_embed.as_gemm(x)
+    torch.testing.assert_close(got, conv, rtol=1e-12, atol=1e-12 * float(conv.abs().max()))
+
+
 def test_preprocessing_config() -> None:
     for name in list_models():
         pre = create_model(name, img_size=64 if name.startswith("t2t") else 224).preprocess
