@@ -265,9 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'op':14} {'dtype':8} {'shape':44} {'enqueue ms':>10} {'graph ms':>9} {'ref ms':>8} {'x ref':>7} "
         f"{'x base':>8} {'floor%':>7}"
     )
-    print(
-        "x base (graph times): Scatterbrain / dense SDPA; attention_info from q, k / q k^T + logits kernel"
-    )
+    print("x base (graph times): Scatterbrain / dense SDPA; attention_info from q, k / q k^T + logits kernel")
     for row in rows:
         base = row.get("ratio_to_dense", row.get("ratio_to_gemm_path"))
         dense = f"{base:8.2f}" if base is not None else f"{'-':>8}"

@@ -96,6 +96,18 @@ class FusionDims:
         return self.tokens - self.r
 
 
+@dataclass(frozen=True)
+class RowNorm:
+    """A LayerNorm over the channels that the merge kernel applies to every merged row as it writes it:
+    device addresses of its weight and bias [C] (0: 1 and 0) and of the output [B, N - r, C] (same dtype
+    as x), and its epsilon. What a fused block's norm after the fusion is, without a pass of its own."""
+
+    weight: int
+    bias: int
+    out: int
+    eps: float
+
+
 def workspace_layout(d: FusionDims) -> dict[str, int]:
     """Byte offset of every workspace region (each aligned to 256 bytes): the float32 scores."""
     na, nb = set_sizes(d.tokens)
@@ -220,20 +232,23 @@ def enqueue_merge(
     pooling: int,
     dtype: str,
     stream: int,
+    norm: RowNorm | None = None,
 ) -> None:
     """Launch the merge: x [B, N, C] -> x_out [B, N - r, C], the weighted mean of each group of tokens with
     one dest (int64 [B, N]), weights from info / size [B, N] and ``pooling``; size_out [B, N - r] = the
-    groups' summed sizes (not written when ``size_out`` is 0). Same dtype for all but dest."""
+    groups' summed sizes (not written when ``size_out`` is 0); with ``norm``, also the LayerNorm of every
+    merged row. Same dtype for all but dest."""
     vector = 4 if dtype == "float32" else 8  # 16-byte vectors
     align = 16
-    vec = d.channels % vector == 0 and x % align == 0 and x_out % align == 0
+    norm_ptrs = (norm.weight, norm.bias, norm.out) if norm else (0, 0, 0)
+    vec = d.channels % vector == 0 and all(p % align == 0 for p in (x, x_out, *norm_ptrs))
     launch(
         load_module(SOURCE),
         f"vitrt_tf_merge_{kernel_suffix(dtype, PLUGIN_NAME)}",
         (-(-d.n_out // _WARPS), d.batch, 1),
         (_THREADS, 1, 1),
         [ptr(x), ptr(info), ptr(size), ptr(dest), ptr(x_out), ptr(size_out), i32(d.tokens), i32(d.n_out),
-         i32(d.channels), i32(pooling), i32(vec)],
+         i32(d.channels), i32(pooling), i32(vec), *map(ptr, norm_ptrs), f32(norm.eps if norm else 0.0)],
         stream,
         shared_mem=12 * d.tokens,
     )  # fmt: skip
@@ -356,14 +371,18 @@ def enqueue(
     dtype: str,
     stream: int,
     tile: int | None = None,
+    norm: RowNorm | None = None,
 ) -> None:
     """The whole op on raw device pointers (C-contiguous tensors): x [B, N, C], metric [B, N, Cm],
     info / size [B, N] of ``dtype`` ("float32" or "float16") -> x_out [B, N - r, C], size_out [B, N - r]
     (same dtype), dest [B, N] int64. ``workspace`` holds ``workspace_bytes(d)`` bytes; ``stream`` is a
-    CUDA stream handle as an int; ``tile``: see ``enqueue_scores``. Asynchronous, like any launch."""
+    CUDA stream handle as an int; ``tile``: see ``enqueue_scores``; ``norm`` (r > 0 only): the merge also
+    writes the LayerNorm of x_out (``RowNorm``). Asynchronous, like any launch."""
     sfx = kernel_suffix(dtype, PLUGIN_NAME)
     if attrs.r != d.r:
         raise ValueError(f"attrs.r={attrs.r} but the launch was sized for r={d.r}")
+    if norm is not None and d.r == 0:
+        raise ValueError("a row norm rides on the merge kernel, which r = 0 does not launch")
     scores = workspace + workspace_layout(d)["scores"]
     if d.r > 0:
         enqueue_scores(metric, info, size, scores, d, attrs, dtype, stream, tile)
@@ -381,7 +400,7 @@ def enqueue(
             stream,
         )
         return
-    enqueue_merge(x, info, size, dest, x_out, size_out, d, attrs.pooling, dtype, stream)
+    enqueue_merge(x, info, size, dest, x_out, size_out, d, attrs.pooling, dtype, stream, norm)
 
 
 # ---- torch face ----------------------------------------------------------------------------------------
@@ -425,6 +444,38 @@ def token_fusion_cuda(
     is written). ``tile``: the score tile (``enqueue_scores``). No host synchronisation: capturable in a
     CUDA graph once the kernels are loaded (one call before capture).
     """
+    x_f, size_f, dest, _ = _token_fusion(x, metric, info, size, attrs, out, tile, None)
+    return x_f, size_f, dest
+
+
+def token_fusion_norm_cuda(
+    x: Tensor,
+    metric: Tensor,
+    info: Tensor,
+    size: Tensor,
+    attrs: TokenFusionAttrs,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``token_fusion_cuda`` and ``F.layer_norm(x_fused, (C,), weight, bias, eps)`` in the same launches:
+    the merge kernel writes both (a fused block's norm after its fusion; r > 0). weight / bias: [C] of
+    x's dtype, or None. -> (x_fused, size_fused, dest, normed [B, N - r, C])."""
+    x_f, size_f, dest, normed = _token_fusion(x, metric, info, size, attrs, None, None, (weight, bias, eps))
+    assert normed is not None
+    return x_f, size_f, dest, normed
+
+
+def _token_fusion(
+    x: Tensor,
+    metric: Tensor,
+    info: Tensor,
+    size: Tensor,
+    attrs: TokenFusionAttrs,
+    out: tuple[Tensor, Tensor, Tensor] | None,
+    tile: int | None,
+    norm: tuple[Tensor | None, Tensor | None, float] | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     import torch
 
     d = _checked(x, metric, info, size, attrs)
@@ -441,14 +492,32 @@ def token_fusion_cuda(
             raise ValueError(
                 f"out tensor {tuple(t.shape)} {t.dtype} must be a contiguous {shape} {dtype} on {x.device}"
             )
+    normed, row_norm = None, None
+    if norm is not None:
+        weight, bias, eps = norm
+        for name, param in (("weight", weight), ("bias", bias)):
+            if param is None:
+                continue
+            check_kernel_tensor(f"norm {name}", param, x.device)
+            if tuple(param.shape) != (d.channels,) or param.dtype != x.dtype:
+                raise ValueError(
+                    f"norm {name} must be [{d.channels}] {x.dtype}, got {param.dtype} {tuple(param.shape)}"
+                )
+        weight, bias = (None if param is None else param.contiguous() for param in (weight, bias))
+        if d.r == 0:  # no merge kernel to ride on: the copy, then the norm
+            normed = torch.nn.functional.layer_norm(x, (d.channels,), weight, bias, eps)
+        else:
+            normed = x.new_empty(d.batch, d.n_out, d.channels)
+            addr = [0 if param is None else param.data_ptr() for param in (weight, bias, normed)]
+            row_norm = RowNorm(addr[0], addr[1], addr[2], float(eps))
     work = new_workspace(workspace_bytes(d), x)
     with kernel_device(x):
         enqueue(
             x.data_ptr(), metric.data_ptr(), info.data_ptr(), size.data_ptr(),
             out[0].data_ptr(), out[1].data_ptr(), out[2].data_ptr(), work.data_ptr(),
-            d, attrs, tensor_dtype_name(x), kernel_stream(x), tile,
+            d, attrs, tensor_dtype_name(x), kernel_stream(x), tile, row_norm,
         )  # fmt: skip
-    return out
+    return (*out, normed)
 
 
 def merge_tokens_cuda(

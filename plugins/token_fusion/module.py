@@ -18,7 +18,7 @@ from vitrt.plugins.cuda_launcher import kernels_apply
 from .config import FusionBlockConfig
 from .reference import MergeMethod, attention_received, merge_attention, pooling_weights, token_fusion
 from .spec import Pooling, TokenFusionAttrs
-from .torch_op import attention_info_op, token_fusion_call, token_merge_op
+from .torch_op import attention_info_op, token_fusion_call, token_fusion_norm_call, token_merge_op
 
 
 class TokenFusionOp(nn.Module):
@@ -91,6 +91,23 @@ class FusionBlock(Block):
         if self.lowering == "plugin" or self._fast(x):
             return token_fusion_call(x, metric, info, size, attrs)
         return token_fusion(x, metric, info, size, attrs, self._merge_method)
+
+    def _fuse_norm(
+        self, x: Tensor, metric: Tensor, info: Tensor, size: Tensor, attrs: TokenFusionAttrs, norm: nn.Module
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``_fuse`` and ``norm`` of the fused tokens: (x_fused, size_fused, dest, norm(x_fused)). On the
+        kernel path at inference the merge kernel writes both (``torch.ops.vitrt.token_fusion_norm``), so
+        the norm costs no launch and no pass over the fused tokens of its own."""
+        channels = (x.shape[-1],)
+        if (
+            self._fast(x)
+            and not torch.is_grad_enabled()
+            and isinstance(norm, nn.LayerNorm)
+            and tuple(norm.normalized_shape) == channels
+        ):
+            return token_fusion_norm_call(x, metric, info, size, attrs, norm)
+        x_f, size_f, dest = self._fuse(x, metric, info, size, attrs)
+        return x_f, size_f, dest, norm(x_f)
 
     def num_tokens_out(self, n_in: int) -> int:
         """Tokens leaving the block for ``n_in`` entering it: n_in - r, r capped (``spec.removed_tokens``)."""
@@ -195,8 +212,7 @@ class FusionBlock(Block):
                     probs = self._probs(q, k, prop)
                     info = attention_received(probs)
             metric = k.mean(dim=1) if cfg.metric == "keys" else x
-            x_f, size_f, dest = self._fuse(x, metric, info, size_in, attrs)
-            h = self.norm1(x_f)
+            x_f, size_f, dest, h = self._fuse_norm(x, metric, info, size_in, attrs, self.norm1)
             if cfg.one_step_ahead == 1 and fast:
                 out = self._one_step_ahead(q, k, prop, dest, info, size_in, attrs, h)
             elif cfg.one_step_ahead == 1:
@@ -224,7 +240,8 @@ class FusionBlock(Block):
         if cfg.merge_after == "mlp":
             x = x + self.drop_path(self.mlp(self.norm2(x)))
         metric = k.mean(dim=1) if cfg.metric == "keys" else x
-        x, size_f, _ = self._fuse(x, metric, info, size_in, attrs)
         if cfg.merge_after == "attention":
-            x = x + self.drop_path(self.mlp(self.norm2(x)))
+            x, size_f, _, h = self._fuse_norm(x, metric, info, size_in, attrs, self.norm2)
+            return x + self.drop_path(self.mlp(h)), size_f
+        x, size_f, _ = self._fuse(x, metric, info, size_in, attrs)
         return x, size_f

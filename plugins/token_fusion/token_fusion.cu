@@ -12,7 +12,9 @@
 //                                                     the score rows live in shared memory when they fit
 //   3. vitrt_tf_merge_<dt>      grid (N_out/8, B)     weighted mean of every group, found from dest by
 //                                                     warp ballots; sizes summed. The same kernel merges
-//                                                     a fused block's attention output (one-step-ahead).
+//                                                     a fused block's attention output (one-step-ahead)
+//                                                     and, for a fused block, can also write the
+//                                                     LayerNorm that follows of every merged row.
 //      (r = 0: vitrt_tf_match writes dest = arange and vitrt_tf_copy_<dt> copies x and size instead)
 //
 // And, for a fused block rather than the op, the attention each key receives without writing the
@@ -383,6 +385,60 @@ __device__ void scores_tile_mma(const half_bits* __restrict__ metric, const half
     }
 }
 
+// A LayerNorm over the channels applied to the merged rows (a fused block's norm after the fusion):
+// out == nullptr disables it; weight / bias may be null (1 / 0).
+template <typename T>
+struct LayerNormArgs {
+  const T* weight;
+  const T* bias;
+  T* out;
+  float eps;
+};
+
+// LayerNorm of one row of C values by one warp, as torch's layer_norm computes it from the row as stored
+// (in T): mean, then the mean of squared deviations (biased), y = (x - mean) / sqrt(var + eps) * w + b,
+// in float32. Each lane reads back exactly the elements it wrote (program order makes its own writes
+// visible) with the same vector layout as merge_slot; two passes for the statistics, one for the output.
+template <typename T, int V, int P>
+__device__ void layer_norm_row(const T* __restrict__ row, T* __restrict__ out, int C, const LayerNormArgs<T>& ln) {
+  const int lane = threadIdx.x & 31;
+  auto each_vector = [&](auto&& visit) {  // this lane's vectors of the row, as merge_slot wrote them
+    for (int c0 = 0; c0 < C; c0 += 32 * V * P)
+#pragma unroll
+      for (int p = 0; p < P; ++p) {
+        const int c = c0 + (p * 32 + lane) * V;
+        if (c >= C) continue;
+        float v[V];
+        load_vec<T, V>(row + c, v);
+        visit(c, v);
+      }
+  };
+  float sum = 0.0f, sq = 0.0f;
+  each_vector([&](int, const float* v) {
+#pragma unroll
+    for (int u = 0; u < V; ++u) sum += v[u];
+  });
+  const float mean = warp_sum(sum) / (float)C;
+  each_vector([&](int, const float* v) {
+#pragma unroll
+    for (int u = 0; u < V; ++u) sq = fmaf(v[u] - mean, v[u] - mean, sq);
+  });
+  const float rstd = 1.0f / sqrtf(warp_sum(sq) / (float)C + ln.eps);
+  each_vector([&](int c, float* v) {
+    float wv[V], bv[V];
+#pragma unroll
+    for (int u = 0; u < V; ++u) {
+      wv[u] = 1.0f;
+      bv[u] = 0.0f;
+    }
+    if (ln.weight != nullptr) load_vec<T, V>(ln.weight + c, wv);
+    if (ln.bias != nullptr) load_vec<T, V>(ln.bias + c, bv);
+#pragma unroll
+    for (int u = 0; u < V; ++u) v[u] = fmaf((v[u] - mean) * rstd, wv[u], bv[u]);
+    store_vec<T, V>(out + c, v);
+  });
+}
+
 // Output slot s of merge_by_dest, by one warp: x_out[s] = sum_i(x_i * w_i) / max(sum_i w_i, 1e-12) over
 // the slot's members i (dst[i] == s) in increasing index order; size_out[s] = sum_i size_i (skipped when
 // size_out is null). Members are found by ballots over the block's copy of dest and taken MAXM at a
@@ -391,7 +447,7 @@ __device__ void scores_tile_mma(const half_bits* __restrict__ metric, const half
 template <typename T, int V, int P>
 __device__ void merge_slot(const T* __restrict__ x, const float* __restrict__ w, const float* __restrict__ sz,
                            const int* __restrict__ dst, T* __restrict__ x_out, T* __restrict__ size_out, int N,
-                           int N_out, int C, int s) {
+                           int N_out, int C, int s, const LayerNormArgs<T>& ln) {
   // Members loaded together: 1 for wide lanes (most slots have one member, and registers are occupancy),
   // else up to 4 (at most 16 floats of loaded rows per lane).
   constexpr int MAXM = P * V >= 16 ? 1 : 4;
@@ -465,6 +521,7 @@ __device__ void merge_slot(const T* __restrict__ x, const float* __restrict__ w,
       store_vec<T, V>(ob + c, acc[p]);
     }
   }
+  if (ln.out != nullptr) layer_norm_row<T, V, P>(ob, ln.out + ((int64)b * N_out + s) * C, C, ln);
 }
 
 // The merge: block (x, b) loads batch element b's dest, sizes and pooling weights w (spec.Pooling: 1 =
@@ -473,7 +530,7 @@ __device__ void merge_slot(const T* __restrict__ x, const float* __restrict__ w,
 template <typename T, int V, int P>
 __device__ void merge_by_dest(const T* __restrict__ x, const T* __restrict__ info, const T* __restrict__ size,
                               const int64* __restrict__ dest, T* __restrict__ x_out, T* __restrict__ size_out,
-                              int N, int N_out, int C, int pooling) {
+                              int N, int N_out, int C, int pooling, const LayerNormArgs<T>& ln) {
   VITRT_DYNAMIC_SHARED(float, smem);
   __shared__ float scratch[32];
   float* w = smem;                             // [N] pooling weights (info, until the max size is known)
@@ -493,7 +550,7 @@ __device__ void merge_by_dest(const T* __restrict__ x, const T* __restrict__ inf
   for (int n = tid; n < N; n += blockDim.x) w[n] = pooling == 1 ? w[n] * (sz[n] / mx) : (pooling == 0 ? sz[n] : 1.0f);
   __syncthreads();
   const int s = blockIdx.x * warps + warp;
-  if (s < N_out) merge_slot<T, V, P>(x, w, sz, dst, x_out, size_out, N, N_out, C, s);
+  if (s < N_out) merge_slot<T, V, P>(x, w, sz, dst, x_out, size_out, N, N_out, C, s, ln);
 }
 
 // Attention each key receives, summed over a chunk of query rows (a fused block's `info`, see
@@ -903,22 +960,20 @@ extern "C" __global__ void __launch_bounds__(512)
 
 // vec: 1 when C and the x / x_out addresses allow V-wide vectors (f32: 4 floats, f16: 8 halves = 16
 // bytes), else 0 (one element per lane).
-extern "C" __global__ void __launch_bounds__(256)
-    vitrt_tf_merge_f32(const float* x, const float* info, const float* size, const int64* dest, float* x_out,
-                       float* size_out, int N, int N_out, int C, int pooling, int vec) {
-  if (vec)
-    merge_by_dest<float, 4, 2>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling);
-  else
-    merge_by_dest<float, 1, 4>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling);
-}
-extern "C" __global__ void __launch_bounds__(256)
-    vitrt_tf_merge_f16(const half_bits* x, const half_bits* info, const half_bits* size, const int64* dest,
-                       half_bits* x_out, half_bits* size_out, int N, int N_out, int C, int pooling, int vec) {
-  if (vec)
-    merge_by_dest<half_bits, 8, 2>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling);
-  else
-    merge_by_dest<half_bits, 1, 4>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling);
-}
+// ln_out: 0, or the LayerNorm of every merged row (ln_weight / ln_bias may be 0) with ln_eps; vec then
+// also covers ln_out, ln_weight and ln_bias.
+#define VITRT_TF_MERGE(SUFFIX, T, VEC)                                                                        \
+  extern "C" __global__ void __launch_bounds__(256) vitrt_tf_merge_##SUFFIX(                                  \
+      const T* x, const T* info, const T* size, const int64* dest, T* x_out, T* size_out, int N, int N_out,   \
+      int C, int pooling, int vec, const T* ln_weight, const T* ln_bias, T* ln_out, float ln_eps) {          \
+    const LayerNormArgs<T> ln{ln_weight, ln_bias, ln_out, ln_eps};                                          \
+    if (vec)                                                                                                \
+      merge_by_dest<T, VEC, 2>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling, ln);               \
+    else                                                                                                    \
+      merge_by_dest<T, 1, 4>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling, ln);                 \
+  }
+VITRT_TF_MERGE(f32, float, 4)
+VITRT_TF_MERGE(f16, half_bits, 8)
 
 extern "C" __global__ void __launch_bounds__(256)
     vitrt_tf_copy_f32(const float* x, const float* size, float* x_out, float* size_out, int nx, int ns) {

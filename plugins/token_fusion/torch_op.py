@@ -16,7 +16,8 @@ No ``from __future__ import annotations`` here: ``torch.library.custom_op`` read
 from typing import Any
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from vitrt.plugins.cuda_emulation import emulating
 
@@ -86,6 +87,56 @@ def _token_fusion_fake(
 ) -> tuple[Tensor, Tensor, Tensor]:
     b, n, c = x.shape
     return x.new_empty(b, n - r, c), size.new_empty(b, n - r), x.new_empty(b, n, dtype=torch.int64)
+
+
+@torch.library.custom_op("vitrt::token_fusion_norm", mutates_args=())
+def token_fusion_norm_op(
+    x: Tensor,
+    metric: Tensor,
+    info: Tensor,
+    size: Tensor,
+    r: int,
+    num_protected: int,
+    tau_sim: float,
+    tau_info: float,
+    tau_size: float,
+    bidirectional: int,
+    pooling: int,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``token_fusion`` then ``F.layer_norm(x_fused, (C,), weight, bias, eps)``: (x_fused, size_fused,
+    dest, normed [B, N - r, C]). On the kernels the merge writes both (a fused block's norm after its
+    fusion, one pass less). Inference only: no gradient is registered (blocks call it with grad off)."""
+    attrs = TokenFusionAttrs(r, num_protected, tau_sim, tau_info, tau_size, bidirectional, pooling)
+    if emulating():
+        from .cuda import token_fusion_norm_cuda
+
+        return token_fusion_norm_cuda(x, metric, info, size, attrs, weight, bias, eps)
+    x_f, size_f, dest = token_fusion(x, metric, info, size, attrs)
+    normed = F.layer_norm(x_f, (x_f.shape[-1],), weight, bias, eps)
+    return x_f.clone(), size_f.clone(), dest.clone(), normed
+
+
+# The registrations below take the op's arguments as they come: x, metric, info, size, the seven
+# attributes (``spec`` order), weight, bias, eps.
+
+
+@token_fusion_norm_op.register_kernel("cuda")
+def _token_fusion_norm_cuda(*args: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from .cuda import token_fusion_norm_cuda
+
+    x, metric, info, size = args[:4]
+    return token_fusion_norm_cuda(x, metric, info, size, TokenFusionAttrs(*args[4:11]), *args[11:])
+
+
+@token_fusion_norm_op.register_fake
+def _token_fusion_norm_fake(*args: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    x, size, r = args[0], args[3], args[4]
+    b, n, c = x.shape
+    fused = x.new_empty(b, n - r, c)
+    return fused, size.new_empty(b, n - r), x.new_empty(b, n, dtype=torch.int64), torch.empty_like(fused)
 
 
 @torch.library.custom_op("vitrt::token_merge", mutates_args=())
@@ -186,8 +237,21 @@ def token_fusion_call(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``reference.token_fusion`` through the custom op (what the plugin lowering traces and what a fused
     block calls where the kernels apply)."""
+    return token_fusion_op(x, metric, info, size, *_attribute_values(attrs))
+
+
+def _attribute_values(attrs: TokenFusionAttrs) -> list[int | float]:
+    """The attributes as the ops take them, in the spec's order and kinds."""
     from vitrt.plugins.lowering import attribute_kinds
 
     kinds = attribute_kinds(TokenFusionAttrs)
-    values = [int(getattr(attrs, n)) if kind == "int" else float(getattr(attrs, n)) for n, kind in kinds]
-    return token_fusion_op(x, metric, info, size, *values)
+    return [int(getattr(attrs, n)) if kind == "int" else float(getattr(attrs, n)) for n, kind in kinds]
+
+
+def token_fusion_norm_call(
+    x: Tensor, metric: Tensor, info: Tensor, size: Tensor, attrs: TokenFusionAttrs, norm: nn.LayerNorm
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``token_fusion_call`` and ``norm`` of its fused tokens through ``torch.ops.vitrt.token_fusion_norm``:
+    (x_fused, size_fused, dest, norm(x_fused)); norm a LayerNorm over the channels."""
+    values = _attribute_values(attrs)
+    return token_fusion_norm_op(x, metric, info, size, *values, norm.weight, norm.bias, float(norm.eps))

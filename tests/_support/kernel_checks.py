@@ -162,6 +162,38 @@ def check_token_fusion(
         _close(size_f[same], ref_size[same], dtype, "size_fused end to end")
 
 
+def check_fusion_norm(
+    b: int, n: int, c: int, r: int, dtype: torch.dtype, device: str, affine: bool, offset: float
+) -> None:
+    """token_fusion_norm_cuda (the merge kernel also writing a LayerNorm of the fused tokens): x_fused,
+    size_fused and dest bit for bit those of token_fusion_cuda (same kernels), and the norm equal to
+    F.layer_norm of that x_fused within 1e-4 (float32) / 1e-2 (float16) relative. ``offset`` is added to
+    x (a residual stream's mean far from 0: the variance must not come from E[x^2] - mean^2); every
+    element written (the same launches, NaN-free)."""
+    from vitrt.plugins.token_fusion.cuda import token_fusion_cuda, token_fusion_norm_cuda
+
+    attrs = TokenFusionAttrs(r=r, **MCTF)
+    x, metric, info, size = fusion_inputs(b, n, c, dtype, device)
+    x = (x.float() + offset).to(dtype)
+    g = torch.Generator(device=device).manual_seed(c)
+    weight = (torch.rand(c, device=device, generator=g) + 0.5).to(dtype) if affine else None
+    bias = torch.randn(c, device=device, generator=g).to(dtype) if affine else None
+    x_f, size_f, dest, normed = token_fusion_norm_cuda(x, metric, info, size, attrs, weight, bias, 1e-6)
+    plain = token_fusion_cuda(x, metric, info, size, attrs)
+    _synchronize(normed)
+    for got, want in zip((x_f, size_f, dest), plain, strict=True):
+        assert torch.equal(got, want)
+    assert normed.shape == x_f.shape and normed.dtype == dtype and not normed.isnan().any()
+    want_norm = torch.nn.functional.layer_norm(
+        x_f.float(),
+        (c,),
+        None if weight is None else weight.float(),
+        None if bias is None else bias.float(),
+        1e-6,
+    )
+    _close(normed, want_norm, dtype, "normed")
+
+
 def check_attention_info(b: int, h: int, n: int, dtype: torch.dtype, device: str, with_size: bool) -> None:
     """attention_info_cuda (the fused block's info from q k^T) against reference.attention_info on seeded
     logits of a realistic spread (std 3 after the scale), with or without proportional attention;

@@ -3,8 +3,10 @@
     compute-sanitizer --tool racecheck python tests/gpu/sanitize.py
 
 tests/gpu/run_all.sh runs it under racecheck and synccheck when SANITIZE=1. Shapes are the models' token
-counts at batch 2 (N = 197 for token fusion, both score tiles, both dtypes; N = 784 for Scatterbrain in
-every mode), small enough for the sanitizer's slowdown.
+counts at batch 2 (N = 197 for token fusion, both score tiles, both dtypes, with and without the norm
+after the merge; a fused block's attention_info from q and k, which is the tensor-core kernel in float16 and
+q k^T + the logits kernel in float32; N = 784 for Scatterbrain in every mode), small enough for the
+sanitizer's slowdown.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests._support.kernel_checks import MCTF, _fixed, attention_attrs, attn_inputs, fusion_inputs
+from tests._support.kernel_checks import MCTF, _fixed, attention_attrs, attn_inputs, fusion_inputs, qk_inputs
 from vitrt.plugins.lsh_attention.cuda import scatterbrain_cuda
 from vitrt.plugins.lsh_attention.spec import Mode
-from vitrt.plugins.token_fusion.cuda import token_fusion_cuda
+from vitrt.plugins.token_fusion.cuda import attention_info_qk_cuda, token_fusion_cuda, token_fusion_norm_cuda
 from vitrt.plugins.token_fusion.spec import TokenFusionAttrs
 
 
@@ -30,6 +32,15 @@ def main() -> int:
                 token_fusion_cuda(
                     *fusion_inputs(2, 197, 384, dtype, "cuda"), TokenFusionAttrs(r=r, **MCTF), tile=tile
                 )
+        weight, bias = (
+            torch.ones(384, dtype=dtype, device="cuda"),
+            torch.zeros(384, dtype=dtype, device="cuda"),
+        )
+        token_fusion_norm_cuda(
+            *fusion_inputs(2, 197, 384, dtype, "cuda"), TokenFusionAttrs(r=16, **MCTF), weight, bias, 1e-6
+        )
+        q, k = qk_inputs(2, 6, 197, 64, dtype, "cuda", "qkv")
+        attention_info_qk_cuda(q, k, torch.ones(2, 197, dtype=dtype, device="cuda"), 0.125)
         for mode in Mode:
             attrs = attention_attrs(mode, 6, 2, 3, 576**-0.5)
             hv, proj = _fixed(2, 3, 64, "cuda")

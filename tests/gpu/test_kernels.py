@@ -18,6 +18,7 @@ from tests._support.kernel_checks import (
     TOME,
     check_attention_info,
     check_attention_info_qk,
+    check_fusion_norm,
     check_random_attention,
     check_random_fusion,
     check_scatterbrain,
@@ -119,6 +120,18 @@ def test_attention_info_from_q_and_k(
     b: int, h: int, n: int, e: int, dtype: torch.dtype, layout: str, with_size: bool
 ) -> None:
     check_attention_info_qk(b, h, n, e, dtype, "cuda", with_size, layout)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize(
+    ("b", "n", "c", "r", "affine", "offset"),
+    [(64, 197, 384, 16, True, 30.0), (8, 101, 190, 16, True, 0.0), (4, 197, 768, 16, False, -4.0)],
+    ids=["deit_s_b64", "odd_width", "deit_b_no_affine"],
+)
+def test_fusion_with_the_norm_after_it(
+    b: int, n: int, c: int, r: int, affine: bool, offset: float, dtype: torch.dtype
+) -> None:
+    check_fusion_norm(b, n, c, r, dtype, "cuda", affine, offset)
 
 
 @pytest.mark.parametrize("seed", range(64))

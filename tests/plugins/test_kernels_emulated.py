@@ -23,6 +23,7 @@ from tests._support.kernel_checks import (
     TOME,
     check_attention_info,
     check_attention_info_qk,
+    check_fusion_norm,
     check_random_attention,
     check_random_fusion,
     check_scatterbrain,
@@ -87,6 +88,18 @@ def test_token_fusion_emulated(
     emulated: None,
 ) -> None:
     check_token_fusion(b, n, c, r, preset, dtype, "cpu", tile)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize(
+    ("b", "n", "c", "r", "affine", "offset"),
+    [(2, 197, 384, 16, True, 30.0), (1, 64, 190, 8, True, 0.0), (1, 37, 768, 8, False, -4.0)],
+    ids=["deit_s", "odd_width", "two_sweeps_no_affine"],
+)
+def test_fusion_with_the_norm_after_it_emulated(
+    b: int, n: int, c: int, r: int, affine: bool, offset: float, dtype: torch.dtype, emulated: None
+) -> None:
+    check_fusion_norm(b, n, c, r, dtype, "cpu", affine, offset)
 
 
 # The two T2T token attentions of T2T-ViT-t-14 with Scatterbrain: N = 3136 (c = 24, 2 hashes, m = 12)

@@ -25,6 +25,7 @@ from vitrt.plugins.cuda_emulation import (
 )
 from vitrt.plugins.token_fusion import reference
 from vitrt.plugins.token_fusion.integration import apply_fusion
+from vitrt.plugins.token_fusion.module import FusionBlock
 from vitrt.plugins.token_fusion.spec import Pooling, TokenFusionAttrs
 from vitrt.plugins.token_fusion.torch_op import token_fusion_call, token_merge_op
 
@@ -107,6 +108,10 @@ FUSIONS = {
 def test_model_takes_the_kernel_path(fusion: object, _emulator: None) -> None:
     """Under emulated_kernels() a fused model calls the ops, which run the kernels (launch counts), and
     gives the reference path's logits; outside it, the same model runs the reference (no launches)."""
+    from unittest import mock
+
+    from vitrt.plugins.token_fusion import cuda as tf_cuda
+
     model = _model(fusion)
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
     module = emulated_module("token_fusion")
@@ -114,13 +119,23 @@ def test_model_takes_the_kernel_path(fusion: object, _emulator: None) -> None:
     with torch.no_grad():
         expected = model(images)
         assert dict(module.launches) == before, "the reference path launched kernels"
-        with emulated_kernels():
+        with (
+            emulated_kernels(),
+            mock.patch.object(
+                tf_cuda, "token_fusion_norm_cuda", wraps=tf_cuda.token_fusion_norm_cuda
+            ) as fused,
+        ):
             got = model(images)
     launched = {k: v - before.get(k, 0) for k, v in module.launches.items() if v != before.get(k, 0)}
     schedule = model.token_schedule()
     fusing = sum(1 for n_in, n_out in itertools.pairwise(schedule) if n_out < n_in)
     assert launched.get("vitrt_tf_match", 0) == fusing, launched
     assert launched.get("vitrt_tf_merge_f32", 0) >= fusing, launched
+    # the norm after a block's fusion rides on the merge kernel: norm1 (one-step-ahead modes) or norm2
+    # (ToMe: fusion between attention and MLP); after an MLP (MCTF mode 0) no norm of the block follows
+    config = next(b.config for b in model.modules() if isinstance(b, FusionBlock))
+    after_mlp = config.one_step_ahead == 0 and config.merge_after == "mlp"
+    assert fused.call_count == (0 if after_mlp else fusing)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
