@@ -107,6 +107,7 @@ def bench_token_fusion(batch: int, dtype: torch.dtype, iters: int) -> dict[str, 
     graph = graph_ms(kernel, iters)
     ref_ms = event_median_ms(lambda: reference.token_fusion(x, metric, info, size, attrs), iters)
     return {
+        "match_phase_cycles": match_phases(metric, info, size, attrs),
         "op": "token_fusion",
         "shape": f"B={batch} N={n} C={c} r={r}",
         "batch": batch,
@@ -118,6 +119,21 @@ def bench_token_fusion(batch: int, dtype: torch.dtype, iters: int) -> dict[str, 
         "kernels_us": kernel_breakdown(kernel),
         "floor_bytes": _bytes(x, metric, info, size, x_f, size_f, dest),
     }
+
+
+def match_phases(
+    metric: torch.Tensor, info: torch.Tensor, size: torch.Tensor, attrs: Any, calls: int = 20
+) -> dict[str, float]:
+    """SM cycles the matching kernel spends in each of its steps (its diagnostic clock marks,
+    ``cuda.MATCH_PHASES``): the median over ``calls`` launches of the mean over batch elements."""
+    from vitrt.plugins.token_fusion.cuda import MATCH_PHASES, bipartite_matching_cuda, fusion_scores_cuda
+
+    scores = fusion_scores_cuda(metric, info, size, attrs)
+    clock = torch.zeros(calls, scores.shape[0], len(MATCH_PHASES), dtype=torch.int64, device="cuda")
+    for i in range(calls):
+        bipartite_matching_cuda(scores, attrs.r, bool(attrs.bidirectional), phase_clock=clock[i])
+    steps = clock.diff(dim=2).double().mean(dim=1).median(dim=0).values.tolist()
+    return dict(zip(MATCH_PHASES[1:], steps, strict=True))
 
 
 def bench_attention_info(batch: int, dtype: torch.dtype, iters: int) -> dict[str, Any]:
@@ -282,6 +298,13 @@ def main(argv: list[str] | None = None) -> int:
         if row["dtype"] == "float16":
             parts = ", ".join(f"{k} {v:.1f}" for k, v in row["kernels_us"].items())
             print(f"  {row['op']} B={row['batch']}: {parts}")
+    print("vitrt_tf_match, SM cycles per step (float16; share of the kernel's cycles):")
+    for row in rows:
+        if row["dtype"] == "float16" and "match_phase_cycles" in row:
+            steps = row["match_phase_cycles"]
+            total = sum(steps.values())
+            parts = ", ".join(f"{k} {v:.0f} ({100 * v / total:.0f}%)" for k, v in steps.items())
+            print(f"  B={row['batch']}: {total:.0f} cycles: {parts}")
     result = {
         "device": info.name,
         "capability": list(info.capability),

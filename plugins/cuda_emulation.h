@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <string>
 #include <type_traits>
@@ -64,6 +65,13 @@ struct alignas(16) uint4 {
   unsigned x, y, z, w;
 };
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+
+// clock64(): the SM's cycle counter on a GPU; here nanoseconds of a monotonic clock. Only differences
+// within one launch mean anything, and emulated durations say nothing about a GPU's.
+inline long long clock64() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
 
 // CUDA's integer min / max, including the mixed signed / unsigned overloads (common type, as in CUDA).
 template <typename A, typename B>

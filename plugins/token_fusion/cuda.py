@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from vitrt.plugins.cuda_launcher import (
     KERNEL_SUFFIX,
+    KernelArg,
     LoadedModule,
     aligned_layout,
     check_kernel_tensor,
@@ -67,6 +68,7 @@ KERNELS = (
     ),
     *(f"vitrt_tf_attention_info_qk{e // 16}_f16" for e in INFO_QK_HEAD_DIMS),
     "vitrt_tf_match",
+    "vitrt_tf_match_timed",
 )
 """Every kernel this module launches (the build test checks each is in the fatbin)."""
 _THREADS = 256
@@ -201,21 +203,34 @@ def enqueue_scores(
     )  # fmt: skip
 
 
-def enqueue_match(scores: int, dest: int, d: FusionDims, bidirectional: int, stream: int) -> None:
-    """Launch the matching on float32 scores [B, Na, Nb] (unused when r = 0): writes dest [B, N] (int64)."""
+MATCH_PHASES = (
+    "start", "scores to shared memory", "best B partner of each A token", "A ranks", "slots of unmerged A",
+    "best A slot of each B token", "B ranks", "dest", "dest written",
+)  # fmt: skip
+"""The matching kernel's clock marks (``vitrt_tf_match``'s phase_clock), each named by the step it ends."""
+
+
+def enqueue_match(
+    scores: int, dest: int, d: FusionDims, bidirectional: int, stream: int, phase_clock: int = 0
+) -> None:
+    """Launch the matching on float32 scores [B, Na, Nb] (unused when r = 0): writes dest [B, N] (int64).
+    ``phase_clock`` (a diagnostic; 0 = off): int64 [B, len(MATCH_PHASES)] that receives the SM clock at
+    each mark (r > 0; one-way matching skips the two phase-2 marks), from a copy of the kernel compiled
+    with the marks (``vitrt_tf_match_timed``)."""
+    args: list[KernelArg] = [
+        ptr(scores),
+        ptr(dest),
+        i32(d.tokens),
+        i32(d.r),
+        i32(bidirectional),
+        i32(scores_in_shared(d.tokens)),
+    ]
     launch(
         load_module(SOURCE),
-        "vitrt_tf_match",
+        "vitrt_tf_match_timed" if phase_clock else "vitrt_tf_match",
         (d.batch, 1, 1),
         (_MATCH_THREADS, 1, 1),
-        [
-            ptr(scores),
-            ptr(dest),
-            i32(d.tokens),
-            i32(d.r),
-            i32(bidirectional),
-            i32(scores_in_shared(d.tokens)),
-        ],
+        [*args, ptr(phase_clock)] if phase_clock else args,
         stream,
         shared_mem=match_shared_bytes(d.tokens) if d.r else 0,
     )
@@ -646,9 +661,12 @@ def fusion_scores_cuda(
     return scores
 
 
-def bipartite_matching_cuda(scores: Tensor, r: int, bidirectional: bool = True) -> Tensor:
+def bipartite_matching_cuda(
+    scores: Tensor, r: int, bidirectional: bool = True, phase_clock: Tensor | None = None
+) -> Tensor:
     """The matching kernel alone (``reference.bipartite_matching``): float32 scores [B, Na, Nb] with
-    Na = Nb or Nb + 1 -> dest [B, Na + Nb] int64."""
+    Na = Nb or Nb + 1 -> dest [B, Na + Nb] int64. ``phase_clock``: an int64 [B, len(MATCH_PHASES)]
+    tensor on the same device that receives the kernel's clock marks (``enqueue_match``)."""
     import torch
 
     check_kernel_tensor("scores", scores, scores.device)
@@ -662,6 +680,15 @@ def bipartite_matching_cuda(scores: Tensor, r: int, bidirectional: bool = True) 
     d = FusionDims(b, na + nb, 1, 1, r)
     scores = scores.contiguous()
     dest = torch.empty(b, d.tokens, dtype=DEST_DTYPE, device=scores.device)
+    clock = 0
+    if phase_clock is not None:
+        check_kernel_tensor("phase_clock", phase_clock, scores.device)
+        if phase_clock.dtype != torch.int64 or tuple(phase_clock.shape) != (b, len(MATCH_PHASES)):
+            raise ValueError(f"phase_clock must be int64 [{b}, {len(MATCH_PHASES)}], got {phase_clock.dtype} "
+                             f"{tuple(phase_clock.shape)}")  # fmt: skip
+        if not phase_clock.is_contiguous():
+            raise ValueError("phase_clock must be contiguous")
+        clock = phase_clock.data_ptr()
     with kernel_device(scores):
-        enqueue_match(scores.data_ptr(), dest.data_ptr(), d, int(bidirectional), kernel_stream(scores))
+        enqueue_match(scores.data_ptr(), dest.data_ptr(), d, int(bidirectional), kernel_stream(scores), clock)
     return dest

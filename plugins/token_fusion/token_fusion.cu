@@ -849,9 +849,13 @@ VITRT_TF_SCORES(32, 4, f16, half_bits)
 // One block per batch element does everything, so the kernel's time is its longest dependent chain:
 // every O(N^2) step is spread over all 16 warps with lanes over the inner index (arg-max by shuffles,
 // ranks by ballot counts) instead of one thread looping over it.
-extern "C" __global__ void __launch_bounds__(512)
-    vitrt_tf_match(const float* __restrict__ scores, int64* __restrict__ dest, int N, int r, int bidirectional,
-                   int scores_in_shared) {
+// kTimed (vitrt_tf_match_timed, a diagnostic): thread 0 also writes clock64() at the start and after
+// each of the kMatchPhases - 1 steps to phase_clock [B][kMatchPhases] (cuda.MATCH_PHASES names them), so
+// a GPU run can say where the chain's time goes; vitrt_tf_match is compiled without any of it.
+constexpr int kMatchPhases = 9;
+template <bool kTimed>
+__device__ void match(const float* __restrict__ scores, int64* __restrict__ dest, int N, int r, int bidirectional,
+                      int scores_in_shared, long long* __restrict__ phase_clock) {
   VITRT_DYNAMIC_SHARED(int, smem);
   __shared__ int scratch[33];
   const int Na = (N + 1) / 2, Nb = N / 2;
@@ -863,6 +867,10 @@ extern "C" __global__ void __launch_bounds__(512)
     for (int i = tid; i < N; i += bd) db[i] = i;
     return;
   }
+  auto mark = [&](int phase) {
+    if (kTimed && tid == 0) phase_clock[(int64)b * kMatchPhases + phase] = clock64();
+  };
+  mark(0);
   float* ssm = reinterpret_cast<float*>(smem);                          // [Na * Nb] if scores_in_shared
   float* nmax = ssm + (scores_in_shared ? Na * Nb : 0);                 // [Na] best score of each A token
   int* nidx = reinterpret_cast<int*>(nmax + Na);                        // [Na] its B partner
@@ -890,6 +898,7 @@ extern "C" __global__ void __launch_bounds__(512)
     __syncthreads();
     S = ssm;
   }
+  mark(1);
 
   // Phase 1: best B partner of every A token (warp per row, lanes over the row).
   for (int a = warp; a < Na; a += warps) {
@@ -909,6 +918,7 @@ extern "C" __global__ void __launch_bounds__(512)
     }
   }
   __syncthreads();
+  mark(2);
   for (int a = warp; a < Na; a += warps) {
     const int cnt = rank_desc(nmax, Na, a, lane);
     if (lane == 0) {
@@ -917,10 +927,12 @@ extern "C" __global__ void __launch_bounds__(512)
     }
   }
   __syncthreads();
+  mark(3);
   block_exclusive_scan(slot, Na, scratch);  // unmerged A tokens before a = a's slot
   for (int a = tid; a < Na; a += bd)
     if (rank[a] >= r1) ulist[slot[a]] = a;
   __syncthreads();
+  mark(4);
 
   // Phase 2: B tokens onto the unmerged A tokens, in slot order (so nidx2 is a slot): a warp per B token,
   // lanes over the unmerged rows of its column; warp_argmax keeps the first maximum, as torch.max does.
@@ -942,11 +954,13 @@ extern "C" __global__ void __launch_bounds__(512)
       }
     }
     __syncthreads();
+    mark(5);
     for (int j = warp; j < Nb; j += warps) {
       const int cnt = rank_desc(nmax2, Nb, j, lane);
       if (lane == 0) rank2[j] = cnt;
     }
     __syncthreads();
+    mark(6);
     for (int j = tid; j < Nb; j += bd) dst[2 * j + 1] = rank2[j] < r2 ? nidx2[j] : n_unm + rank2[j] - r2;
   } else {
     for (int j = tid; j < Nb; j += bd) dst[2 * j + 1] = n_unm + j;
@@ -955,7 +969,20 @@ extern "C" __global__ void __launch_bounds__(512)
   // A tokens that merged follow their B partner (which may itself have merged into an A token).
   for (int a = tid; a < Na; a += bd) dst[2 * a] = rank[a] >= r1 ? slot[a] : dst[2 * nidx[a] + 1];
   __syncthreads();
+  mark(7);
   for (int i = tid; i < N; i += bd) db[i] = dst[i];
+  mark(8);
+}
+
+extern "C" __global__ void __launch_bounds__(512)
+    vitrt_tf_match(const float* scores, int64* dest, int N, int r, int bidirectional, int scores_in_shared) {
+  match<false>(scores, dest, N, r, bidirectional, scores_in_shared, nullptr);
+}
+extern "C" __global__ void __launch_bounds__(512) vitrt_tf_match_timed(const float* scores, int64* dest, int N,
+                                                                       int r, int bidirectional,
+                                                                       int scores_in_shared,
+                                                                       long long* phase_clock) {
+  match<true>(scores, dest, N, r, bidirectional, scores_in_shared, phase_clock);
 }
 
 // vec: 1 when C and the x / x_out addresses allow V-wide vectors (f32: 4 floats, f16: 8 halves = 16

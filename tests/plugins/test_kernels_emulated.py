@@ -102,6 +102,25 @@ def test_fusion_with_the_norm_after_it_emulated(
     check_fusion_norm(b, n, c, r, dtype, "cpu", affine, offset)
 
 
+@pytest.mark.parametrize("bidirectional", [True, False], ids=["mctf", "tome"])
+def test_matching_phase_clock_emulated(bidirectional: bool, emulated: None) -> None:
+    """The matching kernel's diagnostic clock marks: written once per batch element in phase order
+    (non-decreasing), the two phase-2 marks only for bidirectional matching; dest is unchanged by them."""
+    from vitrt.plugins.token_fusion import reference
+    from vitrt.plugins.token_fusion.cuda import MATCH_PHASES, bipartite_matching_cuda
+
+    scores = torch.randn(2, 99, 98, generator=torch.Generator().manual_seed(8))
+    clock = torch.full((2, len(MATCH_PHASES)), -1, dtype=torch.int64)
+    dest = bipartite_matching_cuda(scores, 16, bidirectional, phase_clock=clock)
+    assert torch.equal(dest, bipartite_matching_cuda(scores, 16, bidirectional))
+    assert torch.equal(dest, reference.bipartite_matching(scores, 16, bidirectional))
+    phase2 = [MATCH_PHASES.index("best A slot of each B token"), MATCH_PHASES.index("B ranks")]
+    written = [i for i in range(len(MATCH_PHASES)) if bidirectional or i not in phase2]
+    assert (clock[:, written] > 0).all() and (clock[:, written].diff(dim=1) >= 0).all(), clock
+    if not bidirectional:
+        assert (clock[:, phase2] == -1).all()
+
+
 # The two T2T token attentions of T2T-ViT-t-14 with Scatterbrain: N = 3136 (c = 24, 2 hashes, m = 12)
 # and N = 784 (c = 6, 2 hashes, m = 3); both N leave a padded last cluster.
 ATTN_CASES = [
