@@ -1,7 +1,9 @@
 """TokenFusion as torch ops: ``torch.ops.vitrt.token_fusion`` (the op of ``spec``),
-``torch.ops.vitrt.token_merge`` (its merge step alone: the weighted mean of the groups a ``dest`` defines,
-which a fused block applies to its attention output) and ``torch.ops.vitrt.attention_info`` (the
-attention each key receives, a fused block's ``info``, from q and k without writing the probabilities).
+``torch.ops.vitrt.token_fusion_norm`` (the op and the LayerNorm of its fused tokens, which the merge kernel
+writes too: a fused block's norm after its fusion), ``torch.ops.vitrt.token_merge`` (its merge step alone:
+the weighted mean of the groups a ``dest`` defines, which a fused block applies to its attention output)
+and ``torch.ops.vitrt.attention_info`` (the attention each key receives, a fused block's ``info``, from q
+and k without writing the probabilities).
 
 Dispatch: CPU tensors run the PyTorch reference; CUDA tensors run the kernels of ``cuda.py``; inside
 ``vitrt.plugins.cuda_emulation.emulated_kernels()`` CPU tensors run the kernels on the CPU emulator,
