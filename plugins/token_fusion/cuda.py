@@ -207,7 +207,7 @@ MATCH_PHASES = (
     "start", "scores to shared memory", "best B partner of each A token", "A ranks", "slots of unmerged A",
     "best A slot of each B token", "B ranks", "dest", "dest written",
 )  # fmt: skip
-"""The matching kernel's clock marks (``vitrt_tf_match``'s phase_clock), each named by the step it ends."""
+"""The clock marks of ``vitrt_tf_match_timed`` (its phase_clock), each named by the step it ends."""
 
 
 def enqueue_match(
