@@ -125,7 +125,8 @@ def match_phases(
     metric: torch.Tensor, info: torch.Tensor, size: torch.Tensor, attrs: Any, calls: int = 20
 ) -> dict[str, float]:
     """SM cycles the matching kernel spends in each of its steps (its diagnostic clock marks,
-    ``cuda.MATCH_PHASES``): the median over ``calls`` launches of the mean over batch elements."""
+    ``cuda.MATCH_PHASES``): the median over ``calls`` launches of the mean over batch elements. For
+    bidirectional matching with r > 0, where the kernel writes every mark."""
     from vitrt.plugins.token_fusion.cuda import MATCH_PHASES, bipartite_matching_cuda, fusion_scores_cuda
 
     scores = fusion_scores_cuda(metric, info, size, attrs)

@@ -98,12 +98,12 @@ class FusionBlock(Block):
         """``_fuse`` and ``norm`` of the fused tokens: (x_fused, size_fused, dest, norm(x_fused)). On the
         kernel path at inference the merge kernel writes both (``torch.ops.vitrt.token_fusion_norm``), so
         the norm costs no launch and no pass over the fused tokens of its own."""
-        channels = (x.shape[-1],)
         if (
             self._fast(x)
             and not torch.is_grad_enabled()
             and isinstance(norm, nn.LayerNorm)
-            and tuple(norm.normalized_shape) == channels
+            and tuple(norm.normalized_shape) == (x.shape[-1],)
+            and all(p is None or p.dtype == x.dtype for p in (norm.weight, norm.bias))
         ):
             return token_fusion_norm_call(x, metric, info, size, attrs, norm)
         x_f, size_f, dest = self._fuse(x, metric, info, size, attrs)

@@ -399,8 +399,9 @@ struct LayerNormArgs {
 // (in T): mean, then the mean of squared deviations (biased), y = (x - mean) / sqrt(var + eps) * w + b,
 // in float32. Each lane reads back exactly the elements it wrote (program order makes its own writes
 // visible) with the same vector layout as merge_slot; two passes for the statistics, one for the output.
+// `row` is not __restrict__: this kernel wrote it, so its reads must not become read-only-cache loads.
 template <typename T, int V, int P>
-__device__ void layer_norm_row(const T* __restrict__ row, T* __restrict__ out, int C, const LayerNormArgs<T>& ln) {
+__device__ void layer_norm_row(const T* row, T* __restrict__ out, int C, const LayerNormArgs<T>& ln) {
   const int lane = threadIdx.x & 31;
   auto each_vector = [&](auto&& visit) {  // this lane's vectors of the row, as merge_slot wrote them
     for (int c0 = 0; c0 < C; c0 += 32 * V * P)
@@ -643,7 +644,7 @@ __device__ void attention_info(const T* __restrict__ logits, const T* __restrict
 // shuffle tree into per-warp column sums that the block adds in warp order: deterministic, no atomics.
 // Recomputing the logits (4 KS mma per 8 keys) is cheaper than holding 16 x N floats in registers.
 // Output as attention_info's: colsum[b, h, chunk, j] (float32). Dynamic shared memory: see cuda.py.
-constexpr int kInfoQkRows = 64, kInfoQkMaxTokens = 256;
+constexpr int kInfoQkWarps = 4, kInfoQkRows = 16 * kInfoQkWarps;  // cuda.py: 128 threads, up to 256 tokens
 template <int KS>
 __device__ void attention_info_qk(const half_bits* __restrict__ q, const half_bits* __restrict__ k,
                                   const half_bits* __restrict__ size, float* __restrict__ colsum, int N, int H,
@@ -766,10 +767,9 @@ __device__ void attention_info_qk(const half_bits* __restrict__ q, const half_bi
   }
   __syncthreads();
   float* out = colsum + (((int64)b * H + h) * gridDim.x + chunk) * N;
-  const int warps = bd >> 5;
   for (int j = tid; j < N; j += bd) {
     float s = part[j];
-    for (int w = 1; w < warps; ++w) s += part[w * NP + j];
+    for (int w = 1; w < kInfoQkWarps; ++w) s += part[w * NP + j];
     out[j] = s;
   }
 }
