@@ -56,6 +56,19 @@ def unfold_rows(x: Tensor, kernel_size: int, stride: int, padding: int = 0) -> T
     return windows.permute(0, 2, 3, 1, 4, 5).reshape(b, -1, c * kernel_size * kernel_size)
 
 
+def unfold_token_rows(tokens: Tensor, side: int, kernel_size: int, stride: int, padding: int = 0) -> Tensor:
+    """``unfold_rows`` of tokens laid out on a ``side`` x ``side`` grid: tokens [B, side^2, C] (row-major
+    positions, contiguous) -> patches [B, L, C k k], what ``unfold_rows`` gives for the image
+    ``tokens.transpose(1, 2).reshape(B, C, side, side)``. The tokens are padded and windowed where they
+    lie (as [B, side, side, C]), so the transposition to an image is never copied."""
+    b, _, c = tokens.shape
+    x = tokens.reshape(b, side, side, c)
+    if padding:
+        x = F.pad(x, (0, 0, padding, padding, padding, padding))
+    windows = x.unfold(1, kernel_size, stride).unfold(2, kernel_size, stride)  # [B, oh, ow, C, k, k] view
+    return windows.reshape(b, -1, c * kernel_size * kernel_size)
+
+
 class DropPath(nn.Module):
     """Stochastic depth: drops the whole residual branch per sample while training."""
 

@@ -27,6 +27,7 @@ from .layers import (
     sinusoid_encoding,
     trunc_normal_init,
     unfold_rows,
+    unfold_token_rows,
 )
 from .registry import register_model
 
@@ -197,21 +198,22 @@ class T2TModule(nn.Module):
         self.lowering = lowering
 
     def soft_split(self, i: int, x: Tensor) -> Tensor:
-        """Soft split i: [B, C, H, W] -> tokens [B, L, C k k]. Eager on CUDA tensors by ``unfold_rows``
-        (im2col was 18 % of the kernel time at batch 64, see there); elsewhere, and in exports, nn.Unfold
-        as the official code (the CPU keeps its numerics, the ONNX graph its Unfold)."""
+        """Soft split i of the image (i = 0: [B, C, S, S]) or of the previous stage's tokens (i > 0:
+        [B, L, C] on a grid[i - 1]^2 grid) -> tokens [B, L', C k k]. Eager on CUDA tensors by
+        ``unfold_rows`` / ``unfold_token_rows`` (im2col was 18 % of the kernel time at batch 64, see
+        there; the tokens are not copied into an image first); elsewhere, and in exports, the official
+        code's transposition and nn.Unfold (the CPU keeps its numerics, the ONNX graph its Unfold)."""
+        k, s, p = SOFT_SPLITS[i]
         if self.lowering == "eager" and x.is_cuda:
-            k, s, p = SOFT_SPLITS[i]
-            return unfold_rows(x, k, s, p)
+            return unfold_rows(x, k, s, p) if i == 0 else unfold_token_rows(x, self.grid[i - 1], k, s, p)
+        if i > 0:
+            x = x.transpose(1, 2).reshape(x.shape[0], -1, self.grid[i - 1], self.grid[i - 1])
         split: nn.Unfold = (self.soft_split0, self.soft_split1, self.soft_split2)[i]
         return split(x).transpose(1, 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        b = x.shape[0]
         x = self.attention1(self.soft_split(0, x))
-        x = x.transpose(1, 2).reshape(b, -1, self.grid[0], self.grid[0])
         x = self.attention2(self.soft_split(1, x))
-        x = x.transpose(1, 2).reshape(b, -1, self.grid[1], self.grid[1])
         return self.project(self.soft_split(2, x))
 
 

@@ -131,7 +131,7 @@ def test_gpu_forms_of_the_soft_splits_and_patch_embedding_equal_the_official_ops
     """What the models run eagerly on CUDA (unfold_rows; the patch conv as a GEMM) against what they run
     elsewhere (nn.Unfold then transpose; the conv): the soft splits bit for bit (pure data movement), the
     patch embedding within 1e-12 relative in float64 (the products are summed in another order)."""
-    from vitrt.models.layers import unfold_rows
+    from vitrt.models.layers import unfold_rows, unfold_token_rows
     from vitrt.models.t2t_vit import SOFT_SPLITS
 
     t2t = create_model("t2t_vit_t_14", img_size=img_size).tokens_to_token
@@ -142,6 +142,10 @@ def test_gpu_forms_of_the_soft_splits_and_patch_embedding_equal_the_official_ops
         want = getattr(t2t, f"soft_split{i}")(x).transpose(1, 2)
         got = unfold_rows(x, k, s, p)
         assert got.is_contiguous() and torch.equal(got, want)
+        if i > 0:  # the stages after the first split their tokens [B, side^2, C] where they lie
+            tokens = x.flatten(2).transpose(1, 2).contiguous()
+            assert torch.equal(t2t.soft_split(i, tokens), want)  # a CPU tensor: the official ops
+            assert torch.equal(unfold_token_rows(tokens, side, k, s, p), want)
         channels, side = 64, t2t.grid[i]
 
     deit = create_model("deit_small_patch16_224", img_size=img_size).double()
