@@ -14,6 +14,9 @@ Rows (float16, 224 x 224, random weights and images, eval mode):
 Each at every batch size, eager and replayed as a CUDA graph. Ratios: against timm dense at the same
 batch and mode for DeiT-S (vitrt dense where timm is missing), against vitrt dense for T2T-ViT-t-14.
 
+Each vitrt row is timed again on the path before the 2026-11-26 GPU-path changes (``previous_path``;
+``--no-previous-path`` skips it), and the ratio now / before is printed: the same run's baseline.
+
 Timing: CUDA events around each call (eager) or graph replay, after warm-up; the median of ``--iters``
 in ms. Eager times include the host's launch overhead, as an application sees it. Exit status 2 without
 a CUDA GPU. Checks printed with the table: vitrt dense vs timm logits (same weights), and the fused
@@ -109,6 +112,37 @@ def t2t_rows() -> list[tuple[str, nn.Module]]:
     return [("vitrt T2T-ViT-t-14 dense (SDPA)", dense), ("vitrt T2T-ViT-t-14 scatterbrain", sparse)]
 
 
+@contextlib.contextmanager
+def previous_path(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` the way vitrt did before this session's GPU-path changes (issue 15, 2026-11-26), to
+    time them against it in one process: a fused block's info from q k^T through a GEMM and the logits
+    kernel (not the kernel reading q and k), the norm after a fusion as its own LayerNorm (not written by
+    the merge kernel), the patch conv and the soft splits as conv / im2col (not a GEMM / strided copy)."""
+    from vitrt.models.deit import PatchEmbed
+    from vitrt.models.t2t_vit import T2TModule
+    from vitrt.plugins.token_fusion import cuda as tf_cuda
+    from vitrt.plugins.token_fusion.module import FusionBlock
+
+    def unfused_norm(
+        block: FusionBlock, x: Any, metric: Any, info: Any, size: Any, attrs: Any, norm: Any
+    ) -> Any:
+        x_f, size_f, dest = block._fuse(x, metric, info, size, attrs)
+        return x_f, size_f, dest, norm(x_f)
+
+    embeddings = [m for m in model.modules() if isinstance(m, PatchEmbed | T2TModule)]
+    saved = (tf_cuda.info_qk_applies, FusionBlock._fuse_norm)
+    tf_cuda.info_qk_applies = lambda *args: False
+    FusionBlock._fuse_norm = unfused_norm  # type: ignore[assignment,method-assign]
+    for m in embeddings:
+        m.lowering = "portable"  # only these modules: attention keeps its eager path
+    try:
+        yield
+    finally:
+        tf_cuda.info_qk_applies, FusionBlock._fuse_norm = saved  # type: ignore[method-assign]
+        for m in embeddings:
+            m.lowering = "eager"
+
+
 def measure(model: nn.Module, batch: int, iters: int) -> dict[str, float]:
     """Eager and CUDA-graph medians in ms for one model at one batch size (float16 on the GPU)."""
     g = torch.Generator(device="cuda").manual_seed(batch)
@@ -174,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="print each vitrt efficient model's top kernels at batch 8 and 64",
     )
+    parser.add_argument(
+        "--no-previous-path",
+        action="store_true",
+        help="skip timing every vitrt model again on the path before issue 15's 2026-11-26 changes",
+    )
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("no CUDA GPU: torch.cuda.is_available() is False; nothing to benchmark", file=sys.stderr)
@@ -198,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         checks[f"{label}: CUDA float16 vs CPU float32 reference"] = agreement(model)
 
     results: list[dict[str, Any]] = []
+    previous: list[dict[str, Any]] = []
     for group, rows in groups.items():
         for batch in args.batches:
             base: dict[str, float] | None = None
@@ -209,6 +249,14 @@ def main(argv: list[str] | None = None) -> int:
                      "eager_ratio": t["eager_ms"] / base["eager_ms"],
                      "graph_ratio": t["graph_ms"] / base["graph_ms"]}
                 )  # fmt: skip
+                if label.startswith("vitrt") and not args.no_previous_path:
+                    with previous_path(model):
+                        before = measure(model, batch, args.iters)
+                    previous.append(
+                        {"model": label, "batch": batch, "previous": before, "now": t,
+                         "graph_ratio": t["graph_ms"] / before["graph_ms"],
+                         "eager_ratio": t["eager_ms"] / before["eager_ms"]}
+                    )  # fmt: skip
                 torch.cuda.empty_cache()
 
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {note}; float16, 224 x 224")
@@ -220,6 +268,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['model']:36} {r['batch']:5d} {r['eager_ms']:9.3f} {r['eager_ratio']:7.2f} "
             f"{r['graph_ms']:9.3f} {r['graph_ratio']:7.2f}"
         )
+    if previous:
+        print("now vs the previous path (previous_path(): before issue 15's 2026-11-26 changes), same run:")
+        print(f"{'model':36} {'batch':>5} {'graph ms':>9} {'before':>9} {'ratio':>6} {'eager ratio':>11}")
+        for r in previous:
+            now, before = r["now"]["graph_ms"], r["previous"]["graph_ms"]
+            print(
+                f"{r['model']:36} {r['batch']:5d} {now:9.3f} {before:9.3f} {r['graph_ratio']:6.2f} "
+                f"{r['eager_ratio']:11.2f}"
+            )
     profiles: dict[str, list[tuple[str, float, float]]] = {}
     if args.profile:
         efficient = [r for rows in groups.values() for r in rows if "vitrt" in r[0] and "dense" not in r[0]]
@@ -239,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             "note": note,
             "checks": checks,
             "rows": results,
+            "previous_path": previous,
             "top_kernels": profiles,
         }
         Path(out).write_text(json.dumps(payload, indent=2))
