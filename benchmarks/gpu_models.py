@@ -117,8 +117,10 @@ def previous_path(model: nn.Module) -> Iterator[None]:
     """Run ``model`` the way vitrt did before this session's GPU-path changes (issue 15, 2026-11-26), to
     time them against it in one process: a fused block's info from q k^T through a GEMM and the logits
     kernel (not the kernel reading q and k), the norm after a fusion as its own LayerNorm (not written by
-    the merge kernel), the patch conv and the soft splits as conv / im2col (not a GEMM / strided copy)."""
+    the merge kernel), the patch conv and the soft splits as conv / im2col (not a GEMM / strided copy),
+    T2T's 147-channel norms by torch's layer_norm (not the row kernel)."""
     from vitrt.models.deit import PatchEmbed
+    from vitrt.models.layers import RowLayerNorm
     from vitrt.models.t2t_vit import T2TModule
     from vitrt.plugins.token_fusion import cuda as tf_cuda
     from vitrt.plugins.token_fusion.module import FusionBlock
@@ -129,17 +131,17 @@ def previous_path(model: nn.Module) -> Iterator[None]:
         x_f, size_f, dest = block._fuse(x, metric, info, size, attrs)
         return x_f, size_f, dest, norm(x_f)
 
-    embeddings = [m for m in model.modules() if isinstance(m, PatchEmbed | T2TModule)]
+    reformulated = [m for m in model.modules() if isinstance(m, PatchEmbed | T2TModule | RowLayerNorm)]
     saved = (tf_cuda.info_qk_applies, FusionBlock._fuse_norm)
     tf_cuda.info_qk_applies = lambda *args: False
     FusionBlock._fuse_norm = unfused_norm  # type: ignore[assignment,method-assign]
-    for m in embeddings:
+    for m in reformulated:
         m.lowering = "portable"  # only these modules: attention keeps its eager path
     try:
         yield
     finally:
         tf_cuda.info_qk_applies, FusionBlock._fuse_norm = saved  # type: ignore[method-assign]
-        for m in embeddings:
+        for m in reformulated:
             m.lowering = "eager"
 
 

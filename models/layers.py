@@ -9,6 +9,7 @@ state-dict keys stay those of the official checkpoints.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -67,6 +68,43 @@ def unfold_token_rows(tokens: Tensor, side: int, kernel_size: int, stride: int, 
         x = F.pad(x, (0, 0, padding, padding, padding, padding))
     windows = x.unfold(1, kernel_size, stride).unfold(2, kernel_size, stride)  # [B, oh, ow, C, k, k] view
     return windows.reshape(b, -1, c * kernel_size * kernel_size)
+
+
+class RowLayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` over the last dim (same parameters, same state-dict keys) for widths that torch's
+    vectorised CUDA kernel does not take (C % 4 != 0: T2T-ViT's 147-channel token norms). There torch runs
+    one 512-thread block per row (``RowwiseMomentsCUDAKernel``: 1.0 ms, 13 % of T2T-ViT-t-14 +
+    Scatterbrain's kernel time at batch 64 on an H100, benchmarks/results/h100-2026-11-26/gpu_models.txt),
+    so eager CUDA inference calls ``torch.ops.vitrt.row_layer_norm`` instead (one warp per row), when
+    vitrt's ops are loaded (``vitrt.create_model`` loads them; the models never import op code). Elsewhere,
+    with gradients, in exports (``set_lowering``), and for other widths: ``nn.LayerNorm`` itself."""
+
+    lowering = "eager"  # see vitrt.plugins.lowering
+
+    def set_lowering(self, lowering: str) -> None:
+        """Pick how the norm is expressed for export; same function."""
+        self.lowering = lowering
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (
+            self.lowering == "eager"
+            and x.is_cuda
+            and x.shape[-1] % 4 != 0
+            and not torch.is_grad_enabled()
+            and all(p is None or p.dtype == x.dtype for p in (self.weight, self.bias))
+        ):
+            op = _registered_op("row_layer_norm")
+            if op is not None:
+                return op(x, self.weight, self.bias, self.eps)
+        return super().forward(x)
+
+
+def _registered_op(name: str) -> Callable[..., Tensor] | None:
+    """``torch.ops.vitrt.<name>`` when an op package registered it, else None."""
+    try:
+        return getattr(torch.ops.vitrt, name)
+    except (AttributeError, RuntimeError):
+        return None
 
 
 class DropPath(nn.Module):

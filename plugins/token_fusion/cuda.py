@@ -66,6 +66,7 @@ KERNELS = (
         )
         for sfx in KERNEL_SUFFIX.values()
     ),
+    *(f"vitrt_tf_layer_norm_{sfx}" for sfx in KERNEL_SUFFIX.values()),
     *(f"vitrt_tf_attention_info_qk{e // 16}_f16" for e in INFO_QK_HEAD_DIMS),
     "vitrt_tf_match",
     "vitrt_tf_match_timed",
@@ -692,3 +693,41 @@ def bipartite_matching_cuda(
     with kernel_device(scores):
         enqueue_match(scores.data_ptr(), dest.data_ptr(), d, int(bidirectional), kernel_stream(scores), clock)
     return dest
+
+
+def layer_norm_rows_cuda(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+    """``F.layer_norm(x, (C,), weight, bias, eps)`` by the merge kernel's row LayerNorm, one warp per row:
+    x [..., C] (float32 or float16; weight / bias [C] of its dtype or None) -> the same shape. For widths
+    torch's vectorised layer_norm does not take (C % 4 != 0), where it runs a 512-thread block per row."""
+    import torch
+
+    check_kernel_tensor("x", x, x.device)
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"x must be one of {SUPPORTED_DTYPES}, got {x.dtype}")
+    c = x.shape[-1]
+    for name, param in (("weight", weight), ("bias", bias)):
+        if param is not None:
+            check_kernel_tensor(name, param, x.device)
+            if tuple(param.shape) != (c,) or param.dtype != x.dtype:
+                raise ValueError(f"{name} must be [{c}] {x.dtype}, got {param.dtype} {tuple(param.shape)}")
+    x = x.contiguous()
+    weight, bias = (None if param is None else param.contiguous() for param in (weight, bias))
+    out = torch.empty_like(x)
+    rows = x.numel() // c if c else 0
+    if rows == 0:
+        return out
+    if rows >= 2**31:
+        raise ValueError(f"{rows} rows exceed the kernel's int32 indexing")
+    addr = [0 if t is None else t.data_ptr() for t in (x, weight, bias, out)]
+    vector = 4 if x.dtype == torch.float32 else 8
+    vec = c % vector == 0 and all(a % 16 == 0 for a in addr)
+    with kernel_device(x):
+        launch(
+            load_module(SOURCE),
+            f"vitrt_tf_layer_norm_{kernel_suffix(tensor_dtype_name(x), PLUGIN_NAME)}",
+            (-(-rows // _WARPS), 1, 1),
+            (_THREADS, 1, 1),
+            [*map(ptr, addr), i32(rows), i32(c), f32(eps), i32(vec)],
+            kernel_stream(x),
+        )
+    return out

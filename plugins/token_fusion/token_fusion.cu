@@ -440,6 +440,16 @@ __device__ void layer_norm_row(const T* row, T* __restrict__ out, int C, const L
   });
 }
 
+// The same row LayerNorm on its own, one warp per row of x [R, C] -> out [R, C]: for widths that
+// torch's vectorised layer_norm does not take (C % 4 != 0, T2T-ViT's 147 channels), where it runs one
+// 512-thread block per row. Grid (ceil(R / 8)), 256 threads.
+template <typename T, int V, int P>
+__device__ void layer_norm_rows(const T* __restrict__ x, T* __restrict__ out, int R, int C,
+                                const LayerNormArgs<T>& ln) {
+  const int64 row = (int64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row < R) layer_norm_row<T, V, P>(x + row * C, out + row * C, C, ln);
+}
+
 // Output slot s of merge_by_dest, by one warp: x_out[s] = sum_i(x_i * w_i) / max(sum_i w_i, 1e-12) over
 // the slot's members i (dst[i] == s) in increasing index order; size_out[s] = sum_i size_i (skipped when
 // size_out is null). Members are found by ballots over the block's copy of dest and taken MAXM at a
@@ -1042,3 +1052,16 @@ extern "C" __global__ void __launch_bounds__(256)
     vitrt_tf_info_mean_f16(const float* colsum, half_bits* info, int N, int H, int chunks) {
   info_mean<half_bits>(colsum, info, N, H, chunks);
 }
+
+// The row LayerNorm alone (cuda.layer_norm_rows_cuda): vec as for the merge (C % V == 0, 16-byte rows).
+#define VITRT_TF_LAYER_NORM(SUFFIX, T, VEC)                                                                 \
+  extern "C" __global__ void __launch_bounds__(256) vitrt_tf_layer_norm_##SUFFIX(                         \
+      const T* x, const T* weight, const T* bias, T* out, int R, int C, float eps, int vec) {              \
+    const LayerNormArgs<T> ln{weight, bias, out, eps};                                                     \
+    if (vec)                                                                                              \
+      layer_norm_rows<T, VEC, 2>(x, out, R, C, ln);                                                       \
+    else                                                                                                  \
+      layer_norm_rows<T, 1, 4>(x, out, R, C, ln);                                                         \
+  }
+VITRT_TF_LAYER_NORM(f32, float, 4)
+VITRT_TF_LAYER_NORM(f16, half_bits, 8)

@@ -1,6 +1,7 @@
 """TokenFusion as torch ops: ``torch.ops.vitrt.token_fusion`` (the op of ``spec``),
 ``torch.ops.vitrt.token_fusion_norm`` (the op and the LayerNorm of its fused tokens, which the merge kernel
-writes too: a fused block's norm after its fusion), ``torch.ops.vitrt.token_merge`` (its merge step alone:
+writes too: a fused block's norm after its fusion; ``row_layer_norm`` is that LayerNorm alone, which T2T-ViT's
+147-channel norms use on a GPU), ``torch.ops.vitrt.token_merge`` (its merge step alone:
 the weighted mean of the groups a ``dest`` defines, which a fused block applies to its attention output)
 and ``torch.ops.vitrt.attention_info`` (the attention each key receives, a fused block's ``info``, from q
 and k without writing the probabilities).
@@ -139,6 +140,30 @@ def _token_fusion_norm_fake(*args: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]
     b, n, c = x.shape
     fused = x.new_empty(b, n - r, c)
     return fused, size.new_empty(b, n - r), x.new_empty(b, n, dtype=torch.int64), torch.empty_like(fused)
+
+
+@torch.library.custom_op("vitrt::row_layer_norm", mutates_args=())
+def row_layer_norm_op(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+    """``F.layer_norm(x, (C,), weight, bias, eps)`` over the last dim; on the kernels the merge kernel's row
+    LayerNorm alone, one warp per row (``cuda.layer_norm_rows_cuda``), for widths torch's vectorised
+    kernel does not take. Inference only: no gradient is registered (callers use it with grad off)."""
+    if emulating():
+        from .cuda import layer_norm_rows_cuda
+
+        return layer_norm_rows_cuda(x, weight, bias, eps)
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+@row_layer_norm_op.register_kernel("cuda")
+def _row_layer_norm_cuda(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+    from .cuda import layer_norm_rows_cuda
+
+    return layer_norm_rows_cuda(x, weight, bias, eps)
+
+
+@row_layer_norm_op.register_fake
+def _row_layer_norm_fake(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+    return torch.empty_like(x)
 
 
 @torch.library.custom_op("vitrt::token_merge", mutates_args=())

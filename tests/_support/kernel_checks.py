@@ -194,6 +194,29 @@ def check_fusion_norm(
     _close(normed, want_norm, dtype, "normed")
 
 
+def check_row_layer_norm(rows: int, c: int, dtype: torch.dtype, device: str, affine: bool) -> None:
+    """torch.ops.vitrt.row_layer_norm on the kernels (the merge kernel's row LayerNorm alone) against
+    F.layer_norm in float32 on tokens [2, rows, c] with a mean of 5 and a spread of 3, within 1e-4
+    (float32) / 1e-2 (float16) relative; c = 147 is T2T-ViT's width, which takes the scalar path."""
+    import vitrt.plugins.token_fusion.torch_op  # noqa: F401  (registers the op)
+
+    g = torch.Generator(device=device).manual_seed(rows + c)
+    x = (torch.randn(2, rows, c, device=device, generator=g) * 3 + 5).to(dtype)
+    weight = (torch.rand(c, device=device, generator=g) + 0.5).to(dtype) if affine else None
+    bias = torch.randn(c, device=device, generator=g).to(dtype) if affine else None
+    got = torch.ops.vitrt.row_layer_norm(x, weight, bias, 1e-5)
+    _synchronize(got)
+    assert got.shape == x.shape and got.dtype == dtype and not got.isnan().any()
+    want = torch.nn.functional.layer_norm(
+        x.float(),
+        (c,),
+        None if weight is None else weight.float(),
+        None if bias is None else bias.float(),
+        1e-5,
+    )
+    _close(got, want, dtype, "row_layer_norm")
+
+
 def check_attention_info(b: int, h: int, n: int, dtype: torch.dtype, device: str, with_size: bool) -> None:
     """attention_info_cuda (the fused block's info from q k^T) against reference.attention_info on seeded
     logits of a realistic spread (std 3 after the scale), with or without proportional attention;

@@ -4,9 +4,9 @@
 
 tests/gpu/run_all.sh runs it under racecheck and synccheck when SANITIZE=1. Shapes are the models' token
 counts at batch 2 (N = 197 for token fusion, both score tiles, both dtypes, with and without the norm
-after the merge; a fused block's attention_info from q and k, which is the tensor-core kernel in float16 and
-q k^T + the logits kernel in float32; N = 784 for Scatterbrain in every mode), small enough for the
-sanitizer's slowdown.
+after the merge, and the row norm alone; a fused block's attention_info from q and k, which is the
+tensor-core kernel in float16 and q k^T + the logits kernel in float32; N = 784 for Scatterbrain in every
+mode), small enough for the sanitizer's slowdown.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests._support.kernel_checks import MCTF, _fixed, attention_attrs, attn_inputs, fusion_inputs, qk_inputs
 from vitrt.plugins.lsh_attention.cuda import scatterbrain_cuda
 from vitrt.plugins.lsh_attention.spec import Mode
+from vitrt.plugins.token_fusion import torch_op  # noqa: F401  (registers torch.ops.vitrt.*)
 from vitrt.plugins.token_fusion.cuda import attention_info_qk_cuda, token_fusion_cuda, token_fusion_norm_cuda
 from vitrt.plugins.token_fusion.spec import TokenFusionAttrs
 
@@ -39,6 +40,7 @@ def main() -> int:
         token_fusion_norm_cuda(
             *fusion_inputs(2, 197, 384, dtype, "cuda"), TokenFusionAttrs(r=16, **MCTF), weight, bias, 1e-6
         )
+        torch.ops.vitrt.row_layer_norm(torch.randn(2, 64, 147, device="cuda").to(dtype), None, None, 1e-5)
         q, k = qk_inputs(2, 6, 197, 64, dtype, "cuda", "qkv")
         attention_info_qk_cuda(q, k, torch.ones(2, 197, dtype=dtype, device="cuda"), 0.125)
         for mode in Mode:

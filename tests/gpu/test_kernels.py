@@ -21,6 +21,7 @@ from tests._support.kernel_checks import (
     check_fusion_norm,
     check_random_attention,
     check_random_fusion,
+    check_row_layer_norm,
     check_scatterbrain,
     check_token_fusion,
     fusion_inputs,
@@ -132,6 +133,14 @@ def test_fusion_with_the_norm_after_it(
     b: int, n: int, c: int, r: int, affine: bool, offset: float, dtype: torch.dtype
 ) -> None:
     check_fusion_norm(b, n, c, r, dtype, "cuda", affine, offset)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize(
+    ("rows", "c", "affine"), [(3136 * 8, 147, True), (784, 576, True), (101, 147, False)]
+)
+def test_row_layer_norm(rows: int, c: int, affine: bool, dtype: torch.dtype) -> None:
+    check_row_layer_norm(rows, c, dtype, "cuda", affine)
 
 
 @pytest.mark.parametrize("seed", range(64))

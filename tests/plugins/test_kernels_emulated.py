@@ -26,6 +26,7 @@ from tests._support.kernel_checks import (
     check_fusion_norm,
     check_random_attention,
     check_random_fusion,
+    check_row_layer_norm,
     check_scatterbrain,
     check_token_fusion,
 )
@@ -119,6 +120,16 @@ def test_matching_phase_clock_emulated(bidirectional: bool, emulated: None) -> N
     assert (clock[:, written] > 0).all() and (clock[:, written].diff(dim=1) >= 0).all(), clock
     if not bidirectional:
         assert (clock[:, phase2] == -1).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize(("rows", "c", "affine"), [(300, 147, True), (64, 384, True), (37, 147, False)])
+def test_row_layer_norm_emulated(rows: int, c: int, affine: bool, dtype: torch.dtype, emulated: None) -> None:
+    module = emulated_module("token_fusion")
+    before = module.launches.get(f"vitrt_tf_layer_norm_{'f16' if dtype == torch.float16 else 'f32'}", 0)
+    check_row_layer_norm(rows, c, dtype, "cpu", affine)
+    after = module.launches[f"vitrt_tf_layer_norm_{'f16' if dtype == torch.float16 else 'f32'}"]
+    assert after == before + 1  # the kernel ran, not torch's layer_norm
 
 
 # The two T2T token attentions of T2T-ViT-t-14 with Scatterbrain: N = 3136 (c = 24, 2 hashes, m = 12)
