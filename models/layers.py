@@ -90,6 +90,7 @@ class RowLayerNorm(nn.LayerNorm):
             self.lowering == "eager"
             and x.is_cuda
             and x.shape[-1] % 4 != 0
+            and tuple(self.normalized_shape) == (x.shape[-1],)
             and not torch.is_grad_enabled()
             and all(p is None or p.dtype == x.dtype for p in (self.weight, self.bias))
         ):
