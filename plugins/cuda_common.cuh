@@ -12,11 +12,13 @@
 // a kernel gives bit-identical results run to run (no floating-point atomics anywhere in vitrt).
 #pragma once
 
-// Dynamic shared memory (the launch's shared_mem bytes) as an array of T named `name`.
+// Dynamic shared memory (the launch's shared_mem bytes) as an array of T named `name`, 16-byte aligned:
+// kernels read it with float4 / uint4, and a kernel's static __shared__ variables come first, after which
+// `extern T` alone would promise only T's alignment (the emulator's buffer is 16-byte aligned too).
 #ifdef VITRT_CPU_EMULATION
 #define VITRT_DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(::vitrt_emu::dynamic_shared())
 #else
-#define VITRT_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#define VITRT_DYNAMIC_SHARED(T, name) extern __shared__ __align__(16) T name[]
 #endif
 
 namespace vitrt {

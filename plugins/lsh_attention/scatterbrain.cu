@@ -43,14 +43,6 @@ namespace {
 
 constexpr int kScatterbrain = 0, kLsh = 1, kPerformer = 2;
 
-// Dynamic shared memory as float with 16-byte alignment: the kernels read it as float4, and a kernel's
-// static __shared__ variables come first, after which extern float alone would promise 4 bytes.
-#ifdef VITRT_CPU_EMULATION
-#define SB_DYNAMIC_SHARED(name) float* name = reinterpret_cast<float*>(::vitrt_emu::dynamic_shared())
-#else
-#define SB_DYNAMIC_SHARED(name) extern __shared__ __align__(16) float name[]
-#endif
-
 // Row pitch in floats: n rounded up to whole 16-byte units, an odd number of them (conflict-free float4
 // reads of consecutive rows); r4: n rounded up to a multiple of 4 floats.
 __device__ __forceinline__ int pitch4(int n) { return 4 * (((n + 3) >> 2) | 1); }
@@ -392,7 +384,7 @@ template <typename T>
 __device__ void stats(const T* __restrict__ k, const float* __restrict__ proj, float* __restrict__ kstat, int N,
                       int E, int m, float root, float rr, float log_norm, int chunk, int n_tok, int nchunk,
                       int veck) {
-  SB_DYNAMIC_SHARED(sm);
+  VITRT_DYNAMIC_SHARED(float, sm);
   __shared__ float scratch[32];
   const int ch = blockIdx.x, bh = blockIdx.y;
   const int e4 = r4(E), xs = pitch4(E), ds = m | 1;
@@ -433,7 +425,7 @@ __device__ void features(const T* __restrict__ q, const T* __restrict__ k, const
                          float* __restrict__ kv_part, int N, int P, int E, int Dv, int R, int m, float root,
                          float rr, float log_norm, int chunk, int n_tok, int nchunk, int mode, int vecq,
                          int vecv) {
-  SB_DYNAMIC_SHARED(sm);
+  VITRT_DYNAMIC_SHARED(float, sm);
   __shared__ float scratch[32];
   __shared__ float st_klog;
   const int ch = blockIdx.x, bh = blockIdx.y, tid = threadIdx.x, nth = blockDim.x;
@@ -715,7 +707,7 @@ __device__ void cluster_attention(const T* __restrict__ q, const T* __restrict__
                                   const int* __restrict__ k_inv, float* __restrict__ rnum,
                                   float* __restrict__ raux, int N, int P, int E, int Dv, int R, int F, int c,
                                   int G, float scale, int mode, int vecq, int vecv) {
-  SB_DYNAMIC_SHARED(sm);
+  VITRT_DYNAMIC_SHARED(float, sm);
   const int r = blockIdx.y, bh = blockIdx.z, tid = threadIdx.x, nth = blockDim.x;
   const int nclus = P / c, g0 = blockIdx.x * G, Gb = min(G, nclus - g0), QB = Gb * c, QM = G * c;
   const int s0 = g0 * c;
@@ -951,7 +943,7 @@ template <typename T>
 __device__ void combine(const float* __restrict__ qf, const float* __restrict__ pls, const float* __restrict__ kv,
                         const float* __restrict__ rnum, const float* __restrict__ raux, T* __restrict__ out, int N,
                         int P, int Dv, int R, int F, int qpb, int mode, int vec_out) {
-  SB_DYNAMIC_SHARED(sm);
+  VITRT_DYNAMIC_SHARED(float, sm);
   const int bh = blockIdx.y, tid = threadIdx.x, nth = blockDim.x;
   const int i0 = blockIdx.x * qpb, nq = min(qpb, N - i0);
   const bool low_rank = mode != kLsh, sparse = mode != kPerformer, sb = mode == kScatterbrain;

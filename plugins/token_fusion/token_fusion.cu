@@ -633,14 +633,6 @@ __device__ void attention_info(const T* __restrict__ logits, const T* __restrict
   }
 }
 
-// Dynamic shared memory with the 16-byte alignment that uint4 stores need (static __shared__ variables may
-// come first, after which `extern float` alone would promise 4 bytes).
-#ifdef VITRT_CPU_EMULATION
-#define TF_DYNAMIC_SHARED16(name) float* name = reinterpret_cast<float*>(::vitrt_emu::dynamic_shared())
-#else
-#define TF_DYNAMIC_SHARED16(name) extern __shared__ __align__(16) float name[]
-#endif
-
 // attention_info straight from q and k, the logits never written: float16 q, k with head dim E = 16 KS
 // and at most kInfoQkMaxTokens tokens, on tensor cores. It replaces q k^T (a GEMM whose B x H x N x N
 // output attention_info then reads back) plus the copies that make q and k contiguous: q and k are read
@@ -661,7 +653,7 @@ __device__ void attention_info_qk(const half_bits* __restrict__ q, const half_bi
                                   int qsb, int qsh, int qsn, int ksb, int ksh, int ksn, float scale) {
   constexpr int E = 16 * KS, LD = E + 8, V = E / 8;  // LD: +8 halves make the fragment reads conflict-free
   constexpr float kLog2e = 1.4426950408889634f;
-  TF_DYNAMIC_SHARED16(smem);
+  VITRT_DYNAMIC_SHARED(float, smem);
   const int chunk = blockIdx.x, h = blockIdx.y, b = blockIdx.z, tid = threadIdx.x, bd = blockDim.x;
   const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
   const int NP = (N + 7) & ~7, r0 = chunk * kInfoQkRows;
