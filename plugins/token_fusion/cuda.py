@@ -482,6 +482,21 @@ def token_fusion_norm_cuda(
     return x_f, size_f, dest, normed
 
 
+def _norm_params(
+    weight: Tensor | None, bias: Tensor | None, x: Tensor, what: str
+) -> tuple[Tensor | None, Tensor | None]:
+    """A LayerNorm's weight and bias (each None or [C] of x's dtype on x's device; C = x.shape[-1]) as
+    the kernels read them: contiguous. ``what`` prefixes their names in errors."""
+    c = x.shape[-1]
+    for name, param in (("weight", weight), ("bias", bias)):
+        if param is None:
+            continue
+        check_kernel_tensor(f"{what}{name}", param, x.device)
+        if tuple(param.shape) != (c,) or param.dtype != x.dtype:
+            raise ValueError(f"{what}{name} must be [{c}] {x.dtype}, got {param.dtype} {tuple(param.shape)}")
+    return (None if weight is None else weight.contiguous(), None if bias is None else bias.contiguous())
+
+
 def _token_fusion(
     x: Tensor,
     metric: Tensor,
@@ -511,15 +526,7 @@ def _token_fusion(
     normed, row_norm = None, None
     if norm is not None:
         weight, bias, eps = norm
-        for name, param in (("weight", weight), ("bias", bias)):
-            if param is None:
-                continue
-            check_kernel_tensor(f"norm {name}", param, x.device)
-            if tuple(param.shape) != (d.channels,) or param.dtype != x.dtype:
-                raise ValueError(
-                    f"norm {name} must be [{d.channels}] {x.dtype}, got {param.dtype} {tuple(param.shape)}"
-                )
-        weight, bias = (None if param is None else param.contiguous() for param in (weight, bias))
+        weight, bias = _norm_params(weight, bias, x, "norm ")
         if d.r == 0:  # no merge kernel to ride on: the copy, then the norm
             normed = torch.nn.functional.layer_norm(x, (d.channels,), weight, bias, eps)
         else:
@@ -705,13 +712,8 @@ def layer_norm_rows_cuda(x: Tensor, weight: Tensor | None, bias: Tensor | None, 
     if x.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"x must be one of {SUPPORTED_DTYPES}, got {x.dtype}")
     c = x.shape[-1]
-    for name, param in (("weight", weight), ("bias", bias)):
-        if param is not None:
-            check_kernel_tensor(name, param, x.device)
-            if tuple(param.shape) != (c,) or param.dtype != x.dtype:
-                raise ValueError(f"{name} must be [{c}] {x.dtype}, got {param.dtype} {tuple(param.shape)}")
+    weight, bias = _norm_params(weight, bias, x, "")
     x = x.contiguous()
-    weight, bias = (None if param is None else param.contiguous() for param in (weight, bias))
     out = torch.empty_like(x)
     rows = x.numel() // c if c else 0
     if rows == 0:

@@ -162,6 +162,12 @@ def check_token_fusion(
         _close(size_f[same], ref_size[same], dtype, "size_fused end to end")
 
 
+def _layer_norm32(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+    """F.layer_norm over the last dim computed in float32 (the reference for the kernels' row norm)."""
+    w, b = (None if t is None else t.float() for t in (weight, bias))
+    return torch.nn.functional.layer_norm(x.float(), (x.shape[-1],), w, b, eps)
+
+
 def check_fusion_norm(
     b: int, n: int, c: int, r: int, dtype: torch.dtype, device: str, affine: bool, offset: float
 ) -> None:
@@ -184,14 +190,7 @@ def check_fusion_norm(
     for got, want in zip((x_f, size_f, dest), plain, strict=True):
         assert torch.equal(got, want)
     assert normed.shape == x_f.shape and normed.dtype == dtype and not normed.isnan().any()
-    want_norm = torch.nn.functional.layer_norm(
-        x_f.float(),
-        (c,),
-        None if weight is None else weight.float(),
-        None if bias is None else bias.float(),
-        1e-6,
-    )
-    _close(normed, want_norm, dtype, "normed")
+    _close(normed, _layer_norm32(x_f, weight, bias, 1e-6), dtype, "normed")
 
 
 def check_row_layer_norm(rows: int, c: int, dtype: torch.dtype, device: str, affine: bool) -> None:
@@ -207,14 +206,7 @@ def check_row_layer_norm(rows: int, c: int, dtype: torch.dtype, device: str, aff
     got = torch.ops.vitrt.row_layer_norm(x, weight, bias, 1e-5)
     _synchronize(got)
     assert got.shape == x.shape and got.dtype == dtype and not got.isnan().any()
-    want = torch.nn.functional.layer_norm(
-        x.float(),
-        (c,),
-        None if weight is None else weight.float(),
-        None if bias is None else bias.float(),
-        1e-5,
-    )
-    _close(got, want, dtype, "row_layer_norm")
+    _close(got, _layer_norm32(x, weight, bias, 1e-5), dtype, "row_layer_norm")
 
 
 def check_attention_info(b: int, h: int, n: int, dtype: torch.dtype, device: str, with_size: bool) -> None:
