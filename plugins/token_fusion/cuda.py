@@ -568,11 +568,30 @@ def merge_tokens_cuda(
     return out
 
 
+def _checked_size(size: Tensor | None, b: int, n: int, like: Tensor) -> Tensor | None:
+    """Proportional attention's token sizes for the attention_info kernels: None, or [b, n] of ``like``'s
+    dtype on its device, made contiguous."""
+    if size is None:
+        return None
+    check_kernel_tensor("size", size, like.device)
+    if size.dtype != like.dtype or tuple(size.shape) != (b, n):
+        raise ValueError(f"size must be [{b}, {n}] {like.dtype}, got {size.dtype} {tuple(size.shape)}")
+    return size.contiguous()
+
+
+def _info_buffers(b: int, h: int, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """The attention_info kernels' float32 column sums [B, H, chunks, N] and the info [B, N] they are
+    averaged into (``like``'s dtype and device)."""
+    import torch
+
+    colsum = torch.empty(b, h, -(-n // _INFO_ROWS), n, dtype=torch.float32, device=like.device)
+    return colsum, torch.empty(b, n, dtype=like.dtype, device=like.device)
+
+
 def attention_info_cuda(logits: Tensor, size: Tensor | None, scale: float) -> Tensor:
     """``reference.attention_info`` with the kernel: logits [B, H, N, N] (q k^T before the scale), size
     [B, N] or None (proportional attention: log size added per key) -> [B, N] in the logits' dtype, the
     attention each key receives averaged over heads and queries. The probabilities are never written."""
-    import torch
 
     check_kernel_tensor("logits", logits, logits.device)
     if logits.dim() != 4 or logits.shape[2] != logits.shape[3] or logits.dtype not in SUPPORTED_DTYPES:
@@ -580,15 +599,10 @@ def attention_info_cuda(logits: Tensor, size: Tensor | None, scale: float) -> Te
             f"logits must be [B, H, N, N] of {SUPPORTED_DTYPES}, got {logits.dtype} {tuple(logits.shape)}"
         )
     b, h, n, _ = logits.shape
-    if size is not None:
-        check_kernel_tensor("size", size, logits.device)
-        if size.dtype != logits.dtype or tuple(size.shape) != (b, n):
-            raise ValueError(f"size must be [{b}, {n}] {logits.dtype}, got {size.dtype} {tuple(size.shape)}")
-        size = size.contiguous()
+    size = _checked_size(size, b, n, logits)
     logits = logits.contiguous()
     dtype, stream = tensor_dtype_name(logits), kernel_stream(logits)
-    colsum = torch.empty(b, h, -(-n // _INFO_ROWS), n, dtype=torch.float32, device=logits.device)
-    info = torch.empty(b, n, dtype=logits.dtype, device=logits.device)
+    colsum, info = _info_buffers(b, h, n, logits)
     with kernel_device(logits):
         size_ptr = 0 if size is None else size.data_ptr()
         chunks = enqueue_attention_info(
@@ -624,11 +638,7 @@ def attention_info_qk_cuda(q: Tensor, k: Tensor, size: Tensor | None, scale: flo
             if info_kernel(n) is None
             else attention_info_cuda(logits, size, scale)
         )
-    if size is not None:
-        check_kernel_tensor("size", size, q.device)
-        if size.dtype != q.dtype or tuple(size.shape) != (b, n):
-            raise ValueError(f"size must be [{b}, {n}] {q.dtype}, got {size.dtype} {tuple(size.shape)}")
-        size = size.contiguous()
+    size = _checked_size(size, b, n, q)
 
     def rows(t: Tensor) -> Tensor:
         """t itself with unit channel stride and 16-byte aligned rows, else a fresh contiguous copy (a
@@ -639,8 +649,7 @@ def attention_info_qk_cuda(q: Tensor, k: Tensor, size: Tensor | None, scale: flo
 
     q, k = rows(q), rows(k)
     stream = kernel_stream(q)
-    colsum = torch.empty(b, h, -(-n // _INFO_ROWS), n, dtype=torch.float32, device=q.device)
-    info = torch.empty(b, n, dtype=q.dtype, device=q.device)
+    colsum, info = _info_buffers(b, h, n, q)
     with kernel_device(q):
         chunks = enqueue_attention_info_qk(
             q.data_ptr(), k.data_ptr(), 0 if size is None else size.data_ptr(), colsum.data_ptr(), b, h, n, e,
