@@ -64,8 +64,10 @@ class KernelCounter(TorchDispatchMode):
 
 
 def count_block(block: torch.nn.Module, x: torch.Tensor, size: torch.Tensor) -> dict[str, int]:
-    """Kernels launched by one forward of ``block`` on tokens ``x`` with token sizes ``size``: torch ops
-    by name and vitrt kernels by name."""
+    """Kernels launched by one forward of ``block`` on tokens ``x`` with token sizes ``size``, as the model
+    chains it (``Block.forward_chain``): its norm1 of x comes from the block before (not counted) and its
+    last residual add writes the norm after it (the next block's norm1, a LayerNorm of the width). Torch
+    ops by name and vitrt kernels by name."""
     from vitrt.plugins.cuda_emulation import emulated_kernels, emulated_module
     from vitrt.plugins.token_fusion import cuda as tf_cuda
 
@@ -88,7 +90,7 @@ def count_block(block: torch.nn.Module, x: torch.Tensor, size: torch.Tensor) -> 
         return counted
 
     names = ["token_fusion_cuda", "token_fusion_norm_cuda", "merge_tokens_cuda", "attention_info_cuda"]
-    names += ["attention_info_qk_cuda"]
+    names += ["attention_info_qk_cuda", "layer_norm_rows_cuda", "add_layer_norm_rows_cuda"]
     originals = {name: getattr(tf_cuda, name) for name in names if hasattr(tf_cuda, name)}
     # The emulator fills workspaces with 0xff to expose reads of unwritten memory; on CUDA they are
     # torch.empty: no kernel.
@@ -98,11 +100,13 @@ def count_block(block: torch.nn.Module, x: torch.Tensor, size: torch.Tensor) -> 
         for name, original in originals.items():
             setattr(tf_cuda, name, wrap(original) if name != "new_workspace" else _empty_workspace)
         with torch.inference_mode(), emulated_kernels():
-            block(x, size)  # loads the emulated kernels
+            h = block.norm1(x)
+            next_norm = torch.nn.LayerNorm(x.shape[-1]).to(x.dtype)
+            block.forward_chain(x, size, h, next_norm)  # loads the emulated kernels
             before = Counter(module.launches)
             inner.clear()
             with KernelCounter() as counter:
-                block(x, size)
+                block.forward_chain(x, size, h, next_norm)
     finally:
         for name, original in originals.items():
             setattr(tf_cuda, name, original)

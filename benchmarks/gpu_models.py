@@ -114,11 +114,14 @@ def t2t_rows() -> list[tuple[str, nn.Module]]:
 
 @contextlib.contextmanager
 def previous_path(model: nn.Module) -> Iterator[None]:
-    """Run ``model`` the way vitrt did before this session's GPU-path changes (issue 15, 2026-11-26), to
-    time them against it in one process: a fused block's info from q k^T through a GEMM and the logits
-    kernel (not the kernel reading q and k), the norm after a fusion as its own LayerNorm (not written by
-    the merge kernel), the patch conv and the soft splits as conv / im2col (not a GEMM / strided copy),
-    T2T's 147-channel norms by torch's layer_norm (not the row kernel)."""
+    """Run ``model`` the way vitrt did when it was last timed on a GPU (issue 15,
+    benchmarks/results/h100-2026-11-26), to time the GPU-path changes since then against it in one
+    process: a fused block's info from q k^T through a GEMM and the logits kernel (not the kernel reading
+    q and k), the norm after a fusion as its own LayerNorm (not written by the merge kernel), the patch
+    conv and the soft splits as conv / im2col (not a GEMM / strided copy), T2T's 147-channel norms by
+    torch's layer_norm (not the row kernel), and each residual add and the norm after it as torch's add
+    and layer_norm (not one add_layer_norm kernel)."""
+    from vitrt.models import layers
     from vitrt.models.deit import PatchEmbed
     from vitrt.models.layers import RowLayerNorm
     from vitrt.models.t2t_vit import T2TModule
@@ -132,15 +135,16 @@ def previous_path(model: nn.Module) -> Iterator[None]:
         return x_f, size_f, dest, norm(x_f)
 
     reformulated = [m for m in model.modules() if isinstance(m, PatchEmbed | T2TModule | RowLayerNorm)]
-    saved = (tf_cuda.info_qk_applies, FusionBlock._fuse_norm)
+    saved = (tf_cuda.info_qk_applies, FusionBlock._fuse_norm, layers.add_norm_fuses)
     tf_cuda.info_qk_applies = lambda *args: False
     FusionBlock._fuse_norm = unfused_norm  # type: ignore[assignment,method-assign]
+    layers.add_norm_fuses = lambda *args: False
     for m in reformulated:
         m.lowering = "portable"  # only these modules: attention keeps its eager path
     try:
         yield
     finally:
-        tf_cuda.info_qk_applies, FusionBlock._fuse_norm = saved  # type: ignore[method-assign]
+        tf_cuda.info_qk_applies, FusionBlock._fuse_norm, layers.add_norm_fuses = saved  # type: ignore[method-assign]
         for m in reformulated:
             m.lowering = "eager"
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
 from .config import ModelSpec, PreprocessConfig
+from .layers import Block, on_kernels
 
 
 class ClassTokenViT(nn.Module):
@@ -52,9 +54,23 @@ class ClassTokenViT(nn.Module):
         return x, size
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """Images [B, 3, H, W] -> normalised class-token features [B, C]."""
-        x, _ = self.forward_blocks(self.embed(x))
-        return self.norm(x)[:, 0]
+        """Images [B, 3, H, W] -> normalised class-token features [B, C].
+
+        In eager inference on vitrt's kernels the blocks run chained (``Block.forward_chain``): each
+        block's last residual add writes the next block's norm1 (the last block's: the final norm) in the
+        same kernel. Elsewhere (CPU, training, exports) each block is called as a module, as in
+        ``forward_blocks``, so that export scopes and module hooks see it."""
+        x = self.embed(x)
+        blocks = [cast(Block, blk) for blk in self.blocks]
+        if torch.is_grad_enabled() or not on_kernels(x) or any(blk.lowering != "eager" for blk in blocks):
+            x, _ = self.forward_blocks(x)
+            return self.norm(x)[:, 0]
+        size: Tensor | None = None
+        h: Tensor | None = None
+        following = [blk.norm1 for blk in blocks[1:]] + [self.norm]
+        for blk, next_norm in zip(blocks, following, strict=True):
+            x, size, h = blk.forward_chain(x, size, h, next_norm)
+        return (self.norm(x) if h is None else h)[:, 0]
 
     def forward(self, x: Tensor) -> Tensor:
         """Images [B, 3, H, W] (normalised as ``self.preprocess`` says) -> logits [B, num_classes]."""

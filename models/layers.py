@@ -9,7 +9,9 @@ state-dict keys stay those of the official checkpoints.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -100,12 +102,53 @@ class RowLayerNorm(nn.LayerNorm):
         return super().forward(x)
 
 
-def _registered_op(name: str) -> Callable[..., Tensor] | None:
+def _registered_op(name: str) -> Callable[..., Any] | None:
     """``torch.ops.vitrt.<name>`` when an op package registered it, else None."""
     try:
         return getattr(torch.ops.vitrt, name)
     except (AttributeError, RuntimeError):
         return None
+
+
+def on_kernels(x: Tensor) -> bool:
+    """Whether vitrt's kernels run on ``x``: a CUDA tensor, or any tensor while ``vitrt.plugins`` emulates
+    them on the CPU (its flag is looked up where it is loaded, not imported: the models import no op code)."""
+    if x.is_cuda:
+        return True
+    emulation = sys.modules.get("vitrt.plugins.cuda_emulation")
+    return emulation is not None and bool(emulation.emulating())
+
+
+def add_norm_fuses(x: Tensor, y: Tensor, norm: nn.Module, lowering: str = "eager") -> bool:
+    """Whether ``add_norm(x, y, norm, lowering)`` runs as one ``torch.ops.vitrt.add_layer_norm`` kernel: eager
+    inference on vitrt's kernels (CUDA tensors or the CPU emulator, gradients off), ``norm`` a LayerNorm over
+    the last dim in x's dtype (float32 or float16), y of x's shape and dtype, the op registered."""
+    return (
+        lowering == "eager"
+        and not torch.is_grad_enabled()
+        and isinstance(norm, nn.LayerNorm)
+        and tuple(norm.normalized_shape) == (x.shape[-1],)
+        and x.dtype in (torch.float32, torch.float16)
+        and y.shape == x.shape
+        and all(t is None or t.dtype == x.dtype for t in (y, norm.weight, norm.bias))
+        and on_kernels(x)
+        and _registered_op("add_layer_norm") is not None
+    )
+
+
+def add_norm(x: Tensor, y: Tensor, norm: nn.Module, lowering: str = "eager") -> tuple[Tensor, Tensor]:
+    """A block's residual add and the norm after it: x, y [..., C] of one shape -> (s = x + y, norm(s)).
+
+    Where ``add_norm_fuses`` (eager inference on vitrt's kernels) one ``torch.ops.vitrt.add_layer_norm``
+    kernel writes both, s bit-identical to the add: torch launches an add and a layer_norm, two passes over
+    the tokens. Elsewhere (CPU, training, exports: ``lowering`` other than "eager") the add and ``norm``."""
+    if add_norm_fuses(x, y, norm, lowering):
+        op = _registered_op("add_layer_norm")
+        assert op is not None
+        total, normed = op(x, y, norm.weight, norm.bias, norm.eps)
+        return total, normed
+    total = x + y
+    return total, norm(total)
 
 
 class DropPath(nn.Module):
@@ -209,14 +252,46 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
 
+    lowering = "eager"  # see vitrt.plugins.lowering
+
+    def set_lowering(self, lowering: str) -> None:
+        """Pick how the block is expressed for export (the residual add and norm2: ``add_norm``)."""
+        self.lowering = lowering
+
     def num_tokens_out(self, n_in: int) -> int:
         """Tokens leaving the block for ``n_in`` entering it (plain blocks keep all)."""
         return n_in
 
     def forward(self, x: Tensor, size: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        x, size, _ = self.forward_chain(x, size)
         return x, size
+
+    def forward_chain(
+        self,
+        x: Tensor,
+        size: Tensor | None = None,
+        h: Tensor | None = None,
+        next_norm: nn.Module | None = None,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``forward`` sharing the norms at the block's edges with its neighbours (what
+        ``ClassTokenViT.forward_features`` runs): ``h`` is norm1(x) when the block before computed it (None:
+        computed here), and ``next_norm`` the norm that follows the block (the next block's norm1, or the
+        model's final norm). Returns (x, size, next_norm(x) or None): where the block's last residual add
+        and ``next_norm`` fuse (``add_norm_fuses``) one kernel writes both, else None (the next norm is
+        left to its module)."""
+        h = self.norm1(x) if h is None else h
+        x, h = add_norm(x, self.drop_path(self.attn(h)), self.norm2, self.lowering)
+        return self.add_last(x, self.drop_path(self.mlp(h)), size, next_norm)
+
+    def add_last(
+        self, x: Tensor, branch: Tensor, size: Tensor | None, next_norm: nn.Module | None
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The block's last residual add x + branch, with ``next_norm`` of it where they fuse
+        (``forward_chain``'s return)."""
+        if next_norm is not None and add_norm_fuses(x, branch, next_norm, self.lowering):
+            x, normed = add_norm(x, branch, next_norm, self.lowering)
+            return x, size, normed
+        return x + branch, size, None
 
 
 def sinusoid_encoding(n_position: int, d_hid: int) -> Tensor:

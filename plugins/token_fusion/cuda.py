@@ -715,21 +715,44 @@ def layer_norm_rows_cuda(x: Tensor, weight: Tensor | None, bias: Tensor | None, 
     """``F.layer_norm(x, (C,), weight, bias, eps)`` by the merge kernel's row LayerNorm, one warp per row:
     x [..., C] (float32 or float16; weight / bias [C] of its dtype or None) -> the same shape. For widths
     torch's vectorised layer_norm does not take (C % 4 != 0), where it runs a 512-thread block per row."""
+    return _layer_norm_rows(x, None, weight, bias, eps)[1]
+
+
+def add_layer_norm_rows_cuda(
+    x: Tensor, y: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    """A block's residual add and the LayerNorm after it in one kernel: x, y [..., C] of one shape and dtype
+    (float32 or float16; weight / bias [C] of that dtype or None) -> (s = x + y, F.layer_norm(s, (C,),
+    weight, bias, eps)), s bit-identical to torch's add. Where torch launches an add and a layer_norm,
+    this is one launch and one pass over the tokens less."""
+    if y.shape != x.shape or y.dtype != x.dtype:
+        raise ValueError(f"y must match x ({x.dtype} {tuple(x.shape)}), got {y.dtype} {tuple(y.shape)}")
+    return _layer_norm_rows(x, y, weight, bias, eps)
+
+
+def _layer_norm_rows(
+    x: Tensor, y: Tensor | None, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    """Launch ``vitrt_tf_layer_norm``: (x + y, its norm) with a residual y, else (x, norm of x)."""
     import torch
 
     check_kernel_tensor("x", x, x.device)
     if x.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"x must be one of {SUPPORTED_DTYPES}, got {x.dtype}")
+    if y is not None:
+        check_kernel_tensor("y", y, x.device)
+        y = y.contiguous()
     c = x.shape[-1]
     weight, bias = _norm_params(weight, bias, x, "")
     x = x.contiguous()
+    total = x if y is None else torch.empty_like(x)
     out = torch.empty_like(x)
     rows = x.numel() // c if c else 0
     if rows == 0:
-        return out
+        return total, out
     if rows >= 2**31:
         raise ValueError(f"{rows} rows exceed the kernel's int32 indexing")
-    addr = [0 if t is None else t.data_ptr() for t in (x, weight, bias, out)]
+    addr = [0 if t is None else t.data_ptr() for t in (x, y, weight, bias, None if y is None else total, out)]
     vector = 4 if x.dtype == torch.float32 else 8
     vec = c % vector == 0 and all(a % 16 == 0 for a in addr)
     with kernel_device(x):
@@ -741,4 +764,4 @@ def layer_norm_rows_cuda(x: Tensor, weight: Tensor | None, bias: Tensor | None, 
             [*map(ptr, addr), i32(rows), i32(c), f32(eps), i32(vec)],
             kernel_stream(x),
         )
-    return out
+    return total, out

@@ -8,11 +8,13 @@ weights, one-step-ahead attention) and proportional attention adds log(size) to 
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vitrt.models.layers import Block
+from vitrt.models.layers import Block, add_norm
 from vitrt.plugins.cuda_launcher import kernels_apply
 
 from .config import FusionBlockConfig
@@ -92,20 +94,25 @@ class FusionBlock(Block):
             return token_fusion_call(x, metric, info, size, attrs)
         return token_fusion(x, metric, info, size, attrs, self._merge_method)
 
+    def _norm_on_merge(self, x: Tensor, norm: nn.Module) -> bool:
+        """Whether the merge kernel writes ``norm`` of the fused tokens (``_fuse_norm``): the kernel path at
+        inference, ``norm`` a LayerNorm over the channels in x's dtype."""
+        return (
+            self._fast(x)
+            and not torch.is_grad_enabled()
+            and isinstance(norm, nn.LayerNorm)
+            and tuple(norm.normalized_shape) == (x.shape[-1],)
+            and all(p is None or p.dtype == x.dtype for p in (norm.weight, norm.bias))
+        )
+
     def _fuse_norm(
         self, x: Tensor, metric: Tensor, info: Tensor, size: Tensor, attrs: TokenFusionAttrs, norm: nn.Module
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``_fuse`` and ``norm`` of the fused tokens: (x_fused, size_fused, dest, norm(x_fused)). On the
         kernel path at inference the merge kernel writes both (``torch.ops.vitrt.token_fusion_norm``), so
         the norm costs no launch and no pass over the fused tokens of its own."""
-        if (
-            self._fast(x)
-            and not torch.is_grad_enabled()
-            and isinstance(norm, nn.LayerNorm)
-            and tuple(norm.normalized_shape) == (x.shape[-1],)
-            and all(p is None or p.dtype == x.dtype for p in (norm.weight, norm.bias))
-        ):
-            return token_fusion_norm_call(x, metric, info, size, attrs, norm)
+        if self._norm_on_merge(x, norm):
+            return token_fusion_norm_call(x, metric, info, size, attrs, cast(nn.LayerNorm, norm))
         x_f, size_f, dest = self._fuse(x, metric, info, size, attrs)
         return x_f, size_f, dest, norm(x_f)
 
@@ -187,19 +194,27 @@ class FusionBlock(Block):
         o = token_merge_op(o.transpose(1, 2).reshape(b, n, -1), dest, info, size, attrs.pooling, n - attrs.r)
         return self.attn.proj_drop(self.attn.proj(o))
 
-    def forward(self, x: Tensor, size: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward_chain(
+        self,
+        x: Tensor,
+        size: Tensor | None = None,
+        h: Tensor | None = None,
+        next_norm: nn.Module | None = None,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """x [B, N, C], size [B, N] or None -> (x [B, N - r, C], size [B, N - r] or None if r = 0 and
-        no size came in)."""
+        no size came in, next_norm(x) or None); h and next_norm as ``Block.forward_chain`` says (``forward``
+        is this with neither)."""
         cfg = self.config
         bsz, n, _ = x.shape
         attrs = cfg.attrs(n, self.num_protected)
         prop = size if cfg.prop_attn else None
         fast = self._fast(x)
-        h = self.norm1(x)
+        h = self.norm1(x) if h is None else h
         if attrs.r == 0:
             q, k, v = self.attn.split_heads(h)
-            x = x + self.drop_path(self._attention(q, k, v, prop, fast))
-            return x + self.drop_path(self.mlp(self.norm2(x))), size
+            attended = self.drop_path(self._attention(q, k, v, prop, fast))
+            x, h = add_norm(x, attended, self.norm2, self.lowering)
+            return self.add_last(x, self.drop_path(self.mlp(h)), size, next_norm)
 
         size_in = size if size is not None else x.new_ones(bsz, n)
         n_out = n - attrs.r
@@ -223,8 +238,8 @@ class FusionBlock(Block):
             else:
                 q, k, v = self.attn.split_heads(h)
                 out = self._attention(q, k, v, size_f if cfg.prop_attn else None, fast)
-            x = x_f + self.drop_path(out)
-            return x + self.drop_path(self.mlp(self.norm2(x))), size_f
+            x, h = add_norm(x_f, self.drop_path(out), self.norm2, self.lowering)
+            return self.add_last(x, self.drop_path(self.mlp(h)), size_f, next_norm)
 
         q, k, v = self.attn.split_heads(h)
         if fast:
@@ -232,16 +247,22 @@ class FusionBlock(Block):
             # then, so the sizes stand in for it (a [B, N] tensor of the dtype; no fill launched).
             needs_info = attrs.tau_info > 0 or attrs.pooling == Pooling.ATTN_SIZE
             info = self._info(q, k, prop) if needs_info else size_in
-            x = x + self.drop_path(self._attention(q, k, v, prop, fast))
+            attended = self.drop_path(self._attention(q, k, v, prop, fast))
         else:
             probs = self._probs(q, k, prop)
             info = attention_received(probs)
-            x = x + self.drop_path(self._attend(probs, v))
+            attended = self.drop_path(self._attend(probs, v))
         if cfg.merge_after == "mlp":
-            x = x + self.drop_path(self.mlp(self.norm2(x)))
+            x, h = add_norm(x, attended, self.norm2, self.lowering)
+            x = x + self.drop_path(self.mlp(h))
+        else:
+            x = x + attended
         metric = k.mean(dim=1) if cfg.metric == "keys" else x
         if cfg.merge_after == "attention":
             x, size_f, _, h = self._fuse_norm(x, metric, info, size_in, attrs, self.norm2)
-            return x + self.drop_path(self.mlp(h)), size_f
+            return self.add_last(x, self.drop_path(self.mlp(h)), size_f, next_norm)
+        if next_norm is not None and self._norm_on_merge(x, next_norm):  # the next norm rides on the merge
+            x, size_f, _, h = self._fuse_norm(x, metric, info, size_in, attrs, next_norm)
+            return x, size_f, h
         x, size_f, _ = self._fuse(x, metric, info, size_in, attrs)
-        return x, size_f
+        return x, size_f, None

@@ -20,7 +20,9 @@
 // And, for a fused block rather than the op, the attention each key receives without writing the
 // probabilities: vitrt_tf_attention_info_qk<E/16>_f16 grid (N/64, H, B) from q and k on tensor cores
 // (float16, E = 32 / 64 / 128, N <= 256), else vitrt_tf_attention_info<VPL>_<dt> grid (N/64, H, B) from
-// q k^T; then vitrt_tf_info_mean_<dt> grid (N/256, B), the mean over heads and queries.
+// q k^T; then vitrt_tf_info_mean_<dt> grid (N/256, B), the mean over heads and queries. And for any
+// block, vitrt_tf_layer_norm_<dt> grid (R/8): the merge's row LayerNorm alone, or after a residual add
+// (a block's add and the norm that follows it in one launch).
 //
 // <dt> is f32 or f16 (the dtype of x, metric, info, size and of the outputs; float16 travels as raw bits).
 // All arithmetic is float32. Shapes: x [B, N, C], metric [B, N, Cm], info/size [B, N]; set A = even token
@@ -440,14 +442,37 @@ __device__ void layer_norm_row(const T* row, T* __restrict__ out, int C, const L
   });
 }
 
-// The same row LayerNorm on its own, one warp per row of x [R, C] -> out [R, C]: for widths that
+// The same row LayerNorm on its own, one warp per row of x [R, C] -> ln.out [R, C]: for widths that
 // torch's vectorised layer_norm does not take (C % 4 != 0, T2T-ViT's 147 channels), where it runs one
-// 512-thread block per row. Grid (ceil(R / 8)), 256 threads.
+// 512-thread block per row. With a residual [R, C] it is a block's residual add and the norm after it:
+// sum_out = x + residual (each element rounded to T, as torch's add stores it), ln.out = LayerNorm of
+// sum_out as stored, so one launch and one pass over the tokens replace torch's add and layer_norm.
+// Grid (ceil(R / 8)), 256 threads.
 template <typename T, int V, int P>
-__device__ void layer_norm_rows(const T* __restrict__ x, T* __restrict__ out, int R, int C,
+__device__ void layer_norm_rows(const T* __restrict__ x, const T* __restrict__ residual, T* sum_out, int R, int C,
                                 const LayerNormArgs<T>& ln) {
+  const int lane = threadIdx.x & 31;
   const int64 row = (int64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  if (row < R) layer_norm_row<T, V, P>(x + row * C, out + row * C, C, ln);
+  if (row >= R) return;
+  const T* src = x + row * C;
+  if (residual != nullptr) {
+    // layer_norm_row's vector layout, so each lane reads back only the elements it wrote here.
+    T* s = sum_out + row * C;
+    for (int c0 = 0; c0 < C; c0 += 32 * V * P)
+#pragma unroll
+      for (int p = 0; p < P; ++p) {
+        const int c = c0 + (p * 32 + lane) * V;
+        if (c >= C) continue;
+        float a[V], r[V];
+        load_vec<T, V>(src + c, a);
+        load_vec<T, V>(residual + row * C + c, r);
+#pragma unroll
+        for (int u = 0; u < V; ++u) a[u] = __fadd_rn(a[u], r[u]);
+        store_vec<T, V>(s + c, a);
+      }
+    src = s;
+  }
+  layer_norm_row<T, V, P>(src, ln.out + row * C, C, ln);
 }
 
 // Output slot s of merge_by_dest, by one warp: x_out[s] = sum_i(x_i * w_i) / max(sum_i w_i, 1e-12) over
@@ -1045,15 +1070,17 @@ extern "C" __global__ void __launch_bounds__(256)
   info_mean<half_bits>(colsum, info, N, H, chunks);
 }
 
-// The row LayerNorm alone (cuda.layer_norm_rows_cuda): vec as for the merge (C % V == 0, 16-byte rows).
+// The row LayerNorm alone (cuda.layer_norm_rows_cuda; residual and sum_out null) or after a residual add
+// (cuda.add_layer_norm_rows_cuda): vec as for the merge (C % V == 0, 16-byte rows).
 #define VITRT_TF_LAYER_NORM(SUFFIX, T, VEC)                                                                 \
   extern "C" __global__ void __launch_bounds__(256) vitrt_tf_layer_norm_##SUFFIX(                         \
-      const T* x, const T* weight, const T* bias, T* out, int R, int C, float eps, int vec) {              \
+      const T* x, const T* residual, const T* weight, const T* bias, T* sum_out, T* out, int R, int C,     \
+      float eps, int vec) {                                                                                \
     const LayerNormArgs<T> ln{weight, bias, out, eps};                                                     \
     if (vec)                                                                                              \
-      layer_norm_rows<T, VEC, 2>(x, out, R, C, ln);                                                       \
+      layer_norm_rows<T, VEC, 2>(x, residual, sum_out, R, C, ln);                                         \
     else                                                                                                  \
-      layer_norm_rows<T, 1, 4>(x, out, R, C, ln);                                                         \
+      layer_norm_rows<T, 1, 4>(x, residual, sum_out, R, C, ln);                                           \
   }
 VITRT_TF_LAYER_NORM(f32, float, 4)
 VITRT_TF_LAYER_NORM(f16, half_bits, 8)

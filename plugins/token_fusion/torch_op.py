@@ -1,7 +1,8 @@
 """TokenFusion as torch ops: ``torch.ops.vitrt.token_fusion`` (the op of ``spec``),
 ``torch.ops.vitrt.token_fusion_norm`` (the op and the LayerNorm of its fused tokens, which the merge kernel
 writes too: a fused block's norm after its fusion; ``row_layer_norm`` is that LayerNorm alone, which T2T-ViT's
-147-channel norms use on a GPU), ``torch.ops.vitrt.token_merge`` (its merge step alone:
+147-channel norms use on a GPU, and ``add_layer_norm`` the same norm after a residual add, which every
+block's add and norm2 use on a GPU), ``torch.ops.vitrt.token_merge`` (its merge step alone:
 the weighted mean of the groups a ``dest`` defines, which a fused block applies to its attention output)
 and ``torch.ops.vitrt.attention_info`` (the attention each key receives, a fused block's ``info``, from q
 and k without writing the probabilities).
@@ -164,6 +165,38 @@ def _row_layer_norm_cuda(x: Tensor, weight: Tensor | None, bias: Tensor | None, 
 @row_layer_norm_op.register_fake
 def _row_layer_norm_fake(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
     return torch.empty_like(x)
+
+
+@torch.library.custom_op("vitrt::add_layer_norm", mutates_args=())
+def add_layer_norm_op(
+    x: Tensor, y: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    """A block's residual add and the norm after it: x, y [..., C] of one shape -> (s = x + y,
+    ``F.layer_norm(s, (C,), weight, bias, eps)``). On the kernels one launch writes both
+    (``cuda.add_layer_norm_rows_cuda``), s bit-identical to torch's add. Inference only: no gradient is
+    registered (callers use it with grad off)."""
+    if emulating():
+        from .cuda import add_layer_norm_rows_cuda
+
+        return add_layer_norm_rows_cuda(x, y, weight, bias, eps)
+    total = x + y
+    return total, F.layer_norm(total, (total.shape[-1],), weight, bias, eps)
+
+
+@add_layer_norm_op.register_kernel("cuda")
+def _add_layer_norm_cuda(
+    x: Tensor, y: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    from .cuda import add_layer_norm_rows_cuda
+
+    return add_layer_norm_rows_cuda(x, y, weight, bias, eps)
+
+
+@add_layer_norm_op.register_fake
+def _add_layer_norm_fake(
+    x: Tensor, y: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(x), torch.empty_like(x)
 
 
 @torch.library.custom_op("vitrt::token_merge", mutates_args=())

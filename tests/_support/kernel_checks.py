@@ -193,18 +193,29 @@ def check_fusion_norm(
     _close(normed, _layer_norm32(x_f, weight, bias, 1e-6), dtype, "normed")
 
 
-def check_row_layer_norm(rows: int, c: int, dtype: torch.dtype, device: str, affine: bool) -> None:
+def check_row_layer_norm(
+    rows: int, c: int, dtype: torch.dtype, device: str, affine: bool, residual: bool = False
+) -> None:
     """torch.ops.vitrt.row_layer_norm on the kernels (the merge kernel's row LayerNorm alone) against
     F.layer_norm in float32 on tokens [2, rows, c] with a mean of 5 and a spread of 3, within 1e-4
-    (float32) / 1e-2 (float16) relative; c = 147 is T2T-ViT's width, which takes the scalar path."""
-    import vitrt.plugins.token_fusion.torch_op  # noqa: F401  (registers the op)
+    (float32) / 1e-2 (float16) relative; c = 147 is T2T-ViT's width, which takes the scalar path.
+    ``residual``: torch.ops.vitrt.add_layer_norm instead (a block's add and norm2 in one kernel) on x and a
+    residual y of mean 30: its sum bit for bit torch's x + y, its norm that of the sum, as above."""
+    import vitrt.plugins.token_fusion.torch_op  # noqa: F401  (registers the ops)
 
     g = torch.Generator(device=device).manual_seed(rows + c)
     x = (torch.randn(2, rows, c, device=device, generator=g) * 3 + 5).to(dtype)
     weight = (torch.rand(c, device=device, generator=g) + 0.5).to(dtype) if affine else None
     bias = torch.randn(c, device=device, generator=g).to(dtype) if affine else None
-    got = torch.ops.vitrt.row_layer_norm(x, weight, bias, 1e-5)
-    _synchronize(got)
+    if residual:
+        y = (torch.randn(2, rows, c, device=device, generator=g) + 30).to(dtype)
+        total, got = torch.ops.vitrt.add_layer_norm(x, y, weight, bias, 1e-5)
+        _synchronize(got)
+        assert torch.equal(total, x + y)
+        x = total
+    else:
+        got = torch.ops.vitrt.row_layer_norm(x, weight, bias, 1e-5)
+        _synchronize(got)
     assert got.shape == x.shape and got.dtype == dtype and not got.isnan().any()
     _close(got, _layer_norm32(x, weight, bias, 1e-5), dtype, "row_layer_norm")
 

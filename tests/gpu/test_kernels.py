@@ -137,10 +137,13 @@ def test_fusion_with_the_norm_after_it(
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
 @pytest.mark.parametrize(
-    ("rows", "c", "affine"), [(3136 * 8, 147, True), (784, 576, True), (101, 147, False)]
-)
-def test_row_layer_norm(rows: int, c: int, affine: bool, dtype: torch.dtype) -> None:
-    check_row_layer_norm(rows, c, dtype, "cuda", affine)
+    ("rows", "c", "affine", "residual"),
+    [(3136 * 8, 147, True, False), (784, 576, True, False), (101, 147, False, False),
+     (197 * 64, 384, True, True), (101, 147, False, True)],
+    ids=["t2t_b8", "t2t_576", "no_affine", "add_deit_s_b64", "add_scalar_no_affine"],
+)  # fmt: skip
+def test_row_layer_norm(rows: int, c: int, affine: bool, residual: bool, dtype: torch.dtype) -> None:
+    check_row_layer_norm(rows, c, dtype, "cuda", affine, residual)
 
 
 @pytest.mark.parametrize("seed", range(64))

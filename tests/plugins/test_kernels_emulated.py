@@ -123,13 +123,20 @@ def test_matching_phase_clock_emulated(bidirectional: bool, emulated: None) -> N
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
-@pytest.mark.parametrize(("rows", "c", "affine"), [(300, 147, True), (64, 384, True), (37, 147, False)])
-def test_row_layer_norm_emulated(rows: int, c: int, affine: bool, dtype: torch.dtype, emulated: None) -> None:
+@pytest.mark.parametrize(
+    ("rows", "c", "affine", "residual"),
+    [(300, 147, True, False), (64, 384, True, False), (37, 147, False, False), (64, 384, True, True),
+     (37, 147, False, True)],
+    ids=["t2t", "deit", "no_affine", "add_deit", "add_scalar_no_affine"],
+)  # fmt: skip
+def test_row_layer_norm_emulated(
+    rows: int, c: int, affine: bool, residual: bool, dtype: torch.dtype, emulated: None
+) -> None:
     module = emulated_module("token_fusion")
-    before = module.launches.get(f"vitrt_tf_layer_norm_{'f16' if dtype == torch.float16 else 'f32'}", 0)
-    check_row_layer_norm(rows, c, dtype, "cpu", affine)
-    after = module.launches[f"vitrt_tf_layer_norm_{'f16' if dtype == torch.float16 else 'f32'}"]
-    assert after == before + 1  # the kernel ran, not torch's layer_norm
+    kernel = f"vitrt_tf_layer_norm_{'f16' if dtype == torch.float16 else 'f32'}"
+    before = module.launches.get(kernel, 0)
+    check_row_layer_norm(rows, c, dtype, "cpu", affine, residual)
+    assert module.launches[kernel] == before + 1  # the kernel ran, not torch's add and layer_norm
 
 
 # The two T2T token attentions of T2T-ViT-t-14 with Scatterbrain: N = 3136 (c = 24, 2 hashes, m = 12)

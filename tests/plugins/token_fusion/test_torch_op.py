@@ -81,7 +81,7 @@ def _emulator() -> None:
         pytest.skip(str(exc))
 
 
-def _model(fusion: object, embed_dim: int = 32) -> VisionTransformer:
+def _model(fusion: object | None, embed_dim: int = 32) -> VisionTransformer:
     torch.manual_seed(0)
     model = VisionTransformer(
         img_size=64, patch_size=8, num_classes=10, embed_dim=embed_dim, depth=4, num_heads=2, qkv_bias=True
@@ -90,7 +90,8 @@ def _model(fusion: object, embed_dim: int = 32) -> VisionTransformer:
         for p in model.parameters():
             if p.ndim >= 2:
                 p.normal_(0, 0.2)
-    apply_fusion(model, fusion)
+    if fusion is not None:
+        apply_fusion(model, fusion)
     return model.eval()
 
 
@@ -131,12 +132,42 @@ def test_model_takes_the_kernel_path(fusion: object, _emulator: None) -> None:
     fusing = sum(1 for n_in, n_out in itertools.pairwise(schedule) if n_out < n_in)
     assert launched.get("vitrt_tf_match", 0) == fusing, launched
     assert launched.get("vitrt_tf_merge_f32", 0) >= fusing, launched
-    # the norm after a block's fusion rides on the merge kernel: norm1 (one-step-ahead modes) or norm2
-    # (ToMe: fusion between attention and MLP); after an MLP (MCTF mode 0) no norm of the block follows
+    # the norm after a block's fusion rides on the merge kernel: norm1 (one-step-ahead modes), norm2
+    # (ToMe: fusion between attention and MLP) or, after an MLP (MCTF mode 0), the next block's norm1
     config = next(b.config for b in model.modules() if isinstance(b, FusionBlock))
-    after_mlp = config.one_step_ahead == 0 and config.merge_after == "mlp"
-    assert fused.call_count == (0 if after_mlp else fusing)
+    assert fused.call_count == fusing
+    # the other norms after a residual add are one kernel with it (models.layers.add_norm): each block's
+    # norm2 and the norm after the block (the next block's norm1 or the final norm), except those above
+    on_merge = fusing if config.one_step_ahead == 0 else 0
+    assert launched.get("vitrt_tf_layer_norm_f32", 0) == 2 * len(model.blocks) - on_merge, launched
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+def test_plain_blocks_add_and_norm_in_one_kernel(dtype: torch.dtype, _emulator: None) -> None:
+    """A model of plain blocks (no fusion) on the kernel path runs each residual add and the norm after it
+    (norm2, the next block's norm1, the final norm) as one ``add_layer_norm`` kernel and gives the logits
+    of torch's adds and layer_norms within 1e-5 (float32; the norm's sums in another order) / 1e-2
+    (float16) relative; a set_lowering other than "eager" (exports) and gradients keep torch's ops."""
+    from vitrt.plugins.lowering import set_lowering
+
+    model = _model(None).to(dtype)
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(9)).to(dtype)
+    kernel = f"vitrt_tf_layer_norm_{'f16' if dtype == torch.float16 else 'f32'}"
+    module = emulated_module("token_fusion")
+    with emulated_kernels():
+        with torch.no_grad():
+            before = module.launches.get(kernel, 0)
+            got = model(images)
+            assert module.launches.get(kernel, 0) - before == 2 * len(model.blocks)
+            set_lowering(model, "portable")
+            expected = model(images)
+            set_lowering(model, "eager")
+        model(images)  # with gradients: torch's ops
+    assert module.launches.get(kernel, 0) - before == 2 * len(model.blocks)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    error = (got.float() - expected.float()).abs().max() / expected.float().abs().max()
+    assert error <= tol, error
 
 
 @pytest.mark.slow
@@ -163,5 +194,6 @@ def test_float16_model_reads_q_and_k_in_one_kernel(fusion: object, _emulator: No
     assert launched.get("vitrt_tf_attention_info_qk2_f16") == fusing, launched
     assert launched.get("vitrt_tf_info_mean_f16") == fusing, launched
     assert not any(name.startswith("vitrt_tf_attention_info8") for name in launched), launched
+    assert launched.get("vitrt_tf_layer_norm_f16") == 2 * len(model.blocks), launched  # see above
     error = (got.float() - replaced.float()).abs().amax(dim=1) / replaced.float().abs().amax(dim=1)
     assert int((error > 1e-2).sum()) <= 1, error
