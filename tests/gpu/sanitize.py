@@ -41,6 +41,10 @@ def main() -> int:
             *fusion_inputs(2, 197, 384, dtype, "cuda"), TokenFusionAttrs(r=16, **MCTF), weight, bias, 1e-6
         )
         torch.ops.vitrt.row_layer_norm(torch.randn(2, 64, 147, device="cuda").to(dtype), None, None, 1e-5)
+        for c, affine in ((384, True), (147, False)):  # vector and scalar paths
+            pair = torch.randn(2, 2, 197, c, device="cuda").to(dtype)
+            params = (weight, bias) if affine else (None, None)
+            torch.ops.vitrt.add_layer_norm(pair[0], pair[1], *params, 1e-5)
         q, k = qk_inputs(2, 6, 197, 64, dtype, "cuda", "qkv")
         attention_info_qk_cuda(q, k, torch.ones(2, 197, dtype=dtype, device="cuda"), 0.125)
         for mode in Mode:
