@@ -117,10 +117,10 @@ def previous_path(model: nn.Module) -> Iterator[None]:
     """Run ``model`` the way vitrt did when it was last timed on a GPU (issue 15,
     benchmarks/results/h100-2026-11-26), to time the GPU-path changes since then against it in one
     process: a fused block's info from q k^T through a GEMM and the logits kernel (not the kernel reading
-    q and k), the norm after a fusion as its own LayerNorm (not written by the merge kernel), the patch
-    conv and the soft splits as conv / im2col (not a GEMM / strided copy), T2T's 147-channel norms by
-    torch's layer_norm (not the row kernel), and each residual add and the norm after it as torch's add
-    and layer_norm (not one add_layer_norm kernel)."""
+    q and k), the norm after a fusion as its own LayerNorm (not written by the merge kernel, and gathered
+    by dest in the one-step-ahead attention), the patch conv and the soft splits as conv / im2col (not a
+    GEMM / strided copy), T2T's 147-channel norms by torch's layer_norm (not the row kernel), and each
+    residual add and the norm after it as torch's add and layer_norm (not one add_layer_norm kernel)."""
     from vitrt.models import layers
     from vitrt.models.deit import PatchEmbed
     from vitrt.models.layers import RowLayerNorm
@@ -129,8 +129,8 @@ def previous_path(model: nn.Module) -> Iterator[None]:
     from vitrt.plugins.token_fusion.module import FusionBlock
 
     def unfused_norm(
-        block: FusionBlock, x: Any, metric: Any, info: Any, size: Any, attrs: Any, norm: Any
-    ) -> Any:
+        block: FusionBlock, x: Any, metric: Any, info: Any, size: Any, attrs: Any, norm: Any, *_: Any
+    ) -> Any:  # the norm of the fused rows: the one-step-ahead attention gathers its v by dest
         x_f, size_f, dest = block._fuse(x, metric, info, size, attrs)
         return x_f, size_f, dest, norm(x_f)
 

@@ -102,13 +102,16 @@ class FusionDims:
 @dataclass(frozen=True)
 class RowNorm:
     """A LayerNorm over the channels that the merge kernel applies to every merged row as it writes it:
-    device addresses of its weight and bias [C] (0: 1 and 0) and of the output [B, N - r, C] (same dtype
-    as x), and its epsilon. What a fused block's norm after the fusion is, without a pass of its own."""
+    device addresses of its weight and bias [C] (0: 1 and 0) and of the output (same dtype as x), and its
+    epsilon. What a fused block's norm after the fusion is, without a pass of its own. The output is
+    [B, N - r, C], or with ``by_token`` [B, N, C]: token i's row is the norm of the merged row dest[i]
+    (what ``normed.gather(1, dest)`` would give, without the gather)."""
 
     weight: int
     bias: int
     out: int
     eps: float
+    by_token: bool = False
 
 
 def workspace_layout(d: FusionDims) -> dict[str, int]:
@@ -253,7 +256,7 @@ def enqueue_merge(
     """Launch the merge: x [B, N, C] -> x_out [B, N - r, C], the weighted mean of each group of tokens with
     one dest (int64 [B, N]), weights from info / size [B, N] and ``pooling``; size_out [B, N - r] = the
     groups' summed sizes (not written when ``size_out`` is 0); with ``norm``, also the LayerNorm of every
-    merged row. Same dtype for all but dest."""
+    merged row (``RowNorm``). Same dtype for all but dest."""
     vector = 4 if dtype == "float32" else 8  # 16-byte vectors
     align = 16
     norm_ptrs = (norm.weight, norm.bias, norm.out) if norm else (0, 0, 0)
@@ -264,7 +267,8 @@ def enqueue_merge(
         (-(-d.n_out // _WARPS), d.batch, 1),
         (_THREADS, 1, 1),
         [ptr(x), ptr(info), ptr(size), ptr(dest), ptr(x_out), ptr(size_out), i32(d.tokens), i32(d.n_out),
-         i32(d.channels), i32(pooling), i32(vec), *map(ptr, norm_ptrs), f32(norm.eps if norm else 0.0)],
+         i32(d.channels), i32(pooling), i32(vec), *map(ptr, norm_ptrs), f32(norm.eps if norm else 0.0),
+         i32(bool(norm and norm.by_token))],
         stream,
         shared_mem=12 * d.tokens,
     )  # fmt: skip
@@ -473,11 +477,14 @@ def token_fusion_norm_cuda(
     weight: Tensor | None,
     bias: Tensor | None,
     eps: float,
+    by_token: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``token_fusion_cuda`` and ``F.layer_norm(x_fused, (C,), weight, bias, eps)`` in the same launches:
     the merge kernel writes both (a fused block's norm after its fusion; r > 0). weight / bias: [C] of
-    x's dtype, or None. -> (x_fused, size_fused, dest, normed [B, N - r, C])."""
-    x_f, size_f, dest, normed = _token_fusion(x, metric, info, size, attrs, None, None, (weight, bias, eps))
+    x's dtype, or None. -> (x_fused, size_fused, dest, normed [B, N - r, C]); with ``by_token`` normed is
+    [B, N, C], token i's row the norm of x_fused[dest[i]] (``RowNorm``)."""
+    norm = (weight, bias, eps, by_token)
+    x_f, size_f, dest, normed = _token_fusion(x, metric, info, size, attrs, None, None, norm)
     assert normed is not None
     return x_f, size_f, dest, normed
 
@@ -505,7 +512,7 @@ def _token_fusion(
     attrs: TokenFusionAttrs,
     out: tuple[Tensor, Tensor, Tensor] | None,
     tile: int | None,
-    norm: tuple[Tensor | None, Tensor | None, float] | None,
+    norm: tuple[Tensor | None, Tensor | None, float, bool] | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     import torch
 
@@ -525,14 +532,14 @@ def _token_fusion(
             )
     normed, row_norm = None, None
     if norm is not None:
-        weight, bias, eps = norm
+        weight, bias, eps, by_token = norm
         weight, bias = _norm_params(weight, bias, x, "norm ")
-        if d.r == 0:  # no merge kernel to ride on: the copy, then the norm
+        if d.r == 0:  # no merge kernel to ride on: the copy, then the norm (dest = arange: by token too)
             normed = torch.nn.functional.layer_norm(x, (d.channels,), weight, bias, eps)
         else:
-            normed = x.new_empty(d.batch, d.n_out, d.channels)
+            normed = x.new_empty(d.batch, d.tokens if by_token else d.n_out, d.channels)
             addr = [0 if param is None else param.data_ptr() for param in (weight, bias, normed)]
-            row_norm = RowNorm(addr[0], addr[1], addr[2], float(eps))
+            row_norm = RowNorm(addr[0], addr[1], addr[2], float(eps), by_token)
     work = new_workspace(workspace_bytes(d), x)
     with kernel_device(x):
         enqueue(

@@ -106,13 +106,22 @@ class FusionBlock(Block):
         )
 
     def _fuse_norm(
-        self, x: Tensor, metric: Tensor, info: Tensor, size: Tensor, attrs: TokenFusionAttrs, norm: nn.Module
+        self,
+        x: Tensor,
+        metric: Tensor,
+        info: Tensor,
+        size: Tensor,
+        attrs: TokenFusionAttrs,
+        norm: nn.Module,
+        by_token: bool = False,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``_fuse`` and ``norm`` of the fused tokens: (x_fused, size_fused, dest, norm(x_fused)). On the
         kernel path at inference the merge kernel writes both (``torch.ops.vitrt.token_fusion_norm``), so
-        the norm costs no launch and no pass over the fused tokens of its own."""
+        the norm costs no launch and no pass over the fused tokens of its own; there, with ``by_token``,
+        the norm comes by token ([B, N, C]: token i's row is that of x_fused[dest[i]]), which saves the
+        one-step-ahead attention its gather. Elsewhere the norm is [B, N - r, C] whatever ``by_token``."""
         if self._norm_on_merge(x, norm):
-            return token_fusion_norm_call(x, metric, info, size, attrs, cast(nn.LayerNorm, norm))
+            return token_fusion_norm_call(x, metric, info, size, attrs, cast(nn.LayerNorm, norm), by_token)
         x_f, size_f, dest = self._fuse(x, metric, info, size, attrs)
         return x_f, size_f, dest, norm(x_f)
 
@@ -185,10 +194,13 @@ class FusionBlock(Block):
     ) -> Tensor:
         """merge_attention(A) @ v(h) projected, [B, N - r, C], without A or the merged matrix (class
         docstring): q, k [B, H, N, E] of the unfused tokens with proportional-attention sizes ``prop``,
-        h [B, N - r, C] the fused tokens' norm1."""
-        v = self._v(h)  # [B, H, N', E]
+        h the fused tokens' norm1: [B, N - r, C], or by token [B, N, C] (``_fuse_norm``)."""
         b, heads, n, _ = q.shape
-        vg = v.gather(2, dest[:, None, :, None].expand(b, heads, n, v.shape[-1]))
+        if h.shape[1] == n:  # by token: v of each token's merged row, V'[dest], with no gather
+            vg = self._v(h)
+        else:
+            v = self._v(h)  # [B, H, N', E]
+            vg = v.gather(2, dest[:, None, :, None].expand(b, heads, n, v.shape[-1]))
         bias = None if prop is None else self._log_size(prop, q)
         o = F.scaled_dot_product_attention(q, k, vg, attn_mask=bias, scale=self.attn.scale)
         o = token_merge_op(o.transpose(1, 2).reshape(b, n, -1), dest, info, size, attrs.pooling, n - attrs.r)
@@ -227,7 +239,8 @@ class FusionBlock(Block):
                     probs = self._probs(q, k, prop)
                     info = attention_received(probs)
             metric = k.mean(dim=1) if cfg.metric == "keys" else x
-            x_f, size_f, dest, h = self._fuse_norm(x, metric, info, size_in, attrs, self.norm1)
+            by_token = cfg.one_step_ahead == 1 and fast
+            x_f, size_f, dest, h = self._fuse_norm(x, metric, info, size_in, attrs, self.norm1, by_token)
             if cfg.one_step_ahead == 1 and fast:
                 out = self._one_step_ahead(q, k, prop, dest, info, size_in, attrs, h)
             elif cfg.one_step_ahead == 1:

@@ -388,13 +388,16 @@ __device__ void scores_tile_mma(const half_bits* __restrict__ metric, const half
 }
 
 // A LayerNorm over the channels applied to the merged rows (a fused block's norm after the fusion):
-// out == nullptr disables it; weight / bias may be null (1 / 0).
+// out == nullptr disables it; weight / bias may be null (1 / 0). by_token: out is [B, N, C], one row per
+// token of the merge's input, each the norm of the merged row its token went to (what the block gathers
+// by dest next), instead of [B, N_out, C].
 template <typename T>
 struct LayerNormArgs {
   const T* weight;
   const T* bias;
   T* out;
   float eps;
+  int by_token;
 };
 
 // LayerNorm of one row of C values by one warp, as torch's layer_norm computes it from the row as stored
@@ -402,8 +405,11 @@ struct LayerNormArgs {
 // in float32. Each lane reads back exactly the elements it wrote (program order makes its own writes
 // visible) with the same vector layout as merge_slot; two passes for the statistics, one for the output.
 // `row` is not __restrict__: this kernel wrote it, so its reads must not become read-only-cache loads.
-template <typename T, int V, int P>
-__device__ void layer_norm_row(const T* row, T* __restrict__ out, int C, const LayerNormArgs<T>& ln) {
+// Output rows: out_rows(store) calls store(out_row) for each row [C] that receives the normed values
+// (one, or a merged row's tokens); every lane of the warp makes every call of the output pass (lanes
+// past C store nothing), so out_rows may use warp collectives.
+template <typename T, int V, int P, typename OutRows>
+__device__ void layer_norm_row(const T* row, int C, const LayerNormArgs<T>& ln, OutRows&& out_rows) {
   const int lane = threadIdx.x & 31;
   auto each_vector = [&](auto&& visit) {  // this lane's vectors of the row, as merge_slot wrote them
     for (int c0 = 0; c0 < C; c0 += 32 * V * P)
@@ -427,19 +433,29 @@ __device__ void layer_norm_row(const T* row, T* __restrict__ out, int C, const L
     for (int u = 0; u < V; ++u) sq = fmaf(v[u] - mean, v[u] - mean, sq);
   });
   const float rstd = 1.0f / sqrtf(warp_sum(sq) / (float)C + ln.eps);
-  each_vector([&](int c, float* v) {
-    float wv[V], bv[V];
+  for (int c0 = 0; c0 < C; c0 += 32 * V * P)
 #pragma unroll
-    for (int u = 0; u < V; ++u) {
-      wv[u] = 1.0f;
-      bv[u] = 0.0f;
+    for (int p = 0; p < P; ++p) {
+      const int c = c0 + (p * 32 + lane) * V;
+      const bool active = c < C;
+      float v[V];
+      if (active) {
+        float wv[V], bv[V];
+#pragma unroll
+        for (int u = 0; u < V; ++u) {
+          wv[u] = 1.0f;
+          bv[u] = 0.0f;
+        }
+        load_vec<T, V>(row + c, v);
+        if (ln.weight != nullptr) load_vec<T, V>(ln.weight + c, wv);
+        if (ln.bias != nullptr) load_vec<T, V>(ln.bias + c, bv);
+#pragma unroll
+        for (int u = 0; u < V; ++u) v[u] = fmaf((v[u] - mean) * rstd, wv[u], bv[u]);
+      }
+      out_rows([&](T* out) {
+        if (active) store_vec<T, V>(out + c, v);
+      });
     }
-    if (ln.weight != nullptr) load_vec<T, V>(ln.weight + c, wv);
-    if (ln.bias != nullptr) load_vec<T, V>(ln.bias + c, bv);
-#pragma unroll
-    for (int u = 0; u < V; ++u) v[u] = fmaf((v[u] - mean) * rstd, wv[u], bv[u]);
-    store_vec<T, V>(out + c, v);
-  });
 }
 
 // The same row LayerNorm on its own, one warp per row of x [R, C] -> ln.out [R, C]: for widths that
@@ -472,7 +488,7 @@ __device__ void layer_norm_rows(const T* __restrict__ x, const T* __restrict__ r
       }
     src = s;
   }
-  layer_norm_row<T, V, P>(src, ln.out + row * C, C, ln);
+  layer_norm_row<T, V, P>(src, C, ln, [&](auto&& store) { store(ln.out + row * C); });
 }
 
 // Output slot s of merge_by_dest, by one warp: x_out[s] = sum_i(x_i * w_i) / max(sum_i w_i, 1e-12) over
@@ -557,7 +573,20 @@ __device__ void merge_slot(const T* __restrict__ x, const float* __restrict__ w,
       store_vec<T, V>(ob + c, acc[p]);
     }
   }
-  if (ln.out != nullptr) layer_norm_row<T, V, P>(ob, ln.out + ((int64)b * N_out + s) * C, C, ln);
+  if (ln.out == nullptr) return;
+  layer_norm_row<T, V, P>(ob, C, ln, [&](auto&& store) {
+    if (!ln.by_token) {
+      store(ln.out + ((int64)b * N_out + s) * C);
+      return;
+    }
+    for (int n0 = 0; n0 < N; n0 += 32) {  // the slot's members, as above
+      unsigned bits = __ballot_sync(kFullMask, n0 + lane < N && dst[n0 + lane] == s);
+      while (bits != 0u) {
+        store(ln.out + ((int64)b * N + n0 + __ffs(bits) - 1) * C);
+        bits &= bits - 1u;
+      }
+    }
+  });
 }
 
 // The merge: block (x, b) loads batch element b's dest, sizes and pooling weights w (spec.Pooling: 1 =
@@ -1014,13 +1043,15 @@ extern "C" __global__ void __launch_bounds__(512) vitrt_tf_match_timed(const flo
 
 // vec: 1 when C and the x / x_out addresses allow V-wide vectors (f32: 4 floats, f16: 8 halves = 16
 // bytes), else 0 (one element per lane).
-// ln_out: 0, or the LayerNorm of every merged row (ln_weight / ln_bias may be 0) with ln_eps; vec then
-// also covers ln_out, ln_weight and ln_bias.
+// ln_out: 0, or the LayerNorm of every merged row (ln_weight / ln_bias may be 0) with ln_eps, [B, N_out, C],
+// or with ln_by_token [B, N, C] (each token's row: the norm of the merged row it went to); vec then also
+// covers ln_out, ln_weight and ln_bias.
 #define VITRT_TF_MERGE(SUFFIX, T, VEC)                                                                        \
   extern "C" __global__ void __launch_bounds__(256) vitrt_tf_merge_##SUFFIX(                                  \
       const T* x, const T* info, const T* size, const int64* dest, T* x_out, T* size_out, int N, int N_out,   \
-      int C, int pooling, int vec, const T* ln_weight, const T* ln_bias, T* ln_out, float ln_eps) {          \
-    const LayerNormArgs<T> ln{ln_weight, ln_bias, ln_out, ln_eps};                                          \
+      int C, int pooling, int vec, const T* ln_weight, const T* ln_bias, T* ln_out, float ln_eps,            \
+      int ln_by_token) {                                                                                    \
+    const LayerNormArgs<T> ln{ln_weight, ln_bias, ln_out, ln_eps, ln_by_token};                             \
     if (vec)                                                                                                \
       merge_by_dest<T, VEC, 2>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling, ln);               \
     else                                                                                                    \
@@ -1076,7 +1107,7 @@ extern "C" __global__ void __launch_bounds__(256)
   extern "C" __global__ void __launch_bounds__(256) vitrt_tf_layer_norm_##SUFFIX(                         \
       const T* x, const T* residual, const T* weight, const T* bias, T* sum_out, T* out, int R, int C,     \
       float eps, int vec) {                                                                                \
-    const LayerNormArgs<T> ln{weight, bias, out, eps};                                                     \
+    const LayerNormArgs<T> ln{weight, bias, out, eps, 0};                                                  \
     if (vec)                                                                                              \
       layer_norm_rows<T, VEC, 2>(x, residual, sum_out, R, C, ln);                                         \
     else                                                                                                  \

@@ -109,22 +109,27 @@ def token_fusion_norm_op(
     weight: Tensor | None,
     bias: Tensor | None,
     eps: float,
+    by_token: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``token_fusion`` then ``F.layer_norm(x_fused, (C,), weight, bias, eps)``: (x_fused, size_fused,
-    dest, normed [B, N - r, C]). On the kernels the merge writes both (a fused block's norm after its
-    fusion, one pass less). Inference only: no gradient is registered (blocks call it with grad off)."""
+    dest, normed [B, N - r, C]); ``by_token``: normed [B, N, C], token i's row the norm of x_fused[dest[i]]
+    (the gather a fused block's one-step-ahead attention needs, without a gather). On the kernels the merge
+    writes both (a fused block's norm after its fusion, one pass less). Inference only: no gradient is
+    registered (blocks call it with grad off)."""
     attrs = TokenFusionAttrs(r, num_protected, tau_sim, tau_info, tau_size, bidirectional, pooling)
     if emulating():
         from .cuda import token_fusion_norm_cuda
 
-        return token_fusion_norm_cuda(x, metric, info, size, attrs, weight, bias, eps)
+        return token_fusion_norm_cuda(x, metric, info, size, attrs, weight, bias, eps, by_token)
     x_f, size_f, dest = token_fusion(x, metric, info, size, attrs)
     normed = F.layer_norm(x_f, (x_f.shape[-1],), weight, bias, eps)
+    if by_token:
+        normed = normed.gather(1, dest[..., None].expand(-1, -1, normed.shape[-1]))
     return x_f.clone(), size_f.clone(), dest.clone(), normed
 
 
 # The registrations below take the op's arguments as they come: x, metric, info, size, the seven
-# attributes (``spec`` order), weight, bias, eps.
+# attributes (``spec`` order), weight, bias, eps, by_token.
 
 
 @token_fusion_norm_op.register_kernel("cuda")
@@ -137,10 +142,11 @@ def _token_fusion_norm_cuda(*args: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]
 
 @token_fusion_norm_op.register_fake
 def _token_fusion_norm_fake(*args: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    x, size, r = args[0], args[3], args[4]
+    x, size, r, by_token = args[0], args[3], args[4], args[14]
     b, n, c = x.shape
     fused = x.new_empty(b, n - r, c)
-    return fused, size.new_empty(b, n - r), x.new_empty(b, n, dtype=torch.int64), torch.empty_like(fused)
+    normed = x.new_empty(b, n, c) if by_token else torch.empty_like(fused)
+    return fused, size.new_empty(b, n - r), x.new_empty(b, n, dtype=torch.int64), normed
 
 
 @torch.library.custom_op("vitrt::row_layer_norm", mutates_args=())
@@ -309,9 +315,17 @@ def _attribute_values(attrs: TokenFusionAttrs) -> list[int | float]:
 
 
 def token_fusion_norm_call(
-    x: Tensor, metric: Tensor, info: Tensor, size: Tensor, attrs: TokenFusionAttrs, norm: nn.LayerNorm
+    x: Tensor,
+    metric: Tensor,
+    info: Tensor,
+    size: Tensor,
+    attrs: TokenFusionAttrs,
+    norm: nn.LayerNorm,
+    by_token: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``token_fusion_call`` and ``norm`` of its fused tokens through ``torch.ops.vitrt.token_fusion_norm``:
-    (x_fused, size_fused, dest, norm(x_fused)); norm a LayerNorm over the channels."""
+    (x_fused, size_fused, dest, norm(x_fused), by token with ``by_token``); norm a LayerNorm over the
+    channels."""
     values = _attribute_values(attrs)
-    return token_fusion_norm_op(x, metric, info, size, *values, norm.weight, norm.bias, float(norm.eps))
+    weight, bias, eps = norm.weight, norm.bias, float(norm.eps)
+    return token_fusion_norm_op(x, metric, info, size, *values, weight, bias, eps, by_token)

@@ -173,9 +173,10 @@ def check_fusion_norm(
 ) -> None:
     """token_fusion_norm_cuda (the merge kernel also writing a LayerNorm of the fused tokens): x_fused,
     size_fused and dest bit for bit those of token_fusion_cuda (same kernels), and the norm equal to
-    F.layer_norm of that x_fused within 1e-4 (float32) / 1e-2 (float16) relative. ``offset`` is added to
-    x (a residual stream's mean far from 0: the variance must not come from E[x^2] - mean^2); every
-    element written (the same launches, NaN-free)."""
+    F.layer_norm of that x_fused within 1e-4 (float32) / 1e-2 (float16) relative, and by token (normed
+    [B, N, C]) equal to it gathered by dest. ``offset`` is added to x (a residual stream's mean far from
+    0: the variance must not come from E[x^2] - mean^2); every element written (the same launches,
+    NaN-free)."""
     from vitrt.plugins.token_fusion.cuda import token_fusion_cuda, token_fusion_norm_cuda
 
     attrs = TokenFusionAttrs(r=r, **MCTF)
@@ -191,6 +192,12 @@ def check_fusion_norm(
         assert torch.equal(got, want)
     assert normed.shape == x_f.shape and normed.dtype == dtype and not normed.isnan().any()
     _close(normed, _layer_norm32(x_f, weight, bias, 1e-6), dtype, "normed")
+    # by token ([B, N, C], a fused block's one-step-ahead attention): the rows of dest, bit for bit
+    by_token = token_fusion_norm_cuda(x, metric, info, size, attrs, weight, bias, 1e-6, by_token=True)
+    _synchronize(by_token[3])
+    for got, want in zip(by_token[:3], plain, strict=True):
+        assert torch.equal(got, want)
+    assert torch.equal(by_token[3], normed.gather(1, dest[..., None].expand(-1, -1, c)))
 
 
 def check_row_layer_norm(

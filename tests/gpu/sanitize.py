@@ -37,9 +37,9 @@ def main() -> int:
             torch.ones(384, dtype=dtype, device="cuda"),
             torch.zeros(384, dtype=dtype, device="cuda"),
         )
-        token_fusion_norm_cuda(
-            *fusion_inputs(2, 197, 384, dtype, "cuda"), TokenFusionAttrs(r=16, **MCTF), weight, bias, 1e-6
-        )
+        for by_token in (False, True):
+            inputs = fusion_inputs(2, 197, 384, dtype, "cuda")
+            token_fusion_norm_cuda(*inputs, TokenFusionAttrs(r=16, **MCTF), weight, bias, 1e-6, by_token)
         torch.ops.vitrt.row_layer_norm(torch.randn(2, 64, 147, device="cuda").to(dtype), None, None, 1e-5)
         for c, affine in ((384, True), (147, False)):  # vector and scalar paths
             pair = torch.randn(2, 2, 197, c, device="cuda").to(dtype)
