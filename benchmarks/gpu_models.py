@@ -118,9 +118,10 @@ def previous_path(model: nn.Module) -> Iterator[None]:
     benchmarks/results/h100-2026-11-26), to time the GPU-path changes since then against it in one
     process: a fused block's info from q k^T through a GEMM and the logits kernel (not the kernel reading
     q and k), the norm after a fusion as its own LayerNorm (not written by the merge kernel, and gathered
-    by dest in the one-step-ahead attention), the patch conv and the soft splits as conv / im2col (not a
-    GEMM / strided copy), T2T's 147-channel norms by torch's layer_norm (not the row kernel), and each
-    residual add and the norm after it as torch's add and layer_norm (not one add_layer_norm kernel)."""
+    by dest in the one-step-ahead attention), proportional attention's log size by torch's log (not
+    written with info), the patch conv and the soft splits as conv / im2col (not a GEMM / strided copy),
+    T2T's 147-channel norms by torch's layer_norm (not the row kernel), and each residual add and the norm
+    after it as torch's add and layer_norm (not one add_layer_norm kernel)."""
     from vitrt.models import layers
     from vitrt.models.deit import PatchEmbed
     from vitrt.models.layers import RowLayerNorm
@@ -134,17 +135,24 @@ def previous_path(model: nn.Module) -> Iterator[None]:
         x_f, size_f, dest = block._fuse(x, metric, info, size, attrs)
         return x_f, size_f, dest, norm(x_f)
 
+    def info_then_log(block: FusionBlock, q: Any, k: Any, size: Any) -> Any:  # log size as its own kernel
+        info, _ = info_with_log(block, q, k, size)
+        return info, None if size is None else block._log_size(size, q)
+
     reformulated = [m for m in model.modules() if isinstance(m, PatchEmbed | T2TModule | RowLayerNorm)]
-    saved = (tf_cuda.info_qk_applies, FusionBlock._fuse_norm, layers.add_norm_fuses)
+    saved = (tf_cuda.info_qk_applies, FusionBlock._fuse_norm, FusionBlock._info, layers.add_norm_fuses)
+    info_with_log = FusionBlock._info
     tf_cuda.info_qk_applies = lambda *args: False
     FusionBlock._fuse_norm = unfused_norm  # type: ignore[assignment,method-assign]
+    FusionBlock._info = info_then_log  # type: ignore[method-assign]
     layers.add_norm_fuses = lambda *args: False
     for m in reformulated:
         m.lowering = "portable"  # only these modules: attention keeps its eager path
     try:
         yield
     finally:
-        tf_cuda.info_qk_applies, FusionBlock._fuse_norm, layers.add_norm_fuses = saved  # type: ignore[method-assign]
+        tf_cuda.info_qk_applies, layers.add_norm_fuses = saved[0], saved[3]
+        FusionBlock._fuse_norm, FusionBlock._info = saved[1], saved[2]  # type: ignore[method-assign]
         for m in reformulated:
             m.lowering = "eager"
 

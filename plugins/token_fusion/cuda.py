@@ -363,16 +363,26 @@ def enqueue_attention_info_qk(
 
 
 def enqueue_info_mean(
-    colsum: int, info: int, batch: int, heads: int, tokens: int, chunks: int, dtype: str, stream: int
+    colsum: int,
+    info: int,
+    batch: int,
+    heads: int,
+    tokens: int,
+    chunks: int,
+    dtype: str,
+    stream: int,
+    size: int = 0,
+    log_size: int = 0,
 ) -> None:
     """Launch ``vitrt_tf_info_mean``: float32 colsum [B, H, chunks, N] -> info [B, N] of ``dtype``, the
-    sum over heads and chunks / (H N)."""
+    sum over heads and chunks / (H N); with ``log_size`` (and ``size``, both [B, N] of ``dtype``) also
+    log_size = log(size), proportional attention's bias."""
     launch(
         load_module(SOURCE),
         f"vitrt_tf_info_mean_{kernel_suffix(dtype, PLUGIN_NAME)}",
         (-(-tokens // _THREADS), batch, 1),
         (_THREADS, 1, 1),
-        [ptr(colsum), ptr(info), i32(tokens), i32(heads), i32(chunks)],
+        [ptr(colsum), ptr(info), i32(tokens), i32(heads), i32(chunks), ptr(size), ptr(log_size)],
         stream,
     )
 
@@ -595,10 +605,13 @@ def _info_buffers(b: int, h: int, n: int, like: Tensor) -> tuple[Tensor, Tensor]
     return colsum, torch.empty(b, n, dtype=like.dtype, device=like.device)
 
 
-def attention_info_cuda(logits: Tensor, size: Tensor | None, scale: float) -> Tensor:
+def attention_info_cuda(
+    logits: Tensor, size: Tensor | None, scale: float, log_size: Tensor | None = None
+) -> Tensor:
     """``reference.attention_info`` with the kernel: logits [B, H, N, N] (q k^T before the scale), size
     [B, N] or None (proportional attention: log size added per key) -> [B, N] in the logits' dtype, the
-    attention each key receives averaged over heads and queries. The probabilities are never written."""
+    attention each key receives averaged over heads and queries. The probabilities are never written.
+    ``log_size``: a tensor that receives log(size) from the same launches (``_checked_log_size``)."""
 
     check_kernel_tensor("logits", logits, logits.device)
     if logits.dim() != 4 or logits.shape[2] != logits.shape[3] or logits.dtype not in SUPPORTED_DTYPES:
@@ -607,6 +620,7 @@ def attention_info_cuda(logits: Tensor, size: Tensor | None, scale: float) -> Te
         )
     b, h, n, _ = logits.shape
     size = _checked_size(size, b, n, logits)
+    log_ptr = _checked_log_size(log_size, size, logits)
     logits = logits.contiguous()
     dtype, stream = tensor_dtype_name(logits), kernel_stream(logits)
     colsum, info = _info_buffers(b, h, n, logits)
@@ -615,16 +629,34 @@ def attention_info_cuda(logits: Tensor, size: Tensor | None, scale: float) -> Te
         chunks = enqueue_attention_info(
             logits.data_ptr(), size_ptr, colsum.data_ptr(), b, h, n, scale, dtype, stream
         )
-        enqueue_info_mean(colsum.data_ptr(), info.data_ptr(), b, h, n, chunks, dtype, stream)
+        sums = (colsum.data_ptr(), info.data_ptr())
+        enqueue_info_mean(*sums, b, h, n, chunks, dtype, stream, size_ptr, log_ptr)
     return info
 
 
-def attention_info_qk_cuda(q: Tensor, k: Tensor, size: Tensor | None, scale: float) -> Tensor:
+def _checked_log_size(log_size: Tensor | None, size: Tensor | None, like: Tensor) -> int:
+    """The device address of ``log_size``, which receives log(size) (0: none asked): a contiguous tensor of
+    size's shape and dtype, given only with a size."""
+    if log_size is None:
+        return 0
+    if size is None:
+        raise ValueError("log_size needs a size")
+    check_kernel_tensor("log_size", log_size, like.device)
+    if log_size.shape != size.shape or log_size.dtype != size.dtype or not log_size.is_contiguous():
+        raise ValueError(f"log_size must be a contiguous {size.dtype} {tuple(size.shape)}, got "
+                         f"{log_size.dtype} {tuple(log_size.shape)}")  # fmt: skip
+    return int(log_size.data_ptr())
+
+
+def attention_info_qk_cuda(
+    q: Tensor, k: Tensor, size: Tensor | None, scale: float, log_size: Tensor | None = None
+) -> Tensor:
     """``reference.attention_info(q @ k^T, size, scale)``: q, k [B, H, N, E] (any strides), size [B, N] or
     None -> [B, N] in q's dtype. Float16 with E in ``INFO_QK_HEAD_DIMS`` and N <= ``INFO_QK_MAX_TOKENS``:
     one kernel reads q and k (views of the qkv projection are read in place when their rows are 16-byte
     aligned) and a second takes the mean, so neither the logits nor contiguous copies are written;
-    otherwise q k^T by a GEMM, then ``attention_info_cuda`` (or the reference beyond its token limit)."""
+    otherwise q k^T by a GEMM, then ``attention_info_cuda`` (or the reference beyond its token limit).
+    ``log_size`` (a contiguous tensor like size) receives log(size), written by the mean's launch."""
     import torch
 
     from .reference import attention_info
@@ -640,12 +672,14 @@ def attention_info_qk_cuda(q: Tensor, k: Tensor, size: Tensor | None, scale: flo
     dtype = tensor_dtype_name(q)
     if not info_qk_applies(dtype, n, e):
         logits = q @ k.transpose(-2, -1)
-        return (
-            attention_info(logits, size, scale)
-            if info_kernel(n) is None
-            else attention_info_cuda(logits, size, scale)
-        )
+        if info_kernel(n) is not None:
+            return attention_info_cuda(logits, size, scale, log_size)
+        _checked_log_size(log_size, size, q)
+        if log_size is not None and size is not None:
+            torch.log(size, out=log_size)
+        return attention_info(logits, size, scale)
     size = _checked_size(size, b, n, q)
+    log_ptr = _checked_log_size(log_size, size, q)
 
     def rows(t: Tensor) -> Tensor:
         """t itself with unit channel stride and 16-byte aligned rows, else a fresh contiguous copy (a
@@ -658,11 +692,13 @@ def attention_info_qk_cuda(q: Tensor, k: Tensor, size: Tensor | None, scale: flo
     stream = kernel_stream(q)
     colsum, info = _info_buffers(b, h, n, q)
     with kernel_device(q):
+        size_ptr = 0 if size is None else size.data_ptr()
         chunks = enqueue_attention_info_qk(
-            q.data_ptr(), k.data_ptr(), 0 if size is None else size.data_ptr(), colsum.data_ptr(), b, h, n, e,
+            q.data_ptr(), k.data_ptr(), size_ptr, colsum.data_ptr(), b, h, n, e,
             (q.stride(0), q.stride(1), q.stride(2)), (k.stride(0), k.stride(1), k.stride(2)), scale, stream,
         )  # fmt: skip
-        enqueue_info_mean(colsum.data_ptr(), info.data_ptr(), b, h, n, chunks, dtype, stream)
+        sums = (colsum.data_ptr(), info.data_ptr())
+        enqueue_info_mean(*sums, b, h, n, chunks, dtype, stream, size_ptr, log_ptr)
     return info
 
 

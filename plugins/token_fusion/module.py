@@ -168,24 +168,31 @@ class FusionBlock(Block):
     def _attend(self, probs: Tensor, v: Tensor) -> Tensor:
         return self.attn.merge_heads(self.attn.attn_drop(probs) @ v)
 
-    def _attention(self, q: Tensor, k: Tensor, v: Tensor, size: Tensor | None, fast: bool) -> Tensor:
-        """The block's attention output [B, N, C] (projected) when no probabilities are needed."""
+    def _attention(
+        self, q: Tensor, k: Tensor, v: Tensor, size: Tensor | None, fast: bool, bias: Tensor | None = None
+    ) -> Tensor:
+        """The block's attention output [B, N, C] (projected) when no probabilities are needed; ``bias``:
+        log size [B, 1, 1, N] where already computed (``_info``), else computed from ``size`` here."""
         if not fast:
             return self._attend(self._probs(q, k, size), v)
-        bias = None if size is None else self._log_size(size, q)
+        if bias is None and size is not None:
+            bias = self._log_size(size, q)
         return self.attn.merge_heads(
             F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.attn.scale)
         )
 
-    def _info(self, q: Tensor, k: Tensor, size: Tensor | None) -> Tensor:
-        """Attention each key receives [B, N] (kernel path): from q and k, the probabilities never formed."""
-        return attention_info_op(q, k, size, float(self.attn.scale))
+    def _info(self, q: Tensor, k: Tensor, size: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Attention each key receives [B, N] (kernel path): from q and k, the probabilities never formed;
+        and proportional attention's bias for ``size`` (log size [B, 1, 1, N]) from the same launches, or
+        None without a size."""
+        info, log_size = attention_info_op(q, k, size, float(self.attn.scale))
+        return info, None if size is None else log_size[:, None, None, :]
 
     def _one_step_ahead(
         self,
         q: Tensor,
         k: Tensor,
-        prop: Tensor | None,
+        bias: Tensor | None,
         dest: Tensor,
         info: Tensor,
         size: Tensor,
@@ -193,15 +200,15 @@ class FusionBlock(Block):
         h: Tensor,
     ) -> Tensor:
         """merge_attention(A) @ v(h) projected, [B, N - r, C], without A or the merged matrix (class
-        docstring): q, k [B, H, N, E] of the unfused tokens with proportional-attention sizes ``prop``,
-        h the fused tokens' norm1: [B, N - r, C], or by token [B, N, C] (``_fuse_norm``)."""
+        docstring): q, k [B, H, N, E] of the unfused tokens with proportional attention's ``bias`` (log
+        size [B, 1, 1, N], or None), h the fused tokens' norm1: [B, N - r, C], or by token [B, N, C]
+        (``_fuse_norm``)."""
         b, heads, n, _ = q.shape
         if h.shape[1] == n:  # by token: v of each token's merged row, V'[dest], with no gather
             vg = self._v(h)
         else:
             v = self._v(h)  # [B, H, N', E]
             vg = v.gather(2, dest[:, None, :, None].expand(b, heads, n, v.shape[-1]))
-        bias = None if prop is None else self._log_size(prop, q)
         o = F.scaled_dot_product_attention(q, k, vg, attn_mask=bias, scale=self.attn.scale)
         o = token_merge_op(o.transpose(1, 2).reshape(b, n, -1), dest, info, size, attrs.pooling, n - attrs.r)
         return self.attn.proj_drop(self.attn.proj(o))
@@ -234,7 +241,7 @@ class FusionBlock(Block):
             with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.one_step_ahead == 1):
                 q, k = self._qk(h)
                 if fast:
-                    info = self._info(q, k, prop)
+                    info, bias = self._info(q, k, prop)
                 else:
                     probs = self._probs(q, k, prop)
                     info = attention_received(probs)
@@ -242,7 +249,7 @@ class FusionBlock(Block):
             by_token = cfg.one_step_ahead == 1 and fast
             x_f, size_f, dest, h = self._fuse_norm(x, metric, info, size_in, attrs, self.norm1, by_token)
             if cfg.one_step_ahead == 1 and fast:
-                out = self._one_step_ahead(q, k, prop, dest, info, size_in, attrs, h)
+                out = self._one_step_ahead(q, k, bias, dest, info, size_in, attrs, h)
             elif cfg.one_step_ahead == 1:
                 weights = pooling_weights(info, size_in, attrs.pooling)
                 out = self._attend(
@@ -259,8 +266,8 @@ class FusionBlock(Block):
             # ToMe's weights need no attention (tau_info = 0, size pooling): the op does not read info
             # then, so the sizes stand in for it (a [B, N] tensor of the dtype; no fill launched).
             needs_info = attrs.tau_info > 0 or attrs.pooling == Pooling.ATTN_SIZE
-            info = self._info(q, k, prop) if needs_info else size_in
-            attended = self.drop_path(self._attention(q, k, v, prop, fast))
+            info, bias = self._info(q, k, prop) if needs_info else (size_in, None)
+            attended = self.drop_path(self._attention(q, k, v, prop, fast, bias))
         else:
             probs = self._probs(q, k, prop)
             info = attention_received(probs)

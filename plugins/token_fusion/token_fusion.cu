@@ -832,15 +832,19 @@ __device__ void attention_info_qk(const half_bits* __restrict__ q, const half_bi
 
 // The mean that turns attention_info's column sums into `info`: colsum [B, H, chunks, N] float32 -> info
 // [B, N] (T) = the sum over heads and chunks, in that order, / (H N), as reference.attention_received's
-// mean over heads and queries. Grid (ceil(N / 256), B).
+// mean over heads and queries. With log_size (then size is given): log_size [B, N] (T) = log(size), the
+// proportional attention's bias that the block's attention adds next, as torch's log computes it (in
+// float32, rounded to T), so that it costs no launch of its own. Grid (ceil(N / 256), B).
 template <typename T>
-__device__ void info_mean(const float* __restrict__ colsum, T* __restrict__ info, int N, int H, int chunks) {
+__device__ void info_mean(const float* __restrict__ colsum, T* __restrict__ info, int N, int H, int chunks,
+                          const T* __restrict__ size, T* __restrict__ log_size) {
   const int b = blockIdx.y, j = blockIdx.x * blockDim.x + threadIdx.x;
   if (j >= N) return;
   const float* c = colsum + (int64)b * H * chunks * N + j;
   float s = 0.0f;
   for (int i = 0; i < H * chunks; ++i) s += c[(int64)i * N];
   info[(int64)b * N + j] = from_float<T>(s / (float)(H * N));
+  if (log_size != nullptr) log_size[(int64)b * N + j] = from_float<T>(logf(to_float(size[(int64)b * N + j])));
 }
 
 // Stable descending rank of values[i] among values[0, n) for one warp: how many are larger, or equal with
@@ -1092,13 +1096,16 @@ VITRT_TF_INFO_QK(2)
 VITRT_TF_INFO_QK(4)
 VITRT_TF_INFO_QK(8)
 
-extern "C" __global__ void __launch_bounds__(256)
-    vitrt_tf_info_mean_f32(const float* colsum, float* info, int N, int H, int chunks) {
-  info_mean<float>(colsum, info, N, H, chunks);
+extern "C" __global__ void __launch_bounds__(256) vitrt_tf_info_mean_f32(const float* colsum, float* info, int N,
+                                                                         int H, int chunks, const float* size,
+                                                                         float* log_size) {
+  info_mean<float>(colsum, info, N, H, chunks, size, log_size);
 }
-extern "C" __global__ void __launch_bounds__(256)
-    vitrt_tf_info_mean_f16(const float* colsum, half_bits* info, int N, int H, int chunks) {
-  info_mean<half_bits>(colsum, info, N, H, chunks);
+extern "C" __global__ void __launch_bounds__(256) vitrt_tf_info_mean_f16(const float* colsum, half_bits* info,
+                                                                         int N, int H, int chunks,
+                                                                         const half_bits* size,
+                                                                         half_bits* log_size) {
+  info_mean<half_bits>(colsum, info, N, H, chunks, size, log_size);
 }
 
 // The row LayerNorm alone (cuda.layer_norm_rows_cuda; residual and sum_out null) or after a residual add

@@ -234,30 +234,41 @@ def _token_merge_fake(
 
 
 @torch.library.custom_op("vitrt::attention_info", mutates_args=())
-def attention_info_op(q: Tensor, k: Tensor, size: Tensor | None, scale: float) -> Tensor:
-    """``reference.attention_info(q @ k^T, size, scale)``: q, k [B, H, N, E], size [B, N] or None -> [B, N]
-    in q's dtype. On the kernels (``cuda.attention_info_qk_cuda``) neither the probabilities nor, for
-    float16, the logits are written."""
+def attention_info_op(q: Tensor, k: Tensor, size: Tensor | None, scale: float) -> tuple[Tensor, Tensor]:
+    """``reference.attention_info(q @ k^T, size, scale)``: q, k [B, H, N, E], size [B, N] or None -> (info
+    [B, N] in q's dtype, log_size): log_size = log(size) [B, N], the proportional attention's bias, which the
+    block's attention adds next ([B, 0] without a size). On the kernels (``cuda.attention_info_qk_cuda``)
+    neither the probabilities nor, for float16, the logits are written, and log_size comes from the
+    launch that writes info. Both are constants for gradients (the reference's info is)."""
+    log_size = _log_size_like(q, size)
     if emulating():
         from .cuda import attention_info_qk_cuda
 
-        return attention_info_qk_cuda(q, k, size, scale)
-    return attention_info(q @ k.transpose(-2, -1), size, scale)
+        return attention_info_qk_cuda(q, k, size, scale, log_size if log_size.numel() else None), log_size
+    if size is not None:
+        torch.log(size, out=log_size)
+    return attention_info(q @ k.transpose(-2, -1), size, scale), log_size
+
+
+def _log_size_like(q: Tensor, size: Tensor | None) -> Tensor:
+    """attention_info's uninitialised log_size: [B, N] (size's shape) in q's dtype, or [B, 0]."""
+    return q.new_empty(q.shape[0], 0 if size is None else q.shape[2])
 
 
 @attention_info_op.register_kernel("cuda")
-def _attention_info_cuda(q: Tensor, k: Tensor, size: Tensor | None, scale: float) -> Tensor:
+def _attention_info_cuda(q: Tensor, k: Tensor, size: Tensor | None, scale: float) -> tuple[Tensor, Tensor]:
     from .cuda import attention_info_qk_cuda
 
-    return attention_info_qk_cuda(q, k, size, scale)
+    log_size = _log_size_like(q, size)
+    return attention_info_qk_cuda(q, k, size, scale, log_size if log_size.numel() else None), log_size
 
 
 @attention_info_op.register_fake
-def _attention_info_fake(q: Tensor, k: Tensor, size: Tensor | None, scale: float) -> Tensor:
-    return q.new_empty(q.shape[0], q.shape[2])
+def _attention_info_fake(q: Tensor, k: Tensor, size: Tensor | None, scale: float) -> tuple[Tensor, Tensor]:
+    return q.new_empty(q.shape[0], q.shape[2]), _log_size_like(q, size)
 
 
-def _no_gradient(ctx: Any, grad: Tensor) -> tuple[None, None, None, None]:
+def _no_gradient(ctx: Any, grad: Tensor, grad_log_size: Tensor) -> tuple[None, None, None, None]:
     return None, None, None, None  # info is a constant for gradients (reference.attention_info)
 
 

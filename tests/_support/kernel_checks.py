@@ -236,10 +236,25 @@ def check_attention_info(b: int, h: int, n: int, dtype: torch.dtype, device: str
     g = torch.Generator(device=device).manual_seed(77 + n)
     logits = (torch.randn(b, h, n, n, device=device, generator=g) * 24.0).to(dtype)
     size = torch.randint(1, 5, (b, n), device=device, generator=g).float().to(dtype) if with_size else None
-    got = attention_info_cuda(logits, size, 0.125)
+    log_size = None if size is None else torch.full_like(size, math.nan)
+    got = attention_info_cuda(logits, size, 0.125, log_size)
     _synchronize(got)
     assert got.shape == (b, n) and got.dtype == dtype and not got.isnan().any()
     _close(got, tf_ref.attention_info(logits, size, 0.125), dtype, "attention_info")
+    _check_log_size(log_size, size)
+
+
+def _check_log_size(log_size: Tensor | None, size: Tensor | None) -> None:
+    """log(size) as the attention_info kernels write it beside info: torch's log of the same sizes within
+    2e-7 relative in float32 (the device's logf against torch's log) and 1e-3 in float16 (one rounding),
+    every element written (log_size is pre-filled with NaN)."""
+    if size is None or log_size is None:
+        return
+    want = size.float().log()
+    if size.dtype == torch.float32:
+        torch.testing.assert_close(log_size, want, rtol=2e-7, atol=0.0)
+    else:
+        torch.testing.assert_close(log_size, want.to(size.dtype), rtol=1e-3, atol=0.0)
 
 
 def qk_inputs(
@@ -272,11 +287,13 @@ def check_attention_info_qk(
     g = torch.Generator(device=device).manual_seed(11 + n)
     size = torch.randint(1, 5, (b, n), device=device, generator=g).float().to(dtype) if with_size else None
     scale = e**-0.5
-    got = attention_info_qk_cuda(q, k, size, scale)
+    log_size = None if size is None else torch.full_like(size, math.nan)
+    got = attention_info_qk_cuda(q, k, size, scale, log_size)
     _synchronize(got)
     assert got.shape == (b, n) and got.dtype == dtype and not got.isnan().any()
     want = tf_ref.attention_info(q.float() @ k.float().transpose(-2, -1), size, scale)
     _close(got, want, dtype, f"attention_info from q, k ({layout})")
+    _check_log_size(log_size, size)
 
 
 # ---- Scatterbrain ---------------------------------------------------------------------------------------
