@@ -118,7 +118,8 @@ def previous_path(model: nn.Module) -> Iterator[None]:
     benchmarks/results/h100-2026-11-26), to time the GPU-path changes since then against it in one
     process: a fused block's info from q k^T through a GEMM and the logits kernel (not the kernel reading
     q and k), the norm after a fusion as its own LayerNorm (not written by the merge kernel, and gathered
-    by dest in the one-step-ahead attention), proportional attention's log size by torch's log (not
+    by dest in the one-step-ahead attention), ToMe's add before its fusion by torch (not formed by the
+    merge kernel), proportional attention's log size by torch's log (not
     written with info), the patch conv and the soft splits as conv / im2col (not a GEMM / strided copy),
     T2T's 147-channel norms by torch's layer_norm (not the row kernel), and each residual add and the norm
     after it as torch's add and layer_norm (not one add_layer_norm kernel)."""
@@ -130,8 +131,17 @@ def previous_path(model: nn.Module) -> Iterator[None]:
     from vitrt.plugins.token_fusion.module import FusionBlock
 
     def unfused_norm(
-        block: FusionBlock, x: Any, metric: Any, info: Any, size: Any, attrs: Any, norm: Any, *_: Any
-    ) -> Any:  # the norm of the fused rows: the one-step-ahead attention gathers its v by dest
+        block: FusionBlock,
+        x: Any,
+        metric: Any,
+        info: Any,
+        size: Any,
+        attrs: Any,
+        norm: Any,
+        by_token: bool = False,
+        residual: Any = None,
+    ) -> Any:  # the add, the fusion, the norm of the fused rows (the one-step-ahead attention gathers)
+        x = x if residual is None else x + residual
         x_f, size_f, dest = block._fuse(x, metric, info, size, attrs)
         return x_f, size_f, dest, norm(x_f)
 

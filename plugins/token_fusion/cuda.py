@@ -252,21 +252,23 @@ def enqueue_merge(
     dtype: str,
     stream: int,
     norm: RowNorm | None = None,
+    residual: int = 0,
 ) -> None:
     """Launch the merge: x [B, N, C] -> x_out [B, N - r, C], the weighted mean of each group of tokens with
     one dest (int64 [B, N]), weights from info / size [B, N] and ``pooling``; size_out [B, N - r] = the
     groups' summed sizes (not written when ``size_out`` is 0); with ``norm``, also the LayerNorm of every
-    merged row (``RowNorm``). Same dtype for all but dest."""
+    merged row (``RowNorm``); with ``residual`` [B, N, C], the rows merged are x + residual (each sum
+    rounded to ``dtype``, as torch's add stores it). Same dtype for all but dest."""
     vector = 4 if dtype == "float32" else 8  # 16-byte vectors
     align = 16
     norm_ptrs = (norm.weight, norm.bias, norm.out) if norm else (0, 0, 0)
-    vec = d.channels % vector == 0 and all(p % align == 0 for p in (x, x_out, *norm_ptrs))
+    vec = d.channels % vector == 0 and all(p % align == 0 for p in (x, residual, x_out, *norm_ptrs))
     launch(
         load_module(SOURCE),
         f"vitrt_tf_merge_{kernel_suffix(dtype, PLUGIN_NAME)}",
         (-(-d.n_out // _WARPS), d.batch, 1),
         (_THREADS, 1, 1),
-        [ptr(x), ptr(info), ptr(size), ptr(dest), ptr(x_out), ptr(size_out), i32(d.tokens), i32(d.n_out),
+        [*map(ptr, (x, residual, info, size, dest, x_out, size_out)), i32(d.tokens), i32(d.n_out),
          i32(d.channels), i32(pooling), i32(vec), *map(ptr, norm_ptrs), f32(norm.eps if norm else 0.0),
          i32(bool(norm and norm.by_token))],
         stream,
@@ -402,17 +404,19 @@ def enqueue(
     stream: int,
     tile: int | None = None,
     norm: RowNorm | None = None,
+    residual: int = 0,
 ) -> None:
     """The whole op on raw device pointers (C-contiguous tensors): x [B, N, C], metric [B, N, Cm],
     info / size [B, N] of ``dtype`` ("float32" or "float16") -> x_out [B, N - r, C], size_out [B, N - r]
     (same dtype), dest [B, N] int64. ``workspace`` holds ``workspace_bytes(d)`` bytes; ``stream`` is a
-    CUDA stream handle as an int; ``tile``: see ``enqueue_scores``; ``norm`` (r > 0 only): the merge also
-    writes the LayerNorm of x_out (``RowNorm``). Asynchronous, like any launch."""
+    CUDA stream handle as an int; ``tile``: see ``enqueue_scores``; ``norm`` and ``residual`` (r > 0
+    only): the merge also writes the LayerNorm of x_out (``RowNorm``), and merges x + residual
+    (``enqueue_merge``). Asynchronous, like any launch."""
     sfx = kernel_suffix(dtype, PLUGIN_NAME)
     if attrs.r != d.r:
         raise ValueError(f"attrs.r={attrs.r} but the launch was sized for r={d.r}")
-    if norm is not None and d.r == 0:
-        raise ValueError("a row norm rides on the merge kernel, which r = 0 does not launch")
+    if (norm is not None or residual) and d.r == 0:
+        raise ValueError("a row norm or residual rides on the merge kernel, which r = 0 does not launch")
     scores = workspace + workspace_layout(d)["scores"]
     if d.r > 0:
         enqueue_scores(metric, info, size, scores, d, attrs, dtype, stream, tile)
@@ -430,7 +434,7 @@ def enqueue(
             stream,
         )
         return
-    enqueue_merge(x, info, size, dest, x_out, size_out, d, attrs.pooling, dtype, stream, norm)
+    enqueue_merge(x, info, size, dest, x_out, size_out, d, attrs.pooling, dtype, stream, norm, residual)
 
 
 # ---- torch face ----------------------------------------------------------------------------------------
@@ -488,13 +492,16 @@ def token_fusion_norm_cuda(
     bias: Tensor | None,
     eps: float,
     by_token: bool = False,
+    residual: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``token_fusion_cuda`` and ``F.layer_norm(x_fused, (C,), weight, bias, eps)`` in the same launches:
-    the merge kernel writes both (a fused block's norm after its fusion; r > 0). weight / bias: [C] of
-    x's dtype, or None. -> (x_fused, size_fused, dest, normed [B, N - r, C]); with ``by_token`` normed is
-    [B, N, C], token i's row the norm of x_fused[dest[i]] (``RowNorm``)."""
+    the merge kernel writes both (a fused block's norm after its fusion). weight / bias: [C] of x's dtype,
+    or None. -> (x_fused, size_fused, dest, normed [B, N - r, C]); with ``by_token`` normed is [B, N, C],
+    token i's row the norm of x_fused[dest[i]] (``RowNorm``). ``residual`` (like x): the op's x is
+    x + residual, which the merge forms as it reads the rows (a block's residual add; the sum is never
+    written), bit for bit torch's add."""
     norm = (weight, bias, eps, by_token)
-    x_f, size_f, dest, normed = _token_fusion(x, metric, info, size, attrs, None, None, norm)
+    x_f, size_f, dest, normed = _token_fusion(x, metric, info, size, attrs, None, None, norm, residual)
     assert normed is not None
     return x_f, size_f, dest, normed
 
@@ -523,11 +530,20 @@ def _token_fusion(
     out: tuple[Tensor, Tensor, Tensor] | None,
     tile: int | None,
     norm: tuple[Tensor | None, Tensor | None, float, bool] | None,
+    residual: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     import torch
 
     d = _checked(x, metric, info, size, attrs)
+    if residual is not None:
+        check_kernel_tensor("residual", residual, x.device)
+        if residual.shape != x.shape or residual.dtype != x.dtype:
+            raise ValueError(f"residual must match x ({x.dtype} {tuple(x.shape)}), got {residual.dtype} "
+                             f"{tuple(residual.shape)}")  # fmt: skip
+        if d.r == 0:  # no merge to form the sum in: the copy kernel copies torch's
+            x, residual = x + residual, None
     x, metric, info, size = (t.contiguous() for t in (x, metric, info, size))
+    residual = None if residual is None else residual.contiguous()
     if out is None:
         out = (
             x.new_empty(d.batch, d.n_out, d.channels),
@@ -556,6 +572,7 @@ def _token_fusion(
             x.data_ptr(), metric.data_ptr(), info.data_ptr(), size.data_ptr(),
             out[0].data_ptr(), out[1].data_ptr(), out[2].data_ptr(), work.data_ptr(),
             d, attrs, tensor_dtype_name(x), kernel_stream(x), tile, row_norm,
+            0 if residual is None else residual.data_ptr(),
         )  # fmt: skip
     return (*out, normed)
 

@@ -114,14 +114,20 @@ class FusionBlock(Block):
         attrs: TokenFusionAttrs,
         norm: nn.Module,
         by_token: bool = False,
+        residual: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``_fuse`` and ``norm`` of the fused tokens: (x_fused, size_fused, dest, norm(x_fused)). On the
-        kernel path at inference the merge kernel writes both (``torch.ops.vitrt.token_fusion_norm``), so
-        the norm costs no launch and no pass over the fused tokens of its own; there, with ``by_token``,
-        the norm comes by token ([B, N, C]: token i's row is that of x_fused[dest[i]]), which saves the
-        one-step-ahead attention its gather. Elsewhere the norm is [B, N - r, C] whatever ``by_token``."""
+        """``_fuse`` and ``norm`` of the fused tokens: (x_fused, size_fused, dest, norm(x_fused)); with
+        ``residual`` the tokens fused are x + residual. On the kernel path at inference the merge kernel
+        writes both (``torch.ops.vitrt.token_fusion_norm``), so the norm costs no launch and no pass over
+        the fused tokens of its own, and forms x + residual as it reads the rows (the add costs none
+        either); there, with ``by_token``, the norm comes by token ([B, N, C]: token i's row is that of
+        x_fused[dest[i]]), which saves the one-step-ahead attention its gather. Elsewhere the norm is
+        [B, N - r, C] whatever ``by_token``."""
         if self._norm_on_merge(x, norm):
-            return token_fusion_norm_call(x, metric, info, size, attrs, cast(nn.LayerNorm, norm), by_token)
+            norm = cast(nn.LayerNorm, norm)
+            return token_fusion_norm_call(x, metric, info, size, attrs, norm, by_token, residual)
+        if residual is not None:
+            x = x + residual
         x_f, size_f, dest = self._fuse(x, metric, info, size, attrs)
         return x_f, size_f, dest, norm(x_f)
 
@@ -272,14 +278,17 @@ class FusionBlock(Block):
             probs = self._probs(q, k, prop)
             info = attention_received(probs)
             attended = self.drop_path(self._attend(probs, v))
+        residual = None  # the block's residual add, where it rides on the fusion (_fuse_norm)
         if cfg.merge_after == "mlp":
             x, h = add_norm(x, attended, self.norm2, self.lowering)
             x = x + self.drop_path(self.mlp(h))
+        elif cfg.metric == "keys":  # the sum feeds the fusion alone
+            residual = attended
         else:
             x = x + attended
         metric = k.mean(dim=1) if cfg.metric == "keys" else x
         if cfg.merge_after == "attention":
-            x, size_f, _, h = self._fuse_norm(x, metric, info, size_in, attrs, self.norm2)
+            x, size_f, _, h = self._fuse_norm(x, metric, info, size_in, attrs, self.norm2, residual=residual)
             return self.add_last(x, self.drop_path(self.mlp(h)), size_f, next_norm)
         if next_norm is not None and self._norm_on_merge(x, next_norm):  # the next norm rides on the merge
             x, size_f, _, h = self._fuse_norm(x, metric, info, size_in, attrs, next_norm)

@@ -497,7 +497,8 @@ __device__ void layer_norm_rows(const T* __restrict__ x, const T* __restrict__ r
 // time: their rows' loads are all issued before the first is used, so a slot costs about one global
 // round trip, not one per member. Each lane accumulates P vectors of V channels per sweep.
 template <typename T, int V, int P>
-__device__ void merge_slot(const T* __restrict__ x, const float* __restrict__ w, const float* __restrict__ sz,
+__device__ void merge_slot(const T* __restrict__ x, const T* __restrict__ residual, const float* __restrict__ w,
+                           const float* __restrict__ sz,
                            const int* __restrict__ dst, T* __restrict__ x_out, T* __restrict__ size_out, int N,
                            int N_out, int C, int s, const LayerNormArgs<T>& ln) {
   // Members loaded together: 1 for wide lanes (most slots have one member, and registers are occupancy),
@@ -518,6 +519,7 @@ __device__ void merge_slot(const T* __restrict__ x, const float* __restrict__ w,
   if (size_out != nullptr && lane == 0) size_out[(int64)b * N_out + s] = from_float<T>(total);
 
   const T* xb = x + (int64)b * N * C;
+  const T* rb = residual == nullptr ? nullptr : residual + (int64)b * N * C;
   T* ob = x_out + ((int64)b * N_out + s) * C;
   for (int c0 = 0; c0 < C; c0 += 32 * V * P) {
     float acc[P][V];
@@ -557,10 +559,19 @@ __device__ void merge_slot(const T* __restrict__ x, const float* __restrict__ w,
         if (m >= count) continue;
         const float wi = w[mem[m]];
 #pragma unroll
-        for (int p = 0; p < P; ++p)
+        for (int p = 0; p < P; ++p) {
+          const int c = c0 + (p * 32 + lane) * V;
+          if (rb != nullptr && c < C) {
+            // The rows merged are x + residual as torch's add stores them: each sum rounded to T.
+            float rv[V];
+            load_vec<T, V>(rb + (int64)mem[m] * C + c, rv);
+#pragma unroll
+            for (int u = 0; u < V; ++u) xv[m][p][u] = to_float(from_float<T>(__fadd_rn(xv[m][p][u], rv[u])));
+          }
           // x * w rounded, then added: the reference's (x * w) followed by scatter_add (no fma).
 #pragma unroll
           for (int u = 0; u < V; ++u) acc[p][u] = __fadd_rn(acc[p][u], __fmul_rn(xv[m][p][u], wi));
+        }
       }
       if (count < MAXM) break;
     }
@@ -591,9 +602,11 @@ __device__ void merge_slot(const T* __restrict__ x, const float* __restrict__ w,
 
 // The merge: block (x, b) loads batch element b's dest, sizes and pooling weights w (spec.Pooling: 1 =
 // ATTN_SIZE, info * size / max size; 0 = SIZE; 3 = MEAN) into shared memory in one round of loads, then
-// each warp merges one output slot (merge_slot). Dynamic shared memory: 12 N bytes.
+// each warp merges one output slot (merge_slot). residual (may be null): the rows merged are x + residual
+// (a block's residual add, so that the sum is never written). Dynamic shared memory: 12 N bytes.
 template <typename T, int V, int P>
-__device__ void merge_by_dest(const T* __restrict__ x, const T* __restrict__ info, const T* __restrict__ size,
+__device__ void merge_by_dest(const T* __restrict__ x, const T* __restrict__ residual, const T* __restrict__ info,
+                              const T* __restrict__ size,
                               const int64* __restrict__ dest, T* __restrict__ x_out, T* __restrict__ size_out,
                               int N, int N_out, int C, int pooling, const LayerNormArgs<T>& ln) {
   VITRT_DYNAMIC_SHARED(float, smem);
@@ -615,7 +628,7 @@ __device__ void merge_by_dest(const T* __restrict__ x, const T* __restrict__ inf
   for (int n = tid; n < N; n += blockDim.x) w[n] = pooling == 1 ? w[n] * (sz[n] / mx) : (pooling == 0 ? sz[n] : 1.0f);
   __syncthreads();
   const int s = blockIdx.x * warps + warp;
-  if (s < N_out) merge_slot<T, V, P>(x, w, sz, dst, x_out, size_out, N, N_out, C, s, ln);
+  if (s < N_out) merge_slot<T, V, P>(x, residual, w, sz, dst, x_out, size_out, N, N_out, C, s, ln);
 }
 
 // Attention each key receives, summed over a chunk of query rows (a fused block's `info`, see
@@ -1045,21 +1058,23 @@ extern "C" __global__ void __launch_bounds__(512) vitrt_tf_match_timed(const flo
   match<true>(scores, dest, N, r, bidirectional, scores_in_shared, phase_clock);
 }
 
-// vec: 1 when C and the x / x_out addresses allow V-wide vectors (f32: 4 floats, f16: 8 halves = 16
+// vec: 1 when C and the x / residual / x_out addresses allow V-wide vectors (f32: 4 floats, f16: 8 halves = 16
 // bytes), else 0 (one element per lane).
 // ln_out: 0, or the LayerNorm of every merged row (ln_weight / ln_bias may be 0) with ln_eps, [B, N_out, C],
 // or with ln_by_token [B, N, C] (each token's row: the norm of the merged row it went to); vec then also
 // covers ln_out, ln_weight and ln_bias.
+// MIN_BLOCKS 3 caps the registers at 85: without a minimum, ptxas for sm_90 .. sm_120 held the merge with a
+// residual to 64 registers and spilled.
 #define VITRT_TF_MERGE(SUFFIX, T, VEC)                                                                        \
-  extern "C" __global__ void __launch_bounds__(256) vitrt_tf_merge_##SUFFIX(                                  \
-      const T* x, const T* info, const T* size, const int64* dest, T* x_out, T* size_out, int N, int N_out,   \
-      int C, int pooling, int vec, const T* ln_weight, const T* ln_bias, T* ln_out, float ln_eps,            \
-      int ln_by_token) {                                                                                    \
+  extern "C" __global__ void __launch_bounds__(256, 3) vitrt_tf_merge_##SUFFIX(                                  \
+      const T* x, const T* residual, const T* info, const T* size, const int64* dest, T* x_out, T* size_out,  \
+      int N, int N_out, int C, int pooling, int vec, const T* ln_weight, const T* ln_bias, T* ln_out,         \
+      float ln_eps, int ln_by_token) {                                                                      \
     const LayerNormArgs<T> ln{ln_weight, ln_bias, ln_out, ln_eps, ln_by_token};                             \
     if (vec)                                                                                                \
-      merge_by_dest<T, VEC, 2>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling, ln);               \
+      merge_by_dest<T, VEC, 2>(x, residual, info, size, dest, x_out, size_out, N, N_out, C, pooling, ln);     \
     else                                                                                                    \
-      merge_by_dest<T, 1, 4>(x, info, size, dest, x_out, size_out, N, N_out, C, pooling, ln);                 \
+      merge_by_dest<T, 1, 4>(x, residual, info, size, dest, x_out, size_out, N, N_out, C, pooling, ln);       \
   }
 VITRT_TF_MERGE(f32, float, 4)
 VITRT_TF_MERGE(f16, half_bits, 8)

@@ -110,17 +110,21 @@ def token_fusion_norm_op(
     bias: Tensor | None,
     eps: float,
     by_token: bool,
+    residual: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``token_fusion`` then ``F.layer_norm(x_fused, (C,), weight, bias, eps)``: (x_fused, size_fused,
     dest, normed [B, N - r, C]); ``by_token``: normed [B, N, C], token i's row the norm of x_fused[dest[i]]
-    (the gather a fused block's one-step-ahead attention needs, without a gather). On the kernels the merge
-    writes both (a fused block's norm after its fusion, one pass less). Inference only: no gradient is
-    registered (blocks call it with grad off)."""
+    (the gather a fused block's one-step-ahead attention needs, without a gather); ``residual`` (like x
+    or None): the op fuses x + residual (a block's residual add, which the merge kernel forms as it reads
+    the rows). On the kernels the merge writes both (a fused block's norm after its fusion, one pass
+    less). Inference only: no gradient is registered (blocks call it with grad off)."""
     attrs = TokenFusionAttrs(r, num_protected, tau_sim, tau_info, tau_size, bidirectional, pooling)
     if emulating():
         from .cuda import token_fusion_norm_cuda
 
-        return token_fusion_norm_cuda(x, metric, info, size, attrs, weight, bias, eps, by_token)
+        return token_fusion_norm_cuda(x, metric, info, size, attrs, weight, bias, eps, by_token, residual)
+    if residual is not None:
+        x = x + residual
     x_f, size_f, dest = token_fusion(x, metric, info, size, attrs)
     normed = F.layer_norm(x_f, (x_f.shape[-1],), weight, bias, eps)
     if by_token:
@@ -129,7 +133,7 @@ def token_fusion_norm_op(
 
 
 # The registrations below take the op's arguments as they come: x, metric, info, size, the seven
-# attributes (``spec`` order), weight, bias, eps, by_token.
+# attributes (``spec`` order), weight, bias, eps, by_token, residual.
 
 
 @token_fusion_norm_op.register_kernel("cuda")
@@ -333,10 +337,11 @@ def token_fusion_norm_call(
     attrs: TokenFusionAttrs,
     norm: nn.LayerNorm,
     by_token: bool = False,
+    residual: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``token_fusion_call`` and ``norm`` of its fused tokens through ``torch.ops.vitrt.token_fusion_norm``:
     (x_fused, size_fused, dest, norm(x_fused), by token with ``by_token``); norm a LayerNorm over the
-    channels."""
+    channels; with ``residual`` the tokens fused are x + residual."""
     values = _attribute_values(attrs)
     weight, bias, eps = norm.weight, norm.bias, float(norm.eps)
-    return token_fusion_norm_op(x, metric, info, size, *values, weight, bias, eps, by_token)
+    return token_fusion_norm_op(x, metric, info, size, *values, weight, bias, eps, by_token, residual)

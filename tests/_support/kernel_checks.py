@@ -174,7 +174,8 @@ def check_fusion_norm(
     """token_fusion_norm_cuda (the merge kernel also writing a LayerNorm of the fused tokens): x_fused,
     size_fused and dest bit for bit those of token_fusion_cuda (same kernels), and the norm equal to
     F.layer_norm of that x_fused within 1e-4 (float32) / 1e-2 (float16) relative, and by token (normed
-    [B, N, C]) equal to it gathered by dest. ``offset`` is added to x (a residual stream's mean far from
+    [B, N, C]) equal to it gathered by dest; with a residual, all four bit for bit those of the summed
+    input. ``offset`` is added to x (a residual stream's mean far from
     0: the variance must not come from E[x^2] - mean^2); every element written (the same launches,
     NaN-free)."""
     from vitrt.plugins.token_fusion.cuda import token_fusion_cuda, token_fusion_norm_cuda
@@ -198,6 +199,14 @@ def check_fusion_norm(
     for got, want in zip(by_token[:3], plain, strict=True):
         assert torch.equal(got, want)
     assert torch.equal(by_token[3], normed.gather(1, dest[..., None].expand(-1, -1, c)))
+    # with a residual (a ToMe block's add before its fusion): the results for x + residual, bit for bit
+    part = (torch.randn(x.shape, device=device, generator=g) * 2).to(dtype)
+    rest = (x.float() - part.float()).to(dtype)
+    with_residual = token_fusion_norm_cuda(rest, metric, info, size, attrs, weight, bias, 1e-6, residual=part)
+    summed = token_fusion_norm_cuda(rest + part, metric, info, size, attrs, weight, bias, 1e-6)
+    _synchronize(with_residual[3])
+    for got, want in zip(with_residual, summed, strict=True):
+        assert torch.equal(got, want)
 
 
 def check_row_layer_norm(
