@@ -197,3 +197,39 @@ def test_float16_model_reads_q_and_k_in_one_kernel(fusion: object, _emulator: No
     assert launched.get("vitrt_tf_layer_norm_f16") == 2 * len(model.blocks), launched  # see above
     error = (got.float() - replaced.float()).abs().amax(dim=1) / replaced.float().abs().amax(dim=1)
     assert int((error > 1e-2).sum()) <= 1, error
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fusion", ["mctf", "tome"])
+def test_gpu_benchmark_previous_path(fusion: str, _emulator: None) -> None:
+    """``benchmarks/gpu_models.previous_path`` (the same-run baseline of the GPU timings, which only a GPU
+    session runs) on the emulator: inside it the model launches none of the kernels that replaced the old
+    path (the add + norm kernel; in float16 the q, k info kernel) and gives the kernel path's logits within
+    1e-5 (float32); after it, the model takes the kernel path again, bit for bit."""
+    import copy
+    import importlib.util
+    from pathlib import Path
+
+    import vitrt
+
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "gpu_models.py"
+    spec = importlib.util.spec_from_file_location("gpu_models", path)
+    assert spec is not None and spec.loader is not None
+    gpu_models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_models)
+    model = vitrt.create_model("deit_tiny_patch16_224", fusion=fusion, img_size=96)
+    images = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(3))
+    module = emulated_module("token_fusion")
+    with torch.inference_mode(), emulated_kernels():
+        now = model(images)
+        start = dict(module.launches)
+        half = copy.deepcopy(model).half()
+        with gpu_models.previous_path(model), gpu_models.previous_path(half):
+            before = model(images)
+            half(images.half())
+        launched = {k: v - start.get(k, 0) for k, v in module.launches.items() if v != start.get(k, 0)}
+        again = model(images)
+    assert launched.get("vitrt_tf_merge_f32", 0) > 0 and launched.get("vitrt_tf_merge_f16", 0) > 0, launched
+    assert not any(k.startswith(("vitrt_tf_layer_norm", "vitrt_tf_attention_info_qk")) for k in launched)
+    torch.testing.assert_close(before, now, atol=1e-5, rtol=1e-5)
+    assert torch.equal(again, now)
