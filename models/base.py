@@ -62,7 +62,8 @@ class ClassTokenViT(nn.Module):
         ``forward_blocks``, so that export scopes and module hooks see it."""
         x = self.embed(x)
         blocks = [cast(Block, blk) for blk in self.blocks]
-        if torch.is_grad_enabled() or not on_kernels(x) or any(blk.lowering != "eager" for blk in blocks):
+        chained = blocks and not torch.is_grad_enabled() and on_kernels(x)
+        if not chained or any(blk.lowering != "eager" for blk in blocks):
             x, _ = self.forward_blocks(x)
             return self.norm(x)[:, 0]
         size: Tensor | None = None

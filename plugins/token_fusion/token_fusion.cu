@@ -1063,8 +1063,8 @@ extern "C" __global__ void __launch_bounds__(512) vitrt_tf_match_timed(const flo
 // ln_out: 0, or the LayerNorm of every merged row (ln_weight / ln_bias may be 0) with ln_eps, [B, N_out, C],
 // or with ln_by_token [B, N, C] (each token's row: the norm of the merged row it went to); vec then also
 // covers ln_out, ln_weight and ln_bias.
-// MIN_BLOCKS 3 caps the registers at 85: without a minimum, ptxas for sm_90 .. sm_120 held the merge with a
-// residual to 64 registers and spilled.
+// MIN_BLOCKS 3 caps the registers at 80 (64 K / 768, in steps of 8): without a minimum, ptxas for sm_90 ..
+// sm_120 held the merge with a residual to 64 registers and spilled.
 #define VITRT_TF_MERGE(SUFFIX, T, VEC)                                                                        \
   extern "C" __global__ void __launch_bounds__(256, 3) vitrt_tf_merge_##SUFFIX(                                  \
       const T* x, const T* residual, const T* info, const T* size, const int64* dest, T* x_out, T* size_out,  \

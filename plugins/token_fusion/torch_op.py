@@ -17,6 +17,8 @@ pooling weights are constants. The plugin lowering exports ``token_fusion`` as o
 No ``from __future__ import annotations`` here: ``torch.library.custom_op`` reads the annotations.
 """
 
+import logging
+import threading
 from typing import Any
 
 import torch
@@ -27,6 +29,8 @@ from vitrt.plugins.cuda_emulation import emulating
 
 from .reference import attention_info, merge_tokens, pooling_weights, token_fusion
 from .spec import TokenFusionAttrs
+
+log = logging.getLogger(__name__)
 
 
 @torch.library.custom_op("vitrt::token_fusion", mutates_args=())
@@ -165,16 +169,46 @@ def row_layer_norm_op(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 
+_NORM_KERNELS: dict[int, bool] = {}
+_NORM_KERNELS_LOCK = threading.Lock()
+
+
+def _norm_kernels_load(x: Tensor) -> bool:
+    """Whether vitrt's kernels load on x's GPU (cached per device). The models call ``row_layer_norm`` and
+    ``add_layer_norm`` by themselves, a dense model too, so where vitrt's optional CUDA toolchain is missing
+    (cuda-python, a fatbin for this GPU or NVRTC) these two ops run torch's add and layer_norm instead, with
+    one warning, rather than fail a model that needs no vitrt kernel."""
+    from vitrt.errors import VitrtError
+    from vitrt.plugins.cuda_launcher import kernel_device, load_module
+
+    from .cuda import SOURCE
+
+    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    with _NORM_KERNELS_LOCK:
+        if index not in _NORM_KERNELS:
+            try:
+                with kernel_device(x):
+                    load_module(SOURCE)
+                _NORM_KERNELS[index] = True
+            except VitrtError as exc:
+                log.warning("vitrt's CUDA kernels do not load on cuda:%d, so LayerNorms run on torch's "
+                            "kernels: %s", index, exc)  # fmt: skip
+                _NORM_KERNELS[index] = False
+        return _NORM_KERNELS[index]
+
+
 @row_layer_norm_op.register_kernel("cuda")
 def _row_layer_norm_cuda(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
     from .cuda import layer_norm_rows_cuda
 
+    if not _norm_kernels_load(x):
+        return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
     return layer_norm_rows_cuda(x, weight, bias, eps)
 
 
 @row_layer_norm_op.register_fake
 def _row_layer_norm_fake(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
-    return torch.empty_like(x)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)  # the kernel's output
 
 
 @torch.library.custom_op("vitrt::add_layer_norm", mutates_args=())
@@ -199,6 +233,9 @@ def _add_layer_norm_cuda(
 ) -> tuple[Tensor, Tensor]:
     from .cuda import add_layer_norm_rows_cuda
 
+    if not _norm_kernels_load(x):
+        total = x + y
+        return total, F.layer_norm(total, (total.shape[-1],), weight, bias, eps)
     return add_layer_norm_rows_cuda(x, y, weight, bias, eps)
 
 
@@ -206,7 +243,8 @@ def _add_layer_norm_cuda(
 def _add_layer_norm_fake(
     x: Tensor, y: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor]:
-    return torch.empty_like(x), torch.empty_like(x)
+    contiguous = torch.contiguous_format  # the kernels' outputs, whatever x's strides
+    return torch.empty_like(x, memory_format=contiguous), torch.empty_like(x, memory_format=contiguous)
 
 
 @torch.library.custom_op("vitrt::token_merge", mutates_args=())

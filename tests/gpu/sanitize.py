@@ -37,16 +37,19 @@ def main() -> int:
             torch.ones(384, dtype=dtype, device="cuda"),
             torch.zeros(384, dtype=dtype, device="cuda"),
         )
-        for by_token in (False, True):
-            inputs = fusion_inputs(2, 197, 384, dtype, "cuda")
-            token_fusion_norm_cuda(*inputs, TokenFusionAttrs(r=16, **MCTF), weight, bias, 1e-6, by_token)
+        for c, by_token, residual in ((384, False, False), (384, True, True), (147, True, True)):
+            inputs = fusion_inputs(2, 197, c, dtype, "cuda")
+            params = (weight, bias) if c == 384 else (None, None)
+            rest = torch.randn_like(inputs[0]) if residual else None
+            token_fusion_norm_cuda(*inputs, TokenFusionAttrs(r=16, **MCTF), *params, 1e-6, by_token, rest)
         torch.ops.vitrt.row_layer_norm(torch.randn(2, 64, 147, device="cuda").to(dtype), None, None, 1e-5)
         for c, affine in ((384, True), (147, False)):  # vector and scalar paths
             pair = torch.randn(2, 2, 197, c, device="cuda").to(dtype)
             params = (weight, bias) if affine else (None, None)
             torch.ops.vitrt.add_layer_norm(pair[0], pair[1], *params, 1e-5)
         q, k = qk_inputs(2, 6, 197, 64, dtype, "cuda", "qkv")
-        attention_info_qk_cuda(q, k, torch.ones(2, 197, dtype=dtype, device="cuda"), 0.125)
+        ones = torch.ones(2, 197, dtype=dtype, device="cuda")
+        attention_info_qk_cuda(q, k, ones, 0.125, torch.empty_like(ones))  # info and log size
         for mode in Mode:
             attrs = attention_attrs(mode, 6, 2, 3, 576**-0.5)
             hv, proj = _fixed(2, 3, 64, "cuda")
