@@ -31,7 +31,7 @@ rc=${PIPESTATUS[0]}
 "$PY" benchmarks/kernels.py ${KERNELS_ARGS:-} --out "$OUT/kernels.json" 2>&1 | tee "$OUT/benchmark.txt"
 "$PY" benchmarks/gpu_models.py ${GPU_MODELS_ARGS:-} --out "$OUT/gpu_models.json" 2>&1 | tee "$OUT/gpu_models.txt"
 if [ "${SANITIZE:-0}" = 1 ] && command -v compute-sanitizer >/dev/null; then
-  for tool in racecheck synccheck; do
+  for tool in memcheck racecheck synccheck; do
     timeout "${SANITIZE_TIMEOUT:-600}" compute-sanitizer --tool "$tool" --print-limit 20 "$PY" tests/gpu/sanitize.py 2>&1 |
       tail -5 | tee -a "$OUT/sanitize.txt"
   done

@@ -2,11 +2,12 @@
 
     compute-sanitizer --tool racecheck python tests/gpu/sanitize.py
 
-tests/gpu/run_all.sh runs it under racecheck and synccheck when SANITIZE=1. Shapes are the models' token
-counts at batch 2 (N = 197 for token fusion, both score tiles, both dtypes, with and without the norm
-after the merge, and the row norm alone; a fused block's attention_info from q and k, which is the
-tensor-core kernel in float16 and q k^T + the logits kernel in float32; N = 784 for Scatterbrain in every
-mode), small enough for the sanitizer's slowdown.
+tests/gpu/run_all.sh runs it under memcheck, racecheck and synccheck when SANITIZE=1. Shapes are the
+models' token counts at batch 2 (N = 197 for token fusion, both score tiles, both dtypes, with and without
+the norm after the merge (by merged row and by token, with a residual, on the vector and scalar paths),
+the row norm alone and after a residual add; a fused block's attention_info from q and k, with log size,
+which is the tensor-core kernel in float16 and q k^T + the logits kernel in float32; N = 784 for
+Scatterbrain in every mode), small enough for the sanitizer's slowdown.
 """
 
 from __future__ import annotations
