@@ -65,9 +65,10 @@ class KernelCounter(TorchDispatchMode):
 
 def count_block(block: torch.nn.Module, x: torch.Tensor, size: torch.Tensor) -> dict[str, int]:
     """Kernels launched by one forward of ``block`` on tokens ``x`` with token sizes ``size``, as the model
-    chains it (``Block.forward_chain``): its norm1 of x comes from the block before (not counted) and its
-    last residual add writes the norm after it (the next block's norm1, a LayerNorm of the width). Torch
-    ops by name and vitrt kernels by name."""
+    chains it (``Block.forward_chain``): its norm1 of x and the log of its sizes come from the block before
+    (not counted) and its last residual add writes the norm after it (the next block's norm1, a LayerNorm of
+    the width). Torch ops by name and vitrt kernels by name."""
+    from vitrt.models.layers import Carry
     from vitrt.plugins.cuda_emulation import emulated_kernels, emulated_module
     from vitrt.plugins.token_fusion import cuda as tf_cuda
 
@@ -100,13 +101,13 @@ def count_block(block: torch.nn.Module, x: torch.Tensor, size: torch.Tensor) -> 
         for name, original in originals.items():
             setattr(tf_cuda, name, wrap(original) if name != "new_workspace" else _empty_workspace)
         with torch.inference_mode(), emulated_kernels():
-            h = block.norm1(x)
+            carry = Carry(block.norm1(x), size.log())  # what the block before wrote for this one
             next_norm = torch.nn.LayerNorm(x.shape[-1]).to(x.dtype)
-            block.forward_chain(x, size, h, next_norm)  # loads the emulated kernels
+            block.forward_chain(x, size, carry, next_norm)  # loads the emulated kernels
             before = Counter(module.launches)
             inner.clear()
             with KernelCounter() as counter:
-                block.forward_chain(x, size, h, next_norm)
+                block.forward_chain(x, size, carry, next_norm)
     finally:
         for name, original in originals.items():
             setattr(tf_cuda, name, original)

@@ -119,8 +119,8 @@ def previous_path(model: nn.Module) -> Iterator[None]:
     process: a fused block's info from q k^T through a GEMM and the logits kernel (not the kernel reading
     q and k), the norm after a fusion as its own LayerNorm (not written by the merge kernel, and gathered
     by dest in the one-step-ahead attention), ToMe's add before its fusion by torch (not formed by the
-    merge kernel), proportional attention's log size by torch's log (not
-    written with info), the patch conv and the soft splits as conv / im2col (not a GEMM / strided copy),
+    merge kernel), proportional attention's log size by torch's log (not written with info or by the
+    merge), the patch conv and the soft splits as conv / im2col (not a GEMM / strided copy),
     T2T's 147-channel norms by torch's layer_norm (not the row kernel), and each residual add and the norm
     after it as torch's add and layer_norm (not one add_layer_norm kernel)."""
     from vitrt.models import layers
@@ -143,7 +143,7 @@ def previous_path(model: nn.Module) -> Iterator[None]:
     ) -> Any:  # the add, the fusion, the norm of the fused rows (the one-step-ahead attention gathers)
         x = x if residual is None else x + residual
         x_f, size_f, dest = block._fuse(x, metric, info, size, attrs)
-        return x_f, size_f, dest, norm(x_f)
+        return x_f, size_f, dest, norm(x_f), None  # no log size: the next block takes torch's log
 
     def info_then_log(block: FusionBlock, q: Any, k: Any, size: Any) -> Any:  # log size as its own kernel
         info, _ = info_with_log(block, q, k, size)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import ModelSpec, PreprocessConfig
-from .layers import Block, on_kernels
+from .layers import NO_CARRY, Block, on_kernels
 
 
 class ClassTokenViT(nn.Module):
@@ -58,8 +58,9 @@ class ClassTokenViT(nn.Module):
 
         In eager inference on vitrt's kernels the blocks run chained (``Block.forward_chain``): each
         block's last residual add writes the next block's norm1 (the last block's: the final norm) in the
-        same kernel. Elsewhere (CPU, training, exports) each block is called as a module, as in
-        ``forward_blocks``, so that export scopes and module hooks see it."""
+        same kernel, and a fused block's merge the log of the sizes the next block's attention adds.
+        Elsewhere (CPU, training, exports) each block is called as a module, as in ``forward_blocks``, so
+        that export scopes and module hooks see it."""
         x = self.embed(x)
         blocks = [cast(Block, blk) for blk in self.blocks]
         chained = blocks and not torch.is_grad_enabled() and on_kernels(x)
@@ -67,11 +68,11 @@ class ClassTokenViT(nn.Module):
             x, _ = self.forward_blocks(x)
             return self.norm(x)[:, 0]
         size: Tensor | None = None
-        h: Tensor | None = None
+        carry = NO_CARRY
         following = [blk.norm1 for blk in blocks[1:]] + [self.norm]
         for blk, next_norm in zip(blocks, following, strict=True):
-            x, size, h = blk.forward_chain(x, size, h, next_norm)
-        return (self.norm(x) if h is None else h)[:, 0]
+            x, size, carry = blk.forward_chain(x, size, carry, next_norm)
+        return (self.norm(x) if carry.h is None else carry.h)[:, 0]
 
     def forward(self, x: Tensor) -> Tensor:
         """Images [B, 3, H, W] (normalised as ``self.preprocess`` says) -> logits [B, num_classes]."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -225,6 +225,21 @@ class Attention(nn.Module):
         return self.merge_heads(self.core(q, k, v, self.scale))
 
 
+class Carry(NamedTuple):
+    """What a block hands the next where the blocks run chained (``Block.forward_chain``); each None where
+    it was not computed. ``h``: the next block's norm1 of its input (or the model's final norm of it),
+    written by the kernel of the block's last residual add; ``log_size``: log(size) [B, N] in the tokens'
+    dtype for the sizes the next block gets (its proportional attention's bias), written by the kernel that
+    wrote the sizes."""
+
+    h: Tensor | None = None
+    log_size: Tensor | None = None
+
+
+NO_CARRY = Carry()
+"""The first block's carry: nothing computed for it."""
+
+
 class Block(nn.Module):
     """Pre-norm transformer block on [B, N, C].
 
@@ -270,28 +285,33 @@ class Block(nn.Module):
         self,
         x: Tensor,
         size: Tensor | None = None,
-        h: Tensor | None = None,
+        carry: Carry = NO_CARRY,
         next_norm: nn.Module | None = None,
-    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """``forward`` sharing the norms at the block's edges with its neighbours (what
-        ``ClassTokenViT.forward_features`` runs): ``h`` is norm1(x) when the block before computed it (None:
-        computed here), and ``next_norm`` the norm that follows the block (the next block's norm1, or the
-        model's final norm). Returns (x, size, next_norm(x) or None): where the block's last residual add
-        and ``next_norm`` fuse (``add_norm_fuses``) one kernel writes both, else None (the next norm is
-        left to its module)."""
-        h = self.norm1(x) if h is None else h
+    ) -> tuple[Tensor, Tensor | None, Carry]:
+        """``forward`` sharing work at the block's edges with its neighbours (what
+        ``ClassTokenViT.forward_features`` runs): ``carry`` is what the block before computed for this one
+        (``Carry``: its norm1 of x, log of the sizes), and ``next_norm`` the norm that follows the block (the
+        next block's norm1, or the model's final norm). Returns (x, size, carry for the next block): where
+        the block's last residual add and ``next_norm`` fuse (``add_norm_fuses``) one kernel writes both, and
+        its ``h`` is next_norm(x), else None (the next norm is left to its module)."""
+        h = self.norm1(x) if carry.h is None else carry.h
         x, h = add_norm(x, self.drop_path(self.attn(h)), self.norm2, self.lowering)
-        return self.add_last(x, self.drop_path(self.mlp(h)), size, next_norm)
+        return self.add_last(x, self.drop_path(self.mlp(h)), size, next_norm, carry.log_size)
 
     def add_last(
-        self, x: Tensor, branch: Tensor, size: Tensor | None, next_norm: nn.Module | None
-    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """The block's last residual add x + branch, with ``next_norm`` of it where they fuse
-        (``forward_chain``'s return)."""
+        self,
+        x: Tensor,
+        branch: Tensor,
+        size: Tensor | None,
+        next_norm: nn.Module | None,
+        log_size: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None, Carry]:
+        """The block's last residual add x + branch, with ``next_norm`` of it where they fuse; ``log_size``:
+        log of ``size`` where known (``forward_chain``'s return)."""
         if next_norm is not None and add_norm_fuses(x, branch, next_norm, self.lowering):
             x, normed = add_norm(x, branch, next_norm, self.lowering)
-            return x, size, normed
-        return x + branch, size, None
+            return x, size, Carry(normed, log_size)
+        return x + branch, size, Carry(None, log_size)
 
 
 def sinusoid_encoding(n_position: int, d_hid: int) -> Tensor:

@@ -253,12 +253,14 @@ def enqueue_merge(
     stream: int,
     norm: RowNorm | None = None,
     residual: int = 0,
+    log_size_out: int = 0,
 ) -> None:
     """Launch the merge: x [B, N, C] -> x_out [B, N - r, C], the weighted mean of each group of tokens with
     one dest (int64 [B, N]), weights from info / size [B, N] and ``pooling``; size_out [B, N - r] = the
-    groups' summed sizes (not written when ``size_out`` is 0); with ``norm``, also the LayerNorm of every
-    merged row (``RowNorm``); with ``residual`` [B, N, C], the rows merged are x + residual (each sum
-    rounded to ``dtype``, as torch's add stores it). Same dtype for all but dest."""
+    groups' summed sizes (not written when ``size_out`` is 0), and log_size_out [B, N - r] their log (when
+    not 0); with ``norm``, also the LayerNorm of every merged row (``RowNorm``); with ``residual``
+    [B, N, C], the rows merged are x + residual (each sum rounded to ``dtype``, as torch's add stores it).
+    Same dtype for all but dest."""
     vector = 4 if dtype == "float32" else 8  # 16-byte vectors
     align = 16
     norm_ptrs = (norm.weight, norm.bias, norm.out) if norm else (0, 0, 0)
@@ -268,7 +270,8 @@ def enqueue_merge(
         f"vitrt_tf_merge_{kernel_suffix(dtype, PLUGIN_NAME)}",
         (-(-d.n_out // _WARPS), d.batch, 1),
         (_THREADS, 1, 1),
-        [*map(ptr, (x, residual, info, size, dest, x_out, size_out)), i32(d.tokens), i32(d.n_out),
+        [*map(ptr, (x, residual, info, size, dest, x_out, size_out, log_size_out)), i32(d.tokens),
+         i32(d.n_out),
          i32(d.channels), i32(pooling), i32(vec), *map(ptr, norm_ptrs), f32(norm.eps if norm else 0.0),
          i32(bool(norm and norm.by_token))],
         stream,
@@ -405,18 +408,19 @@ def enqueue(
     tile: int | None = None,
     norm: RowNorm | None = None,
     residual: int = 0,
+    log_size_out: int = 0,
 ) -> None:
     """The whole op on raw device pointers (C-contiguous tensors): x [B, N, C], metric [B, N, Cm],
     info / size [B, N] of ``dtype`` ("float32" or "float16") -> x_out [B, N - r, C], size_out [B, N - r]
     (same dtype), dest [B, N] int64. ``workspace`` holds ``workspace_bytes(d)`` bytes; ``stream`` is a
-    CUDA stream handle as an int; ``tile``: see ``enqueue_scores``; ``norm`` and ``residual`` (r > 0
-    only): the merge also writes the LayerNorm of x_out (``RowNorm``), and merges x + residual
-    (``enqueue_merge``). Asynchronous, like any launch."""
+    CUDA stream handle as an int; ``tile``: see ``enqueue_scores``; ``norm``, ``residual`` and
+    ``log_size_out`` (r > 0 only): the merge also writes the LayerNorm of x_out (``RowNorm``), merges
+    x + residual and writes log(size_out) (``enqueue_merge``). Asynchronous, like any launch."""
     sfx = kernel_suffix(dtype, PLUGIN_NAME)
     if attrs.r != d.r:
         raise ValueError(f"attrs.r={attrs.r} but the launch was sized for r={d.r}")
-    if (norm is not None or residual) and d.r == 0:
-        raise ValueError("a row norm or residual rides on the merge kernel, which r = 0 does not launch")
+    if (norm is not None or residual or log_size_out) and d.r == 0:
+        raise ValueError("a row norm, residual or log size rides on the merge, which r = 0 does not launch")
     scores = workspace + workspace_layout(d)["scores"]
     if d.r > 0:
         enqueue_scores(metric, info, size, scores, d, attrs, dtype, stream, tile)
@@ -434,7 +438,8 @@ def enqueue(
             stream,
         )
         return
-    enqueue_merge(x, info, size, dest, x_out, size_out, d, attrs.pooling, dtype, stream, norm, residual)
+    rest = (x_out, size_out, d, attrs.pooling, dtype, stream, norm, residual, log_size_out)
+    enqueue_merge(x, info, size, dest, *rest)
 
 
 # ---- torch face ----------------------------------------------------------------------------------------
@@ -493,15 +498,19 @@ def token_fusion_norm_cuda(
     eps: float,
     by_token: bool = False,
     residual: Tensor | None = None,
+    log_size_fused: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``token_fusion_cuda`` and ``F.layer_norm(x_fused, (C,), weight, bias, eps)`` in the same launches:
     the merge kernel writes both (a fused block's norm after its fusion). weight / bias: [C] of x's dtype,
     or None. -> (x_fused, size_fused, dest, normed [B, N - r, C]); with ``by_token`` normed is [B, N, C],
     token i's row the norm of x_fused[dest[i]] (``RowNorm``). ``residual`` (like x): the op's x is
     x + residual, which the merge forms as it reads the rows (a block's residual add; the sum is never
-    written), bit for bit torch's add."""
+    written), bit for bit torch's add. ``log_size_fused`` (a contiguous [B, N - r] tensor of x's dtype)
+    receives log(size_fused), the next block's proportional-attention bias, from the merge's launch."""
     norm = (weight, bias, eps, by_token)
-    x_f, size_f, dest, normed = _token_fusion(x, metric, info, size, attrs, None, None, norm, residual)
+    x_f, size_f, dest, normed = _token_fusion(
+        x, metric, info, size, attrs, None, None, norm, residual, log_size_fused
+    )
     assert normed is not None
     return x_f, size_f, dest, normed
 
@@ -531,10 +540,12 @@ def _token_fusion(
     tile: int | None,
     norm: tuple[Tensor | None, Tensor | None, float, bool] | None,
     residual: Tensor | None = None,
+    log_size_out: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     import torch
 
     d = _checked(x, metric, info, size, attrs)
+    log_ptr = _log_size_ptr(log_size_out, (d.batch, d.n_out), x)
     if residual is not None:
         check_kernel_tensor("residual", residual, x.device)
         if residual.shape != x.shape or residual.dtype != x.dtype:
@@ -573,7 +584,10 @@ def _token_fusion(
             out[0].data_ptr(), out[1].data_ptr(), out[2].data_ptr(), work.data_ptr(),
             d, attrs, tensor_dtype_name(x), kernel_stream(x), tile, row_norm,
             0 if residual is None else residual.data_ptr(),
+            0 if d.r == 0 else log_ptr,
         )  # fmt: skip
+    if log_size_out is not None and d.r == 0:  # no merge kernel: the sizes are copied, their log by torch
+        torch.log(out[1], out=log_size_out)
     return (*out, normed)
 
 
@@ -654,13 +668,19 @@ def attention_info_cuda(
 def _checked_log_size(log_size: Tensor | None, size: Tensor | None, like: Tensor) -> int:
     """The device address of ``log_size``, which receives log(size) (0: none asked): a contiguous tensor of
     size's shape and dtype, given only with a size."""
+    if log_size is not None and size is None:
+        raise ValueError("log_size needs a size")
+    return _log_size_ptr(log_size, None if size is None else tuple(size.shape), like)
+
+
+def _log_size_ptr(log_size: Tensor | None, shape: tuple[int, ...] | None, like: Tensor) -> int:
+    """The device address of ``log_size`` (0 for None), checked to be a contiguous tensor of ``shape`` in
+    ``like``'s dtype on its device."""
     if log_size is None:
         return 0
-    if size is None:
-        raise ValueError("log_size needs a size")
     check_kernel_tensor("log_size", log_size, like.device)
-    if log_size.shape != size.shape or log_size.dtype != size.dtype or not log_size.is_contiguous():
-        raise ValueError(f"log_size must be a contiguous {size.dtype} {tuple(size.shape)}, got "
+    if tuple(log_size.shape) != shape or log_size.dtype != like.dtype or not log_size.is_contiguous():
+        raise ValueError(f"log_size must be a contiguous {like.dtype} {shape}, got "
                          f"{log_size.dtype} {tuple(log_size.shape)}")  # fmt: skip
     return int(log_size.data_ptr())
 

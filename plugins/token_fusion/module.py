@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vitrt.models.layers import Block, add_norm
+from vitrt.models.layers import NO_CARRY, Block, Carry, add_norm
 from vitrt.plugins.cuda_launcher import kernels_apply
 
 from .config import FusionBlockConfig
@@ -115,21 +115,22 @@ class FusionBlock(Block):
         norm: nn.Module,
         by_token: bool = False,
         residual: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``_fuse`` and ``norm`` of the fused tokens: (x_fused, size_fused, dest, norm(x_fused)); with
-        ``residual`` the tokens fused are x + residual. On the kernel path at inference the merge kernel
-        writes both (``torch.ops.vitrt.token_fusion_norm``), so the norm costs no launch and no pass over
-        the fused tokens of its own, and forms x + residual as it reads the rows (the add costs none
-        either); there, with ``by_token``, the norm comes by token ([B, N, C]: token i's row is that of
-        x_fused[dest[i]]), which saves the one-step-ahead attention its gather. Elsewhere the norm is
-        [B, N - r, C] whatever ``by_token``."""
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+        """``_fuse`` and ``norm`` of the fused tokens: (x_fused, size_fused, dest, norm(x_fused),
+        log(size_fused) or None); with ``residual`` the tokens fused are x + residual. On the kernel path at
+        inference the merge kernel writes all of it (``torch.ops.vitrt.token_fusion_norm``), so the norm
+        costs no launch and no pass over the fused tokens of its own, the log of the sizes (the next
+        attention's bias) no launch either, and the merge forms x + residual as it reads the rows; there,
+        with ``by_token``, the norm comes by token ([B, N, C]: token i's row is that of x_fused[dest[i]]),
+        which saves the one-step-ahead attention its gather. Elsewhere the norm is [B, N - r, C] whatever
+        ``by_token``, and the log None (not computed)."""
         if self._norm_on_merge(x, norm):
             norm = cast(nn.LayerNorm, norm)
             return token_fusion_norm_call(x, metric, info, size, attrs, norm, by_token, residual)
         if residual is not None:
             x = x + residual
         x_f, size_f, dest = self._fuse(x, metric, info, size, attrs)
-        return x_f, size_f, dest, norm(x_f)
+        return x_f, size_f, dest, norm(x_f), None
 
     def num_tokens_out(self, n_in: int) -> int:
         """Tokens leaving the block for ``n_in`` entering it: n_in - r, r capped (``spec.removed_tokens``)."""
@@ -223,23 +224,25 @@ class FusionBlock(Block):
         self,
         x: Tensor,
         size: Tensor | None = None,
-        h: Tensor | None = None,
+        carry: Carry = NO_CARRY,
         next_norm: nn.Module | None = None,
-    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    ) -> tuple[Tensor, Tensor | None, Carry]:
         """x [B, N, C], size [B, N] or None -> (x [B, N - r, C], size [B, N - r] or None if r = 0 and
-        no size came in, next_norm(x) or None); h and next_norm as ``Block.forward_chain`` says (``forward``
-        is this with neither)."""
+        no size came in, carry for the next block); carry and next_norm as ``Block.forward_chain`` says
+        (``forward`` is this with neither)."""
         cfg = self.config
         bsz, n, _ = x.shape
         attrs = cfg.attrs(n, self.num_protected)
         prop = size if cfg.prop_attn else None
         fast = self._fast(x)
-        h = self.norm1(x) if h is None else h
+        h = self.norm1(x) if carry.h is None else carry.h
+        # proportional attention's bias for the sizes coming in, where the block before wrote their log
+        bias = None if prop is None or carry.log_size is None else carry.log_size[:, None, None, :]
         if attrs.r == 0:
             q, k, v = self.attn.split_heads(h)
-            attended = self.drop_path(self._attention(q, k, v, prop, fast))
+            attended = self.drop_path(self._attention(q, k, v, prop, fast, bias))
             x, h = add_norm(x, attended, self.norm2, self.lowering)
-            return self.add_last(x, self.drop_path(self.mlp(h)), size, next_norm)
+            return self.add_last(x, self.drop_path(self.mlp(h)), size, next_norm, carry.log_size)
 
         size_in = size if size is not None else x.new_ones(bsz, n)
         n_out = n - attrs.r
@@ -253,7 +256,8 @@ class FusionBlock(Block):
                     info = attention_received(probs)
             metric = k.mean(dim=1) if cfg.metric == "keys" else x
             by_token = cfg.one_step_ahead == 1 and fast
-            x_f, size_f, dest, h = self._fuse_norm(x, metric, info, size_in, attrs, self.norm1, by_token)
+            fused = self._fuse_norm(x, metric, info, size_in, attrs, self.norm1, by_token)
+            x_f, size_f, dest, h, log_f = fused
             if cfg.one_step_ahead == 1 and fast:
                 out = self._one_step_ahead(q, k, bias, dest, info, size_in, attrs, h)
             elif cfg.one_step_ahead == 1:
@@ -263,16 +267,17 @@ class FusionBlock(Block):
                 )
             else:
                 q, k, v = self.attn.split_heads(h)
-                out = self._attention(q, k, v, size_f if cfg.prop_attn else None, fast)
+                bias_f = None if log_f is None or not cfg.prop_attn else log_f[:, None, None, :]
+                out = self._attention(q, k, v, size_f if cfg.prop_attn else None, fast, bias_f)
             x, h = add_norm(x_f, self.drop_path(out), self.norm2, self.lowering)
-            return self.add_last(x, self.drop_path(self.mlp(h)), size_f, next_norm)
+            return self.add_last(x, self.drop_path(self.mlp(h)), size_f, next_norm, log_f)
 
         q, k, v = self.attn.split_heads(h)
         if fast:
             # ToMe's weights need no attention (tau_info = 0, size pooling): the op does not read info
             # then, so the sizes stand in for it (a [B, N] tensor of the dtype; no fill launched).
             needs_info = attrs.tau_info > 0 or attrs.pooling == Pooling.ATTN_SIZE
-            info, bias = self._info(q, k, prop) if needs_info else (size_in, None)
+            info, bias = self._info(q, k, prop) if needs_info else (size_in, bias)
             attended = self.drop_path(self._attention(q, k, v, prop, fast, bias))
         else:
             probs = self._probs(q, k, prop)
@@ -288,10 +293,11 @@ class FusionBlock(Block):
             x = x + attended
         metric = k.mean(dim=1) if cfg.metric == "keys" else x
         if cfg.merge_after == "attention":
-            x, size_f, _, h = self._fuse_norm(x, metric, info, size_in, attrs, self.norm2, residual=residual)
-            return self.add_last(x, self.drop_path(self.mlp(h)), size_f, next_norm)
+            fused = self._fuse_norm(x, metric, info, size_in, attrs, self.norm2, residual=residual)
+            x, size_f, _, h, log_f = fused
+            return self.add_last(x, self.drop_path(self.mlp(h)), size_f, next_norm, log_f)
         if next_norm is not None and self._norm_on_merge(x, next_norm):  # the next norm rides on the merge
-            x, size_f, _, h = self._fuse_norm(x, metric, info, size_in, attrs, next_norm)
-            return x, size_f, h
+            x, size_f, _, h, log_f = self._fuse_norm(x, metric, info, size_in, attrs, next_norm)
+            return x, size_f, Carry(h, log_f)
         x, size_f, _ = self._fuse(x, metric, info, size_in, attrs)
-        return x, size_f, None
+        return x, size_f, NO_CARRY

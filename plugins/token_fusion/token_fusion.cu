@@ -493,13 +493,15 @@ __device__ void layer_norm_rows(const T* __restrict__ x, const T* __restrict__ r
 
 // Output slot s of merge_by_dest, by one warp: x_out[s] = sum_i(x_i * w_i) / max(sum_i w_i, 1e-12) over
 // the slot's members i (dst[i] == s) in increasing index order; size_out[s] = sum_i size_i (skipped when
-// size_out is null). Members are found by ballots over the block's copy of dest and taken MAXM at a
+// size_out is null) and log_size_out[s] = its log as torch's log computes it from size_out (float32, rounded
+// to T; skipped when null: the next block's proportional attention bias, so that it costs no launch). Members are found by ballots over the block's copy of dest and taken MAXM at a
 // time: their rows' loads are all issued before the first is used, so a slot costs about one global
 // round trip, not one per member. Each lane accumulates P vectors of V channels per sweep.
 template <typename T, int V, int P>
 __device__ void merge_slot(const T* __restrict__ x, const T* __restrict__ residual, const float* __restrict__ w,
                            const float* __restrict__ sz,
-                           const int* __restrict__ dst, T* __restrict__ x_out, T* __restrict__ size_out, int N,
+                           const int* __restrict__ dst, T* __restrict__ x_out, T* __restrict__ size_out,
+                           T* __restrict__ log_size_out, int N,
                            int N_out, int C, int s, const LayerNormArgs<T>& ln) {
   // Members loaded together: 1 for wide lanes (most slots have one member, and registers are occupancy),
   // else up to 4 (at most 16 floats of loaded rows per lane).
@@ -517,6 +519,8 @@ __device__ void merge_slot(const T* __restrict__ x, const T* __restrict__ residu
   }
   den = fmaxf(den, 1e-12f);
   if (size_out != nullptr && lane == 0) size_out[(int64)b * N_out + s] = from_float<T>(total);
+  if (log_size_out != nullptr && lane == 0)
+    log_size_out[(int64)b * N_out + s] = from_float<T>(logf(to_float(from_float<T>(total))));
 
   const T* xb = x + (int64)b * N * C;
   const T* rb = residual == nullptr ? nullptr : residual + (int64)b * N * C;
@@ -608,6 +612,7 @@ template <typename T, int V, int P>
 __device__ void merge_by_dest(const T* __restrict__ x, const T* __restrict__ residual, const T* __restrict__ info,
                               const T* __restrict__ size,
                               const int64* __restrict__ dest, T* __restrict__ x_out, T* __restrict__ size_out,
+                              T* __restrict__ log_size_out,
                               int N, int N_out, int C, int pooling, const LayerNormArgs<T>& ln) {
   VITRT_DYNAMIC_SHARED(float, smem);
   __shared__ float scratch[32];
@@ -628,7 +633,8 @@ __device__ void merge_by_dest(const T* __restrict__ x, const T* __restrict__ res
   for (int n = tid; n < N; n += blockDim.x) w[n] = pooling == 1 ? w[n] * (sz[n] / mx) : (pooling == 0 ? sz[n] : 1.0f);
   __syncthreads();
   const int s = blockIdx.x * warps + warp;
-  if (s < N_out) merge_slot<T, V, P>(x, residual, w, sz, dst, x_out, size_out, N, N_out, C, s, ln);
+  if (s < N_out)
+    merge_slot<T, V, P>(x, residual, w, sz, dst, x_out, size_out, log_size_out, N, N_out, C, s, ln);
 }
 
 // Attention each key receives, summed over a chunk of query rows (a fused block's `info`, see
@@ -1066,15 +1072,17 @@ extern "C" __global__ void __launch_bounds__(512) vitrt_tf_match_timed(const flo
 // MIN_BLOCKS 3 caps the registers at 80 (64 K / 768, in steps of 8): without a minimum, ptxas for sm_90 ..
 // sm_120 held the merge with a residual to 64 registers and spilled.
 #define VITRT_TF_MERGE(SUFFIX, T, VEC)                                                                        \
-  extern "C" __global__ void __launch_bounds__(256, 3) vitrt_tf_merge_##SUFFIX(                                  \
+  extern "C" __global__ void __launch_bounds__(256, 3) vitrt_tf_merge_##SUFFIX(                               \
       const T* x, const T* residual, const T* info, const T* size, const int64* dest, T* x_out, T* size_out,  \
-      int N, int N_out, int C, int pooling, int vec, const T* ln_weight, const T* ln_bias, T* ln_out,         \
-      float ln_eps, int ln_by_token) {                                                                      \
+      T* log_size_out, int N, int N_out, int C, int pooling, int vec, const T* ln_weight, const T* ln_bias,   \
+      T* ln_out, float ln_eps, int ln_by_token) {                                                           \
     const LayerNormArgs<T> ln{ln_weight, ln_bias, ln_out, ln_eps, ln_by_token};                             \
     if (vec)                                                                                                \
-      merge_by_dest<T, VEC, 2>(x, residual, info, size, dest, x_out, size_out, N, N_out, C, pooling, ln);     \
+      merge_by_dest<T, VEC, 2>(x, residual, info, size, dest, x_out, size_out, log_size_out, N, N_out, C,    \
+                               pooling, ln);                                                                \
     else                                                                                                    \
-      merge_by_dest<T, 1, 4>(x, residual, info, size, dest, x_out, size_out, N, N_out, C, pooling, ln);       \
+      merge_by_dest<T, 1, 4>(x, residual, info, size, dest, x_out, size_out, log_size_out, N, N_out, C,      \
+                             pooling, ln);                                                                  \
   }
 VITRT_TF_MERGE(f32, float, 4)
 VITRT_TF_MERGE(f16, half_bits, 8)

@@ -115,25 +115,30 @@ def token_fusion_norm_op(
     eps: float,
     by_token: bool,
     residual: Tensor | None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``token_fusion`` then ``F.layer_norm(x_fused, (C,), weight, bias, eps)``: (x_fused, size_fused,
-    dest, normed [B, N - r, C]); ``by_token``: normed [B, N, C], token i's row the norm of x_fused[dest[i]]
-    (the gather a fused block's one-step-ahead attention needs, without a gather); ``residual`` (like x
-    or None): the op fuses x + residual (a block's residual add, which the merge kernel forms as it reads
-    the rows). On the kernels the merge writes both (a fused block's norm after its fusion, one pass
-    less). Inference only: no gradient is registered (blocks call it with grad off)."""
+    dest, normed [B, N - r, C], log_size); ``by_token``: normed [B, N, C], token i's row the norm of
+    x_fused[dest[i]] (the gather a fused block's one-step-ahead attention needs, without a gather);
+    ``residual`` (like x or None): the op fuses x + residual (a block's residual add, which the merge kernel
+    forms as it reads the rows); log_size: log(size_fused) [B, N - r] (the next block's
+    proportional-attention bias). On the kernels the merge writes all of it (a fused
+    block's norm after its fusion, one pass less). Inference only: no gradient is registered (blocks call
+    it with grad off)."""
     attrs = TokenFusionAttrs(r, num_protected, tau_sim, tau_info, tau_size, bidirectional, pooling)
+    log_size = size.new_empty(x.shape[0], x.shape[1] - r)
     if emulating():
         from .cuda import token_fusion_norm_cuda
 
-        return token_fusion_norm_cuda(x, metric, info, size, attrs, weight, bias, eps, by_token, residual)
+        args = (weight, bias, eps, by_token, residual, log_size)
+        return (*token_fusion_norm_cuda(x, metric, info, size, attrs, *args), log_size)
     if residual is not None:
         x = x + residual
     x_f, size_f, dest = token_fusion(x, metric, info, size, attrs)
     normed = F.layer_norm(x_f, (x_f.shape[-1],), weight, bias, eps)
     if by_token:
         normed = normed.gather(1, dest[..., None].expand(-1, -1, normed.shape[-1]))
-    return x_f.clone(), size_f.clone(), dest.clone(), normed
+    torch.log(size_f, out=log_size)
+    return x_f.clone(), size_f.clone(), dest.clone(), normed, log_size
 
 
 # The registrations below take the op's arguments as they come: x, metric, info, size, the seven
@@ -141,20 +146,27 @@ def token_fusion_norm_op(
 
 
 @token_fusion_norm_op.register_kernel("cuda")
-def _token_fusion_norm_cuda(*args: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _token_fusion_norm_cuda(*args: Any) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     from .cuda import token_fusion_norm_cuda
 
-    x, metric, info, size = args[:4]
-    return token_fusion_norm_cuda(x, metric, info, size, TokenFusionAttrs(*args[4:11]), *args[11:])
+    x, metric, info, size, r = args[:5]
+    log_size = size.new_empty(x.shape[0], x.shape[1] - r)
+    attrs = TokenFusionAttrs(*args[4:11])
+    weight, bias, eps, by_token, residual = args[11:]
+    outputs = token_fusion_norm_cuda(
+        x, metric, info, size, attrs, weight, bias, eps, by_token, residual, log_size_fused=log_size
+    )
+    return (*outputs, log_size)
 
 
 @token_fusion_norm_op.register_fake
-def _token_fusion_norm_fake(*args: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _token_fusion_norm_fake(*args: Any) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     x, size, r, by_token = args[0], args[3], args[4], args[14]
     b, n, c = x.shape
     fused = x.new_empty(b, n - r, c)
     normed = x.new_empty(b, n, c) if by_token else torch.empty_like(fused)
-    return fused, size.new_empty(b, n - r), x.new_empty(b, n, dtype=torch.int64), normed
+    dest = x.new_empty(b, n, dtype=torch.int64)
+    return fused, size.new_empty(b, n - r), dest, normed, size.new_empty(b, n - r)
 
 
 @torch.library.custom_op("vitrt::row_layer_norm", mutates_args=())
@@ -376,10 +388,10 @@ def token_fusion_norm_call(
     norm: nn.LayerNorm,
     by_token: bool = False,
     residual: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``token_fusion_call`` and ``norm`` of its fused tokens through ``torch.ops.vitrt.token_fusion_norm``:
-    (x_fused, size_fused, dest, norm(x_fused), by token with ``by_token``); norm a LayerNorm over the
-    channels; with ``residual`` the tokens fused are x + residual."""
+    (x_fused, size_fused, dest, norm(x_fused), by token with ``by_token``, log(size_fused)); norm a LayerNorm
+    over the channels; with ``residual`` the tokens fused are x + residual."""
     values = _attribute_values(attrs)
     weight, bias, eps = norm.weight, norm.bias, float(norm.eps)
     return token_fusion_norm_op(x, metric, info, size, *values, weight, bias, eps, by_token, residual)

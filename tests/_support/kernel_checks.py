@@ -174,10 +174,10 @@ def check_fusion_norm(
     """token_fusion_norm_cuda (the merge kernel also writing a LayerNorm of the fused tokens): x_fused,
     size_fused and dest bit for bit those of token_fusion_cuda (same kernels), and the norm equal to
     F.layer_norm of that x_fused within 1e-4 (float32) / 1e-2 (float16) relative, and by token (normed
-    [B, N, C]) equal to it gathered by dest; with a residual, all four bit for bit those of the summed
-    input. ``offset`` is added to x (a residual stream's mean far from
-    0: the variance must not come from E[x^2] - mean^2); every element written (the same launches,
-    NaN-free)."""
+    [B, N, C]) equal to it gathered by dest; log(size_fused) as ``_check_log_size`` says; with a
+    residual, all four bit for bit those of the summed input. ``offset`` is added to x (a residual
+    stream's mean far from 0: the variance must not come from E[x^2] - mean^2); every element written
+    (the same launches, NaN-free)."""
     from vitrt.plugins.token_fusion.cuda import token_fusion_cuda, token_fusion_norm_cuda
 
     attrs = TokenFusionAttrs(r=r, **MCTF)
@@ -186,13 +186,17 @@ def check_fusion_norm(
     g = torch.Generator(device=device).manual_seed(c)
     weight = (torch.rand(c, device=device, generator=g) + 0.5).to(dtype) if affine else None
     bias = torch.randn(c, device=device, generator=g).to(dtype) if affine else None
-    x_f, size_f, dest, normed = token_fusion_norm_cuda(x, metric, info, size, attrs, weight, bias, 1e-6)
+    log_size = torch.full((b, n - r), math.nan, dtype=dtype, device=device)
+    x_f, size_f, dest, normed = token_fusion_norm_cuda(
+        x, metric, info, size, attrs, weight, bias, 1e-6, log_size_fused=log_size
+    )
     plain = token_fusion_cuda(x, metric, info, size, attrs)
     _synchronize(normed)
     for got, want in zip((x_f, size_f, dest), plain, strict=True):
         assert torch.equal(got, want)
     assert normed.shape == x_f.shape and normed.dtype == dtype and not normed.isnan().any()
     _close(normed, _layer_norm32(x_f, weight, bias, 1e-6), dtype, "normed")
+    _check_log_size(log_size, size_f)  # the next block's bias, from the merge's launch
     # by token ([B, N, C], a fused block's one-step-ahead attention): the rows of dest, bit for bit
     by_token = token_fusion_norm_cuda(x, metric, info, size, attrs, weight, bias, 1e-6, by_token=True)
     _synchronize(by_token[3])
