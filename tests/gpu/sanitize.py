@@ -4,10 +4,10 @@
 
 tests/gpu/run_all.sh runs it under memcheck, racecheck and synccheck when SANITIZE=1. Shapes are the
 models' token counts at batch 2 (N = 197 for token fusion, both score tiles, both dtypes, with and without
-the norm after the merge (by merged row and by token, with a residual, on the vector and scalar paths),
-the row norm alone and after a residual add; a fused block's attention_info from q and k, with log size,
-which is the tensor-core kernel in float16 and q k^T + the logits kernel in float32; N = 784 for
-Scatterbrain in every mode), small enough for the sanitizer's slowdown.
+the norm after the merge (by merged row and by token, with a residual and log size, on the vector and
+scalar paths), the row norm alone and after a residual add; a fused block's attention_info from q and k,
+with log size, which is the tensor-core kernel in float16 and q k^T + the logits kernel in float32;
+N = 784 for Scatterbrain in every mode), small enough for the sanitizer's slowdown.
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ def main() -> int:
             inputs = fusion_inputs(2, 197, c, dtype, "cuda")
             params = (weight, bias) if c == 384 else (None, None)
             rest = torch.randn_like(inputs[0]) if residual else None
-            token_fusion_norm_cuda(*inputs, TokenFusionAttrs(r=16, **MCTF), *params, 1e-6, by_token, rest)
+            log_size = torch.empty(2, 197 - 16, dtype=dtype, device="cuda")
+            attrs = TokenFusionAttrs(r=16, **MCTF)
+            token_fusion_norm_cuda(*inputs, attrs, *params, 1e-6, by_token, rest, log_size)
         torch.ops.vitrt.row_layer_norm(torch.randn(2, 64, 147, device="cuda").to(dtype), None, None, 1e-5)
         for c, affine in ((384, True), (147, False)):  # vector and scalar paths
             pair = torch.randn(2, 2, 197, c, device="cuda").to(dtype)
