@@ -254,23 +254,25 @@ def enqueue_merge(
     norm: RowNorm | None = None,
     residual: int = 0,
     log_size_out: int = 0,
+    base: int = 0,
 ) -> None:
     """Launch the merge: x [B, N, C] -> x_out [B, N - r, C], the weighted mean of each group of tokens with
     one dest (int64 [B, N]), weights from info / size [B, N] and ``pooling``; size_out [B, N - r] = the
     groups' summed sizes (not written when ``size_out`` is 0), and log_size_out [B, N - r] their log (when
     not 0); with ``norm``, also the LayerNorm of every merged row (``RowNorm``); with ``residual``
-    [B, N, C], the rows merged are x + residual (each sum rounded to ``dtype``, as torch's add stores it).
-    Same dtype for all but dest."""
+    [B, N, C], the rows merged are x + residual (each sum rounded to ``dtype``, as torch's add stores it);
+    with ``base`` [B, N - r, C], x_out = base + the merged rows (rounded as torch's add of the two). Same
+    dtype for all but dest."""
     vector = 4 if dtype == "float32" else 8  # 16-byte vectors
     align = 16
     norm_ptrs = (norm.weight, norm.bias, norm.out) if norm else (0, 0, 0)
-    vec = d.channels % vector == 0 and all(p % align == 0 for p in (x, residual, x_out, *norm_ptrs))
+    vec = d.channels % vector == 0 and all(p % align == 0 for p in (x, residual, base, x_out, *norm_ptrs))
     launch(
         load_module(SOURCE),
         f"vitrt_tf_merge_{kernel_suffix(dtype, PLUGIN_NAME)}",
         (-(-d.n_out // _WARPS), d.batch, 1),
         (_THREADS, 1, 1),
-        [*map(ptr, (x, residual, info, size, dest, x_out, size_out, log_size_out)), i32(d.tokens),
+        [*map(ptr, (x, residual, base, info, size, dest, x_out, size_out, log_size_out)), i32(d.tokens),
          i32(d.n_out),
          i32(d.channels), i32(pooling), i32(vec), *map(ptr, norm_ptrs), f32(norm.eps if norm else 0.0),
          i32(bool(norm and norm.by_token))],
@@ -597,6 +599,42 @@ def merge_tokens_cuda(
     """``reference.merge_tokens(x, dest, reference.pooling_weights(info, size, pooling), n_out)`` with the
     merge kernel: x [B, N, C], dest [B, N] int64 (every slot 0 .. n_out - 1 used), info / size [B, N] in
     x's dtype -> [B, n_out, C]. What a fused block applies to its attention output."""
+    return _merge_tokens(x, dest, info, size, pooling, n_out, None, None)[0]
+
+
+def merge_add_norm_cuda(
+    x: Tensor,
+    dest: Tensor,
+    info: Tensor,
+    size: Tensor,
+    pooling: int,
+    base: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+) -> tuple[Tensor, Tensor]:
+    """``merge_tokens_cuda`` of x into base's n_out slots, added to base, and the LayerNorm of the sum, in
+    one launch: base [B, n_out, C] like x -> (s = base + merged, F.layer_norm(s, (C,), weight, bias, eps)),
+    each add rounded as torch's. A fused block's residual add after its merged attention branch and the
+    norm after it."""
+    if base.dim() != 3 or base.shape[0] != x.shape[0] or base.shape[2] != x.shape[2] or base.dtype != x.dtype:
+        raise ValueError(f"base must be [{x.shape[0]}, n_out, {x.shape[2]}] {x.dtype}, got {base.dtype} "
+                         f"{tuple(base.shape)}")  # fmt: skip
+    total, normed = _merge_tokens(x, dest, info, size, pooling, base.shape[1], base, (weight, bias, eps))
+    assert normed is not None
+    return total, normed
+
+
+def _merge_tokens(
+    x: Tensor,
+    dest: Tensor,
+    info: Tensor,
+    size: Tensor,
+    pooling: int,
+    n_out: int,
+    base: Tensor | None,
+    norm: tuple[Tensor | None, Tensor | None, float] | None,
+) -> tuple[Tensor, Tensor | None]:
     import torch
 
     b, n, c = x.shape
@@ -608,12 +646,22 @@ def merge_tokens_cuda(
         raise TypeError(f"x, info, size must share one dtype of {SUPPORTED_DTYPES}")
     x, dest, info, size = (t.contiguous() for t in (x, dest, info, size))
     out = torch.empty(b, n_out, c, dtype=x.dtype, device=x.device)
+    normed, row_norm = None, None
+    if norm is not None:
+        weight, bias = _norm_params(norm[0], norm[1], x, "")
+        normed = torch.empty_like(out)
+        addr = [0 if t is None else t.data_ptr() for t in (weight, bias, normed)]
+        row_norm = RowNorm(addr[0], addr[1], addr[2], float(norm[2]))
+    if base is not None:
+        check_kernel_tensor("base", base, x.device)
+        base = base.contiguous()
     with kernel_device(x):
         enqueue_merge(
             x.data_ptr(), info.data_ptr(), size.data_ptr(), dest.data_ptr(), out.data_ptr(), 0,
-            FusionDims(b, n, c, c, n - n_out), pooling, tensor_dtype_name(x), kernel_stream(x),
+            FusionDims(b, n, c, c, n - n_out), pooling, tensor_dtype_name(x), kernel_stream(x), row_norm,
+            base=0 if base is None else base.data_ptr(),
         )  # fmt: skip
-    return out
+    return out, normed
 
 
 def _checked_size(size: Tensor | None, b: int, n: int, like: Tensor) -> Tensor | None:

@@ -20,7 +20,13 @@ from vitrt.plugins.cuda_launcher import kernels_apply
 from .config import FusionBlockConfig
 from .reference import MergeMethod, attention_received, merge_attention, pooling_weights, token_fusion
 from .spec import Pooling, TokenFusionAttrs
-from .torch_op import attention_info_op, token_fusion_call, token_fusion_norm_call, token_merge_op
+from .torch_op import (
+    attention_info_op,
+    token_fusion_call,
+    token_fusion_norm_call,
+    token_merge_add_norm_op,
+    token_merge_op,
+)
 
 
 class TokenFusionOp(nn.Module):
@@ -205,11 +211,14 @@ class FusionBlock(Block):
         size: Tensor,
         attrs: TokenFusionAttrs,
         h: Tensor,
-    ) -> Tensor:
-        """merge_attention(A) @ v(h) projected, [B, N - r, C], without A or the merged matrix (class
-        docstring): q, k [B, H, N, E] of the unfused tokens with proportional attention's ``bias`` (log
-        size [B, 1, 1, N], or None), h the fused tokens' norm1: [B, N - r, C], or by token [B, N, C]
-        (``_fuse_norm``)."""
+        x_f: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """The block's attention half on the kernel path: x = x_f + merge_attention(A) @ v(h) projected,
+        [B, N - r, C], without A or the merged matrix (class docstring), and norm2(x). q, k [B, H, N, E] of
+        the unfused tokens with proportional attention's ``bias`` (log size [B, 1, 1, N], or None), h the
+        fused tokens' norm1: [B, N - r, C], or by token [B, N, C] (``_fuse_norm``). The projection is
+        applied before the merge (a weighted mean: proj(merge(o)) = merge(proj(o)), the weights summing to
+        one), so that the merge kernel can also add x_f and write norm2 (``token_merge_add_norm``)."""
         b, heads, n, _ = q.shape
         if h.shape[1] == n:  # by token: v of each token's merged row, V'[dest], with no gather
             vg = self._v(h)
@@ -217,8 +226,15 @@ class FusionBlock(Block):
             v = self._v(h)  # [B, H, N', E]
             vg = v.gather(2, dest[:, None, :, None].expand(b, heads, n, v.shape[-1]))
         o = F.scaled_dot_product_attention(q, k, vg, attn_mask=bias, scale=self.attn.scale)
-        o = token_merge_op(o.transpose(1, 2).reshape(b, n, -1), dest, info, size, attrs.pooling, n - attrs.r)
-        return self.attn.proj_drop(self.attn.proj(o))
+        o = self.attn.proj_drop(self.attn.proj(o.transpose(1, 2).reshape(b, n, -1)))
+        norm = self.norm2
+        if self._norm_on_merge(x_f, norm):
+            total, normed = token_merge_add_norm_op(
+                o, dest, info, size, attrs.pooling, x_f, norm.weight, norm.bias, float(norm.eps)
+            )
+            return total, normed
+        o = token_merge_op(o, dest, info, size, attrs.pooling, n - attrs.r)
+        return add_norm(x_f, self.drop_path(o), self.norm2, self.lowering)
 
     def forward_chain(
         self,
@@ -259,8 +275,9 @@ class FusionBlock(Block):
             fused = self._fuse_norm(x, metric, info, size_in, attrs, self.norm1, by_token)
             x_f, size_f, dest, h, log_f = fused
             if cfg.one_step_ahead == 1 and fast:
-                out = self._one_step_ahead(q, k, bias, dest, info, size_in, attrs, h)
-            elif cfg.one_step_ahead == 1:
+                x, h = self._one_step_ahead(q, k, bias, dest, info, size_in, attrs, h, x_f)
+                return self.add_last(x, self.drop_path(self.mlp(h)), size_f, next_norm, log_f)
+            if cfg.one_step_ahead == 1:
                 weights = pooling_weights(info, size_in, attrs.pooling)
                 out = self._attend(
                     merge_attention(probs, dest, weights, n_out, self._merge_method), self._v(h)

@@ -492,16 +492,17 @@ __device__ void layer_norm_rows(const T* __restrict__ x, const T* __restrict__ r
 }
 
 // Output slot s of merge_by_dest, by one warp: x_out[s] = sum_i(x_i * w_i) / max(sum_i w_i, 1e-12) over
-// the slot's members i (dst[i] == s) in increasing index order; size_out[s] = sum_i size_i (skipped when
-// size_out is null) and log_size_out[s] = its log as torch's log computes it from size_out (float32, rounded
-// to T; skipped when null: the next block's proportional attention bias, so that it costs no launch). Members are found by ballots over the block's copy of dest and taken MAXM at a
-// time: their rows' loads are all issued before the first is used, so a slot costs about one global
+// the slot's members i (dst[i] == s) in increasing index order, plus base[s] when base is given (the mean
+// rounded to T, then the sum rounded to T: torch's add of the merged rows to base); size_out[s] = sum_i
+// size_i (skipped when size_out is null) and log_size_out[s] = its log as torch's log computes it from
+// size_out (float32, rounded to T; skipped when null: the next block's proportional-attention bias, so
+// that it costs no launch). Members are found by ballots over the block's copy of dest and taken MAXM at
+// a time: their rows' loads are all issued before the first is used, so a slot costs about one global
 // round trip, not one per member. Each lane accumulates P vectors of V channels per sweep.
 template <typename T, int V, int P>
-__device__ void merge_slot(const T* __restrict__ x, const T* __restrict__ residual, const float* __restrict__ w,
-                           const float* __restrict__ sz,
-                           const int* __restrict__ dst, T* __restrict__ x_out, T* __restrict__ size_out,
-                           T* __restrict__ log_size_out, int N,
+__device__ void merge_slot(const T* __restrict__ x, const T* __restrict__ residual, const T* __restrict__ base,
+                           const float* __restrict__ w, const float* __restrict__ sz, const int* __restrict__ dst,
+                           T* __restrict__ x_out, T* __restrict__ size_out, T* __restrict__ log_size_out, int N,
                            int N_out, int C, int s, const LayerNormArgs<T>& ln) {
   // Members loaded together: 1 for wide lanes (most slots have one member, and registers are occupancy),
   // else up to 4 (at most 16 floats of loaded rows per lane).
@@ -585,6 +586,12 @@ __device__ void merge_slot(const T* __restrict__ x, const T* __restrict__ residu
       if (c >= C) continue;
 #pragma unroll
       for (int u = 0; u < V; ++u) acc[p][u] = acc[p][u] / den;
+      if (base != nullptr) {
+        float bv[V];
+        load_vec<T, V>(base + ((int64)b * N_out + s) * C + c, bv);
+#pragma unroll
+        for (int u = 0; u < V; ++u) acc[p][u] = __fadd_rn(bv[u], to_float(from_float<T>(acc[p][u])));
+      }
       store_vec<T, V>(ob + c, acc[p]);
     }
   }
@@ -607,10 +614,11 @@ __device__ void merge_slot(const T* __restrict__ x, const T* __restrict__ residu
 // The merge: block (x, b) loads batch element b's dest, sizes and pooling weights w (spec.Pooling: 1 =
 // ATTN_SIZE, info * size / max size; 0 = SIZE; 3 = MEAN) into shared memory in one round of loads, then
 // each warp merges one output slot (merge_slot). residual (may be null): the rows merged are x + residual
-// (a block's residual add, so that the sum is never written). Dynamic shared memory: 12 N bytes.
+// (a block's residual add, so that the sum is never written); base (may be null): [B, N_out, C] added to
+// the merged rows (a block's residual add after a branch it merges). Dynamic shared memory: 12 N bytes.
 template <typename T, int V, int P>
-__device__ void merge_by_dest(const T* __restrict__ x, const T* __restrict__ residual, const T* __restrict__ info,
-                              const T* __restrict__ size,
+__device__ void merge_by_dest(const T* __restrict__ x, const T* __restrict__ residual, const T* __restrict__ base,
+                              const T* __restrict__ info, const T* __restrict__ size,
                               const int64* __restrict__ dest, T* __restrict__ x_out, T* __restrict__ size_out,
                               T* __restrict__ log_size_out,
                               int N, int N_out, int C, int pooling, const LayerNormArgs<T>& ln) {
@@ -634,7 +642,7 @@ __device__ void merge_by_dest(const T* __restrict__ x, const T* __restrict__ res
   __syncthreads();
   const int s = blockIdx.x * warps + warp;
   if (s < N_out)
-    merge_slot<T, V, P>(x, residual, w, sz, dst, x_out, size_out, log_size_out, N, N_out, C, s, ln);
+    merge_slot<T, V, P>(x, residual, base, w, sz, dst, x_out, size_out, log_size_out, N, N_out, C, s, ln);
 }
 
 // Attention each key receives, summed over a chunk of query rows (a fused block's `info`, see
@@ -1064,7 +1072,7 @@ extern "C" __global__ void __launch_bounds__(512) vitrt_tf_match_timed(const flo
   match<true>(scores, dest, N, r, bidirectional, scores_in_shared, phase_clock);
 }
 
-// vec: 1 when C and the x / residual / x_out addresses allow V-wide vectors (f32: 4 floats, f16: 8 halves = 16
+// vec: 1 when C and the x / residual / base / x_out addresses allow V-wide vectors (f32: 4 floats, f16: 8 halves = 16
 // bytes), else 0 (one element per lane).
 // ln_out: 0, or the LayerNorm of every merged row (ln_weight / ln_bias may be 0) with ln_eps, [B, N_out, C],
 // or with ln_by_token [B, N, C] (each token's row: the norm of the merged row it went to); vec then also
@@ -1073,16 +1081,16 @@ extern "C" __global__ void __launch_bounds__(512) vitrt_tf_match_timed(const flo
 // sm_120 held the merge with a residual to 64 registers and spilled.
 #define VITRT_TF_MERGE(SUFFIX, T, VEC)                                                                        \
   extern "C" __global__ void __launch_bounds__(256, 3) vitrt_tf_merge_##SUFFIX(                               \
-      const T* x, const T* residual, const T* info, const T* size, const int64* dest, T* x_out, T* size_out,  \
-      T* log_size_out, int N, int N_out, int C, int pooling, int vec, const T* ln_weight, const T* ln_bias,   \
-      T* ln_out, float ln_eps, int ln_by_token) {                                                           \
+      const T* x, const T* residual, const T* base, const T* info, const T* size, const int64* dest, T* x_out, \
+      T* size_out, T* log_size_out, int N, int N_out, int C, int pooling, int vec, const T* ln_weight,        \
+      const T* ln_bias, T* ln_out, float ln_eps, int ln_by_token) {                                         \
     const LayerNormArgs<T> ln{ln_weight, ln_bias, ln_out, ln_eps, ln_by_token};                             \
     if (vec)                                                                                                \
-      merge_by_dest<T, VEC, 2>(x, residual, info, size, dest, x_out, size_out, log_size_out, N, N_out, C,    \
-                               pooling, ln);                                                                \
+      merge_by_dest<T, VEC, 2>(x, residual, base, info, size, dest, x_out, size_out, log_size_out, N, N_out, \
+                               C, pooling, ln);                                                             \
     else                                                                                                    \
-      merge_by_dest<T, 1, 4>(x, residual, info, size, dest, x_out, size_out, log_size_out, N, N_out, C,      \
-                             pooling, ln);                                                                  \
+      merge_by_dest<T, 1, 4>(x, residual, base, info, size, dest, x_out, size_out, log_size_out, N, N_out,   \
+                             C, pooling, ln);                                                               \
   }
 VITRT_TF_MERGE(f32, float, 4)
 VITRT_TF_MERGE(f16, half_bits, 8)

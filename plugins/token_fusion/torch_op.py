@@ -3,7 +3,8 @@
 writes too: a fused block's norm after its fusion; ``row_layer_norm`` is that LayerNorm alone, which T2T-ViT's
 147-channel norms use on a GPU, and ``add_layer_norm`` the same norm after a residual add, which every
 block's add and norm2 use on a GPU), ``torch.ops.vitrt.token_merge`` (its merge step alone:
-the weighted mean of the groups a ``dest`` defines, which a fused block applies to its attention output)
+the weighted mean of the groups a ``dest`` defines, which a fused block applies to its attention output;
+``token_merge_add_norm`` adds the merged rows to the fused tokens and writes the norm that follows too)
 and ``torch.ops.vitrt.attention_info`` (the attention each key receives, a fused block's ``info``, from q
 and k without writing the probabilities).
 
@@ -285,6 +286,44 @@ def _token_merge_fake(
     x: Tensor, dest: Tensor, info: Tensor, size: Tensor, pooling: int, n_out: int
 ) -> Tensor:
     return x.new_empty(x.shape[0], n_out, x.shape[2])
+
+
+@torch.library.custom_op("vitrt::token_merge_add_norm", mutates_args=())
+def token_merge_add_norm_op(
+    x: Tensor,
+    dest: Tensor,
+    info: Tensor,
+    size: Tensor,
+    pooling: int,
+    base: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+) -> tuple[Tensor, Tensor]:
+    """``token_merge`` of x into base's slots, then a residual add and the norm after it: base [B, n_out, C]
+    -> (s = base + merged, ``F.layer_norm(s, (C,), weight, bias, eps)``); on the kernels the merge kernel
+    writes both (``cuda.merge_add_norm_cuda``). A fused block's attention branch merged, added to its fused
+    tokens, and norm2. Inference only: no gradient is registered (blocks call it with grad off)."""
+    if emulating():
+        from .cuda import merge_add_norm_cuda
+
+        return merge_add_norm_cuda(x, dest, info, size, pooling, base, weight, bias, eps)
+    total = base + merge_tokens(x, dest, pooling_weights(info, size, pooling), base.shape[1])
+    return total, F.layer_norm(total, (total.shape[-1],), weight, bias, eps)
+
+
+@token_merge_add_norm_op.register_kernel("cuda")
+def _token_merge_add_norm_cuda(*args: Any) -> tuple[Tensor, Tensor]:
+    from .cuda import merge_add_norm_cuda
+
+    return merge_add_norm_cuda(*args)
+
+
+@token_merge_add_norm_op.register_fake
+def _token_merge_add_norm_fake(*args: Any) -> tuple[Tensor, Tensor]:
+    base = args[5]
+    total = torch.empty_like(base, memory_format=torch.contiguous_format)
+    return total, torch.empty_like(total)
 
 
 @torch.library.custom_op("vitrt::attention_info", mutates_args=())

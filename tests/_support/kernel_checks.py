@@ -107,6 +107,7 @@ def check_token_fusion(
     from vitrt.plugins.token_fusion.cuda import (
         bipartite_matching_cuda,
         fusion_scores_cuda,
+        merge_add_norm_cuda,
         merge_tokens_cuda,
         token_fusion_cuda,
     )
@@ -152,6 +153,14 @@ def check_token_fusion(
     _close(size_f, tf_ref.merge_sizes(size, dest, n_out), dtype, "size_fused")
     # the merge alone (what a fused block applies to its attention output): the same kernel, no sizes
     assert torch.equal(merge_tokens_cuda(x, dest, info, size, attrs.pooling, n_out), x_f)
+    # ... added to a base and normed (a fused block's attention branch, its residual add and norm2): the
+    # sum bit for bit torch's add of the merge to the base, the norm within the tolerance of F.layer_norm
+    g = torch.Generator(device=device).manual_seed(n + c)
+    base = (torch.randn(b, n_out, c, device=device, generator=g) * 2 + 3).to(dtype)
+    weight, bias = (torch.rand(c, device=device, generator=g) + 0.5).to(dtype), None
+    total, normed = merge_add_norm_cuda(x, dest, info, size, attrs.pooling, base, weight, bias, 1e-5)
+    assert torch.equal(total, base + x_f)
+    _close(normed, _layer_norm32(total, weight, bias, 1e-5), dtype, "merge + add + norm")
 
     # 4. end to end: the untouched reference agrees on (nearly) every batch element; where it does not,
     # two best-partner scores are within float32 rounding of each other (checked exactly in 2.)

@@ -5,9 +5,10 @@
 tests/gpu/run_all.sh runs it under memcheck, racecheck and synccheck when SANITIZE=1. Shapes are the
 models' token counts at batch 2 (N = 197 for token fusion, both score tiles, both dtypes, with and without
 the norm after the merge (by merged row and by token, with a residual and log size, on the vector and
-scalar paths), the row norm alone and after a residual add; a fused block's attention_info from q and k,
-with log size, which is the tensor-core kernel in float16 and q k^T + the logits kernel in float32;
-N = 784 for Scatterbrain in every mode), small enough for the sanitizer's slowdown.
+scalar paths), the merge added to a base and normed, the row norm alone and after a residual add; a fused
+block's attention_info from q and k, with log size, which is the tensor-core kernel in float16 and
+q k^T + the logits kernel in float32; N = 784 for Scatterbrain in every mode), small enough for the
+sanitizer's slowdown.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ from tests._support.kernel_checks import MCTF, _fixed, attention_attrs, attn_inp
 from vitrt.plugins.lsh_attention.cuda import scatterbrain_cuda
 from vitrt.plugins.lsh_attention.spec import Mode
 from vitrt.plugins.token_fusion import torch_op  # noqa: F401  (registers torch.ops.vitrt.*)
-from vitrt.plugins.token_fusion.cuda import attention_info_qk_cuda, token_fusion_cuda, token_fusion_norm_cuda
+from vitrt.plugins.token_fusion.cuda import (
+    attention_info_qk_cuda,
+    merge_add_norm_cuda,
+    token_fusion_cuda,
+    token_fusion_norm_cuda,
+)
 from vitrt.plugins.token_fusion.spec import TokenFusionAttrs
 
 
@@ -44,7 +50,8 @@ def main() -> int:
             rest = torch.randn_like(inputs[0]) if residual else None
             log_size = torch.empty(2, 197 - 16, dtype=dtype, device="cuda")
             attrs = TokenFusionAttrs(r=16, **MCTF)
-            token_fusion_norm_cuda(*inputs, attrs, *params, 1e-6, by_token, rest, log_size)
+            x_f, _, dest, _ = token_fusion_norm_cuda(*inputs, attrs, *params, 1e-6, by_token, rest, log_size)
+            merge_add_norm_cuda(inputs[0], dest, inputs[2], inputs[3], attrs.pooling, x_f, *params, 1e-6)
         torch.ops.vitrt.row_layer_norm(torch.randn(2, 64, 147, device="cuda").to(dtype), None, None, 1e-5)
         for c, affine in ((384, True), (147, False)):  # vector and scalar paths
             pair = torch.randn(2, 2, 197, c, device="cuda").to(dtype)
