@@ -63,7 +63,7 @@ class ClassTokenViT(nn.Module):
         that export scopes and module hooks see it."""
         x = self.embed(x)
         blocks = [cast(Block, blk) for blk in self.blocks]
-        chained = blocks and not torch.is_grad_enabled() and on_kernels(x)
+        chained = bool(blocks) and not torch.is_grad_enabled() and on_kernels(x)
         if not chained or any(blk.lowering != "eager" for blk in blocks):
             x, _ = self.forward_blocks(x)
             return self.norm(x)[:, 0]

@@ -248,6 +248,8 @@ class Block(nn.Module):
     (``vitrt.plugins.token_fusion``) reduce N and update it.
     """
 
+    lowering = "eager"  # see vitrt.plugins.lowering
+
     def __init__(
         self,
         dim: int,
@@ -266,8 +268,6 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
-
-    lowering = "eager"  # see vitrt.plugins.lowering
 
     def set_lowering(self, lowering: str) -> None:
         """Pick how the block is expressed for export (the residual add and norm2: ``add_norm``)."""

@@ -272,10 +272,9 @@ def enqueue_merge(
         f"vitrt_tf_merge_{kernel_suffix(dtype, PLUGIN_NAME)}",
         (-(-d.n_out // _WARPS), d.batch, 1),
         (_THREADS, 1, 1),
-        [*map(ptr, (x, residual, base, info, size, dest, x_out, size_out, log_size_out)), i32(d.tokens),
-         i32(d.n_out),
-         i32(d.channels), i32(pooling), i32(vec), *map(ptr, norm_ptrs), f32(norm.eps if norm else 0.0),
-         i32(bool(norm and norm.by_token))],
+        [*map(ptr, (x, residual, base, info, size, dest, x_out, size_out, log_size_out)),
+         i32(d.tokens), i32(d.n_out), i32(d.channels), i32(pooling), i32(vec), *map(ptr, norm_ptrs),
+         f32(norm.eps if norm else 0.0), i32(bool(norm and norm.by_token))],
         stream,
         shared_mem=12 * d.tokens,
     )  # fmt: skip

@@ -62,7 +62,12 @@ class FusionBlock(Block):
     log size as its mask), and the one-step-ahead attention is reassociated: with M the one-hot merge
     matrix and w the pooling weights, merge_attention(A) V' = (M_w A M^T / den) V' = merge(A (M^T V')),
     and M^T V' is V' gathered by dest, so the block runs attention of the unfused queries over V'[dest]
-    and merges its rows with the op's merge kernel (``torch.ops.vitrt.token_merge``).
+    and merges its rows with the op's merge kernel (``torch.ops.vitrt.token_merge``). There the merge
+    kernel does more of the block's work where it can: it writes the norm after a fusion (for the
+    one-step-ahead attention by token, which is V'[dest]'s input, so there is no gather), the log of the
+    sizes (the next attention's bias), a residual add before a fusion, and, after the output projection
+    (which commutes with the merge), the residual add and norm2 that follow the attention
+    (``torch.ops.vitrt.token_merge_add_norm``).
     """
 
     num_protected = 1  # the class token
