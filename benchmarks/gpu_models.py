@@ -124,7 +124,8 @@ def previous_path(model: nn.Module) -> Iterator[None]:
     T2T's 147-channel norms by torch's layer_norm (not the row kernel), and each residual add and the norm
     after it as torch's add and layer_norm (not one add_layer_norm kernel, nor the merge of MCTF's
     one-step-ahead attention; its projection stays before that merge, on the unfused tokens: 16 % more
-    rows than on the previous path over DeiT-S + MCTF's fused blocks)."""
+    rows than on the previous path over DeiT-S + MCTF's fused blocks), and ToMe's metric as torch's mean
+    of the keys (not rows of the qkv projection)."""
     from vitrt.models import layers
     from vitrt.models.deit import PatchEmbed
     from vitrt.models.layers import RowLayerNorm
@@ -153,12 +154,13 @@ def previous_path(model: nn.Module) -> Iterator[None]:
 
     reformulated = [m for m in model.modules() if isinstance(m, PatchEmbed | T2TModule | RowLayerNorm)]
     saved = (tf_cuda.info_qk_applies, FusionBlock._fuse_norm, FusionBlock._info, layers.add_norm_fuses)
-    saved_norm_on_merge = FusionBlock._norm_on_merge
+    saved_norm_on_merge, saved_key_mean = FusionBlock._norm_on_merge, FusionBlock._key_mean_in_qkv
     info_with_log = FusionBlock._info
     tf_cuda.info_qk_applies = lambda *args: False
     FusionBlock._fuse_norm = unfused_norm  # type: ignore[assignment,method-assign]
     FusionBlock._info = info_then_log  # type: ignore[method-assign]
     FusionBlock._norm_on_merge = lambda *args: False  # type: ignore[method-assign]
+    FusionBlock._key_mean_in_qkv = lambda *args: False  # type: ignore[method-assign]
     layers.add_norm_fuses = lambda *args: False
     for m in reformulated:
         m.lowering = "portable"  # only these modules: attention keeps its eager path
@@ -168,6 +170,7 @@ def previous_path(model: nn.Module) -> Iterator[None]:
         tf_cuda.info_qk_applies, layers.add_norm_fuses = saved[0], saved[3]
         FusionBlock._fuse_norm, FusionBlock._info = saved[1], saved[2]  # type: ignore[method-assign]
         FusionBlock._norm_on_merge = saved_norm_on_merge  # type: ignore[method-assign]
+        FusionBlock._key_mean_in_qkv = saved_key_mean  # type: ignore[method-assign]
         for m in reformulated:
             m.lowering = "eager"
 

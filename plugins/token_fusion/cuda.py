@@ -85,13 +85,21 @@ up to it the score rows are copied into shared memory, beyond it they are read f
 
 @dataclass(frozen=True)
 class FusionDims:
-    """Static sizes of one TokenFusion launch: batch B, tokens N, channels C of x, Cm of metric, and r."""
+    """Static sizes of one TokenFusion launch: batch B, tokens N, channels C of x, Cm of metric, and r;
+    ``metric_pitch``: elements from one metric row to the next (0: Cm, contiguous rows; more where the
+    metric is a view of a wider projection, whose batch elements are N rows apart)."""
 
     batch: int
     tokens: int
     channels: int
     metric_channels: int
     r: int
+    metric_pitch: int = 0
+
+    @property
+    def metric_ld(self) -> int:
+        """Elements between consecutive metric rows."""
+        return self.metric_pitch or self.metric_channels
 
     @property
     def n_out(self) -> int:
@@ -171,22 +179,23 @@ def enqueue_scores(
     stream: int,
     tile: int | None = None,
 ) -> None:
-    """Launch the score kernel: metric [B, N, Cm], info / size [B, N] of ``dtype`` -> float32 scores
-    [B, Na, Nb] at device address ``scores``. Tensor cores (``vitrt_tf_scores_mma_f16``) for float16 with
-    Cm % 8 == 0 and 16-byte aligned rows, unless ``tile`` (64 or 32) names a CUDA-core kernel; the CUDA-core
-    tile defaults to ``score_tile`` for this GPU."""
+    """Launch the score kernel: metric [B, N, Cm] (rows ``d.metric_ld`` elements apart), info / size
+    [B, N] of ``dtype`` -> float32 scores [B, Na, Nb] at device address ``scores``. Tensor cores
+    (``vitrt_tf_scores_mma_f16``) for float16 with Cm % 8 == 0 and 16-byte aligned rows, unless ``tile``
+    (64 or 32) names a CUDA-core kernel; the CUDA-core tile defaults to ``score_tile`` for this GPU."""
     mod = load_module(SOURCE)
     sfx = kernel_suffix(dtype, PLUGIN_NAME)
-    n, cm = d.tokens, d.metric_channels
+    n, cm, ld = d.tokens, d.metric_channels, d.metric_ld
     na, nb = set_sizes(n)
-    if tile is None and dtype == "float16" and cm % 8 == 0 and metric % 16 == 0:
+    if tile is None and dtype == "float16" and cm % 8 == 0 and ld % 8 == 0 and metric % 16 == 0:
         launch(
             mod,
             "vitrt_tf_scores_mma_f16",
             (-(-nb // MMA_TILE), -(-na // MMA_TILE), d.batch),
             (128, 1, 1),
-            [ptr(metric), ptr(info), ptr(size), ptr(scores), i32(n), i32(cm), f32(_exponent(attrs.tau_sim)),
-             f32(_exponent(attrs.tau_info)), f32(_exponent(attrs.tau_size)), i32(attrs.num_protected)],
+            [ptr(metric), ptr(info), ptr(size), ptr(scores), i32(n), i32(cm), i32(ld),
+             f32(_exponent(attrs.tau_sim)), f32(_exponent(attrs.tau_info)), f32(_exponent(attrs.tau_size)),
+             i32(attrs.num_protected)],
             stream,
         )  # fmt: skip
         return
@@ -195,14 +204,15 @@ def enqueue_scores(
         tile = score_tile(d, sms)
     if tile not in SCORE_TILES:
         raise ValueError(f"score tile must be one of {SCORE_TILES}, got {tile}")
-    vec4 = cm % 4 == 0 and metric % (4 * _itemsize(dtype)) == 0
+    vec4 = cm % 4 == 0 and ld % 4 == 0 and metric % (4 * _itemsize(dtype)) == 0
     launch(
         mod,
         f"vitrt_tf_scores{tile}_{sfx}",
         (-(-nb // tile), -(-na // tile), d.batch),
         (_THREADS, 1, 1),
-        [ptr(metric), ptr(info), ptr(size), ptr(scores), i32(n), i32(cm), f32(_exponent(attrs.tau_sim)),
-         f32(_exponent(attrs.tau_info)), f32(_exponent(attrs.tau_size)), i32(attrs.num_protected), i32(vec4)],
+        [ptr(metric), ptr(info), ptr(size), ptr(scores), i32(n), i32(cm), i32(ld),
+         f32(_exponent(attrs.tau_sim)), f32(_exponent(attrs.tau_info)), f32(_exponent(attrs.tau_size)),
+         i32(attrs.num_protected), i32(vec4)],
         stream,
     )  # fmt: skip
 
@@ -465,6 +475,20 @@ def _checked(x: Tensor, metric: Tensor, info: Tensor, size: Tensor, attrs: Token
     return FusionDims(b, n, c, metric.shape[2], attrs.r)
 
 
+def _metric_rows(metric: Tensor, d: FusionDims) -> tuple[Tensor, FusionDims]:
+    """The metric as the score kernels read it, and ``d`` with its row pitch: a view whose rows are evenly
+    spaced, unit-stride and at least Cm apart, with batch elements N rows apart (a slice of a wider
+    projection, such as ToMe's key mean beside q, k and v) is read in place; anything else is copied to
+    contiguous rows first."""
+    import dataclasses
+
+    b_stride, row, channel = metric.stride()
+    pitch = row if channel == 1 and b_stride == d.tokens * row and d.metric_channels <= row < 2**31 else 0
+    if not pitch:
+        metric = metric.contiguous()
+    return metric, dataclasses.replace(d, metric_pitch=pitch if pitch != d.metric_channels else 0)
+
+
 def token_fusion_cuda(
     x: Tensor,
     metric: Tensor,
@@ -554,7 +578,8 @@ def _token_fusion(
                              f"{tuple(residual.shape)}")  # fmt: skip
         if d.r == 0:  # no merge to form the sum in: the copy kernel copies torch's
             x, residual = x + residual, None
-    x, metric, info, size = (t.contiguous() for t in (x, metric, info, size))
+    x, info, size = (t.contiguous() for t in (x, info, size))
+    metric, d = _metric_rows(metric, d)
     residual = None if residual is None else residual.contiguous()
     if out is None:
         out = (
@@ -794,7 +819,8 @@ def fusion_scores_cuda(
     import torch
 
     d = _checked(metric, metric, info, size, attrs)
-    metric, info, size = (t.contiguous() for t in (metric, info, size))
+    info, size = (t.contiguous() for t in (info, size))
+    metric, d = _metric_rows(metric, d)
     na, nb = set_sizes(d.tokens)
     scores = torch.empty(d.batch, na, nb, dtype=torch.float32, device=metric.device)
     with kernel_device(metric):

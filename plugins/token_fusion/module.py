@@ -29,6 +29,12 @@ from .torch_op import (
 )
 
 
+def _version(t: Tensor) -> int:
+    """t's in-place version counter; 0 for an inference tensor, which has none (parameters made inside
+    ``torch.inference_mode``, as by ``.half()`` there)."""
+    return 0 if t.is_inference() else int(t._version)
+
+
 class TokenFusionOp(nn.Module):
     """The ``TokenFusion`` op alone as a module (what exporters and op tests trace).
 
@@ -72,6 +78,8 @@ class FusionBlock(Block):
 
     num_protected = 1  # the class token
     lowering = "eager"  # see vitrt.plugins.lowering: "eager", "portable" or "plugin"
+    # (key, weight, bias) of the qkv projection extended by the keys' mean (``_qkv_key_mean``); not state
+    _key_mean_params: tuple[tuple[object, ...], Tensor, Tensor | None] | None = None
 
     def __init__(self, block: Block, config: FusionBlockConfig) -> None:
         nn.Module.__init__(self)  # the submodules come from ``block``, not from fresh ones
@@ -170,6 +178,34 @@ class FusionBlock(Block):
     def _v(self, h: Tensor) -> Tensor:
         c = h.shape[-1]
         return self._heads(self._project(h, slice(2 * c, 3 * c)), 1)[0]
+
+    def _key_mean_in_qkv(self, h: Tensor, fast: bool) -> bool:
+        """Whether ToMe's metric (the keys' mean over heads) comes from the qkv projection
+        (``_qkv_key_mean``): the kernel path at inference, with the keys as the metric."""
+        return fast and not torch.is_grad_enabled() and self.config.metric == "keys"
+
+    def _qkv_key_mean(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """q, k, v [B, H, N, E] and the keys' mean over heads [B, N, E] (ToMe's metric) from one product of
+        h [B, N, C]: the qkv projection with E more output rows, the mean over heads of its key rows and
+        key biases (the mean of linear maps is the linear map of the mean), so no mean is launched. All
+        four are views of the product; the score kernels read the mean in place. The extended weight is
+        built once per weight (its address, version, dtype and device) and kept: in-place changes to an
+        inference tensor's weights, which have no version counter, are not seen."""
+        qkv = self.attn.qkv
+        weight, bias = qkv.weight, qkv.bias
+        key = (weight.data_ptr(), _version(weight), weight.dtype, weight.device,
+               None if bias is None else (bias.data_ptr(), _version(bias)))  # fmt: skip
+        cached = self._key_mean_params
+        if cached is None or cached[0] != key:
+            c, heads = weight.shape[1], self.attn.num_heads
+            k_rows = weight[c : 2 * c].float().view(heads, -1, c).mean(0).to(weight.dtype)
+            k_bias = None if bias is None else bias[c : 2 * c].float().view(heads, -1).mean(0).to(bias.dtype)
+            cached = (key, torch.cat([weight, k_rows]), None if bias is None else torch.cat([bias, k_bias]))
+            self._key_mean_params = cached
+        out = F.linear(h, cached[1], cached[2])  # [B, N, 3C + E]
+        b, n, c = h.shape
+        qkv_out = out[..., : 3 * c].reshape(b, n, 3, self.attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+        return qkv_out[0], qkv_out[1], qkv_out[2], out[..., 3 * c :]
 
     @staticmethod
     def _log_size(size: Tensor, like: Tensor) -> Tensor:
@@ -294,7 +330,11 @@ class FusionBlock(Block):
             x, h = add_norm(x_f, self.drop_path(out), self.norm2, self.lowering)
             return self.add_last(x, self.drop_path(self.mlp(h)), size_f, next_norm, log_f)
 
-        q, k, v = self.attn.split_heads(h)
+        key_mean = None  # ToMe's metric, where the qkv projection computes it too
+        if self._key_mean_in_qkv(h, fast):
+            q, k, v, key_mean = self._qkv_key_mean(h)
+        else:
+            q, k, v = self.attn.split_heads(h)
         if fast:
             # ToMe's weights need no attention (tau_info = 0, size pooling): the op does not read info
             # then, so the sizes stand in for it (a [B, N] tensor of the dtype; no fill launched).
@@ -313,7 +353,7 @@ class FusionBlock(Block):
             residual = attended
         else:
             x = x + attended
-        metric = k.mean(dim=1) if cfg.metric == "keys" else x
+        metric = (k.mean(dim=1) if key_mean is None else key_mean) if cfg.metric == "keys" else x
         if cfg.merge_after == "attention":
             fused = self._fuse_norm(x, metric, info, size_in, attrs, self.norm2, residual=residual)
             x, size_f, _, h, log_f = fused

@@ -25,7 +25,8 @@
 // (a block's add and the norm that follows it in one launch).
 //
 // <dt> is f32 or f16 (the dtype of x, metric, info, size and of the outputs; float16 travels as raw bits).
-// All arithmetic is float32. Shapes: x [B, N, C], metric [B, N, Cm], info/size [B, N]; set A = even token
+// All arithmetic is float32. Shapes: x [B, N, C], metric [B, N, Cm] with rows ldm >= Cm elements apart (a
+// view of a wider projection is read in place), info/size [B, N]; set A = even token
 // positions (Na = ceil(N/2)), set B = odd (Nb = floor(N/2)); N_out = N - r.
 //
 // Determinism: no atomics. Every sum runs in a fixed order (the merge sums each group's members in
@@ -185,8 +186,8 @@ __device__ __forceinline__ void load_metric4(const T* row, bool ok, int c, int C
 // A temperature exponent of 0 disables its factor (temperature 0).
 template <typename T, int TILE>
 __device__ void scores_tile(const T* __restrict__ metric, const T* __restrict__ info, const T* __restrict__ size,
-                            float* __restrict__ scores, int N, int Cm, float e_sim, float e_info, float e_size,
-                            int num_protected, int vec4) {
+                            float* __restrict__ scores, int N, int Cm, int ldm, float e_sim, float e_info,
+                            float e_size, int num_protected, int vec4) {
   constexpr int KC = 1024 / TILE;  // channels per step
   constexpr int LPR = KC / 4;      // loader threads per row
   constexpr int R = TILE / 16;     // outputs per thread along each side
@@ -198,15 +199,15 @@ __device__ void scores_tile(const T* __restrict__ metric, const T* __restrict__ 
   const int Na = (N + 1) / 2, Nb = N / 2;
   const int b = blockIdx.z, a0 = blockIdx.y * TILE, j0 = blockIdx.x * TILE;
   const int tid = threadIdx.x;
-  const T* mb = metric + (int64)b * N * Cm;
+  const T* mb = metric + (int64)b * N * ldm;
   const T* ib = info + (int64)b * N;
   const T* sb = size + (int64)b * N;
 
   // Loader role: row lrow of the tile, channels lk .. lk + 3 of every step.
   const int lrow = tid / LPR, lk = (tid % LPR) * 4;
   const bool a_ok = a0 + lrow < Na, b_ok = j0 + lrow < Nb;
-  const T* arow = mb + (int64)(2 * (a0 + lrow)) * Cm;
-  const T* brow = mb + (int64)(2 * (j0 + lrow) + 1) * Cm;
+  const T* arow = mb + (int64)(2 * (a0 + lrow)) * ldm;
+  const T* brow = mb + (int64)(2 * (j0 + lrow) + 1) * ldm;
   float ssa = 0.0f, ssb = 0.0f;
   // Compute role: rows ty * R .. + R - 1, columns tx * R .. + R - 1 of the tile.
   const int tx = tid % 16, ty = tid / 16;
@@ -291,7 +292,7 @@ __device__ void scores_tile(const T* __restrict__ metric, const T* __restrict__ 
 constexpr int kMmaTile = 32, kMmaK = 128, kMmaLd = kMmaK + 8;  // +8 halves: conflict-free fragments
 __device__ void scores_tile_mma(const half_bits* __restrict__ metric, const half_bits* __restrict__ info,
                                 const half_bits* __restrict__ size, float* __restrict__ scores, int N, int Cm,
-                                float e_sim, float e_info, float e_size, int num_protected) {
+                                int ldm, float e_sim, float e_info, float e_size, int num_protected) {
   __shared__ __align__(16) half_bits As[kMmaTile][kMmaLd];
   __shared__ __align__(16) half_bits Bs[kMmaTile][kMmaLd];
   __shared__ float rn[2][kMmaTile], fi[2][kMmaTile], fs[2][kMmaTile];
@@ -299,7 +300,7 @@ __device__ void scores_tile_mma(const half_bits* __restrict__ metric, const half
   const int Na = (N + 1) / 2, Nb = N / 2;
   const int b = blockIdx.z, a0 = blockIdx.y * kMmaTile, j0 = blockIdx.x * kMmaTile;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
-  const half_bits* mb = metric + (int64)b * N * Cm;
+  const half_bits* mb = metric + (int64)b * N * ldm;
   const half_bits* ib = info + (int64)b * N;
   const half_bits* sb = size + (int64)b * N;
 
@@ -314,8 +315,8 @@ __device__ void scores_tile_mma(const half_bits* __restrict__ metric, const half
       const int row = lrow + 8 * i, c = c0 + lcol;
       const bool a_ok = a0 + row < Na && c < Cm, b_ok = j0 + row < Nb && c < Cm;
       const uint4 zero = {0u, 0u, 0u, 0u};
-      va[i] = a_ok ? *reinterpret_cast<const uint4*>(mb + (int64)(2 * (a0 + row)) * Cm + c) : zero;
-      vb[i] = b_ok ? *reinterpret_cast<const uint4*>(mb + (int64)(2 * (j0 + row) + 1) * Cm + c) : zero;
+      va[i] = a_ok ? *reinterpret_cast<const uint4*>(mb + (int64)(2 * (a0 + row)) * ldm + c) : zero;
+      vb[i] = b_ok ? *reinterpret_cast<const uint4*>(mb + (int64)(2 * (j0 + row) + 1) * ldm + c) : zero;
     }
   };
   load_step(0);
@@ -909,14 +910,15 @@ __device__ void copy(const T* __restrict__ x, const T* __restrict__ size, T* __r
 // squeezed the 32-tile kernel into 32 registers and spilled; the 64-tile one needs more than 64.
 #define VITRT_TF_SCORES(TILE, MIN_BLOCKS, SUFFIX, T)                                                     \
   extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS) vitrt_tf_scores##TILE##_##SUFFIX(       \
-      const T* metric, const T* info, const T* size, float* scores, int N, int Cm, float e_sim,          \
+      const T* metric, const T* info, const T* size, float* scores, int N, int Cm, int ldm, float e_sim, \
       float e_info, float e_size, int num_protected, int vec4) {                                         \
-    scores_tile<T, TILE>(metric, info, size, scores, N, Cm, e_sim, e_info, e_size, num_protected, vec4); \
+    scores_tile<T, TILE>(metric, info, size, scores, N, Cm, ldm, e_sim, e_info, e_size, num_protected,   \
+                         vec4);                                                                          \
   }
 extern "C" __global__ void __launch_bounds__(128)
     vitrt_tf_scores_mma_f16(const half_bits* metric, const half_bits* info, const half_bits* size, float* scores,
-                            int N, int Cm, float e_sim, float e_info, float e_size, int num_protected) {
-  scores_tile_mma(metric, info, size, scores, N, Cm, e_sim, e_info, e_size, num_protected);
+                            int N, int Cm, int ldm, float e_sim, float e_info, float e_size, int num_protected) {
+  scores_tile_mma(metric, info, size, scores, N, Cm, ldm, e_sim, e_info, e_size, num_protected);
 }
 
 VITRT_TF_SCORES(64, 2, f32, float)

@@ -105,6 +105,8 @@ def check_token_fusion(
     """token_fusion_cuda on seeded inputs against reference.token_fusion (see the module docstring);
     ``tile``: the score kernel's tile (default: the launcher's choice)."""
     from vitrt.plugins.token_fusion.cuda import (
+        FusionDims,
+        _metric_rows,
         bipartite_matching_cuda,
         fusion_scores_cuda,
         merge_add_norm_cuda,
@@ -142,6 +144,12 @@ def check_token_fusion(
     masked = ref_scores == torch.finfo(torch.float32).min
     assert torch.equal(scores == torch.finfo(torch.float32).min, masked)
     torch.testing.assert_close(scores[~masked], ref_scores[~masked], rtol=1e-5, atol=1e-7)
+    # ... the same scores, bit for bit, from a metric read in place as a slice of wider rows
+    cm = metric.shape[-1]
+    wide = torch.cat([metric, torch.full_like(metric[..., :8], math.nan)], dim=-1)[..., :cm]
+    assert torch.equal(fusion_scores_cuda(wide, info, size, attrs, tile=tile), scores)
+    in_place, dims = _metric_rows(wide, FusionDims(b, n, c, cm, r))
+    assert in_place.data_ptr() == wide.data_ptr() and dims.metric_ld == cm + 8  # not copied
 
     # 2. matching: exactly the reference's decisions on the kernel's own scores (ties included)
     assert torch.equal(bipartite_matching_cuda(scores, r, bool(attrs.bidirectional)), dest)

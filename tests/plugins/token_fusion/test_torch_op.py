@@ -201,6 +201,37 @@ def test_float16_model_reads_q_and_k_in_one_kernel(fusion: object, _emulator: No
     assert int((error > 1e-2).sum()) <= 2 and float(error.median()) <= 3e-3, error
 
 
+def test_tome_metric_rides_on_the_qkv_projection(_emulator: None) -> None:
+    """On the kernel path a ToMe block takes its metric, the keys' mean over heads, from E more rows of the
+    qkv projection: no mean is launched, the metric equals torch's mean within 1e-5 (float32), the block
+    gives the reference path's output within 1e-5, and after an in-place change of the weights (as
+    load_state_dict makes) the extended weight is built again."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Means(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            Means.count += func.overloadpacket.__name__ == "mean"
+            return func(*args, **(kwargs or {}))
+
+    model = _model({"preset": "tome", "r": 8})
+    block = next(b for b in model.blocks if isinstance(b, FusionBlock))
+    x = torch.randn(2, 65, 32, generator=torch.Generator().manual_seed(4))
+    h = block.norm1(x)
+    for scale in (1.0, 2.0):
+        with torch.no_grad():
+            block.attn.qkv.weight.mul_(scale)  # the second round: the cached weight is stale
+            q, k, v, mean = block._qkv_key_mean(h)
+            torch.testing.assert_close(mean, k.mean(dim=1), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(torch.stack((q, k, v)), torch.stack(block.attn.split_heads(h)))
+            expected, _ = block(x)
+            with emulated_kernels(), Means():
+                got, _ = block(x)
+        assert Means.count == 0
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fusion", ["mctf", "tome"])
 def test_gpu_benchmark_previous_path(fusion: str, _emulator: None) -> None:
