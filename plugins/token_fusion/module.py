@@ -8,7 +8,8 @@ weights, one-step-ahead attention) and proportional attention adds log(size) to 
 
 from __future__ import annotations
 
-from typing import cast
+import weakref
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -78,8 +79,9 @@ class FusionBlock(Block):
 
     num_protected = 1  # the class token
     lowering = "eager"  # see vitrt.plugins.lowering: "eager", "portable" or "plugin"
-    # (key, weight, bias) of the qkv projection extended by the keys' mean (``_qkv_key_mean``); not state
-    _key_mean_params: tuple[tuple[object, ...], Tensor, Tensor | None] | None = None
+    # The qkv projection extended by the keys' mean (``_qkv_key_mean``), not state: (the key of the weight
+    # and bias it was built from, weak references to them, the extended weight and bias).
+    _key_mean_params: tuple[tuple[object, ...], tuple[Any, ...], Tensor, Tensor | None] | None = None
 
     def __init__(self, block: Block, config: FusionBlockConfig) -> None:
         nn.Module.__init__(self)  # the submodules come from ``block``, not from fresh ones
@@ -193,16 +195,22 @@ class FusionBlock(Block):
         inference tensor's weights, which have no version counter, are not seen."""
         qkv = self.attn.qkv
         weight, bias = qkv.weight, qkv.bias
-        key = (weight.data_ptr(), _version(weight), weight.dtype, weight.device,
-               None if bias is None else (bias.data_ptr(), _version(bias)))  # fmt: skip
+        key = tuple((t.data_ptr(), _version(t), t.dtype, t.device) for t in (weight, bias) if t is not None)
         cached = self._key_mean_params
-        if cached is None or cached[0] != key:
+        # the same tensors as stored (weak references: a new parameter may reuse a freed one's address)
+        if (
+            cached is None
+            or cached[0] != key
+            or any(ref() is not t for ref, t in zip(cached[1], (weight, bias), strict=True))
+        ):
             c, heads = weight.shape[1], self.attn.num_heads
             k_rows = weight[c : 2 * c].float().view(heads, -1, c).mean(0).to(weight.dtype)
             k_bias = None if bias is None else bias[c : 2 * c].float().view(heads, -1).mean(0).to(bias.dtype)
-            cached = (key, torch.cat([weight, k_rows]), None if bias is None else torch.cat([bias, k_bias]))
+            extended = (torch.cat([weight, k_rows]), None if bias is None else torch.cat([bias, k_bias]))
+            refs = tuple(weakref.ref(t) if t is not None else (lambda: None) for t in (weight, bias))
+            cached = (key, refs, *extended)
             self._key_mean_params = cached
-        out = F.linear(h, cached[1], cached[2])  # [B, N, 3C + E]
+        out = F.linear(h, cached[2], cached[3])  # [B, N, 3C + E]
         b, n, c = h.shape
         qkv_out = out[..., : 3 * c].reshape(b, n, 3, self.attn.num_heads, -1).permute(2, 0, 3, 1, 4)
         return qkv_out[0], qkv_out[1], qkv_out[2], out[..., 3 * c :]
