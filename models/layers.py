@@ -92,9 +92,8 @@ class RowLayerNorm(nn.LayerNorm):
             self.lowering == "eager"
             and x.is_cuda
             and x.shape[-1] % 4 != 0
-            and tuple(self.normalized_shape) == (x.shape[-1],)
+            and is_row_layer_norm(self, x)
             and not torch.is_grad_enabled()
-            and all(p is None or p.dtype == x.dtype for p in (self.weight, self.bias))
         ):
             op = _registered_op("row_layer_norm")
             if op is not None:
@@ -119,20 +118,29 @@ def on_kernels(x: Tensor) -> bool:
     return emulation is not None and bool(emulation.emulating())
 
 
+def is_row_layer_norm(norm: nn.Module, x: Tensor) -> bool:
+    """Whether ``norm`` is an ``nn.LayerNorm`` over x's last dim alone, its weight and bias (where present)
+    in x's dtype: the norm that vitrt's row-norm kernels compute (alone, after an add, or on a merge)."""
+    return (
+        isinstance(norm, nn.LayerNorm)
+        and tuple(norm.normalized_shape) == (x.shape[-1],)
+        and all(p is None or p.dtype == x.dtype for p in (norm.weight, norm.bias))
+    )
+
+
 def add_norm_fuses(x: Tensor, y: Tensor, norm: nn.Module, lowering: str = "eager") -> bool:
-    """Whether ``add_norm(x, y, norm, lowering)`` runs as one ``torch.ops.vitrt.add_layer_norm`` kernel: eager
-    inference on vitrt's kernels (CUDA tensors or the CPU emulator, gradients off), ``norm`` a LayerNorm over
-    the last dim in x's dtype (float32 or float16), y of x's shape and dtype, the op registered."""
+    """Whether ``add_norm(x, y, norm, lowering)`` can run as one ``torch.ops.vitrt.add_layer_norm`` kernel
+    (where the op is registered): eager inference on vitrt's kernels (CUDA tensors or the CPU emulator,
+    gradients off), ``norm`` a row LayerNorm of x (``is_row_layer_norm``), x float32 or float16 and y of
+    its shape and dtype."""
     return (
         lowering == "eager"
         and not torch.is_grad_enabled()
-        and isinstance(norm, nn.LayerNorm)
-        and tuple(norm.normalized_shape) == (x.shape[-1],)
+        and is_row_layer_norm(norm, x)
         and x.dtype in (torch.float32, torch.float16)
         and y.shape == x.shape
-        and all(t is None or t.dtype == x.dtype for t in (y, norm.weight, norm.bias))
+        and y.dtype == x.dtype
         and on_kernels(x)
-        and _registered_op("add_layer_norm") is not None
     )
 
 
@@ -142,9 +150,8 @@ def add_norm(x: Tensor, y: Tensor, norm: nn.Module, lowering: str = "eager") -> 
     Where ``add_norm_fuses`` (eager inference on vitrt's kernels) one ``torch.ops.vitrt.add_layer_norm``
     kernel writes both, s bit-identical to the add: torch launches an add and a layer_norm, two passes over
     the tokens. Elsewhere (CPU, training, exports: ``lowering`` other than "eager") the add and ``norm``."""
-    if add_norm_fuses(x, y, norm, lowering):
-        op = _registered_op("add_layer_norm")
-        assert op is not None
+    op = _registered_op("add_layer_norm") if add_norm_fuses(x, y, norm, lowering) else None
+    if op is not None:
         total, normed = op(x, y, norm.weight, norm.bias, norm.eps)
         return total, normed
     total = x + y
@@ -291,9 +298,9 @@ class Block(nn.Module):
         """``forward`` sharing work at the block's edges with its neighbours (what
         ``ClassTokenViT.forward_features`` runs): ``carry`` is what the block before computed for this one
         (``Carry``: its norm1 of x, log of the sizes), and ``next_norm`` the norm that follows the block (the
-        next block's norm1, or the model's final norm). Returns (x, size, carry for the next block): where
-        the block's last residual add and ``next_norm`` fuse (``add_norm_fuses``) one kernel writes both, and
-        its ``h`` is next_norm(x), else None (the next norm is left to its module)."""
+        next block's norm1, or the model's final norm). Returns (x, size, carry for the next block), whose
+        ``h`` is next_norm(x) when ``next_norm`` is given: with the block's last residual add in one kernel
+        where they fuse (``add_norm``)."""
         h = self.norm1(x) if carry.h is None else carry.h
         x, h = add_norm(x, self.drop_path(self.attn(h)), self.norm2, self.lowering)
         return self.add_last(x, self.drop_path(self.mlp(h)), size, next_norm, carry.log_size)
@@ -306,12 +313,12 @@ class Block(nn.Module):
         next_norm: nn.Module | None,
         log_size: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None, Carry]:
-        """The block's last residual add x + branch, with ``next_norm`` of it where they fuse; ``log_size``:
-        log of ``size`` where known (``forward_chain``'s return)."""
-        if next_norm is not None and add_norm_fuses(x, branch, next_norm, self.lowering):
-            x, normed = add_norm(x, branch, next_norm, self.lowering)
-            return x, size, Carry(normed, log_size)
-        return x + branch, size, Carry(None, log_size)
+        """The block's last residual add x + branch and ``next_norm`` of it (``add_norm``); ``log_size``: log
+        of ``size`` where known (``forward_chain``'s return)."""
+        if next_norm is None:
+            return x + branch, size, Carry(None, log_size)
+        x, normed = add_norm(x, branch, next_norm, self.lowering)
+        return x, size, Carry(normed, log_size)
 
 
 def sinusoid_encoding(n_position: int, d_hid: int) -> Tensor:

@@ -572,10 +572,7 @@ def _token_fusion(
     d = _checked(x, metric, info, size, attrs)
     log_ptr = _log_size_ptr(log_size_out, (d.batch, d.n_out), x)
     if residual is not None:
-        check_kernel_tensor("residual", residual, x.device)
-        if residual.shape != x.shape or residual.dtype != x.dtype:
-            raise ValueError(f"residual must match x ({x.dtype} {tuple(x.shape)}), got {residual.dtype} "
-                             f"{tuple(residual.shape)}")  # fmt: skip
+        _check_like_x("residual", residual, x)
         if d.r == 0:  # no merge to form the sum in: the copy kernel copies torch's
             x, residual = x + residual, None
     x, info, size = (t.contiguous() for t in (x, info, size))
@@ -878,9 +875,16 @@ def add_layer_norm_rows_cuda(
     (float32 or float16; weight / bias [C] of that dtype or None) -> (s = x + y, F.layer_norm(s, (C,),
     weight, bias, eps)), s bit-identical to torch's add. Where torch launches an add and a layer_norm,
     this is one launch and one pass over the tokens less."""
-    if y.shape != x.shape or y.dtype != x.dtype:
-        raise ValueError(f"y must match x ({x.dtype} {tuple(x.shape)}), got {y.dtype} {tuple(y.shape)}")
+    _check_like_x("y", y, x)
     return _layer_norm_rows(x, y, weight, bias, eps)
+
+
+def _check_like_x(name: str, t: Tensor, x: Tensor) -> None:
+    """Raise ValueError unless ``t`` (a residual added to x) can feed the kernels beside x: x's shape and
+    dtype, on x's device."""
+    check_kernel_tensor(name, t, x.device)
+    if t.shape != x.shape or t.dtype != x.dtype:
+        raise ValueError(f"{name} must match x ({x.dtype} {tuple(x.shape)}), got {t.dtype} {tuple(t.shape)}")
 
 
 def _layer_norm_rows(
@@ -892,9 +896,7 @@ def _layer_norm_rows(
     check_kernel_tensor("x", x, x.device)
     if x.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"x must be one of {SUPPORTED_DTYPES}, got {x.dtype}")
-    if y is not None:
-        check_kernel_tensor("y", y, x.device)
-        y = y.contiguous()
+    y = None if y is None else y.contiguous()
     c = x.shape[-1]
     weight, bias = _norm_params(weight, bias, x, "")
     x = x.contiguous()

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vitrt.models.layers import NO_CARRY, Block, Carry, add_norm
+from vitrt.models.layers import NO_CARRY, Block, Carry, add_norm, is_row_layer_norm
 from vitrt.plugins.cuda_launcher import kernels_apply
 
 from .config import FusionBlockConfig
@@ -118,13 +118,7 @@ class FusionBlock(Block):
     def _norm_on_merge(self, x: Tensor, norm: nn.Module) -> bool:
         """Whether the merge kernel writes ``norm`` of the fused tokens (``_fuse_norm``): the kernel path at
         inference, ``norm`` a LayerNorm over the channels in x's dtype."""
-        return (
-            self._fast(x)
-            and not torch.is_grad_enabled()
-            and isinstance(norm, nn.LayerNorm)
-            and tuple(norm.normalized_shape) == (x.shape[-1],)
-            and all(p is None or p.dtype == x.dtype for p in (norm.weight, norm.bias))
-        )
+        return self._fast(x) and not torch.is_grad_enabled() and is_row_layer_norm(norm, x)
 
     def _fuse_norm(
         self,

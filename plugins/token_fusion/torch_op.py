@@ -125,13 +125,11 @@ def token_fusion_norm_op(
     proportional-attention bias). On the kernels the merge writes all of it (a fused
     block's norm after its fusion, one pass less). Inference only: no gradient is registered (blocks call
     it with grad off)."""
-    attrs = TokenFusionAttrs(r, num_protected, tau_sim, tau_info, tau_size, bidirectional, pooling)
-    log_size = size.new_empty(x.shape[0], x.shape[1] - r)
+    values = (r, num_protected, tau_sim, tau_info, tau_size, bidirectional, pooling)
     if emulating():
-        from .cuda import token_fusion_norm_cuda
-
-        args = (weight, bias, eps, by_token, residual, log_size)
-        return (*token_fusion_norm_cuda(x, metric, info, size, attrs, *args), log_size)
+        return _token_fusion_norm_cuda(x, metric, info, size, *values, weight, bias, eps, by_token, residual)
+    attrs = TokenFusionAttrs(*values)
+    log_size = size.new_empty(x.shape[0], x.shape[1] - r)
     if residual is not None:
         x = x + residual
     x_f, size_f, dest = token_fusion(x, metric, info, size, attrs)
@@ -148,16 +146,15 @@ def token_fusion_norm_op(
 
 @token_fusion_norm_op.register_kernel("cuda")
 def _token_fusion_norm_cuda(*args: Any) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The op on the kernels (CUDA, or the emulator), its log_size written by the merge."""
     from .cuda import token_fusion_norm_cuda
 
-    x, metric, info, size, r = args[:5]
-    log_size = size.new_empty(x.shape[0], x.shape[1] - r)
+    x, metric, info, size = args[:4]
     attrs = TokenFusionAttrs(*args[4:11])
+    log_size = size.new_empty(x.shape[0], x.shape[1] - attrs.r)
     weight, bias, eps, by_token, residual = args[11:]
-    outputs = token_fusion_norm_cuda(
-        x, metric, info, size, attrs, weight, bias, eps, by_token, residual, log_size_fused=log_size
-    )
-    return (*outputs, log_size)
+    norm = (weight, bias, eps, by_token, residual, log_size)
+    return (*token_fusion_norm_cuda(x, metric, info, size, attrs, *norm), log_size)
 
 
 @token_fusion_norm_op.register_fake
@@ -197,6 +194,9 @@ def _norm_kernels_load(x: Tensor) -> bool:
     from .cuda import SOURCE
 
     index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    known = _NORM_KERNELS.get(index)  # every launch asks: no lock once the answer is known
+    if known is not None:
+        return known
     with _NORM_KERNELS_LOCK:
         if index not in _NORM_KERNELS:
             try:
@@ -236,6 +236,13 @@ def add_layer_norm_op(
         from .cuda import add_layer_norm_rows_cuda
 
         return add_layer_norm_rows_cuda(x, y, weight, bias, eps)
+    return _add_layer_norm_torch(x, y, weight, bias, eps)
+
+
+def _add_layer_norm_torch(
+    x: Tensor, y: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    """``add_layer_norm`` by torch's add and layer_norm (the reference, and the fallback without kernels)."""
     total = x + y
     return total, F.layer_norm(total, (total.shape[-1],), weight, bias, eps)
 
@@ -247,8 +254,7 @@ def _add_layer_norm_cuda(
     from .cuda import add_layer_norm_rows_cuda
 
     if not _norm_kernels_load(x):
-        total = x + y
-        return total, F.layer_norm(total, (total.shape[-1],), weight, bias, eps)
+        return _add_layer_norm_torch(x, y, weight, bias, eps)
     return add_layer_norm_rows_cuda(x, y, weight, bias, eps)
 
 
@@ -333,11 +339,9 @@ def attention_info_op(q: Tensor, k: Tensor, size: Tensor | None, scale: float) -
     block's attention adds next ([B, 0] without a size). On the kernels (``cuda.attention_info_qk_cuda``)
     neither the probabilities nor, for float16, the logits are written, and log_size comes from the
     launch that writes info. Both are constants for gradients (the reference's info is)."""
-    log_size = _log_size_like(q, size)
     if emulating():
-        from .cuda import attention_info_qk_cuda
-
-        return attention_info_qk_cuda(q, k, size, scale, log_size if log_size.numel() else None), log_size
+        return _attention_info_cuda(q, k, size, scale)
+    log_size = _log_size_like(q, size)
     if size is not None:
         torch.log(size, out=log_size)
     return attention_info(q @ k.transpose(-2, -1), size, scale), log_size
@@ -353,7 +357,7 @@ def _attention_info_cuda(q: Tensor, k: Tensor, size: Tensor | None, scale: float
     from .cuda import attention_info_qk_cuda
 
     log_size = _log_size_like(q, size)
-    return attention_info_qk_cuda(q, k, size, scale, log_size if log_size.numel() else None), log_size
+    return attention_info_qk_cuda(q, k, size, scale, None if size is None else log_size), log_size
 
 
 @attention_info_op.register_fake
