@@ -33,9 +33,10 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -46,6 +47,8 @@ sys.path.insert(0, str(ROOT))
 from vitrt.deploy.cuda_timing import capture_graph, event_median_ms  # noqa: E402
 
 DTYPE = torch.float16
+T = TypeVar("T")
+FAILED: list[str] = []  # what _guarded saw fail in this run
 
 
 @contextlib.contextmanager
@@ -227,6 +230,23 @@ def agreement(model: nn.Module, batch: int = 8) -> dict[str, float]:
     return {"top1_agreement": top1, "max_rel_logit_diff": rel}
 
 
+def _row_line(r: dict[str, Any]) -> str:
+    return (
+        f"{r['model']:36} {r['batch']:5d} {r['eager_ms']:9.3f} {r['eager_ratio']:7.2f} "
+        f"{r['graph_ms']:9.3f} {r['graph_ratio']:7.2f}"
+    )
+
+
+def _guarded(what: str, fn: Callable[..., T], *args: Any) -> T | None:
+    """``fn(*args)``, or None after printing the traceback: one failing row does not end the run."""
+    try:
+        return fn(*args)
+    except Exception:  # a benchmark reports every failure and goes on
+        print(f"FAILED: {what}:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        FAILED.append(what)
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
@@ -238,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="print each vitrt efficient model's top kernels at batch 8 and 64",
+        help="print each vitrt efficient model's top kernels at batch 1, 8 and 64",
     )
     parser.add_argument(
         "--no-previous-path",
@@ -266,29 +286,38 @@ def main(argv: list[str] | None = None) -> int:
         for _, model in rows:
             model.cuda().to(DTYPE)
     for label, model in groups["DeiT-S"][-2:] + groups.get("T2T-ViT-t-14", [])[1:]:
-        checks[f"{label}: CUDA float16 vs CPU float32 reference"] = agreement(model)
+        checks[f"{label}: CUDA float16 vs CPU float32 reference"] = _guarded(label, agreement, model)
+        print(f"check: {label}: {checks[f'{label}: CUDA float16 vs CPU float32 reference']}", flush=True)
 
+    # Each row is printed as it is measured, and a row that fails prints its error and the run goes on:
+    # device time is scarce, and a run cut short by its time limit still leaves every row it finished.
     results: list[dict[str, Any]] = []
     previous: list[dict[str, Any]] = []
     for group, rows in groups.items():
         for batch in args.batches:
             base: dict[str, float] | None = None
             for label, model in rows:
-                t = measure(model, batch, args.iters)
+                t = _guarded(f"{label} B={batch}", measure, model, batch, args.iters)
+                if t is None:
+                    continue
                 base = base or t
                 results.append(
                     {"group": group, "model": label, "batch": batch, **t,
                      "eager_ratio": t["eager_ms"] / base["eager_ms"],
                      "graph_ratio": t["graph_ms"] / base["graph_ms"]}
                 )  # fmt: skip
+                print(f"row: {_row_line(results[-1])}", flush=True)
                 if label.startswith("vitrt") and not args.no_previous_path:
                     with previous_path(model):
-                        before = measure(model, batch, args.iters)
-                    previous.append(
-                        {"model": label, "batch": batch, "previous": before, "now": t,
-                         "graph_ratio": t["graph_ms"] / before["graph_ms"],
-                         "eager_ratio": t["eager_ms"] / before["eager_ms"]}
-                    )  # fmt: skip
+                        what = f"{label} B={batch} previous path"
+                        before = _guarded(what, measure, model, batch, args.iters)
+                    if before is not None:
+                        previous.append(
+                            {"model": label, "batch": batch, "previous": before, "now": t,
+                             "graph_ratio": t["graph_ms"] / before["graph_ms"],
+                             "eager_ratio": t["eager_ms"] / before["eager_ms"]}
+                        )  # fmt: skip
+                        print(f"row: {what}: graph ms {before['graph_ms']:.3f}", flush=True)
                 torch.cuda.empty_cache()
 
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {note}; float16, 224 x 224")
@@ -296,10 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"check: {name}: {value}")
     print(f"{'model':36} {'batch':>5} {'eager ms':>9} {'x base':>7} {'graph ms':>9} {'x base':>7}")
     for r in results:
-        print(
-            f"{r['model']:36} {r['batch']:5d} {r['eager_ms']:9.3f} {r['eager_ratio']:7.2f} "
-            f"{r['graph_ms']:9.3f} {r['graph_ratio']:7.2f}"
-        )
+        print(_row_line(r))
     if previous:
         print("now vs the previous path (previous_path(): before issue 15's 2026-11-26 changes), same run:")
         print(f"{'model':36} {'batch':>5} {'graph ms':>9} {'before':>9} {'ratio':>6} {'eager ratio':>11}")
@@ -313,9 +339,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         efficient = [r for rows in groups.values() for r in rows if "vitrt" in r[0] and "dense" not in r[0]]
         for label, model in efficient:
-            for batch in (8, 64):
+            for batch in (1, 8, 64):
                 key = f"{label} B={batch}"
-                profiles[key] = top_kernels(model, batch)
+                ranked = _guarded(f"profile of {key}", top_kernels, model, batch)
+                if ranked is None:
+                    continue
+                profiles[key] = ranked
                 print(f"top kernels, {key} (us per forward, share):")
                 for name, us, share in profiles[key]:
                     print(f"  {us:9.1f} {100 * share:5.1f}%  {name}")
@@ -333,7 +362,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         Path(out).write_text(json.dumps(payload, indent=2))
         print(f"wrote {out}")
-    return 0
+    if FAILED:
+        print(f"{len(FAILED)} failed: {', '.join(FAILED)}", file=sys.stderr)
+    return 1 if FAILED else 0
 
 
 if __name__ == "__main__":

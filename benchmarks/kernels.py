@@ -263,12 +263,18 @@ def main(argv: list[str] | None = None) -> int:
     origins = {name: load_module(name).origin for name in ("token_fusion", "scatterbrain")}
     measured = copy_bandwidth()
     rows = []
+
+    def measured_row(row: dict[str, Any]) -> None:
+        # printed as measured: a run cut short by its time limit still shows every row it finished
+        rows.append(row)
+        print(f"row: {row['op']} {row['dtype']} B={row['batch']}: graph {row['graph_ms']:.4f} ms", flush=True)
+
     for dtype in (torch.float16, torch.float32):
         for batch in (1, 8, 64):
-            rows.append(bench_token_fusion(batch, dtype, args.iters))
-            rows.append(bench_attention_info(batch, dtype, args.iters))
+            measured_row(bench_token_fusion(batch, dtype, args.iters))
+            measured_row(bench_attention_info(batch, dtype, args.iters))
         for batch in (1, 8, 32):
-            rows.append(bench_scatterbrain(batch, dtype, args.iters))
+            measured_row(bench_scatterbrain(batch, dtype, args.iters))
     for row in rows:
         row["floor_fraction_measured_copy"] = row["floor_bytes"] / measured / (row["graph_ms"] / 1e3)
         target = _target(row)

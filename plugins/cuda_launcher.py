@@ -198,8 +198,20 @@ def compatible_image(entries: Sequence[FatbinEntry], capability: tuple[int, int]
 
 
 def nvrtc_options(arch: str) -> list[bytes]:
-    """NVRTC options for an op source: the GPU's exact ``sm_XY``, vitrt's include folder, C++17."""
-    return [f"--gpu-architecture={arch}".encode(), f"-I{PLUGINS_DIR}".encode(), b"--std=c++17"]
+    """NVRTC options for an op source: the GPU's exact ``sm_XY``, vitrt's include folder, C++17, and
+    device code by default.
+
+    ``-default-device``: NVRTC 13.0 takes a lambda defined inside a ``__device__`` function (the norm's
+    store callbacks) for a host function and refuses it ("host functions are not allowed in JIT mode");
+    nvcc and NVRTC 13.5 accept it. Every function in an op source runs on the device, so the option
+    changes nothing else.
+    """
+    return [
+        f"--gpu-architecture={arch}".encode(),
+        f"-I{PLUGINS_DIR}".encode(),
+        b"--std=c++17",
+        b"-default-device",
+    ]
 
 
 def nvrtc_compile(source: KernelSource, arch: str) -> bytes:
@@ -227,7 +239,8 @@ def nvrtc_compile(source: KernelSource, arch: str) -> bytes:
             size = check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
             buf = b" " * size
             check(nvrtc.nvrtcGetProgramLog(prog, buf), "nvrtcGetProgramLog")
-            raise CudaError(f"NVRTC failed on {source.path} for {arch}:\n{buf.decode(errors='replace')}")
+            log = buf.rstrip(b"\0").decode(errors="replace")  # the log's size counts its NUL
+            raise CudaError(f"NVRTC failed on {source.path} for {arch}:\n{log}")
         size = check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
         cubin = b" " * size
         check(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
