@@ -72,10 +72,14 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// Arg-max over a warp with torch.max's tie rule: the largest value, and among equal values the
-// smallest index. (value, index) pairs with index < 0 are empty slots and never win.
-__device__ __forceinline__ void warp_argmax(float& v, int& i) {
-  for (int o = 16; o > 0; o >>= 1) {
+// Arg-max over each group of G adjacent lanes (G a power of two <= 32; 32: the whole warp) with
+// torch.max's tie rule: the largest value, and among equal values the smallest index. (value, index)
+// pairs with index < 0 are empty slots and never win. Every lane of the warp must call it.
+template <int G = 32>
+__device__ __forceinline__ void group_argmax(float& v, int& i) {
+  static_assert(G > 0 && G <= 32 && (G & (G - 1)) == 0, "G: a power of two <= 32");
+#pragma unroll
+  for (int o = G / 2; o > 0; o >>= 1) {
     const float ov = __shfl_xor_sync(kFullMask, v, o);
     const int oi = __shfl_xor_sync(kFullMask, i, o);
     const bool take = oi >= 0 && (i < 0 || ov > v || (ov == v && oi < i));

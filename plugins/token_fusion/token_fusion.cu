@@ -166,6 +166,22 @@ __device__ __forceinline__ void store_vec<half_bits, 8>(half_bits* p, const floa
   *reinterpret_cast<uint4*>(p) = v;
 }
 
+// V elements of T as loaded, kept in their storage type (half the registers of float32 for float16) and
+// converted when used: a load issued early to overlap round trips, without holding V floats meanwhile.
+template <typename T, int V>
+struct alignas(sizeof(T) * V) RawVector {
+  T e[V];
+};
+template <typename T, int V>
+__device__ __forceinline__ RawVector<T, V> load_raw(const T* p) {
+  return *reinterpret_cast<const RawVector<T, V>*>(p);
+}
+template <typename T, int V>
+__device__ __forceinline__ void unpack_raw(const RawVector<T, V>& r, float* out) {
+#pragma unroll
+  for (int u = 0; u < V; ++u) out[u] = to_float(r.e[u]);
+}
+
 // Four consecutive channels c .. c + 3 of one metric row as float32, zero past Cm or for a missing row.
 template <typename T>
 __device__ __forceinline__ void load_metric4(const T* row, bool ok, int c, int Cm, int vec4, float* out) {
@@ -403,23 +419,22 @@ struct LayerNormArgs {
 
 // LayerNorm of one row of C values by one warp, as torch's layer_norm computes it from the row as stored
 // (in T): mean, then the mean of squared deviations (biased), y = (x - mean) / sqrt(var + eps) * w + b,
-// in float32. Each lane reads back exactly the elements it wrote (program order makes its own writes
-// visible) with the same vector layout as merge_slot; two passes for the statistics, one for the output.
-// `row` is not __restrict__: this kernel wrote it, so its reads must not become read-only-cache loads.
-// Output rows: out_rows(store) calls store(out_row) for each row [C] that receives the normed values
-// (one, or a merged row's tokens); every lane of the warp makes every call of the output pass (lanes
-// past C store nothing), so out_rows may use warp collectives.
-template <typename T, int V, int P, typename OutRows>
-__device__ void layer_norm_row(const T* row, int C, const LayerNormArgs<T>& ln, OutRows&& out_rows) {
+// in float32. The lane's vectors come from load_vector(c0, p, c, v) in merge_slot's layout (channel c =
+// c0 + (32 p + lane) V, sweeps c0 = 0, 32 V P, ...), visited three times: two passes for the statistics,
+// one for the output. Output rows: out_rows(store) calls store(out_row) for each row [C] that receives the
+// normed values (one, or a merged row's tokens); every lane of the warp makes every call of the output
+// pass (lanes past C store nothing), so out_rows may use warp collectives.
+template <typename T, int V, int P, typename LoadVector, typename OutRows>
+__device__ void layer_norm_vectors(int C, const LayerNormArgs<T>& ln, LoadVector&& load_vector, OutRows&& out_rows) {
   const int lane = threadIdx.x & 31;
-  auto each_vector = [&](auto&& visit) {  // this lane's vectors of the row, as merge_slot wrote them
+  auto each_vector = [&](auto&& visit) {
     for (int c0 = 0; c0 < C; c0 += 32 * V * P)
 #pragma unroll
       for (int p = 0; p < P; ++p) {
         const int c = c0 + (p * 32 + lane) * V;
         if (c >= C) continue;
         float v[V];
-        load_vec<T, V>(row + c, v);
+        load_vector(c0, p, c, v);
         visit(c, v);
       }
   };
@@ -447,7 +462,7 @@ __device__ void layer_norm_row(const T* row, int C, const LayerNormArgs<T>& ln, 
           wv[u] = 1.0f;
           bv[u] = 0.0f;
         }
-        load_vec<T, V>(row + c, v);
+        load_vector(c0, p, c, v);
         if (ln.weight != nullptr) load_vec<T, V>(ln.weight + c, wv);
         if (ln.bias != nullptr) load_vec<T, V>(ln.bias + c, bv);
 #pragma unroll
@@ -457,6 +472,15 @@ __device__ void layer_norm_row(const T* row, int C, const LayerNormArgs<T>& ln, 
         if (active) store_vec<T, V>(out + c, v);
       });
     }
+}
+
+// layer_norm_vectors of a row as stored in memory. Each lane reads back exactly the elements it wrote
+// (program order makes its own writes visible). `row` is not __restrict__: this kernel wrote it, so its
+// reads must not become read-only-cache loads.
+template <typename T, int V, int P, typename OutRows>
+__device__ void layer_norm_row(const T* row, int C, const LayerNormArgs<T>& ln, OutRows&& out_rows) {
+  layer_norm_vectors<T, V, P>(
+      C, ln, [&](int, int, int c, float* v) { load_vec<T, V>(row + c, v); }, out_rows);
 }
 
 // The same row LayerNorm on its own, one warp per row of x [R, C] -> ln.out [R, C]: for widths that
@@ -527,12 +551,37 @@ __device__ void merge_slot(const T* __restrict__ x, const T* __restrict__ residu
   const T* xb = x + (int64)b * N * C;
   const T* rb = residual == nullptr ? nullptr : residual + (int64)b * N * C;
   T* ob = x_out + ((int64)b * N_out + s) * C;
+  // Where the norm's output rows go: the merged row's, or (by token) each member token's.
+  auto norm_rows = [&](auto&& store) {
+    if (!ln.by_token) {
+      store(ln.out + ((int64)b * N_out + s) * C);
+      return;
+    }
+    for (int n0 = 0; n0 < N; n0 += 32) {  // the slot's members, as above
+      unsigned bits = __ballot_sync(kFullMask, n0 + lane < N && dst[n0 + lane] == s);
+      while (bits != 0u) {
+        store(ln.out + ((int64)b * N + n0 + __ffs(bits) - 1) * C);
+        bits &= bits - 1u;
+      }
+    }
+  };
+  // One sweep holds the whole row (C <= 32 V P: DeiT-S's 384 channels in float16): the norm then reads
+  // the merged row from registers, not back from memory, which saves a dependent round trip per slot.
+  const bool one_sweep = sizeof(T) == 2 && V > 1 && C <= 32 * V * P;
+  constexpr bool kBaseEarly = sizeof(T) == 2;
   for (int c0 = 0; c0 < C; c0 += 32 * V * P) {
     float acc[P][V];
+    RawVector<T, V> base_raw[P];
 #pragma unroll
-    for (int p = 0; p < P; ++p)
+    for (int p = 0; p < P; ++p) {
 #pragma unroll
       for (int u = 0; u < V; ++u) acc[p][u] = 0.0f;
+      // base's row requested before the members' (it depends on nothing): its round trip overlaps theirs.
+      // float16 only: in float32 the held row made ptxas spill for sm_90 under the 80-register cap.
+      const int c = c0 + (p * 32 + lane) * V;
+      if (kBaseEarly && base != nullptr && c < C)
+        base_raw[p] = load_raw<T, V>(base + ((int64)b * N_out + s) * C + c);
+    }
     int n0 = 0;
     unsigned bits = 0u;
     for (;;) {
@@ -589,27 +638,26 @@ __device__ void merge_slot(const T* __restrict__ x, const T* __restrict__ residu
       for (int u = 0; u < V; ++u) acc[p][u] = acc[p][u] / den;
       if (base != nullptr) {
         float bv[V];
-        load_vec<T, V>(base + ((int64)b * N_out + s) * C + c, bv);
+        if (kBaseEarly)
+          unpack_raw<T, V>(base_raw[p], bv);
+        else
+          load_vec<T, V>(base + ((int64)b * N_out + s) * C + c, bv);
 #pragma unroll
         for (int u = 0; u < V; ++u) acc[p][u] = __fadd_rn(bv[u], to_float(from_float<T>(acc[p][u])));
       }
+#pragma unroll
+      for (int u = 0; u < V; ++u) acc[p][u] = to_float(from_float<T>(acc[p][u]));  // as stored
       store_vec<T, V>(ob + c, acc[p]);
     }
+    if (ln.out != nullptr && one_sweep)  // the norm of the row from the registers that hold it as stored
+      layer_norm_vectors<T, V, P>(
+          C, ln, [&](int, int p, int, float* v) {
+#pragma unroll
+            for (int u = 0; u < V; ++u) v[u] = acc[p][u];
+          },
+          norm_rows);
   }
-  if (ln.out == nullptr) return;
-  layer_norm_row<T, V, P>(ob, C, ln, [&](auto&& store) {
-    if (!ln.by_token) {
-      store(ln.out + ((int64)b * N_out + s) * C);
-      return;
-    }
-    for (int n0 = 0; n0 < N; n0 += 32) {  // the slot's members, as above
-      unsigned bits = __ballot_sync(kFullMask, n0 + lane < N && dst[n0 + lane] == s);
-      while (bits != 0u) {
-        store(ln.out + ((int64)b * N + n0 + __ffs(bits) - 1) * C);
-        bits &= bits - 1u;
-      }
-    }
-  });
+  if (ln.out != nullptr && !one_sweep) layer_norm_row<T, V, P>(ob, C, ln, norm_rows);
 }
 
 // The merge: block (x, b) loads batch element b's dest, sizes and pooling weights w (spec.Pooling: 1 =
@@ -875,20 +923,22 @@ __device__ void info_mean(const float* __restrict__ colsum, T* __restrict__ info
   if (log_size != nullptr) log_size[(int64)b * N + j] = from_float<T>(logf(to_float(size[(int64)b * N + j])));
 }
 
-// Stable descending rank of values[i] among values[0, n) for one warp: how many are larger, or equal with
-// a lower index (ties -> lower index first). Lanes compare 32 at a time; the ballot counts them.
-__device__ __forceinline__ int rank_desc(const float* values, int n, int i, int lane) {
-  const float v = values[i];
+// Stable descending rank of values[i] among values[0, n), by the group of G adjacent lanes that shares i:
+// how many are larger, or equal with a lower index (ties -> lower index first). Each lane counts every
+// G-th value, the group adds the counts. Every lane of the warp must call it (i < 0: a lane with no row,
+// which counts nothing).
+template <int G>
+__device__ __forceinline__ int rank_desc(const float* values, int n, int i, int sub) {
   int cnt = 0;
-  for (int o0 = 0; o0 < n; o0 += 32) {
-    const int o = o0 + lane;
-    bool before = false;
-    if (o < n) {
+  if (i >= 0) {
+    const float v = values[i];
+    for (int o = sub; o < n; o += G) {
       const float w = values[o];
-      before = w > v || (w == v && o < i);
+      cnt += (w > v || (w == v && o < i)) ? 1 : 0;
     }
-    cnt += __popc(__ballot_sync(kFullMask, before));
   }
+#pragma unroll
+  for (int o = G / 2; o > 0; o >>= 1) cnt += __shfl_xor_sync(kFullMask, cnt, o);
   return cnt;
 }
 
@@ -936,12 +986,15 @@ VITRT_TF_SCORES(32, 4, f16, half_bits)
 // decides by size; the two phases read rows and columns of them). Dynamic shared memory:
 // (scores_in_shared ? Na Nb : 0) + 5 Na + 3 Nb + N floats / ints (see cuda.py).
 // One block per batch element does everything, so the kernel's time is its longest dependent chain:
-// every O(N^2) step is spread over all 16 warps with lanes over the inner index (arg-max by shuffles,
-// ranks by ballot counts) instead of one thread looping over it.
+// every O(N^2) step is spread over all 16 warps, a row (or column) per group of kMatchGroup lanes, each
+// lane over every kMatchGroup-th element (arg-max and counts, then log2(kMatchGroup) shuffle steps). A
+// warp per row made each row a chain of 5 shuffle steps and a warp took 7 rows in turn at N = 197: on an
+// H200 the two arg-max steps and the two ranks were 29 + 26 + 15 + 14 % of the kernel's 34 k cycles.
 // kTimed (vitrt_tf_match_timed, a diagnostic): thread 0 also writes clock64() at the start and after
 // each of the kMatchPhases - 1 steps to phase_clock [B][kMatchPhases] (cuda.MATCH_PHASES names them), so
 // a GPU run can say where the chain's time goes; vitrt_tf_match is compiled without any of it.
 constexpr int kMatchPhases = 9;
+constexpr int kMatchGroup = 8;  // lanes per row (or column) in the arg-max and rank steps
 template <bool kTimed>
 __device__ void match(const float* __restrict__ scores, int64* __restrict__ dest, int N, int r, int bidirectional,
                       int scores_in_shared, long long* __restrict__ phase_clock) {
@@ -989,28 +1042,36 @@ __device__ void match(const float* __restrict__ scores, int64* __restrict__ dest
   }
   mark(1);
 
-  // Phase 1: best B partner of every A token (warp per row, lanes over the row).
-  for (int a = warp; a < Na; a += warps) {
+  // Phase 1: best B partner of every A token. A row per group of kMatchGroup lanes (each lane takes every
+  // kMatchGroup-th column, the group's arg-max keeps the first maximum): the warp takes 32 / kMatchGroup
+  // rows at once, so a row's dependent chain is a few loads and log2(kMatchGroup) shuffle steps. Loops
+  // run while any row of the warp is left (warp-uniform: the shuffles need every lane).
+  constexpr int G = kMatchGroup, RPW = 32 / G;
+  const int sub = lane & (G - 1), rows = warps * RPW;
+  for (int a0 = warp * RPW; a0 < Na; a0 += rows) {
+    const int a = a0 + (lane / G);
     float v = 0.0f;
     int i = -1;
-    for (int j = lane; j < Nb; j += 32) {
-      const float x = S[(int64)a * Nb + j];
-      if (i < 0 || x > v) {
-        v = x;
-        i = j;
+    if (a < Na)
+      for (int j = sub; j < Nb; j += G) {
+        const float x = S[(int64)a * Nb + j];
+        if (i < 0 || x > v) {
+          v = x;
+          i = j;
+        }
       }
-    }
-    warp_argmax(v, i);
-    if (lane == 0) {
+    group_argmax<G>(v, i);
+    if (sub == 0 && a < Na) {
       nmax[a] = v;
       nidx[a] = i;
     }
   }
   __syncthreads();
   mark(2);
-  for (int a = warp; a < Na; a += warps) {
-    const int cnt = rank_desc(nmax, Na, a, lane);
-    if (lane == 0) {
+  for (int a0 = warp * RPW; a0 < Na; a0 += rows) {
+    const int a = a0 + (lane / G);
+    const int cnt = rank_desc<G>(nmax, Na, a < Na ? a : -1, sub);
+    if (sub == 0 && a < Na) {
       rank[a] = cnt;
       slot[a] = cnt >= r1 ? 1 : 0;
     }
@@ -1023,30 +1084,34 @@ __device__ void match(const float* __restrict__ scores, int64* __restrict__ dest
   __syncthreads();
   mark(4);
 
-  // Phase 2: B tokens onto the unmerged A tokens, in slot order (so nidx2 is a slot): a warp per B token,
-  // lanes over the unmerged rows of its column; warp_argmax keeps the first maximum, as torch.max does.
+  // Phase 2: B tokens onto the unmerged A tokens, in slot order (so nidx2 is a slot): a column per group
+  // of lanes, each lane over every G-th unmerged row of it; group_argmax keeps the first maximum, as
+  // torch.max does.
   if (bidirectional) {
-    for (int j = warp; j < Nb; j += warps) {
+    for (int j0 = warp * RPW; j0 < Nb; j0 += rows) {
+      const int j = j0 + (lane / G);
       float v = 0.0f;
       int i = -1;
-      for (int u = lane; u < n_unm; u += 32) {
-        const float x = S[(int64)ulist[u] * Nb + j];
-        if (i < 0 || x > v) {
-          v = x;
-          i = u;
+      if (j < Nb)
+        for (int u = sub; u < n_unm; u += G) {
+          const float x = S[(int64)ulist[u] * Nb + j];
+          if (i < 0 || x > v) {
+            v = x;
+            i = u;
+          }
         }
-      }
-      warp_argmax(v, i);
-      if (lane == 0) {
+      group_argmax<G>(v, i);
+      if (sub == 0 && j < Nb) {
         nmax2[j] = v;
         nidx2[j] = i;
       }
     }
     __syncthreads();
     mark(5);
-    for (int j = warp; j < Nb; j += warps) {
-      const int cnt = rank_desc(nmax2, Nb, j, lane);
-      if (lane == 0) rank2[j] = cnt;
+    for (int j0 = warp * RPW; j0 < Nb; j0 += rows) {
+      const int j = j0 + (lane / G);
+      const int cnt = rank_desc<G>(nmax2, Nb, j < Nb ? j : -1, sub);
+      if (sub == 0 && j < Nb) rank2[j] = cnt;
     }
     __syncthreads();
     mark(6);

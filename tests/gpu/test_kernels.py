@@ -14,11 +14,13 @@ import pytest
 import torch
 
 from tests._support.kernel_checks import (
+    MATCHING_TIE_CASES,
     MCTF,
     TOME,
     check_attention_info,
     check_attention_info_qk,
     check_fusion_norm,
+    check_matching_ties,
     check_random_attention,
     check_random_fusion,
     check_row_layer_norm,
@@ -263,3 +265,9 @@ def test_scatterbrain_model_on_cuda_equals_the_reference_path(_no_tf32: None) ->
         got = model(images)
     assert launches["vitrt_sb_combine_f32"] == before + 2, "the T2T attentions did not launch the kernels"
     torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False], ids=["mctf", "tome"])
+@pytest.mark.parametrize(("n", "r"), MATCHING_TIE_CASES)
+def test_matching_breaks_exact_ties_by_index(n: int, r: int, bidirectional: bool) -> None:
+    check_matching_ties(n, r, bidirectional, "cuda")

@@ -19,11 +19,13 @@ import pytest
 import torch
 
 from tests._support.kernel_checks import (
+    MATCHING_TIE_CASES,
     MCTF,
     TOME,
     check_attention_info,
     check_attention_info_qk,
     check_fusion_norm,
+    check_matching_ties,
     check_random_attention,
     check_random_fusion,
     check_row_layer_norm,
@@ -101,6 +103,12 @@ def test_fusion_with_the_norm_after_it_emulated(
     b: int, n: int, c: int, r: int, affine: bool, offset: float, dtype: torch.dtype, emulated: None
 ) -> None:
     check_fusion_norm(b, n, c, r, dtype, "cpu", affine, offset)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False], ids=["mctf", "tome"])
+@pytest.mark.parametrize(("n", "r"), MATCHING_TIE_CASES)
+def test_matching_ties_emulated(n: int, r: int, bidirectional: bool, emulated: None) -> None:
+    check_matching_ties(n, r, bidirectional, "cpu")
 
 
 @pytest.mark.parametrize("bidirectional", [True, False], ids=["mctf", "tome"])
