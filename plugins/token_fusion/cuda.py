@@ -74,7 +74,7 @@ KERNELS = (
 """Every kernel this module launches (the build test checks each is in the fatbin)."""
 _THREADS = 256
 _WARPS = _THREADS // 32
-_MATCH_THREADS = 512  # one block per batch element: as many warps as the O(N^2) steps can use
+_MATCH_THREADS = 1024  # one block per batch element: as many warps as the O(N^2) steps can use
 _INFO_ROWS = 64  # attention_info: query rows per block (eight per warp, the next row's loads in flight)
 _INFO_QK_THREADS = 128  # attention_info from q, k: 4 warps of 16 query rows (kInfoQkWarps in the kernel)
 _COPY_BLOCKS = 1024  # identity copy: grid-stride loops beyond this many blocks

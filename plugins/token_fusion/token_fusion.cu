@@ -932,6 +932,7 @@ __device__ __forceinline__ int rank_desc(const float* values, int n, int i, int 
   int cnt = 0;
   if (i >= 0) {
     const float v = values[i];
+#pragma unroll 4
     for (int o = sub; o < n; o += G) {
       const float w = values[o];
       cnt += (w > v || (w == v && o < i)) ? 1 : 0;
@@ -986,7 +987,7 @@ VITRT_TF_SCORES(32, 4, f16, half_bits)
 // decides by size; the two phases read rows and columns of them). Dynamic shared memory:
 // (scores_in_shared ? Na Nb : 0) + 5 Na + 3 Nb + N floats / ints (see cuda.py).
 // One block per batch element does everything, so the kernel's time is its longest dependent chain:
-// every O(N^2) step is spread over all 16 warps, a row (or column) per group of kMatchGroup lanes, each
+// every O(N^2) step is spread over all 32 warps, a row (or column) per group of kMatchGroup lanes, each
 // lane over every kMatchGroup-th element (arg-max and counts, then log2(kMatchGroup) shuffle steps). A
 // warp per row made each row a chain of 5 shuffle steps and a warp took 7 rows in turn at N = 197: on an
 // H200 the two arg-max steps and the two ranks were 29 + 26 + 15 + 14 % of the kernel's 34 k cycles.
@@ -1053,6 +1054,7 @@ __device__ void match(const float* __restrict__ scores, int64* __restrict__ dest
     float v = 0.0f;
     int i = -1;
     if (a < Na)
+#pragma unroll 4
       for (int j = sub; j < Nb; j += G) {
         const float x = S[(int64)a * Nb + j];
         if (i < 0 || x > v) {
@@ -1093,6 +1095,7 @@ __device__ void match(const float* __restrict__ scores, int64* __restrict__ dest
       float v = 0.0f;
       int i = -1;
       if (j < Nb)
+#pragma unroll 4
         for (int u = sub; u < n_unm; u += G) {
           const float x = S[(int64)ulist[u] * Nb + j];
           if (i < 0 || x > v) {
@@ -1128,11 +1131,11 @@ __device__ void match(const float* __restrict__ scores, int64* __restrict__ dest
   mark(8);
 }
 
-extern "C" __global__ void __launch_bounds__(512)
+extern "C" __global__ void __launch_bounds__(1024)
     vitrt_tf_match(const float* scores, int64* dest, int N, int r, int bidirectional, int scores_in_shared) {
   match<false>(scores, dest, N, r, bidirectional, scores_in_shared, nullptr);
 }
-extern "C" __global__ void __launch_bounds__(512) vitrt_tf_match_timed(const float* scores, int64* dest, int N,
+extern "C" __global__ void __launch_bounds__(1024) vitrt_tf_match_timed(const float* scores, int64* dest, int N,
                                                                        int r, int bidirectional,
                                                                        int scores_in_shared,
                                                                        long long* phase_clock) {
