@@ -565,8 +565,9 @@ __device__ void merge_slot(const T* __restrict__ x, const T* __restrict__ residu
       }
     }
   };
-  // One sweep holds the whole row (C <= 32 V P: DeiT-S's 384 channels in float16): the norm then reads
-  // the merged row from registers, not back from memory, which saves a dependent round trip per slot.
+  // One sweep holds the whole row (C <= 32 V P = 512 in float16 with vector loads: DeiT-S's 384 channels):
+  // the norm then reads the merged row from registers, not back from memory, which saves a dependent round
+  // trip per slot. Float16's vector path only: on the other paths the held row made ptxas spill.
   const bool one_sweep = sizeof(T) == 2 && V > 1 && C <= 32 * V * P;
   constexpr bool kBaseEarly = sizeof(T) == 2;
   for (int c0 = 0; c0 < C; c0 += 32 * V * P) {
