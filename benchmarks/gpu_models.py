@@ -18,10 +18,12 @@ Each vitrt row is timed again on the path before the 2026-11-26 GPU-path changes
 ``--no-previous-path`` skips it), and the ratio now / before is printed: the same run's baseline.
 
 Timing: CUDA events around each call (eager) or graph replay, after warm-up; the median of ``--iters``
-in ms. Eager times include the host's launch overhead, as an application sees it. Exit status 2 without
-a CUDA GPU. Checks printed with the table: vitrt dense vs timm logits (same weights), and the fused
-models' top-1 agreement with their own float32 reference path on the CPU (token fusion decisions can
-flip between float16 and float32, so this is reported, not asserted).
+in ms. Eager times include the host's launch overhead, as an application sees it. Each row is printed as
+it is measured; a row that fails prints its traceback and the run goes on (its group's ratios are left
+out where the baseline row failed). Exit status 2 without a CUDA GPU, 1 if any row failed. Checks
+printed with the table: vitrt dense vs timm logits (same weights), and the fused models' top-1
+agreement with their own float32 reference path on the CPU (token fusion decisions can flip between
+float16 and float32, so this is reported, not asserted).
 """
 
 from __future__ import annotations
@@ -222,18 +224,22 @@ def agreement(model: nn.Module, batch: int = 8) -> dict[str, float]:
     x = torch.randn(batch, 3, 224, 224, generator=g)
     with torch.inference_mode():
         gpu = model(x.cuda().to(DTYPE)).float().cpu()
-        cpu_model = model.float().cpu()
-        ref = cpu_model(x)
-        model.cuda().to(DTYPE)
+        try:
+            ref = model.float().cpu()(x)
+        finally:  # back on the GPU even if the reference fails: the timings that follow need it there
+            model.cuda().to(DTYPE)
     top1 = float((gpu.argmax(-1) == ref.argmax(-1)).float().mean())
     rel = float((gpu - ref).abs().max() / ref.abs().max())
     return {"top1_agreement": top1, "max_rel_logit_diff": rel}
 
 
 def _row_line(r: dict[str, Any]) -> str:
+    def ratio(x: float | None) -> str:
+        return f"{x:7.2f}" if x is not None else f"{'-':>7}"
+
     return (
-        f"{r['model']:36} {r['batch']:5d} {r['eager_ms']:9.3f} {r['eager_ratio']:7.2f} "
-        f"{r['graph_ms']:9.3f} {r['graph_ratio']:7.2f}"
+        f"{r['model']:36} {r['batch']:5d} {r['eager_ms']:9.3f} {ratio(r['eager_ratio'])} "
+        f"{r['graph_ms']:9.3f} {ratio(r['graph_ratio'])}"
     )
 
 
@@ -295,16 +301,17 @@ def main(argv: list[str] | None = None) -> int:
     previous: list[dict[str, Any]] = []
     for group, rows in groups.items():
         for batch in args.batches:
-            base: dict[str, float] | None = None
-            for label, model in rows:
+            base: dict[str, float] | None = None  # the group's first row; no ratios if it failed
+            for k, (label, model) in enumerate(rows):
                 t = _guarded(f"{label} B={batch}", measure, model, batch, args.iters)
+                if k == 0:
+                    base = t
                 if t is None:
                     continue
-                base = base or t
                 results.append(
                     {"group": group, "model": label, "batch": batch, **t,
-                     "eager_ratio": t["eager_ms"] / base["eager_ms"],
-                     "graph_ratio": t["graph_ms"] / base["graph_ms"]}
+                     "eager_ratio": t["eager_ms"] / base["eager_ms"] if base else None,
+                     "graph_ratio": t["graph_ms"] / base["graph_ms"] if base else None}
                 )  # fmt: skip
                 print(f"row: {_row_line(results[-1])}", flush=True)
                 if label.startswith("vitrt") and not args.no_previous_path:

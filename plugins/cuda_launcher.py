@@ -250,8 +250,14 @@ def nvrtc_compile(source: KernelSource, arch: str) -> bytes:
 
 
 def _nvrtc_cubin(source: KernelSource, arch: str) -> bytes:
-    """NVRTC cubin for ``arch``, cached on disk by source hash (best effort: a read-only tree still works)."""
-    digest = hashlib.sha256(source.path.read_bytes() + COMMON_HEADER.read_bytes()).hexdigest()[:16]
+    """NVRTC cubin for ``arch``, cached on disk by what it is built from: the source, the common header,
+    the NVRTC options and NVRTC's version (best effort: a read-only tree still works)."""
+    try:
+        version = repr(cuda_nvrtc().nvrtcVersion())
+    except Exception:  # the library is missing: nvrtc_compile says so below
+        version = "unknown"
+    key = source.path.read_bytes() + COMMON_HEADER.read_bytes() + b"\0".join(nvrtc_options(arch))
+    digest = hashlib.sha256(key + version.encode()).hexdigest()[:16]
     cache = default_build_dir() / "nvrtc" / f"{source.name}-{arch}-{digest}.cubin"
     if cache.is_file():
         return cache.read_bytes()
