@@ -292,8 +292,9 @@ def main(argv: list[str] | None = None) -> int:
         for _, model in rows:
             model.cuda().to(DTYPE)
     for label, model in groups["DeiT-S"][-2:] + groups.get("T2T-ViT-t-14", [])[1:]:
-        checks[f"{label}: CUDA float16 vs CPU float32 reference"] = _guarded(label, agreement, model)
-        print(f"check: {label}: {checks[f'{label}: CUDA float16 vs CPU float32 reference']}", flush=True)
+        key = f"{label}: CUDA float16 vs CPU float32 reference"
+        checks[key] = _guarded(label, agreement, model)
+        print(f"check: {key}: {checks[key]}", flush=True)
 
     # Each row is printed as it is measured, and a row that fails prints its error and the run goes on:
     # device time is scarce, and a run cut short by its time limit still leaves every row it finished.
