@@ -21,6 +21,8 @@ cd "$(dirname "$0")/../.."
 case "${1:-}" in
   prepare)
     base="${2:?usage: ab_kernels.sh prepare BASE_COMMIT}"
+    git rev-parse -q --verify "$base^{commit}" >/dev/null ||
+      { echo "'$base' is not a commit of this repository (a hash, tag or branch; git log lists them)" >&2; exit 2; }
     rm -rf build/ab-base && mkdir -p build/ab-base
     git archive "$base" plugins | tar -x -C build/ab-base || exit 1
     git rev-parse "$base" >build/ab-base/COMMIT
