@@ -129,8 +129,9 @@ def previous_path(model: nn.Module) -> Iterator[None]:
     T2T's 147-channel norms by torch's layer_norm (not the row kernel), and each residual add and the norm
     after it as torch's add and layer_norm (not one add_layer_norm kernel, nor the merge of MCTF's
     one-step-ahead attention; its projection stays before that merge, on the unfused tokens: 16 % more
-    rows than on the previous path over DeiT-S + MCTF's fused blocks), and ToMe's metric as torch's mean
-    of the keys (not rows of the qkv projection)."""
+    rows than on the previous path over DeiT-S + MCTF's fused blocks), ToMe's metric as torch's mean
+    of the keys (not rows of the qkv projection), and proportional attention's bias as SDPA's mask at
+    every batch size (not folded into the keys from ``FusionBlock.fold_bias_min_batch`` images up)."""
     from vitrt.models import layers
     from vitrt.models.deit import PatchEmbed
     from vitrt.models.layers import RowLayerNorm
@@ -160,6 +161,8 @@ def previous_path(model: nn.Module) -> Iterator[None]:
     reformulated = [m for m in model.modules() if isinstance(m, PatchEmbed | T2TModule | RowLayerNorm)]
     saved = (tf_cuda.info_qk_applies, FusionBlock._fuse_norm, FusionBlock._info, layers.add_norm_fuses)
     saved_norm_on_merge, saved_key_mean = FusionBlock._norm_on_merge, FusionBlock._key_mean_in_qkv
+    saved_fold = FusionBlock.fold_bias_min_batch
+    FusionBlock.fold_bias_min_batch = 1 << 30  # proportional attention's bias as SDPA's mask
     info_with_log = FusionBlock._info
     tf_cuda.info_qk_applies = lambda *args: False
     FusionBlock._fuse_norm = unfused_norm  # type: ignore[assignment,method-assign]
@@ -176,6 +179,7 @@ def previous_path(model: nn.Module) -> Iterator[None]:
         FusionBlock._fuse_norm, FusionBlock._info = saved[1], saved[2]  # type: ignore[method-assign]
         FusionBlock._norm_on_merge = saved_norm_on_merge  # type: ignore[method-assign]
         FusionBlock._key_mean_in_qkv = saved_key_mean  # type: ignore[method-assign]
+        FusionBlock.fold_bias_min_batch = saved_fold
         for m in reformulated:
             m.lowering = "eager"
 
@@ -189,6 +193,20 @@ def measure(model: nn.Module, batch: int, iters: int) -> dict[str, float]:
         graph, _ = capture_graph(lambda: model(x))
         replay = event_median_ms(graph.replay, iters, warmup=10)
     return {"eager_ms": eager, "graph_ms": replay}
+
+
+def measure_other_bias(model: nn.Module, batch: int, iters: int) -> dict[str, Any]:
+    """``measure`` with the choice of proportional attention's bias that ``FusionBlock.fold_bias_min_batch``
+    does not make at this batch: the mask where it folds the bias into the keys, the keys where it masks."""
+    from vitrt.plugins.token_fusion.module import FusionBlock
+
+    saved = FusionBlock.fold_bias_min_batch
+    folds = batch >= saved
+    FusionBlock.fold_bias_min_batch = 1 << 30 if folds else 1
+    try:
+        return {"choice": "bias as mask" if folds else "bias in keys", **measure(model, batch, iters)}
+    finally:
+        FusionBlock.fold_bias_min_batch = saved
 
 
 def top_kernels(
@@ -267,6 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         help="print each vitrt efficient model's top kernels at batch 1, 8 and 64",
     )
     parser.add_argument(
+        "--fold-other",
+        action="store_true",
+        help="time each fused vitrt model again with the other choice of proportional attention's bias "
+        "(in the keys where it takes SDPA's mask, and the reverse): the evidence for fold_bias_min_batch",
+    )
+    parser.add_argument(
         "--no-previous-path",
         action="store_true",
         help="skip timing every vitrt model again on the path before issue 15's 2026-11-26 changes",
@@ -300,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     # device time is scarce, and a run cut short by its time limit still leaves every row it finished.
     results: list[dict[str, Any]] = []
     previous: list[dict[str, Any]] = []
+    others: list[dict[str, Any]] = []
     for group, rows in groups.items():
         for batch in args.batches:
             base: dict[str, float] | None = None  # the group's first row; no ratios if it failed
@@ -326,6 +351,17 @@ def main(argv: list[str] | None = None) -> int:
                              "eager_ratio": t["eager_ms"] / before["eager_ms"]}
                         )  # fmt: skip
                         print(f"row: {what}: graph ms {before['graph_ms']:.3f}", flush=True)
+                if args.fold_other and label.startswith("vitrt") and ("mctf" in label or "tome" in label):
+                    other = _guarded(
+                        f"{label} B={batch} other bias", measure_other_bias, model, batch, args.iters
+                    )
+                    if other is not None:
+                        others.append({"model": label, "batch": batch, **other, "now": t})
+                        print(
+                            f"row: {label} B={batch} {other['choice']}: graph ms {other['graph_ms']:.3f}, "
+                            f"now / that {t['graph_ms'] / other['graph_ms']:.2f}",
+                            flush=True,
+                        )
                 torch.cuda.empty_cache()
 
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {note}; float16, 224 x 224")
@@ -367,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
             "rows": results,
             "previous_path": previous,
             "top_kernels": profiles,
+            "other_bias_choice": others,
         }
         Path(out).write_text(json.dumps(payload, indent=2))
         print(f"wrote {out}")

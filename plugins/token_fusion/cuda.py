@@ -250,6 +250,13 @@ def enqueue_match(
     )
 
 
+def merge_shared_bytes(tokens: int) -> int:
+    """Dynamic shared memory of ``vitrt_tf_merge`` for N tokens, in bytes: the batch element's pooling
+    weights, sizes (float32) and dest (int32), 12 N, then the member bitmasks of the block's ``_WARPS``
+    output slots, one uint32 per slot and chunk of 32 tokens: 4 * _WARPS * ceil(N / 32)."""
+    return 12 * tokens + 4 * _WARPS * -(-tokens // 32)
+
+
 def enqueue_merge(
     x: int,
     info: int,
@@ -286,7 +293,7 @@ def enqueue_merge(
          i32(d.tokens), i32(d.n_out), i32(d.channels), i32(pooling), i32(vec), *map(ptr, norm_ptrs),
          f32(norm.eps if norm else 0.0), i32(bool(norm and norm.by_token))],
         stream,
-        shared_mem=12 * d.tokens,
+        shared_mem=merge_shared_bytes(d.tokens),
     )  # fmt: skip
 
 

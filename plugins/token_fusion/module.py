@@ -66,7 +66,9 @@ class FusionBlock(Block):
     attention each key receives comes from q and k through ``torch.ops.vitrt.attention_info`` (float16:
     one kernel reads q and k where they lie in the qkv projection, so not even q k^T is written), the fusion
     is ``torch.ops.vitrt.token_fusion``, attention outputs are ``scaled_dot_product_attention`` (with
-    log size as its mask), and the one-step-ahead attention is reassociated: with M the one-hot merge
+    log size as its mask; in float16 from ``fold_bias_min_batch`` images up with log size in the keys
+    instead, one more channel of q and k, which SDPA computes faster than a mask: ``_folds_bias``), and
+    the one-step-ahead attention is reassociated: with M the one-hot merge
     matrix and w the pooling weights, merge_attention(A) V' = (M_w A M^T / den) V' = merge(A (M^T V')),
     and M^T V' is V' gathered by dest, so the block runs attention of the unfused queries over V'[dest]
     and merges its rows with the op's merge kernel (``torch.ops.vitrt.token_merge``). There the merge
@@ -79,9 +81,15 @@ class FusionBlock(Block):
 
     num_protected = 1  # the class token
     lowering = "eager"  # see vitrt.plugins.lowering: "eager", "portable" or "plugin"
-    # The qkv projection extended by the keys' mean (``_qkv_key_mean``), not state: (the key of the weight
-    # and bias it was built from, weak references to them, the extended weight and bias).
-    _key_mean_params: tuple[tuple[object, ...], tuple[Any, ...], Tensor, Tensor | None] | None = None
+    # Proportional attention's bias goes into the keys (``_folds_bias``) from this batch size up. Measured
+    # on an H200 (float16, DeiT-S + MCTF's 12 attentions): torch's SDPA with the [B, 1, 1, N] bias mask
+    # takes 1.2x / 1.7x / 2.35x the time of SDPA without one at batch 1 / 8 / 64, and with head dim 72
+    # for q and k 1.19x / 1.33x / 1.30x; folding also costs one small copy per block, which only pays
+    # from a few images up (benchmarks/sdpa_bias.py).
+    fold_bias_min_batch = 8
+    # The qkv projection rearranged for the kernel path (``_projection``), not state: per variant, (the
+    # key of the weight and bias it was built from, weak references to them, the weight and bias).
+    _projections: dict[tuple[bool, bool, bool], tuple[tuple[object, ...], tuple[Any, ...], Tensor, Tensor]]
 
     def __init__(self, block: Block, config: FusionBlockConfig) -> None:
         nn.Module.__init__(self)  # the submodules come from ``block``, not from fresh ones
@@ -91,6 +99,7 @@ class FusionBlock(Block):
         self.norm2 = block.norm2
         self.mlp = block.mlp
         self.config = config
+        self._projections = {}
 
     def extra_repr(self) -> str:
         return f"config={self.config}"
@@ -177,37 +186,108 @@ class FusionBlock(Block):
 
     def _key_mean_in_qkv(self, h: Tensor, fast: bool) -> bool:
         """Whether ToMe's metric (the keys' mean over heads) comes from the qkv projection
-        (``_qkv_key_mean``): the kernel path at inference, with the keys as the metric."""
+        (``_qkv_kernel_path``): the kernel path at inference, with the keys as the metric."""
         return fast and not torch.is_grad_enabled() and self.config.metric == "keys"
 
-    def _qkv_key_mean(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """q, k, v [B, H, N, E] and the keys' mean over heads [B, N, E] (ToMe's metric) from one product of
-        h [B, N, C]: the qkv projection with E more output rows, the mean over heads of its key rows and
-        key biases (the mean of linear maps is the linear map of the mean), so no mean is launched. All
-        four are views of the product; the score kernels read the mean in place. The extended weight is
-        built once per weight (its address, version, dtype and device) and kept: in-place changes to an
-        inference tensor's weights, which have no version counter, are not seen."""
+    def _folds_bias(self, h: Tensor, fast: bool, size: Tensor | None) -> bool:
+        """Whether proportional attention's bias log(size) rides in the keys rather than in a mask
+        (``_qkv_kernel_path``): the kernel path at inference, float16, a size given and at least
+        ``fold_bias_min_batch`` images (the class comment says why)."""
+        return (
+            fast
+            and size is not None
+            and not torch.is_grad_enabled()
+            and h.dtype == torch.float16
+            and h.shape[0] >= self.fold_bias_min_batch
+        )
+
+    def _folded_dim(self) -> int:
+        """Head dim of q and k with the bias folded in: E + 1 rounded up to a multiple of 8 (72 for 64),
+        so that rows stay 16-byte aligned for the attention kernels."""
+        return (self.attn.head_dim // 8 + 1) * 8
+
+    def _projection(self, fold: bool, with_v: bool, key_mean: bool) -> tuple[Tensor, Tensor]:
+        """The qkv projection's weight [R, C] and bias [R] for ``_qkv_kernel_path``: the q rows then the k
+        rows, each head's E rows followed, when ``fold``, by Ep - E zero rows (``_folded_dim``), of which
+        q's first has bias 1 and every other bias 0; then v's C rows when ``with_v``; then, when
+        ``key_mean``, E rows that are the mean over heads of the key rows and key biases (the mean of linear
+        maps is the linear map of the mean). Built once per variant and weight (its address, version, dtype
+        and device) and kept: in-place changes to an inference tensor's weights, which have no version
+        counter, are not seen."""
         qkv = self.attn.qkv
         weight, bias = qkv.weight, qkv.bias
         key = tuple((t.data_ptr(), _version(t), t.dtype, t.device) for t in (weight, bias) if t is not None)
-        cached = self._key_mean_params
+        variant = (fold, with_v, key_mean)
+        cached = self._projections.get(variant)
         # the same tensors as stored (weak references: a new parameter may reuse a freed one's address)
         if (
-            cached is None
-            or cached[0] != key
-            or any(ref() is not t for ref, t in zip(cached[1], (weight, bias), strict=True))
+            cached is not None
+            and cached[0] == key
+            and all(ref() is t for ref, t in zip(cached[1], (weight, bias), strict=True))
         ):
-            c, heads = weight.shape[1], self.attn.num_heads
-            k_rows = weight[c : 2 * c].float().view(heads, -1, c).mean(0).to(weight.dtype)
-            k_bias = None if bias is None else bias[c : 2 * c].float().view(heads, -1).mean(0).to(bias.dtype)
-            extended = (torch.cat([weight, k_rows]), None if bias is None else torch.cat([bias, k_bias]))
-            refs = tuple(weakref.ref(t) if t is not None else (lambda: None) for t in (weight, bias))
-            cached = (key, refs, *extended)
-            self._key_mean_params = cached
-        out = F.linear(h, cached[2], cached[3])  # [B, N, 3C + E]
+            return cached[2], cached[3]
+        c, heads, e = weight.shape[1], self.attn.num_heads, self.attn.head_dim
+        full_bias = weight.new_zeros(3 * c) if bias is None else bias  # T2T-ViT blocks have no qkv bias
+        rows, biases = [], []
+        for part in (0, 1):  # q, k: [H, E, C] -> [H, Ep, C]
+            w = weight[part * c : (part + 1) * c].reshape(heads, e, c)
+            b = full_bias[part * c : (part + 1) * c].reshape(heads, e)
+            if fold:
+                pad = self._folded_dim() - e
+                w = torch.cat([w, w.new_zeros(heads, pad, c)], dim=1)
+                extra = b.new_zeros(heads, pad)
+                if part == 0:
+                    extra[:, 0] = 1  # q's constant 1 meets the key's log(size) / scale
+                b = torch.cat([b, extra], dim=1)
+            rows.append(w.reshape(-1, c))
+            biases.append(b.reshape(-1))
+        if with_v:
+            rows.append(weight[2 * c :])
+            biases.append(full_bias[2 * c :])
+        if key_mean:
+            rows.append(weight[c : 2 * c].float().view(heads, e, c).mean(0).to(weight.dtype))
+            biases.append(full_bias[c : 2 * c].float().view(heads, e).mean(0).to(full_bias.dtype))
+        refs = tuple(weakref.ref(t) if t is not None else (lambda: None) for t in (weight, bias))
+        built = (key, refs, torch.cat(rows).contiguous(), torch.cat(biases).contiguous())
+        self._projections[variant] = built
+        return built[2], built[3]
+
+    def _qkv_kernel_path(
+        self, h: Tensor, fold: bool, with_v: bool, key_mean: bool
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """q, k [B, H, N, E or Ep], v [B, H, N, E] (or None) and the keys' mean over heads [B, N, E] (or
+        None) from one product of h [B, N, C] (``_projection``); all are views of it, and the score kernels
+        read the mean in place. With ``fold``, q and k are Ep wide (``_folded_dim``): q[..., E] = 1 and the
+        rest of both paddings 0, so q . k is unchanged until ``_fold_log_size`` writes each key's bias into
+        k[..., E]."""
+        weight, bias = self._projection(fold, with_v, key_mean)
+        out = F.linear(h, weight, bias)  # [B, N, R]
         b, n, c = h.shape
-        qkv_out = out[..., : 3 * c].reshape(b, n, 3, self.attn.num_heads, -1).permute(2, 0, 3, 1, 4)
-        return qkv_out[0], qkv_out[1], qkv_out[2], out[..., 3 * c :]
+        heads, e = self.attn.num_heads, self.attn.head_dim
+        ep = self._folded_dim() if fold else e
+        qk = out[..., : 2 * heads * ep].reshape(b, n, 2, heads, ep).permute(2, 0, 3, 1, 4)
+        at = 2 * heads * ep
+        v = None
+        if with_v:
+            v = out[..., at : at + c].reshape(b, n, heads, e).transpose(1, 2)
+            at += c
+        return qk[0], qk[1], v, out[..., at:] if key_mean else None
+
+    def _fold_log_size(self, k: Tensor, log_size: Tensor) -> None:
+        """Writes proportional attention's bias into the folded keys k [B, H, N, Ep], in place: k[b, h, j,
+        E] = log_size[b, j] / scale, so that scale * (q . k) = scale * q_E . k_E + log size_j with q's 1
+        (``_qkv_kernel_path``), which SDPA computes with no mask. For the default scale of a head dim that
+        is a power of 4 (64: 1 / 8) the division is exact in float16, so the logits are those of the mask
+        log_size."""
+        column = k[..., self.attn.head_dim]  # [B, H, N], a strided view: the input must have its shape
+        torch.mul(log_size[:, None, :].expand_as(column), 1.0 / self.attn.scale, out=column)
+
+    def _qkv_key_mean(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """q, k, v [B, H, N, E] and the keys' mean over heads [B, N, E] (ToMe's metric) from one product of
+        h [B, N, C] (``_qkv_kernel_path`` without the fold)."""
+        q, k, v, mean = self._qkv_kernel_path(h, False, True, True)
+        assert v is not None and mean is not None
+        return q, k, v, mean
 
     @staticmethod
     def _log_size(size: Tensor, like: Tensor) -> Tensor:
@@ -307,13 +387,21 @@ class FusionBlock(Block):
         n_out = n - attrs.r
         if cfg.one_step_ahead in (1, 2):
             with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.one_step_ahead == 1):
-                q, k = self._qk(h)
-                if fast:
+                if cfg.one_step_ahead == 1 and self._folds_bias(h, fast, prop):
+                    # q, k with the bias in the keys; metric and info take their first E channels
+                    q, k, _, _ = self._qkv_kernel_path(h, True, False, False)
+                    e = self.attn.head_dim
+                    info, log_size = attention_info_op(q[..., :e], k[..., :e], prop, float(self.attn.scale))
+                    self._fold_log_size(k, log_size)
+                    bias = None
+                elif fast:
+                    q, k = self._qk(h)
                     info, bias = self._info(q, k, prop)
                 else:
+                    q, k = self._qk(h)
                     probs = self._probs(q, k, prop)
                     info = attention_received(probs)
-            metric = k.mean(dim=1) if cfg.metric == "keys" else x
+            metric = k[..., : self.attn.head_dim].mean(dim=1) if cfg.metric == "keys" else x
             by_token = cfg.one_step_ahead == 1 and fast
             fused = self._fuse_norm(x, metric, info, size_in, attrs, self.norm1, by_token)
             x_f, size_f, dest, h, log_f = fused
@@ -333,16 +421,29 @@ class FusionBlock(Block):
             return self.add_last(x, self.drop_path(self.mlp(h)), size_f, next_norm, log_f)
 
         key_mean = None  # ToMe's metric, where the qkv projection computes it too
-        if self._key_mean_in_qkv(h, fast):
-            q, k, v, key_mean = self._qkv_key_mean(h)
+        fold = self._folds_bias(h, fast, prop)
+        if fold or self._key_mean_in_qkv(h, fast):
+            q, k, v_, key_mean = self._qkv_kernel_path(h, fold, True, self._key_mean_in_qkv(h, fast))
+            v = cast(Tensor, v_)
         else:
             q, k, v = self.attn.split_heads(h)
         if fast:
             # ToMe's weights need no attention (tau_info = 0, size pooling): the op does not read info
             # then, so the sizes stand in for it (a [B, N] tensor of the dtype; no fill launched).
             needs_info = attrs.tau_info > 0 or attrs.pooling == Pooling.ATTN_SIZE
-            info, bias = self._info(q, k, prop) if needs_info else (size_in, bias)
-            attended = self.drop_path(self._attention(q, k, v, prop, fast, bias))
+            e = self.attn.head_dim
+            info, bias = self._info(q[..., :e], k[..., :e], prop) if needs_info else (size_in, bias)
+            if fold:
+                # log size from info's launch, else carried from the block before, else computed here
+                assert prop is not None
+                log_size = bias[:, 0, 0, :] if bias is not None else torch.log(prop).to(q.dtype)
+                self._fold_log_size(k, log_size)
+                bias = None
+                attended = self.drop_path(
+                    self.attn.merge_heads(F.scaled_dot_product_attention(q, k, v, scale=self.attn.scale))
+                )
+            else:
+                attended = self.drop_path(self._attention(q, k, v, prop, fast, bias))
         else:
             probs = self._probs(q, k, prop)
             info = attention_received(probs)
@@ -355,7 +456,11 @@ class FusionBlock(Block):
             residual = attended
         else:
             x = x + attended
-        metric = (k.mean(dim=1) if key_mean is None else key_mean) if cfg.metric == "keys" else x
+        metric = (
+            (k[..., : self.attn.head_dim].mean(dim=1) if key_mean is None else key_mean)
+            if cfg.metric == "keys"
+            else x
+        )
         if cfg.merge_after == "attention":
             fused = self._fuse_norm(x, metric, info, size_in, attrs, self.norm2, residual=residual)
             x, size_f, _, h, log_f = fused

@@ -10,8 +10,9 @@
 //                                                     so no pass precedes it.
 //   2. vitrt_tf_match           grid (B)              bidirectional bipartite matching -> dest (int64);
 //                                                     the score rows live in shared memory when they fit
-//   3. vitrt_tf_merge_<dt>      grid (N_out/8, B)     weighted mean of every group, found from dest by
-//                                                     warp ballots; sizes summed. The same kernel merges
+//   3. vitrt_tf_merge_<dt>      grid (N_out/8, B)     weighted mean of every group, found from member
+//                                                     bitmasks that each block builds once from dest
+//                                                     by warp ballots; sizes summed. The same kernel merges
 //                                                     a fused block's attention output (one-step-ahead)
 //                                                     and, for a fused block, can also write the
 //                                                     LayerNorm that follows of every merged row.
@@ -516,29 +517,71 @@ __device__ void layer_norm_rows(const T* __restrict__ x, const T* __restrict__ r
   layer_norm_row<T, V, P>(src, C, ln, [&](auto&& store) { store(ln.out + row * C); });
 }
 
+// The members of one output slot in increasing token index, from the slot's member bitmasks in shared
+// memory (masks[c], c < nchunks: bit l set iff token 32 c + l is a member; merge_by_dest builds them once
+// per block), so that no pass over the members reads dest again. Chunks go by groups of 32: one ballot per
+// group picks its non-empty chunks (lane l tests chunk g + l's word), then one ballot per non-empty chunk
+// gives its members (lane l tests bit l of the chunk's word, which every lane reads from the same shared
+// address). next_chunk(n0, bits) gives the next non-empty chunk (its first token, its members), next(i)
+// the next member; both return false when none is left (and on every later call). Every value comes out
+// of a ballot, so the state is the same in every lane (warp-uniform), and every lane of the warp must make
+// every call. A chunk's bits by a ballot rather than a shuffle from a lane that holds its word: no per-lane
+// word is held, and with the shuffle ptxas spilled the merge kernel for sm_87 under the 80-register cap.
+struct SlotMembers {
+  const unsigned* masks;
+  int nchunks;
+  int g = -32;         // first chunk of the current group of 32 chunks
+  unsigned any = 0u;   // the group's non-empty chunks not yet given (bit j: chunk g + j)
+  int n0 = 0;          // next(): the current chunk's first token
+  unsigned bits = 0u;  // next(): the current chunk's members not yet given
+  __device__ __forceinline__ SlotMembers(const unsigned* m, int n) : masks(m), nchunks(n) {}
+  __device__ __forceinline__ bool next_chunk(int& first, unsigned& members) {
+    const int lane = threadIdx.x & 31;
+    while (any == 0u) {
+      if (g + 32 >= nchunks) return false;
+      g += 32;
+      // An in-bounds read for every lane (unused past nchunks): no branch around the load, which made
+      // ptxas add divergent-collective fallback paths to the ballots.
+      const int c = min(g + lane, nchunks - 1);
+      any = __ballot_sync(kFullMask, g + lane < nchunks && masks[c] != 0u);
+    }
+    const int c = g + __ffs(any) - 1;
+    any &= any - 1u;
+    first = 32 * c;
+    members = __ballot_sync(kFullMask, (masks[c] >> lane) & 1u);
+    return true;
+  }
+  __device__ __forceinline__ bool next(int& i) {
+    if (bits == 0u && !next_chunk(n0, bits)) return false;
+    i = n0 + __ffs(bits) - 1;
+    bits &= bits - 1u;
+    return true;
+  }
+};
+
 // Output slot s of merge_by_dest, by one warp: x_out[s] = sum_i(x_i * w_i) / max(sum_i w_i, 1e-12) over
-// the slot's members i (dst[i] == s) in increasing index order, plus base[s] when base is given (the mean
+// the slot's members i (dest[i] == s) in increasing index order, plus base[s] when base is given (the mean
 // rounded to T, then the sum rounded to T: torch's add of the merged rows to base); size_out[s] = sum_i
 // size_i (skipped when size_out is null) and log_size_out[s] = its log as torch's log computes it from
 // size_out (float32, rounded to T; skipped when null: the next block's proportional-attention bias, so
-// that it costs no launch). Members are found by ballots over the block's copy of dest and taken MAXM at
+// that it costs no launch). masks: the slot's nchunks member bitmasks (SlotMembers), which every pass over
+// the members walks (sizes, each sweep's rows, and each by-token norm output); members are taken MAXM at
 // a time: their rows' loads are all issued before the first is used, so a slot costs about one global
 // round trip, not one per member. Each lane accumulates P vectors of V channels per sweep.
 template <typename T, int V, int P>
 __device__ void merge_slot(const T* __restrict__ x, const T* __restrict__ residual, const T* __restrict__ base,
-                           const float* __restrict__ w, const float* __restrict__ sz, const int* __restrict__ dst,
-                           T* __restrict__ x_out, T* __restrict__ size_out, T* __restrict__ log_size_out, int N,
-                           int N_out, int C, int s, const LayerNormArgs<T>& ln) {
+                           const float* __restrict__ w, const float* __restrict__ sz,
+                           const unsigned* __restrict__ masks, int nchunks, T* __restrict__ x_out,
+                           T* __restrict__ size_out, T* __restrict__ log_size_out, int N, int N_out, int C, int s,
+                           const LayerNormArgs<T>& ln) {
   // Members loaded together: 1 for wide lanes (most slots have one member, and registers are occupancy),
   // else up to 4 (at most 16 floats of loaded rows per lane).
   constexpr int MAXM = P * V >= 16 ? 1 : 4;
   const int b = blockIdx.y, lane = threadIdx.x & 31;
   float den = 0.0f, total = 0.0f;
-  for (int n0 = 0; n0 < N; n0 += 32) {
-    unsigned bits = __ballot_sync(kFullMask, n0 + lane < N && dst[n0 + lane] == s);
-    while (bits != 0u) {
-      const int i = n0 + __ffs(bits) - 1;
-      bits &= bits - 1u;
+  {
+    SlotMembers members(masks, nchunks);
+    for (int i; members.next(i);) {
       den = __fadd_rn(den, w[i]);
       total = __fadd_rn(total, sz[i]);
     }
@@ -557,13 +600,12 @@ __device__ void merge_slot(const T* __restrict__ x, const T* __restrict__ residu
       store(ln.out + ((int64)b * N_out + s) * C);
       return;
     }
-    for (int n0 = 0; n0 < N; n0 += 32) {  // the slot's members, as above
-      unsigned bits = __ballot_sync(kFullMask, n0 + lane < N && dst[n0 + lane] == s);
-      while (bits != 0u) {
-        store(ln.out + ((int64)b * N + n0 + __ffs(bits) - 1) * C);
-        bits &= bits - 1u;
-      }
-    }
+    // Chunk by chunk, no ballot between the stores of a chunk: with next(i), the ballots of a loop that
+    // also holds the (lane-divergent) stores made ptxas add divergent-collective fallback paths.
+    SlotMembers members(masks, nchunks);
+    int n0;
+    for (unsigned bits; members.next_chunk(n0, bits);)
+      for (; bits != 0u; bits &= bits - 1u) store(ln.out + ((int64)b * N + n0 + __ffs(bits) - 1) * C);
   };
   // One sweep holds the whole row (C <= 32 V P = 512 in float16 with vector loads: DeiT-S's 384 channels):
   // the norm then reads the merged row from registers, not back from memory, which saves a dependent round
@@ -583,21 +625,13 @@ __device__ void merge_slot(const T* __restrict__ x, const T* __restrict__ residu
       if (kBaseEarly && base != nullptr && c < C)
         base_raw[p] = load_raw<T, V>(base + ((int64)b * N_out + s) * C + c);
     }
-    int n0 = 0;
-    unsigned bits = 0u;
+    SlotMembers members(masks, nchunks);
     for (;;) {
-      // The next MAXM members in index order (fewer at the end).
+      // The next MAXM members in index order (fewer at the end; unrolled, so mem stays in registers).
       int mem[MAXM], count = 0;
-      while (count < MAXM) {
-        while (bits == 0u && n0 < N) {
-          bits = __ballot_sync(kFullMask, n0 + lane < N && dst[n0 + lane] == s);
-          if (bits == 0u) n0 += 32;
-        }
-        if (bits == 0u) break;
-        mem[count++] = n0 + __ffs(bits) - 1;
-        bits &= bits - 1u;
-        if (bits == 0u) n0 += 32;
-      }
+#pragma unroll
+      for (int m = 0; m < MAXM; ++m)
+        if (count == m && members.next(mem[m])) ++count;
       if (count == 0) break;
       float xv[MAXM][P][V];
 #pragma unroll
@@ -665,7 +699,11 @@ __device__ void merge_slot(const T* __restrict__ x, const T* __restrict__ residu
 // ATTN_SIZE, info * size / max size; 0 = SIZE; 3 = MEAN) into shared memory in one round of loads, then
 // each warp merges one output slot (merge_slot). residual (may be null): the rows merged are x + residual
 // (a block's residual add, so that the sum is never written); base (may be null): [B, N_out, C] added to
-// the merged rows (a block's residual add after a branch it merges). Dynamic shared memory: 12 N bytes.
+// the merged rows (a block's residual add after a branch it merges). The block also builds, once, the
+// member bitmasks of its warps' slots s0 .. s0 + warps - 1 (s0 = blockIdx.x * warps), which merge_slot
+// walks instead of dest: masks[k * nchunks + c] bit l set iff token 32 c + l < N has dest s0 + k
+// (nchunks = ceil(N / 32)); warp w ballots chunks w, w + warps, ..., one ballot per slot. Dynamic shared
+// memory: 12 N + 4 warps nchunks bytes (cuda.merge_shared_bytes).
 template <typename T, int V, int P>
 __device__ void merge_by_dest(const T* __restrict__ x, const T* __restrict__ residual, const T* __restrict__ base,
                               const T* __restrict__ info, const T* __restrict__ size,
@@ -677,8 +715,10 @@ __device__ void merge_by_dest(const T* __restrict__ x, const T* __restrict__ res
   float* w = smem;                             // [N] pooling weights (info, until the max size is known)
   float* sz = w + N;                           // [N] sizes
   int* dst = reinterpret_cast<int*>(sz + N);  // [N] dest of this batch element
+  unsigned* masks = reinterpret_cast<unsigned*>(dst + N);  // [warps][nchunks] member bitmasks of the slots
   const int b = blockIdx.y, tid = threadIdx.x;
-  const int warp = tid >> 5, warps = blockDim.x >> 5;
+  const int warp = tid >> 5, warps = blockDim.x >> 5, lane = tid & 31;
+  const int nchunks = (N + 31) >> 5, s0 = blockIdx.x * warps;
   float mx = neg_inf();
   for (int n = tid; n < N; n += blockDim.x) {
     const float sv = to_float(size[(int64)b * N + n]);
@@ -688,11 +728,23 @@ __device__ void merge_by_dest(const T* __restrict__ x, const T* __restrict__ res
     mx = fmaxf(mx, sv);
   }
   mx = block_max(mx, scratch);  // its barrier also publishes sz, w, dst
+  // The member bitmasks: warp w takes chunks c = w, w + warps, ..., one ballot per slot k of the block
+  // (lane k stores it). The trip count is the same for every warp, so ptxas sees the ballots convergent
+  // (a warp past the last chunk ballots nothing and stores nothing); the barrier below publishes them.
+  for (int c0 = 0; c0 < nchunks; c0 += warps) {
+    const int c = c0 + warp, n = 32 * c + lane;
+    const int d = n < N ? dst[n] : -1;
+    for (int k = 0; k < warps; ++k) {
+      const unsigned bits = __ballot_sync(kFullMask, d == s0 + k);
+      if (lane == k && c < nchunks) masks[k * nchunks + c] = bits;
+    }
+  }
   for (int n = tid; n < N; n += blockDim.x) w[n] = pooling == 1 ? w[n] * (sz[n] / mx) : (pooling == 0 ? sz[n] : 1.0f);
-  __syncthreads();
-  const int s = blockIdx.x * warps + warp;
+  __syncthreads();  // publishes w and the masks
+  const int s = s0 + warp;
   if (s < N_out)
-    merge_slot<T, V, P>(x, residual, base, w, sz, dst, x_out, size_out, log_size_out, N, N_out, C, s, ln);
+    merge_slot<T, V, P>(x, residual, base, w, sz, masks + warp * nchunks, nchunks, x_out, size_out, log_size_out,
+                        N, N_out, C, s, ln);
 }
 
 // Attention each key receives, summed over a chunk of query rows (a fused block's `info`, see

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests._support.kernel_checks import MCTF, fusion_inputs
 from vitrt.models.deit import VisionTransformer
@@ -230,6 +231,78 @@ def test_tome_metric_rides_on_the_qkv_projection(_emulator: None) -> None:
                 got, _ = block(x)
         assert Means.count == 0
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("qkv_bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("head_dim", [64, 24])
+def test_folded_bias_is_the_masked_attention(head_dim: int, qkv_bias: bool) -> None:
+    """Proportional attention with its bias log(size) in the keys (``FusionBlock._qkv_kernel_path`` with
+    the fold, then ``_fold_log_size``): q and k come out of one product ``_folded_dim`` wide, their first E
+    channels equal the plain projection's, and SDPA of the folded q, k with no mask equals SDPA with the
+    mask log(size) within 1e-5 (float32), with and without a qkv bias (T2T-ViT's blocks have none) and
+    for a head dim whose scale is not a power of two (24)."""
+    from vitrt.models.layers import Attention, Block
+
+    heads = 2
+    block = Block(heads * head_dim, heads, qkv_bias=qkv_bias)
+    fused = FusionBlock(block, next(b.config for b in _model("mctf").modules() if isinstance(b, FusionBlock)))
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for p in fused.parameters():
+            p.normal_(0, 0.2, generator=g)
+    assert isinstance(fused.attn, Attention)
+    h = torch.randn(3, 37, heads * head_dim, generator=g)
+    size = torch.randint(1, 9, (3, 37), generator=g).float()
+    with torch.no_grad():
+        q, k, v = fused.attn.split_heads(h)
+        fq, fk, fv, mean = fused._qkv_kernel_path(h, True, True, False)
+        assert fv is not None and mean is None
+        assert fq.shape[-1] == fused._folded_dim() and fused._folded_dim() % 8 == 0
+        torch.testing.assert_close(
+            torch.stack((fq[..., :head_dim], fk[..., :head_dim], fv)), torch.stack((q, k, v))
+        )
+        fused._fold_log_size(fk, size.log())
+        scale = fused.attn.scale
+        got = F.scaled_dot_product_attention(fq, fk, fv, scale=scale)
+        want = F.scaled_dot_product_attention(q, k, v, attn_mask=size.log()[:, None, None, :], scale=scale)
+    torch.testing.assert_close(got, want, **F32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fusion", ["mctf", {"preset": "tome", "r": 8}], ids=["mctf", "tome"])
+def test_float16_model_folds_the_bias_from_batch_8(fusion: object, _emulator: None) -> None:
+    """On the float16 kernel path, from ``fold_bias_min_batch`` images (8) up, every attention with
+    proportional attention's bias gets it in the keys: SDPA is never given a mask, and the logits equal
+    the masked path's within float16's 1e-2 relative on all but at most two of 8 images (later blocks' fusion
+    decisions may flip on the rounding of the attention outputs), with a median within 3e-3; below it,
+    every such attention takes the mask."""
+    from unittest import mock
+
+    from vitrt.plugins.token_fusion import module as tf_module
+
+    model = _model(fusion, embed_dim=128).half()  # head dim 64, as DeiT-S
+    images = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(5)).half()
+    sdpa = F.scaled_dot_product_attention
+    masks: list[bool] = []
+
+    def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
+        masks.append(kwargs.get("attn_mask") is not None)
+        return sdpa(*args, **kwargs)
+
+    with (
+        torch.no_grad(),
+        emulated_kernels(),
+        mock.patch.object(tf_module.F, "scaled_dot_product_attention", spy),
+    ):
+        got = model(images)
+        folded = masks[:]
+        masks.clear()
+        with mock.patch.object(FusionBlock, "fold_bias_min_batch", 9):
+            expected = model(images)
+    assert folded and not any(folded), folded
+    assert sum(masks) >= 2, masks  # the same attentions, masked
+    error = (got.float() - expected.float()).abs().amax(dim=1) / expected.float().abs().amax(dim=1)
+    assert int((error > 1e-2).sum()) <= 2 and float(error.median()) <= 3e-3, error
 
 
 @pytest.mark.slow
