@@ -76,7 +76,6 @@ _THREADS = 256
 _WARPS = _THREADS // 32
 _MATCH_THREADS = 1024  # one block per batch element: as many warps as the O(N^2) steps can use
 _INFO_ROWS = 64  # attention_info: query rows per block (eight per warp, the next row's loads in flight)
-_INFO_QK_THREADS = 128  # attention_info from q, k: 4 warps of 16 query rows (kInfoQkWarps in the kernel)
 _COPY_BLOCKS = 1024  # identity copy: grid-stride loops beyond this many blocks
 MATCH_SHARED_LIMIT = 96 * 1024
 """Largest dynamic shared memory the match kernel asks for (the smallest target, sm_120, allows 99 KiB):
@@ -334,11 +333,18 @@ def enqueue_attention_info(
     return chunks
 
 
+def info_qk_warps(head_dim: int) -> int:
+    """Warps per block of ``vitrt_tf_attention_info_qk`` (W in the kernel), 16 query rows each: 8 up to
+    E = 64, 4 for E = 128, whose 8-warp blocks would ask more shared memory than sm_120 gives a block."""
+    return 8 if head_dim <= 64 else 4
+
+
 def info_qk_shared_bytes(tokens: int, head_dim: int) -> int:
     """Dynamic shared memory of ``vitrt_tf_attention_info_qk`` in bytes: the key rows (N rounded up to 8)
-    and the block's 64 query rows at a pitch of E + 8 halves, the bias and four warps' column sums."""
-    padded = -(-tokens // 8) * 8
-    return 2 * (padded + _INFO_ROWS) * (head_dim + 8) + 4 * padded + 4 * 4 * padded
+    and the block's 16 W query rows (W = ``info_qk_warps``) at a pitch of E + 8 halves, the bias and each
+    warp's column sums."""
+    padded, warps = -(-tokens // 8) * 8, info_qk_warps(head_dim)
+    return 2 * (padded + 16 * warps) * (head_dim + 8) + 4 * padded + 4 * warps * padded
 
 
 def info_qk_applies(dtype: str, tokens: int, head_dim: int) -> bool:
@@ -371,12 +377,13 @@ def enqueue_attention_info_qk(
     for name, base, strides in (("q", q, q_strides), ("k", k, k_strides)):
         if base % 16 or any(st % 8 for st in strides) or any(not 0 <= st < 2**31 for st in strides):
             raise ValueError(f"{name}: rows must be 16-byte aligned with int32 strides, got {strides}")
-    chunks = -(-tokens // _INFO_ROWS)
+    warps = info_qk_warps(head_dim)
+    chunks = -(-tokens // (16 * warps))
     launch(
         load_module(SOURCE),
         f"vitrt_tf_attention_info_qk{head_dim // 16}_f16",
         (chunks, heads, batch),
-        (_INFO_QK_THREADS, 1, 1),
+        (32 * warps, 1, 1),
         [ptr(q), ptr(k), ptr(size), ptr(colsum), i32(tokens), i32(heads), *map(i32, q_strides),
          *map(i32, k_strides), f32(scale)],
         stream,
@@ -708,6 +715,8 @@ def _info_buffers(b: int, h: int, n: int, like: Tensor) -> tuple[Tensor, Tensor]
     averaged into (``like``'s dtype and device)."""
     import torch
 
+    # chunks of _INFO_ROWS query rows: at least as many as either kernel writes (the q, k one's chunks
+    # are 16 info_qk_warps(E) >= _INFO_ROWS rows)
     colsum = torch.empty(b, h, -(-n // _INFO_ROWS), n, dtype=torch.float32, device=like.device)
     return colsum, torch.empty(b, n, dtype=like.dtype, device=like.device)
 

@@ -81,11 +81,12 @@ class FusionBlock(Block):
 
     num_protected = 1  # the class token
     lowering = "eager"  # see vitrt.plugins.lowering: "eager", "portable" or "plugin"
-    # Proportional attention's bias goes into the keys (``_folds_bias``) from this batch size up. Measured
-    # on an H200 (float16, DeiT-S + MCTF's 12 attentions): torch's SDPA with the [B, 1, 1, N] bias mask
-    # takes 1.2x / 1.7x / 2.35x the time of SDPA without one at batch 1 / 8 / 64, and with head dim 72
-    # for q and k 1.19x / 1.33x / 1.30x; folding also costs one small copy per block, which only pays
-    # from a few images up (benchmarks/sdpa_bias.py).
+    # Proportional attention's bias goes into the keys (``_folds_bias``) from this batch size up. On an
+    # H200 (float16, DeiT-S + MCTF's 12 attentions, benchmarks/sdpa_bias.py) torch's SDPA took 2.35x as
+    # long with the [B, 1, 1, N] bias mask as without one at batch 64, and the folded attention (q and k
+    # 72 wide, plus the write of the keys' column) took 1.18x / 0.89x / 0.60x the masked one's time at
+    # batch 1 / 8 / 64; end to end, folding at batch 1 made DeiT-S + MCTF 1.03x slower
+    # (benchmarks/gpu_models.py --fold-other; benchmarks/results/h200-2026-11-27-fold-masks).
     fold_bias_min_batch = 8
     # The qkv projection rearranged for the kernel path (``_projection``), not state: per variant, (the
     # key of the weight and bias it was built from, weak references to them, the weight and bias).
@@ -421,9 +422,9 @@ class FusionBlock(Block):
             return self.add_last(x, self.drop_path(self.mlp(h)), size_f, next_norm, log_f)
 
         key_mean = None  # ToMe's metric, where the qkv projection computes it too
-        fold = self._folds_bias(h, fast, prop)
-        if fold or self._key_mean_in_qkv(h, fast):
-            q, k, v_, key_mean = self._qkv_kernel_path(h, fold, True, self._key_mean_in_qkv(h, fast))
+        fold, mean_in_qkv = self._folds_bias(h, fast, prop), self._key_mean_in_qkv(h, fast)
+        if fold or mean_in_qkv:
+            q, k, v_, key_mean = self._qkv_kernel_path(h, fold, True, mean_in_qkv)
             v = cast(Tensor, v_)
         else:
             q, k, v = self.attn.split_heads(h)

@@ -19,7 +19,7 @@
 //      (r = 0: vitrt_tf_match writes dest = arange and vitrt_tf_copy_<dt> copies x and size instead)
 //
 // And, for a fused block rather than the op, the attention each key receives without writing the
-// probabilities: vitrt_tf_attention_info_qk<E/16>_f16 grid (N/64, H, B) from q and k on tensor cores
+// probabilities: vitrt_tf_attention_info_qk<E/16>_f16 grid (N/16W, H, B) from q and k on tensor cores
 // (float16, E = 32 / 64 / 128, N <= 256), else vitrt_tf_attention_info<VPL>_<dt> grid (N/64, H, B) from
 // q k^T; then vitrt_tf_info_mean_<dt> grid (N/256, B), the mean over heads and queries. And for any
 // block, vitrt_tf_layer_norm_<dt> grid (R/8): the merge's row LayerNorm alone, or after a residual add
@@ -820,7 +820,7 @@ __device__ void attention_info(const T* __restrict__ logits, const T* __restrict
 // and at most kInfoQkMaxTokens tokens, on tensor cores. It replaces q k^T (a GEMM whose B x H x N x N
 // output attention_info then reads back) plus the copies that make q and k contiguous: q and k are read
 // through their row strides (in elements, rows 16-byte aligned), as views of the qkv projection.
-// Block (chunk, h, b), 128 threads, takes query rows chunk * 64 .. + 63; warp w rows 16 w .. + 15 of them.
+// Block (chunk, h, b), 32 W threads, takes query rows chunk * 16 W .. + 16 W - 1; warp w rows 16 w .. + 15.
 // The block's q rows and all N key rows (zero past N) are staged in shared memory as 16-byte vectors, with
 // the bias log2(size_j) (0 without proportional attention, -inf past N). Each warp sweeps its rows'
 // logits 8 keys at a time (m16n8k16, float32 accumulation, no rounding of the logits to float16) twice:
@@ -829,21 +829,25 @@ __device__ void attention_info(const T* __restrict__ logits, const T* __restrict
 // shuffle tree into per-warp column sums that the block adds in warp order: deterministic, no atomics.
 // Recomputing the logits (4 KS mma per 8 keys) is cheaper than holding 16 x N floats in registers.
 // Output as attention_info's: colsum[b, h, chunk, j] (float32). Dynamic shared memory: see cuda.py.
-constexpr int kInfoQkWarps = 4, kInfoQkRows = 16 * kInfoQkWarps;  // cuda.py: 128 threads, up to 256 tokens
-template <int KS>
+// W warps (16 W query rows) per block, cuda.info_qk_warps: 8 for E <= 64, where the key rows staged once
+// then serve twice the queries of 4 warps and the shared memory per warp, which limits the blocks per SM,
+// drops (32 warps per SM at N = 197, E = 64, against 20); 4 for E = 128, whose 8-warp blocks would need
+// more shared memory than sm_120 gives a block (99 KiB) at 256 tokens.
+template <int KS, int W>
 __device__ void attention_info_qk(const half_bits* __restrict__ q, const half_bits* __restrict__ k,
                                   const half_bits* __restrict__ size, float* __restrict__ colsum, int N, int H,
                                   int qsb, int qsh, int qsn, int ksb, int ksh, int ksn, float scale) {
   constexpr int E = 16 * KS, LD = E + 8, V = E / 8;  // LD: +8 halves make the fragment reads conflict-free
+  constexpr int kInfoQkWarps = W, kInfoQkRows = 16 * W;  // cuda.py: 32 W threads, up to 256 tokens
   constexpr float kLog2e = 1.4426950408889634f;
   VITRT_DYNAMIC_SHARED(float, smem);
   const int chunk = blockIdx.x, h = blockIdx.y, b = blockIdx.z, tid = threadIdx.x, bd = blockDim.x;
   const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
   const int NP = (N + 7) & ~7, r0 = chunk * kInfoQkRows;
   half_bits* Ks = reinterpret_cast<half_bits*>(smem);  // [NP][LD] key rows
-  half_bits* Qs = Ks + NP * LD;                         // [64][LD] the block's query rows
+  half_bits* Qs = Ks + NP * LD;                         // [kInfoQkRows][LD] the block's query rows
   float* bias = reinterpret_cast<float*>(Qs + kInfoQkRows * LD);  // [NP]
-  float* part = bias + NP;                                        // [4][NP] per-warp column sums
+  float* part = bias + NP;                                        // [kInfoQkWarps][NP] per-warp column sums
   const half_bits* kb = k + (int64)b * ksb + (int64)h * ksh;
   const half_bits* qb = q + (int64)b * qsb + (int64)h * qsh;
 
@@ -1239,16 +1243,17 @@ VITRT_TF_INFO(24, f32, float)
 VITRT_TF_INFO(8, f16, half_bits)
 VITRT_TF_INFO(24, f16, half_bits)
 
-// attention_info from q and k: KS = E / 16 for E = 32, 64, 128 (cuda.INFO_QK_HEAD_DIMS).
-#define VITRT_TF_INFO_QK(KS)                                                                              \
-  extern "C" __global__ void __launch_bounds__(128) vitrt_tf_attention_info_qk##KS##_f16(                 \
+// attention_info from q and k: KS = E / 16 for E = 32, 64, 128 (cuda.INFO_QK_HEAD_DIMS), W warps
+// (cuda.info_qk_warps).
+#define VITRT_TF_INFO_QK(KS, W)                                                                           \
+  extern "C" __global__ void __launch_bounds__(32 * W) vitrt_tf_attention_info_qk##KS##_f16(              \
       const half_bits* q, const half_bits* k, const half_bits* size, float* colsum, int N, int H, int qsb, \
       int qsh, int qsn, int ksb, int ksh, int ksn, float scale) {                                          \
-    attention_info_qk<KS>(q, k, size, colsum, N, H, qsb, qsh, qsn, ksb, ksh, ksn, scale);                 \
+    attention_info_qk<KS, W>(q, k, size, colsum, N, H, qsb, qsh, qsn, ksb, ksh, ksn, scale);              \
   }
-VITRT_TF_INFO_QK(2)
-VITRT_TF_INFO_QK(4)
-VITRT_TF_INFO_QK(8)
+VITRT_TF_INFO_QK(2, 8)
+VITRT_TF_INFO_QK(4, 8)
+VITRT_TF_INFO_QK(8, 4)
 
 extern "C" __global__ void __launch_bounds__(256) vitrt_tf_info_mean_f32(const float* colsum, float* info, int N,
                                                                          int H, int chunks, const float* size,

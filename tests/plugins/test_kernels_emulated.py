@@ -105,6 +105,35 @@ def test_fusion_with_the_norm_after_it_emulated(
     check_fusion_norm(b, n, c, r, dtype, "cpu", affine, offset)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+def test_merge_of_many_tokens_emulated(dtype: torch.dtype, emulated: None) -> None:
+    """The merge kernel at N = 1100: 35 chunks of 32 tokens, so each slot's member bitmasks span two
+    groups of 32 chunks. Slot 0 has members in both groups (tokens 0 and 1090), slot 7 thirty more, the
+    other slots one or two: merge_tokens_cuda equals the reference's merge within the dtype's rounding
+    (kernel_checks.TOL) and merge_add_norm_cuda's sum is torch's add of it to the base, bit for bit."""
+    from tests._support.kernel_checks import _close
+    from vitrt.plugins.token_fusion import reference as tf_ref
+    from vitrt.plugins.token_fusion.cuda import merge_add_norm_cuda, merge_tokens_cuda
+    from vitrt.plugins.token_fusion.spec import Pooling
+
+    b, n, c, n_out = 2, 1100, 64, 1000
+    g = torch.Generator().manual_seed(7)
+    extra = torch.randint(0, n_out, (b, n - n_out), generator=g)
+    extra[:, -10] = 0  # token 1090
+    extra[:, :30] = 7
+    dest = torch.cat([torch.arange(n_out).expand(b, n_out), extra], dim=1)
+    x = torch.randn(b, n, c, generator=g).to(dtype)
+    info = (torch.rand(b, n, generator=g) + 0.1).to(dtype)
+    size = torch.randint(1, 5, (b, n), generator=g).to(dtype)
+    pooling = int(Pooling.ATTN_SIZE)
+    merged = merge_tokens_cuda(x, dest, info, size, pooling, n_out)
+    weight = tf_ref.pooling_weights(info, size, Pooling.ATTN_SIZE)
+    _close(merged, tf_ref.merge_tokens(x, dest, weight, n_out), dtype, "merge of 1100 tokens")
+    base = torch.randn(b, n_out, c, generator=g).to(dtype)
+    total, _ = merge_add_norm_cuda(x, dest, info, size, pooling, base, None, None, 1e-5)
+    assert torch.equal(total, base + merged)
+
+
 @pytest.mark.parametrize("bidirectional", [True, False], ids=["mctf", "tome"])
 @pytest.mark.parametrize(("n", "r"), MATCHING_TIE_CASES)
 def test_matching_ties_emulated(n: int, r: int, bidirectional: bool, emulated: None) -> None:
