@@ -66,8 +66,9 @@ class FusionBlock(Block):
     attention each key receives comes from q and k through ``torch.ops.vitrt.attention_info`` (float16:
     one kernel reads q and k where they lie in the qkv projection, so not even q k^T is written), the fusion
     is ``torch.ops.vitrt.token_fusion``, attention outputs are ``scaled_dot_product_attention`` (with
-    log size as its mask; in float16 from ``fold_bias_min_batch`` images up with log size in the keys
-    instead, one more channel of q and k, which SDPA computes faster than a mask: ``_folds_bias``), and
+    log size as its mask; in the MCTF one-step-ahead and ToMe attentions, in float16 from
+    ``fold_bias_min_batch`` images up, with log size in the keys instead: 8 more channels of q and k, one of
+    which carries the bias, which SDPA computes faster than a mask: ``_folds_bias``), and
     the one-step-ahead attention is reassociated: with M the one-hot merge
     matrix and w the pooling weights, merge_attention(A) V' = (M_w A M^T / den) V' = merge(A (M^T V')),
     and M^T V' is V' gathered by dest, so the block runs attention of the unfused queries over V'[dest]
@@ -82,12 +83,14 @@ class FusionBlock(Block):
     num_protected = 1  # the class token
     lowering = "eager"  # see vitrt.plugins.lowering: "eager", "portable" or "plugin"
     # Proportional attention's bias goes into the keys (``_folds_bias``) from this batch size up. On an
-    # H200 (float16, DeiT-S + MCTF's 12 attentions, benchmarks/sdpa_bias.py) torch's SDPA took 2.35x as
+    # H200 (float16, DeiT-S + MCTF's 12 attentions, benchmarks/sdpa_bias.py) torch's SDPA took 2.37x as
     # long with the [B, 1, 1, N] bias mask as without one at batch 64, and the folded attention (q and k
     # 72 wide, plus the write of the keys' column) took 1.18x / 0.89x / 0.60x the masked one's time at
     # batch 1 / 8 / 64; end to end, folding at batch 1 made DeiT-S + MCTF 1.03x slower
-    # (benchmarks/gpu_models.py --fold-other; benchmarks/results/h200-2026-11-27-fold-masks).
+    # (benchmarks/gpu_models.py --fold-other; benchmarks/results/h200-2026-11-27-fold-masks). Measured
+    # on that GPU only, where cuDNN runs SDPA; flash attention takes no q, k wider than v.
     fold_bias_min_batch = 8
+    fold_bias_dtypes: tuple[torch.dtype, ...] = (torch.float16,)  # where it was measured to pay
     # The qkv projection rearranged for the kernel path (``_projection``), not state: per variant, (the
     # key of the weight and bias it was built from, weak references to them, the weight and bias).
     _projections: dict[tuple[bool, bool, bool], tuple[tuple[object, ...], tuple[Any, ...], Tensor, Tensor]]
@@ -101,6 +104,17 @@ class FusionBlock(Block):
         self.mlp = block.mlp
         self.config = config
         self._projections = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (``torch.save`` of a whole model, deep copies) without the projection cache: its weak
+        references do not pickle, and it is rebuilt on first use."""
+        state = self.__dict__.copy()
+        state["_projections"] = {}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("_projections", {})  # blocks pickled before the cache existed
 
     def extra_repr(self) -> str:
         return f"config={self.config}"
@@ -192,13 +206,13 @@ class FusionBlock(Block):
 
     def _folds_bias(self, h: Tensor, fast: bool, size: Tensor | None) -> bool:
         """Whether proportional attention's bias log(size) rides in the keys rather than in a mask
-        (``_qkv_kernel_path``): the kernel path at inference, float16, a size given and at least
-        ``fold_bias_min_batch`` images (the class comment says why)."""
+        (``_qkv_kernel_path``): the kernel path at inference, a dtype of ``fold_bias_dtypes`` (float16), a
+        size given and at least ``fold_bias_min_batch`` images (the class comment says why)."""
         return (
             fast
             and size is not None
             and not torch.is_grad_enabled()
-            and h.dtype == torch.float16
+            and h.dtype in self.fold_bias_dtypes
             and h.shape[0] >= self.fold_bias_min_batch
         )
 
@@ -278,8 +292,9 @@ class FusionBlock(Block):
         """Writes proportional attention's bias into the folded keys k [B, H, N, Ep], in place: k[b, h, j,
         E] = log_size[b, j] / scale, so that scale * (q . k) = scale * q_E . k_E + log size_j with q's 1
         (``_qkv_kernel_path``), which SDPA computes with no mask. For the default scale of a head dim that
-        is a power of 4 (64: 1 / 8) the division is exact in float16, so the logits are those of the mask
-        log_size."""
+        is a power of 4 (64: 1 / 8) the division is exact in float16, so the bias is the mask's log_size
+        exactly and the logits equal the masked path's up to float32 rounding (SDPA adds it inside the dot
+        product)."""
         column = k[..., self.attn.head_dim]  # [B, H, N], a strided view: the input must have its shape
         torch.mul(log_size[:, None, :].expand_as(column), 1.0 / self.attn.scale, out=column)
 
@@ -339,7 +354,8 @@ class FusionBlock(Block):
     ) -> tuple[Tensor, Tensor]:
         """The block's attention half on the kernel path: x = x_f + merge_attention(A) @ v(h) projected,
         [B, N - r, C], without A or the merged matrix (class docstring), and norm2(x). q, k [B, H, N, E] of
-        the unfused tokens with proportional attention's ``bias`` (log size [B, 1, 1, N], or None), h the
+        the unfused tokens with proportional attention's ``bias`` (log size [B, 1, 1, N], or None), or
+        [B, H, N, Ep] with the bias folded into k (``_fold_log_size``) and ``bias`` None; h the
         fused tokens' norm1: [B, N - r, C], or by token [B, N, C] (``_fuse_norm``). The projection is
         applied before the merge (a weighted mean: proj(merge(o)) = merge(proj(o)), the weights summing to
         one), so that the merge kernel can also add x_f and write norm2 (``token_merge_add_norm``)."""

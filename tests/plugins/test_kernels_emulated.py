@@ -105,6 +105,22 @@ def test_fusion_with_the_norm_after_it_emulated(
     check_fusion_norm(b, n, c, r, dtype, "cpu", affine, offset)
 
 
+def test_attention_info_qk_shared_memory_fits_every_target() -> None:
+    """The q, k attention_info kernel's dynamic shared memory at its largest N, for every head dim it
+    takes, within the 99 KiB a block gets on sm_120 (the smallest of the targets): 8-warp blocks would not
+    fit at E = 128, which keeps 4."""
+    from vitrt.plugins.token_fusion.cuda import (
+        INFO_QK_HEAD_DIMS,
+        INFO_QK_MAX_TOKENS,
+        info_qk_shared_bytes,
+        info_qk_warps,
+    )
+
+    for e in INFO_QK_HEAD_DIMS:
+        assert info_qk_shared_bytes(INFO_QK_MAX_TOKENS, e) <= 99 * 1024, e
+    assert info_qk_warps(128) == 4 and info_qk_warps(64) == 8
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
 def test_merge_of_many_tokens_emulated(dtype: torch.dtype, emulated: None) -> None:
     """The merge kernel at N = 1100: 35 chunks of 32 tokens, so each slot's member bitmasks span two

@@ -268,6 +268,40 @@ def test_folded_bias_is_the_masked_attention(head_dim: int, qkv_bias: bool) -> N
     torch.testing.assert_close(got, want, **F32)
 
 
+@pytest.mark.parametrize("fusion", ["mctf", {"preset": "tome", "r": 8}], ids=["mctf", "tome"])
+def test_folded_bias_model_equals_the_masked_one_float32(fusion: object, _emulator: None) -> None:
+    """The fold's wiring in whole models, where float32 leaves only summation-order differences: with
+    float32 allowed to fold (``fold_bias_dtypes``) from batch 1, a fused model on the kernel path gives
+    the masked path's logits within 1e-5, SDPA is never given a mask, and the model still pickles whole
+    (``torch.save``) after the fold built its projection cache, and gives the same logits unpickled."""
+    import pickle
+    from unittest import mock
+
+    from vitrt.plugins.token_fusion import module as tf_module
+
+    model = _model(fusion, embed_dim=128)  # head dim 64
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(6))
+    sdpa = F.scaled_dot_product_attention
+    masks: list[bool] = []
+
+    def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
+        masks.append(kwargs.get("attn_mask") is not None)
+        return sdpa(*args, **kwargs)
+
+    with torch.no_grad(), emulated_kernels():
+        expected = model(images)
+        with (
+            mock.patch.object(FusionBlock, "fold_bias_dtypes", (torch.float32,)),
+            mock.patch.object(FusionBlock, "fold_bias_min_batch", 1),
+            mock.patch.object(tf_module.F, "scaled_dot_product_attention", spy),
+        ):
+            got = model(images)
+            again = pickle.loads(pickle.dumps(model))(images)
+    assert masks and not any(masks), masks
+    torch.testing.assert_close(got, expected, **F32)
+    assert torch.equal(again, got)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fusion", ["mctf", {"preset": "tome", "r": 8}], ids=["mctf", "tome"])
 def test_float16_model_folds_the_bias_from_batch_8(fusion: object, _emulator: None) -> None:
