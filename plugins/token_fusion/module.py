@@ -288,22 +288,15 @@ class FusionBlock(Block):
             at += c
         return qk[0], qk[1], v, out[..., at:] if key_mean else None
 
-    def _fold_log_size(self, k: Tensor, log_size: Tensor) -> None:
-        """Writes proportional attention's bias into the folded keys k [B, H, N, Ep], in place: k[b, h, j,
-        E] = log_size[b, j] / scale, so that scale * (q . k) = scale * q_E . k_E + log size_j with q's 1
-        (``_qkv_kernel_path``), which SDPA computes with no mask. For the default scale of a head dim that
-        is a power of 4 (64: 1 / 8) the division is exact in float16, so the bias is the mask's log_size
-        exactly and the logits equal the masked path's up to float32 rounding (SDPA adds it inside the dot
-        product)."""
+    def _fold_log_size(self, k: Tensor, bias: Tensor) -> None:
+        """Writes proportional attention's bias (log size [B, 1, 1, N], as ``_info``, ``_log_size`` and the
+        block before give it) into the folded keys k [B, H, N, Ep], in place: k[b, h, j, E] = log size_j /
+        scale, so that scale * (q . k) = scale * q_E . k_E + log size_j with q's 1 (``_qkv_kernel_path``),
+        which SDPA computes with no mask. For the default scale of a head dim that is a power of 4 (64:
+        1 / 8) the division is exact in float16, so the bias is the mask's log size exactly and the logits
+        equal the masked path's up to float32 rounding (SDPA adds it inside the dot product)."""
         column = k[..., self.attn.head_dim]  # [B, H, N], a strided view: the input must have its shape
-        torch.mul(log_size[:, None, :].expand_as(column), 1.0 / self.attn.scale, out=column)
-
-    def _qkv_key_mean(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """q, k, v [B, H, N, E] and the keys' mean over heads [B, N, E] (ToMe's metric) from one product of
-        h [B, N, C] (``_qkv_kernel_path`` without the fold)."""
-        q, k, v, mean = self._qkv_kernel_path(h, False, True, True)
-        assert v is not None and mean is not None
-        return q, k, v, mean
+        torch.mul(bias[:, :, 0, :].expand_as(column), 1.0 / self.attn.scale, out=column)
 
     @staticmethod
     def _log_size(size: Tensor, like: Tensor) -> Tensor:
@@ -404,16 +397,15 @@ class FusionBlock(Block):
         n_out = n - attrs.r
         if cfg.one_step_ahead in (1, 2):
             with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.one_step_ahead == 1):
-                if cfg.one_step_ahead == 1 and self._folds_bias(h, fast, prop):
-                    # q, k with the bias in the keys; metric and info take their first E channels
-                    q, k, _, _ = self._qkv_kernel_path(h, True, False, False)
+                if fast:
+                    # with the bias folded, q and k are Ep wide: info and the metric take their first E
+                    fold = cfg.one_step_ahead == 1 and self._folds_bias(h, fast, prop)
+                    q, k = self._qkv_kernel_path(h, True, False, False)[:2] if fold else self._qk(h)
                     e = self.attn.head_dim
-                    info, log_size = attention_info_op(q[..., :e], k[..., :e], prop, float(self.attn.scale))
-                    self._fold_log_size(k, log_size)
-                    bias = None
-                elif fast:
-                    q, k = self._qk(h)
-                    info, bias = self._info(q, k, prop)
+                    info, bias = self._info(q[..., :e], k[..., :e], prop)
+                    if fold:
+                        self._fold_log_size(k, cast(Tensor, bias))
+                        bias = None
                 else:
                     q, k = self._qk(h)
                     probs = self._probs(q, k, prop)
@@ -451,16 +443,12 @@ class FusionBlock(Block):
             e = self.attn.head_dim
             info, bias = self._info(q[..., :e], k[..., :e], prop) if needs_info else (size_in, bias)
             if fold:
-                # log size from info's launch, else carried from the block before, else computed here
+                # log size from info's launch, else carried from the block before, else computed here;
+                # then the attention takes no mask
                 assert prop is not None
-                log_size = bias[:, 0, 0, :] if bias is not None else torch.log(prop).to(q.dtype)
-                self._fold_log_size(k, log_size)
+                self._fold_log_size(k, bias if bias is not None else self._log_size(prop, q))
                 bias = None
-                attended = self.drop_path(
-                    self.attn.merge_heads(F.scaled_dot_product_attention(q, k, v, scale=self.attn.scale))
-                )
-            else:
-                attended = self.drop_path(self._attention(q, k, v, prop, fast, bias))
+            attended = self.drop_path(self._attention(q, k, v, None if fold else prop, fast, bias))
         else:
             probs = self._probs(q, k, prop)
             info = attention_received(probs)

@@ -9,7 +9,9 @@ reference path.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -223,7 +225,7 @@ def test_tome_metric_rides_on_the_qkv_projection(_emulator: None) -> None:
     for scale in (1.0, 2.0):
         with torch.no_grad():
             block.attn.qkv.weight.mul_(scale)  # the second round: the cached weight is stale
-            q, k, v, mean = block._qkv_key_mean(h)
+            q, k, v, mean = block._qkv_kernel_path(h, False, True, True)
             torch.testing.assert_close(mean, k.mean(dim=1), atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(torch.stack((q, k, v)), torch.stack(block.attn.split_heads(h)))
             expected, _ = block(x)
@@ -231,6 +233,25 @@ def test_tome_metric_rides_on_the_qkv_projection(_emulator: None) -> None:
                 got, _ = block(x)
         assert Means.count == 0
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@contextlib.contextmanager
+def _sdpa_masks() -> Iterator[list[bool]]:
+    """A list that receives, for every ``scaled_dot_product_attention`` a FusionBlock calls in the
+    context, whether it was given a mask."""
+    from unittest import mock
+
+    from vitrt.plugins.token_fusion import module as tf_module
+
+    sdpa = F.scaled_dot_product_attention
+    masks: list[bool] = []
+
+    def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
+        masks.append(kwargs.get("attn_mask") is not None)
+        return sdpa(*args, **kwargs)
+
+    with mock.patch.object(tf_module.F, "scaled_dot_product_attention", spy):
+        yield masks
 
 
 @pytest.mark.parametrize("qkv_bias", [True, False], ids=["bias", "no_bias"])
@@ -261,7 +282,7 @@ def test_folded_bias_is_the_masked_attention(head_dim: int, qkv_bias: bool) -> N
         torch.testing.assert_close(
             torch.stack((fq[..., :head_dim], fk[..., :head_dim], fv)), torch.stack((q, k, v))
         )
-        fused._fold_log_size(fk, size.log())
+        fused._fold_log_size(fk, size.log()[:, None, None, :])
         scale = fused.attn.scale
         got = F.scaled_dot_product_attention(fq, fk, fv, scale=scale)
         want = F.scaled_dot_product_attention(q, k, v, attn_mask=size.log()[:, None, None, :], scale=scale)
@@ -277,23 +298,14 @@ def test_folded_bias_model_equals_the_masked_one_float32(fusion: object, _emulat
     import pickle
     from unittest import mock
 
-    from vitrt.plugins.token_fusion import module as tf_module
-
     model = _model(fusion, embed_dim=128)  # head dim 64
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(6))
-    sdpa = F.scaled_dot_product_attention
-    masks: list[bool] = []
-
-    def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
-        masks.append(kwargs.get("attn_mask") is not None)
-        return sdpa(*args, **kwargs)
-
     with torch.no_grad(), emulated_kernels():
         expected = model(images)
         with (
             mock.patch.object(FusionBlock, "fold_bias_dtypes", (torch.float32,)),
             mock.patch.object(FusionBlock, "fold_bias_min_batch", 1),
-            mock.patch.object(tf_module.F, "scaled_dot_product_attention", spy),
+            _sdpa_masks() as masks,
         ):
             got = model(images)
             again = pickle.loads(pickle.dumps(model))(images)
@@ -312,22 +324,9 @@ def test_float16_model_folds_the_bias_from_batch_8(fusion: object, _emulator: No
     every such attention takes the mask."""
     from unittest import mock
 
-    from vitrt.plugins.token_fusion import module as tf_module
-
     model = _model(fusion, embed_dim=128).half()  # head dim 64, as DeiT-S
     images = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(5)).half()
-    sdpa = F.scaled_dot_product_attention
-    masks: list[bool] = []
-
-    def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
-        masks.append(kwargs.get("attn_mask") is not None)
-        return sdpa(*args, **kwargs)
-
-    with (
-        torch.no_grad(),
-        emulated_kernels(),
-        mock.patch.object(tf_module.F, "scaled_dot_product_attention", spy),
-    ):
+    with torch.no_grad(), emulated_kernels(), _sdpa_masks() as masks:
         got = model(images)
         folded = masks[:]
         masks.clear()
