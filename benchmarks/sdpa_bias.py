@@ -1,5 +1,7 @@
-"""What proportional attention's bias costs torch's ``scaled_dot_product_attention`` on a GPU, and what
-folding it into the keys costs instead (``FusionBlock._folds_bias``), as ratios measured in one run.
+"""SDPA with proportional attention's bias as a mask, folded into the keys, and with none, on a GPU.
+
+What the bias costs torch's ``scaled_dot_product_attention`` as a mask, and what folding it into the keys
+costs instead (``FusionBlock._folds_bias``), as ratios measured in one run.
 
     python benchmarks/sdpa_bias.py [--batches 1 8 64] [--iters 50] [--out results.json]
 
