@@ -136,7 +136,7 @@ def blocks() -> dict[str, torch.nn.Module]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", default=None, help="write the counts here")
     args = parser.parse_args(argv)
     torch.manual_seed(0)

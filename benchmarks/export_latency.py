@@ -57,7 +57,7 @@ def bench(name: str, fusion: str | None, attention: str | None, iterations: int,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["deit_small_patch16_224", "t2t_vit_14"])
     parser.add_argument("--fusion", default=None)
     parser.add_argument("--attention", default=None)

@@ -145,7 +145,7 @@ def compare(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per case (default 5)")
     parser.add_argument("--iterations", type=int, default=200, help="timed runs per round (default 200)")

@@ -127,7 +127,7 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["deit_small_patch16_224", "t2t_vit_14"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iterations", type=int, default=40)

@@ -67,7 +67,7 @@ def attention(t: dict[str, torch.Tensor], mode: str) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--iters", type=int, default=50, help="graph replays timed per case (default 50)")
     parser.add_argument(

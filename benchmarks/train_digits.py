@@ -326,7 +326,7 @@ def _train_one(name: str, args: argparse.Namespace) -> tuple[dict[str, Any], lis
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "digits")
     parser.add_argument("--models", nargs="+", default=list(ARCHS), choices=list(ARCHS))
     parser.add_argument("--epochs", type=int, default=40)

@@ -4,8 +4,10 @@ TensorRT plugin's ``enqueue`` does) or on torch CUDA tensors (``token_fusion_cud
 Same function as ``reference.token_fusion`` (see ``spec`` for the contract); x, metric, info and size
 share one dtype (float32 or float16; the ONNX schema's T), ``dest`` is int64. Three launches: scores
 (A x B, float32, with the norms and factors computed in the same blocks), match (bipartite matching ->
-dest), merge (weighted means of the groups dest defines); for r = 0 match (dest = arange) and copy. The
-workspace holds the float32 score matrix alone: ``workspace_bytes`` = 4 B Na Nb bytes, rounded up.
+dest), merge (weighted means of the groups dest defines); for r = 0 match (dest = arange) and copy. For
+float16 metrics of at most 128 channels and 256 tokens the scores and the matching are one launch
+(``enqueue_scores_match``) from a batch of a fifth of the GPU's SMs. The workspace holds the float32
+score matrix alone: ``workspace_bytes`` = 4 B Na Nb bytes, rounded up.
 
 ``merge_tokens_cuda`` runs the merge kernel alone on any [B, N, C] tensor: a fused block merges its
 attention output with it (one-step-ahead attention, see ``module.FusionBlock``).
@@ -47,8 +49,9 @@ INFO_COLUMNS_PER_LANE = (8, 24)
 """Register columns per lane of the attention_info kernels: N <= 32 x this (256 or 768 tokens)."""
 SCORE_TILES = (64, 32)
 """Side of the CUDA-core score kernel's output tile: 64, or 32 where 64-tiles would not fill the GPU."""
-MMA_TILE = 32
-"""Side of the tensor-core score kernel's tile (float16 metrics with Cm % 8 == 0)."""
+MMA_TILES = (64, 32)
+"""Sides of the tensor-core score kernels' tiles (float16 metrics with Cm % 8 == 0): 64, or 32 where
+64-tiles would not fill the GPU. Both give the same bits."""
 INFO_QK_HEAD_DIMS = (32, 64, 128)
 """Head dims of the attention_info kernels that read q and k (float16 on tensor cores)."""
 INFO_QK_MAX_TOKENS = 256
@@ -56,6 +59,7 @@ INFO_QK_MAX_TOKENS = 256
 KERNELS = (
     *(f"vitrt_tf_scores{tile}_{sfx}" for tile in SCORE_TILES for sfx in KERNEL_SUFFIX.values()),
     "vitrt_tf_scores_mma_f16",
+    "vitrt_tf_scores_mma64_f16",
     *(
         f"vitrt_tf_{stage}_{sfx}"
         for stage in (
@@ -70,6 +74,7 @@ KERNELS = (
     *(f"vitrt_tf_attention_info_qk{e // 16}_f16" for e in INFO_QK_HEAD_DIMS),
     "vitrt_tf_match",
     "vitrt_tf_match_timed",
+    "vitrt_tf_scores_match_f16",
 )
 """Every kernel this module launches (the build test checks each is in the fatbin)."""
 _THREADS = 256
@@ -151,8 +156,9 @@ def match_shared_bytes(tokens: int) -> int:
 
 
 def score_tile(d: FusionDims, multiprocessors: int) -> int:
-    """The score tile for ``d`` on a GPU with ``multiprocessors`` SMs: 64 (4 x 4 outputs per thread) when
-    its blocks cover the GPU, else 32 (2 x 2; four times the blocks, e.g. batch 1)."""
+    """The score tile for ``d`` on a GPU with ``multiprocessors`` SMs (CUDA-core or tensor-core kernel):
+    64 when its blocks cover the GPU, else 32 (four times the blocks, e.g. batch 1); 64 on the CPU
+    emulator (0 SMs)."""
     na, nb = set_sizes(d.tokens)
     blocks = d.batch * -(-na // 64) * -(-nb // 64)
     return 64 if blocks >= multiprocessors else 32
@@ -177,29 +183,44 @@ def enqueue_scores(
     dtype: str,
     stream: int,
     tile: int | None = None,
+    mma_tile: int | None = None,
 ) -> None:
     """Launch the score kernel: metric [B, N, Cm] (rows ``d.metric_ld`` elements apart), info / size
     [B, N] of ``dtype`` -> float32 scores [B, Na, Nb] at device address ``scores``. Tensor cores
-    (``vitrt_tf_scores_mma_f16``) for float16 with Cm % 8 == 0 and 16-byte aligned rows, unless ``tile``
-    (64 or 32) names a CUDA-core kernel; the CUDA-core tile defaults to ``score_tile`` for this GPU."""
+    (``vitrt_tf_scores_mma_f16`` / ``vitrt_tf_scores_mma64_f16``, ``mma_tile`` 32 / 64) for float16 with
+    Cm % 8 == 0 and 16-byte aligned rows, unless ``tile`` (64 or 32) names a CUDA-core kernel; either tile
+    defaults to ``score_tile`` for this GPU."""
     mod = load_module(SOURCE)
     sfx = kernel_suffix(dtype, PLUGIN_NAME)
     n, cm, ld = d.tokens, d.metric_channels, d.metric_ld
     na, nb = set_sizes(n)
+    sms = mod.device.multiprocessors if isinstance(mod, LoadedModule) else 0
+    factors = [f32(_exponent(attrs.tau_sim)), f32(_exponent(attrs.tau_info)), f32(_exponent(attrs.tau_size))]
+    head: list[KernelArg] = [
+        ptr(metric),
+        ptr(info),
+        ptr(size),
+        ptr(scores),
+        i32(n),
+        i32(cm),
+        i32(ld),
+        *factors,
+    ]
     if tile is None and dtype == "float16" and cm % 8 == 0 and ld % 8 == 0 and metric % 16 == 0:
+        side = score_tile(d, sms) if mma_tile is None else mma_tile
+        if side not in MMA_TILES:
+            raise ValueError(f"tensor-core score tile must be one of {MMA_TILES}, got {side}")
+        name = "vitrt_tf_scores_mma_f16" if side == 32 else f"vitrt_tf_scores_mma{side}_f16"
         launch(
-            mod,
-            "vitrt_tf_scores_mma_f16",
-            (-(-nb // MMA_TILE), -(-na // MMA_TILE), d.batch),
-            (128, 1, 1),
-            [ptr(metric), ptr(info), ptr(size), ptr(scores), i32(n), i32(cm), i32(ld),
-             f32(_exponent(attrs.tau_sim)), f32(_exponent(attrs.tau_info)), f32(_exponent(attrs.tau_size)),
-             i32(attrs.num_protected)],
-            stream,
+            mod, name, (-(-nb // side), -(-na // side), d.batch), (4 * side, 1, 1),
+            [*head, i32(attrs.num_protected)], stream,
         )  # fmt: skip
         return
+    if mma_tile is not None:
+        raise ValueError(
+            "mma_tile names a tensor-core kernel: float16 metrics, Cm % 8 == 0, no CUDA-core tile"
+        )
     if tile is None:
-        sms = mod.device.multiprocessors if isinstance(mod, LoadedModule) else 0
         tile = score_tile(d, sms)
     if tile not in SCORE_TILES:
         raise ValueError(f"score tile must be one of {SCORE_TILES}, got {tile}")
@@ -209,11 +230,9 @@ def enqueue_scores(
         f"vitrt_tf_scores{tile}_{sfx}",
         (-(-nb // tile), -(-na // tile), d.batch),
         (_THREADS, 1, 1),
-        [ptr(metric), ptr(info), ptr(size), ptr(scores), i32(n), i32(cm), i32(ld),
-         f32(_exponent(attrs.tau_sim)), f32(_exponent(attrs.tau_info)), f32(_exponent(attrs.tau_size)),
-         i32(attrs.num_protected), i32(vec4)],
+        [*head, i32(attrs.num_protected), i32(vec4)],
         stream,
-    )  # fmt: skip
+    )
 
 
 MATCH_PHASES = (
@@ -247,6 +266,82 @@ def enqueue_match(
         stream,
         shared_mem=match_shared_bytes(d.tokens) if d.r else 0,
     )
+
+
+SCORES_MATCH_MAX_CHANNELS = 128
+"""Most metric channels of the one-launch scores and matching: the batch element's metric rows sit in
+shared memory, and a row's norm is one 128-channel step of the split score kernel (same bits)."""
+SCORES_MATCH_MAX_TOKENS = 256
+"""Most tokens of the one-launch scores and matching: each warp holds at most 4 16 x 8 score units."""
+SCORES_MATCH_MIN_BATCH_PER_SM = 0.2
+"""The batch, in SMs of the GPU, from which the scores and the matching run as one launch. Measured on an
+H100 (132 SMs; N = 197, Cm = 64, r = 16), one launch / split launches: 1.07 at batch 1, 1.03 at 8, 1.01
+at 16, 0.99 at 24, 0.91 at 32, 0.89 at 64, 0.80 at 132, 0.84 at 264. One block per batch element does
+all the score work on one SM, which at small batches the split score kernel spreads over many."""
+
+
+def scores_match_shared_bytes(tokens: int, metric_channels: int) -> int:
+    """Dynamic shared memory of ``vitrt_tf_scores_match_f16`` in bytes: the staged metric rows (Na rounded
+    up to 16 and Nb to 8, Cm to 16 plus 8 halves) or, in the same bytes afterwards, the Na x Nb float32
+    scores, whichever is larger (rounded up to 16 bytes); the norms and the two factors per token; the
+    matching's tables."""
+    na, nb = set_sizes(tokens)
+    rows = (-(-na // 16) * 16 + -(-nb // 8) * 8) * (-(-metric_channels // 16) * 16 + 8)
+    region = -(-max(2 * rows, 4 * na * nb) // 16) * 16
+    return region + 12 * tokens + _match_table_bytes(tokens)
+
+
+def scores_match_applies(d: FusionDims, dtype: str, metric: int) -> str | None:
+    """Why the scores and the matching of ``d`` cannot be one launch (``enqueue_scores_match``), or None
+    when they can: a float16 metric of at most SCORES_MATCH_MAX_CHANNELS channels, a multiple of 8 with
+    16-byte aligned rows (address ``metric``), at most SCORES_MATCH_MAX_TOKENS tokens, r > 0."""
+    cm, ld = d.metric_channels, d.metric_ld
+    if dtype != "float16":
+        return f"the metric is {dtype}, not float16"
+    if cm > SCORES_MATCH_MAX_CHANNELS:
+        return f"the metric has {cm} channels, more than {SCORES_MATCH_MAX_CHANNELS}"
+    if cm % 8 or ld % 8 or metric % 16:
+        return f"the metric's rows ({cm} channels, {ld} apart) are not 16-byte vectors"
+    if d.tokens > SCORES_MATCH_MAX_TOKENS:
+        return f"{d.tokens} tokens exceed {SCORES_MATCH_MAX_TOKENS}"
+    if d.r == 0:
+        return "r = 0 has no scores"
+    return None
+
+
+def enqueue_scores_match(
+    metric: int, info: int, size: int, dest: int, d: FusionDims, attrs: TokenFusionAttrs, stream: int
+) -> None:
+    """Launch ``vitrt_tf_scores_match_f16``: float16 metric [B, N, Cm] (rows ``d.metric_ld`` elements
+    apart), info / size [B, N] -> dest [B, N] (int64), the scores never written; the same dest as
+    ``enqueue_scores`` then ``enqueue_match`` (bit for bit). The caller checks ``scores_match_applies``."""
+    launch(
+        load_module(SOURCE),
+        "vitrt_tf_scores_match_f16",
+        (d.batch, 1, 1),
+        (_MATCH_THREADS, 1, 1),
+        [ptr(metric), ptr(info), ptr(size), ptr(dest), i32(d.tokens), i32(d.metric_channels),
+         i32(d.metric_ld), f32(_exponent(attrs.tau_sim)), f32(_exponent(attrs.tau_info)),
+         f32(_exponent(attrs.tau_size)), i32(attrs.num_protected), i32(d.r), i32(attrs.bidirectional)],
+        stream,
+        shared_mem=scores_match_shared_bytes(d.tokens, d.metric_channels),
+    )  # fmt: skip
+
+
+def _scores_match_chosen(d: FusionDims, dtype: str, metric: int, fused_match: bool | None) -> bool:
+    """Whether ``enqueue`` runs the scores and the matching as one launch: ``fused_match`` True / False
+    forces it (True raises ValueError where it cannot); None decides by ``scores_match_applies`` and the
+    batch, from SCORES_MATCH_MIN_BATCH_PER_SM per SM (any batch on the CPU emulator, which has no SMs)."""
+    why_not = scores_match_applies(d, dtype, metric)
+    if fused_match is not None:
+        if fused_match and why_not is not None:
+            raise ValueError(f"the scores and the matching cannot be one launch: {why_not}")
+        return fused_match
+    if why_not is not None:
+        return False
+    mod = load_module(SOURCE)
+    sms = mod.device.multiprocessors if isinstance(mod, LoadedModule) else 0
+    return not sms or d.batch >= SCORES_MATCH_MIN_BATCH_PER_SM * sms
 
 
 def merge_shared_bytes(tokens: int) -> int:
@@ -434,22 +529,30 @@ def enqueue(
     norm: RowNorm | None = None,
     residual: int = 0,
     log_size_out: int = 0,
+    fused_match: bool | None = None,
 ) -> None:
     """The whole op on raw device pointers (C-contiguous tensors): x [B, N, C], metric [B, N, Cm],
     info / size [B, N] of ``dtype`` ("float32" or "float16") -> x_out [B, N - r, C], size_out [B, N - r]
     (same dtype), dest [B, N] int64. ``workspace`` holds ``workspace_bytes(d)`` bytes; ``stream`` is a
-    CUDA stream handle as an int; ``tile``: see ``enqueue_scores``; ``norm``, ``residual`` and
-    ``log_size_out`` (r > 0 only): the merge also writes the LayerNorm of x_out (``RowNorm``), merges
-    x + residual and writes log(size_out) (``enqueue_merge``). Asynchronous, like any launch."""
+    CUDA stream handle as an int; ``tile``: see ``enqueue_scores`` (a tile runs the split launches);
+    ``norm``, ``residual`` and ``log_size_out`` (r > 0 only): the merge also writes the LayerNorm of x_out
+    (``RowNorm``), merges x + residual and writes log(size_out) (``enqueue_merge``); ``fused_match``:
+    scores and matching in one launch (``enqueue_scores_match``) or not, None = the launcher's choice
+    (``_scores_match_chosen``). Asynchronous, like any launch."""
     sfx = kernel_suffix(dtype, PLUGIN_NAME)
     if attrs.r != d.r:
         raise ValueError(f"attrs.r={attrs.r} but the launch was sized for r={d.r}")
     if (norm is not None or residual or log_size_out) and d.r == 0:
         raise ValueError("a row norm, residual or log size rides on the merge, which r = 0 does not launch")
     scores = workspace + workspace_layout(d)["scores"]
-    if d.r > 0:
-        enqueue_scores(metric, info, size, scores, d, attrs, dtype, stream, tile)
-    enqueue_match(scores, dest, d, attrs.bidirectional, stream)
+    if tile is not None and fused_match:
+        raise ValueError("a score tile names the split launches; it cannot go with fused_match=True")
+    if d.r > 0 and tile is None and _scores_match_chosen(d, dtype, metric, fused_match):
+        enqueue_scores_match(metric, info, size, dest, d, attrs, stream)
+    else:
+        if d.r > 0:
+            enqueue_scores(metric, info, size, scores, d, attrs, dtype, stream, tile)
+        enqueue_match(scores, dest, d, attrs.bidirectional, stream)
     if d.r == 0:
         nx, ns = d.batch * d.tokens * d.channels, d.batch * d.tokens
         if nx >= 2**31:
@@ -512,6 +615,7 @@ def token_fusion_cuda(
     *,
     out: tuple[Tensor, Tensor, Tensor] | None = None,
     tile: int | None = None,
+    fused_match: bool | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``reference.token_fusion`` with the CUDA kernels, on torch's current stream.
 
@@ -519,10 +623,13 @@ def token_fusion_cuda(
     ``vitrt.plugins.cuda_emulation.emulated_kernels()``) of one dtype (float32 or float16) -> (x_fused
     [B, N - r, C], size_fused [B, N - r], dest [B, N] int64). ``out`` receives the results when given
     (C-contiguous, right shapes and dtypes; the tests pre-fill it with NaN / -1 to check every element
-    is written). ``tile``: the score tile (``enqueue_scores``). No host synchronisation: capturable in a
-    CUDA graph once the kernels are loaded (one call before capture).
+    is written). ``tile``: the score tile (``enqueue_scores``); ``fused_match``: scores and matching in
+    one launch or not (``enqueue``; None: the launcher's choice). No host synchronisation: capturable in
+    a CUDA graph once the kernels are loaded (one call before capture).
     """
-    x_f, size_f, dest, _ = _token_fusion(x, metric, info, size, attrs, out, tile, None)
+    x_f, size_f, dest, _ = _token_fusion(
+        x, metric, info, size, attrs, out, tile, None, fused_match=fused_match
+    )
     return x_f, size_f, dest
 
 
@@ -580,6 +687,7 @@ def _token_fusion(
     norm: tuple[Tensor | None, Tensor | None, float, bool] | None,
     residual: Tensor | None = None,
     log_size_out: Tensor | None = None,
+    fused_match: bool | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     import torch
 
@@ -621,7 +729,7 @@ def _token_fusion(
             out[0].data_ptr(), out[1].data_ptr(), out[2].data_ptr(), work.data_ptr(),
             d, attrs, tensor_dtype_name(x), kernel_stream(x), tile, row_norm,
             0 if residual is None else residual.data_ptr(),
-            0 if d.r == 0 else log_ptr,
+            0 if d.r == 0 else log_ptr, fused_match=fused_match,
         )  # fmt: skip
     if log_size_out is not None and d.r == 0:  # no merge kernel: the sizes are copied, their log by torch
         torch.log(out[1], out=log_size_out)
@@ -825,10 +933,17 @@ def attention_info_qk_cuda(
 
 
 def fusion_scores_cuda(
-    metric: Tensor, info: Tensor, size: Tensor, attrs: TokenFusionAttrs, *, tile: int | None = None
+    metric: Tensor,
+    info: Tensor,
+    size: Tensor,
+    attrs: TokenFusionAttrs,
+    *,
+    tile: int | None = None,
+    mma_tile: int | None = None,
 ) -> Tensor:
     """The score kernel alone (``reference.fusion_scores``): metric [B, N, Cm], info / size [B, N] ->
-    float32 scores [B, Na, Nb] (what the matching kernel ranks)."""
+    float32 scores [B, Na, Nb] (what the matching kernel ranks). ``tile`` / ``mma_tile``: the CUDA-core
+    or tensor-core kernel's tile (``enqueue_scores``)."""
     import torch
 
     d = _checked(metric, metric, info, size, attrs)
@@ -839,7 +954,7 @@ def fusion_scores_cuda(
     with kernel_device(metric):
         enqueue_scores(
             metric.data_ptr(), info.data_ptr(), size.data_ptr(), scores.data_ptr(), d, attrs,
-            tensor_dtype_name(metric), kernel_stream(metric), tile,
+            tensor_dtype_name(metric), kernel_stream(metric), tile, mma_tile,
         )  # fmt: skip
     return scores
 

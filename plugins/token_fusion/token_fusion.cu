@@ -3,6 +3,8 @@
 //
 //   1. vitrt_tf_scores_mma_f16  grid (Nb/32, Na/32, B) 32 x 32 tiles of the A x B score matrix (float32)
 //                                                     on tensor cores, for float16 metrics (Cm % 8 == 0);
+//      vitrt_tf_scores_mma64_f16 grid (Nb/64, Na/64, B) the same in 64 x 64 tiles (same bits), when
+//                                                     they fill the GPU;
 //      vitrt_tf_scores<T>_<dt>  grid (Nb/T, Na/T, B)  otherwise T x T tiles on CUDA cores (T = 64, or 32
 //                                                     when 64-tiles would leave most of the GPU idle).
 //                                                     Each block also computes the norms of its tile's
@@ -10,6 +12,9 @@
 //                                                     so no pass precedes it.
 //   2. vitrt_tf_match           grid (B)              bidirectional bipartite matching -> dest (int64);
 //                                                     the score rows live in shared memory when they fit
+//   1 + 2. vitrt_tf_scores_match_f16 grid (B)         both in one launch, the scores in shared memory
+//                                                     only (float16 metrics of Cm <= 128, N <= 256; the
+//                                                     same dest bit for bit), from a batch of SMs / 5
 //   3. vitrt_tf_merge_<dt>      grid (N_out/8, B)     weighted mean of every group, found from member
 //                                                     bitmasks that each block builds once from dest
 //                                                     by warp ballots; sizes summed. The same kernel merges
@@ -301,35 +306,41 @@ __device__ void scores_tile(const T* __restrict__ metric, const T* __restrict__ 
   }
 }
 
-// The score tile on tensor cores, for float16 metrics (Cm % 8 == 0, 16-byte aligned rows): 128 threads, a
-// 32 x 32 tile; warp w computes rows (w / 2) * 16 .. + 15 and columns (w % 2) * 16 .. + 15 of it as two
-// m16n8k16 products per 16 channels (float32 accumulation; mma_16816). Rows stream through shared memory
-// 128 channels at a time as 16-byte vectors (the next step's vectors requested before the current
-// step's products), the loaders summing the squares for the norms; the epilogue is scores_tile's.
-constexpr int kMmaTile = 32, kMmaK = 128, kMmaLd = kMmaK + 8;  // +8 halves: conflict-free fragments
+// The score tile on tensor cores, for float16 metrics (Cm % 8 == 0, 16-byte aligned rows): a TILE x TILE
+// tile (32 or 64) by 4 TILE threads, TILE / 8 warps in 2 rows of TILE / 16; warp w computes rows
+// (w / (TILE / 16)) * TILE / 2 .. + TILE / 2 - 1 and columns (w % (TILE / 16)) * 16 .. + 15 of it as
+// m16n8k16 products (TILE / 32 x 2 per 16 channels; float32 accumulation; mma_16816). Rows stream through
+// shared memory 128 channels at a time as 16-byte vectors (the next step's vectors requested before the
+// current step's products), the loaders summing the squares for the norms; the epilogue is scores_tile's.
+// Both tiles give the same bits: a row's norm is summed by the same 16 lanes' roles, each dot product
+// over the channels in the same order. The 64 tile reads each metric row half as often (large batches).
+constexpr int kMmaK = 128, kMmaLd = kMmaK + 8;  // +8 halves: conflict-free fragments
+template <int TILE>
 __device__ void scores_tile_mma(const half_bits* __restrict__ metric, const half_bits* __restrict__ info,
                                 const half_bits* __restrict__ size, float* __restrict__ scores, int N, int Cm,
                                 int ldm, float e_sim, float e_info, float e_size, int num_protected) {
-  __shared__ __align__(16) half_bits As[kMmaTile][kMmaLd];
-  __shared__ __align__(16) half_bits Bs[kMmaTile][kMmaLd];
-  __shared__ float rn[2][kMmaTile], fi[2][kMmaTile], fs[2][kMmaTile];
+  constexpr int RS = TILE / 4;                       // rows a step's loaders cover at once
+  constexpr int WN = TILE / 16, MI = TILE / 32;       // warps along the columns; m16 fragments per warp
+  __shared__ __align__(16) half_bits As[TILE][kMmaLd];
+  __shared__ __align__(16) half_bits Bs[TILE][kMmaLd];
+  __shared__ float rn[2][TILE], fi[2][TILE], fs[2][TILE];
   __shared__ float scratch[32];
   const int Na = (N + 1) / 2, Nb = N / 2;
-  const int b = blockIdx.z, a0 = blockIdx.y * kMmaTile, j0 = blockIdx.x * kMmaTile;
+  const int b = blockIdx.z, a0 = blockIdx.y * TILE, j0 = blockIdx.x * TILE;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
   const half_bits* mb = metric + (int64)b * N * ldm;
   const half_bits* ib = info + (int64)b * N;
   const half_bits* sb = size + (int64)b * N;
 
-  // Loader role: vector v = tid + 128 i (i < 4) of a step is row v / 16, channels (v % 16) * 8 .. + 7 of
-  // both sides; the 16 loaders of a row are 16 adjacent lanes.
+  // Loader role: vector v = tid + 4 TILE i (i < 4) of a step is row v / 16, channels (v % 16) * 8 .. + 7
+  // of both sides; the 16 loaders of a row are 16 adjacent lanes.
   const int lrow = tid / 16, lcol = (tid % 16) * 8;
   float ssa[4] = {0.0f, 0.0f, 0.0f, 0.0f}, ssb[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   uint4 va[4], vb[4];
   auto load_step = [&](int c0) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const int row = lrow + 8 * i, c = c0 + lcol;
+      const int row = lrow + RS * i, c = c0 + lcol;
       const bool a_ok = a0 + row < Na && c < Cm, b_ok = j0 + row < Nb && c < Cm;
       const uint4 zero = {0u, 0u, 0u, 0u};
       va[i] = a_ok ? *reinterpret_cast<const uint4*>(mb + (int64)(2 * (a0 + row)) * ldm + c) : zero;
@@ -340,8 +351,14 @@ __device__ void scores_tile_mma(const half_bits* __restrict__ metric, const half
   float mi, ms;  // while the first loads fly
   batch_maxima(ib, sb, N, e_info, e_size, scratch, mi, ms);
 
-  const int wm = (warp >> 1) * 16, wn = (warp & 1) * 16;
-  float acc[2][4] = {{0.0f, 0.0f, 0.0f, 0.0f}, {0.0f, 0.0f, 0.0f, 0.0f}};
+  const int wm = (warp / WN) * (TILE / 2), wn = (warp % WN) * 16;
+  float acc[MI][2][4];
+#pragma unroll
+  for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) acc[mi][j][q] = 0.0f;
   for (int c0 = 0; c0 < Cm; c0 += kMmaK) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
@@ -354,23 +371,28 @@ __device__ void scores_tile_mma(const half_bits* __restrict__ metric, const half
         ssa[i] = fmaf(lo[0], lo[0], fmaf(lo[1], lo[1], ssa[i]));
         ssb[i] = fmaf(hi[0], hi[0], fmaf(hi[1], hi[1], ssb[i]));
       }
-      *reinterpret_cast<uint4*>(&As[lrow + 8 * i][lcol]) = va[i];
-      *reinterpret_cast<uint4*>(&Bs[lrow + 8 * i][lcol]) = vb[i];
+      *reinterpret_cast<uint4*>(&As[lrow + RS * i][lcol]) = va[i];
+      *reinterpret_cast<uint4*>(&Bs[lrow + RS * i][lcol]) = vb[i];
     }
     __syncthreads();
     if (c0 + kMmaK < Cm) load_step(c0 + kMmaK);
 #pragma unroll
     for (int k0 = 0; k0 < kMmaK; k0 += 16) {
-      unsigned fa[4], fb[2][2];
-      fa[0] = *reinterpret_cast<const unsigned*>(&As[wm + g][k0 + 2 * t]);
-      fa[1] = *reinterpret_cast<const unsigned*>(&As[wm + g + 8][k0 + 2 * t]);
-      fa[2] = *reinterpret_cast<const unsigned*>(&As[wm + g][k0 + 2 * t + 8]);
-      fa[3] = *reinterpret_cast<const unsigned*>(&As[wm + g + 8][k0 + 2 * t + 8]);
+      unsigned fb[2][2];
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
         fb[j][0] = *reinterpret_cast<const unsigned*>(&Bs[wn + 8 * j + g][k0 + 2 * t]);
         fb[j][1] = *reinterpret_cast<const unsigned*>(&Bs[wn + 8 * j + g][k0 + 2 * t + 8]);
-        mma_16816(acc[j], fa, fb[j]);
+      }
+#pragma unroll
+      for (int mi = 0; mi < MI; ++mi) {
+        const int ra = wm + 16 * mi + g;
+        const unsigned fa[4] = {*reinterpret_cast<const unsigned*>(&As[ra][k0 + 2 * t]),
+                                *reinterpret_cast<const unsigned*>(&As[ra + 8][k0 + 2 * t]),
+                                *reinterpret_cast<const unsigned*>(&As[ra][k0 + 2 * t + 8]),
+                                *reinterpret_cast<const unsigned*>(&As[ra + 8][k0 + 2 * t + 8])};
+#pragma unroll
+        for (int j = 0; j < 2; ++j) mma_16816(acc[mi][j], fa, fb[j]);
       }
     }
     __syncthreads();
@@ -385,24 +407,27 @@ __device__ void scores_tile_mma(const half_bits* __restrict__ metric, const half
       ssb[i] += __shfl_xor_sync(kFullMask, ssb[i], o);
     }
     if (tid % 16 == 0) {
-      rn[0][lrow + 8 * i] = 1.0f / fmaxf(sqrtf(ssa[i]), 1e-12f);
-      rn[1][lrow + 8 * i] = 1.0f / fmaxf(sqrtf(ssb[i]), 1e-12f);
+      rn[0][lrow + RS * i] = 1.0f / fmaxf(sqrtf(ssa[i]), 1e-12f);
+      rn[1][lrow + RS * i] = 1.0f / fmaxf(sqrtf(ssb[i]), 1e-12f);
     }
   }
-  tile_factors(ib, sb, a0, j0, kMmaTile, Na, Nb, mi, ms, e_info, e_size, &fi[0][0], &fs[0][0]);
+  tile_factors(ib, sb, a0, j0, TILE, Na, Nb, mi, ms, e_info, e_size, &fi[0][0], &fs[0][0]);
   __syncthreads();
 
   float* out = scores + (int64)b * Na * Nb;
 #pragma unroll
-  for (int j = 0; j < 2; ++j)
+  for (int mi = 0; mi < MI; ++mi)
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int ra = wm + g + (q >> 1) * 8, rb = wn + 8 * j + 2 * t + (q & 1);
-      const int a = a0 + ra, jj = j0 + rb;
-      if (a >= Na || jj >= Nb) continue;
-      out[(int64)a * Nb + jj] = score_of(acc[j][q], rn[0][ra], rn[1][rb], fi[0][ra], fi[1][rb], fs[0][ra],
-                                         fs[1][rb], e_sim, 2 * a < num_protected || 2 * jj + 1 < num_protected);
-    }
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int ra = wm + 16 * mi + g + (q >> 1) * 8, rb = wn + 8 * j + 2 * t + (q & 1);
+        const int a = a0 + ra, jj = j0 + rb;
+        if (a >= Na || jj >= Nb) continue;
+        out[(int64)a * Nb + jj] =
+            score_of(acc[mi][j][q], rn[0][ra], rn[1][rb], fi[0][ra], fi[1][rb], fs[0][ra], fs[1][rb], e_sim,
+                     2 * a < num_protected || 2 * jj + 1 < num_protected);
+      }
 }
 
 // A LayerNorm over the channels applied to the merged rows (a fused block's norm after the fusion):
@@ -1023,10 +1048,17 @@ __device__ void copy(const T* __restrict__ x, const T* __restrict__ size, T* __r
     scores_tile<T, TILE>(metric, info, size, scores, N, Cm, ldm, e_sim, e_info, e_size, num_protected,   \
                          vec4);                                                                          \
   }
+// The tensor-core score tiles: vitrt_tf_scores_mma_f16 (32 x 32) and vitrt_tf_scores_mma64_f16 (64 x 64).
 extern "C" __global__ void __launch_bounds__(128)
     vitrt_tf_scores_mma_f16(const half_bits* metric, const half_bits* info, const half_bits* size, float* scores,
                             int N, int Cm, int ldm, float e_sim, float e_info, float e_size, int num_protected) {
-  scores_tile_mma(metric, info, size, scores, N, Cm, ldm, e_sim, e_info, e_size, num_protected);
+  scores_tile_mma<32>(metric, info, size, scores, N, Cm, ldm, e_sim, e_info, e_size, num_protected);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    vitrt_tf_scores_mma64_f16(const half_bits* metric, const half_bits* info, const half_bits* size,
+                              float* scores, int N, int Cm, int ldm, float e_sim, float e_info, float e_size,
+                              int num_protected) {
+  scores_tile_mma<64>(metric, info, size, scores, N, Cm, ldm, e_sim, e_info, e_size, num_protected);
 }
 
 VITRT_TF_SCORES(64, 2, f32, float)
@@ -1053,52 +1085,25 @@ VITRT_TF_SCORES(32, 4, f16, half_bits)
 // a GPU run can say where the chain's time goes; vitrt_tf_match is compiled without any of it.
 constexpr int kMatchPhases = 9;
 constexpr int kMatchGroup = 8;  // lanes per row (or column) in the arg-max and rank steps
-template <bool kTimed>
-__device__ void match(const float* __restrict__ scores, int64* __restrict__ dest, int N, int r, int bidirectional,
-                      int scores_in_shared, long long* __restrict__ phase_clock) {
-  VITRT_DYNAMIC_SHARED(int, smem);
-  __shared__ int scratch[33];
+// Both phases of the matching on one batch element's scores S [Na, Nb] (shared or global memory, ready
+// for every thread), writing dest db [N]; r > 0. The tables sit in shared memory at `tables`: 5 Na + 3 Nb
+// + N floats / ints (cuda._match_table_bytes). mark(phase) after each step (vitrt_tf_match_timed).
+template <typename Mark>
+__device__ void match_scores(const float* S, float* tables, int64* __restrict__ db, int N, int r,
+                             int bidirectional, int* scratch, Mark&& mark) {
   const int Na = (N + 1) / 2, Nb = N / 2;
   const int r1 = bidirectional ? r / 2 : r, r2 = bidirectional ? r - r / 2 : 0, n_unm = Na - r1;
-  const int b = blockIdx.x, tid = threadIdx.x, bd = blockDim.x;
+  const int tid = threadIdx.x, bd = blockDim.x;
   const int lane = tid & 31, warp = tid >> 5, warps = bd >> 5;
-  int64* db = dest + (int64)b * N;
-  if (r == 0) {  // identity (spec): no parity reordering
-    for (int i = tid; i < N; i += bd) db[i] = i;
-    return;
-  }
-  auto mark = [&](int phase) {
-    if (kTimed && tid == 0) phase_clock[(int64)b * kMatchPhases + phase] = clock64();
-  };
-  mark(0);
-  float* ssm = reinterpret_cast<float*>(smem);                          // [Na * Nb] if scores_in_shared
-  float* nmax = ssm + (scores_in_shared ? Na * Nb : 0);                 // [Na] best score of each A token
-  int* nidx = reinterpret_cast<int*>(nmax + Na);                        // [Na] its B partner
-  int* rank = nidx + Na;                                                // [Na] stable descending rank
-  int* slot = rank + Na;                                                // [Na] output slot if unmerged
-  int* ulist = slot + Na;                                               // [Na] unmerged A token of each slot
-  float* nmax2 = reinterpret_cast<float*>(ulist + Na);                  // [Nb] best score of each B token
-  int* nidx2 = reinterpret_cast<int*>(nmax2 + Nb);                      // [Nb] its A slot
-  int* rank2 = nidx2 + Nb;                                              // [Nb]
-  int* dst = rank2 + Nb;                                                // [N]  dest, token order
-  const float* S = scores + (int64)b * Na * Nb;
-  if (scores_in_shared) {
-    // Eight loads in flight per thread before their stores: a plain loop waits out the latency of
-    // every load in turn (this copy was most of the kernel's time).
-    const int total = Na * Nb;
-    int i = tid;
-    for (; i + 7 * bd < total; i += 8 * bd) {
-      float v[8];
-#pragma unroll
-      for (int u = 0; u < 8; ++u) v[u] = S[i + u * bd];
-#pragma unroll
-      for (int u = 0; u < 8; ++u) ssm[i + u * bd] = v[u];
-    }
-    for (; i < total; i += bd) ssm[i] = S[i];
-    __syncthreads();
-    S = ssm;
-  }
-  mark(1);
+  float* nmax = tables;                                  // [Na] best score of each A token
+  int* nidx = reinterpret_cast<int*>(nmax + Na);         // [Na] its B partner
+  int* rank = nidx + Na;                                 // [Na] stable descending rank
+  int* slot = rank + Na;                                 // [Na] output slot if unmerged
+  int* ulist = slot + Na;                                // [Na] unmerged A token of each slot
+  float* nmax2 = reinterpret_cast<float*>(ulist + Na);  // [Nb] best score of each B token
+  int* nidx2 = reinterpret_cast<int*>(nmax2 + Nb);       // [Nb] its A slot
+  int* rank2 = nidx2 + Nb;                               // [Nb]
+  int* dst = rank2 + Nb;                                 // [N]  dest, token order
 
   // Phase 1: best B partner of every A token. A row per group of kMatchGroup lanes (each lane takes every
   // kMatchGroup-th column, the group's arg-max keeps the first maximum): the warp takes 32 / kMatchGroup
@@ -1188,9 +1193,199 @@ __device__ void match(const float* __restrict__ scores, int64* __restrict__ dest
   mark(8);
 }
 
-extern "C" __global__ void __launch_bounds__(1024)
+template <bool kTimed>
+__device__ void match(const float* __restrict__ scores, int64* __restrict__ dest, int N, int r, int bidirectional,
+                      int scores_in_shared, long long* __restrict__ phase_clock) {
+  VITRT_DYNAMIC_SHARED(int, smem);
+  __shared__ int scratch[33];
+  const int Na = (N + 1) / 2, Nb = N / 2;
+  const int b = blockIdx.x, tid = threadIdx.x, bd = blockDim.x;
+  int64* db = dest + (int64)b * N;
+  if (r == 0) {  // identity (spec): no parity reordering
+    for (int i = tid; i < N; i += bd) db[i] = i;
+    return;
+  }
+  auto mark = [&](int phase) {
+    if (kTimed && tid == 0) phase_clock[(int64)b * kMatchPhases + phase] = clock64();
+  };
+  mark(0);
+  float* ssm = reinterpret_cast<float*>(smem);  // [Na * Nb] if scores_in_shared, then the tables
+  float* tables = ssm + (scores_in_shared ? Na * Nb : 0);
+  const float* S = scores + (int64)b * Na * Nb;
+  if (scores_in_shared) {
+    // Eight loads in flight per thread before their stores: a plain loop waits out the latency of
+    // every load in turn (this copy was most of the kernel's time).
+    const int total = Na * Nb;
+    int i = tid;
+    for (; i + 7 * bd < total; i += 8 * bd) {
+      float v[8];
+#pragma unroll
+      for (int u = 0; u < 8; ++u) v[u] = S[i + u * bd];
+#pragma unroll
+      for (int u = 0; u < 8; ++u) ssm[i + u * bd] = v[u];
+    }
+    for (; i < total; i += bd) ssm[i] = S[i];
+    __syncthreads();
+    S = ssm;
+  }
+  mark(1);
+  match_scores(S, tables, db, N, r, bidirectional, scratch, mark);
+}
+
+// The scores and the matching in one launch, one block (1024 threads) per batch element, for float16
+// metrics of Cm <= 128 channels (cuda.SCORES_MATCH_MAX_CHANNELS; Cm % 8 == 0, 16-byte aligned rows ldm elements apart)
+// and N <= 256 tokens: the launch and the scores' round trip through global memory that separate
+// scores_tile_mma and match cost are what small batches wait on. The batch element's metric rows are
+// staged once in shared memory, A rows (even tokens) then B rows (odd), each Cm rounded up to 16 channels
+// (zeros) plus 8 halves of padding (conflict-free fragments), the row counts rounded up to the mma tile
+// (16 A rows, 8 B rows; zero rows). Every value is computed as scores_tile_mma computes it, so the scores,
+// and the dest they give, equal the split launches' bit for bit:
+//   - a row's norm: 16 adjacent lanes, lane l summing the squares of channels 8 l .. 8 l + 7 in the same
+//     order, then the same shuffle tree (scores_tile_mma's single 128-channel step for Cm <= 128);
+//   - a dot product: m16n8k16 products over the channels 16 at a time in increasing order (the zero
+//     channels past Cm that scores_tile_mma adds change no bit);
+//   - the factors and score_of as tile_factors and the epilogue.
+// Warp w computes the 16 x 8 output units w, w + 32, ... (at most kScoresMatchUnits per warp: N <= 256),
+// holding them in registers until every warp is done with the staged rows, whose shared memory then
+// receives the Na x Nb scores (a union: the rows are not needed again). Then match_scores.
+// Dynamic shared memory: cuda.scores_match_shared_bytes.
+constexpr int kScoresMatchUnits = 4;
+__device__ void scores_match(const half_bits* __restrict__ metric, const half_bits* __restrict__ info,
+                             const half_bits* __restrict__ size, int64* __restrict__ dest, int N, int Cm, int ldm,
+                             float e_sim, float e_info, float e_size, int num_protected, int r, int bidirectional) {
+  VITRT_DYNAMIC_SHARED(int, shared);  // int, as match declares it (one extern array per type)
+  float* smem = reinterpret_cast<float*>(shared);
+  __shared__ float fscratch[32];
+  __shared__ int scratch[33];
+  const int Na = (N + 1) / 2, Nb = N / 2;
+  const int b = blockIdx.x, tid = threadIdx.x, bd = blockDim.x;
+  const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+  int64* db = dest + (int64)b * N;
+  if (r == 0) {
+    for (int i = tid; i < N; i += bd) db[i] = i;
+    return;
+  }
+  const int CmP = (Cm + 15) & ~15, LD = CmP + 8, V = CmP / 8;
+  const int NaP = (Na + 15) & ~15, NbP = (Nb + 7) & ~7;
+  // [NaP + NbP][LD] staged rows (row R < NaP: token 2 R; else token 2 (R - NaP) + 1), later the
+  // [Na][Nb] scores; then rn, fi, fs [N] per token; then the matching's tables.
+  const int region = max((NaP + NbP) * LD * 2, 4 * Na * Nb);
+  half_bits* rows = reinterpret_cast<half_bits*>(smem);
+  float* ssm = smem;
+  float* rn = smem + ((region + 15) & ~15) / 4;  // published by the barrier after the dot products
+  float* fi = rn + N;
+  float* fs = fi + N;
+  float* tables = fs + N;
+  const half_bits* mb = metric + (int64)b * N * ldm;
+  const half_bits* ib = info + (int64)b * N;
+  const half_bits* sb = size + (int64)b * N;
+
+  // Stage the rows: vector i is row i / V, channels (i % V) * 8 .. + 7 (zero past Cm or for a padding
+  // row), at most 4 per thread (N <= 256, Cm <= 128); thread n < N also loads token n's info and size. All
+  // the loads are in flight before the first store, so the staging costs one round trip to memory.
+  const int total = (NaP + NbP) * V;
+  const uint4 zero = {0u, 0u, 0u, 0u};
+  const float info_n = tid < N ? to_float(ib[tid]) : 1.0f, size_n = tid < N ? to_float(sb[tid]) : 1.0f;
+  uint4 v[4];
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {
+    const int i = tid + u * bd, row = i / V, c = (i % V) * 8;
+    const int tok = row < NaP ? 2 * row : 2 * (row - NaP) + 1;
+    const bool ok = i < total && c < Cm && (row < NaP ? row < Na : row - NaP < Nb);
+    v[u] = ok ? *reinterpret_cast<const uint4*>(mb + (int64)tok * ldm + c) : zero;
+  }
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {
+    const int i = tid + u * bd;
+    if (i < total) *reinterpret_cast<uint4*>(rows + (i / V) * LD + (i % V) * 8) = v[u];
+  }
+  // The batch element's maxima of 1 / info and 1 / size, as batch_maxima (its barriers publish the rows),
+  // then token n's factors, as tile_factors.
+  float mi = tid < N && e_info > 0.0f ? 1.0f / fmaxf(info_n, 1e-12f) : neg_inf();
+  float ms = tid < N && e_size > 0.0f ? 1.0f / size_n : neg_inf();
+  mi = block_max(mi, fscratch);
+  ms = block_max(ms, fscratch);
+  if (tid < N) {
+    fi[tid] = e_info > 0.0f ? pow_like_torch((1.0f / fmaxf(info_n, 1e-12f)) / mi, e_info) : 1.0f;
+    fs[tid] = e_size > 0.0f ? pow_like_torch((1.0f / size_n) / ms, e_size) : 1.0f;
+  }
+
+  // Norms: token n by the 16 lanes tid / 16 == n (mod 64), as scores_tile_mma's loaders sum them.
+  const auto stage_row = [&](int n) { return (n & 1) ? NaP + (n >> 1) : (n >> 1); };
+  for (int n0 = 2 * warp; n0 < N; n0 += 2 * (bd >> 5)) {  // warp-uniform: the shuffles need all 32 lanes
+    const int n = n0 + (lane >> 4), l = lane & 15;
+    float ss = 0.0f;
+    if (n < N && 8 * l < CmP) {
+      const uint4 w4 = *reinterpret_cast<const uint4*>(rows + stage_row(n) * LD + 8 * l);
+      const unsigned w[4] = {w4.x, w4.y, w4.z, w4.w};
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        float h[2];
+        unpack_half2(w[u], h);
+        ss = fmaf(h[0], h[0], fmaf(h[1], h[1], ss));
+      }
+    }
+#pragma unroll
+    for (int o = 1; o < 16; o <<= 1) ss += __shfl_xor_sync(kFullMask, ss, o);
+    if (n < N && l == 0) rn[n] = 1.0f / fmaxf(sqrtf(ss), 1e-12f);
+  }
+
+  // The dot products: unit u = warp + 32 k is rows (u / NT) * 16 .. + 15 of A, (u % NT) * 8 .. + 7 of B;
+  // the warp's units advance together, channel step by channel step, so their products are independent
+  // instructions in flight rather than one unit's chain after another's.
+  const int NT = NbP / 8, units = (NaP / 16) * NT, mine = (units - warp + 31) / 32;  // warp-uniform
+  float acc[kScoresMatchUnits][4];
+  const half_bits* ar[kScoresMatchUnits];
+  const half_bits* br[kScoresMatchUnits];
+#pragma unroll
+  for (int k = 0; k < kScoresMatchUnits; ++k) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) acc[k][q] = 0.0f;
+    const int u = warp + 32 * k;
+    ar[k] = rows + ((u / NT) * 16 + g) * LD + 2 * t;
+    br[k] = rows + (NaP + (u % NT) * 8 + g) * LD + 2 * t;
+  }
+  for (int k0 = 0; k0 < CmP; k0 += 16)
+#pragma unroll
+    for (int k = 0; k < kScoresMatchUnits; ++k) {
+      if (k >= mine) break;
+      const unsigned fa[4] = {*reinterpret_cast<const unsigned*>(ar[k] + k0),
+                              *reinterpret_cast<const unsigned*>(ar[k] + 8 * LD + k0),
+                              *reinterpret_cast<const unsigned*>(ar[k] + k0 + 8),
+                              *reinterpret_cast<const unsigned*>(ar[k] + 8 * LD + k0 + 8)};
+      const unsigned fb[2] = {*reinterpret_cast<const unsigned*>(br[k] + k0),
+                              *reinterpret_cast<const unsigned*>(br[k] + k0 + 8)};
+      mma_16816(acc[k], fa, fb);
+    }
+  __syncthreads();  // every warp is done with the staged rows; rn, fi, fs are published
+
+#pragma unroll
+  for (int k = 0; k < kScoresMatchUnits; ++k) {
+    const int u = warp + 32 * k;
+    if (u >= units) continue;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int a = (u / NT) * 16 + g + (q >> 1) * 8, j = (u % NT) * 8 + 2 * t + (q & 1);
+      if (a >= Na || j >= Nb) continue;
+      const int ta = 2 * a, tb = 2 * j + 1;
+      ssm[a * Nb + j] = score_of(acc[k][q], rn[ta], rn[tb], fi[ta], fi[tb], fs[ta], fs[tb], e_sim,
+                                 ta < num_protected || tb < num_protected);
+    }
+  }
+  __syncthreads();
+  match_scores(ssm, tables, db, N, r, bidirectional, scratch, [](int) {});
+}
+
+// (1024, 1): with (1024) alone, ptxas for sm_100 held the matching to 32 registers (two blocks per SM) and
+// spilled; one block per batch element needs no second block per SM.
+extern "C" __global__ void __launch_bounds__(1024, 1)
     vitrt_tf_match(const float* scores, int64* dest, int N, int r, int bidirectional, int scores_in_shared) {
   match<false>(scores, dest, N, r, bidirectional, scores_in_shared, nullptr);
+}
+extern "C" __global__ void __launch_bounds__(1024) vitrt_tf_scores_match_f16(
+    const half_bits* metric, const half_bits* info, const half_bits* size, int64* dest, int N, int Cm, int ldm,
+    float e_sim, float e_info, float e_size, int num_protected, int r, int bidirectional) {
+  scores_match(metric, info, size, dest, N, Cm, ldm, e_sim, e_info, e_size, num_protected, r, bidirectional);
 }
 extern "C" __global__ void __launch_bounds__(1024) vitrt_tf_match_timed(const float* scores, int64* dest, int N,
                                                                        int r, int bidirectional,

@@ -222,6 +222,59 @@ def check_token_fusion(
         _close(size_f[same], ref_size[same], dtype, "size_fused end to end")
 
 
+# (B, N, Cm, r, preset, protected tokens) of the one-launch scores and matching: DeiT-S's blocks with the
+# models' metric (the keys' mean, 64 channels), ToMe's one-way matching, the largest N and Cm it takes,
+# a late block with protected tokens and a narrow metric, a small N, and a Cm that is not a multiple of 16.
+SCORES_MATCH_CASES = [
+    (2, 197, 64, 16, MCTF, 0),
+    (2, 197, 64, 16, TOME, 0),
+    (1, 256, 128, 64, MCTF, 1),
+    (3, 37, 8, 9, MCTF, 2),
+    (2, 21, 16, 4, TOME, 0),
+    (1, 65, 96, 20, MCTF, 0),
+]
+
+
+def check_scores_match(
+    b: int, n: int, cm: int, r: int, preset: dict[str, Any], protected: int, device: str
+) -> None:
+    """token_fusion_cuda with the scores and the matching in one launch equals the split launches bit for
+    bit (x_fused, size_fused, dest), on a float16 metric read in place as a slice of wider rows (as the
+    models' key mean is); and its dest is the reference's matching of the split kernel's scores."""
+    from vitrt.plugins.token_fusion.cuda import fusion_scores_cuda, token_fusion_cuda
+
+    attrs = TokenFusionAttrs(r=r, num_protected=protected, **preset)
+    g = torch.Generator(device=device).manual_seed(n * 7 + cm)
+    x = torch.randn(b, n, 40, device=device, generator=g).half()
+    metric = torch.randn(b, n, cm + 8, device=device, generator=g).half()[..., :cm]
+    info = (torch.rand(b, n, device=device, generator=g) / n + 1e-4).half()
+    size = torch.randint(1, 4, (b, n), device=device, generator=g).half()
+    fused = token_fusion_cuda(x, metric, info, size, attrs, fused_match=True)
+    split = token_fusion_cuda(x, metric, info, size, attrs, fused_match=False)
+    for name, one, two in zip(("x_fused", "size_fused", "dest"), fused, split, strict=True):
+        assert torch.equal(one, two), f"{name} of the one-launch path differs from the split launches'"
+    scores = fusion_scores_cuda(metric, info, size, attrs)
+    assert torch.equal(tf_ref.bipartite_matching(scores, r, bool(attrs.bidirectional)), fused[2])
+
+
+def check_mma_tiles(b: int, n: int, cm: int, protected: int, device: str) -> None:
+    """The two tensor-core score tiles (32 and 64) give the same scores bit for bit, on a float16 metric
+    read in place as a slice of wider rows, and within rounding of the reference's."""
+    from vitrt.plugins.token_fusion.cuda import fusion_scores_cuda
+
+    attrs = TokenFusionAttrs(r=1, num_protected=protected, **MCTF)
+    g = torch.Generator(device=device).manual_seed(n * 3 + cm)
+    metric = torch.randn(b, n, cm + 8, device=device, generator=g).half()[..., :cm]
+    info = (torch.rand(b, n, device=device, generator=g) / n + 1e-4).half()
+    size = torch.randint(1, 4, (b, n), device=device, generator=g).half()
+    small = fusion_scores_cuda(metric, info, size, attrs, mma_tile=32)
+    assert torch.equal(fusion_scores_cuda(metric, info, size, attrs, mma_tile=64), small)
+    ref = tf_ref.fusion_scores(metric, info, size, attrs.tau_sim, attrs.tau_info, attrs.tau_size, protected)
+    masked = ref == torch.finfo(torch.float32).min
+    assert torch.equal(small == torch.finfo(torch.float32).min, masked)
+    torch.testing.assert_close(small[~masked], ref[~masked], rtol=1e-5, atol=1e-7)
+
+
 def _layer_norm32(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
     """F.layer_norm over the last dim computed in float32 (the reference for the kernels' row norm)."""
     w, b = (None if t is None else t.float() for t in (weight, bias))

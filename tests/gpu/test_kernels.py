@@ -16,15 +16,18 @@ import torch
 from tests._support.kernel_checks import (
     MATCHING_TIE_CASES,
     MCTF,
+    SCORES_MATCH_CASES,
     TOME,
     check_attention_info,
     check_attention_info_qk,
     check_fusion_norm,
     check_matching_ties,
+    check_mma_tiles,
     check_random_attention,
     check_random_fusion,
     check_row_layer_norm,
     check_scatterbrain,
+    check_scores_match,
     check_token_fusion,
     fusion_inputs,
     gpu_skip_reason,
@@ -77,6 +80,23 @@ def test_token_fusion_is_deterministic() -> None:
     for _ in range(3):
         again = token_fusion_cuda(*inputs, attrs)
         assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+@pytest.mark.parametrize(("b", "n", "cm", "protected"), [(64, 197, 384, 0), (8, 131, 64, 2), (3, 20, 136, 1)])
+def test_tensor_core_score_tiles_agree(b: int, n: int, cm: int, protected: int) -> None:
+    check_mma_tiles(b, n, cm, protected, "cuda")
+
+
+# The one-launch scores and matching at the emulated cases, and at DeiT-S's batches 64 and 300 (one wave of
+# blocks, then more blocks than fit the GPU at once).
+@pytest.mark.parametrize(
+    ("b", "n", "cm", "r", "preset", "protected"),
+    [*SCORES_MATCH_CASES, (64, 197, 64, 16, MCTF, 0), (300, 197, 64, 16, TOME, 0)],
+)
+def test_scores_and_matching_in_one_launch(
+    b: int, n: int, cm: int, r: int, preset: dict[str, Any], protected: int
+) -> None:
+    check_scores_match(b, n, cm, r, preset, protected, "cuda")
 
 
 # (name, batch, tokens, E, cluster, hashes, projection rows, scale): the two T2T token attentions of
@@ -214,6 +234,45 @@ def test_fused_model_on_cuda_equals_the_reference_path(fusion: object, _no_tf32:
         got = model(images)
     assert launches["vitrt_tf_match"] > before, "the model did not launch the token-fusion kernels"
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fusion", ["mctf", "tome"])
+def test_float16_model_folds_the_bias_and_fuses_scores_and_matching(
+    fusion: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A float16 fused model at batch 8 on CUDA runs proportional attention with the bias in the keys
+    (SDPA on cuDNN without a mask) and, with the batch threshold lowered, each fusion's scores and
+    matching as one launch, and gives the logits of the path with the bias as a mask and the split
+    launches within float16's 1e-2 relative on all but at most two of 8 images (a decision may flip on the
+    logits' rounding: random-weight models are far more sensitive than trained ones), with a median
+    within 3e-3."""
+    from unittest import mock
+
+    from vitrt.plugins.cuda_launcher import load_module
+    from vitrt.plugins.token_fusion import cuda as tf_cuda
+    from vitrt.plugins.token_fusion.module import FusionBlock
+
+    monkeypatch.setattr(tf_cuda, "SCORES_MATCH_MIN_BATCH_PER_SM", 0.0)
+    model = _small_deit(fusion).cuda().half()
+    images = torch.randn(8, 3, 64, 64, generator=torch.Generator().manual_seed(6)).cuda().half()
+    launches = load_module("token_fusion").launches
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    with (
+        torch.no_grad(),
+        mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", wraps=sdpa) as spy,
+    ):
+        before = launches["vitrt_tf_scores_match_f16"]
+        got = model(images)
+        assert launches["vitrt_tf_scores_match_f16"] > before, "no one-launch scores and matching"
+        assert spy.call_count > 0 and all(c.kwargs.get("attn_mask") is None for c in spy.call_args_list)
+        monkeypatch.setattr(FusionBlock, "fold_bias_min_batch", 10**9)
+        real = tf_cuda.enqueue
+        monkeypatch.setattr(tf_cuda, "enqueue", lambda *a, **k: real(*a, **{**k, "fused_match": False}))
+        spy.reset_mock()
+        masked = model(images)
+        assert any(c.kwargs.get("attn_mask") is not None for c in spy.call_args_list)
+    error = (got.float() - masked.float()).abs().amax(dim=1) / masked.float().abs().amax(dim=1)
+    assert int((error > 1e-2).sum()) <= 2 and float(error.median()) <= 3e-3, error
 
 
 def test_cuda_graph_replay_equals_eager() -> None:

@@ -21,15 +21,18 @@ import torch
 from tests._support.kernel_checks import (
     MATCHING_TIE_CASES,
     MCTF,
+    SCORES_MATCH_CASES,
     TOME,
     check_attention_info,
     check_attention_info_qk,
     check_fusion_norm,
     check_matching_ties,
+    check_mma_tiles,
     check_random_attention,
     check_random_fusion,
     check_row_layer_norm,
     check_scatterbrain,
+    check_scores_match,
     check_token_fusion,
 )
 from vitrt.plugins.cuda_build import KernelSource
@@ -91,6 +94,45 @@ def test_token_fusion_emulated(
     emulated: None,
 ) -> None:
     check_token_fusion(b, n, c, r, preset, dtype, "cpu", tile)
+
+
+@pytest.mark.parametrize(("b", "n", "cm", "r", "preset", "protected"), SCORES_MATCH_CASES)
+def test_scores_and_matching_in_one_launch_emulated(
+    b: int, n: int, cm: int, r: int, preset: dict[str, Any], protected: int, emulated: None
+) -> None:
+    check_scores_match(b, n, cm, r, preset, protected, "cpu")
+
+
+@pytest.mark.parametrize(("b", "n", "cm", "protected"), [(2, 197, 384, 0), (1, 131, 64, 2), (1, 20, 136, 1)])
+def test_tensor_core_score_tiles_agree_emulated(
+    b: int, n: int, cm: int, protected: int, emulated: None
+) -> None:
+    check_mma_tiles(b, n, cm, protected, "cpu")
+
+
+def test_launcher_picks_the_one_launch_scores_and_matching(emulated: None) -> None:
+    """A float16 metric of at most 128 channels takes the one-launch kernel by default (the emulator has no
+    SMs to fill, so any batch); a wider or float32 metric the split launches; forcing the one launch where
+    it cannot run names the reason."""
+    from vitrt.plugins.token_fusion.cuda import token_fusion_cuda
+    from vitrt.plugins.token_fusion.spec import TokenFusionAttrs
+
+    module = emulated_module("token_fusion")
+    attrs = TokenFusionAttrs(r=4, **MCTF)
+    for cm, dtype, kernel in ((64, torch.float16, "vitrt_tf_scores_match_f16"),
+                              (136, torch.float16, "vitrt_tf_scores_mma64_f16"),
+                              (64, torch.float32, "vitrt_tf_scores64_f32")):  # fmt: skip
+        x, metric = torch.randn(2, 21, 8).to(dtype), torch.randn(2, 21, cm).to(dtype)
+        info, size = torch.full((2, 21), 0.05).to(dtype), torch.ones(2, 21).to(dtype)
+        before = dict(module.launches)
+        token_fusion_cuda(x, metric, info, size, attrs)
+        launched = {k for k, v in module.launches.items() if v != before.get(k, 0)}
+        one_launch = kernel == "vitrt_tf_scores_match_f16"
+        assert kernel in launched and ("vitrt_tf_match" in launched) != one_launch, launched
+        if not one_launch:
+            reason = "136 channels, more than 128" if cm > 128 else "not float16"
+            with pytest.raises(ValueError, match=reason):
+                token_fusion_cuda(x, metric, info, size, attrs, fused_match=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
