@@ -75,6 +75,7 @@ KERNELS = (
     "vitrt_tf_match",
     "vitrt_tf_match_timed",
     "vitrt_tf_scores_match_f16",
+    "vitrt_tf_merge384_f16",
 )
 """Every kernel this module launches (the build test checks each is in the fatbin)."""
 _THREADS = 256
@@ -139,7 +140,7 @@ def workspace_bytes(d: FusionDims) -> int:
 
 def _match_table_bytes(tokens: int) -> int:
     na, nb = set_sizes(tokens)
-    return 4 * (5 * na + 3 * nb + tokens)
+    return 4 * (4 * na + 3 * nb + tokens)
 
 
 def scores_in_shared(tokens: int) -> bool:
@@ -150,7 +151,7 @@ def scores_in_shared(tokens: int) -> bool:
 
 def match_shared_bytes(tokens: int) -> int:
     """Dynamic shared memory of ``vitrt_tf_match`` for N tokens, in bytes: the scores (when
-    ``scores_in_shared``) plus 5 Na + 3 Nb + N ints."""
+    ``scores_in_shared``) plus 4 Na + 3 Nb + N ints."""
     na, nb = set_sizes(tokens)
     return (4 * na * nb if scores_in_shared(tokens) else 0) + _match_table_bytes(tokens)
 
@@ -344,6 +345,12 @@ def _scores_match_chosen(d: FusionDims, dtype: str, metric: int, fused_match: bo
     return not sms or d.batch >= SCORES_MATCH_MIN_BATCH_PER_SM * sms
 
 
+MERGE_384 = (256, 384)
+"""Row widths (exclusive, inclusive) that the float16 merge takes in 4-half vectors, three per lane
+(``vitrt_tf_merge384_f16``, rows 8-byte aligned): one sweep of the row with every lane busy, where 8-half
+vectors leave half the lanes idle in their second vector (DeiT-S, T2T-ViT-14: 384 channels)."""
+
+
 def merge_shared_bytes(tokens: int) -> int:
     """Dynamic shared memory of ``vitrt_tf_merge`` for N tokens, in bytes: the batch element's pooling
     weights, sizes (float32) and dest (int32), 12 N, then the member bitmasks of the block's ``_WARPS``
@@ -374,13 +381,17 @@ def enqueue_merge(
     [B, N, C], the rows merged are x + residual (each sum rounded to ``dtype``, as torch's add stores it);
     with ``base`` [B, N - r, C], x_out = base + the merged rows (rounded as torch's add of the two). Same
     dtype for all but dest."""
-    vector = 4 if dtype == "float32" else 8  # 16-byte vectors
-    align = 16
     norm_ptrs = (norm.weight, norm.bias, norm.out) if norm else (0, 0, 0)
-    vec = d.channels % vector == 0 and all(p % align == 0 for p in (x, residual, base, x_out, *norm_ptrs))
+    rows = (x, residual, base, x_out, *norm_ptrs)
+    name = f"vitrt_tf_merge_{kernel_suffix(dtype, PLUGIN_NAME)}"
+    if dtype == "float16" and MERGE_384[0] < d.channels <= MERGE_384[1] and d.channels % 4 == 0:
+        vec = all(p % 8 == 0 for p in rows)  # 4-half vectors, three per lane: one sweep of every lane
+        name = "vitrt_tf_merge384_f16" if vec else name
+    else:
+        vec = d.channels % (4 if dtype == "float32" else 8) == 0 and all(p % 16 == 0 for p in rows)
     launch(
         load_module(SOURCE),
-        f"vitrt_tf_merge_{kernel_suffix(dtype, PLUGIN_NAME)}",
+        name,
         (-(-d.n_out // _WARPS), d.batch, 1),
         (_THREADS, 1, 1),
         [*map(ptr, (x, residual, base, info, size, dest, x_out, size_out, log_size_out)),

@@ -21,6 +21,8 @@
 //                                                     a fused block's attention output (one-step-ahead)
 //                                                     and, for a fused block, can also write the
 //                                                     LayerNorm that follows of every merged row.
+//                                                     vitrt_tf_merge384_f16: the same for float16 rows
+//                                                     of 257 to 384 channels in 4-half vectors
 //      (r = 0: vitrt_tf_match writes dest = arange and vitrt_tf_copy_<dt> copies x and size instead)
 //
 // And, for a fused block rather than the op, the attention each key receives without writing the
@@ -161,6 +163,13 @@ __device__ __forceinline__ void store_vec<half_bits, 1>(half_bits* p, const floa
 template <>
 __device__ __forceinline__ void store_vec<float, 4>(float* p, const float* in) {
   *reinterpret_cast<float4*>(p) = make_float4(in[0], in[1], in[2], in[3]);
+}
+template <>
+__device__ __forceinline__ void store_vec<half_bits, 4>(half_bits* p, const float* in) {
+  uint2 v;
+  v.x = pack_half2(in);
+  v.y = pack_half2(in + 2);
+  *reinterpret_cast<uint2*>(p) = v;
 }
 template <>
 __device__ __forceinline__ void store_vec<half_bits, 8>(half_bits* p, const float* in) {
@@ -600,8 +609,8 @@ __device__ void merge_slot(const T* __restrict__ x, const T* __restrict__ residu
                            T* __restrict__ size_out, T* __restrict__ log_size_out, int N, int N_out, int C, int s,
                            const LayerNormArgs<T>& ln) {
   // Members loaded together: 1 for wide lanes (most slots have one member, and registers are occupancy),
-  // else up to 4 (at most 16 floats of loaded rows per lane).
-  constexpr int MAXM = P * V >= 16 ? 1 : 4;
+  // else up to 4 (at most 16 floats of loaded rows per lane; 12 per member spilled).
+  constexpr int MAXM = P * V >= 12 ? 1 : 4;
   const int b = blockIdx.y, lane = threadIdx.x & 31;
   float den = 0.0f, total = 0.0f;
   {
@@ -1074,7 +1083,7 @@ VITRT_TF_SCORES(32, 4, f16, half_bits)
 //            score order.
 // scores_in_shared: copy the batch element's Na x Nb scores into shared memory first (the launcher
 // decides by size; the two phases read rows and columns of them). Dynamic shared memory:
-// (scores_in_shared ? Na Nb : 0) + 5 Na + 3 Nb + N floats / ints (see cuda.py).
+// (scores_in_shared ? Na Nb : 0) + 4 Na + 3 Nb + N floats / ints (see cuda.py).
 // One block per batch element does everything, so the kernel's time is its longest dependent chain:
 // every O(N^2) step is spread over all 32 warps, a row (or column) per group of kMatchGroup lanes, each
 // lane over every kMatchGroup-th element (arg-max and counts, then log2(kMatchGroup) shuffle steps). A
@@ -1086,11 +1095,11 @@ VITRT_TF_SCORES(32, 4, f16, half_bits)
 constexpr int kMatchPhases = 9;
 constexpr int kMatchGroup = 8;  // lanes per row (or column) in the arg-max and rank steps
 // Both phases of the matching on one batch element's scores S [Na, Nb] (shared or global memory, ready
-// for every thread), writing dest db [N]; r > 0. The tables sit in shared memory at `tables`: 5 Na + 3 Nb
+// for every thread), writing dest db [N]; r > 0. The tables sit in shared memory at `tables`: 4 Na + 3 Nb
 // + N floats / ints (cuda._match_table_bytes). mark(phase) after each step (vitrt_tf_match_timed).
 template <typename Mark>
 __device__ void match_scores(const float* S, float* tables, int64* __restrict__ db, int N, int r,
-                             int bidirectional, int* scratch, Mark&& mark) {
+                             int bidirectional, Mark&& mark) {
   const int Na = (N + 1) / 2, Nb = N / 2;
   const int r1 = bidirectional ? r / 2 : r, r2 = bidirectional ? r - r / 2 : 0, n_unm = Na - r1;
   const int tid = threadIdx.x, bd = blockDim.x;
@@ -1098,9 +1107,8 @@ __device__ void match_scores(const float* S, float* tables, int64* __restrict__ 
   float* nmax = tables;                                  // [Na] best score of each A token
   int* nidx = reinterpret_cast<int*>(nmax + Na);         // [Na] its B partner
   int* rank = nidx + Na;                                 // [Na] stable descending rank
-  int* slot = rank + Na;                                 // [Na] output slot if unmerged
-  int* ulist = slot + Na;                                // [Na] unmerged A token of each slot
-  float* nmax2 = reinterpret_cast<float*>(ulist + Na);  // [Nb] best score of each B token
+  int* slot = rank + Na;                                 // [Na] unmerged A tokens before a: a's slot
+  float* nmax2 = reinterpret_cast<float*>(slot + Na);   // [Nb] best score of each B token
   int* nidx2 = reinterpret_cast<int*>(nmax2 + Nb);       // [Nb] its A slot
   int* rank2 = nidx2 + Nb;                               // [Nb]
   int* dst = rank2 + Nb;                                 // [N]  dest, token order
@@ -1135,22 +1143,30 @@ __device__ void match_scores(const float* S, float* tables, int64* __restrict__ 
   for (int a0 = warp * RPW; a0 < Na; a0 += rows) {
     const int a = a0 + (lane / G);
     const int cnt = rank_desc<G>(nmax, Na, a < Na ? a : -1, sub);
-    if (sub == 0 && a < Na) {
-      rank[a] = cnt;
-      slot[a] = cnt >= r1 ? 1 : 0;
-    }
+    if (sub == 0 && a < Na) rank[a] = cnt;
   }
   __syncthreads();
   mark(3);
-  block_exclusive_scan(slot, Na, scratch);  // unmerged A tokens before a = a's slot
-  for (int a = tid; a < Na; a += bd)
-    if (rank[a] >= r1) ulist[slot[a]] = a;
+  // slot[a]: the unmerged A tokens before a (an unmerged token's output slot), by warp 0 alone, 32 tokens
+  // per ballot: a block-wide scan's barriers cost more than its few hundred tokens.
+  if (warp == 0) {
+    int carry = 0;
+    for (int a0 = 0; a0 < Na; a0 += 32) {
+      const int a = a0 + lane;
+      const bool keep = a < Na && rank[a] >= r1;
+      const unsigned bits = __ballot_sync(kFullMask, keep);
+      const int s = carry + __popc(bits & ((1u << lane) - 1u));
+      if (a < Na) slot[a] = s;
+      carry += __popc(bits);
+    }
+  }
   __syncthreads();
   mark(4);
 
-  // Phase 2: B tokens onto the unmerged A tokens, in slot order (so nidx2 is a slot): a column per group
-  // of lanes, each lane over every G-th unmerged row of it; group_argmax keeps the first maximum, as
-  // torch.max does.
+  // Phase 2: B tokens onto the unmerged A tokens: a column per group of lanes, each lane over every G-th
+  // A row of it, skipping the merged ones (a row's rank and score load together, where a list of the
+  // unmerged rows made each score load wait for its row's index); group_argmax keeps the first maximum, as torch.max
+  // does, and since slots follow the A order that is the first in slot order too; nidx2 is its slot.
   if (bidirectional) {
     for (int j0 = warp * RPW; j0 < Nb; j0 += rows) {
       const int j = j0 + (lane / G);
@@ -1158,17 +1174,17 @@ __device__ void match_scores(const float* S, float* tables, int64* __restrict__ 
       int i = -1;
       if (j < Nb)
 #pragma unroll 4
-        for (int u = sub; u < n_unm; u += G) {
-          const float x = S[(int64)ulist[u] * Nb + j];
-          if (i < 0 || x > v) {
+        for (int a = sub; a < Na; a += G) {
+          const float x = S[(int64)a * Nb + j];
+          if (rank[a] >= r1 && (i < 0 || x > v)) {
             v = x;
-            i = u;
+            i = a;
           }
         }
       group_argmax<G>(v, i);
       if (sub == 0 && j < Nb) {
         nmax2[j] = v;
-        nidx2[j] = i;
+        nidx2[j] = slot[i];
       }
     }
     __syncthreads();
@@ -1197,7 +1213,6 @@ template <bool kTimed>
 __device__ void match(const float* __restrict__ scores, int64* __restrict__ dest, int N, int r, int bidirectional,
                       int scores_in_shared, long long* __restrict__ phase_clock) {
   VITRT_DYNAMIC_SHARED(int, smem);
-  __shared__ int scratch[33];
   const int Na = (N + 1) / 2, Nb = N / 2;
   const int b = blockIdx.x, tid = threadIdx.x, bd = blockDim.x;
   int64* db = dest + (int64)b * N;
@@ -1214,22 +1229,39 @@ __device__ void match(const float* __restrict__ scores, int64* __restrict__ dest
   const float* S = scores + (int64)b * Na * Nb;
   if (scores_in_shared) {
     // Eight loads in flight per thread before their stores: a plain loop waits out the latency of
-    // every load in turn (this copy was most of the kernel's time).
+    // every load in turn. Pairs of floats where the batch element's scores are 8-byte aligned (Na Nb
+    // even, or an even b): N = 197's 9702 scores then take one round of loads at 1024 threads, not two.
     const int total = Na * Nb;
+    const bool pairs = (reinterpret_cast<unsigned long long>(S) & 7u) == 0;
+    const int units = pairs ? total / 2 : total;
     int i = tid;
-    for (; i + 7 * bd < total; i += 8 * bd) {
-      float v[8];
+    for (; i + 7 * bd < units; i += 8 * bd) {
+      if (pairs) {
+        float2 v[8];
 #pragma unroll
-      for (int u = 0; u < 8; ++u) v[u] = S[i + u * bd];
+        for (int u = 0; u < 8; ++u) v[u] = reinterpret_cast<const float2*>(S)[i + u * bd];
 #pragma unroll
-      for (int u = 0; u < 8; ++u) ssm[i + u * bd] = v[u];
+        for (int u = 0; u < 8; ++u) reinterpret_cast<float2*>(ssm)[i + u * bd] = v[u];
+      } else {
+        float v[8];
+#pragma unroll
+        for (int u = 0; u < 8; ++u) v[u] = S[i + u * bd];
+#pragma unroll
+        for (int u = 0; u < 8; ++u) ssm[i + u * bd] = v[u];
+      }
     }
-    for (; i < total; i += bd) ssm[i] = S[i];
+    for (; i < units; i += bd) {
+      if (pairs)
+        reinterpret_cast<float2*>(ssm)[i] = reinterpret_cast<const float2*>(S)[i];
+      else
+        ssm[i] = S[i];
+    }
+    if (pairs && (total & 1) && tid == 0) ssm[total - 1] = S[total - 1];
     __syncthreads();
     S = ssm;
   }
   mark(1);
-  match_scores(S, tables, db, N, r, bidirectional, scratch, mark);
+  match_scores(S, tables, db, N, r, bidirectional, mark);
 }
 
 // The scores and the matching in one launch, one block (1024 threads) per batch element, for float16
@@ -1256,7 +1288,6 @@ __device__ void scores_match(const half_bits* __restrict__ metric, const half_bi
   VITRT_DYNAMIC_SHARED(int, shared);  // int, as match declares it (one extern array per type)
   float* smem = reinterpret_cast<float*>(shared);
   __shared__ float fscratch[32];
-  __shared__ int scratch[33];
   const int Na = (N + 1) / 2, Nb = N / 2;
   const int b = blockIdx.x, tid = threadIdx.x, bd = blockDim.x;
   const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
@@ -1373,11 +1404,11 @@ __device__ void scores_match(const half_bits* __restrict__ metric, const half_bi
     }
   }
   __syncthreads();
-  match_scores(ssm, tables, db, N, r, bidirectional, scratch, [](int) {});
+  match_scores(ssm, tables, db, N, r, bidirectional, [](int) {});
 }
 
-// (1024, 1): with (1024) alone, ptxas for sm_100 held the matching to 32 registers (two blocks per SM) and
-// spilled; one block per batch element needs no second block per SM.
+// (1024, 1): with (1024) alone, ptxas for sm_90 and sm_100 held the matching to 32 registers (two blocks
+// per SM) and spilled; one block per batch element needs no second block per SM.
 extern "C" __global__ void __launch_bounds__(1024, 1)
     vitrt_tf_match(const float* scores, int64* dest, int N, int r, int bidirectional, int scores_in_shared) {
   match<false>(scores, dest, N, r, bidirectional, scores_in_shared, nullptr);
@@ -1387,15 +1418,17 @@ extern "C" __global__ void __launch_bounds__(1024) vitrt_tf_scores_match_f16(
     float e_sim, float e_info, float e_size, int num_protected, int r, int bidirectional) {
   scores_match(metric, info, size, dest, N, Cm, ldm, e_sim, e_info, e_size, num_protected, r, bidirectional);
 }
-extern "C" __global__ void __launch_bounds__(1024) vitrt_tf_match_timed(const float* scores, int64* dest, int N,
-                                                                       int r, int bidirectional,
-                                                                       int scores_in_shared,
-                                                                       long long* phase_clock) {
+extern "C" __global__ void __launch_bounds__(1024, 1)
+    vitrt_tf_match_timed(const float* scores, int64* dest, int N, int r, int bidirectional, int scores_in_shared,
+                         long long* phase_clock) {
   match<true>(scores, dest, N, r, bidirectional, scores_in_shared, phase_clock);
 }
 
 // vec: 1 when C and the x / residual / base / x_out addresses allow V-wide vectors (f32: 4 floats, f16: 8 halves = 16
-// bytes), else 0 (one element per lane).
+// bytes), else 0 (one element per lane). vitrt_tf_merge384_f16 (vec unused): 4-half vectors (8 bytes), three
+// per lane, for 256 < C <= 384 (DeiT-S, T2T-ViT-14): the whole row in one sweep with every lane busy, where
+// 8-half vectors leave half the lanes idle in their second vector; its own entry, since in one kernel with
+// the other two paths ptxas spilled for sm_87 and sm_90 under the 80-register cap.
 // ln_out: 0, or the LayerNorm of every merged row (ln_weight / ln_bias may be 0) with ln_eps, [B, N_out, C],
 // or with ln_by_token [B, N, C] (each token's row: the norm of the merged row it went to); vec then also
 // covers ln_out, ln_weight and ln_bias.
@@ -1416,6 +1449,15 @@ extern "C" __global__ void __launch_bounds__(1024) vitrt_tf_match_timed(const fl
   }
 VITRT_TF_MERGE(f32, float, 4)
 VITRT_TF_MERGE(f16, half_bits, 8)
+extern "C" __global__ void __launch_bounds__(256, 3) vitrt_tf_merge384_f16(
+    const half_bits* x, const half_bits* residual, const half_bits* base, const half_bits* info,
+    const half_bits* size, const int64* dest, half_bits* x_out, half_bits* size_out, half_bits* log_size_out,
+    int N, int N_out, int C, int pooling, int vec, const half_bits* ln_weight, const half_bits* ln_bias,
+    half_bits* ln_out, float ln_eps, int ln_by_token) {
+  const LayerNormArgs<half_bits> ln{ln_weight, ln_bias, ln_out, ln_eps, ln_by_token};
+  merge_by_dest<half_bits, 4, 3>(x, residual, base, info, size, dest, x_out, size_out, log_size_out, N, N_out, C,
+                                 pooling, ln);
+}
 
 extern "C" __global__ void __launch_bounds__(256)
     vitrt_tf_copy_f32(const float* x, const float* size, float* x_out, float* size_out, int nx, int ns) {

@@ -275,6 +275,30 @@ def check_mma_tiles(b: int, n: int, cm: int, protected: int, device: str) -> Non
     torch.testing.assert_close(small[~masked], ref[~masked], rtol=1e-5, atol=1e-7)
 
 
+def check_merge384(b: int, n: int, c: int, device: str) -> None:
+    """The float16 merge in 4-half vectors (``vitrt_tf_merge384_f16``, for 257 to 384 channels) against the
+    8-half one on the same inputs: the merged rows, sizes and the residual sum bit for bit (the same
+    arithmetic per element), the LayerNorm after it within float16 rounding (its sums in another order),
+    by merged row and by token."""
+    from unittest import mock
+
+    from vitrt.plugins.token_fusion import cuda as tf_cuda
+
+    x, metric, info, size = fusion_inputs(b, n, c, torch.float16, device)
+    g = torch.Generator(device=device).manual_seed(c)
+    weight = (torch.rand(c, device=device, generator=g) + 0.5).half()
+    residual = torch.randn(b, n, c, device=device, generator=g).half()
+    attrs = TokenFusionAttrs(r=16, **MCTF)
+    for by_token in (False, True):
+        args = (x, metric, info, size, attrs, weight, None, 1e-5, by_token, residual)
+        narrow = tf_cuda.token_fusion_norm_cuda(*args)
+        with mock.patch.object(tf_cuda, "MERGE_384", (0, 0)):
+            wide = tf_cuda.token_fusion_norm_cuda(*args)
+        for name, one, two in zip(("x_fused", "size_fused", "dest"), narrow[:3], wide[:3], strict=True):
+            assert torch.equal(one, two), name
+        torch.testing.assert_close(narrow[3].float(), wide[3].float(), rtol=0, atol=4e-3)
+
+
 def _layer_norm32(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
     """F.layer_norm over the last dim computed in float32 (the reference for the kernels' row norm)."""
     w, b = (None if t is None else t.float() for t in (weight, bias))

@@ -2,13 +2,14 @@
 
     compute-sanitizer --tool racecheck python tests/gpu/sanitize.py
 
-tests/gpu/run_all.sh runs it under memcheck, racecheck and synccheck when SANITIZE=1. Shapes are the
-models' token counts at batch 2 (N = 197 for token fusion, both score tiles, both dtypes, the scores and
-the matching in one launch (float16, a 64-channel metric), with and without the norm after the merge (by
-merged row and by token, with a residual and log size, on the vector and scalar paths), the merge added to
-a base and normed, the row norm alone and after a residual add; a fused block's attention_info from q and
-k, with log size, which is the tensor-core kernel in float16 and q k^T + the logits kernel in float32;
-N = 784 for Scatterbrain in every mode), small enough for the sanitizer's slowdown.
+tests/gpu/run_all.sh runs it under memcheck, racecheck and synccheck when SANITIZE=1. Shapes are the models'
+token counts at batch 2 (N = 197 for token fusion, both score tiles, both dtypes, the scores and the
+matching in one launch (float16, a 64-channel metric), the merge of 384 and of 512 channels, with and
+without the norm after the merge (by merged row and by token, with a residual and log size, on the vector
+and scalar paths), the merge added to a base and normed, the row norm alone and after a residual add; a
+fused block's attention_info from q and k, with log size, which is the tensor-core kernel in float16 and q
+k^T + the logits kernel in float32; N = 784 for Scatterbrain in every mode), small enough for the
+sanitizer's slowdown.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def main() -> int:
         if dtype == torch.float16:  # the scores and the matching in one launch (a 64-channel metric)
             x, metric, info, size = fusion_inputs(2, 197, 64, dtype, "cuda")
             token_fusion_cuda(x, metric, info, size, TokenFusionAttrs(r=16, **MCTF), fused_match=True)
+            # 512 channels: the merge in 8-half vectors (384 take the 4-half kernel)
+            token_fusion_cuda(*fusion_inputs(2, 197, 512, dtype, "cuda"), TokenFusionAttrs(r=16, **MCTF))
         weight, bias = (
             torch.ones(384, dtype=dtype, device="cuda"),
             torch.zeros(384, dtype=dtype, device="cuda"),

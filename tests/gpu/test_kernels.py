@@ -22,6 +22,7 @@ from tests._support.kernel_checks import (
     check_attention_info_qk,
     check_fusion_norm,
     check_matching_ties,
+    check_merge384,
     check_mma_tiles,
     check_random_attention,
     check_random_fusion,
@@ -85,6 +86,11 @@ def test_token_fusion_is_deterministic() -> None:
 @pytest.mark.parametrize(("b", "n", "cm", "protected"), [(64, 197, 384, 0), (8, 131, 64, 2), (3, 20, 136, 1)])
 def test_tensor_core_score_tiles_agree(b: int, n: int, cm: int, protected: int) -> None:
     check_mma_tiles(b, n, cm, protected, "cuda")
+
+
+@pytest.mark.parametrize(("b", "n", "c"), [(64, 197, 384), (8, 101, 264), (1, 197, 320)])
+def test_merge_in_narrow_vectors(b: int, n: int, c: int) -> None:
+    check_merge384(b, n, c, "cuda")
 
 
 # The one-launch scores and matching at the emulated cases, and at DeiT-S's batches 64 and 300 (one wave of

@@ -27,6 +27,7 @@ from tests._support.kernel_checks import (
     check_attention_info_qk,
     check_fusion_norm,
     check_matching_ties,
+    check_merge384,
     check_mma_tiles,
     check_random_attention,
     check_random_fusion,
@@ -161,6 +162,11 @@ def test_attention_info_qk_shared_memory_fits_every_target() -> None:
     for e in INFO_QK_HEAD_DIMS:
         assert info_qk_shared_bytes(INFO_QK_MAX_TOKENS, e) <= 99 * 1024, e
     assert info_qk_warps(128) == 4 and info_qk_warps(64) == 8
+
+
+@pytest.mark.parametrize(("b", "n", "c"), [(2, 197, 384), (1, 37, 264)])
+def test_merge_in_narrow_vectors_emulated(b: int, n: int, c: int, emulated: None) -> None:
+    check_merge384(b, n, c, "cpu")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
