@@ -137,6 +137,7 @@ def bench_token_fusion(
     }
     # An older plugins/ (tests/gpu/ab_kernels.sh's base) has no one launch: its row is the split launches.
     if metric_channels and "fused_match" in inspect.signature(enqueue).parameters:
+        launches(True)()
         fused_dest = dest.clone()
         split = launches(False)
         split()

@@ -165,6 +165,12 @@ def score_tile(d: FusionDims, multiprocessors: int) -> int:
     return 64 if blocks >= multiprocessors else 32
 
 
+def _multiprocessors() -> int:
+    """SMs of the GPU the kernels run on; 0 on the CPU emulator (no GPU to fill)."""
+    mod = load_module(SOURCE)
+    return mod.device.multiprocessors if isinstance(mod, LoadedModule) else 0
+
+
 def _exponent(tau: float) -> float:
     """1 / tau as the reference's ``** (1 / tau)`` uses it; 0 disables the factor (tau = 0)."""
     return 1.0 / tau if tau > 0 else 0.0
@@ -195,7 +201,7 @@ def enqueue_scores(
     sfx = kernel_suffix(dtype, PLUGIN_NAME)
     n, cm, ld = d.tokens, d.metric_channels, d.metric_ld
     na, nb = set_sizes(n)
-    sms = mod.device.multiprocessors if isinstance(mod, LoadedModule) else 0
+    sms = _multiprocessors()
     factors = [f32(_exponent(attrs.tau_sim)), f32(_exponent(attrs.tau_info)), f32(_exponent(attrs.tau_size))]
     head: list[KernelArg] = [
         ptr(metric),
@@ -301,7 +307,7 @@ def scores_match_applies(d: FusionDims, dtype: str, metric: int) -> str | None:
         return f"the metric is {dtype}, not float16"
     if cm > SCORES_MATCH_MAX_CHANNELS:
         return f"the metric has {cm} channels, more than {SCORES_MATCH_MAX_CHANNELS}"
-    if cm % 8 or ld % 8 or metric % 16:
+    if cm < 8 or cm % 8 or ld % 8 or metric % 16:
         return f"the metric's rows ({cm} channels, {ld} apart) are not 16-byte vectors"
     if d.tokens > SCORES_MATCH_MAX_TOKENS:
         return f"{d.tokens} tokens exceed {SCORES_MATCH_MAX_TOKENS}"
@@ -330,9 +336,10 @@ def enqueue_scores_match(
 
 
 def _scores_match_chosen(d: FusionDims, dtype: str, metric: int, fused_match: bool | None) -> bool:
-    """Whether ``enqueue`` runs the scores and the matching as one launch: ``fused_match`` True / False
-    forces it (True raises ValueError where it cannot); None decides by ``scores_match_applies`` and the
-    batch, from SCORES_MATCH_MIN_BATCH_PER_SM per SM (any batch on the CPU emulator, which has no SMs)."""
+    """Whether ``enqueue`` runs the scores and the matching (r > 0) as one launch: ``fused_match`` True /
+    False forces it (True raises ValueError where it cannot); None decides by ``scores_match_applies`` and
+    the batch, from SCORES_MATCH_MIN_BATCH_PER_SM per SM (any batch on the CPU emulator, which has no
+    SMs). With r = 0 ``enqueue`` launches no scores and does not ask."""
     why_not = scores_match_applies(d, dtype, metric)
     if fused_match is not None:
         if fused_match and why_not is not None:
@@ -340,8 +347,7 @@ def _scores_match_chosen(d: FusionDims, dtype: str, metric: int, fused_match: bo
         return fused_match
     if why_not is not None:
         return False
-    mod = load_module(SOURCE)
-    sms = mod.device.multiprocessors if isinstance(mod, LoadedModule) else 0
+    sms = _multiprocessors()
     return not sms or d.batch >= SCORES_MATCH_MIN_BATCH_PER_SM * sms
 
 

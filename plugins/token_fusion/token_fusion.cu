@@ -1184,7 +1184,7 @@ __device__ void match_scores(const float* S, float* tables, int64* __restrict__ 
       group_argmax<G>(v, i);
       if (sub == 0 && j < Nb) {
         nmax2[j] = v;
-        nidx2[j] = slot[i];
+        nidx2[j] = i >= 0 ? slot[i] : -1;  // -1: no unmerged A token (r beyond the spec's cap)
       }
     }
     __syncthreads();
@@ -1230,7 +1230,9 @@ __device__ void match(const float* __restrict__ scores, int64* __restrict__ dest
   if (scores_in_shared) {
     // Eight loads in flight per thread before their stores: a plain loop waits out the latency of
     // every load in turn. Pairs of floats where the batch element's scores are 8-byte aligned (Na Nb
-    // even, or an even b): N = 197's 9702 scores then take one round of loads at 1024 threads, not two.
+    // even, or an even b): half the loads. At N = 197 (4851 pairs) no thread has eight, so the copy runs
+    // in the tail loop, about five rounds of one pair per thread; guarded loads in the batched loop would
+    // make that one round (not yet measured: plugins/token_fusion/PERF_NOTES.md).
     const int total = Na * Nb;
     const bool pairs = (reinterpret_cast<unsigned long long>(S) & 7u) == 0;
     const int units = pairs ? total / 2 : total;

@@ -224,14 +224,15 @@ def check_token_fusion(
 
 # (B, N, Cm, r, preset, protected tokens) of the one-launch scores and matching: DeiT-S's blocks with the
 # models' metric (the keys' mean, 64 channels), ToMe's one-way matching, the largest N and Cm it takes,
-# a late block with protected tokens and a narrow metric, a small N, and a Cm that is not a multiple of 16.
+# a late block with protected tokens and a narrow metric, a small N, and a Cm that is not a multiple of 16
+# (104: padded to 112 channels of zeros).
 SCORES_MATCH_CASES = [
     (2, 197, 64, 16, MCTF, 0),
     (2, 197, 64, 16, TOME, 0),
     (1, 256, 128, 64, MCTF, 1),
     (3, 37, 8, 9, MCTF, 2),
     (2, 21, 16, 4, TOME, 0),
-    (1, 65, 96, 20, MCTF, 0),
+    (1, 65, 104, 20, MCTF, 0),
 ]
 
 
@@ -282,8 +283,10 @@ def check_merge384(b: int, n: int, c: int, device: str) -> None:
     by merged row and by token."""
     from unittest import mock
 
+    from vitrt.plugins.cuda_launcher import load_module
     from vitrt.plugins.token_fusion import cuda as tf_cuda
 
+    launches = load_module("token_fusion").launches
     x, metric, info, size = fusion_inputs(b, n, c, torch.float16, device)
     g = torch.Generator(device=device).manual_seed(c)
     weight = (torch.rand(c, device=device, generator=g) + 0.5).half()
@@ -291,9 +294,12 @@ def check_merge384(b: int, n: int, c: int, device: str) -> None:
     attrs = TokenFusionAttrs(r=16, **MCTF)
     for by_token in (False, True):
         args = (x, metric, info, size, attrs, weight, None, 1e-5, by_token, residual)
+        before = (launches["vitrt_tf_merge384_f16"], launches["vitrt_tf_merge_f16"])
         narrow = tf_cuda.token_fusion_norm_cuda(*args)
         with mock.patch.object(tf_cuda, "MERGE_384", (0, 0)):
             wide = tf_cuda.token_fusion_norm_cuda(*args)
+        after = (launches["vitrt_tf_merge384_f16"], launches["vitrt_tf_merge_f16"])
+        assert (after[0] - before[0], after[1] - before[1]) == (1, 1), "each side launched its own merge"
         for name, one, two in zip(("x_fused", "size_fused", "dest"), narrow[:3], wide[:3], strict=True):
             assert torch.equal(one, two), name
         torch.testing.assert_close(narrow[3].float(), wide[3].float(), rtol=0, atol=4e-3)

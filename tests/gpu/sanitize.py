@@ -4,12 +4,12 @@
 
 tests/gpu/run_all.sh runs it under memcheck, racecheck and synccheck when SANITIZE=1. Shapes are the models'
 token counts at batch 2 (N = 197 for token fusion, both score tiles, both dtypes, the scores and the
-matching in one launch (float16, a 64-channel metric), the merge of 384 and of 512 channels, with and
-without the norm after the merge (by merged row and by token, with a residual and log size, on the vector
-and scalar paths), the merge added to a base and normed, the row norm alone and after a residual add; a
-fused block's attention_info from q and k, with log size, which is the tensor-core kernel in float16 and q
-k^T + the logits kernel in float32; N = 784 for Scatterbrain in every mode), small enough for the
-sanitizer's slowdown.
+matching in one launch (float16, a 64-channel metric, and its largest, N = 256 and 128 channels), the
+64-tile tensor-core scores, the merge of 384 and of 512 channels, with and without the norm after the merge
+(by merged row and by token, with a residual and log size, on the vector and scalar paths), the merge added
+to a base and normed, the row norm alone and after a residual add; a fused block's attention_info from q and
+k, with log size, which is the tensor-core kernel in float16 and q k^T + the logits kernel in float32; N =
+784 for Scatterbrain in every mode), small enough for the sanitizer's slowdown.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from vitrt.plugins.lsh_attention.spec import Mode
 from vitrt.plugins.token_fusion import torch_op  # noqa: F401  (registers torch.ops.vitrt.*)
 from vitrt.plugins.token_fusion.cuda import (
     attention_info_qk_cuda,
+    fusion_scores_cuda,
     merge_add_norm_cuda,
     token_fusion_cuda,
     token_fusion_norm_cuda,
@@ -44,6 +45,9 @@ def main() -> int:
         if dtype == torch.float16:  # the scores and the matching in one launch (a 64-channel metric)
             x, metric, info, size = fusion_inputs(2, 197, 64, dtype, "cuda")
             token_fusion_cuda(x, metric, info, size, TokenFusionAttrs(r=16, **MCTF), fused_match=True)
+            x, metric, info, size = fusion_inputs(2, 256, 128, dtype, "cuda")  # its largest N and Cm
+            token_fusion_cuda(x, metric, info, size, TokenFusionAttrs(r=64, **MCTF), fused_match=True)
+            fusion_scores_cuda(metric, info, size, TokenFusionAttrs(r=64, **MCTF), mma_tile=64)
             # 512 channels: the merge in 8-half vectors (384 take the 4-half kernel)
             token_fusion_cuda(*fusion_inputs(2, 197, 512, dtype, "cuda"), TokenFusionAttrs(r=16, **MCTF))
         weight, bias = (

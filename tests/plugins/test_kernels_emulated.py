@@ -111,6 +111,22 @@ def test_tensor_core_score_tiles_agree_emulated(
     check_mma_tiles(b, n, cm, protected, "cpu")
 
 
+def test_one_launch_from_a_fifth_of_the_sms(emulated: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU of 132 SMs (an H100) the launcher takes the one-launch scores and matching from a batch of
+    27 (SCORES_MATCH_MIN_BATCH_PER_SM = 0.2) and the split launches below it."""
+    from vitrt.plugins.token_fusion import cuda as tf_cuda
+    from vitrt.plugins.token_fusion.spec import TokenFusionAttrs
+
+    monkeypatch.setattr(tf_cuda, "_multiprocessors", lambda: 132)
+    module = emulated_module("token_fusion")
+    for batch, kernel in ((26, "vitrt_tf_match"), (27, "vitrt_tf_scores_match_f16")):
+        x, metric = torch.randn(batch, 21, 8).half(), torch.randn(batch, 21, 16).half()
+        info, size = torch.full((batch, 21), 0.05).half(), torch.ones(batch, 21).half()
+        before = module.launches[kernel]
+        tf_cuda.token_fusion_cuda(x, metric, info, size, TokenFusionAttrs(r=4, **MCTF))
+        assert module.launches[kernel] == before + 1, batch
+
+
 def test_launcher_picks_the_one_launch_scores_and_matching(emulated: None) -> None:
     """A float16 metric of at most 128 channels takes the one-launch kernel by default (the emulator has no
     SMs to fill, so any batch); a wider or float32 metric the split launches; forcing the one launch where
