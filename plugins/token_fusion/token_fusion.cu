@@ -609,7 +609,7 @@ __device__ void merge_slot(const T* __restrict__ x, const T* __restrict__ residu
                            T* __restrict__ size_out, T* __restrict__ log_size_out, int N, int N_out, int C, int s,
                            const LayerNormArgs<T>& ln) {
   // Members loaded together: 1 for wide lanes (most slots have one member, and registers are occupancy),
-  // else up to 4 (at most 16 floats of loaded rows per lane; 12 per member spilled).
+  // else up to 4 (at most 16 floats of loaded rows per lane: four members of 12, V = 4 x P = 3, spilled).
   constexpr int MAXM = P * V >= 12 ? 1 : 4;
   const int b = blockIdx.y, lane = threadIdx.x & 31;
   float den = 0.0f, total = 0.0f;
