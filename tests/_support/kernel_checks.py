@@ -302,7 +302,7 @@ def check_merge384(b: int, n: int, c: int, device: str) -> None:
         assert (after[0] - before[0], after[1] - before[1]) == (1, 1), "each side launched its own merge"
         for name, one, two in zip(("x_fused", "size_fused", "dest"), narrow[:3], wide[:3], strict=True):
             assert torch.equal(one, two), name
-        torch.testing.assert_close(narrow[3].float(), wide[3].float(), rtol=0, atol=4e-3)
+        torch.testing.assert_close(narrow[3].float(), wide[3].float(), rtol=2e-3, atol=4e-3)  # 2 ulps
 
 
 def _layer_norm32(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
