@@ -76,6 +76,11 @@ __device__ __forceinline__ float score_of(float dot, float rn_a, float rn_b, flo
   return is_protected ? -kFloatMax : s;
 }
 
+// 1 / info (info clamped away from 0) and 1 / size of one token: what the info and size factors divide by
+// the batch element's maxima of them. One definition for every score kernel, so their factors agree bitwise.
+__device__ __forceinline__ float inv_info(float info) { return 1.0f / fmaxf(info, 1e-12f); }
+__device__ __forceinline__ float inv_size(float size) { return 1.0f / size; }
+
 // The batch element's maxima of 1 / info and 1 / size (for the enabled factors), reduced by the whole
 // block into every thread's mi, ms (max is exact: no order dependence).
 template <typename T>
@@ -84,8 +89,8 @@ __device__ void batch_maxima(const T* __restrict__ ib, const T* __restrict__ sb,
   mi = neg_inf();
   ms = neg_inf();
   for (int n = threadIdx.x; n < N; n += blockDim.x) {
-    if (e_info > 0.0f) mi = fmaxf(mi, 1.0f / fmaxf(to_float(ib[n]), 1e-12f));
-    if (e_size > 0.0f) ms = fmaxf(ms, 1.0f / to_float(sb[n]));
+    if (e_info > 0.0f) mi = fmaxf(mi, inv_info(to_float(ib[n])));
+    if (e_size > 0.0f) ms = fmaxf(ms, inv_size(to_float(sb[n])));
   }
   mi = block_max(mi, scratch);
   ms = block_max(ms, scratch);
@@ -102,8 +107,8 @@ __device__ void tile_factors(const T* __restrict__ ib, const T* __restrict__ sb,
     const int side = q / tile, row = q % tile;
     const int tok = side == 0 ? 2 * (a0 + row) : 2 * (j0 + row) + 1;
     const bool ok = side == 0 ? a0 + row < Na : j0 + row < Nb;
-    fi[q] = ok && e_info > 0.0f ? pow_like_torch((1.0f / fmaxf(to_float(ib[tok]), 1e-12f)) / mi, e_info) : 1.0f;
-    fs[q] = ok && e_size > 0.0f ? pow_like_torch((1.0f / to_float(sb[tok])) / ms, e_size) : 1.0f;
+    fi[q] = ok && e_info > 0.0f ? pow_like_torch(inv_info(to_float(ib[tok])) / mi, e_info) : 1.0f;
+    fs[q] = ok && e_size > 0.0f ? pow_like_torch(inv_size(to_float(sb[tok])) / ms, e_size) : 1.0f;
   }
 }
 
@@ -137,6 +142,25 @@ __device__ __forceinline__ void unpack_half2(unsigned v, float* out) {
 }
 __device__ __forceinline__ unsigned pack_half2(const float* in) {
   return (unsigned)from_float<half_bits>(in[0]) | ((unsigned)from_float<half_bits>(in[1]) << 16);
+}
+// ss plus the squares of 8 halves (16 bytes), in the order both tensor-core score kernels sum a row's
+// norm: each pair's second channel, then its first, pair by pair.
+__device__ __forceinline__ float add_squares8(const uint4& v, float ss) {
+  const unsigned w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {
+    float h[2];
+    unpack_half2(w[u], h);
+    ss = fmaf(h[0], h[0], fmaf(h[1], h[1], ss));
+  }
+  return ss;
+}
+// 1 / |row| from the partial sums of squares of the 16 adjacent lanes that share the row (a fixed xor
+// tree: every lane of the 16 gets the same bits). Every lane of the warp must call it.
+__device__ __forceinline__ float inv_norm16(float ss) {
+#pragma unroll
+  for (int o = 1; o < 16; o <<= 1) ss += __shfl_xor_sync(kFullMask, ss, o);
+  return 1.0f / fmaxf(sqrtf(ss), 1e-12f);
 }
 template <>
 __device__ __forceinline__ void load_vec<half_bits, 4>(const half_bits* p, float* out) {
@@ -371,15 +395,8 @@ __device__ void scores_tile_mma(const half_bits* __restrict__ metric, const half
   for (int c0 = 0; c0 < Cm; c0 += kMmaK) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const unsigned wa[4] = {va[i].x, va[i].y, va[i].z, va[i].w}, wb[4] = {vb[i].x, vb[i].y, vb[i].z, vb[i].w};
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        float lo[2], hi[2];
-        unpack_half2(wa[u], lo);
-        unpack_half2(wb[u], hi);
-        ssa[i] = fmaf(lo[0], lo[0], fmaf(lo[1], lo[1], ssa[i]));
-        ssb[i] = fmaf(hi[0], hi[0], fmaf(hi[1], hi[1], ssb[i]));
-      }
+      ssa[i] = add_squares8(va[i], ssa[i]);
+      ssb[i] = add_squares8(vb[i], ssb[i]);
       *reinterpret_cast<uint4*>(&As[lrow + RS * i][lcol]) = va[i];
       *reinterpret_cast<uint4*>(&Bs[lrow + RS * i][lcol]) = vb[i];
     }
@@ -410,14 +427,10 @@ __device__ void scores_tile_mma(const half_bits* __restrict__ metric, const half
   // Row norms: the 16 loaders of a row are adjacent lanes.
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-#pragma unroll
-    for (int o = 1; o < 16; o <<= 1) {
-      ssa[i] += __shfl_xor_sync(kFullMask, ssa[i], o);
-      ssb[i] += __shfl_xor_sync(kFullMask, ssb[i], o);
-    }
+    const float inv_a = inv_norm16(ssa[i]), inv_b = inv_norm16(ssb[i]);
     if (tid % 16 == 0) {
-      rn[0][lrow + RS * i] = 1.0f / fmaxf(sqrtf(ssa[i]), 1e-12f);
-      rn[1][lrow + RS * i] = 1.0f / fmaxf(sqrtf(ssb[i]), 1e-12f);
+      rn[0][lrow + RS * i] = inv_a;
+      rn[1][lrow + RS * i] = inv_b;
     }
   }
   tile_factors(ib, sb, a0, j0, TILE, Na, Nb, mi, ms, e_info, e_size, &fi[0][0], &fs[0][0]);
@@ -1209,6 +1222,21 @@ __device__ void match_scores(const float* S, float* tables, int64* __restrict__ 
   mark(8);
 }
 
+// dst[i] = src[i] for i < units by the whole block, eight loads in flight per thread before their stores.
+template <typename U>
+__device__ __forceinline__ void copy_units(U* dst, const U* __restrict__ src, int units) {
+  const int bd = blockDim.x;
+  int i = threadIdx.x;
+  for (; i + 7 * bd < units; i += 8 * bd) {
+    U v[8];
+#pragma unroll
+    for (int u = 0; u < 8; ++u) v[u] = src[i + u * bd];
+#pragma unroll
+    for (int u = 0; u < 8; ++u) dst[i + u * bd] = v[u];
+  }
+  for (; i < units; i += bd) dst[i] = src[i];
+}
+
 template <bool kTimed>
 __device__ void match(const float* __restrict__ scores, int64* __restrict__ dest, int N, int r, int bidirectional,
                       int scores_in_shared, long long* __restrict__ phase_clock) {
@@ -1228,36 +1256,16 @@ __device__ void match(const float* __restrict__ scores, int64* __restrict__ dest
   float* tables = ssm + (scores_in_shared ? Na * Nb : 0);
   const float* S = scores + (int64)b * Na * Nb;
   if (scores_in_shared) {
-    // Eight loads in flight per thread before their stores: a plain loop waits out the latency of
-    // every load in turn. Pairs of floats where the batch element's scores are 8-byte aligned (Na Nb
-    // even, or an even b): half the loads. At N = 197 (4851 pairs) no thread has eight, so the copy runs
-    // in the tail loop, about five rounds of one pair per thread; guarded loads in the batched loop would
-    // make that one round (not yet measured: plugins/token_fusion/PERF_NOTES.md).
+    // Pairs of floats where the batch element's scores are 8-byte aligned (Na Nb even, or an even b):
+    // half the loads. At N = 197 (4851 pairs) no thread has eight, so copy_units runs its tail loop,
+    // about five rounds of one pair per thread; guarded loads in its batched loop would make that one
+    // round (not yet measured: plugins/token_fusion/PERF_NOTES.md).
     const int total = Na * Nb;
     const bool pairs = (reinterpret_cast<unsigned long long>(S) & 7u) == 0;
-    const int units = pairs ? total / 2 : total;
-    int i = tid;
-    for (; i + 7 * bd < units; i += 8 * bd) {
-      if (pairs) {
-        float2 v[8];
-#pragma unroll
-        for (int u = 0; u < 8; ++u) v[u] = reinterpret_cast<const float2*>(S)[i + u * bd];
-#pragma unroll
-        for (int u = 0; u < 8; ++u) reinterpret_cast<float2*>(ssm)[i + u * bd] = v[u];
-      } else {
-        float v[8];
-#pragma unroll
-        for (int u = 0; u < 8; ++u) v[u] = S[i + u * bd];
-#pragma unroll
-        for (int u = 0; u < 8; ++u) ssm[i + u * bd] = v[u];
-      }
-    }
-    for (; i < units; i += bd) {
-      if (pairs)
-        reinterpret_cast<float2*>(ssm)[i] = reinterpret_cast<const float2*>(S)[i];
-      else
-        ssm[i] = S[i];
-    }
+    if (pairs)
+      copy_units(reinterpret_cast<float2*>(ssm), reinterpret_cast<const float2*>(S), total / 2);
+    else
+      copy_units(ssm, S, total);
     if (pairs && (total & 1) && tid == 0) ssm[total - 1] = S[total - 1];
     __syncthreads();
     S = ssm;
@@ -1267,18 +1275,20 @@ __device__ void match(const float* __restrict__ scores, int64* __restrict__ dest
 }
 
 // The scores and the matching in one launch, one block (1024 threads) per batch element, for float16
-// metrics of Cm <= 128 channels (cuda.SCORES_MATCH_MAX_CHANNELS; Cm % 8 == 0, 16-byte aligned rows ldm elements apart)
-// and N <= 256 tokens: the launch and the scores' round trip through global memory that separate
-// scores_tile_mma and match cost are what small batches wait on. The batch element's metric rows are
-// staged once in shared memory, A rows (even tokens) then B rows (odd), each Cm rounded up to 16 channels
-// (zeros) plus 8 halves of padding (conflict-free fragments), the row counts rounded up to the mma tile
-// (16 A rows, 8 B rows; zero rows). Every value is computed as scores_tile_mma computes it, so the scores,
-// and the dest they give, equal the split launches' bit for bit:
-//   - a row's norm: 16 adjacent lanes, lane l summing the squares of channels 8 l .. 8 l + 7 in the same
-//     order, then the same shuffle tree (scores_tile_mma's single 128-channel step for Cm <= 128);
+// metrics of Cm <= 128 channels (cuda.SCORES_MATCH_MAX_CHANNELS; Cm % 8 == 0, 16-byte aligned rows ldm
+// elements apart) and N <= 256 tokens: the scores never make the round trip through global memory. All
+// the score work of a batch element runs on one SM, so at small batches the split launches, whose score
+// kernel spreads it over many, are faster (the launcher's threshold: cuda.SCORES_MATCH_MIN_BATCH_PER_SM).
+// The batch element's metric rows are staged once in shared memory, A rows (even tokens) then B rows
+// (odd), each Cm rounded up to 16 channels (zeros) plus 8 halves of padding (conflict-free fragments), the
+// row counts rounded up to the mma tile (16 A rows, 8 B rows; zero rows). Every value is computed as
+// scores_tile_mma computes it, so the scores, and the dest they give, equal the split launches' bit for
+// bit:
+//   - a row's norm: 16 adjacent lanes, lane l summing the squares of channels 8 l .. 8 l + 7
+//     (add_squares8), then inv_norm16 (scores_tile_mma's single 128-channel step for Cm <= 128);
 //   - a dot product: m16n8k16 products over the channels 16 at a time in increasing order (the zero
 //     channels past Cm that scores_tile_mma adds change no bit);
-//   - the factors and score_of as tile_factors and the epilogue.
+//   - the factors from inv_info / inv_size as batch_maxima and tile_factors, and score_of.
 // Warp w computes the 16 x 8 output units w, w + 32, ... (at most kScoresMatchUnits per warp: N <= 256),
 // holding them in registers until every warp is done with the staged rows, whose shared memory then
 // receives the Na x Nb scores (a union: the rows are not needed again). Then match_scores.
@@ -1334,13 +1344,13 @@ __device__ void scores_match(const half_bits* __restrict__ metric, const half_bi
   }
   // The batch element's maxima of 1 / info and 1 / size, as batch_maxima (its barriers publish the rows),
   // then token n's factors, as tile_factors.
-  float mi = tid < N && e_info > 0.0f ? 1.0f / fmaxf(info_n, 1e-12f) : neg_inf();
-  float ms = tid < N && e_size > 0.0f ? 1.0f / size_n : neg_inf();
+  float mi = tid < N && e_info > 0.0f ? inv_info(info_n) : neg_inf();
+  float ms = tid < N && e_size > 0.0f ? inv_size(size_n) : neg_inf();
   mi = block_max(mi, fscratch);
   ms = block_max(ms, fscratch);
   if (tid < N) {
-    fi[tid] = e_info > 0.0f ? pow_like_torch((1.0f / fmaxf(info_n, 1e-12f)) / mi, e_info) : 1.0f;
-    fs[tid] = e_size > 0.0f ? pow_like_torch((1.0f / size_n) / ms, e_size) : 1.0f;
+    fi[tid] = e_info > 0.0f ? pow_like_torch(inv_info(info_n) / mi, e_info) : 1.0f;
+    fs[tid] = e_size > 0.0f ? pow_like_torch(inv_size(size_n) / ms, e_size) : 1.0f;
   }
 
   // Norms: token n by the 16 lanes tid / 16 == n (mod 64), as scores_tile_mma's loaders sum them.
@@ -1348,19 +1358,10 @@ __device__ void scores_match(const half_bits* __restrict__ metric, const half_bi
   for (int n0 = 2 * warp; n0 < N; n0 += 2 * (bd >> 5)) {  // warp-uniform: the shuffles need all 32 lanes
     const int n = n0 + (lane >> 4), l = lane & 15;
     float ss = 0.0f;
-    if (n < N && 8 * l < CmP) {
-      const uint4 w4 = *reinterpret_cast<const uint4*>(rows + stage_row(n) * LD + 8 * l);
-      const unsigned w[4] = {w4.x, w4.y, w4.z, w4.w};
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        float h[2];
-        unpack_half2(w[u], h);
-        ss = fmaf(h[0], h[0], fmaf(h[1], h[1], ss));
-      }
-    }
-#pragma unroll
-    for (int o = 1; o < 16; o <<= 1) ss += __shfl_xor_sync(kFullMask, ss, o);
-    if (n < N && l == 0) rn[n] = 1.0f / fmaxf(sqrtf(ss), 1e-12f);
+    if (n < N && 8 * l < CmP)
+      ss = add_squares8(*reinterpret_cast<const uint4*>(rows + stage_row(n) * LD + 8 * l), ss);
+    const float inv = inv_norm16(ss);
+    if (n < N && l == 0) rn[n] = inv;
   }
 
   // The dot products: unit u = warp + 32 k is rows (u / NT) * 16 .. + 15 of A, (u % NT) * 8 .. + 7 of B;

@@ -236,6 +236,16 @@ SCORES_MATCH_CASES = [
 ]
 
 
+def _strided_metric_inputs(b: int, n: int, cm: int, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """Float16 metric [b, n, cm] read in place as a slice of wider rows (as the models' key mean is), info
+    (attention received ~ 1/N) and size in 1..3 [b, n], from ``g`` (on the device the tensors go to)."""
+    device = g.device
+    metric = torch.randn(b, n, cm + 8, device=device, generator=g).half()[..., :cm]
+    info = (torch.rand(b, n, device=device, generator=g) / n + 1e-4).half()
+    size = torch.randint(1, 4, (b, n), device=device, generator=g).half()
+    return metric, info, size
+
+
 def check_scores_match(
     b: int, n: int, cm: int, r: int, preset: dict[str, Any], protected: int, device: str
 ) -> None:
@@ -247,9 +257,7 @@ def check_scores_match(
     attrs = TokenFusionAttrs(r=r, num_protected=protected, **preset)
     g = torch.Generator(device=device).manual_seed(n * 7 + cm)
     x = torch.randn(b, n, 40, device=device, generator=g).half()
-    metric = torch.randn(b, n, cm + 8, device=device, generator=g).half()[..., :cm]
-    info = (torch.rand(b, n, device=device, generator=g) / n + 1e-4).half()
-    size = torch.randint(1, 4, (b, n), device=device, generator=g).half()
+    metric, info, size = _strided_metric_inputs(b, n, cm, g)
     fused = token_fusion_cuda(x, metric, info, size, attrs, fused_match=True)
     split = token_fusion_cuda(x, metric, info, size, attrs, fused_match=False)
     for name, one, two in zip(("x_fused", "size_fused", "dest"), fused, split, strict=True):
@@ -264,10 +272,9 @@ def check_mma_tiles(b: int, n: int, cm: int, protected: int, device: str) -> Non
     from vitrt.plugins.token_fusion.cuda import fusion_scores_cuda
 
     attrs = TokenFusionAttrs(r=1, num_protected=protected, **MCTF)
-    g = torch.Generator(device=device).manual_seed(n * 3 + cm)
-    metric = torch.randn(b, n, cm + 8, device=device, generator=g).half()[..., :cm]
-    info = (torch.rand(b, n, device=device, generator=g) / n + 1e-4).half()
-    size = torch.randint(1, 4, (b, n), device=device, generator=g).half()
+    metric, info, size = _strided_metric_inputs(
+        b, n, cm, torch.Generator(device=device).manual_seed(n * 3 + cm)
+    )
     small = fusion_scores_cuda(metric, info, size, attrs, mma_tile=32)
     assert torch.equal(fusion_scores_cuda(metric, info, size, attrs, mma_tile=64), small)
     ref = tf_ref.fusion_scores(metric, info, size, attrs.tau_sim, attrs.tau_info, attrs.tau_size, protected)
