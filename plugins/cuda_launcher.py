@@ -452,10 +452,19 @@ def kernels_apply(t: Tensor) -> bool:
 def check_kernel_tensor(name: str, t: Tensor, device: Any) -> None:
     """Raise ValueError unless ``t`` can feed the kernels: a CUDA tensor on ``device``, or while emulating
     a CPU tensor (the emulator dereferences host addresses: a CUDA tensor there would crash it)."""
-    ok = t.device.type == "cpu" if emulating() else t.is_cuda
-    if not ok or t.device != device:
-        where = "a CPU tensor (kernels are emulated)" if emulating() else "a CUDA tensor"
-        raise ValueError(f"{name} must be {where} on {device}, got device {t.device}")
+    emulated = emulating()
+    if not (t.device.type == "cpu" if emulated else t.is_cuda):
+        if emulated:
+            raise ValueError(
+                f"{name} must be a CPU tensor (kernels are emulated), got a tensor on {t.device}"
+            )
+        raise ValueError(
+            f"{name} must be a CUDA tensor, got a tensor on {t.device}: move the inputs to the GPU"
+        )
+    if t.device != device:
+        raise ValueError(
+            f"{name} must be on {device}, the device of the other inputs, got a tensor on {t.device}"
+        )
 
 
 def kernel_stream(t: Tensor) -> int:
