@@ -171,6 +171,33 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const unsigned (&a)[4],
 #endif
 }
 
+// ---- ldmatrix: M (2 or 4) 8 x 8 float16 matrices from shared memory into one warp's fragments ----------
+// Lane l gives the shared-memory address of row l % 8 of matrix l / 8 (8 contiguous halves, 16-byte
+// aligned; lanes 8 M .. 31 give none that is used); r[m] of lane l receives row l / 4 of matrix m, columns
+// 2 (l % 4) and 2 (l % 4) + 1 (the lower column in the low half): exactly what 32-bit loads of those two
+// halves give, in one instruction per warp instead of M. The CPU emulator reads the same halves through
+// the other lanes' addresses after one barrier.
+template <int M>
+__device__ __forceinline__ void ldmatrix(unsigned (&r)[M], const half_bits* row) {
+  static_assert(M == 2 || M == 4, "ldmatrix of 2 or 4 matrices");
+#ifdef VITRT_CPU_EMULATION
+  const int lane = threadIdx.x & 31;
+  const auto all = ::vitrt_emu::share(kFullMask, row);
+  for (int m = 0; m < M; ++m) {
+    const half_bits* p = all[8 * m + lane / 4] + 2 * (lane % 4);
+    r[m] = (unsigned)p[0] | ((unsigned)p[1] << 16);
+  }
+#else
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  if constexpr (M == 4)
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+  else
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(addr));
+#endif
+}
+
 // 2^x by the SFU (ex2.approx: a relative error near 2^-22, no denormals); exp2f on the CPU emulator.
 __device__ __forceinline__ float fast_exp2(float x) {
 #ifdef VITRT_CPU_EMULATION

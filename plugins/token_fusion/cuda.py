@@ -52,6 +52,8 @@ SCORE_TILES = (64, 32)
 MMA_TILES = (64, 32)
 """Sides of the tensor-core score kernels' tiles (float16 metrics with Cm % 8 == 0): 64, or 32 where
 64-tiles would not fill the GPU. Both give the same bits."""
+MMA_THREADS = 256
+"""Threads of either tensor-core score kernel (token_fusion.cu's kMmaThreads)."""
 INFO_QK_HEAD_DIMS = (32, 64, 128)
 """Head dims of the attention_info kernels that read q and k (float16 on tensor cores)."""
 INFO_QK_MAX_TOKENS = 256
@@ -140,7 +142,7 @@ def workspace_bytes(d: FusionDims) -> int:
 
 def _match_table_bytes(tokens: int) -> int:
     na, nb = set_sizes(tokens)
-    return 4 * (4 * na + 3 * nb + tokens)
+    return 4 * (4 * na + 3 * nb)
 
 
 def scores_in_shared(tokens: int) -> bool:
@@ -151,7 +153,7 @@ def scores_in_shared(tokens: int) -> bool:
 
 def match_shared_bytes(tokens: int) -> int:
     """Dynamic shared memory of ``vitrt_tf_match`` for N tokens, in bytes: the scores (when
-    ``scores_in_shared``) plus 4 Na + 3 Nb + N ints."""
+    ``scores_in_shared``) plus 4 Na + 3 Nb ints."""
     na, nb = set_sizes(tokens)
     return (4 * na * nb if scores_in_shared(tokens) else 0) + _match_table_bytes(tokens)
 
@@ -219,7 +221,7 @@ def enqueue_scores(
             raise ValueError(f"tensor-core score tile must be one of {MMA_TILES}, got {side}")
         name = "vitrt_tf_scores_mma_f16" if side == 32 else f"vitrt_tf_scores_mma{side}_f16"
         launch(
-            mod, name, (-(-nb // side), -(-na // side), d.batch), (4 * side, 1, 1),
+            mod, name, (-(-nb // side), -(-na // side), d.batch), (MMA_THREADS, 1, 1),
             [*head, i32(attrs.num_protected)], stream,
         )  # fmt: skip
         return
@@ -244,7 +246,7 @@ def enqueue_scores(
 
 MATCH_PHASES = (
     "start", "scores to shared memory", "best B partner of each A token", "A ranks", "slots of unmerged A",
-    "best A slot of each B token", "B ranks", "dest", "dest written",
+    "best A slot of each B token", "B ranks", "dest written",
 )  # fmt: skip
 """The clock marks of ``vitrt_tf_match_timed`` (its phase_clock), each named by the step it ends."""
 

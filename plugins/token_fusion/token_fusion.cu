@@ -340,20 +340,26 @@ __device__ void scores_tile(const T* __restrict__ metric, const T* __restrict__ 
 }
 
 // The score tile on tensor cores, for float16 metrics (Cm % 8 == 0, 16-byte aligned rows): a TILE x TILE
-// tile (32 or 64) by 4 TILE threads, TILE / 8 warps in 2 rows of TILE / 16; warp w computes rows
-// (w / (TILE / 16)) * TILE / 2 .. + TILE / 2 - 1 and columns (w % (TILE / 16)) * 16 .. + 15 of it as
-// m16n8k16 products (TILE / 32 x 2 per 16 channels; float32 accumulation; mma_16816). Rows stream through
+// tile (32 or 64) by kMmaThreads = 256 threads, 8 warps in 2 rows of 4; warp w computes rows
+// (w / 4) * TILE / 2 .. + TILE / 2 - 1 and columns (w % 4) * TILE / 4 .. + TILE / 4 - 1 of it as m16n8k16
+// products (TILE / 32 x TILE / 32 per 16 channels; float32 accumulation; mma_16816). Rows stream through
 // shared memory 128 channels at a time as 16-byte vectors (the next step's vectors requested before the
-// current step's products), the loaders summing the squares for the norms; the epilogue is scores_tile's.
+// current step's products), the loaders summing the squares for the norms; the epilogue computes
+// scores_tile's values.
 // Both tiles give the same bits: a row's norm is summed by the same 16 lanes' roles, each dot product
-// over the channels in the same order. The 64 tile reads each metric row half as often (large batches).
+// over the channels in the same order. The 64 tile reads each metric row half as often (large batches);
+// the 32 tile has four times the blocks (small batches), and its 8 warps (4 until the H100 profile of
+// 2026-11-27 showed each warp's 2000-instruction chain was the kernel's time at batch 1) split the work.
 constexpr int kMmaK = 128, kMmaLd = kMmaK + 8;  // +8 halves: conflict-free fragments
+constexpr int kMmaThreads = 256;
 template <int TILE>
 __device__ void scores_tile_mma(const half_bits* __restrict__ metric, const half_bits* __restrict__ info,
                                 const half_bits* __restrict__ size, float* __restrict__ scores, int N, int Cm,
                                 int ldm, float e_sim, float e_info, float e_size, int num_protected) {
-  constexpr int RS = TILE / 4;                       // rows a step's loaders cover at once
-  constexpr int WN = TILE / 16, MI = TILE / 32;       // warps along the columns; m16 fragments per warp
+  constexpr int RS = kMmaThreads / 16;  // rows a step's loaders cover at once (16 lanes per row)
+  constexpr int P = TILE / RS;          // loader passes per step
+  constexpr int MI = TILE / 32;         // m16 fragments per warp (rows)
+  constexpr int NJ = TILE / 32;         // n8 fragments per warp (columns)
   __shared__ __align__(16) half_bits As[TILE][kMmaLd];
   __shared__ __align__(16) half_bits Bs[TILE][kMmaLd];
   __shared__ float rn[2][TILE], fi[2][TILE], fs[2][TILE];
@@ -365,14 +371,16 @@ __device__ void scores_tile_mma(const half_bits* __restrict__ metric, const half
   const half_bits* ib = info + (int64)b * N;
   const half_bits* sb = size + (int64)b * N;
 
-  // Loader role: vector v = tid + 4 TILE i (i < 4) of a step is row v / 16, channels (v % 16) * 8 .. + 7
-  // of both sides; the 16 loaders of a row are 16 adjacent lanes.
+  // Loader role: vector v = tid + kMmaThreads i (i < P) of a step is row v / 16, channels (v % 16) * 8
+  // .. + 7 of both sides; the 16 loaders of a row are 16 adjacent lanes.
   const int lrow = tid / 16, lcol = (tid % 16) * 8;
-  float ssa[4] = {0.0f, 0.0f, 0.0f, 0.0f}, ssb[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  uint4 va[4], vb[4];
+  float ssa[P], ssb[P];
+  uint4 va[P], vb[P];
+#pragma unroll
+  for (int i = 0; i < P; ++i) ssa[i] = ssb[i] = 0.0f;
   auto load_step = [&](int c0) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < P; ++i) {
       const int row = lrow + RS * i, c = c0 + lcol;
       const bool a_ok = a0 + row < Na && c < Cm, b_ok = j0 + row < Nb && c < Cm;
       const uint4 zero = {0u, 0u, 0u, 0u};
@@ -384,17 +392,17 @@ __device__ void scores_tile_mma(const half_bits* __restrict__ metric, const half
   float mi, ms;  // while the first loads fly
   batch_maxima(ib, sb, N, e_info, e_size, scratch, mi, ms);
 
-  const int wm = (warp / WN) * (TILE / 2), wn = (warp % WN) * 16;
-  float acc[MI][2][4];
+  const int wm = (warp / 4) * (TILE / 2), wn = (warp % 4) * (TILE / 4);
+  float acc[MI][NJ][4];
 #pragma unroll
-  for (int mi = 0; mi < MI; ++mi)
+  for (int m = 0; m < MI; ++m)
 #pragma unroll
-    for (int j = 0; j < 2; ++j)
+    for (int j = 0; j < NJ; ++j)
 #pragma unroll
-      for (int q = 0; q < 4; ++q) acc[mi][j][q] = 0.0f;
+      for (int q = 0; q < 4; ++q) acc[m][j][q] = 0.0f;
   for (int c0 = 0; c0 < Cm; c0 += kMmaK) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < P; ++i) {
       ssa[i] = add_squares8(va[i], ssa[i]);
       ssb[i] = add_squares8(vb[i], ssb[i]);
       *reinterpret_cast<uint4*>(&As[lrow + RS * i][lcol]) = va[i];
@@ -404,21 +412,22 @@ __device__ void scores_tile_mma(const half_bits* __restrict__ metric, const half
     if (c0 + kMmaK < Cm) load_step(c0 + kMmaK);
 #pragma unroll
     for (int k0 = 0; k0 < kMmaK; k0 += 16) {
-      unsigned fb[2][2];
+      // The fragments by ldmatrix (one instruction per 4 matrices: the kernel is issue-bound). Lane l
+      // addresses row l % 8 of matrix mm = l / 8: for B, mm = 2 j + (k half) (lanes past the 2 NJ
+      // matrices repeat the first ones' rows, unused); for A, mm = 2 (k half) + (row half), the order of
+      // mma_16816's a[0..3].
+      const int mm = lane >> 3, r8 = lane & 7, mb = mm & (2 * NJ - 1);
+      unsigned fbv[2 * NJ];
+      ldmatrix<2 * NJ>(fbv, &Bs[wn + 8 * (mb >> 1) + r8][k0 + 8 * (mb & 1)]);
 #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        fb[j][0] = *reinterpret_cast<const unsigned*>(&Bs[wn + 8 * j + g][k0 + 2 * t]);
-        fb[j][1] = *reinterpret_cast<const unsigned*>(&Bs[wn + 8 * j + g][k0 + 2 * t + 8]);
-      }
+      for (int m = 0; m < MI; ++m) {
+        unsigned fa[4];
+        ldmatrix<4>(fa, &As[wm + 16 * m + 8 * (mm & 1) + r8][k0 + 8 * (mm >> 1)]);
 #pragma unroll
-      for (int mi = 0; mi < MI; ++mi) {
-        const int ra = wm + 16 * mi + g;
-        const unsigned fa[4] = {*reinterpret_cast<const unsigned*>(&As[ra][k0 + 2 * t]),
-                                *reinterpret_cast<const unsigned*>(&As[ra + 8][k0 + 2 * t]),
-                                *reinterpret_cast<const unsigned*>(&As[ra][k0 + 2 * t + 8]),
-                                *reinterpret_cast<const unsigned*>(&As[ra + 8][k0 + 2 * t + 8])};
-#pragma unroll
-        for (int j = 0; j < 2; ++j) mma_16816(acc[mi][j], fa, fb[j]);
+        for (int j = 0; j < NJ; ++j) {
+          const unsigned fb[2] = {fbv[2 * j], fbv[2 * j + 1]};
+          mma_16816(acc[m][j], fa, fb);
+        }
       }
     }
     __syncthreads();
@@ -426,7 +435,7 @@ __device__ void scores_tile_mma(const half_bits* __restrict__ metric, const half
 
   // Row norms: the 16 loaders of a row are adjacent lanes.
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < P; ++i) {
     const float inv_a = inv_norm16(ssa[i]), inv_b = inv_norm16(ssb[i]);
     if (tid % 16 == 0) {
       rn[0][lrow + RS * i] = inv_a;
@@ -436,20 +445,55 @@ __device__ void scores_tile_mma(const half_bits* __restrict__ metric, const half
   tile_factors(ib, sb, a0, j0, TILE, Na, Nb, mi, ms, e_info, e_size, &fi[0][0], &fs[0][0]);
   __syncthreads();
 
+  // Epilogue: a thread's accumulators cover rows wm + 16 m + g + 8 h (h < 2) and column pairs
+  // wn + 8 j + 2 t, + 1. Their factors are read into registers once (the score stores below go through
+  // a generic pointer, which would otherwise make the compiler reload them after every store), and each
+  // column pair is one 8-byte store where the address allows (the scores' rows may start at odd floats).
+  float ra_n[MI][2], ra_i[MI][2], ra_s[MI][2], rb_n[NJ][2], rb_i[NJ][2], rb_s[NJ][2];
+#pragma unroll
+  for (int m = 0; m < MI; ++m)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int ra = wm + 16 * m + g + 8 * h;
+      ra_n[m][h] = rn[0][ra];
+      ra_i[m][h] = fi[0][ra];
+      ra_s[m][h] = fs[0][ra];
+    }
+#pragma unroll
+  for (int j = 0; j < NJ; ++j)
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      const int rb = wn + 8 * j + 2 * t + u;
+      rb_n[j][u] = rn[1][rb];
+      rb_i[j][u] = fi[1][rb];
+      rb_s[j][u] = fs[1][rb];
+    }
   float* out = scores + (int64)b * Na * Nb;
 #pragma unroll
-  for (int mi = 0; mi < MI; ++mi)
+  for (int m = 0; m < MI; ++m)
 #pragma unroll
-    for (int j = 0; j < 2; ++j)
+    for (int h = 0; h < 2; ++h) {
+      const int a = a0 + wm + 16 * m + g + 8 * h;
+      if (a >= Na) continue;
+      float* row = out + (int64)a * Nb;
+      const bool a_protected = 2 * a < num_protected;
 #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const int ra = wm + 16 * mi + g + (q >> 1) * 8, rb = wn + 8 * j + 2 * t + (q & 1);
-        const int a = a0 + ra, jj = j0 + rb;
-        if (a >= Na || jj >= Nb) continue;
-        out[(int64)a * Nb + jj] =
-            score_of(acc[mi][j][q], rn[0][ra], rn[1][rb], fi[0][ra], fi[1][rb], fs[0][ra], fs[1][rb], e_sim,
-                     2 * a < num_protected || 2 * jj + 1 < num_protected);
+      for (int j = 0; j < NJ; ++j) {
+        const int jj = j0 + wn + 8 * j + 2 * t;  // even
+        if (jj >= Nb) continue;
+        float s[2];
+#pragma unroll
+        for (int u = 0; u < 2; ++u)
+          s[u] = score_of(acc[m][j][2 * h + u], ra_n[m][h], rb_n[j][u], ra_i[m][h], rb_i[j][u], ra_s[m][h],
+                          rb_s[j][u], e_sim, a_protected || 2 * (jj + u) + 1 < num_protected);
+        if (jj + 1 < Nb && (reinterpret_cast<unsigned long long>(row + jj) & 7u) == 0) {
+          *reinterpret_cast<float2*>(row + jj) = float2{s[0], s[1]};
+        } else {
+          row[jj] = s[0];
+          if (jj + 1 < Nb) row[jj + 1] = s[1];
+        }
       }
+    }
 }
 
 // A LayerNorm over the channels applied to the merged rows (a fused block's norm after the fusion):
@@ -1030,17 +1074,18 @@ __device__ void info_mean(const float* __restrict__ colsum, T* __restrict__ info
 // Stable descending rank of values[i] among values[0, n), by the group of G adjacent lanes that shares i:
 // how many are larger, or equal with a lower index (ties -> lower index first). Each lane counts every
 // G-th value, the group adds the counts. Every lane of the warp must call it (i < 0: a lane with no row,
-// which counts nothing).
+// which counts nothing). The lane's values before i count when >= v, the others when > v: the same
+// count as "w > v || (w == v && o < i)" (NaN counts nowhere in either) with one comparison per value.
 template <int G>
 __device__ __forceinline__ int rank_desc(const float* values, int n, int i, int sub) {
   int cnt = 0;
   if (i >= 0) {
     const float v = values[i];
+    int o = sub;
 #pragma unroll 4
-    for (int o = sub; o < n; o += G) {
-      const float w = values[o];
-      cnt += (w > v || (w == v && o < i)) ? 1 : 0;
-    }
+    for (; o < i; o += G) cnt += values[o] >= v ? 1 : 0;
+#pragma unroll 4
+    for (; o < n; o += G) cnt += values[o] > v ? 1 : 0;
   }
 #pragma unroll
   for (int o = G / 2; o > 0; o >>= 1) cnt += __shfl_xor_sync(kFullMask, cnt, o);
@@ -1071,12 +1116,14 @@ __device__ void copy(const T* __restrict__ x, const T* __restrict__ size, T* __r
                          vec4);                                                                          \
   }
 // The tensor-core score tiles: vitrt_tf_scores_mma_f16 (32 x 32) and vitrt_tf_scores_mma64_f16 (64 x 64).
-extern "C" __global__ void __launch_bounds__(128)
+// The 32 tile's minimum of 4 blocks (a 64-register cap): with none, ptxas for sm_100 chose 48 registers
+// and spilled.
+extern "C" __global__ void __launch_bounds__(kMmaThreads, 4)
     vitrt_tf_scores_mma_f16(const half_bits* metric, const half_bits* info, const half_bits* size, float* scores,
                             int N, int Cm, int ldm, float e_sim, float e_info, float e_size, int num_protected) {
   scores_tile_mma<32>(metric, info, size, scores, N, Cm, ldm, e_sim, e_info, e_size, num_protected);
 }
-extern "C" __global__ void __launch_bounds__(256)
+extern "C" __global__ void __launch_bounds__(kMmaThreads)
     vitrt_tf_scores_mma64_f16(const half_bits* metric, const half_bits* info, const half_bits* size,
                               float* scores, int N, int Cm, int ldm, float e_sim, float e_info, float e_size,
                               int num_protected) {
@@ -1096,7 +1143,7 @@ VITRT_TF_SCORES(32, 4, f16, half_bits)
 //            score order.
 // scores_in_shared: copy the batch element's Na x Nb scores into shared memory first (the launcher
 // decides by size; the two phases read rows and columns of them). Dynamic shared memory:
-// (scores_in_shared ? Na Nb : 0) + 4 Na + 3 Nb + N floats / ints (see cuda.py).
+// (scores_in_shared ? Na Nb : 0) + 4 Na + 3 Nb floats / ints (see cuda.py).
 // One block per batch element does everything, so the kernel's time is its longest dependent chain:
 // every O(N^2) step is spread over all 32 warps, a row (or column) per group of kMatchGroup lanes, each
 // lane over every kMatchGroup-th element (arg-max and counts, then log2(kMatchGroup) shuffle steps). A
@@ -1105,14 +1152,18 @@ VITRT_TF_SCORES(32, 4, f16, half_bits)
 // kTimed (vitrt_tf_match_timed, a diagnostic): thread 0 also writes clock64() at the start and after
 // each of the kMatchPhases - 1 steps to phase_clock [B][kMatchPhases] (cuda.MATCH_PHASES names them), so
 // a GPU run can say where the chain's time goes; vitrt_tf_match is compiled without any of it.
-constexpr int kMatchPhases = 9;
+constexpr int kMatchPhases = 8;
 constexpr int kMatchGroup = 8;  // lanes per row (or column) in the arg-max and rank steps
 // Both phases of the matching on one batch element's scores S [Na, Nb] (shared or global memory, ready
 // for every thread), writing dest db [N]; r > 0. The tables sit in shared memory at `tables`: 4 Na + 3 Nb
-// + N floats / ints (cuda._match_table_bytes). mark(phase) after each step (vitrt_tf_match_timed).
-template <typename Mark>
-__device__ void match_scores(const float* S, float* tables, int64* __restrict__ db, int N, int r,
-                             int bidirectional, Mark&& mark) {
+// floats / ints (cuda._match_table_bytes). mark(phase) after each step (vitrt_tf_match_timed).
+// Index: int where S is in shared memory, int64 where it is in global memory. Inlined into each caller,
+// so that where S points into the caller's shared array the compiler sees it and reads it with shared
+// loads (a generic pointer cost every score read a 64-bit address and a generic load: the H100 profile
+// of 2026-11-27).
+template <typename Index, typename Mark>
+__device__ __forceinline__ void match_scores(const float* S, float* tables, int64* __restrict__ db, int N, int r,
+                                             int bidirectional, Mark&& mark) {
   const int Na = (N + 1) / 2, Nb = N / 2;
   const int r1 = bidirectional ? r / 2 : r, r2 = bidirectional ? r - r / 2 : 0, n_unm = Na - r1;
   const int tid = threadIdx.x, bd = blockDim.x;
@@ -1124,7 +1175,6 @@ __device__ void match_scores(const float* S, float* tables, int64* __restrict__ 
   float* nmax2 = reinterpret_cast<float*>(slot + Na);   // [Nb] best score of each B token
   int* nidx2 = reinterpret_cast<int*>(nmax2 + Nb);       // [Nb] its A slot
   int* rank2 = nidx2 + Nb;                               // [Nb]
-  int* dst = rank2 + Nb;                                 // [N]  dest, token order
 
   // Phase 1: best B partner of every A token. A row per group of kMatchGroup lanes (each lane takes every
   // kMatchGroup-th column, the group's arg-max keeps the first maximum): the warp takes 32 / kMatchGroup
@@ -1136,15 +1186,19 @@ __device__ void match_scores(const float* S, float* tables, int64* __restrict__ 
     const int a = a0 + (lane / G);
     float v = 0.0f;
     int i = -1;
-    if (a < Na)
+    if (a < Na && sub < Nb) {  // the lane's first column taken as is, then the first larger one
+      const float* row = S + (Index)a * Nb;
+      v = row[sub];
+      i = sub;
 #pragma unroll 4
-      for (int j = sub; j < Nb; j += G) {
-        const float x = S[(int64)a * Nb + j];
-        if (i < 0 || x > v) {
+      for (int j = sub + G; j < Nb; j += G) {
+        const float x = row[j];
+        if (x > v) {
           v = x;
           i = j;
         }
       }
+    }
     group_argmax<G>(v, i);
     if (sub == 0 && a < Na) {
       nmax[a] = v;
@@ -1188,7 +1242,7 @@ __device__ void match_scores(const float* S, float* tables, int64* __restrict__ 
       if (j < Nb)
 #pragma unroll 4
         for (int a = sub; a < Na; a += G) {
-          const float x = S[(int64)a * Nb + j];
+          const float x = S[(Index)a * Nb + j];
           if (rank[a] >= r1 && (i < 0 || x > v)) {
             v = x;
             i = a;
@@ -1209,20 +1263,23 @@ __device__ void match_scores(const float* S, float* tables, int64* __restrict__ 
     }
     __syncthreads();
     mark(6);
-    for (int j = tid; j < Nb; j += bd) dst[2 * j + 1] = rank2[j] < r2 ? nidx2[j] : n_unm + rank2[j] - r2;
-  } else {
-    for (int j = tid; j < Nb; j += bd) dst[2 * j + 1] = n_unm + j;
   }
-  __syncthreads();
-  // A tokens that merged follow their B partner (which may itself have merged into an A token).
-  for (int a = tid; a < Na; a += bd) dst[2 * a] = rank[a] >= r1 ? slot[a] : dst[2 * nidx[a] + 1];
-  __syncthreads();
+  // dest in token order, straight to global memory: B token j's slot, and an A token's own slot or, where
+  // it merged, its B partner's (which may itself have merged into an A token).
+  auto b_slot = [&](int j) {
+    if (!bidirectional) return n_unm + j;
+    return rank2[j] < r2 ? nidx2[j] : n_unm + rank2[j] - r2;
+  };
+  for (int i = tid; i < N; i += bd) {
+    const int h = i >> 1;
+    db[i] = (i & 1) ? b_slot(h) : rank[h] >= r1 ? slot[h] : b_slot(nidx[h]);
+  }
   mark(7);
-  for (int i = tid; i < N; i += bd) db[i] = dst[i];
-  mark(8);
 }
 
 // dst[i] = src[i] for i < units by the whole block, eight loads in flight per thread before their stores.
+// (Guarded loads in the batched loop, so that a thread with fewer than eight units left would still have
+// them all in flight, made the copy of N = 197's 4851 float pairs slower on an H100: 2361 vs 1916 SM cycles.)
 template <typename U>
 __device__ __forceinline__ void copy_units(U* dst, const U* __restrict__ src, int units) {
   const int bd = blockDim.x;
@@ -1257,9 +1314,7 @@ __device__ void match(const float* __restrict__ scores, int64* __restrict__ dest
   const float* S = scores + (int64)b * Na * Nb;
   if (scores_in_shared) {
     // Pairs of floats where the batch element's scores are 8-byte aligned (Na Nb even, or an even b):
-    // half the loads. At N = 197 (4851 pairs) no thread has eight, so copy_units runs its tail loop,
-    // about five rounds of one pair per thread; guarded loads in its batched loop would make that one
-    // round (not yet measured: plugins/token_fusion/PERF_NOTES.md).
+    // half the loads.
     const int total = Na * Nb;
     const bool pairs = (reinterpret_cast<unsigned long long>(S) & 7u) == 0;
     if (pairs)
@@ -1268,10 +1323,12 @@ __device__ void match(const float* __restrict__ scores, int64* __restrict__ dest
       copy_units(ssm, S, total);
     if (pairs && (total & 1) && tid == 0) ssm[total - 1] = S[total - 1];
     __syncthreads();
-    S = ssm;
+    mark(1);
+    match_scores<int>(ssm, tables, db, N, r, bidirectional, mark);
+  } else {
+    mark(1);
+    match_scores<int64>(S, tables, db, N, r, bidirectional, mark);
   }
-  mark(1);
-  match_scores(S, tables, db, N, r, bidirectional, mark);
 }
 
 // The scores and the matching in one launch, one block (1024 threads) per batch element, for float16
@@ -1407,7 +1464,7 @@ __device__ void scores_match(const half_bits* __restrict__ metric, const half_bi
     }
   }
   __syncthreads();
-  match_scores(ssm, tables, db, N, r, bidirectional, [](int) {});
+  match_scores<int>(ssm, tables, db, N, r, bidirectional, [](int) {});
 }
 
 // (1024, 1): with (1024) alone, ptxas for sm_90 and sm_100 held the matching to 32 registers (two blocks
