@@ -413,12 +413,12 @@ __device__ void scores_tile_mma(const half_bits* __restrict__ metric, const half
 #pragma unroll
     for (int k0 = 0; k0 < kMmaK; k0 += 16) {
       // The fragments by ldmatrix (one instruction per 4 matrices: the kernel is issue-bound). Lane l
-      // addresses row l % 8 of matrix mm = l / 8: for B, mm = 2 j + (k half) (lanes past the 2 NJ
+      // addresses row l % 8 of matrix mm = l / 8: for B, mmb = 2 j + (k half) (lanes past the 2 NJ
       // matrices repeat the first ones' rows, unused); for A, mm = 2 (k half) + (row half), the order of
       // mma_16816's a[0..3].
-      const int mm = lane >> 3, r8 = lane & 7, mb = mm & (2 * NJ - 1);
+      const int mm = lane >> 3, r8 = lane & 7, mmb = mm & (2 * NJ - 1);
       unsigned fbv[2 * NJ];
-      ldmatrix<2 * NJ>(fbv, &Bs[wn + 8 * (mb >> 1) + r8][k0 + 8 * (mb & 1)]);
+      ldmatrix<2 * NJ>(fbv, &Bs[wn + 8 * (mmb >> 1) + r8][k0 + 8 * (mmb & 1)]);
 #pragma unroll
       for (int m = 0; m < MI; ++m) {
         unsigned fa[4];
