@@ -198,6 +198,27 @@ __device__ __forceinline__ void ldmatrix(unsigned (&r)[M], const half_bits* row)
 #endif
 }
 
+// ---- cp.async: 16 bytes from global to shared memory with no register round trip (sm_80+) -------------
+// Zero-fills the 16 bytes where valid is false (src is then not read but must be a mapped address). The
+// copies a thread issues are complete after its cp_async_wait_all; a barrier after that publishes them to
+// the block. The CPU emulator copies at once.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+#ifdef VITRT_CPU_EMULATION
+  if (valid)
+    memcpy(dst, src, 16);
+  else
+    memset(dst, 0, 16);
+#else
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(addr), "l"(src), "r"(valid ? 16 : 0));
+#endif
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+#ifndef VITRT_CPU_EMULATION
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+}
+
 // 2^x by the SFU (ex2.approx: a relative error near 2^-22, no denormals); exp2f on the CPU emulator.
 __device__ __forceinline__ float fast_exp2(float x) {
 #ifdef VITRT_CPU_EMULATION
