@@ -103,39 +103,6 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
   return r;
 }
 
-// In-place exclusive prefix sum of data[0, n) (shared memory) by the whole block; returns the total.
-// `scratch` holds >= 33 ints of shared memory. Integer arithmetic: exact in any order.
-__device__ int block_exclusive_scan(int* data, int n, int* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
-  int carry = 0;
-  for (int base = 0; base < n; base += blockDim.x) {
-    const int idx = base + threadIdx.x;
-    const int x = idx < n ? data[idx] : 0;
-    int incl = x;
-    for (int o = 1; o < 32; o <<= 1) {
-      const int y = __shfl_up_sync(kFullMask, incl, o);
-      if (lane >= o) incl += y;
-    }
-    __syncthreads();  // the previous chunk's readers of scratch are done
-    if (lane == 31) scratch[warp] = incl;
-    __syncthreads();
-    if (warp == 0) {
-      int w = lane < warps ? scratch[lane] : 0;
-      for (int o = 1; o < 32; o <<= 1) {
-        const int y = __shfl_up_sync(kFullMask, w, o);
-        if (lane >= o) w += y;
-      }
-      scratch[lane] = w;  // inclusive warp totals
-    }
-    __syncthreads();
-    const int warp_offset = warp > 0 ? scratch[warp - 1] : 0;
-    if (idx < n) data[idx] = carry + warp_offset + incl - x;
-    carry += scratch[warps - 1];
-  }
-  __syncthreads();
-  return carry;
-}
-
 // ---- tensor cores: D += A B for one warp, m16n8k16, float16 inputs, float32 accumulation ---------------
 // Fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type"), with g = lane / 4
 // and t = lane % 4; every register holds two float16 with the lower column / row index in its low half:

@@ -391,6 +391,40 @@ SELFTEST = r"""
 #include "cuda_common.cuh"
 using namespace vitrt;
 
+// In-place exclusive prefix sum of data[0, n) (shared memory) by the whole block; returns the total.
+// `scratch` holds >= 33 ints of shared memory. No kernel uses a block scan any more (the matching's slots
+// are one warp's ballots); it stays here as a check of the emulator's barriers and __shfl_up_sync.
+__device__ int block_exclusive_scan(int* data, int n, int* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
+  int carry = 0;
+  for (int base = 0; base < n; base += blockDim.x) {
+    const int idx = base + threadIdx.x;
+    const int x = idx < n ? data[idx] : 0;
+    int incl = x;
+    for (int o = 1; o < 32; o <<= 1) {
+      const int y = __shfl_up_sync(kFullMask, incl, o);
+      if (lane >= o) incl += y;
+    }
+    __syncthreads();  // the previous chunk's readers of scratch are done
+    if (lane == 31) scratch[warp] = incl;
+    __syncthreads();
+    if (warp == 0) {
+      int w = lane < warps ? scratch[lane] : 0;
+      for (int o = 1; o < 32; o <<= 1) {
+        const int y = __shfl_up_sync(kFullMask, w, o);
+        if (lane >= o) w += y;
+      }
+      scratch[lane] = w;  // inclusive warp totals
+    }
+    __syncthreads();
+    const int warp_offset = warp > 0 ? scratch[warp - 1] : 0;
+    if (idx < n) data[idx] = carry + warp_offset + incl - x;
+    carry += scratch[warps - 1];
+  }
+  __syncthreads();
+  return carry;
+}
+
 // out[0] = block max of x, out[1 + i] = exclusive prefix sum of counts (block-wide helpers).
 extern "C" __global__ void helpers(const float* x, const int* counts, float* maxout, int* scan, int n) {
   __shared__ float fscratch[32];
