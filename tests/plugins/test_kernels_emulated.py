@@ -443,6 +443,33 @@ extern "C" __global__ void helpers(const float* x, const int* counts, float* max
   }
 }
 
+// A 16 x 24 float16 tile staged by cp_async16 (vector 5 of its 48 zero-filled instead), copied back to
+// staged, and the mma fragments of its first 16 x 16 (A) and 8 x 16 (B) taken by ldmatrix and by the
+// 32-bit loads mma_16816 documents: out[12 lane ..]: A by ldmatrix (4), A by loads (4), B by ldmatrix (2),
+// B by loads (2). One warp.
+extern "C" __global__ void fragments(const half_bits* tile, half_bits* staged, unsigned* out) {
+  __shared__ __align__(16) half_bits t[16][24];
+  const int lane = threadIdx.x, g = lane >> 2, q = lane & 3, mm = lane >> 3, r8 = lane & 7;
+  for (int v = lane; v < 48; v += 32) cp_async16(&t[0][0] + 8 * v, tile + 8 * v, v != 5);
+  cp_async_wait_all();
+  __syncthreads();
+  for (int i = lane; i < 16 * 24; i += 32) staged[i] = (&t[0][0])[i];
+  unsigned a[4], b[2];
+  ldmatrix<4>(a, &t[8 * (mm & 1) + r8][8 * (mm >> 1)]);
+  ldmatrix<2>(b, &t[r8][8 * (mm & 1)]);
+  auto word = [&](int row, int col) { return *reinterpret_cast<const unsigned*>(&t[row][col]); };
+  const unsigned la[4] = {word(g, 2 * q), word(g + 8, 2 * q), word(g, 2 * q + 8), word(g + 8, 2 * q + 8)};
+  const unsigned lb[2] = {word(g, 2 * q), word(g, 2 * q + 8)};
+  for (int k = 0; k < 4; ++k) {
+    out[12 * lane + k] = a[k];
+    out[12 * lane + 4 + k] = la[k];
+  }
+  for (int k = 0; k < 2; ++k) {
+    out[12 * lane + 8 + k] = b[k];
+    out[12 * lane + 10 + k] = lb[k];
+  }
+}
+
 // Half of warp 0 waits in __syncthreads, the other half in __syncwarp: no thread can proceed.
 extern "C" __global__ void divergent(int* out) {
   if (threadIdx.x < 16) __syncthreads(); else __syncwarp();
@@ -498,6 +525,24 @@ def test_block_helpers_match_torch(selftest: Any, n: int, threads: int) -> None:
     assert float(maxout) == float(x.max())
     expected = torch.cat([torch.zeros(1, dtype=torch.int64), counts.long().cumsum(0)])
     assert torch.equal(scan.long(), expected)
+
+
+def test_ldmatrix_and_cp_async_emulation(selftest: Any) -> None:
+    """The emulated ldmatrix gives each lane the fragments that 32-bit loads of the mma_16816 layout give
+    (x4 for A, x2 for B), and cp_async16 copies 16 bytes or zero-fills them."""
+    tile = torch.randint(-(2**15), 2**15, (16 * 24,), dtype=torch.int16)  # float16 bits
+    staged = torch.zeros_like(tile)
+    words = torch.zeros(32 * 12, dtype=torch.int32)  # the kernel's unsigned words, bit for bit
+    launch(
+        selftest, "fragments", (1, 1, 1), (32, 1, 1),
+        [ptr(tile.data_ptr()), ptr(staged.data_ptr()), ptr(words.data_ptr())], stream=0,
+    )  # fmt: skip
+    expected = tile.clone()
+    expected[40:48] = 0
+    assert torch.equal(staged, expected)
+    w = words.view(32, 12)
+    assert torch.equal(w[:, 0:4], w[:, 4:8]) and torch.equal(w[:, 8:10], w[:, 10:12])
+    assert bool((w[:, 4:8] != 0).any())
 
 
 def test_divergent_barriers_are_reported(selftest: Any) -> None:
