@@ -178,6 +178,12 @@ def _exponent(tau: float) -> float:
     return 1.0 / tau if tau > 0 else 0.0
 
 
+def _exponent_args(attrs: TokenFusionAttrs) -> list[KernelArg]:
+    """The score kernels' e_sim, e_info, e_size arguments: one definition for the split score kernels and
+    the one-launch scores and matching, whose scores must agree bit for bit."""
+    return [f32(_exponent(attrs.tau_sim)), f32(_exponent(attrs.tau_info)), f32(_exponent(attrs.tau_size))]
+
+
 def _itemsize(dtype: str) -> int:
     return 4 if dtype == "float32" else 2
 
@@ -204,7 +210,6 @@ def enqueue_scores(
     n, cm, ld = d.tokens, d.metric_channels, d.metric_ld
     na, nb = set_sizes(n)
     sms = _multiprocessors()
-    factors = [f32(_exponent(attrs.tau_sim)), f32(_exponent(attrs.tau_info)), f32(_exponent(attrs.tau_size))]
     head: list[KernelArg] = [
         ptr(metric),
         ptr(info),
@@ -213,7 +218,7 @@ def enqueue_scores(
         i32(n),
         i32(cm),
         i32(ld),
-        *factors,
+        *_exponent_args(attrs),
     ]
     if tile is None and dtype == "float16" and cm % 8 == 0 and ld % 8 == 0 and metric % 16 == 0:
         side = score_tile(d, sms) if mma_tile is None else mma_tile
@@ -330,8 +335,8 @@ def enqueue_scores_match(
         (d.batch, 1, 1),
         (_MATCH_THREADS, 1, 1),
         [ptr(metric), ptr(info), ptr(size), ptr(dest), i32(d.tokens), i32(d.metric_channels),
-         i32(d.metric_ld), f32(_exponent(attrs.tau_sim)), f32(_exponent(attrs.tau_info)),
-         f32(_exponent(attrs.tau_size)), i32(attrs.num_protected), i32(d.r), i32(attrs.bidirectional)],
+         i32(d.metric_ld), *_exponent_args(attrs), i32(attrs.num_protected), i32(d.r),
+         i32(attrs.bidirectional)],
         stream,
         shared_mem=scores_match_shared_bytes(d.tokens, d.metric_channels),
     )  # fmt: skip
