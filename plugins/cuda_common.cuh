@@ -103,6 +103,36 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
   return r;
 }
 
+// ---- one divisor, many quotients: a[u] / b with IEEE round to nearest, from one reciprocal ----------------
+// y must be 1 / b rounded to nearest (the caller's own 1.0f / b, once for many calls). Each quotient is
+// q = a y, corrected once by the residual a - b q, which an fma gives exactly: by Markstein's theorem
+// (y correctly rounded, q within an ulp of a / b), q + (a - b q) y rounded is a / b rounded, the bits the
+// division gives, at three instructions a value where each division is about ten (its own reciprocal,
+// refinement and range check). The theorem needs q and the residual to stay normal: the corrected path
+// runs only for |b| in [2^-40, 2^40) and every |a| in [2^-60, 2^60); otherwise (zero, tiny, huge,
+// infinite or NaN values) each value takes the division. Checked on the CPU against a / b over every
+// mantissa of a for 8192 divisors, and at the range's corners (benchmarks/results/cpu-2026-11-27-*/).
+template <int V>
+__device__ __forceinline__ void divide_by(float (&a)[V], float b, float y) {
+  float lo = fabsf(a[0]), hi = lo;
+#pragma unroll
+  for (int u = 1; u < V; ++u) {
+    lo = fminf(lo, fabsf(a[u]));
+    hi = fmaxf(hi, fabsf(a[u]));
+  }
+  // NaN never passes the comparisons below (fminf / fmaxf drop a NaN a[u], but its q is NaN either way).
+  if (lo >= 0x1p-60f && hi < 0x1p60f && fabsf(b) >= 0x1p-40f && fabsf(b) < 0x1p40f) {
+#pragma unroll
+    for (int u = 0; u < V; ++u) {
+      const float q = __fmul_rn(a[u], y);
+      a[u] = fmaf(fmaf(-b, q, a[u]), y, q);
+    }
+  } else {
+#pragma unroll
+    for (int u = 0; u < V; ++u) a[u] = a[u] / b;
+  }
+}
+
 // ---- tensor cores: D += A B for one warp, m16n8k16, float16 inputs, float32 accumulation ---------------
 // Fragments (PTX ISA, "Matrix Fragments for mma.m16n8k16 with floating point type"), with g = lane / 4
 // and t = lane % 4; every register holds two float16 with the lower column / row index in its low half:

@@ -678,6 +678,7 @@ __device__ void merge_slot(const T* __restrict__ x, const T* __restrict__ residu
     }
   }
   den = fmaxf(den, 1e-12f);
+  const float rden = 1.0f / den;  // divide_by's reciprocal: one division per slot, not one per value
   if (size_out != nullptr && lane == 0) size_out[(int64)b * N_out + s] = from_float<T>(total);
   if (log_size_out != nullptr && lane == 0)
     log_size_out[(int64)b * N_out + s] = from_float<T>(logf(to_float(from_float<T>(total))));
@@ -703,6 +704,9 @@ __device__ void merge_slot(const T* __restrict__ x, const T* __restrict__ residu
   // trip per slot. Float16's vector path only: on the other paths the held row made ptxas spill.
   const bool one_sweep = sizeof(T) == 2 && V > 1 && C <= 32 * V * P;
   constexpr bool kBaseEarly = sizeof(T) == 2;
+  // The quotients by divide_by, from one reciprocal, where V <= 4: with 8-half vectors ptxas spilled the
+  // merge for sm_87 and sm_90 (80-register cap) in each form tried.
+  constexpr bool kOneReciprocal = V <= 4;
   for (int c0 = 0; c0 < C; c0 += 32 * V * P) {
     float acc[P][V];
     RawVector<T, V> base_raw[P];
@@ -760,8 +764,12 @@ __device__ void merge_slot(const T* __restrict__ x, const T* __restrict__ residu
     for (int p = 0; p < P; ++p) {
       const int c = c0 + (p * 32 + lane) * V;
       if (c >= C) continue;
+      if (kOneReciprocal) {
+        divide_by<V>(acc[p], den, rden);  // acc / den, the same bits
+      } else {
 #pragma unroll
-      for (int u = 0; u < V; ++u) acc[p][u] = acc[p][u] / den;
+        for (int u = 0; u < V; ++u) acc[p][u] = acc[p][u] / den;
+      }
       if (base != nullptr) {
         float bv[V];
         if (kBaseEarly)

@@ -470,6 +470,15 @@ extern "C" __global__ void fragments(const half_bits* tile, half_bits* staged, u
   }
 }
 
+// out[4 i + u] = a[4 i + u] / b[i] by divide_by (one reciprocal per b), one thread per i.
+extern "C" __global__ void divide(const float* a, const float* b, float* out, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  float v[4] = {a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]};
+  divide_by<4>(v, b[i], 1.0f / b[i]);
+  for (int u = 0; u < 4; ++u) out[4 * i + u] = v[u];
+}
+
 // Half of warp 0 waits in __syncthreads, the other half in __syncwarp: no thread can proceed.
 extern "C" __global__ void divergent(int* out) {
   if (threadIdx.x < 16) __syncthreads(); else __syncwarp();
@@ -543,6 +552,38 @@ def test_ldmatrix_and_cp_async_emulation(selftest: Any) -> None:
     w = words.view(32, 12)
     assert torch.equal(w[:, 0:4], w[:, 4:8]) and torch.equal(w[:, 8:10], w[:, 10:12])
     assert bool((w[:, 4:8] != 0).any())
+
+
+def test_divide_by_one_reciprocal_equals_division(selftest: Any) -> None:
+    """divide_by (one reciprocal for four quotients, corrected by an fma) gives the bits of IEEE division:
+    quotients in its corrected range, near-exact and exact ones, and the values that take the division
+    (zero, subnormal, huge, infinite, NaN, divisors outside [2^-40, 2^40))."""
+    n = 1 << 16
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ()).item()))
+
+    def floats(count: int, lo: int, hi: int) -> torch.Tensor:  # random sign and mantissa, |x| in [2^lo, 2^hi)
+        exponent = torch.randint(lo, hi, (count,), generator=g).float()
+        mantissa = 1.0 + torch.randint(0, 2**23, (count,), generator=g).float() / 2**23
+        sign = torch.randint(0, 2, (count,), generator=g).float() * 2 - 1
+        return sign * mantissa * torch.exp2(exponent)
+
+    b = floats(n, -40, 40).abs()
+    b[: n // 8] = floats(n // 8, -60, 60).abs()  # some divisors outside the corrected range
+    a = floats(4 * n, -60, 60).view(n, 4)
+    near = b[:, None] * floats(4 * n, -24, 24).view(n, 4)  # quotients close to representable ones
+    a[n // 4 : n // 2] = near[n // 4 : n // 2]
+    a[n // 2 : n // 2 + 64] = b[n // 2 : n // 2 + 64, None] * 3  # exact quotients
+    specials = torch.tensor([0.0, -0.0, 1e-42, -3e-39, 2.0**-61, 2.0**61, math.inf, -math.inf, math.nan])
+    where = torch.randint(0, 4 * n, (512,), generator=g)
+    a.view(-1)[where] = specials[torch.randint(0, len(specials), (512,), generator=g)]
+    out = torch.full_like(a, 7.0)
+    launch(
+        selftest, "divide", ((n + 127) // 128, 1, 1), (128, 1, 1),
+        [ptr(a.data_ptr()), ptr(b.data_ptr()), ptr(out.data_ptr()), i32(n)], stream=0,
+    )  # fmt: skip
+    expected = a / b[:, None]
+    same = (out.view(torch.int32) == expected.view(torch.int32)) | (out.isnan() & expected.isnan())
+    assert bool(same.all()), (a[~same][:5], b[:, None].expand_as(a)[~same][:5])
 
 
 def test_divergent_barriers_are_reported(selftest: Any) -> None:
