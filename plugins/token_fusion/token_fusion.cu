@@ -976,26 +976,25 @@ __device__ void attention_info_qk(const half_bits* __restrict__ q, const half_bi
 
   const int wr = 16 * warp;  // the warp's first row in the block
   if (r0 + wr < N) {         // warp-uniform: the mma below needs all 32 lanes
+    // The fragments by ldmatrix, as the score kernel takes them: one instruction per two or four 8 x 8
+    // matrices where 32-bit loads took one per matrix (the passes over the keys issue their fragment loads
+    // with every mma). Lane l gives the address of row l % 8 of matrix l / 8. The query rows' A fragments:
+    // matrices (rows 0-7 | 8-15) x (channels 0-7 | 8-15) of each 16-channel step, mma_16816's a[0..3].
+    const int r8 = lane & 7, mm = lane >> 3;
     unsigned qa[KS][4];
 #pragma unroll
-    for (int ks = 0; ks < KS; ++ks) {
-      const half_bits* lo = Qs + (wr + g) * LD + 16 * ks + 2 * t;
-      const half_bits* hi = lo + 8 * LD;
-      qa[ks][0] = *reinterpret_cast<const unsigned*>(lo);
-      qa[ks][1] = *reinterpret_cast<const unsigned*>(hi);
-      qa[ks][2] = *reinterpret_cast<const unsigned*>(lo + 8);
-      qa[ks][3] = *reinterpret_cast<const unsigned*>(hi + 8);
-    }
+    for (int ks = 0; ks < KS; ++ks) ldmatrix<4>(qa[ks], Qs + (wr + 8 * (mm & 1) + r8) * LD + 16 * ks + 8 * (mm >> 1));
     // d[0], d[1]: row g, keys j0 + 2t, j0 + 2t + 1; d[2], d[3]: row g + 8, the same keys. Scaled to
-    // base-2 logits with the bias added.
+    // base-2 logits with the bias added. The key fragments: matrices (keys j0 .. j0 + 7) x (channels 0-7 |
+    // 8-15 of step ks), b[0..1]. Two steps per ldmatrix (x4) made ptxas spill for sm_100 to sm_120.
     const float s2 = scale * kLog2e;
     auto logits = [&](int j0, float (&d)[4]) {
 #pragma unroll
       for (int u = 0; u < 4; ++u) d[u] = 0.0f;
 #pragma unroll
       for (int ks = 0; ks < KS; ++ks) {
-        const half_bits* kr = Ks + (j0 + g) * LD + 16 * ks + 2 * t;
-        const unsigned kf[2] = {*reinterpret_cast<const unsigned*>(kr), *reinterpret_cast<const unsigned*>(kr + 8)};
+        unsigned kf[2];
+        ldmatrix<2>(kf, Ks + (j0 + r8) * LD + 16 * ks + 8 * (mm & 1));
         mma_16816(d, qa[ks], kf);
       }
 #pragma unroll
