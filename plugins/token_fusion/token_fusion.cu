@@ -1380,24 +1380,20 @@ __device__ void scores_match(const half_bits* __restrict__ metric, const half_bi
   const half_bits* sb = size + (int64)b * N;
 
   // Stage the rows: vector i is row i / V, channels (i % V) * 8 .. + 7 (zero past Cm or for a padding
-  // row), at most 4 per thread (N <= 256, Cm <= 128); thread n < N also loads token n's info and size. All
-  // the loads are in flight before the first store, so the staging costs one round trip to memory.
+  // row), at most 4 per thread (N <= 256, Cm <= 128), by cp.async (as attention_info_qk: all of a thread's
+  // copies in flight at once, one round trip to memory, no registers held); thread n < N also loads token
+  // n's info and size.
   const int total = (NaP + NbP) * V;
-  const uint4 zero = {0u, 0u, 0u, 0u};
   const float info_n = tid < N ? to_float(ib[tid]) : 1.0f, size_n = tid < N ? to_float(sb[tid]) : 1.0f;
-  uint4 v[4];
 #pragma unroll
   for (int u = 0; u < 4; ++u) {
     const int i = tid + u * bd, row = i / V, c = (i % V) * 8;
+    if (i >= total) break;
     const int tok = row < NaP ? 2 * row : 2 * (row - NaP) + 1;
-    const bool ok = i < total && c < Cm && (row < NaP ? row < Na : row - NaP < Nb);
-    v[u] = ok ? *reinterpret_cast<const uint4*>(mb + (int64)tok * ldm + c) : zero;
+    const bool ok = c < Cm && (row < NaP ? row < Na : row - NaP < Nb);
+    cp_async16(rows + row * LD + c, ok ? mb + (int64)tok * ldm + c : mb, ok);
   }
-#pragma unroll
-  for (int u = 0; u < 4; ++u) {
-    const int i = tid + u * bd;
-    if (i < total) *reinterpret_cast<uint4*>(rows + (i / V) * LD + (i % V) * 8) = v[u];
-  }
+  cp_async_wait_all();
   // The batch element's maxima of 1 / info and 1 / size, as batch_maxima (its barriers publish the rows),
   // then token n's factors, as tile_factors.
   float mi = tid < N && e_info > 0.0f ? inv_info(info_n) : neg_inf();
@@ -1422,8 +1418,12 @@ __device__ void scores_match(const half_bits* __restrict__ metric, const half_bi
 
   // The dot products: unit u = warp + 32 k is rows (u / NT) * 16 .. + 15 of A, (u % NT) * 8 .. + 7 of B;
   // the warp's units advance together, channel step by channel step, so their products are independent
-  // instructions in flight rather than one unit's chain after another's.
+  // instructions in flight rather than one unit's chain after another's. The fragments by ldmatrix, as
+  // scores_tile_mma takes them (two instructions per unit and step where 32-bit loads took six): lane l
+  // gives row l % 8 of matrix l / 8, A's matrices (rows 0-7 | 8-15) x (channels 0-7 | 8-15) of the step
+  // in mma_16816's order a[0..3], B's (rows 0-7) x (channels 0-7 | 8-15).
   const int NT = NbP / 8, units = (NaP / 16) * NT, mine = (units - warp + 31) / 32;  // warp-uniform
+  const int r8 = lane & 7, mm = lane >> 3;
   float acc[kScoresMatchUnits][4];
   const half_bits* ar[kScoresMatchUnits];
   const half_bits* br[kScoresMatchUnits];
@@ -1432,19 +1432,16 @@ __device__ void scores_match(const half_bits* __restrict__ metric, const half_bi
 #pragma unroll
     for (int q = 0; q < 4; ++q) acc[k][q] = 0.0f;
     const int u = warp + 32 * k;
-    ar[k] = rows + ((u / NT) * 16 + g) * LD + 2 * t;
-    br[k] = rows + (NaP + (u % NT) * 8 + g) * LD + 2 * t;
+    ar[k] = rows + ((u / NT) * 16 + 8 * (mm & 1) + r8) * LD + 8 * (mm >> 1);
+    br[k] = rows + (NaP + (u % NT) * 8 + r8) * LD + 8 * (mm & 1);
   }
   for (int k0 = 0; k0 < CmP; k0 += 16)
 #pragma unroll
     for (int k = 0; k < kScoresMatchUnits; ++k) {
       if (k >= mine) break;
-      const unsigned fa[4] = {*reinterpret_cast<const unsigned*>(ar[k] + k0),
-                              *reinterpret_cast<const unsigned*>(ar[k] + 8 * LD + k0),
-                              *reinterpret_cast<const unsigned*>(ar[k] + k0 + 8),
-                              *reinterpret_cast<const unsigned*>(ar[k] + 8 * LD + k0 + 8)};
-      const unsigned fb[2] = {*reinterpret_cast<const unsigned*>(br[k] + k0),
-                              *reinterpret_cast<const unsigned*>(br[k] + k0 + 8)};
+      unsigned fa[4], fb[2];
+      ldmatrix<4>(fa, ar[k] + k0);
+      ldmatrix<2>(fb, br[k] + k0);
       mma_16816(acc[k], fa, fb);
     }
   __syncthreads();  // every warp is done with the staged rows; rn, fi, fs are published
