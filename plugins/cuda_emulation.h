@@ -472,6 +472,12 @@ inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
 }
 
 inline unsigned __ballot_sync(unsigned mask, int pred) { return vitrt_emu::ballot(mask, pred != 0); }
+// One thread runs at a time, so a read-modify-write is atomic as it stands.
+inline unsigned atomicOr(unsigned* address, unsigned val) {
+  const unsigned old = *address;
+  *address = old | val;
+  return old;
+}
 inline int __ffs(unsigned x) { return __builtin_ffs(static_cast<int>(x)); }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 
