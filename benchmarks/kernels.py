@@ -7,7 +7,8 @@ the fraction of the memory-bandwidth floor each op reaches.
 Cases: TokenFusion at DeiT-S shapes (N = 197, C = 384, r = 16, the MCTF attributes) at batch 1, 8 and 64,
 with metric = x (Cm = 384, the targets' case) and, in float16, with the models' 64-channel metric (scores
 and matching in one launch, timed against the split launches in the same run); a fused block's
-attention_info at the same shapes (6 heads, E = 64) from q and k against q k^T + the logits kernel;
+attention_info at the same shapes (6 heads, E = 64) from q and k against q k^T + the logits kernel, and
+in float16 with the q, k kernel's keys split between 1, 2, 4 and 8 warps (each against 1 split);
 ScatterbrainAttention at the T2T-ViT-t-14 first token attention (N = 3136, E = 64, cluster 24, 2 hashes, 12
 projection rows = 24 features, scale 147^-0.5) at batch 1, 8 and 32; float16 and float32 I/O.
 
@@ -25,6 +26,7 @@ without a CUDA GPU (the reason printed).
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import json
 import os
@@ -169,7 +171,11 @@ def bench_attention_info(batch: int, dtype: torch.dtype, iters: int) -> dict[str
     qkv projection) against the path it replaced, q k^T by a GEMM then the logits kernel, timed in the same
     run (float32 has no q, k kernel: both rows time the GEMM path)."""
     from vitrt.plugins.token_fusion import reference
-    from vitrt.plugins.token_fusion.cuda import attention_info_cuda, attention_info_qk_cuda
+    from vitrt.plugins.token_fusion.cuda import (
+        INFO_QK_KEY_SPLITS,
+        attention_info_cuda,
+        attention_info_qk_cuda,
+    )
 
     h, n, e = 6, 197, 64
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -188,6 +194,11 @@ def bench_attention_info(batch: int, dtype: torch.dtype, iters: int) -> dict[str
     graph = graph_ms(fused, iters)
     gemm = graph_ms(gemm_path, iters)
     ref_ms = event_median_ms(lambda: reference.attention_info(q @ k.transpose(-2, -1), size, scale), iters)
+    splits = {}  # the q, k kernel with its keys split between warps (float16), each timed in this run
+    if dtype == torch.float16:
+        for s in INFO_QK_KEY_SPLITS:
+            call = functools.partial(attention_info_qk_cuda, q, k, size, scale, key_splits=s)
+            splits[s] = graph_ms(call, iters)
     return {
         "op": "attention_info",
         "shape": f"B={batch} H={h} N={n} E={e} (q, k views of qkv)",
@@ -201,6 +212,7 @@ def bench_attention_info(batch: int, dtype: torch.dtype, iters: int) -> dict[str
         "ratio_to_gemm_path": graph / gemm,
         "kernels_us": kernel_breakdown(fused),
         "floor_bytes": _bytes(q, k, size, out),
+        "key_splits_graph_ms": splits,
     }
 
 
@@ -344,6 +356,12 @@ def main(argv: list[str] | None = None) -> int:
             total = sum(steps.values())
             parts = ", ".join(f"{k} {v:.0f} ({100 * v / total:.0f}%)" for k, v in steps.items())
             print(f"  B={row['batch']}: {total:.0f} cycles: {parts}")
+    print("attention_info from q, k with its keys split between warps (float16, graph us; x of 1 split):")
+    for row in rows:
+        if row.get("key_splits_graph_ms"):
+            times = row["key_splits_graph_ms"]
+            parts = ", ".join(f"{s}: {1e3 * ms:.1f} ({ms / times[1]:.2f}x)" for s, ms in times.items())
+            print(f"  B={row['batch']}: {parts}")
     result = {
         "device": info.name,
         "capability": list(info.capability),

@@ -58,6 +58,10 @@ INFO_QK_HEAD_DIMS = (32, 64, 128)
 """Head dims of the attention_info kernels that read q and k (float16 on tensor cores)."""
 INFO_QK_MAX_TOKENS = 256
 """Most tokens those kernels take (all key rows sit in shared memory); beyond, q k^T goes through a GEMM."""
+INFO_QK_KEY_SPLITS = (1, 2, 4, 8)
+"""Key splits S those kernels take (dividing their warps): each of a block's 16-row groups of queries is
+swept by S warps over S ranges of the keys, so each warp's chain is S times shorter, in S times as many
+blocks that each stage all the keys. The launcher takes ``info_qk_key_splits``."""
 KERNELS = (
     *(f"vitrt_tf_scores{tile}_{sfx}" for tile in SCORE_TILES for sfx in KERNEL_SUFFIX.values()),
     "vitrt_tf_scores_mma_f16",
@@ -458,12 +462,27 @@ def info_qk_warps(head_dim: int) -> int:
     return 8 if head_dim <= 64 else 4
 
 
-def info_qk_shared_bytes(tokens: int, head_dim: int) -> int:
+def info_qk_rows(head_dim: int, splits: int = 1) -> int:
+    """Query rows per block of ``vitrt_tf_attention_info_qk``: 16 per group of ``splits`` warps."""
+    return 16 * info_qk_warps(head_dim) // splits
+
+
+def info_qk_key_splits(batch: int, heads: int, tokens: int, head_dim: int) -> int:
+    """The key splits the launcher takes (``INFO_QK_KEY_SPLITS``): 1, the kernel as measured on the H100
+    and H200. More splits are built and checked (same results as the reference, on the CPU emulator) but not
+    yet timed on a GPU: ``benchmarks/kernels.py`` times each against 1 for a fused DeiT-S block's shapes, and
+    this choice should follow those figures (more splits where the blocks would not fill the GPU)."""
+    del batch, heads, tokens, head_dim  # until a GPU run times the splits
+    return 1
+
+
+def info_qk_shared_bytes(tokens: int, head_dim: int, splits: int = 1) -> int:
     """Dynamic shared memory of ``vitrt_tf_attention_info_qk`` in bytes: the key rows (N rounded up to 8)
-    and the block's 16 W query rows (W = ``info_qk_warps``) at a pitch of E + 8 halves, the bias and each
-    warp's column sums."""
-    padded, warps = -(-tokens // 8) * 8, info_qk_warps(head_dim)
-    return 2 * (padded + 16 * warps) * (head_dim + 8) + 4 * padded + 4 * warps * padded
+    and the block's query rows (``info_qk_rows``) at a pitch of E + 8 halves, the bias and each row group's
+    column sums; with splits > 1 also each warp's rows' (max, sum) pairs."""
+    padded, warps, rows = -(-tokens // 8) * 8, info_qk_warps(head_dim), info_qk_rows(head_dim, splits)
+    pairs = 8 * 16 * warps if splits > 1 else 0
+    return 2 * (padded + rows) * (head_dim + 8) + 4 * padded + 4 * (rows // 16) * padded + pairs
 
 
 def info_qk_applies(dtype: str, tokens: int, head_dim: int) -> bool:
@@ -484,10 +503,12 @@ def enqueue_attention_info_qk(
     k_strides: tuple[int, int, int],
     scale: float,
     stream: int,
+    splits: int = 1,
 ) -> int:
     """Launch ``vitrt_tf_attention_info_qk``: float16 q, k [B, H, N, E] at element strides (batch, head,
     token) with unit channel stride and 16-byte aligned rows, size [B, N] float16 (0: no proportional
-    attention) -> float32 colsum [B, H, chunks, N], as ``enqueue_attention_info``; returns the chunks."""
+    attention) -> float32 colsum [B, H, chunks, N], as ``enqueue_attention_info``, in ``splits`` key splits
+    (``INFO_QK_KEY_SPLITS``, at most the block's warps); returns the chunks (``info_qk_chunks``)."""
     if not info_qk_applies("float16", tokens, head_dim):
         raise ValueError(
             f"attention_info from q, k takes head dims {INFO_QK_HEAD_DIMS} and up to {INFO_QK_MAX_TOKENS} "
@@ -497,18 +518,26 @@ def enqueue_attention_info_qk(
         if base % 16 or any(st % 8 for st in strides) or any(not 0 <= st < 2**31 for st in strides):
             raise ValueError(f"{name}: rows must be 16-byte aligned with int32 strides, got {strides}")
     warps = info_qk_warps(head_dim)
-    chunks = -(-tokens // (16 * warps))
+    if splits not in INFO_QK_KEY_SPLITS or splits > warps:
+        raise ValueError(f"key splits must be one of {INFO_QK_KEY_SPLITS} up to {warps} at E={head_dim}, "
+                         f"got {splits}")  # fmt: skip
+    chunks = info_qk_chunks(tokens, head_dim, splits)
     launch(
         load_module(SOURCE),
         f"vitrt_tf_attention_info_qk{head_dim // 16}_f16",
         (chunks, heads, batch),
         (32 * warps, 1, 1),
         [ptr(q), ptr(k), ptr(size), ptr(colsum), i32(tokens), i32(heads), *map(i32, q_strides),
-         *map(i32, k_strides), f32(scale)],
+         *map(i32, k_strides), f32(scale), i32(splits)],
         stream,
-        shared_mem=info_qk_shared_bytes(tokens, head_dim),
+        shared_mem=info_qk_shared_bytes(tokens, head_dim, splits),
     )  # fmt: skip
     return chunks
+
+
+def info_qk_chunks(tokens: int, head_dim: int, splits: int = 1) -> int:
+    """Blocks per (batch element, head) of ``vitrt_tf_attention_info_qk``: the chunks of query rows."""
+    return -(-tokens // info_qk_rows(head_dim, splits))
 
 
 def enqueue_info_mean(
@@ -842,14 +871,12 @@ def _checked_size(size: Tensor | None, b: int, n: int, like: Tensor) -> Tensor |
     return size.contiguous()
 
 
-def _info_buffers(b: int, h: int, n: int, like: Tensor) -> tuple[Tensor, Tensor]:
+def _info_buffers(b: int, h: int, n: int, chunks: int, like: Tensor) -> tuple[Tensor, Tensor]:
     """The attention_info kernels' float32 column sums [B, H, chunks, N] and the info [B, N] they are
     averaged into (``like``'s dtype and device)."""
     import torch
 
-    # chunks of _INFO_ROWS query rows: at least as many as either kernel writes (the q, k one's chunks
-    # are 16 info_qk_warps(E) >= _INFO_ROWS rows)
-    colsum = torch.empty(b, h, -(-n // _INFO_ROWS), n, dtype=torch.float32, device=like.device)
+    colsum = torch.empty(b, h, chunks, n, dtype=torch.float32, device=like.device)
     return colsum, torch.empty(b, n, dtype=like.dtype, device=like.device)
 
 
@@ -871,7 +898,7 @@ def attention_info_cuda(
     log_ptr = _checked_log_size(log_size, size, logits)
     logits = logits.contiguous()
     dtype, stream = tensor_dtype_name(logits), kernel_stream(logits)
-    colsum, info = _info_buffers(b, h, n, logits)
+    colsum, info = _info_buffers(b, h, n, -(-n // _INFO_ROWS), logits)
     with kernel_device(logits):
         size_ptr = 0 if size is None else size.data_ptr()
         chunks = enqueue_attention_info(
@@ -903,14 +930,21 @@ def _log_size_ptr(log_size: Tensor | None, shape: tuple[int, ...] | None, like: 
 
 
 def attention_info_qk_cuda(
-    q: Tensor, k: Tensor, size: Tensor | None, scale: float, log_size: Tensor | None = None
+    q: Tensor,
+    k: Tensor,
+    size: Tensor | None,
+    scale: float,
+    log_size: Tensor | None = None,
+    *,
+    key_splits: int | None = None,
 ) -> Tensor:
     """``reference.attention_info(q @ k^T, size, scale)``: q, k [B, H, N, E] (any strides), size [B, N] or
     None -> [B, N] in q's dtype. Float16 with E in ``INFO_QK_HEAD_DIMS`` and N <= ``INFO_QK_MAX_TOKENS``:
     one kernel reads q and k (views of the qkv projection are read in place when their rows are 16-byte
     aligned) and a second takes the mean, so neither the logits nor contiguous copies are written;
     otherwise q k^T by a GEMM, then ``attention_info_cuda`` (or the reference beyond its token limit).
-    ``log_size`` (a contiguous tensor like size) receives log(size), written by the mean's launch."""
+    ``log_size`` (a contiguous tensor like size) receives log(size), written by the mean's launch.
+    ``key_splits``: the q, k kernel's (``INFO_QK_KEY_SPLITS``; None: ``info_qk_key_splits``)."""
     import torch
 
     from .reference import attention_info
@@ -944,12 +978,14 @@ def attention_info_qk_cuda(
 
     q, k = rows(q), rows(k)
     stream = kernel_stream(q)
-    colsum, info = _info_buffers(b, h, n, q)
+    splits = info_qk_key_splits(b, h, n, e) if key_splits is None else key_splits
+    colsum, info = _info_buffers(b, h, n, info_qk_chunks(n, e, splits), q)
     with kernel_device(q):
         size_ptr = 0 if size is None else size.data_ptr()
         chunks = enqueue_attention_info_qk(
             q.data_ptr(), k.data_ptr(), size_ptr, colsum.data_ptr(), b, h, n, e,
             (q.stride(0), q.stride(1), q.stride(2)), (k.stride(0), k.stride(1), k.stride(2)), scale, stream,
+            splits,
         )  # fmt: skip
         sums = (colsum.data_ptr(), info.data_ptr())
         enqueue_info_mean(*sums, b, h, n, chunks, dtype, stream, size_ptr, log_ptr)

@@ -917,34 +917,43 @@ __device__ void attention_info(const T* __restrict__ logits, const T* __restrict
 // and at most kInfoQkMaxTokens tokens, on tensor cores. It replaces q k^T (a GEMM whose B x H x N x N
 // output attention_info then reads back) plus the copies that make q and k contiguous: q and k are read
 // through their row strides (in elements, rows 16-byte aligned), as views of the qkv projection.
-// Block (chunk, h, b), 32 W threads, takes query rows chunk * 16 W .. + 16 W - 1; warp w rows 16 w .. + 15.
+// Block (chunk, h, b), 32 W threads, in S key splits (`splits`: 1, 2, 4 or 8, dividing W): RG = W / S row
+// groups of 16 query rows, chunk * 16 RG .. + 16 RG - 1, times S ranges of the keys (multiples of 8,
+// split as evenly as they go); warp w takes row group w % RG (rows 16 (w % RG) ..) and key range w / RG.
 // The block's q rows and all N key rows (zero past N) are staged in shared memory as 16-byte vectors, with
 // the bias log2(size_j) (0 without proportional attention, -inf past N). Each warp sweeps its rows'
-// logits 8 keys at a time (m16n8k16, float32 accumulation, no rounding of the logits to float16) twice:
-// first for every row's max and sum of exponentials (online per lane, then merged across the quad of
-// lanes that shares a row), then for the probabilities, summed over the warp's 16 rows by a fixed
-// shuffle tree into per-warp column sums that the block adds in warp order: deterministic, no atomics.
+// logits over its keys 8 at a time (m16n8k16, float32 accumulation, no rounding of the logits to float16)
+// twice: first for every row's max and sum of exponentials (online per lane, then merged across the quad
+// of lanes that shares a row, then, with S > 1, across the S warps of the row group in key-range order
+// through shared memory), then for the probabilities, summed over the warp's 16 rows by a fixed shuffle
+// tree into the row group's column sums of its keys, which the block adds in row-group order:
+// deterministic, no atomics. S = 1 is one warp per 16 rows over all keys; S > 1 shortens each warp's chain
+// where blocks are few (small batches) at the cost of more blocks, each staging all the keys.
 // Recomputing the logits (4 KS mma per 8 keys) is cheaper than holding 16 x N floats in registers.
 // Output as attention_info's: colsum[b, h, chunk, j] (float32). Dynamic shared memory: see cuda.py.
-// W warps (16 W query rows) per block, cuda.info_qk_warps: 8 for E <= 64, where the key rows staged once
-// then serve twice the queries of 4 warps and the shared memory per warp, which limits the blocks per SM,
-// drops (32 warps per SM at N = 197, E = 64, against 20); 4 for E = 128, whose 8-warp blocks would need
-// more shared memory than sm_120 gives a block (99 KiB) at 256 tokens.
+// W warps per block, cuda.info_qk_warps: 8 for E <= 64, where the key rows staged once then serve twice
+// the queries of 4 warps and the shared memory per warp, which limits the blocks per SM, drops (32 warps per
+// SM at N = 197, E = 64, against 20); 4 for E = 128, whose 8-warp blocks would need more shared memory than
+// sm_120 gives a block (99 KiB) at 256 tokens.
 template <int KS, int W>
 __device__ void attention_info_qk(const half_bits* __restrict__ q, const half_bits* __restrict__ k,
                                   const half_bits* __restrict__ size, float* __restrict__ colsum, int N, int H,
-                                  int qsb, int qsh, int qsn, int ksb, int ksh, int ksn, float scale) {
+                                  int qsb, int qsh, int qsn, int ksb, int ksh, int ksn, float scale, int splits) {
   constexpr int E = 16 * KS, LD = E + 8, V = E / 8;  // LD: +8 halves make the fragment reads conflict-free
-  constexpr int kInfoQkWarps = W, kInfoQkRows = 16 * W;  // cuda.py: 32 W threads, up to 256 tokens
   constexpr float kLog2e = 1.4426950408889634f;
   VITRT_DYNAMIC_SHARED(float, smem);
   const int chunk = blockIdx.x, h = blockIdx.y, b = blockIdx.z, tid = threadIdx.x, bd = blockDim.x;
   const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
-  const int NP = (N + 7) & ~7, r0 = chunk * kInfoQkRows;
+  const int S = splits, RG = W / S, rows = 16 * RG;  // cuda.py: 32 W threads, up to 256 tokens
+  const int rg = warp % RG, split = warp / RG;
+  const int NP = (N + 7) & ~7, r0 = chunk * rows;
+  const int steps = NP / 8, per = (steps + S - 1) / S;  // the warp's keys: [j_lo, j_hi), multiples of 8
+  const int j_lo = 8 * min(steps, split * per), j_hi = 8 * min(steps, (split + 1) * per);
   half_bits* Ks = reinterpret_cast<half_bits*>(smem);  // [NP][LD] key rows
-  half_bits* Qs = Ks + NP * LD;                         // [kInfoQkRows][LD] the block's query rows
-  float* bias = reinterpret_cast<float*>(Qs + kInfoQkRows * LD);  // [NP]
-  float* part = bias + NP;                                        // [kInfoQkWarps][NP] per-warp column sums
+  half_bits* Qs = Ks + NP * LD;                         // [rows][LD] the block's query rows
+  float* bias = reinterpret_cast<float*>(Qs + rows * LD);  // [NP]
+  float* part = bias + NP;                                 // [RG][NP] each row group's column sums
+  float* ml = part + RG * NP;                              // S > 1: [W][16][2] each warp's rows' (max, sum)
   const half_bits* kb = k + (int64)b * ksb + (int64)h * ksh;
   const half_bits* qb = q + (int64)b * qsb + (int64)h * qsh;
 
@@ -961,7 +970,7 @@ __device__ void attention_info_qk(const half_bits* __restrict__ q, const half_bi
     return qb + (int64)(r0 + row - NP) * qsn + c;
   };
   auto row_dst = [&](int row, int c) { return row < NP ? Ks + row * LD + c : Qs + (row - NP) * LD + c; };
-  const int total = (NP + kInfoQkRows) * V;
+  const int total = (NP + rows) * V;
   for (int i = tid; i < total; i += bd) {
     bool ok = false;
     const half_bits* src = row_src(i / V, (i % V) * 8, ok);
@@ -972,34 +981,44 @@ __device__ void attention_info_qk(const half_bits* __restrict__ q, const half_bi
   cp_async_wait_all();
   __syncthreads();
 
-  const int wr = 16 * warp;  // the warp's first row in the block
-  if (r0 + wr < N) {         // warp-uniform: the mma below needs all 32 lanes
-    // The fragments by ldmatrix, as the score kernel takes them: one instruction per two or four 8 x 8
-    // matrices where 32-bit loads took one per matrix (the passes over the keys issue their fragment loads
-    // with every mma). Lane l gives the address of row l % 8 of matrix l / 8. The query rows' A fragments:
-    // matrices (rows 0-7 | 8-15) x (channels 0-7 | 8-15) of each 16-channel step, mma_16816's a[0..3].
-    const int r8 = lane & 7, mm = lane >> 3;
-    unsigned qa[KS][4];
+  const int wr = 16 * rg;             // the warp's first row in the block
+  const bool active = r0 + wr < N;      // warp-uniform: the mma below needs all 32 lanes
+  // The fragments by ldmatrix, as the score kernel takes them: one instruction per two or four 8 x 8
+  // matrices where 32-bit loads took one per matrix (the passes over the keys issue their fragment loads
+  // with every mma). Lane l gives the address of row l % 8 of matrix l / 8. The query rows' A fragments:
+  // matrices (rows 0-7 | 8-15) x (channels 0-7 | 8-15) of each 16-channel step, mma_16816's a[0..3].
+  const int r8 = lane & 7, mm = lane >> 3;
+  unsigned qa[KS][4];
+  if (active)
 #pragma unroll
     for (int ks = 0; ks < KS; ++ks) ldmatrix<4>(qa[ks], Qs + (wr + 8 * (mm & 1) + r8) * LD + 16 * ks + 8 * (mm >> 1));
-    // d[0], d[1]: row g, keys j0 + 2t, j0 + 2t + 1; d[2], d[3]: row g + 8, the same keys. Scaled to
-    // base-2 logits with the bias added. The key fragments: matrices (keys j0 .. j0 + 7) x (channels 0-7 |
-    // 8-15 of step ks), b[0..1]. Two steps per ldmatrix (x4) made ptxas spill for sm_100 to sm_120.
-    const float s2 = scale * kLog2e;
-    auto logits = [&](int j0, float (&d)[4]) {
+  // d[0], d[1]: row g, keys j0 + 2t, j0 + 2t + 1; d[2], d[3]: row g + 8, the same keys. Scaled to base-2
+  // logits with the bias added. The key fragments: matrices (keys j0 .. j0 + 7) x (channels 0-7 | 8-15 of
+  // step ks), b[0..1]. Two steps per ldmatrix (x4) made ptxas spill for sm_100 to sm_120.
+  const float s2 = scale * kLog2e;
+  auto logits = [&](int j0, float (&d)[4]) {
 #pragma unroll
-      for (int u = 0; u < 4; ++u) d[u] = 0.0f;
+    for (int u = 0; u < 4; ++u) d[u] = 0.0f;
 #pragma unroll
-      for (int ks = 0; ks < KS; ++ks) {
-        unsigned kf[2];
-        ldmatrix<2>(kf, Ks + (j0 + r8) * LD + 16 * ks + 8 * (mm & 1));
-        mma_16816(d, qa[ks], kf);
-      }
+    for (int ks = 0; ks < KS; ++ks) {
+      unsigned kf[2];
+      ldmatrix<2>(kf, Ks + (j0 + r8) * LD + 16 * ks + 8 * (mm & 1));
+      mma_16816(d, qa[ks], kf);
+    }
 #pragma unroll
-      for (int u = 0; u < 4; ++u) d[u] = fmaf(d[u], s2, bias[j0 + 2 * t + (u & 1)]);
-    };
-    float m[2] = {neg_inf(), neg_inf()}, l[2] = {0.0f, 0.0f};
-    for (int j0 = 0; j0 < NP; j0 += 8) {
+    for (int u = 0; u < 4; ++u) d[u] = fmaf(d[u], s2, bias[j0 + 2 * t + (u & 1)]);
+  };
+  // Online (max, sum) merge: (m, l) and (mo, lo) of disjoint keys; nothing to do while both are empty.
+  auto merge_max_sum = [](float& m, float& l, float mo, float lo) {
+    const float mn = fmaxf(m, mo);
+    if (mn != neg_inf()) {
+      l = l * fast_exp2(m - mn) + lo * fast_exp2(mo - mn);
+      m = mn;
+    }
+  };
+  float m[2] = {neg_inf(), neg_inf()}, l[2] = {0.0f, 0.0f};
+  if (active) {
+    for (int j0 = j_lo; j0 < j_hi; j0 += 8) {
       float d[4];
       logits(j0, d);
 #pragma unroll
@@ -1014,17 +1033,30 @@ __device__ void attention_info_qk(const half_bits* __restrict__ q, const half_bi
 #pragma unroll
     for (int rr = 0; rr < 2; ++rr)
 #pragma unroll
-      for (int o = 1; o < 4; o <<= 1) {
-        const float mo = __shfl_xor_sync(kFullMask, m[rr], o), lo = __shfl_xor_sync(kFullMask, l[rr], o);
-        const float mn = fmaxf(m[rr], mo);
-        if (mn != neg_inf()) {
-          l[rr] = l[rr] * fast_exp2(m[rr] - mn) + lo * fast_exp2(mo - mn);
-          m[rr] = mn;
-        }
+      for (int o = 1; o < 4; o <<= 1)
+        merge_max_sum(m[rr], l[rr], __shfl_xor_sync(kFullMask, m[rr], o), __shfl_xor_sync(kFullMask, l[rr], o));
+  }
+  if (S > 1) {  // block-uniform: the row group's S key ranges, merged in range order by each of its warps
+    if (active && t == 0)
+#pragma unroll
+      for (int rr = 0; rr < 2; ++rr) {
+        ml[2 * (16 * warp + g + 8 * rr)] = m[rr];
+        ml[2 * (16 * warp + g + 8 * rr) + 1] = l[rr];
       }
+    __syncthreads();
+    if (active)
+#pragma unroll
+      for (int rr = 0; rr < 2; ++rr) {
+        const float* p = ml + 2 * (16 * rg + g + 8 * rr);  // key range 0 of the row group: warp rg
+        m[rr] = p[0];
+        l[rr] = p[1];
+        for (int sp = 1; sp < S; ++sp) merge_max_sum(m[rr], l[rr], p[32 * RG * sp], p[32 * RG * sp + 1]);
+      }
+  }
+  if (active) {
     const int row = r0 + wr + g;
     const float inv0 = row < N ? 1.0f / l[0] : 0.0f, inv1 = row + 8 < N ? 1.0f / l[1] : 0.0f;  // rows past N: 0
-    for (int j0 = 0; j0 < NP; j0 += 8) {
+    for (int j0 = j_lo; j0 < j_hi; j0 += 8) {
       float d[4];
       logits(j0, d);
       float c0 = fast_exp2(d[0] - m[0]) * inv0 + fast_exp2(d[2] - m[1]) * inv1;
@@ -1035,18 +1067,18 @@ __device__ void attention_info_qk(const half_bits* __restrict__ q, const half_bi
         c1 += __shfl_xor_sync(kFullMask, c1, o);
       }
       if (g == 0) {
-        part[warp * NP + j0 + 2 * t] = c0;
-        part[warp * NP + j0 + 2 * t + 1] = c1;
+        part[rg * NP + j0 + 2 * t] = c0;
+        part[rg * NP + j0 + 2 * t + 1] = c1;
       }
     }
   } else {
-    for (int j = lane; j < NP; j += 32) part[warp * NP + j] = 0.0f;
+    for (int j = j_lo + lane; j < j_hi; j += 32) part[rg * NP + j] = 0.0f;
   }
   __syncthreads();
   float* out = colsum + (((int64)b * H + h) * gridDim.x + chunk) * N;
   for (int j = tid; j < N; j += bd) {
     float s = part[j];
-    for (int w = 1; w < kInfoQkWarps; ++w) s += part[w * NP + j];
+    for (int r = 1; r < RG; ++r) s += part[r * NP + j];
     out[j] = s;
   }
 }
@@ -1539,8 +1571,8 @@ VITRT_TF_INFO(24, f16, half_bits)
 #define VITRT_TF_INFO_QK(KS, W)                                                                           \
   extern "C" __global__ void __launch_bounds__(32 * W) vitrt_tf_attention_info_qk##KS##_f16(              \
       const half_bits* q, const half_bits* k, const half_bits* size, float* colsum, int N, int H, int qsb, \
-      int qsh, int qsn, int ksb, int ksh, int ksn, float scale) {                                          \
-    attention_info_qk<KS, W>(q, k, size, colsum, N, H, qsb, qsh, qsn, ksb, ksh, ksn, scale);              \
+      int qsh, int qsn, int ksb, int ksh, int ksn, float scale, int splits) {                              \
+    attention_info_qk<KS, W>(q, k, size, colsum, N, H, qsb, qsh, qsn, ksb, ksh, ksn, scale, splits);      \
   }
 VITRT_TF_INFO_QK(2, 8)
 VITRT_TF_INFO_QK(4, 8)

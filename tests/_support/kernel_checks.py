@@ -439,11 +439,19 @@ def qk_inputs(
 
 
 def check_attention_info_qk(
-    b: int, h: int, n: int, e: int, dtype: torch.dtype, device: str, with_size: bool, layout: str
+    b: int,
+    h: int,
+    n: int,
+    e: int,
+    dtype: torch.dtype,
+    device: str,
+    with_size: bool,
+    layout: str,
+    key_splits: int | None = None,
 ) -> None:
-    """attention_info_qk_cuda (the fused block's info from q and k) against reference.attention_info of
-    the float32 logits of the same q, k, with or without proportional attention; within 1e-4 (float32) /
-    1e-2 (float16) relative to the largest value."""
+    """attention_info_qk_cuda (the fused block's info from q and k; ``key_splits`` for its q, k kernel)
+    against reference.attention_info of the float32 logits of the same q, k, with or without proportional
+    attention; within 1e-4 (float32) / 1e-2 (float16) relative to the largest value."""
     from vitrt.plugins.token_fusion.cuda import attention_info_qk_cuda
 
     q, k = qk_inputs(b, h, n, e, dtype, device, layout)
@@ -451,7 +459,7 @@ def check_attention_info_qk(
     size = torch.randint(1, 5, (b, n), device=device, generator=g).float().to(dtype) if with_size else None
     scale = e**-0.5
     log_size = None if size is None else torch.full_like(size, math.nan)
-    got = attention_info_qk_cuda(q, k, size, scale, log_size)
+    got = attention_info_qk_cuda(q, k, size, scale, log_size, key_splits=key_splits)
     _synchronize(got)
     assert got.shape == (b, n) and got.dtype == dtype and not got.isnan().any()
     want = tf_ref.attention_info(q.float() @ k.float().transpose(-2, -1), size, scale)

@@ -8,8 +8,9 @@ matching in one launch (float16, a 64-channel metric, and its largest, N = 256 a
 64-tile tensor-core scores, the merge of 384 and of 512 channels, with and without the norm after the merge
 (by merged row and by token, with a residual and log size, on the vector and scalar paths), the merge added
 to a base and normed, the row norm alone and after a residual add; a fused block's attention_info from q and
-k, with log size, which is the tensor-core kernel in float16 and q k^T + the logits kernel in float32; N =
-784 for Scatterbrain in every mode), small enough for the sanitizer's slowdown.
+k, with log size, which is the tensor-core kernel in float16 (also with its keys split between warps) and
+q k^T + the logits kernel in float32; N = 784 for Scatterbrain in every mode), small enough for the
+sanitizer's slowdown.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def main() -> int:
         q, k = qk_inputs(2, 6, 197, 64, dtype, "cuda", "qkv")
         ones = torch.ones(2, 197, dtype=dtype, device="cuda")
         attention_info_qk_cuda(q, k, ones, 0.125, torch.empty_like(ones))  # info and log size
+        if dtype == torch.float16:  # keys split between warps: the (max, sum) exchange in shared memory
+            attention_info_qk_cuda(q, k, ones, 0.125, key_splits=4)
         for mode in Mode:
             attrs = attention_attrs(mode, 6, 2, 3, 576**-0.5)
             hv, proj = _fixed(2, 3, 64, "cuda")

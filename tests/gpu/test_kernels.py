@@ -151,6 +151,15 @@ def test_attention_info_from_q_and_k(
     check_attention_info_qk(b, h, n, e, dtype, "cuda", with_size, layout)
 
 
+@pytest.mark.parametrize(
+    ("b", "n", "e", "splits"),
+    [(1, 197, 64, 2), (1, 197, 64, 4), (8, 197, 64, 8), (2, 256, 128, 4), (1, 9, 32, 8)],
+)
+def test_attention_info_key_splits(b: int, n: int, e: int, splits: int) -> None:
+    """The q, k kernel with its keys split between warps (the small-batch option) gives the reference's."""
+    check_attention_info_qk(b, 6, n, e, torch.float16, "cuda", True, "qkv", key_splits=splits)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
 @pytest.mark.parametrize(
     ("b", "n", "c", "r", "affine", "offset"),

@@ -35,6 +35,7 @@ from tests._support.kernel_checks import (
     check_scatterbrain,
     check_scores_match,
     check_token_fusion,
+    qk_inputs,
 )
 from vitrt.plugins.cuda_build import KernelSource
 from vitrt.plugins.cuda_emulation import (
@@ -170,14 +171,49 @@ def test_attention_info_qk_shared_memory_fits_every_target() -> None:
     fit at E = 128, which keeps 4."""
     from vitrt.plugins.token_fusion.cuda import (
         INFO_QK_HEAD_DIMS,
+        INFO_QK_KEY_SPLITS,
         INFO_QK_MAX_TOKENS,
         info_qk_shared_bytes,
         info_qk_warps,
     )
 
     for e in INFO_QK_HEAD_DIMS:
-        assert info_qk_shared_bytes(INFO_QK_MAX_TOKENS, e) <= 99 * 1024, e
+        for splits in INFO_QK_KEY_SPLITS:
+            if splits <= info_qk_warps(e):
+                assert info_qk_shared_bytes(INFO_QK_MAX_TOKENS, e, splits) <= 99 * 1024, (e, splits)
     assert info_qk_warps(128) == 4 and info_qk_warps(64) == 8
+
+
+@pytest.mark.parametrize(
+    ("b", "h", "n", "e", "splits"),
+    [(2, 3, 197, 64, 2), (1, 2, 197, 64, 4), (1, 2, 61, 64, 8), (1, 2, 256, 128, 4), (2, 1, 9, 32, 8)],
+)
+def test_attention_info_key_splits_emulated(
+    b: int, h: int, n: int, e: int, splits: int, emulated: None
+) -> None:
+    """Key splits (a row group's keys swept by several warps, their row maxima and sums merged through shared
+    memory) give the reference's info, and within float32 rounding of one split's: only the order of the
+    (max, sum) merges differs. N = 9 with 8 splits leaves most warps an empty key range."""
+    from vitrt.plugins.token_fusion import reference
+    from vitrt.plugins.token_fusion.cuda import attention_info_qk_cuda
+
+    q, k = qk_inputs(b, h, n, e, torch.float16, "cpu", "qkv")
+    size = torch.randint(1, 5, (b, n)).half()
+    one = attention_info_qk_cuda(q, k, size, e**-0.5, key_splits=1)
+    split = attention_info_qk_cuda(q, k, size, e**-0.5, key_splits=splits)
+    want = reference.attention_info(q.float() @ k.float().transpose(-2, -1), size, e**-0.5)
+    torch.testing.assert_close(split.float(), want, rtol=0, atol=1e-2 * float(want.abs().max()))
+    torch.testing.assert_close(split, one, rtol=2e-3, atol=1e-6)  # float16 info: an ulp or two
+
+
+def test_attention_info_key_splits_are_checked(emulated: None) -> None:
+    from vitrt.plugins.token_fusion.cuda import attention_info_qk_cuda
+
+    q, k = qk_inputs(1, 1, 33, 128, torch.float16, "cpu", "qkv")
+    with pytest.raises(ValueError, match="key splits must be one of"):
+        attention_info_qk_cuda(q, k, None, 0.1, key_splits=8)  # E = 128: 4 warps
+    with pytest.raises(ValueError, match="key splits must be one of"):
+        attention_info_qk_cuda(q, k, None, 0.1, key_splits=3)
 
 
 @pytest.mark.parametrize(("b", "n", "c"), [(2, 197, 384), (1, 37, 264)])

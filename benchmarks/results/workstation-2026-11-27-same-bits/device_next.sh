@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # PREPARED, NOT RUN (session 11 had no GPU): the next GPU session's one device call for this folder's kernel
 # changes, measured against d421abf on the same machine. Kernel tests of token fusion on the GPU, then
-# kernels.py and the DeiT-S rows of gpu_models.py on the tree and on d421abf's plugins/, then the three
-# sanitizers. Every step has a time limit and writes to $OUT at once, so a call cut short still brings back
+# kernels.py (which also times attention_info's key splits, 1 / 2 / 4 / 8, against 1) and the DeiT-S rows
+# of gpu_models.py on the tree and on d421abf's plugins/, then the three sanitizers. Every step has a time limit and writes to $OUT at once, so a call cut short still brings back
 # what ran. At most about 9 minutes by the limits below (the machine's start is extra).
 #
 # Before the call, on the workstation (build/ is git-ignored and must be carried):
@@ -54,5 +54,6 @@ done
 grep -h -E "^(token_fusion|attention_info) +float16" "$R/kernels.txt" "$R/base/kernels.txt"
 grep -h -A9 "per-kernel" "$R/kernels.txt" "$R/base/kernels.txt" | grep "token_fusion"
 grep -h -A3 "SM cycles" "$R/kernels.txt" "$R/base/kernels.txt"
+grep -h -A3 "keys split between warps" "$R/kernels.txt"
 grep -h -E "^(timm|vitrt)" "$R/models.txt" "$R/base/models.txt" | grep -v bias
 echo "total ${SECONDS}s"
