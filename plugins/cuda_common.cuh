@@ -104,14 +104,26 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
 }
 
 // ---- one divisor, many quotients: a[u] / b with IEEE round to nearest, from one reciprocal ----------------
-// y must be 1 / b rounded to nearest (the caller's own 1.0f / b, once for many calls). Each quotient is
-// q = a y, corrected once by the residual a - b q, which an fma gives exactly: by Markstein's theorem
-// (y correctly rounded, q within an ulp of a / b), q + (a - b q) y rounded is a / b rounded, the bits the
-// division gives, at three instructions a value where each division is about ten (its own reciprocal,
-// refinement and range check). The theorem needs q and the residual to stay normal: the corrected path
-// runs only for |b| in [2^-40, 2^40) and every |a| in [2^-60, 2^60); otherwise (zero, tiny, huge,
-// infinite or NaN values) each value takes the division. Checked on the CPU against a / b over every
-// mantissa of a for 8192 divisors, and at the range's corners (benchmarks/results/cpu-2026-11-27-*/).
+// nvcc compiles each a / b (div.rn.f32) to a fast path and a slow one: y0 = rcp.approx(b); y = y0 + y0 (1 -
+// b y0) (two fmas); q = a y; q' = q + y (a - b q) (two fmas), taken when FCHK finds a and b in the range
+// where it is exact, else a subroutine. y depends on b alone, yet every division recomputes it and checks
+// (about ten instructions). division_reciprocal(b) is that y, once for many quotients; divide_by(a, b, y)
+// runs the rest of the fast path, the same instructions on the same values, so the same bits, where |b| in
+// [2^-40, 2^40) and every |a| in [2^-60, 2^60) (far inside FCHK's range: q and the residual stay normal),
+// and a / b otherwise (zero, tiny, huge, infinite or NaN values): three instructions a value.
+// The CPU emulator has no bit-exact model of rcp.approx and takes y0 = 1 / b rounded to nearest; the fast
+// path from that y0 gave the division's bits for every mantissa of a against 8192 mantissas of b, at the
+// range's corners and for 10^9 random pairs (benchmarks/results/workstation-2026-11-27-same-bits/).
+__device__ __forceinline__ float division_reciprocal(float b) {
+  float y0;
+#ifdef VITRT_CPU_EMULATION
+  y0 = 1.0f / b;
+#else
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y0) : "f"(b));
+#endif
+  return fmaf(y0, fmaf(-b, y0, 1.0f), y0);
+}
+
 template <int V>
 __device__ __forceinline__ void divide_by(float (&a)[V], float b, float y) {
   float lo = fabsf(a[0]), hi = lo;
@@ -125,7 +137,7 @@ __device__ __forceinline__ void divide_by(float (&a)[V], float b, float y) {
 #pragma unroll
     for (int u = 0; u < V; ++u) {
       const float q = __fmul_rn(a[u], y);
-      a[u] = fmaf(fmaf(-b, q, a[u]), y, q);
+      a[u] = fmaf(y, fmaf(-b, q, a[u]), q);
     }
   } else {
 #pragma unroll

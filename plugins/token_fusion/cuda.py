@@ -518,9 +518,7 @@ def enqueue_attention_info_qk(
         if base % 16 or any(st % 8 for st in strides) or any(not 0 <= st < 2**31 for st in strides):
             raise ValueError(f"{name}: rows must be 16-byte aligned with int32 strides, got {strides}")
     warps = info_qk_warps(head_dim)
-    if splits not in INFO_QK_KEY_SPLITS or splits > warps:
-        raise ValueError(f"key splits must be one of {INFO_QK_KEY_SPLITS} up to {warps} at E={head_dim}, "
-                         f"got {splits}")  # fmt: skip
+    _check_key_splits(splits, head_dim)
     chunks = info_qk_chunks(tokens, head_dim, splits)
     launch(
         load_module(SOURCE),
@@ -533,6 +531,14 @@ def enqueue_attention_info_qk(
         shared_mem=info_qk_shared_bytes(tokens, head_dim, splits),
     )  # fmt: skip
     return chunks
+
+
+def _check_key_splits(splits: int, head_dim: int) -> None:
+    """Raise unless ``splits`` is one of ``INFO_QK_KEY_SPLITS`` and at most the q, k kernel's warps."""
+    warps = info_qk_warps(head_dim)
+    if splits not in INFO_QK_KEY_SPLITS or splits > warps:
+        raise ValueError(f"key splits must be one of {INFO_QK_KEY_SPLITS} up to {warps} at E={head_dim}, "
+                         f"got {splits}")  # fmt: skip
 
 
 def info_qk_chunks(tokens: int, head_dim: int, splits: int = 1) -> int:
@@ -944,7 +950,8 @@ def attention_info_qk_cuda(
     aligned) and a second takes the mean, so neither the logits nor contiguous copies are written;
     otherwise q k^T by a GEMM, then ``attention_info_cuda`` (or the reference beyond its token limit).
     ``log_size`` (a contiguous tensor like size) receives log(size), written by the mean's launch.
-    ``key_splits``: the q, k kernel's (``INFO_QK_KEY_SPLITS``; None: ``info_qk_key_splits``)."""
+    ``key_splits``: the q, k kernel's (``INFO_QK_KEY_SPLITS``; None: ``info_qk_key_splits``); the GEMM path
+    has none and ignores it."""
     import torch
 
     from .reference import attention_info
@@ -979,6 +986,7 @@ def attention_info_qk_cuda(
     q, k = rows(q), rows(k)
     stream = kernel_stream(q)
     splits = info_qk_key_splits(b, h, n, e) if key_splits is None else key_splits
+    _check_key_splits(splits, e)
     colsum, info = _info_buffers(b, h, n, info_qk_chunks(n, e, splits), q)
     with kernel_device(q):
         size_ptr = 0 if size is None else size.data_ptr()

@@ -17,16 +17,17 @@
 //                                                     same dest bit for bit), from a batch of SMs / 5
 //   3. vitrt_tf_merge_<dt>      grid (N_out/8, B)     weighted mean of every group, found from member
 //                                                     bitmasks that each block builds once from dest
-//                                                     by warp ballots; sizes summed. The same kernel merges
-//                                                     a fused block's attention output (one-step-ahead)
-//                                                     and, for a fused block, can also write the
-//                                                     LayerNorm that follows of every merged row.
+//                                                     (an atomicOr per token); sizes summed. The same
+//                                                     kernel merges a fused block's attention output
+//                                                     (one-step-ahead) and, for a fused block, can also
+//                                                     write the LayerNorm that follows of every merged
+//                                                     row.
 //                                                     vitrt_tf_merge384_f16: the same for float16 rows
 //                                                     of 257 to 384 channels in 4-half vectors
 //      (r = 0: vitrt_tf_match writes dest = arange and vitrt_tf_copy_<dt> copies x and size instead)
 //
 // And, for a fused block rather than the op, the attention each key receives without writing the
-// probabilities: vitrt_tf_attention_info_qk<E/16>_f16 grid (N/16W, H, B) from q and k on tensor cores
+// probabilities: vitrt_tf_attention_info_qk<E/16>_f16 grid (N S/16W, H, B) from q and k on tensor cores
 // (float16, E = 32 / 64 / 128, N <= 256), else vitrt_tf_attention_info<VPL>_<dt> grid (N/64, H, B) from
 // q k^T; then vitrt_tf_info_mean_<dt> grid (N/256, B), the mean over heads and queries. And for any
 // block, vitrt_tf_layer_norm_<dt> grid (R/8): the merge's row LayerNorm alone, or after a residual add
@@ -38,12 +39,12 @@
 // positions (Na = ceil(N/2)), set B = odd (Nb = floor(N/2)); N_out = N - r.
 //
 // Determinism: no floating-point atomics (the merge's member bitmasks are ORed in by shared-memory integer
-// atomics, whose result does not depend on their order). Every sum runs in a fixed order (the merge sums each group's members in
-// increasing token index, the order of the reference's scatter_add), so results are bitwise
-// reproducible. Ties follow torch.max (first index) for arg-maxima and a stable descending order for
-// the rankings (ties -> lower index first). The reference ranks with torch.argsort(descending=True),
-// which is unstable, so on an exact tie of two best-partner scores the reference's order is
-// implementation-defined while the kernel's is the stable one.
+// atomics, whose result does not depend on their order). Every sum runs in a fixed order (the merge sums
+// each group's members in increasing token index, the order of the reference's scatter_add), so results
+// are bitwise reproducible. Ties follow torch.max (first index) for arg-maxima and a stable descending
+// order for the rankings (ties -> lower index first). The reference ranks with
+// torch.argsort(descending=True), which is unstable, so on an exact tie of two best-partner scores the
+// reference's order is implementation-defined while the kernel's is the stable one.
 
 #include "cuda_common.cuh"
 
@@ -679,7 +680,7 @@ __device__ void merge_slot(const T* __restrict__ x, const T* __restrict__ residu
     }
   }
   den = fmaxf(den, 1e-12f);
-  const float rden = 1.0f / den;  // divide_by's reciprocal: one division per slot, not one per value
+  const float rden = division_reciprocal(den);  // divide_by's: once per slot, not once per value
   if (size_out != nullptr && lane == 0) size_out[(int64)b * N_out + s] = from_float<T>(total);
   if (log_size_out != nullptr && lane == 0)
     log_size_out[(int64)b * N_out + s] = from_float<T>(logf(to_float(from_float<T>(total))));
@@ -914,7 +915,7 @@ __device__ void attention_info(const T* __restrict__ logits, const T* __restrict
 }
 
 // attention_info straight from q and k, the logits never written: float16 q, k with head dim E = 16 KS
-// and at most kInfoQkMaxTokens tokens, on tensor cores. It replaces q k^T (a GEMM whose B x H x N x N
+// and at most cuda.INFO_QK_MAX_TOKENS tokens, on tensor cores. It replaces q k^T (a GEMM whose B x H x N x N
 // output attention_info then reads back) plus the copies that make q and k contiguous: q and k are read
 // through their row strides (in elements, rows 16-byte aligned), as views of the qkv projection.
 // Block (chunk, h, b), 32 W threads, in S key splits (`splits`: 1, 2, 4 or 8, dividing W): RG = W / S row

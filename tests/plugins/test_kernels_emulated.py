@@ -192,8 +192,9 @@ def test_attention_info_key_splits_emulated(
     b: int, h: int, n: int, e: int, splits: int, emulated: None
 ) -> None:
     """Key splits (a row group's keys swept by several warps, their row maxima and sums merged through shared
-    memory) give the reference's info, and within float32 rounding of one split's: only the order of the
-    (max, sum) merges differs. N = 9 with 8 splits leaves most warps an empty key range."""
+    memory) give the reference's info, and within float32 rounding of one split's: the (max, sum) merges
+    run in another order, and the column sums are grouped into more, smaller chunks. N = 9 with 8 splits
+    leaves most warps an empty key range."""
     from vitrt.plugins.token_fusion import reference
     from vitrt.plugins.token_fusion.cuda import attention_info_qk_cuda
 
@@ -511,7 +512,7 @@ extern "C" __global__ void divide(const float* a, const float* b, float* out, in
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n) return;
   float v[4] = {a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]};
-  divide_by<4>(v, b[i], 1.0f / b[i]);
+  divide_by<4>(v, b[i], division_reciprocal(b[i]));
   for (int u = 0; u < 4; ++u) out[4 * i + u] = v[u];
 }
 
@@ -591,9 +592,9 @@ def test_ldmatrix_and_cp_async_emulation(selftest: Any) -> None:
 
 
 def test_divide_by_one_reciprocal_equals_division(selftest: Any) -> None:
-    """divide_by (one reciprocal for four quotients, corrected by an fma) gives the bits of IEEE division:
-    quotients in its corrected range, near-exact and exact ones, and the values that take the division
-    (zero, subnormal, huge, infinite, NaN, divisors outside [2^-40, 2^40))."""
+    """divide_by (division_reciprocal's y for four quotients, each corrected by an fma) gives the bits of IEEE
+    division: quotients in its corrected range, near-exact and exact ones, and the values that take the
+    division (zero, subnormal, huge, infinite, NaN, divisors outside [2^-40, 2^40))."""
     n = 1 << 16
     g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ()).item()))
 
