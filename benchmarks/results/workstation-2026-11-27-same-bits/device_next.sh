@@ -7,6 +7,7 @@
 #
 # Before the call, on the workstation (build/ is git-ignored and must be carried):
 #   bash tests/gpu/ab_kernels.sh prepare d421abf               # build/ab-base/plugins, build/ab-base/COMMIT
+#   git show d421abf:benchmarks/kernels.py >build/ab-base/kernels.py  # the tree's times key splits d421abf lacks
 #   (cd "$(mktemp -d)" && git -C /work/main archive d421abf | tar -x && PYTHONPATH=$PWD python3 -c \
 #     "from pathlib import Path; from vitrt.plugins.cuda_build import build_fatbin, kernel_source; \
 #      build_fatbin(kernel_source('token_fusion'), Path('/work/main/build/ab-base/fatbins'), ('sm_90',), None)")
@@ -29,11 +30,12 @@ timeout 50 python3 benchmarks/kernels.py --iters 30 --out "$R/kernels.json" >"$R
 timeout 70 python3 benchmarks/gpu_models.py --skip-t2t --no-previous-path --iters 30 --out "$R/models.json" \
   >"$R/models.txt" 2>&1; step models $?
 
-# The base: a copy of the tree with d421abf's plugins/ and its sm_90 token_fusion fatbin (scatterbrain.cu did
+# The base: a copy of the tree with d421abf's plugins/, kernels.py and sm_90 token_fusion fatbin (scatterbrain.cu did
 # not change since d421abf: the tree's fatbin serves). build_fatbins becomes a no-op there, or the benchmarks
 # would rebuild the sm_90-only fatbin for five architectures.
 B=/tmp/vitrt-base; rm -rf $B && mkdir -p $B && tar -c --exclude=./.git --exclude=./build . | tar -x -C $B
 rm -rf $B/plugins && cp -r build/ab-base/plugins $B/plugins && cp build/ab-base/COMMIT "$R/base/"
+cp build/ab-base/kernels.py $B/benchmarks/kernels.py  # d421abf's own: the tree's asks for key splits
 mkdir -p $B/build/plugins && cp build/ab-base/fatbins/token_fusion.fatbin* build/plugins/scatterbrain.fatbin* $B/build/plugins/
 base_run() {  # base_run LIMIT OUTPUT SCRIPT ARGS...: the script under runpy in $B, build_fatbins disabled
   local limit=$1 output=$2; shift 2
