@@ -112,8 +112,9 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
 // [2^-40, 2^40) and every |a| in [2^-60, 2^60) (far inside FCHK's range: q and the residual stay normal),
 // and a / b otherwise (zero, tiny, huge, infinite or NaN values): three instructions a value.
 // The CPU emulator has no bit-exact model of rcp.approx and takes y0 = 1 / b rounded to nearest; the fast
-// path from that y0 gave the division's bits for every mantissa of a against 8192 mantissas of b, at the
-// range's corners and for 10^9 random pairs (benchmarks/results/workstation-2026-11-27-same-bits/).
+// path from that y0 gave the division's bits for every mantissa of a against 8192 mantissas of b, every
+// mantissa of b against 4096 of a, at the range's corners and for 10^9 random pairs (1.1e11 pairs in all,
+// benchmarks/results/workstation-2026-11-27-same-bits/division_check.c).
 __device__ __forceinline__ float division_reciprocal(float b) {
   float y0;
 #ifdef VITRT_CPU_EMULATION

@@ -982,8 +982,8 @@ __device__ void attention_info_qk(const half_bits* __restrict__ q, const half_bi
   cp_async_wait_all();
   __syncthreads();
 
-  const int wr = 16 * rg;             // the warp's first row in the block
-  const bool active = r0 + wr < N;      // warp-uniform: the mma below needs all 32 lanes
+  const int wr = 16 * rg;           // the warp's first row in the block
+  const bool active = r0 + wr < N;  // warp-uniform: the mma below needs all 32 lanes
   // The fragments by ldmatrix, as the score kernel takes them: one instruction per two or four 8 x 8
   // matrices where 32-bit loads took one per matrix (the passes over the keys issue their fragment loads
   // with every mma). Lane l gives the address of row l % 8 of matrix l / 8. The query rows' A fragments:
