@@ -829,7 +829,12 @@ __device__ void merge_by_dest(const T* __restrict__ x, const T* __restrict__ res
     mx = fmaxf(mx, sv);
   }
   for (int i = tid; i < warps * nchunks; i += blockDim.x) masks[i] = 0u;
-  mx = block_max(mx, scratch);  // its barrier also publishes sz, w and the zeroed masks
+  // The max size only where the weights use it (ATTN_SIZE); either way a barrier publishes sz, w and the
+  // zeroed masks (pooling is the same in the whole block).
+  if (pooling == 1)
+    mx = block_max(mx, scratch);
+  else
+    __syncthreads();
   // The member bitmasks: each token whose dest is one of the block's slots sets its bit, by a shared-memory
   // atomicOr (exact, and the same words whatever the order). Each thread reads the dst it wrote. Ballots
   // of every chunk for every slot took about 80 instructions per warp at N = 197, of about 700 in all.
