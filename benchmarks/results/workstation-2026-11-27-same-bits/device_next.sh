@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # PREPARED, NOT RUN (session 11 had no GPU): the next GPU session's one device call for this folder's kernel
 # changes, measured against d421abf on the same machine. Kernel tests of token fusion on the GPU, then
-# kernels.py (which also times attention_info's key splits, 1 / 2 / 4 / 8, against 1) and the DeiT-S rows
-# of gpu_models.py on the tree and on d421abf's plugins/, then the three sanitizers. Every step has a time limit and writes to $OUT at once, so a call cut short still brings back
-# what ran. At most about 9 minutes by the limits below (the machine's start is extra).
+# kernels.py (which also times attention_info's key splits, 1 / 2 / 4 / 8, against 1) and the DeiT-S rows of
+# gpu_models.py on the tree and on d421abf's plugins/, then the three sanitizers. Every step has a time
+# limit and writes to $OUT at once, so a call cut short still brings back what ran. At most about 9 minutes
+# by the limits below (the machine's start is extra).
 #
 # Before the call, on the workstation (build/ is git-ignored and must be carried):
 #   bash tests/gpu/ab_kernels.sh prepare d421abf               # build/ab-base/plugins, build/ab-base/COMMIT
@@ -12,7 +13,7 @@
 #     "from pathlib import Path; from vitrt.plugins.cuda_build import build_fatbin, kernel_source; \
 #      build_fatbin(kernel_source('token_fusion'), Path('/work/main/build/ab-base/fatbins'), ('sm_90',), None)")
 #   .venv/bin/vitrt plugins build                               # the tree's fatbins, every architecture
-# The call (carry: the four fatbin files and build/ab-base, about 41 MiB; not build/plugins/emulated):
+# The call (carry: the four fatbin files and build/ab-base, about 39 MiB; not build/plugins/emulated):
 #   run(command="bash benchmarks/results/workstation-2026-11-27-same-bits/device_next.sh",
 #       carry=["build/plugins/token_fusion.fatbin", "build/plugins/token_fusion.fatbin.json",
 #              "build/plugins/scatterbrain.fatbin", "build/plugins/scatterbrain.fatbin.json", "build/ab-base"],
