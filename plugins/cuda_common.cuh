@@ -208,6 +208,19 @@ __device__ __forceinline__ void ldmatrix(unsigned (&r)[M], const half_bits* row)
 #endif
 }
 
+// Where lane l points ldmatrix for mma_16816's fragments of a float16 tile in shared memory (row pitch `ld`
+// halves, rows 16-byte aligned). A: the 16 x 16 tile at `tile`, matrices (rows 0-7 | 8-15) x (columns
+// 0-7 | 8-15) in a[0..3]'s order (x4). B: the 8 x 16 tile at `tile` holding B transposed (row n: column n
+// of B, its K values contiguous), matrices rows 0-7 x (columns 0-7 | 8-15), b[0..1] (x2).
+__device__ __forceinline__ const half_bits* a_fragment_row(const half_bits* tile, int ld) {
+  const int lane = threadIdx.x & 31;
+  return tile + (8 * ((lane >> 3) & 1) + (lane & 7)) * ld + 8 * (lane >> 4);
+}
+__device__ __forceinline__ const half_bits* b_fragment_row(const half_bits* tile, int ld) {
+  const int lane = threadIdx.x & 31;
+  return tile + (lane & 7) * ld + 8 * ((lane >> 3) & 1);
+}
+
 // ---- cp.async: 16 bytes from global to shared memory with no register round trip (sm_80+) -------------
 // Zero-fills the 16 bytes where valid is false (src is then not read but must be a mapped address). The
 // copies a thread issues are complete after its cp_async_wait_all; a barrier after that publishes them to

@@ -415,16 +415,15 @@ __device__ void scores_tile_mma(const half_bits* __restrict__ metric, const half
 #pragma unroll
     for (int k0 = 0; k0 < kMmaK; k0 += 16) {
       // The fragments by ldmatrix (one instruction per 4 matrices: the kernel is issue-bound). Lane l
-      // addresses row l % 8 of matrix mm = l / 8: for B, mmb = 2 j + (k half) (lanes past the 2 NJ
-      // matrices repeat the first ones' rows, unused); for A, mm = 2 (k half) + (row half), the order of
-      // mma_16816's a[0..3].
-      const int mm = lane >> 3, r8 = lane & 7, mmb = mm & (2 * NJ - 1);
+      // addresses row l % 8 of matrix l / 8: for B, the NJ tiles' b[0..1] in one load, matrix 2 j + (k
+      // half) (lanes past the 2 NJ matrices repeat the first ones' rows, unused); for A, a_fragment_row.
+      const int mmb = (lane >> 3) & (2 * NJ - 1);
       unsigned fbv[2 * NJ];
-      ldmatrix<2 * NJ>(fbv, &Bs[wn + 8 * (mmb >> 1) + r8][k0 + 8 * (mmb & 1)]);
+      ldmatrix<2 * NJ>(fbv, &Bs[wn + 8 * (mmb >> 1) + (lane & 7)][k0 + 8 * (mmb & 1)]);
 #pragma unroll
       for (int m = 0; m < MI; ++m) {
         unsigned fa[4];
-        ldmatrix<4>(fa, &As[wm + 16 * m + 8 * (mm & 1) + r8][k0 + 8 * (mm >> 1)]);
+        ldmatrix<4>(fa, a_fragment_row(&As[wm + 16 * m][k0], kMmaLd));
 #pragma unroll
         for (int j = 0; j < NJ; ++j) {
           const unsigned fb[2] = {fbv[2 * j], fbv[2 * j + 1]};
@@ -991,16 +990,14 @@ __device__ void attention_info_qk(const half_bits* __restrict__ q, const half_bi
   const bool active = r0 + wr < N;  // warp-uniform: the mma below needs all 32 lanes
   // The fragments by ldmatrix, as the score kernel takes them: one instruction per two or four 8 x 8
   // matrices where 32-bit loads took one per matrix (the passes over the keys issue their fragment loads
-  // with every mma). Lane l gives the address of row l % 8 of matrix l / 8. The query rows' A fragments:
-  // matrices (rows 0-7 | 8-15) x (channels 0-7 | 8-15) of each 16-channel step, mma_16816's a[0..3].
-  const int r8 = lane & 7, mm = lane >> 3;
+  // with every mma). The query rows' A fragments: the warp's 16 rows x each 16-channel step.
   unsigned qa[KS][4];
   if (active)
 #pragma unroll
-    for (int ks = 0; ks < KS; ++ks) ldmatrix<4>(qa[ks], Qs + (wr + 8 * (mm & 1) + r8) * LD + 16 * ks + 8 * (mm >> 1));
+    for (int ks = 0; ks < KS; ++ks) ldmatrix<4>(qa[ks], a_fragment_row(Qs + wr * LD + 16 * ks, LD));
   // d[0], d[1]: row g, keys j0 + 2t, j0 + 2t + 1; d[2], d[3]: row g + 8, the same keys. Scaled to base-2
-  // logits with the bias added. The key fragments: matrices (keys j0 .. j0 + 7) x (channels 0-7 | 8-15 of
-  // step ks), b[0..1]. Two steps per ldmatrix (x4) made ptxas spill for sm_100 to sm_120.
+  // logits with the bias added. The key fragments: keys j0 .. j0 + 7 x the channels of step ks, b[0..1].
+  // Two steps per ldmatrix (x4) made ptxas spill for sm_100 to sm_120.
   const float s2 = scale * kLog2e;
   auto logits = [&](int j0, float (&d)[4]) {
 #pragma unroll
@@ -1008,7 +1005,7 @@ __device__ void attention_info_qk(const half_bits* __restrict__ q, const half_bi
 #pragma unroll
     for (int ks = 0; ks < KS; ++ks) {
       unsigned kf[2];
-      ldmatrix<2>(kf, Ks + (j0 + r8) * LD + 16 * ks + 8 * (mm & 1));
+      ldmatrix<2>(kf, b_fragment_row(Ks + j0 * LD + 16 * ks, LD));
       mma_16816(d, qa[ks], kf);
     }
 #pragma unroll
@@ -1455,11 +1452,9 @@ __device__ void scores_match(const half_bits* __restrict__ metric, const half_bi
   // The dot products: unit u = warp + 32 k is rows (u / NT) * 16 .. + 15 of A, (u % NT) * 8 .. + 7 of B;
   // the warp's units advance together, channel step by channel step, so their products are independent
   // instructions in flight rather than one unit's chain after another's. The fragments by ldmatrix, as
-  // scores_tile_mma takes them (two instructions per unit and step where 32-bit loads took six): lane l
-  // gives row l % 8 of matrix l / 8, A's matrices (rows 0-7 | 8-15) x (channels 0-7 | 8-15) of the step
-  // in mma_16816's order a[0..3], B's (rows 0-7) x (channels 0-7 | 8-15).
+  // scores_tile_mma takes them (two instructions per unit and step where 32-bit loads took six); ar, br:
+  // the lane's row addresses of the unit's A and B tiles (a_fragment_row, b_fragment_row) at channel 0.
   const int NT = NbP / 8, units = (NaP / 16) * NT, mine = (units - warp + 31) / 32;  // warp-uniform
-  const int r8 = lane & 7, mm = lane >> 3;
   float acc[kScoresMatchUnits][4];
   const half_bits* ar[kScoresMatchUnits];
   const half_bits* br[kScoresMatchUnits];
@@ -1468,8 +1463,8 @@ __device__ void scores_match(const half_bits* __restrict__ metric, const half_bi
 #pragma unroll
     for (int q = 0; q < 4; ++q) acc[k][q] = 0.0f;
     const int u = warp + 32 * k;
-    ar[k] = rows + ((u / NT) * 16 + 8 * (mm & 1) + r8) * LD + 8 * (mm >> 1);
-    br[k] = rows + (NaP + (u % NT) * 8 + r8) * LD + 8 * (mm & 1);
+    ar[k] = a_fragment_row(rows + (u / NT) * 16 * LD, LD);
+    br[k] = b_fragment_row(rows + (NaP + (u % NT) * 8) * LD, LD);
   }
   for (int k0 = 0; k0 < CmP; k0 += 16)
 #pragma unroll

@@ -481,19 +481,19 @@ extern "C" __global__ void helpers(const float* x, const int* counts, float* max
 }
 
 // A 16 x 24 float16 tile staged by cp_async16 (vector 5 of its 48 zero-filled instead), copied back to
-// staged, and the mma fragments of its first 16 x 16 (A) and 8 x 16 (B) taken by ldmatrix and by the
-// 32-bit loads mma_16816 documents: out[12 lane ..]: A by ldmatrix (4), A by loads (4), B by ldmatrix (2),
-// B by loads (2). One warp.
+// staged, and the mma fragments of its first 16 x 16 (A) and 8 x 16 (B) taken by ldmatrix at
+// a_fragment_row / b_fragment_row and by the 32-bit loads mma_16816 documents: out[12 lane ..]: A by
+// ldmatrix (4), A by loads (4), B by ldmatrix (2), B by loads (2). One warp.
 extern "C" __global__ void fragments(const half_bits* tile, half_bits* staged, unsigned* out) {
   __shared__ __align__(16) half_bits t[16][24];
-  const int lane = threadIdx.x, g = lane >> 2, q = lane & 3, mm = lane >> 3, r8 = lane & 7;
+  const int lane = threadIdx.x, g = lane >> 2, q = lane & 3;
   for (int v = lane; v < 48; v += 32) cp_async16(&t[0][0] + 8 * v, tile + 8 * v, v != 5);
   cp_async_wait_all();
   __syncthreads();
   for (int i = lane; i < 16 * 24; i += 32) staged[i] = (&t[0][0])[i];
   unsigned a[4], b[2];
-  ldmatrix<4>(a, &t[8 * (mm & 1) + r8][8 * (mm >> 1)]);
-  ldmatrix<2>(b, &t[r8][8 * (mm & 1)]);
+  ldmatrix<4>(a, a_fragment_row(&t[0][0], 24));
+  ldmatrix<2>(b, b_fragment_row(&t[0][0], 24));
   auto word = [&](int row, int col) { return *reinterpret_cast<const unsigned*>(&t[row][col]); };
   const unsigned la[4] = {word(g, 2 * q), word(g + 8, 2 * q), word(g, 2 * q + 8), word(g + 8, 2 * q + 8)};
   const unsigned lb[2] = {word(g, 2 * q), word(g, 2 * q + 8)};
