@@ -2,7 +2,7 @@
 T2T-ViT-t-14 with Scatterbrain on its kernels) against timm's DeiT-S with fused attention, as ratios
 measured in one process.
 
-    python benchmarks/gpu_models.py [--batches 1 8 64] [--iters 50] [--out results.json]
+    python benchmarks/gpu_models.py [--batches 1 8 64] [--iters 50] [--out F] [--skip-t2t | --skip-deit]
 
 Rows (float16, 224 x 224, random weights and images, eval mode):
 - DeiT-S: timm dense (``timm.create_model("deit_small_patch16_224")``, when timm imports), official ToMe
@@ -279,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default=None, help="JSON results (default $OUT/gpu_models.json when OUT is set)"
     )
     parser.add_argument("--skip-t2t", action="store_true", help="DeiT-S rows only")
+    parser.add_argument("--skip-deit", action="store_true", help="T2T-ViT-t-14 rows only")
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -301,8 +302,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.backends.cuda.matmul.allow_tf32 = False  # float16 models: no effect on the timed paths
 
-    dense_timm, tome_timm, note = timm_models()
-    groups = {"DeiT-S": deit_rows(dense_timm, tome_timm)}
+    if args.skip_deit and args.skip_t2t:
+        parser.error("--skip-deit and --skip-t2t leave no rows")
+    dense_timm, tome_timm, note = (None, None, "no DeiT-S rows") if args.skip_deit else timm_models()
+    groups = {} if args.skip_deit else {"DeiT-S": deit_rows(dense_timm, tome_timm)}
     if not args.skip_t2t:
         groups["T2T-ViT-t-14"] = t2t_rows()
     checks: dict[str, Any] = {}
@@ -315,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     for rows in groups.values():
         for _, model in rows:
             model.cuda().to(DTYPE)
-    for label, model in groups["DeiT-S"][-2:] + groups.get("T2T-ViT-t-14", [])[1:]:
+    for label, model in groups.get("DeiT-S", [])[-2:] + groups.get("T2T-ViT-t-14", [])[1:]:
         key = f"{label}: CUDA float16 vs CPU float32 reference"
         checks[key] = _guarded(label, agreement, model)
         print(f"check: {key}: {checks[key]}", flush=True)

@@ -10,7 +10,8 @@ and matching in one launch, timed against the split launches in the same run); a
 attention_info at the same shapes (6 heads, E = 64) from q and k against q k^T + the logits kernel, and
 in float16 with the q, k kernel's keys split between 1, 2, 4 and 8 warps (each against 1 split);
 ScatterbrainAttention at the T2T-ViT-t-14 first token attention (N = 3136, E = 64, cluster 24, 2 hashes, 12
-projection rows = 24 features, scale 147^-0.5) at batch 1, 8 and 32; float16 and float32 I/O.
+projection rows = 24 features, scale 147^-0.5) at batch 1, 8 and 32; float16 and float32 I/O; in float16 also
+with the cluster kernel on CUDA cores instead of tensor cores (timed against it in the same run).
 
 Two times per op. "enqueue": CUDA events around one call of the raw-pointer ``enqueue`` (buffers and
 workspace allocated once, as TensorRT does), so the host's launch overhead is in it. "graph": the same
@@ -220,7 +221,12 @@ def bench_scatterbrain(batch: int, dtype: torch.dtype, iters: int) -> dict[str, 
     import torch.nn.functional as F
 
     from vitrt.plugins.lsh_attention import reference
-    from vitrt.plugins.lsh_attention.cuda import AttentionDims, enqueue, workspace_bytes
+    from vitrt.plugins.lsh_attention.cuda import (
+        AttentionDims,
+        cluster_on_tensor_cores,
+        enqueue,
+        workspace_bytes,
+    )
     from vitrt.plugins.lsh_attention.module import draw_hash_vectors, draw_projection
     from vitrt.plugins.lsh_attention.spec import Mode, ScatterbrainAttrs
 
@@ -235,13 +241,19 @@ def bench_scatterbrain(batch: int, dtype: torch.dtype, iters: int) -> dict[str, 
     work = torch.empty(workspace_bytes(d), dtype=torch.uint8, device="cuda")
     name = str(dtype).removeprefix("torch.")
 
-    def kernel() -> None:
-        stream = torch.cuda.current_stream().cuda_stream
-        enqueue(q.data_ptr(), k.data_ptr(), v.data_ptr(), hv.data_ptr(), proj.data_ptr(), out.data_ptr(),
-                work.data_ptr(), d, scale, name, stream)  # fmt: skip
+    def launches(tensor_cores: bool | None) -> Callable[[], None]:
+        def kernel() -> None:
+            stream = torch.cuda.current_stream().cuda_stream
+            enqueue(q.data_ptr(), k.data_ptr(), v.data_ptr(), hv.data_ptr(), proj.data_ptr(), out.data_ptr(),
+                    work.data_ptr(), d, scale, name, stream, tensor_cores=tensor_cores)  # fmt: skip
 
+        return kernel
+
+    kernel = launches(None)
     enqueue_ms = event_median_ms(kernel, iters)
     graph = graph_ms(kernel, iters)
+    # float16: the launcher's cluster kernel (tensor cores) against the CUDA-core one, same run
+    cuda_cores = graph_ms(launches(False), iters) if cluster_on_tensor_cores(d, name) else None
     ref_ms = event_median_ms(
         lambda: reference.scatterbrain_attention(
             q, k, v, hash_vectors=hv, projection=proj, cluster_size=c, scale=scale
@@ -260,6 +272,8 @@ def bench_scatterbrain(batch: int, dtype: torch.dtype, iters: int) -> dict[str, 
         "dense_sdpa_ms": dense_ms,
         "speedup_vs_reference": ref_ms / graph,
         "ratio_to_dense": graph / dense_ms,
+        "cluster_cuda_cores_graph_ms": cuda_cores,
+        "cluster_cuda_cores_kernels_us": kernel_breakdown(launches(False)) if cuda_cores else None,
         "kernels_us": kernel_breakdown(kernel),
         "floor_bytes": _bytes(q, k, v, hv, proj, out),
         "workspace_bytes": workspace_bytes(d),
@@ -362,6 +376,21 @@ def main(argv: list[str] | None = None) -> int:
             times = row["key_splits_graph_ms"]
             parts = ", ".join(f"{s}: {1e3 * ms:.1f} ({ms / times[1]:.2f}x)" for s, ms in times.items())
             print(f"  B={row['batch']}: {parts}")
+    print(
+        "Scatterbrain with its cluster kernel on tensor cores (the launcher's) / on CUDA cores, float16: the "
+        "whole op (graph us), then the cluster kernel alone (profiler us)"
+    )
+    for row in rows:
+        if row.get("cluster_cuda_cores_graph_ms"):
+            tc, cores = row["graph_ms"], row["cluster_cuda_cores_graph_ms"]
+            k_tc, k_cores = (
+                sum(us for name, us in times.items() if "vitrt_sb_cluster" in name)
+                for times in (row["kernels_us"], row["cluster_cuda_cores_kernels_us"])
+            )
+            print(
+                f"  B={row['batch']}: op {1e3 * tc:.1f} / {1e3 * cores:.1f} = {tc / cores:.2f}x; "
+                f"cluster kernel {k_tc:.1f} / {k_cores:.1f} = {k_tc / k_cores:.2f}x"
+            )
     result = {
         "device": info.name,
         "capability": list(info.capability),

@@ -21,6 +21,14 @@
 #define VITRT_DYNAMIC_SHARED(T, name) extern __shared__ __align__(16) T name[]
 #endif
 
+// A function kept out of line (a rare path that would bloat every unrolled copy of its caller). Not spelled
+// __noinline__ in the emulator: libstdc++ writes __attribute__((__noinline__)), which such a macro would break.
+#ifdef VITRT_CPU_EMULATION
+#define VITRT_NOINLINE __attribute__((noinline))
+#else
+#define VITRT_NOINLINE __noinline__
+#endif
+
 namespace vitrt {
 
 typedef unsigned short half_bits;  // IEEE binary16 storage

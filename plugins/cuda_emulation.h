@@ -68,6 +68,7 @@ struct alignas(16) uint4 {
   unsigned x, y, z, w;
 };
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+inline float2 make_float2(float x, float y) { return float2{x, y}; }
 
 // clock64(): the SM's cycle counter on a GPU; here nanoseconds of a monotonic clock. Only differences
 // within one launch mean anything, and emulated durations say nothing about a GPU's.

@@ -5,7 +5,8 @@ Same function as ``reference.attention_by_mode`` for the three modes of ``spec.M
 and v [B, H, N, Dv] share one dtype (float32 or float16), hash_vectors [R, E + 2] and projection [m, E]
 are float32; the output [B, H, N, Dv] has q's dtype; everything in between is float32 in the workspace.
 Launch sequence (see scatterbrain.cu): stats, features, kv_reduce (low rank), sort + cluster (sparse),
-combine.
+combine. The cluster kernel runs on tensor cores for float16 with clusters of at most 64 tokens (and
+the further limits of ``cluster_on_tensor_cores``), on CUDA cores otherwise.
 
 Memory: the workspace holds per (b, h) the hashes and sort permutations (R P floats / ints each), the
 squared norms (2 P), the features (2 P F floats), and every round's output rows in token order
@@ -57,6 +58,7 @@ KERNELS = (
     "vitrt_sb_kv_reduce",
     "vitrt_sb_sort",
     "vitrt_sb_sort_bitonic",
+    *(f"vitrt_sb_cluster_mma{ks}_f16" for ks in range(1, 5)),
 )
 """Every kernel this module launches (the build test checks each is in the fatbin)."""
 CHUNK = 64
@@ -71,6 +73,9 @@ _NO_OPT_IN = 48 * 1024  # dynamic shared memory that needs no opt-in
 _MAX_SHARED = 96 * 1024  # kept below the smallest opt-in limit of the targets (99 KiB, sm_120)
 _RADIX_MAX_P = 8192  # the radix sort's largest P (8 keys per thread, 1024 threads); bitonic beyond
 _TILE = 3  # cluster kernel: score tiles of 3 x 3 (scatterbrain.cu kTile)
+MMA_MAX_CLUSTER = 64
+"""The largest cluster size of the tensor-core cluster kernel (float16; 16 KS keys for KS = 1 .. 4)."""
+_MMA_WARPS = 8  # most warps of a tensor-core cluster block (scatterbrain.cu kMmaWarpsMax)
 
 
 def _pitch4(n: int) -> int:
@@ -162,6 +167,23 @@ class AttentionDims:
         nt = -(-self.c // _TILE)
         return min(256, max(64, 32 * -(-self.groups * nt * nt // 32)))
 
+    @property
+    def mma_steps(self) -> int:
+        """KS = ceil(c / 16), the 16-key steps of the tensor-core cluster kernel (its warps per cluster);
+        0 where c > MMA_MAX_CLUSTER, the mode has no clusters, or F >= 2^15 (the kernel's weights, up to F,
+        are scaled by 2^(15 - bits(F)) into float16's range)."""
+        fits = self.sparse and self.c <= MMA_MAX_CLUSTER and self.f < 2**15
+        return -(-self.c // 16) if fits else 0
+
+    @property
+    def mma_groups(self) -> int:
+        """Clusters per block of the tensor-core cluster kernel: as many as _MMA_WARPS warps take, fewer
+        where their shared memory would need an opt-in (more than 48 KiB)."""
+        g = max(1, _MMA_WARPS // max(1, self.mma_steps))
+        while g > 1 and _cluster_mma_bytes(self, g) > _NO_OPT_IN:
+            g -= 1
+        return g
+
     @staticmethod
     def of(batch: int, heads: int, n: int, e: int, dv: int, attrs: ScatterbrainAttrs) -> AttentionDims:
         """The dims of an op call with ``attrs``."""
@@ -202,6 +224,19 @@ def _cluster_bytes(d: AttentionDims, g: int) -> int:
     floats += 2 * _r4(qm * nt) + _r4(qm) * (2 if sb else 1)
     ints = 2 * _r4(qm) + (2 * _r4(d.r * qm) if multi else 0)
     return 4 * (floats + ints)
+
+
+def _cluster_mma_bytes(d: AttentionDims, g: int) -> int:
+    """Bytes of the tensor-core cluster kernel's shared memory (scatterbrain.cu cluster_attention_mma):
+    float16 query and key rows (pitch 16 ceil(E / 16) + 8 halves, g c + 16 rows), the values transposed
+    (8 ceil(Dv / 8) rows of g 16 KS + 8 halves), then int32 slot tokens, buckets and float32 pls."""
+    if not d.mma_steps:
+        return 0
+    qm, sb = g * d.c, d.mode == Mode.SCATTERBRAIN
+    ep, vtp = 16 * -(-d.e // 16) + 8, g * 16 * d.mma_steps + 8
+    halves = 2 * (qm + 16) * ep + 8 * -(-d.dv // 8) * vtp
+    words = 2 * _r4(qm) + (2 * _r4(d.r * qm) if sb and d.r > 1 else 0) + (_r4(qm) if sb else 0)
+    return 2 * halves + 4 * words
 
 
 def _sort_bytes(d: AttentionDims) -> int:
@@ -259,8 +294,16 @@ def shared_bytes(d: AttentionDims) -> dict[str, int]:
         "features": 4 * _features_floats(d, chunk),
         "sort": _sort_bytes(d) if d.sparse else 0,
         "cluster": _cluster_bytes(d, d.groups) if d.sparse else 0,
+        "cluster_mma": _cluster_mma_bytes(d, d.mma_groups) if d.sparse else 0,
         "combine": 4 * _combine_floats(d),
     }
+
+
+def cluster_on_tensor_cores(d: AttentionDims, dtype: str) -> bool:
+    """Whether the cluster kernel can run on tensor cores (``vitrt_sb_cluster_mma<KS>_f16``): float16 I/O,
+    a mode with clusters, clusters of at most MMA_MAX_CLUSTER tokens, fewer than 2^15 features, and shared
+    memory for one cluster per block within 96 KiB. The launcher takes it wherever it can."""
+    return dtype == "float16" and d.mma_steps > 0 and _cluster_mma_bytes(d, 1) <= _MAX_SHARED
 
 
 def enqueue(
@@ -275,12 +318,25 @@ def enqueue(
     scale: float,
     dtype: str,
     stream: int,
+    *,
+    tensor_cores: bool | None = None,
 ) -> None:
     """The whole op on raw device pointers (C-contiguous): q, k [BH, N, E], v [BH, N, Dv] of ``dtype``
     ("float32" / "float16"), hash_vectors [R, E + 2] and projection [m, E] float32 (0 where the mode has
     none) -> out [BH, N, Dv] of ``dtype``. ``workspace``: ``workspace_bytes(d)`` bytes; ``stream``: a CUDA
-    stream handle as an int; ``scale``: the softmax scale t. Asynchronous."""
+    stream handle as an int; ``scale``: the softmax scale t. ``tensor_cores``: the cluster kernel on tensor
+    cores (True; ValueError where ``cluster_on_tensor_cores`` is False) or CUDA cores (False); None: tensor
+    cores where they can run. Asynchronous."""
     sfx = kernel_suffix(dtype, PLUGIN_NAME)
+    mma = cluster_on_tensor_cores(d, dtype)
+    if tensor_cores and not mma:
+        raise ValueError(
+            "the tensor-core cluster kernel takes float16, mode SCATTERBRAIN or LSH, clusters of at most "
+            f"{MMA_MAX_CLUSTER} tokens, fewer than 2^15 features and rows that fit 96 KiB of shared memory; "
+            f"got {dtype}, mode {Mode(d.mode).name}, cluster size {d.c}, {d.f} features, E={d.e}, "
+            f"Dv={d.dv}; pass tensor_cores=None (the launcher's choice) or False"
+        )
+    mma = mma and tensor_cores is not False
     mod = load_module(SOURCE)
     lay = workspace_layout(d)
     w = {name: workspace + off for name, off in lay.items()}
@@ -348,17 +404,22 @@ def enqueue(
                 [*sort_args, i32(d.p2)], stream, shared_mem=smem["sort"],
             )  # fmt: skip
         clusters = d.p // d.c
+        if mma:
+            kernel, groups, threads = f"vitrt_sb_cluster_mma{d.mma_steps}_f16", d.mma_groups, 32 * d.mma_steps
+            threads *= groups
+        else:
+            kernel, groups, threads = f"vitrt_sb_cluster_{sfx}", d.groups, d.cluster_threads
         launch(
             mod,
-            f"vitrt_sb_cluster_{sfx}",
-            (-(-clusters // d.groups), d.r, d.bh),
-            (d.cluster_threads, 1, 1),
+            kernel,
+            (-(-clusters // groups), d.r, d.bh),
+            (threads, 1, 1),
             [ptr(q), ptr(k), ptr(v), ptr(at("qf")), ptr(at("kf")), ptr(at("pls")), ptr(at("q_perm")),
              ptr(at("q_inv")), ptr(at("k_perm")), ptr(at("k_inv")), ptr(at("rnum")), ptr(at("raux")),
-             i32(d.n), i32(d.p), i32(d.e), i32(d.dv), i32(d.r), i32(d.f), i32(d.c), i32(d.groups),
+             i32(d.n), i32(d.p), i32(d.e), i32(d.dv), i32(d.r), i32(d.f), i32(d.c), i32(groups),
              f32(scale), i32(d.mode), i32(vecq), i32(vecv)],
             stream,
-            shared_mem=smem["cluster"],
+            shared_mem=smem["cluster_mma" if mma else "cluster"],
         )  # fmt: skip
     launch(
         mod,
@@ -408,6 +469,7 @@ def _run(
     projection: Tensor | None,
     attrs: ScatterbrainAttrs,
     out: Tensor | None,
+    tensor_cores: bool | None = None,
 ) -> tuple[Tensor, Tensor, AttentionDims]:
     import torch
 
@@ -427,7 +489,7 @@ def _run(
             q.data_ptr(), k.data_ptr(), v.data_ptr(),
             0 if fixed[0] is None else fixed[0].data_ptr(), 0 if fixed[1] is None else fixed[1].data_ptr(),
             out.data_ptr(), work.data_ptr(), d, attrs.scale, tensor_dtype_name(q),
-            kernel_stream(q),
+            kernel_stream(q), tensor_cores=tensor_cores,
         )  # fmt: skip
     return out, work, d
 
@@ -441,6 +503,7 @@ def scatterbrain_cuda(
     attrs: ScatterbrainAttrs,
     *,
     out: Tensor | None = None,
+    tensor_cores: bool | None = None,
 ) -> Tensor:
     """``reference.attention_by_mode`` with the CUDA kernels, on torch's current stream.
 
@@ -449,8 +512,9 @@ def scatterbrain_cuda(
     hash_vectors [R, E + 2] (None in mode PERFORMER) and projection [m, E] (None in mode LSH) ->
     [B, H, N, Dv] in q's dtype.
     ``out`` receives the result when given (contiguous; the tests pre-fill it with NaN).
+    ``tensor_cores``: the cluster kernel's (``enqueue``).
     """
-    return _run(q, k, v, hash_vectors, projection, attrs, out)[0]
+    return _run(q, k, v, hash_vectors, projection, attrs, out, tensor_cores)[0]
 
 
 def scatterbrain_cuda_debug(
@@ -460,13 +524,16 @@ def scatterbrain_cuda_debug(
     hash_vectors: Tensor | None,
     projection: Tensor | None,
     attrs: ScatterbrainAttrs,
+    *,
+    tensor_cores: bool | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``scatterbrain_cuda`` plus copies of the kernels' intermediates, for tests: "q_hash", "k_hash"
     [B, H, R, P] float32 (padding +inf), "q_perm", "k_perm" [B, H, R, P] int64 (sorted slot -> token),
-    "q_prime", "k_prime" [B, H, P, 2m] and "pls" [B, H, P] float32, for the regions the mode has."""
+    "q_prime", "k_prime" [B, H, P, 2m] and "pls" [B, H, P] float32, for the regions the mode has.
+    ``tensor_cores``: the cluster kernel's (``enqueue``)."""
     import torch
 
-    out, work, d = _run(q, k, v, hash_vectors, projection, attrs, None)
+    out, work, d = _run(q, k, v, hash_vectors, projection, attrs, None, tensor_cores)
     lay = workspace_layout(d)
     b, h = q.shape[:2]
     views: dict[str, Tensor] = {}

@@ -15,7 +15,10 @@
 //                                                  P > 8192 (bitonic sort of unique 64-bit keys)
 //   5. vitrt_sb_cluster_<dt>   grid (clusters/G, R, BH)  dense attention inside G clusters of one round,
 //                                                  with the duplicate-pair count and the low-rank
-//                                                  correction; per-round rows in token order
+//                                                  correction; per-round rows in token order.
+//                                                  vitrt_sb_cluster_mma<KS>_f16: the same on tensor cores
+//                                                  (float16, c <= 16 KS, KS = 1 .. 4; the launcher's
+//                                                  choice wherever it applies)
 //   6. vitrt_sb_combine_<dt>   grid (N/QPB, BH)    rounds combined in log domain + the low-rank term,
 //                                                  clamped denominator, cast to the output dtype
 //
@@ -24,12 +27,13 @@
 // hash_vectors [R, E + 2] and projection [m, E] float32; everything else float32 (int32 indices) in the
 // workspace; P = N padded to a multiple of the cluster size c (tokens >= N are zero rows: padding).
 //
-// How the work is laid out: every kernel stages rows in shared memory as float32 (16-byte vector loads
-// where the row width and the pointer allow: `vec*` flags from the launcher) and computes small matrix
-// products with register tiles, each output a sequential fmaf chain over the reduction index in order
-// (so equal tokens give bitwise equal dot products, whatever their place in a tile). Shared rows have a
-// pitch of an odd number of 16-byte units (pitch4) so that float4 reads of consecutive rows by the lanes
-// of a warp are free of bank conflicts. Every shared region's size is a multiple of 4 floats (16 bytes);
+// How the work is laid out: the kernels stage rows in shared memory as float32 (16-byte vector loads where
+// the row width and the pointer allow: `vec*` flags from the launcher) and compute small matrix products with
+// register tiles, each output a sequential fmaf chain over the reduction index in order (so equal tokens give
+// bitwise equal dot products, whatever their place in a tile). Shared rows have a pitch of an odd number of
+// 16-byte units (pitch4) so that float4 reads of consecutive rows by the lanes of a warp are free of bank
+// conflicts. Every shared region's size is a multiple of 4 floats (16 bytes). The exception is the cluster
+// kernel on tensor cores, which stages float16 and multiplies on mma_16816 (see its comment).
 // cuda.py's shared_bytes mirrors the layouts below.
 //
 // Determinism: no atomics; every sum runs in a fixed order (the chunks' partial sums too), so results are
@@ -312,6 +316,110 @@ struct Transposed {
       dst[(4 * g + 3) * dpitch + t] = __uint_as_float(w.w);
     } else {
       dst[g * dpitch + t] = __uint_as_float(w.x);
+    }
+  }
+};
+
+// ---- float16 staging for the tensor-core cluster kernel (raw bits, no conversion) -----------------------
+
+// 8 halves of a row from global memory: one 16-byte load (vec: the row width is a multiple of 8 and the
+// tensor 16-byte aligned) or element by element, zero past `width`.
+__device__ __forceinline__ uint4 load8_half(const half_bits* p, int left, bool vec) {
+  uint4 w;
+  if (vec) return *reinterpret_cast<const uint4*>(p);
+  unsigned u[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const unsigned lo = 2 * i < left ? p[2 * i] : 0u, hi = 2 * i + 1 < left ? p[2 * i + 1] : 0u;
+    u[i] = lo | (hi << 16);
+  }
+  w.x = u[0];
+  w.y = u[1];
+  w.z = u[2];
+  w.w = u[3];
+  return w;
+}
+
+// Rows of a [*, width] float16 tensor into shared memory as float16: row i < nreal is token tok[i]; rows
+// nreal .. rows - 1, tokens >= n_real (padding) and columns [width, 16 ceil(width / 16)) are zero. A unit is
+// 8 halves (16 bytes) of a row.
+struct HalfRows {
+  const half_bits* src;
+  const int* tok;
+  half_bits* dst;
+  int nreal, rows, width, pitch, n_real, u;  // u: units per row
+  bool vec;
+  FastDiv per_row;  // / u
+  __device__ __forceinline__ HalfRows(const half_bits* src_, const int* tok_, int nreal_, int rows_, int width_,
+                                      int n_real_, bool vec_, half_bits* dst_, int pitch_)
+      : src(src_), tok(tok_), dst(dst_), nreal(nreal_), rows(rows_), width(width_), pitch(pitch_),
+        n_real(n_real_), u(((width_ + 15) >> 4) * 2), vec(vec_), per_row(max(u, 1)) {}
+  __device__ __forceinline__ int items() const { return rows * u; }
+  __device__ __forceinline__ uint4 load(int it) const {
+    const int i = per_row(it), col = 8 * (it - i * u);
+    uint4 w;
+    w.x = w.y = w.z = w.w = 0u;
+    if (i < nreal && col < width) {
+      const int t = tok[i];
+      if (t < n_real) w = load8_half(src + (int64)t * width + col, width - col, vec);
+    }
+    return w;
+  }
+  __device__ __forceinline__ void store(int it, const uint4& w) const {
+    const int i = per_row(it), col = 8 * (it - i * u);
+    *reinterpret_cast<uint4*>(dst + i * pitch + col) = w;
+  }
+};
+
+// The same rows by cp.async where vec holds (width a multiple of 8, src 16-byte aligned): each thread issues
+// all of its 16-byte copies (zero-filled where HalfRows has zeros) with no register round trip; they are
+// complete after cp_async_wait_all.
+__device__ __forceinline__ void stage_half_rows(const half_bits* src, const int* tok, int nreal, int rows,
+                                                int width, int n_real, half_bits* dst, int pitch) {
+  const int u = ((width + 15) >> 4) * 2;
+  const FastDiv per_row(u);
+  for (int it = threadIdx.x; it < rows * u; it += blockDim.x) {
+    const int i = per_row(it), col = 8 * (it - i * u);
+    const int t = i < nreal && col < width ? tok[i] : n_real;
+    const bool valid = t < n_real;
+    cp_async16(dst + i * pitch + col, valid ? src + (int64)t * width + col : src, valid);
+  }
+}
+
+// The values of G clusters transposed, float16: dst[ch * pitch + g * ck + j] = v[tok[g c + j]][ch] for
+// clusters g < G, keys j < c and channels ch < 8 ceil(Dv / 8); zero for keys j in [c, ck), tokens >= n_real
+// and channels >= Dv. A unit is 8 channels of one key (one 16-byte load with vec), stored as 8 halves;
+// consecutive units are consecutive keys, so the 2-byte stores of a warp fill consecutive halves of a row.
+struct ValuesT {
+  const half_bits* src;
+  const int* tok;
+  half_bits* dst;
+  int G, c, ck, width, pitch, n_real, blocks;  // blocks: ceil(width / 8) channel blocks
+  bool vec;
+  FastDiv per_block, per_cluster;  // / (G ck), / ck
+  __device__ __forceinline__ ValuesT(const half_bits* src_, const int* tok_, int G_, int c_, int ck_, int width_,
+                                     int n_real_, bool vec_, half_bits* dst_, int pitch_)
+      : src(src_), tok(tok_), dst(dst_), G(G_), c(c_), ck(ck_), width(width_), pitch(pitch_), n_real(n_real_),
+        blocks((width_ + 7) >> 3), vec(vec_), per_block(max(G_ * ck_, 1)), per_cluster(ck_) {}
+  __device__ __forceinline__ int items() const { return blocks * G * ck; }
+  __device__ __forceinline__ uint4 load(int it) const {
+    const int b = per_block(it), rem = it - b * G * ck, g = per_cluster(rem), j = rem - g * ck;
+    uint4 w;
+    w.x = w.y = w.z = w.w = 0u;
+    if (j < c) {
+      const int t = tok[g * c + j];
+      if (t < n_real) w = load8_half(src + (int64)t * width + 8 * b, width - 8 * b, vec);
+    }
+    return w;
+  }
+  __device__ __forceinline__ void store(int it, const uint4& w) const {
+    const int b = per_block(it), rem = it - b * G * ck, g = per_cluster(rem), j = rem - g * ck;
+    half_bits* o = dst + (8 * b) * pitch + g * ck + j;
+    const unsigned u[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      o[(2 * i) * pitch] = static_cast<half_bits>(u[i] & 0xffffu);
+      o[(2 * i + 1) * pitch] = static_cast<half_bits>(u[i] >> 16);
     }
   }
 };
@@ -906,6 +1014,300 @@ __device__ void cluster_attention(const T* __restrict__ q, const T* __restrict__
   }
 }
 
+// ---- cluster attention on tensor cores (float16 inputs) ---------------------------------------------------
+//
+// The same function as cluster_attention for float16 q, k, v and clusters of c <= 16 KS keys, its products on
+// mma_16816. A warp takes 16 query rows of one cluster (m-tile mt of KS) against all of the cluster's keys; a
+// block has KS warps per cluster and G clusters. Per warp:
+//   1. logits q.k: A = the 16 query rows, B = the key rows (ldmatrix; q and k staged in shared memory as
+//      float16, E zero-padded to a multiple of 16), float32 accumulators s[n] per 8-key tile n;
+//   2. SCATTERBRAIN's low-rank estimate q'.k' from the float32 features, loaded straight from the workspace
+//      and split into float16 hi + lo parts: hi hi + hi lo + lo hi (the products are exact; lo lo, below
+//      2^-22 of the sum, is dropped);
+//   3. masks, pair counts, row maxima and sums on the accumulators in registers (a row's keys lie in the 4
+//      lanes of a quad: two shuffles);
+//   4. weights x values: the weights, again split into hi + lo, are the A fragments as they stand in the
+//      accumulators (the m16n8 layout of two 8-key tiles is the A layout of one 16-key step); B = the values,
+//      staged transposed (channel rows, keys contiguous) so that ldmatrix reads them as it reads keys.
+// Rows of an m-tile past c read the next cluster's queries (or the 16 zero rows after the last cluster) and
+// are dropped; keys past c are masked to weight 0 (and their value columns are zero).
+// Accuracy: on the emulator, in the cases of tests/_support/kernel_checks.py check_cluster_tensor_cores and of
+// benchmarks/results/workstation-2026-11-27-cluster-mma/, this kernel and cluster_attention come equally close
+// to the float64 reference: within 3.9e-6 of each row's largest value beyond its rounding to float16.
+constexpr int kMmaWarpsMax = 8;  // warps per block (cuda.py _MMA_WARPS)
+constexpr int kPvChannels = 32;  // output channels per pass of weights x values (16 accumulator registers)
+
+// x0, x1 as float16 hi + lo parts, each pair packed low column first: x = hi + lo within 2^-22 |x|, or within
+// 2^-25 where lo falls in float16's subnormal range (below 2^-14).
+__device__ __forceinline__ void split_pair(float x0, float x1, unsigned& hi, unsigned& lo) {
+  const half_bits h0 = from_float<half_bits>(x0), h1 = from_float<half_bits>(x1);
+  const half_bits l0 = from_float<half_bits>(x0 - to_float(h0)), l1 = from_float<half_bits>(x1 - to_float(h1));
+  hi = (unsigned)h0 | ((unsigned)h1 << 16);
+  lo = (unsigned)l0 | ((unsigned)l1 << 16);
+}
+
+// q' and k' are at most 1 (spec) and most k' far below, so each is split after a scaling by 2^15 (exact; at
+// most 32768 < 65504): float16's subnormal range then starts at 2^-29 of a feature instead of 2^-14. A product
+// carries 2^30, taken out exactly after the sum. Without it and the weights' scaling (below) the output error
+// was up to 5x the CUDA-core kernel's (benchmarks/results/workstation-2026-11-27-cluster-mma/).
+constexpr float kFeatureScale = 32768.0f, kFeatureUnscale = 1.0f / (32768.0f * 32768.0f);
+
+// The scaled hi and lo parts of row[col], row[col + 1] (0 where row is null or col >= F; F is even, so col + 1
+// < F with col).
+__device__ __forceinline__ void split_features(const float* row, int col, int F, unsigned& hi, unsigned& lo) {
+  float2 x = make_float2(0.0f, 0.0f);
+  if (row != nullptr && col < F) x = *reinterpret_cast<const float2*>(row + col);
+  split_pair(x.x * kFeatureScale, x.y * kFeatureScale, hi, lo);
+}
+
+// A pair that shares a cluster in cnt > 1 rounds counts once overall: (logit - log(cnt), low-rank term / cnt),
+// as in cluster_attention. Rare, so out of line: inlined into each of a lane's unrolled elements, the logf and
+// the division took about 800 of the kernel's instructions.
+__device__ VITRT_NOINLINE float2 count_once(float sv, float lv, int cnt) {
+  return make_float2(sv - (cnt == 2 ? logf(2.0f) : cnt == 3 ? logf(3.0f) : logf((float)cnt)), lv / (float)cnt);
+}
+
+template <int KS>
+__device__ void cluster_attention_mma(const half_bits* __restrict__ q, const half_bits* __restrict__ k,
+                                      const half_bits* __restrict__ v, const float* __restrict__ qf,
+                                      const float* __restrict__ kf, const float* __restrict__ pls,
+                                      const int* __restrict__ q_perm, const int* __restrict__ q_inv,
+                                      const int* __restrict__ k_perm, const int* __restrict__ k_inv,
+                                      float* __restrict__ rnum, float* __restrict__ raux, int N, int P, int E,
+                                      int Dv, int R, int F, int c, int G, float scale, int mode, int vecq,
+                                      int vecv) {
+  constexpr int NT = 2 * KS;  // 8-key tiles
+  VITRT_DYNAMIC_SHARED(half_bits, smh);
+  const int r = blockIdx.y, bh = blockIdx.z, tid = threadIdx.x, nth = blockDim.x;
+  const int nclus = P / c, g0 = blockIdx.x * G, Gb = min(G, nclus - g0), QB = Gb * c, QM = G * c;
+  const bool sb = mode == kScatterbrain, multi = sb && R > 1;
+  const int ep = 16 * ((E + 15) >> 4) + 8, rows = QM + 16, ck = 16 * KS, vtp = G * ck + 8;
+  const int nt = (c + 7) >> 3;
+  half_bits* qh = smh;                        // [QB + 16][ep] queries of the clusters, then 16 zero rows
+  half_bits* kh = qh + rows * ep;             // [QB + 16][ep] keys
+  half_bits* vt = kh + rows * ep;             // [8 ceil(Dv / 8)][vtp] values, transposed, ck keys a cluster
+  int* qidx = reinterpret_cast<int*>(vt + ((Dv + 7) & ~7) * vtp);  // [QB] token of each query slot
+  int* kidx = qidx + r4(QM);                                       // [QB] token of each key slot
+  int* qbk = kidx + r4(QM);                                        // [R][QB] query bucket in every round
+  int* kbk = qbk + (multi ? r4(R * QM) : 0);                       // [R][QB] key bucket in every round
+  float* qpl = reinterpret_cast<float*>(kbk + (multi ? r4(R * QM) : 0));  // [QB] pls (SCATTERBRAIN)
+  const int64 perm0 = ((int64)bh * R + r) * P + g0 * c;
+
+  for (int i = tid; i < QB; i += nth) {
+    qidx[i] = q_perm[perm0 + i];
+    kidx[i] = k_perm[perm0 + i];
+  }
+  __syncthreads();
+  const int fq = sb ? QB : 0, fb = multi ? QB : 0, async_rows = vecq != 0 ? QB + 16 : 0;
+  const half_bits *qb = q + (int64)bh * N * E, *kb = k + (int64)bh * N * E;
+  stage_half_rows(qb, qidx, QB, async_rows, E, N, qh, ep);
+  stage_half_rows(kb, kidx, QB, async_rows, E, N, kh, ep);
+  gather<4>(HalfRows(qb, qidx, QB, QB + 16 - async_rows, E, N, false, qh, ep),
+            HalfRows(kb, kidx, QB, QB + 16 - async_rows, E, N, false, kh, ep),
+            ValuesT(v + (int64)bh * N * Dv, kidx, Gb, c, ck, Dv, N, vecv != 0, vt, vtp),
+            SlotScalar{pls + (int64)bh * P, qidx, qpl, fq},
+            SlotBucket(q_inv + (int64)bh * R * P, qidx, qbk, fb, R, P, QM, c),
+            SlotBucket(k_inv + (int64)bh * R * P, kidx, kbk, fb, R, P, QM, c));
+  cp_async_wait_all();
+  __syncthreads();
+
+  const int warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;
+  const int gw = warp / KS, mt = warp - gw * KS;
+  if (gw >= Gb) return;  // no barriers below
+  const int base = gw * c, ri[2] = {mt * 16 + gq, mt * 16 + gq + 8};  // this lane's rows in the cluster
+  float s[NT][4], l[NT][4];
+#pragma unroll
+  for (int n = 0; n < NT; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[n][e] = l[n][e] = 0.0f;
+
+  // 1. q.k
+  for (int e0 = 0; e0 < E; e0 += 16) {
+    unsigned a[4];
+    ldmatrix<4>(a, a_fragment_row(qh + (base + mt * 16) * ep + e0, ep));
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      if (n < nt) {
+        unsigned b[2];
+        ldmatrix<2>(b, b_fragment_row(kh + (base + 8 * n) * ep + e0, ep));
+        mma_16816(s[n], a, b);
+      }
+    }
+  }
+  // 2. q'.k' (SCATTERBRAIN): feature rows of the slots' tokens (q' rows past c read none)
+  if (sb) {
+    const float* qrow[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) qrow[h] = ri[h] < c ? qf + ((int64)bh * P + qidx[base + ri[h]]) * F : nullptr;
+    for (int f0 = 0; f0 < F; f0 += 16) {
+      unsigned ahi[4], alo[4];
+      split_features(qrow[0], f0 + 2 * tq, F, ahi[0], alo[0]);
+      split_features(qrow[1], f0 + 2 * tq, F, ahi[1], alo[1]);
+      split_features(qrow[0], f0 + 2 * tq + 8, F, ahi[2], alo[2]);
+      split_features(qrow[1], f0 + 2 * tq + 8, F, ahi[3], alo[3]);
+#pragma unroll
+      for (int n = 0; n < NT; ++n) {
+        if (n < nt) {
+          const int j = 8 * n + gq;
+          const float* krow = j < c ? kf + ((int64)bh * P + kidx[base + j]) * F : nullptr;
+          unsigned bhi[2], blo[2];
+          split_features(krow, f0 + 2 * tq, F, bhi[0], blo[0]);
+          split_features(krow, f0 + 2 * tq + 8, F, bhi[1], blo[1]);
+          mma_16816(l[n], alo, bhi);
+          mma_16816(l[n], ahi, blo);
+          mma_16816(l[n], ahi, bhi);
+        }
+      }
+    }
+  }
+
+  // 3. Element (n, e) of this lane: row ri[e >> 1], key j = 8 n + 2 tq + (e & 1). Logits t q.k (padded keys
+  // -FLT_MAX, keys past c -inf: weight 0), minus log(count); q'.k' / count (SCATTERBRAIN).
+  float mx[2] = {neg_inf(), neg_inf()};
+#pragma unroll
+  for (int n = 0; n < NT; ++n) {
+    if (n >= nt) continue;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int j = 8 * n + 2 * tq + h;
+      const bool inside = j < c, padded = inside && kidx[base + j] >= N;
+#pragma unroll
+      for (int w = 0; w < 2; ++w) {
+        const int e = 2 * w + h;
+        float sv = !inside ? neg_inf() : padded ? -kFloatMax : s[n][e] * scale;
+        float lv = inside && !padded ? l[n][e] * kFeatureUnscale : 0.0f;
+        if (multi && inside && ri[w] < c) {
+          int cnt = 0;
+#pragma unroll 1
+          for (int r2 = 0; r2 < R; ++r2) cnt += qbk[r2 * QM + base + ri[w]] == kbk[r2 * QM + base + j] ? 1 : 0;
+          if (cnt > 1) {  // cnt >= 1: the pair shares this round's cluster
+            const float2 once = count_once(sv, lv, cnt);
+            sv = once.x;
+            lv = once.y;
+          }
+        }
+        s[n][e] = sv;
+        l[n][e] = lv;
+        mx[w] = fmaxf(mx[w], sv);
+      }
+    }
+  }
+  // The weights are split into float16 hi + lo after a scaling by 2^ws (exact), for the same reason as the
+  // features: |dots| <= max(1, F) (exp(.) <= 1, lr <= q'.k' <= F, exp(pls - M) <= 1; LSH weights <= 1), so
+  // 2^ws = 2^(15 - bits(F)) keeps every scaled weight at most 2^15 (float16's largest value: 65504).
+  int fbits = 0;
+  while ((F >> fbits) != 0) ++fbits;
+  const int ws = max(0, 15 - fbits);
+  const float wscale = __int_as_float((127 + ws) << 23), wunscale = __int_as_float((127 - ws) << 23);
+  float rowv[2], rsum[2] = {0.0f, 0.0f};
+#pragma unroll
+  for (int w = 0; w < 2; ++w) {
+    mx[w] = fmaxf(mx[w], __shfl_xor_sync(kFullMask, mx[w], 1));
+    mx[w] = fmaxf(mx[w], __shfl_xor_sync(kFullMask, mx[w], 2));
+  }
+  if (sb) {
+    // dots = exp(s - M) - lr exp(pls - M), M = max(max_j s, pls); rows past c take M = max_j s.
+    float e_pl[2];
+#pragma unroll
+    for (int w = 0; w < 2; ++w) {
+      const float pl = ri[w] < c ? qpl[base + ri[w]] : neg_inf();
+      rowv[w] = fmaxf(mx[w], pl);
+      e_pl[w] = expf(pl - rowv[w]);
+    }
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      if (n >= nt) continue;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float dd = expf(s[n][e] - rowv[e >> 1]) - l[n][e] * e_pl[e >> 1];
+        s[n][e] = dd * wscale;
+        rsum[e >> 1] += dd;
+      }
+    }
+#pragma unroll
+    for (int w = 0; w < 2; ++w) {
+      rsum[w] += __shfl_xor_sync(kFullMask, rsum[w], 1);
+      rsum[w] += __shfl_xor_sync(kFullMask, rsum[w], 2);
+    }
+  } else {
+    // LSH: softmax inside the cluster; the logsumexp weighs the rounds.
+    float se[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      if (n >= nt) continue;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) se[e >> 1] += expf(s[n][e] - mx[e >> 1]);
+    }
+#pragma unroll
+    for (int w = 0; w < 2; ++w) {
+      se[w] += __shfl_xor_sync(kFullMask, se[w], 1);
+      se[w] += __shfl_xor_sync(kFullMask, se[w], 2);
+      rowv[w] = logf(se[w]) + mx[w];
+    }
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      if (n >= nt) continue;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[n][e] = expf(s[n][e] - rowv[e >> 1]) * wscale;
+    }
+  }
+
+  // 4. weights x values, kPvChannels channels at a time; rows in token order.
+  int tok[2];
+#pragma unroll
+  for (int w = 0; w < 2; ++w) tok[w] = ri[w] < c ? qidx[base + ri[w]] : N;  // N: dropped
+  float* rb = rnum + ((int64)bh * R + r) * P * Dv;
+  const bool pairs = (Dv & 1) == 0;  // float2 stores
+  for (int c0 = 0; c0 < Dv; c0 += kPvChannels) {
+    float o[kPvChannels / 8][4];
+#pragma unroll
+    for (int dn = 0; dn < kPvChannels / 8; ++dn) o[dn][0] = o[dn][1] = o[dn][2] = o[dn][3] = 0.0f;
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+      unsigned hi[4], lo[4];
+      split_pair(s[2 * ks][0], s[2 * ks][1], hi[0], lo[0]);
+      split_pair(s[2 * ks][2], s[2 * ks][3], hi[1], lo[1]);
+      split_pair(s[2 * ks + 1][0], s[2 * ks + 1][1], hi[2], lo[2]);
+      split_pair(s[2 * ks + 1][2], s[2 * ks + 1][3], hi[3], lo[3]);
+#pragma unroll
+      for (int dn = 0; dn < kPvChannels / 8; ++dn) {
+        if (c0 + 8 * dn < Dv) {
+          unsigned b[2];
+          ldmatrix<2>(b, b_fragment_row(vt + (c0 + 8 * dn) * vtp + gw * ck + 16 * ks, vtp));
+          mma_16816(o[dn], lo, b);
+          mma_16816(o[dn], hi, b);
+        }
+      }
+    }
+#pragma unroll
+    for (int w = 0; w < 2; ++w) {
+      if (tok[w] >= N) continue;  // rows past c and padded queries are dropped
+      float* orow = rb + (int64)tok[w] * Dv;
+#pragma unroll
+      for (int dn = 0; dn < kPvChannels / 8; ++dn) {
+        const int ch = c0 + 8 * dn + 2 * tq;
+        if (ch >= Dv) continue;
+        const float o0 = o[dn][2 * w] * wunscale, o1 = o[dn][2 * w + 1] * wunscale;
+        if (pairs) {
+          *reinterpret_cast<float2*>(orow + ch) = make_float2(o0, o1);
+        } else {
+          orow[ch] = o0;
+          if (ch + 1 < Dv) orow[ch + 1] = o1;
+        }
+      }
+    }
+  }
+  if (tq == 0) {
+#pragma unroll
+    for (int w = 0; w < 2; ++w) {
+      if (tok[w] >= N) continue;
+      float* o = raux + (((int64)bh * R + r) * P + tok[w]) * 2;
+      o[0] = sb ? rsum[w] : 0.0f;
+      o[1] = rowv[w];
+    }
+  }
+}
+
 // ---- combine ---------------------------------------------------------------------------------------------
 
 template <typename T>
@@ -1100,6 +1502,24 @@ __device__ void combine(const float* __restrict__ qf, const float* __restrict__ 
 
 VITRT_SB_ENTRIES(f32, float)
 VITRT_SB_ENTRIES(f16, half_bits)
+
+// The cluster kernel on tensor cores for float16, one entry per KS = ceil(c / 16) (clusters up to 16 KS keys):
+// blocks of KS warps per cluster, G clusters, at most kMmaWarpsMax warps (cuda.py: AttentionDims.mma_*; the
+// launcher guarantees c <= 16 KS). Registers are sized for MINB blocks of kMmaWarpsMax warps per SM: 3 (80
+// registers) where ptxas spills nothing on sm_87 to sm_120 (KS <= 2), else 2 (128 registers).
+#define VITRT_SB_CLUSTER_MMA(KS, MINB)                                                                     \
+  extern "C" __global__ void __launch_bounds__(32 * kMmaWarpsMax, MINB) vitrt_sb_cluster_mma##KS##_f16(   \
+      const half_bits* q, const half_bits* k, const half_bits* v, const float* qf, const float* kf,        \
+      const float* pls, const int* q_perm, const int* q_inv, const int* k_perm, const int* k_inv,          \
+      float* rnum, float* raux, int N, int P, int E, int Dv, int R, int F, int c, int G, float scale,      \
+      int mode, int vecq, int vecv) {                                                                      \
+    cluster_attention_mma<KS>(q, k, v, qf, kf, pls, q_perm, q_inv, k_perm, k_inv, rnum, raux, N, P, E, Dv, \
+                              R, F, c, G, scale, mode, vecq, vecv);                                        \
+  }
+VITRT_SB_CLUSTER_MMA(1, 3)
+VITRT_SB_CLUSTER_MMA(2, 3)
+VITRT_SB_CLUSTER_MMA(3, 2)
+VITRT_SB_CLUSTER_MMA(4, 2)
 
 // kv[bh] = the sum over chunks of kv_part[bh, chunk] ([F, Dv + 1] per chunk), written in the layout combine
 // reads (kv_stride: [F][kv_pitch] with zero padding, then the sums of k'). Eight lanes per output: lane g

@@ -561,6 +561,68 @@ def check_scatterbrain(
     assert p >= n
 
 
+# (batch, tokens, E, Dv, cluster, hashes, projection rows, mode): the T2T first token attention's shapes, and
+# odd ones (E not a multiple of 8 or 16, odd Dv, one round); each entry KS = 1 .. 4 (c = 6, 17 and 24, 40,
+# 49), the c = 40 case with a last block of fewer clusters.
+CLUSTER_MMA_CASES = [
+    (1, 784, 64, 64, 24, 2, 12, Mode.SCATTERBRAIN),
+    (1, 300, 33, 41, 49, 3, 40, Mode.SCATTERBRAIN),
+    (2, 131, 8, 12, 17, 1, 3, Mode.LSH),
+    (1, 200, 64, 64, 40, 2, 12, Mode.SCATTERBRAIN),
+    (2, 100, 64, 64, 6, 2, 3, Mode.LSH),
+]
+
+
+def _reference_f64(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    hv: Tensor,
+    proj: Tensor,
+    attrs: ScatterbrainAttrs,
+    orders: tuple[Tensor, Tensor],
+) -> Tensor:
+    """The reference of attrs.mode computed in float64 on the given sort orders (q_perm, k_perm)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sb_ref, "_hash_orders", lambda *args: orders)
+        patch.setattr(sb_ref, "COMPUTE_DTYPE", torch.float64)
+        patch.setattr(sb_ref, "check_inputs", lambda *args: None)  # it admits float32 and float16 only
+        return _by_mode(q.double(), k.double(), v.double(), hv.double(), proj.double(), attrs)
+
+
+def check_cluster_tensor_cores(
+    b: int, n: int, e: int, dv: int, c: int, r: int, m: int, mode: Mode, device: str
+) -> None:
+    """float16 with c <= 64: the launcher takes the cluster kernel on tensor cores, and both it and the
+    CUDA-core kernel are, beyond the float16 rounding of the float64 reference on the kernel's clusters,
+    within 1e-5 of each row's largest value. (On the emulator, in CLUSTER_MMA_CASES: at most 3.9e-6 on tensor
+    cores and 3.8e-6 on CUDA cores; with the features and weights split into float16 parts without their
+    power-of-two scalings, two cases failed. Configurations where the low-rank term cancels, such as many
+    rounds with a few features, can be further off for both kernels: float32 itself.)"""
+    from vitrt.plugins.cuda_launcher import load_module
+    from vitrt.plugins.lsh_attention.cuda import scatterbrain_cuda_debug
+
+    attrs = attention_attrs(mode, c, r, m, e**-0.5)
+    g = torch.Generator(device=device).manual_seed(5 + n)
+    q, k = (torch.randn(b, 1, n, e, device=device, generator=g).half() for _ in range(2))
+    v = torch.randn(b, 1, n, dv, device=device, generator=g).half()
+    hv, proj = _fixed(r, m, e, device)
+    proj_in = proj if mode != Mode.LSH else None
+    module, kernel = load_module("scatterbrain"), f"vitrt_sb_cluster_mma{-(-c // 16)}_f16"
+    before = module.launches.get(kernel, 0)
+    out, views = scatterbrain_cuda_debug(q, k, v, hv, proj_in, attrs)
+    cuda_out, cuda_views = scatterbrain_cuda_debug(q, k, v, hv, proj_in, attrs, tensor_cores=False)
+    _synchronize(out)
+    assert module.launches.get(kernel, 0) == before + 1, f"{kernel} did not run"
+    orders = (views["q_perm"], views["k_perm"])
+    assert all(torch.equal(a, cuda_views[name]) for a, name in zip(orders, ("q_perm", "k_perm"), strict=True))
+    want = _reference_f64(q, k, v, hv, proj, attrs, orders)
+    bound = (want.half().double() - want).abs() + 1e-5 * want.abs().amax(dim=-1, keepdim=True)
+    for name, got in (("tensor cores", out), ("CUDA cores", cuda_out)):
+        excess = float(((got.double() - want).abs() - bound).max())
+        assert excess <= 0, f"{name}: {excess:.3g} past the float16 rounding + 1e-5 of the row maximum"
+
+
 # ---- randomised configurations (edge cases beyond the models' shapes) --------------------------------
 
 

@@ -15,6 +15,7 @@ sanitizer's slowdown.
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 
@@ -73,13 +74,17 @@ def main() -> int:
         attention_info_qk_cuda(q, k, ones, 0.125, torch.empty_like(ones))  # info and log size
         if dtype == torch.float16:  # keys split between warps: the (max, sum) exchange in shared memory
             attention_info_qk_cuda(q, k, ones, 0.125, key_splits=4)
-        for mode in Mode:
-            attrs = attention_attrs(mode, 6, 2, 3, 576**-0.5)
-            hv, proj = _fixed(2, 3, 64, "cuda")
-            q, k, v = attn_inputs(2, 784, 64, dtype, "cuda")
+        # float16: the cluster kernel on tensor cores (c = 6: one key step; c = 24: two) and on CUDA cores
+        for mode, (n, c, m), cores in itertools.product(
+            Mode, ((784, 6, 3), (300, 24, 12)), (None, False) if dtype == torch.float16 else (None,)
+        ):
+            attrs = attention_attrs(mode, c, 2, m, 576**-0.5)
+            hv, proj = _fixed(2, m, 64, "cuda")
+            q, k, v = attn_inputs(2, n, 64, dtype, "cuda")
             scatterbrain_cuda(
-                q, k, v, hv if mode != Mode.PERFORMER else None, proj if mode != Mode.LSH else None, attrs
-            )
+                q, k, v, hv if mode != Mode.PERFORMER else None, proj if mode != Mode.LSH else None, attrs,
+                tensor_cores=cores,
+            )  # fmt: skip
     torch.cuda.synchronize()
     print("sanitize: all kernels ran")
     return 0

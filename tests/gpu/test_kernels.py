@@ -14,12 +14,14 @@ import pytest
 import torch
 
 from tests._support.kernel_checks import (
+    CLUSTER_MMA_CASES,
     MATCHING_TIE_CASES,
     MCTF,
     SCORES_MATCH_CASES,
     TOME,
     check_attention_info,
     check_attention_info_qk,
+    check_cluster_tensor_cores,
     check_fusion_norm,
     check_matching_ties,
     check_merge384,
@@ -123,6 +125,19 @@ def test_scatterbrain(
     name: str, b: int, n: int, e: int, c: int, r: int, m: int, scale: float, dtype: torch.dtype, mode: Mode
 ) -> None:
     check_scatterbrain(b, n, e, c, r, m, scale, dtype, mode, "cuda")
+
+
+@pytest.mark.parametrize(
+    ("b", "n", "e", "dv", "c", "r", "m", "mode"),
+    [
+        *CLUSTER_MMA_CASES,
+        (4, 3136, 64, 64, 24, 2, 12, Mode.SCATTERBRAIN),
+        (4, 3136, 64, 64, 24, 2, 12, Mode.LSH),
+        (8, 784, 64, 64, 6, 2, 3, Mode.SCATTERBRAIN),
+    ],
+)
+def test_cluster_on_tensor_cores(b: int, n: int, e: int, dv: int, c: int, r: int, m: int, mode: Mode) -> None:
+    check_cluster_tensor_cores(b, n, e, dv, c, r, m, mode, "cuda")
 
 
 @pytest.mark.parametrize("with_size", [False, True], ids=["plain", "prop"])

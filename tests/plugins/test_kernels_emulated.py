@@ -19,12 +19,16 @@ import pytest
 import torch
 
 from tests._support.kernel_checks import (
+    CLUSTER_MMA_CASES,
     MATCHING_TIE_CASES,
     MCTF,
     SCORES_MATCH_CASES,
     TOME,
+    attention_attrs,
+    attn_inputs,
     check_attention_info,
     check_attention_info_qk,
+    check_cluster_tensor_cores,
     check_fusion_norm,
     check_matching_ties,
     check_merge384,
@@ -320,6 +324,52 @@ def test_scatterbrain_emulated(
     emulated: None,
 ) -> None:
     check_scatterbrain(b, n, e, c, r, m, scale, dtype, mode, "cpu")
+
+
+@pytest.mark.parametrize("mode", [Mode.SCATTERBRAIN, Mode.LSH], ids=["scatterbrain", "lsh"])
+def test_scatterbrain_large_clusters_emulated(mode: Mode, emulated: None) -> None:
+    """float16 clusters of more than 64 tokens run on the CUDA-core cluster kernel (no tensor-core entry)."""
+    from vitrt.plugins.cuda_launcher import load_module
+
+    module, kernel = load_module("scatterbrain"), "vitrt_sb_cluster_f16"
+    before = module.launches.get(kernel, 0)
+    check_scatterbrain(1, 200, 16, 72, 2, 3, 0.2, torch.float16, mode, "cpu")  # 82 KB of shared memory
+    assert module.launches.get(kernel, 0) == before + 2  # check_scatterbrain runs the op twice
+
+
+@pytest.mark.parametrize(("b", "n", "e", "dv", "c", "r", "m", "mode"), CLUSTER_MMA_CASES)
+def test_cluster_on_tensor_cores_emulated(
+    b: int, n: int, e: int, dv: int, c: int, r: int, m: int, mode: Mode, emulated: None
+) -> None:
+    check_cluster_tensor_cores(b, n, e, dv, c, r, m, mode, "cpu")
+
+
+def test_cluster_on_tensor_cores_where_it_can(emulated: None) -> None:
+    """Tensor cores for float16 with c <= 64, F < 2^15 and rows that fit shared memory only: asking for them
+    elsewhere names the limits."""
+    from vitrt.plugins.lsh_attention.cuda import MMA_MAX_CLUSTER, AttentionDims, cluster_on_tensor_cores
+    from vitrt.plugins.lsh_attention.cuda import scatterbrain_cuda as run
+    from vitrt.plugins.lsh_attention.module import draw_hash_vectors, draw_projection
+
+    def dims(c: int, m: int = 12) -> AttentionDims:
+        return AttentionDims.of(1, 1, 100, 64, 64, attention_attrs(Mode.SCATTERBRAIN, c, 2, m, 0.125))
+
+    assert cluster_on_tensor_cores(dims(MMA_MAX_CLUSTER), "float16")
+    assert not cluster_on_tensor_cores(dims(MMA_MAX_CLUSTER + 1), "float16")
+    assert not cluster_on_tensor_cores(dims(24), "float32")
+    assert not cluster_on_tensor_cores(dims(24, m=2**14), "float16")  # F = 2^15: weights past float16
+    wide = AttentionDims.of(1, 1, 100, 1024, 1024, attention_attrs(Mode.SCATTERBRAIN, 1, 2, 3, 0.125))
+    assert not cluster_on_tensor_cores(wide, "float16")  # 16 rows of 1024 channels: past 96 KiB
+    performer = AttentionDims.of(1, 1, 100, 64, 64, attention_attrs(Mode.PERFORMER, 24, 2, 3, 0.125))
+    assert not cluster_on_tensor_cores(performer, "float16")  # no clusters at all
+    for dtype, c in ((torch.float32, 24), (torch.float16, 65)):
+        attrs = attention_attrs(Mode.SCATTERBRAIN, c, 2, 3, 0.125)
+        q, k, v = attn_inputs(1, 70, 16, dtype, "cpu")
+        g = torch.Generator().manual_seed(c)
+        hv, proj = draw_hash_vectors(2, 16, g), draw_projection(3, 16, g)
+        got = f"got {str(dtype).removeprefix('torch.')}, mode SCATTERBRAIN, cluster size {c}"
+        with pytest.raises(ValueError, match=f"clusters of at most 64 tokens.*{got}"):
+            run(q, k, v, hv, proj, attrs, tensor_cores=True)
 
 
 @pytest.mark.parametrize("with_size", [False, True], ids=["plain", "prop"])

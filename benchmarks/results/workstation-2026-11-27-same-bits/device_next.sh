@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# PREPARED, NOT RUN (session 11 had no GPU): the next GPU session's one device call for this folder's kernel
-# changes, measured against d421abf on the same machine. Kernel tests of token fusion on the GPU, then
-# kernels.py (which also times attention_info's key splits, 1 / 2 / 4 / 8, against 1) and the DeiT-S rows of
-# gpu_models.py on the tree and on d421abf's plugins/, then the three sanitizers. Every step has a time
-# limit and writes to $OUT at once, so a call cut short still brings back what ran. At most about 9 minutes
-# by the limits below (the machine's start is extra).
+# PREPARED, NOT RUN (sessions 11 and 12 had no GPU): the next GPU session's one device call for the kernel
+# changes of this folder (token fusion, session 11) and of ../workstation-2026-11-27-cluster-mma/ (Scatterbrain's
+# cluster kernel on tensor cores, session 12). Every GPU test, then kernels.py (which times attention_info's key
+# splits 1 / 2 / 4 / 8 against 1, and Scatterbrain's cluster kernel on tensor cores against CUDA cores, each in the
+# same run) and gpu_models.py (DeiT-S rows; T2T-ViT-t-14 dense vs + Scatterbrain at batch 1 and 8) on the tree,
+# kernels.py and the DeiT-S rows on d421abf's plugins/, then the three sanitizers. Every step has a time limit
+# and writes to $OUT at once, so a call cut short still brings back what ran. At most about 9 minutes by the
+# limits below (the machine's start is extra).
 #
 # Before the call, on the workstation (build/ is git-ignored and must be carried):
 #   bash tests/gpu/ab_kernels.sh prepare d421abf               # build/ab-base/plugins, build/ab-base/COMMIT
@@ -13,26 +15,27 @@
 #     "from pathlib import Path; from vitrt.plugins.cuda_build import build_fatbin, kernel_source; \
 #      build_fatbin(kernel_source('token_fusion'), Path('/work/main/build/ab-base/fatbins'), ('sm_90',), None)")
 #   .venv/bin/vitrt plugins build                               # the tree's fatbins, every architecture
-# The call (carry: the four fatbin files and build/ab-base, about 39 MiB; not build/plugins/emulated):
+# The call (carry: the four fatbin files and build/ab-base, about 40 MiB; not build/plugins/emulated):
 #   run(command="bash benchmarks/results/workstation-2026-11-27-same-bits/device_next.sh",
 #       carry=["build/plugins/token_fusion.fatbin", "build/plugins/token_fusion.fatbin.json",
 #              "build/plugins/scatterbrain.fatbin", "build/plugins/scatterbrain.fatbin.json", "build/ab-base"],
-#       timeout_s=560)
+#       timeout_s=580)
 set -uo pipefail
 R="${OUT:?set by the device tool}"; mkdir -p "$R/base"; SECONDS=0
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 step() { echo "$1 rc=$2 at ${SECONDS}s"; }
 { nvidia-smi; python3 -c 'import torch, timm; print(torch.__version__, torch.version.cuda, timm.__version__)'; } >"$R/env.txt" 2>&1
 
-timeout 100 python3 -m pytest -q -p no:cacheprovider -rs tests/gpu \
-  -k "fusion or merge or info or match or scores or mma or norm" >"$R/pytest.txt" 2>&1
+timeout 100 python3 -m pytest -q -p no:cacheprovider -rs tests/gpu >"$R/pytest.txt" 2>&1
 step pytest $?; tail -1 "$R/pytest.txt"
-timeout 50 python3 benchmarks/kernels.py --iters 30 --out "$R/kernels.json" >"$R/kernels.txt" 2>&1; step kernels $?
-timeout 70 python3 benchmarks/gpu_models.py --skip-t2t --no-previous-path --iters 30 --out "$R/models.json" \
+timeout 55 python3 benchmarks/kernels.py --iters 30 --out "$R/kernels.json" >"$R/kernels.txt" 2>&1; step kernels $?
+timeout 65 python3 benchmarks/gpu_models.py --skip-t2t --no-previous-path --iters 30 --out "$R/models.json" \
   >"$R/models.txt" 2>&1; step models $?
+timeout 50 python3 benchmarks/gpu_models.py --skip-deit --batches 1 8 --no-previous-path --iters 30 \
+  --out "$R/models_t2t.json" >"$R/models_t2t.txt" 2>&1; step "models t2t" $?
 
-# The base: a copy of the tree with d421abf's plugins/, kernels.py and sm_90 token_fusion fatbin (scatterbrain.cu did
-# not change since d421abf: the tree's fatbin serves). build_fatbins becomes a no-op there, or the benchmarks
+# The base: a copy of the tree with d421abf's plugins/, kernels.py and sm_90 token_fusion fatbin (scatterbrain.cu's
+# kernels that d421abf launches did not change since: the tree's fatbin serves). build_fatbins becomes a no-op there, or the benchmarks
 # would rebuild the sm_90-only fatbin for five architectures.
 B=/tmp/vitrt-base; rm -rf $B && mkdir -p $B && tar -c --exclude=./.git --exclude=./build . | tar -x -C $B
 rm -rf $B/plugins && cp -r build/ab-base/plugins $B/plugins && cp build/ab-base/COMMIT "$R/base/"
@@ -44,12 +47,12 @@ base_run() {  # base_run LIMIT OUTPUT SCRIPT ARGS...: the script under runpy in 
 cb.build_fatbins = lambda *a, **k: []; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')" \
     "$@") >"$output" 2>&1
 }
-base_run 50 "$R/base/kernels.txt" benchmarks/kernels.py --iters 30 --out "$R/base/kernels.json"; step "base kernels" $?
-base_run 70 "$R/base/models.txt" benchmarks/gpu_models.py --skip-t2t --no-previous-path --iters 30 \
+base_run 45 "$R/base/kernels.txt" benchmarks/kernels.py --iters 30 --out "$R/base/kernels.json"; step "base kernels" $?
+base_run 60 "$R/base/models.txt" benchmarks/gpu_models.py --skip-t2t --no-previous-path --iters 30 \
   --out "$R/base/models.json"; step "base models" $?
 
 for tool in memcheck racecheck synccheck; do
-  timeout 60 compute-sanitizer --tool $tool --report-api-errors no --print-limit 20 python3 tests/gpu/sanitize.py \
+  timeout 50 compute-sanitizer --tool $tool --report-api-errors no --print-limit 20 python3 tests/gpu/sanitize.py \
     >"$R/sanitize_$tool.txt" 2>&1
   step "$tool" $?; tail -2 "$R/sanitize_$tool.txt"
 done
@@ -58,5 +61,8 @@ grep -h -E "^(token_fusion|attention_info) +float16" "$R/kernels.txt" "$R/base/k
 grep -h -A9 "per-kernel" "$R/kernels.txt" "$R/base/kernels.txt" | grep "token_fusion"
 grep -h -A3 "SM cycles" "$R/kernels.txt" "$R/base/kernels.txt"
 grep -h -A3 "keys split between warps" "$R/kernels.txt"
-grep -h -E "^(timm|vitrt)" "$R/models.txt" "$R/base/models.txt" | grep -v bias
+grep -h -E "^scatterbrain +float16" "$R/kernels.txt" "$R/base/kernels.txt"
+grep -h -A3 "cluster kernel on tensor cores" "$R/kernels.txt"
+grep -h -A9 "per-kernel" "$R/kernels.txt" | grep "scatterbrain"
+grep -h -E "^(timm|vitrt)" "$R/models.txt" "$R/base/models.txt" "$R/models_t2t.txt" | grep -v bias
 echo "total ${SECONDS}s"
