@@ -58,7 +58,7 @@ KERNELS = (
     "vitrt_sb_kv_reduce",
     "vitrt_sb_sort",
     "vitrt_sb_sort_bitonic",
-    *(f"vitrt_sb_cluster_mma{ks}_f16" for ks in range(1, 5)),
+    *(f"vitrt_sb_cluster_mma{nt}_f16" for nt in range(1, 9)),
 )
 """Every kernel this module launches (the build test checks each is in the fatbin)."""
 CHUNK = 64
@@ -74,7 +74,7 @@ _MAX_SHARED = 96 * 1024  # kept below the smallest opt-in limit of the targets (
 _RADIX_MAX_P = 8192  # the radix sort's largest P (8 keys per thread, 1024 threads); bitonic beyond
 _TILE = 3  # cluster kernel: score tiles of 3 x 3 (scatterbrain.cu kTile)
 MMA_MAX_CLUSTER = 64
-"""The largest cluster size of the tensor-core cluster kernel (float16; 16 KS keys for KS = 1 .. 4)."""
+"""The largest cluster size of the tensor-core cluster kernel (float16; one entry per 8-key tile count)."""
 _MMA_WARPS = 8  # most warps of a tensor-core cluster block (scatterbrain.cu kMmaWarpsMax)
 
 
@@ -300,7 +300,7 @@ def shared_bytes(d: AttentionDims) -> dict[str, int]:
 
 
 def cluster_on_tensor_cores(d: AttentionDims, dtype: str) -> bool:
-    """Whether the cluster kernel can run on tensor cores (``vitrt_sb_cluster_mma<KS>_f16``): float16 I/O,
+    """Whether the cluster kernel can run on tensor cores (``vitrt_sb_cluster_mma<NT>_f16``): float16 I/O,
     a mode with clusters, clusters of at most MMA_MAX_CLUSTER tokens, fewer than 2^15 features, and shared
     memory for one cluster per block within 96 KiB. The launcher takes it wherever it can."""
     return dtype == "float16" and d.mma_steps > 0 and _cluster_mma_bytes(d, 1) <= _MAX_SHARED
@@ -405,8 +405,9 @@ def enqueue(
             )  # fmt: skip
         clusters = d.p // d.c
         if mma:
-            kernel, groups, threads = f"vitrt_sb_cluster_mma{d.mma_steps}_f16", d.mma_groups, 32 * d.mma_steps
-            threads *= groups
+            # one entry per NT = ceil(c / 8) key tiles; KS = ceil(c / 16) warps per cluster
+            kernel, groups = f"vitrt_sb_cluster_mma{-(-d.c // 8)}_f16", d.mma_groups
+            threads = 32 * d.mma_steps * groups
         else:
             kernel, groups, threads = f"vitrt_sb_cluster_{sfx}", d.groups, d.cluster_threads
         launch(

@@ -16,8 +16,8 @@
 //   5. vitrt_sb_cluster_<dt>   grid (clusters/G, R, BH)  dense attention inside G clusters of one round,
 //                                                  with the duplicate-pair count and the low-rank
 //                                                  correction; per-round rows in token order.
-//                                                  vitrt_sb_cluster_mma<KS>_f16: the same on tensor cores
-//                                                  (float16, c <= 16 KS, KS = 1 .. 4; the launcher's
+//                                                  vitrt_sb_cluster_mma<NT>_f16: the same on tensor cores
+//                                                  (float16, c <= 8 NT, NT = 1 .. 8; the launcher's
 //                                                  choice wherever it applies)
 //   6. vitrt_sb_combine_<dt>   grid (N/QPB, BH)    rounds combined in log domain + the low-rank term,
 //                                                  clamped denominator, cast to the output dtype
@@ -1016,9 +1016,10 @@ __device__ void cluster_attention(const T* __restrict__ q, const T* __restrict__
 
 // ---- cluster attention on tensor cores (float16 inputs) ---------------------------------------------------
 //
-// The same function as cluster_attention for float16 q, k, v and clusters of c <= 16 KS keys, its products on
-// mma_16816. A warp takes 16 query rows of one cluster (m-tile mt of KS) against all of the cluster's keys; a
-// block has KS warps per cluster and G clusters. Per warp:
+// The same function as cluster_attention for float16 q, k, v and clusters of c <= 8 NTC keys (NTC = ceil(c / 8),
+// a compile-time count: no per-tile tests), its products on mma_16816. A warp takes 16 query rows of one
+// cluster (m-tile mt of KS = ceil(NTC / 2)) against all of the cluster's keys; a block has KS warps per cluster
+// and G clusters. Per warp:
 //   1. logits q.k: A = the 16 query rows, B = the key rows (ldmatrix; q and k staged in shared memory as
 //      float16, E zero-padded to a multiple of 16), float32 accumulators s[n] per 8-key tile n;
 //   2. SCATTERBRAIN's low-rank estimate q'.k' from the float32 features, loaded straight from the workspace
@@ -1067,7 +1068,7 @@ __device__ VITRT_NOINLINE float2 count_once(float sv, float lv, int cnt) {
   return make_float2(sv - (cnt == 2 ? logf(2.0f) : cnt == 3 ? logf(3.0f) : logf((float)cnt)), lv / (float)cnt);
 }
 
-template <int KS>
+template <int NTC>
 __device__ void cluster_attention_mma(const half_bits* __restrict__ q, const half_bits* __restrict__ k,
                                       const half_bits* __restrict__ v, const float* __restrict__ qf,
                                       const float* __restrict__ kf, const float* __restrict__ pls,
@@ -1076,13 +1077,12 @@ __device__ void cluster_attention_mma(const half_bits* __restrict__ q, const hal
                                       float* __restrict__ rnum, float* __restrict__ raux, int N, int P, int E,
                                       int Dv, int R, int F, int c, int G, float scale, int mode, int vecq,
                                       int vecv) {
-  constexpr int NT = 2 * KS;  // 8-key tiles
+  constexpr int KS = (NTC + 1) / 2, NT = 2 * KS;  // 16-key steps; 8-key tiles, the last one zero when NTC is odd
   VITRT_DYNAMIC_SHARED(half_bits, smh);
   const int r = blockIdx.y, bh = blockIdx.z, tid = threadIdx.x, nth = blockDim.x;
   const int nclus = P / c, g0 = blockIdx.x * G, Gb = min(G, nclus - g0), QB = Gb * c, QM = G * c;
   const bool sb = mode == kScatterbrain, multi = sb && R > 1;
   const int ep = 16 * ((E + 15) >> 4) + 8, rows = QM + 16, ck = 16 * KS, vtp = G * ck + 8;
-  const int nt = (c + 7) >> 3;
   half_bits* qh = smh;                        // [QB + 16][ep] queries of the clusters, then 16 zero rows
   half_bits* kh = qh + rows * ep;             // [QB + 16][ep] keys
   half_bits* vt = kh + rows * ep;             // [8 ceil(Dv / 8)][vtp] values, transposed, ck keys a cluster
@@ -1121,17 +1121,18 @@ __device__ void cluster_attention_mma(const half_bits* __restrict__ q, const hal
 #pragma unroll
     for (int e = 0; e < 4; ++e) s[n][e] = l[n][e] = 0.0f;
 
-  // 1. q.k
-  for (int e0 = 0; e0 < E; e0 += 16) {
+  // 1. q.k. The lane's fragment offsets (halves from qh, kh) advance with the channel step: re-derived from
+  // the lane id at every step, they took more instructions than the mma.
+  int qoff = static_cast<int>(a_fragment_row(qh + (base + mt * 16) * ep, ep) - qh);
+  int koff = static_cast<int>(b_fragment_row(kh + base * ep, ep) - kh);
+  for (int e0 = 0; e0 < E; e0 += 16, qoff += 16, koff += 16) {
     unsigned a[4];
-    ldmatrix<4>(a, a_fragment_row(qh + (base + mt * 16) * ep + e0, ep));
+    ldmatrix<4>(a, qh + qoff);
 #pragma unroll
-    for (int n = 0; n < NT; ++n) {
-      if (n < nt) {
-        unsigned b[2];
-        ldmatrix<2>(b, b_fragment_row(kh + (base + 8 * n) * ep + e0, ep));
-        mma_16816(s[n], a, b);
-      }
+    for (int n = 0; n < NTC; ++n) {
+      unsigned b[2];
+      ldmatrix<2>(b, kh + koff + 8 * n * ep);
+      mma_16816(s[n], a, b);
     }
   }
   // 2. q'.k' (SCATTERBRAIN): feature rows of the slots' tokens (q' rows past c read none)
@@ -1146,17 +1147,15 @@ __device__ void cluster_attention_mma(const half_bits* __restrict__ q, const hal
       split_features(qrow[0], f0 + 2 * tq + 8, F, ahi[2], alo[2]);
       split_features(qrow[1], f0 + 2 * tq + 8, F, ahi[3], alo[3]);
 #pragma unroll
-      for (int n = 0; n < NT; ++n) {
-        if (n < nt) {
-          const int j = 8 * n + gq;
-          const float* krow = j < c ? kf + ((int64)bh * P + kidx[base + j]) * F : nullptr;
-          unsigned bhi[2], blo[2];
-          split_features(krow, f0 + 2 * tq, F, bhi[0], blo[0]);
-          split_features(krow, f0 + 2 * tq + 8, F, bhi[1], blo[1]);
-          mma_16816(l[n], alo, bhi);
-          mma_16816(l[n], ahi, blo);
-          mma_16816(l[n], ahi, bhi);
-        }
+      for (int n = 0; n < NTC; ++n) {
+        const int j = 8 * n + gq;
+        const float* krow = j < c ? kf + ((int64)bh * P + kidx[base + j]) * F : nullptr;
+        unsigned bhi[2], blo[2];
+        split_features(krow, f0 + 2 * tq, F, bhi[0], blo[0]);
+        split_features(krow, f0 + 2 * tq + 8, F, bhi[1], blo[1]);
+        mma_16816(l[n], alo, bhi);
+        mma_16816(l[n], ahi, blo);
+        mma_16816(l[n], ahi, bhi);
       }
     }
   }
@@ -1165,8 +1164,7 @@ __device__ void cluster_attention_mma(const half_bits* __restrict__ q, const hal
   // -FLT_MAX, keys past c -inf: weight 0), minus log(count); q'.k' / count (SCATTERBRAIN).
   float mx[2] = {neg_inf(), neg_inf()};
 #pragma unroll
-  for (int n = 0; n < NT; ++n) {
-    if (n >= nt) continue;
+  for (int n = 0; n < NTC; ++n) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int j = 8 * n + 2 * tq + h;
@@ -1215,8 +1213,7 @@ __device__ void cluster_attention_mma(const half_bits* __restrict__ q, const hal
       e_pl[w] = expf(pl - rowv[w]);
     }
 #pragma unroll
-    for (int n = 0; n < NT; ++n) {
-      if (n >= nt) continue;
+    for (int n = 0; n < NTC; ++n) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const float dd = expf(s[n][e] - rowv[e >> 1]) - l[n][e] * e_pl[e >> 1];
@@ -1233,8 +1230,7 @@ __device__ void cluster_attention_mma(const half_bits* __restrict__ q, const hal
     // LSH: softmax inside the cluster; the logsumexp weighs the rounds.
     float se[2] = {0.0f, 0.0f};
 #pragma unroll
-    for (int n = 0; n < NT; ++n) {
-      if (n >= nt) continue;
+    for (int n = 0; n < NTC; ++n) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) se[e >> 1] += expf(s[n][e] - mx[e >> 1]);
     }
@@ -1245,8 +1241,7 @@ __device__ void cluster_attention_mma(const half_bits* __restrict__ q, const hal
       rowv[w] = logf(se[w]) + mx[w];
     }
 #pragma unroll
-    for (int n = 0; n < NT; ++n) {
-      if (n >= nt) continue;
+    for (int n = 0; n < NTC; ++n) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[n][e] = expf(s[n][e] - rowv[e >> 1]) * wscale;
     }
@@ -1258,7 +1253,8 @@ __device__ void cluster_attention_mma(const half_bits* __restrict__ q, const hal
   for (int w = 0; w < 2; ++w) tok[w] = ri[w] < c ? qidx[base + ri[w]] : N;  // N: dropped
   float* rb = rnum + ((int64)bh * R + r) * P * Dv;
   const bool pairs = (Dv & 1) == 0;  // float2 stores
-  for (int c0 = 0; c0 < Dv; c0 += kPvChannels) {
+  int voff = static_cast<int>(b_fragment_row(vt + gw * ck, vtp) - vt);  // the lane's offset at channel c0, key 0
+  for (int c0 = 0; c0 < Dv; c0 += kPvChannels, voff += kPvChannels * vtp) {
     float o[kPvChannels / 8][4];
 #pragma unroll
     for (int dn = 0; dn < kPvChannels / 8; ++dn) o[dn][0] = o[dn][1] = o[dn][2] = o[dn][3] = 0.0f;
@@ -1273,7 +1269,7 @@ __device__ void cluster_attention_mma(const half_bits* __restrict__ q, const hal
       for (int dn = 0; dn < kPvChannels / 8; ++dn) {
         if (c0 + 8 * dn < Dv) {
           unsigned b[2];
-          ldmatrix<2>(b, b_fragment_row(vt + (c0 + 8 * dn) * vtp + gw * ck + 16 * ks, vtp));
+          ldmatrix<2>(b, vt + voff + 8 * dn * vtp + 16 * ks);
           mma_16816(o[dn], lo, b);
           mma_16816(o[dn], hi, b);
         }
@@ -1503,23 +1499,28 @@ __device__ void combine(const float* __restrict__ qf, const float* __restrict__ 
 VITRT_SB_ENTRIES(f32, float)
 VITRT_SB_ENTRIES(f16, half_bits)
 
-// The cluster kernel on tensor cores for float16, one entry per KS = ceil(c / 16) (clusters up to 16 KS keys):
-// blocks of KS warps per cluster, G clusters, at most kMmaWarpsMax warps (cuda.py: AttentionDims.mma_*; the
-// launcher guarantees c <= 16 KS). Registers are sized for MINB blocks of kMmaWarpsMax warps per SM: 3 (80
-// registers) where ptxas spills nothing on sm_87 to sm_120 (KS <= 2), else 2 (128 registers).
-#define VITRT_SB_CLUSTER_MMA(KS, MINB)                                                                     \
-  extern "C" __global__ void __launch_bounds__(32 * kMmaWarpsMax, MINB) vitrt_sb_cluster_mma##KS##_f16(   \
+// The cluster kernel on tensor cores for float16, one entry per NT = ceil(c / 8), 8-key tiles (1 .. 8: clusters
+// of up to 64 keys): blocks of KS = ceil(NT / 2) warps per cluster, G clusters, at most kMmaWarpsMax warps
+// (cuda.py: AttentionDims.mma_*; the launcher picks the entry). Registers are sized for MINB blocks of
+// kMmaWarpsMax warps per SM: 3 (80 registers) where ptxas spills nothing on sm_87 to sm_120 (NT <= 4), else 2
+// (128 registers).
+#define VITRT_SB_CLUSTER_MMA(NT, MINB)                                                                     \
+  extern "C" __global__ void __launch_bounds__(32 * kMmaWarpsMax, MINB) vitrt_sb_cluster_mma##NT##_f16(   \
       const half_bits* q, const half_bits* k, const half_bits* v, const float* qf, const float* kf,        \
       const float* pls, const int* q_perm, const int* q_inv, const int* k_perm, const int* k_inv,          \
       float* rnum, float* raux, int N, int P, int E, int Dv, int R, int F, int c, int G, float scale,      \
       int mode, int vecq, int vecv) {                                                                      \
-    cluster_attention_mma<KS>(q, k, v, qf, kf, pls, q_perm, q_inv, k_perm, k_inv, rnum, raux, N, P, E, Dv, \
+    cluster_attention_mma<NT>(q, k, v, qf, kf, pls, q_perm, q_inv, k_perm, k_inv, rnum, raux, N, P, E, Dv, \
                               R, F, c, G, scale, mode, vecq, vecv);                                        \
   }
 VITRT_SB_CLUSTER_MMA(1, 3)
 VITRT_SB_CLUSTER_MMA(2, 3)
-VITRT_SB_CLUSTER_MMA(3, 2)
-VITRT_SB_CLUSTER_MMA(4, 2)
+VITRT_SB_CLUSTER_MMA(3, 3)
+VITRT_SB_CLUSTER_MMA(4, 3)
+VITRT_SB_CLUSTER_MMA(5, 2)
+VITRT_SB_CLUSTER_MMA(6, 2)
+VITRT_SB_CLUSTER_MMA(7, 2)
+VITRT_SB_CLUSTER_MMA(8, 2)
 
 // kv[bh] = the sum over chunks of kv_part[bh, chunk] ([F, Dv + 1] per chunk), written in the layout combine
 // reads (kv_stride: [F][kv_pitch] with zero padding, then the sums of k'). Eight lanes per output: lane g

@@ -562,14 +562,18 @@ def check_scatterbrain(
 
 
 # (batch, tokens, E, Dv, cluster, hashes, projection rows, mode): the T2T first token attention's shapes, and
-# odd ones (E not a multiple of 8 or 16, odd Dv, one round); each entry KS = 1 .. 4 (c = 6, 17 and 24, 40,
-# 49), the c = 40 case with a last block of fewer clusters.
+# odd ones (E not a multiple of 8 or 16, odd Dv, one round, clusters that end inside an 8-key tile); one case
+# per entry NT = ceil(c / 8) = 1 .. 8 (two for 3), the c = 40 one with a last block of fewer clusters.
 CLUSTER_MMA_CASES = [
     (1, 784, 64, 64, 24, 2, 12, Mode.SCATTERBRAIN),
     (1, 300, 33, 41, 49, 3, 40, Mode.SCATTERBRAIN),
     (2, 131, 8, 12, 17, 1, 3, Mode.LSH),
     (1, 200, 64, 64, 40, 2, 12, Mode.SCATTERBRAIN),
     (2, 100, 64, 64, 6, 2, 3, Mode.LSH),
+    (2, 90, 16, 24, 16, 2, 3, Mode.SCATTERBRAIN),
+    (1, 160, 32, 24, 30, 2, 6, Mode.LSH),
+    (1, 150, 64, 64, 48, 2, 12, Mode.SCATTERBRAIN),
+    (1, 200, 24, 20, 64, 2, 6, Mode.SCATTERBRAIN),  # narrow rows: the CUDA-core kernel fits c = 64
 ]
 
 
@@ -597,7 +601,7 @@ def check_cluster_tensor_cores(
     CUDA-core kernel are, beyond the float16 rounding of the float64 reference on the kernel's clusters,
     within 1e-5 of each row's largest value. (On the emulator, in CLUSTER_MMA_CASES: at most 3.9e-6 on tensor
     cores and 3.8e-6 on CUDA cores; with the features and weights split into float16 parts without their
-    power-of-two scalings, two cases failed. Configurations where the low-rank term cancels, such as many
+    power-of-two scalings, three cases failed. Configurations where the low-rank term cancels, such as many
     rounds with a few features, can be further off for both kernels: float32 itself.)"""
     from vitrt.plugins.cuda_launcher import load_module
     from vitrt.plugins.lsh_attention.cuda import scatterbrain_cuda_debug
@@ -608,7 +612,7 @@ def check_cluster_tensor_cores(
     v = torch.randn(b, 1, n, dv, device=device, generator=g).half()
     hv, proj = _fixed(r, m, e, device)
     proj_in = proj if mode != Mode.LSH else None
-    module, kernel = load_module("scatterbrain"), f"vitrt_sb_cluster_mma{-(-c // 16)}_f16"
+    module, kernel = load_module("scatterbrain"), f"vitrt_sb_cluster_mma{-(-c // 8)}_f16"
     before = module.launches.get(kernel, 0)
     out, views = scatterbrain_cuda_debug(q, k, v, hv, proj_in, attrs)
     cuda_out, cuda_views = scatterbrain_cuda_debug(q, k, v, hv, proj_in, attrs, tensor_cores=False)
