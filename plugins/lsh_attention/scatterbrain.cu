@@ -1499,19 +1499,19 @@ __device__ void combine(const float* __restrict__ qf, const float* __restrict__ 
 VITRT_SB_ENTRIES(f32, float)
 VITRT_SB_ENTRIES(f16, half_bits)
 
-// The cluster kernel on tensor cores for float16, one entry per NT = ceil(c / 8), 8-key tiles (1 .. 8: clusters
-// of up to 64 keys): blocks of KS = ceil(NT / 2) warps per cluster, G clusters, at most kMmaWarpsMax warps
+// The cluster kernel on tensor cores for float16, one entry per NTC = ceil(c / 8), 8-key tiles (1 .. 8: clusters
+// of up to 64 keys): blocks of KS = ceil(NTC / 2) warps per cluster, G clusters, at most kMmaWarpsMax warps
 // (cuda.py: AttentionDims.mma_*; the launcher picks the entry). Registers are sized for MINB blocks of
-// kMmaWarpsMax warps per SM: 3 (80 registers) where ptxas spills nothing on sm_87 to sm_120 (NT <= 4), else 2
+// kMmaWarpsMax warps per SM: 3 (80 registers) where ptxas spills nothing on sm_87 to sm_120 (NTC <= 4), else 2
 // (128 registers).
-#define VITRT_SB_CLUSTER_MMA(NT, MINB)                                                                     \
-  extern "C" __global__ void __launch_bounds__(32 * kMmaWarpsMax, MINB) vitrt_sb_cluster_mma##NT##_f16(   \
-      const half_bits* q, const half_bits* k, const half_bits* v, const float* qf, const float* kf,        \
-      const float* pls, const int* q_perm, const int* q_inv, const int* k_perm, const int* k_inv,          \
-      float* rnum, float* raux, int N, int P, int E, int Dv, int R, int F, int c, int G, float scale,      \
-      int mode, int vecq, int vecv) {                                                                      \
-    cluster_attention_mma<NT>(q, k, v, qf, kf, pls, q_perm, q_inv, k_perm, k_inv, rnum, raux, N, P, E, Dv, \
-                              R, F, c, G, scale, mode, vecq, vecv);                                        \
+#define VITRT_SB_CLUSTER_MMA(NTC, MINB)                                                                       \
+  extern "C" __global__ void __launch_bounds__(32 * kMmaWarpsMax, MINB) vitrt_sb_cluster_mma##NTC##_f16(      \
+      const half_bits* q, const half_bits* k, const half_bits* v, const float* qf, const float* kf,           \
+      const float* pls, const int* q_perm, const int* q_inv, const int* k_perm, const int* k_inv,             \
+      float* rnum, float* raux, int N, int P, int E, int Dv, int R, int F, int c, int G, float scale,         \
+      int mode, int vecq, int vecv) {                                                                         \
+    cluster_attention_mma<NTC>(q, k, v, qf, kf, pls, q_perm, q_inv, k_perm, k_inv, rnum, raux, N, P, E, Dv,   \
+                              R, F, c, G, scale, mode, vecq, vecv);                                           \
   }
 VITRT_SB_CLUSTER_MMA(1, 3)
 VITRT_SB_CLUSTER_MMA(2, 3)

@@ -1364,7 +1364,7 @@ __device__ void match(const float* __restrict__ scores, int64* __restrict__ dest
 }
 
 template <int N>
-struct Count {  // a count as a type, for a generic lambda to unroll over
+struct UnitCount {  // a count as a type, for a generic lambda to unroll over
   static constexpr int value = N;
 };
 
@@ -1488,15 +1488,16 @@ __device__ void scores_match(const half_bits* __restrict__ metric, const half_bi
       }
     }
   };
-  static_assert(kScoresMatchUnits == 4, "one case per unit count below");  // mine = 0: no units
+  // mine <= 4 as N <= 256 (cuda.SCORES_MATCH_MAX_TOKENS, the launcher's limit); mine = 0: no units.
+  static_assert(kScoresMatchUnits == 4, "one case per unit count below");
   if (mine == 4)
-    products(Count<4>{});
+    products(UnitCount<4>{});
   else if (mine == 3)
-    products(Count<3>{});
+    products(UnitCount<3>{});
   else if (mine == 2)
-    products(Count<2>{});
+    products(UnitCount<2>{});
   else if (mine == 1)
-    products(Count<1>{});
+    products(UnitCount<1>{});
   __syncthreads();  // every warp is done with the staged rows; rn, fi, fs are published
 
 #pragma unroll

@@ -15,7 +15,7 @@
 #     "from pathlib import Path; from vitrt.plugins.cuda_build import build_fatbin, kernel_source; \
 #      build_fatbin(kernel_source('token_fusion'), Path('/work/main/build/ab-base/fatbins'), ('sm_90',), None)")
 #   .venv/bin/vitrt plugins build                               # the tree's fatbins, every architecture
-# The call (carry: the four fatbin files and build/ab-base, about 45 MiB; not build/plugins/emulated):
+# The call (carry: the four fatbin files and build/ab-base, about 52 MiB; not build/plugins/emulated):
 #   run(command="bash benchmarks/results/workstation-2026-11-27-same-bits/device_next.sh",
 #       carry=["build/plugins/token_fusion.fatbin", "build/plugins/token_fusion.fatbin.json",
 #              "build/plugins/scatterbrain.fatbin", "build/plugins/scatterbrain.fatbin.json", "build/ab-base"],
