@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -156,10 +157,7 @@ class AttentionDims:
     def groups(self) -> int:
         """Clusters per block of the cluster kernel: about 48 queries, fewer where their shared memory
         would need an opt-in (more than 48 KiB)."""
-        g = max(1, _CLUSTER_SLOTS // max(1, self.c))
-        while g > 1 and _cluster_bytes(self, g) > _NO_OPT_IN:
-            g -= 1
-        return g
+        return _groups_within(max(1, _CLUSTER_SLOTS // max(1, self.c)), lambda g: _cluster_bytes(self, g))
 
     @property
     def cluster_threads(self) -> int:
@@ -179,10 +177,8 @@ class AttentionDims:
     def mma_groups(self) -> int:
         """Clusters per block of the tensor-core cluster kernel: as many as _MMA_WARPS warps take, fewer
         where their shared memory would need an opt-in (more than 48 KiB)."""
-        g = max(1, _MMA_WARPS // max(1, self.mma_steps))
-        while g > 1 and _cluster_mma_bytes(self, g) > _NO_OPT_IN:
-            g -= 1
-        return g
+        most = max(1, _MMA_WARPS // max(1, self.mma_steps))
+        return _groups_within(most, lambda g: _cluster_mma_bytes(self, g))
 
     @staticmethod
     def of(batch: int, heads: int, n: int, e: int, dv: int, attrs: ScatterbrainAttrs) -> AttentionDims:
@@ -214,6 +210,14 @@ def _features_floats(d: AttentionDims, chunk: int) -> int:
     xs, vp = _pitch4(d.e), _pitch4(d.dv + 1)
     union = max(2 * chunk * xs, chunk * (vp + _r4(f)) if d.low_rank else 0)
     return nout * xs + union + _r4(2 * chunk * (nout | 1)) + _r4(2 * chunk) + _r4(chunk)
+
+
+def _groups_within(g: int, bytes_of: Callable[[int], int]) -> int:
+    """The largest count of clusters per block, at most ``g`` and at least 1, whose shared memory
+    (``bytes_of(count)``) needs no opt-in (48 KiB)."""
+    while g > 1 and bytes_of(g) > _NO_OPT_IN:
+        g -= 1
+    return g
 
 
 def _cluster_bytes(d: AttentionDims, g: int) -> int:

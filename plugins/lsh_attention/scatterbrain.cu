@@ -342,47 +342,27 @@ __device__ __forceinline__ uint4 load8_half(const half_bits* p, int left, bool v
 
 // Rows of a [*, width] float16 tensor into shared memory as float16: row i < nreal is token tok[i]; rows
 // nreal .. rows - 1, tokens >= n_real (padding) and columns [width, 16 ceil(width / 16)) are zero. A unit is
-// 8 halves (16 bytes) of a row.
-struct HalfRows {
-  const half_bits* src;
-  const int* tok;
-  half_bits* dst;
-  int nreal, rows, width, pitch, n_real, u;  // u: units per row
-  bool vec;
-  FastDiv per_row;  // / u
-  __device__ __forceinline__ HalfRows(const half_bits* src_, const int* tok_, int nreal_, int rows_, int width_,
-                                      int n_real_, bool vec_, half_bits* dst_, int pitch_)
-      : src(src_), tok(tok_), dst(dst_), nreal(nreal_), rows(rows_), width(width_), pitch(pitch_),
-        n_real(n_real_), u(((width_ + 15) >> 4) * 2), vec(vec_), per_row(max(u, 1)) {}
-  __device__ __forceinline__ int items() const { return rows * u; }
-  __device__ __forceinline__ uint4 load(int it) const {
-    const int i = per_row(it), col = 8 * (it - i * u);
-    uint4 w;
-    w.x = w.y = w.z = w.w = 0u;
-    if (i < nreal && col < width) {
-      const int t = tok[i];
-      if (t < n_real) w = load8_half(src + (int64)t * width + col, width - col, vec);
-    }
-    return w;
-  }
-  __device__ __forceinline__ void store(int it, const uint4& w) const {
-    const int i = per_row(it), col = 8 * (it - i * u);
-    *reinterpret_cast<uint4*>(dst + i * pitch + col) = w;
-  }
-};
-
-// The same rows by cp.async where vec holds (width a multiple of 8, src 16-byte aligned): each thread issues
-// all of its 16-byte copies (zero-filled where HalfRows has zeros) with no register round trip; they are
-// complete after cp_async_wait_all.
+// 8 halves (16 bytes) of a row. With vec (width a multiple of 8, src 16-byte aligned) each unit is a cp.async:
+// each thread issues all of its copies with no register round trip, complete after cp_async_wait_all.
+// Without, element by element through registers (load8_half).
 __device__ __forceinline__ void stage_half_rows(const half_bits* src, const int* tok, int nreal, int rows,
-                                                int width, int n_real, half_bits* dst, int pitch) {
+                                                int width, int n_real, bool vec, half_bits* dst, int pitch) {
   const int u = ((width + 15) >> 4) * 2;
   const FastDiv per_row(u);
   for (int it = threadIdx.x; it < rows * u; it += blockDim.x) {
     const int i = per_row(it), col = 8 * (it - i * u);
     const int t = i < nreal && col < width ? tok[i] : n_real;
     const bool valid = t < n_real;
-    cp_async16(dst + i * pitch + col, valid ? src + (int64)t * width + col : src, valid);
+    const half_bits* from = valid ? src + (int64)t * width + col : src;
+    half_bits* to = dst + i * pitch + col;
+    if (vec) {
+      cp_async16(to, from, valid);
+    } else {
+      uint4 w;
+      w.x = w.y = w.z = w.w = 0u;
+      if (valid) w = load8_half(from, width - col, false);
+      *reinterpret_cast<uint4*>(to) = w;
+    }
   }
 }
 
@@ -1098,13 +1078,10 @@ __device__ void cluster_attention_mma(const half_bits* __restrict__ q, const hal
     kidx[i] = k_perm[perm0 + i];
   }
   __syncthreads();
-  const int fq = sb ? QB : 0, fb = multi ? QB : 0, async_rows = vecq != 0 ? QB + 16 : 0;
-  const half_bits *qb = q + (int64)bh * N * E, *kb = k + (int64)bh * N * E;
-  stage_half_rows(qb, qidx, QB, async_rows, E, N, qh, ep);
-  stage_half_rows(kb, kidx, QB, async_rows, E, N, kh, ep);
-  gather<4>(HalfRows(qb, qidx, QB, QB + 16 - async_rows, E, N, false, qh, ep),
-            HalfRows(kb, kidx, QB, QB + 16 - async_rows, E, N, false, kh, ep),
-            ValuesT(v + (int64)bh * N * Dv, kidx, Gb, c, ck, Dv, N, vecv != 0, vt, vtp),
+  const int fq = sb ? QB : 0, fb = multi ? QB : 0;
+  stage_half_rows(q + (int64)bh * N * E, qidx, QB, QB + 16, E, N, vecq != 0, qh, ep);
+  stage_half_rows(k + (int64)bh * N * E, kidx, QB, QB + 16, E, N, vecq != 0, kh, ep);
+  gather<4>(ValuesT(v + (int64)bh * N * Dv, kidx, Gb, c, ck, Dv, N, vecv != 0, vt, vtp),
             SlotScalar{pls + (int64)bh * P, qidx, qpl, fq},
             SlotBucket(q_inv + (int64)bh * R * P, qidx, qbk, fb, R, P, QM, c),
             SlotBucket(k_inv + (int64)bh * R * P, kidx, kbk, fb, R, P, QM, c));
