@@ -223,7 +223,7 @@ def bench_scatterbrain(batch: int, dtype: torch.dtype, iters: int) -> dict[str, 
     from vitrt.plugins.lsh_attention import reference
     from vitrt.plugins.lsh_attention.cuda import (
         AttentionDims,
-        cluster_on_tensor_cores,
+        cluster_kernels,
         enqueue,
         workspace_bytes,
     )
@@ -241,19 +241,21 @@ def bench_scatterbrain(batch: int, dtype: torch.dtype, iters: int) -> dict[str, 
     work = torch.empty(workspace_bytes(d), dtype=torch.uint8, device="cuda")
     name = str(dtype).removeprefix("torch.")
 
-    def launches(tensor_cores: bool | None) -> Callable[[], None]:
+    def launches(cluster: str | None) -> Callable[[], None]:
         def kernel() -> None:
             stream = torch.cuda.current_stream().cuda_stream
             enqueue(q.data_ptr(), k.data_ptr(), v.data_ptr(), hv.data_ptr(), proj.data_ptr(), out.data_ptr(),
-                    work.data_ptr(), d, scale, name, stream, tensor_cores=tensor_cores)  # fmt: skip
+                    work.data_ptr(), d, scale, name, stream, cluster=cluster)  # fmt: skip
 
         return kernel
 
     kernel = launches(None)
     enqueue_ms = event_median_ms(kernel, iters)
     graph = graph_ms(kernel, iters)
-    # float16: the launcher's cluster kernel (tensor cores) against the CUDA-core one, same run
-    cuda_cores = graph_ms(launches(False), iters) if cluster_on_tensor_cores(d, name) else None
+    # every form of the cluster kernel that can run (float16: tensor cores, staged, tiled), same run
+    forms = cluster_kernels(d, name)
+    form_ms = {form: graph_ms(launches(form), iters) for form in forms}
+    form_us = {form: kernel_breakdown(launches(form)) for form in forms}
     ref_ms = event_median_ms(
         lambda: reference.scatterbrain_attention(
             q, k, v, hash_vectors=hv, projection=proj, cluster_size=c, scale=scale
@@ -272,8 +274,9 @@ def bench_scatterbrain(batch: int, dtype: torch.dtype, iters: int) -> dict[str, 
         "dense_sdpa_ms": dense_ms,
         "speedup_vs_reference": ref_ms / graph,
         "ratio_to_dense": graph / dense_ms,
-        "cluster_cuda_cores_graph_ms": cuda_cores,
-        "cluster_cuda_cores_kernels_us": kernel_breakdown(launches(False)) if cuda_cores else None,
+        "cluster_form": forms[0],
+        "cluster_forms_graph_ms": form_ms,
+        "cluster_forms_kernels_us": form_us,
         "kernels_us": kernel_breakdown(kernel),
         "floor_bytes": _bytes(q, k, v, hv, proj, out),
         "workspace_bytes": workspace_bytes(d),
@@ -377,20 +380,26 @@ def main(argv: list[str] | None = None) -> int:
             parts = ", ".join(f"{s}: {1e3 * ms:.1f} ({ms / times[1]:.2f}x)" for s, ms in times.items())
             print(f"  B={row['batch']}: {parts}")
     print(
-        "Scatterbrain with its cluster kernel on tensor cores (the launcher's) / on CUDA cores, float16: the "
-        "whole op (graph us), then the cluster kernel alone (profiler us)"
+        "Scatterbrain by form of its cluster kernel (mma: tensor cores; staged, tiled: CUDA cores): the "
+        "whole op (graph us) and the cluster kernel alone (profiler us), x of the launcher's form"
     )
     for row in rows:
-        if row.get("cluster_cuda_cores_graph_ms"):
-            tc, cores = row["graph_ms"], row["cluster_cuda_cores_graph_ms"]
-            k_tc, k_cores = (
-                sum(us for name, us in times.items() if "vitrt_sb_cluster" in name)
-                for times in (row["kernels_us"], row["cluster_cuda_cores_kernels_us"])
+        if row["op"] != "scatterbrain":
+            continue
+        first = row["cluster_form"]
+
+        def cluster_us(form: str, row: dict[str, Any] = row) -> float:
+            return sum(
+                us for name, us in row["cluster_forms_kernels_us"][form].items() if "vitrt_sb_cluster" in name
             )
-            print(
-                f"  B={row['batch']}: op {1e3 * tc:.1f} / {1e3 * cores:.1f} = {tc / cores:.2f}x; "
-                f"cluster kernel {k_tc:.1f} / {k_cores:.1f} = {k_tc / k_cores:.2f}x"
-            )
+
+        op_ms = row["cluster_forms_graph_ms"]
+        parts = ", ".join(
+            f"{form} op {1e3 * ms:.1f} ({ms / op_ms[first]:.2f}x), kernel {cluster_us(form):.1f} "
+            f"({cluster_us(form) / cluster_us(first):.2f}x)"
+            for form, ms in op_ms.items()
+        )
+        print(f"  B={row['batch']} {row['dtype']}: {parts}")
     result = {
         "device": info.name,
         "capability": list(info.capability),

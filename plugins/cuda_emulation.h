@@ -479,6 +479,11 @@ inline unsigned atomicOr(unsigned* address, unsigned val) {
   *address = old | val;
   return old;
 }
+inline int atomicAdd(int* address, int val) {
+  const int old = *address;
+  *address = old + val;
+  return old;
+}
 inline int __ffs(unsigned x) { return __builtin_ffs(static_cast<int>(x)); }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 

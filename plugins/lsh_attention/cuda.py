@@ -5,8 +5,9 @@ Same function as ``reference.attention_by_mode`` for the three modes of ``spec.M
 and v [B, H, N, Dv] share one dtype (float32 or float16), hash_vectors [R, E + 2] and projection [m, E]
 are float32; the output [B, H, N, Dv] has q's dtype; everything in between is float32 in the workspace.
 Launch sequence (see scatterbrain.cu): stats, features, kv_reduce (low rank), sort + cluster (sparse),
-combine. The cluster kernel runs on tensor cores for float16 with clusters of at most 64 tokens (and
-the further limits of ``cluster_on_tensor_cores``), on CUDA cores otherwise.
+combine. The cluster kernel (``CLUSTER_KERNELS``) runs on tensor cores for float16 with clusters of at
+most 64 tokens (and the further limits of ``cluster_on_tensor_cores``), on CUDA cores otherwise: with a
+whole cluster's scores in shared memory where they fit, in key tiles where they do not (any cluster size).
 
 Memory: the workspace holds per (b, h) the hashes and sort permutations (R P floats / ints each), the
 squared norms (2 P), the features (2 P F floats), and every round's output rows in token order
@@ -58,8 +59,9 @@ KERNELS = (
     ),
     "vitrt_sb_kv_reduce",
     "vitrt_sb_sort",
-    "vitrt_sb_sort_bitonic",
+    "vitrt_sb_sort_tiles",
     *(f"vitrt_sb_cluster_mma{nt}_f16" for nt in range(1, 9)),
+    *(f"vitrt_sb_cluster_tiled_{sfx}" for sfx in KERNEL_SUFFIX.values()),
 )
 """Every kernel this module launches (the build test checks each is in the fatbin)."""
 CHUNK = 64
@@ -72,11 +74,23 @@ _QUERIES_PER_BLOCK = 64  # combine
 _CLUSTER_SLOTS = 48  # target queries per block of the cluster kernel
 _NO_OPT_IN = 48 * 1024  # dynamic shared memory that needs no opt-in
 _MAX_SHARED = 96 * 1024  # kept below the smallest opt-in limit of the targets (99 KiB, sm_120)
-_RADIX_MAX_P = 8192  # the radix sort's largest P (8 keys per thread, 1024 threads); bitonic beyond
+_RADIX_MAX_P = 8192  # the one-tile radix sort's largest P (8 keys per thread, 1024 threads); tiles beyond
+_SORT_TILE_THREADS = 1024  # threads of vitrt_sb_sort_tiles: tiles of 8 x 1024 keys (tests lower it)
+MAX_SORT_TOKENS = (_MAX_SHARED // (4 * 256) - _SORT_TILE_THREADS // 32) * 8 * _SORT_TILE_THREADS
+"""The most tokens (N padded to the cluster size) the sort takes: 64 tiles of 8192 keys, whose shared
+memory (``_sort_bytes``) stays within 96 KiB."""
 _TILE = 3  # cluster kernel: score tiles of 3 x 3 (scatterbrain.cu kTile)
 MMA_MAX_CLUSTER = 64
 """The largest cluster size of the tensor-core cluster kernel (float16; one entry per 8-key tile count)."""
 _MMA_WARPS = 8  # most warps of a tensor-core cluster block (scatterbrain.cu kMmaWarpsMax)
+_TILED_SHAPES = ((32, 32), (32, 16), (16, 16), (16, 8), (8, 8))
+"""(query rows, keys) per block and tile of the tiled cluster kernel, in order of preference."""
+CLUSTER_KERNELS = ("mma", "staged", "tiled")
+"""The cluster kernel's forms: "mma" (tensor cores: float16, c <= MMA_MAX_CLUSTER, see
+``cluster_on_tensor_cores``), "staged" (CUDA cores, a whole cluster's rows and c x c scores in shared
+memory: G clusters per block) and "tiled" (CUDA cores, QS query rows of a cluster per block, its keys swept
+in tiles with an online softmax: any cluster size). The launcher takes the first that can run
+(``cluster_kernels``)."""
 
 
 def _pitch4(n: int) -> int:
@@ -138,11 +152,6 @@ class AttentionDims:
         return -(-self.p // self.chunk)
 
     @property
-    def p2(self) -> int:
-        """The next power of two >= P (the bitonic sort's length, for P > 8192)."""
-        return 1 << max(0, (self.p - 1).bit_length())
-
-    @property
     def sort_items(self) -> int:
         """Keys per thread of the radix sort: 4 up to P = 2048, else 8."""
         return 4 if self.p <= 2048 else 8
@@ -164,6 +173,17 @@ class AttentionDims:
         """Threads of a cluster block: one per 3 x 3 score tile, 64 to 256."""
         nt = -(-self.c // _TILE)
         return min(256, max(64, 32 * -(-self.groups * nt * nt // 32)))
+
+    @property
+    def tiled_rows(self) -> tuple[int, int]:
+        """(QS, KT) of the tiled cluster kernel: query rows per block and keys per tile, the first of
+        _TILED_SHAPES within 48 KiB of shared memory, else within 96 KiB, each at most c; (0, 0) where none
+        fits."""
+        for limit in (_NO_OPT_IN, _MAX_SHARED):
+            for qs, kt in _TILED_SHAPES:
+                if _tiled_bytes(self, qs, kt) <= limit:
+                    return min(qs, self.c), min(kt, self.c)
+        return 0, 0
 
     @property
     def mma_steps(self) -> int:
@@ -243,9 +263,20 @@ def _cluster_mma_bytes(d: AttentionDims, g: int) -> int:
     return 2 * halves + 4 * words
 
 
+def _tiled_bytes(d: AttentionDims, qs: int, kt: int) -> int:
+    """Bytes of the tiled cluster kernel's shared memory (scatterbrain.cu cluster_attention_tiled) for qs
+    query rows per block and tiles of kt keys."""
+    sb, multi = d.mode == Mode.SCATTERBRAIN, d.mode == Mode.SCATTERBRAIN and d.r > 1
+    es, fs, vp, kp = _pitch4(d.e), _pitch4(d.f), _pitch4(d.dv), kt | 1
+    floats = (qs + kt) * (es + (fs if sb else 0)) + kt * vp + _r4(qs * kp) * (2 if sb else 1) + qs * vp
+    floats += 3 * _r4(qs) + (_r4(qs) if sb else 0)
+    ints = _r4(qs) + _r4(kt) + (_r4(d.r * qs) + _r4(d.r * kt) if multi else 0)
+    return 4 * (floats + ints)
+
+
 def _sort_bytes(d: AttentionDims) -> int:
-    if d.p > _RADIX_MAX_P:
-        return 8 * d.p2
+    if d.p > _RADIX_MAX_P:  # vitrt_sb_sort_tiles: [256][W] warp counts, [256][NT] tile offsets
+        return 4 * 256 * (_SORT_TILE_THREADS // 32 + -(-d.p // (8 * _SORT_TILE_THREADS)))
     threads = d.sort_threads
     return 4 * (2 * d.sort_items * threads + 256 * (threads // 32))
 
@@ -299,6 +330,7 @@ def shared_bytes(d: AttentionDims) -> dict[str, int]:
         "sort": _sort_bytes(d) if d.sparse else 0,
         "cluster": _cluster_bytes(d, d.groups) if d.sparse else 0,
         "cluster_mma": _cluster_mma_bytes(d, d.mma_groups) if d.sparse else 0,
+        "cluster_tiled": _tiled_bytes(d, *d.tiled_rows) if d.sparse and d.tiled_rows[0] else 0,
         "combine": 4 * _combine_floats(d),
     }
 
@@ -308,6 +340,51 @@ def cluster_on_tensor_cores(d: AttentionDims, dtype: str) -> bool:
     a mode with clusters, clusters of at most MMA_MAX_CLUSTER tokens, fewer than 2^15 features, and shared
     memory for one cluster per block within 96 KiB. The launcher takes it wherever it can."""
     return dtype == "float16" and d.mma_steps > 0 and _cluster_mma_bytes(d, 1) <= _MAX_SHARED
+
+
+def cluster_kernels(d: AttentionDims, dtype: str) -> tuple[str, ...]:
+    """The forms of the cluster kernel (``CLUSTER_KERNELS``) that can run ``d`` with ``dtype`` I/O, in the
+    launcher's order of preference: "mma" where ``cluster_on_tensor_cores``, "staged" where one cluster's
+    shared memory is within 96 KiB, "tiled" where its smallest tiles are. Empty for PERFORMER (no clusters)
+    and for rows too wide for every form."""
+    if not d.sparse:
+        return ()
+    kinds = (
+        ("mma", cluster_on_tensor_cores(d, dtype)),
+        ("staged", _cluster_bytes(d, 1) <= _MAX_SHARED),
+        ("tiled", d.tiled_rows[0] > 0),
+    )
+    return tuple(name for name, fits in kinds if fits)
+
+
+_CLUSTER_LIMITS = {
+    "mma": "float16, clusters of at most {mx} tokens, fewer than 2^15 features and 16 query rows within "
+    "96 KiB of shared memory",
+    "staged": "one cluster's rows and c x c scores within 96 KiB of shared memory",
+    "tiled": "8 query rows and 8 key rows within 96 KiB of shared memory",
+}
+
+
+def _cluster_choice(d: AttentionDims, dtype: str, cluster: str | None) -> str:
+    """The cluster kernel form to launch (``cluster``: None or one of CLUSTER_KERNELS): ``cluster`` if it
+    can run (ValueError naming its limits if not), else the launcher's choice; ValueError where no form
+    can run."""
+    can = cluster_kernels(d, dtype)
+    what = f"{dtype}, mode {Mode(d.mode).name}, cluster size {d.c}, {d.f} features, E={d.e}, Dv={d.dv}"
+    if not can:
+        raise ValueError(
+            f"no cluster kernel can run {what}: the tiled one needs {_CLUSTER_LIMITS['tiled']}; "
+            "use narrower heads (more heads of fewer channels), or run the op on the CPU (the reference)"
+        )
+    if cluster is None:
+        return can[0]
+    if cluster not in can:
+        need = _CLUSTER_LIMITS[cluster].format(mx=MMA_MAX_CLUSTER)
+        raise ValueError(
+            f"the {cluster!r} cluster kernel needs {need}; got {what}. It can run on {list(can)}: pass one "
+            "of those, or cluster=None (the launcher's choice)"
+        )
+    return cluster
 
 
 def enqueue(
@@ -323,24 +400,24 @@ def enqueue(
     dtype: str,
     stream: int,
     *,
-    tensor_cores: bool | None = None,
+    cluster: str | None = None,
 ) -> None:
     """The whole op on raw device pointers (C-contiguous): q, k [BH, N, E], v [BH, N, Dv] of ``dtype``
     ("float32" / "float16"), hash_vectors [R, E + 2] and projection [m, E] float32 (0 where the mode has
     none) -> out [BH, N, Dv] of ``dtype``. ``workspace``: ``workspace_bytes(d)`` bytes; ``stream``: a CUDA
-    stream handle as an int; ``scale``: the softmax scale t. ``tensor_cores``: the cluster kernel on tensor
-    cores (True; ValueError where ``cluster_on_tensor_cores`` is False) or CUDA cores (False); None: tensor
-    cores where they can run. Asynchronous."""
+    stream handle as an int; ``scale``: the softmax scale t. ``cluster``: the cluster kernel's form (one of
+    ``CLUSTER_KERNELS``; ValueError where it cannot run ``d``); None: the launcher's choice
+    (``cluster_kernels``). Asynchronous; the arguments are checked before anything is launched."""
     sfx = kernel_suffix(dtype, PLUGIN_NAME)
-    mma = cluster_on_tensor_cores(d, dtype)
-    if tensor_cores and not mma:
+    if cluster is not None and cluster not in CLUSTER_KERNELS:
+        raise ValueError(f"cluster must be None or one of {CLUSTER_KERNELS}, got {cluster!r}")
+    form = _cluster_choice(d, dtype, cluster) if d.sparse else ""
+    if d.sparse and _sort_bytes(d) > _MAX_SHARED:
         raise ValueError(
-            "the tensor-core cluster kernel takes float16, mode SCATTERBRAIN or LSH, clusters of at most "
-            f"{MMA_MAX_CLUSTER} tokens, fewer than 2^15 features and rows that fit 96 KiB of shared memory; "
-            f"got {dtype}, mode {Mode(d.mode).name}, cluster size {d.c}, {d.f} features, E={d.e}, "
-            f"Dv={d.dv}; pass tensor_cores=None (the launcher's choice) or False"
+            f"{d.p} tokens per attention (N = {d.n} padded to the cluster size) are more than the sort "
+            f"takes ({MAX_SORT_TOKENS}); use fewer tokens (a lower resolution) or run the op on the CPU "
+            "(the reference)"
         )
-    mma = mma and tensor_cores is not False
     mod = load_module(SOURCE)
     lay = workspace_layout(d)
     w = {name: workspace + off for name, off in lay.items()}
@@ -404,27 +481,31 @@ def enqueue(
             )  # fmt: skip
         else:
             launch(
-                mod, "vitrt_sb_sort_bitonic", (2 * d.r, d.bh, 1), (1024, 1, 1),
-                [*sort_args, i32(d.p2)], stream, shared_mem=smem["sort"],
+                mod, "vitrt_sb_sort_tiles", (2 * d.r, d.bh, 1), (_SORT_TILE_THREADS, 1, 1),
+                sort_args, stream, shared_mem=smem["sort"],
             )  # fmt: skip
         clusters = d.p // d.c
-        if mma:
+        if form == "mma":
             # one entry per NT = ceil(c / 8) key tiles; KS = ceil(c / 16) warps per cluster
-            kernel, groups = f"vitrt_sb_cluster_mma{-(-d.c // 8)}_f16", d.mma_groups
-            threads = 32 * d.mma_steps * groups
-        else:
-            kernel, groups, threads = f"vitrt_sb_cluster_{sfx}", d.groups, d.cluster_threads
+            kernel, region, g = f"vitrt_sb_cluster_mma{-(-d.c // 8)}_f16", "cluster_mma", d.mma_groups
+            blocks, threads, shape = -(-clusters // g), 32 * d.mma_steps * g, [i32(g)]
+        elif form == "staged":
+            kernel, region, g = f"vitrt_sb_cluster_{sfx}", "cluster", d.groups
+            blocks, threads, shape = -(-clusters // g), d.cluster_threads, [i32(g)]
+        else:  # a block per QS query rows of a cluster, its keys in tiles of KT
+            kernel, region, (qs, kt) = f"vitrt_sb_cluster_tiled_{sfx}", "cluster_tiled", d.tiled_rows
+            blocks, threads, shape = clusters * -(-d.c // qs), _THREADS, [i32(qs), i32(kt)]
         launch(
             mod,
             kernel,
-            (-(-clusters // groups), d.r, d.bh),
+            (blocks, d.r, d.bh),
             (threads, 1, 1),
             [ptr(q), ptr(k), ptr(v), ptr(at("qf")), ptr(at("kf")), ptr(at("pls")), ptr(at("q_perm")),
              ptr(at("q_inv")), ptr(at("k_perm")), ptr(at("k_inv")), ptr(at("rnum")), ptr(at("raux")),
-             i32(d.n), i32(d.p), i32(d.e), i32(d.dv), i32(d.r), i32(d.f), i32(d.c), i32(groups),
+             i32(d.n), i32(d.p), i32(d.e), i32(d.dv), i32(d.r), i32(d.f), i32(d.c), *shape,
              f32(scale), i32(d.mode), i32(vecq), i32(vecv)],
             stream,
-            shared_mem=smem["cluster_mma" if mma else "cluster"],
+            shared_mem=smem[region],
         )  # fmt: skip
     launch(
         mod,
@@ -474,7 +555,7 @@ def _run(
     projection: Tensor | None,
     attrs: ScatterbrainAttrs,
     out: Tensor | None,
-    tensor_cores: bool | None = None,
+    cluster: str | None = None,
 ) -> tuple[Tensor, Tensor, AttentionDims]:
     import torch
 
@@ -494,7 +575,7 @@ def _run(
             q.data_ptr(), k.data_ptr(), v.data_ptr(),
             0 if fixed[0] is None else fixed[0].data_ptr(), 0 if fixed[1] is None else fixed[1].data_ptr(),
             out.data_ptr(), work.data_ptr(), d, attrs.scale, tensor_dtype_name(q),
-            kernel_stream(q), tensor_cores=tensor_cores,
+            kernel_stream(q), cluster=cluster,
         )  # fmt: skip
     return out, work, d
 
@@ -508,7 +589,7 @@ def scatterbrain_cuda(
     attrs: ScatterbrainAttrs,
     *,
     out: Tensor | None = None,
-    tensor_cores: bool | None = None,
+    cluster: str | None = None,
 ) -> Tensor:
     """``reference.attention_by_mode`` with the CUDA kernels, on torch's current stream.
 
@@ -517,9 +598,9 @@ def scatterbrain_cuda(
     hash_vectors [R, E + 2] (None in mode PERFORMER) and projection [m, E] (None in mode LSH) ->
     [B, H, N, Dv] in q's dtype.
     ``out`` receives the result when given (contiguous; the tests pre-fill it with NaN).
-    ``tensor_cores``: the cluster kernel's (``enqueue``).
+    ``cluster``: the cluster kernel's form (``enqueue``).
     """
-    return _run(q, k, v, hash_vectors, projection, attrs, out, tensor_cores)[0]
+    return _run(q, k, v, hash_vectors, projection, attrs, out, cluster)[0]
 
 
 def scatterbrain_cuda_debug(
@@ -530,15 +611,15 @@ def scatterbrain_cuda_debug(
     projection: Tensor | None,
     attrs: ScatterbrainAttrs,
     *,
-    tensor_cores: bool | None = None,
+    cluster: str | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``scatterbrain_cuda`` plus copies of the kernels' intermediates, for tests: "q_hash", "k_hash"
     [B, H, R, P] float32 (padding +inf), "q_perm", "k_perm" [B, H, R, P] int64 (sorted slot -> token),
     "q_prime", "k_prime" [B, H, P, 2m] and "pls" [B, H, P] float32, for the regions the mode has.
-    ``tensor_cores``: the cluster kernel's (``enqueue``)."""
+    ``cluster``: the cluster kernel's form (``enqueue``)."""
     import torch
 
-    out, work, d = _run(q, k, v, hash_vectors, projection, attrs, None, tensor_cores)
+    out, work, d = _run(q, k, v, hash_vectors, projection, attrs, None, cluster)
     lay = workspace_layout(d)
     b, h = q.shape[:2]
     views: dict[str, Tensor] = {}

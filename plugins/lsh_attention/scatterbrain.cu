@@ -11,14 +11,17 @@
 //   4. vitrt_sb_sort           grid (2R, BH)       the hashes completed with the XBOX+ term, then their
 //                                                  stable argsort (LSD radix sort of 32-bit order keys,
 //                                                  8-bit digits ranked with warp ballots) -> permutations
-//                                                  and their inverses. vitrt_sb_sort_bitonic: the same for
-//                                                  P > 8192 (bitonic sort of unique 64-bit keys)
+//                                                  and their inverses. vitrt_sb_sort_tiles: the same for
+//                                                  P > 8192 (the radix passes over tiles of 8192 keys)
 //   5. vitrt_sb_cluster_<dt>   grid (clusters/G, R, BH)  dense attention inside G clusters of one round,
 //                                                  with the duplicate-pair count and the low-rank
 //                                                  correction; per-round rows in token order.
 //                                                  vitrt_sb_cluster_mma<NT>_f16: the same on tensor cores
 //                                                  (float16, c <= 8 NT, NT = 1 .. 8; the launcher's
-//                                                  choice wherever it applies)
+//                                                  choice wherever it applies).
+//                          grid (clusters ceil(c/QS), R, BH)  vitrt_sb_cluster_tiled_<dt>: the same for
+//                                                  clusters too large to stage, QS queries a block, the
+//                                                  keys in tiles (online softmax)
 //   6. vitrt_sb_combine_<dt>   grid (N/QPB, BH)    rounds combined in log domain + the low-rank term,
 //                                                  clamped denominator, cast to the output dtype
 //
@@ -36,8 +39,9 @@
 // kernel on tensor cores, which stages float16 and multiplies on mma_16816 (see its comment).
 // cuda.py's shared_bytes mirrors the layouts below.
 //
-// Determinism: no atomics; every sum runs in a fixed order (the chunks' partial sums too), so results are
-// bitwise reproducible run to run.
+// Determinism: no floating-point atomics (the sort in tiles counts digits with shared integer atomics, whose
+// sums do not depend on their order); every sum runs in a fixed order (the chunks' partial sums too), so results
+// are bitwise reproducible run to run.
 
 #include "cuda_common.cuh"
 
@@ -646,6 +650,23 @@ __device__ __forceinline__ float finish_hash(float* __restrict__ h, const float*
   return x;
 }
 
+// Exclusive prefix sum of one int per thread, in thread order, over the block (every thread calls it; wsum: 32
+// ints of shared memory, reused only after a later barrier). One barrier inside.
+__device__ __forceinline__ int block_exclusive_scan(int v, int* wsum) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int incl = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int y = __shfl_up_sync(kFullMask, incl, o);
+    if (lane >= o) incl += y;
+  }
+  if (lane == 31) wsum[warp] = incl;
+  __syncthreads();
+  int off = incl - v;
+  for (int w2 = 0; w2 < warp; ++w2) off += wsum[w2];
+  return off;
+}
+
 // Stable ascending argsort of P floats (LSD radix sort of order_key, 4 passes of 8-bit digits). Warp w
 // holds positions [w * 32 ITEMS, (w + 1) * 32 ITEMS), item i of lane l at w * 32 ITEMS + 32 i + l; a
 // digit's rank is (keys of smaller digits) + (same digit in earlier warps) + (same digit earlier in this
@@ -698,16 +719,7 @@ __device__ void radix_argsort(float* __restrict__ h, const float* __restrict__ n
       loc[j] = cnt[tid * 8 + j];
       s += loc[j];
     }
-    int incl = s;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      const int y = __shfl_up_sync(kFullMask, incl, o);
-      if (lane >= o) incl += y;
-    }
-    if (lane == 31) wsum[warp] = incl;
-    __syncthreads();
-    int off = incl - s;
-    for (int w2 = 0; w2 < warp; ++w2) off += wsum[w2];
+    int off = block_exclusive_scan(s, wsum);
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       cnt[tid * 8 + j] = off;
@@ -784,6 +796,42 @@ __device__ __forceinline__ SortRow sort_row(const float* __restrict__ qn, const 
 
 // ---- cluster attention -----------------------------------------------------------------------------------
 
+// A score tile's products: s[a][b] = q_ir[a] . k_jr[b] over e4 columns and, when sb, l[a][b] = q'_ir[a] . k'_jr[b]
+// over f4 (shared rows of pitch es, fs), each a sequential fmaf chain.
+template <int TT>
+__device__ __forceinline__ void tile_products(const float* __restrict__ qs, const float* __restrict__ ks,
+                                              const float* __restrict__ qfs, const float* __restrict__ kfs,
+                                              const int (&ir)[TT], const int (&jr)[TT], int es, int fs, int e4,
+                                              int f4, bool sb, float (&s)[TT][TT], float (&l)[TT][TT]) {
+  int ie[TT], je[TT], i_f[TT], j_f[TT];
+#pragma unroll
+  for (int a = 0; a < TT; ++a) {
+    ie[a] = ir[a] * es;
+    je[a] = jr[a] * es;
+    i_f[a] = ir[a] * fs;
+    j_f[a] = jr[a] * fs;
+  }
+#pragma unroll
+  for (int a = 0; a < TT; ++a)
+#pragma unroll
+    for (int b = 0; b < TT; ++b) s[a][b] = l[a][b] = 0.0f;
+  tile_fma<TT, TT>(qs, ie, ks, je, e4, s);
+  if (sb) tile_fma<TT, TT>(qfs, i_f, kfs, j_f, f4, l);
+}
+
+// A pair's logit sv and low-rank estimate lv once it shares a cluster in count >= 1 rounds (buckets qbk[r][i],
+// kbk[r][j] with pitches qp, kp): sv - log(count) and lv / count, so the pair contributes once overall.
+// log2, log3: logf(2), logf(3) computed by the kernel (the same logf as for larger counts).
+__device__ __forceinline__ void discount_pair(const int* __restrict__ qbk, int qp, int i, const int* __restrict__ kbk,
+                                              int kp, int j, int R, float log2, float log3, float& sv, float& lv) {
+  int k = 0;
+  for (int r2 = 0; r2 < R; ++r2) k += qbk[r2 * qp + i] == kbk[r2 * kp + j] ? 1 : 0;
+  if (k > 1) {  // k = 1 (this round's cluster only) leaves both terms unchanged
+    sv = sv - (k == 2 ? log2 : k == 3 ? log3 : logf((float)k));
+    lv = lv / (float)k;
+  }
+}
+
 constexpr int kTile = 3;      // score tile: 3 queries x 3 keys per thread
 constexpr int kPvRows = 3;    // output tile: 3 queries x 8 channels per thread
 
@@ -846,23 +894,14 @@ __device__ void cluster_attention(const T* __restrict__ q, const T* __restrict__
   const float log2f_ = logf(2.0f), log3f_ = logf(3.0f);  // log(count), the same logf as for larger counts
   for (int u = tid; u < tiles; u += nth) {
     const int g = u / (nt * nt), rem = u - g * nt * nt, ti = rem / nt, tj = rem - ti * nt, base = g * c;
-    int ir[kTile], jr[kTile], ie[kTile], je[kTile], i_f[kTile], j_f[kTile];
+    int ir[kTile], jr[kTile];
 #pragma unroll
     for (int a = 0; a < kTile; ++a) {
       ir[a] = base + min(ti * kTile + a, c - 1);
       jr[a] = base + min(tj * kTile + a, c - 1);
-      ie[a] = ir[a] * es;
-      je[a] = jr[a] * es;
-      i_f[a] = ir[a] * fs;
-      j_f[a] = jr[a] * fs;
     }
     float s[kTile][kTile], l[kTile][kTile];
-#pragma unroll
-    for (int a = 0; a < kTile; ++a)
-#pragma unroll
-      for (int b = 0; b < kTile; ++b) s[a][b] = l[a][b] = 0.0f;
-    tile_fma<kTile, kTile>(qs, ie, ks, je, e4, s);
-    if (sb) tile_fma<kTile, kTile>(qfs, i_f, kfs, j_f, f4, l);
+    tile_products<kTile>(qs, ks, qfs, kfs, ir, jr, es, fs, e4, f4, sb, s, l);
     bool padded[kTile];
 #pragma unroll
     for (int b = 0; b < kTile; ++b) padded[b] = kidx[jr[b]] >= N;
@@ -877,15 +916,7 @@ __device__ void cluster_attention(const T* __restrict__ q, const T* __restrict__
         float sv = padded[b] ? -kFloatMax : s[a][b] * scale;
         if (sb) {
           float lv = padded[b] ? 0.0f : l[a][b];
-          if (multi) {
-            int k = 0;
-            for (int r2 = 0; r2 < R; ++r2) k += qbk[r2 * QM + ir[a]] == kbk[r2 * QM + jr[b]] ? 1 : 0;
-            // k >= 1 (the pair shares this round's cluster); k = 1 leaves both terms unchanged.
-            if (k > 1) {
-              sv = sv - (k == 2 ? log2f_ : k == 3 ? log3f_ : logf((float)k));
-              lv = lv / (float)k;
-            }
-          }
+          if (multi) discount_pair(qbk, QM, ir[a], kbk, QM, jr[b], R, log2f_, log3f_, sv, lv);
           lr[ir[a] * cs + j] = lv;
         }
         sc[ir[a] * cs + j] = sv;
@@ -991,6 +1022,171 @@ __device__ void cluster_attention(const T* __restrict__ q, const T* __restrict__
     float* o = raux + (((int64)bh * R + r) * P + tok) * 2;
     o[0] = rs;
     o[1] = rowm[t];
+  }
+}
+
+// ---- cluster attention in key tiles (clusters of any size) ----------------------------------------------
+//
+// The function of cluster_attention where that kernel cannot stage one cluster (its c x c scores and all c
+// rows need more than 96 KiB of shared memory: e.g. c >= 58 at E = Dv = 64 with features): a block takes QS
+// query rows of one cluster (grid x = clusters x ceil(c / QS) slices) and sweeps the cluster's keys in tiles of
+// KT. Each tile: the logits and low-rank estimates as in cluster_attention, then per query row the running
+// maximum M (flash attention's rescaling: the row's sum and output rows so far are multiplied by
+// exp(M_old - M_new)), the tile's weights exp(s - M) - lr exp(pls - M) (SCATTERBRAIN; M starts at pls, as
+// cluster_attention's M = max(max_j s, pls)) or exp(s - M) (LSH), and weights x values added to the output
+// rows. LSH divides by the sum at the end and records logsumexp = log(sum) + M. The same function as
+// cluster_attention up to rounding: sums run over tiles, and the exponentials of early tiles are rescaled.
+// Shared memory does not grow with c (cuda.py: _tiled_bytes, AttentionDims.tiled_rows).
+constexpr int kTiledTile = 2;  // score tile: 2 queries x 2 keys per thread
+
+template <typename T>
+__device__ void cluster_attention_tiled(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                        const float* __restrict__ qf, const float* __restrict__ kf,
+                                        const float* __restrict__ pls, const int* __restrict__ q_perm,
+                                        const int* __restrict__ q_inv, const int* __restrict__ k_perm,
+                                        const int* __restrict__ k_inv, float* __restrict__ rnum,
+                                        float* __restrict__ raux, int N, int P, int E, int Dv, int R, int F, int c,
+                                        int QS, int KT, float scale, int mode, int vecq, int vecv) {
+  VITRT_DYNAMIC_SHARED(float, sm);
+  const int r = blockIdx.y, bh = blockIdx.z, tid = threadIdx.x, nth = blockDim.x;
+  const int lane = tid & 31, warp = tid >> 5, nwarps = nth >> 5;
+  const int slices = (c + QS - 1) / QS, cl = blockIdx.x / slices, q0 = (blockIdx.x - cl * slices) * QS;
+  const int QB = min(QS, c - q0);  // query rows of this block
+  const bool sb = mode == kScatterbrain, multi = sb && R > 1;
+  const int e4 = r4(E), f4 = r4(F), es = pitch4(E), fs = pitch4(F), vp = pitch4(Dv), kp = KT | 1;
+  float* qs = sm;                                  // [QS][es] the block's queries
+  float* qfs = qs + QS * es;                       // [QS][fs] their q'         (SCATTERBRAIN)
+  float* ks = qfs + (sb ? QS * fs : 0);            // [KT][es] keys of the tile
+  float* kfs = ks + KT * es;                       // [KT][fs] their k'         (SCATTERBRAIN)
+  float* vs = kfs + (sb ? KT * fs : 0);            // [KT][vp] their values
+  float* sc = vs + KT * vp;                        // [QS][kp] logits, then weights
+  float* lr = sc + r4(QS * kp);                    // [QS][kp] low-rank estimate (SCATTERBRAIN)
+  float* acc = lr + (sb ? r4(QS * kp) : 0);        // [QS][vp] output rows so far
+  float* rowm = acc + QS * vp;                     // [QS] running maximum M
+  float* rsum = rowm + r4(QS);                     // [QS] running sum of the weights
+  float* alpha = rsum + r4(QS);                    // [QS] exp(M_old - M_new) of the current tile
+  float* qpl = alpha + r4(QS);                     // [QS] pls of the query     (SCATTERBRAIN)
+  int* qidx = reinterpret_cast<int*>(qpl + (sb ? r4(QS) : 0));  // [QS] token of each query row
+  int* kidx = qidx + r4(QS);                                    // [KT] token of each key of the tile
+  int* qbk = kidx + r4(KT);                                     // [R][QS] query bucket in every round
+  int* kbk = qbk + (multi ? r4(R * QS) : 0);                    // [R][KT] key bucket in every round
+  const int64 perm0 = ((int64)bh * R + r) * P + (int64)cl * c;  // the cluster's first slot
+
+  for (int t = tid; t < QB; t += nth) qidx[t] = q_perm[perm0 + q0 + t];
+  __syncthreads();
+  gather<4>(rows_of(q + (int64)bh * N * E, qidx, 0, QB, E, N, vecq != 0, qs, es),
+             rows_of(qf + (int64)bh * P * F, qidx, 0, sb ? QB : 0, F, P, (F & 3) == 0, qfs, fs),
+             SlotScalar{pls + (int64)bh * P, qidx, qpl, sb ? QB : 0},
+             SlotBucket(q_inv + (int64)bh * R * P, qidx, qbk, multi ? QB : 0, R, P, QS, c));
+  for (int t = tid; t < QB * vp; t += nth) acc[t] = 0.0f;
+  __syncthreads();
+  for (int t = tid; t < QB; t += nth) {
+    rowm[t] = sb ? qpl[t] : neg_inf();  // LSH: the first tile's maximum takes over (exp(-inf) = 0)
+    rsum[t] = 0.0f;
+  }
+
+  const int nq = (QB + kTiledTile - 1) / kTiledTile, dv4 = (Dv + 3) >> 2;
+  const float log2f_ = logf(2.0f), log3f_ = logf(3.0f);
+  for (int k0 = 0; k0 < c; k0 += KT) {
+    const int KB = min(KT, c - k0), nk = (KB + kTiledTile - 1) / kTiledTile;
+    for (int j = tid; j < KB; j += nth) kidx[j] = k_perm[perm0 + k0 + j];
+    __syncthreads();  // also: the previous tile's rows, weights and alpha are no longer read
+    gather<4>(rows_of(k + (int64)bh * N * E, kidx, 0, KB, E, N, vecq != 0, ks, es),
+               rows_of(kf + (int64)bh * P * F, kidx, 0, sb ? KB : 0, F, P, (F & 3) == 0, kfs, fs),
+               rows_of(v + (int64)bh * N * Dv, kidx, 0, KB, Dv, N, vecv != 0, vs, vp),
+               SlotBucket(k_inv + (int64)bh * R * P, kidx, kbk, multi ? KB : 0, R, P, KT, c));
+    __syncthreads();
+
+    // Logits t q.k (padded keys -FLT_MAX) minus log(count), and q'.k' / count, as in cluster_attention.
+    for (int u = tid; u < nq * nk; u += nth) {
+      const int ti = u / nk, tj = u - ti * nk;
+      int ir[kTiledTile], jr[kTiledTile];
+#pragma unroll
+      for (int a = 0; a < kTiledTile; ++a) {
+        ir[a] = min(ti * kTiledTile + a, QB - 1);  // rows past the block's are clamped and dropped
+        jr[a] = min(tj * kTiledTile + a, KB - 1);
+      }
+      float s[kTiledTile][kTiledTile], l[kTiledTile][kTiledTile];
+      tile_products<kTiledTile>(qs, ks, qfs, kfs, ir, jr, es, fs, e4, f4, sb, s, l);
+#pragma unroll
+      for (int a = 0; a < kTiledTile; ++a) {
+        if (ti * kTiledTile + a >= QB) continue;
+#pragma unroll
+        for (int b = 0; b < kTiledTile; ++b) {
+          const int j = tj * kTiledTile + b;
+          if (j >= KB) continue;
+          const bool padded = kidx[j] >= N;
+          float sv = padded ? -kFloatMax : s[a][b] * scale;
+          if (sb) {
+            float lv = padded ? 0.0f : l[a][b];
+            if (multi) discount_pair(qbk, QS, ir[a], kbk, KT, j, R, log2f_, log3f_, sv, lv);
+            lr[ir[a] * kp + j] = lv;
+          }
+          sc[ir[a] * kp + j] = sv;
+        }
+      }
+    }
+    __syncthreads();
+
+    // Per query row (a warp each, lanes over the keys): the new maximum, the tile's weights and sum.
+    for (int t = warp; t < QB; t += nwarps) {
+      float mx = neg_inf();
+      for (int j = lane; j < KB; j += 32) mx = fmaxf(mx, sc[t * kp + j]);
+      const float m_old = rowm[t], m_new = fmaxf(m_old, warp_max(mx));
+      const float e_pl = sb ? expf(qpl[t] - m_new) : 0.0f;
+      float ps = 0.0f;
+      for (int j = lane; j < KB; j += 32) {
+        const float w = sb ? expf(sc[t * kp + j] - m_new) - lr[t * kp + j] * e_pl : expf(sc[t * kp + j] - m_new);
+        sc[t * kp + j] = w;
+        ps += w;
+      }
+      ps = warp_sum(ps);
+      __syncwarp();  // every lane has read rowm[t] and rsum[t]
+      if (lane == 0) {
+        const float a = expf(m_old - m_new);  // 0 for LSH's first tile (m_old = -inf)
+        alpha[t] = a;
+        rsum[t] = rsum[t] * a + ps;
+        rowm[t] = m_new;
+      }
+    }
+    __syncthreads();
+
+    // Output rows: acc = acc alpha + weights x values, 4 channels of one query row per unit.
+    for (int u = tid; u < QB * dv4; u += nth) {
+      const int t = u / dv4, ch = 4 * (u - t * dv4);
+      const float a = alpha[t];
+      float4 o = ld4(acc + t * vp + ch);
+      o.x *= a;
+      o.y *= a;
+      o.z *= a;
+      o.w *= a;
+      for (int j = 0; j < KB; ++j) {
+        const float w = sc[t * kp + j];
+        const float4 vv = ld4(vs + j * vp + ch);
+        o.x = fmaf(w, vv.x, o.x);
+        o.y = fmaf(w, vv.y, o.y);
+        o.z = fmaf(w, vv.z, o.z);
+        o.w = fmaf(w, vv.w, o.w);
+      }
+      st4(acc + t * vp + ch, o.x, o.y, o.z, o.w);
+    }
+  }
+  __syncthreads();
+
+  // Per-round rows in token order (padded queries dropped); LSH normalises by the sum.
+  float* rb = rnum + ((int64)bh * R + r) * P * Dv;
+  for (int u = tid; u < QB * Dv; u += nth) {
+    const int t = u / Dv, ch = u - t * Dv, tok = qidx[t];
+    if (tok >= N) continue;
+    const float o = acc[t * vp + ch];
+    rb[(int64)tok * Dv + ch] = sb ? o : o / rsum[t];
+  }
+  for (int t = tid; t < QB; t += nth) {
+    const int tok = qidx[t];
+    if (tok >= N) continue;
+    float* o = raux + (((int64)bh * R + r) * P + tok) * 2;
+    o[0] = sb ? rsum[t] : 0.0f;
+    o[1] = sb ? rowm[t] : logf(rsum[t]) + rowm[t];
   }
 }
 
@@ -1467,6 +1663,14 @@ __device__ void combine(const float* __restrict__ qf, const float* __restrict__ 
     cluster_attention<T>(q, k, v, qf, kf, pls, q_perm, q_inv, k_perm, k_inv, rnum, raux, N, P, E, Dv, R,   \
                          F, c, G, scale, mode, vecq, vecv);                                                \
   }                                                                                                        \
+  extern "C" __global__ void __launch_bounds__(256, 2) vitrt_sb_cluster_tiled_##SUFFIX(                    \
+      const T* q, const T* k, const T* v, const float* qf, const float* kf, const float* pls,              \
+      const int* q_perm, const int* q_inv, const int* k_perm, const int* k_inv, float* rnum, float* raux,  \
+      int N, int P, int E, int Dv, int R, int F, int c, int QS, int KT, float scale, int mode, int vecq,   \
+      int vecv) {                                                                                          \
+    cluster_attention_tiled<T>(q, k, v, qf, kf, pls, q_perm, q_inv, k_perm, k_inv, rnum, raux, N, P, E, Dv, \
+                               R, F, c, QS, KT, scale, mode, vecq, vecv);                                  \
+  }                                                                                                        \
   extern "C" __global__ void __launch_bounds__(256, 3) vitrt_sb_combine_##SUFFIX(                          \
       const float* qf, const float* pls, const float* kv, const float* rnum, const float* raux, T* out,    \
       int N, int P, int Dv, int R, int F, int qpb, int mode, int vec_out) {                                \
@@ -1544,42 +1748,113 @@ extern "C" __global__ void __launch_bounds__(1024)
     radix_argsort<8>(j.h, j.norms, j.perm, j.inv, N, P, j.total, j.hcol);
 }
 
-// The same for P > 8192: bitonic sort of the unique keys (order_key(hash) << 32 | index) in P2 = next
-// power of two >= P entries of dynamic shared memory (8 * P2 bytes); ties therefore keep index order.
+// The same for P > 8192, in tiles of T = 8 blockDim.x positions (NT = ceil(P / T) tiles; dynamic shared
+// memory 4 (256 blockDim.x / 32 + 256 NT) bytes). Each LSD pass (8-bit digits) counts the digits of every
+// tile, scans the counts in (digit, tile) order into each tile's first slot per digit, then ranks every tile's
+// keys as radix_argsort does (ballots within a warp, counts across warps) and scatters the token indices to
+// their slots in global memory: stable, so ties keep index order as reference.stable_argsort does. The
+// indices ping-pong between inv and perm (pass 1 reads positions, pass 4 writes perm), and each pass reads
+// every key again from the completed hashes (h[token]), so the sort needs no workspace of its own.
 extern "C" __global__ void __launch_bounds__(1024)
-    vitrt_sb_sort_bitonic(const float* __restrict__ qn, const float* __restrict__ kn,
-                          const float* __restrict__ qstat, const float* __restrict__ kstat,
-                          const float* __restrict__ hv, float* __restrict__ hq, float* __restrict__ hk,
-                          int* __restrict__ q_perm, int* __restrict__ q_inv, int* __restrict__ k_perm,
-                          int* __restrict__ k_inv, int N, int P, int E, int R, int nchunk, int P2) {
-  VITRT_DYNAMIC_SHARED(unsigned long long, keys);
+    vitrt_sb_sort_tiles(const float* __restrict__ qn, const float* __restrict__ kn,
+                        const float* __restrict__ qstat, const float* __restrict__ kstat,
+                        const float* __restrict__ hv, float* __restrict__ hq, float* __restrict__ hk,
+                        int* __restrict__ q_perm, int* __restrict__ q_inv, int* __restrict__ k_perm,
+                        int* __restrict__ k_inv, int N, int P, int E, int R, int nchunk) {
+  constexpr int ITEMS = 8;
+  VITRT_DYNAMIC_SHARED(int, smi);
   __shared__ float st;
+  __shared__ int wsum[32];
   const SortRow j =
       sort_row(qn, kn, qstat, kstat, hv, hq, hk, q_perm, q_inv, k_perm, k_inv, P, E, R, nchunk, &st);
-  for (int i = threadIdx.x; i < P2; i += blockDim.x) {
-    const unsigned long long hk64 = i < P ? order_key(finish_hash(j.h, j.norms, i, N, j.total, j.hcol)) : ~0u;
-    keys[i] = i < P ? (hk64 << 32) | (unsigned)i : ~0ull;
-  }
-  __syncthreads();
-  for (int size = 2; size <= P2; size <<= 1) {
-    for (int stride = size >> 1; stride > 0; stride >>= 1) {
-      for (int i = threadIdx.x; i < P2; i += blockDim.x) {
-        const int j = i ^ stride;
-        if (j > i) {
-          const unsigned long long a = keys[i], b = keys[j];
-          const bool ascending = (i & size) == 0;
-          if ((a > b) == ascending) {
-            keys[i] = b;
-            keys[j] = a;
-          }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, W = blockDim.x >> 5, tid = threadIdx.x;
+  const int T = ITEMS * blockDim.x, NT = (P + T - 1) / T;
+  int* cnt = smi;             // [256][W] digit counts of the tile's warps, then their offsets in the digit
+  int* toff = cnt + 256 * W;  // [256][NT] digit counts per tile, then each (digit, tile)'s first slot
+  const unsigned below = (1u << lane) - 1u;
+  for (int p = tid; p < P; p += blockDim.x) finish_hash(j.h, j.norms, p, N, j.total, j.hcol);
+  __syncthreads();  // every hash complete (global memory: visible to the block after the barrier)
+
+  for (int pass = 0; pass < 4; ++pass) {
+    const int shift = 8 * pass;
+    // src and the hashes were written by this block earlier in the launch: plain loads (the barriers order
+    // them; sm_90 SASS: LDG.E, not the read-only cache's LDG.E.CONSTANT).
+    const int* src = pass == 1 || pass == 3 ? j.inv : j.perm;  // pass 0 reads positions, not src
+    int* dst = pass == 0 || pass == 2 ? j.inv : j.perm;
+    // Item it of lane l of warp w in tile t: position t T + w 32 ITEMS + 32 it + l, valid below P; its token
+    // index val, its digit, and the lanes of this warp with the same digit (valid ones only).
+    auto item = [&](int t, int it, int& val, unsigned& dig) -> unsigned {
+      const int p = t * T + warp * 32 * ITEMS + 32 * it + lane;
+      const bool valid = p < P;
+      val = valid ? (pass == 0 ? p : src[p]) : -1;
+      dig = valid ? (order_key(j.h[val]) >> shift) & 255u : 255u;
+      unsigned m = __ballot_sync(kFullMask, valid);
+#pragma unroll
+      for (int b = 0; b < 8; ++b) {
+        const unsigned bit = (dig >> b) & 1u;
+        const unsigned bal = __ballot_sync(kFullMask, bit != 0u);
+        m &= bit ? bal : ~bal;
+      }
+      return m;
+    };
+
+    // 1. Digit counts per tile (one shared atomic per digit group of a warp: integer sums, any order).
+    for (int i = tid; i < 256 * NT; i += blockDim.x) toff[i] = 0;
+    __syncthreads();
+    for (int t = 0; t < NT; ++t) {
+#pragma unroll
+      for (int it = 0; it < ITEMS; ++it) {
+        int val;
+        unsigned dig;
+        const unsigned same = item(t, it, val, dig);
+        if (val >= 0 && lane == __ffs(same) - 1) atomicAdd(&toff[dig * NT + t], __popc(same));
+      }
+    }
+    __syncthreads();
+    // 2. Exclusive scan of toff in (digit, tile) order: thread i owns entries [i m, (i + 1) m).
+    {
+      const int m = (256 * NT + blockDim.x - 1) / blockDim.x, lo = min(tid * m, 256 * NT),
+                hi = min(lo + m, 256 * NT);
+      int sum = 0;
+      for (int i = lo; i < hi; ++i) sum += toff[i];
+      int off = block_exclusive_scan(sum, wsum);
+      for (int i = lo; i < hi; ++i) {
+        const int c = toff[i];
+        toff[i] = off;
+        off += c;
+      }
+    }
+    // 3. Per tile: each key's rank among the tile's keys of its digit, then its slot.
+    for (int t = 0; t < NT; ++t) {
+      for (int i = tid; i < 256 * W; i += blockDim.x) cnt[i] = 0;
+      __syncthreads();  // also: toff written (first tile)
+      int val[ITEMS], rank[ITEMS];
+      unsigned dig[ITEMS];
+#pragma unroll
+      for (int it = 0; it < ITEMS; ++it) {
+        const unsigned same = item(t, it, val[it], dig[it]);
+        int* c = cnt + dig[it] * W + warp;
+        const int old = *c;
+        rank[it] = old + __popc(same & below);
+        __syncwarp();
+        if (val[it] >= 0 && lane == __ffs(same) - 1) *c = old + __popc(same);
+        __syncwarp();
+      }
+      __syncthreads();
+      for (int d = tid; d < 256; d += blockDim.x) {  // counts of the warps -> their offsets in the digit
+        int run = 0;
+        for (int w2 = 0; w2 < W; ++w2) {
+          const int c = cnt[d * W + w2];
+          cnt[d * W + w2] = run;
+          run += c;
         }
       }
       __syncthreads();
+#pragma unroll
+      for (int it = 0; it < ITEMS; ++it)
+        if (val[it] >= 0) dst[toff[dig[it] * NT + t] + cnt[dig[it] * W + warp] + rank[it]] = val[it];
+      __syncthreads();  // cnt read before the next tile clears it; the last tile: dst complete for the next pass
     }
   }
-  for (int s = threadIdx.x; s < P; s += blockDim.x) {
-    const int t = (int)(keys[s] & 0xffffffffull);
-    j.perm[s] = t;
-    j.inv[t] = s;
-  }
+  for (int s = tid; s < P; s += blockDim.x) j.inv[j.perm[s]] = s;
 }

@@ -615,7 +615,7 @@ def check_cluster_tensor_cores(
     module, kernel = load_module("scatterbrain"), f"vitrt_sb_cluster_mma{-(-c // 8)}_f16"
     before = module.launches.get(kernel, 0)
     out, views = scatterbrain_cuda_debug(q, k, v, hv, proj_in, attrs)
-    cuda_out, cuda_views = scatterbrain_cuda_debug(q, k, v, hv, proj_in, attrs, tensor_cores=False)
+    cuda_out, cuda_views = scatterbrain_cuda_debug(q, k, v, hv, proj_in, attrs, cluster="staged")
     _synchronize(out)
     assert module.launches.get(kernel, 0) == before + 1, f"{kernel} did not run"
     orders = (views["q_perm"], views["k_perm"])
@@ -625,6 +625,62 @@ def check_cluster_tensor_cores(
     for name, got in (("tensor cores", out), ("CUDA cores", cuda_out)):
         excess = float(((got.double() - want).abs() - bound).max())
         assert excess <= 0, f"{name}: {excess:.3g} past the float16 rounding + 1e-5 of the row maximum"
+
+
+# (batch, tokens, E, Dv, cluster, hashes, projection rows, mode, dtype) for the tiled cluster kernel: clusters
+# no other form can stage (c = 100 and 130 at E = 64; c = 90 at E = 128 in float16), several rounds (the
+# pair counts), rows that are not whole 16-byte vectors, a last key tile and a last query slice that are
+# partial, padded tokens, and small clusters where every form runs (c = 6: a block of fewer rows than QS).
+CLUSTER_TILED_CASES = [
+    (1, 260, 64, 64, 100, 3, 12, Mode.SCATTERBRAIN, torch.float32),
+    (2, 150, 64, 64, 130, 2, 0, Mode.LSH, torch.float16),
+    (1, 200, 128, 128, 90, 2, 6, Mode.SCATTERBRAIN, torch.float16),
+    (1, 140, 33, 41, 70, 1, 20, Mode.SCATTERBRAIN, torch.float32),
+    (1, 131, 8, 12, 49, 3, 3, Mode.LSH, torch.float32),
+    (2, 100, 64, 64, 6, 2, 3, Mode.SCATTERBRAIN, torch.float16),
+]
+
+
+def check_cluster_tiled(
+    b: int, n: int, e: int, dv: int, c: int, r: int, m: int, mode: Mode, dtype: torch.dtype, device: str
+) -> None:
+    """The tiled cluster kernel (keys in tiles, online softmax): the launcher takes it where it is the only
+    form that fits, and it and every other form that can run are, beyond the dtype's rounding of the float64
+    reference on the kernel's clusters, within 2e-5 of each row's largest value. (On the emulator, in
+    CLUSTER_TILED_CASES: at most 6.6e-6, float32 at c = 100 with three rounds, where the low-rank term
+    cancels; where other forms also run, every form within 1.5e-6.)"""
+    from vitrt.plugins.cuda_launcher import load_module, tensor_dtype_name
+    from vitrt.plugins.lsh_attention.cuda import AttentionDims, cluster_kernels, scatterbrain_cuda_debug
+
+    attrs = attention_attrs(mode, c, r, m, e**-0.5)
+    g = torch.Generator(device=device).manual_seed(11 + n + c)
+    q, k = (torch.randn(b, 1, n, e, device=device, generator=g).to(dtype) for _ in range(2))
+    v = torch.randn(b, 1, n, dv, device=device, generator=g).to(dtype)
+    hv, proj = _fixed(r, max(m, 1), e, device)
+    proj_in = proj if mode != Mode.LSH else None
+    forms = cluster_kernels(AttentionDims.of(b, 1, n, e, dv, attrs), tensor_dtype_name(q))
+    assert "tiled" in forms
+    module, kernel = (
+        load_module("scatterbrain"),
+        f"vitrt_sb_cluster_tiled_{'f16' if dtype == torch.float16 else 'f32'}",
+    )
+    before = module.launches.get(kernel, 0)
+    out, views = scatterbrain_cuda_debug(q, k, v, hv, proj_in, attrs, cluster="tiled")
+    if forms == ("tiled",):  # the launcher's choice where nothing else fits
+        assert torch.equal(scatterbrain_cuda_debug(q, k, v, hv, proj_in, attrs)[0], out)
+    _synchronize(out)
+    assert module.launches.get(kernel, 0) == before + (2 if forms == ("tiled",) else 1), (
+        f"{kernel} did not run"
+    )
+    orders = (views["q_perm"], views["k_perm"])
+    want = _reference_f64(q, k, v, hv, proj, attrs, orders)
+    bound = (want.to(dtype).double() - want).abs() + 2e-5 * want.abs().amax(dim=-1, keepdim=True)
+    for form in forms:
+        got = (
+            out if form == "tiled" else scatterbrain_cuda_debug(q, k, v, hv, proj_in, attrs, cluster=form)[0]
+        )
+        excess = float(((got.double() - want).abs() - bound).max())
+        assert excess <= 0, f"{form}: {excess:.3g} past the {dtype} rounding + 2e-5 of the row maximum"
 
 
 # ---- randomised configurations (edge cases beyond the models' shapes) --------------------------------
@@ -677,10 +733,12 @@ def check_random_fusion(seed: int, device: str) -> None:
 
 def check_random_attention(seed: int, device: str) -> None:
     """One random ScatterbrainAttention configuration (any mode; N from 1 to 300, also below one cluster;
-    E, Dv independent; 1-2 heads; cluster sizes 1-49; 1-3 hash rounds; 1-40 projection rows), checked
+    E, Dv independent; 1-2 heads; cluster sizes 1-100; 1-3 hash rounds; 1-40 projection rows), checked
     given the kernel's own sort: its permutations equal the reference's stable argsort of its hashes, and
-    its output equals the reference run on those permutations."""
-    from vitrt.plugins.lsh_attention.cuda import scatterbrain_cuda_debug
+    its output equals the reference run on those permutations. The cluster kernel's form is drawn too:
+    the launcher's choice or any form that can run."""
+    from vitrt.plugins.cuda_launcher import tensor_dtype_name
+    from vitrt.plugins.lsh_attention.cuda import AttentionDims, cluster_kernels, scatterbrain_cuda_debug
     from vitrt.plugins.lsh_attention.module import draw_hash_vectors, draw_projection
 
     rng = random.Random(seed)
@@ -688,7 +746,7 @@ def check_random_attention(seed: int, device: str) -> None:
     n, e, h, b = rng.choice([1, 5, 24, 48, 100, 131, 300]), rng.choice([8, 33, 64]), rng.choice([1, 2]), 2
     dv, c, r, m = (
         rng.choice([e, 12, 40]),
-        rng.choice([1, 4, 6, 24, 49]),
+        rng.choice([1, 4, 6, 24, 49, 100]),
         rng.choice([1, 2, 3]),
         rng.choice([1, 3, 12, 40]),
     )
@@ -698,10 +756,17 @@ def check_random_attention(seed: int, device: str) -> None:
     q, k = (torch.randn(b, h, n, e, generator=g).to(dtype).to(device) for _ in range(2))
     v = torch.randn(b, h, n, dv, generator=g).to(dtype).to(device)
     hv, proj = draw_hash_vectors(r, e, g).to(device), draw_projection(m, e, g).to(device)
-    what = f"seed {seed}: {attrs}, N={n} E={e} Dv={dv} H={h} {dtype}"
+    form = rng.choice([None, *cluster_kernels(AttentionDims.of(b, h, n, e, dv, attrs), tensor_dtype_name(q))])
+    what = f"seed {seed}: {attrs}, N={n} E={e} Dv={dv} H={h} {dtype}, cluster kernel {form or 'default'}"
 
     out, views = scatterbrain_cuda_debug(
-        q, k, v, hv if mode != Mode.PERFORMER else None, proj if mode != Mode.LSH else None, attrs
+        q,
+        k,
+        v,
+        hv if mode != Mode.PERFORMER else None,
+        proj if mode != Mode.LSH else None,
+        attrs,
+        cluster=form,
     )
     _synchronize(out)
     assert not out.isnan().any(), what

@@ -9,8 +9,9 @@ matching in one launch (float16, a 64-channel metric, and its largest, N = 256 a
 (by merged row and by token, with a residual and log size, on the vector and scalar paths), the merge added
 to a base and normed, the row norm alone and after a residual add; a fused block's attention_info from q and
 k, with log size, which is the tensor-core kernel in float16 (also with its keys split between warps) and
-q k^T + the logits kernel in float32; N = 784 for Scatterbrain in every mode), small enough for the
-sanitizer's slowdown.
+q k^T + the logits kernel in float32; N = 784 and 300 for Scatterbrain in every mode, with every form of
+its cluster kernel that can run, and N = 3136 with the sort in tiles), small enough for the sanitizer's
+slowdown.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from tests._support.kernel_checks import MCTF, _fixed, attention_attrs, attn_inputs, fusion_inputs, qk_inputs
-from vitrt.plugins.lsh_attention.cuda import scatterbrain_cuda
+from vitrt.plugins.cuda_launcher import tensor_dtype_name
+from vitrt.plugins.lsh_attention import cuda as sb_cuda
+from vitrt.plugins.lsh_attention.cuda import AttentionDims, cluster_kernels, scatterbrain_cuda
 from vitrt.plugins.lsh_attention.spec import Mode
 from vitrt.plugins.token_fusion import torch_op  # noqa: F401  (registers torch.ops.vitrt.*)
 from vitrt.plugins.token_fusion.cuda import (
@@ -74,17 +77,27 @@ def main() -> int:
         attention_info_qk_cuda(q, k, ones, 0.125, torch.empty_like(ones))  # info and log size
         if dtype == torch.float16:  # keys split between warps: the (max, sum) exchange in shared memory
             attention_info_qk_cuda(q, k, ones, 0.125, key_splits=4)
-        # float16: the cluster kernel on tensor cores (c = 6: one key step; c = 24: two) and on CUDA cores
-        for mode, (n, c, m), cores in itertools.product(
-            Mode, ((784, 6, 3), (300, 24, 12)), (None, False) if dtype == torch.float16 else (None,)
-        ):
+        # every form of the cluster kernel that can run (float16 on tensor cores, c = 6: one key step,
+        # c = 24: two; staged and tiled on CUDA cores), and c = 100 where only the tiled one can
+        for mode, (n, c, m) in itertools.product(Mode, ((784, 6, 3), (300, 24, 12), (300, 100, 12))):
             attrs = attention_attrs(mode, c, 2, m, 576**-0.5)
             hv, proj = _fixed(2, m, 64, "cuda")
             q, k, v = attn_inputs(2, n, 64, dtype, "cuda")
-            scatterbrain_cuda(
-                q, k, v, hv if mode != Mode.PERFORMER else None, proj if mode != Mode.LSH else None, attrs,
-                tensor_cores=cores,
-            )  # fmt: skip
+            dims = AttentionDims.of(2, 1, n, 64, 64, attrs)
+            for form in cluster_kernels(dims, tensor_dtype_name(q)) or (None,):
+                scatterbrain_cuda(
+                    q, k, v, hv if mode != Mode.PERFORMER else None, proj if mode != Mode.LSH else None,
+                    attrs, cluster=form,
+                )  # fmt: skip
+        # the sort in tiles (P > 8192 in use): here over 4 tiles of 1024 keys, its limits lowered
+        sort_limits = sb_cuda._RADIX_MAX_P, sb_cuda._SORT_TILE_THREADS
+        sb_cuda._RADIX_MAX_P, sb_cuda._SORT_TILE_THREADS = 0, 128
+        try:
+            attrs = attention_attrs(Mode.SCATTERBRAIN, 24, 2, 12, 147**-0.5)
+            hv, proj = _fixed(2, 12, 64, "cuda")
+            scatterbrain_cuda(*attn_inputs(1, 3136, 64, dtype, "cuda"), hv, proj, attrs)
+        finally:
+            sb_cuda._RADIX_MAX_P, sb_cuda._SORT_TILE_THREADS = sort_limits
     torch.cuda.synchronize()
     print("sanitize: all kernels ran")
     return 0

@@ -15,6 +15,7 @@ import torch
 
 from tests._support.kernel_checks import (
     CLUSTER_MMA_CASES,
+    CLUSTER_TILED_CASES,
     MATCHING_TIE_CASES,
     MCTF,
     SCORES_MATCH_CASES,
@@ -22,6 +23,7 @@ from tests._support.kernel_checks import (
     check_attention_info,
     check_attention_info_qk,
     check_cluster_tensor_cores,
+    check_cluster_tiled,
     check_fusion_norm,
     check_matching_ties,
     check_merge384,
@@ -108,11 +110,14 @@ def test_scores_and_matching_in_one_launch(
 
 
 # (name, batch, tokens, E, cluster, hashes, projection rows, scale): the two T2T token attentions of
-# T2T-ViT-t-14 with Scatterbrain (3136 tokens, 147-dim patches; 784 tokens, 576-dim patches).
+# T2T-ViT-t-14 with Scatterbrain (3136 tokens, 147-dim patches; 784 tokens, 576-dim patches), and the first
+# from 384 x 384 and 512 x 512 pixels (9216 and 16384 tokens: the sort in tiles of 8192 keys).
 ATTN_CASES = [
     ("t2t_stage1_b1", 1, 3136, 64, 24, 2, 12, 147**-0.5),
     ("t2t_stage1_b4", 4, 3136, 64, 24, 2, 12, 147**-0.5),
     ("t2t_stage2_b8", 8, 784, 64, 6, 2, 3, 576**-0.5),
+    ("t2t_384_stage1_b1", 1, 9216, 64, 24, 2, 12, 147**-0.5),
+    ("t2t_512_stage1_b1", 1, 16384, 64, 24, 2, 12, 147**-0.5),
 ]
 
 
@@ -138,6 +143,16 @@ def test_scatterbrain(
 )
 def test_cluster_on_tensor_cores(b: int, n: int, e: int, dv: int, c: int, r: int, m: int, mode: Mode) -> None:
     check_cluster_tensor_cores(b, n, e, dv, c, r, m, mode, "cuda")
+
+
+@pytest.mark.parametrize(
+    ("b", "n", "e", "dv", "c", "r", "m", "mode", "dtype"),
+    [*CLUSTER_TILED_CASES, (4, 3136, 64, 64, 128, 2, 12, Mode.SCATTERBRAIN, torch.float32)],
+)
+def test_cluster_tiled(
+    b: int, n: int, e: int, dv: int, c: int, r: int, m: int, mode: Mode, dtype: torch.dtype
+) -> None:
+    check_cluster_tiled(b, n, e, dv, c, r, m, mode, dtype, "cuda")
 
 
 @pytest.mark.parametrize("with_size", [False, True], ids=["plain", "prop"])

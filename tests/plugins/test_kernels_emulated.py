@@ -20,6 +20,7 @@ import torch
 
 from tests._support.kernel_checks import (
     CLUSTER_MMA_CASES,
+    CLUSTER_TILED_CASES,
     MATCHING_TIE_CASES,
     MCTF,
     SCORES_MATCH_CASES,
@@ -29,6 +30,7 @@ from tests._support.kernel_checks import (
     check_attention_info,
     check_attention_info_qk,
     check_cluster_tensor_cores,
+    check_cluster_tiled,
     check_fusion_norm,
     check_matching_ties,
     check_merge384,
@@ -328,7 +330,8 @@ def test_scatterbrain_emulated(
 
 @pytest.mark.parametrize("mode", [Mode.SCATTERBRAIN, Mode.LSH], ids=["scatterbrain", "lsh"])
 def test_scatterbrain_large_clusters_emulated(mode: Mode, emulated: None) -> None:
-    """float16 clusters of more than 64 tokens run on the CUDA-core cluster kernel (no tensor-core entry)."""
+    """float16 clusters of more than 64 tokens run on the staged CUDA-core cluster kernel where it fits (no
+    tensor-core entry)."""
     from vitrt.plugins.cuda_launcher import load_module
 
     module, kernel = load_module("scatterbrain"), "vitrt_sb_cluster_f16"
@@ -368,8 +371,53 @@ def test_cluster_on_tensor_cores_where_it_can(emulated: None) -> None:
         g = torch.Generator().manual_seed(c)
         hv, proj = draw_hash_vectors(2, 16, g), draw_projection(3, 16, g)
         got = f"got {str(dtype).removeprefix('torch.')}, mode SCATTERBRAIN, cluster size {c}"
-        with pytest.raises(ValueError, match=f"clusters of at most 64 tokens.*{got}"):
-            run(q, k, v, hv, proj, attrs, tensor_cores=True)
+        with pytest.raises(ValueError, match=f"clusters of at most 64 tokens.*{got}.*'staged', 'tiled'"):
+            run(q, k, v, hv, proj, attrs, cluster="mma")
+
+
+@pytest.mark.parametrize(("b", "n", "e", "dv", "c", "r", "m", "mode", "dtype"), CLUSTER_TILED_CASES)
+def test_cluster_tiled_emulated(
+    b: int, n: int, e: int, dv: int, c: int, r: int, m: int, mode: Mode, dtype: torch.dtype, emulated: None
+) -> None:
+    check_cluster_tiled(b, n, e, dv, c, r, m, mode, dtype, "cpu")
+
+
+def test_cluster_kernels_by_size(emulated: None) -> None:
+    """Which forms of the cluster kernel can run, by cluster size and row width: the staged kernel up to the
+    c where one cluster's c x c scores and rows pass 96 KiB, the tiled one at any c; asking for a form that
+    cannot run, or for one that does not exist, names the limit and the forms that can."""
+    from vitrt.plugins.lsh_attention.cuda import AttentionDims, cluster_kernels, shared_bytes
+    from vitrt.plugins.lsh_attention.cuda import scatterbrain_cuda as run
+    from vitrt.plugins.lsh_attention.module import draw_hash_vectors, draw_projection
+
+    def dims(c: int, e: int = 64, mode: Mode = Mode.SCATTERBRAIN) -> AttentionDims:
+        return AttentionDims.of(2, 3, 3136, e, e, attention_attrs(mode, c, 2, 12, 0.125))
+
+    assert cluster_kernels(dims(24), "float16") == ("mma", "staged", "tiled")
+    assert cluster_kernels(dims(57), "float32") == ("staged", "tiled")
+    assert cluster_kernels(dims(58), "float32") == ("tiled",)  # staged: 98,880 bytes
+    assert cluster_kernels(dims(64), "float16") == ("mma", "tiled")
+    assert cluster_kernels(dims(73, mode=Mode.LSH), "float32") == ("staged", "tiled")
+    assert cluster_kernels(dims(74, mode=Mode.LSH), "float32") == ("tiled",)
+    assert cluster_kernels(dims(24, mode=Mode.PERFORMER), "float32") == ()
+    for c in (58, 4096):  # the tiled kernel's shared memory does not grow with c
+        assert dims(c).tiled_rows == (32, 16) and shared_bytes(dims(c))["cluster_tiled"] == 36_928
+    assert dims(6).tiled_rows == (6, 6)  # smaller clusters: smaller blocks
+    assert dims(24, e=640).tiled_rows == (8, 8)  # wide rows: smaller tiles, past 48 KiB
+    assert cluster_kernels(dims(24, e=768), "float32") == ()
+
+    g = torch.Generator().manual_seed(3)
+    attrs = attention_attrs(Mode.SCATTERBRAIN, 100, 2, 12, 0.125)
+    q, k, v = attn_inputs(1, 110, 64, torch.float32, "cpu")
+    hv, proj = draw_hash_vectors(2, 64, g), draw_projection(12, 64, g)
+    with pytest.raises(ValueError, match=r"'staged' cluster kernel needs .* cluster size 100.*\['tiled'\]"):
+        run(q, k, v, hv, proj, attrs, cluster="staged")
+    with pytest.raises(ValueError, match="cluster must be None or one of"):
+        run(q, k, v, hv, proj, attrs, cluster="flash")
+    q, k, v = attn_inputs(1, 20, 768, torch.float32, "cpu")
+    hv, proj = draw_hash_vectors(2, 768, g), draw_projection(12, 768, g)
+    with pytest.raises(ValueError, match=r"no cluster kernel can run .* E=768.*narrower heads"):
+        run(q, k, v, hv, proj, attrs)
 
 
 @pytest.mark.parametrize("with_size", [False, True], ids=["plain", "prop"])
@@ -419,16 +467,42 @@ def test_attention_info_from_q_and_k_emulated(
     }
 
 
-@pytest.mark.parametrize("mode", [Mode.SCATTERBRAIN, Mode.LSH], ids=["scatterbrain", "lsh"])
-def test_scatterbrain_bitonic_sort_emulated(
-    mode: Mode, emulated: None, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("mode", "n", "c", "threads"),
+    [(Mode.SCATTERBRAIN, 300, 24, 1024), (Mode.LSH, 3136, 24, 64), (Mode.SCATTERBRAIN, 1000, 7, 32)],
+    ids=["one-tile", "7-tiles", "4-tiles-one-warp"],
+)
+def test_scatterbrain_sort_in_tiles_emulated(
+    mode: Mode, n: int, c: int, threads: int, emulated: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The bitonic sort serves P > 8192 (more shared memory than the emulator allows there): run it at a
-    # small P by lowering the radix sort's limit.
+    # The radix sort in tiles serves P > 8192 (T2T's first attention from 384 x 384 pixels up): run it at a
+    # small P by lowering the one-tile sort's limit, and over several tiles by shrinking them (8 keys per
+    # thread). check_scatterbrain asserts the permutations equal reference.stable_argsort of the hashes.
+    from vitrt.plugins.cuda_launcher import load_module
     from vitrt.plugins.lsh_attention import cuda as sb_cuda
 
     monkeypatch.setattr(sb_cuda, "_RADIX_MAX_P", 0)
-    check_scatterbrain(2, 300, 33, 24, 2, 12, 0.2, torch.float16, mode, "cpu")
+    monkeypatch.setattr(sb_cuda, "_SORT_TILE_THREADS", threads)
+    module = load_module("scatterbrain")
+    before = module.launches.get("vitrt_sb_sort_tiles", 0)
+    check_scatterbrain(2, n, 33, c, 2, 12, 0.2, torch.float16, mode, "cpu")
+    assert module.launches.get("vitrt_sb_sort_tiles", 0) == before + 2  # check_scatterbrain runs the op twice
+
+
+def test_scatterbrain_token_limit(emulated: None) -> None:
+    """More tokens than the sort takes: a ValueError naming the limit and the fix, before any launch."""
+    from vitrt.plugins.cuda_launcher import load_module
+    from vitrt.plugins.lsh_attention.cuda import MAX_SORT_TOKENS, scatterbrain_cuda
+    from vitrt.plugins.lsh_attention.module import draw_hash_vectors
+
+    assert MAX_SORT_TOKENS == 524_288
+    module = load_module("scatterbrain")
+    before = sum(module.launches.values())
+    q, k, v = (torch.zeros(1, 1, MAX_SORT_TOKENS + 1, 8) for _ in range(3))
+    hv = draw_hash_vectors(1, 8, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"524289 tokens per attention .* \(524288\); use fewer tokens"):
+        scatterbrain_cuda(q, k, v, hv, None, attention_attrs(Mode.LSH, 1, 1, 0, 0.3))
+    assert sum(module.launches.values()) == before
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# PREPARED, NOT RUN (sessions 11 and 12 had no GPU): the next GPU session's one device call for the kernel
-# changes of this folder (token fusion, session 11) and of ../workstation-2026-11-27-cluster-mma/ (Scatterbrain's
-# cluster kernel on tensor cores, session 12). Every GPU test, then kernels.py (which times attention_info's key
-# splits 1 / 2 / 4 / 8 against 1, and Scatterbrain's cluster kernel on tensor cores against CUDA cores, each in the
-# same run) and gpu_models.py (DeiT-S rows; T2T-ViT-t-14 dense vs + Scatterbrain at batch 1 and 8) on the tree,
+# PREPARED, NOT RUN (sessions 11 to 13 had no GPU): the next GPU session's one device call for the kernel
+# changes of this folder (token fusion, session 11), of ../workstation-2026-11-27-cluster-mma/ (Scatterbrain's
+# cluster kernel on tensor cores, session 12) and of session 13 (Scatterbrain's tiled cluster kernel and sort in
+# tiles: GPU tests and sanitizers). Every GPU test, then kernels.py (which times attention_info's key
+# splits 1 / 2 / 4 / 8 against 1, and every form of Scatterbrain's cluster kernel against the launcher's, each in
+# the same run) and gpu_models.py (DeiT-S rows; T2T-ViT-t-14 dense vs + Scatterbrain at batch 1 and 8) on the tree,
 # kernels.py and the DeiT-S rows on d421abf's plugins/, then the three sanitizers. Every step has a time limit
 # and writes to $OUT at once, so a call cut short still brings back what ran. At most about 9 minutes by the
-# limits below (the machine's start is extra).
+# limits below (535 s; the machine's start is extra).
 #
 # Before the call, on the workstation (build/ is git-ignored and must be carried):
 #   bash tests/gpu/ab_kernels.sh prepare d421abf               # build/ab-base/plugins, build/ab-base/COMMIT
@@ -26,9 +27,9 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 step() { echo "$1 rc=$2 at ${SECONDS}s"; }
 { nvidia-smi; python3 -c 'import torch, timm; print(torch.__version__, torch.version.cuda, timm.__version__)'; } >"$R/env.txt" 2>&1
 
-timeout 100 python3 -m pytest -q -p no:cacheprovider -rs tests/gpu >"$R/pytest.txt" 2>&1
+timeout 120 python3 -m pytest -q -p no:cacheprovider -rs tests/gpu >"$R/pytest.txt" 2>&1
 step pytest $?; tail -1 "$R/pytest.txt"
-timeout 55 python3 benchmarks/kernels.py --iters 30 --out "$R/kernels.json" >"$R/kernels.txt" 2>&1; step kernels $?
+timeout 60 python3 benchmarks/kernels.py --iters 30 --out "$R/kernels.json" >"$R/kernels.txt" 2>&1; step kernels $?
 timeout 65 python3 benchmarks/gpu_models.py --skip-t2t --no-previous-path --iters 30 --out "$R/models.json" \
   >"$R/models.txt" 2>&1; step models $?
 timeout 50 python3 benchmarks/gpu_models.py --skip-deit --batches 1 8 --no-previous-path --iters 30 \
@@ -52,7 +53,7 @@ base_run 60 "$R/base/models.txt" benchmarks/gpu_models.py --skip-t2t --no-previo
   --out "$R/base/models.json"; step "base models" $?
 
 for tool in memcheck racecheck synccheck; do
-  timeout 50 compute-sanitizer --tool $tool --report-api-errors no --print-limit 20 python3 tests/gpu/sanitize.py \
+  timeout 45 compute-sanitizer --tool $tool --report-api-errors no --print-limit 20 python3 tests/gpu/sanitize.py \
     >"$R/sanitize_$tool.txt" 2>&1
   step "$tool" $?; tail -2 "$R/sanitize_$tool.txt"
 done
@@ -62,7 +63,7 @@ grep -h -A9 "per-kernel" "$R/kernels.txt" "$R/base/kernels.txt" | grep "token_fu
 grep -h -A3 "SM cycles" "$R/kernels.txt" "$R/base/kernels.txt"
 grep -h -A3 "keys split between warps" "$R/kernels.txt"
 grep -h -E "^scatterbrain +float16" "$R/kernels.txt" "$R/base/kernels.txt"
-grep -h -A3 "cluster kernel on tensor cores" "$R/kernels.txt"
+grep -h -A6 "by form of its cluster kernel" "$R/kernels.txt"
 grep -h -A9 "per-kernel" "$R/kernels.txt" | grep "scatterbrain"
 grep -h -E "^(timm|vitrt)" "$R/models.txt" "$R/base/models.txt" "$R/models_t2t.txt" | grep -v bias
 echo "total ${SECONDS}s"
