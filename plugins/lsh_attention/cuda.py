@@ -70,7 +70,7 @@ kernel's shared memory asks for fewer (wide rows)."""
 _THREADS = 256
 _KV_THREADS = 128
 _KV_LANES = 8  # lanes per output of vitrt_sb_kv_reduce (scatterbrain.cu kReduceLanes)
-_QUERIES_PER_BLOCK = 64  # combine
+_QUERIES_PER_BLOCK = (64, 32, 16, 8, 4)  # combine: queries per block, in order of preference
 _CLUSTER_SLOTS = 48  # target queries per block of the cluster kernel
 _NO_OPT_IN = 48 * 1024  # dynamic shared memory that needs no opt-in
 _MAX_SHARED = 96 * 1024  # kept below the smallest opt-in limit of the targets (99 KiB, sm_120)
@@ -173,6 +173,15 @@ class AttentionDims:
         """Threads of a cluster block: one per 3 x 3 score tile, 64 to 256."""
         nt = -(-self.c // _TILE)
         return min(256, max(64, 32 * -(-self.groups * nt * nt // 32)))
+
+    @property
+    def combine_queries(self) -> int:
+        """Queries per block of the combine kernel: the first of 64, 32, 16, 8, 4 whose shared memory (the
+        whole low-rank state, F x Dv, plus F x queries of q') is within 96 KiB, else 4 (at Dv = 64, 64 queries
+        fit up to 188 features, 16 up to 302, 4 up to 356). Each query's sums run in the same
+        order whatever the count: the same bits."""
+        fits = [qpb for qpb in _QUERIES_PER_BLOCK if 4 * _combine_floats(self, qpb) <= _MAX_SHARED]
+        return fits[0] if fits else _QUERIES_PER_BLOCK[-1]
 
     @property
     def tiled_rows(self) -> tuple[int, int]:
@@ -286,8 +295,8 @@ def _kv_stride(d: AttentionDims) -> int:
     return d.f * 4 * -(-d.dv // 4) + _r4(d.f)
 
 
-def _combine_floats(d: AttentionDims) -> int:
-    qpb, r = _QUERIES_PER_BLOCK, d.r if d.sparse else 0
+def _combine_floats(d: AttentionDims, qpb: int) -> int:
+    r = d.r if d.sparse else 0
     return _kv_stride(d) + d.f * _r4(qpb) + _r4(2 * qpb * r) + _r4(qpb) + _r4(qpb * r) + 2 * _r4(qpb)
 
 
@@ -331,7 +340,7 @@ def shared_bytes(d: AttentionDims) -> dict[str, int]:
         "cluster": _cluster_bytes(d, d.groups) if d.sparse else 0,
         "cluster_mma": _cluster_mma_bytes(d, d.mma_groups) if d.sparse else 0,
         "cluster_tiled": _tiled_bytes(d, *d.tiled_rows) if d.sparse and d.tiled_rows[0] else 0,
-        "combine": 4 * _combine_floats(d),
+        "combine": 4 * _combine_floats(d, d.combine_queries),
     }
 
 
@@ -510,10 +519,10 @@ def enqueue(
     launch(
         mod,
         f"vitrt_sb_combine_{sfx}",
-        (-(-d.n // _QUERIES_PER_BLOCK), d.bh, 1),
+        (-(-d.n // d.combine_queries), d.bh, 1),
         (_THREADS, 1, 1),
         [ptr(at("qf")), ptr(at("pls")), ptr(at("kv")), ptr(at("rnum")), ptr(at("raux")), ptr(out), i32(d.n),
-         i32(d.p), i32(d.dv), i32(d.r), i32(d.f), i32(_QUERIES_PER_BLOCK), i32(d.mode), i32(vec_out)],
+         i32(d.p), i32(d.dv), i32(d.r), i32(d.f), i32(d.combine_queries), i32(d.mode), i32(vec_out)],
         stream,
         shared_mem=smem["combine"],
     )  # fmt: skip

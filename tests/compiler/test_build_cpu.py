@@ -28,7 +28,8 @@ MIN_COSINE = {"fp32": 0.99999, "fp16": 0.9999, "int8": 0.99, "int8+fp16": 0.99}
 """Least cosine of the artifact's logits to ONNX Runtime on its source file: FP32 and FP16 compute the same
 function (float32 / float16 rounding), INT8 on OpenVINO rounds activations its own way (measured 0.9994 on
 DeiT-T at 64 x 64)."""
-INT8_DOTS_EXACT = bool({"avx512_vnni", "avx_vnni"} & set(cpu_facts()[1])) or not {"avx2"} & set(cpu_facts()[1])
+_FLAGS = set(cpu_facts()[1])
+INT8_DOTS_EXACT = bool({"avx512_vnni", "avx_vnni"} & _FLAGS) or "avx2" not in _FLAGS
 """Whether the CPU has int8 dot products without intermediate saturation (VNNI, or not x86): without them,
 int8 GEMMs that multiply u8 by s8 (VPMADDUBSW) saturate their int16 pair sums. ONNX Runtime then promotes
 them (vitrt's runner sets session.x64quantprecision); OpenVINO's INT8 file measured 0.9872 on a 2-core AMD

@@ -489,6 +489,32 @@ def test_scatterbrain_sort_in_tiles_emulated(
     assert module.launches.get("vitrt_sb_sort_tiles", 0) == before + 2  # check_scatterbrain runs the op twice
 
 
+@pytest.mark.parametrize("mode", [Mode.PERFORMER, Mode.SCATTERBRAIN], ids=["performer", "scatterbrain"])
+def test_scatterbrain_many_features_emulated(
+    mode: Mode, emulated: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """256 features at Dv = 64: the combine kernel takes 16 queries a block, where 64 need 133 KB of shared
+    memory (more than 99 KiB); the count does not change a bit of the output."""
+    from tests._support.kernel_checks import _fixed
+    from vitrt.plugins.lsh_attention import cuda as sb_cuda
+    from vitrt.plugins.lsh_attention import reference as sb_ref
+
+    attrs = attention_attrs(mode, 24, 2, 128, 64**-0.5)
+    q, k, v = attn_inputs(1, 150, 64, torch.float32, "cpu")
+    hv, proj = _fixed(2, 128, 64, "cpu")
+    hv_in = hv if mode != Mode.PERFORMER else None
+    assert sb_cuda.AttentionDims.of(1, 1, 150, 64, 64, attrs).combine_queries == 16
+    out, views = sb_cuda.scatterbrain_cuda_debug(q, k, v, hv_in, proj, attrs)
+    orders = (views["q_perm"], views["k_perm"]) if mode != Mode.PERFORMER else None
+    with pytest.MonkeyPatch.context() as patch:
+        if orders is not None:
+            patch.setattr(sb_ref, "_hash_orders", lambda *args: orders)
+        want = sb_ref.attention_by_mode(q, k, v, hv_in, proj, attrs)
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    monkeypatch.setattr(sb_cuda, "_QUERIES_PER_BLOCK", (8,))
+    assert torch.equal(sb_cuda.scatterbrain_cuda(q, k, v, hv_in, proj, attrs), out)
+
+
 def test_scatterbrain_token_limit(emulated: None) -> None:
     """More tokens than the sort takes: a ValueError naming the limit and the fix, before any launch."""
     from vitrt.plugins.cuda_launcher import load_module
