@@ -55,3 +55,25 @@ def test_model_takes_the_kernel_path(method: str) -> None:
     combine = {k: v for k, v in module.launches.items() if k.startswith("vitrt_sb_combine")}
     assert sum(combine.values()) >= 2, module.launches  # one op call per T2T token attention
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_model_at_384_pixels_takes_the_sort_in_tiles() -> None:
+    """t2t_vit_t_14 + Scatterbrain from 384 x 384 pixels: its first token attention has 9216 tokens, more than
+    one tile of the radix sort (8192), so the kernel path sorts in tiles (vitrt_sb_sort_tiles), and the logits
+    equal the reference path's within 1e-4 (on the emulator: 4.2e-7 of 1.13 at most)."""
+    try:
+        host_compiler()
+    except KernelEmulationError as exc:
+        pytest.skip(str(exc))
+    torch.manual_seed(0)
+    model = create_model("t2t_vit_t_14", img_size=384, num_classes=10, attention="scatterbrain").eval()
+    images = torch.randn(1, 3, 384, 384, generator=torch.Generator().manual_seed(3))
+    module = emulated_module("scatterbrain")
+    before = module.launches.get("vitrt_sb_sort_tiles", 0)
+    with torch.no_grad():
+        expected = model(images)
+        with emulated_kernels():
+            got = model(images)
+    assert module.launches.get("vitrt_sb_sort_tiles", 0) == before + 1, module.launches
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
