@@ -23,6 +23,8 @@ with torch.no_grad():
     t2 = time.time()
 cos = torch.nn.functional.cosine_similarity(ref.flatten(), got.flatten(), dim=0)
 print(
-    f"reference {t1 - t0:.1f}s, kernels on the emulator {t2 - t1:.1f}s; cosine {float(cos):.6f}, max abs {float((ref - got).abs().max()):.3g} of {float(ref.abs().max()):.3g}; top1 {int(ref.argmax())} {int(got.argmax())}"
+    f"reference {t1 - t0:.1f}s, kernels on the emulator {t2 - t1:.1f}s; cosine {float(cos):.6f}, "
+    f"max abs {float((ref - got).abs().max()):.3g} of {float(ref.abs().max()):.3g}; "
+    f"top1 {int(ref.argmax())} {int(got.argmax())}"
 )
 print({k: v for k, v in launches.items()})

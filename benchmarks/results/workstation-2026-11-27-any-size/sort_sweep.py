@@ -33,12 +33,7 @@ with emulated_kernels():
         hv, _ = _fixed(2, 1, e, "cpu")
         out, views = sb_cuda.scatterbrain_cuda_debug(q, k, v, hv, None, attrs)
         for side in "qk":
-            assert torch.equal(views[f"{side}_perm"], sb_ref.stable_argsort(views[f"{side}_hash"])), (
-                seed,
-                side,
-                n,
-                c,
-                th,
-            )
+            want = sb_ref.stable_argsort(views[f"{side}_hash"])
+            assert torch.equal(views[f"{side}_perm"], want), (seed, side, n, c, th)
         n_ok += 1
 print("ok", n_ok)
