@@ -399,7 +399,9 @@ def launch(
         if shared_mem > module.device.max_shared_optin:
             raise VitrtError(
                 f"{kernel} needs {shared_mem} bytes of shared memory per block, more than the "
-                f"{module.device.max_shared_optin} that {module.device.name} allows: the input is too large"
+                f"{module.device.max_shared_optin} that {module.device.name} allows: the input is too large "
+                "for it (fewer features, narrower heads or fewer channels shrink it; a GPU with more shared "
+                "memory per block, such as an H100 or a Jetson Orin, takes more)"
             )
         attr = drv.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
         check(drv.cuFuncSetAttribute(f, attr, shared_mem), f"cuFuncSetAttribute({kernel})")
