@@ -283,6 +283,50 @@ def bench_scatterbrain(batch: int, dtype: torch.dtype, iters: int) -> dict[str, 
     }
 
 
+COMBINE_PLANS = ((16, True), (64, False), (16, False))
+"""(queries per block, low-rank state staged) plans of Scatterbrain's combine kernel timed at 256 features."""
+
+
+def bench_combine_plans(batch: int, iters: int) -> dict[str, Any]:
+    """Scatterbrain at 256 features (E = Dv = 64, float16): the combine kernel's plans (the launcher's is
+    the first of COMBINE_PLANS), each as the whole op (graph ms) and the combine kernel alone (profiler
+    us)."""
+    from vitrt.plugins.lsh_attention import cuda as sb_cuda
+    from vitrt.plugins.lsh_attention.module import draw_hash_vectors, draw_projection
+    from vitrt.plugins.lsh_attention.spec import Mode, ScatterbrainAttrs
+
+    n, e, c, r, m, scale = 3136, 64, 24, 2, 128, 147**-0.5
+    attrs = ScatterbrainAttrs(Mode.SCATTERBRAIN, c, r, 2 * m, scale)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(batch, 1, n, e, device="cuda", generator=g).half() for _ in range(3))
+    gen = torch.Generator().manual_seed(0)
+    hv, proj = draw_hash_vectors(r, e, gen).cuda(), draw_projection(m, e, gen).cuda()
+    d = sb_cuda.AttentionDims.of(batch, 1, n, e, e, attrs)
+    out = q.new_empty(batch, 1, n, e)
+    work = torch.empty(sb_cuda.workspace_bytes(d), dtype=torch.uint8, device="cuda")
+
+    def kernel() -> None:
+        stream = torch.cuda.current_stream().cuda_stream
+        sb_cuda.enqueue(q.data_ptr(), k.data_ptr(), v.data_ptr(), hv.data_ptr(), proj.data_ptr(),
+                        out.data_ptr(), work.data_ptr(), d, scale, "float16", stream)  # fmt: skip
+
+    # The plan follows the module's limits (as tests/gpu/sanitize.py lowers the sort's): set, timed, restored.
+    saved = sb_cuda._QUERIES_PER_BLOCK, sb_cuda._STAGED_QUERIES_MIN
+    graph, combine_us = {}, {}
+    try:
+        for qpb, staged in COMBINE_PLANS:
+            sb_cuda._QUERIES_PER_BLOCK, sb_cuda._STAGED_QUERIES_MIN = (qpb,), (0 if staged else qpb + 1)
+            assert d.combine_plan == (qpb, staged), d.combine_plan
+            key = f"{qpb} {'staged' if staged else 'global'}"
+            graph[key] = graph_ms(kernel, iters)
+            combine_us[key] = sum(
+                us for name, us in kernel_breakdown(kernel).items() if "vitrt_sb_combine" in name
+            )
+    finally:
+        sb_cuda._QUERIES_PER_BLOCK, sb_cuda._STAGED_QUERIES_MIN = saved
+    return {"batch": batch, "features": 2 * m, "graph_ms": graph, "combine_us": combine_us}
+
+
 def _target(row: dict[str, Any]) -> tuple[str, bool] | None:
     """(target, met) of issue 15 for this row, or None where none applies (float16 only)."""
     if row["dtype"] != "float16":
@@ -333,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             measured_row(bench_attention_info(batch, dtype, args.iters))
         for batch in (1, 8, 32):
             measured_row(bench_scatterbrain(batch, dtype, args.iters))
+    combine_plans = [bench_combine_plans(batch, args.iters) for batch in (1, 8)]
     for row in rows:
         row["floor_fraction_measured_copy"] = row["floor_bytes"] / measured / (row["graph_ms"] / 1e3)
         target = _target(row)
@@ -400,6 +445,19 @@ def main(argv: list[str] | None = None) -> int:
             for form, ms in op_ms.items()
         )
         print(f"  B={row['batch']} {row['dtype']}: {parts}")
+    print(
+        "Scatterbrain's combine kernel at 256 features by plan (queries per block, low-rank state staged in "
+        "shared memory or read from global memory; float16, the launcher's plan first): the whole op (graph "
+        "us) and the combine kernel alone (profiler us), x of the launcher's plan"
+    )
+    for plans in combine_plans:
+        first = next(iter(plans["graph_ms"]))
+        parts = ", ".join(
+            f"{key}: op {1e3 * ms:.1f} ({ms / plans['graph_ms'][first]:.2f}x), combine "
+            f"{plans['combine_us'][key]:.1f} ({plans['combine_us'][key] / plans['combine_us'][first]:.2f}x)"
+            for key, ms in plans["graph_ms"].items()
+        )
+        print(f"  B={plans['batch']}: {parts}")
     result = {
         "device": info.name,
         "capability": list(info.capability),
@@ -409,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "rows": rows,
+        "combine_plans": combine_plans,
     }
     out = args.out or (str(Path(os.environ["OUT"]) / "kernels.json") if os.environ.get("OUT") else None)
     if out:

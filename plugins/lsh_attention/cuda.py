@@ -62,6 +62,7 @@ KERNELS = (
     "vitrt_sb_sort_tiles",
     *(f"vitrt_sb_cluster_mma{nt}_f16" for nt in range(1, 9)),
     *(f"vitrt_sb_cluster_tiled_{sfx}" for sfx in KERNEL_SUFFIX.values()),
+    *(f"vitrt_sb_combine_global_{sfx}" for sfx in KERNEL_SUFFIX.values()),
 )
 """Every kernel this module launches (the build test checks each is in the fatbin)."""
 CHUNK = 64
@@ -71,6 +72,7 @@ _THREADS = 256
 _KV_THREADS = 128
 _KV_LANES = 8  # lanes per output of vitrt_sb_kv_reduce (scatterbrain.cu kReduceLanes)
 _QUERIES_PER_BLOCK = (64, 32, 16, 8, 4)  # combine: queries per block, in order of preference
+_STAGED_QUERIES_MIN = 16  # combine: the fewest queries per block that stage the low-rank state
 _CLUSTER_SLOTS = 48  # target queries per block of the cluster kernel
 _NO_OPT_IN = 48 * 1024  # dynamic shared memory that needs no opt-in
 _MAX_SHARED = 96 * 1024  # kept below the smallest opt-in limit of the targets (99 KiB, sm_120)
@@ -175,13 +177,20 @@ class AttentionDims:
         return min(256, max(64, 32 * -(-self.groups * nt * nt // 32)))
 
     @property
-    def combine_queries(self) -> int:
-        """Queries per block of the combine kernel: the first of 64, 32, 16, 8, 4 whose shared memory (the
-        whole low-rank state, F x Dv, plus F x queries of q') is within 96 KiB, else 4 (at Dv = 64, 64 queries
-        fit up to 188 features, 16 up to 302, 4 up to 356). Each query's sums run in the same
-        order whatever the count: the same bits."""
-        fits = [qpb for qpb in _QUERIES_PER_BLOCK if 4 * _combine_floats(self, qpb) <= _MAX_SHARED]
-        return fits[0] if fits else _QUERIES_PER_BLOCK[-1]
+    def combine_plan(self) -> tuple[int, bool]:
+        """(queries per block, whether the low-rank state is staged) of the combine kernel: the first of 64,
+        32, 16, 8, 4 queries whose shared memory (the whole low-rank state, F x Dv, plus F x queries of q') is
+        within 96 KiB, 16 queries at least; past that the state is read from global memory and only q' is
+        staged. With two rounds at Dv = 64: staged with 64 queries up to 186 features, 32 up to 250, 16 up to
+        300; then from global memory, 64 queries up to 374 features (any Dv), 4 up to 6,134. Each query's
+        sums run in the same order whatever the plan: the same bits."""
+        # Staging pays while a block has many queries to share it: with 8 or 4, a block would copy up to
+        # 96 KiB into shared memory for 4 queries, where reading it through L1 with 64 a block moves less.
+        plans = [(qpb, True) for qpb in _QUERIES_PER_BLOCK if qpb >= _STAGED_QUERIES_MIN]
+        for qpb, staged in plans + [(qpb, False) for qpb in _QUERIES_PER_BLOCK]:
+            if 4 * _combine_floats(self, qpb, staged) <= _MAX_SHARED:
+                return qpb, staged
+        return _QUERIES_PER_BLOCK[-1], False
 
     @property
     def tiled_rows(self) -> tuple[int, int]:
@@ -295,9 +304,12 @@ def _kv_stride(d: AttentionDims) -> int:
     return d.f * 4 * -(-d.dv // 4) + _r4(d.f)
 
 
-def _combine_floats(d: AttentionDims, qpb: int) -> int:
+def _combine_floats(d: AttentionDims, qpb: int, staged: bool = True) -> int:
+    """Floats of the combine kernel's shared memory for qpb queries per block, with the low-rank state
+    staged or read from global memory (scatterbrain.cu combine)."""
     r = d.r if d.sparse else 0
-    return _kv_stride(d) + d.f * _r4(qpb) + _r4(2 * qpb * r) + _r4(qpb) + _r4(qpb * r) + 2 * _r4(qpb)
+    state = _kv_stride(d) if staged else 0
+    return state + d.f * _r4(qpb) + _r4(2 * qpb * r) + _r4(qpb) + _r4(qpb * r) + 2 * _r4(qpb)
 
 
 def _regions(d: AttentionDims) -> dict[str, int]:
@@ -340,7 +352,7 @@ def shared_bytes(d: AttentionDims) -> dict[str, int]:
         "cluster": _cluster_bytes(d, d.groups) if d.sparse else 0,
         "cluster_mma": _cluster_mma_bytes(d, d.mma_groups) if d.sparse else 0,
         "cluster_tiled": _tiled_bytes(d, *d.tiled_rows) if d.sparse and d.tiled_rows[0] else 0,
-        "combine": 4 * _combine_floats(d, d.combine_queries),
+        "combine": 4 * _combine_floats(d, *d.combine_plan),
     }
 
 
@@ -516,13 +528,14 @@ def enqueue(
             stream,
             shared_mem=smem[region],
         )  # fmt: skip
+    qpb, kv_staged = d.combine_plan
     launch(
         mod,
-        f"vitrt_sb_combine_{sfx}",
-        (-(-d.n // d.combine_queries), d.bh, 1),
+        f"vitrt_sb_combine_{sfx}" if kv_staged else f"vitrt_sb_combine_global_{sfx}",
+        (-(-d.n // qpb), d.bh, 1),
         (_THREADS, 1, 1),
         [ptr(at("qf")), ptr(at("pls")), ptr(at("kv")), ptr(at("rnum")), ptr(at("raux")), ptr(out), i32(d.n),
-         i32(d.p), i32(d.dv), i32(d.r), i32(d.f), i32(d.combine_queries), i32(d.mode), i32(vec_out)],
+         i32(d.p), i32(d.dv), i32(d.r), i32(d.f), i32(qpb), i32(d.mode), i32(vec_out)],
         stream,
         shared_mem=smem["combine"],
     )  # fmt: skip

@@ -112,10 +112,21 @@ def _per_slot(key: str, value: Any, slots: tuple[str, ...]) -> dict[str, int]:
                 f"attention {key!r} has unknown entries {bad}{_close(str(bad[0]), SLOTS)}; "
                 f"use an int or a mapping over {list(SLOTS)}"
             )
-        return {s: value[s] for s in slots if s in value}
+        return {s: _positive(key, value[s], s) for s in slots if s in value}
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"attention {key!r} must be an int or a mapping over {list(SLOTS)}, got {value!r}")
-    return dict.fromkeys(slots, value)
+    return dict.fromkeys(slots, _positive(key, value))
+
+
+def _positive(key: str, value: Any, slot: str | None = None) -> int:
+    """``value`` if it is an int >= 1; a ConfigError naming the key (and slot) otherwise."""
+    where = f"{key!r} on {slot!r}" if slot else repr(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"attention {where} must be an int, got {value!r}")
+    if value < 1:
+        # 0 is Budget's "unused" marker, so it must not pass for a user's setting.
+        raise ConfigError(f"attention {where} must be >= 1, got {value}")
+    return value
 
 
 def resolve_attention(attention: Any) -> AttentionConfig:

@@ -24,6 +24,8 @@
 //                                                  keys in tiles (online softmax)
 //   6. vitrt_sb_combine_<dt>   grid (N/QPB, BH)    rounds combined in log domain + the low-rank term,
 //                                                  clamped denominator, cast to the output dtype
+//      vitrt_sb_combine_global_<dt>                the same, the low-rank state read from global memory
+//                                                  (too many features to stage it)
 //
 // Modes (spec.Mode): 0 SCATTERBRAIN runs 1-6; 1 LSH runs 1 (norms only), 2, 4, 5, 6; 2 PERFORMER runs
 // 1, 2, 3, 6. Layouts: q, k [BH, N, E]; v, out [BH, N, Dv] (dtype <dt>: f32, or f16 as raw bits);
@@ -1510,7 +1512,7 @@ __device__ __forceinline__ void store4<half_bits>(half_bits* p, const float* x, 
 __device__ __forceinline__ int kv_pitch(int Dv) { return 4 * ((Dv + 3) >> 2); }
 __device__ __forceinline__ int kv_stride(int F, int Dv) { return F * kv_pitch(Dv) + r4(F); }
 
-template <typename T>
+template <typename T, bool kStaged>
 __device__ void combine(const float* __restrict__ qf, const float* __restrict__ pls, const float* __restrict__ kv,
                         const float* __restrict__ rnum, const float* __restrict__ raux, T* __restrict__ out, int N,
                         int P, int Dv, int R, int F, int qpb, int mode, int vec_out) {
@@ -1519,9 +1521,17 @@ __device__ void combine(const float* __restrict__ qf, const float* __restrict__ 
   const int i0 = blockIdx.x * qpb, nq = min(qpb, N - i0);
   const bool low_rank = mode != kLsh, sparse = mode != kPerformer, sb = mode == kScatterbrain;
   const int dv4 = (Dv + 3) >> 2, kp = kv_pitch(Dv), qtp = r4(qpb), Fl = low_rank ? F : 0, Rs = sparse ? R : 0;
-  float* kvs = sm;                         // [F][kp] low-rank state k'^T v, then [F] sum k'
-  float* ksum = kvs + Fl * kp;
-  float* qt = ksum + r4(Fl);               // [F][qtp] the block's q', transposed (token fastest)
+  // The low-rank state ([F][kp] k'^T v, then [F] sum k') is staged in shared memory where it fits beside the
+  // block's q' (kStaged: vitrt_sb_combine_<dt>); past that (hundreds of features) it is read from global memory
+  // (vitrt_sb_combine_global_<dt>), where every block of this (b, h) reads the same F x kp floats (L2
+  // resident). Same values, same order: the same bits. Two entry points rather than a runtime flag: the staged
+  // one keeps its shared-memory loads and its registers (one kernel with both paths spilled on sm_120).
+  const float* kvg = kv + (int64)bh * kv_stride(F, Dv);
+  const int Fs = kStaged ? Fl : 0;         // features staged
+  float* kv_sm = sm;
+  const float* kvs = kStaged ? kv_sm : kvg;
+  const float* ksum = kvs + Fl * kp;
+  float* qt = sm + Fs * kp + r4(Fs);       // [F][qtp] the block's q', transposed (token fastest)
   float* ra = qt + Fl * qtp;               // [R][qpb][2] the block's raux rows
   float* ql = ra + r4(2 * qpb * Rs);       // [qpb] pls
   float* wt = ql + r4(qpb);                // [qpb][R] round weights
@@ -1534,8 +1544,8 @@ __device__ void combine(const float* __restrict__ qf, const float* __restrict__ 
     qt[f * qtp + t] = 0.0f;
   }
   const float* qrow = qf + ((int64)bh * P + i0) * Fl;  // the block's rows are contiguous
-  gather<8>(rows_of(kv + (int64)bh * kv_stride(F, Dv), nullptr, 0, Fl, kp, Fl, true, kvs, kp),
-            rows_of(kv + (int64)bh * kv_stride(F, Dv) + Fl * kp, nullptr, 0, Fl > 0 ? 1 : 0, Fl, 1, false, ksum, 0),
+  gather<8>(rows_of(kvg, nullptr, 0, Fs, kp, Fs, true, kv_sm, kp),
+            rows_of(kvg + Fs * kp, nullptr, 0, Fs > 0 ? 1 : 0, Fs, 1, false, kv_sm + Fs * kp, 0),
             Transposed(qrow, qt, Fl > 0 ? nq : 0, F, qtp, (F & 3) == 0),
             Span(raux + ((int64)bh * R * P + i0) * 2, ra, 2 * nq, Rs, 2 * (int64)P, 2 * qpb),
             Span(pls + (int64)bh * P + i0, ql, nq, sb ? 1 : 0, 0, 0));
@@ -1674,7 +1684,13 @@ __device__ void combine(const float* __restrict__ qf, const float* __restrict__ 
   extern "C" __global__ void __launch_bounds__(256, 3) vitrt_sb_combine_##SUFFIX(                          \
       const float* qf, const float* pls, const float* kv, const float* rnum, const float* raux, T* out,    \
       int N, int P, int Dv, int R, int F, int qpb, int mode, int vec_out) {                                \
-    combine<T>(qf, pls, kv, rnum, raux, out, N, P, Dv, R, F, qpb, mode, vec_out);                          \
+    combine<T, true>(qf, pls, kv, rnum, raux, out, N, P, Dv, R, F, qpb, mode, vec_out);                    \
+  }                                                                                                        \
+  /* 2 blocks per SM, not 3: at 80 registers the 64-bit state addresses spilled on sm_120 */              \
+  extern "C" __global__ void __launch_bounds__(256, 2) vitrt_sb_combine_global_##SUFFIX(                   \
+      const float* qf, const float* pls, const float* kv, const float* rnum, const float* raux, T* out,    \
+      int N, int P, int Dv, int R, int F, int qpb, int mode, int vec_out) {                                \
+    combine<T, false>(qf, pls, kv, rnum, raux, out, N, P, Dv, R, F, qpb, mode, vec_out);                   \
   }
 
 VITRT_SB_ENTRIES(f32, float)

@@ -89,6 +89,10 @@ def main() -> int:
                     q, k, v, hv if mode != Mode.PERFORMER else None, proj if mode != Mode.LSH else None,
                     attrs, cluster=form,
                 )  # fmt: skip
+        # 256 features at Dv = 128: the combine reads its 128 KiB low-rank state from global memory
+        attrs = attention_attrs(Mode.SCATTERBRAIN, 24, 2, 128, 128**-0.5)
+        hv, proj = _fixed(2, 128, 128, "cuda")
+        scatterbrain_cuda(*attn_inputs(1, 300, 128, dtype, "cuda"), hv, proj, attrs)
         # the sort in tiles (P > 8192 in use): here over 4 tiles of 1024 keys, its limits lowered
         sort_limits = sb_cuda._RADIX_MAX_P, sb_cuda._SORT_TILE_THREADS
         sb_cuda._RADIX_MAX_P, sb_cuda._SORT_TILE_THREADS = 0, 128

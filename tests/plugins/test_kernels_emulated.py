@@ -489,21 +489,27 @@ def test_scatterbrain_sort_in_tiles_emulated(
     assert module.launches.get("vitrt_sb_sort_tiles", 0) == before + 2  # check_scatterbrain runs the op twice
 
 
+@pytest.mark.parametrize(
+    ("width", "plan"), [(64, (16, True)), (128, (64, False))], ids=["staged-state", "state-in-global"]
+)
 @pytest.mark.parametrize("mode", [Mode.PERFORMER, Mode.SCATTERBRAIN], ids=["performer", "scatterbrain"])
 def test_scatterbrain_many_features_emulated(
-    mode: Mode, emulated: None, monkeypatch: pytest.MonkeyPatch
+    mode: Mode, width: int, plan: tuple[int, bool], emulated: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """256 features at Dv = 64: the combine kernel takes 16 queries a block, where 64 need 133 KB of shared
-    memory (more than 99 KiB); the count does not change a bit of the output."""
+    """256 features: the combine kernel's low-rank state is F x Dv floats. At Dv = 64 (64 KiB) it is staged
+    with 16 queries a block, where 64 queries need 133 KB of shared memory (more than 99 KiB); at Dv = 128
+    (128 KiB) it cannot be staged, and the kernel reads it from global memory. Neither the plan nor the
+    queries per block changes a bit of the output."""
     from tests._support.kernel_checks import _fixed
+    from vitrt.plugins.cuda_launcher import load_module
     from vitrt.plugins.lsh_attention import cuda as sb_cuda
     from vitrt.plugins.lsh_attention import reference as sb_ref
 
-    attrs = attention_attrs(mode, 24, 2, 128, 64**-0.5)
-    q, k, v = attn_inputs(1, 150, 64, torch.float32, "cpu")
-    hv, proj = _fixed(2, 128, 64, "cpu")
+    attrs = attention_attrs(mode, 24, 2, 128, width**-0.5)
+    q, k, v = attn_inputs(1, 150, width, torch.float32, "cpu")
+    hv, proj = _fixed(2, 128, width, "cpu")
     hv_in = hv if mode != Mode.PERFORMER else None
-    assert sb_cuda.AttentionDims.of(1, 1, 150, 64, 64, attrs).combine_queries == 16
+    assert sb_cuda.AttentionDims.of(1, 1, 150, width, width, attrs).combine_plan == plan
     out, views = sb_cuda.scatterbrain_cuda_debug(q, k, v, hv_in, proj, attrs)
     orders = (views["q_perm"], views["k_perm"]) if mode != Mode.PERFORMER else None
     with pytest.MonkeyPatch.context() as patch:
@@ -511,8 +517,17 @@ def test_scatterbrain_many_features_emulated(
             patch.setattr(sb_ref, "_hash_orders", lambda *args: orders)
         want = sb_ref.attention_by_mode(q, k, v, hv_in, proj, attrs)
     torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    # Other plans: 8 queries a block with the state in global memory, then staged where it fits (Dv = 64);
+    # each takes its own kernel.
+    launches = load_module("scatterbrain").launches
     monkeypatch.setattr(sb_cuda, "_QUERIES_PER_BLOCK", (8,))
-    assert torch.equal(sb_cuda.scatterbrain_cuda(q, k, v, hv_in, proj, attrs), out)
+    for least_staged, forced in ((16, (8, False)), (0, (8, width == 64))):
+        monkeypatch.setattr(sb_cuda, "_STAGED_QUERIES_MIN", least_staged)
+        assert sb_cuda.AttentionDims.of(1, 1, 150, width, width, attrs).combine_plan == forced
+        kernel = "vitrt_sb_combine_f32" if forced[1] else "vitrt_sb_combine_global_f32"
+        before = launches.get(kernel, 0)
+        assert torch.equal(sb_cuda.scatterbrain_cuda(q, k, v, hv_in, proj, attrs), out)
+        assert launches.get(kernel, 0) == before + 1
 
 
 def test_scatterbrain_token_limit(emulated: None) -> None:

@@ -2,7 +2,8 @@
 # PREPARED, NOT RUN (sessions 11 to 13 had no GPU): the next GPU session's one device call for the kernel
 # changes of this folder (token fusion, session 11), of ../workstation-2026-11-27-cluster-mma/ (Scatterbrain's
 # cluster kernel on tensor cores, session 12) and of session 13 (Scatterbrain's tiled cluster kernel and sort in
-# tiles: GPU tests and sanitizers). Every GPU test, then kernels.py (which times attention_info's key
+# tiles: GPU tests and sanitizers) and session 14 (Scatterbrain's combine kernel with its low-rank state in global
+# memory: a GPU test, a sanitizer case, kernels.py's plans at 256 features). Every GPU test, then kernels.py (which times attention_info's key
 # splits 1 / 2 / 4 / 8 against 1, and every form of Scatterbrain's cluster kernel against the launcher's, each in
 # the same run) and gpu_models.py (DeiT-S rows; T2T-ViT-t-14 dense vs + Scatterbrain at batch 1 and 8) on the tree,
 # kernels.py and the DeiT-S rows on d421abf's plugins/, then the three sanitizers. Every step has a time limit
@@ -11,7 +12,11 @@
 #
 # Before the call, on the workstation (build/ is git-ignored and must be carried):
 #   bash tests/gpu/ab_kernels.sh prepare d421abf               # build/ab-base/plugins, build/ab-base/COMMIT
-#   git show d421abf:benchmarks/kernels.py >build/ab-base/kernels.py  # the tree's times key splits d421abf lacks
+#   # d421abf's own kernels.py (the tree's times key splits d421abf lacks), without its Scatterbrain rows: the
+#   # base runs the tree's scatterbrain fatbin, whose combine kernel (session 14) takes one more argument
+#   # than d421abf's launcher passes. Scatterbrain's forms and plans are compared in the tree's own run.
+#   git show d421abf:benchmarks/kernels.py | sed 's/^        for batch in (1, 8, 32):$/        for batch in ():/' \
+#     >build/ab-base/kernels.py && grep -q 'for batch in ():' build/ab-base/kernels.py
 #   (cd "$(mktemp -d)" && git -C /work/main archive d421abf | tar -x && PYTHONPATH=$PWD python3 -c \
 #     "from pathlib import Path; from vitrt.plugins.cuda_build import build_fatbin, kernel_source; \
 #      build_fatbin(kernel_source('token_fusion'), Path('/work/main/build/ab-base/fatbins'), ('sm_90',), None)")
@@ -36,8 +41,9 @@ timeout 50 python3 benchmarks/gpu_models.py --skip-deit --batches 1 8 --no-previ
   --out "$R/models_t2t.json" >"$R/models_t2t.txt" 2>&1; step "models t2t" $?
 
 # The base: a copy of the tree with d421abf's plugins/, kernels.py and sm_90 token_fusion fatbin (scatterbrain.cu's
-# kernels that d421abf launches did not change since: the tree's fatbin serves). build_fatbins becomes a no-op there, or the benchmarks
-# would rebuild the sm_90-only fatbin for five architectures.
+# kernels are not launched there: the base's kernels.py has no Scatterbrain rows and its DeiT-S rows use none; the
+# tree's fatbin only has to load). build_fatbins becomes a no-op there, or the benchmarks would rebuild the
+# sm_90-only fatbin for five architectures.
 B=/tmp/vitrt-base; rm -rf $B && mkdir -p $B && tar -c --exclude=./.git --exclude=./build . | tar -x -C $B
 rm -rf $B/plugins && cp -r build/ab-base/plugins $B/plugins && cp build/ab-base/COMMIT "$R/base/"
 cp build/ab-base/kernels.py $B/benchmarks/kernels.py  # d421abf's own: the tree's asks for key splits
