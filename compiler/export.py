@@ -10,11 +10,13 @@ A model without plugin ops exports to the same graph in both.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -231,7 +233,7 @@ def export_model(
     dynamic = ({0: torch.export.Dim("batch", min=1, max=1024)},) if config.batch is None else None
     external = sum(p.numel() * p.element_size() for p in model.parameters()) >= TWO_GB
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), without_slice_pair_rewrite():
         warnings.simplefilter("ignore")  # the exporter's own chatter; errors still raise
         try:
             program = torch.onnx.export(
@@ -270,6 +272,36 @@ def export_model(
     if timings is not None:
         timings.update(spent)
     return dest
+
+
+@contextlib.contextmanager
+def without_slice_pair_rewrite() -> Iterator[None]:
+    """torch.onnx.export's graph optimizer (onnxscript's default rewrite rules) without the rule that turns
+    two Slices of one tensor's halves into a Split (``slice_split_rule``), for the duration of the block.
+
+    Why: that rule's pattern has two outputs, and its matcher tries it against every pair of Slice nodes.
+    The portable lowerings of Scatterbrain and MCTF have hundreds of Slices: t2t_vit_t_14 + Scatterbrain
+    exported in 37.1 s with the rule and 21.3 s without, deit_small + MCTF in 61.2 s and 36.8 s (portable,
+    224 x 224, 2 CPU cores: benchmarks/export_rewrites.py), and the rule applies nowhere in vitrt's models
+    (the files are byte for byte the same there and in tests/compiler/test_export.py). The other rules, constant folding and the clean-up passes run as torch
+    runs them. The rule list is onnxscript's private module attribute, read when the optimizer runs; where
+    a version lacks it, the block runs with the optimizer untouched.
+    """
+    try:
+        from onnxscript import rewriter
+        from onnxscript.rewriter.rules.common import slice_split_rule
+    except ImportError:
+        yield
+        return
+    rules = getattr(rewriter, "_DEFAULT_REWRITE_RULES", None)
+    if not isinstance(rules, tuple) or slice_split_rule not in rules:
+        yield
+        return
+    rewriter._DEFAULT_REWRITE_RULES = tuple(r for r in rules if r is not slice_split_rule)
+    try:
+        yield
+    finally:
+        rewriter._DEFAULT_REWRITE_RULES = rules
 
 
 def _exporter_summary(err: Exception) -> str:

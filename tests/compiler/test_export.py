@@ -118,6 +118,44 @@ def test_export_is_deterministic_and_carries_its_config(tmp_path: Path) -> None:
     assert (config.model, config.img_size, config.lowering, config.batch) == ("t2t_vit_7", 64, "plugin", 1)
 
 
+@pytest.mark.slow
+def test_the_slice_pair_rule_left_out_changes_no_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """export_model leaves onnxscript's Slice pair -> Split rule out of torch's optimizer (most of the
+    trace time of Scatterbrain's portable lowering, 216 Slices here): the file is the same byte for byte as
+    with the rule, and the rule list is restored after the export."""
+    import contextlib
+
+    from onnxscript import rewriter
+
+    import vitrt.compiler.export as export_module
+
+    rules = rewriter._DEFAULT_REWRITE_RULES
+    for folder in ("without", "full"):
+        (tmp_path / folder).mkdir()
+    without = _export(tmp_path / "without", "t2t_vit_t_14", 32, "portable", attention="scatterbrain")
+    assert rewriter._DEFAULT_REWRITE_RULES is rules
+    assert sum(n.op_type == "Slice" for n in onnx.load(str(without)).graph.node) > 100
+    monkeypatch.setattr(export_module, "without_slice_pair_rewrite", contextlib.nullcontext)
+    full = _export(tmp_path / "full", "t2t_vit_t_14", 32, "portable", attention="scatterbrain")
+    assert full.read_bytes() == without.read_bytes()
+
+
+def test_without_slice_pair_rewrite_restores_the_rules_on_error() -> None:
+    from onnxscript import rewriter
+    from onnxscript.rewriter.rules.common import slice_split_rule
+
+    from vitrt.compiler.export import without_slice_pair_rewrite
+
+    rules = rewriter._DEFAULT_REWRITE_RULES
+    with pytest.raises(RuntimeError, match="boom"), without_slice_pair_rewrite():
+        assert slice_split_rule not in rewriter._DEFAULT_REWRITE_RULES
+        assert len(rewriter._DEFAULT_REWRITE_RULES) == len(rules) - 1
+        raise RuntimeError("boom")
+    assert rewriter._DEFAULT_REWRITE_RULES is rules
+
+
 def test_dynamic_batch(tmp_path: Path) -> None:
     path = _export(tmp_path, "deit_tiny_patch16_224", 64, batch=None)
     dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
