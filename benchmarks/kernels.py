@@ -311,6 +311,7 @@ def bench_combine_plans(batch: int, iters: int) -> dict[str, Any]:
                         out.data_ptr(), work.data_ptr(), d, scale, "float16", stream)  # fmt: skip
 
     # The plan follows the module's limits (as tests/gpu/sanitize.py lowers the sort's): set, timed, restored.
+    assert d.combine_plan == COMBINE_PLANS[0], d.combine_plan  # the launcher's own plan is the baseline
     saved = sb_cuda._QUERIES_PER_BLOCK, sb_cuda._STAGED_QUERIES_MIN
     graph, combine_us = {}, {}
     try:

@@ -103,8 +103,9 @@ def _slots(where: str) -> tuple[str, ...]:
     return {"t2t": SLOTS[:2], "blocks": SLOTS[2:], "both": SLOTS}[where]
 
 
-def _per_slot(key: str, value: Any, slots: tuple[str, ...]) -> dict[str, int]:
-    """An int for every slot, or a mapping slot -> int."""
+def _per_slot(key: str, value: Any, slots: tuple[str, ...], used: bool) -> dict[str, int]:
+    """An int for every slot, or a mapping slot -> int; each >= 1 where the method uses the key (0 stays
+    allowed where it does not, as in PAPER_BUDGETS)."""
     if isinstance(value, Mapping):
         bad = [s for s in value if s not in SLOTS]
         if bad:
@@ -112,19 +113,19 @@ def _per_slot(key: str, value: Any, slots: tuple[str, ...]) -> dict[str, int]:
                 f"attention {key!r} has unknown entries {bad}{_close(str(bad[0]), SLOTS)}; "
                 f"use an int or a mapping over {list(SLOTS)}"
             )
-        return {s: _positive(key, value[s], s) for s in slots if s in value}
+        return {s: _size(key, value[s], used, s) for s in slots if s in value}
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"attention {key!r} must be an int or a mapping over {list(SLOTS)}, got {value!r}")
-    return dict.fromkeys(slots, _positive(key, value))
+    return dict.fromkeys(slots, _size(key, value, used))
 
 
-def _positive(key: str, value: Any, slot: str | None = None) -> int:
-    """``value`` if it is an int >= 1; a ConfigError naming the key (and slot) otherwise."""
+def _size(key: str, value: Any, used: bool, slot: str | None = None) -> int:
+    """``value`` if it is an int, >= 1 where ``used``; a ConfigError naming the key (and slot) otherwise."""
     where = f"{key!r} on {slot!r}" if slot else repr(key)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"attention {where} must be an int, got {value!r}")
-    if value < 1:
-        # 0 is Budget's "unused" marker, so it must not pass for a user's setting.
+    if used and value < 1:
+        # 0 is Budget's "unused" marker, so it must not pass for a setting the method uses.
         raise ConfigError(f"attention {where} must be >= 1, got {value}")
     return value
 
@@ -156,12 +157,9 @@ def resolve_attention(attention: Any) -> AttentionConfig:
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"attention 'seed' must be an int, got {seed!r}")
     slots = _slots(where)
-    given = {
-        k: _per_slot(k, attention[k], slots)
-        for k in ("cluster_size", "n_hashes", "n_features")
-        if k in attention
-    }
     uses_sparse, uses_low_rank = method != "performer", method != "lsh"
+    uses = {"cluster_size": uses_sparse, "n_hashes": uses_sparse, "n_features": uses_low_rank}
+    given = {k: _per_slot(k, attention[k], slots, used) for k, used in uses.items() if k in attention}
     budgets = {}
     for slot in slots:
         base = PAPER_BUDGETS[method].get(slot, Budget())

@@ -12,11 +12,7 @@
 #
 # Before the call, on the workstation (build/ is git-ignored and must be carried):
 #   bash tests/gpu/ab_kernels.sh prepare d421abf               # build/ab-base/plugins, build/ab-base/COMMIT
-#   # d421abf's own kernels.py (the tree's times key splits d421abf lacks), without its Scatterbrain rows: the
-#   # base runs the tree's scatterbrain fatbin, whose combine kernel (session 14) takes one more argument
-#   # than d421abf's launcher passes. Scatterbrain's forms and plans are compared in the tree's own run.
-#   git show d421abf:benchmarks/kernels.py | sed 's/^        for batch in (1, 8, 32):$/        for batch in ():/' \
-#     >build/ab-base/kernels.py && grep -q 'for batch in ():' build/ab-base/kernels.py
+#   git show d421abf:benchmarks/kernels.py >build/ab-base/kernels.py  # the tree's times key splits d421abf lacks
 #   (cd "$(mktemp -d)" && git -C /work/main archive d421abf | tar -x && PYTHONPATH=$PWD python3 -c \
 #     "from pathlib import Path; from vitrt.plugins.cuda_build import build_fatbin, kernel_source; \
 #      build_fatbin(kernel_source('token_fusion'), Path('/work/main/build/ab-base/fatbins'), ('sm_90',), None)")
@@ -41,9 +37,9 @@ timeout 50 python3 benchmarks/gpu_models.py --skip-deit --batches 1 8 --no-previ
   --out "$R/models_t2t.json" >"$R/models_t2t.txt" 2>&1; step "models t2t" $?
 
 # The base: a copy of the tree with d421abf's plugins/, kernels.py and sm_90 token_fusion fatbin (scatterbrain.cu's
-# kernels are not launched there: the base's kernels.py has no Scatterbrain rows and its DeiT-S rows use none; the
-# tree's fatbin only has to load). build_fatbins becomes a no-op there, or the benchmarks would rebuild the
-# sm_90-only fatbin for five architectures.
+# kernels that d421abf launches kept their names and arguments since: the tree's fatbin serves; session 14's
+# combine for many features is a new entry point). build_fatbins becomes a no-op there, or the benchmarks would
+# rebuild the sm_90-only fatbin for five architectures.
 B=/tmp/vitrt-base; rm -rf $B && mkdir -p $B && tar -c --exclude=./.git --exclude=./build . | tar -x -C $B
 rm -rf $B/plugins && cp -r build/ab-base/plugins $B/plugins && cp build/ab-base/COMMIT "$R/base/"
 cp build/ab-base/kernels.py $B/benchmarks/kernels.py  # d421abf's own: the tree's asks for key splits

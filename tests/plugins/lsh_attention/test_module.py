@@ -121,6 +121,10 @@ def test_presets_resolve_to_the_paper_budgets() -> None:
     assert cfg.budgets == {"attention1": Budget(49, 3, 0), "attention2": Budget(16, 3, 0)} and cfg.seed == 4
     cfg = resolve_attention({"where": "both", "cluster_size": {"blocks": 7}, "n_features": {"blocks": 8}})
     assert cfg.budgets["blocks"] == Budget(7, 2, 8) and cfg.budgets["attention1"] == Budget(24, 2, 24)
+    # 0 for what a method does not use, as PAPER_BUDGETS writes it, stays accepted
+    cfg = resolve_attention({"method": "performer", "cluster_size": 0, "n_hashes": 0, "n_features": 48})
+    assert cfg.budgets["attention1"] == Budget(0, 0, 48)
+    assert resolve_attention({"method": "lsh", "n_features": 0}).budgets["attention2"] == Budget(12, 2, 0)
 
 
 @pytest.mark.parametrize(
