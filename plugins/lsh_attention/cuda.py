@@ -179,11 +179,12 @@ class AttentionDims:
     @property
     def combine_plan(self) -> tuple[int, bool]:
         """(queries per block, whether the low-rank state is staged) of the combine kernel: the first of 64,
-        32, 16, 8, 4 queries whose shared memory (the whole low-rank state, F x Dv, plus F x queries of q') is
-        within 96 KiB, 16 queries at least; past that the state is read from global memory and only q' is
-        staged. With two rounds at Dv = 64: staged with 64 queries up to 186 features, 32 up to 250, 16 up to
-        300; then from global memory, 64 queries up to 374 features (any Dv), 4 up to 6,134. Each query's
-        sums run in the same order whatever the plan: the same bits."""
+        32 and 16 queries whose shared memory (the whole low-rank state, F x Dv, plus F x queries of q') is
+        within 96 KiB; past that the state is read from global memory and only q' is staged, for the first of
+        64, 32, 16, 8 and 4 queries that fits (else 4, which the launch refuses). With two rounds at Dv = 64:
+        staged with 64 queries up to 186 features, 32 up to 250, 16 up to 300; then from global memory, 64
+        queries up to 374 features (any Dv), 4 up to 6,134. Each query's sums run in the same order whatever
+        the plan: the same bits."""
         # Staging pays while a block has many queries to share it: with 8 or 4, a block would copy up to
         # 96 KiB into shared memory for 4 queries, where reading it through L1 with 64 a block moves less.
         plans = [(qpb, True) for qpb in _QUERIES_PER_BLOCK if qpb >= _STAGED_QUERIES_MIN]
