@@ -217,20 +217,19 @@ def bench_attention_info(batch: int, dtype: torch.dtype, iters: int) -> dict[str
     }
 
 
-def bench_scatterbrain(batch: int, dtype: torch.dtype, iters: int) -> dict[str, Any]:
-    import torch.nn.functional as F
+SB_SHAPE = {"n": 3136, "e": 64, "c": 24, "r": 2, "scale": 147**-0.5}
+"""Scatterbrain's benchmark shape: T2T-ViT-t-14's first token attention at 224 x 224 (one head)."""
 
-    from vitrt.plugins.lsh_attention import reference
-    from vitrt.plugins.lsh_attention.cuda import (
-        AttentionDims,
-        cluster_kernels,
-        enqueue,
-        workspace_bytes,
-    )
+
+def scatterbrain_case(batch: int, dtype: torch.dtype, m: int) -> dict[str, Any]:
+    """Seeded inputs, output and workspace of a SCATTERBRAIN call at SB_SHAPE with m projection rows (2 m
+    features), its AttentionDims ``d``, and ``launches(cluster=None)``: a function that enqueues the op on
+    the current stream."""
+    from vitrt.plugins.lsh_attention.cuda import AttentionDims, enqueue, workspace_bytes
     from vitrt.plugins.lsh_attention.module import draw_hash_vectors, draw_projection
     from vitrt.plugins.lsh_attention.spec import Mode, ScatterbrainAttrs
 
-    n, e, c, r, m, scale = 3136, 64, 24, 2, 12, 147**-0.5
+    n, e, c, r, scale = (SB_SHAPE[key] for key in ("n", "e", "c", "r", "scale"))
     attrs = ScatterbrainAttrs(Mode.SCATTERBRAIN, c, r, 2 * m, scale)
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(batch, 1, n, e, device="cuda", generator=g).to(dtype) for _ in range(3))
@@ -241,13 +240,29 @@ def bench_scatterbrain(batch: int, dtype: torch.dtype, iters: int) -> dict[str, 
     work = torch.empty(workspace_bytes(d), dtype=torch.uint8, device="cuda")
     name = str(dtype).removeprefix("torch.")
 
-    def launches(cluster: str | None) -> Callable[[], None]:
+    def launches(cluster: str | None = None) -> Callable[[], None]:
         def kernel() -> None:
             stream = torch.cuda.current_stream().cuda_stream
             enqueue(q.data_ptr(), k.data_ptr(), v.data_ptr(), hv.data_ptr(), proj.data_ptr(), out.data_ptr(),
                     work.data_ptr(), d, scale, name, stream, cluster=cluster)  # fmt: skip
 
         return kernel
+
+    return {"q": q, "k": k, "v": v, "hv": hv, "proj": proj, "out": out, "d": d, "name": name,
+            "workspace_bytes": work.numel(), "launches": launches}  # fmt: skip
+
+
+def bench_scatterbrain(batch: int, dtype: torch.dtype, iters: int) -> dict[str, Any]:
+    import torch.nn.functional as F
+
+    from vitrt.plugins.lsh_attention import reference
+    from vitrt.plugins.lsh_attention.cuda import cluster_kernels
+
+    m = 12
+    case = scatterbrain_case(batch, dtype, m)
+    q, k, v, hv, proj, out = (case[key] for key in ("q", "k", "v", "hv", "proj", "out"))
+    d, name, launches = case["d"], case["name"], case["launches"]
+    n, e, c, r, scale = (SB_SHAPE[key] for key in ("n", "e", "c", "r", "scale"))
 
     kernel = launches(None)
     enqueue_ms = event_median_ms(kernel, iters)
@@ -279,7 +294,7 @@ def bench_scatterbrain(batch: int, dtype: torch.dtype, iters: int) -> dict[str, 
         "cluster_forms_kernels_us": form_us,
         "kernels_us": kernel_breakdown(kernel),
         "floor_bytes": _bytes(q, k, v, hv, proj, out),
-        "workspace_bytes": workspace_bytes(d),
+        "workspace_bytes": case["workspace_bytes"],
     }
 
 
@@ -292,23 +307,10 @@ def bench_combine_plans(batch: int, iters: int) -> dict[str, Any]:
     the first of COMBINE_PLANS), each as the whole op (graph ms) and the combine kernel alone (profiler
     us)."""
     from vitrt.plugins.lsh_attention import cuda as sb_cuda
-    from vitrt.plugins.lsh_attention.module import draw_hash_vectors, draw_projection
-    from vitrt.plugins.lsh_attention.spec import Mode, ScatterbrainAttrs
 
-    n, e, c, r, m, scale = 3136, 64, 24, 2, 128, 147**-0.5
-    attrs = ScatterbrainAttrs(Mode.SCATTERBRAIN, c, r, 2 * m, scale)
-    g = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(batch, 1, n, e, device="cuda", generator=g).half() for _ in range(3))
-    gen = torch.Generator().manual_seed(0)
-    hv, proj = draw_hash_vectors(r, e, gen).cuda(), draw_projection(m, e, gen).cuda()
-    d = sb_cuda.AttentionDims.of(batch, 1, n, e, e, attrs)
-    out = q.new_empty(batch, 1, n, e)
-    work = torch.empty(sb_cuda.workspace_bytes(d), dtype=torch.uint8, device="cuda")
-
-    def kernel() -> None:
-        stream = torch.cuda.current_stream().cuda_stream
-        sb_cuda.enqueue(q.data_ptr(), k.data_ptr(), v.data_ptr(), hv.data_ptr(), proj.data_ptr(),
-                        out.data_ptr(), work.data_ptr(), d, scale, "float16", stream)  # fmt: skip
+    m = 128
+    case = scatterbrain_case(batch, torch.float16, m)
+    d, kernel = case["d"], case["launches"]()
 
     # The plan follows the module's limits (as tests/gpu/sanitize.py lowers the sort's): set, timed, restored.
     assert d.combine_plan == COMBINE_PLANS[0], d.combine_plan  # the launcher's own plan is the baseline

@@ -118,6 +118,16 @@ def test_export_is_deterministic_and_carries_its_config(tmp_path: Path) -> None:
     assert (config.model, config.img_size, config.lowering, config.batch) == ("t2t_vit_7", 64, "plugin", 1)
 
 
+def _default_rules() -> tuple[object, ...]:
+    """onnxscript's default rewrite rules (the list export_model edits), or a skip where it has none."""
+    from onnxscript import rewriter
+
+    rules = getattr(rewriter, "_DEFAULT_REWRITE_RULES", None)
+    if not isinstance(rules, tuple):
+        pytest.skip("this onnxscript has no _DEFAULT_REWRITE_RULES: export_model leaves its optimizer as is")
+    return rules
+
+
 @pytest.mark.slow
 def test_the_slice_pair_rule_left_out_changes_no_byte(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -132,9 +142,7 @@ def test_the_slice_pair_rule_left_out_changes_no_byte(
 
     import vitrt.compiler.export as export_module
 
-    if not isinstance(getattr(rewriter, "_DEFAULT_REWRITE_RULES", None), tuple):
-        pytest.skip("this onnxscript has no _DEFAULT_REWRITE_RULES: export_model leaves its optimizer as is")
-    rules = rewriter._DEFAULT_REWRITE_RULES
+    rules = _default_rules()
     seen: list[bool] = []  # per optimizer rewrite pass: whether the Slice pair rule was in it
 
     class Spy(rewriter.RewritePass):
@@ -162,9 +170,7 @@ def test_without_slice_pair_rewrite_restores_the_rules_on_error() -> None:
 
     from vitrt.compiler.export import without_slice_pair_rewrite
 
-    if not isinstance(getattr(rewriter, "_DEFAULT_REWRITE_RULES", None), tuple):
-        pytest.skip("this onnxscript has no _DEFAULT_REWRITE_RULES: export_model leaves its optimizer as is")
-    rules = rewriter._DEFAULT_REWRITE_RULES
+    rules = _default_rules()
     with pytest.raises(RuntimeError, match="boom"), without_slice_pair_rewrite():
         assert slice_split_rule not in rewriter._DEFAULT_REWRITE_RULES
         assert len(rewriter._DEFAULT_REWRITE_RULES) == len(rules) - 1
