@@ -49,21 +49,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_onnx
+    from .quiet import quiet_third_party
 
-    path = export_onnx(
-        args.model,
-        args.output,
-        lowering=args.lowering,
-        opset=args.opset,
-        batch=None if args.dynamic_batch else args.batch,
-        img_size=args.img_size,
-        num_classes=args.num_classes,
-        fusion=_json_option(args.fusion),
-        attention=_json_option(args.attention),
-        checkpoint=args.checkpoint,
-        seed=args.seed,
-        simplify=not args.no_simplify,
-    )
+    # other packages' chatter (the exporter's "torchvision is not installed" lines) unless -v, as compile does
+    with quiet_third_party(not args.verbose):
+        path = export_onnx(
+            args.model,
+            args.output,
+            lowering=args.lowering,
+            opset=args.opset,
+            batch=None if args.dynamic_batch else args.batch,
+            img_size=args.img_size,
+            num_classes=args.num_classes,
+            fusion=_json_option(args.fusion),
+            attention=_json_option(args.attention),
+            checkpoint=args.checkpoint,
+            seed=args.seed,
+            simplify=not args.no_simplify,
+        )
     size_mib = path.stat().st_size / 2**20
     print(f"wrote {path} ({size_mib:.1f} MiB, lowering={args.lowering}, opset={args.opset})")
     return 0

@@ -92,3 +92,19 @@ def test_bad_checkpoint_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[st
 def test_bad_input_exits_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_export_hides_other_packages_logs_unless_verbose(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # torch's exporter logs "torchvision is not installed. Skipping torchvision::nms" (and three more) on
+    # every export where torchvision is missing; `vitrt export` shows them only with -v, as compile does.
+    import importlib.util
+
+    path = str(tmp_path / "t2t7.onnx")
+    assert main(["export", "t2t_vit_7", "--img-size", "32", "-o", path]) == 0
+    quiet = capfd.readouterr()
+    assert quiet.out.startswith("wrote ") and quiet.err == ""
+    if importlib.util.find_spec("torchvision") is None:
+        assert main(["-v", "export", "t2t_vit_7", "--img-size", "32", "-o", path]) == 0
+        assert "torchvision is not installed" in capfd.readouterr().err
