@@ -324,13 +324,15 @@ class Block(nn.Module):
 def sinusoid_encoding(n_position: int, d_hid: int) -> Tensor:
     """Fixed sinusoid table [1, n_position, d_hid] (float32), as in "Attention is all you need".
 
-    Computed in float64 then rounded, so it matches the official T2T-ViT table bit for bit.
+    Computed in float64 then rounded, so it matches the official T2T-ViT table bit for bit. Made on torch's
+    default device (``torch.tensor`` copies; ``from_numpy`` would pin it to the CPU under
+    ``with torch.device("meta")``).
     """
     pos = np.arange(n_position, dtype=np.float64)[:, None]
     j = np.arange(d_hid)
     angle = pos / np.power(10000.0, 2 * (j // 2) / d_hid)
     table = np.where(j % 2 == 0, np.sin(angle), np.cos(angle))
-    return torch.from_numpy(table.astype(np.float32)).unsqueeze(0)
+    return torch.tensor(table.astype(np.float32)).unsqueeze(0)
 
 
 def trunc_normal_init(module: nn.Module) -> None:
