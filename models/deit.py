@@ -16,7 +16,7 @@ from vitrt.errors import ConfigError
 
 from .base import ClassTokenViT
 from .config import ModelSpec, PreprocessConfig
-from .layers import Block, trunc_normal_init, unfold_rows
+from .layers import Block, drop_path_rates, trunc_normal_init, unfold_rows
 from .registry import register_model
 
 
@@ -85,8 +85,7 @@ class VisionTransformer(ClassTokenViT):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
-        # Python floats, computed on the CPU whatever the default device (meta tensors hold no values).
-        dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
+        dpr = drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.ModuleList(
             Block(
                 embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, dpr[i], 1e-6

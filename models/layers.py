@@ -335,6 +335,13 @@ def sinusoid_encoding(n_position: int, d_hid: int) -> Tensor:
     return torch.tensor(table.astype(np.float32)).unsqueeze(0)
 
 
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+    """Stochastic depth per block: ``depth`` Python floats from 0 to ``rate``, as the official code draws them
+    (``torch.linspace``). Computed on the CPU whatever the default device: a model built under
+    ``with torch.device("meta")`` would have no values to read."""
+    return torch.linspace(0, rate, depth, device="cpu").tolist()
+
+
 def trunc_normal_init(module: nn.Module) -> None:
     """timm-style init: Linear weights N(0, 0.02) truncated at +-2 std, zero biases, unit LayerNorms."""
     if isinstance(module, nn.Linear):

@@ -24,6 +24,7 @@ from .layers import (
     DropPath,
     Mlp,
     RowLayerNorm,
+    drop_path_rates,
     orthogonal_features,
     sinusoid_encoding,
     trunc_normal_init,
@@ -245,8 +246,7 @@ class T2TViT(ClassTokenViT):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(sinusoid_encoding(n + 1, embed_dim), requires_grad=False)
         self.pos_drop = nn.Dropout(drop_rate)
-        # Python floats, computed on the CPU whatever the default device (meta tensors hold no values).
-        dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
+        dpr = drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.ModuleList(
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, dpr[i])
             for i in range(depth)

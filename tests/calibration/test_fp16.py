@@ -88,8 +88,8 @@ def _with_output(model: onnx.ModelProto, scope: str) -> onnx.ModelProto:
 
 # -- the export matrix: FP16 and INT8+FP16 verified against PyTorch FP32 --------------------------------
 
-# Each model family, op and lowering once (deit_small and t2t_vit_14 without options added 70 s of the
-# CPU suite's time and nothing that deit_small + MCTF and t2t_vit_7 do not cover).
+# Every model family, op and lowering at least once (deit_small and t2t_vit_14 without options added 70 s
+# of the CPU suite's time and nothing that deit_small + MCTF and t2t_vit_7 do not cover).
 MATRIX = [
     ("deit_tiny_patch16_224", {}),
     ("t2t_vit_7", {}),
