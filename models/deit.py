@@ -16,7 +16,7 @@ from vitrt.errors import ConfigError
 
 from .base import ClassTokenViT
 from .config import ModelSpec, PreprocessConfig
-from .layers import Block, drop_path_rates, trunc_normal_init, unfold_rows
+from .layers import Block, drop_path_rates, trunc_normal_, trunc_normal_init, unfold_rows
 from .registry import register_model
 
 
@@ -94,8 +94,8 @@ class VisionTransformer(ClassTokenViT):
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        nn.init.trunc_normal_(self.pos_embed, std=0.02, a=-0.04, b=0.04)
-        nn.init.trunc_normal_(self.cls_token, std=0.02, a=-0.04, b=0.04)
+        trunc_normal_(self.pos_embed)
+        trunc_normal_(self.cls_token)
         self.apply(trunc_normal_init)
 
     def patch_tokens(self, x: Tensor) -> Tensor:

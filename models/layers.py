@@ -342,10 +342,30 @@ def drop_path_rates(rate: float, depth: int) -> list[float]:
     return torch.linspace(0, rate, depth, device="cpu").tolist()
 
 
+def trunc_normal_(tensor: Tensor, std: float = 0.02, a: float = -0.04, b: float = 0.04) -> Tensor:
+    """Fill ``tensor`` in place with N(0, std^2) draws truncated to [a, b] (any shape); returns it.
+
+    Inverse-CDF sampling in one pass (uniform draws between the normal CDF at a and at b, mapped through
+    erfinv), the algorithm of torch's ``nn.init.trunc_normal_`` before 2.13 and of timm's. torch 2.13's
+    samples by rejection instead and redraws the whole tensor until no value falls outside, about five
+    full draws at +-2 std: deit_small built in 1.38 s with it and 0.28 s with this, deit_base in 5.95 s
+    and 1.20 s (benchmarks/model_init.py, one thread), paid again by every export, verify and runner
+    that builds a model.
+    """
+
+    def cdf(x: float) -> float:  # the standard normal's, at x / std
+        return (1.0 + math.erf(x / std / math.sqrt(2.0))) / 2.0
+
+    with torch.no_grad():
+        tensor.uniform_(2.0 * cdf(a) - 1.0, 2.0 * cdf(b) - 1.0)
+        tensor.erfinv_().mul_(std * math.sqrt(2.0))
+        return tensor.clamp_(a, b)  # float32 rounding at the ends of erfinv's range
+
+
 def trunc_normal_init(module: nn.Module) -> None:
     """timm-style init: Linear weights N(0, 0.02) truncated at +-2 std, zero biases, unit LayerNorms."""
     if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02, a=-0.04, b=0.04)
+        trunc_normal_(module.weight)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
     elif isinstance(module, nn.LayerNorm):

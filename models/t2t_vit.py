@@ -27,6 +27,7 @@ from .layers import (
     drop_path_rates,
     orthogonal_features,
     sinusoid_encoding,
+    trunc_normal_,
     trunc_normal_init,
     unfold_rows,
     unfold_token_rows,
@@ -253,7 +254,7 @@ class T2TViT(ClassTokenViT):
         )
         self.norm = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        nn.init.trunc_normal_(self.cls_token, std=0.02, a=-0.04, b=0.04)
+        trunc_normal_(self.cls_token)
         self.apply(trunc_normal_init)
 
     def patch_tokens(self, x: Tensor) -> Tensor:

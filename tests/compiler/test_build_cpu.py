@@ -32,9 +32,10 @@ _FLAGS = set(cpu_facts()[1])
 INT8_DOTS_EXACT = bool({"avx512_vnni", "avx_vnni"} & _FLAGS) or "avx2" not in _FLAGS
 """Whether the CPU has int8 dot products without intermediate saturation (VNNI, or not x86): without them,
 int8 GEMMs that multiply u8 by s8 (VPMADDUBSW) saturate their int16 pair sums. ONNX Runtime then promotes
-them (vitrt's runner sets session.x64quantprecision); OpenVINO's INT8 file measured 0.9872 on a 2-core AMD
-EPYC with AVX2 and no VNNI."""
-MIN_COSINE_INT8_OPENVINO_NO_VNNI = 0.98
+them (vitrt's runner sets session.x64quantprecision); OpenVINO does not, and its INT8 and INT8+FP16 files'
+cosines then depend on the weights: 0.906 to 0.995 over 16 random-init draws of this DeiT-T (init seeds 0
+to 7, with torch 2.13's trunc_normal_ and with vitrt's) on a 2-core AMD EPYC with AVX2 and no VNNI."""
+MIN_COSINE_INT8_OPENVINO_NO_VNNI = 0.85
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
@@ -58,7 +59,7 @@ def test_every_precision_file_builds_loads_and_runs_on_both_runtimes(
     got = vitrt.load_artifact(tmp_path / "art").infer(FEED)["logits"]
     a = agreement(reference, got)
     least = MIN_COSINE[precision]
-    if precision == "int8" and runtime == "openvino" and not INT8_DOTS_EXACT:
+    if precision.startswith("int8") and runtime == "openvino" and not INT8_DOTS_EXACT:
         least = MIN_COSINE_INT8_OPENVINO_NO_VNNI
     assert a.mean_cosine >= least, a
     if runtime == "onnxruntime":  # its own graph, optimised offline: the same numbers up to fusion order
