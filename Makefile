@@ -9,7 +9,7 @@ STAMP := $(VENV)/.vitrt-installed
 # without a default after defaulted ones); vitrt's TensorRT code is checked against the rest.
 STUBS := .typestubs/.vitrt-stubs
 
-.PHONY: demo test lint typecheck unit clean
+.PHONY: demo test lint typecheck kernels unit clean
 
 SETUP_LOG := $(VENV)/setup.log
 
@@ -43,11 +43,22 @@ $(STUBS): Makefile | $(STAMP)
 typecheck: $(STAMP) $(STUBS)
 	$(BIN)/mypy
 
+# The CUDA kernels' fatbins (build/plugins, cached by sources, flags and nvcc version), which the suite
+# checks (tests/plugins/test_cuda_build.py builds them itself when they are missing). Without a CUDA
+# toolkit there is nothing to build, and those tests skip.
+kernels: $(STAMP)
+	@if $(BIN)/python -c "from vitrt.plugins.cuda_build import find_cuda_home; find_cuda_home()" 2>/dev/null; \
+	then $(BIN)/vitrt plugins build; \
+	else echo "no CUDA toolkit (nvcc): the kernel fatbins are not built, and their tests skip"; fi
+
 unit: $(STAMP)
 	# Two workers for CI's two cores (each limited to one torch thread in tests/conftest.py).
 	$(BIN)/pytest -q -n 2
 
-test: lint typecheck unit
+# Lint, type check and the kernel build at once (mypy keeps one core busy, nvcc both), then the suite.
+test: $(STAMP)
+	@$(MAKE) --no-print-directory -j3 --output-sync=target lint typecheck kernels
+	@$(MAKE) --no-print-directory unit
 
 clean:
 	rm -rf $(VENV) .typestubs .mypy_cache .ruff_cache .pytest_cache *.egg-info build

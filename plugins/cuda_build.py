@@ -303,12 +303,20 @@ def build_fatbins(
     *,
     force: bool = False,
     jobs: int = 2,
+    threads: int | None = None,
     niceness: int = 0,
 ) -> list[BuildResult]:
-    """Build the fatbin of every op source (``jobs`` nvcc processes at once); see ``build_fatbin``."""
+    """Build the fatbin of every op source: ``jobs`` nvcc processes at once, each compiling its gencode
+    targets on ``threads`` threads (default: one per core); see ``build_fatbin``.
+
+    Each process gets every core rather than a share: scatterbrain.cu takes about three times the CPU
+    time of token_fusion.cu, and with a share the cores of the one that finishes first would idle while
+    the other compiled its targets on the rest (benchmarks/kernel_build.py times both ways). At most
+    ``jobs`` x min(cores, targets) compilers run at once, 140 to 230 MB each (cicc, ptxas).
+    """
     home = find_cuda_home()
     sources = kernel_sources()
-    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    threads = threads or os.cpu_count() or 1
 
     def one(src: KernelSource) -> BuildResult:
         return build_fatbin(

@@ -2,9 +2,10 @@
 and the PTX, and every kernel the launchers use is in it. No GPU needed (nvcc only; NVRTC where its
 wheel is installed). Also the pure-Python parts of the launcher and the TensorRT glue.
 
-The build is cached under build/plugins by a key of the sources, nvcc's version and the flags: on CI
-(a fresh clone) it compiles once, about 5.5 CPU-minutes on the 2-core workstation (323 s of user time,
-4.4 min of wall time beside other work), most of it scatterbrain.cu.
+The build is cached under build/plugins by a key of the sources, nvcc's version and the flags. `make test`
+builds it before the suite (its ``kernels`` step, beside lint and type check); run alone, this module's
+fixture builds it where it is missing: about 6 CPU-minutes on the 2-core workstation, most of it
+scatterbrain.cu (about 50 s of cicc and ptxas for each of its five cubins, 25 s for the PTX).
 """
 
 from __future__ import annotations
