@@ -153,7 +153,7 @@ def test_the_installed_wheel_compiles_its_kernels_into_the_user_cache(installed:
             from vitrt.plugins.cuda_launcher import CudaError, _nvrtc_cubin
             try:
                 # the NVRTC fallback, on the wheel's own sources and headers: token_fusion.cu only (13 s;
-                # scatterbrain.cu takes 50 s, and test_cuda_build compiles both from the checkout)
+                # scatterbrain.cu takes 50 s, and test_cuda_build compiles it from the checkout)
                 _nvrtc_cubin(kernel_source("token_fusion"), "sm_90")
             except CudaError as err:
                 print("SKIP", err)

@@ -57,15 +57,14 @@ def test_export_matches_pytorch_on_onnxruntime(
     proto = onnx.load(str(path))
     ops = Counter(n.op_type for n in proto.graph.node)
     assert ops["ScatterbrainAttention"] == (2 if attention and lowering == "plugin" else 0)
-    with torch.device("meta"):  # the schedule needs no weights
-        schedule = model_from_config(read_export_config(proto)).token_schedule()  # type: ignore[arg-type]
+    with torch.device("meta"):  # the schedule and the T2T grid need no weights
+        model = model_from_config(read_export_config(proto))  # type: ignore[arg-type]
+    schedule = model.token_schedule()
     fused_blocks = sum(1 for a, b in pairwise(schedule) if b < a)
     assert ops["TokenFusion"] == (fused_blocks if lowering == "plugin" else 0)
     assert fused_blocks > 0 or fusion is None
     if lowering == "plugin" and attention and fusion:  # both ops in one graph
-        with torch.device("meta"):
-            grid = model_from_config(read_export_config(proto)).tokens_to_token.grid[0]  # type: ignore[arg-type]
-        _check_plugin_nodes(proto, schedule, grid)
+        _check_plugin_nodes(proto, schedule, model.tokens_to_token.grid[0])
     # TensorRT has no scatter-add: exported merges are one-hot matmuls.
     assert all(a.s != b"add" for n in proto.graph.node if n.op_type == "ScatterElements" for a in n.attribute)
     onnx.checker.check_model(proto, full_check=True)
