@@ -3,10 +3,12 @@ budget on a target, with trials on Ray.
 
 How the trials run (``tune``):
 
-1. Builds in parallel. Each trial (``tune_trial.build_trial``) is a Ray task of one CPU: export the
-   configuration (portable lowering, batch 1), calibrate INT8 if asked, ``vitrt.build`` a ``target``
-   artifact, ``vitrt.load_artifact`` it and judge it on the eval images. Ray runs as many at once as the
-   cluster has CPUs; a failed trial comes back as a record with its error and stage.
+1. Builds in parallel, as Ray tasks of one CPU each. Each distinct fusion and attention is exported once
+   (``tune_trial.export_trial``: portable lowering, batch 1), so trials that differ only in precision share
+   an export. Each trial (``tune_trial.build_trial``) then calibrates INT8 if asked, ``vitrt.build``s a
+   ``target`` artifact from its export, ``vitrt.load_artifact``s it and judges it on the eval images. Ray runs
+   as many tasks at once as the cluster has CPUs; a failed trial (in its export or its own stages) comes
+   back as a record with its error and stage.
 2. Latency, serialised per device. After every build has finished (so no build competes with a timing on
    a local machine), each successful artifact is timed by a ``LatencyProfiler`` actor. Profilers are placed
    by the custom resource ``vitrt_profiler``: the local Ray started here has exactly 1 of it, and a cluster's
@@ -239,21 +241,40 @@ def tune(
 
     ray, started = _init_ray(ray_address, jobs)
     try:
-        from .tune_trial import build_trial
+        from .tune_trial import build_trial, export_key, export_trial
 
-        task = ray.remote(build_trial).options(num_cpus=1, max_retries=0)
+        export_task = ray.remote(export_trial).options(num_cpus=1, max_retries=0)
+        build_task = ray.remote(build_trial).options(num_cpus=1, max_retries=0)
         shared = {
-            "weights": ray.put(weights),
             "calibration": ray.put(data.calibration),
             "images": ray.put(data.images),
             "labels": ray.put(data.labels),
             "reference": ray.put(reference),
         }
-        log.info("tune: %d trials on Ray (%s)", len(chosen_configs), ray_address or "local")
+        weights_ref = ray.put(weights)
+        # One export per fusion and attention: trials that differ only in precision (the two baselines, or a
+        # configuration searched in FP32 and INT8) build from the same ONNX file. Ray starts each build when
+        # its export is done and frees the export when the last build that uses it has it.
+        exports: dict[str, Any] = {}
+        for cfg in chosen_configs:
+            if export_key(cfg) not in exports:
+                exports[export_key(cfg)] = export_task.remote(source, cfg, weights=weights_ref)
+        where = ray_address or "local"
+        log.info("tune: %d trials from %d exports on Ray (%s)", len(chosen_configs), len(exports), where)
         pending = [
-            task.remote(source, cfg, target=target, runtime=runtime, threads=threads, **shared)
+            build_task.remote(
+                source,
+                cfg,
+                weights=None,
+                exported=exports[export_key(cfg)],
+                target=target,
+                runtime=runtime,
+                threads=threads,
+                **shared,
+            )
             for cfg in chosen_configs
         ]
+        del exports
         records = []
         for cfg, ref in zip(chosen_configs, pending, strict=True):
             try:

@@ -1,14 +1,16 @@
-"""One trial of ``vitrt tune``: build and judge a configuration (``build_trial``), and time built artifacts
-one after another on one device (``LatencyProfiler``).
+"""One trial of ``vitrt tune``: export a model (``export_trial``, shared by trials that differ only in
+precision), build and judge a configuration (``build_trial``), and time built artifacts one after another on
+one device (``LatencyProfiler``).
 
-Both are plain Python, so they run and are tested without Ray; ``vitrt.compiler.tune`` wraps them as a Ray
-task and a Ray actor. Artifacts travel as tar bytes (a few MB for small models), so a profiling host needs
-no shared file system with the build hosts.
+All are plain Python, so they run and are tested without Ray; ``vitrt.compiler.tune`` wraps them as Ray
+tasks and a Ray actor. Exports and artifacts travel as tar bytes (a few MB for small models), so neither a
+build host nor a profiling host needs a shared file system.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import platform
 import socket
@@ -50,6 +52,57 @@ def _run_all(runner: Any, images: np.ndarray) -> np.ndarray:
     return np.concatenate([runner.infer({"images": images[i : i + 1]})["logits"] for i in range(len(images))])
 
 
+def export_key(config: TrialConfig) -> str:
+    """What a trial's ONNX file depends on besides the model: its fusion and attention. Trials with the same
+    key (the FP32 and INT8 baselines, or one configuration at two precisions) can share one export."""
+    return json.dumps({"fusion": config.fusion, "attention": config.attention}, sort_keys=True)
+
+
+def export_trial(source: ModelSource, config: TrialConfig, *, weights: Any) -> dict[str, Any]:
+    """Build ``config``'s model of ``source`` (its fusion and attention; its precision plays no part) and
+    export it (portable lowering, batch 1).
+
+    weights: the checkpoint's tensors (None: random init). Never raises. Returns {"status": "exported",
+    "folder": tar bytes of model.onnx (and model.onnx.data over 2 GB), "tokens": the token schedule,
+    "seconds": export seconds}, or {"status": "failed", "stage": "model" | "export", "error", "traceback"}.
+    """
+    from .export import ExportConfig, export_model
+
+    stage = "model"
+    try:
+        t0 = time.perf_counter()
+        model = source.build(fusion=config.fusion, attention=config.attention, state_dict=weights)
+        tokens = [int(n) for n in model.token_schedule()]
+        stage = "export"
+        pre = model.preprocess
+        export = ExportConfig(
+            model=source.name,
+            lowering="portable",
+            batch=1,
+            input_size=tuple(pre.input_size),
+            mean=tuple(pre.mean),
+            std=tuple(pre.std),
+            img_size=source.img_size,
+            num_classes=source.num_classes,
+            fusion=config.fusion,
+            attention=config.attention,
+            checkpoint=source.checkpoint,
+            extra={"arch": source.arch} if source.arch else {},
+        )
+        with tempfile.TemporaryDirectory(prefix="vitrt-tune-export-") as tmp:
+            export_model(model, Path(tmp) / "model.onnx", export)
+            folder = pack_folder(Path(tmp))
+        return {"status": "exported", "folder": folder, "tokens": tokens, "seconds": time.perf_counter() - t0}
+    except Exception as err:  # the trials that use this export record it; the search goes on
+        log.info("export of %s failed at %s: %s", config.name, stage, err)
+        return {
+            "status": "failed",
+            "stage": stage,
+            "error": f"{type(err).__name__}: {err}",
+            "traceback": traceback.format_exc(limit=6),
+        }
+
+
 def build_trial(
     source: ModelSource,
     config: TrialConfig,
@@ -62,50 +115,38 @@ def build_trial(
     target: str = "cpu",
     runtime: str = "onnxruntime",
     threads: int = 1,
+    exported: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Export ``config`` of ``source`` (portable lowering, batch 1), calibrate it for INT8 if asked, build a
-    ``target`` artifact with ``vitrt.build``, load it with ``vitrt.load_artifact`` and judge it on ``images``.
+    """Export ``config`` of ``source`` (``export_trial``, unless ``exported`` holds its result for the same
+    ``export_key``), calibrate it for INT8 if asked, build a ``target`` artifact with ``vitrt.build``, load it
+    with ``vitrt.load_artifact`` and judge it on ``images``.
 
-    weights: the checkpoint's tensors (None: random init); calibration: INT8 calibration images;
-    labels: top-1 against them when given; reference: the unfused FP32 PyTorch logits of ``images``
-    (agreement %). Never raises: a failure is returned as {"status": "failed", "error": ..., "stage": ...}.
-    Returns seconds per stage, accuracy / agreement in %, the token schedule, and the artifact as tar bytes
+    weights: the checkpoint's tensors (None: random init; unused when ``exported`` is given); calibration:
+    INT8 calibration images; labels: top-1 against them when given; reference: the unfused FP32 PyTorch
+    logits of ``images`` (agreement %). Never raises: a failure is returned as {"status": "failed",
+    "error": ..., "stage": ...}. Returns seconds per stage (``export``: the export's own seconds, shared by
+    every trial that uses it), accuracy / agreement in %, the token schedule, and the artifact as tar bytes
     (``artifact``).
     """
     import vitrt
 
     record: dict[str, Any] = {"config": config.to_dict(), "status": "failed", "host": socket.gethostname()}
     seconds: dict[str, float] = {}
-    stage = "model"
+    if exported is None:
+        exported = export_trial(source, config, weights=weights)
+    if exported["status"] != "exported":
+        record.update({k: exported[k] for k in ("stage", "error", "traceback")})
+        record["seconds"] = seconds
+        return record
+    record["tokens"] = exported["tokens"]
+    seconds["export"] = exported["seconds"]
+    stage = "calibrate"
     try:
         with tempfile.TemporaryDirectory(prefix="vitrt-tune-") as tmp:
             work = Path(tmp)
-            t0 = time.perf_counter()
-            model = source.build(fusion=config.fusion, attention=config.attention, state_dict=weights)
-            record["tokens"] = [int(n) for n in model.token_schedule()]
-            stage = "export"
-            from .export import ExportConfig, export_model
-
-            pre = model.preprocess
-            export = ExportConfig(
-                model=source.name,
-                lowering="portable",
-                batch=1,
-                input_size=tuple(pre.input_size),
-                mean=tuple(pre.mean),
-                std=tuple(pre.std),
-                img_size=source.img_size,
-                num_classes=source.num_classes,
-                fusion=config.fusion,
-                attention=config.attention,
-                checkpoint=source.checkpoint,
-                extra={"arch": source.arch} if source.arch else {},
-            )
-            onnx_path = export_model(model, work / "model.onnx", export)
-            seconds["export"] = time.perf_counter() - t0
+            onnx_path = unpack_folder(exported["folder"], work / "export") / "model.onnx"
             built = onnx_path
             if config.precision == "int8":
-                stage = "calibrate"
                 t0 = time.perf_counter()
                 np.save(work / "calibration.npy", calibration.astype(np.float32))
                 result = vitrt.calibrate(

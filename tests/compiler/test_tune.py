@@ -38,6 +38,19 @@ def test_an_invalid_r_is_a_failed_trial_record_not_an_exception() -> None:
     assert record["config"]["name"] == "tome[8,0,0,0]+fp32" and "artifact" not in record
 
 
+def test_trials_share_an_export_exactly_when_fusion_and_attention_match() -> None:
+    from vitrt.compiler.tune_trial import export_key
+
+    tome = {"preset": "tome", "r": [7, 0, 0, 0]}
+    sb = {"cluster_size": {"attention1": 32}, "n_hashes": 1, "n_features": {"attention1": 24}}
+    fp32, int8 = TrialConfig(role="baseline-fp32"), TrialConfig(precision="int8", role="baseline-int8")
+    assert export_key(fp32) == export_key(int8)
+    reordered = dict(reversed(tome.items()))  # the same fusion, keys in another order
+    assert export_key(TrialConfig(fusion=tome)) == export_key(TrialConfig(fusion=reordered, precision="int8"))
+    keys = {export_key(c) for c in (fp32, TrialConfig(fusion=tome), TrialConfig(attention=sb))}
+    assert len(keys) == 3 and export_key(TrialConfig(fusion=tome, attention=sb)) not in keys
+
+
 def _records() -> list[dict[str, object]]:
     def rec(cfg: TrialConfig, latency: float | None, acc: float | None) -> dict[str, object]:
         ok = latency is not None
@@ -124,6 +137,8 @@ def test_a_small_search_on_the_digits_t2t_vit_on_local_ray(tmp_path: Path) -> No
         assert trial["status"] == "ok" and trial["latency_ms"] > 0, trial
         assert set(trial["seconds"]) >= {"export", "build", "accuracy"}
     assert base_int8["ratio"] == 1.0 and "calibrate" in base_int8["seconds"]
+    # the baselines differ only in precision: one export serves both (its seconds, the same float, in each)
+    assert base_fp32["seconds"]["export"] == base_int8["seconds"]["export"] != tome["seconds"]["export"]
     assert tome["tokens"] == [17, 10, 10, 10, 10]
     # the FP32 artifact computes what PyTorch does: same top-1 on all 40 held-out digits, same accuracy
     source = resolve_model(str(DIGITS_T2T))
