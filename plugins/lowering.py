@@ -1,5 +1,6 @@
 """What every plugin op shares for its ONNX lowerings: the lowering switch, ONNX schemas with shape
-inference, the dynamo exporter's translation table, and ONNX Runtime CPU kernels.
+inference, the dynamo exporter's translation table, ONNX Runtime CPU kernels, and a grad-mode switch that
+torch.export skips (``grad_mode``).
 
 Lowerings:
 - ``eager``: PyTorch as written (scatter-based merges; what training and the reference use);
@@ -18,14 +19,16 @@ Runtime session gets a copy of the graph with vitrt's nodes moved there.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from vitrt.plugins import OP_PACKAGES
@@ -33,6 +36,10 @@ from vitrt.plugins import OP_PACKAGES
 LOWERINGS = ("eager", "portable", "plugin")
 DOMAIN = "vitrt"
 ORT_CONTRIB_DOMAIN = "ai.onnx.contrib"
+
+SKIP_GRAD_MODE_IN_EXPORT = True
+"""``grad_mode`` does nothing under torch.export (False: it switches there too, as torch's own context
+managers do; ``benchmarks/export_grad_mode.py`` times both)."""
 
 ShapeRule = Callable[[list[list[Any] | None], dict[str, Any]], list[tuple[int | None, list[Any]]]]
 
@@ -59,6 +66,23 @@ class PluginLowering:
     torch_op: Any
     translation: Callable[..., Any]
     ort_kernel: Callable[..., tuple[Any, ...]]
+
+
+@contextlib.contextmanager
+def grad_mode(enabled: bool) -> Iterator[None]:
+    """``torch.set_grad_enabled(enabled)``, except while ``torch.export`` traces, where it does nothing.
+    A context manager and a decorator, like ``torch.no_grad()``.
+
+    Why: torch.export records every grad-mode switch as a node, and its set-grad pass then splits the
+    graph at each one and regenerates the code of every piece; with a fused block's several switches that
+    was about 40 % of exporting deit_tiny with MCTF (``benchmarks/export_grad_mode.py``). Exported graphs
+    are inference graphs, so the switches change nothing in them (the ONNX files are the same bytes).
+    """
+    if SKIP_GRAD_MODE_IN_EXPORT and torch.compiler.is_exporting():
+        yield
+    else:
+        with torch.set_grad_enabled(enabled):
+            yield
 
 
 def set_lowering(model: nn.Module, lowering: str) -> nn.Module:

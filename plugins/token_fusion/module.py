@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from vitrt.models.layers import NO_CARRY, Block, Carry, add_norm, is_row_layer_norm
 from vitrt.plugins.cuda_launcher import kernels_apply
+from vitrt.plugins.lowering import grad_mode
 
 from .config import FusionBlockConfig
 from .reference import MergeMethod, attention_received, merge_attention, pooling_weights, token_fusion
@@ -396,7 +397,7 @@ class FusionBlock(Block):
         size_in = size if size is not None else x.new_ones(bsz, n)
         n_out = n - attrs.r
         if cfg.one_step_ahead in (1, 2):
-            with torch.set_grad_enabled(torch.is_grad_enabled() and cfg.one_step_ahead == 1):
+            with grad_mode(torch.is_grad_enabled() and cfg.one_step_ahead == 1):
                 if fast:
                     # with the bias folded, q and k are Ep wide: info and the metric take their first E
                     fold = cfg.one_step_ahead == 1 and self._folds_bias(h, fast, prop)

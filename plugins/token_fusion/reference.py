@@ -20,6 +20,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from vitrt.plugins.lowering import grad_mode
+
 from .spec import Pooling, TokenFusionAttrs
 
 MergeMethod = Literal["scatter", "onehot"]
@@ -99,7 +101,7 @@ def interleave(a: Tensor, b: Tensor) -> Tensor:
     return torch.cat((a, b), dim=1).index_select(1, index)
 
 
-@torch.no_grad()
+@grad_mode(False)
 def bipartite_matching(scores: Tensor, r: int, bidirectional: bool = True) -> Tensor:
     """Bipartite soft matching on A x B scores [B, Na, Nb] -> dest [B, Na + Nb] int64.
 
@@ -143,7 +145,7 @@ def merge_matrix(dest: Tensor, n_out: int, dtype: torch.dtype = torch.float32) -
     return (dest[:, None, :] == slots[None, :, None]).to(dtype)
 
 
-@torch.no_grad()
+@grad_mode(False)
 def pooling_weights(info: Tensor, size: Tensor, pooling: int) -> Tensor:
     """Pooling weight of every token, float32 [B, N] (no gradient, as in the official code).
 
@@ -230,7 +232,7 @@ def token_fusion(
     if attrs.r == 0:  # identity, not the parity reordering the matching would apply (static branch)
         dest = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], x.shape[1])
         return x, size, dest
-    with torch.no_grad():
+    with grad_mode(False):
         scores = fusion_scores(
             metric, info, size, attrs.tau_sim, attrs.tau_info, attrs.tau_size, attrs.num_protected
         )
