@@ -63,7 +63,7 @@ class ExportConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        """Raise ConfigError for a lowering, opset or batch vitrt cannot export."""
+        """Raise ConfigError for a lowering, opset, batch or input size vitrt cannot export."""
         if self.lowering not in LOWERINGS:
             raise ConfigError(f"unknown lowering {self.lowering!r}; use one of {', '.join(LOWERINGS)}")
         if self.opset < MIN_OPSET:
@@ -73,6 +73,14 @@ class ExportConfig:
             )
         if self.batch is not None and self.batch < 1:
             raise ConfigError(f"batch must be >= 1 or None (dynamic), got {self.batch}")
+        if tuple(self.input_size[1:]) != (self.img_size, self.img_size):
+            # the models' position embeddings (and T2T's token grid) are built for img_size x img_size
+            raise ConfigError(
+                f"input_size {tuple(self.input_size)} does not match img_size {self.img_size}: the model "
+                f"takes {self.img_size} x {self.img_size} images; give "
+                f"input_size=({self.input_size[0]}, {self.img_size}, {self.img_size}) or the img_size of "
+                f"{self.input_size[1]} x {self.input_size[2]} images"
+            )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

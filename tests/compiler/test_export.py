@@ -314,6 +314,12 @@ def test_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         ExportConfig("t2t_vit_7", lowering="fancy").validate()
     with pytest.raises(ConfigError, match="opset 13 is too old"):
         ExportConfig("t2t_vit_7", opset=13).validate()
+    with pytest.raises(
+        ConfigError,
+        match=r"input_size \(3, 224, 224\) does not match img_size 64: .* give "
+        r"input_size=\(3, 64, 64\)",
+    ):
+        ExportConfig("t2t_vit_7", img_size=64).validate()
     text = tmp_path / "notes.onnx"
     text.write_text("hello")
     with pytest.raises(VitrtError, match="is not an ONNX model"):
@@ -329,5 +335,5 @@ def test_failed_export_leaves_nothing_behind(tmp_path: Path) -> None:
             return torch.linalg.eigvals(x[0, 0]).real  # not exportable to ONNX
 
     with pytest.raises(VitrtError, match="ONNX export of broken failed"):
-        export_model(Broken(), tmp_path / "m.onnx", ExportConfig("broken", input_size=(3, 8, 8)))
+        export_model(Broken(), tmp_path / "m.onnx", ExportConfig("broken", input_size=(3, 8, 8), img_size=8))
     assert list(tmp_path.iterdir()) == []
