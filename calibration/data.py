@@ -13,11 +13,9 @@ memory stays at one batch plus one decoded image. The sample order is a permutat
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import os
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ import torch.nn.functional as F
 
 from vitrt.errors import ConfigError
 from vitrt.models.config import PreprocessConfig
+from vitrt.progress import progress_bar
 
 from ._optional import import_optional
 from .errors import ChannelMismatchError, DataSourceError
@@ -348,51 +347,6 @@ def _synthetic_source(cfg: PreprocessConfig, seed: int) -> _Source:
         lambda i: f"synthetic[{i}]",
         channels=cfg.input_size[0],
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Progress
-
-
-class _StderrProgress:
-    """Fallback progress bar when tqdm is not installed: one stderr line per 10 % step."""
-
-    def __init__(self, total: int, desc: str, unit: str = "img") -> None:
-        self.total, self.desc, self.unit, self.done, self._step = total, desc, unit, 0, -1
-
-    def update(self, n: int) -> None:
-        self.done += n
-        step = 10 * self.done // max(self.total, 1)
-        if step != self._step:
-            self._step = step
-            what = "samples" if self.unit == "img" else self.unit
-            print(f"{self.desc}: {self.done}/{self.total} {what}", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        pass
-
-
-class _NullProgress:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def progress_bar(total: int, desc: str, enabled: bool = True, unit: str = "img") -> Any:
-    """An object with update(n) and close(): tqdm when importable, else a plain stderr printer.
-
-    tqdm is optional (typed Any: it ships no type stubs); ``enabled=False`` shows nothing.
-    ``unit``: what one step counts, for the display (images by default).
-    """
-    if not enabled:
-        return _NullProgress()
-    try:
-        tqdm = importlib.import_module("tqdm")
-    except ImportError:
-        return _StderrProgress(total, desc, unit)
-    return tqdm.tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vitrt.fileio import save_onnx
+from vitrt.progress import progress_bar
 
 from .collect import ModelIO, RunnerFactory, default_runner_factory, model_io, run_model
-from .data import progress_bar
 from .graph import Layer
 from .metrics import Agreement, agreement
 from .qdq import gate_name, gated_model

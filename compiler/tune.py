@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from vitrt.errors import ConfigError, VitrtError
+from vitrt.progress import progress_bar
 
 from .pareto import choose, markdown_table, pareto_front, plot_front
 from .tune_model import ModelSource, load_eval_data, resolve_model
@@ -183,6 +184,7 @@ def tune(
     calib_samples: int = 256,
     iterations: int = 200,
     configs: Sequence[TrialConfig] | None = None,
+    progress: bool = False,
 ) -> TuneResult:
     """Search fusion schedule, Scatterbrain budget (t2t_vit_t_* models) and precision of ``model`` for the
     most accurate configuration whose batch-1 latency on ``target`` is at most ``latency_budget`` ms:
@@ -203,6 +205,7 @@ def tune(
         precisions: the precisions searched ("fp32", "int8"); threads: intra-op threads of every timed
             runner (fixed for comparable timings); iterations: timed calls per trial.
         configs: explicit configurations instead of the seeded sample (baselines are added if missing).
+        progress: progress bars on stderr for the builds (one step per trial) and the timings.
 
     Returns a TuneResult. A trial that fails is recorded with its error and stage, never fatal. Raises
     ConfigError for bad options, a target other than cpu, or no profiling host on the cluster.
@@ -275,16 +278,9 @@ def tune(
             for cfg in chosen_configs
         ]
         del exports
-        records = []
-        for cfg, ref in zip(chosen_configs, pending, strict=True):
-            try:
-                records.append(ray.get(ref))
-            except Exception as err:  # a worker that died: still a record
-                records.append(
-                    {"config": cfg.to_dict(), "status": "failed", "stage": "ray", "error": str(err)}
-                )
+        records = _gather(ray, chosen_configs, pending, progress)
         profilers = _profilers(ray, threads, input_size, iterations)  # type: ignore[arg-type]
-        _time_trials(ray, profilers, records)
+        _time_trials(ray, profilers, records, progress)
         hosts = ray.get([p.host.remote() for p in profilers])
     finally:
         if started:
@@ -294,7 +290,36 @@ def tune(
     )
 
 
-def _time_trials(ray: Any, profilers: list[Any], records: list[dict[str, Any]]) -> None:
+def _gather(ray: Any, configs: list[TrialConfig], pending: list[Any], progress: bool) -> list[dict[str, Any]]:
+    """The build tasks' records in ``configs``' order, taken as they finish (a progress step each). A task
+    whose worker died, or whose export's did, becomes a failed record of stage "ray"."""
+    records: list[dict[str, Any] | None] = [None] * len(pending)
+    position = {ref: i for i, ref in enumerate(pending)}
+    bar = progress_bar(len(pending), "tune: trials built", progress, unit="trial")
+    waiting = list(pending)
+    try:
+        while waiting:
+            done, waiting = ray.wait(waiting, num_returns=1)
+            for ref in done:
+                i = position[ref]
+                try:
+                    records[i] = ray.get(ref)
+                except Exception as err:  # a worker that died: still a record
+                    records[i] = {
+                        "config": configs[i].to_dict(),
+                        "status": "failed",
+                        "stage": "ray",
+                        "error": str(err),
+                    }
+                bar.update(1)
+    finally:
+        bar.close()
+    return [r for r in records if r is not None]
+
+
+def _time_trials(
+    ray: Any, profilers: list[Any], records: list[dict[str, Any]], progress: bool = False
+) -> None:
     """Time every built trial (fills latency fields in place), the INT8 baseline as every profiler's
     reference (the FP32 baseline where INT8 failed)."""
     built = [r for r in records if r["status"] == "built"]
@@ -306,14 +331,17 @@ def _time_trials(ray: Any, profilers: list[Any], records: list[dict[str, Any]]) 
         (r, profilers[i % len(profilers)], profilers[i % len(profilers)].measure.remote(r["artifact"]))
         for i, r in enumerate(built)
     ]
+    bar = progress_bar(len(jobs), "tune: trials timed", progress, unit="trial")
     for record, profiler, job in jobs:
         timing = ray.get(job)
+        bar.update(1)
         record["profiler"] = profilers.index(profiler)
         if timing["status"] != "ok":
             record.update(status="failed", stage=timing["stage"], error=timing["error"])
             continue
         record["status"] = "ok"
         record["timing"] = timing
+    bar.close()
     typical = {i: ray.get(p.reference_median.remote()) for i, p in enumerate(profilers)}
     for record in records:
         timing = record.get("timing")

@@ -47,6 +47,7 @@ def add_tune_command(sub: Any) -> None:
     p.add_argument("--jobs", type=int, default=None, help="local Ray CPUs for parallel builds (all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the trial sample (0)")
     p.add_argument("--eval-samples", type=int, default=500, help="images judged per trial (500)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_tune)
 
 
@@ -70,6 +71,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         seed=args.seed,
         eval_samples=args.eval_samples,
+        progress=not args.no_progress,
     )
     print(result.files["markdown"].read_text().split("\n\n", 1)[1].rstrip())
     print(f"\nwrote {', '.join(str(p) for p in result.files.values())}")

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from vitrt.calibration._optional import has_module, import_optional
-from vitrt.calibration.data import _StderrProgress, open_source
+from vitrt.calibration.data import open_source
 from vitrt.calibration.errors import ChannelMismatchError, DataSourceError, MissingDependencyError
 from vitrt.calibration.preprocess import preprocess_image, resize_size
 from vitrt.errors import ConfigError
 from vitrt.models.config import PreprocessConfig
+from vitrt.progress import _StderrProgress
 
 CFG = PreprocessConfig(input_size=(3, 32, 32), crop_pct=0.875, interpolation="bicubic")
 MEAN = torch.tensor(CFG.mean).view(3, 1, 1)

@@ -108,7 +108,9 @@ def test_the_compile_line_of_the_baseline_and_bad_options(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-def test_a_small_search_on_the_digits_t2t_vit_on_local_ray(tmp_path: Path) -> None:
+def test_a_small_search_on_the_digits_t2t_vit_on_local_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import torch
 
     import vitrt
@@ -126,7 +128,10 @@ def test_a_small_search_on_the_digits_t2t_vit_on_local_ray(tmp_path: Path) -> No
         eval_samples=40,
         calib_samples=16,
         iterations=20,
+        progress=True,
     )
+    err = capsys.readouterr().err
+    assert "tune: trials built" in err and "tune: trials timed" in err  # the progress bars, on stderr
     saved = json.loads((tmp_path / "tune.json").read_text())
     assert set(saved) >= {"model", "target", "latency_budget_ms", "trials", "front", "chosen", "command"}
     names = [t["name"] for t in saved["trials"]]
