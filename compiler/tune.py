@@ -257,7 +257,7 @@ def tune(
         weights_ref = ray.put(weights)
         # One export per fusion and attention: trials that differ only in precision (the two baselines, or a
         # configuration searched in FP32 and INT8) build from the same ONNX file. Ray starts each build when
-        # its export is done and frees the export when the last build that uses it has it.
+        # its export is done, and frees an export once no build waiting or running needs it (hence the del).
         exports: dict[str, Any] = {}
         for cfg in chosen_configs:
             if export_key(cfg) not in exports:

@@ -140,13 +140,14 @@ def build_trial(
         return record
     record["tokens"] = exported["tokens"]
     seconds["export"] = exported["seconds"]
-    stage = "calibrate"
+    stage = "build"
     try:
         with tempfile.TemporaryDirectory(prefix="vitrt-tune-") as tmp:
             work = Path(tmp)
             onnx_path = unpack_folder(exported["folder"], work / "export") / "model.onnx"
             built = onnx_path
             if config.precision == "int8":
+                stage = "calibrate"
                 t0 = time.perf_counter()
                 np.save(work / "calibration.npy", calibration.astype(np.float32))
                 result = vitrt.calibrate(
