@@ -258,10 +258,11 @@ def tune(
         # One export per fusion and attention: trials that differ only in precision (the two baselines, or a
         # configuration searched in FP32 and INT8) build from the same ONNX file. Ray starts each build when
         # its export is done, and frees an export once no build waiting or running needs it (hence the del).
+        keys = [export_key(cfg) for cfg in chosen_configs]
         exports: dict[str, Any] = {}
-        for cfg in chosen_configs:
-            if export_key(cfg) not in exports:
-                exports[export_key(cfg)] = export_task.remote(source, cfg, weights=weights_ref)
+        for cfg, key in zip(chosen_configs, keys, strict=True):
+            if key not in exports:
+                exports[key] = export_task.remote(source, cfg, weights=weights_ref)
         where = ray_address or "local"
         log.info("tune: %d trials from %d exports on Ray (%s)", len(chosen_configs), len(exports), where)
         pending = [
@@ -269,13 +270,13 @@ def tune(
                 source,
                 cfg,
                 weights=None,
-                exported=exports[export_key(cfg)],
+                exported=exports[key],
                 target=target,
                 runtime=runtime,
                 threads=threads,
                 **shared,
             )
-            for cfg in chosen_configs
+            for cfg, key in zip(chosen_configs, keys, strict=True)
         ]
         del exports
         records = _gather(ray, chosen_configs, pending, progress)
