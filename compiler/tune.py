@@ -225,9 +225,6 @@ def tune(
         raise ConfigError(f"latency budget must be > 0 ms, got {latency_budget}")
     if threads < 1:
         raise ConfigError(f"threads must be >= 1, got {threads}")
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
-
     source = resolve_model(model, checkpoint=checkpoint, img_size=img_size, num_classes=num_classes)
     weights = source.read_weights()
     base = source.build(state_dict=weights)
@@ -241,6 +238,10 @@ def tune(
     chosen_configs = list(configs) if configs is not None else sample_trials(facts, trials, seed, precisions)
     roles = {c.role for c in chosen_configs}
     chosen_configs = [b for b in baselines() if b.role not in roles] + chosen_configs
+    # after the checks that bad input fails (no empty folder left behind), before the search (an output
+    # path that cannot be created fails now, not after it)
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
 
     ray, started = _init_ray(ray_address, jobs)
     try:

@@ -105,6 +105,9 @@ def test_the_compile_line_of_the_baseline_and_bad_options(tmp_path: Path) -> Non
         resolve_model(str(tmp_path / "alone.safetensors"))
     with pytest.raises(ConfigError, match="unknown model 'digits_t2t'"):
         resolve_model("digits_t2t")
+    with pytest.raises(ConfigError, match="unknown model 'digits_t2t'"):
+        tune("digits_t2t", target="cpu", latency_budget=1.0, output=tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # a failed start leaves no output folder behind
 
 
 @pytest.mark.slow
