@@ -20,7 +20,14 @@ from vitrt.plugins.cuda_launcher import kernels_apply
 from vitrt.plugins.lowering import grad_mode
 
 from .config import FusionBlockConfig
-from .reference import MergeMethod, attention_received, merge_attention, pooling_weights, token_fusion
+from .reference import (
+    MergeMethod,
+    attention_received,
+    merge_attention,
+    merge_tokens,
+    pooling_weights,
+    token_fusion,
+)
 from .spec import Pooling, TokenFusionAttrs
 from .torch_op import (
     attention_info_op,
@@ -62,7 +69,8 @@ class FusionBlock(Block):
 
     Two ways to compute the same function. The reference way (CPU, training, export) is the official
     MCTF code's: attention probabilities, the op's reference, and the one-step-ahead attention as the
-    merged [B, H, N', N'] matrix (``reference.merge_attention``). Where the kernels apply (eager inference
+    merged [B, H, N', N'] matrix (``reference.merge_attention``); exported graphs reassociate that
+    attention as the kernel path does (below; ``_attend_merged``). Where the kernels apply (eager inference
     on CUDA tensors, or under ``emulated_kernels()``) no N x N probability matrix is written: the
     attention each key receives comes from q and k through ``torch.ops.vitrt.attention_info`` (float16:
     one kernel reads q and k where they lie in the qkv projection, so not even q k^T is written), the fusion
@@ -92,6 +100,10 @@ class FusionBlock(Block):
     # on that GPU only, where cuDNN runs SDPA; flash attention takes no q, k wider than v.
     fold_bias_min_batch = 8
     fold_bias_dtypes: tuple[torch.dtype, ...] = (torch.float16,)  # where it was measured to pay
+    # Exported graphs form the one-step-ahead attention's merged [B, H, N', N'] matrix as the official code
+    # does when True; by default they take the reassociated form (``_attend_merged``).
+    # benchmarks/one_step_ahead_export.py times both.
+    export_merged_matrix = False
     # The qkv projection rearranged for the kernel path (``_projection``), not state: per variant, (the
     # key of the weight and bias it was built from, weak references to them, the weight and bias).
     _projections: dict[tuple[bool, bool, bool], tuple[tuple[object, ...], tuple[Any, ...], Tensor, Tensor]]
@@ -370,6 +382,23 @@ class FusionBlock(Block):
         o = token_merge_op(o, dest, info, size, attrs.pooling, n - attrs.r)
         return add_norm(x_f, self.drop_path(o), self.norm2, self.lowering)
 
+    def _attend_merged(self, probs: Tensor, dest: Tensor, weights: Tensor, n_out: int, h: Tensor) -> Tensor:
+        """The one-step-ahead attention's output for exported graphs: merge_attention(probs) @ v(h)
+        projected, [B, N - r, C], reassociated as on the kernel path (class docstring) into
+        merge(probs @ V'[dest]) with one-hot matmuls. probs [B, H, N, N], dest and weights [B, N], h the
+        fused tokens' norm1 [B, N - r, C].
+
+        Why: the merged matrix M_w A M^T costs H N' N (N + N') multiply-adds and its product with V'
+        H N'^2 E; A V'[dest] costs H N^2 E and its merge N' N C. For DeiT-S's first fused block (H = 6,
+        E = 64, N = 197, N' = 181) that is 94 M against 29 M. The projection follows the merge, on N'
+        rows: an affine map commutes with a weighted mean (a group's weights sum to one)."""
+        b, heads, n, _ = probs.shape
+        v = self._v(h)  # [B, H, N', E]
+        vg = v.gather(2, dest[:, None, :, None].expand(b, heads, n, v.shape[-1]))
+        o = (self.attn.attn_drop(probs) @ vg).transpose(1, 2).reshape(b, n, -1)
+        merged = merge_tokens(o, dest, weights, n_out, self._merge_method)
+        return self.attn.proj_drop(self.attn.proj(merged))
+
     def forward_chain(
         self,
         x: Tensor,
@@ -420,9 +449,11 @@ class FusionBlock(Block):
                 return self.add_last(x, self.drop_path(self.mlp(h)), size_f, next_norm, log_f)
             if cfg.one_step_ahead == 1:
                 weights = pooling_weights(info, size_in, attrs.pooling)
-                out = self._attend(
-                    merge_attention(probs, dest, weights, n_out, self._merge_method), self._v(h)
-                )
+                if self.lowering == "eager" or self.export_merged_matrix:
+                    merged = merge_attention(probs, dest, weights, n_out, self._merge_method)
+                    out = self._attend(merged, self._v(h))
+                else:
+                    out = self._attend_merged(probs, dest, weights, n_out, h)
             else:
                 q, k, v = self.attn.split_heads(h)
                 bias_f = None if log_f is None or not cfg.prop_attn else log_f[:, None, None, :]

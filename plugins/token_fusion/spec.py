@@ -24,8 +24,8 @@ the block's weights::
 * ``dest`` is the whole merge map (``M[b, dest[b, i], i] = 1`` is the one-hot merge matrix
   [B, N - r, N]). MCTF's one-step-ahead attention (columns of merged keys summed, rows of merged
   queries averaged with the pooling weights) is a function of ``dest``, ``info`` and ``size`` alone
-  (``reference.merge_attention``), so it stays outside the op: standard ops in the portable lowering,
-  a separate kernel later if profiling asks for it. Proportional attention (adding log(size) to the
+  (``reference.merge_attention``), so it stays outside the op: standard ops in exported graphs
+  (reassociated: ``FusionBlock._attend_merged``), the merge kernel on the CUDA path. Proportional attention (adding log(size) to the
   key logits) and the choice of where in the block to fuse are likewise block-level, not op
   attributes: see ``FusionBlockConfig`` in ``vitrt.plugins.token_fusion.config``.
 

@@ -81,15 +81,15 @@ def test_export_matches_pytorch_on_onnxruntime(
 
 
 # Ops that only the two references' internals export to (sorting and matching, XBOX+ hashing, round
-# combination): none may be left beside the plugin nodes. ReduceMax, Equal, Log... also come from the
-# block-level parts of MCTF (pooling weights, one-step-ahead attention), which stay outside the op.
+# combination): none may be left beside the plugin nodes. ReduceMax, Equal, Log, GatherElements... also come
+# from the block-level parts of MCTF (pooling weights, one-step-ahead attention: V'[dest]), which stay outside
+# the op.
 OP_INTERNALS = {
     "TopK",
     "ArgMax",
     "CumSum",
     "ReduceLogSumExp",
     "ScatterElements",
-    "GatherElements",
     "Sqrt",
     "Floor",
 }

@@ -20,7 +20,7 @@ from vitrt.models.layers import Block
 from vitrt.plugins.token_fusion.config import FusionBlockConfig
 from vitrt.plugins.token_fusion.integration import apply_fusion
 from vitrt.plugins.token_fusion.module import FusionBlock, TokenFusionOp
-from vitrt.plugins.token_fusion.reference import tome_merge
+from vitrt.plugins.token_fusion.reference import merge_attention, tome_merge
 from vitrt.plugins.token_fusion.spec import INPUT_NAMES, OUTPUT_NAMES, TokenFusionAttrs
 
 F32 = {"atol": 1e-5, "rtol": 1e-5}
@@ -182,6 +182,42 @@ def test_torch_export_of_fused_model() -> None:
     x = _images(b=3)
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x), model(x), **F32)
+
+
+@pytest.mark.parametrize("lowering", ["portable", "plugin"])
+def test_exported_one_step_ahead_attention_is_reassociated(
+    lowering: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Exported graphs (any lowering but eager) compute the one-step-ahead attention as merge(A V'[dest])
+    (``FusionBlock._attend_merged``), never forming the merged [B, H, N', N'] matrix, and give the logits of
+    eager's merged form (the official code's) within 1e-5 relative in float32 (the reassociated sums round
+    differently; the fusion decisions come before and are the same). ``export_merged_matrix`` brings the
+    merged form back, with the same logits as eager."""
+    from vitrt.plugins.lowering import set_lowering
+    from vitrt.plugins.token_fusion import module
+
+    calls: list[tuple[int, ...]] = []
+
+    def counted(attn: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(tuple(attn.shape))
+        return merge_attention(attn, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "merge_attention", counted)
+    model = _small(fusion={"r": 8, "one_step_ahead": 1})
+    fusing = sum(isinstance(b, FusionBlock) for b in model.blocks)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        eager = model(x)
+        assert len(calls) == fusing >= 2
+        set_lowering(model, lowering)
+        reassociated = model(x)
+        assert len(calls) == fusing  # no merged matrix
+        monkeypatch.setattr(FusionBlock, "export_merged_matrix", True)
+        merged = model(x)
+        assert len(calls) == 2 * fusing
+    scale = eager.abs().max()
+    assert (reassociated - eager).abs().max() / scale <= 1e-5
+    assert (merged - eager).abs().max() / scale <= 1e-6
 
 
 def _ort_outputs(path: Path, feeds: dict[str, torch.Tensor]) -> list[torch.Tensor]:
