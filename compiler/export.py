@@ -241,7 +241,7 @@ def export_model(
     dynamic = ({0: torch.export.Dim("batch", min=1, max=1024)},) if config.batch is None else None
     external = sum(p.numel() * p.element_size() for p in model.parameters()) >= TWO_GB
     t0 = time.perf_counter()
-    with warnings.catch_warnings(), without_slice_pair_rewrite():
+    with warnings.catch_warnings(), without_slice_pair_rewrite(), without_torchvision_notes():
         warnings.simplefilter("ignore")  # the exporter's own chatter; errors still raise
         try:
             program = torch.onnx.export(
@@ -310,6 +310,32 @@ def without_slice_pair_rewrite() -> Iterator[None]:
         yield
     finally:
         rewriter._DEFAULT_REWRITE_RULES = rules
+
+
+# The exporter's registry logs one warning per torchvision op it cannot register ("torchvision is not
+# installed. Skipping torchvision::nms", and so on) on every export.
+TORCHVISION_NOTE_LOGGER = "torch.onnx._internal.exporter._registration"
+
+
+class _DropTorchvisionNotes(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("torchvision is not installed")
+
+
+@contextlib.contextmanager
+def without_torchvision_notes() -> Iterator[None]:
+    """Within the block, drop the exporter's "torchvision is not installed" warnings, and nothing else.
+
+    Why: a vision-transformer export uses no torchvision op, so the lines say nothing about the model, and
+    library users (vitrt does not configure logging for them) would see a dozen on every export. Only
+    this logger and message: everything else the exporter logs still reaches the user's handlers. The CLI
+    hides more (``quiet.quiet_third_party``)."""
+    logger, note = logging.getLogger(TORCHVISION_NOTE_LOGGER), _DropTorchvisionNotes()
+    logger.addFilter(note)
+    try:
+        yield
+    finally:
+        logger.removeFilter(note)
 
 
 def _exporter_summary(err: Exception) -> str:

@@ -25,9 +25,10 @@ the block's weights::
   [B, N - r, N]). MCTF's one-step-ahead attention (columns of merged keys summed, rows of merged
   queries averaged with the pooling weights) is a function of ``dest``, ``info`` and ``size`` alone
   (``reference.merge_attention``), so it stays outside the op: standard ops in exported graphs
-  (reassociated: ``FusionBlock._attend_merged``), the merge kernel on the CUDA path. Proportional attention (adding log(size) to the
-  key logits) and the choice of where in the block to fuse are likewise block-level, not op
-  attributes: see ``FusionBlockConfig`` in ``vitrt.plugins.token_fusion.config``.
+  (reassociated: ``FusionBlock._attend_merged``), the merge kernel on the CUDA path. Proportional
+  attention (adding log(size) to the key logits) and the choice of where in the block to fuse are
+  likewise block-level, not op attributes: see ``FusionBlockConfig`` in
+  ``vitrt.plugins.token_fusion.config``.
 
 Output order (the next block splits its tokens by parity, so the order is part of the function):
 ``[unmerged set-A tokens in index order (class token first), unmerged set-B tokens]``, set A being the

@@ -204,6 +204,40 @@ def test_without_slice_pair_rewrite_restores_the_rules_on_error() -> None:
     assert rewriter._DEFAULT_REWRITE_RULES is rules
 
 
+def test_export_drops_the_exporters_torchvision_notes_and_nothing_else(tmp_path: Path) -> None:
+    """A library export shows none of the exporter's "torchvision is not installed" warnings (one per
+    torchvision op, on every export where torchvision is absent); the filter drops that message only, on
+    that logger only, and is gone after its block, also when the block raises."""
+    import logging
+
+    from vitrt.compiler.export import TORCHVISION_NOTE_LOGGER, without_torchvision_notes
+
+    class Keep(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.DEBUG)
+            self.messages: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    logger, keep = logging.getLogger(TORCHVISION_NOTE_LOGGER), Keep()
+    logger.addHandler(keep)
+    try:
+        _export(tmp_path, "deit_tiny_patch16_224", 32)
+        assert not [m for m in keep.messages if "torchvision" in m], keep.messages
+        with pytest.raises(RuntimeError, match="boom"), without_torchvision_notes():
+            logger.warning("torchvision is not installed. Skipping %s", "torchvision::nms")
+            logger.warning("a note about the model")
+            raise RuntimeError("boom")
+        logger.warning("torchvision is not installed. Skipping %s", "torchvision::roi_align")
+    finally:
+        logger.removeHandler(keep)
+    assert keep.messages[-2:] == [
+        "a note about the model",
+        "torchvision is not installed. Skipping torchvision::roi_align",
+    ]
+
+
 def test_dynamic_batch(tmp_path: Path) -> None:
     path = _export(tmp_path, "deit_tiny_patch16_224", 64, batch=None)
     dims = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
