@@ -326,10 +326,10 @@ class _DropTorchvisionNotes(logging.Filter):
 def without_torchvision_notes() -> Iterator[None]:
     """Within the block, drop the exporter's "torchvision is not installed" warnings, and nothing else.
 
-    Why: a vision-transformer export uses no torchvision op, so the lines say nothing about the model, and
-    library users (vitrt does not configure logging for them) would see a dozen on every export. Only
-    this logger and message: everything else the exporter logs still reaches the user's handlers. The CLI
-    hides more (``quiet.quiet_third_party``)."""
+    Why: a vision-transformer export uses no torchvision op, so the lines say nothing about the model,
+    and library users (vitrt does not configure logging for them) would see four (torch 2.13) on every
+    export. Only this logger and message: everything else the exporter logs still reaches the user's
+    handlers. The CLI hides more (``quiet.quiet_third_party``)."""
     logger, note = logging.getLogger(TORCHVISION_NOTE_LOGGER), _DropTorchvisionNotes()
     logger.addFilter(note)
     try:
