@@ -51,7 +51,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_onnx
     from .quiet import quiet_third_party
 
-    # other packages' chatter (the exporter's "torchvision is not installed" lines) unless -v, as compile does
+    # other packages' chatter (onnx_ir's and onnxscript's pass logs, warnings) unless -v, as compile does
     with quiet_third_party(not args.verbose):
         path = export_onnx(
             args.model,

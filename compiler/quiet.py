@@ -1,9 +1,10 @@
 """Silence other packages' chatter while a vitrt command runs (``vitrt compile``, ``vitrt demo``).
 
-torch's ONNX exporter logs "torchvision is not installed. Skipping torchvision::nms" and friends on every
-export, onnxscript and the exporter raise deprecation and tracer warnings, ONNX Runtime's C++ logger prints
-graph warnings to stderr, and NNCF / OpenVINO log their own progress. None of it is about the user's model,
-and vitrt reports what it did itself, so the command hides it unless ``-v`` is given; errors still raise.
+onnx_ir and onnxscript log every pass of the exporter's optimizer (``export_model`` itself drops the
+exporter's "torchvision is not installed" warnings), onnxscript and the exporter raise deprecation and
+tracer warnings, ONNX Runtime's C++ logger prints graph warnings to stderr, and NNCF / OpenVINO log their
+own progress. None of it is about the user's model, and vitrt reports what it did itself, so the command
+hides it unless ``-v`` is given; errors still raise.
 """
 
 from __future__ import annotations
