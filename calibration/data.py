@@ -147,8 +147,8 @@ def _decode_image(path: Path) -> torch.Tensor:
         raise
     except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
         raise DataSourceError(
-            f"{path}: cannot decode the image ({type(exc).__name__}: {exc}). Fix: remove the file "
-            "from the data folder or re-save it as jpg/png"
+            f"{path}: cannot decode the image ({type(exc).__name__}: {exc}). Fix: re-save it as "
+            "jpg/png, or leave it out (remove it from the data folder, or from the images named)"
         ) from exc
     return _hwc_to_chw(array, 255.0)
 
