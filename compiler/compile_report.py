@@ -35,6 +35,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vitrt.deploy.module_groups import part_totals
 from vitrt.fileio import atomic_write_bytes
 
 REPORT_FORMAT = 1
@@ -251,6 +252,16 @@ def _tables(data: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]
             # the artifact's per-block split (vitrt profile's per-layer run), largest first, the ten largest
             blocks = sorted(prof["layers"].items(), key=lambda kv: -kv[1])
             total = sum(ms for _, ms in blocks) or 1.0
+            tables.append(
+                (
+                    "Time per part, summed over the blocks (ms per inference, from the same per-layer run)",
+                    ["part", "ms", "share"],
+                    [
+                        [label, f"{ms:.4f}", f"{100 * ms / total:.1f} %"]
+                        for label, ms in part_totals(prof["layers"]).items()
+                    ],
+                )
+            )
             tables.append(
                 (
                     "Time per block (ms per inference, from a per-layer run: read the split, not the total)",

@@ -7,11 +7,13 @@ path says where it came from. The groups, top-level ``group`` and its ``part``:
 - ``tokens_to_token`` (T2T-ViT's stage), parts ``soft_split`` (the three unfolds), ``attention1``,
   ``attention2`` (the token transformers or performers, Scatterbrain plugin nodes included),
   ``project``, and ``reshape`` (the stage's own transposes / reshapes between them);
-- ``blocks.<i>``, parts ``attn``, ``mlp``, ``norm`` (norm1, norm2), ``fusion`` (the
-  ``vitrt::TokenFusion`` plugin node) and ``block`` (nodes at the block's own scope: the residual adds;
-  in a token-fusion block also its inline attention, the one-step-ahead merge and, in the portable
-  lowering, the standard ops the fusion is lowered to; the exporter records only the block's scope
-  for these, so they cannot be told apart by name);
+- ``blocks.<i>``, parts ``attn`` (in a token-fusion block also its inline attention, ``inline_attn``:
+  q k^T, softmax, the attention received, the one-step-ahead merge), ``mlp``, ``norm`` (norm1, norm2),
+  ``fusion`` (a token-fusion block's ``fusion`` scope: the ``vitrt::TokenFusion`` plugin node, or the
+  standard ops the portable lowering makes of it, with the metric) and ``block`` (nodes at the block's
+  own scope: the residual adds). The fused blocks' scopes are ``ExportScope`` children
+  (``vitrt.plugins.lowering``); files exported before them name the inline attention and the portable
+  fusion ``blocks.<i>/...``, which land in ``block`` (their plugin node in ``fusion``);
 - ``head``, parts ``norm``, ``head``, ``pre_logits``, ``cls_token``;
 - ``other``: a name that is not vitrt's.
 
@@ -24,7 +26,7 @@ their position in the graph (before the first block: the stem, part ``root``; af
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,8 +34,10 @@ ROOT_SCOPE = "model"
 """The scope ``name_nodes`` gives nodes made by the model's own forward."""
 
 _BLOCK = re.compile(r"blocks\.(\d+)(?:\.([^.]+)(?:\..*)?)?")
+_BLOCK_LABEL = re.compile(r"blocks\.\d+\.([^.]+)")  # a ModuleGroup label with a part
 _OP = re.compile(r"(.+?)_\d+$")
 _HEAD_PARTS = ("norm", "head", "pre_logits", "fc_norm")
+_BLOCK_PARTS = {"norm1": "norm", "norm2": "norm", "inline_attn": "attn"}
 _T2T_PARTS = {"attention1": "attention1", "attention2": "attention2", "project": "project"}
 STEMS = ("patch_embed", "tokens_to_token")
 
@@ -98,14 +102,25 @@ def module_group(node: str) -> ModuleGroup | None:
         index, sub = block.group(1), block.group(2)
         if sub is None:
             part = "fusion" if op == "TokenFusion" else "block"
-        elif sub in ("norm1", "norm2"):
-            part = "norm"
         else:
-            part = sub
+            part = _BLOCK_PARTS.get(sub, sub)
         return ModuleGroup(f"blocks.{index}", part)
     if head in _HEAD_PARTS:
         return ModuleGroup("head", "norm" if head == "fc_norm" else head)
     return OTHER
+
+
+def part_totals(layers: Mapping[str, float]) -> dict[str, float]:
+    """Per-part totals over the blocks: ``{"blocks.3.attn": ms, ...}`` (a per-block split, as a profile
+    report's ``layers``) -> ``{"blocks.*.attn": sum over the blocks, ...}``, every other label as it is;
+    largest first. Where the time of a fused model goes across blocks (attention, MLP, fusion), which
+    the per-block rows leave to the reader to add up."""
+    totals: dict[str, float] = {}
+    for label, ms in layers.items():
+        block = _BLOCK_LABEL.fullmatch(label)
+        kind = f"blocks.*.{block.group(1)}" if block else label
+        totals[kind] = totals.get(kind, 0.0) + ms
+    return dict(sorted(totals.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def group_nodes(nodes: Sequence[str]) -> dict[str, ModuleGroup]:

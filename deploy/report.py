@@ -42,6 +42,7 @@ from vitrt.errors import VitrtError
 from vitrt.fileio import atomic_write_bytes
 
 from .latency import LatencyStats
+from .module_groups import part_totals
 from .results import ProfileResult
 
 REPORT_VERSION = 1
@@ -197,6 +198,11 @@ def markdown(report: ProfileReport) -> str:
                 + (f" (applied to {', '.join(applied)})" if applied else " (none applied)")
             )
         if r.layers:
+            total = sum(r.layers.values()) or 1.0
+            lines += ["", "| part, summed over the blocks | ms | share |", "| --- | --- | --- |"]
+            lines += [
+                f"| {k} | {_fmt(v, 4)} | {100 * v / total:.1f} % |" for k, v in part_totals(r.layers).items()
+            ]
             lines += ["", "| block | ms |", "| --- | --- |"]
             lines += [f"| {k} | {_fmt(v, 4)} |" for k, v in r.layers.items()]
         lines += ["", "```", r.format(), "```"]

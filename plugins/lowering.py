@@ -1,6 +1,6 @@
 """What every plugin op shares for its ONNX lowerings: the lowering switch, ONNX schemas with shape
-inference, the dynamo exporter's translation table, ONNX Runtime CPU kernels, and a grad-mode switch that
-torch.export skips (``grad_mode``).
+inference, the dynamo exporter's translation table, ONNX Runtime CPU kernels, a grad-mode switch that
+torch.export skips (``grad_mode``), and scopes that name a module's inline ops in exports (``ExportScope``).
 
 Lowerings:
 - ``eager``: PyTorch as written (scatter-based merges; what training and the reference use);
@@ -83,6 +83,24 @@ def grad_mode(enabled: bool) -> Iterator[None]:
     else:
         with torch.set_grad_enabled(enabled):
             yield
+
+
+class ExportScope(nn.Module):
+    """A parameterless child module under whose name a parent's inline ops are exported.
+
+    ``scope.run(fn)`` calls ``fn()``; while ``torch.export`` traces, it calls it as this module's forward,
+    so the ops ``fn`` makes carry this module's path (``blocks.3.fusion/TopK_1``: ``compiler.passes.
+    name_nodes``) instead of the parent's (``blocks.3/TopK_1``), and per-layer profiles and calibration
+    reports can tell them apart (``vitrt.deploy.module_groups``). Modules that ``fn`` calls keep their own
+    paths. Outside exports it is a plain call: a module call costs Python time on every eager forward, and
+    only exports read the scopes. No parameters or buffers, so state dicts are unchanged.
+    """
+
+    def forward(self, fn: Callable[[], Any]) -> Any:
+        return fn()
+
+    def run(self, fn: Callable[[], Any]) -> Any:
+        return self(fn) if torch.compiler.is_exporting() else fn()
 
 
 def set_lowering(model: nn.Module, lowering: str) -> nn.Module:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from vitrt.models.layers import NO_CARRY, Block, Carry, add_norm, is_row_layer_norm
 from vitrt.plugins.cuda_launcher import kernels_apply
-from vitrt.plugins.lowering import grad_mode
+from vitrt.plugins.lowering import ExportScope, grad_mode
 
 from .config import FusionBlockConfig
 from .reference import (
@@ -115,6 +115,10 @@ class FusionBlock(Block):
         self.drop_path = block.drop_path
         self.norm2 = block.norm2
         self.mlp = block.mlp
+        # Exports name the block's inline attention and its fusion after these (``ExportScope``), so that
+        # profiles tell them apart: ``blocks.3.inline_attn/Softmax_1``, ``blocks.3.fusion/TopK_1``.
+        self.inline_attn = ExportScope()
+        self.fusion = ExportScope()
         self.config = config
         self._projections = {}
 
@@ -128,6 +132,8 @@ class FusionBlock(Block):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_projections", {})  # blocks pickled before the cache existed
+        for name in ("inline_attn", "fusion"):  # and before the export scopes
+            self._modules.setdefault(name, ExportScope())
 
     def extra_repr(self) -> str:
         return f"config={self.config}"
@@ -382,6 +388,28 @@ class FusionBlock(Block):
         o = token_merge_op(o, dest, info, size, attrs.pooling, n - attrs.r)
         return add_norm(x_f, self.drop_path(o), self.norm2, self.lowering)
 
+    def _probs_info(self, h: Tensor, size: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The reference way's attention before a one-step-ahead fusion: q, k [B, H, N, E] of h [B, N, C],
+        the probabilities [B, H, N, N] (proportional attention with ``size``) and the attention each key
+        receives, info [B, N]."""
+        q, k = self._qk(h)
+        probs = self._probs(q, k, size)
+        return q, k, probs, attention_received(probs)
+
+    def _merged_attention(
+        self, probs: Tensor, dest: Tensor, info: Tensor, size: Tensor, attrs: TokenFusionAttrs, h: Tensor
+    ) -> Tensor:
+        """The reference way's one-step-ahead attention: merge_attention(probs) @ v(h) projected, [B, N', C],
+        with the pooling weights of ``info`` and ``size`` [B, N]; h the fused tokens' norm1 [B, N', C]. The
+        merged matrix as the official code forms it in eager mode (and with ``export_merged_matrix``),
+        reassociated in exports (``_attend_merged``)."""
+        n_out = probs.shape[-1] - attrs.r
+        weights = pooling_weights(info, size, attrs.pooling)
+        if self.lowering == "eager" or self.export_merged_matrix:
+            merged = merge_attention(probs, dest, weights, n_out, self._merge_method)
+            return self._attend(merged, self._v(h))
+        return self._attend_merged(probs, dest, weights, n_out, h)
+
     def _attend_merged(self, probs: Tensor, dest: Tensor, weights: Tensor, n_out: int, h: Tensor) -> Tensor:
         """The one-step-ahead attention's output for exported graphs: merge_attention(probs) @ v(h)
         projected, [B, N - r, C], reassociated as on the kernel path (class docstring) into
@@ -418,13 +446,13 @@ class FusionBlock(Block):
         # proportional attention's bias for the sizes coming in, where the block before wrote their log
         bias = None if prop is None or carry.log_size is None else carry.log_size[:, None, None, :]
         if attrs.r == 0:
-            q, k, v = self.attn.split_heads(h)
-            attended = self.drop_path(self._attention(q, k, v, prop, fast, bias))
+            attended = self.drop_path(
+                self.inline_attn.run(lambda: self._attention(*self.attn.split_heads(h), prop, fast, bias))
+            )
             x, h = add_norm(x, attended, self.norm2, self.lowering)
             return self.add_last(x, self.drop_path(self.mlp(h)), size, next_norm, carry.log_size)
 
         size_in = size if size is not None else x.new_ones(bsz, n)
-        n_out = n - attrs.r
         if cfg.one_step_ahead in (1, 2):
             with grad_mode(torch.is_grad_enabled() and cfg.one_step_ahead == 1):
                 if fast:
@@ -437,27 +465,27 @@ class FusionBlock(Block):
                         self._fold_log_size(k, cast(Tensor, bias))
                         bias = None
                 else:
-                    q, k = self._qk(h)
-                    probs = self._probs(q, k, prop)
-                    info = attention_received(probs)
-            metric = k[..., : self.attn.head_dim].mean(dim=1) if cfg.metric == "keys" else x
+                    q, k, probs, info = self.inline_attn.run(lambda: self._probs_info(h, prop))
             by_token = cfg.one_step_ahead == 1 and fast
-            fused = self._fuse_norm(x, metric, info, size_in, attrs, self.norm1, by_token)
-            x_f, size_f, dest, h, log_f = fused
+
+            def fuse() -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+                metric = k[..., : self.attn.head_dim].mean(dim=1) if cfg.metric == "keys" else x
+                return self._fuse_norm(x, metric, info, size_in, attrs, self.norm1, by_token)
+
+            x_f, size_f, dest, h, log_f = self.fusion.run(fuse)
             if cfg.one_step_ahead == 1 and fast:
                 x, h = self._one_step_ahead(q, k, bias, dest, info, size_in, attrs, h, x_f)
                 return self.add_last(x, self.drop_path(self.mlp(h)), size_f, next_norm, log_f)
             if cfg.one_step_ahead == 1:
-                weights = pooling_weights(info, size_in, attrs.pooling)
-                if self.lowering == "eager" or self.export_merged_matrix:
-                    merged = merge_attention(probs, dest, weights, n_out, self._merge_method)
-                    out = self._attend(merged, self._v(h))
-                else:
-                    out = self._attend_merged(probs, dest, weights, n_out, h)
+                out = self.inline_attn.run(
+                    lambda: self._merged_attention(probs, dest, info, size_in, attrs, h)
+                )
             else:
-                q, k, v = self.attn.split_heads(h)
                 bias_f = None if log_f is None or not cfg.prop_attn else log_f[:, None, None, :]
-                out = self._attention(q, k, v, size_f if cfg.prop_attn else None, fast, bias_f)
+                size_a = size_f if cfg.prop_attn else None
+                out = self.inline_attn.run(
+                    lambda: self._attention(*self.attn.split_heads(h), size_a, fast, bias_f)
+                )
             x, h = add_norm(x_f, self.drop_path(out), self.norm2, self.lowering)
             return self.add_last(x, self.drop_path(self.mlp(h)), size_f, next_norm, log_f)
 
@@ -466,7 +494,7 @@ class FusionBlock(Block):
         if fold or mean_in_qkv:
             q, k, v_, key_mean = self._qkv_kernel_path(h, fold, True, mean_in_qkv)
             v = cast(Tensor, v_)
-        else:
+        elif fast:
             q, k, v = self.attn.split_heads(h)
         if fast:
             # ToMe's weights need no attention (tau_info = 0, size pooling): the op does not read info
@@ -482,9 +510,14 @@ class FusionBlock(Block):
                 bias = None
             attended = self.drop_path(self._attention(q, k, v, None if fold else prop, fast, bias))
         else:
-            probs = self._probs(q, k, prop)
-            info = attention_received(probs)
-            attended = self.drop_path(self._attend(probs, v))
+
+            def attend() -> tuple[Tensor, Tensor, Tensor]:
+                q, k, v = self.attn.split_heads(h)
+                probs = self._probs(q, k, prop)
+                return k, attention_received(probs), self._attend(probs, v)
+
+            k, info, attended = self.inline_attn.run(attend)
+            attended = self.drop_path(attended)
         residual = None  # the block's residual add, where it rides on the fusion (_fuse_norm)
         if cfg.merge_after == "mlp":
             x, h = add_norm(x, attended, self.norm2, self.lowering)
@@ -493,17 +526,24 @@ class FusionBlock(Block):
             residual = attended
         else:
             x = x + attended
-        metric = (
-            (k[..., : self.attn.head_dim].mean(dim=1) if key_mean is None else key_mean)
-            if cfg.metric == "keys"
-            else x
-        )
+        tokens = x
+
+        def metric() -> Tensor:
+            if cfg.metric != "keys":
+                return tokens
+            return k[..., : self.attn.head_dim].mean(dim=1) if key_mean is None else key_mean
+
         if cfg.merge_after == "attention":
-            fused = self._fuse_norm(x, metric, info, size_in, attrs, self.norm2, residual=residual)
+            fused = self.fusion.run(
+                lambda: self._fuse_norm(tokens, metric(), info, size_in, attrs, self.norm2, residual=residual)
+            )
             x, size_f, _, h, log_f = fused
             return self.add_last(x, self.drop_path(self.mlp(h)), size_f, next_norm, log_f)
         if next_norm is not None and self._norm_on_merge(x, next_norm):  # the next norm rides on the merge
-            x, size_f, _, h, log_f = self._fuse_norm(x, metric, info, size_in, attrs, next_norm)
+            norm = next_norm
+            x, size_f, _, h, log_f = self.fusion.run(
+                lambda: self._fuse_norm(tokens, metric(), info, size_in, attrs, norm)
+            )
             return x, size_f, Carry(h, log_f)
-        x, size_f, _ = self._fuse(x, metric, info, size_in, attrs)
+        x, size_f, _ = self.fusion.run(lambda: self._fuse(tokens, metric(), info, size_in, attrs))
         return x, size_f, NO_CARRY

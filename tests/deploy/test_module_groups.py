@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from vitrt.deploy.module_groups import OTHER, ModuleGroup, group_nodes, module_group, split_node_name
+from vitrt.deploy.module_groups import (
+    OTHER,
+    ModuleGroup,
+    group_nodes,
+    module_group,
+    part_totals,
+    split_node_name,
+)
 
 
 @pytest.mark.parametrize(
@@ -22,7 +29,10 @@ from vitrt.deploy.module_groups import OTHER, ModuleGroup, group_nodes, module_g
         ("blocks.11.attn.core/Softmax_1", ModuleGroup("blocks.11", "attn")),
         ("blocks.3.mlp.act/Erf_1", ModuleGroup("blocks.3", "mlp")),
         ("blocks.3.norm2/LayerNormalization_1", ModuleGroup("blocks.3", "norm")),
-        ("blocks.1/TokenFusion_1", ModuleGroup("blocks.1", "fusion")),
+        ("blocks.1.fusion/TokenFusion_1", ModuleGroup("blocks.1", "fusion")),
+        ("blocks.1/TokenFusion_1", ModuleGroup("blocks.1", "fusion")),  # files exported before the scopes
+        ("blocks.1.fusion/TopK_2", ModuleGroup("blocks.1", "fusion")),
+        ("blocks.1.inline_attn/Softmax_1", ModuleGroup("blocks.1", "attn")),
         ("blocks.1/Add_2", ModuleGroup("blocks.1", "block")),
         ("norm/LayerNormalization_1", ModuleGroup("head", "norm")),
         ("head/Gemm_1", ModuleGroup("head", "head")),
@@ -80,9 +90,39 @@ def test_real_export_every_node_in_a_named_group(
     parts = Counter(g.part for g in groups.values() if g.group == "blocks.0")  # blocks.0 does not fuse
     assert set(parts) == {"attn", "mlp", "norm", "block"} and parts["norm"] == 2 and parts["block"] == 2
     # at 64 x 64 (16 patches + the class token) mctf fuses in block 1 only (17 -> 10 tokens, and at
-    # least 10 stay): one TokenFusion plugin node there; the portable lowering's ops are "block" nodes
+    # least 10 stay): one TokenFusion plugin node there, or the portable lowering's ops, all in "fusion";
+    # the block's inline attention is "attn", and "block" holds its two residual adds alone, as in blocks.0
     fusion = [n for n, g in groups.items() if g.part == "fusion"]
-    assert fusion == (["blocks.1/TokenFusion_1"] if lowering == "plugin" else [])
+    assert {groups[n].group for n in fusion} == {"blocks.1"}
+    if lowering == "plugin":
+        assert fusion == ["blocks.1.fusion/TokenFusion_1"]
+    else:
+        ops = Counter(split_node_name(n)[1] for n in fusion)
+        assert ops["TopK"] >= 2 and ops["ScatterElements"] >= 2 and "TokenFusion" not in ops
+    fused_block = Counter(g.part for g in groups.values() if g.group == "blocks.1")
+    assert set(fused_block) == {"attn", "fusion", "mlp", "norm", "block"} and fused_block["block"] == 2
+    assert any(n.startswith("blocks.1.inline_attn/Softmax") for n in nodes)
+
+
+def test_part_totals_sum_each_part_over_the_blocks() -> None:
+    layers = {
+        "blocks.0.attn": 0.75,
+        "blocks.1.fusion": 0.5,
+        "blocks.1.attn": 1.25,
+        "patch_embed": 0.25,
+        "blocks.1": 0.125,  # a block-level label (group level) stays as it is
+        "tokens_to_token.attention1": 1.5,
+        "blocks.1.mlp": 0.5,
+    }
+    assert list(part_totals(layers).items()) == [
+        ("blocks.*.attn", 2.0),
+        ("tokens_to_token.attention1", 1.5),
+        ("blocks.*.fusion", 0.5),
+        ("blocks.*.mlp", 0.5),
+        ("patch_embed", 0.25),
+        ("blocks.1", 0.125),
+    ]
+    assert part_totals({}) == {}
 
 
 def test_nodes_a_runtime_named_take_the_group_of_the_node_they_feed() -> None:

@@ -43,7 +43,11 @@ def _result(name: str, samples: list[float]) -> ProfileResult:
         e2e=latency_stats([s + 10 for s in samples]),
         defaults={"trtexec": "11", "values": {"spin_wait": True}, "applied": ["spin_wait"]},
         memory={"host_peak_rss_mib": 300.0, "device_peak_mib": None},
-        layers={"blocks.0": 1.5} if name == "int8" else None,
+        layers=(
+            {"blocks.0.attn": 1.5, "blocks.1.fusion": 1.0, "head": 1.0, "blocks.1.attn": 0.5}
+            if name == "int8"
+            else None
+        ),
         telemetry={"recorded": False, "reason": "absent"},
         notes=["a note"],
     )
@@ -79,7 +83,10 @@ def test_json_round_trip_and_markdown(tmp_path: Path) -> None:
     text = report.to_markdown()
     assert "| fp32 | 1 | 6.000 | 10.000 | 10.000 |" in text and "| 0.50 |" in text
     assert "| Latency | 1.000 | 3.000 | 3.000 | 5.000 | 5.000 | 5.000 | 5.000 |" in text
-    assert "Latency: min = 2.0000 ms" in text and "| blocks.0 | 1.5000 |" in text
+    assert "Latency: min = 2.0000 ms" in text and "| blocks.0.attn | 1.5000 |" in text
+    # the parts summed over the blocks, with their shares of the per-layer total (4 ms)
+    parts = ["| blocks.*.attn | 2.0000 | 50.0 % |", "| blocks.*.fusion | 1.0000 | 25.0 % |"]
+    assert "\n".join([*parts, "| head | 1.0000 | 25.0 % |"]) in text
     assert "Defaults: trtexec 11 line (applied to spin_wait)" in text
 
 
