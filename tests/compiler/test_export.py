@@ -71,9 +71,10 @@ def test_export_matches_pytorch_on_onnxruntime(
     assert [i.name for i in proto.graph.input] == ["images"]
     assert [o.name for o in proto.graph.output] == ["logits"]
     assert not any(n.op_type in ("Identity", "Constant") for n in proto.graph.node)  # simplified
-    # Readable names carrying the block index (fusion blocks project q, k, v themselves: blocks.0/...),
-    # on every node: simplification (onnxsim's fusions included) keeps the module paths.
-    assert any(n.name.startswith(("blocks.0.attn.qkv/", "blocks.0/")) for n in proto.graph.node)
+    # Readable names carrying the block index (fusion blocks project q, k, v themselves, under their
+    # export scope: blocks.0.inline_attn/...), on every node: simplification (onnxsim's fusions included)
+    # keeps the module paths.
+    assert any(n.name.startswith(("blocks.0.attn.qkv/", "blocks.0.inline_attn/")) for n in proto.graph.node)
     assert [n.name for n in proto.graph.node if "/" not in n.name] == []
     report, _, _ = verify_onnx(path, atol=1e-4, rtol=0, iterations=2)
     assert report.passed, report.format()
