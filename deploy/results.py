@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .latency import LatencyStats
+from .module_groups import part_totals
 from .trtexec_format import QueryTrace
 
 STAT_KEYS = ("latency", "enqueue", "gpu_compute", "h2d", "d2h", "e2e", "preprocess")
+PARTS_SHOWN = 5  # the summary line's largest parts (the Markdown report lists them all)
 """The LatencyStats entries of a ProfileResult (None where not measured)."""
 
 
@@ -161,5 +163,12 @@ class ProfileResult:
                 if v is not None
             ]
             lines.append("Memory: " + ", ".join(shown))
+        if self.layers:
+            # the per-layer run's split, as shares (its own total is not the timed latency)
+            total = sum(self.layers.values()) or 1.0
+            parts = list(part_totals(self.layers).items())
+            shares = [f"{label} {100 * ms / total:.1f} %" for label, ms in parts[:PARTS_SHOWN]]
+            rest = f", {len(parts) - PARTS_SHOWN} more" if len(parts) > PARTS_SHOWN else ""
+            lines.append("Time by part (per-layer run, summed over the blocks): " + ", ".join(shares) + rest)
         lines += [f"Note: {n}" for n in self.notes]
         return "\n".join(lines)

@@ -87,6 +87,10 @@ def test_json_round_trip_and_markdown(tmp_path: Path) -> None:
     # the parts summed over the blocks, with their shares of the per-layer total (4 ms)
     parts = ["| blocks.*.attn | 2.0000 | 50.0 % |", "| blocks.*.fusion | 1.0000 | 25.0 % |"]
     assert "\n".join([*parts, "| head | 1.0000 | 25.0 % |"]) in text
+    summary = (
+        "Time by part (per-layer run, summed over the blocks): blocks.*.attn 50.0 %, blocks.*.fusion 25.0 %"
+    )
+    assert f"{summary}, head 25.0 %\n" in int8.format() + "\n" and "Time by part" not in fp32.format()
     assert "Defaults: trtexec 11 line (applied to spin_wait)" in text
 
 
