@@ -15,8 +15,8 @@ from .module_groups import part_totals
 from .trtexec_format import QueryTrace
 
 STAT_KEYS = ("latency", "enqueue", "gpu_compute", "h2d", "d2h", "e2e", "preprocess")
-PARTS_SHOWN = 5  # the summary line's largest parts (the Markdown report lists them all)
 """The LatencyStats entries of a ProfileResult (None where not measured)."""
+PARTS_SHOWN = 5  # the summary line's largest parts (the Markdown report lists them all)
 
 
 def stats_from_dict(data: dict[str, Any] | None) -> LatencyStats | None:
