@@ -14,10 +14,11 @@ first GPU work. Same function, rounding apart.
 
 Per case (model:fusion:lowering, random init with seed 0, 224 x 224): the dense model, the merged form
 (``FusionBlock.export_merged_matrix = True``) and the reassociated form are exported, each file's logits
-compared with PyTorch's on the same random images, and the three ONNX Runtime sessions (CPU, ``--threads``
-intra-op threads, default graph optimisations) timed in one interleaved group (``measure_interleaved``,
-blocks of 5 calls), so load from other processes affects all three alike. Ratios: reassociated / merged,
-and each against dense. Export seconds are one export each (after a warm-up export), for the record.
+compared with PyTorch's on the same random images, and the three files timed on ONNX Runtime (vitrt's
+``OnnxRuntimeRunner``, which also runs the plugin lowering's nodes; CPU, ``--threads`` intra-op threads,
+default graph optimisations) in one interleaved group (``measure_interleaved``, blocks of 5 calls), so
+load from other processes affects all three alike. Ratios: reassociated / merged, and each against dense.
+Export seconds are one export each (after a warm-up export), for the record.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import argparse
 import platform
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,7 @@ import torch
 
 from vitrt.compiler.export import ExportConfig, export_model, model_from_config
 from vitrt.deploy.latency import measure_interleaved
+from vitrt.deploy.runners import OnnxRuntimeRunner
 from vitrt.plugins.token_fusion.module import FusionBlock
 
 DEFAULT_CASES = (
@@ -54,13 +57,6 @@ def export(config: ExportConfig, path: Path, merged_matrix: bool) -> tuple[torch
         return model, time.perf_counter() - start
     finally:
         FusionBlock.export_merged_matrix = False
-
-
-def session(path: Path, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,20 +85,22 @@ def main(argv: list[str] | None = None) -> int:
             with torch.no_grad():
                 want = {"dense": dense_model(torch.from_numpy(images)).numpy()}
                 want["merged"] = want["reassociated"] = model(torch.from_numpy(images)).numpy()
-            sessions = {form: session(Path(tmp) / f"{form}.onnx", args.threads) for form in want}
-            feeds = {form: {s.get_inputs()[0].name: images} for form, s in sessions.items()}
+            runners = {
+                form: OnnxRuntimeRunner(Path(tmp) / f"{form}.onnx", threads=args.threads) for form in want
+            }
+            feed = {"images": images}
             print(f"\n{case}: export s merged {merged_s:.1f}, reassociated {reassoc_s:.1f}")
-            for form, s in sessions.items():
-                got = s.run(None, feeds[form])[0]
+            for form, runner in runners.items():
+                got = runner.infer(feed)["logits"]
                 error = float(np.abs(got - want[form]).max() / np.abs(want[form]).max())
                 nodes = len(onnx.load(Path(tmp) / f"{form}.onnx", load_external_data=False).graph.node)
                 print(f"  {form:13} {nodes:5d} nodes, logits vs PyTorch: relative max error {error:.1e}")
             stats = measure_interleaved(
-                {form: (lambda s=s, f=feeds[form]: s.run(None, f)) for form, s in sessions.items()},
+                {form: partial(runner.infer, feed) for form, runner in runners.items()},
                 iterations=args.iterations,
             )
             median = {form: st.median for form, st in stats.items()}
-            for form in sessions:
+            for form in runners:
                 print(
                     f"  {form:13} median {median[form]:8.2f} ms  p90 {stats[form].p90:8.2f} ms"
                     f"  x dense {median[form] / median['dense']:.3f}"
