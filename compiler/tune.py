@@ -334,16 +334,18 @@ def _time_trials(
         for i, r in enumerate(built)
     ]
     bar = progress_bar(len(jobs), "tune: trials timed", progress, unit="trial")
-    for record, profiler, job in jobs:
-        timing = ray.get(job)
-        bar.update(1)
-        record["profiler"] = profilers.index(profiler)
-        if timing["status"] != "ok":
-            record.update(status="failed", stage=timing["stage"], error=timing["error"])
-            continue
-        record["status"] = "ok"
-        record["timing"] = timing
-    bar.close()
+    try:
+        for record, profiler, job in jobs:
+            timing = ray.get(job)
+            bar.update(1)
+            record["profiler"] = profilers.index(profiler)
+            if timing["status"] != "ok":
+                record.update(status="failed", stage=timing["stage"], error=timing["error"])
+                continue
+            record["status"] = "ok"
+            record["timing"] = timing
+    finally:
+        bar.close()  # as _gather's: no half-drawn bar left on stderr when a profiler raises
     typical = {i: ray.get(p.reference_median.remote()) for i, p in enumerate(profilers)}
     for record in records:
         timing = record.get("timing")
