@@ -328,7 +328,7 @@ def _add_runner_options(p: argparse.ArgumentParser) -> None:
         help="OpenVINO's compute precision (default f32)",
     )
     g.add_argument("--no-check", action="store_true", help="skip the manifest check against this machine")
-    g.add_argument("--device", default="cpu", help="a model name's device: cpu (default), cuda or cuda:N")
+    g.add_argument("--device", default=None, help="a model name's device: cpu (default), cuda or cuda:N")
     g.add_argument("--half", action="store_true", help="a model name's weights and inputs in float16")
 
 
@@ -826,11 +826,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--compare", action="store_true", help="ratios to the first artifact, and a comparison chart"
     )
     g = p.add_argument_group("model names", "options for a model name (a PyTorch runner)")
-    g.add_argument("--img-size", type=int, default=224, help="square input side in pixels (default 224)")
+    g.add_argument("--img-size", type=int, default=None, help="square input side in pixels (default 224)")
     g.add_argument("--fusion", default=None, help="token fusion preset: mctf, mctf-fast, tome")
     g.add_argument("--attention", default=None, help="attention: dense, scatterbrain, lsh, performer")
     g.add_argument("--checkpoint", default=None, help="weights to load (default: random init)")
-    g.add_argument("--num-classes", type=int, default=1000)
+    g.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default 1000)")
     _add_runner_options(p)
     p.set_defaults(func=_cmd_profile)
 

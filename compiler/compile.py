@@ -280,12 +280,28 @@ def compile_model(
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ConfigError(f"{label} must be a positive integer, got {count!r}")
     lowering = lowering or ("plugin" if spec.uses_tensorrt else "portable")
+    is_onnx = isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".onnx")
+    if is_onnx:
+        # The file fixes its weights, fusion and input: these would be ignored ("none" is no fusion).
+        fixed = {
+            "checkpoint": checkpoint,
+            "fusion": None if fusion in ("none", "") else fusion,
+            "attention": attention,
+            "img_size": img_size,
+            "num_classes": num_classes,
+        }
+        given = [f"--{key.replace('_', '-')}" for key, value in fixed.items() if value is not None]
+        if given:
+            raise ConfigError(
+                f"{model} is an ONNX file, made with its weights, fusion and input size: {', '.join(given)} "
+                "only apply to a model name or description. Leave them out, or compile the model itself "
+                "(`vitrt compile MODEL --checkpoint W --fusion ...`)"
+            )
     outdir = Path(output)
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise VitrtError(f"cannot create the output folder {outdir}: {err.strerror}") from err
-    is_onnx = isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".onnx")
     foreign_pre = {
         "mean": mean,
         "std": std,

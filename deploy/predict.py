@@ -181,7 +181,7 @@ def run(
     runtime: str | None = None,
     threads: int | None = None,
     inference_precision: str | None = None,
-    device: str = "cpu",
+    device: str | None = None,
     half: bool = False,
     check: bool = True,
     mean: Sequence[float] | None = None,

@@ -22,13 +22,13 @@ from .profiler import (
 )
 from .report import ProfileReport, comparison, machine_facts, write_json, write_markdown
 from .results import ProfileResult
-from .sources import check_batch, open_runner, resolve_source
+from .sources import ModelSource, check_batch, check_model_options, open_runner, resolve_source
 
 PathLike = str | os.PathLike[str]
 
 
 def profile_artifact(
-    source: PathLike,
+    source: PathLike | ModelSource,
     *,
     batch: int = 1,
     warmup_s: float = DEFAULT_WARMUP_S,
@@ -46,26 +46,27 @@ def profile_artifact(
     threads: int | None = None,
     inference_precision: str | None = None,
     check: bool = True,
-    device: str = "cpu",
+    device: str | None = None,
     half: bool = False,
     checkpoint: str | None = None,
-    img_size: int = 224,
-    num_classes: int = 1000,
+    img_size: int | None = None,
+    num_classes: int | None = None,
     fusion: Any = None,
     attention: Any = None,
 ) -> ProfileResult:
-    """Open ``source`` (``vitrt.deploy.open_runner``: an artifact folder, a .onnx, a .plan or a model name)
-    and profile it (``vitrt.deploy.profiler.profile_runner``: trtexec's definitions, times in ms).
+    """Open ``source`` (``vitrt.deploy.open_runner``: an artifact folder, a .onnx, a .plan, a model name, or
+    their ``ModelSource``) and profile it (``vitrt.deploy.profiler.profile_runner``: trtexec's definitions,
+    times in ms).
 
     batch: images per query; BatchError when the artifact / file / engine cannot take it (fixed batch
     axis, optimisation profile). cuda_graph / spin_wait: a TensorRT engine's and a model name's on CUDA
     (None: the ``trtexec_defaults`` line's default); others as ``profile_runner`` and ``open_runner``.
     telemetry: record device state where ``vitrt.deploy.telemetry`` exists (else noted "not recorded").
     """
-    src = resolve_source(source)
+    src = source if isinstance(source, ModelSource) else resolve_source(source)
     defaults = TRTEXEC_DEFAULTS[trtexec_defaults] if trtexec_defaults in TRTEXEC_DEFAULTS else {}
     graph = cuda_graph if cuda_graph is not None else defaults.get("cuda_graph", False)
-    if src.kind == "model" and not device.startswith("cuda"):
+    if src.kind == "model" and not (device or "cpu").startswith("cuda"):
         graph = False
     spin = spin_wait if spin_wait is not None else defaults.get("spin_wait", False)
     runner = open_runner(
@@ -101,7 +102,7 @@ def profile_artifact(
         telemetry=telemetry,
         layers=layers,
         progress=progress,
-        source=os.fspath(source),
+        source=src.spec,
     )
 
 
@@ -139,11 +140,11 @@ def profile(
     threads: int | None = None,
     inference_precision: str | None = None,
     check: bool = True,
-    device: str = "cpu",
+    device: str | None = None,
     half: bool = False,
     checkpoint: str | None = None,
-    img_size: int = 224,
-    num_classes: int = 1000,
+    img_size: int | None = None,
+    num_classes: int | None = None,
     fusion: Any = None,
     attention: Any = None,
 ) -> ProfileReport:
@@ -154,7 +155,9 @@ def profile(
     layout, same naming; implies ``layers``: the per-layer run after each timed one), ``plots`` (a folder
     of PNGs, ``vitrt.deploy.plots.plot_report``); ``layers``: take the per-layer run (per-block times);
     ``compare``: ratios to the first artifact in the report and a comparison chart. quiet: no progress bar.
-    Returns the ProfileReport.
+    device / half / checkpoint / img_size / num_classes / fusion / attention go to the model names among
+    ``artifacts`` (to compare a file with a model); with no model name among them, SourceError
+    (``check_model_options``). Returns the ProfileReport.
     """
     from vitrt.fileio import check_writable
 
@@ -162,9 +165,24 @@ def profile(
     for target in (json, report):
         if target is not None:
             check_writable(target)
+    # Every source resolved before the first is timed, so a typo in the last fails at once. The model-name
+    # options go to the model names; with none among the sources they would be ignored: SourceError.
+    sources = [resolve_source(spec) for spec in specs]
+    model_options: dict[str, Any] = {
+        "device": device,
+        "half": half,
+        "checkpoint": checkpoint,
+        "img_size": img_size,
+        "num_classes": num_classes,
+        "fusion": fusion,
+        "attention": attention,
+    }
+    if not any(src.kind == "model" for src in sources):
+        for src in sources:
+            check_model_options(src, **model_options)
     results = [
         profile_artifact(
-            spec,
+            src,
             batch=batch,
             warmup_s=warmup_s,
             duration_s=duration_s,
@@ -181,15 +199,9 @@ def profile(
             threads=threads,
             inference_precision=inference_precision,
             check=check,
-            device=device,
-            half=half,
-            checkpoint=checkpoint,
-            img_size=img_size,
-            num_classes=num_classes,
-            fusion=fusion,
-            attention=attention,
+            **(model_options if src.kind == "model" else {}),
         )
-        for spec in specs
+        for src in sources
     ]
     out = ProfileReport(
         artifacts=results,

@@ -207,6 +207,59 @@ def resolve_source(spec: str | os.PathLike[str]) -> ModelSource:
     raise SourceError(f"{text!r}: no such file or folder, and not a model name. Give {ACCEPTED}")
 
 
+def natural_device(src: ModelSource) -> str:
+    """Where a source that is not a model name runs: "cuda" for a TensorRT engine or artifact, else "cpu"
+    (ONNX Runtime and OpenVINO run on the host)."""
+    return "cuda" if src.kind == "plan" or src.runtime == "tensorrt" else "cpu"
+
+
+def check_model_options(
+    src: ModelSource,
+    *,
+    device: str | None = None,
+    half: bool = False,
+    checkpoint: str | None = None,
+    img_size: int | None = None,
+    num_classes: int | None = None,
+    fusion: Any = None,
+    attention: Any = None,
+) -> None:
+    """Raise SourceError when ``src`` is not a model name but options only a model name takes are given.
+
+    A file or artifact fixes its weights, token fusion, attention, input size, classes, device and
+    precision, so these options would be ignored, and a user who asked for ``--device cuda`` or
+    ``--fusion mctf`` would read timings of something else. device is accepted where it names what the
+    source runs on anyway ("cpu" for ONNX Runtime / OpenVINO, "cuda" or "cuda:0" for TensorRT).
+    """
+    if src.kind == "model":
+        return
+    given = [
+        f"--{key.replace('_', '-')}"
+        for key, value in (
+            ("checkpoint", checkpoint),
+            ("fusion", fusion),
+            ("attention", attention),
+            ("img_size", img_size),
+            ("num_classes", num_classes),
+        )
+        if value is not None
+    ]
+    if half:
+        given.append("--half")
+    natural = natural_device(src)
+    if device is not None and device not in (natural, f"{natural}:0"):
+        given.append(f"--device {device}")
+    if not given:
+        return
+    where = "on the GPU it was built for" if natural == "cuda" else "on the CPU"
+    flags = ", ".join(given)
+    raise SourceError(
+        f"{src.spec} runs {where} with the weights, fusion and precision it was made with: {flags} only "
+        f"apply to a model name (run in PyTorch) and would be ignored. Leave them out, give a model name, "
+        f"or make the file with them (`vitrt compile MODEL --checkpoint W --fusion mctf --target T`)"
+    )
+
+
 def open_runner(
     source: str | os.PathLike[str] | ModelSource,
     *,
@@ -214,13 +267,13 @@ def open_runner(
     threads: int | None = None,
     inference_precision: str | None = None,
     check: bool = True,
-    device: str = "cpu",
+    device: str | None = None,
     half: bool = False,
     cuda_graph: bool = False,
     spin_wait: bool = False,
     checkpoint: str | None = None,
-    img_size: int = 224,
-    num_classes: int = 1000,
+    img_size: int | None = None,
+    num_classes: int | None = None,
     fusion: Any = None,
     attention: Any = None,
     name: str | None = None,
@@ -234,10 +287,21 @@ def open_runner(
     "f32" (default) or "bf16". check: compare an artifact's manifest with this machine first.
     cuda_graph / spin_wait: a TensorRT engine's (captured on its first enqueue; wait by polling) and a
     model name's CUDA graph. device / half / checkpoint / img_size (pixels) / num_classes / fusion /
-    attention: a model name's PyTorch runner (``TorchModelRunner.from_name``). name: the runner's name in
+    attention: a model name's PyTorch runner (``TorchModelRunner.from_name``; None: "cpu", 224, 1000);
+    given for another source they raise SourceError (``check_model_options``). name: the runner's name in
     reports (default: the file or folder name, and the runtime).
     """
     src = source if isinstance(source, ModelSource) else resolve_source(source)
+    check_model_options(
+        src,
+        device=device,
+        half=half,
+        checkpoint=checkpoint,
+        img_size=img_size,
+        num_classes=num_classes,
+        fusion=fusion,
+        attention=attention,
+    )
     if runtime is not None and runtime not in RUNTIMES:
         raise VitrtError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
     label = name or (src.path.name if src.path is not None else src.spec)
@@ -286,15 +350,16 @@ def open_runner(
             checkpoint=checkpoint,
             fusion=fusion,
             attention=attention,
-            img_size=img_size,
-            num_classes=num_classes,
-            device=device,
+            img_size=224 if img_size is None else img_size,
+            num_classes=1000 if num_classes is None else num_classes,
+            device=device or "cpu",
             half=half,
             cuda_graph=cuda_graph,
             name=name,
         )
         pre = getattr(runner.model, "preprocess", None)
-        config: dict[str, Any] = {"model": src.spec, "num_classes": num_classes, "fusion": fusion}
+        classes = 1000 if num_classes is None else num_classes
+        config: dict[str, Any] = {"model": src.spec, "num_classes": classes, "fusion": fusion}
         if pre is not None:
             config |= {"input_size": list(pre.input_size), "mean": list(pre.mean), "std": list(pre.std)}
             config["extra"] = {"preprocess": {"crop_pct": pre.crop_pct, "interpolation": pre.interpolation}}

@@ -226,7 +226,18 @@ def test_bad_options_fail_before_any_stage(tmp_path: Path) -> None:
         compile_model(DESCRIPTION, tmp_path / "b", checkpoint=CHECKPOINT, precision="int8")
     with pytest.raises(ConfigError, match="unknown model 'deit_smal'; did you mean"):
         compile_model("deit_smal", tmp_path / "c")
+    # an ONNX file fixes its weights, fusion and input: model options would be ignored
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"")
+    for options, flag in [
+        ({"fusion": "mctf"}, "--fusion"),
+        ({"checkpoint": CHECKPOINT}, "--checkpoint"),
+        ({"img_size": 64, "num_classes": 10}, "--img-size, --num-classes"),
+    ]:
+        with pytest.raises(ConfigError, match=f"is an ONNX file.*: {flag} only apply to a model name"):
+            compile_model(onnx_file, tmp_path / "d", **options)
     assert not (tmp_path / "a").exists() and not (tmp_path / "c" / "stages").exists()
+    assert not (tmp_path / "d").exists()
 
 
 @pytest.mark.slow

@@ -13,7 +13,14 @@ import vitrt
 from vitrt.compiler.cli import main
 from vitrt.deploy.predict import softmax
 from vitrt.deploy.runners import TensorSpec
-from vitrt.deploy.sources import BatchError, ModelSource, SourceError, check_batch, resolve_source
+from vitrt.deploy.sources import (
+    BatchError,
+    ModelSource,
+    SourceError,
+    check_batch,
+    check_model_options,
+    resolve_source,
+)
 from vitrt.errors import VitrtError
 
 
@@ -94,6 +101,52 @@ def test_sources_and_their_errors(
     check_batch(ranged, 8)
     with pytest.raises(BatchError, match="batches 1 to 8"):
         check_batch(ranged, 9)
+
+
+def test_model_name_options_are_refused_for_files(
+    tiny: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A file fixes its weights, fusion, size and device: these options would be ignored, and a user who
+    # asked for --device cuda or --fusion mctf would read the timings of something else.
+    for options, flag in [
+        ({"fusion": "mctf"}, "--fusion"),
+        ({"checkpoint": "w.pth"}, "--checkpoint"),
+        ({"attention": "scatterbrain"}, "--attention"),
+        ({"img_size": 64}, "--img-size"),
+        ({"num_classes": 10}, "--num-classes"),
+        ({"half": True}, "--half"),
+        ({"device": "cuda"}, "--device cuda"),
+    ]:
+        for spec in (tiny["fp32"], tiny["fp32.cpu"]):
+            with pytest.raises(SourceError, match=f"runs on the CPU .*{flag} only apply to a model name"):
+                vitrt.open_runner(spec, **options)
+    assert vitrt.open_runner(tiny["fp32"], device="cpu").runtime == "onnxruntime"  # what it runs on anyway
+    engine = ModelSource("plan", "e.plan")
+    check_model_options(engine, device="cuda:0")
+    for device in ("cpu", "cuda:1"):
+        with pytest.raises(SourceError, match=f"on the GPU it was built for .*--device {device} only"):
+            check_model_options(engine, device=device)
+    assert main(["profile", str(tiny["fp32"]), "--fusion", "mctf", "--quiet"]) == 2
+    assert "--fusion only apply to a model name" in capsys.readouterr().err
+    image = _png(tmp_path / "x.png", np.zeros((8, 8, 3), np.uint8))
+    assert main(["run", str(tiny["fp32"]), str(image), "--device", "cuda"]) == 2
+    assert "--device cuda only apply to a model name" in capsys.readouterr().err
+    # with a model name among the sources, the options are the model's: a file compared with a model
+    report = vitrt.profile(
+        [tiny["fp32"], "deit_tiny_patch16_224"],
+        img_size=32,
+        num_classes=10,
+        fusion="tome",
+        warmup_s=0,
+        duration_s=0,
+        iterations=2,
+        e2e_s=0,
+        telemetry=False,
+        layers=False,
+        quiet=True,
+    )
+    assert [r.source for r in report.artifacts] == [str(tiny["fp32"]), "deit_tiny_patch16_224"]
+    assert "onnxruntime" in report.artifacts[0].runner and "torch" in report.artifacts[1].runner
 
 
 def test_labels() -> None:
