@@ -38,6 +38,7 @@ from vitrt.fileio import TWO_GB, atomic_output, check_writable, load_onnx, save_
 from vitrt.models.config import PreprocessConfig
 
 from .cache import dumps as cache_text
+from .cache import trt_version_number
 from .collect import (
     ModelIO,
     RunnerFactory,
@@ -81,7 +82,9 @@ class CalibrationResult:
     the float ones; quantized / fallen_back: layer names; amax: {activation tensor: amax};
     agreement: the INT8 model vs FP32 on the held-out samples (None without them); sensitivity:
     per-layer ranking, worst first (empty when not run); fallback: the budget walk (None without a
-    budget); report: the JSON report as a dict; written: {"onnx"|"cache"|"report": path}.
+    budget); report: the JSON report as a dict; written: {"onnx"|"cache"|"report": path}; held_out:
+    False when the source had no samples beyond the calibration ones, so agreement and sensitivity were
+    measured on calibration samples.
     """
 
     model: Any
@@ -94,6 +97,7 @@ class CalibrationResult:
     fallback: Fallback | None = None
     report: dict[str, Any] = field(default_factory=dict)
     written: dict[str, Path] = field(default_factory=dict)
+    held_out: bool = True
 
 
 def _positive_int(name: str, value: int) -> None:
@@ -257,7 +261,8 @@ def calibrate_onnx(
         percentile: for "percentile", in (0, 100] (default 99.99); only with a method name.
         num_samples / batch_size / seed / convert_channels / npz_key: see ``open_source``; a source
             with fewer samples is used whole, with a warning.
-        exclude: node-name patterns (fnmatch: ``blocks.0.*``, ``head/Gemm_1``) of layers kept float.
+        exclude: node-name patterns (fnmatch: ``blocks.0.*``, ``head/Gemm_1``) of layers kept float;
+            ConfigError for one that matches no MatMul/Gemm/Conv node (a typo).
         eval_data / eval_samples: held-out samples for the FP32-vs-INT8 agreement and the
             sensitivity pass; default: the next ``eval_samples`` samples of ``data``'s seeded order
             (disjoint from the calibration samples; the calibration samples themselves, with a
@@ -265,9 +270,11 @@ def calibrate_onnx(
         error_budget / budget_metric: fall layers back to float until the error holds: "cosine"
             bounds 1 - mean cosine of the outputs, "top1" the fraction of top-1 changes (0.01 = 1
             point), both vs FP32 on the first ``sensitivity_samples`` held-out samples.
-        sensitivity: rank every layer by its quantization error (always on with a budget).
+        sensitivity: rank every layer by its quantization error (a budget needs it: ConfigError for
+            ``sensitivity=False`` with ``error_budget``).
         cache / trt_version: also write a TensorRT calibration cache for implicit INT8 on TensorRT
-            10.x (``trt_version`` must be that of the builder, e.g. "10.3.0" on JetPack 6).
+            10.x (``trt_version`` must be that of the builder, e.g. "10.3.0" on JetPack 6; ConfigError
+            for 11.x, which has no calibrators).
         report: also write the JSON report (ranges per tensor, per-layer sensitivity, agreement).
         threads / custom_ops_library: ONNX Runtime's intra-op threads (None: its default) and a
             custom-op shared library for plugin nodes, for every session vitrt opens.
@@ -308,6 +315,17 @@ def calibrate_onnx(
     _positive_int("sensitivity_samples", sensitivity_samples)
     if error_budget is not None:
         check_budget(budget_metric, error_budget)
+        if not sensitivity:
+            raise ConfigError(
+                "--error-budget needs the sensitivity pass (the layers it ranks most harmful are the ones "
+                "kept float): drop --no-sensitivity (sensitivity=False) or --error-budget"
+            )
+    if cache is not None and trt_version_number(trt_version) >= 110000:
+        raise ConfigError(
+            f"--trt-version {trt_version}: TensorRT 11 has no calibrators, so it reads no calibration cache "
+            "(its INT8 is explicit: it builds the Q/DQ ONNX this writes). Fix: drop --cache, or give the "
+            "TensorRT 10.x version that builds the engine"
+        )
     targets = {
         k: Path(v) for k, v in (("onnx", output), ("cache", cache), ("report", report)) if v is not None
     }
@@ -346,6 +364,12 @@ def calibrate_onnx(
         raise NoQuantizableOpError(
             f"{model} has no MatMul, Gemm or Conv node, the ops vitrt quantizes: nothing to calibrate"
         )
+    unmatched = unmatched_patterns(proto, exclude)
+    if unmatched:
+        raise ConfigError(
+            f"--exclude {', '.join(map(repr, unmatched))} matches no MatMul/Gemm/Conv node of the model "
+            f"(the layers vitrt quantizes). Their names look like {layers[len(layers) // 2].label!r}"
+        )
     candidates = [layer for layer in layers if layer.reason is None]
     if not candidates:
         reasons = sorted({str(layer.reason) for layer in layers})
@@ -354,11 +378,6 @@ def calibrate_onnx(
             "Fix: loosen --exclude"
         )
     check_opset(proto)
-    for pattern in unmatched_patterns(proto, exclude):
-        log.warning(
-            "--exclude pattern %r matches no node name (names look like 'blocks.3.attn.qkv/MatMul_1')",
-            pattern,
-        )
 
     # -- data -------------------------------------------------------------------------------------
     preprocess = preprocess_for(
@@ -532,7 +551,7 @@ def calibrate_onnx(
                 if n.domain == "vitrt"
             ),
             prepared=prepared_report,
-            agreement={"vs": "float32, held-out samples", **final.to_dict()},
+            agreement={"vs": f"float32, {_samples_word(held_out)}", **final.to_dict()},
         ),
     )
     if int8.ByteSize() >= TWO_GB:
@@ -582,7 +601,12 @@ def calibrate_onnx(
             temps["report"].write_text(json.dumps(report_dict, indent=1) + "\n")
     written = dict(targets)
     log.info(
-        "calibrated %s: %d/%d layers INT8, held-out agreement %s", model, len(enabled), len(layers), final
+        "calibrated %s: %d/%d layers INT8, agreement on %s %s",
+        model,
+        len(enabled),
+        len(layers),
+        _samples_word(held_out),
+        final,
     )
     return CalibrationResult(
         model=int8,
@@ -595,7 +619,13 @@ def calibrate_onnx(
         fallback=fallback,
         report=report_dict,
         written=written,
+        held_out=held_out,
     )
+
+
+def _samples_word(held_out: bool) -> str:
+    """What the agreement samples are: held out, or (a source with nothing left) calibration samples."""
+    return "held-out samples" if held_out else "calibration samples (none held out)"
 
 
 def _report(

@@ -363,6 +363,8 @@ def find_layers(model: ModelProto, exclude: Iterable[str] = ()) -> list[Layer]:
 
 
 def unmatched_patterns(model: ModelProto, exclude: Iterable[str]) -> list[str]:
-    """The ``exclude`` patterns that match no node name or label (probably typos)."""
-    names = [n.name for n in model.graph.node] + [layer_label(n) for n in model.graph.node]
+    """The ``exclude`` patterns that match the name or label of no MatMul/Gemm/Conv node (of those
+    ``find_layers`` lists): typos, or patterns of nodes that are never quantized anyway."""
+    nodes = [n for n in model.graph.node if n.op_type in LAYER_OPS and not is_custom(n)]
+    names = [n.name for n in nodes] + [layer_label(n) for n in nodes]
     return [p for p in exclude if not any(fnmatch.fnmatchcase(n, p) for n in names)]

@@ -117,9 +117,27 @@ def tensorrt_missing(target: Target, reason: str) -> TensorRTMissingError:
     )
 
 
+TENSORRT_FLAGS = {
+    "min_batch": "--min",
+    "max_batch": "--max",
+    "workspace_mib": "--workspace",
+    "optimization_level": "--opt-level",
+    "timing_cache": "--timing-cache",
+    "calib_cache": "--calib-cache",
+    "hardware_compatibility": "--hardware-compat",
+    "version_compatible": "--version-compatible",
+    "dla_core": "--dla-core",
+    "strongly_typed": "--[no-]strongly-typed",
+}
+"""The ``vitrt build`` flag of each TensorRT-only BuildOptions field (what a cpu build names, refusing it)."""
+
+
 def _tensorrt_options_for_cpu(options: BuildOptions) -> list[str]:
+    """The TensorRT-only options given, as "--flag (field)" (the command's flag, the API's keyword)."""
     defaults = BuildOptions(precision=options.precision, opt_batch=options.opt_batch)
-    return [k for k, v in options.to_dict().items() if v != getattr(defaults, k)]
+    return [
+        f"{TENSORRT_FLAGS.get(k, k)} ({k})" for k, v in options.to_dict().items() if v != getattr(defaults, k)
+    ]
 
 
 def build(
@@ -242,8 +260,9 @@ def _build_cpu(
     extra = _tensorrt_options_for_cpu(options)
     if extra:
         raise ConfigError(
-            f"{', '.join(extra)}: TensorRT options; the cpu target takes --precision, --runtime, "
-            "--inference-precision, --threads and --opt (the batch it times)"
+            f"{', '.join(extra)}: TensorRT options, which the cpu target does not use. Fix: leave them out; "
+            "the cpu target takes --precision, --runtime, --inference-precision, --threads and --opt (the "
+            "batch it times)"
         )
     plan = plan_cpu(
         facts,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -146,7 +147,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"  fell back to float: {', '.join(labels[n] for n in result.fallen_back)}")
     if a is not None:
         print(
-            f"  vs FP32 on {a.samples} held-out samples: top-1 agreement {100 * a.top1_agreement:.1f}%, "
+            f"  vs FP32 on {a.samples} {'held-out' if result.held_out else 'calibration (none held out)'} "
+            f"samples: top-1 agreement {100 * a.top1_agreement:.1f}%, "
             f"mean cosine {a.mean_cosine:.5f}, max abs error {a.max_abs_error:.4g}"
         )
     for key in ("cache", "report"):
@@ -271,13 +273,20 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     written = [args.json, args.report]
     if args.export_times:
         written += [str(p) for p in times_paths(args.export_times, len(report.artifacts))]
-    if args.export_profile:
-        written += [str(p) for p in times_paths(args.export_profile, len(report.artifacts))]
+    skipped = []
+    if args.export_profile:  # only the sources that had a per-layer run (not OpenVINO's, for one)
+        paths = times_paths(args.export_profile, len(report.artifacts))
+        for path, result in zip(paths, report.artifacts, strict=True):
+            if result.layer_profile is not None:
+                written.append(str(path))
+            else:
+                skipped.append(f"note: {path} not written: {result.runner} has no per-layer profile (above)")
     if args.plots:
         written.append(f"{args.plots}/ (PNG plots)")
     for path in written:
         if path:
             print(f"wrote {path}")
+    print("\n".join(skipped), end="\n" if skipped else "")
     return 0
 
 
@@ -297,6 +306,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         device=args.device,
         half=args.half,
         check=not args.no_check,
+        checkpoint=args.checkpoint,
+        img_size=args.img_size,
+        num_classes=args.num_classes,
+        fusion=_json_option(args.fusion),
+        attention=_json_option(args.attention),
         mean=args.mean,
         std=args.std,
         crop_pct=args.crop_pct,
@@ -307,25 +321,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model_name_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model names", "options for a model name (a PyTorch runner)")
+    g.add_argument("--img-size", type=int, default=None, help="square input side in pixels (default 224)")
+    g.add_argument("--fusion", default=None, help="token fusion preset: mctf, mctf-fast, tome")
+    g.add_argument("--attention", default=None, help="attention: dense, scatterbrain, lsh, performer")
+    g.add_argument("--checkpoint", default=None, help="weights to load (default: random init)")
+    g.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default 1000)")
+
+
 def _add_runner_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("runtime", "how the artifact, file or model runs")
     g.add_argument(
         "--runtime",
         default=None,
         choices=["onnxruntime", "openvino"],
-        help="a bare .onnx file's runtime (default onnxruntime); an artifact's is its manifest's",
+        help="a bare .onnx file's runtime (default onnxruntime); an artifact runs on its manifest's",
     )
     g.add_argument(
         "--threads",
         type=int,
         default=None,
-        help="intra-op threads (default: the artifact's, else every core)",
+        help="ONNX Runtime / OpenVINO intra-op threads (default: the artifact's, else every core)",
     )
     g.add_argument(
         "--inference-precision",
         default=None,
         choices=["f32", "bf16"],
-        help="OpenVINO's compute precision (default f32)",
+        help="OpenVINO's compute precision (default f32; OpenVINO runs only)",
     )
     g.add_argument("--no-check", action="store_true", help="skip the manifest check against this machine")
     g.add_argument("--device", default=None, help="a model name's device: cpu (default), cuda or cuda:N")
@@ -451,12 +474,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 1 if any(d.fatal for d in differences) else 0
 
 
-def _add_tensorrt_options(p: argparse.ArgumentParser, *, timing_cache: bool = True) -> None:
+def _add_tensorrt_options(
+    p: argparse.ArgumentParser,
+    *,
+    timing_cache: bool = True,
+    target_help: str = "a target from `vitrt targets` (jetson-orin-nano, h100, cpu...)",
+) -> None:
     from .build_plan import BUILD_PRECISIONS, HARDWARE_COMPATIBILITY
 
-    p.add_argument(
-        "--target", default=None, help="a target from `vitrt targets` (jetson-orin-nano, h100, cpu...)"
-    )
+    p.add_argument("--target", default=None, help=target_help)
     p.add_argument(
         "--precision",
         default=None,
@@ -594,10 +620,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. 't2t*'")
     p.set_defaults(func=_cmd_list_models)
 
-    p = sub.add_parser("inspect", help="model card: parameters, MACs, tokens per stage, preprocessing")
+    p = sub.add_parser(
+        "inspect", help="model card (a name or a description .json): parameters, MACs, tokens, preprocessing"
+    )
     _add_model_options(p)
     p.add_argument("--checkpoint", default=None, help="load these weights first (.pth/.pth.tar/.safetensors)")
-    p.set_defaults(func=_cmd_inspect)
+    p.set_defaults(func=_cmd_inspect, img_size=None)  # None: 224, or a description's own
 
     p = sub.add_parser(
         "export", help="PyTorch model -> ONNX (plugin or portable lowering), simplified, checked"
@@ -631,9 +659,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rtol", type=float, default=None, help="relative tolerance (default 1e-3 FP32, 2e-2 FP16, 0.1 INT8)"
     )
-    p.add_argument("--iterations", type=int, default=1, help="random input sets (default 1)")
-    p.add_argument("--batch", type=int, default=1, help="batch for a dynamic batch axis (default 1)")
-    p.add_argument("--load-inputs", default=None, help="Polygraphy inputs JSON to run on")
+    p.add_argument(
+        "--iterations", type=int, default=None, help="random input sets (default 1; not with --load-inputs)"
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="batch of random inputs for a dynamic batch axis (default 1; a fixed axis takes only its own)",
+    )
+    p.add_argument("--load-inputs", default=None, help="Polygraphy inputs JSON to run on (--save-inputs')")
     p.add_argument("--save-inputs", default=None, help="write the inputs used (Polygraphy JSON)")
     p.add_argument(
         "--save-outputs", default=None, help="write ONNX Runtime's outputs (Polygraphy RunResults)"
@@ -825,12 +860,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compare", action="store_true", help="ratios to the first artifact, and a comparison chart"
     )
-    g = p.add_argument_group("model names", "options for a model name (a PyTorch runner)")
-    g.add_argument("--img-size", type=int, default=None, help="square input side in pixels (default 224)")
-    g.add_argument("--fusion", default=None, help="token fusion preset: mctf, mctf-fast, tome")
-    g.add_argument("--attention", default=None, help="attention: dense, scatterbrain, lsh, performer")
-    g.add_argument("--checkpoint", default=None, help="weights to load (default: random init)")
-    g.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default 1000)")
+    _add_model_name_options(p)
     _add_runner_options(p)
     p.set_defaults(func=_cmd_profile)
 
@@ -842,6 +872,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5, help="classes shown per image (default 5)")
     p.add_argument("--batch", type=int, default=None, help="images per query (default: the model's, else 8)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    _add_model_name_options(p)
     _add_runner_options(p)
     _add_preprocess_options(p)
     p.set_defaults(func=_cmd_run)
@@ -881,7 +912,11 @@ def build_parser() -> argparse.ArgumentParser:
         "bundle", help="pack ONNX + kernels + expected manifest for a device to build its own engine"
     )
     p.add_argument("model", help="the .onnx file")
-    _add_tensorrt_options(p, timing_cache=False)
+    _add_tensorrt_options(  # a bundle is for a TensorRT target: a "cpu" example would be refused here
+        p,
+        timing_cache=False,
+        target_help="a TensorRT target from `vitrt targets` (jetson-orin-nano, jetson-thor, h100, ...)",
+    )
     p.set_defaults(func=_cmd_bundle)
 
     p = sub.add_parser(
@@ -930,9 +965,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fusion", default=None, help="token fusion preset: mctf, mctf-fast, tome")
     p.add_argument("--attention", default=None, help="attention: dense, scatterbrain, lsh, performer")
     p.add_argument(
-        "--img-size", type=int, default=None, help="square input side (default 224 / the description's)"
+        "--img-size",
+        type=int,
+        default=None,
+        help="square input side (default 224; a description fixes its own)",
     )
-    p.add_argument("--num-classes", type=int, default=None, help="classes (default 1000 / the description's)")
+    p.add_argument(
+        "--num-classes", type=int, default=None, help="classes (default 1000; a description fixes its own)"
+    )
     p.add_argument("--target", default="cpu", help="a name from `vitrt targets` (default cpu)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8", "int8+fp16"])
     p.add_argument(
@@ -950,7 +990,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--calib-data", default=None, help="INT8 calibration source (folder, .npy/.npz, skimage, ...)"
     )
-    p.add_argument("--calib-samples", type=int, default=256, help="calibration samples (default 256)")
+    p.add_argument("--calib-samples", type=int, default=None, help="INT8 calibration samples (default 256)")
     p.add_argument(
         "--eval-data",
         default=None,
@@ -987,6 +1027,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VitrtError as err:
         print(f"vitrt {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader left (`vitrt inspect ... | head`): stop without a traceback, and point stdout at
+        # devnull so that the interpreter's flush at exit does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -25,8 +25,10 @@ Stages, each cached in ``OUTDIR/stages/<stage>-<key>/`` by a content hash of its
 7. report    ``OUTDIR/report.json`` / ``report.md`` / ``report.html`` and ``OUTDIR/plots/*.png``
              (``vitrt.compiler.compile_report``); written on every run, since it records which stages ran.
 
-A stage that fails raises CompileError naming it and the cause; the stages before it keep their folders and
-the next run reuses them; ``report.json`` / ``report.md`` are written with ``status: "failed"``.
+Every check on the options and the input runs before the output folder is created, so a refused run leaves
+no folder behind. A stage that fails raises CompileError naming it and the cause; the stages before it keep
+their folders and the next run reuses them; the report (all three files, and the plots the stages that ran
+allow, an earlier run's others removed) is written with ``status: "failed"``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -211,7 +214,7 @@ def compile_model(
     lowering: str | None = None,
     runtime: str = "auto",
     calib_data: PathLike | None = None,
-    calib_samples: int = 256,
+    calib_samples: int | None = None,
     eval_data: PathLike | None = None,
     eval_samples: int = 500,
     convert_channels: bool = False,
@@ -239,7 +242,8 @@ def compile_model(
         lowering: of the plugin ops at export (default: ``plugin`` for TensorRT targets, ``portable`` for
             cpu).
         runtime: ``cpu`` only: auto (time ONNX Runtime and OpenVINO, keep the faster), onnxruntime, openvino.
-        calib_data / calib_samples: INT8 calibration source (required for int8) and how many samples.
+        calib_data / calib_samples: INT8 calibration source (required for int8, refused otherwise) and how
+            many samples (default 256; int8 only).
         eval_data / eval_samples: the evaluation source (labelled: top-1 accuracy; default ``synthetic``,
             16 samples, agreement only) and at most how many samples.
         convert_channels: replicate grayscale data to the model's channels (calibration and evaluation).
@@ -272,6 +276,20 @@ def compile_model(
             f"--precision {precision} needs calibration data: pass --calib-data (an image folder, .npy/.npz, "
             "skimage, sklearn-digits, ...)"
         )
+    if not precision.startswith("int8") and (calib_data is not None or calib_samples is not None):
+        # they would change nothing in the artifact (and would re-run the precision stage for nothing)
+        given = [
+            flag
+            for flag, value in (("--calib-data", calib_data), ("--calib-samples", calib_samples))
+            if value is not None
+        ]
+        flags = " and ".join(given)
+        raise ConfigError(
+            f"{flags} only {'apply' if len(given) > 1 else 'applies'} to --precision int8 or int8+fp16 "
+            f"(calibration data sets the INT8 scales); {precision} has no calibration: leave {flags} out, or "
+            "pass --precision int8"
+        )
+    calib_samples = 256 if calib_samples is None else calib_samples
     for label, count in (
         ("calib_samples", calib_samples),
         ("eval_samples", eval_samples),
@@ -297,11 +315,9 @@ def compile_model(
                 "only apply to a model name or description. Leave them out, or compile the model itself "
                 "(`vitrt compile MODEL --checkpoint W --fusion ...`)"
             )
-    outdir = Path(output)
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise VitrtError(f"cannot create the output folder {outdir}: {err.strerror}") from err
+    for flag, spec_ in (("--calib-data", calib_data), ("--eval-data", eval_data)):
+        if spec_ is not None:
+            _check_data_spec(flag, spec_)
     foreign_pre = {
         "mean": mean,
         "std": std,
@@ -309,7 +325,7 @@ def compile_model(
         "crop_pct": crop_pct,
         "interpolation": interpolation,
     }
-    pipe = _Pipeline(outdir, progress)
+    outdir = Path(output)
     source: ModelSource | None = None
     onnx_input: Path | None = None
     onnx_pre: PreprocessConfig | None = None
@@ -329,6 +345,12 @@ def compile_model(
             num_classes=num_classes,
             name=name,
         )
+    # only now, after every check on the input: a refused run leaves no (empty) output folder behind
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise VitrtError(f"cannot create the output folder {outdir}: {err.strerror}") from err
+    pipe = _Pipeline(outdir, progress)
     built: dict[str, Any] = {}
 
     def torch_model() -> nn.Module:
@@ -350,7 +372,7 @@ def compile_model(
         "lowering": lowering if source is not None else None,
         "runtime": runtime if not spec.uses_tensorrt else None,
         "calib_data": os.fspath(calib_data) if calib_data is not None else None,
-        "calib_samples": calib_samples,
+        "calib_samples": calib_samples if precision.startswith("int8") else None,
         "eval_data": os.fspath(eval_data) if eval_data is not None else None,
         "eval_samples": eval_samples,
         "convert_channels": convert_channels,
@@ -360,7 +382,7 @@ def compile_model(
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     t_total = time.perf_counter()
     try:
-        with quiet_third_party(not verbose):
+        with quiet_third_party(not verbose), _quiet_export_tracing(not verbose):
             _stages(
                 pipe,
                 spec=spec,
@@ -374,13 +396,14 @@ def compile_model(
     except CompileError as err:
         from .compile_report import write_report
 
-        write_report(
-            outdir,
-            _report_data(
-                pipe, source, onnx_input, options, started, time.perf_counter() - t_total, error=err
-            ),
-            html=False,
-        )
+        # all three files and the plots, so none left from an earlier run in this folder still reads "ok"
+        with quiet_third_party(not verbose):
+            write_report(
+                outdir,
+                _report_data(
+                    pipe, source, onnx_input, options, started, time.perf_counter() - t_total, error=err
+                ),
+            )
         raise
     from .compile_report import write_report
 
@@ -399,6 +422,42 @@ def compile_model(
     pipe._say(entry)
     artifact = pipe.results.get("artifact_path", {}).get("path")
     return CompileResult(outdir, data, pipe.entries, Path(artifact) if artifact else None)
+
+
+EXPORT_TRACE_LOGGERS = ("torch._subclasses.fake_tensor", "torch.export._trace")
+"""torch's loggers that log a failing export's trace as errors (a traceback per failed op: dozens of lines)
+before the exception that the export stage's error reports with its cause."""
+
+
+@contextmanager
+def _quiet_export_tracing(enabled: bool) -> Iterator[None]:
+    """Within the block, only critical records from ``EXPORT_TRACE_LOGGERS``; their levels restored after."""
+    loggers = [logging.getLogger(name) for name in EXPORT_TRACE_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    if enabled:
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _check_data_spec(flag: str, spec: PathLike) -> None:
+    """ConfigError naming ``flag`` when ``spec`` is neither a built-in data source nor an existing folder or
+    data file: found before any stage runs, not after the export."""
+    from vitrt.calibration.data import BUILTIN_SOURCES, IMAGE_EXTENSIONS
+
+    text = os.fspath(spec)
+    if text in BUILTIN_SOURCES:
+        return
+    path = Path(text).expanduser()
+    fix = f"give an image folder (jpg/png), a .npy/.npz file, or one of {', '.join(BUILTIN_SOURCES)}"
+    if not path.exists():
+        raise ConfigError(f"{flag} {text!r}: no such file or folder. Fix: {fix}")
+    if path.is_file() and path.suffix.lower() not in (".npy", ".npz", *IMAGE_EXTENSIONS):
+        raise ConfigError(f"{flag} {text!r}: not a data source vitrt reads. Fix: {fix}")
 
 
 def _onnx_preprocess(path: Path, given: dict[str, Any]) -> PreprocessConfig:
@@ -560,14 +619,9 @@ def _stages(
             try:
                 res = build(final_onnx, folder / "artifact", target=spec.name)
                 kind, note = "engine", ""
-            except TensorRTMissingError as err:
+            except TensorRTMissingError:
                 res = bundle(final_onnx, folder / "bundle", target=spec.name)  # type: ignore[assignment]
-                kind = "bundle"
-                note = (
-                    f"TensorRT is not installed here, so no engine was built: {res.path.name}/ is a bundle "
-                    "to "
-                    f"build on the {spec.description} (vitrt build --bundle {res.path.name}/). ({err})"
-                )
+                kind, note = "bundle", ""  # said after the stage, where the bundle's final path is known
         files = {
             p.relative_to(res.path).as_posix(): p.stat().st_size
             for p in sorted(res.path.rglob("*"))
@@ -598,6 +652,13 @@ def _stages(
     build_result = run.result
     artifact = run.folder / build_result["path"]
     pipe.results["artifact_path"] = {"path": str(artifact)}
+    if build_result["kind"] == "bundle":
+        # the bundle is made already (the build stage ran `vitrt bundle`): the one step left is on the device
+        build_result["note"] = (
+            f"TensorRT is not installed here, so no engine was built: {artifact} is a bundle to build on the "
+            f"{spec.description}: copy that folder to the device and run `vitrt build --bundle {artifact}` "
+            "there"
+        )
     if build_result.get("note"):
         pipe.entries[-1].note = build_result["note"]
     artifact_id = build_result.get("manifest_sha256") or current_sha

@@ -134,29 +134,44 @@ def summary_lines(data: dict[str, Any], outdir: Path) -> list[str]:
     return lines
 
 
+def _summary_without_html(data: dict[str, Any], outdir: Path) -> None:
+    """The summary's last line for a report written without report.html: name only the files written."""
+    if data["summary"] and data["summary"][-1].startswith("report: "):
+        data["summary"][-1] = f"report: {outdir / 'report.md'} (also report.json)"
+
+
 def write_json(outdir: Path, data: dict[str, Any]) -> Path:
     return atomic_write_bytes(outdir / "report.json", (json.dumps(data, indent=1) + "\n").encode())
 
 
 def write_report(outdir: Path, data: dict[str, Any], *, html: bool = True) -> dict[str, Path]:
     """Write ``report.json`` and ``report.md``, and with ``html`` the plots and ``report.html``; returns the
-    paths by name. ``data["plots"]`` is filled with the plots written."""
+    paths by name. ``data["plots"]`` is filled with the plots written; a plot an earlier run left in
+    ``plots/`` that this one does not write (no data for it: a failed run, a bundle) is removed, so the
+    folder never shows another run's numbers."""
+    from .compile_plots import PLOTS
+
     written: dict[str, Path] = {}
+    if not html:
+        _summary_without_html(data, outdir)
     if html and not _have_matplotlib():
         data["summary"].append("no plots: matplotlib is not installed (pip install 'vitrt[report]')")
     elif html:
-        from .compile_plots import PLOTS
-
         (outdir / PLOTS_DIR).mkdir(exist_ok=True)
         for name, plot in PLOTS.items():
             path = plot(data, outdir / PLOTS_DIR / f"{name}.png")
             if path is not None:
                 data["plots"][name] = f"{PLOTS_DIR}/{name}.png"
                 written[name] = path
+    for name in PLOTS:
+        if name not in written:
+            (outdir / PLOTS_DIR / f"{name}.png").unlink(missing_ok=True)
     written["json"] = write_json(outdir, data)
     written["md"] = atomic_write_bytes(outdir / "report.md", markdown(data).encode())
     if html:
         written["html"] = atomic_write_bytes(outdir / "report.html", render_html(data, outdir).encode())
+    else:
+        (outdir / "report.html").unlink(missing_ok=True)  # an earlier run's: the summary names no html now
     return written
 
 

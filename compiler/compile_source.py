@@ -191,13 +191,22 @@ def model_source(
     """The ModelSource for ``model`` (a registered name, a description ``.json``, or an ``nn.Module``).
 
     ``img_size`` / ``num_classes`` default to 224 / 1000 for a registered name and to the description's
-    ``kwargs`` for a description. Raises ConfigError for an unknown name or a bad description.
+    ``kwargs`` for a description. Raises ConfigError for an unknown name, a bad description, or an
+    ``img_size`` / ``num_classes`` other than a description's (it fixes them: its weights and preprocessing
+    are made for them).
     """
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and not ckpt.is_file():
         raise ConfigError(f"checkpoint {ckpt} does not exist")
     fusion = None if fusion in ("none", "") else fusion
     if not isinstance(model, (str, os.PathLike)):
+        for key, value in (("img_size", img_size), ("num_classes", num_classes)):
+            own = getattr(model, key, None)
+            if value is not None and isinstance(own, int) and value != own:  # a module is built already
+                raise ConfigError(
+                    f"the module has {key} {own}; {key}={value} does not apply to a built module: leave "
+                    "it out"
+                )
         return ModelSource(
             "module",
             name or type(model).__name__,
@@ -213,14 +222,29 @@ def model_source(
         path = Path(text)
         arch, pre = read_description(path)
         kwargs = arch.get("kwargs", {})
+        fixed = {
+            "img_size": int(kwargs.get("img_size", 224)),
+            "num_classes": int(kwargs.get("num_classes", 1000)),
+        }
+        for key, value in (("img_size", img_size), ("num_classes", num_classes)):
+            # the model is built from the description's kwargs: another value would only reach the export
+            # config, which then disagrees with the model (a shape error deep inside the export)
+            if value is not None and value != fixed[key]:
+                flag = "--" + key.replace("_", "-")
+                raise ConfigError(
+                    f"{path} describes a model with {key} {fixed[key]} (arch.kwargs); {flag} {value} does "
+                    f"not apply to a description. Leave {flag} out (or give {fixed[key]}); for another "
+                    f"{key}, compile a registered name, or write a description with that value (and a "
+                    "preprocess entry to match)"
+                )
         return ModelSource(
             "description",
             name or path.stem,
             fusion,
             attention,
             ckpt,
-            img_size or int(kwargs.get("img_size", 224)),
-            num_classes or int(kwargs.get("num_classes", 1000)),
+            fixed["img_size"],
+            fixed["num_classes"],
             arch=arch,
             preprocess_dict=pre,
         )

@@ -46,7 +46,7 @@ MODEL_FILES = {"onnxruntime": "model.onnx", "openvino": "model.xml"}
 class CpuPlan:
     """The cpu target's decisions as data (module docstring). candidates: the runtimes still in the running
     (one: no timing needed); dropped: runtime -> why not; rewrites: graph rewrites before building
-    ("fp16"); batch: the batch timed and checked."""
+    ("fp16"); batch: the batch timed and checked (a fixed batch axis's own)."""
 
     runtime: str
     candidates: tuple[str, ...]
@@ -73,9 +73,10 @@ def plan_cpu(
 ) -> CpuPlan:
     """The CpuPlan for ``facts``' file (pure: ``available`` says which runtimes import here, default: try).
 
-    Raises BuildPlanError naming the fix: an unknown runtime or inference precision, a precision the file
-    cannot become here (INT8 needs ``vitrt calibrate``; the CPU runtimes read INT8 Q/DQ, not FP8 / FP4), or
-    no runtime able to run the file (OpenVINO missing or facing plugin nodes, bf16 asked of ONNX Runtime).
+    Raises BuildPlanError naming the fix: an unknown runtime or inference precision, a ``batch`` a fixed
+    batch axis does not take, a precision the file cannot become here (INT8 needs ``vitrt calibrate``; the
+    CPU runtimes read INT8 Q/DQ, not FP8 / FP4), or no runtime able to run the file (OpenVINO missing or
+    facing plugin nodes, bf16 asked of ONNX Runtime).
     """
     if runtime not in RUNTIME_CHOICES:
         raise BuildPlanError(f"unknown CPU runtime {runtime!r}; one of {', '.join(RUNTIME_CHOICES)}")
@@ -112,6 +113,16 @@ def plan_cpu(
         raise BuildPlanError(f"no CPU runtime can run this build: {reasons}")
     if batch is not None and batch < 1:
         raise BuildPlanError(f"batch must be >= 1, got {batch}")
+    fixed = {t.shape[0] for t in facts.inputs if t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0}
+    if batch is not None and fixed and fixed != {batch}:
+        size = min(fixed)
+        raise BuildPlanError(
+            f"the model's input has a fixed batch of {size}, so --opt {batch} (the batch to time) cannot be "
+            f"run. Fix: leave out --opt (or --opt {size}), or re-export with `vitrt export ... "
+            "--dynamic-batch`"
+        )
+    if batch is None and len(fixed) == 1:
+        batch = next(iter(fixed))  # the batch the file takes is the one timed and checked
     return CpuPlan(
         runtime=candidates[0] if len(candidates) == 1 else "auto",
         candidates=candidates,

@@ -131,11 +131,12 @@ def run_demo(
     work = Path(workdir)
     calib, held = write_digits_data(folder, description, work / "data")
     out = work / model_name
+    calib_data = calib if precision.startswith("int8") else None  # compile refuses it for fp32 / fp16
     command = [
         "vitrt", "compile", str(description), "--checkpoint", str(checkpoint),
         *(["--fusion", _fusion_arg(fusion)] if fusion else []), "--target", "cpu", "--precision", precision,
-        "--calib-data", str(calib), "--eval-data", str(held), "--threads", str(PROFILE_THREADS),
-        "-o", str(out),
+        *(["--calib-data", str(calib_data)] if calib_data else []), "--eval-data", str(held),
+        "--threads", str(PROFILE_THREADS), "-o", str(out),
     ]  # fmt: skip
     print("$ " + shlex.join(_relative(c) for c in command), flush=True)
     start = time.perf_counter()
@@ -146,7 +147,7 @@ def run_demo(
         fusion=fusion,
         target="cpu",
         precision=precision,
-        calib_data=calib,
+        calib_data=calib_data,
         eval_data=held,
         threads=PROFILE_THREADS,
         verbose=verbose,

@@ -174,6 +174,13 @@ def manifest_path(path: str | os.PathLike[str]) -> Path:
             return folder / name
     if not p.exists():
         raise VitrtError(f"{p} does not exist")
+    if p.is_file():
+        hint = f"; to make one of it: vitrt build {p} --target T -o OUT/" if p.suffix == ".onnx" else ""
+        raise VitrtError(
+            f"{p} is a file, not an artifact or bundle folder, and its folder holds no {MANIFEST_NAME} or "
+            f"{BUNDLE_NAME}. Fix: give the folder `vitrt build` or `vitrt bundle` wrote (or a file in it)"
+            + hint
+        )
     raise VitrtError(
         f"{folder} holds no {MANIFEST_NAME} or {BUNDLE_NAME}: not a vitrt artifact or bundle, so nothing can "
         "say what it needs. Fix: build it with `vitrt build` (or `vitrt bundle`)"

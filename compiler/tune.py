@@ -95,23 +95,39 @@ def space_facts(model: Any) -> SpaceFacts:
     return SpaceFacts(depth=depth, num_tokens=num_tokens, t2t_tokens=t2t_tokens)
 
 
-def compile_command(source: ModelSource, config: TrialConfig, target: str, runtime: str | None = None) -> str:
-    """The ``vitrt compile`` line for a configuration: fusion and attention as the JSON dicts that
-    ``create_model`` / ``export_onnx`` accept ("none" / "dense" when absent), the runtime the search timed,
-    and placeholders for what the user supplies (calibration images for INT8, the output folder)."""
+def compile_command(
+    source: ModelSource,
+    config: TrialConfig,
+    target: str,
+    runtime: str | None = None,
+    calib: tuple[str, int] | None = None,
+) -> str:
+    """The ``vitrt compile`` line that builds the model a configuration was tuned on: the model, its weights,
+    input side and classes (a registered name's, where not compile's defaults 224 / 1000), fusion and
+    attention as the JSON dicts that ``create_model`` / ``export_onnx`` accept ("none" / "dense" when
+    absent), the runtime the search timed, for INT8 ``calib`` = (source, samples) the search calibrated on
+    (None: a CALIB_DATA placeholder), and an OUT placeholder for the output folder."""
     fusion = json.dumps(config.fusion, separators=(",", ":")) if config.fusion else "none"
     attention = json.dumps(config.attention, separators=(",", ":")) if config.attention else "dense"
     if source.arch is not None and source.checkpoint:
-        # a checkpoint with its description beside it: compile reads the description, then the weights
+        # a checkpoint with its description beside it: compile reads the description (which fixes the input
+        # side and classes), then the weights
         model = [str(Path(source.checkpoint).with_suffix(".json")), "--checkpoint", source.checkpoint]
     else:
         model = [source.spec] + (["--checkpoint", source.checkpoint] if source.checkpoint else [])
+        if source.img_size != 224:
+            model += ["--img-size", str(source.img_size)]
+        if source.num_classes != 1000:
+            model += ["--num-classes", str(source.num_classes)]
     words = ["vitrt", "compile", *model, "--fusion", fusion, "--attention", attention]
     words += ["--precision", config.precision, "--target", target]
     if runtime is not None and target == "cpu":
         words += ["--runtime", runtime]
     if "int8" in config.precision:
-        words += ["--calib-data", "CALIB_DATA"]
+        if calib is None:
+            words += ["--calib-data", "CALIB_DATA"]
+        else:  # tune calibrates with grayscale images replicated to the model's channels
+            words += ["--calib-data", calib[0], "--calib-samples", str(calib[1]), "--convert-channels"]
     words += ["-o", "OUT"]
     return " ".join(shlex.quote(w) for w in words)
 
@@ -210,12 +226,31 @@ def tune(
     Returns a TuneResult. A trial that fails is recorded with its error and stage, never fatal. Raises
     ConfigError for bad options, a target other than cpu, or no profiling host on the cluster.
     """
+    from .targets import get_target
+
     t_start = time.perf_counter()
+    get_target(target)  # an unknown name: ConfigError listing the targets
     if target != "cpu":
         raise ConfigError(
             f"vitrt tune times trials with the target's runner; only the 'cpu' target has one on this "
             f"machine (TensorRT targets need a device with TensorRT), got {target!r}"
         )
+    # every option before the model and data load, so a mistake is said first and alone
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad or not precisions:
+        raise ConfigError(f"precisions {list(precisions)}: choose from {', '.join(PRECISIONS)}")
+    if configs is None and trials < 2:
+        raise ConfigError(
+            f"trials = {trials}: a search needs at least 2 (the unfused FP32 and INT8 baselines)"
+        )
+    for label, count in (
+        ("eval_samples", eval_samples),
+        ("calib_samples", calib_samples),
+        ("iterations", iterations),
+        ("jobs", 1 if jobs is None else jobs),
+    ):
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConfigError(f"{label} must be a positive integer, got {count!r}")
     if runtime not in CPU_RUNTIMES:
         raise ConfigError(
             f"runtime {runtime!r}: tune fixes one CPU runtime so trials compare; "
@@ -287,8 +322,19 @@ def tune(
     finally:
         if started:
             ray.shutdown()
+    calib = (data.calib_source, len(data.calibration)) if data.calib_source is not None else None
     return _report(
-        source, target, latency_budget, records, data.description, hosts, out, t_start, runtime, threads
+        source,
+        target,
+        latency_budget,
+        records,
+        data.description,
+        hosts,
+        out,
+        t_start,
+        runtime,
+        threads,
+        calib=calib,
     )
 
 
@@ -373,6 +419,7 @@ def _report(
     t_start: float,
     runtime: str,
     threads: int,
+    calib: tuple[str, int] | None = None,
 ) -> TuneResult:
     from vitrt.fileio import atomic_write_bytes
 
@@ -393,7 +440,7 @@ def _report(
     command = None
     if chosen is not None:
         r = records[chosen]
-        command = compile_command(source, TrialConfig.from_dict(r["config"]), target, runtime)
+        command = compile_command(source, TrialConfig.from_dict(r["config"]), target, runtime, calib)
         message = (
             f"chosen: {r['name']} at {r['latency_ms']:.3f} ms (budget {budget:g} ms), accuracy "
             f"{r['accuracy']:.1f} %"
@@ -430,6 +477,9 @@ def _report(
     report = {
         "model": source.spec,
         "name": source.name,
+        "checkpoint": source.checkpoint,
+        "img_size": source.img_size,
+        "num_classes": source.num_classes,
         "target": target,
         "runtime": runtime,
         "threads": threads,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from vitrt.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 ARCH_CLASSES = {
     "vitrt.models.t2t_vit.T2TViT": ("vitrt.models.t2t_vit", "T2TViT"),
@@ -137,11 +140,22 @@ def resolve_model(
             raise ConfigError(
                 f"{meta_path} has no 'preprocess' (input_size, mean, std, crop_pct, interpolation)"
             )
+        fixed = {
+            "img_size": int(kwargs.get("img_size", pre["input_size"][-1])),
+            "num_classes": int(kwargs.get("num_classes", 1000)),
+        }
+        for key, value in (("img_size", img_size), ("num_classes", num_classes)):
+            if value is not None and value != fixed[key]:  # the weights are trained for the JSON's value
+                flag = "--" + key.replace("_", "-")
+                raise ConfigError(
+                    f"{path} is trained with {key} {fixed[key]} ({meta_path.name}); {flag} {value} does not "
+                    f"apply to it: leave {flag} out (it is for a registered name)"
+                )
         return ModelSource(
             name=str(meta.get("name", path.stem)),
             spec=model,
-            img_size=int(kwargs.get("img_size", pre["input_size"][-1])),
-            num_classes=int(kwargs.get("num_classes", 1000)),
+            img_size=fixed["img_size"],
+            num_classes=fixed["num_classes"],
             preprocess=dict(pre),
             arch={"class": arch["class"], "kwargs": dict(kwargs)},
             checkpoint=str(path),
@@ -170,13 +184,15 @@ class EvalData:
     """Calibration images and the held-out images trials are judged on (float32 (N, C, H, W), preprocessed).
 
     labels: (N,) int64 class indices, or None (accuracy = agreement with the FP32 model); description: what
-    the images are, for the report.
+    the images are, for the report; calib_source: the data source the calibration images came from, as
+    ``vitrt compile --calib-data`` takes it (None: not one compile reads, the images of a labelled .npz).
     """
 
     calibration: np.ndarray
     images: np.ndarray
     labels: np.ndarray | None
     description: str
+    calib_source: str | None = None
 
 
 def load_eval_data(
@@ -189,7 +205,9 @@ def load_eval_data(
     seed: int = 0,
 ) -> EvalData:
     """The calibration and eval images for ``source`` (``preprocess``: its PreprocessConfig) per the module
-    docstring. Calibration images never overlap the eval images."""
+    docstring: at most ``eval_samples`` judged and ``calib_samples`` calibrated on, never overlapping. From a
+    source with fewer than both, at most half of it (rounded up) is judged and the rest calibrates, with a
+    warning saying so."""
     from vitrt.calibration.data import open_source
 
     spec = "auto" if eval_data is None else str(eval_data)
@@ -213,6 +231,7 @@ def load_eval_data(
             labels,
             f"held-out digits ({len(held)} of split.json, labelled); {len(calib_idx)} calibration images "
             "from the training split",
+            "sklearn-digits",
         )
     if spec == "auto":
         spec = "skimage"
@@ -231,21 +250,40 @@ def load_eval_data(
                         f"eval_samples={eval_samples} images, or lower eval_samples, so some calibrate"
                     )
                 return EvalData(calib, images, labels, f"{path}: {len(images)} labelled images")
-    data = open_source(
-        spec, preprocess, calib_samples + eval_samples, seed=seed, convert_channels=True, progress=False
-    )
+    wanted = calib_samples + eval_samples
+    quiet = logging.getLogger("vitrt.calibration.data")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its "fewer than asked for" counts both parts as calibration: said below
+    try:
+        data = open_source(spec, preprocess, wanted, seed=seed, convert_channels=True, progress=False)
+    finally:
+        quiet.setLevel(level)
     order = [int(i) for i in data.indices]
     if len(order) < 2:
         raise ConfigError(f"eval data {spec!r} has {len(order)} image(s); at least 2 are needed")
-    n_calib = (
-        min(calib_samples, len(order) // 2) if len(order) < calib_samples + eval_samples else calib_samples
-    )
+    n_eval, n_calib = eval_samples, calib_samples
+    if len(order) < wanted:
+        # a short source: at most half of it (rounded up) is judged, the rest calibrates
+        n_eval = min(eval_samples, len(order) - len(order) // 2)
+        n_calib = min(calib_samples, len(order) - n_eval)
+        log.warning(
+            "eval data %s has %d images, fewer than the %d tune asks for (%d calibration + %d evaluation "
+            "images); judging trials on %d and calibrating INT8 on %d others",
+            spec,
+            len(order),
+            wanted,
+            calib_samples,
+            eval_samples,
+            n_eval,
+            n_calib,
+        )
     calib = np.stack([data.sample(i).numpy() for i in order[:n_calib]])
-    images = np.stack([data.sample(i).numpy() for i in order[n_calib:]])
+    images = np.stack([data.sample(i).numpy() for i in order[n_calib : n_calib + n_eval]])
     return EvalData(
         calib,
         images,
         None,
         f"{spec}: {len(images)} images without labels (accuracy = top-1 agreement with the unfused FP32 "
         f"model), {n_calib} others for calibration",
+        spec,
     )

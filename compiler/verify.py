@@ -75,11 +75,32 @@ def random_inputs(
 
 @contextmanager
 def _quiet_polygraphy() -> Iterator[None]:
-    """Polygraphy logs every save/load at INFO; vitrt reports what it did itself."""
+    """Polygraphy logs every save/load at INFO, prints its errors (a wrong kind of JSON: the whole array
+    dump) before raising them, and a "'colored' module is not installed" line with its first message; vitrt
+    reports what it did and what went wrong itself, so nothing of Polygraphy's is printed."""
     from polygraphy.logger import G_LOGGER
 
-    with G_LOGGER.verbosity(G_LOGGER.ERROR):
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL + 1):
         yield
+
+
+def _read_polygraphy_json(path: str | os.PathLike[str], what: str) -> Any:
+    """The object in a Polygraphy JSON file (a list of feeds, RunResults); VitrtError naming the file and
+    the first line of the problem (not Polygraphy's message, which can hold a whole array)."""
+    from polygraphy.json import load_json
+
+    if not os.path.isfile(path):
+        raise VitrtError(f"cannot read {what} from {path}: no such file")
+    try:
+        with _quiet_polygraphy():
+            return load_json(str(path))
+    except Exception as err:  # polygraphy raises PolygraphyException / JSONDecodeError / UnicodeDecodeError
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise VitrtError(f"cannot read {what} from {path}: not JSON ({first})") from err
+
+
+INPUTS_KIND = "a Polygraphy inputs file (a JSON list of {name: array}, as --save-inputs writes)"
+OUTPUTS_KIND = "a Polygraphy RunResults file (outputs, as --save-outputs writes)"
 
 
 def save_inputs(feeds: list[Feed], path: str | os.PathLike[str]) -> None:
@@ -92,15 +113,16 @@ def save_inputs(feeds: list[Feed], path: str | os.PathLike[str]) -> None:
 
 def load_inputs(path: str | os.PathLike[str]) -> list[Feed]:
     """Read feeds saved by ``save_inputs`` or ``polygraphy run --save-inputs``."""
-    from polygraphy.json import load_json
+    from polygraphy.comparator import RunResults
 
-    try:
-        with _quiet_polygraphy():
-            data = load_json(str(path))
-    except Exception as err:  # polygraphy raises PolygraphyException / JSONDecodeError / OSError
-        raise VitrtError(f"cannot read inputs from {path}: {err}") from err
-    if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
-        raise VitrtError(f"{path} is not a Polygraphy inputs file (a JSON list of {{name: array}})")
+    data = _read_polygraphy_json(path, "inputs")
+    if isinstance(data, RunResults):
+        raise VitrtError(
+            f"{path} is {OUTPUTS_KIND}, not inputs: --load-inputs takes {INPUTS_KIND}; give the outputs "
+            "file to --against"
+        )
+    if not isinstance(data, list) or not data or not all(isinstance(d, dict) for d in data):
+        raise VitrtError(f"{path} is not {INPUTS_KIND}")
     return [{k: np.asarray(v) for k, v in d.items()} for d in data]
 
 
@@ -119,11 +141,13 @@ def load_outputs(path: str | os.PathLike[str]) -> tuple[str, list[Feed]]:
     """(runner name, outputs per iteration) of the first runner in a Polygraphy RunResults file."""
     from polygraphy.comparator import RunResults
 
-    try:
-        with _quiet_polygraphy():
-            results = RunResults.load(str(path))
-    except Exception as err:  # polygraphy raises its own exception types
-        raise VitrtError(f"{path} is not a Polygraphy RunResults file: {err}") from err
+    results = _read_polygraphy_json(path, "reference outputs")
+    if not isinstance(results, RunResults):
+        if isinstance(results, list) and results and all(isinstance(d, dict) for d in results):
+            found = "is a Polygraphy inputs file (as --save-inputs writes); give it to --load-inputs"
+        else:
+            found = f"holds a JSON {type(results).__name__}"
+        raise VitrtError(f"{path} {found}. --against takes 'torch' or {OUTPUTS_KIND}")
     if not len(results):
         raise VitrtError(f"{path} holds no results")
     name, iterations = results[0]
@@ -170,8 +194,8 @@ def verify_onnx(
     atol: float | None = None,
     rtol: float | None = None,
     inputs: list[Feed] | str | os.PathLike[str] | None = None,
-    iterations: int = 1,
-    batch: int = 1,
+    iterations: int | None = None,
+    batch: int | None = None,
     save_inputs: str | os.PathLike[str] | None = None,
     save_outputs: str | os.PathLike[str] | None = None,
     custom_ops_library: str | None = None,
@@ -185,19 +209,50 @@ def verify_onnx(
     None: the default for what the file holds (its precision recipe, ``DEFAULT_TOLERANCES``): float32
     1e-4 / 1e-3, FP16 2e-2 / 2e-2, INT8 and INT8+FP16 0.25 / 0.1.
     inputs: feeds ({name: array}), a Polygraphy inputs JSON to load them from, or None for
-    ``iterations`` random sets at ``batch`` (the batch of a dynamic batch axis). save_inputs /
-    save_outputs: also write the feeds used / ONNX Runtime's outputs as Polygraphy JSON.
+    ``iterations`` random sets (default 1) at ``batch`` (the batch of a dynamic batch axis, default 1; a
+    fixed batch axis of another size is a BatchError). iterations and batch make random inputs: given with
+    ``inputs`` they are refused (VitrtError). save_inputs / save_outputs: also write the feeds used / ONNX
+    Runtime's outputs as Polygraphy JSON.
     Returns (report, inputs used, ONNX Runtime outputs); ``report.passed`` says whether it held.
     """
     from vitrt.deploy.runners import OnnxRuntimeRunner, TorchRunner
+    from vitrt.deploy.sources import BatchError
 
     from .export import model_from_config, read_export_config
+    from .model_facts import read_model_facts
 
-    if inputs is not None and not isinstance(inputs, list):
-        inputs = load_inputs(inputs)
+    for key, value in (("iterations", iterations), ("batch", batch)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise VitrtError(f"{key} must be a positive integer, got {value!r}. Fix: --{key} 1 or more")
+    if inputs is not None:
+        given = [f"--{key}" for key, value in (("iterations", iterations), ("batch", batch)) if value]
+        if given:
+            flags = " and ".join(given)
+            raise VitrtError(
+                f"{flags} shape random inputs, but --load-inputs gives the inputs: its sets run as they "
+                f"are, at their own batch. Fix: leave out {flags}, or --load-inputs"
+            )
+        if not isinstance(inputs, list):
+            inputs = load_inputs(inputs)
+        elif not inputs:
+            raise VitrtError("inputs is an empty list: give at least one feed ({name: array})")
+    if against != "torch":
+        if inputs is None:
+            raise VitrtError(
+                "saved outputs are compared on the inputs they came from: pass --load-inputs too"
+            )
+        reference_name, expected = load_outputs(against)
     from vitrt.calibration.recipe import read_recipe
 
     proto = load_onnx(path)
+    if batch is not None:
+        for t in read_model_facts(proto).inputs:
+            first = t.shape[0] if t.shape else None
+            if isinstance(first, int) and first > 0 and first != batch:
+                raise BatchError(
+                    f"{path} takes batches of exactly {first} (its input {t.name!r} has a fixed batch axis), "
+                    f"not {batch}. Fix: --batch {first} (or leave it out), or export with --dynamic-batch"
+                )
     recipe = read_recipe(proto)
     precision = recipe.precision if recipe is not None else "fp32"
     default_atol, default_rtol = DEFAULT_TOLERANCES[precision]
@@ -211,17 +266,13 @@ def verify_onnx(
                 f"{path} was not exported by vitrt (no {'vitrt.export_config'} metadata), so the PyTorch "
                 "model is unknown: verify it against saved outputs instead (--against outputs.json)"
             )
-        feeds = inputs or random_inputs(runner.input_shapes, iterations=iterations, batch=batch)
+        feeds = inputs or random_inputs(runner.input_shapes, iterations=iterations or 1, batch=batch or 1)
         reference = TorchRunner(model_from_config(config))
         expected = [reference.infer(f) for f in feeds]
         reference_name = f"torch ({config.model})"
     else:
-        if inputs is None:
-            raise VitrtError(
-                "saved outputs are compared on the inputs they came from: pass --load-inputs too"
-            )
+        assert inputs is not None  # checked above
         feeds = inputs
-        reference_name, expected = load_outputs(against)
     actual = [runner.infer(f) for f in feeds]
     report = VerifyReport(
         reference_name, compare(actual, expected, atol=atol, rtol=rtol), atol, rtol, len(feeds), precision

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -120,24 +120,39 @@ def resolve_preprocess(
     interpolation: str | None = None,
     size: int | Sequence[int] | None = None,
 ) -> Any:
-    """The ``PreprocessConfig`` for ``source``, with the given values overriding its own. A file that does
-    not record its preprocessing (a foreign ONNX file, a bare engine) needs ``mean`` and ``std``; its input
-    size (pixels) comes from its input shape, or ``size`` (a side, or (height, width))."""
+    """The ``PreprocessConfig`` for ``source``, with the given values (mean, std, crop_pct, interpolation)
+    overriding its own. A file that does not record its preprocessing (a foreign ONNX file, a bare engine)
+    needs ``mean`` and ``std``; its input size (pixels) comes from its input shape, or ``size`` (a side, or
+    (height, width)) where that has symbolic spatial axes. A ``size`` other than the input size the model
+    records or its input shape fixes is a VitrtError (the model takes only its own size)."""
     from vitrt.calibration.preprocess import with_overrides
     from vitrt.models.config import PreprocessConfig
 
     base = source.preprocess()
+    shape = list(source.inputs[0]["shape"]) if source.inputs else []
+    sides: tuple[int, int] | None = None
+    if size is not None:
+        listed = [size] if isinstance(size, int) else list(size)
+        if len(listed) not in (1, 2) or not all(isinstance(v, int) and v > 0 for v in listed):
+            raise VitrtError(f"size must be one positive side or height width, got {size!r}")
+        sides = (int(listed[0]), int(listed[-1]))
+        fixed = tuple(base.input_size[1:]) if base is not None else tuple(shape[2:])
+        if len(fixed) == 2 and all(isinstance(d, int) and d > 0 for d in fixed) and sides != fixed:
+            other = f", or --img-size {sides[0]} for the model at that size" if source.kind == "model" else ""
+            raise VitrtError(
+                f"{source.spec} takes {fixed[0]} x {fixed[1]} pixel inputs (its input size is fixed), not "
+                f"{sides[0]} x {sides[1]}: --size only names the size of a file that does not record it. "
+                f"Fix: leave out --size (images are resized to {fixed[0]} x {fixed[1]}){other}"
+            )
     if base is None:
         if mean is None or std is None:
             raise VitrtError(
                 f"{source.spec} does not record its preprocessing (no vitrt export config): pass --mean and "
                 "--std (ImageNet models: --mean 0.485 0.456 0.406 --std 0.229 0.224 0.225)"
             )
-        shape = list(source.inputs[0]["shape"]) if source.inputs else []
         channels = shape[1] if len(shape) == 4 and isinstance(shape[1], int) else 3
-        if size is not None:
-            sides = [size] * 2 if isinstance(size, int) else list(size) * (2 if len(list(size)) == 1 else 1)
-            chw = (channels, int(sides[0]), int(sides[1]))
+        if sides is not None:
+            chw = (channels, *sides)
         elif len(shape) == 4 and all(isinstance(d, int) and d > 0 for d in shape[1:]):
             chw = (int(shape[1]), int(shape[2]), int(shape[3]))
         else:
@@ -184,6 +199,11 @@ def run(
     device: str | None = None,
     half: bool = False,
     check: bool = True,
+    checkpoint: str | None = None,
+    img_size: int | None = None,
+    num_classes: int | None = None,
+    fusion: Any = None,
+    attention: Any = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     crop_pct: float | None = None,
@@ -195,9 +215,12 @@ def run(
     with softmax probabilities and label names where the model has them (``ModelSource.labels``).
 
     batch: images per query (default: the model's fixed batch, else 8); a size the model cannot take
-    raises BatchError. runtime / threads / inference_precision / device / half / check: ``open_runner``.
-    mean / std / crop_pct / interpolation / size: override the model's preprocessing (mean / std required
-    for a file that does not record it; size in pixels only used there).
+    raises BatchError. runtime / threads / inference_precision / device / half / check / checkpoint /
+    img_size / num_classes / fusion / attention: ``open_runner`` (the last five, with device and half, for a
+    model name only; without a checkpoint its weights are random, which the result notes).
+    mean / std / crop_pct / interpolation: override the model's preprocessing (mean / std required for a
+    file that does not record it); size (pixels): the input size of such a file where its input shape does
+    not fix it (another size than the model's is refused, ``resolve_preprocess``).
     """
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise VitrtError(f"top must be a positive integer, got {top!r}")
@@ -214,19 +237,26 @@ def run(
             device=device,
             half=half,
             check=check,
+            checkpoint=checkpoint,
+            img_size=img_size,
+            num_classes=num_classes,
+            fusion=fusion,
+            attention=attention,
         )
         source = source_of(runner)
+    specs = runner.input_specs
+    if not source.inputs and specs:  # an engine: only the opened runner knows its input
+        source = replace(source, inputs=[{"name": t.name, "shape": list(t.shape)} for t in specs])
     cfg = resolve_preprocess(
         source, mean=mean, std=std, crop_pct=crop_pct, interpolation=interpolation, size=size
     )
-    specs = runner.input_specs
     fixed = source.fixed_batch()
     if fixed is None and specs and isinstance(specs[0].shape[0], int) and specs[0].shape[0] > 0:
         fixed = int(specs[0].shape[0])
-    size = batch if batch is not None else (fixed or min(DEFAULT_BATCH, len(files)))
-    check_batch(source, size, specs=specs)
+    per_query = batch if batch is not None else (fixed or min(DEFAULT_BATCH, len(files)))
+    check_batch(source, per_query, specs=specs)
     x = np.stack([load_image(f, cfg) for f in files])
-    probs = softmax(classify(runner, x, size, fixed is not None))
+    probs = softmax(classify(runner, x, per_query, fixed is not None))
     labels, note = source.labels()
     k = min(top, probs.shape[1])
     predictions = []
@@ -242,8 +272,13 @@ def run(
             )
         )
     notes = []
-    if fixed is not None and len(files) % size:
+    if source.kind == "model" and (source.export_config or {}).get("checkpoint") is None:
         notes.append(
-            f"the last batch was padded to {size} (the model's fixed batch); padding outputs dropped"
+            f"{source.spec} has random weights (no checkpoint given): the classes mean nothing. Fix: "
+            "--checkpoint WEIGHTS (or give an artifact or .onnx made from trained weights)"
         )
-    return RunResult(runner.name, predictions, note, cfg.to_dict(), size, notes)
+    if fixed is not None and len(files) % per_query:
+        notes.append(
+            f"the last batch was padded to {per_query} (the model's fixed batch); padding outputs dropped"
+        )
+    return RunResult(runner.name, predictions, note, cfg.to_dict(), per_query, notes)

@@ -22,7 +22,15 @@ from .profiler import (
 )
 from .report import ProfileReport, comparison, machine_facts, write_json, write_markdown
 from .results import ProfileResult
-from .sources import ModelSource, check_batch, check_model_options, open_runner, resolve_source
+from .sources import (
+    ModelSource,
+    SourceError,
+    check_batch,
+    check_model_options,
+    check_runtime_options,
+    open_runner,
+    resolve_source,
+)
 
 PathLike = str | os.PathLike[str]
 
@@ -106,6 +114,29 @@ def profile_artifact(
     )
 
 
+def runtime_options(sources: Sequence[ModelSource], **given: Any) -> list[dict[str, Any]]:
+    """The runtime options (``runtime``, ``threads``, ``inference_precision``) each of ``sources`` takes:
+    each goes to the sources it applies to (--runtime openvino to the .onnx files among artifacts built for
+    a runtime, --inference-precision to the OpenVINO ones); one that applies to none raises the SourceError
+    of ``check_runtime_options`` (it would be ignored)."""
+    per_source: list[dict[str, Any]] = []
+    for src in sources:
+        taken: dict[str, Any] = {}
+        for key in ("runtime", "threads", "inference_precision"):  # the runtime first: it decides the others
+            if given.get(key) is None:
+                continue
+            try:
+                check_runtime_options(src, **taken, **{key: given[key]})
+            except SourceError:
+                continue
+            taken[key] = given[key]
+        per_source.append(taken)
+    for key in ("runtime", "threads", "inference_precision"):
+        if given.get(key) is not None and not any(key in taken for taken in per_source):
+            check_runtime_options(sources[0], **per_source[0], **{key: given[key]})  # raises: applies to none
+    return per_source
+
+
 def times_paths(path: PathLike, count: int) -> list[Path]:
     """Where ``--export-times PATH`` writes for ``count`` artifacts: PATH itself for one, else
     ``<stem>.<i><suffix>`` per artifact (i from 0, in the order given)."""
@@ -180,6 +211,15 @@ def profile(
     if not any(src.kind == "model" for src in sources):
         for src in sources:
             check_model_options(src, **model_options)
+    options = runtime_options(
+        sources, runtime=runtime, threads=threads, inference_precision=inference_precision
+    )
+    if export_times is not None:
+        for path in times_paths(export_times, len(sources)):
+            check_writable(path)
+    if export_profile is not None:
+        for path in times_paths(export_profile, len(sources)):
+            check_writable(path)
     results = [
         profile_artifact(
             src,
@@ -195,13 +235,11 @@ def profile(
             telemetry=telemetry,
             layers=layers or export_profile is not None,
             progress=not quiet,
-            runtime=runtime,
-            threads=threads,
-            inference_precision=inference_precision,
             check=check,
+            **taken,
             **(model_options if src.kind == "model" else {}),
         )
-        for src in sources
+        for src, taken in zip(sources, options, strict=True)
     ]
     out = ProfileReport(
         artifacts=results,

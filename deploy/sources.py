@@ -260,6 +260,69 @@ def check_model_options(
     )
 
 
+def source_runtime(src: ModelSource, runtime: str | None = None) -> str:
+    """The runtime ``src`` runs on when ``runtime`` is asked: an artifact's manifest's, "tensorrt" for an
+    engine, "torch" for a model name; an ONNX file's is ``runtime`` (default "onnxruntime")."""
+    if src.kind == "artifact":
+        return str(src.runtime)
+    if src.kind == "onnx":
+        return runtime or "onnxruntime"
+    return "tensorrt" if src.kind == "plan" else "torch"
+
+
+def check_runtime_options(
+    src: ModelSource,
+    *,
+    runtime: str | None = None,
+    inference_precision: str | None = None,
+    threads: int | None = None,
+) -> None:
+    """Raise SourceError when ``runtime``, ``inference_precision`` or ``threads`` cannot apply to ``src`` and
+    would be ignored: a runtime other than the one an artifact was built for (its manifest's), an engine's
+    (TensorRT) or a model name's (PyTorch); an inference precision (OpenVINO's) for a source that does not
+    run on OpenVINO; threads (ONNX Runtime's / OpenVINO's) for an engine or a model name. A bare ONNX file
+    takes runtime "onnxruntime" or "openvino"."""
+    if runtime is not None and runtime not in RUNTIMES:
+        raise SourceError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    natural = source_runtime(src)
+    if runtime is not None and src.kind == "onnx" and runtime not in ("onnxruntime", "openvino"):
+        raise SourceError(
+            f"{src.spec} is an ONNX file: it runs on onnxruntime or openvino, not {runtime}. Fix: "
+            f"--runtime onnxruntime or openvino, or build it for {runtime} first (`vitrt build`)"
+        )
+    if runtime is not None and src.kind != "onnx" and runtime != natural:
+        what = {"artifact": f"an artifact built for {natural}", "plan": "a TensorRT engine"}.get(
+            src.kind, "a model name (run in PyTorch)"
+        )
+        fix = (
+            f"build one for {runtime} (`vitrt build MODEL.onnx --target cpu --runtime {runtime}`), or give "
+            "the .onnx file with --runtime"
+            if src.kind == "artifact"
+            else "give an .onnx file with --runtime"
+        )
+        raise SourceError(
+            f"{src.spec} is {what}: --runtime {runtime} would be ignored. Fix: leave out --runtime, or {fix}"
+        )
+    if threads is not None and natural in ("tensorrt", "torch"):
+        raise SourceError(
+            f"{src.spec} runs on {natural}: --threads sets ONNX Runtime's and OpenVINO's intra-op threads "
+            "and would be ignored. Fix: leave it out (or give an .onnx file or a cpu artifact)"
+        )
+    if inference_precision is not None and source_runtime(src, runtime) != "openvino":
+        fix = (
+            "run it on OpenVINO: --runtime openvino"
+            if src.kind == "onnx"
+            else "build it for OpenVINO (`vitrt build MODEL.onnx --target cpu --runtime openvino "
+            f"--inference-precision {inference_precision}`)"
+            if src.kind == "artifact"
+            else "give an .onnx file with --runtime openvino, or an OpenVINO artifact"
+        )
+        raise SourceError(
+            f"{src.spec} runs on {source_runtime(src, runtime)}: --inference-precision {inference_precision} "
+            f"is OpenVINO's compute precision and would be ignored. Fix: leave it out, or {fix}"
+        )
+
+
 def open_runner(
     source: str | os.PathLike[str] | ModelSource,
     *,
@@ -281,10 +344,11 @@ def open_runner(
     """The runner (``vitrt.deploy.runners.Runner``) for an artifact folder, an ONNX file, a TensorRT
     engine or a model name (module docstring).
 
-    runtime: for a bare ONNX file, "onnxruntime" (default) or "openvino"; ignored otherwise (an artifact's
-    runtime is its manifest's). threads: intra-op threads of ONNX Runtime / OpenVINO (default: an
-    artifact's recorded threads, else the runtime's default, every core). inference_precision: OpenVINO's
-    "f32" (default) or "bf16". check: compare an artifact's manifest with this machine first.
+    runtime: for a bare ONNX file, "onnxruntime" (default) or "openvino"; for another source only the one it
+    runs on (an artifact's manifest's), else SourceError (``check_runtime_options``). threads: intra-op
+    threads of ONNX Runtime / OpenVINO (default: an artifact's recorded threads, else the runtime's default,
+    every core). inference_precision: OpenVINO's "f32" (default) or "bf16"; SourceError for a source that
+    does not run on OpenVINO. check: compare an artifact's manifest with this machine first.
     cuda_graph / spin_wait: a TensorRT engine's (captured on its first enqueue; wait by polling) and a
     model name's CUDA graph. device / half / checkpoint / img_size (pixels) / num_classes / fusion /
     attention: a model name's PyTorch runner (``TorchModelRunner.from_name``; None: "cpu", 224, 1000);
@@ -302,8 +366,7 @@ def open_runner(
         fusion=fusion,
         attention=attention,
     )
-    if runtime is not None and runtime not in RUNTIMES:
-        raise VitrtError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+    check_runtime_options(src, runtime=runtime, inference_precision=inference_precision, threads=threads)
     label = name or (src.path.name if src.path is not None else src.spec)
     runner: Any
     if src.kind == "artifact":
@@ -327,12 +390,10 @@ def open_runner(
                 inference_precision=inference_precision or "f32",
                 name=name or f"{label} (openvino)",
             )
-        elif runtime in (None, "onnxruntime"):
+        else:
             from .runners import OnnxRuntimeRunner
 
             runner = OnnxRuntimeRunner(src.path, threads=threads, name=name or f"{label} (onnxruntime)")  # type: ignore[arg-type]
-        else:
-            raise VitrtError(f"an ONNX file runs on onnxruntime or openvino, not {runtime}")
     elif src.kind == "plan":
         from .tensorrt_runner import TensorRTRunner
 
@@ -359,7 +420,13 @@ def open_runner(
         )
         pre = getattr(runner.model, "preprocess", None)
         classes = 1000 if num_classes is None else num_classes
-        config: dict[str, Any] = {"model": src.spec, "num_classes": classes, "fusion": fusion}
+        config: dict[str, Any] = {
+            "model": src.spec,
+            "num_classes": classes,
+            "fusion": fusion,
+            "attention": attention,
+            "checkpoint": checkpoint,  # None: random weights
+        }
         if pre is not None:
             config |= {"input_size": list(pre.input_size), "mean": list(pre.mean), "std": list(pre.std)}
             config["extra"] = {"preprocess": {"crop_pct": pre.crop_pct, "interpolation": pre.interpolation}}

@@ -126,7 +126,8 @@ def load_checkpoint(
     if problems and strict:
         raise CheckpointError(
             f"checkpoint does not match {name}:\n  " + "\n  ".join(problems) + "\n"
-            "Check the model name and img_size/num_classes, or pass strict=False to load what matches."
+            "Fix: the model name and img_size/num_classes the checkpoint was trained with (in Python, "
+            "load_checkpoint(..., strict=False) loads what matches)"
         )
     loadable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     model.load_state_dict(loadable, strict=False)

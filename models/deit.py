@@ -34,10 +34,12 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int) -> None:
         super().__init__()
-        if img_size % patch_size:
+        if img_size < patch_size or img_size % patch_size:
+            below = img_size // patch_size * patch_size
+            sizes = [s for s in (below, below + patch_size) if s >= patch_size] or [patch_size]
             raise ConfigError(
-                f"img_size {img_size} is not a multiple of the patch size {patch_size}; "
-                f"use {img_size // patch_size * patch_size} or {(img_size // patch_size + 1) * patch_size}"
+                f"img_size {img_size} is not a positive multiple of the patch size {patch_size}; "
+                f"use {' or '.join(map(str, sizes))}"
             )
         self.patch_size = patch_size
         self.num_patches = (img_size // patch_size) ** 2

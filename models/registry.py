@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -129,7 +130,8 @@ def create_model(
     Args:
         name: a name from ``list_models()``, e.g. ``"t2t_vit_14"`` or ``"deit_small_patch16_224"``.
         num_classes: classifier outputs (0 for a feature extractor).
-        img_size: square input side in pixels.
+        img_size: square input side in pixels; ConfigError (naming sizes that work) for one the
+            model cannot take (not positive, not a multiple of DeiT's patch, not T2T's soft split).
         fusion: token fusion (``None``, a preset name such as ``"mctf"``, or a dict / config object);
             see ``vitrt.plugins.token_fusion``.
         attention: attention replacement (``None``/``"dense"``, ``"scatterbrain"``, ``"lsh"``,
@@ -141,10 +143,12 @@ def create_model(
         the model in eval mode; ``model.preprocess`` says how to prepare its input.
     """
     entry = _entry(name)
+    if isinstance(img_size, bool) or not isinstance(img_size, numbers.Integral):
+        raise ConfigError(f"img_size must be a whole number of pixels such as 224, got {img_size!r}")
     values = {"attention": attention, "fusion": fusion}
     wanted = [n for n in MODEL_OPTIONS if not any(values[n] is off or values[n] == off for off in _OFF[n])]
     applies = [_option(n) for n in wanted]  # all known before the (possibly large) model is built
-    model = entry.constructor(num_classes=num_classes, img_size=img_size, **kwargs)
+    model = entry.constructor(num_classes=num_classes, img_size=int(img_size), **kwargs)
     for option, apply in zip(wanted, applies, strict=True):
         apply(model, values[option])
     return model.eval()

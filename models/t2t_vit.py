@@ -154,14 +154,15 @@ def check_img_size(img_size: int) -> None:
         return s >= 16 and soft_split_grid(s)[-1] == s // 16
 
     if not ok(img_size):
-        near = sorted(
-            sorted((s for s in range(16, img_size + 49) if ok(s)), key=lambda s: abs(s - img_size))[:6]
+        fits = (s for s in range(16, max(img_size, 16) + 49) if ok(s))
+        near = sorted(sorted(fits, key=lambda s: abs(s - img_size))[:6])
+        why = (
+            "is below T2T-ViT's smallest input, 16 pixels (its soft splits shrink the side 16-fold)"
+            if img_size < 16
+            else f"does not fit T2T-ViT's soft split (unfold 7/4/2, 3/2/1, 3/2/1 gives "
+            f"{soft_split_grid(img_size)[-1]}^2 tokens, the position table has {img_size // 16}^2)"
         )
-        raise ConfigError(
-            f"img_size {img_size} does not fit T2T-ViT's soft split (unfold 7/4/2, 3/2/1, 3/2/1 gives "
-            f"{soft_split_grid(img_size)[-1]}^2 tokens, the position table has {img_size // 16}^2); "
-            f"sizes close to it that work: {near}"
-        )
+        raise ConfigError(f"img_size {img_size} {why}; sizes close to it that work: {near}")
 
 
 class T2TModule(nn.Module):

@@ -177,7 +177,7 @@ def test_cli_calibrate_writes_model_cache_and_report(
     args += ["--report", str(tmp_path / "m.json"), "--exclude", "head/*", "--no-progress", "--threads", "1"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "8 of 12 MatMul/Gemm/Conv layers INT8" in out and "top-1 agreement" in out
+    assert "8 of 12 MatMul/Gemm/Conv layers INT8" in out and "vs FP32 on 8 held-out samples: top-1" in out
     assert _files(tmp_path) == ["m.cache", "m.int8.onnx", "m.json", "m.onnx"]
     assert read_cache(tmp_path / "m.cache").version == 101303
     layers = {row["name"]: row for row in json.loads((tmp_path / "m.json").read_text())["layers"]}
@@ -285,6 +285,22 @@ def test_calibrate_options_that_contradict_each_other(tmp_path: Path) -> None:
         ("missing output folder", "does not exist (create it first)"),
         ("not onnx", "is not an ONNX model"),
         ("nothing gains on onnxruntime", "is large enough to gain from INT8 on ONNX Runtime"),
+        (
+            "exclude matches nothing",
+            "--exclude 'nomatch/*', 'flatten/*' matches no MatMul/Gemm/Conv node of the model (the layers "
+            "vitrt quantizes). Their names look like 'fc2/MatMul_1'\n",
+        ),
+        (
+            "budget without sensitivity",
+            "--error-budget needs the sensitivity pass (the layers it ranks most harmful are the ones kept "
+            "float): drop --no-sensitivity (sensitivity=False) or --error-budget\n",
+        ),
+        (
+            "cache for TensorRT 11",
+            "--trt-version 11.0: TensorRT 11 has no calibrators, so it reads no calibration cache (its INT8 "
+            "is explicit: it builds the Q/DQ ONNX this writes). Fix: drop --cache, or give the TensorRT 10.x "
+            "version that builds the engine\n",
+        ),
     ],
 )
 def test_cli_bad_input_exits_2_and_writes_nothing(
@@ -317,6 +333,12 @@ def test_cli_bad_input_exits_2_and_writes_nothing(
         args += ["--error-budget", "0"]
     if case == "nothing gains on onnxruntime":
         args += ["--for", "onnxruntime"]  # two 48 -> 32 -> 10 layers: far below the cost model's sizes
+    if case == "exclude matches nothing":  # a typo, and a node that is no layer (never quantized anyway)
+        args += ["--exclude", "fc1/*", "nomatch/*", "flatten/*"]
+    if case == "budget without sensitivity":
+        args += ["--error-budget", "0.01", "--no-sensitivity"]
+    if case == "cache for TensorRT 11":
+        args += ["--cache", str(work / "c.cache"), "--trt-version", "11.0"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "vitrt calibrate: error:" in err and message in err, err
@@ -324,7 +346,7 @@ def test_cli_bad_input_exits_2_and_writes_nothing(
 
 
 def test_cli_fewer_samples_than_asked_warns_and_goes_on(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model = save(two_layers(), tmp_path / "m.onnx")
     folder = _png_folder(tmp_path / "imgs", 3, "RGB")
@@ -347,4 +369,8 @@ def test_cli_fewer_samples_than_asked_warns_and_goes_on(
     warnings = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert "has 3 samples, fewer than the 10 asked for; calibrating on 3" in warnings
     assert "not held-out ones" in warnings  # nothing left for held-out evaluation: said so
-    assert (tmp_path / "q.onnx").is_file()
+    out = capsys.readouterr().out  # and the summary does not call them held out
+    assert "vs FP32 on 3 calibration (none held out) samples: top-1 agreement" in out
+    assert "held-out samples" not in out
+    recipe = read_recipe(onnx.load(str(tmp_path / "q.onnx")))
+    assert recipe is not None and recipe.agreement["vs"] == "float32, calibration samples (none held out)"

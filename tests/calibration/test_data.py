@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ from vitrt.calibration.errors import ChannelMismatchError, DataSourceError, Miss
 from vitrt.calibration.preprocess import preprocess_image, resize_size
 from vitrt.errors import ConfigError
 from vitrt.models.config import PreprocessConfig
-from vitrt.progress import _StderrProgress
+from vitrt.progress import _NullProgress, _StderrProgress, progress_bar
 
 CFG = PreprocessConfig(input_size=(3, 32, 32), crop_pct=0.875, interpolation="bicubic")
 MEAN = torch.tensor(CFG.mean).view(3, 1, 1)
@@ -255,6 +257,34 @@ def test_progress_fallback_and_missing_packages(capsys: pytest.CaptureFixture[st
     assert len(lines) == 10
     with pytest.raises(MissingDependencyError, match="pip install some-wheel"):
         import_optional("vitrt_no_such_module", pip_name="some-wheel", purpose="A test")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bars_redraw_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a log or a CI job (stderr not a terminal) gets one plain line per 10 %, not tqdm's \r frames
+    log = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", log)
+    bar = progress_bar(30, "sensitivity (one layer at a time)", unit="layer")
+    assert isinstance(bar, _StderrProgress)
+    for _ in range(30):
+        bar.update(1)
+    bar.close()
+    lines = log.getvalue().split("\n")
+    assert "\r" not in log.getvalue() and len(lines) == 12 and lines[-1] == ""  # 11 lines: 0 % to 100 %
+    assert lines[0] == "sensitivity (one layer at a time): 1/30 layers"
+    assert lines[-2] == "sensitivity (one layer at a time): 30/30 layers"
+    assert isinstance(progress_bar(30, "off", enabled=False), _NullProgress)
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    if has_module("tqdm"):
+        import tqdm
+
+        bar = progress_bar(30, "on a terminal")
+        assert isinstance(bar, tqdm.tqdm)
+        bar.close()
 
 
 def test_following_samples_are_disjoint_held_out_data() -> None:

@@ -163,6 +163,11 @@ def test_exclude_patterns_keep_layers_float(caplog: pytest.LogCaptureFixture) ->
     assert reasons["head/Gemm_1"] == "excluded by pattern 'head/Gemm_1'"
     assert reasons["blocks.0.attn.qkv/MatMul_1"] is None
     assert unmatched_patterns(model, ["blocks.9.*", "head/*"]) == ["blocks.9.*"]
+    # a pattern of nodes that are no layer (never quantized, so never excluded) is reported too
+    assert unmatched_patterns(model, ["blocks.0.norm1/*", "*/Softmax_1", "*/MatMul_2"]) == [
+        "blocks.0.norm1/*",
+        "*/Softmax_1",
+    ]
     # a Linear with bias that onnxsim fused into a renamed Gemm: matched by its module path label
     head = next(n for n in model.graph.node if n.op_type == "Gemm")
     head.name = "Gemm_7"

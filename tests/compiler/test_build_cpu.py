@@ -142,6 +142,23 @@ def test_cpu_plan_as_data() -> None:
         plan_cpu(facts(), runtime="tvm", available=both)
 
 
+def test_the_cpu_target_times_the_batch_a_fixed_batch_axis_takes() -> None:
+    both = {"onnxruntime": True, "openvino": True}
+    batch = int(np.random.default_rng().integers(2, 9))
+    pair = ModelFacts("fp32", (TensorInfo("images", (batch, 3, 32, 32), "float32"),), (), ())
+    assert plan_cpu(pair, available=both).batch == batch  # not 1: the file cannot run batch 1
+    assert plan_cpu(pair, batch=batch, available=both).batch == batch
+    with pytest.raises(
+        BuildPlanError,
+        match=rf"^the model's input has a fixed batch of {batch}, so --opt {batch + 1} \(the batch to time\) "
+        rf"cannot be run. Fix: leave out --opt \(or --opt {batch}\), or re-export with .*--dynamic-batch",
+    ):
+        plan_cpu(pair, batch=batch + 1, available=both)
+    dynamic = ModelFacts("fp32", (TensorInfo("images", ("batch", 3, 32, 32), "float32"),), (), ())
+    assert plan_cpu(dynamic, batch=batch + 1, available=both).batch == batch + 1
+    assert plan_cpu(dynamic, available=both).batch == 1
+
+
 def test_a_failed_build_leaves_no_artifact(
     precision_files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -214,7 +231,17 @@ def test_cli_build_check_and_errors(
     assert "is not an ONNX model" in capsys.readouterr().err
     fp32 = str(precision_files["fp32"])
     assert main(["build", fp32, "--target", "cpu", "--workspace", "512", "-o", str(tmp_path / "x")]) == 2
-    assert "workspace_mib: TensorRT options" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error: --workspace (workspace_mib): TensorRT options, which the cpu target" in err
+    flags = ["--opt-level", "3", "--hardware-compat", "ampere_plus", "--no-strongly-typed", "--min", "1"]
+    assert main(["build", fp32, "--target", "cpu", *flags, "-o", str(tmp_path / "x")]) == 2
+    assert (
+        "error: --min (min_batch), --opt-level (optimization_level), --hardware-compat "
+        "(hardware_compatibility), --[no-]strongly-typed (strongly_typed): TensorRT options"
+    ) in capsys.readouterr().err
+    # the file's batch axis is fixed at 1: --opt 4 cannot be timed (it was, at batch 1, and recorded as 4)
+    assert main(["build", fp32, "--target", "cpu", "--opt", "4", "-o", str(tmp_path / "x")]) == 2
+    assert "fixed batch of 1, so --opt 4 (the batch to time) cannot be run" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 

@@ -167,3 +167,16 @@ def test_bundle_refusals(precision_files: dict[str, Path], tmp_path: Path) -> No
     assert {p.device for p in dla.plans.values()} == {"DLA"} and dla.plans["11.4.1"].builder_flags == (
         "GPU_FALLBACK",
     )
+
+
+def test_the_help_names_only_targets_a_bundle_is_for(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # one line per option: no wrap inside a target's name
+    with pytest.raises(SystemExit):
+        main(["bundle", "--help"])
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("--target")]
+    assert (
+        line.split(None, 2)[2]
+        == "a TensorRT target from `vitrt targets` (jetson-orin-nano, jetson-thor, h100, ...)"
+    )

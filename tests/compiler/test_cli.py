@@ -56,6 +56,20 @@ def test_console_script_entry_point() -> None:
     assert out.stdout.split() == ["deit_base_patch16_224", "deit_small_patch16_224", "deit_tiny_patch16_224"]
 
 
+def test_a_reader_that_leaves_early_gets_no_traceback() -> None:
+    # `vitrt list-models | head -1`: the pipe is closed before the command writes
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vitrt.compiler.cli", "list-models"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1 and err == ""
+
+
 def test_inspect_counts_the_model(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["inspect", "t2t_vit_7", "--img-size", "64"]) == 0
     out = capsys.readouterr().out

@@ -1,7 +1,8 @@
 """``vitrt compile`` on the trained digits models (64 x 64, fast): the stage cache (a re-run reuses every
 stage; a new precision redoes only the stages after export / prepare), a failing stage, an ONNX file from
 another exporter, the report's keys and a self-contained report.html (rendered to text, and screenshotted in
-headless Chromium where one is installed)."""
+headless Chromium where one is installed); bad options refused before any folder exists, and the bundle a
+TensorRT target gets without TensorRT."""
 
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
 from tests.compiler.test_prepare import DIGITS, train_digits
 from vitrt.compiler.compile import CompileError, compile_model
 from vitrt.errors import ConfigError
+from vitrt.models.config import PreprocessConfig
 
 DESCRIPTION = DIGITS / "digits_deit.json"
 CHECKPOINT = DIGITS / "digits_deit.safetensors"
@@ -29,7 +33,6 @@ FAST = {
     "eval_data": "sklearn-digits",
     "eval_samples": 48,
     "convert_channels": True,
-    "calib_samples": 32,
     "iterations": 5,
     "threads": 1,
 }
@@ -53,7 +56,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     mtime = export_file.stat().st_mtime_ns
     second = compile_model(DESCRIPTION, out, checkpoint=CHECKPOINT, **FAST)
     int8 = compile_model(
-        DESCRIPTION, out, checkpoint=CHECKPOINT, precision="int8", calib_data="sklearn-digits", **FAST
+        DESCRIPTION,
+        out,
+        checkpoint=CHECKPOINT,
+        precision="int8",
+        calib_data="sklearn-digits",
+        calib_samples=32,
+        **FAST,
     )
     return {"out": out, "first": first, "second": second, "int8": int8, "lines": lines, "mtime": mtime}
 
@@ -209,7 +218,15 @@ def test_a_failing_stage_says_which_and_keeps_the_earlier_stages(
     corrupt = tmp_path / "calib.npy"
     corrupt.write_bytes(b"not an array")
     with pytest.raises(CompileError, match=r"stage precision failed: .*calib\.npy.*kept in") as err:
-        compile_model(DESCRIPTION, out, checkpoint=CHECKPOINT, precision="int8", calib_data=corrupt, **FAST)
+        compile_model(
+            DESCRIPTION,
+            out,
+            checkpoint=CHECKPOINT,
+            precision="int8",
+            calib_data=corrupt,
+            calib_samples=32,
+            **FAST,
+        )
     assert err.value.stage == "precision"
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "failed" and report["error"]["stage"] == "precision"
@@ -217,6 +234,12 @@ def test_a_failing_stage_says_which_and_keeps_the_earlier_stages(
     for stage in report["stages"][:2]:
         assert (out / stage["folder"] / "stage.json").is_file()
     assert not list((out / "stages").glob(".*"))  # no half-written stage folder
+    # the earlier good run's report.html and plots are replaced, not left looking current
+    page = (out / "report.html").read_text()
+    assert '<b class="status-failed">failed</b>' in page and "stage precision failed" in page
+    assert sorted(p.name for p in (out / "plots").iterdir()) == ["size.png", "stages.png"]
+    assert set(report["plots"]) == {"size", "stages"}
+    assert report["summary"][-1] == f"report: {out / 'report.html'} (also report.md, report.json)"
 
 
 def test_bad_options_fail_before_any_stage(tmp_path: Path) -> None:
@@ -226,6 +249,40 @@ def test_bad_options_fail_before_any_stage(tmp_path: Path) -> None:
         compile_model(DESCRIPTION, tmp_path / "b", checkpoint=CHECKPOINT, precision="int8")
     with pytest.raises(ConfigError, match="unknown model 'deit_smal'; did you mean"):
         compile_model("deit_smal", tmp_path / "c")
+    with pytest.raises(ConfigError, match=r"^checkpoint .*missing\.pth does not exist$"):
+        compile_model(
+            "deit_tiny_patch16_224", tmp_path / "e" / "deit.cpu", checkpoint=tmp_path / "missing.pth"
+        )
+    # calibration options change nothing outside INT8: refused, not silently dropped
+    for options, message in [
+        (
+            {"calib_data": "synthetic", "calib_samples": 7},
+            "--calib-data and --calib-samples only apply to --precision int8 or int8[+]fp16 .*fp16 has no "
+            "calibration: leave --calib-data and --calib-samples out",
+        ),
+        ({"calib_samples": 7}, "--calib-samples only applies to --precision int8"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            compile_model(DESCRIPTION, tmp_path / "f", checkpoint=CHECKPOINT, precision="fp16", **options)
+    # a data source that is not there is found now, not in the precision / verify stage after the export
+    for options, message in [
+        ({"precision": "int8", "calib_data": tmp_path / "images"}, "--calib-data '.*images': no such file"),
+        ({"eval_data": tmp_path / "held.npz"}, "--eval-data '.*held.npz': no such file or folder. Fix: give"),
+        ({"precision": "int8", "calib_data": DESCRIPTION}, "--calib-data '.*json': not a data source"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            compile_model(DESCRIPTION, tmp_path / "g", checkpoint=CHECKPOINT, **options)
+    # a description fixes its input side and classes (its weights and preprocessing are made for them)
+    with pytest.raises(
+        ConfigError,
+        match=r"digits_deit.json describes a model with img_size 64 \(arch.kwargs\); --img-size 32 does not "
+        r"apply to a description. Leave --img-size out \(or give 64\)",
+    ):
+        compile_model(DESCRIPTION, tmp_path / "h", img_size=32)
+    with pytest.raises(ConfigError, match=r"with num_classes 10 .*--num-classes 5 does not apply"):
+        compile_model(DESCRIPTION, tmp_path / "h", num_classes=5)
+    for folder in ("a", "b", "c", "e", "f", "g", "h"):
+        assert not (tmp_path / folder).exists()  # a refused run leaves no (empty) output folder
     # an ONNX file fixes its weights, fusion and input: model options would be ignored
     onnx_file = tmp_path / "m.onnx"
     onnx_file.write_bytes(b"")
@@ -236,8 +293,55 @@ def test_bad_options_fail_before_any_stage(tmp_path: Path) -> None:
     ]:
         with pytest.raises(ConfigError, match=f"is an ONNX file.*: {flag} only apply to a model name"):
             compile_model(onnx_file, tmp_path / "d", **options)
-    assert not (tmp_path / "a").exists() and not (tmp_path / "c" / "stages").exists()
     assert not (tmp_path / "d").exists()
+
+
+def test_the_report_names_only_files_it_wrote_and_clears_an_earlier_runs(tmp_path: Path) -> None:
+    from vitrt.compiler.compile_report import report_data, write_report
+
+    out = tmp_path / "out"
+    (out / "plots").mkdir(parents=True)
+    stale = {name: out / "plots" / f"{name}.png" for name in ("accuracy", "latency", "size", "stages")}
+    for path in [*stale.values(), out / "report.html"]:
+        path.write_bytes(b"an earlier run's")
+    seconds = float(np.random.default_rng().uniform(1, 5))
+
+    def failed() -> dict[str, Any]:
+        return report_data(
+            outdir=out,
+            entries=[
+                {
+                    "name": "export",
+                    "status": "failed",
+                    "seconds": seconds,
+                    "built_seconds": 0.0,
+                    "folder": None,
+                    "key": None,
+                    "note": "boom",
+                }
+            ],
+            results={},
+            model={"kind": "onnx", "file": "m.onnx"},
+            options={"target": "cpu", "precision": "fp32"},
+            started="now",
+            seconds=seconds,
+            error={"stage": "export", "message": "stage export failed: boom"},
+        )
+
+    data = failed()
+    written = write_report(out, data)
+    assert set(written) == {"stages", "json", "md", "html"}
+    html_line = f"report: {out / 'report.html'} (also report.md, report.json)"
+    assert data["summary"] == ["FAILED: stage export failed: boom", html_line]
+    assert '<b class="status-failed">failed</b>' in (out / "report.html").read_text()
+    assert sorted(p.name for p in (out / "plots").iterdir()) == ["stages.png"]  # no other run's plots
+    assert stale["stages"].read_bytes()[:4] == b"\x89PNG"
+    # without the HTML, the summary names the files written and no earlier report.html is left
+    data = failed()
+    assert set(write_report(out, data, html=False)) == {"json", "md"}
+    assert data["summary"][-1] == f"report: {out / 'report.md'} (also report.json)"
+    assert not (out / "report.html").exists() and not (out / "plots" / "stages.png").exists()
+    assert json.loads((out / "report.json").read_text())["summary"] == data["summary"]
 
 
 @pytest.mark.slow
@@ -284,3 +388,67 @@ def test_foreign_onnx_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert acc["top1_agreement"] == 1.0 and acc["max_abs_error"] < 1e-3 and acc["top1"] >= 0.9
     assert report["latency"]["pytorch_eager"] is None and report["latency"]["ratio_vs_eager"] is None
     assert f"top-1 on 48 samples of sklearn-digits: FP32 {100 * acc['reference_top1']:.1f} %" in printed
+
+
+def test_a_tensorrt_target_without_tensorrt_says_where_the_bundle_is(
+    precision_files: dict[str, Path], tmp_path: Path
+) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here: the build stage builds an engine, not a bundle")
+    out = tmp_path / "out"
+    result = compile_model(precision_files["fp32"], out, target="h100", eval_samples=4, iterations=1)
+    report = result.report
+    bundle = out / report["files"]["artifact"]
+    assert report["build"]["kind"] == "bundle" and (bundle / "bundle.json").is_file()
+    assert result.artifact == bundle and bundle.parent.parent == out / "stages"
+    note = (
+        f"TensorRT is not installed here, so no engine was built: {bundle} is a bundle to build on the "
+        f"NVIDIA H100 80 GB: copy that folder to the device and run `vitrt build --bundle {bundle}` there"
+    )
+    assert report["build"]["note"] == note and note in result.summary()
+    assert statuses(report)["profile"] == "skipped"
+
+
+class _FailsToExport(nn.Module):
+    """A model whose export fails: its logits broadcast against a tensor of the wrong width."""
+
+    img_size, num_classes = 8, 10
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3 * 8 * 8, 10)
+        self.width = width
+        self.preprocess = PreprocessConfig(input_size=(3, 8, 8), mean=(0.5,) * 3, std=(0.5,) * 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1)) + torch.ones(1, self.width)
+
+
+def test_a_failed_export_in_a_fresh_folder_reports_without_torch_log_noise(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    width = int(np.random.default_rng().integers(11, 40))
+    with pytest.raises(ConfigError, match="the module has img_size 8; img_size=16 does not apply"):
+        compile_model(_FailsToExport(width), tmp_path / "refused", img_size=16)
+    assert not (tmp_path / "refused").exists()
+    out = tmp_path / "out"
+    with pytest.raises(CompileError, match=f"stage export failed: .*dimension of length {width}") as err:
+        compile_model(_FailsToExport(width), out, iterations=1)
+    assert err.value.stage == "export"
+    printed = capfd.readouterr()
+    assert "Traceback" not in printed.err and "fake_tensor" not in printed.err and "E1" not in printed.err
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "failed" and statuses(report) == {"export": "failed"}
+    # the summary names report.html, and it is there (with the failure)
+    assert report["summary"][-1] == f"report: {out / 'report.html'} (also report.md, report.json)"
+    assert "stage export failed" in (out / "report.html").read_text()
+    assert sorted(p.name for p in out.iterdir()) == [
+        "plots",
+        "report.html",
+        "report.json",
+        "report.md",
+        "stages",
+    ]
+    assert not list((out / "stages").iterdir())  # no half-written stage folder

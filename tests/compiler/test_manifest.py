@@ -14,6 +14,7 @@ from vitrt.compiler.environment import EnvironmentFacts, gather_environment, plu
 from vitrt.compiler.manifest import (
     IncompatibleArtifactError,
     Manifest,
+    check_artifact,
     compare,
     plugin_entries,
     read_manifest,
@@ -211,6 +212,24 @@ def test_manifest_files_round_trip_and_damage(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(VitrtError, match=r"holds no manifest.json or bundle.json: not a vitrt artifact"):
         read_manifest(tmp_path / "empty")
+
+
+def test_check_of_a_file_outside_an_artifact_names_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vitrt.compiler.cli import main
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"onnx bytes")
+    assert main(["check", str(model)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"vitrt check: error: {model} is a file, not an artifact or bundle folder, and ")
+    assert "Fix: give the folder `vitrt build` or `vitrt bundle` wrote (or a file in it); to make one" in err
+    assert f"vitrt build {model} --target T -o OUT/" in err and f"{tmp_path} holds" not in err
+    notes = tmp_path / "notes.txt"
+    notes.write_text("x")
+    with pytest.raises(VitrtError, match=r"notes.txt is a file, not an artifact .*\(or a file in it\)$"):
+        check_artifact(notes)
 
 
 def test_this_machine_facts_are_plain_data() -> None:

@@ -83,6 +83,7 @@ def test_the_report_picks_under_budget_or_says_none_fits(tmp_path: Path) -> None
     )
     saved = json.loads((tmp_path / "tune.json").read_text())
     assert saved["chosen"] == 2 and saved["trials"][3]["error"] == "ConfigError: r too large"
+    assert (saved["img_size"], saved["num_classes"], saved["checkpoint"]) == (64, 10, str(DIGITS_T2T))
     assert "- tome[8,0,0,0]+fp32: model: ConfigError: r too large" in (tmp_path / "pareto.md").read_text()
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -100,6 +101,24 @@ def test_the_compile_line_of_the_baseline_and_bad_options(tmp_path: Path) -> Non
 
     with pytest.raises(ConfigError, match="only the 'cpu' target"):
         tune(str(DIGITS_T2T), target="h100", latency_budget=1.0)
+    with pytest.raises(ConfigError, match=r"^unknown target 'foo'; one of: jetson-orin-nano, .*, cpu"):
+        tune(str(DIGITS_T2T), target="foo", latency_budget=1.0)
+    # options are checked before the model (an unknown one here) and its data are read
+    with pytest.raises(ConfigError, match=r"precisions \['foo'\]: choose from fp32, int8"):
+        tune("digits_t2t", latency_budget=1.0, precisions=["foo"])
+    with pytest.raises(ConfigError, match="eval_samples must be a positive integer, got 0"):
+        tune("digits_t2t", latency_budget=1.0, eval_samples=0)
+    with pytest.raises(ConfigError, match="trials = 1: a search needs at least 2"):
+        tune("digits_t2t", latency_budget=1.0, trials=1)
+    # a checkpoint with its JSON fixes the input side and classes it was trained with
+    with pytest.raises(
+        ConfigError,
+        match=r"digits_t2t_vit.safetensors is trained with img_size 64 \(digits_t2t_vit.json\); "
+        r"--img-size 32 does not apply to it",
+    ):
+        resolve_model(str(DIGITS_T2T), img_size=32)
+    with pytest.raises(ConfigError, match=r"trained with num_classes 10 .*--num-classes 5 does not apply"):
+        resolve_model(str(DIGITS_T2T), num_classes=5)
     (tmp_path / "alone.safetensors").write_bytes(b"")
     with pytest.raises(ConfigError, match=r"has no metadata beside it \(alone.json with 'arch'"):
         resolve_model(str(tmp_path / "alone.safetensors"))
@@ -161,3 +180,48 @@ def test_a_small_search_on_the_digits_t2t_vit_on_local_ray(
     assert result.chosen is not None and saved["trials"][result.chosen]["latency_ms"] <= 1000.0
     assert result.command is not None and result.command.startswith("vitrt compile ")
     assert (tmp_path / "pareto.png").stat().st_size > 10_000
+
+
+def test_the_compile_line_rebuilds_the_tuned_model() -> None:
+    size, classes = (int(v) for v in np.random.default_rng().choice([32, 48, 64, 96], 2, replace=False))
+    source = resolve_model("deit_tiny_patch16_224", checkpoint="w.pth", img_size=size, num_classes=classes)
+    fused = TrialConfig(fusion={"preset": "tome", "r": [1, 0]}, precision="int8")
+    assert compile_command(source, fused, "cpu", "openvino", ("skimage", 13)) == (
+        f"vitrt compile deit_tiny_patch16_224 --checkpoint w.pth --img-size {size} --num-classes {classes} "
+        '--fusion \'{"preset":"tome","r":[1,0]}\' --attention dense --precision int8 --target cpu --runtime '
+        "openvino --calib-data skimage --calib-samples 13 --convert-channels -o OUT"
+    )
+    # compile's defaults are left out; without a calibration source compile reads, a placeholder
+    plain = resolve_model("deit_tiny_patch16_224")
+    assert compile_command(plain, TrialConfig(precision="int8"), "cpu") == (
+        "vitrt compile deit_tiny_patch16_224 --fusion none --attention dense --precision int8 --target cpu "
+        "--calib-data CALIB_DATA -o OUT"
+    )
+
+
+def test_eval_samples_are_honoured_and_a_short_source_says_what_it_lacks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from vitrt.compiler.tune_model import load_eval_data
+    from vitrt.models.config import PreprocessConfig
+
+    rng = np.random.default_rng()
+    n = int(rng.integers(10, 30))
+    path = tmp_path / "images.npy"
+    np.save(path, rng.standard_normal((n, 3, 64, 64)).astype(np.float32))
+    source = resolve_model(str(DIGITS_T2T))
+    pre = dict(source.preprocess)
+    pre.update({k: tuple(pre[k]) for k in ("input_size", "mean", "std")})
+    eval_samples = int(rng.integers(2, n // 2))
+    with caplog.at_level("WARNING", logger="vitrt"):
+        data = load_eval_data(source, PreprocessConfig(**pre), str(path), eval_samples=eval_samples)
+    assert len(data.images) == eval_samples and len(data.calibration) == n - eval_samples
+    assert data.calib_source == str(path)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"eval data {path} has {n} images, fewer than the {256 + eval_samples} tune asks for (256 "
+        f"calibration + {eval_samples} evaluation images); judging trials on {eval_samples} and calibrating "
+        f"INT8 on {n - eval_samples} others"
+    ]
+    # asked for more than half: half of them (rounded up) are judged, the others calibrate
+    data = load_eval_data(source, PreprocessConfig(**pre), str(path), eval_samples=500)
+    assert len(data.images) == n - n // 2 and len(data.calibration) == n // 2

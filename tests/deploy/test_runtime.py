@@ -12,6 +12,7 @@ import pytest
 import vitrt
 from vitrt.compiler.cli import main
 from vitrt.deploy.predict import softmax
+from vitrt.deploy.profiling import runtime_options
 from vitrt.deploy.runners import TensorSpec
 from vitrt.deploy.sources import (
     BatchError,
@@ -19,6 +20,7 @@ from vitrt.deploy.sources import (
     SourceError,
     check_batch,
     check_model_options,
+    check_runtime_options,
     resolve_source,
 )
 from vitrt.errors import VitrtError
@@ -198,3 +200,121 @@ def test_run_classifies_with_the_models_preprocessing(
     assert len(data["predictions"]) == 1 and len(data["predictions"][0]["top"]) == 2
     assert main(["run", str(folder / "0.png"), str(folder)]) == 2  # an image is not a model
     assert "not something vitrt runs" in capsys.readouterr().err
+
+
+def test_runtime_options_that_cannot_apply_are_refused(
+    tiny: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An artifact runs on its manifest's runtime and only OpenVINO has an inference precision: asking
+    # otherwise ran the artifact (or the file) as it was, without a word.
+    with pytest.raises(
+        SourceError,
+        match=r"fp32.cpu is an artifact built for onnxruntime: --runtime openvino would be ignored. Fix: "
+        r"leave out --runtime, or build one for openvino \(`vitrt build MODEL.onnx --target cpu --runtime "
+        r"openvino`\)",
+    ):
+        vitrt.open_runner(tiny["fp32.cpu"], runtime="openvino")
+    for spec, fix in [(tiny["fp32.cpu"], "build it for OpenVINO"), (tiny["fp32"], "run it on OpenVINO")]:
+        with pytest.raises(
+            SourceError,
+            match=rf"runs on onnxruntime: --inference-precision bf16 is OpenVINO's compute precision and "
+            rf"would be ignored. Fix: leave it out, or {fix}",
+        ):
+            vitrt.open_runner(spec, inference_precision="bf16")
+    model = "deit_tiny_patch16_224"
+    with pytest.raises(SourceError, match=r"is a model name \(run in PyTorch\): --runtime onnxruntime would"):
+        check_runtime_options(resolve_source(model), runtime="onnxruntime")
+    with pytest.raises(SourceError, match=r"runs on torch: --threads sets ONNX Runtime's and OpenVINO's"):
+        check_runtime_options(resolve_source(model), threads=2)
+    with pytest.raises(SourceError, match=r"e.plan runs on tensorrt: --inference-precision f32 is OpenVINO"):
+        check_runtime_options(ModelSource("plan", "e.plan"), inference_precision="f32")
+    runner = vitrt.open_runner(tiny["fp32"], runtime="openvino", inference_precision="f32", threads=1)
+    assert (runner.runtime, runner.inference_precision) == ("openvino", "f32")
+    assert vitrt.open_runner(tiny["fp32.cpu"], runtime="onnxruntime").runtime == "onnxruntime"  # its own
+    image = _png(tmp_path / "x.png", np.random.default_rng().integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    assert main(["run", str(tiny["fp32.cpu"]), str(image), "--runtime", "openvino"]) == 2
+    assert "--runtime openvino would be ignored" in capsys.readouterr().err
+    assert main(["profile", str(tiny["fp32"]), "--inference-precision", "bf16", "--quiet"]) == 2
+    assert "--inference-precision bf16 is OpenVINO's compute precision" in capsys.readouterr().err
+    # several sources: each option goes to the sources it applies to; one that applies to none is refused
+    art, onnx_file = resolve_source(tiny["fp32.cpu"]), resolve_source(tiny["fp32"])
+    assert runtime_options([art, onnx_file], runtime="openvino", inference_precision="bf16", threads=1) == [
+        {"threads": 1},
+        {"runtime": "openvino", "threads": 1, "inference_precision": "bf16"},
+    ]
+    with pytest.raises(SourceError, match=r"fp32.cpu runs on onnxruntime: --inference-precision f32"):
+        runtime_options([art, onnx_file], inference_precision="f32")
+
+
+def test_export_profile_names_only_the_files_written(
+    tiny: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    quick = ["--warmup-s", "0", "--duration-s", "0", "--iterations", "2", "--e2e-s", "0", "--no-telemetry"]
+    sources = [str(tiny["fp32.cpu"]), str(tiny["fp32"])]
+    # a folder that is not there fails before anything is timed
+    assert main(["profile", *sources, *quick, "--export-profile", str(tmp_path / "no" / "l.json")]) == 2
+    assert "cannot write" in capsys.readouterr().err and not (tmp_path / "no").exists()
+    # the .onnx runs on OpenVINO (--runtime is the file's), which has no per-layer profile
+    path = tmp_path / "layers.json"
+    argv = ["profile", *sources, "--runtime", "openvino", *quick, "--quiet", "--export-profile", str(path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["layers.0.json"]
+    assert f"wrote {tmp_path / 'layers.0.json'}\n" in out and "layers.1.json\n" not in out
+    assert out.endswith(
+        f"note: {tmp_path / 'layers.1.json'} not written: {tiny['fp32'].name} (openvino) has no per-layer "
+        "profile (above)\n"
+    )
+    assert json.loads((tmp_path / "layers.0.json").read_text())[0] == {"count": 20}
+
+
+def test_run_takes_a_model_names_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from vitrt.deploy.predict import load_image
+
+    model = vitrt.create_model("deit_tiny_patch16_224", img_size=32, num_classes=10)
+    torch.nn.init.normal_(model.head.weight, std=1.0)  # trained-looking logits: distinct probabilities
+    weights = tmp_path / "w.pth"
+    torch.save(model.state_dict(), weights)
+    image = _png(tmp_path / "x.png", np.random.default_rng().integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    argv = ["run", "deit_tiny_patch16_224", str(image), "--img-size", "32", "--num-classes", "10", "--json"]
+    assert main([*argv, "--checkpoint", str(weights), "--top", "10"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["notes"] == [] and data["preprocess"]["input_size"] == [3, 32, 32]
+    with torch.inference_mode():
+        x = torch.from_numpy(load_image(image, model.preprocess))[None]
+        expected = torch.softmax(model.eval()(x).double(), dim=1)[0].numpy()
+    top = data["predictions"][0]["top"]
+    assert [t["class"] for t in top] == np.argsort(-expected, kind="stable").tolist()
+    np.testing.assert_allclose([t["probability"] for t in top], np.sort(expected)[::-1], rtol=1e-4)
+    # without weights: random init, and the result says so
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["notes"] == [
+        "deit_tiny_patch16_224 has random weights (no checkpoint given): the classes mean nothing. Fix: "
+        "--checkpoint WEIGHTS (or give an artifact or .onnx made from trained weights)"
+    ]
+    assert main([*argv[:-1], "--fusion", "tome", "--attention", "dense"]) == 0
+    assert "note: deit_tiny_patch16_224 has random weights" in capsys.readouterr().out
+
+
+def test_run_refuses_a_size_the_model_does_not_take(
+    tiny: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = _png(tmp_path / "x.png", np.random.default_rng().integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    side = int(np.random.default_rng().integers(33, 256))
+    for spec in (tiny["fp32.cpu"], tiny["fp32"]):
+        with pytest.raises(
+            VitrtError,
+            match=rf"takes 32 x 32 pixel inputs \(its input size is fixed\), not {side} x {side}: --size "
+            r"only names the size of a file that does not record it. Fix: leave out --size \(images are "
+            r"resized to 32 x 32\)$",
+        ):
+            vitrt.run(spec, image, size=side)
+    same = vitrt.run(tiny["fp32.cpu"], image, size=[32, 32])
+    assert same.predictions == vitrt.run(tiny["fp32.cpu"], image).predictions
+    assert main(["run", str(tiny["fp32.cpu"]), str(image), "--size", str(side)]) == 2
+    assert f"not {side} x {side}: --size only names" in capsys.readouterr().err
+    assert main(["run", "deit_tiny_patch16_224", str(image), "--size", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "Fix: leave out --size (images are resized to 224 x 224), or --img-size 64 for the model" in err

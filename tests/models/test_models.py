@@ -142,8 +142,44 @@ def test_soft_split_sizes() -> None:
         check_img_size(ok)
     with pytest.raises(ConfigError, match=r"img_size 70 .*sizes close to it that work: \[.*64.*\]"):
         create_model("t2t_vit_7", img_size=70)
-    with pytest.raises(ConfigError, match="not a multiple of the patch size"):
+    with pytest.raises(
+        ConfigError, match="img_size 100 is not a positive multiple of the patch size 16; use 96 or 112"
+    ):
         create_model("deit_tiny_patch16_224", img_size=100)
+
+
+@pytest.mark.parametrize(
+    ("name", "img_size", "message"),
+    [
+        ("deit_tiny_patch16_224", 0, "img_size 0 is not a positive multiple of the patch size 16; use 16$"),
+        (
+            "deit_tiny_patch16_224",
+            -32,
+            "img_size -32 is not a positive multiple of the patch size 16; use 16$",
+        ),
+        ("deit_tiny_patch16_224", 8, "img_size 8 is not a positive multiple of the patch size 16; use 16$"),
+        (
+            "t2t_vit_7",
+            0,
+            r"img_size 0 is below T2T-ViT's smallest input, 16 pixels .*work: \[16, 17, 18, 32, 33, 34\]",
+        ),
+        ("t2t_vit_7", -32, r"img_size -32 is below T2T-ViT's smallest input, 16 pixels .*work: \[16, 17,"),
+        ("t2t_vit_7", 8, r"img_size 8 is below T2T-ViT's smallest input"),
+        ("t2t_vit_7", 64.0, "img_size must be a whole number of pixels such as 224, got 64.0"),
+        ("deit_tiny_patch16_224", True, "img_size must be a whole number of pixels such as 224, got True"),
+    ],
+)
+def test_sizes_a_model_cannot_take_name_sizes_that_work(name: str, img_size: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        create_model(name, img_size=img_size)  # type: ignore[arg-type]
+
+
+def test_the_smallest_suggested_sizes_run() -> None:
+    for name, size in (("deit_tiny_patch16_224", 16), ("t2t_vit_7", 16), ("t2t_vit_7", 17)):
+        model = create_model(name, img_size=size)
+        with torch.no_grad():
+            out = model(torch.randn(2, 3, size, size))
+        assert out.shape == (2, 1000) and torch.isfinite(out).all()
 
 
 @pytest.mark.parametrize("img_size", [224, 64])
@@ -203,6 +239,10 @@ def test_checkpoint_mismatch_lists_keys_and_shapes() -> None:
     assert "missing keys (1): head.weight" in msg
     assert "unexpected keys (13)" in msg and "(and 3 more)" in msg
     assert "blocks.0.attn.qkv.weight (3, 3) vs model (768, 256)" in msg
+    assert msg.endswith(
+        "Fix: the model name and img_size/num_classes the checkpoint was trained with (in Python, "
+        "load_checkpoint(..., strict=False) loads what matches)"
+    )
     model = load_checkpoint(_small(), state, strict=False)
     assert len(model.load_report) == 3
 
