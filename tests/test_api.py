@@ -63,6 +63,7 @@ def test_the_functions_take_the_options_of_their_command() -> None:
     renamed = {"load_inputs": "inputs", "dynamic_batch": "batch", "no_simplify": "simplify"}
     renamed |= {"no_sensitivity": "sensitivity", "no_progress": "progress", "no_prepare": "prepare"}
     renamed |= {"no_check": "check", "no_telemetry": "telemetry", "no_layers": "layers"}
+    renamed |= {"compile_verbose": "verbose"}  # compile's own -v (the global one is before the command)
     for command, function in [
         ("inspect", vitrt.model_card),
         ("export", vitrt.export_onnx),
@@ -73,12 +74,16 @@ def test_the_functions_take_the_options_of_their_command() -> None:
         ("build", vitrt.build),
         ("bundle", vitrt.bundle),
         ("profile", vitrt.profile),
+        ("run", vitrt.run),
+        ("compile", vitrt.compile),
         ("tune", vitrt.tune),
     ]:
         params = list(inspect.signature(function).parameters)
         actions = [a for a in commands[command]._actions if a.dest != "help"]  # type: ignore[index]
         positional = {a.dest: params[0] for a in actions if not a.option_strings}  # model / onnx
         options = {positional.get(a.dest) or renamed.get(a.dest, a.dest) for a in actions}
+        if command == "run":
+            options -= {"json"}  # how the command prints its RunResult (RunResult.to_dict)
         assert options <= set(params), (command, options - set(params))
 
 
