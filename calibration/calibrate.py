@@ -258,11 +258,11 @@ def calibrate_onnx(
         output: the Q/DQ ONNX to write (None: return it only).
         method: activation range method, "minmax", "percentile", "entropy", "mse" or a RangeMethod.
             Tensors made by an op in ``method_overrides`` (Softmax: minmax) use that method instead.
-        percentile: for "percentile", in (0, 100] (default 99.99); only with a method name.
+        percentile: for "percentile", in (0, 100] (default 99.99); ConfigError with another method.
         num_samples / batch_size / seed / convert_channels / npz_key: see ``open_source``; a source
             with fewer samples is used whole, with a warning.
-        exclude: node-name patterns (fnmatch: ``blocks.0.*``, ``head/Gemm_1``) of layers kept float;
-            ConfigError for one that matches no MatMul/Gemm/Conv node (a typo).
+        exclude: node-name patterns (fnmatch: ``blocks.0.*``, ``head/Gemm_1``; one string is one pattern)
+            of layers kept float; ConfigError for one that matches no MatMul/Gemm/Conv node (a typo).
         eval_data / eval_samples: held-out samples for the FP32-vs-INT8 agreement and the
             sensitivity pass; default: the next ``eval_samples`` samples of ``data``'s seeded order
             (disjoint from the calibration samples; the calibration samples themselves, with a
@@ -299,12 +299,18 @@ def calibrate_onnx(
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     check_form(runtime)
+    exclude = [exclude] if isinstance(exclude, str) else list(exclude)  # one pattern, not its characters
     if cost_model is not None and runtime != "onnxruntime":
         raise ConfigError("cost_model is the ONNX Runtime form's: pass it with runtime='onnxruntime'")
     if isinstance(method, RangeMethod):
         if percentile is not None:
             raise ConfigError("percentile goes with a method name; a RangeMethod carries its own")
         range_method = method
+    elif percentile is not None and method != "percentile":
+        raise ConfigError(
+            f"percentile={percentile!r} applies to method='percentile' only; method={method!r} would ignore "
+            "it. Fix: drop percentile, or pass method='percentile' (--method percentile)"
+        )
     else:
         range_method = RangeMethod(method) if percentile is None else RangeMethod(method, percentile)
     if runner_factory is not None and (threads is not None or custom_ops_library is not None):

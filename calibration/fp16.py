@@ -570,6 +570,7 @@ def fp16_model(
     """
     from vitrt.compiler.prepare import attention_matmuls, prepare_model, residual_adds
 
+    keep_fp32 = [keep_fp32] if isinstance(keep_fp32, str) else list(keep_fp32)  # one pattern, not letters
     if is_float16(model):
         raise PrecisionError(
             "the model already holds float16 tensors: vitrt fp16 converts a float32 (or INT8 Q/DQ float32) "
@@ -665,7 +666,7 @@ def fp16_onnx(
         model: the float32 or INT8 (Q/DQ) ONNX file.
         output: where to write (None: return the model only).
         keep_fp32: further nodes to keep in float32: fnmatch patterns of node names or op types
-            (``"blocks.11.*"``, ``"Gelu"``); recorded in the recipe.
+            (``"blocks.11.*"``, ``"Gelu"``; one string is one pattern); recorded in the recipe.
         io_fp16: float16 graph inputs and outputs (default float32, with Casts inside).
         prepare: run the graph preparation on a float32 input first.
         check: run both files on ONNX Runtime (random inputs) and record the agreement in the recipe.

@@ -215,6 +215,9 @@ def build(
     if model is None or output is None or target is None:
         raise ConfigError("give the ONNX model, --target and -o OUT (or --bundle BUNDLE/)")
     spec = get_target(target)
+    from vitrt.deploy.runners import check_threads
+
+    check_threads(threads)  # before the model is read: not a TypeError from inside ONNX Runtime
     from .model_facts import load_model_facts
 
     source, proto, facts = load_model_facts(model)

@@ -30,6 +30,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             fusion=_json_option(args.fusion),
             attention=_json_option(args.attention),
             checkpoint=args.checkpoint,
+            num_classes=args.num_classes,
         )
     )
     return 0
@@ -625,6 +626,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_options(p)
     p.add_argument("--checkpoint", default=None, help="load these weights first (.pth/.pth.tar/.safetensors)")
+    p.add_argument(
+        "--num-classes", type=int, default=None, help="classifier outputs (default 1000; a description's own)"
+    )
     p.set_defaults(func=_cmd_inspect, img_size=None)  # None: 224, or a description's own
 
     p = sub.add_parser(
@@ -686,7 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--output", required=True, help="the Q/DQ INT8 .onnx to write")
     p.add_argument("--method", default="entropy", help="minmax, percentile, entropy (default), mse")
-    p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile (default 99.99)")
+    p.add_argument("--percentile", type=float, help="for --method percentile (default 99.99)")
     p.add_argument("--num-samples", type=int, default=256, help="calibration samples (default 256)")
     p.add_argument("--batch-size", type=int, default=32, help="samples per data batch (default 32)")
     p.add_argument("--seed", type=int, default=0, help="sample order and synthetic pixels (default 0)")

@@ -36,8 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -259,6 +258,7 @@ def compile_model(
     Returns a CompileResult. Raises ConfigError for bad options (before any stage) and CompileError for a
     failed stage.
     """
+    from .export import quiet_export_tracing
     from .quiet import quiet_third_party
     from .targets import get_target
 
@@ -382,7 +382,7 @@ def compile_model(
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     t_total = time.perf_counter()
     try:
-        with quiet_third_party(not verbose), _quiet_export_tracing(not verbose):
+        with quiet_third_party(not verbose), quiet_export_tracing(not verbose):
             _stages(
                 pipe,
                 spec=spec,
@@ -422,26 +422,6 @@ def compile_model(
     pipe._say(entry)
     artifact = pipe.results.get("artifact_path", {}).get("path")
     return CompileResult(outdir, data, pipe.entries, Path(artifact) if artifact else None)
-
-
-EXPORT_TRACE_LOGGERS = ("torch._subclasses.fake_tensor", "torch.export._trace")
-"""torch's loggers that log a failing export's trace as errors (a traceback per failed op: dozens of lines)
-before the exception that the export stage's error reports with its cause."""
-
-
-@contextmanager
-def _quiet_export_tracing(enabled: bool) -> Iterator[None]:
-    """Within the block, only critical records from ``EXPORT_TRACE_LOGGERS``; their levels restored after."""
-    loggers = [logging.getLogger(name) for name in EXPORT_TRACE_LOGGERS]
-    levels = [lg.level for lg in loggers]
-    if enabled:
-        for lg in loggers:
-            lg.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
 
 
 def _check_data_spec(flag: str, spec: PathLike) -> None:

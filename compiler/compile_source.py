@@ -190,32 +190,20 @@ def model_source(
 ) -> ModelSource:
     """The ModelSource for ``model`` (a registered name, a description ``.json``, or an ``nn.Module``).
 
-    ``img_size`` / ``num_classes`` default to 224 / 1000 for a registered name and to the description's
-    ``kwargs`` for a description. Raises ConfigError for an unknown name, a bad description, or an
-    ``img_size`` / ``num_classes`` other than a description's (it fixes them: its weights and preprocessing
-    are made for them).
+    ``img_size`` / ``num_classes`` default to 224 / 1000 for a registered name, to the description's
+    ``kwargs`` for a description and to the module's own for a module (``module_sizes``). Raises ConfigError,
+    before any model is built, for an unknown name, a bad description, an ``img_size`` / ``num_classes``
+    other than a description's or a module's (they fix them: their weights and preprocessing are made for
+    them), an ``img_size`` the registered model cannot take, or a fusion / attention it cannot take.
     """
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and not ckpt.is_file():
         raise ConfigError(f"checkpoint {ckpt} does not exist")
     fusion = None if fusion in ("none", "") else fusion
     if not isinstance(model, (str, os.PathLike)):
-        for key, value in (("img_size", img_size), ("num_classes", num_classes)):
-            own = getattr(model, key, None)
-            if value is not None and isinstance(own, int) and value != own:  # a module is built already
-                raise ConfigError(
-                    f"the module has {key} {own}; {key}={value} does not apply to a built module: leave "
-                    "it out"
-                )
+        size, classes = module_sizes(model, img_size, num_classes)
         return ModelSource(
-            "module",
-            name or type(model).__name__,
-            fusion,
-            attention,
-            ckpt,
-            img_size or int(getattr(model, "img_size", 224) or 224),
-            num_classes or int(getattr(model, "num_classes", 1000) or 1000),
-            module=model,
+            "module", name or type(model).__name__, fusion, attention, ckpt, size, classes, module=model
         )
     text = os.fspath(model)
     if text.endswith(".json"):
@@ -260,6 +248,68 @@ def model_source(
             f"unknown model {text!r}{hint}. Give a registered name (vitrt list-models), a model description "
             ".json, or an .onnx file"
         )
-    return ModelSource(
-        "registered", name or text, fusion, attention, ckpt, img_size or 224, num_classes or 1000
-    )
+    from vitrt.models.registry import check_img_size, check_num_classes
+
+    size = check_img_size(text, 224 if img_size is None else img_size)
+    classes = check_num_classes(1000 if num_classes is None else num_classes)
+    check_model_options(text, size, classes, fusion=fusion, attention=attention)
+    return ModelSource("registered", name or text, fusion, attention, ckpt, size, classes)
+
+
+def module_sizes(module: Any, img_size: Any = None, num_classes: Any = None) -> tuple[int, int]:
+    """(img_size, num_classes) of a built module: its own (vitrt's models: ``img_size`` and ``num_classes``;
+    otherwise ``preprocess.input_size`` and the ``head``'s ``out_features``; 224 / 1000 where it has none),
+    or the given ones where it has none. ConfigError for a given value other than the module's own (it is
+    built for its own: another would only reach the export config, then fail deep inside the export)."""
+    from vitrt.models.registry import check_num_classes
+
+    pre = getattr(module, "preprocess", None)
+    own_classes = _int_or_none(getattr(module, "num_classes", None))
+    own = {
+        "img_size": _int_or_none(getattr(module, "img_size", None))
+        or _int_or_none(getattr(pre, "input_size", (None,))[-1]),
+        "num_classes": own_classes
+        if own_classes is not None
+        else _int_or_none(getattr(getattr(module, "head", None), "out_features", None)),
+    }
+    given = {"img_size": img_size, "num_classes": num_classes}
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key == "num_classes":
+            check_num_classes(value)
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"img_size must be a whole number of pixels such as 224, got {value!r}")
+        if own[key] is not None and value != own[key]:
+            raise ConfigError(
+                f"the module was built with {key} {own[key]}; {key}={value} does not apply to a built "
+                f"module. Fix: leave {key} out (the module's own is used), or build the module with "
+                f"{key}={value}"
+            )
+    size = own["img_size"] or img_size or 224
+    classes = own["num_classes"] if own["num_classes"] is not None else num_classes
+    return int(size), int(1000 if classes is None else classes)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def check_model_options(name: str, img_size: int, num_classes: int, *, fusion: Any, attention: Any) -> None:
+    """ConfigError now, not when the model is built, for a fusion or attention the registered model ``name``
+    cannot take at ``img_size``: the model is built on the meta device (no weights; about 0.3 s) with the
+    options applied. Only vitrt's errors count: anything else is left for the real build to report."""
+    if fusion is None and attention in (None, "dense"):
+        return
+    import torch
+
+    from vitrt.errors import VitrtError
+    from vitrt.plugins import create_model
+
+    try:
+        with torch.device("meta"):
+            create_model(name, img_size=img_size, num_classes=num_classes, fusion=fusion, attention=attention)
+    except VitrtError:
+        raise
+    except Exception:  # an op that needs real tensors: the real build reports it
+        pass

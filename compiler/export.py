@@ -43,6 +43,9 @@ class ExportConfig:
     to [0, 1] pixels before feeding ``images``.
     checkpoint / checkpoint_sha256: the weights exported (None: a random init drawn with ``seed``),
     so that ``model_from_config`` rebuilds the same PyTorch model to verify against.
+    module_sha256: ``module_sha256`` of the exported module (None in files written before it was
+    recorded): ``model_from_config`` refuses a rebuilt model with other weights or modules, such as a
+    module exported without the checkpoint its weights came from.
     """
 
     model: str
@@ -60,10 +63,23 @@ class ExportConfig:
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
     seed: int = 0
+    module_sha256: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        """Raise ConfigError for a lowering, opset, batch or input size vitrt cannot export."""
+        """Raise ConfigError for a lowering, opset, batch, seed or input size vitrt cannot export."""
+        for key, value, lowest in (
+            ("opset", self.opset, MIN_OPSET),
+            ("batch", self.batch, 1),
+            ("seed", self.seed, 0),
+            ("img_size", self.img_size, 1),
+            ("num_classes", self.num_classes, 0),
+        ):
+            if value is None and key == "batch":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                extra = " or None (a dynamic batch axis)" if key == "batch" else ""
+                raise ConfigError(f"{key} must be a whole number >= {lowest}{extra}, got {value!r}")
         if self.lowering not in LOWERINGS:
             raise ConfigError(f"unknown lowering {self.lowering!r}; use one of {', '.join(LOWERINGS)}")
         if self.opset < MIN_OPSET:
@@ -92,9 +108,14 @@ def model_from_config(config: ExportConfig) -> nn.Module:
     Raises CheckpointError when the recorded checkpoint is missing or has changed since export.
     """
     from vitrt.errors import CheckpointError
-    from vitrt.models import load_checkpoint
+    from vitrt.models import list_models, load_checkpoint
     from vitrt.plugins import create_model
 
+    if config.model not in list_models():
+        raise VitrtError(
+            f"the PyTorch model cannot be rebuilt: {config.model!r} is not a registered model (the file was "
+            f"exported from a module or a model description). {REBUILD_FIX}"
+        )
     torch.manual_seed(config.seed)
     model = create_model(
         config.model,
@@ -111,7 +132,36 @@ def model_from_config(config: ExportConfig) -> nn.Module:
                 f"{config.checkpoint_sha256[:12]}...); re-export, or verify against saved outputs"
             )
         load_checkpoint(model, config.checkpoint)
+    if config.module_sha256 is not None and module_sha256(model) != config.module_sha256:
+        # a module exported as given: its weights came from wherever the caller drew or loaded them
+        weights = f"checkpoint {config.checkpoint}" if config.checkpoint else f"seed {config.seed}"
+        raise VitrtError(
+            f"the PyTorch model cannot be rebuilt: {config.model} built from the export config ({weights}) "
+            f"has other weights or modules than the module that was exported, so a comparison would fail "
+            f"for no fault of the file. {REBUILD_FIX}"
+        )
     return model.eval()
+
+
+REBUILD_FIX = (
+    "Fix: export with checkpoint= (torch.save(module.state_dict(), 'w.pth'), then "
+    "export_onnx(module, ..., checkpoint='w.pth')), or compare with the module's own outputs "
+    "(vitrt.compiler.verify.save_outputs([{'logits': module(x).numpy()}], 'ref.json', 'torch'), then "
+    "verify_onnx(path, against='ref.json', inputs=[{'images': x.numpy()}]))"
+)
+
+
+def module_sha256(model: nn.Module) -> str:
+    """Hex SHA-256 of a module's weights (``compile_source.weights_sha256``: names, dtypes, shapes, bytes) and
+    of its module tree (each submodule's name and class): what tells a rebuilt model from the exported one."""
+    import hashlib
+
+    from .compile_source import weights_sha256
+
+    digest = hashlib.sha256(weights_sha256(model).encode())
+    for name, sub in model.named_modules():
+        digest.update(f"{name}:{type(sub).__module__}.{type(sub).__qualname__};".encode())
+    return digest.hexdigest()
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -143,11 +193,11 @@ def export_onnx(
     lowering: str = "plugin",
     opset: int = MIN_OPSET,
     batch: int | None = 1,
-    img_size: int = 224,
-    num_classes: int = 1000,
+    img_size: int | None = None,
+    num_classes: int | None = None,
     fusion: Any = None,
     attention: Any = None,
-    checkpoint: str | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
     seed: int = 0,
     simplify: bool = True,
     timings: dict[str, float] | None = None,
@@ -158,24 +208,45 @@ def export_onnx(
         model: a registered model name (built with ``vitrt.create_model`` from ``img_size``,
             ``num_classes``, ``fusion``, ``attention``, its weights drawn with ``seed`` or loaded from
             ``checkpoint``), or an ``nn.Module`` taking images [B, 3, img_size, img_size]. A module is
-            exported as given, its ``checkpoint`` weights loaded into a copy first if one is named;
-            the other options then describe it: they are recorded so that ``vitrt verify`` can
-            rebuild it, so pass the ones it was created with.
+            exported as given, its ``checkpoint`` weights loaded into a copy first if one is named. Its
+            img_size and num_classes are its own (ConfigError for other values); fusion, attention and
+            seed describe it: they are recorded so that ``vitrt verify`` can rebuild it, so pass the ones
+            it was created with. The file also records a hash of the module's weights and modules:
+            ``verify_onnx`` refuses a rebuilt model that differs (a module whose weights are not the
+            seed's nor a checkpoint's), naming the fix.
         output: the .onnx file to write (atomically; weights over 2 GB go to ``<output>.data``).
         lowering: "plugin" (one TensorRT plugin node per plugin op) or "portable" (standard ops).
         opset: ONNX opset, >= 18.
         batch: a fixed batch size, or None for a dynamic batch axis named ``batch``.
-        img_size: square input side in pixels.
-        num_classes / fusion / attention / seed: as ``vitrt.create_model`` and the random init.
-        checkpoint: weights (.pth / .pth.tar / .safetensors), recorded with their SHA-256.
+        img_size: square input side in pixels (default 224 for a name, a module's own for a module).
+        num_classes: classifier outputs (default 1000 for a name, a module's own for a module).
+        fusion / attention / seed: as ``vitrt.create_model`` and the random init.
+        checkpoint: weights (.pth / .pth.tar / .safetensors; a str or a Path), recorded with their SHA-256.
         simplify: run onnxsim (onnxslim as fallback).
         timings: if given, receives the seconds spent in ``trace``, ``simplify`` and ``save``.
 
     Returns the written path; the file's metadata holds the ``ExportConfig``. Raises ConfigError for
     a bad option, CheckpointError for unreadable or mismatched weights, VitrtError for an unwritable
-    ``output`` (before any work) or a failed trace.
+    ``output`` (before any work) or a failed trace (torch's trace logs of it are dropped unless the
+    ``vitrt`` logger is at DEBUG, ``vitrt -vv``: the error names the cause).
     """
-    name = model if isinstance(model, str) else getattr(getattr(model, "spec", None), "name", None)
+    from vitrt.models.registry import check_img_size, check_num_classes
+
+    from .compile_source import module_sizes
+
+    if isinstance(model, str):
+        name: str | None = model
+        img_size = check_img_size(model, 224 if img_size is None else img_size)  # ConfigError: unknown name
+        num_classes = check_num_classes(1000 if num_classes is None else num_classes)
+    elif isinstance(model, nn.Module):
+        name = getattr(getattr(model, "spec", None), "name", None)
+        img_size, num_classes = module_sizes(model, img_size, num_classes)
+    else:
+        raise ConfigError(
+            f"export_onnx takes a model name (vitrt list-models) or an nn.Module, got {type(model).__name__}"
+        )
+    if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
+        raise ConfigError(f"checkpoint must be a file path (str or Path), got {type(checkpoint).__name__}")
     config = ExportConfig(
         model=name or type(model).__name__,
         lowering=lowering,
@@ -186,11 +257,12 @@ def export_onnx(
         num_classes=num_classes,
         fusion=fusion,
         attention=attention,
-        checkpoint=checkpoint,
-        checkpoint_sha256=file_sha256(checkpoint) if checkpoint else None,
+        checkpoint=os.fspath(checkpoint) if checkpoint is not None else None,
         seed=seed,
     )
     config.validate()  # before building the model: a bad option or path should fail fast
+    if checkpoint is not None:
+        config = replace(config, checkpoint_sha256=file_sha256(checkpoint))
     check_writable(output)
     if isinstance(model, str):
         module = model_from_config(config)
@@ -205,7 +277,8 @@ def export_onnx(
     pre = getattr(module, "preprocess", None)
     if pre is not None:
         config = replace(config, mean=tuple(pre.mean), std=tuple(pre.std))
-    return export_model(module, output, config, simplify=simplify, timings=timings)
+    with quiet_export_tracing(not logging.getLogger("vitrt").isEnabledFor(logging.DEBUG)):
+        return export_model(module, output, config, simplify=simplify, timings=timings)
 
 
 def export_model(
@@ -219,7 +292,8 @@ def export_model(
     """Export ``model`` (images [B, C, H, W] -> logits [B, classes]) to ONNX at ``path`` as ``config``
     says, and record ``config`` in the file (``export_onnx`` builds both from the command's options).
 
-    The graph's input is ``images`` (float32 [batch, C, H, W]), its output ``logits``. The file is
+    The graph's input is ``images`` (float32 [batch, C, H, W]), its output ``logits``. ``config``'s
+    ``module_sha256`` is filled in from ``model`` where it is None. The file is
     checked with ``onnx.checker`` (full check), simplified with onnxsim unless ``simplify`` is False,
     shape-inferred, and written atomically; weights go to ``<path>.data`` only when the model is
     over 2 GB. Returns the path. ``timings``, if given, receives the seconds spent in ``trace``,
@@ -233,6 +307,8 @@ def export_model(
 
     config.validate()
     check_writable(path)  # fail now, not after tracing
+    if config.module_sha256 is None:  # the module as given, before the lowering changes it
+        config = replace(config, module_sha256=module_sha256(model))
     model = set_lowering(copy.deepcopy(model).eval(), config.lowering)
     table = translation_table() if config.lowering == "plugin" else None
     batch = config.batch or 2  # a dynamic batch is traced at 2 so that no size-1 axis gets folded
@@ -310,6 +386,27 @@ def without_slice_pair_rewrite() -> Iterator[None]:
         yield
     finally:
         rewriter._DEFAULT_REWRITE_RULES = rules
+
+
+EXPORT_TRACE_LOGGERS = ("torch._subclasses.fake_tensor", "torch.export._trace")
+"""torch's loggers that log a failing export's trace as errors (a traceback per failed op: dozens of lines)
+before the exception that ``export_model``'s error reports with its cause."""
+
+
+@contextlib.contextmanager
+def quiet_export_tracing(enabled: bool = True) -> Iterator[None]:
+    """Within the block, only critical records from ``EXPORT_TRACE_LOGGERS``; their levels restored after.
+    A no-op when ``enabled`` is False."""
+    loggers = [logging.getLogger(name) for name in EXPORT_TRACE_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    if enabled:
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 # The exporter's registry logs one warning per torchvision op it cannot register ("torchvision is not

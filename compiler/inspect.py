@@ -2,42 +2,62 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, cast
+
+from vitrt.errors import ConfigError
 
 if TYPE_CHECKING:
     from vitrt.models.base import ClassTokenViT
 
 
 def model_card(
-    name: str,
+    name: str | os.PathLike[str],
     *,
     img_size: int | None = None,
+    num_classes: int | None = None,
     fusion: Any = None,
     attention: Any = None,
     checkpoint: str | None = None,
 ) -> str:
     """A plain-text card for a registered model or a model description ``.json``
     (``vitrt.compiler.compile_source``): parameters, MACs (counted), tokens per stage and per block,
-    preprocessing, and the figures its paper reports. ``img_size``: default 224 for a registered name;
-    a description's own (ConfigError for another). With ``checkpoint``, the weights are loaded strictly
-    first, so a checkpoint that does not fit the model raises CheckpointError. A fusion that removes
-    fewer tokens than its r asks (too few tokens at this size) gets a note."""
+    preprocessing, and the figures its paper reports. ``img_size`` / ``num_classes``: default 224 / 1000
+    for a registered name; a description's own (ConfigError for another). With ``checkpoint``, the weights
+    are loaded strictly first, so a checkpoint that does not fit the model (trained for another
+    num_classes, say) raises CheckpointError. A fusion that removes fewer tokens than its r asks (too few
+    tokens at this size) gets a note. ConfigError for a built model (``name`` is a name or a path)."""
     from vitrt.models import load_checkpoint
     from vitrt.models.complexity import count_complexity
     from vitrt.plugins import create_model
 
     from .compile_source import model_source
 
+    if not isinstance(name, (str, os.PathLike)):
+        raise ConfigError(
+            f"model_card takes a model name (vitrt list-models) or a model description .json; you passed "
+            f"a {type(name).__name__}. Fix: pass the name it was built from, e.g. "
+            'model_card("deit_tiny_patch16_224", img_size=32)'
+        )
     described: dict[str, Any] | None = None  # a description's arch entry
-    if str(name).endswith(".json"):
-        # ConfigError for an img_size other than the description's own (it fixes it)
+    if os.fspath(name).endswith(".json"):
+        # ConfigError for an img_size / num_classes other than the description's own (it fixes them)
         source = model_source(
-            name, checkpoint=checkpoint, fusion=fusion, attention=attention, img_size=img_size
+            name,
+            checkpoint=checkpoint,
+            fusion=fusion,
+            attention=attention,
+            img_size=img_size,
+            num_classes=num_classes,
         )
         model, name, described = cast("ClassTokenViT", source.build()), source.name, source.arch
     else:
         model = create_model(
-            name, img_size=224 if img_size is None else img_size, fusion=fusion, attention=attention
+            os.fspath(name),
+            img_size=224 if img_size is None else img_size,
+            num_classes=1000 if num_classes is None else num_classes,
+            fusion=fusion,
+            attention=attention,
         )
         if checkpoint is not None:
             load_checkpoint(model, checkpoint)

@@ -481,6 +481,19 @@ def compare_on_onnxruntime(
 # -- the pass -------------------------------------------------------------------------------------
 
 
+def refuse_quantized(model: ModelProto, where: str = "the model") -> None:
+    """PreparationError for a graph with Q/DQ nodes: the preparation (simplify, fuse, rename) is for the
+    float32 graph; ``vitrt calibrate`` and ``vitrt fp16`` prepare it on the way (and ONNX Runtime cannot run
+    the simplified ONNX Runtime-form INT8 graph)."""
+    from vitrt.calibration.fp16 import has_qdq
+
+    if has_qdq(model):
+        raise PreparationError(
+            f"{where} already holds QuantizeLinear / DequantizeLinear nodes (already quantized): prepare the "
+            "float32 file it came from (`vitrt calibrate` and `vitrt fp16` prepare their input themselves)"
+        )
+
+
 def prepare_model(
     model: ModelProto,
     *,
@@ -497,13 +510,15 @@ def prepare_model(
     simplify: run onnxsim / onnxslim. check: compare the result with ``model`` on ONNX Runtime (random
     N(0, 1) inputs, |a - b| <= atol + rtol |b|) and raise PreparationError if they differ;
     runner_factory: path -> Runner for that check (default: ``OnnxRuntimeRunner``, CPU, vitrt's plugins).
-    Raises PreparationError for a graph that cannot be converted to ``opset``.
+    Raises PreparationError for a graph that cannot be converted to ``opset`` or that is already quantized
+    (Q/DQ nodes: ``refuse_quantized``).
     """
     import onnx
 
     from .passes import name_tensors, simplify_with_tool
     from .unfold_conv import rewrite_unfolds
 
+    refuse_quantized(model)
     source_opset = default_opset(model)
     target = max(opset or source_opset, LAYERNORM_OPSET)
     if opset is not None and opset < source_opset:
@@ -556,6 +571,7 @@ def prepare_onnx(
     if Path(model).resolve() == dest.resolve():
         raise VitrtError(f"the output {output} is the input model; write the prepared model elsewhere")
     proto = load_onnx(model)
+    refuse_quantized(proto, str(model))
     prepared, report = prepare_model(proto, opset=opset, simplify=simplify, check=check)
     with atomic_output(dest, suffix=".onnx") as tmp:
         save_onnx(prepared, tmp, data_name=dest.name + ".data")

@@ -16,8 +16,8 @@ How the trials run (``tune``):
    is at most one profiler per device, and an actor runs its calls one after another: two timings never share
    a device. Trials are dealt round-robin over the profilers (give several only when they are the same
    device: latencies from different hardware are not comparable). Each timing is interleaved with the unfused
-   INT8 baseline, and latencies are reported relative to it (``LatencyProfiler``), which keeps them
-   comparable on a machine other work shares.
+   INT8 baseline (FP32 when int8 is not among the precisions), and latencies are reported relative to it
+   (``LatencyProfiler``), which keeps them comparable on a machine other work shares.
 3. The Pareto front of (latency, accuracy), the most accurate trial under the budget, ``tune.json`` (every
    trial), ``pareto.md`` and ``pareto.png`` in the output folder, and that trial as a ``vitrt compile``
    command line.
@@ -42,7 +42,7 @@ from vitrt.progress import progress_bar
 
 from .pareto import choose, markdown_table, pareto_front, plot_front
 from .tune_model import ModelSource, load_eval_data, resolve_model
-from .tune_space import PRECISIONS, SpaceFacts, TrialConfig, baselines, sample_trials
+from .tune_space import PRECISIONS, SpaceFacts, TrialConfig, baselines, check_trials, sample_trials
 
 log = logging.getLogger(__name__)
 
@@ -214,13 +214,16 @@ def tune(
         latency_budget: milliseconds per image at batch 1.
         eval_data: "auto", a labelled .npz (images, labels) or an ``open_source`` spec
             (``vitrt.compiler.tune_model``); eval_samples / calib_samples: images judged / calibrated on.
-        trials: configurations tried, the unfused FP32 and INT8 baselines included (seeded by ``seed``).
+        trials: configurations tried, the unfused baselines of ``precisions`` included (seeded by ``seed``).
         ray_address: a Ray cluster (``ray://host:10001`` or ``host:6379``); None: a local Ray with ``jobs``
             CPUs (default: all) and one profiling device.
         output: folder for tune.json, pareto.md and pareto.png (created).
-        precisions: the precisions searched ("fp32", "int8"); threads: intra-op threads of every timed
-            runner (fixed for comparable timings); iterations: timed calls per trial.
-        configs: explicit configurations instead of the seeded sample (baselines are added if missing).
+        precisions: the precisions searched ("fp32", "int8"; one string is one precision). They bound
+            every trial, the baselines included: with "fp32" alone nothing is calibrated and the unfused FP32
+            baseline is the timing reference (else the unfused INT8 one). threads: intra-op threads of every
+            timed runner (fixed for comparable timings); iterations: timed calls per trial.
+        configs: explicit configurations instead of the seeded sample, each in one of ``precisions``
+            (ConfigError otherwise; the baselines of ``precisions`` are added if missing).
         progress: progress bars on stderr for the builds (one step per trial) and the timings.
 
     Returns a TuneResult. A trial that fails is recorded with its error and stage, never fatal. Raises
@@ -236,13 +239,23 @@ def tune(
             f"machine (TensorRT targets need a device with TensorRT), got {target!r}"
         )
     # every option before the model and data load, so a mistake is said first and alone
+    if not isinstance(model, (str, os.PathLike)):
+        raise ConfigError(
+            f"tune builds the model itself for every trial (fused, quantized): give a registered name or a "
+            f"checkpoint path, not a {type(model).__name__}"
+        )
+    precisions = [precisions] if isinstance(precisions, str) else list(precisions)  # "int8": one precision
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad or not precisions:
         raise ConfigError(f"precisions {list(precisions)}: choose from {', '.join(PRECISIONS)}")
-    if configs is None and trials < 2:
-        raise ConfigError(
-            f"trials = {trials}: a search needs at least 2 (the unfused FP32 and INT8 baselines)"
-        )
+    if configs is None:
+        check_trials(trials, precisions)
+    else:
+        outside = sorted({c.name for c in configs if c.precision not in precisions})
+        if outside:
+            raise ConfigError(
+                f"configs {outside} are not in precisions {precisions}: add their precision or drop them"
+            )
     for label, count in (
         ("eval_samples", eval_samples),
         ("calib_samples", calib_samples),
@@ -256,10 +269,11 @@ def tune(
             f"runtime {runtime!r}: tune fixes one CPU runtime so trials compare; "
             f"use {' or '.join(CPU_RUNTIMES)}"
         )
-    if not latency_budget > 0:
-        raise ConfigError(f"latency budget must be > 0 ms, got {latency_budget}")
-    if threads < 1:
-        raise ConfigError(f"threads must be >= 1, got {threads}")
+    budget_ok = isinstance(latency_budget, (int, float)) and not isinstance(latency_budget, bool)
+    if not budget_ok or not latency_budget > 0:
+        raise ConfigError(f"latency_budget must be a number of ms > 0, got {latency_budget!r}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ConfigError(f"threads must be a positive integer, got {threads!r}")
     source = resolve_model(model, checkpoint=checkpoint, img_size=img_size, num_classes=num_classes)
     weights = source.read_weights()
     base = source.build(state_dict=weights)
@@ -272,7 +286,7 @@ def tune(
     del base
     chosen_configs = list(configs) if configs is not None else sample_trials(facts, trials, seed, precisions)
     roles = {c.role for c in chosen_configs}
-    chosen_configs = [b for b in baselines() if b.role not in roles] + chosen_configs
+    chosen_configs = [b for b in baselines(precisions) if b.role not in roles] + chosen_configs
     # after the checks that bad input fails (no empty folder left behind), before the search (an output
     # path that cannot be created fails now, not after it)
     out = Path(output)
@@ -452,8 +466,11 @@ def _report(
             + (f" (the fastest takes {fastest:.3f} ms)" if fastest is not None else " (no trial succeeded)")
             + "; raise --latency-budget or try more --trials"
         )
+    int8_ok = any(r["role"] == "baseline-int8" and r.get("status") == "ok" for r in records)
+    reference = "INT8" if int8_ok else "FP32"  # as _time_trials: INT8, or FP32 without it
     rows = [records[i] for i in front] + [r for i, r in enumerate(records) if i not in front]
-    table = markdown_table(rows, TABLE_COLUMNS)
+    columns = tuple((f"vs {reference}", key) if key == "ratio" else (h, key) for h, key in TABLE_COLUMNS)
+    table = markdown_table(rows, columns)
     failed = [r for r in records if r.get("status") != "ok"]
     fail_text = "".join(f"- {r['name']}: {r.get('stage')}: {r.get('error')}\n" for r in failed)
     labels = {
@@ -468,7 +485,8 @@ def _report(
     md = (
         f"# {title}\n\nBudget {budget:g} ms. {message}.\n\nAccuracy: {data_text}. "
         "Latency: median at batch 1, "
-        "timed interleaved with the unfused INT8 baseline and scaled by its typical median (`vs INT8`).\n\n"
+        f"timed interleaved with the unfused {reference} baseline and scaled by its typical median "
+        f"(`vs {reference}`).\n\n"
         f"{table}\n"
         + (f"Failed trials:\n\n{fail_text}\n" if failed else "")
         + (f"```\n{command}\n```\n" if command else "")

@@ -202,9 +202,11 @@ def attention_candidates(facts: SpaceFacts) -> list[dict[str, Any]]:
     return out
 
 
-def baselines() -> list[TrialConfig]:
-    """The two trials every search holds: unfused dense FP32 and unfused dense INT8."""
-    return [TrialConfig(role="baseline-fp32"), TrialConfig(precision="int8", role="baseline-int8")]
+def baselines(precisions: Sequence[str] = PRECISIONS) -> list[TrialConfig]:
+    """The trials every search holds: the unfused dense model in each of ``precisions`` (FP32, INT8), so
+    that no precision the user left out can be built, timed or chosen."""
+    both = [TrialConfig(role="baseline-fp32"), TrialConfig(precision="int8", role="baseline-int8")]
+    return [b for b in both if b.precision in precisions]
 
 
 def search_space(facts: SpaceFacts, precisions: Sequence[str] = PRECISIONS) -> list[TrialConfig]:
@@ -228,15 +230,14 @@ def search_space(facts: SpaceFacts, precisions: Sequence[str] = PRECISIONS) -> l
 def sample_trials(
     facts: SpaceFacts, trials: int, seed: int = 0, precisions: Sequence[str] = PRECISIONS
 ) -> list[TrialConfig]:
-    """``trials`` configurations: the two baselines, then a seeded sample of ``search_space`` that covers
-    each fusion rule before repeating one (round-robin over the rules in a seeded order). The same
-    ``facts``, ``trials`` and ``seed`` give the same list. ConfigError for fewer than 2 trials."""
-    if trials < 2:
-        raise ConfigError(
-            f"trials = {trials}: a search needs at least 2 (the unfused FP32 and INT8 baselines)"
-        )
-    rng = random.Random(seed)
+    """``trials`` configurations: the baselines of ``precisions``, then a seeded sample of ``search_space``
+    that covers each fusion rule before repeating one (round-robin over the rules in a seeded order). The
+    same ``facts``, ``trials`` and ``seed`` give the same list. ConfigError for fewer trials than
+    baselines."""
     space = search_space(facts, precisions)
+    base = baselines(precisions)
+    check_trials(trials, precisions)
+    rng = random.Random(seed)
     groups: dict[str, list[TrialConfig]] = {}
     for cfg in space:
         key = cfg.rule if cfg.attention is None else f"{cfg.rule}+attention"
@@ -246,8 +247,20 @@ def sample_trials(
     for key in order:
         rng.shuffle(groups[key])
     picked: list[TrialConfig] = []
-    while len(picked) < trials - 2 and any(groups.values()):
+    wanted = trials - len(base)
+    while len(picked) < wanted and any(groups.values()):
         for key in order:
-            if groups[key] and len(picked) < trials - 2:
+            if groups[key] and len(picked) < wanted:
                 picked.append(groups[key].pop())
-    return [*baselines(), *picked]
+    return [*base, *picked]
+
+
+def check_trials(trials: int, precisions: Sequence[str] = PRECISIONS) -> None:
+    """ConfigError unless ``trials`` is an integer covering the baselines of ``precisions``."""
+    base = baselines(precisions)
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < len(base):
+        names = " and ".join(b.precision.upper() for b in base)
+        plural = "s" if len(base) > 1 else ""
+        raise ConfigError(
+            f"trials = {trials!r}: a search needs at least {len(base)} (the unfused {names} baseline{plural})"
+        )

@@ -7,6 +7,7 @@ Inputs and outputs are stored in Polygraphy's JSON formats (a list of {name: arr
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from vitrt.errors import VitrtError
+from vitrt.errors import ConfigError, VitrtError
 from vitrt.fileio import atomic_output, load_onnx
 
 Feed = dict[str, np.ndarray]
@@ -193,7 +194,7 @@ def verify_onnx(
     against: str = "torch",
     atol: float | None = None,
     rtol: float | None = None,
-    inputs: list[Feed] | str | os.PathLike[str] | None = None,
+    inputs: Feed | list[Feed] | str | os.PathLike[str] | None = None,
     iterations: int | None = None,
     batch: int | None = None,
     save_inputs: str | os.PathLike[str] | None = None,
@@ -208,12 +209,14 @@ def verify_onnx(
     those outputs were computed from). atol / rtol: an output passes where |a - b| <= atol + rtol |b|;
     None: the default for what the file holds (its precision recipe, ``DEFAULT_TOLERANCES``): float32
     1e-4 / 1e-3, FP16 2e-2 / 2e-2, INT8 and INT8+FP16 0.25 / 0.1.
-    inputs: feeds ({name: array}), a Polygraphy inputs JSON to load them from, or None for
-    ``iterations`` random sets (default 1) at ``batch`` (the batch of a dynamic batch axis, default 1; a
-    fixed batch axis of another size is a BatchError). iterations and batch make random inputs: given with
-    ``inputs`` they are refused (VitrtError). save_inputs / save_outputs: also write the feeds used / ONNX
-    Runtime's outputs as Polygraphy JSON.
-    Returns (report, inputs used, ONNX Runtime outputs); ``report.passed`` says whether it held.
+    inputs: a feed ({name: array}: one set), a list of feeds, a Polygraphy inputs JSON to load them from,
+    or None for ``iterations`` random sets (default 1) at ``batch`` (the batch of a dynamic batch axis,
+    default 1; a fixed batch axis of another size is a BatchError). iterations and batch make random
+    inputs: given with ``inputs`` they are refused (VitrtError). save_inputs / save_outputs: also write
+    the feeds used / ONNX Runtime's outputs as Polygraphy JSON.
+    Returns (report, inputs used, ONNX Runtime outputs); ``report.passed`` says whether it held. Raises
+    ConfigError for an option of the wrong type or an ``against`` that is neither, VitrtError when the
+    PyTorch model cannot be rebuilt (``model_from_config``: a module exported without a checkpoint).
     """
     from vitrt.deploy.runners import OnnxRuntimeRunner, TorchRunner
     from vitrt.deploy.sources import BatchError
@@ -224,6 +227,18 @@ def verify_onnx(
     for key, value in (("iterations", iterations), ("batch", batch)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise VitrtError(f"{key} must be a positive integer, got {value!r}. Fix: --{key} 1 or more")
+    for key, tol in (("atol", atol), ("rtol", rtol)):
+        if tol is not None and (isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not tol >= 0):
+            raise ConfigError(f"{key} must be a number >= 0 such as 1e-3, got {tol!r}")
+    if not isinstance(against, (str, os.PathLike)):
+        raise ConfigError(f"against is 'torch' or a path, got a {type(against).__name__}")
+    if against != "torch" and not os.path.isfile(against):
+        raise ConfigError(
+            f"against is 'torch' (the PyTorch model rebuilt from the export config) or {OUTPUTS_KIND}; "
+            f"{os.fspath(against)!r} is neither: no such file"
+        )
+    if isinstance(inputs, dict):
+        inputs = [inputs]  # one feed: one input set
     if inputs is not None:
         given = [f"--{key}" for key, value in (("iterations", iterations), ("batch", batch)) if value]
         if given:
@@ -232,8 +247,17 @@ def verify_onnx(
                 f"{flags} shape random inputs, but --load-inputs gives the inputs: its sets run as they "
                 f"are, at their own batch. Fix: leave out {flags}, or --load-inputs"
             )
-        if not isinstance(inputs, list):
+        if isinstance(inputs, (str, os.PathLike)):
             inputs = load_inputs(inputs)
+        elif not isinstance(inputs, list) or not all(isinstance(f, dict) for f in inputs):
+            raise ConfigError(
+                "inputs is a feed ({name: array}), a list of feeds, or a Polygraphy inputs JSON path; got "
+                + (
+                    f"a list holding a {_first_other(inputs)}"
+                    if isinstance(inputs, list)
+                    else type(inputs).__name__
+                )
+            )
         elif not inputs:
             raise VitrtError("inputs is an empty list: give at least one feed ({name: array})")
     if against != "torch":
@@ -282,6 +306,10 @@ def verify_onnx(
     if save_outputs is not None:
         _save_outputs(actual, save_outputs, runner_name="onnxrt-runner-N0")
     return report, feeds, actual
+
+
+def _first_other(feeds: list[Any]) -> str:
+    return next(type(f).__name__ for f in feeds if not isinstance(f, dict))
 
 
 # ``verify_onnx``'s keyword arguments shadow these two inside it.

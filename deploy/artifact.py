@@ -34,7 +34,7 @@ def load_artifact(
 
     p = Path(path)
     folder = p if p.is_dir() else p.parent
-    manifest = read_manifest(folder)
+    manifest = read_manifest(p)  # the path given: its error names it (a missing path, a bare file)
     if manifest.kind == "bundle":
         raise VitrtError(
             f"{folder} is a bundle, not an engine: build it first with `vitrt build --bundle {folder}`"

@@ -92,7 +92,10 @@ def layer_groups(runner: Any, feed: dict[str, Any]) -> tuple[Any, str | None]:
 
 
 def process_maxrss_mib() -> float:
-    """This process's resident-set high-water mark since it started (``getrusage``), in MiB."""
+    """This process's resident-set high-water mark since it started (``getrusage``), in MiB.
+
+    The kernel keeps it from approximate per-CPU RSS counters and updates it lazily (Linux documents
+    VmHWM as inaccurate), so it can read a few pages below ``PeakRss``'s sampled peak of the same run."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / MIB if sys.platform == "darwin" else peak * 1024 / MIB  # bytes on macOS, KiB on Linux
 

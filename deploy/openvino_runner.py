@@ -18,7 +18,7 @@ import numpy as np
 
 from vitrt.errors import VitrtError
 
-from .runners import Feed, HostTimingMixin, TensorSpec
+from .runners import Feed, HostTimingMixin, TensorSpec, check_feed, check_threads
 
 INFERENCE_PRECISIONS = {"f32": "f32", "bf16": "bf16"}
 """vitrt's names -> OpenVINO's INFERENCE_PRECISION_HINT values."""
@@ -72,6 +72,7 @@ class OpenVinoRunner(HostTimingMixin):
         inference_precision: str = "f32",
         name: str = "openvino",
     ) -> None:
+        check_threads(threads)
         ov = import_openvino()
         if inference_precision not in INFERENCE_PRECISIONS:
             raise VitrtError(
@@ -125,6 +126,10 @@ class OpenVinoRunner(HostTimingMixin):
         ]
 
     def infer(self, feed: Feed) -> dict[str, np.ndarray]:
-        result = self.request.infer({k: np.ascontiguousarray(v) for k, v in feed.items()})
+        try:
+            result = self.request.infer({k: np.ascontiguousarray(v) for k, v in feed.items()})
+        except Exception:  # OpenVINO's RuntimeError: say which input is wrong, with the specs
+            check_feed(self.name, self.input_specs, feed)
+            raise
         by_name = {port.get_any_name(): value for port, value in result.items()}
         return {name: np.array(by_name[name], copy=True) for name in self.output_names}

@@ -144,12 +144,19 @@ def plot_report(
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     written = []
+    used: set[str] = set()
     for r in results:
+        base = name = slug(r.runner)  # unique in a report from profile(); results put together may repeat
+        k = 1
+        while name in used:
+            k += 1
+            name = f"{base}-{k}"
+        used.add(name)
         if r.times:
             samples = [t.latency_ms for t in r.times]
-            written.append(plot_latency(samples, out / f"latency-{slug(r.runner)}.png", title=r.runner))
+            written.append(plot_latency(samples, out / f"latency-{name}.png", title=r.runner))
         if r.layers:
-            written.append(plot_blocks(r.layers, out / f"blocks-{slug(r.runner)}.png", title=r.runner))
+            written.append(plot_blocks(r.layers, out / f"blocks-{name}.png", title=r.runner))
     if compare:
         written.append(plot_compare(results, out / "compare.png"))
     return written

@@ -82,9 +82,19 @@ def list_image_files(images: str | os.PathLike[str] | Sequence[str | os.PathLike
     from vitrt.calibration.data import IMAGE_EXTENSIONS, list_images
     from vitrt.calibration.errors import DataSourceError
 
-    specs = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+    if isinstance(images, (str, os.PathLike)):
+        specs = [images]
+    elif isinstance(images, Sequence):
+        specs = list(images)
+    else:
+        specs = [images]
     files: list[Path] = []
     for spec in specs:
+        if not isinstance(spec, (str, os.PathLike)):
+            raise VitrtError(
+                f"images are jpg/png files or folders of them (paths), not a {type(spec).__name__}. Fix: "
+                "give paths, or run arrays yourself: runner.infer({runner.input_specs[0].name: array})"
+            )
         path = Path(spec).expanduser()
         if path.is_dir():
             found = list_images(path)
@@ -187,6 +197,12 @@ def classify(runner: Any, batches: np.ndarray, batch: int, fixed: bool) -> np.nd
     return np.concatenate(out)
 
 
+def runner_name(runner: Any) -> str:
+    """``runner.name`` quoted, or its type's name."""
+    name = getattr(runner, "name", None)
+    return f"the runner {name!r}" if name else f"the {type(runner).__name__}"
+
+
 def run(
     model: Any,
     images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
@@ -217,7 +233,8 @@ def run(
     batch: images per query (default: the model's fixed batch, else 8); a size the model cannot take
     raises BatchError. runtime / threads / inference_precision / device / half / check / checkpoint /
     img_size / num_classes / fusion / attention: ``open_runner`` (the last five, with device and half, for a
-    model name only; without a checkpoint its weights are random, which the result notes).
+    model name only; without a checkpoint its weights are random, which the result notes); VitrtError
+    when ``model`` is an open runner (they would be ignored). A torch.nn.Module runs in PyTorch.
     mean / std / crop_pct / interpolation: override the model's preprocessing (mean / std required for a
     file that does not record it); size (pixels): the input size of such a file where its input shape does
     not fix it (another size than the model's is refused, ``resolve_preprocess``).
@@ -226,6 +243,19 @@ def run(
         raise VitrtError(f"top must be a positive integer, got {top!r}")
     files = list_image_files(images)
     if hasattr(model, "infer"):
+        opening = {
+            "runtime": runtime, "threads": threads, "inference_precision": inference_precision,
+            "device": device, "checkpoint": checkpoint, "img_size": img_size, "num_classes": num_classes,
+            "fusion": fusion, "attention": attention,
+        }  # fmt: skip
+        given = [f"{k}={v!r}" for k, v in opening.items() if v is not None]
+        given += ["half=True"] * bool(half) + ["check=False"] * (not check)
+        if given:
+            raise VitrtError(
+                f"{', '.join(given)}: options for opening a model, but {runner_name(model)} is already open "
+                "and would ignore them. Fix: pass them to open_runner(...), or give run() the path or model "
+                "name"
+            )
         runner = model
         source = source_of(runner)
     else:

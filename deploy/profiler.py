@@ -34,7 +34,7 @@ from vitrt.errors import VitrtError
 from .hooks import DeviceMemory, PeakRss, TelemetryHook, layer_groups, process_maxrss_mib
 from .latency import latency_stats
 from .results import ProfileResult
-from .runners import runner_device
+from .runners import check_feed, runner_device
 from .trtexec_format import QueryTrace, times_stats
 
 DEFAULT_WARMUP_S = 0.2
@@ -85,6 +85,27 @@ def gpu_name(device: str) -> str:
     except (ImportError, RuntimeError):
         pass
     return device
+
+
+def trtexec_line(value: Any) -> str:
+    """``trtexec_defaults`` as its key in TRTEXEC_DEFAULTS ("11" or "10"; the int 11 or 10 too); VitrtError
+    for another value."""
+    line = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(line, str) or line not in TRTEXEC_DEFAULTS:
+        raise VitrtError(
+            f"trtexec_defaults must be one of {', '.join(map(repr, TRTEXEC_DEFAULTS))} (the TensorRT line "
+            f"whose trtexec defaults apply), not {value!r}"
+        )
+    return line
+
+
+def check_number(name: str, value: Any, *, minimum: float = 0.0, integer: bool = False) -> None:
+    """VitrtError unless ``value`` is a number (an int with ``integer``) of at least ``minimum``: said before
+    any work, not as a TypeError from a comparison deep inside."""
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not value >= minimum:
+        what = "an integer" if integer else "a number"
+        raise VitrtError(f"{name} must be {what} >= {minimum:g}, got {value!r}")
 
 
 def _resolve(value: bool | None, key: str, line: str, applied: list[str]) -> bool:
@@ -180,12 +201,12 @@ def profile_runner(
     Returns a ProfileResult whose ``times`` holds one ``QueryTrace`` per timed query (trtexec's
     ``--exportTimes`` records, ``vitrt.deploy.trtexec_format``); every statistic is computed from them.
     """
-    if trtexec_defaults not in TRTEXEC_DEFAULTS:
-        raise VitrtError(
-            f"trtexec_defaults must be one of {', '.join(TRTEXEC_DEFAULTS)}, not {trtexec_defaults!r}"
-        )
-    if warmup_s < 0 or duration_s < 0 or iterations < 1:
-        raise VitrtError("warm-up and duration must be >= 0 s and iterations >= 1")
+    trtexec_defaults = trtexec_line(trtexec_defaults)
+    check_number("warmup_s", warmup_s)
+    check_number("duration_s", duration_s)
+    check_number("e2e_s", e2e_s)
+    check_number("iterations", iterations, minimum=1, integer=True)
+    check_number("batch", batch, minimum=1, integer=True)
     device = runner_device(runner)
     gpu = device.startswith("cuda")
     applied: list[str] = []
@@ -193,6 +214,19 @@ def profile_runner(
     want_graph = _resolve(cuda_graph, "cuda_graph", trtexec_defaults, applied)
     spin = _resolve(spin_wait, "spin_wait", trtexec_defaults, applied)
     notes: list[str] = []
+    if not gpu:  # the three are GPU settings: no default applied to a host runner, an explicit one is noted
+        applied = []
+        given = [
+            k
+            for k, v in (
+                ("include_data_transfers", include_data_transfers),
+                ("cuda_graph", cuda_graph),
+                ("spin_wait", spin_wait),
+            )
+            if v
+        ]
+        if given:
+            notes.append(f"{', '.join(given)} asked for: not applicable to a host runner (no device)")
     has_graph = bool(getattr(runner, "cuda_graph", False))
     if gpu and want_graph != has_graph:
         notes.append(
@@ -202,6 +236,8 @@ def profile_runner(
     if not gpu:
         transfers = False  # nothing to transfer: latency = compute on a host runner
     feed = feed if feed is not None else random_feed(runner.input_specs, batch)
+    # names and shapes once, before the warm-up (dtypes: a PyTorch runner casts its input itself)
+    check_feed(runner.name, runner.input_specs, feed, dtypes=False)
 
     torch_mod: Any = None
     if gpu and not hasattr(runner, "last_compute_ms"):

@@ -18,7 +18,9 @@ from .profiler import (
     DEFAULT_MIN_ITERATIONS,
     DEFAULT_WARMUP_S,
     TRTEXEC_DEFAULTS,
+    check_number,
     profile_runner,
+    trtexec_line,
 )
 from .report import ProfileReport, comparison, machine_facts, write_json, write_markdown
 from .results import ProfileResult
@@ -71,12 +73,19 @@ def profile_artifact(
     (None: the ``trtexec_defaults`` line's default); others as ``profile_runner`` and ``open_runner``.
     telemetry: record device state where ``vitrt.deploy.telemetry`` exists (else noted "not recorded").
     """
+    trtexec_defaults = check_profile_options(
+        trtexec_defaults, warmup_s=warmup_s, duration_s=duration_s, iterations=iterations, e2e_s=e2e_s
+    )
     src = source if isinstance(source, ModelSource) else resolve_source(source)
-    defaults = TRTEXEC_DEFAULTS[trtexec_defaults] if trtexec_defaults in TRTEXEC_DEFAULTS else {}
-    graph = cuda_graph if cuda_graph is not None else defaults.get("cuda_graph", False)
-    if src.kind == "model" and not (device or "cpu").startswith("cuda"):
+    defaults = TRTEXEC_DEFAULTS[trtexec_defaults]
+    # A TensorRT engine captures its CUDA graph and waits by polling as opened; a model name on CUDA takes a
+    # graph (the profiler polls its events itself). A host runner takes neither: profile_runner records
+    # them as "n/a (host runner)" and notes an explicit one, so only open_runner's refusal is avoided here.
+    tensorrt = src.kind == "plan" or src.runtime == "tensorrt"
+    graph = cuda_graph if cuda_graph is not None else defaults["cuda_graph"]
+    if not (tensorrt or (src.kind == "model" and (device or "cpu").startswith("cuda"))):
         graph = False
-    spin = spin_wait if spin_wait is not None else defaults.get("spin_wait", False)
+    spin = (spin_wait if spin_wait is not None else defaults["spin_wait"]) and tensorrt
     runner = open_runner(
         src,
         runtime=runtime,
@@ -112,6 +121,45 @@ def profile_artifact(
         progress=progress,
         source=src.spec,
     )
+
+
+def check_profile_options(trtexec_defaults: Any, **numbers: Any) -> str:
+    """The ``trtexec_defaults`` line ("11" or "10"; an int accepted) after checking it and the numeric
+    options (``warmup_s`` / ``duration_s`` / ``e2e_s`` >= 0, ``iterations`` >= 1): VitrtError before
+    anything is opened."""
+    line = trtexec_line(trtexec_defaults)
+    for key, value in numbers.items():
+        if key == "iterations":
+            check_number(key, value, minimum=1, integer=True)
+        else:
+            check_number(key, value)
+    return line
+
+
+def unique_names(results: list[ProfileResult], sources: Sequence[ModelSource]) -> list[ProfileResult]:
+    """``results`` with runner names unique within the report (the comparison, the tables and the plot
+    files are keyed by them): a name several share gets its source's parent folder where that tells
+    them apart (``A/model.onnx (onnxruntime)``), else " #2", " #3"... after the first."""
+    from collections import Counter
+    from dataclasses import replace
+
+    names = [r.runner for r in results]
+    counts = Counter(names)
+    for name in [n for n, c in counts.items() if c > 1]:
+        where = [i for i, n in enumerate(names) if n == name]
+        paths = [sources[i].path for i in where]
+        if all(p is not None and p.name in name for p in paths):
+            qualified = [
+                name.replace(p.name, f"{p.absolute().parent.name}/{p.name}", 1)  # type: ignore[union-attr]
+                for p in paths
+            ]
+            if len(set(qualified)) == len(qualified):
+                for i, q in zip(where, qualified, strict=True):
+                    names[i] = q
+                continue
+        for k, i in enumerate(where[1:], 2):
+            names[i] = f"{name} #{k}"
+    return [r if r.runner == n else replace(r, runner=n) for r, n in zip(results, names, strict=True)]
 
 
 def runtime_options(sources: Sequence[ModelSource], **given: Any) -> list[dict[str, Any]]:
@@ -193,6 +241,13 @@ def profile(
     from vitrt.fileio import check_writable
 
     specs = [artifacts] if isinstance(artifacts, (str, os.PathLike)) else list(artifacts)
+    if not specs:
+        raise SourceError(
+            "no sources given: profile takes one or more artifact folders, ONNX files, engines or model names"
+        )
+    trtexec_defaults = check_profile_options(
+        trtexec_defaults, warmup_s=warmup_s, duration_s=duration_s, iterations=iterations, e2e_s=e2e_s
+    )
     for target in (json, report):
         if target is not None:
             check_writable(target)
@@ -241,6 +296,7 @@ def profile(
         )
         for src, taken in zip(sources, options, strict=True)
     ]
+    results = unique_names(results, sources)
     out = ProfileReport(
         artifacts=results,
         machine=machine_facts(),

@@ -17,8 +17,11 @@ JSON schema (``version`` 1; every time in ms, memory in MiB, throughput per seco
          "settings": {"warmup_s", "duration_s", "min_iterations", "include_data_transfers", "cuda_graph",
                       "spin_wait", "sync", "runtime"?, "threads"?, "precision"?, "inference_precision"?},
          "defaults": {"trtexec": "11" | "10", "values": {...}, "applied": ["spin_wait", ...]},
+                                          # applied: the defaults that took effect (none on a host runner)
          "memory": {"host_peak_rss_mib", "host_start_rss_mib", "host_process_maxrss_mib", "host_method",
                     "device_peak_mib", "device_free_drop_mib"?, "device_note"},
+                                          # peak: RSS sampled in the timed window; maxrss: the kernel's
+                                          # lifetime high-water mark, approximate (can read a little lower)
          "layers": {"blocks.0": 0.12, ...} | null,        # per-block ms, when a per-layer profile ran
          "telemetry": {"recorded": true, ...DeviceState...} | {"recorded": false, "reason": "..."},
          "notes": ["..."]}],

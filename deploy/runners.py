@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vitrt.errors import VitrtError
+from vitrt.errors import ConfigError, VitrtError
 
 Feed = Mapping[str, np.ndarray]
 
@@ -75,6 +75,49 @@ class Runner(Protocol):
     def synchronize(self) -> None: ...
 
     def fetch(self) -> dict[str, np.ndarray]: ...
+
+
+class FeedError(VitrtError):
+    """Inputs whose names, shapes or dtypes a runner does not take (``runner.input_specs`` says which)."""
+
+
+def feed_problem(specs: list[TensorSpec], feed: Feed, *, dtypes: bool = True) -> str | None:
+    """What in ``feed`` does not match ``specs`` (missing or unknown names, rank, a fixed axis's size, the
+    dtype with ``dtypes``), or None when it matches. Cheap: dict and shape checks only."""
+    names = [s.name for s in specs]
+    missing = [n for n in names if n not in feed]
+    unknown = [k for k in feed if k not in names]
+    if missing or unknown:
+        return f"inputs {list(feed)} given, but it takes {names}"
+    for spec in specs:
+        x = feed[spec.name]
+        shape = getattr(x, "shape", None)
+        if shape is None:
+            return f"input {spec.name!r} is a {type(x).__name__}, not a numpy array"
+        if len(shape) != len(spec.shape):
+            return f"input {spec.name!r} has shape {list(shape)}: rank {len(shape)}, not {len(spec.shape)}"
+        for axis, (got, want) in enumerate(zip(shape, spec.shape, strict=True)):
+            if isinstance(want, int) and want > 0 and got != want:
+                what = "the batch axis" if axis == 0 else f"axis {axis}"
+                return f"input {spec.name!r} has shape {list(shape)}: {what} is {got}, the model takes {want}"
+        if dtypes and spec.dtype in ORT_TYPES.values() and np.dtype(x.dtype) != np.dtype(spec.dtype):
+            return f"input {spec.name!r} is {np.dtype(x.dtype).name}, the model takes {spec.dtype}"
+    return None
+
+
+def check_feed(name: str, specs: list[TensorSpec], feed: Feed, *, dtypes: bool = True) -> None:
+    """FeedError naming the problem (``feed_problem``) and every input the runner takes; nothing when the
+    feed matches."""
+    problem = feed_problem(specs, feed, dtypes=dtypes)
+    if problem is not None:
+        takes = "; ".join(f"{s.name} {list(s.shape)} {s.dtype}" for s in specs)
+        raise FeedError(f"{name} cannot run this feed: {problem}. It takes (runner.input_specs): {takes}")
+
+
+def check_threads(threads: Any) -> None:
+    """ConfigError unless ``threads`` is None or a positive integer (intra-op threads)."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be a positive integer (intra-op threads), got {threads!r}")
 
 
 def runner_device(runner: object) -> str:
@@ -160,6 +203,7 @@ class OnnxRuntimeRunner(HostTimingMixin):
             import onnxruntime as ort
         except ImportError as err:
             raise VitrtError("onnxruntime is not installed: pip install 'vitrt[onnx]'") from err
+        check_threads(threads)
         options = ort.SessionOptions()
         # x86 CPUs without VNNI multiply int8 u8 x s8 with VPMADDUBSW, whose int16 pair sums saturate: ORT's
         # QDQ int8 GEMMs were off by up to 1.0 on such a CPU (tests/calibration/test_qdq.py). This promotes
@@ -216,5 +260,9 @@ class OnnxRuntimeRunner(HostTimingMixin):
 
     def infer(self, feed: Feed) -> dict[str, np.ndarray]:
         names = [o.name for o in self.session.get_outputs()]
-        outputs = self.session.run(names, {k: np.ascontiguousarray(v) for k, v in feed.items()})
+        try:
+            outputs = self.session.run(names, {k: np.ascontiguousarray(v) for k, v in feed.items()})
+        except Exception:  # ORT's ValueError / InvalidArgument: say which input is wrong, with the specs
+            check_feed(self.name, self.input_specs, feed)  # checked only here: nothing on the hot path
+            raise
         return dict(zip(names, outputs, strict=True))

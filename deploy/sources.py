@@ -19,11 +19,15 @@ model takes (``check_batch`` raises ``BatchError``).
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vitrt.errors import VitrtError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 ONNX_SUFFIXES = (".onnx",)
 PLAN_SUFFIXES = (".plan", ".engine", ".trt")
@@ -48,11 +52,11 @@ class BatchError(VitrtError):
 class ModelSource:
     """A resolved ``open_runner`` argument.
 
-    kind: "artifact", "onnx", "plan" or "model"; spec: what the user gave; path: the folder or file (None
-    for a model name); manifest: the artifact's ``Manifest``; export_config: the ExportConfig as a dict
-    (None where unknown: a foreign ONNX file, an engine); inputs: [{"name", "shape", "dtype"}] as recorded
-    (empty where only the opened runner knows them); batch_range: (min, max) batch from the build's
-    optimisation profile (TensorRT), else None.
+    kind: "artifact", "onnx", "plan", "model" or "module" (a built torch.nn.Module); spec: what the user
+    gave; path: the folder or file (None for a model name); manifest: the artifact's ``Manifest``;
+    export_config: the ExportConfig as a dict (None where unknown: a foreign ONNX file, an engine);
+    inputs: [{"name", "shape", "dtype"}] as recorded (empty where only the opened runner knows them);
+    batch_range: (min, max) batch from the build's optimisation profile (TensorRT), else None.
     """
 
     kind: str
@@ -292,7 +296,7 @@ def check_runtime_options(
         )
     if runtime is not None and src.kind != "onnx" and runtime != natural:
         what = {"artifact": f"an artifact built for {natural}", "plan": "a TensorRT engine"}.get(
-            src.kind, "a model name (run in PyTorch)"
+            src.kind, "a torch module" if src.kind == "module" else "a model name (run in PyTorch)"
         )
         fix = (
             f"build one for {runtime} (`vitrt build MODEL.onnx --target cpu --runtime {runtime}`), or give "
@@ -323,8 +327,79 @@ def check_runtime_options(
         )
 
 
+def _is_module(obj: Any) -> bool:
+    """True for a ``torch.nn.Module`` (torch is not imported for the check: a module means it is)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module)
+
+
+def check_graph_options(src: ModelSource, *, cuda_graph: bool = False, spin_wait: bool = False) -> None:
+    """SourceError for ``cuda_graph`` / ``spin_wait`` where the runner would ignore them: both are a TensorRT
+    engine's (artifact or .plan); a model name (or module) in PyTorch takes ``cuda_graph`` (on CUDA) but
+    not ``spin_wait`` (``profile_runner(spin_wait=True)`` polls its CUDA events instead)."""
+    tensorrt = src.kind == "plan" or src.runtime == "tensorrt"
+    torch = src.kind in ("model", "module")
+    given = [k for k, v in (("cuda_graph", cuda_graph), ("spin_wait", spin_wait)) if v]
+    if torch:
+        given = [k for k in given if k == "spin_wait"]
+    if tensorrt or not given:
+        return
+    if torch:
+        raise SourceError(
+            f"{src.spec} runs in PyTorch: spin_wait is a TensorRT runner's and would be ignored. Fix: leave "
+            "it out (profile_runner(runner, spin_wait=True) polls a PyTorch runner's CUDA events)"
+        )
+    flags = " and ".join(given)
+    raise SourceError(
+        f"{src.spec} runs on the CPU ({source_runtime(src)}): {flags} would be ignored (a TensorRT engine "
+        "takes both, a model name on CUDA takes cuda_graph). Fix: leave "
+        + ("them" if len(given) > 1 else "it")
+        + " out, or give the engine"
+    )
+
+
+def _torch_source(kind: str, spec: str, runner: Any, config: dict[str, Any]) -> ModelSource:
+    """The ModelSource of a PyTorch runner: its preprocessing (``model.preprocess``) added to ``config``."""
+    pre = getattr(runner.model, "preprocess", None)
+    if pre is not None:
+        config |= {"input_size": list(pre.input_size), "mean": list(pre.mean), "std": list(pre.std)}
+        config["extra"] = {"preprocess": {"crop_pct": pre.crop_pct, "interpolation": pre.interpolation}}
+    inputs = [{"name": "images", "shape": ["batch", *runner.input_size], "dtype": "float32"}]
+    return ModelSource(kind, spec, export_config=config if pre is not None else None, inputs=inputs)
+
+
+def _module_runner(module: Any, *, name: str | None, **options: Any) -> Any:
+    """``open_runner`` of a built ``torch.nn.Module``: a ``TorchModelRunner`` (device / half / cuda_graph /
+    name), SourceError for the options the module already fixes or that do not apply to PyTorch."""
+    fixed = ("checkpoint", "fusion", "attention", "img_size", "num_classes")
+    given = [f"{k}={options[k]!r}" for k in fixed if options[k] is not None]
+    spec = f"the {type(module).__name__} module"
+    if given:
+        raise SourceError(
+            f"{spec} is already built with its weights, fusion, attention, input size and classes: "
+            f"{', '.join(given)} would be ignored. Fix: leave them out, or give a model name"
+        )
+    src = ModelSource("module", spec)
+    check_runtime_options(
+        src,
+        runtime=options["runtime"],
+        inference_precision=options["inference_precision"],
+        threads=options["threads"],
+    )
+    check_graph_options(src, cuda_graph=options["cuda_graph"], spin_wait=options["spin_wait"])
+    from .torch_runner import TorchModelRunner
+
+    runner = TorchModelRunner(
+        module, device=options["device"] or "cpu", half=options["half"], cuda_graph=options["cuda_graph"],
+        name=name,
+    )  # fmt: skip
+    config = {"model": type(module).__name__, "num_classes": getattr(module, "num_classes", None)}
+    runner.source = _torch_source("module", spec, runner, config)  # type: ignore[attr-defined]
+    return runner
+
+
 def open_runner(
-    source: str | os.PathLike[str] | ModelSource,
+    source: str | os.PathLike[str] | ModelSource | nn.Module,
     *,
     runtime: str | None = None,
     threads: int | None = None,
@@ -342,7 +417,8 @@ def open_runner(
     name: str | None = None,
 ) -> Any:
     """The runner (``vitrt.deploy.runners.Runner``) for an artifact folder, an ONNX file, a TensorRT
-    engine or a model name (module docstring).
+    engine, a model name (module docstring) or a built ``torch.nn.Module`` (a ``TorchModelRunner`` on
+    ``device``, ``half``, ``cuda_graph``; its input size from ``module.preprocess``).
 
     runtime: for a bare ONNX file, "onnxruntime" (default) or "openvino"; for another source only the one it
     runs on (an artifact's manifest's), else SourceError (``check_runtime_options``). threads: intra-op
@@ -350,11 +426,31 @@ def open_runner(
     every core). inference_precision: OpenVINO's "f32" (default) or "bf16"; SourceError for a source that
     does not run on OpenVINO. check: compare an artifact's manifest with this machine first.
     cuda_graph / spin_wait: a TensorRT engine's (captured on its first enqueue; wait by polling) and a
-    model name's CUDA graph. device / half / checkpoint / img_size (pixels) / num_classes / fusion /
-    attention: a model name's PyTorch runner (``TorchModelRunner.from_name``; None: "cpu", 224, 1000);
-    given for another source they raise SourceError (``check_model_options``). name: the runner's name in
-    reports (default: the file or folder name, and the runtime).
+    model name's CUDA graph; SourceError where they would be ignored (``check_graph_options``). device /
+    half / checkpoint / img_size (pixels) / num_classes / fusion / attention: a model name's PyTorch
+    runner (``TorchModelRunner.from_name``; None: "cpu", 224, 1000); given for another source they raise
+    SourceError (``check_model_options``). name: the runner's name in reports (default: the file or folder
+    name, and the runtime).
     """
+    if _is_module(source):
+        return _module_runner(
+            source,
+            name=name,
+            runtime=runtime,
+            threads=threads,
+            inference_precision=inference_precision,
+            device=device,
+            half=half,
+            cuda_graph=cuda_graph,
+            spin_wait=spin_wait,
+            checkpoint=checkpoint,
+            img_size=img_size,
+            num_classes=num_classes,
+            fusion=fusion,
+            attention=attention,
+        )
+    if not isinstance(source, (str, os.PathLike, ModelSource)):
+        raise SourceError(f"cannot open a {type(source).__name__}: give {ACCEPTED}, or a torch.nn.Module")
     src = source if isinstance(source, ModelSource) else resolve_source(source)
     check_model_options(
         src,
@@ -367,6 +463,7 @@ def open_runner(
         attention=attention,
     )
     check_runtime_options(src, runtime=runtime, inference_precision=inference_precision, threads=threads)
+    check_graph_options(src, cuda_graph=cuda_graph, spin_wait=spin_wait)
     label = name or (src.path.name if src.path is not None else src.spec)
     runner: Any
     if src.kind == "artifact":
@@ -418,20 +515,14 @@ def open_runner(
             cuda_graph=cuda_graph,
             name=name,
         )
-        pre = getattr(runner.model, "preprocess", None)
-        classes = 1000 if num_classes is None else num_classes
         config: dict[str, Any] = {
             "model": src.spec,
-            "num_classes": classes,
+            "num_classes": 1000 if num_classes is None else num_classes,
             "fusion": fusion,
             "attention": attention,
             "checkpoint": checkpoint,  # None: random weights
         }
-        if pre is not None:
-            config |= {"input_size": list(pre.input_size), "mean": list(pre.mean), "std": list(pre.std)}
-            config["extra"] = {"preprocess": {"crop_pct": pre.crop_pct, "interpolation": pre.interpolation}}
-        spec = {"name": "images", "shape": ["batch", *runner.input_size], "dtype": "float32"}
-        src = ModelSource("model", src.spec, export_config=config if pre is not None else None, inputs=[spec])
+        src = _torch_source("model", src.spec, runner, config)
     runner.source = src
     return runner
 

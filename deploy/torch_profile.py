@@ -24,18 +24,21 @@ def profile_torch(
     runner: TorchModelRunner,
     *,
     batch: int = 1,
-    img_size: int = 224,
+    img_size: int | None = None,
     warmup_s: float = DEFAULT_WARMUP_S,
     duration_s: float = DEFAULT_DURATION_S,
     iterations: int = DEFAULT_MIN_ITERATIONS,
     seed: int = 0,
     progress: bool = True,
 ) -> ProfileResult:
-    """Profile ``runner`` on random images [batch, 3, img_size, img_size] (drawn once from ``seed``,
+    """Profile ``runner`` on random images [batch, 3, img_size, img_size] (img_size None: the runner's
+    ``input_size``, its model's own; drawn once from ``seed``,
     copied to the runner's device before timing): warm up for ``warmup_s``, then time queries for
     ``duration_s`` (s) and at least ``iterations``. The input stays on the device (no transfers) and the
     runner's own CUDA graph setting is used; no end-to-end figure. A progress bar (stderr) while it runs."""
-    x = np.random.default_rng(seed).standard_normal((batch, 3, img_size, img_size)).astype(np.float32)
+    size = tuple(runner.input_size[1:]) if img_size is None else (img_size, img_size)
+    channels = runner.input_size[0]
+    x = np.random.default_rng(seed).standard_normal((batch, channels, *size)).astype(np.float32)
     return profile_runner(
         runner,
         feed={"images": x},

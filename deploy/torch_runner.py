@@ -44,7 +44,8 @@ class TorchModelRunner:
     captures). ``forward`` keeps everything on the device and never synchronises; ``infer`` is the
     numpy face of the runner interface (``vitrt.deploy.runners.Runner``), and ``prepare`` (numpy -> device
     tensor), ``enqueue`` (``forward``, asynchronous on CUDA), ``synchronize`` and ``fetch`` its timing
-    split. input_size: (channels, height, width) of ``images``, for ``input_specs``.
+    split. input_size: (channels, height, width) of ``images``, for ``input_specs`` (default: the model's
+    ``preprocess.input_size``, else (3, 224, 224)).
     """
 
     runtime = "torch"
@@ -57,7 +58,7 @@ class TorchModelRunner:
         half: bool = False,
         cuda_graph: bool = False,
         name: str | None = None,
-        input_size: tuple[int, int, int] = (3, 224, 224),
+        input_size: tuple[int, int, int] | None = None,
     ) -> None:
         self.device = resolve_device(device)
         if cuda_graph and self.device.type != "cuda":
@@ -68,7 +69,10 @@ class TorchModelRunner:
         self.cuda_graph = cuda_graph
         self.model = model.eval().to(self.device, self.dtype)
         self._graphs: dict[tuple[int, ...], tuple[Any, Tensor, Tensor]] = {}
-        self.input_size = tuple(input_size)
+        if input_size is None:  # the model's own (vitrt's models record it), else ImageNet's 224
+            pre = getattr(model, "preprocess", None)
+            input_size = tuple(pre.input_size) if pre is not None else (3, 224, 224)
+        self.input_size = tuple(int(v) for v in input_size)
         self._x: Tensor | None = None
         self._y: Tensor | None = None
         precision = "fp16" if half else "fp32"

@@ -92,7 +92,8 @@ def _listing(title: str, items: list[str]) -> str:
 def load_checkpoint(
     model: nn.Module, path_or_mapping: str | os.PathLike[str] | Mapping[str, Any], *, strict: bool = True
 ) -> nn.Module:
-    """Load weights into ``model`` in place and return it.
+    """Load weights into ``model`` in place and return it (CheckpointError for arguments of the wrong
+    kind, swapped ones included).
 
     With ``strict`` (default) any missing key, unexpected key or shape mismatch raises
     CheckpointError listing the first 10 of each; keys the model marks optional (fixed buffers of
@@ -101,6 +102,21 @@ def load_checkpoint(
     """
     from .registry import checkpoint_filter_for
 
+    if not isinstance(model, nn.Module):
+        swapped = isinstance(path_or_mapping, nn.Module)
+        raise CheckpointError(
+            f"load_checkpoint(model, checkpoint) takes the built model first, got {model!r}"
+            + (
+                "; the arguments are swapped. Fix: load_checkpoint(model, checkpoint)"
+                if swapped
+                else " and a checkpoint. Fix: load_checkpoint(vitrt.create_model(name, ...), checkpoint)"
+            )
+        )
+    if not isinstance(path_or_mapping, (str, os.PathLike, Mapping)):
+        raise CheckpointError(
+            "load_checkpoint(model, checkpoint) takes a checkpoint file (.pth / .pth.tar / .safetensors) or "
+            f"a state dict second, got a {type(path_or_mapping).__name__}"
+        )
     state = checkpoint_filter_for(model)(read_state_dict(path_or_mapping), model)
     own = model.state_dict()
     from .base import ClassTokenViT

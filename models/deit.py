@@ -5,6 +5,7 @@ File order as in timm: blocks, model, checkpoint converter, configs, registered 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,18 @@ from .base import ClassTokenViT
 from .config import ModelSpec, PreprocessConfig
 from .layers import Block, drop_path_rates, trunc_normal_, trunc_normal_init, unfold_rows
 from .registry import register_model
+
+
+def check_img_size(img_size: int, patch_size: int = 16) -> None:
+    """Raise ConfigError (naming the nearest sizes that work) unless img_size is a positive multiple of
+    patch_size: the patches tile the image exactly."""
+    if img_size < patch_size or img_size % patch_size:
+        below = img_size // patch_size * patch_size
+        sizes = [s for s in (below, below + patch_size) if s >= patch_size] or [patch_size]
+        raise ConfigError(
+            f"img_size {img_size} is not a positive multiple of the patch size {patch_size}; "
+            f"use {' or '.join(map(str, sizes))}"
+        )
 
 
 class PatchEmbed(nn.Module):
@@ -34,13 +47,7 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int) -> None:
         super().__init__()
-        if img_size < patch_size or img_size % patch_size:
-            below = img_size // patch_size * patch_size
-            sizes = [s for s in (below, below + patch_size) if s >= patch_size] or [patch_size]
-            raise ConfigError(
-                f"img_size {img_size} is not a positive multiple of the patch size {patch_size}; "
-                f"use {' or '.join(map(str, sizes))}"
-            )
+        check_img_size(img_size, patch_size)
         self.patch_size = patch_size
         self.num_patches = (img_size // patch_size) ** 2
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
@@ -82,7 +89,7 @@ class VisionTransformer(ClassTokenViT):
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        self.num_classes = num_classes
+        self.img_size, self.num_classes = img_size, num_classes
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
@@ -126,6 +133,10 @@ _REPORTED = {  # top-1 (%), params (M), GFLOPs at 224, from the DeiT paper
 }
 
 
+_OVERRIDES = set(inspect.signature(VisionTransformer).parameters) - {"img_size", "num_classes"}
+"""The constructor keywords create_model passes through (those of the registered arch excepted)."""
+
+
 def _deit(name: str) -> None:
     embed_dim, num_heads, top1, params, gflops = _REPORTED[name]
     arch: dict[str, Any] = {"patch_size": 16, "embed_dim": embed_dim, "depth": 12, "num_heads": num_heads}
@@ -139,7 +150,13 @@ def _deit(name: str) -> None:
 
     constructor.__name__ = name
     constructor.__doc__ = f"DeiT {name}: embed {embed_dim}, 12 blocks, {num_heads} heads."
-    register_model(name, family="deit", checkpoint_filter=checkpoint_filter)(constructor)
+    register_model(
+        name,
+        family="deit",
+        checkpoint_filter=checkpoint_filter,
+        check_img_size=lambda size: check_img_size(size, arch["patch_size"]),
+        overrides=_OVERRIDES - set(arch),
+    )(constructor)
 
 
 for _name in _REPORTED:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,8 @@ from vitrt.errors import ConfigError
 from .base import ClassTokenViT
 
 CheckpointFilter = Callable[[Mapping[str, Tensor], nn.Module], dict[str, Tensor]]
+SizeCheck = Callable[[int], None]
+"""``check(img_size)``: ConfigError naming sizes that work when the family's models cannot take it."""
 ModelOption = Callable[[nn.Module, Any], None]
 """``apply(model, value)``: changes the model in place as the option's value says (ConfigError if bad)."""
 
@@ -38,6 +40,8 @@ class _Entry:
     constructor: Callable[..., ClassTokenViT]
     family: str
     checkpoint_filter: CheckpointFilter
+    check_img_size: SizeCheck
+    overrides: frozenset[str]
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -45,14 +49,21 @@ _OPTIONS: dict[str, ModelOption] = {}
 
 
 def register_model(
-    name: str, *, family: str, checkpoint_filter: CheckpointFilter
+    name: str,
+    *,
+    family: str,
+    checkpoint_filter: CheckpointFilter,
+    check_img_size: SizeCheck,
+    overrides: Iterable[str],
 ) -> Callable[[Callable[..., ClassTokenViT]], Callable[..., ClassTokenViT]]:
-    """Register ``constructor(**kwargs) -> model`` under ``name``."""
+    """Register ``constructor(img_size=, num_classes=, **overrides) -> model`` under ``name``;
+    ``check_img_size`` is the family's rule for the input side (the one its constructor applies), and
+    ``overrides`` the architecture keywords the constructor takes besides img_size and num_classes."""
 
     def wrap(constructor: Callable[..., ClassTokenViT]) -> Callable[..., ClassTokenViT]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = _Entry(constructor, family, checkpoint_filter)
+        _REGISTRY[name] = _Entry(constructor, family, checkpoint_filter, check_img_size, frozenset(overrides))
         return constructor
 
     return wrap
@@ -97,6 +108,39 @@ def _entry(name: str) -> _Entry:
     return _REGISTRY[name]
 
 
+def _model_name(name: Any, function: str) -> str:
+    """``name`` if it is a string; ConfigError otherwise (a built model passed where a name belongs)."""
+    if isinstance(name, nn.Module):
+        raise ConfigError(
+            f"{function} takes a model name (vitrt list-models); you passed a built model "
+            f'({type(name).__name__}). Fix: pass its name, e.g. {function}("deit_tiny_patch16_224", ...)'
+        )
+    if not isinstance(name, str):
+        raise ConfigError(f"{function} takes a model name (vitrt list-models), got {name!r}")
+    return name
+
+
+def check_img_size(name: str, img_size: Any) -> int:
+    """``img_size`` as an int if the registered model ``name`` can take it: ConfigError (naming sizes that
+    work) for a value that is not a whole number of pixels, or that the family's rule refuses (DeiT: a
+    multiple of the patch; T2T-ViT: its soft split). Cheap: no model is built."""
+    entry = _entry(_model_name(name, "create_model"))
+    if isinstance(img_size, bool) or not isinstance(img_size, numbers.Integral):
+        raise ConfigError(f"img_size must be a whole number of pixels such as 224, got {img_size!r}")
+    entry.check_img_size(int(img_size))
+    return int(img_size)
+
+
+def check_num_classes(num_classes: Any) -> int:
+    """``num_classes`` as an int: ConfigError unless it is a whole number >= 0 (0: a feature extractor)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 0:
+        raise ConfigError(
+            f"num_classes must be a whole number >= 0 (classifier outputs; 0: features only), got "
+            f"{num_classes!r}"
+        )
+    return int(num_classes)
+
+
 def checkpoint_filter_for(model: nn.Module) -> CheckpointFilter:
     """The converter that maps the model family's foreign checkpoint keys onto vitrt's."""
     spec = getattr(model, "spec", None)
@@ -128,7 +172,8 @@ def create_model(
     """Build a registered model with fresh weights (load them with ``load_checkpoint``).
 
     Args:
-        name: a name from ``list_models()``, e.g. ``"t2t_vit_14"`` or ``"deit_small_patch16_224"``.
+        name: a name from ``list_models()``, e.g. ``"t2t_vit_14"`` or ``"deit_small_patch16_224"``
+            (ConfigError for anything else, a built model included).
         num_classes: classifier outputs (0 for a feature extractor).
         img_size: square input side in pixels; ConfigError (naming sizes that work) for one the
             model cannot take (not positive, not a multiple of DeiT's patch, not T2T's soft split).
@@ -138,17 +183,23 @@ def create_model(
             ``"performer"``, or a dict); see ``vitrt.plugins.lsh_attention``.
             fusion and attention are model options of op packages: ConfigError if the one asked for is
             not loaded (``vitrt.create_model`` loads them all).
-        kwargs: architecture overrides passed to the constructor (``drop_path_rate``, ``qk_scale``...).
+        kwargs: architecture overrides passed to the constructor (``drop_path_rate``, ``qk_scale``...);
+            ConfigError for a keyword the constructor does not take.
     Returns:
         the model in eval mode; ``model.preprocess`` says how to prepare its input.
     """
-    entry = _entry(name)
-    if isinstance(img_size, bool) or not isinstance(img_size, numbers.Integral):
-        raise ConfigError(f"img_size must be a whole number of pixels such as 224, got {img_size!r}")
+    entry = _entry(_model_name(name, "create_model"))
+    size, classes = check_img_size(name, img_size), check_num_classes(num_classes)
+    unknown = sorted(set(kwargs) - entry.overrides)
+    if unknown:
+        raise ConfigError(
+            f"{name} has no option {', '.join(map(repr, unknown))}; create_model takes num_classes, "
+            f"img_size, fusion, attention and the architecture overrides {', '.join(sorted(entry.overrides))}"
+        )
     values = {"attention": attention, "fusion": fusion}
     wanted = [n for n in MODEL_OPTIONS if not any(values[n] is off or values[n] == off for off in _OFF[n])]
     applies = [_option(n) for n in wanted]  # all known before the (possibly large) model is built
-    model = entry.constructor(num_classes=num_classes, img_size=int(img_size), **kwargs)
+    model = entry.constructor(num_classes=classes, img_size=size, **kwargs)
     for option, apply in zip(wanted, applies, strict=True):
         apply(model, values[option])
     return model.eval()

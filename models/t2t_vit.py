@@ -7,6 +7,7 @@ checkpoint converter, configs, registered constructors.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -242,7 +243,7 @@ class T2TViT(ClassTokenViT):
         token_dim: int = 64,
     ) -> None:
         super().__init__()
-        self.num_classes = num_classes
+        self.img_size, self.num_classes = img_size, num_classes
         self.tokens_to_token = T2TModule(img_size, tokens_type, embed_dim, in_chans, token_dim)
         n = self.tokens_to_token.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -301,6 +302,10 @@ def _build(name: str, tokens_type: str, arch: dict[str, Any], **kwargs: Any) -> 
     return model
 
 
+_OVERRIDES = set(inspect.signature(T2TViT).parameters) - {"img_size", "num_classes", "tokens_type"}
+"""The constructor keywords create_model passes through (those of the registered arch excepted)."""
+
+
 def _t2t(name: str, tokens_type: str, embed_dim: int, depth: int, num_heads: int, mlp_ratio: float) -> None:
     arch = {"embed_dim": embed_dim, "depth": depth, "num_heads": num_heads, "mlp_ratio": mlp_ratio}
 
@@ -311,7 +316,13 @@ def _t2t(name: str, tokens_type: str, embed_dim: int, depth: int, num_heads: int
     constructor.__doc__ = (
         f"T2T-ViT {name}: {tokens_type} T2T module, {embed_dim}/{depth}/{num_heads}/{mlp_ratio}."
     )
-    register_model(name, family="t2t_vit", checkpoint_filter=checkpoint_filter)(constructor)
+    register_model(
+        name,
+        family="t2t_vit",
+        checkpoint_filter=checkpoint_filter,
+        check_img_size=check_img_size,
+        overrides=_OVERRIDES - set(arch),
+    )(constructor)
 
 
 _t2t("t2t_vit_7", "performer", 256, 7, 4, 2.0)

@@ -234,6 +234,16 @@ def test_onnxruntime_form_records_its_form_and_the_layers_its_cost_model_keeps_f
     # INT8 + FP16 is TensorRT's: the ONNX Runtime form is refused with what to do instead
     with pytest.raises(PrecisionError, match=r"ONNX Runtime form.*--for tensorrt"):
         fp16_onnx(out, tmp_path / "m.ort.fp16.onnx")
+    # and the preparation is the float32 file's (ONNX Runtime failed inside on this one)
+    from vitrt.compiler.prepare import PreparationError, prepare_onnx
+
+    with pytest.raises(
+        PreparationError,
+        match=r"m.ort.onnx already holds QuantizeLinear / DequantizeLinear nodes \(already quantized\): "
+        r"prepare the float32 file it came from",
+    ):
+        prepare_onnx(out, tmp_path / "m.prepared.onnx")
+    assert not (tmp_path / "m.prepared.onnx").exists()
     # the TensorRT form (default): format 1 without the key, as before, every layer the graph allows
     trt = calibrate_onnx(model, "synthetic", tmp_path / "m.trt.onnx", **options)
     trt_meta = onnx.load(str(tmp_path / "m.trt.onnx")).metadata_props
@@ -268,6 +278,16 @@ def test_calibrate_options_that_contradict_each_other(tmp_path: Path) -> None:
     model = save(two_layers(), tmp_path / "m.onnx")
     with pytest.raises(ConfigError, match="percentile goes with a method name"):
         calibrate_onnx(model, "synthetic", method=RangeMethod("percentile"), percentile=99.9, mean=(0.5,))
+    # the default method (entropy) would ignore a percentile
+    with pytest.raises(
+        ConfigError,
+        match=r"^percentile=99.9 applies to method='percentile' only; method='entropy' would ignore it. Fix: "
+        r"drop percentile, or pass method='percentile' \(--method percentile\)$",
+    ):
+        calibrate_onnx(model, "synthetic", percentile=99.9, mean=(0.5,))
+    # one string is one pattern, not a pattern per character
+    with pytest.raises(ConfigError, match=r"^--exclude 'nomatch\*' matches no MatMul/Gemm/Conv node"):
+        calibrate_onnx(model, "synthetic", exclude="nomatch*", mean=(0.5,), std=(0.5,), progress=False)
     with pytest.raises(ConfigError, match="threads / custom_ops_library or a runner_factory, not both"):
         calibrate_onnx(model, "synthetic", threads=1, runner_factory=default_runner_factory(1))
 

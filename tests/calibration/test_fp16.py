@@ -277,6 +277,9 @@ def test_a_graph_without_an_image_input(tmp_path: Path) -> None:
     result = fp16_onnx(path, tmp_path / "plain.fp16.onnx")
     assert [n.node for n in result.recipe.keep_fp32] == ["fc/Softmax_1"]
     assert result.agreement["p"]["max_abs"] < 1e-2
+    one = fp16_onnx(path, keep_fp32="MatMul", check=False)  # one string: one pattern (an op type here)
+    assert one.recipe.keep_fp32_patterns == ("MatMul",)
+    assert [n.node for n in one.recipe.keep_fp32] == ["fc/MatMul_1", "fc/Softmax_1"]
     with pytest.raises(CalibrationError, match="not a float32 \\[batch, channels, height, width\\]"):
         calibrate_onnx(
             path, "synthetic", tmp_path / "q.onnx", num_samples=4, progress=False, mean=(0.5,), std=(0.5,)

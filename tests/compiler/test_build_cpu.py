@@ -19,7 +19,7 @@ from vitrt.compiler.cpu_build import plan_cpu
 from vitrt.compiler.environment import cpu_facts, gather_environment
 from vitrt.compiler.manifest import IncompatibleArtifactError, read_manifest
 from vitrt.deploy.runners import OnnxRuntimeRunner
-from vitrt.errors import VitrtError
+from vitrt.errors import ConfigError, VitrtError
 
 pytest.importorskip("openvino", reason="the cpu target's second runtime: pip install 'vitrt[openvino]'")
 
@@ -230,6 +230,9 @@ def test_cli_build_check_and_errors(
     assert main(["build", str(text), "--target", "cpu", "-o", str(tmp_path / "x")]) == 2
     assert "is not an ONNX model" in capsys.readouterr().err
     fp32 = str(precision_files["fp32"])
+    message = r"^threads must be a positive integer \(intra-op threads\), got '1'$"
+    with pytest.raises(ConfigError, match=message):
+        build(fp32, tmp_path / "x", target="cpu", threads="1")  # type: ignore[arg-type]
     assert main(["build", fp32, "--target", "cpu", "--workspace", "512", "-o", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "error: --workspace (workspace_mib): TensorRT options, which the cpu target" in err

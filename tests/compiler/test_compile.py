@@ -281,6 +281,15 @@ def test_bad_options_fail_before_any_stage(tmp_path: Path) -> None:
         compile_model(DESCRIPTION, tmp_path / "h", img_size=32)
     with pytest.raises(ConfigError, match=r"with num_classes 10 .*--num-classes 5 does not apply"):
         compile_model(DESCRIPTION, tmp_path / "h", num_classes=5)
+    # the registered model's own rules (input side, classes, fusion), checked without building it
+    for options, message in [
+        ({"img_size": 33}, "^img_size 33 is not a positive multiple of the patch size 16; use 32 or 48$"),
+        ({"img_size": "32"}, "^img_size must be a whole number of pixels such as 224, got '32'$"),
+        ({"num_classes": -1}, "^num_classes must be a whole number >= 0"),
+        ({"img_size": 32, "fusion": "bogus"}, "^unknown token-fusion preset 'bogus'"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            compile_model("deit_tiny_patch16_224", tmp_path / "h", **options)
     for folder in ("a", "b", "c", "e", "f", "g", "h"):
         assert not (tmp_path / folder).exists()  # a refused run leaves no (empty) output folder
     # an ONNX file fixes its weights, fusion and input: model options would be ignored
@@ -430,7 +439,11 @@ def test_a_failed_export_in_a_fresh_folder_reports_without_torch_log_noise(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     width = int(np.random.default_rng().integers(11, 40))
-    with pytest.raises(ConfigError, match="the module has img_size 8; img_size=16 does not apply"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^the module was built with img_size 8; img_size=16 does not apply to a built module. Fix: "
+        r"leave img_size out",
+    ):
         compile_model(_FailsToExport(width), tmp_path / "refused", img_size=16)
     assert not (tmp_path / "refused").exists()
     out = tmp_path / "out"

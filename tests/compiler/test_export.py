@@ -298,15 +298,104 @@ def test_export_onnx_of_a_module_loads_its_checkpoint_into_a_copy(tmp_path: Path
     torch.save({"state_dict_ema": vitrt.create_model("t2t_vit_7", img_size=64).state_dict()}, ckpt)
     module = vitrt.create_model("t2t_vit_7", img_size=64)  # other weights
     head = module.head.weight.detach().clone()
-    path = vitrt.export_onnx(module, tmp_path / "m.onnx", img_size=64, checkpoint=str(ckpt), batch=None)
+    path = vitrt.export_onnx(module, tmp_path / "m.onnx", img_size=64, checkpoint=ckpt, batch=None)  # a Path
     assert torch.equal(module.head.weight, head)  # the caller's module is left as it was
     config = read_export_config(onnx.load(str(path)))
     assert config is not None
     assert (config.model, config.checkpoint, config.batch) == ("t2t_vit_7", str(ckpt), None)
+    assert config.module_sha256 is not None  # the rebuilt model must match it, and does
     report, feeds, _ = vitrt.verify_onnx(path, batch=2, save_inputs=tmp_path / "in.json")
     assert report.passed, report.format()  # the rebuilt model holds the checkpoint's weights
     again, _, _ = vitrt.verify_onnx(path, inputs=tmp_path / "in.json")
     assert again.passed and again.iterations == len(feeds) == 1
+
+
+def test_a_module_exports_at_its_own_size_and_verify_refuses_weights_it_cannot_rebuild(
+    tmp_path: Path,
+) -> None:
+    import vitrt
+    from vitrt.compiler.verify import save_outputs
+
+    classes = int(np.random.default_rng().integers(2, 20))
+    torch.manual_seed(int(np.random.default_rng().integers(1, 2**31)))  # weights from torch's global RNG
+    module = vitrt.create_model("deit_tiny_patch16_224", img_size=32, num_classes=classes)
+    path = vitrt.export_onnx(module, tmp_path / "m.onnx")  # img_size and num_classes: the module's own
+    proto = onnx.load(str(path))
+    config = read_export_config(proto)
+    assert config is not None and (config.img_size, config.num_classes, config.seed) == (32, classes, 0)
+    assert [d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim] == [1, classes]
+    with pytest.raises(
+        VitrtError,
+        match=r"^the PyTorch model cannot be rebuilt: deit_tiny_patch16_224 built from the export config "
+        r"\(seed 0\) has other weights or modules than the module that was exported.* Fix: export with "
+        r"checkpoint=",
+    ):
+        vitrt.verify_onnx(path)
+    # the fix it names: compare with the module's own outputs
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        save_outputs([{"logits": module(x).numpy()}], tmp_path / "ref.json", "torch")
+    report, _, _ = vitrt.verify_onnx(path, against=tmp_path / "ref.json", inputs={"images": x.numpy()})
+    assert report.passed and report.iterations == 1, report.format()
+    # a module of a class vitrt does not register cannot be rebuilt at all
+    with pytest.raises(
+        VitrtError, match=r"^the PyTorch model cannot be rebuilt: 'Net' is not a registered model .* Fix:"
+    ):
+        model_from_config(ExportConfig("Net"))
+
+
+def test_export_onnx_refuses_what_the_model_cannot_take_before_any_work(tmp_path: Path) -> None:
+    import vitrt
+
+    module = vitrt.create_model("t2t_vit_7", img_size=32, num_classes=10)
+    for options, message in [
+        (
+            {"img_size": 64},
+            r"^the module was built with img_size 32; img_size=64 does not apply to a built module",
+        ),
+        (
+            {"num_classes": 1000},
+            r"^the module was built with num_classes 10; num_classes=1000 does not apply",
+        ),
+        ({"batch": "1"}, r"^batch must be a whole number >= 1 or None \(a dynamic batch axis\), got '1'$"),
+        ({"opset": 18.0}, r"^opset must be a whole number >= 18, got 18.0$"),
+        ({"checkpoint": 3}, r"^checkpoint must be a file path \(str or Path\), got int$"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            vitrt.export_onnx(module, tmp_path / "m.onnx", **options)  # type: ignore[arg-type]
+    with pytest.raises(
+        ConfigError, match=r"^img_size 33 is not a positive multiple of the patch size 16; use 32"
+    ):
+        vitrt.export_onnx("deit_tiny_patch16_224", tmp_path / "m.onnx", img_size=33)
+    with pytest.raises(ConfigError, match=r"^num_classes must be a whole number >= 0 .*got '10'$"):
+        vitrt.export_onnx("deit_tiny_patch16_224", tmp_path / "m.onnx", img_size=32, num_classes="10")  # type: ignore[arg-type]
+    with pytest.raises(
+        ConfigError, match=r"^export_onnx takes a model name .* or an nn.Module, got PosixPath"
+    ):
+        vitrt.export_onnx(tmp_path / "w.pth", tmp_path / "m.onnx")  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failing_export_onnx_names_the_cause_without_torchs_trace_logs(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import vitrt
+
+    width = int(np.random.default_rng().integers(5, 30))
+
+    class Mismatched(torch.nn.Module):  # its tokens broadcast against a table of the wrong length
+        def __init__(self) -> None:
+            super().__init__()
+            self.table = torch.nn.Parameter(torch.zeros(1, width, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return (x.flatten(2).transpose(1, 2) + self.table).mean(1)
+
+    with pytest.raises(VitrtError, match=f"ONNX export of Mismatched failed: .*dimension of length {width}"):
+        vitrt.export_onnx(Mismatched(), tmp_path / "m.onnx", img_size=4)
+    printed = capfd.readouterr()
+    assert "Traceback" not in printed.err and "fake_tensor" not in printed.err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_polygraphy_json_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -75,3 +75,27 @@ def test_a_fusion_that_merges_nothing_or_less_than_asked_is_noted() -> None:
     assert "note:" not in model_card("deit_tiny_patch16_224", fusion="mctf")
     with pytest.raises(ConfigError, match="r = 2 is too large: a block of this model can remove at most 0"):
         model_card("deit_tiny_patch16_224", img_size=32, fusion={"r": 2})  # a user's r: checked, not noted
+
+
+def test_a_checkpoint_with_its_own_classes_and_a_built_model(tmp_path: Path) -> None:
+    import torch
+
+    from vitrt.errors import CheckpointError
+    from vitrt.plugins import create_model
+
+    classes = int(torch.randint(2, 50, ()).item())
+    model = create_model("deit_tiny_patch16_224", img_size=32, num_classes=classes)
+    ckpt = tmp_path / "w.pth"
+    torch.save(model.state_dict(), ckpt)
+    card = model_card("deit_tiny_patch16_224", img_size=32, num_classes=classes, checkpoint=str(ckpt))
+    assert f"  checkpoint      {ckpt} (loaded strictly: every key and shape matches)" in card.splitlines()
+    params = sum(p.numel() for p in model.parameters())
+    assert f"  parameters      {params:,}" in card.splitlines()
+    with pytest.raises(CheckpointError, match=rf"head.weight \({classes}, 192\) vs model \(1000, 192\)"):
+        model_card("deit_tiny_patch16_224", img_size=32, checkpoint=str(ckpt))  # the default 1000 classes
+    with pytest.raises(
+        ConfigError,
+        match=r"^model_card takes a model name \(vitrt list-models\) or a model description .json; you "
+        r"passed a VisionTransformer",
+    ):
+        model_card(model)  # type: ignore[arg-type]

@@ -5,6 +5,7 @@ environments are EnvironmentFacts as ``gather_environment()`` returns them on ea
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -230,6 +231,15 @@ def test_check_of_a_file_outside_an_artifact_names_the_file(
     notes.write_text("x")
     with pytest.raises(VitrtError, match=r"notes.txt is a file, not an artifact .*\(or a file in it\)$"):
         check_artifact(notes)
+    # load_artifact names the path given too (it named its folder, "."), and a missing one as missing
+    import vitrt
+
+    with pytest.raises(VitrtError, match=rf"^{re.escape(str(model))} is a file, not an artifact or bundle"):
+        vitrt.load_artifact(model)
+    with pytest.raises(VitrtError, match=rf"^{re.escape(str(tmp_path / 'nope.cpu'))} does not exist$"):
+        vitrt.load_artifact(tmp_path / "nope.cpu")
+    with pytest.raises(VitrtError, match=rf"^{re.escape(str(tmp_path))} holds no manifest.json or bundle"):
+        vitrt.load_artifact(tmp_path)
 
 
 def test_this_machine_facts_are_plain_data() -> None:

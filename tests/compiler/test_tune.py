@@ -90,6 +90,13 @@ def test_the_report_picks_under_budget_or_says_none_fits(tmp_path: Path) -> None
     none = _report(source, "cpu", 0.9, _records(), "data", [], tmp_path, 0.0, "onnxruntime", 1)
     assert none.chosen is None and none.command is None
     assert none.message.startswith("none under budget: no trial runs in 0.9 ms (the fastest takes 1.000 ms)")
+    assert "| vs INT8 |" in (tmp_path / "pareto.md").read_text()
+    # FP32 alone (precisions=("fp32",)): no INT8 trial, the FP32 baseline is the reference
+    fp32 = [r for r in _records() if r["config"]["precision"] == "fp32"]  # type: ignore[index]
+    only = _report(source, "cpu", 2.0, fp32, "data", [], tmp_path, 0.0, "onnxruntime", 1)
+    assert only.chosen == 0 and only.command is not None and "--precision fp32" in only.command
+    md = (tmp_path / "pareto.md").read_text()
+    assert "| vs FP32 |" in md and "interleaved with the unfused FP32 baseline" in md and "INT8" not in md
 
 
 def test_the_compile_line_of_the_baseline_and_bad_options(tmp_path: Path) -> None:
@@ -110,6 +117,27 @@ def test_the_compile_line_of_the_baseline_and_bad_options(tmp_path: Path) -> Non
         tune("digits_t2t", latency_budget=1.0, eval_samples=0)
     with pytest.raises(ConfigError, match="trials = 1: a search needs at least 2"):
         tune("digits_t2t", latency_budget=1.0, trials=1)
+    # one string is one precision; the precisions bound every trial, explicit ones and baselines included
+    with pytest.raises(ConfigError, match=r"^precisions \['int9'\]: choose from fp32, int8$"):
+        tune("digits_t2t", latency_budget=1.0, precisions="int9")
+    with pytest.raises(ConfigError, match=r"^unknown model 'digits_t2t'"):  # "int8" passed: the model is next
+        tune("digits_t2t", latency_budget=1.0, precisions="int8", trials=1)
+    int8 = TrialConfig(fusion={"preset": "tome", "r": [7, 0, 0, 0]}, precision="int8")
+    with pytest.raises(
+        ConfigError, match=r"^configs \['tome\[7,0,0,0\]\+int8'\] are not in precisions \['fp32'\]"
+    ):
+        tune("digits_t2t", latency_budget=1.0, precisions=("fp32",), configs=[int8])
+    for options, message in (
+        ({"latency_budget": "1.0"}, r"^latency_budget must be a number of ms > 0, got '1.0'$"),
+        ({"latency_budget": 1.0, "threads": "1"}, r"^threads must be a positive integer, got '1'$"),
+        ({"latency_budget": 1.0, "trials": 2.5}, r"^trials = 2.5: a search needs at least 2"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            tune("digits_t2t", **options)  # type: ignore[arg-type]
+    import torch
+
+    with pytest.raises(ConfigError, match=r"^tune builds the model itself .*not a Linear$"):
+        tune(torch.nn.Linear(2, 2), latency_budget=1.0)  # type: ignore[arg-type]
     # a checkpoint with its JSON fixes the input side and classes it was trained with
     with pytest.raises(
         ConfigError,

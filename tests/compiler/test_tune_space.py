@@ -9,6 +9,7 @@ from vitrt.compiler.tune_space import (
     SpaceFacts,
     TrialConfig,
     attention_candidates,
+    baselines,
     fusion_candidates,
     fusion_schedule,
     sample_trials,
@@ -108,6 +109,16 @@ def test_samples_are_seeded_and_start_with_the_baselines() -> None:
     assert len(sample_trials(facts, 1000)) == 2 + len(space)  # never more than the space
     with pytest.raises(ConfigError, match="at least 2"):
         sample_trials(facts, 1)
+    # precisions bound the baselines too: FP32 alone needs (and builds) no INT8 baseline
+    fp32 = sample_trials(facts, 5, seed=0, precisions=("fp32",))
+    assert [t.role for t in fp32[:1]] == ["baseline-fp32"] and len(fp32) == 5
+    assert {t.precision for t in fp32} == {"fp32"} and not any(t.role == "baseline-int8" for t in fp32)
+    assert [b.role for b in baselines(("int8",))] == ["baseline-int8"]
+    assert len(sample_trials(facts, 1, precisions=("int8",))) == 1
+    with pytest.raises(
+        ConfigError, match=r"^trials = 0: a search needs at least 1 \(the unfused FP32 baseline\)$"
+    ):
+        sample_trials(facts, 0, precisions=("fp32",))
     with pytest.raises(ConfigError, match="choose from"):
         search_space(facts, ["fp8"])
 

@@ -11,7 +11,7 @@ import pytest
 from vitrt.compiler.cli import main
 from vitrt.compiler.verify import load_inputs, load_outputs, save_inputs, save_outputs, verify_onnx
 from vitrt.deploy.sources import BatchError
-from vitrt.errors import VitrtError
+from vitrt.errors import ConfigError, VitrtError
 
 
 def _feeds(count: int = 1) -> list[dict[str, np.ndarray]]:
@@ -87,3 +87,33 @@ def test_a_wrong_kind_of_json_is_one_vitrt_error(
         verify_onnx(fp32, against=str(outputs))
     np.testing.assert_array_equal(load_inputs(inputs)[0]["images"], feeds[0]["images"])
     assert capsys.readouterr().out == ""
+
+
+def test_options_of_the_wrong_type_are_config_errors_and_one_feed_is_one_set(
+    precision_files: dict[str, Path], tmp_path: Path
+) -> None:
+    fp32 = precision_files["fp32"]
+    for options, message in [
+        ({"atol": "1e-3"}, r"^atol must be a number >= 0 such as 1e-3, got '1e-3'$"),
+        ({"rtol": -0.1}, r"^rtol must be a number >= 0 such as 1e-3, got -0.1$"),
+        ({"atol": float("nan")}, r"^atol must be a number >= 0 such as 1e-3, got nan$"),
+        (
+            {"against": "pytorch"},
+            r"^against is 'torch' \(the PyTorch model rebuilt from the export config\) or a Polygraphy "
+            r"RunResults file .*; 'pytorch' is neither: no such file$",
+        ),
+        ({"against": 1}, r"^against is 'torch' or a path, got a int$"),
+        (
+            {"inputs": [np.zeros((1, 3, 32, 32))]},
+            r"^inputs is a feed \(\{name: array\}\), a list of feeds.* "
+            r"got a list holding a ndarray$",
+        ),
+        ({"inputs": np.zeros((1, 3, 32, 32))}, r"^inputs is a feed .* got ndarray$"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            verify_onnx(fp32, **options)  # type: ignore[arg-type]
+    feed = _feeds()[0]
+    report, feeds, outputs = verify_onnx(fp32, inputs=feed)  # a single feed dict: one input set
+    assert report.passed and report.iterations == len(feeds) == len(outputs) == 1
+    np.testing.assert_array_equal(feeds[0]["images"], feed["images"])
+    assert list(tmp_path.iterdir()) == []

@@ -74,21 +74,59 @@ def test_profile_of_a_known_runner_follows_trtexec() -> None:
     assert starts == sorted(starts) and starts[0] >= 0.0
     assert result.settings["include_data_transfers"].startswith("n/a")
     assert result.settings["runtime"] == "test" and result.settings["duration_s"] == 0.15
+    # the three trtexec defaults are GPU settings: none applied to a host runner ("n/a" in its settings)
     assert result.defaults == {
         "trtexec": "11",
         "values": {"include_data_transfers": False, "cuda_graph": True, "spin_wait": True},
-        "applied": ["include_data_transfers", "cuda_graph", "spin_wait"],
+        "applied": [],
     }
+    assert result.settings["cuda_graph"] == result.settings["spin_wait"] == "n/a (host runner)"
     ten = vitrt.profile_runner(
-        runner, warmup_s=0, duration_s=0, iterations=10, spin_wait=False, trtexec_defaults="10", e2e_s=0
-    )
-    assert ten.latency.iterations == 10 and ten.defaults["applied"] == [
-        "include_data_transfers",
-        "cuda_graph",
-    ]
+        runner, warmup_s=0, duration_s=0, iterations=10, spin_wait=True, trtexec_defaults=10, e2e_s=0
+    )  # the int 10 names the line as "10" does; an explicit GPU setting is noted as not applicable
+    assert ten.latency.iterations == 10 and ten.defaults["applied"] == [] and ten.defaults["trtexec"] == "10"
     assert ten.defaults["values"]["include_data_transfers"] is True
-    with pytest.raises(VitrtError, match="trtexec_defaults"):
+    assert "spin_wait asked for: not applicable to a host runner (no device)" in ten.notes
+    with pytest.raises(VitrtError, match=r"^trtexec_defaults must be one of '11', '10' .*not '9'$"):
         vitrt.profile_runner(runner, trtexec_defaults="9")
+    before = runner.calls
+    for key, value, message in (
+        ("duration_s", "0.2", "duration_s must be a number >= 0, got '0.2'"),
+        ("warmup_s", -1.0, "warmup_s must be a number >= 0, got -1.0"),
+        ("iterations", 2.5, "iterations must be an integer >= 1, got 2.5"),
+        ("batch", 0, "batch must be an integer >= 1, got 0"),
+    ):
+        with pytest.raises(VitrtError, match=f"^{message}$"):
+            vitrt.profile_runner(runner, **{key: value})
+    assert runner.calls == before  # refused before any query
+
+
+class FakeGpuRunner(SleepRunner):
+    """A runner that says it runs on a GPU and times its own stream (as the TensorRT runner does)."""
+
+    device = "cuda:0"
+    cuda_graph = True
+    spin_wait = False
+
+    def enqueue(self, timed: bool = False) -> None:
+        super().enqueue()
+
+    def last_compute_ms(self) -> float:
+        return self.ms
+
+
+def test_the_trtexec_defaults_applied_to_a_gpu_runner_are_listed() -> None:
+    gpu = vitrt.profile_runner(
+        FakeGpuRunner(ms=1.0), warmup_s=0, duration_s=0, iterations=10, e2e_s=0, layers=False, progress=False
+    )
+    assert gpu.defaults["applied"] == ["include_data_transfers", "cuda_graph", "spin_wait"]
+    assert (gpu.settings["cuda_graph"], gpu.settings["spin_wait"]) == (True, True)
+    ten = vitrt.profile_runner(
+        FakeGpuRunner(ms=1.0), warmup_s=0, duration_s=0, iterations=10, spin_wait=False,
+        trtexec_defaults="10", e2e_s=0, layers=False, progress=False, telemetry=False,
+    )  # fmt: skip
+    assert ten.defaults["applied"] == ["include_data_transfers", "cuda_graph"]
+    assert ten.settings["include_data_transfers"] is True and ten.h2d is not None
 
 
 def test_telemetry_and_layer_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,3 +231,53 @@ def test_per_layer_profile_of_an_ort_artifact_maps_every_node_to_a_block(
     assert count == lp.iterations and [t.name for t in timings] == [t.name for t in lp.timings]
     assert [t.total_ms for t in timings] == pytest.approx([t.total_ms for t in lp.timings], rel=1e-6)
     assert sum(t.percentage for t in timings) == pytest.approx(100.0, abs=1e-3)
+
+
+def test_same_named_sources_get_unique_names_ratios_and_plots(tiny: dict[str, Path], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    for folder in ("A", "B"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "model.onnx").symlink_to(tiny["fp32"])
+    sources = [tmp_path / "A" / "model.onnx", tmp_path / "B" / "model.onnx", tiny["fp32"], tiny["fp32"]]
+    report = vitrt.profile(
+        sources, warmup_s=0, duration_s=0, e2e_s=0, layers=False, telemetry=False, quiet=True,
+        compare=True, plots=tmp_path / "plots",
+    )  # fmt: skip
+    names = [r.runner for r in report.artifacts]
+    assert names == [
+        "A/model.onnx (onnxruntime)",
+        "B/model.onnx (onnxruntime)",
+        "deit_t.onnx (onnxruntime)",
+        "deit_t.onnx (onnxruntime) #2",
+    ]
+    assert report.compare is not None and report.compare["baseline"] == names[0]
+    assert list(report.compare["median_ratio"]) == names and report.compare["median_ratio"][names[0]] == 1.0
+    rows = [line for line in report.to_markdown().splitlines() if line.startswith("| A/model.onnx")]
+    assert len(rows) == 1 and rows[0].endswith("| 1.00 |")
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "compare.png",
+        "latency-A_model.onnx_onnxruntime.png",
+        "latency-B_model.onnx_onnxruntime.png",
+        "latency-deit_t.onnx_onnxruntime.png",
+        "latency-deit_t.onnx_onnxruntime_2.png",
+    ]
+
+
+def test_profile_options_are_checked_before_anything_runs(tiny: dict[str, Path], tmp_path: Path) -> None:
+    from vitrt.deploy.sources import SourceError
+
+    with pytest.raises(SourceError, match=r"^no sources given: profile takes one or more artifact folders"):
+        vitrt.profile([])
+    for options, message in (
+        ({"duration_s": "0.2"}, r"^duration_s must be a number >= 0, got '0.2'$"),
+        ({"iterations": 0}, r"^iterations must be an integer >= 1, got 0$"),
+        ({"trtexec_defaults": 9}, r"^trtexec_defaults must be one of '11', '10' .*, not 9$"),
+    ):
+        with pytest.raises(VitrtError, match=message):  # a missing source: the options are said first
+            vitrt.profile(tmp_path / "missing.onnx", json=tmp_path / "r.json", **options)  # type: ignore[arg-type]
+    assert not (tmp_path / "r.json").exists()
+    ten = vitrt.profile(
+        tiny["fp32"], trtexec_defaults=10, warmup_s=0, duration_s=0, e2e_s=0, layers=False, quiet=True,
+        telemetry=False,
+    )  # fmt: skip
+    assert ten.artifacts[0].defaults["trtexec"] == "10" and ten.artifacts[0].defaults["applied"] == []

@@ -4,6 +4,7 @@ model's own preprocessing, top-k, labels, batches) and the errors for bad input.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,17 +14,18 @@ import vitrt
 from vitrt.compiler.cli import main
 from vitrt.deploy.predict import softmax
 from vitrt.deploy.profiling import runtime_options
-from vitrt.deploy.runners import TensorSpec
+from vitrt.deploy.runners import FeedError, TensorSpec
 from vitrt.deploy.sources import (
     BatchError,
     ModelSource,
     SourceError,
     check_batch,
+    check_graph_options,
     check_model_options,
     check_runtime_options,
     resolve_source,
 )
-from vitrt.errors import VitrtError
+from vitrt.errors import ConfigError, VitrtError
 
 
 def _split(runner: object, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -318,3 +320,105 @@ def test_run_refuses_a_size_the_model_does_not_take(
     assert main(["run", "deit_tiny_patch16_224", str(image), "--size", "64"]) == 2
     err = capsys.readouterr().err
     assert "Fix: leave out --size (images are resized to 224 x 224), or --img-size 64 for the model" in err
+
+
+def test_a_wrong_feed_names_the_inputs_the_runner_takes(tiny: dict[str, Path]) -> None:
+    takes = r"It takes \(runner.input_specs\): images \[1, 3, 32, 32\] float32$"
+    x = np.random.default_rng().standard_normal((1, 3, 32, 32)).astype(np.float32)
+    for runner in (vitrt.open_runner(tiny["fp32"]), vitrt.open_runner(tiny["fp32"], runtime="openvino")):
+        name = re.escape(runner.name)
+        feed: dict[str, np.ndarray]
+        for feed, problem in (
+            ({"x": x}, r"inputs \['x'\] given, but it takes \['images'\]"),
+            (
+                {"images": x[:, :, :16]},
+                r"input 'images' has shape \[1, 3, 16, 32\]: axis 2 is 16, the model takes 32",
+            ),
+            ({"images": x[0]}, r"input 'images' has shape \[3, 32, 32\]: rank 3, not 4"),
+            ({"images": x.astype(np.float64)}, r"input 'images' is float64, the model takes float32"),
+            ({"images": np.concatenate([x, x])}, r"the batch axis is 2, the model takes 1"),
+        ):
+            if runner.runtime == "openvino" and "float64" in problem:
+                continue  # OpenVINO converts another float type itself
+            with pytest.raises(FeedError, match=rf"^{name} cannot run this feed: .*{problem}\. {takes}"):
+                runner.infer(feed)
+        assert runner.infer({"images": x})["logits"].shape == (1, 10)  # the runner still works
+    ort = vitrt.open_runner(tiny["fp32"])
+    with pytest.raises(FeedError, match=r"inputs \['x'\] given, but it takes \['images'\]"):
+        vitrt.profile_runner(ort, feed={"x": x}, progress=False)
+    with pytest.raises(FeedError, match=r"the batch axis is 2, the model takes 1"):
+        vitrt.profile_runner(ort, batch=2, progress=False)
+    with pytest.raises(
+        ConfigError, match=r"^threads must be a positive integer \(intra-op threads\), got '1'$"
+    ):
+        vitrt.open_runner(tiny["fp32"], threads="1")
+
+
+def test_graph_options_and_opening_options_that_would_be_ignored_are_refused(
+    tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    for spec, runtime in ((tiny["fp32"], "onnxruntime"), (tiny["fp32.cpu"], "onnxruntime")):
+        with pytest.raises(
+            SourceError,
+            match=rf"runs on the CPU \({runtime}\): cuda_graph and spin_wait would be ignored \(a TensorRT "
+            r"engine takes both, a model name on CUDA takes cuda_graph\). Fix: leave them out",
+        ):
+            vitrt.open_runner(spec, cuda_graph=True, spin_wait=True)
+    with pytest.raises(SourceError, match=r"spin_wait would be ignored .* Fix: leave it out, or give"):
+        vitrt.open_runner(tiny["fp32"], spin_wait=True)
+    with pytest.raises(SourceError, match=r"runs in PyTorch: spin_wait is a TensorRT runner's"):
+        vitrt.open_runner("deit_tiny_patch16_224", img_size=32, spin_wait=True)
+    check_graph_options(ModelSource("plan", "e.plan"), cuda_graph=True, spin_wait=True)  # an engine's
+    # profile's trtexec defaults (11: graph and spin-wait) still open a host source; the result says n/a
+    result = vitrt.profile_artifact(
+        tiny["fp32"], warmup_s=0, duration_s=0, e2e_s=0, layers=False, progress=False, telemetry=False
+    )
+    assert result.settings["cuda_graph"] == "n/a (host runner)" and result.defaults["applied"] == []
+
+    runner = vitrt.open_runner(tiny["fp32"])
+    image = _png(tmp_path / "x.png", np.random.default_rng().integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    for options, said in (
+        ({"threads": 1}, "threads=1"),
+        ({"img_size": 32, "half": True}, "img_size=32, half=True"),
+        ({"check": False}, "check=False"),
+    ):
+        with pytest.raises(
+            VitrtError,
+            match=rf"^{re.escape(said)}: options for opening a model, but the runner 'deit_t.onnx "
+            r"\(onnxruntime\)' is already open and would ignore them. Fix: pass them to open_runner",
+        ):
+            vitrt.run(runner, image, **options)  # type: ignore[arg-type]
+    assert len(vitrt.run(runner, image).predictions) == 1
+    with pytest.raises(
+        VitrtError, match=r"^images are jpg/png files or folders of them \(paths\), not a ndarray"
+    ):
+        vitrt.run(tiny["fp32"], np.zeros((1, 3, 32, 32), np.float32))  # type: ignore[arg-type]
+    with pytest.raises(SourceError, match=r"^cannot open a ndarray: give an artifact folder"):
+        vitrt.open_runner(np.zeros(3))  # type: ignore[arg-type]
+
+
+def test_a_module_opens_as_a_pytorch_runner_at_its_own_size(tmp_path: Path) -> None:
+    from vitrt.deploy.predict import load_image
+
+    side = int(np.random.default_rng().choice([32, 48]))
+    model = vitrt.create_model("deit_tiny_patch16_224", img_size=side, num_classes=10)
+    plain = vitrt.TorchModelRunner(model)  # its input size is the model's own, not 224
+    assert plain.input_specs == [TensorSpec("images", ("batch", 3, side, side), "float32")]
+    profiled = vitrt.profile_torch(plain, warmup_s=0, duration_s=0, iterations=10, progress=False)
+    assert profiled.latency.iterations == 10
+    runner = vitrt.open_runner(model)
+    assert runner.input_specs == plain.input_specs and runner.source.kind == "module"
+    image = _png(tmp_path / "x.png", np.random.default_rng().integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    result = vitrt.run(model, image, top=3)
+    x = load_image(image, model.preprocess)[None]
+    probs = softmax(runner.infer({"images": x})["logits"])[0]
+    assert [c for c, _, _ in result.predictions[0].top] == np.argsort(-probs)[:3].tolist()
+    assert result.notes == [] and list(result.preprocess["input_size"]) == [3, side, side]  # weights: its own
+    with pytest.raises(
+        SourceError,
+        match=r"^the VisionTransformer module is already built with its weights, fusion, attention, input "
+        r"size and classes: img_size=64 would be ignored",
+    ):
+        vitrt.open_runner(model, img_size=64)
+    with pytest.raises(SourceError, match=r"^the VisionTransformer module runs on torch: --threads"):
+        vitrt.run(model, image, threads=2)

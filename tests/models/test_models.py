@@ -148,30 +148,85 @@ def test_soft_split_sizes() -> None:
         create_model("deit_tiny_patch16_224", img_size=100)
 
 
-@pytest.mark.parametrize(
-    ("name", "img_size", "message"),
-    [
-        ("deit_tiny_patch16_224", 0, "img_size 0 is not a positive multiple of the patch size 16; use 16$"),
-        (
-            "deit_tiny_patch16_224",
-            -32,
-            "img_size -32 is not a positive multiple of the patch size 16; use 16$",
-        ),
-        ("deit_tiny_patch16_224", 8, "img_size 8 is not a positive multiple of the patch size 16; use 16$"),
-        (
-            "t2t_vit_7",
-            0,
-            r"img_size 0 is below T2T-ViT's smallest input, 16 pixels .*work: \[16, 17, 18, 32, 33, 34\]",
-        ),
-        ("t2t_vit_7", -32, r"img_size -32 is below T2T-ViT's smallest input, 16 pixels .*work: \[16, 17,"),
-        ("t2t_vit_7", 8, r"img_size 8 is below T2T-ViT's smallest input"),
-        ("t2t_vit_7", 64.0, "img_size must be a whole number of pixels such as 224, got 64.0"),
-        ("deit_tiny_patch16_224", True, "img_size must be a whole number of pixels such as 224, got True"),
-    ],
-)
+SIZE_CASES = [
+    ("deit_tiny_patch16_224", 0, "img_size 0 is not a positive multiple of the patch size 16; use 16$"),
+    (
+        "deit_tiny_patch16_224",
+        -32,
+        "img_size -32 is not a positive multiple of the patch size 16; use 16$",
+    ),
+    ("deit_tiny_patch16_224", 8, "img_size 8 is not a positive multiple of the patch size 16; use 16$"),
+    (
+        "t2t_vit_7",
+        0,
+        r"img_size 0 is below T2T-ViT's smallest input, 16 pixels .*work: \[16, 17, 18, 32, 33, 34\]",
+    ),
+    ("t2t_vit_7", -32, r"img_size -32 is below T2T-ViT's smallest input, 16 pixels .*work: \[16, 17,"),
+    ("t2t_vit_7", 8, r"img_size 8 is below T2T-ViT's smallest input"),
+    ("t2t_vit_7", 64.0, "img_size must be a whole number of pixels such as 224, got 64.0"),
+    ("deit_tiny_patch16_224", True, "img_size must be a whole number of pixels such as 224, got True"),
+]
+
+
+@pytest.mark.parametrize(("name", "img_size", "message"), SIZE_CASES)
 def test_sizes_a_model_cannot_take_name_sizes_that_work(name: str, img_size: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         create_model(name, img_size=img_size)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("name", "img_size", "message"), SIZE_CASES)
+def test_check_img_size_is_the_constructors_rule_without_building(
+    name: str, img_size: object, message: str
+) -> None:
+    from vitrt.models.registry import check_img_size as check
+
+    with pytest.raises(ConfigError, match=message):
+        check(name, img_size)
+    assert check("deit_tiny_patch16_224", 48) == 48 and check("t2t_vit_7", 17) == 17
+
+
+def test_create_model_refuses_a_module_a_wrong_type_and_an_unknown_keyword() -> None:
+    model = _small()
+    with pytest.raises(
+        ConfigError,
+        match=r"^create_model takes a model name \(vitrt list-models\); you passed a built model \(T2TViT\)",
+    ):
+        create_model(model)  # type: ignore[arg-type]
+    for value in ("10", -1, 2.0, True):
+        with pytest.raises(ConfigError, match=rf"^num_classes must be a whole number >= 0 .*got {value!r}$"):
+            create_model("t2t_vit_7", num_classes=value)  # type: ignore[arg-type]
+    with pytest.raises(
+        ConfigError,
+        match=r"^t2t_vit_7 has no option 'foo'; create_model takes num_classes, img_size, fusion, attention "
+        r"and the architecture overrides attn_drop_rate, drop_path_rate, drop_rate, in_chans, qk_scale, "
+        r"qkv_bias, token_dim$",
+    ):
+        create_model("t2t_vit_7", foo=1)
+    with pytest.raises(ConfigError, match="deit_tiny_patch16_224 has no option 'depth'"):  # fixed by the name
+        create_model("deit_tiny_patch16_224", depth=2)
+    model = create_model("deit_tiny_patch16_224", img_size=32, num_classes=0, drop_path_rate=0.1)
+    assert (model.img_size, model.num_classes, model.blocks[-1].drop_path.p) == (32, 0, pytest.approx(0.1))
+
+
+def test_load_checkpoint_names_its_signature_for_arguments_of_the_wrong_kind(tmp_path: Path) -> None:
+    model = _small()
+    path = tmp_path / "w.pth"
+    torch.save(model.state_dict(), path)
+    with pytest.raises(
+        CheckpointError,
+        match=r"^load_checkpoint\(model, checkpoint\) takes the built model first, got '.*w.pth'; the "
+        r"arguments are swapped. Fix: load_checkpoint\(model, checkpoint\)$",
+    ):
+        load_checkpoint(str(path), model)  # type: ignore[arg-type]
+    with pytest.raises(
+        CheckpointError,
+        match=r"got 't2t_vit_7' and a checkpoint. Fix: load_checkpoint\(vitrt.create_model\(name, ...\), ",
+    ):
+        load_checkpoint("t2t_vit_7", path)  # type: ignore[arg-type]
+    with pytest.raises(
+        CheckpointError, match=r"takes a checkpoint file .* or a state dict second, got a int"
+    ):
+        load_checkpoint(model, 3)  # type: ignore[arg-type]
 
 
 def test_the_smallest_suggested_sizes_run() -> None:
