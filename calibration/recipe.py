@@ -37,6 +37,7 @@ metadata names a listed node, with ``OBEY_PRECISION_CONSTRAINTS``).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -130,9 +131,13 @@ class PrecisionRecipe:
         ]
 
 
-def read_recipe(model: ModelProto) -> PrecisionRecipe | None:
-    """The recipe stored in ``model``'s metadata, or None (a float32 file)."""
-    for prop in model.metadata_props:
+def read_recipe(model: ModelProto | str | os.PathLike[str]) -> PrecisionRecipe | None:
+    """The recipe stored in ``model``'s metadata (a ModelProto, or the path of an .onnx file), or None (a
+    float32 file)."""
+    from vitrt.fileio import load_onnx
+
+    proto: ModelProto = load_onnx(model) if isinstance(model, (str, os.PathLike)) else model
+    for prop in proto.metadata_props:
         if prop.key == RECIPE_KEY:
             return PrecisionRecipe.from_dict(json.loads(prop.value))
     return None

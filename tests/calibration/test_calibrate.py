@@ -86,6 +86,7 @@ def test_trained_t2t_calibrates_on_digits_end_to_end(digits_t2t: Path, tmp_path:
     assert json.loads(meta[EXPORT_KEY]) == {**json.loads(exported[EXPORT_KEY]), "precision": "int8"}
     recipe = read_recipe(saved)
     assert recipe is not None and recipe.precision == "int8" and recipe.float_type == "float32"
+    assert read_recipe(out) == read_recipe(str(out)) == recipe  # a path reads the same
     assert set(recipe.int8_layers) == set(result.quantized)
     assert {n.node for n in recipe.not_quantized} == {k for k, v in reasons.items() if v}
     assert recipe.layer_constraints() == []  # nothing to constrain: the rest is float32
