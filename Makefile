@@ -52,8 +52,9 @@ kernels: $(STAMP)
 	else echo "no CUDA toolkit (nvcc): the kernel fatbins are not built, and their tests skip"; fi
 
 unit: $(STAMP)
-	# Two workers for CI's two cores (each limited to one torch thread in tests/conftest.py).
-	$(BIN)/pytest -q -n 2
+	# Two workers for CI's two cores (each limited to one torch thread in tests/conftest.py); the 30
+	# slowest tests listed, to keep the suite within its 12 minutes.
+	$(BIN)/pytest -q -n 2 --durations=30
 
 # Lint, type check and the kernel build at once (mypy keeps one core busy, nvcc both), then the suite.
 test: $(STAMP)
