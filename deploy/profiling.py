@@ -269,12 +269,10 @@ def profile(
     options = runtime_options(
         sources, runtime=runtime, threads=threads, inference_precision=inference_precision
     )
-    if export_times is not None:
-        for path in times_paths(export_times, len(sources)):
-            check_writable(path)
-    if export_profile is not None:
-        for path in times_paths(export_profile, len(sources)):
-            check_writable(path)
+    for per_source in (export_times, export_profile):
+        if per_source is not None:
+            for path in times_paths(per_source, len(sources)):
+                check_writable(path)
     results = [
         profile_artifact(
             src,

@@ -214,7 +214,7 @@ def resolve_source(spec: str | os.PathLike[str]) -> ModelSource:
 def natural_device(src: ModelSource) -> str:
     """Where a source that is not a model name runs: "cuda" for a TensorRT engine or artifact, else "cpu"
     (ONNX Runtime and OpenVINO run on the host)."""
-    return "cuda" if src.kind == "plan" or src.runtime == "tensorrt" else "cpu"
+    return "cuda" if source_runtime(src) == "tensorrt" else "cpu"
 
 
 def check_model_options(
@@ -337,7 +337,7 @@ def check_graph_options(src: ModelSource, *, cuda_graph: bool = False, spin_wait
     """SourceError for ``cuda_graph`` / ``spin_wait`` where the runner would ignore them: both are a TensorRT
     engine's (artifact or .plan); a model name (or module) in PyTorch takes ``cuda_graph`` (on CUDA) but
     not ``spin_wait`` (``profile_runner(spin_wait=True)`` polls its CUDA events instead)."""
-    tensorrt = src.kind == "plan" or src.runtime == "tensorrt"
+    tensorrt = source_runtime(src) == "tensorrt"
     torch = src.kind in ("model", "module")
     given = [k for k, v in (("cuda_graph", cuda_graph), ("spin_wait", spin_wait)) if v]
     if torch:
