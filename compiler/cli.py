@@ -196,11 +196,11 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 def _cmd_plugins_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from vitrt.plugins.cuda_build import DEFAULT_ARCHS, build_fatbins, fatbin_archs, kernel_resources
+    from vitrt.plugins.cuda_build import build_fatbins, fatbin_archs, kernel_resources
 
     results = build_fatbins(
         Path(args.out) if args.out else None,
-        args.arch or DEFAULT_ARCHS,
+        args.arch or None,
         ptx=None if args.ptx == "none" else args.ptx,
         force=args.force,
         jobs=args.jobs,
@@ -790,7 +790,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="SM",
-        help="cubin architecture, repeatable (default sm_87 sm_90 sm_100 sm_110 sm_120)",
+        help="cubin architecture, repeatable (default: $VITRT_CUDA_ARCHS if set, e.g. sm_87,sm_90, else "
+        "sm_87 sm_90 sm_100 sm_110 sm_120)",
     )
     q.add_argument(
         "--ptx", default="compute_80", help="PTX architecture for JIT, or 'none' (default compute_80)"

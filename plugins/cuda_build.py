@@ -16,7 +16,9 @@ runs nvcc once per source and writes ``<out>/<source stem>.fatbin`` holding
 The launcher (``vitrt.plugins.cuda_launcher``) loads these fatbins and compiles the source with NVRTC only
 where the fatbin holds nothing for the GPU. Builds are cached: a fatbin is rebuilt only when the key
 (sources, nvcc version, architectures, flags) recorded beside it changes. ``vitrt plugins build`` is the
-command-line face of ``build_fatbins``.
+command-line face of ``build_fatbins``. ``$VITRT_CUDA_ARCHS`` (e.g. ``sm_87`` on a Jetson Orin, or
+``sm_90,sm_100``) replaces ``DEFAULT_ARCHS`` wherever no architectures are given: a machine that builds for
+its own GPU compiles one target in place of five (``default_archs``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ def default_build_dir() -> Path:
 
 DEFAULT_ARCHS = ("sm_87", "sm_90", "sm_100", "sm_110", "sm_120")
 PTX_ARCH = "compute_80"
+ARCHS_ENV = "VITRT_CUDA_ARCHS"
+
 COMMON_HEADER = PLUGINS_DIR / "cuda_common.cuh"
 NVCC_FLAGS = ("-O3", "--std=c++17", "-lineinfo", "--resource-usage")
 """No --use_fast_math: the kernels rely on IEEE division, sqrt, expf and logf to stay within 1e-4 of
@@ -59,6 +63,24 @@ kernel's registers, stack, spills and static shared memory per architecture (``k
 
 FATBIN_MAGIC = 0xBA55ED50
 _KIND_PTX, _KIND_ELF = 1, 2
+
+
+def default_archs() -> tuple[str, ...]:
+    """The cubin architectures built when none are given: those listed in ``$VITRT_CUDA_ARCHS`` (comma- or
+    space-separated, e.g. ``"sm_87"``), else ``DEFAULT_ARCHS``. Raises VitrtError naming a malformed entry
+    (it would otherwise reach nvcc as a bad ``-gencode``)."""
+    value = os.environ.get(ARCHS_ENV, "").strip()
+    if not value:
+        return DEFAULT_ARCHS
+    archs = tuple(a for a in re.split(r"[,\s]+", value) if a)
+    bad = [a for a in archs if not (a.startswith("sm_") and a[3:].isdigit())]  # nvcc_command's rule
+    if bad:
+        raise VitrtError(
+            f"${ARCHS_ENV}={value!r}: {', '.join(map(repr, bad))} is not a cubin architecture; "
+            f"name them as nvcc does, e.g. {ARCHS_ENV}=sm_87 or {ARCHS_ENV}=sm_90,sm_100 (or unset it for "
+            f"{' '.join(DEFAULT_ARCHS)})"
+        )
+    return tuple(dict.fromkeys(archs))
 
 
 @dataclass(frozen=True)
@@ -181,7 +203,7 @@ def nvcc_command(
 def build_fatbin(
     source: KernelSource,
     out_dir: Path | None = None,
-    archs: Sequence[str] = DEFAULT_ARCHS,
+    archs: Sequence[str] | None = None,
     ptx: str | None = PTX_ARCH,
     *,
     force: bool = False,
@@ -189,12 +211,14 @@ def build_fatbin(
     niceness: int = 0,
     cuda_home: Path | None = None,
 ) -> BuildResult:
-    """Build one source's fatbin (or reuse the cached one whose build key matches).
+    """Build one source's fatbin (or reuse the cached one whose build key matches); ``archs`` None means
+    ``default_archs()``.
 
     threads: nvcc ``--threads`` (0 = one per core: the gencode targets compile in parallel);
     niceness: added to nvcc's scheduling niceness (the CI machine's cores are shared).
     Raises VitrtError with nvcc's output when compilation fails.
     """
+    archs = default_archs() if archs is None else tuple(archs)
     home = cuda_home or find_cuda_home()
     out = fatbin_path(source.name, out_dir)
     meta = _record_path(source.name, out_dir)
@@ -298,7 +322,7 @@ def build_lock(folder: Path) -> Iterator[None]:
 
 def build_fatbins(
     out_dir: Path | None = None,
-    archs: Sequence[str] = DEFAULT_ARCHS,
+    archs: Sequence[str] | None = None,
     ptx: str | None = PTX_ARCH,
     *,
     force: bool = False,
@@ -314,6 +338,7 @@ def build_fatbins(
     the other compiled its targets on the rest (benchmarks/kernel_build.py times both ways). At most
     ``jobs`` x min(cores, targets) compilers run at once, 140 to 230 MB each (cicc, ptxas).
     """
+    archs = default_archs() if archs is None else tuple(archs)
     home = find_cuda_home()
     sources = kernel_sources()
     threads = threads or os.cpu_count() or 1

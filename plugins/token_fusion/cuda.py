@@ -467,13 +467,26 @@ def info_qk_rows(head_dim: int, splits: int = 1) -> int:
     return 16 * info_qk_warps(head_dim) // splits
 
 
-def info_qk_key_splits(batch: int, heads: int, tokens: int, head_dim: int) -> int:
-    """The key splits the launcher takes (``INFO_QK_KEY_SPLITS``): 1, the kernel as measured on the H100
-    and H200. More splits are built and checked (same results as the reference, on the CPU emulator) but not
-    yet timed on a GPU: ``benchmarks/kernels.py`` times each against 1 for a fused DeiT-S block's shapes, and
-    this choice should follow those figures (more splits where the blocks would not fill the GPU)."""
-    del batch, heads, tokens, head_dim  # until a GPU run times the splits
-    return 1
+INFO_QK_WAVES = 2
+"""Blocks per SM up to which ``info_qk_key_splits`` adds key splits: a split that keeps the q, k kernel's
+blocks within two per SM shortened it on an H200 (benchmarks/results/h200-2026-11-28/), one that went past
+lengthened it."""
+
+
+def info_qk_key_splits(batch: int, heads: int, tokens: int, head_dim: int, multiprocessors: int) -> int:
+    """The key splits the launcher takes (``INFO_QK_KEY_SPLITS``, at most the block's warps): the most whose
+    blocks (batch x heads x ``info_qk_chunks``) stay within ``INFO_QK_WAVES`` per SM, else 1; 1 on the CPU
+    emulator (0 SMs). Measured for a fused DeiT-S block (6 heads, 197 tokens, E = 64) on an H200 (132 SMs),
+    graph time against 1 split in the same run: batch 1 (12 blocks unsplit) 0.76x at 2, 0.67x at 4, 0.68x at
+    8 (taken: 78 blocks); batch 8 (96 blocks) 0.87x at 2 (taken: 192 blocks), 0.91x at 4 (336), 1.08x at 8;
+    batch 64 (768 blocks) 1.10x at 2, 1.31x at 4 (1 taken). More splits give each warp a shorter chain over
+    the keys where the blocks would leave SMs idle, and cost a restaging of all keys per block."""
+    splits = 1
+    for s in INFO_QK_KEY_SPLITS:
+        blocks = batch * heads * info_qk_chunks(tokens, head_dim, s)
+        if s <= info_qk_warps(head_dim) and blocks <= INFO_QK_WAVES * multiprocessors:
+            splits = s
+    return splits
 
 
 def info_qk_shared_bytes(tokens: int, head_dim: int, splits: int = 1) -> int:
@@ -985,7 +998,7 @@ def attention_info_qk_cuda(
 
     q, k = rows(q), rows(k)
     stream = kernel_stream(q)
-    splits = info_qk_key_splits(b, h, n, e) if key_splits is None else key_splits
+    splits = info_qk_key_splits(b, h, n, e, _multiprocessors()) if key_splits is None else key_splits
     _check_key_splits(splits, e)
     colsum, info = _info_buffers(b, h, n, info_qk_chunks(n, e, splits), q)
     with kernel_device(q):

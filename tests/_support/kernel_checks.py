@@ -585,24 +585,25 @@ def _reference_f64(
     proj: Tensor,
     attrs: ScatterbrainAttrs,
     orders: tuple[Tensor, Tensor],
+    dtype: torch.dtype = torch.float64,
 ) -> Tensor:
-    """The reference of attrs.mode computed in float64 on the given sort orders (q_perm, k_perm)."""
+    """The reference of attrs.mode computed in float64 (or ``dtype``) on the given sort orders (q_perm,
+    k_perm)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sb_ref, "_hash_orders", lambda *args: orders)
-        patch.setattr(sb_ref, "COMPUTE_DTYPE", torch.float64)
+        patch.setattr(sb_ref, "COMPUTE_DTYPE", dtype)
         patch.setattr(sb_ref, "check_inputs", lambda *args: None)  # it admits float32 and float16 only
-        return _by_mode(q.double(), k.double(), v.double(), hv.double(), proj.double(), attrs)
+        return _by_mode(*(t.to(dtype) for t in (q, k, v, hv, proj)), attrs)
 
 
-def check_cluster_tensor_cores(
+def cluster_errors(
     b: int, n: int, e: int, dv: int, c: int, r: int, m: int, mode: Mode, device: str
-) -> None:
-    """float16 with c <= 64: the launcher takes the cluster kernel on tensor cores, and both it and the
-    CUDA-core kernel are, beyond the float16 rounding of the float64 reference on the kernel's clusters,
-    within 1e-5 of each row's largest value. (On the emulator, in CLUSTER_MMA_CASES: at most 3.9e-6 on tensor
-    cores and 3.8e-6 on CUDA cores; with the features and weights split into float16 parts without their
-    power-of-two scalings, three cases failed. Configurations where the low-rank term cancels, such as many
-    rounds with a few features, can be further off for both kernels: float32 itself.)"""
+) -> dict[str, float]:
+    """float16 with c <= 64: the launcher takes the cluster kernel on tensor cores (checked: it ran once);
+    the CUDA-core kernel ("staged") runs on the same sort orders (checked: equal). Returns each kernel's
+    largest error beyond the float16 rounding of the float64 reference on those clusters, as a fraction of
+    its row's largest absolute value: {"tensor cores": ..., "CUDA cores": ...}; and the same reference's
+    error computed in float32 (its output not rounded), which is what float32 itself costs in the case."""
     from vitrt.plugins.cuda_launcher import load_module
     from vitrt.plugins.lsh_attention.cuda import scatterbrain_cuda_debug
 
@@ -621,10 +622,34 @@ def check_cluster_tensor_cores(
     orders = (views["q_perm"], views["k_perm"])
     assert all(torch.equal(a, cuda_views[name]) for a, name in zip(orders, ("q_perm", "k_perm"), strict=True))
     want = _reference_f64(q, k, v, hv, proj, attrs, orders)
-    bound = (want.half().double() - want).abs() + 1e-5 * want.abs().amax(dim=-1, keepdim=True)
-    for name, got in (("tensor cores", out), ("CUDA cores", cuda_out)):
-        excess = float(((got.double() - want).abs() - bound).max())
-        assert excess <= 0, f"{name}: {excess:.3g} past the float16 rounding + 1e-5 of the row maximum"
+    rounding = (want.half().double() - want).abs()
+    row_max = want.abs().amax(dim=-1, keepdim=True)
+    errors = {
+        name: float((((got.double() - want).abs() - rounding) / row_max).max())
+        for name, got in (("tensor cores", out), ("CUDA cores", cuda_out))
+    }
+    float32 = _reference_f64(q, k, v, hv, proj, attrs, orders, torch.float32).double()
+    return {**errors, "float32 reference": float(((float32 - want).abs() / row_max).max())}
+
+
+def check_cluster_tensor_cores(
+    b: int, n: int, e: int, dv: int, c: int, r: int, m: int, mode: Mode, device: str
+) -> None:
+    """``cluster_errors``: both cluster kernels (tensor cores, CUDA cores) within 1e-5 of each row's largest
+    value plus twice the float32 reference's own error in the case. The second term is what float32 itself
+    costs: at 784 and 3136 tokens (long sums; with 3 features, the low-rank term cancelling) it reaches
+    5.8e-5 of the row maximum, and both kernels then exceed a fixed 1e-5. Measured on an H200
+    (benchmarks/results/h200-2026-11-28/cluster_errors.txt): at most 1.3e-5 on tensor cores and 2.5e-5
+    on CUDA cores, the float32 reference 4.2e-7 to 5.8e-5; the tightest case, 784 tokens with 12 features,
+    1.26e-5 for both kernels against 2.4e-5 allowed. On the emulator, in CLUSTER_MMA_CASES: at most 3.9e-6
+    on tensor cores and 3.8e-6 on CUDA cores; with the features and weights split into float16 parts
+    without their power-of-two scalings, three cases failed."""
+    errors = cluster_errors(b, n, e, dv, c, r, m, mode, device)
+    allowed = 1e-5 + 2 * errors.pop("float32 reference")
+    for name, error in errors.items():
+        assert error <= allowed, (
+            f"{name}: {error:.3g} of the row maximum past float16 rounding (allowed {allowed:.3g})"
+        )
 
 
 # (batch, tokens, E, Dv, cluster, hashes, projection rows, mode, dtype) for the tiled cluster kernel: clusters

@@ -23,6 +23,7 @@ from vitrt.plugins.cuda_build import (
     FatbinEntry,
     build_fatbins,
     cuobjdump_archs,
+    default_archs,
     fatbin_archs,
     fatbin_entries,
     find_cuda_home,
@@ -112,6 +113,36 @@ ptxas info    : Used 40 registers, used 0 barriers, 428 bytes cmem[0]
         },
         "sm_87": {"b": {}},
     }
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, DEFAULT_ARCHS),
+        ("  ", DEFAULT_ARCHS),
+        ("sm_87", ("sm_87",)),
+        ("sm_90, sm_100 sm_90", ("sm_90", "sm_100")),
+    ],
+)
+def test_the_environment_chooses_the_architectures(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, expected: tuple[str, ...]
+) -> None:
+    if value is None:
+        monkeypatch.delenv("VITRT_CUDA_ARCHS", raising=False)
+    else:
+        monkeypatch.setenv("VITRT_CUDA_ARCHS", value)
+    assert default_archs() == expected
+
+
+def test_a_malformed_architecture_in_the_environment_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VITRT_CUDA_ARCHS", "sm_90,90,compute_80")
+    with pytest.raises(VitrtError) as err:
+        default_archs()
+    message = str(err.value)
+    assert message.startswith("$VITRT_CUDA_ARCHS='sm_90,90,compute_80': '90', 'compute_80' is not a cubin")
+    assert "VITRT_CUDA_ARCHS=sm_87" in message
+    with pytest.raises(VitrtError, match="VITRT_CUDA_ARCHS"):
+        build_fatbins(Path("/nonexistent"))  # refused before nvcc is looked for or anything is written
 
 
 def test_a_rebuild_is_cached(fatbins: dict[str, Path]) -> None:

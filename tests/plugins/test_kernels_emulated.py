@@ -213,6 +213,19 @@ def test_attention_info_key_splits_emulated(
     torch.testing.assert_close(split, one, rtol=2e-3, atol=1e-6)  # float16 info: an ulp or two
 
 
+def test_the_launcher_splits_keys_where_the_blocks_leave_sms_idle() -> None:
+    """info_qk_key_splits: the most splits whose blocks (batch x heads x chunks) stay within two per SM, as
+    timed on an H200 (132 SMs) for a fused DeiT-S block; never more than the block's warps (4 at E = 128);
+    1 on the emulator (0 SMs), whose bit-exact checks stay on the unsplit kernel."""
+    from vitrt.plugins.token_fusion.cuda import info_qk_chunks, info_qk_key_splits
+
+    assert [info_qk_chunks(197, 64, s) for s in (1, 2, 4, 8)] == [2, 4, 7, 13]
+    assert [info_qk_key_splits(b, 6, 197, 64, 132) for b in (1, 8, 64)] == [8, 2, 1]  # 78, 192, 768 blocks
+    assert [info_qk_key_splits(b, 6, 197, 64, 16) for b in (1, 2)] == [2, 1]  # a 16-SM Jetson Orin
+    assert info_qk_key_splits(1, 12, 197, 128, 132) == 4  # 8 splits would exceed E = 128's 4 warps
+    assert info_qk_key_splits(1, 6, 197, 64, 0) == 1
+
+
 def test_attention_info_key_splits_are_checked(emulated: None) -> None:
     from vitrt.plugins.token_fusion.cuda import attention_info_qk_cuda
 

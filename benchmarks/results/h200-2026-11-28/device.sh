@@ -1,31 +1,25 @@
 #!/usr/bin/env bash
-# PREPARED, NOT RUN (sessions 11 to 13 had no GPU): the next GPU session's one device call for the kernel
-# changes of this folder (token fusion, session 11), of ../workstation-2026-11-27-cluster-mma/ (Scatterbrain's
-# cluster kernel on tensor cores, session 12) and of session 13 (Scatterbrain's tiled cluster kernel and sort in
-# tiles: GPU tests and sanitizers) and session 14 (Scatterbrain's combine kernel with its low-rank state in global
-# memory: a GPU test, a sanitizer case, kernels.py's plans at 256 features). Every GPU test, then kernels.py (which times attention_info's key
-# splits 1 / 2 / 4 / 8 against 1, and every form of Scatterbrain's cluster kernel against the launcher's, each in
-# the same run) and gpu_models.py (DeiT-S rows; T2T-ViT-t-14 dense vs + Scatterbrain at batch 1 and 8) on the tree,
-# kernels.py and the DeiT-S rows on d421abf's plugins/, then the three sanitizers. Every step has a time limit
-# and writes to $OUT at once, so a call cut short still brings back what ran. At most about 9 minutes by the
-# limits below (535 s; the machine's start is extra).
+# Device call of session 20 (2026-11-28): device_next.sh of ../workstation-2026-11-27-same-bits/ (prepared in
+# session 14, then removed as run; the kernel work of
+# sessions 11 to 14, never run on a GPU before), with two changes: the carried fatbins hold sm_90 only
+# (VITRT_CUDA_ARCHS=sm_90, so the tree's build key matches them; five architectures would not fit the 64 MiB the
+# call may carry), and every output goes to /tmp/r, packed into $OUT/all.tgz after each step (the tool brings
+# back at most 8 files).
 #
-# Before the call, on the workstation (build/ is git-ignored and must be carried):
-#   bash tests/gpu/ab_kernels.sh prepare d421abf               # build/ab-base/plugins, build/ab-base/COMMIT
-#   git show d421abf:benchmarks/kernels.py >build/ab-base/kernels.py  # the tree's times key splits d421abf lacks
+# Before the call, on the workstation:
+#   bash tests/gpu/ab_kernels.sh prepare d421abf
+#   git show d421abf:benchmarks/kernels.py >build/ab-base/kernels.py
 #   (cd "$(mktemp -d)" && git -C /work/main archive d421abf | tar -x && PYTHONPATH=$PWD python3 -c \
 #     "from pathlib import Path; from vitrt.plugins.cuda_build import build_fatbin, kernel_source; \
 #      build_fatbin(kernel_source('token_fusion'), Path('/work/main/build/ab-base/fatbins'), ('sm_90',), None)")
-#   .venv/bin/vitrt plugins build                               # the tree's fatbins, every architecture
-# The call (carry: the four fatbin files and build/ab-base, about 52 MiB; not build/plugins/emulated):
-#   run(command="bash benchmarks/results/workstation-2026-11-27-same-bits/device_next.sh",
-#       carry=["build/plugins/token_fusion.fatbin", "build/plugins/token_fusion.fatbin.json",
-#              "build/plugins/scatterbrain.fatbin", "build/plugins/scatterbrain.fatbin.json", "build/ab-base"],
-#       timeout_s=580)
+#   VITRT_CUDA_ARCHS=sm_90 vitrt plugins build
+# The call: run(command="bash benchmarks/results/h200-2026-11-28/device.sh", timeout_s=590,
+#   carry=["build/plugins/token_fusion.fatbin", "build/plugins/token_fusion.fatbin.json",
+#          "build/plugins/scatterbrain.fatbin", "build/plugins/scatterbrain.fatbin.json", "build/ab-base"])
 set -uo pipefail
-R="${OUT:?set by the device tool}"; mkdir -p "$R/base"; SECONDS=0
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-step() { echo "$1 rc=$2 at ${SECONDS}s"; }
+: "${OUT:?set by the device tool}"; R=/tmp/r; rm -rf $R; mkdir -p "$R/base"; SECONDS=0
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 VITRT_CUDA_ARCHS=sm_90
+step() { tar czf "$OUT/all.tgz" -C $R .; echo "$1 rc=$2 at ${SECONDS}s"; }
 { nvidia-smi; python3 -c 'import torch, timm; print(torch.__version__, torch.version.cuda, timm.__version__)'; } >"$R/env.txt" 2>&1
 
 timeout 120 python3 -m pytest -q -p no:cacheprovider -rs tests/gpu >"$R/pytest.txt" 2>&1
