@@ -27,6 +27,7 @@ Errors are ``BuildPlanError`` (a ConfigError) naming the problem and the fix.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -54,6 +55,14 @@ PYTHON_PLUGIN_NOTE = (
 
 class BuildPlanError(ConfigError):
     """A build that the target, the TensorRT version or the file cannot do; the message names the fix."""
+
+
+def fixed_batch(shape: Sequence[object] | None) -> int | None:
+    """The batch axis (the first) of a tensor's ``shape`` when it is a fixed number, else None (a dynamic
+    axis: a name, "?", 0 or -1; or no axes). One rule for every reader of an input's batch: the build plans,
+    verify, and the runners' sources."""
+    first = shape[0] if shape else None
+    return int(first) if isinstance(first, int) and not isinstance(first, bool) and first > 0 else None
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import numpy as np
 
 from vitrt.errors import VitrtError
 
-from .build_plan import BuildPlanError, ModelFacts, precision_steps
+from .build_plan import BuildPlanError, ModelFacts, fixed_batch, precision_steps
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def plan_cpu(
         raise BuildPlanError(f"no CPU runtime can run this build: {reasons}")
     if batch is not None and batch < 1:
         raise BuildPlanError(f"batch must be >= 1, got {batch}")
-    fixed = {t.shape[0] for t in facts.inputs if t.shape and isinstance(t.shape[0], int) and t.shape[0] > 0}
+    fixed = {b for t in facts.inputs if (b := fixed_batch(t.shape)) is not None}
     if batch is not None and fixed and fixed != {batch}:
         size = min(fixed)
         raise BuildPlanError(

@@ -221,6 +221,7 @@ def verify_onnx(
     from vitrt.deploy.runners import OnnxRuntimeRunner, TorchRunner
     from vitrt.deploy.sources import BatchError
 
+    from .build_plan import fixed_batch
     from .export import model_from_config, read_export_config
     from .model_facts import read_model_facts
 
@@ -271,8 +272,8 @@ def verify_onnx(
     proto = load_onnx(path)
     if batch is not None:
         for t in read_model_facts(proto).inputs:
-            first = t.shape[0] if t.shape else None
-            if isinstance(first, int) and first > 0 and first != batch:
+            first = fixed_batch(t.shape)
+            if first is not None and first != batch:
                 raise BatchError(
                     f"{path} takes batches of exactly {first} (its input {t.name!r} has a fixed batch axis), "
                     f"not {batch}. Fix: --batch {first} (or leave it out), or export with --dynamic-batch"

@@ -24,7 +24,7 @@ import numpy as np
 
 from vitrt.errors import VitrtError
 
-from .sources import ModelSource, check_batch, open_runner, source_of
+from .sources import ModelSource, check_batch, open_runner, runner_fixed_batch, source_of
 
 DEFAULT_BATCH = 8
 
@@ -280,9 +280,7 @@ def run(
     cfg = resolve_preprocess(
         source, mean=mean, std=std, crop_pct=crop_pct, interpolation=interpolation, size=size
     )
-    fixed = source.fixed_batch()
-    if fixed is None and specs and isinstance(specs[0].shape[0], int) and specs[0].shape[0] > 0:
-        fixed = int(specs[0].shape[0])
+    fixed = runner_fixed_batch(source, specs)
     per_query = batch if batch is not None else (fixed or min(DEFAULT_BATCH, len(files)))
     check_batch(source, per_query, specs=specs)
     x = np.stack([load_image(f, cfg) for f in files])

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vitrt.compiler.build_plan import fixed_batch
 from vitrt.errors import VitrtError
 
 if TYPE_CHECKING:
@@ -109,10 +110,14 @@ class ModelSource:
 
     def fixed_batch(self) -> int | None:
         """The first input's batch axis when it is a fixed number, else None (dynamic)."""
-        if not self.inputs:
-            return None
-        shape = self.inputs[0].get("shape") or []
-        return int(shape[0]) if shape and isinstance(shape[0], int) and shape[0] > 0 else None
+        return fixed_batch(self.inputs[0].get("shape")) if self.inputs else None
+
+
+def runner_fixed_batch(source: ModelSource, specs: list[Any] | None = None) -> int | None:
+    """The fixed batch of ``source``'s first input, else of the opened runner's first input spec (an engine:
+    only the runner knows its input), else None (a dynamic batch axis)."""
+    fixed = source.fixed_batch()
+    return fixed if fixed is not None or not specs else fixed_batch(specs[0].shape)
 
 
 def check_batch(source: ModelSource, batch: int, *, specs: list[Any] | None = None) -> None:
@@ -120,10 +125,7 @@ def check_batch(source: ModelSource, batch: int, *, specs: list[Any] | None = No
     a fixed batch axis of another size, or a size outside the optimisation profile it was built with."""
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise BatchError(f"batch must be a positive integer, got {batch!r}")
-    fixed = source.fixed_batch()
-    if fixed is None and specs:
-        first = specs[0].shape[0] if specs[0].shape else None
-        fixed = first if isinstance(first, int) and first > 0 else None
+    fixed = runner_fixed_batch(source, specs)
     if fixed is not None and batch != fixed:
         raise BatchError(
             f"{source.spec} takes batches of exactly {fixed} (its input has a fixed batch axis), not "

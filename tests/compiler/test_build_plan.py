@@ -6,6 +6,7 @@ engine...). Pure Python: no TensorRT anywhere."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ from vitrt.compiler.build_plan import (
     LayerConstraint,
     ModelFacts,
     TensorInfo,
+    fixed_batch,
     plan_build,
     precision_steps,
     replan_after_rewrites,
@@ -235,3 +237,14 @@ def test_limits_and_compatibility_options() -> None:
 def test_a_file_cannot_become_any_precision(held: str, wanted: str, message: str) -> None:
     with pytest.raises(BuildPlanError, match=message):
         precision_steps(held, wanted)
+
+
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [((4, 3, 224, 224), 4), ([1, 3, 32, 32], 1), (("batch", 3, 224, 224), None), (("?", 3), None),
+     ((0, 3), None), ((-1, 3), None), ((), None), (None, None), ((True, 3), None)],
+)  # fmt: skip
+def test_a_fixed_batch_is_a_positive_first_axis(shape: Any, expected: int | None) -> None:
+    """The one rule the build plans, verify and the runners' sources read an input's batch axis by: a
+    positive number fixes it; a name, "?", 0, -1 or a missing axis leaves it dynamic."""
+    assert fixed_batch(shape) == expected
