@@ -29,6 +29,20 @@
 #define VITRT_NOINLINE __noinline__
 #endif
 
+// Programmatic dependent launch (sm_90 and later; cuda_launcher launches every kernel of a cubin built for
+// them this way): a kernel may then be scheduled while the kernel ahead of it in the stream still runs, which
+// takes the launch latency between the short kernels of a small batch off the critical path. Each kernel's
+// first statement is this prologue: griddepcontrol.wait blocks until every grid it depends on has completed
+// and its writes are visible (so no kernel touches memory earlier than with a plain launch), then
+// griddepcontrol.launch_dependents lets the next kernel's blocks be scheduled (they wait the same way).
+// Elsewhere (older architectures, compute_80 PTX, the CPU emulator) it is nothing, and the launcher does not
+// ask for the programmatic launch.
+#if !defined(VITRT_CPU_EMULATION) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define VITRT_KERNEL_PROLOGUE() asm volatile("griddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;" ::: "memory")
+#else
+#define VITRT_KERNEL_PROLOGUE() ((void)0)
+#endif
+
 namespace vitrt {
 
 typedef unsigned short half_bits;  // IEEE binary16 storage

@@ -28,6 +28,7 @@ import ctypes
 import hashlib
 import importlib
 import logging
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -285,6 +286,10 @@ class LoadedModule:
     shared_set: dict[str, int] = field(default_factory=dict)
     launches: collections.Counter[str] = field(default_factory=collections.Counter)
     """Launches so far, per kernel name (tests read it to see which path a model took)."""
+    programmatic: bool = False
+    """Whether ``launch`` uses programmatic dependent launch (``programmatic_launch``)."""
+    configs: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    """``CUlaunchConfig`` per (grid, block, shared memory, stream), built once per key (host time)."""
 
     def function(self, name: str) -> Any:
         """The ``CUfunction`` of kernel ``name`` (cached)."""
@@ -294,6 +299,17 @@ class LoadedModule:
             f = check(drv.cuModuleGetFunction(self.module, name.encode()), f"cuModuleGetFunction({name})")
             self.functions[name] = f
         return f
+
+
+PROGRAMMATIC_ENV = "VITRT_PROGRAMMATIC_LAUNCH"
+
+
+def programmatic_launch(image_arch: int) -> bool:
+    """Whether kernels compiled for ``image_arch`` (90 for an sm_90 cubin; 0 for PTX compiled by the driver)
+    are launched with programmatic dependent launch: from sm_90, where each kernel's prologue waits for the
+    kernel before it (``VITRT_KERNEL_PROLOGUE`` in cuda_common.cuh), unless ``$VITRT_PROGRAMMATIC_LAUNCH`` is
+    "0". Not for PTX: compute_80's has no such prologue, so its kernels must not start early."""
+    return image_arch >= 90 and os.environ.get(PROGRAMMATIC_ENV, "1") != "0"
 
 
 _MODULES: dict[tuple[int, str, str | None], LoadedModule] = {}
@@ -342,7 +358,8 @@ def _load(source: KernelSource, device: DeviceInfo, kernel_dir: Path | None) -> 
             err, module = drv.cuModuleLoadData(data)
             if int(err) == 0:
                 how = f"cubin sm_{image.arch}" if image.kind == "cubin" else f"ptx compute_{image.arch} (JIT)"
-                return LoadedModule(source, module, f"fatbin {how}", device)
+                programmatic = programmatic_launch(image.arch if image.kind == "cubin" else 0)
+                return LoadedModule(source, module, f"fatbin {how}", device, programmatic=programmatic)
             name = getattr(err, "name", str(err))
             if name not in _NO_IMAGE_ERRORS:
                 raise CudaError(f"cuModuleLoadData({fatbin}) failed: {name}")
@@ -350,7 +367,8 @@ def _load(source: KernelSource, device: DeviceInfo, kernel_dir: Path | None) -> 
     log.warning("vitrt kernels %s: %s; compiling with NVRTC for %s", source.name, reason, device.arch)
     cubin = _nvrtc_cubin(source, device.arch)
     module = check(drv.cuModuleLoadData(cubin), f"cuModuleLoadData(NVRTC {source.name})")
-    return LoadedModule(source, module, f"nvrtc {device.arch}", device)
+    programmatic = programmatic_launch(10 * device.capability[0] + device.capability[1])
+    return LoadedModule(source, module, f"nvrtc {device.arch}", device, programmatic=programmatic)
 
 
 def ptr(value: int) -> ctypes.c_uint64:
@@ -385,7 +403,9 @@ def launch(
     args: in the kernel's parameter order, built with ``ptr``, ``i32``, ``f32`` (the types must match
     the C signature: the driver copies as many bytes as each parameter has). shared_mem: dynamic shared
     memory in bytes; above 48 KiB the kernel is opted in up to the device's limit. An emulated module
-    runs the launch on the CPU before returning (``stream`` is ignored).
+    runs the launch on the CPU before returning (``stream`` is ignored). On a module whose kernels wait for
+    the kernel before them (``LoadedModule.programmatic``: sm_90 and later) it is a programmatic dependent
+    launch (``cuLaunchKernelEx``), which lets the GPU schedule its blocks while that kernel finishes.
     """
     if min(*grid, *block) <= 0:
         return  # an empty launch (a zero-sized input)
@@ -407,12 +427,45 @@ def launch(
         check(drv.cuFuncSetAttribute(f, attr, shared_mem), f"cuFuncSetAttribute({kernel})")
         module.shared_set[kernel] = shared_mem
     params = (ctypes.c_void_p * len(args))(*[ctypes.addressof(a) for a in args])
+    if module.programmatic:
+        config = _launch_config(module, grid, block, shared_mem, stream)
+        check(drv.cuLaunchKernelEx(config, f, ctypes.addressof(params), 0), f"cuLaunchKernelEx({kernel})")
+        return
     check(
         drv.cuLaunchKernel(
             f, *grid, *block, shared_mem, drv.CUstream(int(stream)), ctypes.addressof(params), 0
         ),
         f"cuLaunchKernel({kernel})",
     )
+
+
+def _launch_config(
+    module: LoadedModule,
+    grid: tuple[int, int, int],
+    block: tuple[int, int, int],
+    shared_mem: int,
+    stream: int,
+) -> Any:
+    """The ``CUlaunchConfig`` of a programmatic dependent launch (cached on the module; at most 512 kept,
+    since a model's token counts change the grids from block to block)."""
+    key = (grid, block, shared_mem, int(stream))
+    config = module.configs.get(key)
+    if config is None:
+        drv = cuda_driver()
+        attr = drv.CUlaunchAttribute()
+        attr.id = drv.CUlaunchAttributeID.CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+        attr.value.programmaticStreamSerializationAllowed = 1
+        config = drv.CUlaunchConfig()
+        config.gridDimX, config.gridDimY, config.gridDimZ = grid
+        config.blockDimX, config.blockDimY, config.blockDimZ = block
+        config.sharedMemBytes = shared_mem
+        config.hStream = drv.CUstream(int(stream))
+        config.attrs = [attr]
+        config.numAttrs = 1
+        if len(module.configs) >= 512:
+            module.configs.clear()
+        module.configs[key] = config
+    return config
 
 
 KERNEL_SUFFIX = {"float32": "f32", "float16": "f16"}

@@ -1656,6 +1656,7 @@ __device__ void combine(const float* __restrict__ qf, const float* __restrict__ 
       vitrt_sb_stats_##SUFFIX(const T* k, const float* proj, float* kstat, int N, int E, int m,            \
                               float root, float rr, float log_norm, int chunk, int n_tok, int nchunk,      \
                               int veck) {                                                                  \
+    VITRT_KERNEL_PROLOGUE();                                                                               \
     stats<T>(k, proj, kstat, N, E, m, root, rr, log_norm, chunk, n_tok, nchunk, veck);                     \
   }                                                                                                        \
   extern "C" __global__ void __launch_bounds__(256, 3) vitrt_sb_features_##SUFFIX(                         \
@@ -1663,6 +1664,7 @@ __device__ void combine(const float* __restrict__ qf, const float* __restrict__ 
       float* qstat, float* qn, float* kn, float* hq, float* hk, float* qf, float* kf, float* pls,          \
       float* kv_part, int N, int P, int E, int Dv, int R, int m, float root, float rr, float log_norm,     \
       int chunk, int n_tok, int nchunk, int mode, int vecq, int vecv) {                                    \
+    VITRT_KERNEL_PROLOGUE();                                                                               \
     features<T>(q, k, v, hv, proj, kstat, qstat, qn, kn, hq, hk, qf, kf, pls, kv_part, N, P, E, Dv, R, m,  \
                 root, rr, log_norm, chunk, n_tok, nchunk, mode, vecq, vecv);                               \
   }                                                                                                        \
@@ -1670,6 +1672,7 @@ __device__ void combine(const float* __restrict__ qf, const float* __restrict__ 
       const T* q, const T* k, const T* v, const float* qf, const float* kf, const float* pls,              \
       const int* q_perm, const int* q_inv, const int* k_perm, const int* k_inv, float* rnum, float* raux,  \
       int N, int P, int E, int Dv, int R, int F, int c, int G, float scale, int mode, int vecq, int vecv) { \
+    VITRT_KERNEL_PROLOGUE();                                                                                \
     cluster_attention<T>(q, k, v, qf, kf, pls, q_perm, q_inv, k_perm, k_inv, rnum, raux, N, P, E, Dv, R,   \
                          F, c, G, scale, mode, vecq, vecv);                                                \
   }                                                                                                        \
@@ -1678,18 +1681,21 @@ __device__ void combine(const float* __restrict__ qf, const float* __restrict__ 
       const int* q_perm, const int* q_inv, const int* k_perm, const int* k_inv, float* rnum, float* raux,  \
       int N, int P, int E, int Dv, int R, int F, int c, int QS, int KT, float scale, int mode, int vecq,   \
       int vecv) {                                                                                          \
+    VITRT_KERNEL_PROLOGUE();                                                                               \
     cluster_attention_tiled<T>(q, k, v, qf, kf, pls, q_perm, q_inv, k_perm, k_inv, rnum, raux, N, P, E, Dv, \
                                R, F, c, QS, KT, scale, mode, vecq, vecv);                                  \
   }                                                                                                        \
   extern "C" __global__ void __launch_bounds__(256, 3) vitrt_sb_combine_##SUFFIX(                          \
       const float* qf, const float* pls, const float* kv, const float* rnum, const float* raux, T* out,    \
       int N, int P, int Dv, int R, int F, int qpb, int mode, int vec_out) {                                \
+    VITRT_KERNEL_PROLOGUE();                                                                               \
     combine<T, true>(qf, pls, kv, rnum, raux, out, N, P, Dv, R, F, qpb, mode, vec_out);                    \
   }                                                                                                        \
   /* 2 blocks per SM, not 3: at 80 registers the 64-bit state addresses spilled on sm_120 */              \
   extern "C" __global__ void __launch_bounds__(256, 2) vitrt_sb_combine_global_##SUFFIX(                   \
       const float* qf, const float* pls, const float* kv, const float* rnum, const float* raux, T* out,    \
       int N, int P, int Dv, int R, int F, int qpb, int mode, int vec_out) {                                \
+    VITRT_KERNEL_PROLOGUE();                                                                               \
     combine<T, false>(qf, pls, kv, rnum, raux, out, N, P, Dv, R, F, qpb, mode, vec_out);                   \
   }
 
@@ -1707,6 +1713,7 @@ VITRT_SB_ENTRIES(f16, half_bits)
       const float* pls, const int* q_perm, const int* q_inv, const int* k_perm, const int* k_inv,             \
       float* rnum, float* raux, int N, int P, int E, int Dv, int R, int F, int c, int G, float scale,         \
       int mode, int vecq, int vecv) {                                                                         \
+    VITRT_KERNEL_PROLOGUE();                                                                                  \
     cluster_attention_mma<NTC>(q, k, v, qf, kf, pls, q_perm, q_inv, k_perm, k_inv, rnum, raux, N, P, E, Dv,   \
                               R, F, c, G, scale, mode, vecq, vecv);                                           \
   }
@@ -1726,6 +1733,7 @@ VITRT_SB_CLUSTER_MMA(8, 2)
 constexpr int kReduceLanes = 8;
 extern "C" __global__ void __launch_bounds__(128)
     vitrt_sb_kv_reduce(const float* __restrict__ kv_part, float* __restrict__ kv, int F, int Dv, int nchunk) {
+  VITRT_KERNEL_PROLOGUE();
   const int bh = blockIdx.y, kp = kv_pitch(Dv), L = F * (Dv + 1);
   const int o = (blockIdx.x * blockDim.x + threadIdx.x) / kReduceLanes, g = threadIdx.x % kReduceLanes;
   int src = -1;  // column of the partials, or -1 for padding / past the end
@@ -1755,6 +1763,7 @@ extern "C" __global__ void __launch_bounds__(1024)
                   float* __restrict__ hk, int* __restrict__ q_perm, int* __restrict__ q_inv,
                   int* __restrict__ k_perm, int* __restrict__ k_inv, int N, int P, int E, int R, int nchunk,
                   int items) {
+  VITRT_KERNEL_PROLOGUE();
   __shared__ float st;
   const SortRow j =
       sort_row(qn, kn, qstat, kstat, hv, hq, hk, q_perm, q_inv, k_perm, k_inv, P, E, R, nchunk, &st);
@@ -1777,6 +1786,7 @@ extern "C" __global__ void __launch_bounds__(1024)
                         const float* __restrict__ hv, float* __restrict__ hq, float* __restrict__ hk,
                         int* __restrict__ q_perm, int* __restrict__ q_inv, int* __restrict__ k_perm,
                         int* __restrict__ k_inv, int N, int P, int E, int R, int nchunk) {
+  VITRT_KERNEL_PROLOGUE();
   constexpr int ITEMS = 8;
   VITRT_DYNAMIC_SHARED(int, smi);
   __shared__ float st;

@@ -1144,6 +1144,7 @@ __device__ void copy(const T* __restrict__ x, const T* __restrict__ size, T* __r
   extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS) vitrt_tf_scores##TILE##_##SUFFIX(       \
       const T* metric, const T* info, const T* size, float* scores, int N, int Cm, int ldm, float e_sim, \
       float e_info, float e_size, int num_protected, int vec4) {                                         \
+    VITRT_KERNEL_PROLOGUE();                                                                             \
     scores_tile<T, TILE>(metric, info, size, scores, N, Cm, ldm, e_sim, e_info, e_size, num_protected,   \
                          vec4);                                                                          \
   }
@@ -1153,12 +1154,14 @@ __device__ void copy(const T* __restrict__ x, const T* __restrict__ size, T* __r
 extern "C" __global__ void __launch_bounds__(kMmaThreads, 4)
     vitrt_tf_scores_mma_f16(const half_bits* metric, const half_bits* info, const half_bits* size, float* scores,
                             int N, int Cm, int ldm, float e_sim, float e_info, float e_size, int num_protected) {
+  VITRT_KERNEL_PROLOGUE();
   scores_tile_mma<32>(metric, info, size, scores, N, Cm, ldm, e_sim, e_info, e_size, num_protected);
 }
 extern "C" __global__ void __launch_bounds__(kMmaThreads)
     vitrt_tf_scores_mma64_f16(const half_bits* metric, const half_bits* info, const half_bits* size,
                               float* scores, int N, int Cm, int ldm, float e_sim, float e_info, float e_size,
                               int num_protected) {
+  VITRT_KERNEL_PROLOGUE();
   scores_tile_mma<64>(metric, info, size, scores, N, Cm, ldm, e_sim, e_info, e_size, num_protected);
 }
 
@@ -1521,16 +1524,19 @@ __device__ void scores_match(const half_bits* __restrict__ metric, const half_bi
 // per SM) and spilled; one block per batch element needs no second block per SM.
 extern "C" __global__ void __launch_bounds__(1024, 1)
     vitrt_tf_match(const float* scores, int64* dest, int N, int r, int bidirectional, int scores_in_shared) {
+  VITRT_KERNEL_PROLOGUE();
   match<false>(scores, dest, N, r, bidirectional, scores_in_shared, nullptr);
 }
 extern "C" __global__ void __launch_bounds__(1024) vitrt_tf_scores_match_f16(
     const half_bits* metric, const half_bits* info, const half_bits* size, int64* dest, int N, int Cm, int ldm,
     float e_sim, float e_info, float e_size, int num_protected, int r, int bidirectional) {
+  VITRT_KERNEL_PROLOGUE();
   scores_match(metric, info, size, dest, N, Cm, ldm, e_sim, e_info, e_size, num_protected, r, bidirectional);
 }
 extern "C" __global__ void __launch_bounds__(1024, 1)
     vitrt_tf_match_timed(const float* scores, int64* dest, int N, int r, int bidirectional, int scores_in_shared,
                          long long* phase_clock) {
+  VITRT_KERNEL_PROLOGUE();
   match<true>(scores, dest, N, r, bidirectional, scores_in_shared, phase_clock);
 }
 
@@ -1549,6 +1555,7 @@ extern "C" __global__ void __launch_bounds__(1024, 1)
       const T* x, const T* residual, const T* base, const T* info, const T* size, const int64* dest, T* x_out, \
       T* size_out, T* log_size_out, int N, int N_out, int C, int pooling, int vec, const T* ln_weight,        \
       const T* ln_bias, T* ln_out, float ln_eps, int ln_by_token) {                                         \
+    VITRT_KERNEL_PROLOGUE();                                                                                \
     const LayerNormArgs<T> ln{ln_weight, ln_bias, ln_out, ln_eps, ln_by_token};                             \
     if (vec)                                                                                                \
       merge_by_dest<T, VEC, 2>(x, residual, base, info, size, dest, x_out, size_out, log_size_out, N, N_out, \
@@ -1564,6 +1571,7 @@ extern "C" __global__ void __launch_bounds__(256, 3) vitrt_tf_merge384_f16(
     const half_bits* size, const int64* dest, half_bits* x_out, half_bits* size_out, half_bits* log_size_out,
     int N, int N_out, int C, int pooling, int vec, const half_bits* ln_weight, const half_bits* ln_bias,
     half_bits* ln_out, float ln_eps, int ln_by_token) {
+  VITRT_KERNEL_PROLOGUE();
   const LayerNormArgs<half_bits> ln{ln_weight, ln_bias, ln_out, ln_eps, ln_by_token};
   merge_by_dest<half_bits, 4, 3>(x, residual, base, info, size, dest, x_out, size_out, log_size_out, N, N_out, C,
                                  pooling, ln);
@@ -1571,11 +1579,13 @@ extern "C" __global__ void __launch_bounds__(256, 3) vitrt_tf_merge384_f16(
 
 extern "C" __global__ void __launch_bounds__(256)
     vitrt_tf_copy_f32(const float* x, const float* size, float* x_out, float* size_out, int nx, int ns) {
+  VITRT_KERNEL_PROLOGUE();
   copy<float>(x, size, x_out, size_out, nx, ns);
 }
 extern "C" __global__ void __launch_bounds__(256) vitrt_tf_copy_f16(const half_bits* x, const half_bits* size,
                                                                     half_bits* x_out, half_bits* size_out,
                                                                     int nx, int ns) {
+  VITRT_KERNEL_PROLOGUE();
   copy<half_bits>(x, size, x_out, size_out, nx, ns);
 }
 
@@ -1583,6 +1593,7 @@ extern "C" __global__ void __launch_bounds__(256) vitrt_tf_copy_f16(const half_b
 #define VITRT_TF_INFO(VPL, SUFFIX, T)                                                                      \
   extern "C" __global__ void __launch_bounds__(256) vitrt_tf_attention_info##VPL##_##SUFFIX(               \
       const T* logits, const T* size, float* colsum, int N, int H, int rows, float scale) {               \
+    VITRT_KERNEL_PROLOGUE();                                                                              \
     attention_info<T, VPL>(logits, size, colsum, N, H, rows, scale);                                      \
   }
 VITRT_TF_INFO(8, f32, float)
@@ -1596,6 +1607,7 @@ VITRT_TF_INFO(24, f16, half_bits)
   extern "C" __global__ void __launch_bounds__(32 * W) vitrt_tf_attention_info_qk##KS##_f16(              \
       const half_bits* q, const half_bits* k, const half_bits* size, float* colsum, int N, int H, int qsb, \
       int qsh, int qsn, int ksb, int ksh, int ksn, float scale, int splits) {                              \
+    VITRT_KERNEL_PROLOGUE();                                                                               \
     attention_info_qk<KS, W>(q, k, size, colsum, N, H, qsb, qsh, qsn, ksb, ksh, ksn, scale, splits);      \
   }
 VITRT_TF_INFO_QK(2, 8)
@@ -1605,12 +1617,14 @@ VITRT_TF_INFO_QK(8, 4)
 extern "C" __global__ void __launch_bounds__(256) vitrt_tf_info_mean_f32(const float* colsum, float* info, int N,
                                                                          int H, int chunks, const float* size,
                                                                          float* log_size) {
+  VITRT_KERNEL_PROLOGUE();
   info_mean<float>(colsum, info, N, H, chunks, size, log_size);
 }
 extern "C" __global__ void __launch_bounds__(256) vitrt_tf_info_mean_f16(const float* colsum, half_bits* info,
                                                                          int N, int H, int chunks,
                                                                          const half_bits* size,
                                                                          half_bits* log_size) {
+  VITRT_KERNEL_PROLOGUE();
   info_mean<half_bits>(colsum, info, N, H, chunks, size, log_size);
 }
 
@@ -1620,6 +1634,7 @@ extern "C" __global__ void __launch_bounds__(256) vitrt_tf_info_mean_f16(const f
   extern "C" __global__ void __launch_bounds__(256) vitrt_tf_layer_norm_##SUFFIX(                         \
       const T* x, const T* residual, const T* weight, const T* bias, T* sum_out, T* out, int R, int C,     \
       float eps, int vec) {                                                                                \
+    VITRT_KERNEL_PROLOGUE();                                                                               \
     const LayerNormArgs<T> ln{weight, bias, out, eps, 0};                                                  \
     if (vec)                                                                                              \
       layer_norm_rows<T, VEC, 2>(x, residual, sum_out, R, C, ln);                                         \

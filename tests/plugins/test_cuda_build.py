@@ -145,6 +145,31 @@ def test_a_malformed_architecture_in_the_environment_is_named(monkeypatch: pytes
         build_fatbins(Path("/nonexistent"))  # refused before nvcc is looked for or anything is written
 
 
+def test_programmatic_launch_only_where_the_kernels_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Programmatic dependent launch lets a kernel start before the one ahead of it has finished, so the
+    launcher asks for it only for cubins of sm_90 and later, whose prologue waits (never for PTX, whose
+    compute_80 code has no prologue), and $VITRT_PROGRAMMATIC_LAUNCH=0 turns it off."""
+    from vitrt.plugins.cuda_launcher import PROGRAMMATIC_ENV, programmatic_launch
+
+    monkeypatch.delenv(PROGRAMMATIC_ENV, raising=False)
+    assert [programmatic_launch(a) for a in (0, 80, 87, 89, 90, 100, 120)] == [False] * 4 + [True] * 3
+    monkeypatch.setenv(PROGRAMMATIC_ENV, "0")
+    assert not programmatic_launch(90)
+
+
+def test_every_kernel_waits_for_the_one_before_first() -> None:
+    """Each kernel's first statement is VITRT_KERNEL_PROLOGUE (griddepcontrol.wait from sm_90): with a
+    programmatic launch a kernel that read or wrote memory before it would race the kernel ahead of it."""
+    import re
+
+    entry = re.compile(r'extern "C" __global__[^{]*\{\s*(?:\\\s*)?(\w+)')
+    for source in kernel_sources():
+        text = source.path.read_text()
+        firsts = entry.findall(text)
+        assert len(firsts) == text.count("__global__") > 0, source.name
+        assert set(firsts) == {"VITRT_KERNEL_PROLOGUE"}, (source.name, firsts)
+
+
 def test_a_rebuild_is_cached(fatbins: dict[str, Path]) -> None:
     again = build_fatbins()
     assert all(r.cached for r in again)
