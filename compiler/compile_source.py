@@ -92,8 +92,10 @@ class ModelSource:
             "num_classes": self.num_classes,
         }
 
-    def build(self) -> nn.Module:
-        """The PyTorch model in eval mode, float32 on the CPU: weights loaded, fusion / attention applied."""
+    def build(self, seed: int = 0) -> nn.Module:
+        """The PyTorch model in eval mode, float32 on the CPU: weights loaded, fusion / attention applied;
+        without a checkpoint, a registered name's or a description's weights are drawn after
+        ``torch.manual_seed(seed)``."""
         import torch
 
         from vitrt.models import load_checkpoint
@@ -101,7 +103,7 @@ class ModelSource:
         from vitrt.plugins import create_model, load_model_options
 
         if self.kind == "registered":
-            torch.manual_seed(0)
+            torch.manual_seed(seed)
             model = create_model(
                 self.name,
                 img_size=self.img_size,
@@ -117,7 +119,7 @@ class ModelSource:
             module_name, attribute = MODEL_CLASSES[self.arch["class"]]
             import importlib
 
-            torch.manual_seed(0)
+            torch.manual_seed(seed)
             model = getattr(importlib.import_module(module_name), attribute)(**self.arch.get("kwargs", {}))
             if self.preprocess_dict is not None:
                 data = dict(self.preprocess_dict)
@@ -168,14 +170,24 @@ def read_description(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]
         data = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise ConfigError(f"{path}: not a readable model description (JSON): {err}") from err
-    arch = data.get("arch") if isinstance(data, dict) else None
-    if not isinstance(arch, dict) or arch.get("class") not in MODEL_CLASSES:
-        raise ConfigError(
-            f"{path}: a model description needs an 'arch' entry {{'class': ..., 'kwargs': {{...}}}} naming "
-            f"one of {', '.join(MODEL_CLASSES)} (as benchmarks/train_digits.py writes)"
-        )
+    arch = check_arch(data.get("arch") if isinstance(data, dict) else None, str(path))
     pre = data.get("preprocess")
     return arch, pre if isinstance(pre, dict) else None
+
+
+def check_arch(arch: Any, where: str) -> dict[str, Any]:
+    """A description's ``arch`` entry, checked: a dict naming one of ``MODEL_CLASSES`` (nothing else is ever
+    imported) with a dict of ``kwargs``; ConfigError naming ``where`` it came from otherwise."""
+    if (
+        not isinstance(arch, dict)
+        or arch.get("class") not in MODEL_CLASSES
+        or not isinstance(arch.get("kwargs", {}), dict)
+    ):
+        raise ConfigError(
+            f"{where}: a model description needs an 'arch' entry {{'class': ..., 'kwargs': {{...}}}} naming "
+            f"one of {', '.join(MODEL_CLASSES)} (as benchmarks/train_digits.py writes)"
+        )
+    return arch
 
 
 def model_source(

@@ -110,22 +110,16 @@ def model_from_config(config: ExportConfig) -> nn.Module:
     on the meta device, which has no weights).
     """
     from vitrt.errors import CheckpointError
-    from vitrt.models import list_models, load_checkpoint
-    from vitrt.plugins import create_model
+    from vitrt.models import list_models
 
-    if config.model not in list_models():
+    from .compile_source import ModelSource, check_arch
+
+    arch = config.extra.get("arch")  # a model description's (vitrt compile of a description .json)
+    if arch is None and config.model not in list_models():
         raise VitrtError(
             f"the PyTorch model cannot be rebuilt: {config.model!r} is not a registered model (the file was "
-            f"exported from a module or a model description). {REBUILD_FIX}"
+            f"exported from a module). {REBUILD_FIX}"
         )
-    torch.manual_seed(config.seed)
-    model = create_model(
-        config.model,
-        img_size=config.img_size,
-        num_classes=config.num_classes,
-        fusion=config.fusion,
-        attention=config.attention,
-    )
     if config.checkpoint is not None:
         digest = file_sha256(config.checkpoint)
         if config.checkpoint_sha256 and digest != config.checkpoint_sha256:
@@ -133,7 +127,18 @@ def model_from_config(config: ExportConfig) -> nn.Module:
                 f"{config.checkpoint} changed since export (sha256 {digest[:12]}..., export recorded "
                 f"{config.checkpoint_sha256[:12]}...); re-export, or verify against saved outputs"
             )
-        load_checkpoint(model, config.checkpoint)
+    # as vitrt export / compile built it; a description: its class and kwargs, the checkpoint, then options
+    source = ModelSource(
+        "registered" if arch is None else "description",
+        config.model,
+        fusion=config.fusion,
+        attention=config.attention,
+        checkpoint=None if config.checkpoint is None else Path(config.checkpoint),
+        img_size=config.img_size,
+        num_classes=config.num_classes,
+        arch=None if arch is None else check_arch(arch, "the export config's description"),
+    )
+    model = source.build(seed=config.seed)
     on_meta = any(t.is_meta for t in model.state_dict().values())  # built for shapes only: no weights
     if config.module_sha256 is not None and not on_meta and module_sha256(model) != config.module_sha256:
         # a module exported as given: its weights came from wherever the caller drew or loaded them

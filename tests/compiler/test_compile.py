@@ -96,6 +96,34 @@ def test_rerun_reuses_stages_and_a_new_precision_redoes_only_what_depends_on_it(
 
 
 @pytest.mark.slow
+def test_a_compiled_description_verifies_against_the_model_it_describes(
+    runs: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vitrt verify of a compile output made from a model description rebuilds the model from the
+    description recorded in the file (its class among vitrt's own, its kwargs, the checkpoint) and compares
+    on fresh random inputs; a description naming any other class is refused, never imported."""
+    import onnx
+
+    from vitrt.compiler.export import ExportConfig, model_from_config, read_export_config
+    from vitrt.compiler.verify import verify_onnx
+
+    fp32 = runs["out"] / runs["first"].report["files"]["fp32_onnx"]
+    report, feeds, _ = verify_onnx(fp32, iterations=2)  # compile exports a batch of 1
+    assert report.reference == "torch (digits_deit)" and report.passed and len(feeds) == 2
+    assert all(o.max_abs < 1e-3 for o in report.outputs), report.outputs
+    config = read_export_config(onnx.load(str(fp32)))
+    assert (
+        isinstance(config, ExportConfig)
+        and config.extra["arch"]["class"] == "vitrt.models.deit.VisionTransformer"
+    )
+    config.extra["arch"] = {"class": "os.system", "kwargs": {"command": "true"}}
+    with pytest.raises(
+        ConfigError, match=r"the export config's description: a model description needs an 'arch'"
+    ):
+        model_from_config(config)
+
+
+@pytest.mark.slow
 def test_accuracy_and_latency_numbers(runs: dict[str, Any]) -> None:
     fp32, int8 = runs["first"].report, runs["int8"].report
     acc = fp32["accuracy"]
