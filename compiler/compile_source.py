@@ -264,7 +264,7 @@ def model_source(
 
     size = check_img_size(text, 224 if img_size is None else img_size)
     classes = check_num_classes(1000 if num_classes is None else num_classes)
-    check_model_options(text, size, classes, fusion=fusion, attention=attention)
+    check_fusion_and_attention(text, size, classes, fusion=fusion, attention=attention)
     return ModelSource("registered", name or text, fusion, attention, ckpt, size, classes)
 
 
@@ -307,7 +307,9 @@ def _int_or_none(value: Any) -> int | None:
     return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def check_model_options(name: str, img_size: int, num_classes: int, *, fusion: Any, attention: Any) -> None:
+def check_fusion_and_attention(
+    name: str, img_size: int, num_classes: int, *, fusion: Any, attention: Any
+) -> None:
     """ConfigError now, not when the model is built, for a fusion or attention the registered model ``name``
     cannot take at ``img_size``: the model is built on the meta device (no weights; about 0.3 s) with the
     options applied. Only vitrt's errors count: anything else is left for the real build to report."""
