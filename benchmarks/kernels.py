@@ -221,15 +221,16 @@ SB_SHAPE = {"n": 3136, "e": 64, "c": 24, "r": 2, "scale": 147**-0.5}
 """Scatterbrain's benchmark shape: T2T-ViT-t-14's first token attention at 224 x 224 (one head)."""
 
 
-def scatterbrain_case(batch: int, dtype: torch.dtype, m: int) -> dict[str, Any]:
-    """Seeded inputs, output and workspace of a SCATTERBRAIN call at SB_SHAPE with m projection rows (2 m
-    features), its AttentionDims ``d``, and ``launches(cluster=None)``: a function that enqueues the op on
-    the current stream."""
+def scatterbrain_case(batch: int, dtype: torch.dtype, m: int, n: int | None = None) -> dict[str, Any]:
+    """Seeded inputs, output and workspace of a SCATTERBRAIN call at SB_SHAPE (``n`` tokens instead where
+    given) with m projection rows (2 m features), its AttentionDims ``d``, and ``launches(cluster=None,
+    sort_items=None)``: a function that enqueues the op on the current stream."""
     from vitrt.plugins.lsh_attention.cuda import AttentionDims, enqueue, workspace_bytes
     from vitrt.plugins.lsh_attention.module import draw_hash_vectors, draw_projection
     from vitrt.plugins.lsh_attention.spec import Mode, ScatterbrainAttrs
 
-    n, e, c, r, scale = (SB_SHAPE[key] for key in ("n", "e", "c", "r", "scale"))
+    e, c, r, scale = (SB_SHAPE[key] for key in ("e", "c", "r", "scale"))
+    n = SB_SHAPE["n"] if n is None else n
     attrs = ScatterbrainAttrs(Mode.SCATTERBRAIN, c, r, 2 * m, scale)
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(batch, 1, n, e, device="cuda", generator=g).to(dtype) for _ in range(3))
@@ -240,11 +241,14 @@ def scatterbrain_case(batch: int, dtype: torch.dtype, m: int) -> dict[str, Any]:
     work = torch.empty(workspace_bytes(d), dtype=torch.uint8, device="cuda")
     name = str(dtype).removeprefix("torch.")
 
-    def launches(cluster: str | None = None) -> Callable[[], None]:
+    def launches(cluster: str | None = None, sort_items: int | None = None) -> Callable[[], None]:
+        # sort_items only when asked: tests/gpu/ab_kernels.sh runs this file on plugins/ of older commits
+        extra = {} if sort_items is None else {"sort_items": sort_items}
+
         def kernel() -> None:
             stream = torch.cuda.current_stream().cuda_stream
             enqueue(q.data_ptr(), k.data_ptr(), v.data_ptr(), hv.data_ptr(), proj.data_ptr(), out.data_ptr(),
-                    work.data_ptr(), d, scale, name, stream, cluster=cluster)  # fmt: skip
+                    work.data_ptr(), d, scale, name, stream, cluster=cluster, **extra)  # fmt: skip
 
         return kernel
 
@@ -298,6 +302,27 @@ def bench_scatterbrain(batch: int, dtype: torch.dtype, iters: int) -> dict[str, 
     }
 
 
+def bench_sort_items(batch: int, n: int, iters: int) -> dict[str, Any] | None:
+    """Scatterbrain (float16, SB_SHAPE at ``n`` tokens) with its one-tile radix sort at each count of keys per
+    thread whose block fits (``SORT_ITEMS``; the launcher's is the fewest): the whole op (graph ms) and the
+    sort kernel alone (profiler us). The counts before 2026-11-28 were 4 up to P = 2048, else 8, and could
+    not be chosen: None on such plugins."""
+    from vitrt.plugins.lsh_attention import cuda as sb_cuda
+
+    if not hasattr(sb_cuda, "SORT_ITEMS"):
+        return None
+    case = scatterbrain_case(batch, torch.float16, 12, n)
+    d, launches = case["d"], case["launches"]
+    counts = [i for i in sb_cuda.SORT_ITEMS if sb_cuda.sort_threads(d.p, i) <= 1024]
+    assert counts[0] == d.sort_items, (counts, d.sort_items)  # the launcher's count is the baseline
+    graph = {i: graph_ms(launches(sort_items=i), iters) for i in counts}
+    sort_us = {
+        i: sum(us for name, us in kernel_breakdown(launches(sort_items=i)).items() if "vitrt_sb_sort" in name)
+        for i in counts
+    }
+    return {"batch": batch, "tokens": n, "positions": d.p, "graph_ms": graph, "sort_us": sort_us}
+
+
 COMBINE_PLANS = ((16, True), (64, False), (16, False))
 """(queries per block, low-rank state staged) plans of Scatterbrain's combine kernel timed at 256 features."""
 
@@ -343,6 +368,17 @@ def _target(row: dict[str, Any]) -> tuple[str, bool] | None:
     return None
 
 
+def _against_first(graph_ms: dict[Any, float], kernel_us: dict[Any, float], kernel: str) -> str:
+    """One line of variants, each as the whole op (graph us) and one kernel (profiler us), with its ratio to
+    the first variant (the launcher's choice)."""
+    first = next(iter(graph_ms))
+    return ", ".join(
+        f"{key}: op {1e3 * ms:.1f} ({ms / graph_ms[first]:.2f}x), {kernel} {kernel_us[key]:.1f} "
+        f"({kernel_us[key] / kernel_us[first]:.2f}x)"
+        for key, ms in graph_ms.items()
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -381,6 +417,13 @@ def main(argv: list[str] | None = None) -> int:
         for batch in (1, 8, 32):
             measured_row(bench_scatterbrain(batch, dtype, args.iters))
     combine_plans = [bench_combine_plans(batch, args.iters) for batch in (1, 8)]
+    # T2T-ViT-t-14's two attentions at 224 pixels: P = 3144 and 792
+    sort_items = [
+        sorts
+        for n in (3136, 784)
+        for batch in (1, 8, 32)
+        if (sorts := bench_sort_items(batch, n, args.iters)) is not None
+    ]
     for row in rows:
         row["floor_fraction_measured_copy"] = row["floor_bytes"] / measured / (row["graph_ms"] / 1e3)
         target = _target(row)
@@ -454,13 +497,15 @@ def main(argv: list[str] | None = None) -> int:
         "us) and the combine kernel alone (profiler us), x of the launcher's plan"
     )
     for plans in combine_plans:
-        first = next(iter(plans["graph_ms"]))
-        parts = ", ".join(
-            f"{key}: op {1e3 * ms:.1f} ({ms / plans['graph_ms'][first]:.2f}x), combine "
-            f"{plans['combine_us'][key]:.1f} ({plans['combine_us'][key] / plans['combine_us'][first]:.2f}x)"
-            for key, ms in plans["graph_ms"].items()
-        )
-        print(f"  B={plans['batch']}: {parts}")
+        print(f"  B={plans['batch']}: {_against_first(plans['graph_ms'], plans['combine_us'], 'combine')}")
+    print(
+        "Scatterbrain's radix sort by keys per thread (float16; the launcher's count first; before "
+        "2026-11-28: 4 up to P = 2048, else 8): the whole op (graph us) and the sort alone (profiler us), x "
+        "of the first"
+    )
+    for sorts in sort_items:
+        parts = _against_first(sorts["graph_ms"], sorts["sort_us"], "sort")
+        print(f"  N={sorts['tokens']} (P={sorts['positions']}) B={sorts['batch']}: {parts}")
     result = {
         "device": info.name,
         "capability": list(info.capability),
@@ -471,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "rows": rows,
         "combine_plans": combine_plans,
+        "sort_items": sort_items,
     }
     out = args.out or (str(Path(os.environ["OUT"]) / "kernels.json") if os.environ.get("OUT") else None)
     if out:

@@ -59,6 +59,7 @@ KERNELS = (
     ),
     "vitrt_sb_kv_reduce",
     "vitrt_sb_sort",
+    "vitrt_sb_sort_few",
     "vitrt_sb_sort_tiles",
     *(f"vitrt_sb_cluster_mma{nt}_f16" for nt in range(1, 9)),
     *(f"vitrt_sb_cluster_tiled_{sfx}" for sfx in KERNEL_SUFFIX.values()),
@@ -77,6 +78,10 @@ _CLUSTER_SLOTS = 48  # target queries per block of the cluster kernel
 _NO_OPT_IN = 48 * 1024  # dynamic shared memory that needs no opt-in
 _MAX_SHARED = 96 * 1024  # kept below the smallest opt-in limit of the targets (99 KiB, sm_120)
 _RADIX_MAX_P = 8192  # the one-tile radix sort's largest P (8 keys per thread, 1024 threads); tiles beyond
+SORT_ITEMS = (1, 2, 4, 8)
+"""Keys per thread the one-tile radix sort takes (``vitrt_sb_sort_few``: 1 or 2, ``vitrt_sb_sort``: 4 or 8);
+``sort_threads`` gives its block."""
+_SORT_MAX_THREADS = 1024
 _SORT_TILE_THREADS = 1024  # threads of vitrt_sb_sort_tiles: tiles of 8 x 1024 keys (tests lower it)
 MAX_SORT_TOKENS = (_MAX_SHARED // (4 * 256) - _SORT_TILE_THREADS // 32) * 8 * _SORT_TILE_THREADS
 """The most tokens (N padded to the cluster size) the sort takes: 64 tiles of 8192 keys, whose shared
@@ -155,14 +160,17 @@ class AttentionDims:
 
     @property
     def sort_items(self) -> int:
-        """Keys per thread of the radix sort: 4 up to P = 2048, else 8."""
-        return 4 if self.p <= 2048 else 8
+        """Keys per thread of the one-tile radix sort: the fewest of ``SORT_ITEMS`` whose block stays
+        within 1024 threads (1 up to P = 1024, 2 up to 2048, 4 up to 4096, else 8). A sort block is one
+        (side, round, batch x head) row, alone on its SM wherever the rows are fewer than the SMs (T2T-ViT's
+        first attention has 4 B of them): each pass ranks a thread's keys one after another, so fewer keys
+        per thread and more warps shorten the block's chain (before: 4 up to P = 2048, else 8)."""
+        return next(i for i in SORT_ITEMS if sort_threads(self.p, i) <= _SORT_MAX_THREADS)
 
     @property
     def sort_threads(self) -> int:
-        """Threads of a radix-sort block: whole warps of 32 x sort_items positions covering P."""
-        per_warp = 32 * self.sort_items
-        return 32 * -(-self.p // per_warp)
+        """Threads of a radix-sort block (``sort_threads`` at ``sort_items``)."""
+        return sort_threads(self.p, self.sort_items)
 
     @property
     def groups(self) -> int:
@@ -293,11 +301,31 @@ def _tiled_bytes(d: AttentionDims, qs: int, kt: int) -> int:
     return 4 * (floats + ints)
 
 
-def _sort_bytes(d: AttentionDims) -> int:
+def sort_threads(p: int, items: int) -> int:
+    """Threads of a one-tile radix-sort block for P positions at ``items`` keys per thread: whole warps of
+    32 x items positions covering P."""
+    return 32 * -(-p // (32 * items))
+
+
+def _sort_bytes(d: AttentionDims, items: int | None = None) -> int:
+    """Dynamic shared memory of the sort (``items``: keys per thread of the one-tile sort; None:
+    ``d.sort_items``)."""
     if d.p > _RADIX_MAX_P:  # vitrt_sb_sort_tiles: [256][W] warp counts, [256][NT] tile offsets
         return 4 * 256 * (_SORT_TILE_THREADS // 32 + -(-d.p // (8 * _SORT_TILE_THREADS)))
-    threads = d.sort_threads
-    return 4 * (2 * d.sort_items * threads + 256 * (threads // 32))
+    items = d.sort_items if items is None else items
+    threads = sort_threads(d.p, items)
+    return 4 * (2 * items * threads + 256 * (threads // 32))
+
+
+def _sort_items_choice(d: AttentionDims, sort_items: int | None) -> int:
+    """The one-tile sort's keys per thread: ``sort_items`` checked (one of ``SORT_ITEMS``, its block within
+    1024 threads), or the launcher's (``AttentionDims.sort_items``) for None."""
+    if sort_items is None:
+        return d.sort_items
+    if sort_items not in SORT_ITEMS or sort_threads(d.p, sort_items) > _SORT_MAX_THREADS:
+        fits = [i for i in SORT_ITEMS if sort_threads(d.p, i) <= _SORT_MAX_THREADS]
+        raise ValueError(f"sort_items must be one of {fits} for {d.p} positions, got {sort_items!r}")
+    return sort_items
 
 
 def _kv_stride(d: AttentionDims) -> int:
@@ -423,17 +451,21 @@ def enqueue(
     stream: int,
     *,
     cluster: str | None = None,
+    sort_items: int | None = None,
 ) -> None:
     """The whole op on raw device pointers (C-contiguous): q, k [BH, N, E], v [BH, N, Dv] of ``dtype``
     ("float32" / "float16"), hash_vectors [R, E + 2] and projection [m, E] float32 (0 where the mode has
     none) -> out [BH, N, Dv] of ``dtype``. ``workspace``: ``workspace_bytes(d)`` bytes; ``stream``: a CUDA
     stream handle as an int; ``scale``: the softmax scale t. ``cluster``: the cluster kernel's form (one of
     ``CLUSTER_KERNELS``; ValueError where it cannot run ``d``); None: the launcher's choice
-    (``cluster_kernels``). Asynchronous; the arguments are checked before anything is launched."""
+    (``cluster_kernels``). ``sort_items``: keys per thread of the one-tile sort (``SORT_ITEMS``); None: the
+    launcher's (``AttentionDims.sort_items``). Asynchronous; the arguments are checked before anything is
+    launched."""
     sfx = kernel_suffix(dtype, PLUGIN_NAME)
     if cluster is not None and cluster not in CLUSTER_KERNELS:
         raise ValueError(f"cluster must be None or one of {CLUSTER_KERNELS}, got {cluster!r}")
     form = _cluster_choice(d, dtype, cluster) if d.sparse else ""
+    items = _sort_items_choice(d, sort_items) if d.sparse and d.p <= _RADIX_MAX_P else 0
     if d.sparse and _sort_bytes(d) > _MAX_SHARED:
         raise ValueError(
             f"{d.p} tokens per attention (N = {d.n} padded to the cluster size) are more than the sort "
@@ -498,8 +530,9 @@ def enqueue(
         ]  # fmt: skip
         if d.p <= _RADIX_MAX_P:
             launch(
-                mod, "vitrt_sb_sort", (2 * d.r, d.bh, 1), (d.sort_threads, 1, 1),
-                [*sort_args, i32(d.sort_items)], stream, shared_mem=smem["sort"],
+                mod, "vitrt_sb_sort" if items >= 4 else "vitrt_sb_sort_few", (2 * d.r, d.bh, 1),
+                (sort_threads(d.p, items), 1, 1),
+                [*sort_args, i32(items)], stream, shared_mem=_sort_bytes(d, items),
             )  # fmt: skip
         else:
             launch(
@@ -579,6 +612,7 @@ def _run(
     attrs: ScatterbrainAttrs,
     out: Tensor | None,
     cluster: str | None = None,
+    sort_items: int | None = None,
 ) -> tuple[Tensor, Tensor, AttentionDims]:
     import torch
 
@@ -598,7 +632,7 @@ def _run(
             q.data_ptr(), k.data_ptr(), v.data_ptr(),
             0 if fixed[0] is None else fixed[0].data_ptr(), 0 if fixed[1] is None else fixed[1].data_ptr(),
             out.data_ptr(), work.data_ptr(), d, attrs.scale, tensor_dtype_name(q),
-            kernel_stream(q), cluster=cluster,
+            kernel_stream(q), cluster=cluster, sort_items=sort_items,
         )  # fmt: skip
     return out, work, d
 
@@ -613,6 +647,7 @@ def scatterbrain_cuda(
     *,
     out: Tensor | None = None,
     cluster: str | None = None,
+    sort_items: int | None = None,
 ) -> Tensor:
     """``reference.attention_by_mode`` with the CUDA kernels, on torch's current stream.
 
@@ -621,9 +656,9 @@ def scatterbrain_cuda(
     hash_vectors [R, E + 2] (None in mode PERFORMER) and projection [m, E] (None in mode LSH) ->
     [B, H, N, Dv] in q's dtype.
     ``out`` receives the result when given (contiguous; the tests pre-fill it with NaN).
-    ``cluster``: the cluster kernel's form (``enqueue``).
+    ``cluster``: the cluster kernel's form, ``sort_items`` the sort's keys per thread (``enqueue``).
     """
-    return _run(q, k, v, hash_vectors, projection, attrs, out, cluster)[0]
+    return _run(q, k, v, hash_vectors, projection, attrs, out, cluster, sort_items)[0]
 
 
 def scatterbrain_cuda_debug(
@@ -635,14 +670,15 @@ def scatterbrain_cuda_debug(
     attrs: ScatterbrainAttrs,
     *,
     cluster: str | None = None,
+    sort_items: int | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``scatterbrain_cuda`` plus copies of the kernels' intermediates, for tests: "q_hash", "k_hash"
     [B, H, R, P] float32 (padding +inf), "q_perm", "k_perm" [B, H, R, P] int64 (sorted slot -> token),
     "q_prime", "k_prime" [B, H, P, 2m] and "pls" [B, H, P] float32, for the regions the mode has.
-    ``cluster``: the cluster kernel's form (``enqueue``)."""
+    ``cluster``, ``sort_items``: as ``enqueue`` takes them."""
     import torch
 
-    out, work, d = _run(q, k, v, hash_vectors, projection, attrs, None, cluster)
+    out, work, d = _run(q, k, v, hash_vectors, projection, attrs, None, cluster, sort_items)
     lay = workspace_layout(d)
     b, h = q.shape[:2]
     views: dict[str, Tensor] = {}

@@ -11,7 +11,8 @@
 //   4. vitrt_sb_sort           grid (2R, BH)       the hashes completed with the XBOX+ term, then their
 //                                                  stable argsort (LSD radix sort of 32-bit order keys,
 //                                                  8-bit digits ranked with warp ballots) -> permutations
-//                                                  and their inverses. vitrt_sb_sort_tiles: the same for
+//                                                  and their inverses (vitrt_sb_sort_few: 1 or 2 keys per
+//                                                  thread, P <= 2048). vitrt_sb_sort_tiles: the same for
 //                                                  P > 8192 (the radix passes over tiles of 8192 keys)
 //   5. vitrt_sb_cluster_<dt>   grid (clusters/G, R, BH)  dense attention inside G clusters of one round,
 //                                                  with the duplicate-pair count and the low-rank
@@ -542,6 +543,22 @@ __device__ void features(const T* __restrict__ q, const T* __restrict__ k, const
     c = warp_max(c);
     if (tid == 0) st_klog = c;
   }
+  // The value rows go where the query and key rows are (vt aliases x), so they are stored only after the
+  // products below. In float16 with vector loads (up to 2 units a thread: a 64-token chunk at Dv <= 64),
+  // their loads are issued here, in flight with the q and k rows', and held in registers meanwhile: one
+  // memory round trip per block instead of two. Otherwise they are gathered after the products.
+  // (A source made where it is used, not one kept live across the products: that spilled for sm_90.)
+  auto vrows = [&] { return rows_of(v + (int64)bh * N * Dv, nullptr, t0, n, Dv, N, vecv != 0, vt, vp); };
+  constexpr int kVAhead = sizeof(T) == 2 ? 2 : 0;
+  const int v_units = n * (Dv / 8);  // 16-byte units of the chunk's value rows (with vecv)
+  const bool v_ahead = low_rank && kVAhead > 0 && vecv != 0 && v_units <= kVAhead * nth;
+  uint4 vraw[kVAhead > 0 ? kVAhead : 1];
+  if (v_ahead) {
+    const RowSrc<T> src = vrows();
+#pragma unroll
+    for (int u = 0; u < kVAhead; ++u)
+      if (tid + u * nth < v_units) vraw[u] = src.load(tid + u * nth);
+  }
   load_weights(w, xs, proj, mm, root, hv, rh, E);
   gather<4>(rows_of(q + (int64)bh * N * E, nullptr, t0, n, E, N, vecq != 0, x, xs),
             rows_of(k + (int64)bh * N * E, nullptr, t0, n, E, N, vecq != 0, x + n * xs, xs));
@@ -549,8 +566,14 @@ __device__ void features(const T* __restrict__ q, const T* __restrict__ k, const
   tile_dots<2, 4>(x, xs, 2 * n, w, xs, nout, e4, d, ds);
   for (int i = tid; i < 2 * n; i += nth) sq[i] = row_sq(x + i * xs, e4);
   __syncthreads();
-  if (low_rank)
-    gather<4>(rows_of(v + (int64)bh * N * Dv, nullptr, t0, n, Dv, N, vecv != 0, vt, vp));
+  if (v_ahead) {
+    const RowSrc<T> dst = vrows();
+#pragma unroll
+    for (int u = 0; u < kVAhead; ++u)
+      if (tid + u * nth < v_units) dst.store(tid + u * nth, vraw[u]);
+  } else if (low_rank) {
+    gather<4>(vrows());
+  }
 
   if (sparse) {
     // Hash dot products of the E token coordinates (the sort adds the XBOX+ coordinate's term), +inf on
@@ -653,7 +676,9 @@ __device__ __forceinline__ float finish_hash(float* __restrict__ h, const float*
 }
 
 // Exclusive prefix sum of one int per thread, in thread order, over the block (every thread calls it; wsum: 32
-// ints of shared memory, reused only after a later barrier). One barrier inside.
+// ints of shared memory, reused only after a later barrier). One barrier inside. The earlier warps' totals
+// are added by a warp reduction (lane l takes warp l's), not a loop over them: a chain of 5 shuffles
+// whatever the warp, where the loop was up to 31 dependent shared loads and adds (integers: the same sums).
 __device__ __forceinline__ int block_exclusive_scan(int v, int* wsum) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   int incl = v;
@@ -664,9 +689,10 @@ __device__ __forceinline__ int block_exclusive_scan(int v, int* wsum) {
   }
   if (lane == 31) wsum[warp] = incl;
   __syncthreads();
-  int off = incl - v;
-  for (int w2 = 0; w2 < warp; ++w2) off += wsum[w2];
-  return off;
+  int before = lane < warp ? wsum[lane] : 0;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) before += __shfl_xor_sync(kFullMask, before, o);
+  return incl - v + before;
 }
 
 // Stable ascending argsort of P floats (LSD radix sort of order_key, 4 passes of 8-bit digits). Warp w
@@ -1754,24 +1780,27 @@ extern "C" __global__ void __launch_bounds__(128)
 }
 
 // Stable ascending argsort of one round's hashes (block x: side * R + r, side 0 = queries, 1 = keys), after
-// completing them with the XBOX+ term. blockDim.x = 32 * ceil(P / (32 * items)), items 4 or 8 (P <= 8192);
-// dynamic shared memory: 4 * (2 * items * blockDim.x + 256 * blockDim.x / 32) bytes. Writes the
-// permutation (sorted slot -> token) and its inverse.
-extern "C" __global__ void __launch_bounds__(1024)
-    vitrt_sb_sort(const float* __restrict__ qn, const float* __restrict__ kn, const float* __restrict__ qstat,
-                  const float* __restrict__ kstat, const float* __restrict__ hv, float* __restrict__ hq,
-                  float* __restrict__ hk, int* __restrict__ q_perm, int* __restrict__ q_inv,
-                  int* __restrict__ k_perm, int* __restrict__ k_inv, int N, int P, int E, int R, int nchunk,
-                  int items) {
-  VITRT_KERNEL_PROLOGUE();
-  __shared__ float st;
-  const SortRow j =
-      sort_row(qn, kn, qstat, kstat, hv, hq, hk, q_perm, q_inv, k_perm, k_inv, P, E, R, nchunk, &st);
-  if (items == 4)
-    radix_argsort<4>(j.h, j.norms, j.perm, j.inv, N, P, j.total, j.hcol);
-  else
-    radix_argsort<8>(j.h, j.norms, j.perm, j.inv, N, P, j.total, j.hcol);
-}
+// completing them with the XBOX+ term. blockDim.x = 32 * ceil(P / (32 * items)) <= 1024, items 4 or 8
+// (P <= 8192); dynamic shared memory: 4 * (2 * items * blockDim.x + 256 * blockDim.x / 32) bytes. Writes the
+// permutation (sorted slot -> token) and its inverse. vitrt_sb_sort_few: the same with 1 or 2 keys per thread
+// (P <= 2048), its own entry because all four key counts in one made ptxas spill for sm_120.
+#define VITRT_SB_SORT_ENTRY(NAME, FEW, MANY)                                                                  \
+  extern "C" __global__ void __launch_bounds__(1024)                                                          \
+      NAME(const float* __restrict__ qn, const float* __restrict__ kn, const float* __restrict__ qstat,       \
+           const float* __restrict__ kstat, const float* __restrict__ hv, float* __restrict__ hq,             \
+           float* __restrict__ hk, int* __restrict__ q_perm, int* __restrict__ q_inv, int* __restrict__ k_perm, \
+           int* __restrict__ k_inv, int N, int P, int E, int R, int nchunk, int items) {                      \
+    VITRT_KERNEL_PROLOGUE();                                                                                  \
+    __shared__ float st;                                                                                      \
+    const SortRow j =                                                                                         \
+        sort_row(qn, kn, qstat, kstat, hv, hq, hk, q_perm, q_inv, k_perm, k_inv, P, E, R, nchunk, &st);       \
+    if (items == FEW)                                                                                         \
+      radix_argsort<FEW>(j.h, j.norms, j.perm, j.inv, N, P, j.total, j.hcol);                                 \
+    else                                                                                                      \
+      radix_argsort<MANY>(j.h, j.norms, j.perm, j.inv, N, P, j.total, j.hcol);                                \
+  }
+VITRT_SB_SORT_ENTRY(vitrt_sb_sort, 4, 8)
+VITRT_SB_SORT_ENTRY(vitrt_sb_sort_few, 1, 2)
 
 // The same for P > 8192, in tiles of T = 8 blockDim.x positions (NT = ceil(P / T) tiles; dynamic shared
 // memory 4 (256 blockDim.x / 32 + 256 NT) bytes). Each LSD pass (8-bit digits) counts the digits of every

@@ -502,6 +502,60 @@ def test_scatterbrain_sort_in_tiles_emulated(
     assert module.launches.get("vitrt_sb_sort_tiles", 0) == before + 2  # check_scatterbrain runs the op twice
 
 
+def test_scatterbrain_sort_keys_per_thread_emulated(emulated: None) -> None:
+    """The one-tile radix sort at 1, 2, 4 and 8 keys per thread (blocks of 320, 160, 96 and 64 threads at
+    P = 312): the same permutations, reference.stable_argsort of the kernel's hashes with ties (duplicated
+    tokens hash alike) in index order, and the same output bits. The block scan adds the earlier warps'
+    totals by a warp reduction: 10 warps at one key per thread."""
+    from vitrt.plugins.lsh_attention import cuda as sb_cuda
+    from vitrt.plugins.lsh_attention import reference as sb_ref
+    from vitrt.plugins.lsh_attention.module import draw_hash_vectors, draw_projection
+
+    n, e = 300, 32
+    attrs = attention_attrs(Mode.SCATTERBRAIN, 24, 2, 12, e**-0.5)
+    q, k, v = (torch.randn(1, 2, n, e) for _ in range(3))
+    dup = torch.randperm(n)[:60]
+    q[:, :, dup[:30]] = q[:, :, dup[30:]]  # equal tokens: equal hashes, ties for the sort
+    k[:, :, dup[:30]] = k[:, :, dup[30:]]
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    hv, proj = draw_hash_vectors(2, e, g), draw_projection(12, e, g)
+    assert sb_cuda.AttentionDims.of(1, 2, n, e, e, attrs).sort_items == 1
+    module = load_module("scatterbrain")
+    outs = []
+    for items in sb_cuda.SORT_ITEMS:
+        kernel = "vitrt_sb_sort" if items >= 4 else "vitrt_sb_sort_few"
+        before = module.launches.get(kernel, 0)
+        out, views = sb_cuda.scatterbrain_cuda_debug(q, k, v, hv, proj, attrs, sort_items=items)
+        assert module.launches.get(kernel, 0) == before + 1
+        for side in ("q", "k"):
+            hashes = views[f"{side}_hash"]
+            assert int((hashes[..., :n].unsqueeze(-1) == hashes[..., :n].unsqueeze(-2)).sum()) > 4 * n
+            assert torch.equal(views[f"{side}_perm"], sb_ref.stable_argsort(hashes)), (items, side)
+        outs.append(out)
+    assert all(torch.equal(o, outs[0]) for o in outs[1:])
+
+
+@pytest.mark.parametrize(
+    ("tokens", "items", "threads"),
+    [(312, 1, 320), (1008, 1, 1024), (1032, 2, 544), (3144, 4, 800), (4104, 8, 544), (8184, 8, 1024)],
+)
+def test_the_sort_takes_the_fewest_keys_per_thread_within_1024_threads(
+    tokens: int, items: int, threads: int
+) -> None:
+    """T2T-ViT's attentions at 224 pixels (P = 792 and 3144 at c = 24) get 25-warp sort blocks; a forced
+    count whose block would pass 1024 threads is refused, naming the counts that fit."""
+    from vitrt.plugins.lsh_attention import cuda as sb_cuda
+
+    d = sb_cuda.AttentionDims(bh=1, n=tokens, e=64, dv=64, mode=int(Mode.SCATTERBRAIN), c=24, r=2, m=12)
+    assert d.p == tokens
+    assert (d.sort_items, d.sort_threads) == (items, threads)
+    assert sb_cuda._sort_items_choice(d, None) == items
+    if items > 1:
+        fits = ", ".join(str(i) for i in sb_cuda.SORT_ITEMS if i >= items)
+        with pytest.raises(ValueError, match=rf"one of \[{fits}\] for {tokens} positions, got 1"):
+            sb_cuda._sort_items_choice(d, 1)
+
+
 @pytest.mark.parametrize(
     ("width", "plan"), [(64, (16, True)), (128, (64, False))], ids=["staged-state", "state-in-global"]
 )
