@@ -264,6 +264,17 @@ __device__ __forceinline__ void cp_async_wait_all() {
 #endif
 }
 
+// ---- prefetch: bring the 128-byte line holding p into L2, with no register and no wait -----------------------
+// For rows a block will read after a barrier: their later loads then wait on L2, not DRAM. A hint: the CPU
+// emulator ignores it.
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+#ifndef VITRT_CPU_EMULATION
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#else
+  (void)p;
+#endif
+}
+
 // 2^x by the SFU (ex2.approx: a relative error near 2^-22, no denormals); exp2f on the CPU emulator.
 __device__ __forceinline__ float fast_exp2(float x) {
 #ifdef VITRT_CPU_EMULATION

@@ -4,10 +4,10 @@
 Same function as ``reference.attention_by_mode`` for the three modes of ``spec.Mode``. q, k [B, H, N, E]
 and v [B, H, N, Dv] share one dtype (float32 or float16), hash_vectors [R, E + 2] and projection [m, E]
 are float32; the output [B, H, N, Dv] has q's dtype; everything in between is float32 in the workspace.
-Launch sequence (see scatterbrain.cu): stats, features, kv_reduce (low rank), sort + cluster (sparse),
-combine. The cluster kernel (``CLUSTER_KERNELS``) runs on tensor cores for float16 with clusters of at
-most 64 tokens (and the further limits of ``cluster_on_tensor_cores``), on CUDA cores otherwise: with a
-whole cluster's scores in shared memory where they fit, in key tiles where they do not (any cluster size).
+Launch sequence (see scatterbrain.cu): features, kv_reduce (low rank), sort + cluster (sparse), combine.
+The cluster kernel (``CLUSTER_KERNELS``) runs on tensor cores for float16 with clusters of at most 64
+tokens (and the further limits of ``cluster_on_tensor_cores``), on CUDA cores otherwise: with a whole
+cluster's scores in shared memory where they fit, in key tiles where they do not (any cluster size).
 
 Memory: the workspace holds per (b, h) the hashes and sort permutations (R P floats / ints each), the
 squared norms (2 P), the features (2 P F floats), and every round's output rows in token order
@@ -54,7 +54,7 @@ SOURCE = "scatterbrain"
 KERNELS = (
     *(
         f"vitrt_sb_{stage}_{sfx}"
-        for stage in ("stats", "features", "cluster", "combine")
+        for stage in ("features", "cluster", "combine")
         for sfx in KERNEL_SUFFIX.values()
     ),
     "vitrt_sb_kv_reduce",
@@ -67,8 +67,8 @@ KERNELS = (
 )
 """Every kernel this module launches (the build test checks each is in the fatbin)."""
 CHUNK = 64
-"""Tokens per block of the stats / features kernels (and per partial low-rank sum), unless the features
-kernel's shared memory asks for fewer (wide rows)."""
+"""Tokens per block of the features kernel (and per partial low-rank sum), unless its shared memory asks
+for fewer (wide rows)."""
 _THREADS = 256
 _KV_THREADS = 128
 _KV_LANES = 8  # lanes per output of vitrt_sb_kv_reduce (scatterbrain.cu kReduceLanes)
@@ -146,8 +146,8 @@ class AttentionDims:
 
     @property
     def chunk(self) -> int:
-        """Tokens per block of the stats / features kernels: CHUNK, halved while the features kernel
-        would need more than 96 KiB of shared memory."""
+        """Tokens per block of the features kernel: CHUNK, halved while it would need more than 96 KiB of
+        shared memory."""
         chunk = CHUNK
         while chunk > 8 and _features_floats(self, chunk) * 4 > _MAX_SHARED:
             chunk //= 2
@@ -155,7 +155,7 @@ class AttentionDims:
 
     @property
     def nchunk(self) -> int:
-        """Token chunks of the stats / features kernels."""
+        """Token chunks of the features kernel."""
         return -(-self.p // self.chunk)
 
     @property
@@ -245,11 +245,6 @@ class AttentionDims:
 
 
 # ---- shared memory: the layouts of scatterbrain.cu, in floats (int32 regions count as floats) -----------
-
-
-def _stats_floats(d: AttentionDims, chunk: int) -> int:
-    xs = _pitch4(d.e)
-    return d.m * xs + chunk * xs + _r4(chunk * (d.m | 1))
 
 
 def _features_floats(d: AttentionDims, chunk: int) -> int:
@@ -375,7 +370,6 @@ def shared_bytes(d: AttentionDims) -> dict[str, int]:
     """Dynamic shared memory of every kernel, in bytes (the launcher opts in above 48 KiB)."""
     chunk = d.chunk
     return {
-        "stats": 4 * _stats_floats(d, chunk),
         "features": 4 * _features_floats(d, chunk),
         "sort": _sort_bytes(d) if d.sparse else 0,
         "cluster": _cluster_bytes(d, d.groups) if d.sparse else 0,
@@ -492,16 +486,6 @@ def enqueue(
     vec_out = int(d.dv % 4 == 0 and out % (4 * size) == 0)
     launch(
         mod,
-        f"vitrt_sb_stats_{sfx}",
-        (d.nchunk, d.bh, 1),
-        (_THREADS, 1, 1),
-        [ptr(k), ptr(projection), ptr(at("kstat")), i32(d.n), i32(d.e), i32(d.m), f32(root), f32(rr),
-         f32(log_norm), i32(chunk), i32(n_tok), i32(d.nchunk), i32(vecq)],
-        stream,
-        shared_mem=smem["stats"],
-    )  # fmt: skip
-    launch(
-        mod,
         f"vitrt_sb_features_{sfx}",
         (d.nchunk, d.bh, 1),
         (_THREADS, 1, 1),
@@ -519,7 +503,17 @@ def enqueue(
             "vitrt_sb_kv_reduce",
             (-(-(_kv_stride(d) * _KV_LANES) // _KV_THREADS), d.bh, 1),
             (_KV_THREADS, 1, 1),
-            [ptr(at("kv_part")), ptr(at("kv")), i32(d.f), i32(d.dv), i32(d.nchunk)],
+            [
+                ptr(at("kv_part")),
+                ptr(at("kv")),
+                ptr(at("kstat")),
+                ptr(at("kf")),
+                ptr(at("pls")),
+                i32(d.f),
+                i32(d.dv),
+                i32(d.nchunk),
+                i32(d.p),
+            ],
             stream,
         )
     if d.sparse:

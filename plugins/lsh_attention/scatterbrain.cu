@@ -1,20 +1,22 @@
 // CUDA kernels of the ScatterbrainAttention op: ground truth plugins/lsh_attention/reference.py, contract
 // plugins/lsh_attention/spec.py. Launched by plugins/lsh_attention/cuda.py, in order:
 //
-//   1. vitrt_sb_stats_<dt>     grid (chunks, BH)   per-chunk maxima of |k|^2 and of the key features' log
-//                                                  values (XBOX+ needs MK, FAVOR+ needs log_k)
-//   2. vitrt_sb_features_<dt>  grid (chunks, BH)   per token |q|^2, |k|^2 and the hash dot products of every
+//   1. vitrt_sb_features_<dt>  grid (chunks, BH)   per token |q|^2, |k|^2 and the hash dot products of every
 //                                                  round (SCATTERBRAIN, LSH; the XBOX+ term is added by the
-//                                                  sort); q', k', pls and the chunk's partial k'^T [v, 1]
-//                                                  (SCATTERBRAIN, PERFORMER)
-//   3. vitrt_sb_kv_reduce      grid (8 L/128, BH)  low-rank state kv = k'^T v and sum k' (a fixed order)
-//   4. vitrt_sb_sort           grid (2R, BH)       the hashes completed with the XBOX+ term, then their
+//                                                  sort); per chunk the maxima of |q|^2, |k|^2 (XBOX+ needs
+//                                                  MQ + MK) and of the key features' log values (FAVOR+
+//                                                  needs their max log_k); q', the keys' log features, pls
+//                                                  without log_k and the chunk's partial k'^T [v, 1] relative
+//                                                  to its own maximum (SCATTERBRAIN, PERFORMER)
+//   2. vitrt_sb_kv_reduce      grid (8 L/128, BH)  log_k; low-rank state kv = k'^T v and sum k' (a fixed
+//                                                  order); k' = exp(log features - log_k) and pls + log_k
+//   3. vitrt_sb_sort           grid (2R, BH)       the hashes completed with the XBOX+ term, then their
 //                                                  stable argsort (LSD radix sort of 32-bit order keys,
 //                                                  8-bit digits ranked with warp ballots) -> permutations
 //                                                  and their inverses (vitrt_sb_sort_few: 1 or 2 keys per
 //                                                  thread, P <= 2048). vitrt_sb_sort_tiles: the same for
 //                                                  P > 8192 (the radix passes over tiles of 8192 keys)
-//   5. vitrt_sb_cluster_<dt>   grid (clusters/G, R, BH)  dense attention inside G clusters of one round,
+//   4. vitrt_sb_cluster_<dt>   grid (clusters/G, R, BH)  dense attention inside G clusters of one round,
 //                                                  with the duplicate-pair count and the low-rank
 //                                                  correction; per-round rows in token order.
 //                                                  vitrt_sb_cluster_mma<NT>_f16: the same on tensor cores
@@ -23,13 +25,14 @@
 //                          grid (clusters ceil(c/QS), R, BH)  vitrt_sb_cluster_tiled_<dt>: the same for
 //                                                  clusters too large to stage, QS queries a block, the
 //                                                  keys in tiles (online softmax)
-//   6. vitrt_sb_combine_<dt>   grid (N/QPB, BH)    rounds combined in log domain + the low-rank term,
+//   5. vitrt_sb_combine_<dt>   grid (N/QPB, BH)    rounds combined in log domain + the low-rank term,
 //                                                  clamped denominator, cast to the output dtype
 //      vitrt_sb_combine_global_<dt>                the same, the low-rank state read from global memory
 //                                                  (too many features to stage it)
 //
-// Modes (spec.Mode): 0 SCATTERBRAIN runs 1-6; 1 LSH runs 1 (norms only), 2, 4, 5, 6; 2 PERFORMER runs
-// 1, 2, 3, 6. Layouts: q, k [BH, N, E]; v, out [BH, N, Dv] (dtype <dt>: f32, or f16 as raw bits);
+// Modes (spec.Mode): 0 SCATTERBRAIN runs 1-5; 1 LSH runs 1 (norms and hashes), 3, 4, 5; 2 PERFORMER
+// runs 1, 2, 5. (Until 2026-11-28 a kernel of its own, vitrt_sb_stats, found the key maxima before the
+// features kernel: the same values, one launch and one read of k more.) Layouts: q, k [BH, N, E]; v, out [BH, N, Dv] (dtype <dt>: f32, or f16 as raw bits);
 // hash_vectors [R, E + 2] and projection [m, E] float32; everything else float32 (int32 indices) in the
 // workspace; P = N padded to a multiple of the cluster size c (tokens >= N are zero rows: padding).
 //
@@ -476,45 +479,9 @@ __device__ __forceinline__ void load_weights(float* __restrict__ w, int pitch, c
 }
 
 template <typename T>
-__device__ void stats(const T* __restrict__ k, const float* __restrict__ proj, float* __restrict__ kstat, int N,
-                      int E, int m, float root, float rr, float log_norm, int chunk, int n_tok, int nchunk,
-                      int veck) {
-  VITRT_DYNAMIC_SHARED(float, sm);
-  __shared__ float scratch[32];
-  const int ch = blockIdx.x, bh = blockIdx.y;
-  const int e4 = r4(E), xs = pitch4(E), ds = m | 1;
-  const int t0 = ch * chunk, n = min(chunk, n_tok - t0);
-  float* w = sm;                // [m][xs] projection * sqrt(scale)
-  float* x = w + m * xs;        // [chunk][xs] key rows
-  float* dk = x + chunk * xs;   // [chunk][ds] key projections
-  load_weights(w, xs, proj, m, root, nullptr, 0, E);
-  gather<4>(rows_of(k + (int64)bh * N * E, nullptr, t0, n, E, N, veck != 0, x, xs));
-  __syncthreads();
-  if (m > 0) tile_dots<2, 4>(x, xs, n, w, xs, m, e4, dk, ds);
-  __syncthreads();
-  float mk = neg_inf(), mf = neg_inf();
-  for (int i = threadIdx.x; i < n; i += blockDim.x) {
-    const float ksq = row_sq(x + i * xs, e4);
-    const float kdiag = ksq / 2.0f * rr;
-    for (int o = 0; o < m; ++o) {
-      const float d = dk[i * ds + o];
-      mf = fmaxf(mf, fmaxf((d - kdiag) - log_norm, (-d - kdiag) - log_norm));
-    }
-    mk = fmaxf(mk, ksq);
-  }
-  mk = block_max(mk, scratch);
-  mf = block_max(mf, scratch);
-  if (threadIdx.x == 0) {
-    float* out = kstat + ((int64)bh * nchunk + ch) * 2;
-    out[0] = mk;
-    out[1] = mf;
-  }
-}
-
-template <typename T>
 __device__ void features(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
                          const float* __restrict__ hv, const float* __restrict__ proj,
-                         const float* __restrict__ kstat, float* __restrict__ qstat, float* __restrict__ qn,
+                         float* __restrict__ kstat, float* __restrict__ qstat, float* __restrict__ qn,
                          float* __restrict__ kn, float* __restrict__ hq, float* __restrict__ hk,
                          float* __restrict__ qf, float* __restrict__ kf, float* __restrict__ pls,
                          float* __restrict__ kv_part, int N, int P, int E, int Dv, int R, int m, float root,
@@ -522,7 +489,6 @@ __device__ void features(const T* __restrict__ q, const T* __restrict__ k, const
                          int vecv) {
   VITRT_DYNAMIC_SHARED(float, sm);
   __shared__ float scratch[32];
-  __shared__ float st_klog;
   const int ch = blockIdx.x, bh = blockIdx.y, tid = threadIdx.x, nth = blockDim.x;
   const bool sparse = mode != kPerformer, low_rank = mode != kLsh;
   const int mm = low_rank ? m : 0, rh = sparse ? R : 0, nout = mm + rh, F = 2 * mm;
@@ -537,27 +503,14 @@ __device__ void features(const T* __restrict__ q, const T* __restrict__ k, const
   float* sq = d + r4(2 * chunk * ds);   // [2n] squared norms
   float* qmx = sq + r4(2 * chunk);      // [n] max_j |q . w_j|
 
-  if (low_rank && tid < 32) {  // log_k: the max of the key features over the (b, h) (vitrt_sb_stats)
-    float c = neg_inf();
-    for (int i = tid; i < nchunk; i += 32) c = fmaxf(c, kstat[((int64)bh * nchunk + i) * 2 + 1]);
-    c = warp_max(c);
-    if (tid == 0) st_klog = c;
-  }
-  // The value rows go where the query and key rows are (vt aliases x), so they are stored only after the
-  // products below. In float16 with vector loads (up to 2 units a thread: a 64-token chunk at Dv <= 64),
-  // their loads are issued here, in flight with the q and k rows', and held in registers meanwhile: one
-  // memory round trip per block instead of two. Otherwise they are gathered after the products.
-  // (A source made where it is used, not one kept live across the products: that spilled for sm_90.)
-  auto vrows = [&] { return rows_of(v + (int64)bh * N * Dv, nullptr, t0, n, Dv, N, vecv != 0, vt, vp); };
-  constexpr int kVAhead = sizeof(T) == 2 ? 2 : 0;
-  const int v_units = n * (Dv / 8);  // 16-byte units of the chunk's value rows (with vecv)
-  const bool v_ahead = low_rank && kVAhead > 0 && vecv != 0 && v_units <= kVAhead * nth;
-  uint4 vraw[kVAhead > 0 ? kVAhead : 1];
-  if (v_ahead) {
-    const RowSrc<T> src = vrows();
-#pragma unroll
-    for (int u = 0; u < kVAhead; ++u)
-      if (tid + u * nth < v_units) vraw[u] = src.load(tid + u * nth);
+  // The value rows go where the query and key rows are (vt aliases x), so they are gathered only after the
+  // products below; their lines are prefetched into L2 now, in flight with the q and k rows' loads, so that
+  // gather waits on L2 rather than DRAM. (Held in registers instead, they spilled for sm_90.) The chunk's
+  // rows are contiguous: n Dv values from token t0.
+  if (low_rank) {
+    const char* vb = reinterpret_cast<const char*>(v + ((int64)bh * N + t0) * Dv);
+    const int bytes = min(n, N - t0) * Dv * (int)sizeof(T);
+    for (int off = tid * 128; off < bytes; off += nth * 128) prefetch_l2(vb + off);
   }
   load_weights(w, xs, proj, mm, root, hv, rh, E);
   gather<4>(rows_of(q + (int64)bh * N * E, nullptr, t0, n, E, N, vecq != 0, x, xs),
@@ -566,18 +519,12 @@ __device__ void features(const T* __restrict__ q, const T* __restrict__ k, const
   tile_dots<2, 4>(x, xs, 2 * n, w, xs, nout, e4, d, ds);
   for (int i = tid; i < 2 * n; i += nth) sq[i] = row_sq(x + i * xs, e4);
   __syncthreads();
-  if (v_ahead) {
-    const RowSrc<T> dst = vrows();
-#pragma unroll
-    for (int u = 0; u < kVAhead; ++u)
-      if (tid + u * nth < v_units) dst.store(tid + u * nth, vraw[u]);
-  } else if (low_rank) {
-    gather<4>(vrows());
-  }
+  if (low_rank)
+    gather<4>(rows_of(v + (int64)bh * N * Dv, nullptr, t0, n, Dv, N, vecv != 0, vt, vp));
 
   if (sparse) {
     // Hash dot products of the E token coordinates (the sort adds the XBOX+ coordinate's term), +inf on
-    // padding; the squared norms; this chunk's max |q|^2 (MQ, with vitrt_sb_stats' MK).
+    // padding; the squared norms; this chunk's max |q|^2 (MQ; MK below).
     for (int i = tid; i < rh * n; i += nth) {
       const int r = i / n, j = i - r * n, t = t0 + j;
       const int64 o = ((int64)bh * R + r) * P + t;
@@ -593,11 +540,31 @@ __device__ void features(const T* __restrict__ q, const T* __restrict__ k, const
     mq = block_max(mq, scratch);
     if (tid == 0) qstat[(int64)bh * nchunk + ch] = mq;
   }
+  // The chunk's maxima of |k|^2 (MK for the sort's XBOX+ term) and of the key features' log values
+  // (FAVOR+: their max over the (b, h) is log_k, which vitrt_sb_kv_reduce takes from these), over all of
+  // its rows, padding (zero rows) included.
+  float mk = neg_inf(), mf = neg_inf();
+  for (int j = tid; j < n; j += nth) {
+    const float ksq = sq[n + j], kdiag = ksq / 2.0f * rr;
+    mk = fmaxf(mk, ksq);
+    for (int o = 0; o < mm; ++o) {
+      const float b = d[(n + j) * ds + o];
+      mf = fmaxf(mf, fmaxf((b - kdiag) - log_norm, (-b - kdiag) - log_norm));
+    }
+  }
+  mk = block_max(mk, scratch);
+  mf = block_max(mf, scratch);
+  if (tid == 0) {
+    kstat[((int64)bh * nchunk + ch) * 2] = mk;
+    kstat[((int64)bh * nchunk + ch) * 2 + 1] = mf;
+  }
   if (!low_rank) return;
 
   // FAVOR+ with both signs: q' = exp([wq, -wq] - max), log_q = max - t|q|^2/2 - log(2m)/2;
-  // k' = exp([wk, -wk] - t|k|^2/2 - log(2m)/2 - log_k) (0 on padding); pls = log_q + log_k.
-  const float k_log = st_klog;
+  // k' = exp(lk - log_k) with lk = [wk, -wk] - t|k|^2/2 - log(2m)/2 (0 on padding); pls = log_q + log_k.
+  // log_k needs every chunk, so this kernel writes lk (-inf on padding) and pls without log_k, and
+  // vitrt_sb_kv_reduce finishes both. The chunk's k'^T [v, 1] takes k' relative to the chunk's maximum,
+  // exp(lk - mf) <= 1, and kv_reduce scales it by exp(mf - log_k).
   for (int j = tid; j < n; j += nth) {
     float mx = neg_inf();
     for (int o = 0; o < mm; ++o) {
@@ -605,7 +572,7 @@ __device__ void features(const T* __restrict__ q, const T* __restrict__ k, const
       mx = fmaxf(mx, fmaxf(a, -a));
     }
     qmx[j] = mx;
-    pls[(int64)bh * P + t0 + j] = ((mx - sq[j] / 2.0f * rr) - log_norm) + k_log;
+    pls[(int64)bh * P + t0 + j] = (mx - sq[j] / 2.0f * rr) - log_norm;
   }
   __syncthreads();
   float* qrow = qf + ((int64)bh * P + t0) * F;  // the chunk's rows are contiguous: coalesced writes
@@ -617,9 +584,9 @@ __device__ void features(const T* __restrict__ q, const T* __restrict__ k, const
     qrow[i] = expf((f < mm ? a : -a) - qmx[j]);
     const float b = d[(n + j) * ds + o], kdiag = sq[n + j] / 2.0f * rr;
     const float lk = f < mm ? ((b - kdiag) - log_norm) : ((-b - kdiag) - log_norm);
-    const float kv = t0 + j < N ? expf(lk - k_log) : 0.0f;
-    krow[i] = kv;
-    kp[j * kfp + f] = kv;
+    const bool real = t0 + j < N;
+    krow[i] = real ? lk : neg_inf();
+    kp[j * kfp + f] = real ? expf(lk - mf) : 0.0f;
   }
   for (int i = tid; i < n * (kfp - F); i += nth) {  // zero padding of k' to whole float4
     const int j = i / (kfp - F);
@@ -779,7 +746,7 @@ __device__ void radix_argsort(float* __restrict__ h, const float* __restrict__ n
   }
 }
 
-// MQ + MK of one (b, h) from the per-chunk maxima (features: |q|^2, stats: |k|^2), in st (shared).
+// MQ + MK of one (b, h) from the per-chunk maxima of |q|^2 and |k|^2 (features), in st (shared).
 __device__ __forceinline__ float xbox_total(const float* __restrict__ qstat, const float* __restrict__ kstat,
                                             int bh, int nchunk, float* st) {
   if (threadIdx.x < 32) {
@@ -1678,15 +1645,8 @@ __device__ void combine(const float* __restrict__ qf, const float* __restrict__ 
 // ---- entry points (extern "C": looked up by name from Python) --------------------------------------
 
 #define VITRT_SB_ENTRIES(SUFFIX, T)                                                                        \
-  extern "C" __global__ void __launch_bounds__(256)                                                       \
-      vitrt_sb_stats_##SUFFIX(const T* k, const float* proj, float* kstat, int N, int E, int m,            \
-                              float root, float rr, float log_norm, int chunk, int n_tok, int nchunk,      \
-                              int veck) {                                                                  \
-    VITRT_KERNEL_PROLOGUE();                                                                               \
-    stats<T>(k, proj, kstat, N, E, m, root, rr, log_norm, chunk, n_tok, nchunk, veck);                     \
-  }                                                                                                        \
   extern "C" __global__ void __launch_bounds__(256, 3) vitrt_sb_features_##SUFFIX(                         \
-      const T* q, const T* k, const T* v, const float* hv, const float* proj, const float* kstat,          \
+      const T* q, const T* k, const T* v, const float* hv, const float* proj, float* kstat,                \
       float* qstat, float* qn, float* kn, float* hq, float* hk, float* qf, float* kf, float* pls,          \
       float* kv_part, int N, int P, int E, int Dv, int R, int m, float root, float rr, float log_norm,     \
       int chunk, int n_tok, int nchunk, int mode, int vecq, int vecv) {                                    \
@@ -1752,15 +1712,24 @@ VITRT_SB_CLUSTER_MMA(6, 2)
 VITRT_SB_CLUSTER_MMA(7, 2)
 VITRT_SB_CLUSTER_MMA(8, 2)
 
-// kv[bh] = the sum over chunks of kv_part[bh, chunk] ([F, Dv + 1] per chunk), written in the layout combine
-// reads (kv_stride: [F][kv_pitch] with zero padding, then the sums of k'). Eight lanes per output: lane g
-// adds chunks g, g + 8, ... in order, then a fixed butterfly adds the eight partial sums (the same order for
-// every run and every lane).
+// log_k = the max over the (b, h)'s chunks of kstat's key-feature maxima (mf, features). kv[bh] = the sum
+// over chunks of kv_part[bh, chunk] ([F, Dv + 1] per chunk, relative to the chunk's mf) times exp(mf -
+// log_k), written in the layout combine reads (kv_stride: [F][kv_pitch] with zero padding, then the sums of
+// k'). Eight lanes per output: lane g adds chunks g, g + 8, ... in order, then a fixed butterfly adds the
+// eight partial sums (the same order for every run and every lane). Then the blocks of the (b, h) finish
+// what features left: kf [P][F] holds the keys' log features lk (-inf on padding), made k' = exp(lk -
+// log_k), the value features would have written with log_k at hand (0 on padding), and pls gets + log_k.
 constexpr int kReduceLanes = 8;
 extern "C" __global__ void __launch_bounds__(128)
-    vitrt_sb_kv_reduce(const float* __restrict__ kv_part, float* __restrict__ kv, int F, int Dv, int nchunk) {
+    vitrt_sb_kv_reduce(const float* __restrict__ kv_part, float* __restrict__ kv, const float* __restrict__ kstat,
+                       float* __restrict__ kf, float* __restrict__ pls, int F, int Dv, int nchunk, int P) {
   VITRT_KERNEL_PROLOGUE();
+  __shared__ float scratch[32];
   const int bh = blockIdx.y, kp = kv_pitch(Dv), L = F * (Dv + 1);
+  const float* mf = kstat + (int64)bh * nchunk * 2 + 1;  // chunk i's at mf[2 i]
+  float c = neg_inf();
+  for (int i = threadIdx.x; i < nchunk; i += blockDim.x) c = fmaxf(c, mf[2 * i]);
+  const float log_k = block_max(c, scratch);
   const int o = (blockIdx.x * blockDim.x + threadIdx.x) / kReduceLanes, g = threadIdx.x % kReduceLanes;
   int src = -1;  // column of the partials, or -1 for padding / past the end
   if (o < F * kp) {
@@ -1772,11 +1741,15 @@ extern "C" __global__ void __launch_bounds__(128)
   float acc = 0.0f;
   if (src >= 0) {
     const float* p = kv_part + (int64)bh * nchunk * L + src;
-    for (int i = g; i < nchunk; i += kReduceLanes) acc += p[(int64)i * L];
+    for (int i = g; i < nchunk; i += kReduceLanes) acc = fmaf(p[(int64)i * L], expf(mf[2 * i] - log_k), acc);
   }
 #pragma unroll
   for (int m = 1; m < kReduceLanes; m <<= 1) acc += __shfl_xor_sync(kFullMask, acc, m);
   if (g == 0 && o < F * kp + F) kv[(int64)bh * kv_stride(F, Dv) + o] = acc;
+  const int64 first = (int64)blockIdx.x * blockDim.x + threadIdx.x, step = (int64)gridDim.x * blockDim.x;
+  float* kb = kf + (int64)bh * P * F;
+  for (int64 i = first; i < (int64)P * F; i += step) kb[i] = expf(kb[i] - log_k);
+  for (int64 i = first; i < P; i += step) pls[(int64)bh * P + i] += log_k;
 }
 
 // Stable ascending argsort of one round's hashes (block x: side * R + r, side 0 = queries, 1 = keys), after

@@ -288,6 +288,10 @@ def test_workspace_regions_are_aligned_and_disjoint() -> None:
         assert all(o % 256 == 0 for o in offsets)
         assert len(set(offsets)) == len(offsets)
         assert d.p == (3144 if mode != Mode.PERFORMER else 3136)
-        assert max(shared_bytes(d).values()) <= 48 * 1024  # T2T sizes: no shared-memory opt-in
+        # T2T sizes: no shared-memory opt-in but for the sort, whose 25 warps of 4 keys (P = 3144) take
+        # 51,200 bytes (8 keys per thread took 39,936), within what every target allows
+        smem = shared_bytes(d)
+        assert max(v for k, v in smem.items() if k != "sort") <= 48 * 1024, smem
+        assert smem["sort"] == (51_200 if d.sparse else 0)
     lay = fusion_layout(FusionDims(64, 197, 384, 384, 16))
     assert lay["end"] >= 4 * 64 * 99 * 98

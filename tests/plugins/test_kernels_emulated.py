@@ -536,6 +536,45 @@ def test_scatterbrain_sort_keys_per_thread_emulated(emulated: None) -> None:
 
 
 @pytest.mark.parametrize(
+    ("mode", "kernels"),
+    [
+        (Mode.SCATTERBRAIN, ["features_f16", "kv_reduce", "sort", "cluster_mma3_f16", "combine_f16"]),
+        (Mode.LSH, ["features_f16", "sort", "cluster_mma3_f16", "combine_f16"]),
+        (Mode.PERFORMER, ["features_f16", "kv_reduce", "combine_f16"]),
+    ],
+)
+def test_scatterbrain_launches_once_per_stage_emulated(
+    mode: Mode, kernels: list[str], emulated: None
+) -> None:
+    """One launch per stage and no more: the key maxima come from the features kernel (vitrt_sb_stats, a
+    launch and a read of k of its own, is gone) and kv_reduce finishes k' and pls; the output is the
+    reference's on the kernel's permutations."""
+    from vitrt.plugins.lsh_attention import reference as sb_ref
+    from vitrt.plugins.lsh_attention.cuda import scatterbrain_cuda_debug
+    from vitrt.plugins.lsh_attention.module import draw_hash_vectors, draw_projection
+
+    n, e = 1100, 64  # P = 1104: two keys per thread, so the sort is vitrt_sb_sort_few
+    attrs = attention_attrs(mode, 24 if mode != Mode.PERFORMER else 0, 2 if mode != Mode.PERFORMER else 0,
+                            12 if mode != Mode.LSH else 0, e**-0.5)  # fmt: skip
+    q, k, v = (torch.randn(1, 1, n, e).half() for _ in range(3))
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    hv = draw_hash_vectors(2, e, g) if mode != Mode.PERFORMER else None
+    proj = draw_projection(12, e, g) if mode != Mode.LSH else None
+    module = load_module("scatterbrain")
+    before = dict(module.launches)
+    out, views = scatterbrain_cuda_debug(q, k, v, hv, proj, attrs)
+    launched = {name: count - before.get(name, 0) for name, count in module.launches.items()}
+    want = {f"vitrt_sb_{name}" if name != "sort" else "vitrt_sb_sort_few": 1 for name in kernels}
+    assert {name: count for name, count in launched.items() if count} == want
+    with pytest.MonkeyPatch.context() as patch:
+        if mode != Mode.PERFORMER:
+            orders = (views["q_perm"], views["k_perm"])
+            patch.setattr(sb_ref, "_hash_orders", lambda *args: orders)
+        ref = sb_ref.attention_by_mode(q.float(), k.float(), v.float(), hv, proj, attrs)
+    torch.testing.assert_close(out.float(), ref, rtol=2e-3, atol=2e-3 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize(
     ("tokens", "items", "threads"),
     [(312, 1, 320), (1008, 1, 1024), (1032, 2, 544), (3144, 4, 800), (4104, 8, 544), (8184, 8, 1024)],
 )

@@ -1,6 +1,7 @@
 """ScatterbrainAttention on the CPU emulator at fixed shapes and seeded inputs, every output and intermediate
 (hashes, permutations, features) saved to argv[1]; run in this tree and in a worktree of the base commit, and
-compare with argv[2] when given: each must be equal bit for bit."""
+compare with argv[2] when given: which differ from the base bit for bit, and by how much (the largest
+difference as a fraction of the output's largest value, and in units of the output dtype's spacing there)."""
 import sys
 
 import torch
@@ -41,3 +42,9 @@ if len(sys.argv) > 2:
     base = torch.load(sys.argv[2])
     differ = [k for k in base if not torch.equal(base[k], out[k])]
     print(len(out), "outputs and intermediates;", len(base), "in the base;", differ, "differ")
+    for key in differ:
+        a, b = out[key].double(), base[key].double()
+        top = float(b.abs().max())
+        gap = float((a - b).abs().max())
+        print(f"  {key}: max |tree - base| = {gap:.3g} = {gap / top:.3g} of max |base| = "
+              f"{gap / (top * torch.finfo(out[key].dtype).eps):.2f} eps of max |base|")
