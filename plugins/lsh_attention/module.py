@@ -9,6 +9,8 @@ strictly (the seeded draw then stays).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -67,6 +69,21 @@ class _AttentionCore(nn.Module):
             self.n_features = _features(n_features)
             proj = draw_projection(n_features // 2, head_dim, seeded_generator(seed, PROJECTION_STREAM))
             self.register_buffer("projection", proj)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> _AttentionCore:
+        """``nn.Module._apply`` (what ``.to()``, ``.cuda()``, ``.half()`` run), except that the fixed tensors
+        stay float32, the op's spec for them, wherever the module moves: ``model.half()`` would otherwise
+        round the hash vectors and the projection to float16 (other hashes than the float32 model's), and
+        the kernels would convert them back on every call, two launches per attention."""
+        fixed = {
+            name: t for name in ("hash_vectors", "projection") if (t := self._buffers.get(name)) is not None
+        }
+        super()._apply(fn, recurse)
+        for name, before in fixed.items():
+            after = self._buffers[name]
+            if after is not None and after.dtype != torch.float32 and before.dtype == torch.float32:
+                self._buffers[name] = before.to(device=after.device)
+        return self
 
     def set_lowering(self, lowering: str) -> None:
         """Pick how the op is expressed for export: "eager"/"portable" trace the reference, "plugin"

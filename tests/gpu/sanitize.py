@@ -93,6 +93,11 @@ def main() -> int:
         attrs = attention_attrs(Mode.SCATTERBRAIN, 24, 2, 128, 128**-0.5)
         hv, proj = _fixed(2, 128, 128, "cuda")
         scatterbrain_cuda(*attn_inputs(1, 300, 128, dtype, "cuda"), hv, proj, attrs)
+        # the one-tile sort at each count of keys per thread: 1 (above), 2 (P = 1104), 4 (P = 3144) and 8
+        attrs = attention_attrs(Mode.SCATTERBRAIN, 24, 2, 12, 147**-0.5)
+        hv, proj = _fixed(2, 12, 64, "cuda")
+        for n, items in ((1100, None), (3136, None), (3136, 8)):
+            scatterbrain_cuda(*attn_inputs(1, n, 64, dtype, "cuda"), hv, proj, attrs, sort_items=items)
         # the sort in tiles (P > 8192 in use): here over 4 tiles of 1024 keys, its limits lowered
         sort_limits = sb_cuda._RADIX_MAX_P, sb_cuda._SORT_TILE_THREADS
         sb_cuda._RADIX_MAX_P, sb_cuda._SORT_TILE_THREADS = 0, 128

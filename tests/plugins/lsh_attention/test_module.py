@@ -92,6 +92,28 @@ def test_core_buffers_are_seeded_saved_and_optional() -> None:
     assert a.attrs(0.3) == ScatterbrainAttrs(Mode.SCATTERBRAIN, 4, 3, 10, 0.3)
 
 
+def test_fixed_tensors_stay_float32_in_a_half_model() -> None:
+    """model.half() leaves the hash vectors and the projection float32 with their values (float16 would
+    round them: other hashes than the float32 model's, and a conversion per call on the kernels); the
+    other parameters do turn float16, and the half model's cores hash as the float32 model's do."""
+    model = create_model("t2t_vit_t_14", attention="scatterbrain", img_size=64)
+    cores = [m for m in model.modules() if isinstance(m, ScatterbrainAttention)]
+    assert len(cores) == 2
+    before = [(c.hash_vectors.clone(), c.projection.clone()) for c in cores]
+    assert any(not torch.equal(t.half().float(), t) for pair in before for t in pair)  # float16 would round
+    model.half()
+    for core, (hv, proj) in zip(cores, before, strict=True):
+        assert core.hash_vectors.dtype == core.projection.dtype == torch.float32
+        assert torch.equal(core.hash_vectors, hv) and torch.equal(core.projection, proj)
+    assert {p.dtype for p in model.parameters()} == {torch.float16}
+    model.float()
+    assert all(torch.equal(c.hash_vectors, hv) for c, (hv, _) in zip(cores, before, strict=True))
+    q, k, v = (torch.randn(1, 1, 50, 64) for _ in range(3))
+    got = cores[0](q.half(), k.half(), v.half(), 0.1)
+    want = cores[0](q.half().float(), k.half().float(), v.half().float(), 0.1)
+    torch.testing.assert_close(got.float(), want, rtol=2e-3, atol=2e-3 * float(want.abs().max()))
+
+
 @pytest.mark.parametrize(
     "make",
     [
