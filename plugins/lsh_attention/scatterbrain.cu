@@ -32,9 +32,10 @@
 //
 // Modes (spec.Mode): 0 SCATTERBRAIN runs 1-5; 1 LSH runs 1 (norms and hashes), 3, 4, 5; 2 PERFORMER
 // runs 1, 2, 5. (Until 2026-11-28 a kernel of its own, vitrt_sb_stats, found the key maxima before the
-// features kernel: the same values, one launch and one read of k more.) Layouts: q, k [BH, N, E]; v, out [BH, N, Dv] (dtype <dt>: f32, or f16 as raw bits);
-// hash_vectors [R, E + 2] and projection [m, E] float32; everything else float32 (int32 indices) in the
-// workspace; P = N padded to a multiple of the cluster size c (tokens >= N are zero rows: padding).
+// features kernel: the same values, one launch and one read of k more.) Layouts: q, k [BH, N, E]; v, out
+// [BH, N, Dv] (dtype <dt>: f32, or f16 as raw bits); hash_vectors [R, E + 2] and projection [m, E] float32;
+// everything else float32 (int32 indices) in the workspace; P = N padded to a multiple of the cluster size c
+// (tokens >= N are zero rows: padding).
 //
 // How the work is laid out: the kernels stage rows in shared memory as float32 (16-byte vector loads where
 // the row width and the pointer allow: `vec*` flags from the launcher) and compute small matrix products with
