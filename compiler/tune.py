@@ -278,8 +278,13 @@ def tune(
     weights = source.read_weights()
     base = source.build(state_dict=weights)
     facts = space_facts(base)
-    data = load_eval_data(
-        source, base.preprocess, eval_data, eval_samples=eval_samples, calib_samples=calib_samples, seed=seed
+    data = load_eval_data(  # no calibration images where no trial is INT8
+        source,
+        base.preprocess,
+        eval_data,
+        eval_samples=eval_samples,
+        calib_samples=calib_samples if "int8" in precisions else 0,
+        seed=seed,
     )
     reference = _reference_logits(base, data.images)
     input_size = tuple(int(v) for v in base.preprocess.input_size)
@@ -336,7 +341,9 @@ def tune(
     finally:
         if started:
             ray.shutdown()
-    calib = (data.calib_source, len(data.calibration)) if data.calib_source is not None else None
+    calib = None  # the compile line's calibration source, where trials calibrated on one it reads
+    if data.calib_source is not None and len(data.calibration):
+        calib = (data.calib_source, len(data.calibration))
     return _report(
         source,
         target,

@@ -207,7 +207,8 @@ def load_eval_data(
     """The calibration and eval images for ``source`` (``preprocess``: its PreprocessConfig) per the module
     docstring: at most ``eval_samples`` judged and ``calib_samples`` calibrated on, never overlapping. From a
     source with fewer than both, at most half of it (rounded up) is judged and the rest calibrates, with a
-    warning saying so."""
+    warning saying so. ``calib_samples=0`` (no INT8 trial): no calibration images are read, and a short
+    source is judged whole."""
     from vitrt.calibration.data import open_source
 
     spec = "auto" if eval_data is None else str(eval_data)
@@ -223,7 +224,7 @@ def load_eval_data(
         )
         data = open_source("sklearn-digits", preprocess, 1797, convert_channels=True, progress=False)
         images = np.stack([data.sample(int(i)).numpy() for i in held])
-        calib = np.stack([data.sample(int(i)).numpy() for i in calib_idx])
+        calib = _stack([data.sample(int(i)).numpy() for i in calib_idx], images)
         labels = np.asarray(load_digits().target, dtype=np.int64)[held]
         return EvalData(
             calib,
@@ -244,7 +245,7 @@ def load_eval_data(
                 calib = np.asarray(npz["images"], dtype=np.float32)[
                     eval_samples : eval_samples + calib_samples
                 ]
-                if calib.size == 0:
+                if calib.size == 0 and calib_samples > 0:
                     raise ConfigError(
                         f"{path} holds {len(images)} images, all used for evaluation: add more than "
                         f"eval_samples={eval_samples} images, or lower eval_samples, so some calibrate"
@@ -262,7 +263,16 @@ def load_eval_data(
     if len(order) < 2:
         raise ConfigError(f"eval data {spec!r} has {len(order)} image(s); at least 2 are needed")
     n_eval, n_calib = eval_samples, calib_samples
-    if len(order) < wanted:
+    if len(order) < wanted and calib_samples == 0:
+        n_eval = len(order)
+        log.warning(
+            "eval data %s has %d images, fewer than the %d evaluation images tune asks for; judging trials "
+            "on all of them",
+            spec,
+            len(order),
+            eval_samples,
+        )
+    elif len(order) < wanted:
         # a short source: at most half of it (rounded up) is judged, the rest calibrates
         n_eval = min(eval_samples, len(order) - len(order) // 2)
         n_calib = min(calib_samples, len(order) - n_eval)
@@ -277,13 +287,18 @@ def load_eval_data(
             n_eval,
             n_calib,
         )
-    calib = np.stack([data.sample(i).numpy() for i in order[:n_calib]])
     images = np.stack([data.sample(i).numpy() for i in order[n_calib : n_calib + n_eval]])
+    calib = _stack([data.sample(i).numpy() for i in order[:n_calib]], images)
     return EvalData(
         calib,
         images,
         None,
         f"{spec}: {len(images)} images without labels (accuracy = top-1 agreement with the unfused FP32 "
-        f"model), {n_calib} others for calibration",
+        f"model)" + (f", {n_calib} others for calibration" if n_calib else ""),
         spec,
     )
+
+
+def _stack(samples: list[np.ndarray], like: np.ndarray) -> np.ndarray:
+    """``samples`` stacked, or none: a (0, C, H, W) array of ``like``'s image shape and dtype."""
+    return np.stack(samples) if samples else np.empty((0, *like.shape[1:]), dtype=like.dtype)

@@ -227,6 +227,39 @@ def test_the_compile_line_rebuilds_the_tuned_model() -> None:
     )
 
 
+def test_no_int8_trial_reads_no_calibration_images(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """calib_samples=0 (tune's searches without INT8): no calibration image is read; a short source is
+    judged whole, with a warning that speaks of evaluation only; the labelled digits give their held-out
+    set."""
+    from vitrt.compiler.tune_model import load_eval_data
+    from vitrt.models.config import PreprocessConfig
+
+    rng = np.random.default_rng()
+    n = int(rng.integers(10, 30))
+    path = tmp_path / "images.npy"
+    np.save(path, rng.standard_normal((n, 3, 64, 64)).astype(np.float32))
+    source = resolve_model(str(DIGITS_T2T))
+    pre = dict(source.preprocess)
+    pre.update({k: tuple(pre[k]) for k in ("input_size", "mean", "std")})
+    preprocess = PreprocessConfig(**pre)
+    eval_samples = int(rng.integers(2, n))
+    with caplog.at_level("WARNING", logger="vitrt"):
+        data = load_eval_data(source, preprocess, str(path), eval_samples=eval_samples, calib_samples=0)
+    assert data.calibration.shape == (0, *data.images.shape[1:]) and data.calibration.dtype == np.float32
+    assert data.images.shape == (eval_samples, 3, *preprocess.input_size[-2:])
+    assert "calibration" not in data.description
+    assert caplog.records == []
+    with caplog.at_level("WARNING", logger="vitrt"):
+        short = load_eval_data(source, preprocess, str(path), eval_samples=n + 5, calib_samples=0)
+    assert len(short.images) == n and len(short.calibration) == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        f"eval data {path} has {n} images, fewer than the {n + 5} evaluation images tune asks for; judging "
+        "trials on all of them"
+    ]
+    digits = load_eval_data(source, preprocess, eval_samples=12, calib_samples=0)
+    assert digits.images.shape[0] == 12 and digits.labels is not None and len(digits.calibration) == 0
+
+
 def test_eval_samples_are_honoured_and_a_short_source_says_what_it_lacks(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
