@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from vitrt.compiler.tune import _report, compile_command
-from vitrt.compiler.tune_model import resolve_model
+from vitrt.compiler.tune_model import ModelSource, resolve_model
 from vitrt.compiler.tune_space import TrialConfig
 from vitrt.errors import ConfigError
 
@@ -227,22 +228,27 @@ def test_the_compile_line_rebuilds_the_tuned_model() -> None:
     )
 
 
+def _unlabelled_images(tmp_path: Path) -> tuple[Path, int, ModelSource, Any]:
+    """A fresh .npy of 10 to 29 random images, and the digits T2T-ViT's source and PreprocessConfig."""
+    from vitrt.models.config import PreprocessConfig
+
+    n = int(np.random.default_rng().integers(10, 30))
+    path = tmp_path / "images.npy"
+    np.save(path, np.random.default_rng().standard_normal((n, 3, 64, 64)).astype(np.float32))
+    source = resolve_model(str(DIGITS_T2T))
+    pre = dict(source.preprocess)
+    pre.update({k: tuple(pre[k]) for k in ("input_size", "mean", "std")})
+    return path, n, source, PreprocessConfig(**pre)
+
+
 def test_no_int8_trial_reads_no_calibration_images(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """calib_samples=0 (tune's searches without INT8): no calibration image is read; a short source is
     judged whole, with a warning that speaks of evaluation only; the labelled digits give their held-out
     set."""
     from vitrt.compiler.tune_model import load_eval_data
-    from vitrt.models.config import PreprocessConfig
 
-    rng = np.random.default_rng()
-    n = int(rng.integers(10, 30))
-    path = tmp_path / "images.npy"
-    np.save(path, rng.standard_normal((n, 3, 64, 64)).astype(np.float32))
-    source = resolve_model(str(DIGITS_T2T))
-    pre = dict(source.preprocess)
-    pre.update({k: tuple(pre[k]) for k in ("input_size", "mean", "std")})
-    preprocess = PreprocessConfig(**pre)
-    eval_samples = int(rng.integers(2, n))
+    path, n, source, preprocess = _unlabelled_images(tmp_path)
+    eval_samples = int(np.random.default_rng().integers(2, n))
     with caplog.at_level("WARNING", logger="vitrt"):
         data = load_eval_data(source, preprocess, str(path), eval_samples=eval_samples, calib_samples=0)
     assert data.calibration.shape == (0, *data.images.shape[1:]) and data.calibration.dtype == np.float32
@@ -264,18 +270,11 @@ def test_eval_samples_are_honoured_and_a_short_source_says_what_it_lacks(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from vitrt.compiler.tune_model import load_eval_data
-    from vitrt.models.config import PreprocessConfig
 
-    rng = np.random.default_rng()
-    n = int(rng.integers(10, 30))
-    path = tmp_path / "images.npy"
-    np.save(path, rng.standard_normal((n, 3, 64, 64)).astype(np.float32))
-    source = resolve_model(str(DIGITS_T2T))
-    pre = dict(source.preprocess)
-    pre.update({k: tuple(pre[k]) for k in ("input_size", "mean", "std")})
-    eval_samples = int(rng.integers(2, n // 2))
+    path, n, source, preprocess = _unlabelled_images(tmp_path)
+    eval_samples = int(np.random.default_rng().integers(2, n // 2))
     with caplog.at_level("WARNING", logger="vitrt"):
-        data = load_eval_data(source, PreprocessConfig(**pre), str(path), eval_samples=eval_samples)
+        data = load_eval_data(source, preprocess, str(path), eval_samples=eval_samples)
     assert len(data.images) == eval_samples and len(data.calibration) == n - eval_samples
     assert data.calib_source == str(path)
     assert [r.getMessage() for r in caplog.records] == [
@@ -284,5 +283,5 @@ def test_eval_samples_are_honoured_and_a_short_source_says_what_it_lacks(
         f"INT8 on {n - eval_samples} others"
     ]
     # asked for more than half: half of them (rounded up) are judged, the others calibrate
-    data = load_eval_data(source, PreprocessConfig(**pre), str(path), eval_samples=500)
+    data = load_eval_data(source, preprocess, str(path), eval_samples=500)
     assert len(data.images) == n - n // 2 and len(data.calibration) == n // 2
