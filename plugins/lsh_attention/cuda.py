@@ -100,6 +100,26 @@ in tiles with an online softmax: any cluster size). The launcher takes the first
 (``cluster_kernels``)."""
 
 
+@dataclass(frozen=True)
+class QKVLayout:
+    """Where q, k [B, H, N, E] and v [B, H, N, Dv] lie in memory, channels at unit stride: the heads H and the
+    (batch, head, token) strides in elements of q and k (one layout for both) and of v. The kernels read
+    such rows in place, so q, k and v can be views of a qkv projection's output (``qkv.unbind``): no copy."""
+
+    heads: int
+    qk: tuple[int, int, int]
+    v: tuple[int, int, int]
+
+    @staticmethod
+    def packed(d: AttentionDims) -> QKVLayout:
+        """C-contiguous [BH, N, E] and [BH, N, Dv] (any heads: one head per batch-head row)."""
+        return QKVLayout(1, (d.n * d.e, 0, d.e), (d.n * d.dv, 0, d.dv))
+
+    def args(self) -> list[ctypes.c_int32]:
+        """The kernels' SB_QKV_LAYOUT parameters."""
+        return [i32(self.heads), *map(i32, self.qk), *map(i32, self.v)]
+
+
 def _pitch4(n: int) -> int:
     """Shared row pitch in floats: whole 16-byte units, an odd number of them (scatterbrain.cu pitch4)."""
     return 4 * (((n + 3) // 4) | 1)
@@ -446,15 +466,16 @@ def enqueue(
     *,
     cluster: str | None = None,
     sort_items: int | None = None,
+    layout: QKVLayout | None = None,
 ) -> None:
-    """The whole op on raw device pointers (C-contiguous): q, k [BH, N, E], v [BH, N, Dv] of ``dtype``
+    """The whole op on raw device pointers: q, k [BH, N, E], v [BH, N, Dv] of ``dtype``
     ("float32" / "float16"), hash_vectors [R, E + 2] and projection [m, E] float32 (0 where the mode has
     none) -> out [BH, N, Dv] of ``dtype``. ``workspace``: ``workspace_bytes(d)`` bytes; ``stream``: a CUDA
     stream handle as an int; ``scale``: the softmax scale t. ``cluster``: the cluster kernel's form (one of
     ``CLUSTER_KERNELS``; ValueError where it cannot run ``d``); None: the launcher's choice
     (``cluster_kernels``). ``sort_items``: keys per thread of the one-tile sort (``SORT_ITEMS``); None: the
-    launcher's (``AttentionDims.sort_items``). Asynchronous; the arguments are checked before anything is
-    launched."""
+    launcher's (``AttentionDims.sort_items``). ``layout``: q, k and v's strides (``QKVLayout``); None: packed
+    (C-contiguous). Asynchronous; the arguments are checked before anything is launched."""
     sfx = kernel_suffix(dtype, PLUGIN_NAME)
     if cluster is not None and cluster not in CLUSTER_KERNELS:
         raise ValueError(f"cluster must be None or one of {CLUSTER_KERNELS}, got {cluster!r}")
@@ -481,8 +502,9 @@ def enqueue(
     # 16-byte vector loads / stores where rows are whole vectors and the pointers are aligned
     size = 2 if dtype == "float16" else 4
     per16 = 16 // size
-    vecq = int(d.e % per16 == 0 and q % 16 == 0 and k % 16 == 0)
-    vecv = int(d.dv % per16 == 0 and v % 16 == 0)
+    layout = QKVLayout.packed(d) if layout is None else layout
+    vecq = int(d.e % per16 == 0 and q % 16 == 0 and k % 16 == 0 and all(s % per16 == 0 for s in layout.qk))
+    vecv = int(d.dv % per16 == 0 and v % 16 == 0 and all(s % per16 == 0 for s in layout.v))
     vec_out = int(d.dv % 4 == 0 and out % (4 * size) == 0)
     launch(
         mod,
@@ -493,7 +515,7 @@ def enqueue(
          ptr(at("qn")), ptr(at("kn")), ptr(at("hq")), ptr(at("hk")), ptr(at("qf")), ptr(at("kf")),
          ptr(at("pls")), ptr(at("kv_part")), i32(d.n), i32(d.p), i32(d.e), i32(d.dv), i32(d.r), i32(d.m),
          f32(root), f32(rr), f32(log_norm), i32(chunk), i32(n_tok), i32(d.nchunk), i32(d.mode), i32(vecq),
-         i32(vecv)],
+         i32(vecv), *layout.args()],
         stream,
         shared_mem=smem["features"],
     )  # fmt: skip
@@ -552,7 +574,7 @@ def enqueue(
             [ptr(q), ptr(k), ptr(v), ptr(at("qf")), ptr(at("kf")), ptr(at("pls")), ptr(at("q_perm")),
              ptr(at("q_inv")), ptr(at("k_perm")), ptr(at("k_inv")), ptr(at("rnum")), ptr(at("raux")),
              i32(d.n), i32(d.p), i32(d.e), i32(d.dv), i32(d.r), i32(d.f), i32(d.c), *shape,
-             f32(scale), i32(d.mode), i32(vecq), i32(vecv)],
+             f32(scale), i32(d.mode), i32(vecq), i32(vecv), *layout.args()],
             stream,
             shared_mem=smem[region],
         )  # fmt: skip
@@ -611,7 +633,9 @@ def _run(
     import torch
 
     d = _checked(q, k, v, hash_vectors, projection, attrs)
-    q, k, v = (t.contiguous() for t in (q, k, v))
+    layout = _qkv_layout(q, k, v)
+    if layout is None:
+        q, k, v = (t.contiguous() for t in (q, k, v))
     fixed = [None if t is None else t.to(torch.float32).contiguous() for t in (hash_vectors, projection)]
     shape = (*q.shape[:3], v.shape[-1])
     if out is None:
@@ -626,9 +650,21 @@ def _run(
             q.data_ptr(), k.data_ptr(), v.data_ptr(),
             0 if fixed[0] is None else fixed[0].data_ptr(), 0 if fixed[1] is None else fixed[1].data_ptr(),
             out.data_ptr(), work.data_ptr(), d, attrs.scale, tensor_dtype_name(q),
-            kernel_stream(q), cluster=cluster, sort_items=sort_items,
+            kernel_stream(q), cluster=cluster, sort_items=sort_items, layout=layout,
         )  # fmt: skip
     return out, work, d
+
+
+def _qkv_layout(q: Tensor, k: Tensor, v: Tensor) -> QKVLayout | None:
+    """q, k and v's layout where the kernels can read them in place (channels at unit stride, q and k with
+    one set of strides, every stride an int32), else None: they are made contiguous. T2T-ViT's token
+    attentions pass views of their qkv projection, whose rows are 3 E apart."""
+    if q.stride() != k.stride() or q.stride(3) != 1 or v.stride(3) != 1:
+        return None
+    qk, vs = (q.stride(0), q.stride(1), q.stride(2)), (v.stride(0), v.stride(1), v.stride(2))
+    if any(not 0 <= s < 2**31 for s in (*qk, *vs)):
+        return None
+    return QKVLayout(q.shape[1], qk, vs)
 
 
 def scatterbrain_cuda(

@@ -32,10 +32,11 @@
 //
 // Modes (spec.Mode): 0 SCATTERBRAIN runs 1-5; 1 LSH runs 1 (norms and hashes), 3, 4, 5; 2 PERFORMER
 // runs 1, 2, 5. (Until 2026-11-28 a kernel of its own, vitrt_sb_stats, found the key maxima before the
-// features kernel: the same values, one launch and one read of k more.) Layouts: q, k [BH, N, E]; v, out
-// [BH, N, Dv] (dtype <dt>: f32, or f16 as raw bits); hash_vectors [R, E + 2] and projection [m, E] float32;
-// everything else float32 (int32 indices) in the workspace; P = N padded to a multiple of the cluster size c
-// (tokens >= N are zero rows: padding).
+// features kernel: the same values, one launch and one read of k more.) Layouts: q, k [B, H, N, E] and v
+// [B, H, N, Dv] at the batch, head and token strides SB_QKV_LAYOUT gives (views of a qkv projection are read in
+// place), channels at unit stride; out [BH, N, Dv] packed (dtype <dt>: f32, or f16 as raw bits); hash_vectors
+// [R, E + 2] and projection [m, E] float32; everything else float32 (int32 indices) in the workspace; P = N
+// padded to a multiple of the cluster size c (tokens >= N are zero rows: padding).
 //
 // How the work is laid out: the kernels stage rows in shared memory as float32 (16-byte vector loads where
 // the row width and the pointer allow: `vec*` flags from the launcher) and compute small matrix products with
@@ -128,23 +129,24 @@ struct Vec16<half_bits> {
   }
 };
 
-// Rows of a [*, width] tensor (T in global memory) gathered into shared memory as float32: row i of the
-// destination is token tok[i] (or first + i when tok is null), zero for tokens >= n_real (padding) and
-// for columns [width, r4(width)). A unit of work is 16 bytes of a row (vec: width is a multiple of 16
-// bytes of T and src is 16-byte aligned) or one element.
+// Rows of a [*, width] tensor (T in global memory, token t's row at src + t * stride) gathered into shared
+// memory as float32: row i of the destination is token tok[i] (or first + i when tok is null), zero for tokens
+// >= n_real (padding) and for columns [width, r4(width)). A unit of work is 16 bytes of a row (vec: width and
+// stride are multiples of 16 bytes of T and src is 16-byte aligned) or one element.
 template <typename T>
 struct RowSrc {
   const T* src;
   const int* tok;
   float* dst;
-  int first, width, pitch, n_real, rows, u;  // u: units per row
+  int first, width, stride, pitch, n_real, rows, u;  // u: units per row
   bool vec;
   FastDiv per_row;  // / u
 
   __device__ __forceinline__ RowSrc(const T* src_, const int* tok_, int first_, int nrows, int width_, int n_real_,
-                                    bool vec_, float* dst_, int pitch_)
-      : src(src_), tok(tok_), dst(dst_), first(first_), width(width_), pitch(pitch_), n_real(n_real_),
-        rows(nrows), u(vec_ ? width_ / Vec16<T>::kCount : r4(width_)), vec(vec_), per_row(max(u, 1)) {}
+                                    bool vec_, float* dst_, int pitch_, int stride_)
+      : src(src_), tok(tok_), dst(dst_), first(first_), width(width_), stride(stride_), pitch(pitch_),
+        n_real(n_real_), rows(nrows), u(vec_ ? width_ / Vec16<T>::kCount : r4(width_)), vec(vec_),
+        per_row(max(u, 1)) {}
   __device__ __forceinline__ int items() const { return rows * u; }
   __device__ __forceinline__ uint4 load(int it) const {
     const int i = per_row(it), g = it - i * u, t = tok != nullptr ? tok[i] : first + i;
@@ -152,9 +154,9 @@ struct RowSrc {
     w.x = w.y = w.z = w.w = 0u;
     if (t < n_real) {
       if (vec)
-        w = *reinterpret_cast<const uint4*>(src + (int64)t * width + g * Vec16<T>::kCount);
+        w = *reinterpret_cast<const uint4*>(src + (int64)t * stride + g * Vec16<T>::kCount);
       else if (g < width)
-        w.x = __float_as_uint(to_float(src[(int64)t * width + g]));
+        w.x = __float_as_uint(to_float(src[(int64)t * stride + g]));
     }
     return w;
   }
@@ -173,11 +175,23 @@ struct RowSrc {
   }
 };
 
+// stride: elements from one token's row to the next (0: width, rows packed).
 template <typename T>
 __device__ __forceinline__ RowSrc<T> rows_of(const T* src, const int* tok, int first, int nrows, int width,
-                                             int n_real, bool vec, float* dst, int pitch) {
-  return RowSrc<T>(src, tok, first, nrows, width, n_real, vec, dst, pitch);
+                                             int n_real, bool vec, float* dst, int pitch, int stride = 0) {
+  return RowSrc<T>(src, tok, first, nrows, width, n_real, vec, dst, pitch, stride > 0 ? stride : width);
 }
+
+// Where the rows of batch x head bh of a [B, H, N, *] tensor start, in elements, from its batch and head strides
+// (the token stride and unit channel stride are the rows'): q, k, v may be views of a qkv projection.
+__device__ __forceinline__ int64 row_base(int bh, int H, int sb, int sh) {
+  const int b = bh / H;
+  return (int64)b * sb + (int64)(bh - b * H) * sh;
+}
+// The layout of q, k and v that the kernels reading them take (cuda.py QKVLayout): the heads H, then the batch,
+// head and token strides of q and k (one layout for both), then of v, in elements.
+#define SB_QKV_LAYOUT int H, int qsb, int qsh, int qsn, int vsb, int vsh, int vsn
+#define SB_QKV_LAYOUT_ARGS H, qsb, qsh, qsn, vsb, vsh, vsn
 
 template <typename S0, typename... Rest>
 __device__ __forceinline__ int items_of(const S0& s0, const Rest&... rest) {
@@ -351,20 +365,22 @@ __device__ __forceinline__ uint4 load8_half(const half_bits* p, int left, bool v
   return w;
 }
 
-// Rows of a [*, width] float16 tensor into shared memory as float16: row i < nreal is token tok[i]; rows
-// nreal .. rows - 1, tokens >= n_real (padding) and columns [width, 16 ceil(width / 16)) are zero. A unit is
-// 8 halves (16 bytes) of a row. With vec (width a multiple of 8, src 16-byte aligned) each unit is a cp.async:
+// Rows of a [*, width] float16 tensor (token t's at src + t * stride) into shared memory as float16: row i <
+// nreal is token tok[i]; rows nreal .. rows - 1, tokens >= n_real (padding) and columns [width, 16 ceil(width /
+// 16)) are zero. A unit is 8 halves (16 bytes) of a row. With vec (width and stride multiples of 8, src 16-byte
+// aligned) each unit is a cp.async:
 // each thread issues all of its copies with no register round trip, complete after cp_async_wait_all.
 // Without, element by element through registers (load8_half).
 __device__ __forceinline__ void stage_half_rows(const half_bits* src, const int* tok, int nreal, int rows,
-                                                int width, int n_real, bool vec, half_bits* dst, int pitch) {
+                                                int width, int n_real, bool vec, half_bits* dst, int pitch,
+                                                int stride) {
   const int u = ((width + 15) >> 4) * 2;
   const FastDiv per_row(u);
   for (int it = threadIdx.x; it < rows * u; it += blockDim.x) {
     const int i = per_row(it), col = 8 * (it - i * u);
     const int t = i < nreal && col < width ? tok[i] : n_real;
     const bool valid = t < n_real;
-    const half_bits* from = valid ? src + (int64)t * width + col : src;
+    const half_bits* from = valid ? src + (int64)t * stride + col : src;
     half_bits* to = dst + i * pitch + col;
     if (vec) {
       cp_async16(to, from, valid);
@@ -385,13 +401,13 @@ struct ValuesT {
   const half_bits* src;
   const int* tok;
   half_bits* dst;
-  int G, c, ck, width, pitch, n_real, blocks;  // blocks: ceil(width / 8) channel blocks
+  int G, c, ck, width, stride, pitch, n_real, blocks;  // blocks: ceil(width / 8) channel blocks
   bool vec;
   FastDiv per_block, per_cluster;  // / (G ck), / ck
   __device__ __forceinline__ ValuesT(const half_bits* src_, const int* tok_, int G_, int c_, int ck_, int width_,
-                                     int n_real_, bool vec_, half_bits* dst_, int pitch_)
-      : src(src_), tok(tok_), dst(dst_), G(G_), c(c_), ck(ck_), width(width_), pitch(pitch_), n_real(n_real_),
-        blocks((width_ + 7) >> 3), vec(vec_), per_block(max(G_ * ck_, 1)), per_cluster(ck_) {}
+                                     int n_real_, bool vec_, half_bits* dst_, int pitch_, int stride_)
+      : src(src_), tok(tok_), dst(dst_), G(G_), c(c_), ck(ck_), width(width_), stride(stride_), pitch(pitch_),
+        n_real(n_real_), blocks((width_ + 7) >> 3), vec(vec_), per_block(max(G_ * ck_, 1)), per_cluster(ck_) {}
   __device__ __forceinline__ int items() const { return blocks * G * ck; }
   __device__ __forceinline__ uint4 load(int it) const {
     const int b = per_block(it), rem = it - b * G * ck, g = per_cluster(rem), j = rem - g * ck;
@@ -399,7 +415,7 @@ struct ValuesT {
     w.x = w.y = w.z = w.w = 0u;
     if (j < c) {
       const int t = tok[g * c + j];
-      if (t < n_real) w = load8_half(src + (int64)t * width + 8 * b, width - 8 * b, vec);
+      if (t < n_real) w = load8_half(src + (int64)t * stride + 8 * b, width - 8 * b, vec);
     }
     return w;
   }
@@ -487,7 +503,7 @@ __device__ void features(const T* __restrict__ q, const T* __restrict__ k, const
                          float* __restrict__ qf, float* __restrict__ kf, float* __restrict__ pls,
                          float* __restrict__ kv_part, int N, int P, int E, int Dv, int R, int m, float root,
                          float rr, float log_norm, int chunk, int n_tok, int nchunk, int mode, int vecq,
-                         int vecv) {
+                         int vecv, SB_QKV_LAYOUT) {
   VITRT_DYNAMIC_SHARED(float, sm);
   __shared__ float scratch[32];
   const int ch = blockIdx.x, bh = blockIdx.y, tid = threadIdx.x, nth = blockDim.x;
@@ -504,24 +520,28 @@ __device__ void features(const T* __restrict__ q, const T* __restrict__ k, const
   float* sq = d + r4(2 * chunk * ds);   // [2n] squared norms
   float* qmx = sq + r4(2 * chunk);      // [n] max_j |q . w_j|
 
+  const T* qb = q + row_base(bh, H, qsb, qsh);
+  const T* kb = k + row_base(bh, H, qsb, qsh);
+  const T* vb = v + row_base(bh, H, vsb, vsh);
   // The value rows go where the query and key rows are (vt aliases x), so they are gathered only after the
   // products below; their lines are prefetched into L2 now, in flight with the q and k rows' loads, so that
-  // gather waits on L2 rather than DRAM. (Held in registers instead, they spilled for sm_90.) The chunk's
-  // rows are contiguous: n Dv values from token t0.
+  // gather waits on L2 rather than DRAM. (Held in registers instead, they spilled for sm_90.) Each real
+  // token's row: Dv values from vb + t vsn, in 128-byte lines.
   if (low_rank) {
-    const char* vb = reinterpret_cast<const char*>(v + ((int64)bh * N + t0) * Dv);
-    const int bytes = min(n, N - t0) * Dv * (int)sizeof(T);
-    for (int off = tid * 128; off < bytes; off += nth * 128) prefetch_l2(vb + off);
+    const int lines = (Dv * (int)sizeof(T) + 127) >> 7, nreal = min(n, N - t0);
+    for (int i = tid; i < nreal * lines; i += nth) {
+      const int j = i / lines;
+      prefetch_l2(reinterpret_cast<const char*>(vb + (int64)(t0 + j) * vsn) + 128 * (i - j * lines));
+    }
   }
   load_weights(w, xs, proj, mm, root, hv, rh, E);
-  gather<4>(rows_of(q + (int64)bh * N * E, nullptr, t0, n, E, N, vecq != 0, x, xs),
-            rows_of(k + (int64)bh * N * E, nullptr, t0, n, E, N, vecq != 0, x + n * xs, xs));
+  gather<4>(rows_of(qb, nullptr, t0, n, E, N, vecq != 0, x, xs, qsn),
+            rows_of(kb, nullptr, t0, n, E, N, vecq != 0, x + n * xs, xs, qsn));
   __syncthreads();
   tile_dots<2, 4>(x, xs, 2 * n, w, xs, nout, e4, d, ds);
   for (int i = tid; i < 2 * n; i += nth) sq[i] = row_sq(x + i * xs, e4);
   __syncthreads();
-  if (low_rank)
-    gather<4>(rows_of(v + (int64)bh * N * Dv, nullptr, t0, n, Dv, N, vecv != 0, vt, vp));
+  if (low_rank) gather<4>(rows_of(vb, nullptr, t0, n, Dv, N, vecv != 0, vt, vp, vsn));
 
   if (sparse) {
     // Hash dot products of the E token coordinates (the sort adds the XBOX+ coordinate's term), +inf on
@@ -838,7 +858,7 @@ __device__ void cluster_attention(const T* __restrict__ q, const T* __restrict__
                                   const int* __restrict__ q_inv, const int* __restrict__ k_perm,
                                   const int* __restrict__ k_inv, float* __restrict__ rnum,
                                   float* __restrict__ raux, int N, int P, int E, int Dv, int R, int F, int c,
-                                  int G, float scale, int mode, int vecq, int vecv) {
+                                  int G, float scale, int mode, int vecq, int vecv, SB_QKV_LAYOUT) {
   VITRT_DYNAMIC_SHARED(float, sm);
   const int r = blockIdx.y, bh = blockIdx.z, tid = threadIdx.x, nth = blockDim.x;
   const int nclus = P / c, g0 = blockIdx.x * G, Gb = min(G, nclus - g0), QB = Gb * c, QM = G * c;
@@ -872,9 +892,10 @@ __device__ void cluster_attention(const T* __restrict__ q, const T* __restrict__
   // q', k', the queries' pls and every round's buckets of the slots' tokens.
   const int fq = sb ? QB : 0, fb = multi ? QB : 0;
   const bool vecf = (F & 3) == 0;  // workspace rows of F floats: 16-byte aligned when F % 4 == 0
-  gather<16>(rows_of(q + (int64)bh * N * E, qidx, 0, QB, E, N, vecq != 0, qs, es),
-             rows_of(k + (int64)bh * N * E, kidx, 0, QB, E, N, vecq != 0, ks, es),
-             rows_of(v + (int64)bh * N * Dv, kidx, 0, QB, Dv, N, vecv != 0, vs, vp),
+  const int64 qk0 = row_base(bh, H, qsb, qsh), v0 = row_base(bh, H, vsb, vsh);
+  gather<16>(rows_of(q + qk0, qidx, 0, QB, E, N, vecq != 0, qs, es, qsn),
+             rows_of(k + qk0, kidx, 0, QB, E, N, vecq != 0, ks, es, qsn),
+             rows_of(v + v0, kidx, 0, QB, Dv, N, vecv != 0, vs, vp, vsn),
              rows_of(qf + (int64)bh * P * F, qidx, 0, fq, F, P, vecf, qfs, fs),
              rows_of(kf + (int64)bh * P * F, kidx, 0, fq, F, P, vecf, kfs, fs),
              SlotScalar{pls + (int64)bh * P, qidx, qpl, fq},
@@ -1042,7 +1063,8 @@ __device__ void cluster_attention_tiled(const T* __restrict__ q, const T* __rest
                                         const int* __restrict__ q_inv, const int* __restrict__ k_perm,
                                         const int* __restrict__ k_inv, float* __restrict__ rnum,
                                         float* __restrict__ raux, int N, int P, int E, int Dv, int R, int F, int c,
-                                        int QS, int KT, float scale, int mode, int vecq, int vecv) {
+                                        int QS, int KT, float scale, int mode, int vecq, int vecv,
+                                        SB_QKV_LAYOUT) {
   VITRT_DYNAMIC_SHARED(float, sm);
   const int r = blockIdx.y, bh = blockIdx.z, tid = threadIdx.x, nth = blockDim.x;
   const int lane = tid & 31, warp = tid >> 5, nwarps = nth >> 5;
@@ -1070,7 +1092,8 @@ __device__ void cluster_attention_tiled(const T* __restrict__ q, const T* __rest
 
   for (int t = tid; t < QB; t += nth) qidx[t] = q_perm[perm0 + q0 + t];
   __syncthreads();
-  gather<4>(rows_of(q + (int64)bh * N * E, qidx, 0, QB, E, N, vecq != 0, qs, es),
+  const int64 qk0 = row_base(bh, H, qsb, qsh), v0 = row_base(bh, H, vsb, vsh);
+  gather<4>(rows_of(q + qk0, qidx, 0, QB, E, N, vecq != 0, qs, es, qsn),
              rows_of(qf + (int64)bh * P * F, qidx, 0, sb ? QB : 0, F, P, (F & 3) == 0, qfs, fs),
              SlotScalar{pls + (int64)bh * P, qidx, qpl, sb ? QB : 0},
              SlotBucket(q_inv + (int64)bh * R * P, qidx, qbk, multi ? QB : 0, R, P, QS, c));
@@ -1087,9 +1110,9 @@ __device__ void cluster_attention_tiled(const T* __restrict__ q, const T* __rest
     const int KB = min(KT, c - k0), nk = (KB + kTiledTile - 1) / kTiledTile;
     for (int j = tid; j < KB; j += nth) kidx[j] = k_perm[perm0 + k0 + j];
     __syncthreads();  // also: the previous tile's rows, weights and alpha are no longer read
-    gather<4>(rows_of(k + (int64)bh * N * E, kidx, 0, KB, E, N, vecq != 0, ks, es),
+    gather<4>(rows_of(k + qk0, kidx, 0, KB, E, N, vecq != 0, ks, es, qsn),
                rows_of(kf + (int64)bh * P * F, kidx, 0, sb ? KB : 0, F, P, (F & 3) == 0, kfs, fs),
-               rows_of(v + (int64)bh * N * Dv, kidx, 0, KB, Dv, N, vecv != 0, vs, vp),
+               rows_of(v + v0, kidx, 0, KB, Dv, N, vecv != 0, vs, vp, vsn),
                SlotBucket(k_inv + (int64)bh * R * P, kidx, kbk, multi ? KB : 0, R, P, KT, c));
     __syncthreads();
 
@@ -1248,7 +1271,7 @@ __device__ void cluster_attention_mma(const half_bits* __restrict__ q, const hal
                                       const int* __restrict__ k_perm, const int* __restrict__ k_inv,
                                       float* __restrict__ rnum, float* __restrict__ raux, int N, int P, int E,
                                       int Dv, int R, int F, int c, int G, float scale, int mode, int vecq,
-                                      int vecv) {
+                                      int vecv, SB_QKV_LAYOUT) {
   constexpr int KS = (NTC + 1) / 2, NT = 2 * KS;  // 16-key steps; 8-key tiles, the last one zero when NTC is odd
   VITRT_DYNAMIC_SHARED(half_bits, smh);
   const int r = blockIdx.y, bh = blockIdx.z, tid = threadIdx.x, nth = blockDim.x;
@@ -1271,9 +1294,10 @@ __device__ void cluster_attention_mma(const half_bits* __restrict__ q, const hal
   }
   __syncthreads();
   const int fq = sb ? QB : 0, fb = multi ? QB : 0;
-  stage_half_rows(q + (int64)bh * N * E, qidx, QB, QB + 16, E, N, vecq != 0, qh, ep);
-  stage_half_rows(k + (int64)bh * N * E, kidx, QB, QB + 16, E, N, vecq != 0, kh, ep);
-  gather<4>(ValuesT(v + (int64)bh * N * Dv, kidx, Gb, c, ck, Dv, N, vecv != 0, vt, vtp),
+  const int64 qk0 = row_base(bh, H, qsb, qsh);
+  stage_half_rows(q + qk0, qidx, QB, QB + 16, E, N, vecq != 0, qh, ep, qsn);
+  stage_half_rows(k + qk0, kidx, QB, QB + 16, E, N, vecq != 0, kh, ep, qsn);
+  gather<4>(ValuesT(v + row_base(bh, H, vsb, vsh), kidx, Gb, c, ck, Dv, N, vecv != 0, vt, vtp, vsn),
             SlotScalar{pls + (int64)bh * P, qidx, qpl, fq},
             SlotBucket(q_inv + (int64)bh * R * P, qidx, qbk, fb, R, P, QM, c),
             SlotBucket(k_inv + (int64)bh * R * P, kidx, kbk, fb, R, P, QM, c));
@@ -1650,27 +1674,28 @@ __device__ void combine(const float* __restrict__ qf, const float* __restrict__ 
       const T* q, const T* k, const T* v, const float* hv, const float* proj, float* kstat,                \
       float* qstat, float* qn, float* kn, float* hq, float* hk, float* qf, float* kf, float* pls,          \
       float* kv_part, int N, int P, int E, int Dv, int R, int m, float root, float rr, float log_norm,     \
-      int chunk, int n_tok, int nchunk, int mode, int vecq, int vecv) {                                    \
+      int chunk, int n_tok, int nchunk, int mode, int vecq, int vecv, SB_QKV_LAYOUT) {                     \
     VITRT_KERNEL_PROLOGUE();                                                                               \
     features<T>(q, k, v, hv, proj, kstat, qstat, qn, kn, hq, hk, qf, kf, pls, kv_part, N, P, E, Dv, R, m,  \
-                root, rr, log_norm, chunk, n_tok, nchunk, mode, vecq, vecv);                               \
+                root, rr, log_norm, chunk, n_tok, nchunk, mode, vecq, vecv, SB_QKV_LAYOUT_ARGS);           \
   }                                                                                                        \
   extern "C" __global__ void __launch_bounds__(256, 2) vitrt_sb_cluster_##SUFFIX(                          \
       const T* q, const T* k, const T* v, const float* qf, const float* kf, const float* pls,              \
       const int* q_perm, const int* q_inv, const int* k_perm, const int* k_inv, float* rnum, float* raux,  \
-      int N, int P, int E, int Dv, int R, int F, int c, int G, float scale, int mode, int vecq, int vecv) { \
+      int N, int P, int E, int Dv, int R, int F, int c, int G, float scale, int mode, int vecq, int vecv,   \
+      SB_QKV_LAYOUT) {                                                                                     \
     VITRT_KERNEL_PROLOGUE();                                                                                \
     cluster_attention<T>(q, k, v, qf, kf, pls, q_perm, q_inv, k_perm, k_inv, rnum, raux, N, P, E, Dv, R,   \
-                         F, c, G, scale, mode, vecq, vecv);                                                \
+                         F, c, G, scale, mode, vecq, vecv, SB_QKV_LAYOUT_ARGS);                            \
   }                                                                                                        \
   extern "C" __global__ void __launch_bounds__(256, 2) vitrt_sb_cluster_tiled_##SUFFIX(                    \
       const T* q, const T* k, const T* v, const float* qf, const float* kf, const float* pls,              \
       const int* q_perm, const int* q_inv, const int* k_perm, const int* k_inv, float* rnum, float* raux,  \
       int N, int P, int E, int Dv, int R, int F, int c, int QS, int KT, float scale, int mode, int vecq,   \
-      int vecv) {                                                                                          \
+      int vecv, SB_QKV_LAYOUT) {                                                                           \
     VITRT_KERNEL_PROLOGUE();                                                                               \
     cluster_attention_tiled<T>(q, k, v, qf, kf, pls, q_perm, q_inv, k_perm, k_inv, rnum, raux, N, P, E, Dv, \
-                               R, F, c, QS, KT, scale, mode, vecq, vecv);                                  \
+                               R, F, c, QS, KT, scale, mode, vecq, vecv, SB_QKV_LAYOUT_ARGS);              \
   }                                                                                                        \
   extern "C" __global__ void __launch_bounds__(256, 3) vitrt_sb_combine_##SUFFIX(                          \
       const float* qf, const float* pls, const float* kv, const float* rnum, const float* raux, T* out,    \
@@ -1699,10 +1724,10 @@ VITRT_SB_ENTRIES(f16, half_bits)
       const half_bits* q, const half_bits* k, const half_bits* v, const float* qf, const float* kf,           \
       const float* pls, const int* q_perm, const int* q_inv, const int* k_perm, const int* k_inv,             \
       float* rnum, float* raux, int N, int P, int E, int Dv, int R, int F, int c, int G, float scale,         \
-      int mode, int vecq, int vecv) {                                                                         \
+      int mode, int vecq, int vecv, SB_QKV_LAYOUT) {                                                          \
     VITRT_KERNEL_PROLOGUE();                                                                                  \
     cluster_attention_mma<NTC>(q, k, v, qf, kf, pls, q_perm, q_inv, k_perm, k_inv, rnum, raux, N, P, E, Dv,   \
-                              R, F, c, G, scale, mode, vecq, vecv);                                           \
+                              R, F, c, G, scale, mode, vecq, vecv, SB_QKV_LAYOUT_ARGS);                       \
   }
 VITRT_SB_CLUSTER_MMA(1, 3)
 VITRT_SB_CLUSTER_MMA(2, 3)

@@ -536,6 +536,48 @@ def test_scatterbrain_sort_keys_per_thread_emulated(emulated: None) -> None:
 
 
 @pytest.mark.parametrize(
+    ("dtype", "heads", "c"),
+    [(torch.float16, 1, 24), (torch.float16, 2, 6), (torch.float32, 2, 24), (torch.float16, 1, 80)],
+    ids=["f16-mma", "f16-2-heads-mma", "f32-staged", "f16-tiled"],
+)
+@pytest.mark.parametrize(
+    "mode", [Mode.SCATTERBRAIN, Mode.LSH, Mode.PERFORMER], ids=["sb", "lsh", "performer"]
+)
+def test_scatterbrain_reads_views_of_a_qkv_projection_in_place_emulated(
+    mode: Mode, dtype: torch.dtype, heads: int, c: int, emulated: None
+) -> None:
+    """q, k, v as views of one qkv output [B, N, 3, H, E] (T2T-ViT's token attentions; rows 3 H E apart):
+    the kernels read them where they lie (QKVLayout) and give the bits of the same values made contiguous,
+    for each form of the cluster kernel (tensor cores, staged, tiled at c = 80) and each mode."""
+    from vitrt.plugins.lsh_attention import cuda as sb_cuda
+    from vitrt.plugins.lsh_attention.module import draw_hash_vectors, draw_projection
+
+    b, n, e = 2, 200, 32
+    qkv = torch.randn(b, n, 3, heads, e).to(dtype)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, H, N, E], token stride 3 H E
+    layout = sb_cuda._qkv_layout(q, k, v)
+    assert layout == sb_cuda.QKVLayout(
+        heads, (n * 3 * heads * e, e, 3 * heads * e), (n * 3 * heads * e, e, 3 * heads * e)
+    )
+    sparse, low_rank = mode != Mode.PERFORMER, mode != Mode.LSH
+    attrs = attention_attrs(mode, c if sparse else 0, 2 if sparse else 0, 8 if low_rank else 0, e**-0.5)
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2**31, ())))
+    hv = draw_hash_vectors(2, e, g) if sparse else None
+    proj = draw_projection(8, e, g) if low_rank else None
+    d = sb_cuda.AttentionDims.of(b, heads, n, e, e, attrs)
+    forms = (
+        sb_cuda.cluster_kernels(d, "float16" if dtype == torch.float16 else "float32") if sparse else [None]
+    )
+    assert forms
+    for form in forms:
+        packed = sb_cuda.scatterbrain_cuda(
+            q.contiguous(), k.contiguous(), v.contiguous(), hv, proj, attrs, cluster=form
+        )
+        in_place = sb_cuda.scatterbrain_cuda(q, k, v, hv, proj, attrs, cluster=form)
+        assert torch.equal(in_place, packed), form
+
+
+@pytest.mark.parametrize(
     ("mode", "kernels"),
     [
         (Mode.SCATTERBRAIN, ["features_f16", "kv_reduce", "sort", "cluster_mma3_f16", "combine_f16"]),
