@@ -618,7 +618,15 @@ def test_scatterbrain_launches_once_per_stage_emulated(
 
 @pytest.mark.parametrize(
     ("tokens", "items", "threads"),
-    [(312, 1, 320), (1008, 1, 1024), (1032, 2, 544), (3144, 4, 800), (4104, 8, 544), (8184, 8, 1024)],
+    [
+        (312, 1, 320),
+        (792, 1, 800),
+        (1008, 1, 1024),
+        (1032, 2, 544),
+        (3144, 4, 800),
+        (4104, 8, 544),
+        (8184, 8, 1024),
+    ],
 )
 def test_the_sort_takes_the_fewest_keys_per_thread_within_1024_threads(
     tokens: int, items: int, threads: int
