@@ -304,17 +304,16 @@ def bench_scatterbrain(batch: int, dtype: torch.dtype, iters: int) -> dict[str, 
 
 def bench_sort_items(batch: int, n: int, iters: int) -> dict[str, Any] | None:
     """Scatterbrain (float16, SB_SHAPE at ``n`` tokens) with its one-tile radix sort at each count of keys per
-    thread whose block fits (``SORT_ITEMS``; the launcher's is the fewest): the whole op (graph ms) and the
-    sort kernel alone (profiler us). The counts before 2026-11-28 were 4 up to P = 2048, else 8, and could
-    not be chosen: None on such plugins."""
+    thread whose block fits (``AttentionDims.sort_item_counts``; the launcher's is the fewest): the whole op
+    (graph ms) and the sort kernel alone (profiler us). The counts before 2026-11-28 were 4 up to P = 2048,
+    else 8, and could not be chosen: None on such plugins."""
     from vitrt.plugins.lsh_attention import cuda as sb_cuda
 
-    if not hasattr(sb_cuda, "SORT_ITEMS"):
+    if not hasattr(sb_cuda.AttentionDims, "sort_item_counts"):
         return None
     case = scatterbrain_case(batch, torch.float16, 12, n)
     d, launches = case["d"], case["launches"]
-    counts = [i for i in sb_cuda.SORT_ITEMS if sb_cuda.sort_threads(d.p, i) <= 1024]
-    assert counts[0] == d.sort_items, (counts, d.sort_items)  # the launcher's count is the baseline
+    counts = d.sort_item_counts  # the launcher's count, the fewest, first: the baseline
     graph = {i: graph_ms(launches(sort_items=i), iters) for i in counts}
     sort_us = {
         i: sum(us for name, us in kernel_breakdown(launches(sort_items=i)).items() if "vitrt_sb_sort" in name)

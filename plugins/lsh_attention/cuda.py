@@ -179,13 +179,18 @@ class AttentionDims:
         return -(-self.p // self.chunk)
 
     @property
+    def sort_item_counts(self) -> list[int]:
+        """The keys per thread (of ``SORT_ITEMS``) whose one-tile sort block stays within 1024 threads."""
+        return [i for i in SORT_ITEMS if sort_threads(self.p, i) <= _SORT_MAX_THREADS]
+
+    @property
     def sort_items(self) -> int:
         """Keys per thread of the one-tile radix sort: the fewest of ``SORT_ITEMS`` whose block stays
         within 1024 threads (1 up to P = 1024, 2 up to 2048, 4 up to 4096, else 8). A sort block is one
         (side, round, batch x head) row, alone on its SM wherever the rows are fewer than the SMs (T2T-ViT's
         first attention has 4 B of them): each pass ranks a thread's keys one after another, so fewer keys
         per thread and more warps shorten the block's chain (before: 4 up to P = 2048, else 8)."""
-        return next(i for i in SORT_ITEMS if sort_threads(self.p, i) <= _SORT_MAX_THREADS)
+        return self.sort_item_counts[0]
 
     @property
     def sort_threads(self) -> int:
@@ -337,8 +342,8 @@ def _sort_items_choice(d: AttentionDims, sort_items: int | None) -> int:
     1024 threads), or the launcher's (``AttentionDims.sort_items``) for None."""
     if sort_items is None:
         return d.sort_items
-    if sort_items not in SORT_ITEMS or sort_threads(d.p, sort_items) > _SORT_MAX_THREADS:
-        fits = [i for i in SORT_ITEMS if sort_threads(d.p, i) <= _SORT_MAX_THREADS]
+    fits = d.sort_item_counts
+    if sort_items not in fits:
         raise ValueError(f"sort_items must be one of {fits} for {d.p} positions, got {sort_items!r}")
     return sort_items
 

@@ -52,6 +52,7 @@ class _AttentionCore(nn.Module):
     to the one custom op it exports as."""
 
     MODE: Mode
+    OPTIONAL_STATE: tuple[str, ...] = ()  # the fixed tensors this core's mode draws (each subclass's)
     lowering = "eager"
     cluster_size = n_hashes = n_features = 0  # 0: not used by this core's mode
 
@@ -75,9 +76,7 @@ class _AttentionCore(nn.Module):
         stay float32, the op's spec for them, wherever the module moves: ``model.half()`` would otherwise
         round the hash vectors and the projection to float16 (other hashes than the float32 model's), and
         the kernels would convert them back on every call, two launches per attention."""
-        fixed = {
-            name: t for name in ("hash_vectors", "projection") if (t := self._buffers.get(name)) is not None
-        }
+        fixed = {name: t for name in self.OPTIONAL_STATE if (t := self._buffers.get(name)) is not None}
         super()._apply(fn, recurse)
         for name, before in fixed.items():
             after = self._buffers[name]
