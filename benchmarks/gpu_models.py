@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import json
 import os
 import platform
 import sys
@@ -46,6 +45,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._results import write_results  # noqa: E402
 from vitrt.deploy.cuda_timing import capture_graph, event_median_ms  # noqa: E402
 
 DTYPE = torch.float16
@@ -395,21 +395,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"top kernels, {key} (us per forward, share):")
                 for name, us, share in profiles[key]:
                     print(f"  {us:9.1f} {100 * share:5.1f}%  {name}")
-    out = args.out or (str(Path(os.environ["OUT"]) / "gpu_models.json") if os.environ.get("OUT") else None)
-    if out:
-        payload = {
-            "device": torch.cuda.get_device_name(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "note": note,
-            "checks": checks,
-            "rows": results,
-            "previous_path": previous,
-            "top_kernels": profiles,
-            "other_bias_choice": others,
-        }
-        Path(out).write_text(json.dumps(payload, indent=2))
-        print(f"wrote {out}")
+    payload = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "note": note,
+        "checks": checks,
+        "rows": results,
+        "previous_path": previous,
+        "top_kernels": profiles,
+        "other_bias_choice": others,
+    }
+    write_results(args.out, "gpu_models.json", payload)
     if FAILED:
         print(f"{len(FAILED)} failed: {', '.join(FAILED)}", file=sys.stderr)
     return 1 if FAILED else 0

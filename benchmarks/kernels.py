@@ -29,8 +29,6 @@ from __future__ import annotations
 import argparse
 import functools
 import inspect
-import json
-import os
 import platform
 import sys
 from collections import defaultdict
@@ -43,6 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._results import write_results  # noqa: E402
 from vitrt.deploy.cuda_timing import capture_graph, event_median_ms  # noqa: E402
 
 GRAPH_CALLS = 20
@@ -517,10 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         "combine_plans": combine_plans,
         "sort_items": sort_items,
     }
-    out = args.out or (str(Path(os.environ["OUT"]) / "kernels.json") if os.environ.get("OUT") else None)
-    if out:
-        Path(out).write_text(json.dumps(result, indent=2))
-        print(f"wrote {out}")
+    write_results(args.out, "kernels.json", result)
     return 0
 
 

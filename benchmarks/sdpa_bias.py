@@ -21,8 +21,6 @@ GPU.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._results import write_results  # noqa: E402
 from vitrt.deploy.cuda_timing import capture_graph, event_median_ms  # noqa: E402
 
 HEADS, E, EP = 6, 64, 72
@@ -101,10 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"batch": batch, "folded_vs_mask_max_abs_diff": diff})
         if diff > MAX_DIFF:
             failed.append(batch)
-    out = args.out or (str(Path(os.environ["OUT"]) / "sdpa_bias.json") if os.environ.get("OUT") else None)
-    if out:
-        Path(out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}, indent=2))
-        print(f"wrote {out}")
+    write_results(args.out, "sdpa_bias.json", {"device": torch.cuda.get_device_name(), "rows": rows})
     if failed:
         print(f"folded output off the masked one by more than {MAX_DIFF} at batch {failed}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import sys
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -82,6 +83,7 @@ class RowLayerNorm(nn.LayerNorm):
     with gradients, in exports (``set_lowering``), and for other widths: ``nn.LayerNorm`` itself."""
 
     lowering = "eager"  # see vitrt.plugins.lowering
+    pad_rows = True  # ``padded`` pads where it applies; False: never (benchmarks/t2t_norms.py times both)
 
     def set_lowering(self, lowering: str) -> None:
         """Pick how the norm is expressed for export; same function."""
@@ -99,6 +101,97 @@ class RowLayerNorm(nn.LayerNorm):
             if op is not None:
                 return op(x, self.weight, self.bias, self.eps)
         return super().forward(x)
+
+    def padded(self, x: Tensor) -> Tensor | None:
+        """``self(x)`` with each row zero-padded to a multiple of 16 bytes, [..., ``row_pitch``], from the
+        same kernel launch (``torch.ops.vitrt.row_layer_norm`` with a pitch), where ``forward`` would take
+        that kernel (eager inference on vitrt's kernels: CUDA tensors, or the CPU emulator) and the rows
+        are not aligned already (T2T-ViT's 147 channels: 152 in float16); else None. Why:
+        ``padded_linear``."""
+        c = x.shape[-1]
+        pitch = row_pitch(c, x.element_size())
+        if (
+            pitch == c
+            or not self.pad_rows
+            or self.lowering != "eager"
+            or torch.is_grad_enabled()
+            or x.dtype not in (torch.float16, torch.float32)
+            or not is_row_layer_norm(self, x)
+            or not on_kernels(x)
+        ):
+            return None
+        op = _registered_op("row_layer_norm")
+        return None if op is None else op(x, self.weight, self.bias, self.eps, pitch)
+
+    def padded_or_plain(self, x: Tensor) -> Tensor:
+        """``padded(x)`` where it applies, else ``self(x)``: the input of a product that takes either
+        (``padded_linear``)."""
+        padded = self.padded(x)
+        return self(x) if padded is None else padded
+
+
+def row_pitch(channels: int, itemsize: int) -> int:
+    """The fewest elements >= ``channels`` whose row is a multiple of 16 bytes (``itemsize`` bytes each): 152
+    for 147 float16 channels, 148 in float32."""
+    per = max(1, 16 // itemsize)
+    return -(-channels // per) * per
+
+
+def _version(t: Tensor) -> int:
+    """t's in-place version counter; 0 for an inference tensor, which has none (parameters made inside
+    ``torch.inference_mode``, as by ``.half()`` there)."""
+    return 0 if t.is_inference() else int(t._version)
+
+
+class DerivedTensors:
+    """Tensors built from a module's parameters (a rearranged or padded weight), kept until those change.
+
+    ``get(variant, sources, build)`` returns ``build()``'s tensors, built once per ``variant`` and kept while
+    every source (a tensor or None) is the same tensor (held by weak reference: a new parameter may reuse a
+    freed one's address) at the same address, version, dtype and device. In-place changes to an inference
+    tensor, which has no version counter, are not seen. Pickles and deep copies start empty (weak
+    references do not pickle; the tensors are rebuilt on first use)."""
+
+    def __init__(self) -> None:
+        self._built: dict[Any, tuple[tuple[Any, ...], tuple[Any, ...], tuple[Tensor, ...]]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_built": {}}
+
+    def get(
+        self, variant: Any, sources: tuple[Tensor | None, ...], build: Callable[[], tuple[Tensor, ...]]
+    ) -> tuple[Tensor, ...]:
+        key = tuple(None if t is None else (t.data_ptr(), _version(t), t.dtype, t.device) for t in sources)
+        cached = self._built.get(variant)
+        if (
+            cached is not None
+            and cached[0] == key
+            and all(ref() is t for ref, t in zip(cached[1], sources, strict=True))
+        ):
+            return cached[2]
+        tensors = build()
+        refs = tuple(weakref.ref(t) if t is not None else (lambda: None) for t in sources)
+        self._built[variant] = (key, refs, tensors)
+        return tensors
+
+
+def padded_linear(linear: nn.Linear, x: Tensor, derived: DerivedTensors) -> Tensor:
+    """``linear(x)`` for x [..., in_features], or for rows zero-padded past in_features ([..., P], P >
+    in_features: ``RowLayerNorm.padded``), which the product takes with linear's weight padded with as many
+    zero columns (kept in ``derived``): the same sums with zero terms added, every row 16-byte aligned.
+    Why: on 147-channel rows cuBLAS runs an align1 kernel for T2T-ViT-t-14's first qkv product
+    (``cutlass_75_tensorop_f16_s1688gemm_f16_128x128_tn_align1``: 29.9 us at batch 8 and 168 us at batch 64
+    in float16 on an H200, benchmarks/results/h200-2026-11-28/run2/models.txt); benchmarks/t2t_norms.py
+    times both."""
+    pitch, weight = x.shape[-1], linear.weight
+    if pitch == linear.in_features:
+        return linear(x)
+
+    def build() -> tuple[Tensor]:
+        return (F.pad(weight.detach(), (0, pitch - weight.shape[1])).contiguous(),)
+
+    (padded_weight,) = derived.get(("padded", pitch), (weight,), build)
+    return F.linear(x, padded_weight, linear.bias)
 
 
 def _registered_op(name: str) -> Callable[..., Any] | None:

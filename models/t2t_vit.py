@@ -22,11 +22,13 @@ from .config import ModelSpec, PreprocessConfig
 from .layers import (
     Block,
     DenseAttention,
+    DerivedTensors,
     DropPath,
     Mlp,
     RowLayerNorm,
     drop_path_rates,
     orthogonal_features,
+    padded_linear,
     sinusoid_encoding,
     trunc_normal_,
     trunc_normal_init,
@@ -63,10 +65,13 @@ class TokenAttention(nn.Module):
         self.proj = nn.Linear(in_dim, in_dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.core: nn.Module = DenseAttention()
+        self.derived = DerivedTensors()  # padded_linear's weight; not state
 
     def forward(self, x: Tensor) -> Tensor:
+        """x [B, N, dim], or its rows zero-padded past dim (``RowLayerNorm.padded``) -> [B, N, in_dim]."""
         b, n, _ = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, 1, self.in_dim).permute(2, 0, 3, 1, 4)
+        qkv = padded_linear(self.qkv, x, self.derived)
+        q, k, v = qkv.reshape(b, n, 3, 1, self.in_dim).permute(2, 0, 3, 1, 4)
         y = self.core(q, k, v, self.scale).squeeze(1)
         return v.squeeze(1) + self.proj_drop(self.proj(y))
 
@@ -83,7 +88,7 @@ class TokenTransformer(nn.Module):
         self.mlp = Mlp(in_dim, int(in_dim * mlp_ratio), in_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.attn(self.norm1(x))
+        x = self.attn(self.norm1.padded_or_plain(x))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -112,6 +117,7 @@ class TokenPerformer(nn.Module):
         )
         # A parameter (not a buffer) so that the key is ``...attention1.w`` as in the checkpoints.
         self.w = nn.Parameter(orthogonal_features(self.m, in_dim), requires_grad=False)
+        self.derived = DerivedTensors()  # padded_linear's weight; not state
 
     def features(self, x: Tensor) -> Tensor:
         """Positive random features [B, N, m] (float32) of x [B, N, in_dim]."""
@@ -120,7 +126,8 @@ class TokenPerformer(nn.Module):
         return torch.exp(x @ self.w.float().t() - half_sq_norm) / math.sqrt(self.m)
 
     def attention(self, x: Tensor) -> Tensor:
-        k, q, v = torch.split(self.kqv(x), self.emb, dim=-1)
+        """x [B, N, dim], or its rows zero-padded past dim (``RowLayerNorm.padded``) -> [B, N, in_dim]."""
+        k, q, v = torch.split(padded_linear(self.kqv, x, self.derived), self.emb, dim=-1)
         kp, qp = self.features(k), self.features(q)
         denom = qp @ kp.sum(dim=1).unsqueeze(-1)  # [B, N, 1]
         kptv = v.float().transpose(1, 2) @ kp  # [B, in_dim, m]
@@ -132,7 +139,7 @@ class TokenPerformer(nn.Module):
         return v + self.dp(self.proj(y.to(v.dtype)))
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.attention(self.norm1(x))
+        x = self.attention(self.norm1.padded_or_plain(x))
         return x + self.mlp(self.norm2(x))
 
 

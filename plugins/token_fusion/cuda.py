@@ -1073,11 +1073,15 @@ def bipartite_matching_cuda(
     return dest
 
 
-def layer_norm_rows_cuda(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+def layer_norm_rows_cuda(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, pitch: int | None = None
+) -> Tensor:
     """``F.layer_norm(x, (C,), weight, bias, eps)`` by the merge kernel's row LayerNorm, one warp per row:
     x [..., C] (float32 or float16; weight / bias [C] of its dtype or None) -> the same shape. For widths
-    torch's vectorised layer_norm does not take (C % 4 != 0), where it runs a 512-thread block per row."""
-    return _layer_norm_rows(x, None, weight, bias, eps)[1]
+    torch's vectorised layer_norm does not take (C % 4 != 0), where it runs a 512-thread block per row.
+    ``pitch`` (>= C): the output is [..., pitch], its columns C .. pitch - 1 zeros, written by the same launch
+    (``vitrt.models.layers.padded_linear``: rows that a product reads on cuBLAS's aligned kernels)."""
+    return _layer_norm_rows(x, None, weight, bias, eps, pitch)[1]
 
 
 def add_layer_norm_rows_cuda(
@@ -1100,9 +1104,15 @@ def _check_like_x(name: str, t: Tensor, x: Tensor) -> None:
 
 
 def _layer_norm_rows(
-    x: Tensor, y: Tensor | None, weight: Tensor | None, bias: Tensor | None, eps: float
+    x: Tensor,
+    y: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    pitch: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Launch ``vitrt_tf_layer_norm``: (x + y, its norm) with a residual y, else (x, norm of x)."""
+    """Launch ``vitrt_tf_layer_norm``: (x + y, its norm) with a residual y, else (x, norm of x); the norm's
+    rows ``pitch`` elements wide (default C), zero past C."""
     import torch
 
     check_kernel_tensor("x", x, x.device)
@@ -1110,25 +1120,28 @@ def _layer_norm_rows(
         raise TypeError(f"x must be one of {SUPPORTED_DTYPES}, got {x.dtype}")
     y = None if y is None else y.contiguous()
     c = x.shape[-1]
+    ldo = c if pitch is None else pitch
+    if not c <= ldo < 2**31:
+        raise ValueError(f"pitch must be at least the {c} channels, got {pitch}")
     weight, bias = _norm_params(weight, bias, x, "")
     x = x.contiguous()
     total = x if y is None else torch.empty_like(x)
-    out = torch.empty_like(x)
+    out = x.new_empty(*x.shape[:-1], ldo)
     rows = x.numel() // c if c else 0
     if rows == 0:
-        return total, out
+        return total, out.zero_()  # nothing for the kernel: no rows, or C = 0 (the padding alone)
     if rows >= 2**31:
         raise ValueError(f"{rows} rows exceed the kernel's int32 indexing")
     addr = [0 if t is None else t.data_ptr() for t in (x, y, weight, bias, None if y is None else total, out)]
     vector = 4 if x.dtype == torch.float32 else 8
-    vec = c % vector == 0 and all(a % 16 == 0 for a in addr)
+    vec = c % vector == 0 and ldo % vector == 0 and all(a % 16 == 0 for a in addr)
     with kernel_device(x):
         launch(
             load_module(SOURCE),
             f"vitrt_tf_layer_norm_{kernel_suffix(tensor_dtype_name(x), PLUGIN_NAME)}",
             (-(-rows // _WARPS), 1, 1),
             (_THREADS, 1, 1),
-            [*map(ptr, addr), i32(rows), i32(c), f32(eps), i32(vec)],
+            [*map(ptr, addr), i32(rows), i32(c), f32(eps), i32(vec), i32(ldo)],
             kernel_stream(x),
         )
     return total, out

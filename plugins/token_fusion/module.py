@@ -8,14 +8,13 @@ weights, one-step-ahead attention) and proportional attention adds log(size) to 
 
 from __future__ import annotations
 
-import weakref
 from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vitrt.models.layers import NO_CARRY, Block, Carry, add_norm, is_row_layer_norm
+from vitrt.models.layers import NO_CARRY, Block, Carry, DerivedTensors, add_norm, is_row_layer_norm
 from vitrt.plugins.cuda_launcher import kernels_apply
 from vitrt.plugins.lowering import ExportScope, grad_mode
 
@@ -36,12 +35,6 @@ from .torch_op import (
     token_merge_add_norm_op,
     token_merge_op,
 )
-
-
-def _version(t: Tensor) -> int:
-    """t's in-place version counter; 0 for an inference tensor, which has none (parameters made inside
-    ``torch.inference_mode``, as by ``.half()`` there)."""
-    return 0 if t.is_inference() else int(t._version)
 
 
 class TokenFusionOp(nn.Module):
@@ -104,9 +97,8 @@ class FusionBlock(Block):
     # does when True; by default they take the reassociated form (``_attend_merged``).
     # benchmarks/one_step_ahead_export.py times both.
     export_merged_matrix = False
-    # The qkv projection rearranged for the kernel path (``_projection``), not state: per variant, (the
-    # key of the weight and bias it was built from, weak references to them, the weight and bias).
-    _projections: dict[tuple[bool, bool, bool], tuple[tuple[object, ...], tuple[Any, ...], Tensor, Tensor]]
+    # The qkv projection rearranged for the kernel path (``_projection``), per variant; not state.
+    _projections: DerivedTensors
 
     def __init__(self, block: Block, config: FusionBlockConfig) -> None:
         nn.Module.__init__(self)  # the submodules come from ``block``, not from fresh ones
@@ -120,18 +112,12 @@ class FusionBlock(Block):
         self.inline_attn = ExportScope()
         self.fusion = ExportScope()
         self.config = config
-        self._projections = {}
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickled (``torch.save`` of a whole model, deep copies) without the projection cache: its weak
-        references do not pickle, and it is rebuilt on first use."""
-        state = self.__dict__.copy()
-        state["_projections"] = {}
-        return state
+        self._projections = DerivedTensors()  # pickles and deep copies start it empty
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self.__dict__.setdefault("_projections", {})  # blocks pickled before the cache existed
+        if not isinstance(self.__dict__.get("_projections"), DerivedTensors):  # pickled before it was one
+            self._projections = DerivedTensors()
         for name in ("inline_attn", "fusion"):  # and before the export scopes
             self._modules.setdefault(name, ExportScope())
 
@@ -245,21 +231,15 @@ class FusionBlock(Block):
         rows, each head's E rows followed, when ``fold``, by Ep - E zero rows (``_folded_dim``), of which
         q's first has bias 1 and every other bias 0; then v's C rows when ``with_v``; then, when
         ``key_mean``, E rows that are the mean over heads of the key rows and key biases (the mean of linear
-        maps is the linear map of the mean). Built once per variant and weight (its address, version, dtype
-        and device) and kept: in-place changes to an inference tensor's weights, which have no version
-        counter, are not seen."""
+        maps is the linear map of the mean). Built once per variant and weight (``DerivedTensors``)."""
         qkv = self.attn.qkv
-        weight, bias = qkv.weight, qkv.bias
-        key = tuple((t.data_ptr(), _version(t), t.dtype, t.device) for t in (weight, bias) if t is not None)
         variant = (fold, with_v, key_mean)
-        cached = self._projections.get(variant)
-        # the same tensors as stored (weak references: a new parameter may reuse a freed one's address)
-        if (
-            cached is not None
-            and cached[0] == key
-            and all(ref() is t for ref, t in zip(cached[1], (weight, bias), strict=True))
-        ):
-            return cached[2], cached[3]
+        built = self._projections.get(variant, (qkv.weight, qkv.bias), lambda: self._rearranged(*variant))
+        return built[0], built[1]
+
+    def _rearranged(self, fold: bool, with_v: bool, key_mean: bool) -> tuple[Tensor, Tensor]:
+        """``_projection``'s weight and bias, built from the qkv projection's."""
+        weight, bias = self.attn.qkv.weight, self.attn.qkv.bias
         c, heads, e = weight.shape[1], self.attn.num_heads, self.attn.head_dim
         full_bias = weight.new_zeros(3 * c) if bias is None else bias  # T2T-ViT blocks have no qkv bias
         rows, biases = [], []
@@ -281,10 +261,7 @@ class FusionBlock(Block):
         if key_mean:
             rows.append(weight[c : 2 * c].float().view(heads, e, c).mean(0).to(weight.dtype))
             biases.append(full_bias[c : 2 * c].float().view(heads, e).mean(0).to(full_bias.dtype))
-        refs = tuple(weakref.ref(t) if t is not None else (lambda: None) for t in (weight, bias))
-        built = (key, refs, torch.cat(rows).contiguous(), torch.cat(biases).contiguous())
-        self._projections[variant] = built
-        return built[2], built[3]
+        return torch.cat(rows).contiguous(), torch.cat(biases).contiguous()
 
     def _qkv_kernel_path(
         self, h: Tensor, fold: bool, with_v: bool, key_mean: bool

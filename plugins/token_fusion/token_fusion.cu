@@ -576,15 +576,17 @@ __device__ void layer_norm_row(const T* row, int C, const LayerNormArgs<T>& ln, 
       C, ln, [&](int, int, int c, float* v) { load_vec<T, V>(row + c, v); }, out_rows);
 }
 
-// The same row LayerNorm on its own, one warp per row of x [R, C] -> ln.out [R, C]: for widths that
+// The same row LayerNorm on its own, one warp per row of x [R, C] -> ln.out [R, ldo]: for widths that
 // torch's vectorised layer_norm does not take (C % 4 != 0, T2T-ViT's 147 channels), where it runs one
-// 512-thread block per row. With a residual [R, C] it is a block's residual add and the norm after it:
-// sum_out = x + residual (each element rounded to T, as torch's add stores it), ln.out = LayerNorm of
-// sum_out as stored, so one launch and one pass over the tokens replace torch's add and layer_norm.
-// Grid (ceil(R / 8)), 256 threads.
+// 512-thread block per row. Columns C .. ldo - 1 of each output row are zeros (ldo >= C): T2T-ViT's norm
+// writes its 147-channel rows 16-byte aligned and zero-padded, which the qkv product then takes with zero
+// weight columns, on cuBLAS's aligned kernels. With a residual [R, C] it is a block's residual add and the
+// norm after it: sum_out = x + residual (each element rounded to T, as torch's add stores it), ln.out =
+// LayerNorm of sum_out as stored, so one launch and one pass over the tokens replace torch's add and
+// layer_norm. Grid (ceil(R / 8)), 256 threads.
 template <typename T, int V, int P>
 __device__ void layer_norm_rows(const T* __restrict__ x, const T* __restrict__ residual, T* sum_out, int R, int C,
-                                const LayerNormArgs<T>& ln) {
+                                int ldo, const LayerNormArgs<T>& ln) {
   const int lane = threadIdx.x & 31;
   const int64 row = (int64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   if (row >= R) return;
@@ -606,7 +608,9 @@ __device__ void layer_norm_rows(const T* __restrict__ x, const T* __restrict__ r
       }
     src = s;
   }
-  layer_norm_row<T, V, P>(src, C, ln, [&](auto&& store) { store(ln.out + row * C); });
+  T* out = ln.out + row * ldo;
+  layer_norm_row<T, V, P>(src, C, ln, [&](auto&& store) { store(out); });
+  for (int c = C + lane; c < ldo; c += 32) out[c] = T(0);
 }
 
 // The members of one output slot in increasing token index, from the slot's member bitmasks in shared
@@ -1629,17 +1633,17 @@ extern "C" __global__ void __launch_bounds__(256) vitrt_tf_info_mean_f16(const f
 }
 
 // The row LayerNorm alone (cuda.layer_norm_rows_cuda; residual and sum_out null) or after a residual add
-// (cuda.add_layer_norm_rows_cuda): vec as for the merge (C % V == 0, 16-byte rows).
+// (cuda.add_layer_norm_rows_cuda): vec as for the merge (C % V == 0, 16-byte rows); out's rows ldo apart.
 #define VITRT_TF_LAYER_NORM(SUFFIX, T, VEC)                                                                 \
   extern "C" __global__ void __launch_bounds__(256) vitrt_tf_layer_norm_##SUFFIX(                         \
       const T* x, const T* residual, const T* weight, const T* bias, T* sum_out, T* out, int R, int C,     \
-      float eps, int vec) {                                                                                \
+      float eps, int vec, int ldo) {                                                                       \
     VITRT_KERNEL_PROLOGUE();                                                                               \
     const LayerNormArgs<T> ln{weight, bias, out, eps, 0};                                                  \
     if (vec)                                                                                              \
-      layer_norm_rows<T, VEC, 2>(x, residual, sum_out, R, C, ln);                                         \
+      layer_norm_rows<T, VEC, 2>(x, residual, sum_out, R, C, ldo, ln);                                    \
     else                                                                                                  \
-      layer_norm_rows<T, 1, 4>(x, residual, sum_out, R, C, ln);                                           \
+      layer_norm_rows<T, 1, 4>(x, residual, sum_out, R, C, ldo, ln);                                      \
   }
 VITRT_TF_LAYER_NORM(f32, float, 4)
 VITRT_TF_LAYER_NORM(f16, half_bits, 8)

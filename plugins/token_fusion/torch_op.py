@@ -168,15 +168,30 @@ def _token_fusion_norm_fake(*args: Any) -> tuple[Tensor, Tensor, Tensor, Tensor,
 
 
 @torch.library.custom_op("vitrt::row_layer_norm", mutates_args=())
-def row_layer_norm_op(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+def row_layer_norm_op(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, pitch: int = 0
+) -> Tensor:
     """``F.layer_norm(x, (C,), weight, bias, eps)`` over the last dim; on the kernels the merge kernel's row
     LayerNorm alone, one warp per row (``cuda.layer_norm_rows_cuda``), for widths torch's vectorised
-    kernel does not take. Inference only: no gradient is registered (callers use it with grad off)."""
+    kernel does not take. ``pitch`` > 0 (at least C): the result is [..., pitch], zeros past column C (rows a
+    product reads on aligned kernels: ``vitrt.models.layers.padded_linear``). Inference only: no gradient is
+    registered (callers use it with grad off)."""
     if emulating():
         from .cuda import layer_norm_rows_cuda
 
-        return layer_norm_rows_cuda(x, weight, bias, eps)
-    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+        return layer_norm_rows_cuda(x, weight, bias, eps, pitch or None)
+    return _row_layer_norm_torch(x, weight, bias, eps, pitch)
+
+
+def _row_layer_norm_torch(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, pitch: int
+) -> Tensor:
+    """``row_layer_norm`` by torch's layer_norm (the reference, and the fallback without kernels)."""
+    c = x.shape[-1]
+    if pitch and pitch < c:
+        raise ValueError(f"pitch must be at least the {c} channels, got {pitch}")
+    normed = F.layer_norm(x, (c,), weight, bias, eps)
+    return F.pad(normed, (0, pitch - c)) if pitch > c else normed
 
 
 _NORM_KERNELS: dict[int, bool] = {}
@@ -211,17 +226,21 @@ def _norm_kernels_load(x: Tensor) -> bool:
 
 
 @row_layer_norm_op.register_kernel("cuda")
-def _row_layer_norm_cuda(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+def _row_layer_norm_cuda(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, pitch: int = 0
+) -> Tensor:
     from .cuda import layer_norm_rows_cuda
 
     if not _norm_kernels_load(x):
-        return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
-    return layer_norm_rows_cuda(x, weight, bias, eps)
+        return _row_layer_norm_torch(x, weight, bias, eps, pitch)
+    return layer_norm_rows_cuda(x, weight, bias, eps, pitch or None)
 
 
 @row_layer_norm_op.register_fake
-def _row_layer_norm_fake(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
-    return torch.empty_like(x, memory_format=torch.contiguous_format)  # the kernel's output
+def _row_layer_norm_fake(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, pitch: int = 0
+) -> Tensor:
+    return x.new_empty(*x.shape[:-1], pitch or x.shape[-1])  # the kernel's output: contiguous
 
 
 @torch.library.custom_op("vitrt::add_layer_norm", mutates_args=())

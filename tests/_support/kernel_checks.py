@@ -390,6 +390,29 @@ def check_row_layer_norm(
     _close(got, _layer_norm32(x, weight, bias, 1e-5), dtype, "row_layer_norm")
 
 
+def check_row_layer_norm_padded(rows: int, c: int, pitch: int, dtype: torch.dtype, device: str) -> None:
+    """torch.ops.vitrt.row_layer_norm with a pitch on the kernels (T2T-ViT's 147-channel norm, its rows
+    zero-padded for the qkv product): [2, rows, pitch], its first c columns bit for bit the unpadded kernel's
+    output, the rest +0.0 whatever the buffer held (a first call's output, filled with NaNs and freed, is
+    likely the memory the second gets); the torch fallback pads alike and agrees within the tolerances."""
+    import vitrt.plugins.token_fusion.torch_op as ops
+
+    g = torch.Generator(device=device).manual_seed(rows + pitch)
+    x = (torch.randn(2, rows, c, device=device, generator=g) * 3 + 5).to(dtype)
+    weight = (torch.rand(c, device=device, generator=g) + 0.5).to(dtype)
+    bias = torch.randn(c, device=device, generator=g).to(dtype)
+    torch.ops.vitrt.row_layer_norm(x, weight, bias, 1e-5, pitch).fill_(math.nan)  # a dirty buffer to reuse
+    got = torch.ops.vitrt.row_layer_norm(x, weight, bias, 1e-5, pitch)
+    plain = torch.ops.vitrt.row_layer_norm(x, weight, bias, 1e-5)
+    _synchronize(got)
+    assert got.shape == (2, rows, pitch) and got.dtype == dtype and got.is_contiguous()
+    assert torch.equal(got[..., :c], plain)
+    assert torch.equal(got[..., c:], torch.zeros_like(got[..., c:])) and not got[..., c:].signbit().any()
+    fallback = ops._row_layer_norm_torch(x, weight, bias, 1e-5, pitch)
+    assert torch.equal(fallback[..., c:], torch.zeros_like(got[..., c:]))
+    _close(got, fallback, dtype, "row_layer_norm padded")
+
+
 def check_attention_info(b: int, h: int, n: int, dtype: torch.dtype, device: str, with_size: bool) -> None:
     """attention_info_cuda (the fused block's info from q k^T) against reference.attention_info on seeded
     logits of a realistic spread (std 3 after the scale), with or without proportional attention;

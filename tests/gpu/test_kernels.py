@@ -31,6 +31,7 @@ from tests._support.kernel_checks import (
     check_random_attention,
     check_random_fusion,
     check_row_layer_norm,
+    check_row_layer_norm_padded,
     check_scatterbrain,
     check_scores_match,
     check_token_fusion,
@@ -212,6 +213,11 @@ def test_fusion_with_the_norm_after_it(
 )  # fmt: skip
 def test_row_layer_norm(rows: int, c: int, affine: bool, residual: bool, dtype: torch.dtype) -> None:
     check_row_layer_norm(rows, c, dtype, "cuda", affine, residual)
+
+
+@pytest.mark.parametrize(("dtype", "pitch"), [(torch.float32, 148), (torch.float16, 152)], ids=["f32", "f16"])
+def test_row_layer_norm_pads_its_rows(dtype: torch.dtype, pitch: int) -> None:
+    check_row_layer_norm_padded(3136 * 2, 147, pitch, dtype, "cuda")
 
 
 @pytest.mark.parametrize("seed", range(64))

@@ -38,6 +38,7 @@ from tests._support.kernel_checks import (
     check_random_attention,
     check_random_fusion,
     check_row_layer_norm,
+    check_row_layer_norm_padded,
     check_scatterbrain,
     check_scores_match,
     check_token_fusion,
@@ -310,6 +311,15 @@ def test_row_layer_norm_emulated(
     before = module.launches.get(kernel, 0)
     check_row_layer_norm(rows, c, dtype, "cpu", affine, residual)
     assert module.launches[kernel] == before + 1  # the kernel ran, not torch's add and layer_norm
+
+
+@pytest.mark.parametrize(("dtype", "pitch"), [(torch.float32, 148), (torch.float16, 152)], ids=["f32", "f16"])
+def test_row_layer_norm_pads_its_rows_emulated(dtype: torch.dtype, pitch: int, emulated: None) -> None:
+    module = emulated_module("token_fusion")
+    kernel = f"vitrt_tf_layer_norm_{'f16' if dtype == torch.float16 else 'f32'}"
+    before = module.launches.get(kernel, 0)
+    check_row_layer_norm_padded(37, 147, pitch, dtype, "cpu")
+    assert module.launches[kernel] == before + 3  # the dirty call, the padded one, the plain one
 
 
 # The two T2T token attentions of T2T-ViT-t-14 with Scatterbrain: N = 3136 (c = 24, 2 hashes, m = 12)

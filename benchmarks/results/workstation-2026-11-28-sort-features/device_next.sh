@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # PREPARED, NOT RUN: the next GPU session's first device call (it replaces ../h200-2026-11-28/device_next.sh,
-# whose programmatic-launch passes are folded in below). At most 9 minutes by the limits below.
+# whose programmatic-launch passes are folded in below; step 4 added in session 22). At most 9.5 minutes by the
+# limits below.
 #
 # 1. Every GPU test on the tree (the sort's four key counts, features without the stats kernel, kv_reduce's
 #    log_k), then memcheck and racecheck over tests/gpu/sanitize.py (which now runs the sort at 1, 2, 4, 8 keys).
@@ -9,6 +10,10 @@
 #    swapped; the tree's kernels.py times the sort's key counts where the plugins have them).
 # 3. Programmatic dependent launch on and off (VITRT_PROGRAMMATIC_LAUNCH=0), same tree: two passes of kernels.py,
 #    one of the models, alternating with the runs of step 2, so that no pass of one waits on the other.
+# 4. (session 22) benchmarks/t2t_norms.py: T2T-ViT's first qkv product on rows padded to 152 channels against the
+#    147-channel product, the token module with and without, torch's layer_norm against vitrt's row norm at 64
+#    and 576 channels. The base copy runs with RowLayerNorm.pad_rows off: 7507b9e's row_layer_norm op takes no
+#    pitch (the padding came with an op signature change), so its models rows are the unpadded module.
 #
 # Before the call, on the workstation (the fatbins must match each tree's sources):
 #   VITRT_CUDA_ARCHS=sm_90 vitrt plugins build --out build/plugins-sm90
@@ -25,6 +30,8 @@ mkdir -p build/plugins && cp build/plugins-sm90/* build/plugins/
 AB=/tmp/ab; rm -rf $AB && mkdir -p $AB
 tar -c --exclude=./.git --exclude=./.venv --exclude=./build . | tar -x -C $AB
 rm -rf $AB/plugins && cp -r build/ab-base/plugins $AB/plugins && mkdir -p $AB/build/plugins && cp build/ab-base-sm90/* $AB/build/plugins/
+sed -i 's/^    pad_rows = True  #/    pad_rows = False  #/' $AB/models/layers.py && grep -q "pad_rows = False" $AB/models/layers.py \
+  || echo "base copy: could not turn RowLayerNorm.pad_rows off (its T2T rows will fail)"
 cp build/ab-base/COMMIT $R/base/COMMIT
 { nvidia-smi -L; python3 -c 'import torch, timm; print(torch.__version__, torch.version.cuda, timm.__version__)'; } >"$R/env.txt" 2>&1
 timeout 60 python3 -m pytest -q -p no:cacheprovider tests/gpu >"$R/pytest.txt" 2>&1; step pytest $?
@@ -46,6 +53,8 @@ timeout 25 compute-sanitizer --tool memcheck --report-api-errors no --print-limi
   >"$R/sanitize_memcheck.txt" 2>&1; step memcheck $?; tail -1 "$R/sanitize_memcheck.txt"
 timeout 45 compute-sanitizer --tool racecheck --print-limit 20 python3 tests/gpu/sanitize.py \
   >"$R/sanitize_racecheck.txt" 2>&1; step racecheck $?; tail -1 "$R/sanitize_racecheck.txt"
+timeout 40 python3 benchmarks/t2t_norms.py --iters 30 --out "$R/t2t_norms.json" >"$R/t2t_norms.txt" 2>&1
+step t2t_norms $?; grep -E "^ +[0-9]+ " "$R/t2t_norms.txt"
 if [ $SECONDS -lt 400 ]; then  # a second pass of the kernels, the other way round
   kern "$PWD" "$R/off/kernels_p2" VITRT_PROGRAMMATIC_LAUNCH=0; step "kernels pdl-off p2" $?
   kern $AB "$R/base/kernels_p2"; step "kernels base p2" $?

@@ -174,6 +174,49 @@ def test_plain_blocks_add_and_norm_in_one_kernel(dtype: torch.dtype, _emulator: 
     assert error <= tol, error
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("tokens_type", ["transformer", "performer"])
+def test_t2t_token_norm_feeds_the_product_aligned_rows(
+    tokens_type: str, dtype: torch.dtype, _emulator: None
+) -> None:
+    """On the kernel path T2T-ViT's first token block (147 channels) runs norm1 as the row-norm kernel with
+    its rows zero-padded to 16 bytes (148 float32 / 152 float16 channels: one launch, no other norm
+    kernel) and its qkv product on those rows with a zero-padded weight, and gives the reference path's
+    output within 1e-5 (float32; the norm's sums in another order) / 1e-2 (float16) relative. The padded
+    weight is built once, and again after an in-place change of the weights (as load_state_dict makes);
+    exports (set_lowering "portable") and gradients keep the unpadded norm and product."""
+    from vitrt.models.t2t_vit import T2TModule
+    from vitrt.plugins.lowering import set_lowering
+
+    torch.manual_seed(0)
+    block = T2TModule(64, tokens_type, 32).attention1.eval().to(dtype)
+    products = block.attn.qkv if tokens_type == "transformer" else block.kqv
+    x = (torch.randn(2, 50, 147, generator=torch.Generator().manual_seed(6)) * 2 + 1).to(dtype)
+    widths: list[int] = []
+    products.register_forward_pre_hook(lambda _m, args: widths.append(args[0].shape[-1]))
+    kernel = f"vitrt_tf_layer_norm_{'f16' if dtype == torch.float16 else 'f32'}"
+    module = emulated_module("token_fusion")
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    for scale in (1.0, 0.5):
+        with torch.no_grad():
+            products.weight.mul_(scale)  # the second round: the padded weight is stale
+            expected = block(x)
+            with emulated_kernels():
+                before = module.launches.get(kernel, 0)
+                got = block(x)
+                assert module.launches.get(kernel, 0) - before == 1
+                set_lowering(block, "portable")
+                exported = block(x)
+                set_lowering(block, "eager")
+        error = (got.float() - expected.float()).abs().max() / expected.float().abs().max()
+        assert error <= tol, error
+        assert torch.equal(exported, expected)
+    with emulated_kernels():
+        with_grad = block(x)
+    assert torch.equal(with_grad.detach(), expected)
+    assert widths == [147] * 5  # the padded product does not call the Linear module: only the others did
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fusion", ["mctf", {"r": 8}], ids=["mctf", "mctf_r8"])
 def test_float16_model_reads_q_and_k_in_one_kernel(fusion: object, _emulator: None) -> None:
