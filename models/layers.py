@@ -74,13 +74,18 @@ def unfold_token_rows(tokens: Tensor, side: int, kernel_size: int, stride: int, 
 
 
 class RowLayerNorm(nn.LayerNorm):
-    """``nn.LayerNorm`` over the last dim (same parameters, same state-dict keys) for widths that torch's
-    vectorised CUDA kernel does not take (C % 4 != 0: T2T-ViT's 147-channel token norms). There torch runs
-    one 512-thread block per row (``RowwiseMomentsCUDAKernel``: 1.0 ms, 13 % of T2T-ViT-t-14 +
+    """``nn.LayerNorm`` over the last dim (same parameters, same state-dict keys) for T2T-ViT's token norms:
+    many rows (3136 and 784 tokens per image) of few channels (147, 64 and 576), where torch's CUDA
+    layer_norm runs one block per row: a 512-thread block for widths its vectorised kernel does not take (C
+    % 4 != 0, the 147-channel norm: ``RowwiseMomentsCUDAKernel``, 1.0 ms, 13 % of T2T-ViT-t-14 +
     Scatterbrain's kernel time at batch 64 on an H100, benchmarks/results/h100-2026-11-26/gpu_models.txt),
-    so eager CUDA inference calls ``torch.ops.vitrt.row_layer_norm`` instead (one warp per row), when
-    vitrt's ops are loaded (``vitrt.create_model`` loads them; the models never import op code). Elsewhere,
-    with gradients, in exports (``set_lowering``), and for other widths: ``nn.LayerNorm`` itself."""
+    else its vectorised kernel's 128 threads (16 of them busy for 64 float16 channels:
+    ``vectorized_layer_norm_kernel``, 402 us of that model's kernel time at batch 64 on an H200,
+    benchmarks/results/h200-2026-11-28/run2/models.txt). So eager inference on vitrt's kernels (CUDA
+    tensors, or the CPU emulator) calls ``torch.ops.vitrt.row_layer_norm`` instead (one warp per row, eight
+    rows per block), where vitrt's ops are loaded (``vitrt.create_model`` loads them; the models never import
+    op code). Elsewhere, with gradients, in exports (``set_lowering``) and for dtypes the kernel does not
+    take: ``nn.LayerNorm`` itself."""
 
     lowering = "eager"  # see vitrt.plugins.lowering
     pad_rows = True  # ``padded`` pads where it applies; False: never (benchmarks/t2t_norms.py times both)
@@ -89,38 +94,28 @@ class RowLayerNorm(nn.LayerNorm):
         """Pick how the norm is expressed for export; same function."""
         self.lowering = lowering
 
-    def forward(self, x: Tensor) -> Tensor:
-        if (
+    def _on_kernel(self, x: Tensor) -> bool:
+        """Whether this norm of x runs as ``torch.ops.vitrt.row_layer_norm`` (the class docstring)."""
+        return (
             self.lowering == "eager"
-            and x.is_cuda
-            and x.shape[-1] % 4 != 0
-            and is_row_layer_norm(self, x)
             and not torch.is_grad_enabled()
-        ):
-            op = _registered_op("row_layer_norm")
-            if op is not None:
-                return op(x, self.weight, self.bias, self.eps)
-        return super().forward(x)
+            and x.dtype in (torch.float16, torch.float32)
+            and is_row_layer_norm(self, x)
+            and on_kernels(x)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        op = _registered_op("row_layer_norm") if self._on_kernel(x) else None
+        return super().forward(x) if op is None else op(x, self.weight, self.bias, self.eps)
 
     def padded(self, x: Tensor) -> Tensor | None:
         """``self(x)`` with each row zero-padded to a multiple of 16 bytes, [..., ``row_pitch``], from the
-        same kernel launch (``torch.ops.vitrt.row_layer_norm`` with a pitch), where ``forward`` would take
-        that kernel (eager inference on vitrt's kernels: CUDA tensors, or the CPU emulator) and the rows
-        are not aligned already (T2T-ViT's 147 channels: 152 in float16); else None. Why:
+        same kernel launch (``torch.ops.vitrt.row_layer_norm`` with a pitch), where ``forward`` takes that
+        kernel and the rows are not aligned already (T2T-ViT's 147 channels: 152 in float16); else None. Why:
         ``padded_linear``."""
         c = x.shape[-1]
         pitch = row_pitch(c, x.element_size())
-        if (
-            pitch == c
-            or not self.pad_rows
-            or self.lowering != "eager"
-            or torch.is_grad_enabled()
-            or x.dtype not in (torch.float16, torch.float32)
-            or not is_row_layer_norm(self, x)
-            or not on_kernels(x)
-        ):
-            return None
-        op = _registered_op("row_layer_norm")
+        op = _registered_op("row_layer_norm") if pitch != c and self.pad_rows and self._on_kernel(x) else None
         return None if op is None else op(x, self.weight, self.bias, self.eps, pitch)
 
     def padded_or_plain(self, x: Tensor) -> Tensor:

@@ -81,10 +81,10 @@ class TokenTransformer(nn.Module):
 
     def __init__(self, dim: int, in_dim: int, mlp_ratio: float = 1.0, drop_path: float = 0.0) -> None:
         super().__init__()
-        self.norm1 = RowLayerNorm(dim)  # dim = 147 or 576: see RowLayerNorm
+        self.norm1 = RowLayerNorm(dim)  # dim = 147 or 576, in_dim 64: see RowLayerNorm
         self.attn = TokenAttention(dim, in_dim)
         self.drop_path = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(in_dim)
+        self.norm2 = RowLayerNorm(in_dim)
         self.mlp = Mlp(in_dim, int(in_dim * mlp_ratio), in_dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -110,8 +110,8 @@ class TokenPerformer(nn.Module):
         self.kqv = nn.Linear(dim, 3 * in_dim)
         self.dp = nn.Dropout(drop)
         self.proj = nn.Linear(in_dim, in_dim)
-        self.norm1 = RowLayerNorm(dim)  # dim = 147 or 576: see RowLayerNorm
-        self.norm2 = nn.LayerNorm(in_dim)
+        self.norm1 = RowLayerNorm(dim)  # dim = 147 or 576, in_dim 64: see RowLayerNorm
+        self.norm2 = RowLayerNorm(in_dim)
         self.mlp = nn.Sequential(
             nn.Linear(in_dim, in_dim), nn.GELU(), nn.Linear(in_dim, in_dim), nn.Dropout(drop)
         )
