@@ -12,7 +12,9 @@ Float16, each case one CUDA graph, median of ``--iters`` replays. Rows, at each 
   model with ``pad_rows`` off and on;
 - "norm 64 torch" / "vitrt", "norm 576 torch" / "vitrt": ``F.layer_norm`` against
   ``torch.ops.vitrt.row_layer_norm`` at the module's other norms (64 channels on 3136 tokens: norm2 of
-  attention1; 576 on 784: norm1 of attention2), which torch's kernel runs one block per row.
+  attention1; 576 on 784: norm1 of attention2), which torch's kernel runs one block per row;
+- "norm 64 lanes 32" / "8": vitrt's row norm at 64 channels, a warp per row against 8 lanes per row (four
+  rows a warp: what it takes).
 Each ratio is against the first row of its pair. The padded outputs are checked against the unpadded ones
 (max abs difference; exit status 1 above ``MAX_DIFF``). Exit status 2 without a CUDA GPU.
 """
@@ -35,6 +37,7 @@ from benchmarks._results import write_results  # noqa: E402
 from vitrt import create_model  # noqa: E402
 from vitrt.deploy.cuda_timing import capture_graph, event_median_ms  # noqa: E402
 from vitrt.models.layers import RowLayerNorm, padded_linear  # noqa: E402
+from vitrt.plugins.token_fusion.cuda import layer_norm_rows_cuda  # noqa: E402
 
 Case = tuple[str, Callable[[], torch.Tensor]]
 MAX_DIFF = 2e-2  # float16 outputs of magnitude up to ~10: a few units of rounding (other summation orders)
@@ -99,6 +102,14 @@ def cases(model: torch.nn.Module, batch: int) -> list[tuple[str, Case, Case]]:
                 ("vitrt", lambda x=x, w=w, b=b: torch.ops.vitrt.row_layer_norm(x, w, b, 1e-5)),
             )
         )
+        if width == 64:  # vitrt's narrow rows: 8 lanes a row (what it takes) against a warp a row
+            pairs.append(
+                (
+                    "norm 64 lanes",
+                    ("32", lambda x=x, w=w, b=b: layer_norm_rows_cuda(x, w, b, 1e-5, group=32)),
+                    ("8", lambda x=x, w=w, b=b: layer_norm_rows_cuda(x, w, b, 1e-5)),
+                )
+            )
     return pairs
 
 

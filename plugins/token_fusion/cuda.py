@@ -1074,25 +1074,32 @@ def bipartite_matching_cuda(
 
 
 def layer_norm_rows_cuda(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, pitch: int | None = None
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    pitch: int | None = None,
+    *,
+    group: int | None = None,
 ) -> Tensor:
-    """``F.layer_norm(x, (C,), weight, bias, eps)`` by the merge kernel's row LayerNorm, one warp per row:
-    x [..., C] (float32 or float16; weight / bias [C] of its dtype or None) -> the same shape. For widths
-    torch's vectorised layer_norm does not take (C % 4 != 0), where it runs a 512-thread block per row.
-    ``pitch`` (>= C): the output is [..., pitch], its columns C .. pitch - 1 zeros, written by the same launch
-    (``vitrt.models.layers.padded_linear``: rows that a product reads on cuBLAS's aligned kernels)."""
-    return _layer_norm_rows(x, None, weight, bias, eps, pitch)[1]
+    """``F.layer_norm(x, (C,), weight, bias, eps)`` by the merge kernel's row LayerNorm, a warp (or, for
+    narrow rows, 8 or 16 lanes: ``layer_norm_group``) per row: x [..., C] (float32 or float16; weight / bias
+    [C] of its dtype or None) -> the same shape. For T2T-ViT's token norms, where torch's layer_norm runs a
+    block per row. ``pitch`` (>= C): the output is [..., pitch], its columns C .. pitch - 1 zeros, written by
+    the same launch (``vitrt.models.layers.padded_linear``: rows that a product reads on cuBLAS's aligned
+    kernels). ``group`` (tests, benchmarks): lanes per row, 8, 16 or 32 (None: ``layer_norm_group``'s)."""
+    return _layer_norm_rows(x, None, weight, bias, eps, pitch, group)[1]
 
 
 def add_layer_norm_rows_cuda(
-    x: Tensor, y: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float
+    x: Tensor, y: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, *, group: int | None = None
 ) -> tuple[Tensor, Tensor]:
     """A block's residual add and the LayerNorm after it in one kernel: x, y [..., C] of one shape and dtype
     (float32 or float16; weight / bias [C] of that dtype or None) -> (s = x + y, F.layer_norm(s, (C,),
     weight, bias, eps)), s bit-identical to torch's add. Where torch launches an add and a layer_norm,
-    this is one launch and one pass over the tokens less."""
+    this is one launch and one pass over the tokens less. ``group`` as for ``layer_norm_rows_cuda``."""
     _check_like_x("y", y, x)
-    return _layer_norm_rows(x, y, weight, bias, eps)
+    return _layer_norm_rows(x, y, weight, bias, eps, group=group)
 
 
 def _check_like_x(name: str, t: Tensor, x: Tensor) -> None:
@@ -1110,9 +1117,10 @@ def _layer_norm_rows(
     bias: Tensor | None,
     eps: float,
     pitch: int | None = None,
+    group: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Launch ``vitrt_tf_layer_norm``: (x + y, its norm) with a residual y, else (x, norm of x); the norm's
-    rows ``pitch`` elements wide (default C), zero past C."""
+    rows ``pitch`` elements wide (default C), zero past C; ``group`` lanes per row (None: the launcher's)."""
     import torch
 
     check_kernel_tensor("x", x, x.device)
@@ -1135,13 +1143,26 @@ def _layer_norm_rows(
     addr = [0 if t is None else t.data_ptr() for t in (x, y, weight, bias, None if y is None else total, out)]
     vector = 4 if x.dtype == torch.float32 else 8
     vec = c % vector == 0 and ldo % vector == 0 and all(a % 16 == 0 for a in addr)
+    chosen = layer_norm_group(c, vector) if vec else 32
+    if group is not None and (group not in (8, 16, 32) or group < chosen):
+        raise ValueError(f"group must be 8, 16 or 32 lanes, at least {chosen} here, got {group}")
+    group = chosen if group is None else group
     with kernel_device(x):
         launch(
             load_module(SOURCE),
             f"vitrt_tf_layer_norm_{kernel_suffix(tensor_dtype_name(x), PLUGIN_NAME)}",
-            (-(-rows // _WARPS), 1, 1),
+            (-(-rows // (_WARPS * 32 // group)), 1, 1),
             (_THREADS, 1, 1),
-            [*map(ptr, addr), i32(rows), i32(c), f32(eps), i32(vec), i32(ldo)],
+            [*map(ptr, addr), i32(rows), i32(c), f32(eps), i32(vec), i32(ldo), i32(group)],
             kernel_stream(x),
         )
     return total, out
+
+
+def layer_norm_group(channels: int, vector: int) -> int:
+    """Lanes per row of ``vitrt_tf_layer_norm``'s vector path: 8 or 16 where a row's ``channels / vector``
+    vectors fit them (64 float16 channels: 8 lanes of 8 halves, four rows per warp), else 32 (a warp). Rows
+    of the narrow groups give the bits a warp per row gives (the kernel's group_sum); a warp per row left 24
+    of its 32 lanes idle at T2T-ViT's 64 channels."""
+    vectors = -(-channels // vector)
+    return next((g for g in (8, 16) if vectors <= g), 32)

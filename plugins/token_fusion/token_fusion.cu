@@ -30,8 +30,8 @@
 // probabilities: vitrt_tf_attention_info_qk<E/16>_f16 grid (N S/16W, H, B) from q and k on tensor cores
 // (float16, E = 32 / 64 / 128, N <= 256), else vitrt_tf_attention_info<VPL>_<dt> grid (N/64, H, B) from
 // q k^T; then vitrt_tf_info_mean_<dt> grid (N/256, B), the mean over heads and queries. And for any
-// block, vitrt_tf_layer_norm_<dt> grid (R/8): the merge's row LayerNorm alone, or after a residual add
-// (a block's add and the norm that follows it in one launch).
+// block, vitrt_tf_layer_norm_<dt> grid (R/8, or R/16, R/32 for rows of at most 16 or 8 vectors): the merge's
+// row LayerNorm alone, or after a residual add (a block's add and the norm that follows it in one launch).
 //
 // <dt> is f32 or f16 (the dtype of x, metric, info, size and of the outputs; float16 travels as raw bits).
 // All arithmetic is float32. Shapes: x [B, N, C], metric [B, N, Cm] with rows ldm >= Cm elements apart (a
@@ -510,21 +510,33 @@ struct LayerNormArgs {
   int by_token;
 };
 
-// LayerNorm of one row of C values by one warp, as torch's layer_norm computes it from the row as stored
-// (in T): mean, then the mean of squared deviations (biased), y = (x - mean) / sqrt(var + eps) * w + b,
-// in float32. The lane's vectors come from load_vector(c0, p, c, v) in merge_slot's layout (channel c =
-// c0 + (32 p + lane) V, sweeps c0 = 0, 32 V P, ...), visited three times: two passes for the statistics,
-// one for the output. Output rows: out_rows(store) calls store(out_row) for each row [C] that receives the
-// normed values (one, or a merged row's tokens); every lane of the warp makes every call of the output
-// pass (lanes past C store nothing), so out_rows may use warp collectives.
-template <typename T, int V, int P, typename LoadVector, typename OutRows>
+// Sum over the G lanes of this lane's group (G a power of two <= 32; the groups are lanes G g .. G g + G - 1):
+// the last log2(G) steps of warp_sum's butterfly, so where only a row's first G lanes hold values (the rest
+// zeros) it is bit for bit what warp_sum gives. Every lane of the warp must make the call.
+template <int G>
+__device__ __forceinline__ float group_sum(float v) {
+#pragma unroll
+  for (int o = G / 2; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
+  return v;
+}
+
+// LayerNorm of one row of C values by one group of G lanes (a warp, G = 32, unless the caller packs several
+// narrow rows into one), as torch's layer_norm computes it from the row as stored (in T): mean, then the mean
+// of squared deviations (biased), y = (x - mean) / sqrt(var + eps) * w + b, in float32. The lane's vectors
+// come from load_vector(c0, p, c, v) in merge_slot's layout (channel c = c0 + (G p + lane) V, lane within the
+// group, sweeps c0 = 0, G V P, ...), visited three times: two passes for the statistics, one for the output.
+// Output rows: out_rows(store) calls store(out_row) for each row [C] that receives the normed values (one, or
+// a merged row's tokens); every lane of the group makes every call of the output pass (lanes past C store
+// nothing), so with G = 32 out_rows may use warp collectives. Every lane of the warp must make the call (the
+// sums are shuffles): a group with no row passes C = 0 and stores nothing.
+template <typename T, int V, int P, int G = 32, typename LoadVector, typename OutRows>
 __device__ void layer_norm_vectors(int C, const LayerNormArgs<T>& ln, LoadVector&& load_vector, OutRows&& out_rows) {
-  const int lane = threadIdx.x & 31;
+  const int lane = threadIdx.x & (G - 1);
   auto each_vector = [&](auto&& visit) {
-    for (int c0 = 0; c0 < C; c0 += 32 * V * P)
+    for (int c0 = 0; c0 < C; c0 += G * V * P)
 #pragma unroll
       for (int p = 0; p < P; ++p) {
-        const int c = c0 + (p * 32 + lane) * V;
+        const int c = c0 + (p * G + lane) * V;
         if (c >= C) continue;
         float v[V];
         load_vector(c0, p, c, v);
@@ -536,16 +548,16 @@ __device__ void layer_norm_vectors(int C, const LayerNormArgs<T>& ln, LoadVector
 #pragma unroll
     for (int u = 0; u < V; ++u) sum += v[u];
   });
-  const float mean = warp_sum(sum) / (float)C;
+  const float mean = group_sum<G>(sum) / (float)C;
   each_vector([&](int, const float* v) {
 #pragma unroll
     for (int u = 0; u < V; ++u) sq = fmaf(v[u] - mean, v[u] - mean, sq);
   });
-  const float rstd = 1.0f / sqrtf(warp_sum(sq) / (float)C + ln.eps);
-  for (int c0 = 0; c0 < C; c0 += 32 * V * P)
+  const float rstd = 1.0f / sqrtf(group_sum<G>(sq) / (float)C + ln.eps);
+  for (int c0 = 0; c0 < C; c0 += G * V * P)
 #pragma unroll
     for (int p = 0; p < P; ++p) {
-      const int c = c0 + (p * 32 + lane) * V;
+      const int c = c0 + (p * G + lane) * V;
       const bool active = c < C;
       float v[V];
       if (active) {
@@ -570,35 +582,39 @@ __device__ void layer_norm_vectors(int C, const LayerNormArgs<T>& ln, LoadVector
 // layer_norm_vectors of a row as stored in memory. Each lane reads back exactly the elements it wrote
 // (program order makes its own writes visible). `row` is not __restrict__: this kernel wrote it, so its
 // reads must not become read-only-cache loads.
-template <typename T, int V, int P, typename OutRows>
+template <typename T, int V, int P, int G = 32, typename OutRows>
 __device__ void layer_norm_row(const T* row, int C, const LayerNormArgs<T>& ln, OutRows&& out_rows) {
-  layer_norm_vectors<T, V, P>(
+  layer_norm_vectors<T, V, P, G>(
       C, ln, [&](int, int, int c, float* v) { load_vec<T, V>(row + c, v); }, out_rows);
 }
 
-// The same row LayerNorm on its own, one warp per row of x [R, C] -> ln.out [R, ldo]: for widths that
-// torch's vectorised layer_norm does not take (C % 4 != 0, T2T-ViT's 147 channels), where it runs one
-// 512-thread block per row. Columns C .. ldo - 1 of each output row are zeros (ldo >= C): T2T-ViT's norm
-// writes its 147-channel rows 16-byte aligned and zero-padded, which the qkv product then takes with zero
-// weight columns, on cuBLAS's aligned kernels. With a residual [R, C] it is a block's residual add and the
-// norm after it: sum_out = x + residual (each element rounded to T, as torch's add stores it), ln.out =
-// LayerNorm of sum_out as stored, so one launch and one pass over the tokens replace torch's add and
-// layer_norm. Grid (ceil(R / 8)), 256 threads.
-template <typename T, int V, int P>
+// The same row LayerNorm on its own, one group of G lanes per row of x [R, C] -> ln.out [R, ldo]: for
+// T2T-ViT's token norms (147, 64 and 576 channels on thousands of tokens), where torch's layer_norm runs one
+// block per row. G = 32 (a warp per row) unless a row's vectors fit fewer lanes: G = 8 or 16 pack 4 or 2 rows
+// into a warp (64 float16 channels: 8 lanes of 8 halves), the same bits as a warp per row (group_sum).
+// Columns C .. ldo - 1 of each output row are zeros (ldo >= C): T2T-ViT's first norm writes its 147-channel
+// rows 16-byte aligned and zero-padded, which the qkv product then takes with zero weight columns, on
+// cuBLAS's aligned kernels. With a residual [R, C] it is a block's residual add and the norm after it:
+// sum_out = x + residual (each element rounded to T, as torch's add stores it), ln.out = LayerNorm of sum_out
+// as stored, so one launch and one pass over the tokens replace torch's add and layer_norm. Grid
+// (ceil(R / (8 * 32 / G))), 256 threads.
+template <typename T, int V, int P, int G = 32>
 __device__ void layer_norm_rows(const T* __restrict__ x, const T* __restrict__ residual, T* sum_out, int R, int C,
                                 int ldo, const LayerNormArgs<T>& ln) {
-  const int lane = threadIdx.x & 31;
-  const int64 row = (int64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  if (row >= R) return;
-  const T* src = x + row * C;
+  const int lane = threadIdx.x & (G - 1);
+  const int64 row = ((int64)blockIdx.x * blockDim.x + threadIdx.x) / G;
+  if (G == 32 && row >= R) return;  // whole warps past the end; narrower groups share a warp's shuffles
+  const bool here = row < R;
+  const int Cr = here ? C : 0;  // a group past the end loads and stores nothing
+  const T* src = x + (here ? row : 0) * C;
   if (residual != nullptr) {
     // layer_norm_row's vector layout, so each lane reads back only the elements it wrote here.
-    T* s = sum_out + row * C;
-    for (int c0 = 0; c0 < C; c0 += 32 * V * P)
+    T* s = sum_out + (here ? row : 0) * C;
+    for (int c0 = 0; c0 < Cr; c0 += G * V * P)
 #pragma unroll
       for (int p = 0; p < P; ++p) {
-        const int c = c0 + (p * 32 + lane) * V;
-        if (c >= C) continue;
+        const int c = c0 + (p * G + lane) * V;
+        if (c >= Cr) continue;
         float a[V], r[V];
         load_vec<T, V>(src + c, a);
         load_vec<T, V>(residual + row * C + c, r);
@@ -608,9 +624,10 @@ __device__ void layer_norm_rows(const T* __restrict__ x, const T* __restrict__ r
       }
     src = s;
   }
-  T* out = ln.out + row * ldo;
-  layer_norm_row<T, V, P>(src, C, ln, [&](auto&& store) { store(out); });
-  for (int c = C + lane; c < ldo; c += 32) out[c] = T(0);
+  T* out = ln.out + (here ? row : 0) * ldo;
+  layer_norm_row<T, V, P, G>(src, Cr, ln, [&](auto&& store) { store(out); });
+  if (here)
+    for (int c = C + lane; c < ldo; c += G) out[c] = T(0);
 }
 
 // The members of one output slot in increasing token index, from the slot's member bitmasks in shared
@@ -1633,14 +1650,19 @@ extern "C" __global__ void __launch_bounds__(256) vitrt_tf_info_mean_f16(const f
 }
 
 // The row LayerNorm alone (cuda.layer_norm_rows_cuda; residual and sum_out null) or after a residual add
-// (cuda.add_layer_norm_rows_cuda): vec as for the merge (C % V == 0, 16-byte rows); out's rows ldo apart.
+// (cuda.add_layer_norm_rows_cuda): vec as for the merge (C % V == 0, 16-byte rows); out's rows ldo apart;
+// group: lanes per row (32, or 8 / 16 for rows of at most 8 / 16 vectors, vec only; cuda.layer_norm_group).
 #define VITRT_TF_LAYER_NORM(SUFFIX, T, VEC)                                                                 \
   extern "C" __global__ void __launch_bounds__(256) vitrt_tf_layer_norm_##SUFFIX(                         \
       const T* x, const T* residual, const T* weight, const T* bias, T* sum_out, T* out, int R, int C,     \
-      float eps, int vec, int ldo) {                                                                       \
+      float eps, int vec, int ldo, int group) {                                                            \
     VITRT_KERNEL_PROLOGUE();                                                                               \
     const LayerNormArgs<T> ln{weight, bias, out, eps, 0};                                                  \
-    if (vec)                                                                                              \
+    if (vec && group == 8)                                                                                \
+      layer_norm_rows<T, VEC, 1, 8>(x, residual, sum_out, R, C, ldo, ln);                                 \
+    else if (vec && group == 16)                                                                          \
+      layer_norm_rows<T, VEC, 1, 16>(x, residual, sum_out, R, C, ldo, ln);                                \
+    else if (vec)                                                                                         \
       layer_norm_rows<T, VEC, 2>(x, residual, sum_out, R, C, ldo, ln);                                    \
     else                                                                                                  \
       layer_norm_rows<T, 1, 4>(x, residual, sum_out, R, C, ldo, ln);                                      \

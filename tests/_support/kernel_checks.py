@@ -413,6 +413,33 @@ def check_row_layer_norm_padded(rows: int, c: int, pitch: int, dtype: torch.dtyp
     _close(got, fallback, dtype, "row_layer_norm padded")
 
 
+def check_row_layer_norm_groups(rows: int, c: int, dtype: torch.dtype, device: str, group: int) -> None:
+    """The row norm with narrow rows packed ``group`` lanes each (``cuda.layer_norm_group``: 64 float16
+    channels take 8 lanes, four rows a warp) on [2, rows, c] (rows past the last whole warp included): the
+    launcher picks ``group``, and the norm, alone and after a residual add, is bit for bit a warp per
+    row's."""
+    from vitrt.plugins.token_fusion.cuda import (
+        add_layer_norm_rows_cuda,
+        layer_norm_group,
+        layer_norm_rows_cuda,
+    )
+
+    assert layer_norm_group(c, 4 if dtype == torch.float32 else 8) == group
+    g = torch.Generator(device=device).manual_seed(rows + c)
+    x = (torch.randn(2, rows, c, device=device, generator=g) * 3 + 5).to(dtype)
+    y = torch.randn(2, rows, c, device=device, generator=g).to(dtype)
+    weight = (torch.rand(c, device=device, generator=g) + 0.5).to(dtype)
+    bias = torch.randn(c, device=device, generator=g).to(dtype)
+    got = layer_norm_rows_cuda(x, weight, bias, 1e-5)
+    warp = layer_norm_rows_cuda(x, weight, bias, 1e-5, group=32)
+    total, normed = add_layer_norm_rows_cuda(x, y, weight, bias, 1e-5)
+    total_warp, normed_warp = add_layer_norm_rows_cuda(x, y, weight, bias, 1e-5, group=32)
+    _synchronize(got)
+    assert torch.equal(got, warp) and torch.equal(normed, normed_warp) and torch.equal(total, total_warp)
+    assert torch.equal(total, x + y)
+    _close(got, _layer_norm32(x, weight, bias, 1e-5), dtype, "row_layer_norm in groups")
+
+
 def check_attention_info(b: int, h: int, n: int, dtype: torch.dtype, device: str, with_size: bool) -> None:
     """attention_info_cuda (the fused block's info from q k^T) against reference.attention_info on seeded
     logits of a realistic spread (std 3 after the scale), with or without proportional attention;

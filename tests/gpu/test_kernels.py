@@ -31,6 +31,7 @@ from tests._support.kernel_checks import (
     check_random_attention,
     check_random_fusion,
     check_row_layer_norm,
+    check_row_layer_norm_groups,
     check_row_layer_norm_padded,
     check_scatterbrain,
     check_scores_match,
@@ -218,6 +219,15 @@ def test_row_layer_norm(rows: int, c: int, affine: bool, residual: bool, dtype: 
 @pytest.mark.parametrize(("dtype", "pitch"), [(torch.float32, 148), (torch.float16, 152)], ids=["f32", "f16"])
 def test_row_layer_norm_pads_its_rows(dtype: torch.dtype, pitch: int) -> None:
     check_row_layer_norm_padded(3136 * 2, 147, pitch, dtype, "cuda")
+
+
+@pytest.mark.parametrize(
+    ("c", "dtype", "group"),
+    [(64, torch.float16, 8), (128, torch.float16, 16), (64, torch.float32, 16)],
+    ids=["t2t_64_f16", "128_f16", "t2t_64_f32"],
+)
+def test_row_layer_norm_packs_narrow_rows(c: int, dtype: torch.dtype, group: int) -> None:
+    check_row_layer_norm_groups(3136 * 2 + 5, c, dtype, "cuda", group)
 
 
 @pytest.mark.parametrize("seed", range(64))

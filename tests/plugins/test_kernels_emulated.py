@@ -38,6 +38,7 @@ from tests._support.kernel_checks import (
     check_random_attention,
     check_random_fusion,
     check_row_layer_norm,
+    check_row_layer_norm_groups,
     check_row_layer_norm_padded,
     check_scatterbrain,
     check_scores_match,
@@ -320,6 +321,17 @@ def test_row_layer_norm_pads_its_rows_emulated(dtype: torch.dtype, pitch: int, e
     before = module.launches.get(kernel, 0)
     check_row_layer_norm_padded(37, 147, pitch, dtype, "cpu")
     assert module.launches[kernel] == before + 3  # the dirty call, the padded one, the plain one
+
+
+@pytest.mark.parametrize(
+    ("c", "dtype", "group"),
+    [(64, torch.float16, 8), (128, torch.float16, 16), (64, torch.float32, 16), (24, torch.float32, 8)],
+    ids=["t2t_64_f16", "128_f16", "t2t_64_f32", "24_f32"],
+)
+def test_row_layer_norm_packs_narrow_rows_emulated(
+    c: int, dtype: torch.dtype, group: int, emulated: None
+) -> None:
+    check_row_layer_norm_groups(37, c, dtype, "cpu", group)
 
 
 # The two T2T token attentions of T2T-ViT-t-14 with Scatterbrain: N = 3136 (c = 24, 2 hashes, m = 12)
