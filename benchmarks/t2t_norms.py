@@ -10,6 +10,8 @@ Float16, each case one CUDA graph, median of ``--iters`` replays. Rows, at each 
   ``RowLayerNorm.pad_rows`` off and on;
 - "T2T module unpadded" / "padded": T2T-ViT-t-14's whole token module (224 pixels -> 196 tokens), the same
   model with ``pad_rows`` off and on;
+- "T2T module splits copied" / "fused": the same with ``T2TModule.fused_splits`` off (each soft split's
+  patches copied out, then normed) and on (``unfold_layer_norm``: split and norm in one kernel);
 - "norm 64 torch" / "vitrt", "norm 576 torch" / "vitrt": ``F.layer_norm`` against
   ``torch.ops.vitrt.row_layer_norm`` at the module's other norms (64 channels on 3136 tokens: norm2 of
   attention1; 576 on 784: norm1 of attention2), which torch's kernel runs one block per row;
@@ -37,6 +39,7 @@ from benchmarks._results import write_results  # noqa: E402
 from vitrt import create_model  # noqa: E402
 from vitrt.deploy.cuda_timing import capture_graph, event_median_ms  # noqa: E402
 from vitrt.models.layers import RowLayerNorm, padded_linear  # noqa: E402
+from vitrt.models.t2t_vit import T2TModule  # noqa: E402
 from vitrt.plugins.token_fusion.cuda import layer_norm_rows_cuda  # noqa: E402
 
 Case = tuple[str, Callable[[], torch.Tensor]]
@@ -49,17 +52,23 @@ def timed(fn: Callable[[], Any], iters: int) -> tuple[float, Any]:
     return 1000 * event_median_ms(graph.replay, iters, warmup=10), out
 
 
-def padded(on: bool, fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
-    """``fn`` run with ``RowLayerNorm.pad_rows`` set to ``on`` (restored after)."""
+def switched(flag: tuple[type, str], on: bool, fn: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """``fn`` run with the class attribute ``flag`` (class, name: a switch that defaults to True) set to
+    ``on``, and True again after."""
+    owner, name = flag
 
     def run() -> torch.Tensor:
-        RowLayerNorm.pad_rows = on
+        setattr(owner, name, on)
         try:
             return fn()
         finally:
-            RowLayerNorm.pad_rows = True
+            setattr(owner, name, True)
 
     return run
+
+
+PAD_ROWS = (RowLayerNorm, "pad_rows")
+FUSED_SPLITS = (T2TModule, "fused_splits")
 
 
 def diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -78,17 +87,26 @@ def cases(model: torch.nn.Module, batch: int) -> list[tuple[str, Case, Case]]:
     norm1, derived = block.norm1, block.attn.derived
     h = torch.ops.vitrt.row_layer_norm(patches, norm1.weight, norm1.bias, norm1.eps)
     h152 = F.pad(h, (0, 5))
+
+    def norm_qkv() -> torch.Tensor:  # attention1's norm1 and qkv product, as it runs them
+        return padded_linear(qkv, norm1.padded_or_plain(patches), derived)
+
     pairs = [
         ("qkv", ("147", lambda: F.linear(h, qkv.weight)), ("152", lambda: F.linear(h152, w152))),
         (
             "norm1+qkv",
-            ("unpadded", padded(False, lambda: padded_linear(qkv, norm1.padded_or_plain(patches), derived))),
-            ("padded", padded(True, lambda: padded_linear(qkv, norm1.padded_or_plain(patches), derived))),
+            ("unpadded", switched(PAD_ROWS, False, norm_qkv)),
+            ("padded", switched(PAD_ROWS, True, norm_qkv)),
         ),
         (
             "T2T module",
-            ("unpadded", padded(False, lambda: t2t(images))),
-            ("padded", padded(True, lambda: t2t(images))),
+            ("unpadded", switched(PAD_ROWS, False, lambda: t2t(images))),
+            ("padded", switched(PAD_ROWS, True, lambda: t2t(images))),
+        ),
+        (
+            "T2T module splits",
+            ("copied", switched(FUSED_SPLITS, False, lambda: t2t(images))),
+            ("fused", lambda: t2t(images)),
         ),
     ]
     for width, tokens in ((64, 3136), (576, 784)):

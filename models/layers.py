@@ -94,13 +94,14 @@ class RowLayerNorm(nn.LayerNorm):
         """Pick how the norm is expressed for export; same function."""
         self.lowering = lowering
 
-    def _on_kernel(self, x: Tensor) -> bool:
-        """Whether this norm of x runs as ``torch.ops.vitrt.row_layer_norm`` (the class docstring)."""
+    def _on_kernel(self, x: Tensor, channels: int | None = None) -> bool:
+        """Whether this norm of x (of rows of ``channels``, by default x's last dim) runs on vitrt's row-norm
+        kernels (the class docstring)."""
         return (
             self.lowering == "eager"
             and not torch.is_grad_enabled()
             and x.dtype in (torch.float16, torch.float32)
-            and is_row_layer_norm(self, x)
+            and is_row_layer_norm(self, x, channels)
             and on_kernels(x)
         )
 
@@ -117,6 +118,18 @@ class RowLayerNorm(nn.LayerNorm):
         pitch = row_pitch(c, x.element_size())
         op = _registered_op("row_layer_norm") if pitch != c and self.pad_rows and self._on_kernel(x) else None
         return None if op is None else op(x, self.weight, self.bias, self.eps, pitch)
+
+    def unfolded(self, image: Tensor, kernel: int, stride: int, padding: int) -> Tensor | None:
+        """This norm of each patch of image [B, C, H, W] (any strides), the patches as ``unfold_rows``
+        flattens them, [B, L, C k k] (padded as ``padded`` pads), from one kernel that reads the image where
+        it lies and never writes the patches (``torch.ops.vitrt.unfold_layer_norm``), where ``forward`` would
+        take vitrt's kernel for them; else None."""
+        c = image.shape[1] * kernel * kernel
+        pitch = row_pitch(c, image.element_size()) if self.pad_rows else c
+        op = _registered_op("unfold_layer_norm") if self._on_kernel(image, c) else None
+        if op is None:
+            return None
+        return op(image, kernel, stride, padding, self.weight, self.bias, self.eps, pitch)
 
     def padded_or_plain(self, x: Tensor) -> Tensor:
         """``padded(x)`` where it applies, else ``self(x)``: the input of a product that takes either
@@ -206,12 +219,13 @@ def on_kernels(x: Tensor) -> bool:
     return emulation is not None and bool(emulation.emulating())
 
 
-def is_row_layer_norm(norm: nn.Module, x: Tensor) -> bool:
-    """Whether ``norm`` is an ``nn.LayerNorm`` over x's last dim alone, its weight and bias (where present)
-    in x's dtype: the norm that vitrt's row-norm kernels compute (alone, after an add, or on a merge)."""
+def is_row_layer_norm(norm: nn.Module, x: Tensor, channels: int | None = None) -> bool:
+    """Whether ``norm`` is an ``nn.LayerNorm`` over x's last dim alone (or over rows of ``channels``), its
+    weight and bias (where present) in x's dtype: the norm that vitrt's row-norm kernels compute (alone,
+    after an add, on a merge, or of patches)."""
     return (
         isinstance(norm, nn.LayerNorm)
-        and tuple(norm.normalized_shape) == (x.shape[-1],)
+        and tuple(norm.normalized_shape) == (x.shape[-1] if channels is None else channels,)
         and all(p is None or p.dtype == x.dtype for p in (norm.weight, norm.bias))
     )
 

@@ -87,8 +87,9 @@ class TokenTransformer(nn.Module):
         self.norm2 = RowLayerNorm(in_dim)
         self.mlp = Mlp(in_dim, int(in_dim * mlp_ratio), in_dim)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.attn(self.norm1.padded_or_plain(x))
+    def forward(self, x: Tensor, normed: bool = False) -> Tensor:
+        """x [B, N, dim] -> [B, N, in_dim]; ``normed``: x is norm1's output already (``T2TModule.split``)."""
+        x = self.attn(x if normed else self.norm1.padded_or_plain(x))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -138,8 +139,9 @@ class TokenPerformer(nn.Module):
         y = (qp @ kptv.transpose(1, 2)) / (denom + eps)
         return v + self.dp(self.proj(y.to(v.dtype)))
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.attention(self.norm1.padded_or_plain(x))
+    def forward(self, x: Tensor, normed: bool = False) -> Tensor:
+        """x [B, N, dim] -> [B, N, in_dim]; ``normed``: x is norm1's output already (``T2TModule.split``)."""
+        x = self.attention(x if normed else self.norm1.padded_or_plain(x))
         return x + self.mlp(self.norm2(x))
 
 
@@ -181,6 +183,7 @@ class T2TModule(nn.Module):
     """
 
     lowering = "eager"  # see vitrt.plugins.lowering
+    fused_splits = True  # ``split`` fuses where it applies; False: never (benchmarks/t2t_norms.py times both)
 
     def __init__(
         self, img_size: int, tokens_type: str, embed_dim: int, in_chans: int = 3, token_dim: int = 64
@@ -223,9 +226,26 @@ class T2TModule(nn.Module):
         split: nn.Unfold = (self.soft_split0, self.soft_split1, self.soft_split2)[i]
         return split(x).transpose(1, 2)
 
+    def split(self, i: int, x: Tensor, block: nn.Module) -> Tensor:
+        """``block`` (attention1 or attention2) of soft split i of x (as ``soft_split``). On vitrt's kernels
+        (``RowLayerNorm.unfolded``) the split and the block's norm1 are one kernel that reads x where it lies
+        (the image, or the tokens as a [B, C, side, side] view) and writes only the normed patches: the
+        patches' copy and its read by the norm are gone."""
+        norm = getattr(block, "norm1", None)
+        if self.lowering == "eager" and self.fused_splits and isinstance(norm, RowLayerNorm):
+            k, s, p = SOFT_SPLITS[i]
+            image = x
+            if i > 0:
+                side = self.grid[i - 1]
+                image = x.reshape(x.shape[0], side, side, x.shape[-1]).permute(0, 3, 1, 2)
+            normed = norm.unfolded(image, k, s, p)
+            if normed is not None:
+                return block(normed, normed=True)
+        return block(self.soft_split(i, x))
+
     def forward(self, x: Tensor) -> Tensor:
-        x = self.attention1(self.soft_split(0, x))
-        x = self.attention2(self.soft_split(1, x))
+        x = self.split(0, x, self.attention1)
+        x = self.split(1, x, self.attention2)
         return self.project(self.soft_split(2, x))
 
 

@@ -77,6 +77,7 @@ KERNELS = (
         for sfx in KERNEL_SUFFIX.values()
     ),
     *(f"vitrt_tf_layer_norm_{sfx}" for sfx in KERNEL_SUFFIX.values()),
+    *(f"vitrt_tf_unfold_layer_norm_{sfx}" for sfx in KERNEL_SUFFIX.values()),
     *(f"vitrt_tf_attention_info_qk{e // 16}_f16" for e in INFO_QK_HEAD_DIMS),
     "vitrt_tf_match",
     "vitrt_tf_match_timed",
@@ -734,11 +735,11 @@ def token_fusion_norm_cuda(
 
 
 def _norm_params(
-    weight: Tensor | None, bias: Tensor | None, x: Tensor, what: str
+    weight: Tensor | None, bias: Tensor | None, x: Tensor, what: str, channels: int | None = None
 ) -> tuple[Tensor | None, Tensor | None]:
-    """A LayerNorm's weight and bias (each None or [C] of x's dtype on x's device; C = x.shape[-1]) as
-    the kernels read them: contiguous. ``what`` prefixes their names in errors."""
-    c = x.shape[-1]
+    """A LayerNorm's weight and bias (each None or [C] of x's dtype on x's device; C = ``channels``, by
+    default x.shape[-1]) as the kernels read them: contiguous. ``what`` prefixes their names in errors."""
+    c = x.shape[-1] if channels is None else channels
     for name, param in (("weight", weight), ("bias", bias)):
         if param is None:
             continue
@@ -1157,6 +1158,54 @@ def _layer_norm_rows(
             kernel_stream(x),
         )
     return total, out
+
+
+def unfold_layer_norm_cuda(
+    x: Tensor,
+    kernel: int,
+    stride: int,
+    padding: int,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    pitch: int | None = None,
+) -> Tensor:
+    """T2T-ViT's soft split and the LayerNorm of its patches in one kernel: x [B, C, H, W] (any strides: the
+    image, or a token block's [B, H W, C] output viewed as one) -> [B, L, pitch], row oy OW + ox the norm of
+    ``F.unfold(x, kernel, padding=padding, stride=stride)``'s column of that patch (C k k values: channel,
+    kernel row, kernel column), zeros past C k k. The patches are never written; each value is read as
+    ``models.layers.unfold_rows`` would copy it and normed in ``layer_norm_rows_cuda``'s scalar order."""
+    check_kernel_tensor("x", x, x.device)
+    if x.dtype not in SUPPORTED_DTYPES or x.dim() != 4:
+        raise TypeError(f"x must be [B, C, H, W] of one of {SUPPORTED_DTYPES}, got {x.dtype} "
+                        f"{tuple(x.shape)}")  # fmt: skip
+    b, c, h, w = x.shape
+    oh, ow = ((n + 2 * padding - kernel) // stride + 1 for n in (h, w))
+    width = c * kernel * kernel
+    ldo = width if pitch is None else pitch
+    if not width <= ldo < 2**31 or kernel < 1 or stride < 1 or not 0 <= padding < kernel or oh < 1 or ow < 1:
+        raise ValueError(f"no soft split of {tuple(x.shape)} with kernel {kernel}, stride {stride}, padding "
+                         f"{padding} into rows of pitch {pitch}")  # fmt: skip
+    if any(not 0 <= st < 2**31 for st in x.stride()) or b * oh * ow >= 2**31:
+        raise ValueError(f"x {tuple(x.shape)} at strides {x.stride()} exceeds the kernel's int32 indexing")
+    weight, bias = _norm_params(weight, bias, x, "", width)
+    out = x.new_empty(b, oh * ow, ldo)
+    rows = b * oh * ow
+    if rows == 0 or width == 0:
+        return out.zero_()
+    with kernel_device(x):
+        launch(
+            load_module(SOURCE),
+            f"vitrt_tf_unfold_layer_norm_{kernel_suffix(tensor_dtype_name(x), PLUGIN_NAME)}",
+            (-(-rows // _WARPS), 1, 1),
+            (_THREADS, 1, 1),
+            [ptr(x.data_ptr()), ptr(0 if weight is None else weight.data_ptr()),
+             ptr(0 if bias is None else bias.data_ptr()), ptr(out.data_ptr()), i32(rows), i32(c), i32(h),
+             i32(w), *map(i32, x.stride()), i32(kernel), i32(stride), i32(padding), i32(ow), i32(oh * ow),
+             i32(ldo), f32(eps)],
+            kernel_stream(x),
+        )  # fmt: skip
+    return out
 
 
 def layer_norm_group(channels: int, vector: int) -> int:

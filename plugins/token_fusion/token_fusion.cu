@@ -31,7 +31,8 @@
 // (float16, E = 32 / 64 / 128, N <= 256), else vitrt_tf_attention_info<VPL>_<dt> grid (N/64, H, B) from
 // q k^T; then vitrt_tf_info_mean_<dt> grid (N/256, B), the mean over heads and queries. And for any
 // block, vitrt_tf_layer_norm_<dt> grid (R/8, or R/16, R/32 for rows of at most 16 or 8 vectors): the merge's
-// row LayerNorm alone, or after a residual add (a block's add and the norm that follows it in one launch).
+// row LayerNorm alone, or after a residual add (a block's add and the norm that follows it in one launch);
+// vitrt_tf_unfold_layer_norm_<dt> grid (R/8): T2T-ViT's soft split and the norm after it, in one pass.
 //
 // <dt> is f32 or f16 (the dtype of x, metric, info, size and of the outputs; float16 travels as raw bits).
 // All arithmetic is float32. Shapes: x [B, N, C], metric [B, N, Cm] with rows ldm >= Cm elements apart (a
@@ -628,6 +629,35 @@ __device__ void layer_norm_rows(const T* __restrict__ x, const T* __restrict__ r
   layer_norm_row<T, V, P, G>(src, Cr, ln, [&](auto&& store) { store(out); });
   if (here)
     for (int c = C + lane; c < ldo; c += G) out[c] = T(0);
+}
+
+// T2T-ViT's soft split and the token norm after it in one pass: row r = (b, oy, ox) of out [B, OH OW, ldo] is
+// the LayerNorm of x's k x k patch at (oy s - pad, ox s - pad), zeros outside x, its C k k values in
+// F.unfold's order (channel, kernel row, kernel column), then zeros up to ldo. x [B, C, H, W] at element
+// strides (sb, sc, sy, sx): the image (NCHW), or the previous token block's output seen as an image
+// ([B, H W, C] tokens: sc = 1, sx = C). Each value comes from x as stored, in layer_norm_row's order, so
+// the bits are those of the patches copied out (models.layers.unfold_rows / unfold_token_rows) and then
+// normed by layer_norm_rows; the patches themselves are never written. A warp per row; grid (ceil(R / 8)).
+template <typename T>
+__device__ void layer_norm_patches(const T* __restrict__ x, int R, int C, int H, int W, int sb, int sc, int sy,
+                                   int sx, int k, int s, int pad, int OW, int L, int ldo, const LayerNormArgs<T>& ln) {
+  const int lane = threadIdx.x & 31;
+  const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  if (row >= R) return;
+  const int b = row / L, l = row - b * L, oy = l / OW, ox = l - oy * OW;
+  const int kk = k * k, y0 = oy * s - pad, x0 = ox * s - pad, Cp = C * kk;
+  const T* base = x + (int64)b * sb;
+  T* out = ln.out + (int64)row * ldo;
+  layer_norm_vectors<T, 1, 4>(
+      Cp, ln,
+      [&](int, int, int j, float* v) {
+        const int c = j / kk, rem = j - c * kk, ky = rem / k, kx = rem - ky * k, y = y0 + ky, xx = x0 + kx;
+        v[0] = 0.0f;
+        if (y >= 0 && y < H && xx >= 0 && xx < W)
+          load_vec<T, 1>(base + (int64)c * sc + (int64)y * sy + (int64)xx * sx, v);
+      },
+      [&](auto&& store) { store(out); });
+  for (int c = Cp + lane; c < ldo; c += 32) out[c] = T(0);
 }
 
 // The members of one output slot in increasing token index, from the slot's member bitmasks in shared
@@ -1669,3 +1699,15 @@ extern "C" __global__ void __launch_bounds__(256) vitrt_tf_info_mean_f16(const f
   }
 VITRT_TF_LAYER_NORM(f32, float, 4)
 VITRT_TF_LAYER_NORM(f16, half_bits, 8)
+
+// A soft split's patches normed in one pass (cuda.unfold_layer_norm_cuda): layer_norm_patches.
+#define VITRT_TF_UNFOLD_LAYER_NORM(SUFFIX, T)                                                                  \
+  extern "C" __global__ void __launch_bounds__(256) vitrt_tf_unfold_layer_norm_##SUFFIX(                    \
+      const T* x, const T* weight, const T* bias, T* out, int R, int C, int H, int W, int sb, int sc, int sy, \
+      int sx, int k, int s, int pad, int OW, int L, int ldo, float eps) {                                     \
+    VITRT_KERNEL_PROLOGUE();                                                                                  \
+    const LayerNormArgs<T> ln{weight, bias, out, eps, 0};                                                     \
+    layer_norm_patches<T>(x, R, C, H, W, sb, sc, sy, sx, k, s, pad, OW, L, ldo, ln);                          \
+  }
+VITRT_TF_UNFOLD_LAYER_NORM(f32, float)
+VITRT_TF_UNFOLD_LAYER_NORM(f16, half_bits)

@@ -1,12 +1,12 @@
 """TokenFusion as torch ops: ``torch.ops.vitrt.token_fusion`` (the op of ``spec``),
 ``torch.ops.vitrt.token_fusion_norm`` (the op and the LayerNorm of its fused tokens, which the merge kernel
 writes too: a fused block's norm after its fusion; ``row_layer_norm`` is that LayerNorm alone, which T2T-ViT's
-147-channel norms use on a GPU, and ``add_layer_norm`` the same norm after a residual add, which every
-block's add and norm2 use on a GPU), ``torch.ops.vitrt.token_merge`` (its merge step alone:
-the weighted mean of the groups a ``dest`` defines, which a fused block applies to its attention output;
-``token_merge_add_norm`` adds the merged rows to the fused tokens and writes the norm that follows too)
-and ``torch.ops.vitrt.attention_info`` (the attention each key receives, a fused block's ``info``, from q
-and k without writing the probabilities).
+token norms use on a GPU, ``unfold_layer_norm`` the same norm of a soft split's patches read from the image
+or tokens, and ``add_layer_norm`` the norm after a residual add, which every block's add and norm2 use on a
+GPU), ``torch.ops.vitrt.token_merge`` (its merge step alone: the weighted mean of the groups a ``dest``
+defines, which a fused block applies to its attention output; ``token_merge_add_norm`` adds the merged rows
+to the fused tokens and writes the norm that follows too) and ``torch.ops.vitrt.attention_info`` (the
+attention each key receives, a fused block's ``info``, from q and k without writing the probabilities).
 
 Dispatch: CPU tensors run the PyTorch reference; CUDA tensors run the kernels of ``cuda.py``; inside
 ``vitrt.plugins.cuda_emulation.emulated_kernels()`` CPU tensors run the kernels on the CPU emulator,
@@ -241,6 +241,46 @@ def _row_layer_norm_fake(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, pitch: int = 0
 ) -> Tensor:
     return x.new_empty(*x.shape[:-1], pitch or x.shape[-1])  # the kernel's output: contiguous
+
+
+@torch.library.custom_op("vitrt::unfold_layer_norm", mutates_args=())
+def unfold_layer_norm_op(
+    x: Tensor,
+    kernel: int,
+    stride: int,
+    padding: int,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    pitch: int = 0,
+) -> Tensor:
+    """T2T-ViT's soft split and the token norm after it: x [B, C, H, W] (any strides) -> [B, L, C k k] (or
+    [B, L, pitch], zeros past C k k, with ``pitch`` > 0): ``F.layer_norm`` over each row of
+    ``F.unfold(x, kernel, padding=padding, stride=stride).transpose(1, 2)``. On the kernels one pass that
+    never writes the patches (``cuda.unfold_layer_norm_cuda``). Inference only: no gradient is registered."""
+    if emulating():
+        return _unfold_layer_norm_cuda(x, kernel, stride, padding, weight, bias, eps, pitch)
+    patches = F.unfold(x, kernel, padding=padding, stride=stride).transpose(1, 2)
+    return _row_layer_norm_torch(patches, weight, bias, eps, pitch)
+
+
+@unfold_layer_norm_op.register_kernel("cuda")
+def _unfold_layer_norm_cuda(*args: Any) -> Tensor:
+    from .cuda import unfold_layer_norm_cuda
+
+    x, kernel, stride, padding, weight, bias, eps, pitch = args
+    if x.is_cuda and not _norm_kernels_load(x):
+        patches = F.unfold(x, kernel, padding=padding, stride=stride).transpose(1, 2)
+        return _row_layer_norm_torch(patches, weight, bias, eps, pitch)
+    return unfold_layer_norm_cuda(x, kernel, stride, padding, weight, bias, eps, pitch or None)
+
+
+@unfold_layer_norm_op.register_fake
+def _unfold_layer_norm_fake(*args: Any) -> Tensor:
+    x, kernel, stride, padding, pitch = args[0], args[1], args[2], args[3], args[7]
+    b, c, h, w = x.shape
+    rows = ((h + 2 * padding - kernel) // stride + 1) * ((w + 2 * padding - kernel) // stride + 1)
+    return x.new_empty(b, rows, pitch or c * kernel * kernel)
 
 
 @torch.library.custom_op("vitrt::add_layer_norm", mutates_args=())

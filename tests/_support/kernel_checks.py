@@ -440,6 +440,45 @@ def check_row_layer_norm_groups(rows: int, c: int, dtype: torch.dtype, device: s
     _close(got, _layer_norm32(x, weight, bias, 1e-5), dtype, "row_layer_norm in groups")
 
 
+def check_unfold_layer_norm(
+    b: int, c: int, side: int, split: tuple[int, int, int], dtype: torch.dtype, device: str, tokens: bool
+) -> None:
+    """torch.ops.vitrt.unfold_layer_norm on the kernels (a soft split and the norm of its patches in one pass)
+    on x [b, c, side, side]: an image (NCHW), or with ``tokens`` a [b, side^2, c] token tensor seen as one (a
+    permuted view, read in place). Against the patches copied out (``F.unfold``) and normed by the row-norm
+    kernel: bit for bit where the rows take its scalar path (C k k not a multiple of the vector: T2T-ViT's 147
+    channels, padded to 16 bytes), else within the tolerances; and within them of F.layer_norm in float32."""
+    import torch.nn.functional as F
+
+    import vitrt.plugins.token_fusion.torch_op  # noqa: F401  (registers the ops)
+    from vitrt.models.layers import row_pitch
+    from vitrt.plugins.token_fusion.cuda import layer_norm_rows_cuda
+
+    k, s, p = split
+    g = torch.Generator(device=device).manual_seed(side + c)
+    if tokens:
+        x = (torch.randn(b, side * side, c, device=device, generator=g) * 2 + 1).to(dtype)
+        image = x.reshape(b, side, side, c).permute(0, 3, 1, 2)
+    else:
+        image = (torch.randn(b, c, side, side, device=device, generator=g) * 2 + 1).to(dtype)
+    width = c * k * k
+    pitch = row_pitch(width, image.element_size())
+    weight = (torch.rand(width, device=device, generator=g) + 0.5).to(dtype)
+    bias = torch.randn(width, device=device, generator=g).to(dtype)
+    got = torch.ops.vitrt.unfold_layer_norm(image, k, s, p, weight, bias, 1e-5, pitch)
+    patches = F.unfold(image.float(), k, padding=p, stride=s).transpose(1, 2).to(dtype).contiguous()
+    unfused = layer_norm_rows_cuda(patches, weight, bias, 1e-5, pitch)
+    _synchronize(got)
+    assert got.shape == (b, patches.shape[1], pitch) and got.dtype == dtype
+    vector = 4 if dtype == torch.float32 else 8
+    if width % vector:
+        assert torch.equal(got, unfused)
+    else:
+        _close(got, unfused, dtype, "unfold_layer_norm vs unfused")
+    assert torch.equal(got[..., width:], torch.zeros_like(got[..., width:]))
+    _close(got[..., :width], _layer_norm32(patches, weight, bias, 1e-5), dtype, "unfold_layer_norm")
+
+
 def check_attention_info(b: int, h: int, n: int, dtype: torch.dtype, device: str, with_size: bool) -> None:
     """attention_info_cuda (the fused block's info from q k^T) against reference.attention_info on seeded
     logits of a realistic spread (std 3 after the scale), with or without proportional attention;

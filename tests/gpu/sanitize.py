@@ -67,7 +67,13 @@ def main() -> int:
             attrs = TokenFusionAttrs(r=16, **MCTF)
             x_f, _, dest, _ = token_fusion_norm_cuda(*inputs, attrs, *params, 1e-6, by_token, rest, log_size)
             merge_add_norm_cuda(inputs[0], dest, inputs[2], inputs[3], attrs.pooling, x_f, *params, 1e-6)
-        torch.ops.vitrt.row_layer_norm(torch.randn(2, 64, 147, device="cuda").to(dtype), None, None, 1e-5)
+        for c, pitch in ((147, 0), (147, 152), (64, 0)):  # a warp a row, padded rows, 8 lanes a row
+            rows = torch.randn(2, 65, c, device="cuda").to(dtype)
+            torch.ops.vitrt.row_layer_norm(rows, None, None, 1e-5, pitch)
+        image = torch.randn(2, 3, 30, 30, device="cuda").to(dtype)
+        torch.ops.vitrt.unfold_layer_norm(image, 7, 4, 2, None, None, 1e-5, 152)  # a soft split and its norm
+        tokens = torch.randn(2, 7 * 7, 64, device="cuda").to(dtype).reshape(2, 7, 7, 64).permute(0, 3, 1, 2)
+        torch.ops.vitrt.unfold_layer_norm(tokens, 3, 2, 1, None, None, 1e-5)  # tokens read in place
         for c, affine in ((384, True), (147, False)):  # vector and scalar paths
             pair = torch.randn(2, 2, 197, c, device="cuda").to(dtype)
             params = (weight, bias) if affine else (None, None)

@@ -36,6 +36,7 @@ from tests._support.kernel_checks import (
     check_scatterbrain,
     check_scores_match,
     check_token_fusion,
+    check_unfold_layer_norm,
     fusion_inputs,
     gpu_skip_reason,
     prepare_gpu_kernels,
@@ -228,6 +229,18 @@ def test_row_layer_norm_pads_its_rows(dtype: torch.dtype, pitch: int) -> None:
 )
 def test_row_layer_norm_packs_narrow_rows(c: int, dtype: torch.dtype, group: int) -> None:
     check_row_layer_norm_groups(3136 * 2 + 5, c, dtype, "cuda", group)
+
+
+@pytest.mark.parametrize(
+    ("c", "side", "split", "tokens", "dtype"),
+    [(3, 224, (7, 4, 2), False, torch.float16), (3, 224, (7, 4, 2), False, torch.float32),
+     (64, 56, (3, 2, 1), True, torch.float16), (64, 28, (3, 2, 1), True, torch.float32)],
+    ids=["t2t_split0_f16", "t2t_split0_f32", "t2t_split1_f16", "t2t_split2_f32"],
+)  # fmt: skip
+def test_unfold_layer_norm(
+    c: int, side: int, split: tuple[int, int, int], tokens: bool, dtype: torch.dtype
+) -> None:
+    check_unfold_layer_norm(4, c, side, split, dtype, "cuda", tokens)
 
 
 @pytest.mark.parametrize("seed", range(64))

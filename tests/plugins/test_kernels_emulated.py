@@ -43,6 +43,7 @@ from tests._support.kernel_checks import (
     check_scatterbrain,
     check_scores_match,
     check_token_fusion,
+    check_unfold_layer_norm,
     qk_inputs,
 )
 from vitrt.plugins.cuda_build import KernelSource
@@ -332,6 +333,18 @@ def test_row_layer_norm_packs_narrow_rows_emulated(
     c: int, dtype: torch.dtype, group: int, emulated: None
 ) -> None:
     check_row_layer_norm_groups(37, c, dtype, "cpu", group)
+
+
+@pytest.mark.parametrize(
+    ("c", "side", "split", "tokens", "dtype"),
+    [(3, 32, (7, 4, 2), False, torch.float16), (3, 29, (7, 4, 2), False, torch.float32),
+     (64, 8, (3, 2, 1), True, torch.float16), (5, 9, (3, 2, 1), True, torch.float32)],
+    ids=["image_f16", "image_odd_f32", "tokens_f16", "tokens_odd_f32"],
+)  # fmt: skip
+def test_unfold_layer_norm_emulated(
+    c: int, side: int, split: tuple[int, int, int], tokens: bool, dtype: torch.dtype, emulated: None
+) -> None:
+    check_unfold_layer_norm(2, c, side, split, dtype, "cpu", tokens)
 
 
 # The two T2T token attentions of T2T-ViT-t-14 with Scatterbrain: N = 3136 (c = 24, 2 hashes, m = 12)

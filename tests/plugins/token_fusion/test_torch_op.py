@@ -220,6 +220,42 @@ def test_t2t_token_norm_feeds_the_product_aligned_rows(
     assert widths == [147] * 5  # the padded product does not call the Linear module: only the others did
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("tokens_type", ["transformer", "performer"])
+def test_t2t_soft_splits_and_norms_are_one_kernel(
+    tokens_type: str, dtype: torch.dtype, _emulator: None
+) -> None:
+    """On the kernel path T2T-ViT's token module runs each soft split and the token block's norm1 as one
+    ``unfold_layer_norm`` kernel (two launches: the image, then the first block's tokens read in place) and
+    gives the reference path's output within 1e-5 (float32) / 1e-2 (float16) relative; with
+    ``T2TModule.fused_splits`` off it copies the patches out first (no such launch) and gives the fused
+    module's output within the same tolerances (the 576-channel norm sums in another order unfused: its
+    vector path; check_unfold_layer_norm checks the 147-channel rows bit for bit)."""
+    from vitrt.models.t2t_vit import T2TModule
+
+    torch.manual_seed(0)
+    t2t = T2TModule(64, tokens_type, 32).eval().to(dtype)
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(7)).to(dtype)
+    kernel = f"vitrt_tf_unfold_layer_norm_{'f16' if dtype == torch.float16 else 'f32'}"
+    module = emulated_module("token_fusion")
+    with torch.no_grad():
+        expected = t2t(images)
+        with emulated_kernels():
+            before = module.launches.get(kernel, 0)
+            got = t2t(images)
+            assert module.launches.get(kernel, 0) - before == 2
+            T2TModule.fused_splits = False
+            try:
+                unfused = t2t(images)
+            finally:
+                T2TModule.fused_splits = True
+            assert module.launches.get(kernel, 0) - before == 2
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    for other in (expected, unfused):
+        error = (got.float() - other.float()).abs().max() / other.float().abs().max()
+        assert error <= tol, error
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fusion", ["mctf", {"r": 8}], ids=["mctf", "mctf_r8"])
 def test_float16_model_reads_q_and_k_in_one_kernel(fusion: object, _emulator: None) -> None:
