@@ -1160,6 +1160,11 @@ def _layer_norm_rows(
     return total, out
 
 
+UNFOLD_MAX_VALUES = 640
+"""Most values per patch (C k k) that ``unfold_layer_norm_cuda`` takes: its kernel tabulates a patch in shared
+memory and holds a lane's values in registers (T2T-ViT's patches have 147 and 576)."""
+
+
 def unfold_layer_norm_cuda(
     x: Tensor,
     kernel: int,
@@ -1186,8 +1191,12 @@ def unfold_layer_norm_cuda(
     if not width <= ldo < 2**31 or kernel < 1 or stride < 1 or not 0 <= padding < kernel or oh < 1 or ow < 1:
         raise ValueError(f"no soft split of {tuple(x.shape)} with kernel {kernel}, stride {stride}, padding "
                          f"{padding} into rows of pitch {pitch}")  # fmt: skip
-    if any(not 0 <= st < 2**31 for st in x.stride()) or b * oh * ow >= 2**31:
+    _, sc, sy, sx = x.stride()
+    span = (c - 1) * sc + (kernel - 1) * (sy + sx)  # a value's offset from its patch's corner, at most
+    if any(not 0 <= st < 2**31 for st in x.stride()) or span >= 2**31 or b * oh * ow >= 2**31:
         raise ValueError(f"x {tuple(x.shape)} at strides {x.stride()} exceeds the kernel's int32 indexing")
+    if width > UNFOLD_MAX_VALUES:
+        raise ValueError(f"patches of {width} values exceed the kernel's {UNFOLD_MAX_VALUES} (C k k)")
     weight, bias = _norm_params(weight, bias, x, "", width)
     out = x.new_empty(b, oh * ow, ldo)
     rows = b * oh * ow

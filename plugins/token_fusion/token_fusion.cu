@@ -632,31 +632,64 @@ __device__ void layer_norm_rows(const T* __restrict__ x, const T* __restrict__ r
 }
 
 // T2T-ViT's soft split and the token norm after it in one pass: row r = (b, oy, ox) of out [B, OH OW, ldo] is
-// the LayerNorm of x's k x k patch at (oy s - pad, ox s - pad), zeros outside x, its C k k values in
+// the LayerNorm of x's k x k patch at (oy s - pad, ox s - pad), zeros outside x, its Cp = C k k values in
 // F.unfold's order (channel, kernel row, kernel column), then zeros up to ldo. x [B, C, H, W] at element
 // strides (sb, sc, sy, sx): the image (NCHW), or the previous token block's output seen as an image
-// ([B, H W, C] tokens: sc = 1, sx = C). Each value comes from x as stored, in layer_norm_row's order, so
-// the bits are those of the patches copied out (models.layers.unfold_rows / unfold_token_rows) and then
-// normed by layer_norm_rows; the patches themselves are never written. A warp per row; grid (ceil(R / 8)).
-template <typename T>
+// ([B, H W, C] tokens: sc = 1, sx = C). A warp per row, grid (ceil(R / 8)); the patches are never written.
+// Where a value sits in its patch (its offset c sc + ky sy + kx sx from the patch's corner, and ky, kx) is the
+// same for every row, so the block tabulates it once in shared memory (Cp <= kPatchMax) and each lane then
+// loads its values (j = lane + 32 t, t < NT) into registers with one table read each: no index arithmetic per
+// value, and the three passes of the norm read registers. The sums run in layer_norm_vectors<T, 1, 4>'s order
+// (each lane over j = lane, lane + 32, ..., then warp_sum), so the bits are those of the patches copied out
+// (models.layers.unfold_rows / unfold_token_rows) and normed by layer_norm_rows' scalar path.
+constexpr int kPatchMax = 640;  // C k k up to 640: T2T-ViT's 147 (3 x 7 x 7) and 576 (64 x 3 x 3)
+template <typename T, int NT>
 __device__ void layer_norm_patches(const T* __restrict__ x, int R, int C, int H, int W, int sb, int sc, int sy,
                                    int sx, int k, int s, int pad, int OW, int L, int ldo, const LayerNormArgs<T>& ln) {
+  __shared__ int offset[kPatchMax];  // per value: its offset in x from the patch's corner
+  __shared__ int at[kPatchMax];      // and its ky << 16 | kx
+  const int kk = k * k, Cp = C * kk;
+  for (int j = threadIdx.x; j < Cp; j += blockDim.x) {
+    const int c = j / kk, rem = j - c * kk, ky = rem / k, kx = rem - ky * k;
+    offset[j] = c * sc + ky * sy + kx * sx;
+    at[j] = (ky << 16) | kx;
+  }
+  __syncthreads();
   const int lane = threadIdx.x & 31;
   const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   if (row >= R) return;
   const int b = row / L, l = row - b * L, oy = l / OW, ox = l - oy * OW;
-  const int kk = k * k, y0 = oy * s - pad, x0 = ox * s - pad, Cp = C * kk;
-  const T* base = x + (int64)b * sb;
+  const int y0 = oy * s - pad, x0 = ox * s - pad;
+  const int64 corner = (int64)b * sb + (int64)y0 * sy + (int64)x0 * sx;  // may lie outside x: an offset only
+  float v[NT];
+  float sum = 0.0f;
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    const int j = lane + 32 * t;
+    v[t] = 0.0f;
+    if (j < Cp) {
+      const int y = y0 + (at[j] >> 16), xx = x0 + (at[j] & 0xffff);
+      if (y >= 0 && y < H && xx >= 0 && xx < W) load_vec<T, 1>(x + corner + offset[j], &v[t]);
+      sum += v[t];
+    }
+  }
+  const float mean = warp_sum(sum) / (float)Cp;
+  float sq = 0.0f;
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+    if (lane + 32 * t < Cp) sq = fmaf(v[t] - mean, v[t] - mean, sq);
+  const float rstd = 1.0f / sqrtf(warp_sum(sq) / (float)Cp + ln.eps);
   T* out = ln.out + (int64)row * ldo;
-  layer_norm_vectors<T, 1, 4>(
-      Cp, ln,
-      [&](int, int, int j, float* v) {
-        const int c = j / kk, rem = j - c * kk, ky = rem / k, kx = rem - ky * k, y = y0 + ky, xx = x0 + kx;
-        v[0] = 0.0f;
-        if (y >= 0 && y < H && xx >= 0 && xx < W)
-          load_vec<T, 1>(base + (int64)c * sc + (int64)y * sy + (int64)xx * sx, v);
-      },
-      [&](auto&& store) { store(out); });
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    const int j = lane + 32 * t;
+    if (j >= Cp) continue;
+    float wv = 1.0f, bv = 0.0f;
+    if (ln.weight != nullptr) load_vec<T, 1>(ln.weight + j, &wv);
+    if (ln.bias != nullptr) load_vec<T, 1>(ln.bias + j, &bv);
+    const float y = fmaf((v[t] - mean) * rstd, wv, bv);
+    store_vec<T, 1>(out + j, &y);
+  }
   for (int c = Cp + lane; c < ldo; c += 32) out[c] = T(0);
 }
 
@@ -1700,14 +1733,19 @@ extern "C" __global__ void __launch_bounds__(256) vitrt_tf_info_mean_f16(const f
 VITRT_TF_LAYER_NORM(f32, float, 4)
 VITRT_TF_LAYER_NORM(f16, half_bits, 8)
 
-// A soft split's patches normed in one pass (cuda.unfold_layer_norm_cuda): layer_norm_patches.
+// A soft split's patches normed in one pass (cuda.unfold_layer_norm_cuda): layer_norm_patches with 8 values per
+// lane (C k k <= 256: T2T-ViT's 147) or 20 (<= 640: its 576). At least 4 blocks per SM: without a minimum,
+// ptxas for sm_120 held it to 40 registers and spilled (it takes 56 to 61 for 4 blocks, no spills).
 #define VITRT_TF_UNFOLD_LAYER_NORM(SUFFIX, T)                                                                  \
-  extern "C" __global__ void __launch_bounds__(256) vitrt_tf_unfold_layer_norm_##SUFFIX(                    \
+  extern "C" __global__ void __launch_bounds__(256, 4) vitrt_tf_unfold_layer_norm_##SUFFIX(                 \
       const T* x, const T* weight, const T* bias, T* out, int R, int C, int H, int W, int sb, int sc, int sy, \
       int sx, int k, int s, int pad, int OW, int L, int ldo, float eps) {                                     \
     VITRT_KERNEL_PROLOGUE();                                                                                  \
     const LayerNormArgs<T> ln{weight, bias, out, eps, 0};                                                     \
-    layer_norm_patches<T>(x, R, C, H, W, sb, sc, sy, sx, k, s, pad, OW, L, ldo, ln);                          \
+    if (C * k * k <= 256)                                                                                     \
+      layer_norm_patches<T, 8>(x, R, C, H, W, sb, sc, sy, sx, k, s, pad, OW, L, ldo, ln);                     \
+    else                                                                                                      \
+      layer_norm_patches<T, 20>(x, R, C, H, W, sb, sc, sy, sx, k, s, pad, OW, L, ldo, ln);                    \
   }
 VITRT_TF_UNFOLD_LAYER_NORM(f32, float)
 VITRT_TF_UNFOLD_LAYER_NORM(f16, half_bits)

@@ -266,13 +266,18 @@ def unfold_layer_norm_op(
 
 @unfold_layer_norm_op.register_kernel("cuda")
 def _unfold_layer_norm_cuda(*args: Any) -> Tensor:
-    from .cuda import unfold_layer_norm_cuda
+    """The op on the kernels; patches wider than the fused kernel takes (``UNFOLD_MAX_VALUES``) are copied out
+    by F.unfold and normed by the row-norm kernel, and without vitrt's kernels torch does both."""
+    from .cuda import UNFOLD_MAX_VALUES, layer_norm_rows_cuda, unfold_layer_norm_cuda
 
     x, kernel, stride, padding, weight, bias, eps, pitch = args
-    if x.is_cuda and not _norm_kernels_load(x):
-        patches = F.unfold(x, kernel, padding=padding, stride=stride).transpose(1, 2)
-        return _row_layer_norm_torch(patches, weight, bias, eps, pitch)
-    return unfold_layer_norm_cuda(x, kernel, stride, padding, weight, bias, eps, pitch or None)
+    loads = not x.is_cuda or _norm_kernels_load(x)
+    if loads and x.shape[1] * kernel * kernel <= UNFOLD_MAX_VALUES:
+        return unfold_layer_norm_cuda(x, kernel, stride, padding, weight, bias, eps, pitch or None)
+    patches = F.unfold(x, kernel, padding=padding, stride=stride).transpose(1, 2)
+    if loads:
+        return layer_norm_rows_cuda(patches, weight, bias, eps, pitch or None)
+    return _row_layer_norm_torch(patches, weight, bias, eps, pitch)
 
 
 @unfold_layer_norm_op.register_fake

@@ -447,7 +447,8 @@ def check_unfold_layer_norm(
     on x [b, c, side, side]: an image (NCHW), or with ``tokens`` a [b, side^2, c] token tensor seen as one (a
     permuted view, read in place). Against the patches copied out (``F.unfold``) and normed by the row-norm
     kernel: bit for bit where the rows take its scalar path (C k k not a multiple of the vector: T2T-ViT's 147
-    channels, padded to 16 bytes), else within the tolerances; and within them of F.layer_norm in float32."""
+    channels, padded to 16 bytes), else within the tolerances; and within them of F.layer_norm in float32.
+    Past ``UNFOLD_MAX_VALUES`` values a patch the op takes that unfused path itself."""
     import torch.nn.functional as F
 
     import vitrt.plugins.token_fusion.torch_op  # noqa: F401  (registers the ops)

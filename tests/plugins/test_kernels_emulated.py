@@ -338,8 +338,9 @@ def test_row_layer_norm_packs_narrow_rows_emulated(
 @pytest.mark.parametrize(
     ("c", "side", "split", "tokens", "dtype"),
     [(3, 32, (7, 4, 2), False, torch.float16), (3, 29, (7, 4, 2), False, torch.float32),
-     (64, 8, (3, 2, 1), True, torch.float16), (5, 9, (3, 2, 1), True, torch.float32)],
-    ids=["image_f16", "image_odd_f32", "tokens_f16", "tokens_odd_f32"],
+     (64, 8, (3, 2, 1), True, torch.float16), (5, 9, (3, 2, 1), True, torch.float32),
+     (80, 6, (3, 2, 1), True, torch.float32)],
+    ids=["image_f16", "image_odd_f32", "tokens_f16", "tokens_odd_f32", "wider_than_the_kernel"],
 )  # fmt: skip
 def test_unfold_layer_norm_emulated(
     c: int, side: int, split: tuple[int, int, int], tokens: bool, dtype: torch.dtype, emulated: None
