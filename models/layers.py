@@ -82,8 +82,8 @@ class RowLayerNorm(nn.LayerNorm):
     else its vectorised kernel's 128 threads (16 of them busy for 64 float16 channels:
     ``vectorized_layer_norm_kernel``, 402 us of that model's kernel time at batch 64 on an H200,
     benchmarks/results/h200-2026-11-28/run2/models.txt). So eager inference on vitrt's kernels (CUDA
-    tensors, or the CPU emulator) calls ``torch.ops.vitrt.row_layer_norm`` instead (one warp per row, eight
-    rows per block), where vitrt's ops are loaded (``vitrt.create_model`` loads them; the models never import
+    tensors, or the CPU emulator) calls ``torch.ops.vitrt.row_layer_norm`` instead (a warp per row, 8 lanes
+    at 64 channels), where vitrt's ops are loaded (``vitrt.create_model`` loads them; the models never import
     op code). Elsewhere, with gradients, in exports (``set_lowering``) and for dtypes the kernel does not
     take: ``nn.LayerNorm`` itself."""
 

@@ -172,10 +172,11 @@ def row_layer_norm_op(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, pitch: int = 0
 ) -> Tensor:
     """``F.layer_norm(x, (C,), weight, bias, eps)`` over the last dim; on the kernels the merge kernel's row
-    LayerNorm alone, one warp per row (``cuda.layer_norm_rows_cuda``), for widths torch's vectorised
-    kernel does not take. ``pitch`` > 0 (at least C): the result is [..., pitch], zeros past column C (rows a
-    product reads on aligned kernels: ``vitrt.models.layers.padded_linear``). Inference only: no gradient is
-    registered (callers use it with grad off)."""
+    LayerNorm alone, a warp per row, or 8 or 16 lanes for narrow rows (``cuda.layer_norm_rows_cuda``), for
+    T2T-ViT's token norms, where torch's layer_norm runs a block per row. ``pitch`` > 0 (at least C): the
+    result is [..., pitch], zeros past column C (rows a product reads on aligned kernels:
+    ``vitrt.models.layers.padded_linear``). Inference only: no gradient is registered (callers use it with
+    grad off)."""
     if emulating():
         from .cuda import layer_norm_rows_cuda
 
