@@ -11,9 +11,11 @@
 # 3. Programmatic dependent launch on and off (VITRT_PROGRAMMATIC_LAUNCH=0), same tree: two passes of kernels.py,
 #    one of the models, alternating with the runs of step 2, so that no pass of one waits on the other.
 # 4. (session 22) benchmarks/t2t_norms.py: T2T-ViT's first qkv product on rows padded to 152 channels against the
-#    147-channel product, the token module with and without, torch's layer_norm against vitrt's row norm at 64
-#    and 576 channels. The base copy runs with RowLayerNorm.pad_rows off: 7507b9e's row_layer_norm op takes no
-#    pitch (the padding came with an op signature change), so its models rows are the unpadded module.
+#    147-channel product, the token module with and without the padding and with its soft splits copied or fused
+#    with the norm, torch's layer_norm against vitrt's row norm at 64 and 576 channels, and vitrt's 64-channel
+#    norm a warp or 8 lanes per row. The base copy runs with RowLayerNorm.pad_rows off: 7507b9e's row_layer_norm
+#    op takes no pitch (the padding came with an op signature change); it has no unfold_layer_norm, so its
+#    splits are copied, as they were.
 #
 # Before the call, on the workstation (the fatbins must match each tree's sources):
 #   VITRT_CUDA_ARCHS=sm_90 vitrt plugins build --out build/plugins-sm90
