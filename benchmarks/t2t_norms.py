@@ -17,8 +17,8 @@ Float16, each case one CUDA graph, median of ``--iters`` replays. Rows, at each 
   attention1; 576 on 784: norm1 of attention2), which torch's kernel runs one block per row;
 - "norm 64 lanes 32" / "8": vitrt's row norm at 64 channels, a warp per row against 8 lanes per row (four
   rows a warp: what it takes).
-Each ratio is against the first row of its pair. The padded outputs are checked against the unpadded ones
-(max abs difference; exit status 1 above ``MAX_DIFF``). Exit status 2 without a CUDA GPU.
+Each ratio is against the first row of its pair. Each pair's two outputs are compared (max abs difference;
+exit status 1 above ``MAX_DIFF``). Exit status 2 without a CUDA GPU.
 """
 
 from __future__ import annotations
