@@ -357,28 +357,26 @@ def test_cuda_graph_replay_equals_eager() -> None:
 
     attrs = TokenFusionAttrs(r=16, **MCTF)
     inputs = fusion_inputs(8, 197, 384, torch.float16, "cuda")
-    eager = token_fusion_cuda(*inputs, attrs)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = token_fusion_cuda(*inputs, attrs)
-    graph.replay()
-    torch.cuda.synchronize()
+    eager, captured = _eager_and_replayed(lambda: token_fusion_cuda(*inputs, attrs))
     assert all(torch.equal(a, b) for a, b in zip(eager, captured, strict=True))
 
     model = _small_deit("mctf").cuda().half()
     x = torch.randn(8, 3, 64, 64, device="cuda", dtype=torch.float16)
     with torch.no_grad():
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            eager_out = model(x)
-        torch.cuda.current_stream().wait_stream(side)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            out = model(x)
-        g.replay()
-    torch.cuda.synchronize()
+        eager_out, out = _eager_and_replayed(lambda: model(x))
     assert torch.equal(out, eager_out)
+
+
+def _eager_and_replayed(fn: Any) -> tuple[Any, Any]:
+    """(``fn()`` run eagerly, its outputs from a replay of ``fn`` captured as a CUDA graph: ``capture_graph``,
+    which warms up on a side stream first)."""
+    from vitrt.deploy.cuda_timing import capture_graph
+
+    eager = fn()
+    graph, captured = capture_graph(fn)
+    graph.replay()
+    torch.cuda.synchronize()
+    return eager, captured
 
 
 def test_t2t_token_module_graph_replay_equals_eager() -> None:
@@ -392,16 +390,7 @@ def test_t2t_token_module_graph_replay_equals_eager() -> None:
     model = create_model("t2t_vit_t_14", img_size=64, num_classes=10).eval().cuda().half()
     x = torch.randn(4, 3, 64, 64, device="cuda", dtype=torch.float16)
     with torch.no_grad():
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            eager_out = model(x)
-        torch.cuda.current_stream().wait_stream(side)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            out = model(x)
-        g.replay()
-        torch.cuda.synchronize()
+        eager_out, out = _eager_and_replayed(lambda: model(x))
         assert torch.equal(out, eager_out)
         set_lowering(model, "portable")
         reference = model(x)
